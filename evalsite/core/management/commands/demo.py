@@ -1,0 +1,133 @@
+"""Run the platform on its embedded default with demo data: one command, no servers needed."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from evalsite.runs.models import Job
+from evalsite.runs.services import job_create
+
+DEMO_EVALSET = "demo-espeak-speech"
+DEMO_USER = "demo"
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+class Command(BaseCommand):
+    help = (
+        "Migrate, start a Celery worker, synthesise and import the eSpeak NG demo eval set through it, "
+        "then serve the site and print the URLs to open (Ctrl-C stops everything)."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--no-serve", action="store_true", help="load the demo data through the worker, then exit")
+        parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the demo import job")
+
+    def handle(self, *args, **opts):
+        children: list[subprocess.Popen] = []
+        child_env = {**os.environ, "DEBUG": "1", "PYTHONUNBUFFERED": "1"}
+        log_dir = Path(settings.VAR_DIR) / "log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+        def stop_children(*_):
+            for proc in children:
+                if proc.poll() is None:
+                    proc.terminate()
+            for proc in children:
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+        try:
+            call_command("migrate", interactive=False, verbosity=0)
+            self._ensure_demo_user()
+
+            worker_log = open(log_dir / "worker.log", "ab")
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "evalsite", "worker", "-Q", "gpu,cpu",
+                 "--concurrency", "1", "-n", "demo@%h", "--loglevel", "INFO"],
+                env=child_env, stdout=worker_log, stderr=subprocess.STDOUT,
+            )
+            children.append(worker)
+            self.stdout.write(f"worker started (pid {worker.pid}, log {log_dir / 'worker.log'})")
+
+            corpus = self._write_corpus()
+            job = job_create(
+                kind=Job.Kind.IMPORT_EVALSET,
+                params={"name": DEMO_EVALSET, "source": str(corpus), "description": "eSpeak NG sentences, several voices"},
+            )
+            self.stdout.write(f"import job {job.pk} queued; waiting for the worker ...")
+            job = self._wait(job.pk, worker, opts["timeout"])
+            result = job.result
+            self.stdout.write(
+                f"demo eval set {DEMO_EVALSET!r}: {result.get('created', 0)} created, "
+                f"{result.get('unchanged', 0)} unchanged, {len(result.get('errors', []))} rejected"
+            )
+            if opts["no_serve"]:
+                return
+
+            web_log = open(log_dir / "web.log", "ab")
+            web = subprocess.Popen(
+                [sys.executable, "manage.py", "runserver", f"{opts['host']}:{opts['port']}", "--noreload"],
+                cwd=settings.BASE_DIR, env=child_env, stdout=web_log, stderr=subprocess.STDOUT,
+            )
+            children.append(web)
+            base = f"http://{opts['host']}:{opts['port']}"
+            self.stdout.write(self.style.SUCCESS("\nevalsite demo is running:"))
+            self.stdout.write(f"  overview      {base}/          (log in as {DEMO_USER} / {DEMO_USER})")
+            self.stdout.write(f"  demo eval set {base}/evalsets/{result.get('eval_set_id')}/")
+            self.stdout.write(f"  admin         {base}/admin/")
+            self.stdout.write(f"  health        {base}/healthz")
+            self.stdout.write("Ctrl-C stops the web server and the worker.")
+            signal.signal(signal.SIGTERM, _raise_interrupt)
+            while all(proc.poll() is None for proc in children):
+                time.sleep(1)
+            dead = [p for p in children if p.poll() is not None]
+            raise CommandError(f"a child process exited (status {dead[0].returncode}); see the logs in {log_dir}")
+        except KeyboardInterrupt:
+            self.stdout.write("stopping ...")
+        finally:
+            stop_children()
+
+    def _ensure_demo_user(self) -> None:
+        User = get_user_model()
+        if not User.objects.filter(username=DEMO_USER).exists():
+            User.objects.create_superuser(DEMO_USER, email="", password=DEMO_USER)
+
+    def _write_corpus(self) -> Path:
+        from evalsite.demo.speech import write_demo_corpus
+
+        out = Path(settings.VAR_DIR) / "demo-corpus"
+        self.stdout.write(f"synthesising demo speech with eSpeak NG into {out} ...")
+        return write_demo_corpus(out)
+
+    def _wait(self, job_id: int, worker: subprocess.Popen, timeout: float) -> Job:
+        deadline = time.monotonic() + timeout
+        shown = -1
+        while time.monotonic() < deadline:
+            job = Job.objects.get(pk=job_id)
+            if job.status == Job.Status.DONE:
+                return job
+            if job.status == Job.Status.FAILED:
+                raise CommandError(f"demo import job {job_id} failed: {job.error}")
+            if worker.poll() is not None:
+                raise CommandError(f"the worker exited with status {worker.returncode}; see var/log/worker.log")
+            pct = int(job.progress * 100)
+            if pct != shown:
+                self.stdout.write(f"  import {pct:3d}%  {job.progress_message}")
+                shown = pct
+            time.sleep(0.5)
+        raise CommandError(f"demo import job {job_id} did not finish within {timeout:.0f} s")

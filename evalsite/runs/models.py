@@ -1,0 +1,159 @@
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from evalsite.core.models import BaseModel
+
+
+class EvalSet(BaseModel):
+    """The fixed material every checkpoint of a run is evaluated on."""
+
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class EvalItem(BaseModel):
+    eval_set = models.ForeignKey(EvalSet, on_delete=models.CASCADE, related_name="items")
+    key = models.CharField(max_length=300, help_text="stable id within the set (file stem or manifest id)")
+    reference = models.ForeignKey(
+        "audio.AudioAsset", on_delete=models.PROTECT, null=True, blank=True, related_name="eval_items"
+    )
+    text = models.TextField(blank=True, help_text="transcript or caption / prompt")
+    speaker = models.CharField(max_length=200, blank=True)
+    class_label = models.CharField(max_length=200, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["eval_set", "key"], name="evalitem_unique_key_per_set")]
+        ordering = ["eval_set", "key"]
+
+    def __str__(self) -> str:
+        return f"{self.eval_set}:{self.key}"
+
+
+class Run(BaseModel):
+    class Kind(models.TextChoices):
+        VOCODER = "vocoder"
+        TOKENIZER = "tokenizer"
+        GENERATOR = "generator"
+
+    name = models.CharField(max_length=200, unique=True)
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    model_family = models.CharField(max_length=200, help_text="e.g. hifigan, evagan, sat, aar, or pkg.mod:factory")
+    config = models.JSONField(default=dict, blank=True)
+    eval_set = models.ForeignKey(EvalSet, on_delete=models.PROTECT, null=True, blank=True, related_name="runs")
+    checkpoint_dir = models.CharField(max_length=1024, blank=True)
+    checkpoint_pattern = models.CharField(
+        max_length=300, blank=True, help_text="glob or regex with a (?P<step>...) group, matched in checkpoint_dir"
+    )
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="runs"
+    )
+    # Only a hash is stored; the token itself is shown once when it is issued.
+    api_token_hash = models.CharField(max_length=64, blank=True, db_index=True)
+    api_token_prefix = models.CharField(max_length=12, blank=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Checkpoint(BaseModel):
+    class Status(models.TextChoices):
+        REGISTERED = "registered"
+        GENERATING = "generating"
+        SCORING = "scoring"
+        DONE = "done"
+        FAILED = "failed"
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="checkpoints")
+    step = models.PositiveBigIntegerField()
+    uri = models.CharField(max_length=2048, help_text="local path or URI of the weights")
+    sha256 = models.CharField(max_length=64, blank=True)
+    size_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.REGISTERED)
+    registered_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "step"], name="checkpoint_unique_step_per_run")]
+        ordering = ["run", "step"]
+
+    def __str__(self) -> str:
+        return f"{self.run.name}@{self.step}"
+
+
+class Job(BaseModel):
+    """A unit of background work; its status moves only through ``runs.services.job_*``."""
+
+    class Kind(models.TextChoices):
+        IMPORT_EVALSET = "import_evalset"
+        GENERATION = "generation"
+        METRICS = "metrics"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    kind = models.CharField(max_length=30, choices=Kind.choices)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    params = models.JSONField(default=dict, blank=True)
+    result = models.JSONField(default=dict, blank=True)
+    progress = models.FloatField(default=0.0)
+    progress_message = models.CharField(max_length=500, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    worker = models.CharField(max_length=300, blank=True)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, null=True, blank=True, related_name="jobs")
+    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.CASCADE, null=True, blank=True, related_name="jobs")
+    eval_set = models.ForeignKey(EvalSet, on_delete=models.CASCADE, null=True, blank=True, related_name="jobs")
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(progress__gte=0.0) & Q(progress__lte=1.0), name="job_progress_in_unit_range"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind}#{self.pk} {self.status}"
+
+
+class Generation(BaseModel):
+    """One output of a checkpoint for one eval item under given parameters and seed."""
+
+    class Status(models.TextChoices):
+        DONE = "done"
+        FAILED = "failed"
+
+    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.CASCADE, related_name="generations")
+    item = models.ForeignKey(EvalItem, on_delete=models.CASCADE, related_name="generations")
+    params = models.JSONField(default=dict, blank=True)
+    params_hash = models.CharField(max_length=64, help_text="sha256 of the canonical params JSON")
+    seed = models.BigIntegerField(default=0)
+    asset = models.ForeignKey(
+        "audio.AudioAsset", on_delete=models.PROTECT, null=True, blank=True, related_name="generations"
+    )
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.DONE)
+    error = models.TextField(blank=True)
+    wall_time_s = models.FloatField(null=True, blank=True)
+    device = models.CharField(max_length=50, blank=True)
+    job = models.ForeignKey(Job, on_delete=models.SET_NULL, null=True, blank=True, related_name="generations")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["checkpoint", "item", "params_hash", "seed"], name="generation_unique_per_params_seed"
+            ),
+            models.CheckConstraint(
+                condition=Q(status="failed") | Q(asset__isnull=False), name="generation_done_has_asset"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.checkpoint}:{self.item.key}"

@@ -1,0 +1,459 @@
+"""Writes for runs, eval sets and jobs.
+
+Job status moves only through the ``job_*`` functions, under ``select_for_update``:
+queued → running → done | failed, and running → running again only when the heartbeat of the
+previous attempt is stale (its worker died). Anything else is refused.
+"""
+
+import csv
+import hashlib
+import json
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.utils import timezone
+
+from evalsite.audio.decoding import AudioValidationError
+from evalsite.audio.models import AudioAsset
+from evalsite.audio.services import audio_asset_ingest
+from evalsite.core.exceptions import ApplicationError
+from evalsite.runs.models import EvalItem, EvalSet, Job, Run
+
+logger = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+MANIFEST_EXTENSIONS = (".csv", ".jsonl")
+
+JOB_ILLEGAL_TRANSITION = "Job {job_id} is {status}; it cannot move to {target}."
+JOB_NOT_FOUND = "Job {job_id} does not exist."
+IMPORT_SOURCE_MISSING = "{source}: no such file or directory."
+IMPORT_SOURCE_KIND = "{source}: expected a directory of audio files or a .csv/.jsonl manifest."
+MANIFEST_NO_PATH_COLUMN = "{source}: the manifest has no 'path' column (columns: {columns})."
+ITEM_KEY_CONFLICT = "key {key!r} already exists in eval set {eval_set!r} with different audio; not replaced."
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+class JobBusy(Exception):
+    """Another live worker holds this job; the caller should try again later."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+
+
+def run_token_issue(*, run: Run) -> str:
+    """Issue a new API token for ``run`` (replacing any old one) and return it; only its hash is kept."""
+    token = f"evr_{secrets.token_urlsafe(32)}"
+    run.api_token_hash = hashlib.sha256(token.encode()).hexdigest()
+    run.api_token_prefix = token[:12]
+    run.save(update_fields=["api_token_hash", "api_token_prefix", "updated_at"])
+    return token
+
+
+@transaction.atomic
+def run_create(
+    *,
+    name: str,
+    kind: str,
+    model_family: str,
+    eval_set: EvalSet | None = None,
+    config: dict[str, Any] | None = None,
+    checkpoint_dir: str = "",
+    checkpoint_pattern: str = "",
+    owner=None,
+) -> tuple[Run, str]:
+    """Create a run and return it with its API token (shown once)."""
+    run = Run(
+        name=name,
+        kind=kind,
+        model_family=model_family,
+        eval_set=eval_set,
+        config=config or {},
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_pattern=checkpoint_pattern,
+        owner=owner,
+    )
+    run.full_clean()
+    run.save()
+    return run, run_token_issue(run=run)
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs
+
+
+def _job_dispatch(job: Job) -> None:
+    from evalsite.runs.tasks import JOB_TASKS
+
+    task, queue = JOB_TASKS[job.kind]
+    task.apply_async(args=[job.pk], queue=queue)
+
+
+def job_create(
+    *,
+    kind: str,
+    params: dict[str, Any] | None = None,
+    run: Run | None = None,
+    checkpoint=None,
+    eval_set: EvalSet | None = None,
+    enqueue: bool = True,
+) -> Job:
+    """Create a queued job and, once the transaction commits, send it to its worker queue."""
+    job = Job(kind=kind, params=params or {}, run=run, checkpoint=checkpoint, eval_set=eval_set)
+    job.full_clean()
+    job.save()
+    if enqueue:
+        transaction.on_commit(lambda: _job_dispatch(job))
+    return job
+
+
+def _locked(job_id: int) -> Job:
+    try:
+        return Job.objects.select_for_update().get(pk=job_id)
+    except Job.DoesNotExist:
+        raise ApplicationError(JOB_NOT_FOUND.format(job_id=job_id)) from None
+
+
+def _refuse(job: Job, target: str) -> None:
+    raise ApplicationError(
+        JOB_ILLEGAL_TRANSITION.format(job_id=job.pk, status=job.status, target=target),
+        extra={"job_id": job.pk, "status": job.status, "target": target},
+    )
+
+
+@transaction.atomic
+def job_claim(*, job_id: int, worker: str) -> Job | None:
+    """Mark the job running for ``worker``.
+
+    Returns ``None`` when there is nothing to do (the job already ended: a duplicate delivery).
+    Raises ``JobBusy`` while another worker's attempt is alive. An attempt past
+    ``EVALSITE_JOB_MAX_ATTEMPTS`` fails the job instead.
+    """
+    job = _locked(job_id)
+    now = timezone.now()
+    if job.status in (Job.Status.DONE, Job.Status.FAILED):
+        return None
+    if job.status == Job.Status.RUNNING:
+        stale_after = timedelta(seconds=settings.EVALSITE_JOB_STALE_AFTER_S)
+        if job.heartbeat_at and now - job.heartbeat_at < stale_after and job.worker != worker:
+            raise JobBusy(f"job {job_id} is running on {job.worker}")
+    if job.attempts >= settings.EVALSITE_JOB_MAX_ATTEMPTS:
+        job.status = Job.Status.FAILED
+        job.error = (
+            f"gave up after {job.attempts} attempts (the worker running it died or stopped answering "
+            f"each time; last worker: {job.worker or 'unknown'})"
+        )
+        job.finished_at = now
+        job.save()
+        return None
+    job.status = Job.Status.RUNNING
+    job.attempts += 1
+    job.worker = worker
+    job.started_at = job.started_at or now
+    job.heartbeat_at = now
+    job.error = ""
+    job.save()
+    return job
+
+
+def job_heartbeat(*, job_id: int, progress: float | None = None, message: str | None = None) -> None:
+    """Record liveness (and progress in [0, 1]) of a running job."""
+    fields: dict[str, Any] = {"heartbeat_at": timezone.now()}
+    if progress is not None:
+        fields["progress"] = min(max(float(progress), 0.0), 1.0)
+    if message is not None:
+        fields["progress_message"] = message[:500]
+    Job.objects.filter(pk=job_id, status=Job.Status.RUNNING).update(**fields)
+
+
+@transaction.atomic
+def job_finish(*, job_id: int, result: dict[str, Any] | None = None) -> Job:
+    job = _locked(job_id)
+    if job.status != Job.Status.RUNNING:
+        _refuse(job, Job.Status.DONE)
+    job.status = Job.Status.DONE
+    job.progress = 1.0
+    job.result = result or {}
+    job.finished_at = timezone.now()
+    job.heartbeat_at = job.finished_at
+    job.save()
+    return job
+
+
+@transaction.atomic
+def job_fail(*, job_id: int, error: str, result: dict[str, Any] | None = None) -> Job:
+    job = _locked(job_id)
+    if job.status in (Job.Status.DONE, Job.Status.FAILED):
+        _refuse(job, Job.Status.FAILED)
+    job.status = Job.Status.FAILED
+    job.error = error
+    if result is not None:
+        job.result = result
+    job.finished_at = timezone.now()
+    job.save()
+    return job
+
+
+def job_fail_stale(*, stale_after_s: float | None = None) -> list[int]:
+    """Fail running jobs whose heartbeat stopped (health check); returns their ids."""
+    limit = stale_after_s if stale_after_s is not None else settings.EVALSITE_JOB_STALE_AFTER_S
+    cutoff = timezone.now() - timedelta(seconds=limit)
+    failed = []
+    for job_id in Job.objects.filter(status=Job.Status.RUNNING, heartbeat_at__lt=cutoff).values_list("pk", flat=True):
+        with transaction.atomic():
+            job = _locked(job_id)
+            if job.status == Job.Status.RUNNING and job.heartbeat_at and job.heartbeat_at < cutoff:
+                job.status = Job.Status.FAILED
+                job.error = f"no heartbeat from {job.worker or 'its worker'} for over {limit:.0f} s; marked failed"
+                job.finished_at = timezone.now()
+                job.save()
+                failed.append(job_id)
+    return failed
+
+
+# ---------------------------------------------------------------------------------------------
+# Eval sets
+
+
+@dataclass
+class ImportEntry:
+    path: Path
+    key: str
+    text: str = ""
+    speaker: str = ""
+    class_label: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    where: str = ""  # manifest line, for messages
+
+
+@dataclass
+class ImportError_:
+    where: str
+    reason: str
+    message: str
+
+
+@dataclass
+class ImportReport:
+    eval_set_id: int
+    total: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    errors: list[ImportError_] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "eval_set_id": self.eval_set_id,
+            "total": self.total,
+            "created": self.created,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "errors": [e.__dict__ for e in self.errors],
+        }
+
+
+_KNOWN_COLUMNS = {"path", "key", "id", "text", "caption", "prompt", "speaker", "class_label", "label"}
+
+
+def _entry_from_row(row: dict[str, Any], base: Path, where: str) -> ImportEntry:
+    rel = str(row.get("path") or "").strip()
+    path = (base / rel) if not Path(rel).is_absolute() else Path(rel)
+    key = str(row.get("key") or row.get("id") or "").strip() or str(Path(rel).with_suffix("")).replace("\\", "/")
+    metadata = {k: v for k, v in row.items() if k not in _KNOWN_COLUMNS and v not in (None, "")}
+    return ImportEntry(
+        path=path,
+        key=key,
+        text=str(row.get("text") or row.get("caption") or row.get("prompt") or ""),
+        speaker=str(row.get("speaker") or ""),
+        class_label=str(row.get("class_label") or row.get("label") or ""),
+        metadata=metadata,
+        where=where,
+    )
+
+
+def evalset_read_source(source: str | Path) -> tuple[list[ImportEntry], list[ImportError_]]:
+    """List what a directory or manifest asks to import; malformed manifest lines become errors."""
+    src = Path(source)
+    if not src.exists():
+        raise ApplicationError(IMPORT_SOURCE_MISSING.format(source=src))
+    entries: list[ImportEntry] = []
+    errors: list[ImportError_] = []
+    if src.is_dir():
+        for path in sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS):
+            rel = path.relative_to(src)
+            entries.append(ImportEntry(path=path, key=str(rel.with_suffix("")).replace("\\", "/"), where=str(path)))
+        return entries, errors
+    suffix = src.suffix.lower()
+    if suffix == ".csv":
+        with src.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or "path" not in reader.fieldnames:
+                raise ApplicationError(
+                    MANIFEST_NO_PATH_COLUMN.format(source=src, columns=", ".join(reader.fieldnames or []) or "none")
+                )
+            for lineno, row in enumerate(reader, start=2):
+                where = f"{src}:{lineno}"
+                if not (row.get("path") or "").strip():
+                    errors.append(ImportError_(where, "manifest_row", f"{where}: empty 'path'"))
+                    continue
+                entries.append(_entry_from_row(row, src.parent, where))
+    elif suffix == ".jsonl":
+        with src.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                where = f"{src}:{lineno}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    errors.append(ImportError_(where, "manifest_row", f"{where}: not valid JSON ({exc.msg})"))
+                    continue
+                if not isinstance(row, dict) or not str(row.get("path") or "").strip():
+                    errors.append(ImportError_(where, "manifest_row", f"{where}: expected an object with a 'path'"))
+                    continue
+                entries.append(_entry_from_row(row, src.parent, where))
+    else:
+        raise ApplicationError(IMPORT_SOURCE_KIND.format(source=src))
+    return entries, errors
+
+
+def _import_one(eval_set: EvalSet, entry: ImportEntry) -> str:
+    """Import one file atomically; returns 'created' | 'updated' | 'unchanged'."""
+    asset_created = False
+    asset = None
+    try:
+        with transaction.atomic():
+            asset, asset_created = audio_asset_ingest(source=entry.path, name=str(entry.path))
+            fields = {
+                "text": entry.text,
+                "speaker": entry.speaker,
+                "class_label": entry.class_label,
+                "metadata": entry.metadata,
+            }
+            item = EvalItem.objects.select_for_update().filter(eval_set=eval_set, key=entry.key).first()
+            if item is None:
+                item = EvalItem(eval_set=eval_set, key=entry.key, reference=asset, **fields)
+                item.full_clean(validate_unique=False)
+                item.save()
+                return "created"
+            if item.reference_id != asset.pk:
+                raise ApplicationError(ITEM_KEY_CONFLICT.format(key=entry.key, eval_set=eval_set.name))
+            changed = [name for name, value in fields.items() if getattr(item, name) != value]
+            if not changed:
+                return "unchanged"
+            for name in changed:
+                setattr(item, name, fields[name])
+            item.full_clean(validate_unique=False)
+            item.save(update_fields=[*changed, "updated_at"])
+            return "updated"
+    except Exception:
+        # The row went with the rollback; remove its file too so nothing is half-stored.
+        if asset_created and asset is not None and not AudioAsset.objects.filter(pk=asset.pk).exists():
+            default_storage.delete(asset.file.name)
+        raise
+
+
+def evalset_import(
+    *,
+    name: str,
+    source: str | Path,
+    description: str = "",
+    progress: ProgressFn | None = None,
+) -> ImportReport:
+    """Import a directory or manifest into the eval set ``name`` (created if needed).
+
+    Each file is imported in its own transaction: a bad file is reported with its path and the
+    reason and the good files next to it are imported. Re-importing the same audio creates nothing.
+    """
+    entries, errors = evalset_read_source(source)
+    eval_set, _ = EvalSet.objects.get_or_create(name=name, defaults={"description": description})
+    report = ImportReport(eval_set_id=eval_set.pk, total=len(entries) + len(errors), errors=list(errors))
+    seen_keys: dict[str, str] = {}
+    for index, entry in enumerate(entries, start=1):
+        if entry.key in seen_keys:
+            report.errors.append(
+                ImportError_(entry.where, "duplicate_key", f"{entry.where}: key {entry.key!r} also used by {seen_keys[entry.key]}")
+            )
+        else:
+            seen_keys[entry.key] = entry.where
+            try:
+                outcome = _import_one(eval_set, entry)
+                setattr(report, outcome, getattr(report, outcome) + 1)
+            except AudioValidationError as exc:
+                report.errors.append(ImportError_(entry.where, exc.reason, str(exc)))
+            except FileNotFoundError:
+                report.errors.append(ImportError_(entry.where, "missing_file", f"{entry.path}: no such file"))
+            except ApplicationError as exc:
+                report.errors.append(ImportError_(entry.where, "conflict", f"{entry.where}: {exc.message}"))
+            except ValidationError as exc:
+                report.errors.append(ImportError_(entry.where, "invalid", f"{entry.where}: {'; '.join(exc.messages)}"))
+        if progress is not None:
+            progress(index, len(entries), entry.key)
+    return report
+
+
+def job_execute(
+    *,
+    job_id: int,
+    worker: str,
+    work: Callable[[Job, ProgressFn], dict[str, Any]],
+    heartbeat_every_s: float = 1.0,
+) -> Job | None:
+    """Claim the job, run ``work(job, progress)`` and record its outcome on the job.
+
+    ``work`` raises ``ApplicationError`` for a failure a user must fix (message kept verbatim);
+    any other exception is recorded with its type. Database connection errors propagate so the
+    task can retry. Returns the ended job, or ``None`` for a duplicate delivery.
+    """
+    from django.db import InterfaceError, OperationalError
+
+    job = job_claim(job_id=job_id, worker=worker)
+    if job is None:
+        return None
+    last_beat = [0.0]
+
+    def progress(done: int, total: int, message: str) -> None:
+        now = timezone.now().timestamp()
+        if now - last_beat[0] >= heartbeat_every_s or done >= total:
+            last_beat[0] = now
+            job_heartbeat(job_id=job_id, progress=done / total if total else 1.0, message=message)
+
+    try:
+        result = work(job, progress)
+    except ApplicationError as exc:
+        return job_fail(job_id=job_id, error=exc.message, result=exc.extra or None)
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the job must end with the reason, and the worker go on
+        logger.exception("job %s failed", job_id)
+        return job_fail(job_id=job_id, error=f"{type(exc).__name__}: {exc}")
+    return job_finish(job_id=job_id, result=result)
+
+
+def evalset_import_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
+    """Body of an import job: params ``name``, ``source``, ``description``."""
+    report = evalset_import(
+        name=job.params["name"],
+        source=job.params["source"],
+        description=job.params.get("description", ""),
+        progress=progress,
+    )
+    Job.objects.filter(pk=job.pk).update(eval_set_id=report.eval_set_id)
+    result = report.as_dict()
+    if report.total and not (report.created + report.updated + report.unchanged):
+        raise ApplicationError(
+            f"none of the {report.total} files could be imported; first error: {report.errors[0].message}",
+            extra=result,
+        )
+    return result

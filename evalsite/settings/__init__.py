@@ -1,0 +1,1 @@
+"""Settings packages: ``base`` (embedded default, read from the environment), ``test``, ``production``."""

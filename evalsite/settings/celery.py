@@ -1,0 +1,59 @@
+"""Celery settings (read by ``evalsite.celery`` with the ``CELERY_`` namespace).
+
+Default broker: kombu's filesystem transport under ``var/queue`` so the embedded default runs a
+real worker process without any server. Set ``CELERY_BROKER_URL`` to Redis or RabbitMQ at scale.
+"""
+
+import os
+
+from kombu import Queue
+
+from evalsite.settings.base import VAR_DIR, env_bool, env_int
+
+QUEUE_DIR = VAR_DIR / "queue"
+
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "filesystem://"
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    for sub in ("in", "processed"):
+        (QUEUE_DIR / sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        # One folder for both directions: producer and worker share the same queue files.
+        "data_folder_in": str(QUEUE_DIR / "in"),
+        "data_folder_out": str(QUEUE_DIR / "in"),
+        "processed_folder": str(QUEUE_DIR / "processed"),
+        "store_processed": False,
+    }
+else:
+    # Redis keeps an unacknowledged message invisible this long; after that (or when a killed
+    # worker's connection is gone, for AMQP) it is delivered again. Jobs guard against the
+    # duplicate with their heartbeat, so a long task is safe even past this timeout.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600),
+        # How often (s) a worker sweeps for such messages; every sweep scans Redis.
+        "unacked_restore_interval": env_int("CELERY_UNACKED_RESTORE_INTERVAL", 10),
+        "unacked_restore_throttle": 1,
+    }
+
+CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND") or None
+CELERY_TASK_IGNORE_RESULT = True  # results live in Job rows, not in a result backend
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_TASK_EAGER_PROPAGATES = True
+
+CELERY_TASK_QUEUES = (Queue("gpu"), Queue("cpu"))
+CELERY_TASK_DEFAULT_QUEUE = "cpu"
+CELERY_TASK_ROUTES = {
+    "evalsite.runs.tasks.generation_*": {"queue": "gpu"},
+}
+# A task is acknowledged only when it has finished, and put back if its worker process dies, so
+# a SIGKILLed or OOM-killed worker never loses a job. Tasks are idempotent for that reason.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+EVALSITE_TASK_MAX_RETRIES = env_int("EVALSITE_TASK_MAX_RETRIES", 3)
+
+# A running job writes a heartbeat; one silent for longer than this is taken over by a
+# redelivered message or marked failed by the health check.
+EVALSITE_JOB_STALE_AFTER_S = env_int("EVALSITE_JOB_STALE_AFTER_S", 300)
+EVALSITE_JOB_MAX_ATTEMPTS = env_int("EVALSITE_JOB_MAX_ATTEMPTS", 3)

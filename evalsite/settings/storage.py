@@ -1,0 +1,30 @@
+"""Media and model-store locations.
+
+Weights are never downloaded: hub and torch caches point inside the model store and the hubs are
+switched offline before any library that could reach them is imported.
+"""
+
+import os
+from pathlib import Path
+
+from evalsite.settings.base import VAR_DIR
+
+MEDIA_ROOT = Path(os.environ.get("EVALSITE_MEDIA_ROOT") or VAR_DIR / "media").resolve()
+MEDIA_URL = "/media/"
+
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+EVALSITE_MODEL_STORE = Path(os.environ.get("EVALSITE_MODEL_STORE") or VAR_DIR / "model-store").resolve()
+
+# laion_clap (and so frechet_audio_distance) contacts a model hub at import time and hangs offline.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HOME", str(EVALSITE_MODEL_STORE / "huggingface"))
+os.environ.setdefault("TORCH_HOME", str(EVALSITE_MODEL_STORE / "torch"))
+
+# Uploads above this are refused before they are read into memory.
+DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("EVALSITE_MAX_UPLOAD_BYTES", 200 * 1024 * 1024))
+FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
