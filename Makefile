@@ -24,9 +24,12 @@ system-deps:
 	  echo "installing chromium (apt) for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# Both sessions always run; the target fails if either did.
 test: $(STAMP) system-deps
-	$(MAKE) --no-print-directory test-unit
-	$(MAKE) --no-print-directory test-integration
+	@status=0; \
+	$(MAKE) --no-print-directory test-unit || status=1; \
+	$(MAKE) --no-print-directory test-integration || status=1; \
+	exit $$status
 
 test-unit: $(STAMP)
 	$(PY) -m pytest
