@@ -208,26 +208,48 @@ def decode_audio(
             TRUNCATED, f"the header declares {declared_frames} frames but only {frames} could be decoded",
             path=label,
         )
-    finite = np.isfinite(samples)
+    return decoded_from_array(samples, sample_rate, name=label)
+
+
+def decoded_from_array(samples: np.ndarray, sample_rate: int, *, name: str | None = None) -> DecodedAudio:
+    """Validate in-memory audio (e.g. a model's output) and describe it like decoded audio.
+
+    Args:
+        samples: (frames,) or (frames, channels) floating-point samples.
+        sample_rate: Hz.
+        name: labels the audio in error messages.
+
+    Raises:
+        AudioValidationError: ``empty`` for no frames, ``non_finite`` for NaN/Inf samples.
+    """
+    array = np.asarray(samples, dtype=np.float32)
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim != 2:
+        raise ValueError(f"samples must have shape (frames,) or (frames, channels), got {array.shape}")
+    frames, channels = array.shape
+    if frames == 0:
+        raise AudioValidationError(EMPTY, "no audio frames", path=name)
+    finite = np.isfinite(array)
     if not finite.all():
         bad = np.flatnonzero(~finite.all(axis=1))
         n_bad = int((~finite).sum())
         raise AudioValidationError(
-            NON_FINITE, f"{n_bad} NaN/Inf samples (first at {bad[0] / sample_rate:.2f} s)", path=label
+            NON_FINITE, f"{n_bad} NaN/Inf samples (first at {bad[0] / sample_rate:.2f} s)", path=name
         )
-
-    samples.flags.writeable = False
-    peak = float(np.abs(samples).max())
+    array = np.ascontiguousarray(array)
+    array.flags.writeable = False
+    peak = float(np.abs(array).max())
     return DecodedAudio(
-        samples=samples,
+        samples=array,
         sample_rate=sample_rate,
         channels=channels,
         frames=frames,
         duration_s=frames / sample_rate,
         peak=peak,
         peak_dbfs=20.0 * math.log10(peak) if peak > 0 else None,
-        loudness_lufs=_loudness(samples, sample_rate),
-        content_hash=content_hash(samples, sample_rate),
+        loudness_lufs=_loudness(array, sample_rate),
+        content_hash=content_hash(array, sample_rate),
     )
 
 

@@ -143,6 +143,7 @@ class Generation(BaseModel):
     error = models.TextField(blank=True)
     wall_time_s = models.FloatField(null=True, blank=True)
     device = models.CharField(max_length=50, blank=True)
+    info = models.JSONField(default=dict, blank=True, help_text="what the model reported, e.g. tokens/s and bitrate")
     job = models.ForeignKey(Job, on_delete=models.SET_NULL, null=True, blank=True, related_name="generations")
 
     class Meta:

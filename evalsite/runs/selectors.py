@@ -2,7 +2,7 @@
 
 from django.db.models import Count, QuerySet
 
-from evalsite.runs.models import EvalSet, Job, Run
+from evalsite.runs.models import Checkpoint, EvalSet, Generation, Job, Run
 
 
 def evalset_list() -> QuerySet[EvalSet]:
@@ -15,3 +15,30 @@ def run_list() -> QuerySet[Run]:
 
 def job_list_recent(*, limit: int = 50) -> QuerySet[Job]:
     return Job.objects.select_related("run", "eval_set").order_by("-created_at")[:limit]
+
+
+def run_checkpoint_table(*, run: Run) -> list[dict]:
+    """Each checkpoint of the run with its latest job, for the run page."""
+    rows = []
+    for checkpoint in Checkpoint.objects.filter(run=run).order_by("step"):
+        job = checkpoint.jobs.order_by("-created_at").first()
+        counts = {s: 0 for s in Generation.Status.values}
+        for status in checkpoint.generations.values_list("status", flat=True):
+            counts[status] += 1
+        rows.append({"checkpoint": checkpoint, "job": job, "generations": counts})
+    return rows
+
+
+def run_generation_grid(*, run: Run) -> tuple[list[Checkpoint], list[dict]]:
+    """Items × checkpoints: the generation (or None) in each cell, for listening side by side."""
+    checkpoints = list(Checkpoint.objects.filter(run=run).order_by("step"))
+    if run.eval_set_id is None:
+        return checkpoints, []
+    cells = {
+        (g.item_id, g.checkpoint_id): g
+        for g in Generation.objects.filter(checkpoint__run=run).select_related("asset").order_by("created_at")
+    }
+    rows = []
+    for item in run.eval_set.items.select_related("reference").order_by("key"):
+        rows.append({"item": item, "cells": [cells.get((item.pk, c.pk)) for c in checkpoints]})
+    return checkpoints, rows

@@ -6,6 +6,7 @@ previous attempt is stale (its worker died). Anything else is refused.
 """
 
 import csv
+import time
 import hashlib
 import json
 import logging
@@ -457,3 +458,247 @@ def evalset_import_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
             extra=result,
         )
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints and generation
+
+RUN_HAS_NO_EVAL_SET = "run {run!r} has no eval set; attach one before evaluating checkpoints."
+KIND_MISMATCH = "run {run!r} is a {run_kind} run but {uri} holds a {model_kind} (family {family})."
+RATE_MISMATCH = (
+    "eval set {eval_set!r} has reference audio at {rates} Hz but the model runs at {model_rate} Hz; "
+    "use a matching eval set or evaluate with params resample=true."
+)
+NO_REFERENCE = "item {key!r} has no reference audio; a {kind} needs one."
+GENERATION_DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "batch_size": None,  # None: 16 on GPU, 4 on CPU
+    "dtype": "fp32",  # or "bf16"
+    "tf32": False,
+    "resample": False,
+    "cfg_scale": 3.0,
+    "top_k": None,
+    "top_p": None,
+    "temperature": 1.0,
+    "duration_s": None,  # generator: None → the reference's duration, else 4 s
+}
+
+
+def _sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@transaction.atomic
+def checkpoint_register(
+    *, run: Run, step: int, uri: str, sha256: str = "", evaluate: bool = True, params: dict[str, Any] | None = None
+):
+    """Register a checkpoint once per (run, step) and queue its generation job.
+
+    Returns ``(checkpoint, created)``; registering the same step again returns the existing row
+    and queues nothing.
+    """
+    from evalsite.runs.models import Checkpoint
+
+    existing = Checkpoint.objects.filter(run=run, step=step).first()
+    if existing is not None:
+        return existing, False
+    path = Path(uri)
+    size = path.stat().st_size if path.is_file() else None
+    checkpoint = Checkpoint(run=run, step=step, uri=uri, sha256=sha256, size_bytes=size)
+    checkpoint.full_clean(validate_unique=False)
+    checkpoint.save()
+    if evaluate and run.eval_set_id is not None:
+        job_create(kind=Job.Kind.GENERATION, run=run, checkpoint=checkpoint, params=params or {})
+    return checkpoint, True
+
+
+def generation_params(params: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """Fill defaults and return the canonical params with their hash (the natural key of outputs)."""
+    unknown = sorted(set(params) - set(GENERATION_DEFAULTS) - {"device"})
+    if unknown:
+        raise ApplicationError(f"unknown generation params {unknown}; known: {sorted(GENERATION_DEFAULTS)}")
+    full = {**GENERATION_DEFAULTS, **{k: v for k, v in params.items() if k != "device"}}
+    # Batch size, precision and device change speed, not which audio an item gets: not in the key.
+    keyed = {k: v for k, v in full.items() if k not in ("batch_size", "tf32")}
+    return full, hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
+
+
+def _reference_mono(item: EvalItem, model_rate: int, resample: bool):
+    from evalsite.audio.decoding import resample as resample_audio
+    from evalsite.audio.selectors import audio_asset_samples
+
+    samples, rate = audio_asset_samples(item.reference)
+    mono = samples.mean(axis=1)  # the models are mono; a multi-channel reference is downmixed
+    if rate != model_rate and resample:
+        mono = resample_audio(mono, rate, model_rate)
+    return mono
+
+
+def _store_generation(*, checkpoint, item, job, params, params_hash, seed, audio, sample_rate, seconds, device, info):
+    """Upsert one output by its natural key; NaN/Inf output becomes a failed row, not audio."""
+    from evalsite.audio.decoding import AudioValidationError, decoded_from_array
+    from evalsite.audio.services import audio_asset_store
+    from evalsite.runs.models import Generation
+
+    natural = {"checkpoint": checkpoint, "item": item, "params_hash": params_hash, "seed": seed}
+    defaults: dict[str, Any] = {"params": params, "job": job, "wall_time_s": seconds, "device": device, "info": info}
+    try:
+        decoded = decoded_from_array(audio, sample_rate, name=f"{checkpoint}:{item.key}")
+    except AudioValidationError as exc:
+        defaults.update(status=Generation.Status.FAILED, error=f"model output rejected: {exc.detail}", asset=None)
+    else:
+        with transaction.atomic():
+            asset, _ = audio_asset_store(decoded=decoded, original_name=f"{item.key}.wav")
+        defaults.update(status=Generation.Status.DONE, error="", asset=asset)
+    generation, _ = Generation.objects.update_or_create(**natural, defaults=defaults)
+    return generation
+
+
+def _checkpoint_status(checkpoint, status: str) -> None:
+    type(checkpoint).objects.filter(pk=checkpoint.pk).update(status=status)
+
+
+def generation_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
+    """Generate the run's eval set with the job's checkpoint; resumable (done items are skipped)."""
+    from evalsite.runs.models import Checkpoint, Generation
+
+    checkpoint = job.checkpoint
+    try:
+        result = _generate(job, checkpoint, progress)
+    except Exception:
+        _checkpoint_status(checkpoint, Checkpoint.Status.FAILED)
+        raise
+    _checkpoint_status(checkpoint, Checkpoint.Status.DONE if result["failed"] == 0 else Checkpoint.Status.FAILED)
+    if result["failed"] and not result["done"]:
+        first = Generation.objects.filter(checkpoint=checkpoint, status="failed").first()
+        raise ApplicationError(f"every item failed; first: {first.item.key}: {first.error}", extra=result)
+    return result
+
+
+def _generate(job: Job, checkpoint, progress: ProgressFn) -> dict[str, Any]:
+    import torch
+
+    import models
+    from evalsite.runs import generation as gen
+    from evalsite.runs.models import Checkpoint, Generation
+
+    run = checkpoint.run
+    if run.eval_set_id is None:
+        raise ApplicationError(RUN_HAS_NO_EVAL_SET.format(run=run.name))
+    params, params_hash = generation_params(job.params)
+    device = gen.pick_device(job.params.get("device"))
+    torch.backends.cuda.matmul.allow_tf32 = bool(params["tf32"])
+    torch.backends.cudnn.allow_tf32 = bool(params["tf32"])
+    _checkpoint_status(checkpoint, Checkpoint.Status.GENERATING)
+
+    path = Path(checkpoint.uri)
+    if not checkpoint.sha256 and path.is_file():
+        Checkpoint.objects.filter(pk=checkpoint.pk).update(sha256=_sha256_of_file(path), size_bytes=path.stat().st_size)
+    family = None if run.model_family in ("", "auto") else run.model_family
+    try:
+        model = gen.model_cache.get(checkpoint.uri, family=family, device=device)
+    except (models.ModelLoadError, models.CheckpointNotFoundError) as exc:
+        raise ApplicationError(f"cannot load checkpoint {checkpoint.uri}: {exc}") from None
+    if model.kind != run.kind:
+        raise ApplicationError(KIND_MISMATCH.format(run=run.name, run_kind=run.kind, uri=checkpoint.uri,
+                                                    model_kind=model.kind, family=model.family))
+
+    items = list(run.eval_set.items.select_related("reference").order_by("key"))
+    done_keys = set(
+        Generation.objects.filter(checkpoint=checkpoint, params_hash=params_hash).values_list("item_id", flat=True)
+    )
+    todo = [item for item in items if item.pk not in done_keys]
+    batch_size = params["batch_size"] or (16 if device.startswith("cuda") else 4)
+    info: dict[str, Any] = {"family": model.family, "sample_rate": model.sample_rate}
+    counts = {"done": 0, "failed": 0}
+    store = dict(checkpoint=checkpoint, job=job, params=params, params_hash=params_hash, device=device)
+
+    def record(generation) -> None:
+        counts[generation.status] += 1
+        progress(len(done_keys) + counts["done"] + counts["failed"], len(items), generation.item.key)
+
+    if model.kind in ("vocoder", "tokenizer"):
+        if model.kind == "tokenizer":
+            info.update(tokens_per_second=float(model.tokens_per_second), bits_per_second=float(model.bits_per_second))
+        missing = [item for item in todo if item.reference is None]
+        for item in missing:
+            record(Generation.objects.update_or_create(
+                checkpoint=checkpoint, item=item, params_hash=params_hash, seed=params["seed"],
+                defaults={"params": params, "job": job, "status": Generation.Status.FAILED,
+                          "error": NO_REFERENCE.format(key=item.key, kind=model.kind)})[0])
+        todo = [item for item in todo if item.reference is not None]
+        rates = sorted({item.reference.sample_rate for item in todo})
+        if not params["resample"] and any(rate != model.sample_rate for rate in rates):
+            raise ApplicationError(RATE_MISMATCH.format(eval_set=run.eval_set.name, rates=", ".join(map(str, rates)),
+                                                        model_rate=model.sample_rate))
+        waves = [_reference_mono(item, model.sample_rate, params["resample"]) for item in todo]
+        fn = model.copy_synthesis if model.kind == "vocoder" else model.reconstruct
+        for out in gen.run_waveform_batches(fn, waves, batch_size=batch_size, device=device, dtype=params["dtype"]):
+            item = todo[out.index]
+            record(_store_generation(item=item, seed=params["seed"], audio=out.audio, sample_rate=model.sample_rate,
+                                     seconds=out.seconds, info=info, **store))
+    else:
+        for item in todo:
+            seed = gen.item_seed(params["seed"], item.key)
+            try:
+                cond = _generator_condition(model, run, item)
+            except ApplicationError as exc:
+                record(Generation.objects.update_or_create(
+                    checkpoint=checkpoint, item=item, params_hash=params_hash, seed=seed,
+                    defaults={"params": params, "job": job, "status": Generation.Status.FAILED, "error": exc.message})[0])
+                continue
+            duration = params["duration_s"] or (item.reference.duration_s if item.reference else 4.0)
+            started = time.perf_counter()
+            with torch.inference_mode(), gen.autocast(device, params["dtype"]):
+                audio = model.generate(cond.to(device), seed=seed, cfg_scale=params["cfg_scale"], top_k=params["top_k"],
+                                       top_p=params["top_p"], temperature=params["temperature"], duration_s=duration)
+            audio_np = audio.float().cpu().numpy()[0]
+            record(_store_generation(item=item, seed=seed, audio=audio_np, sample_rate=model.sample_rate,
+                                     seconds=time.perf_counter() - started, info=info, **store))
+    produced = Generation.objects.filter(checkpoint=checkpoint, params_hash=params_hash)
+    seconds = sum(g.wall_time_s or 0.0 for g in produced.filter(status="done"))
+    audio_s = sum(g.asset.duration_s for g in produced.filter(status="done").select_related("asset"))
+    return {
+        **info,
+        "device": device,
+        "params_hash": params_hash,
+        "items": len(items),
+        "skipped_already_done": len(done_keys),
+        "done": produced.filter(status="done").count(),
+        "failed": produced.filter(status="failed").count(),
+        "realtime_factor": audio_s / seconds if seconds else None,
+    }
+
+
+CLASS_LABEL_UNKNOWN = "item {key!r}: class label {label!r} is not in the run's config class_names {names}."
+NO_CONDITION = (
+    "item {key!r}: a text-conditioned generator needs a {dim}-d condition vector; give the item a "
+    "metadata 'condition' list of {dim} floats (e.g. its CLAP text embedding)."
+)
+
+
+def _generator_condition(model, run: Run, item: EvalItem):
+    """The generator's input for one item: a class id, or a stored condition vector."""
+    import torch
+
+    if getattr(model.config, "num_classes", 0) > 0:
+        names = run.config.get("class_names")
+        label = item.class_label
+        if names:
+            if label not in names:
+                raise ApplicationError(CLASS_LABEL_UNKNOWN.format(key=item.key, label=label, names=names))
+            class_id = names.index(label)
+        elif label.isdigit() and int(label) < model.config.num_classes:
+            class_id = int(label)
+        else:
+            raise ApplicationError(CLASS_LABEL_UNKNOWN.format(key=item.key, label=label, names=names or []))
+        return torch.tensor([class_id], dtype=torch.long)
+    dim = model.config.cond_dim
+    vector = item.metadata.get("condition")
+    if not isinstance(vector, list) or len(vector) != dim:
+        raise ApplicationError(NO_CONDITION.format(key=item.key, dim=dim))
+    return torch.tensor([vector], dtype=torch.float32)

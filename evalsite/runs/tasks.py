@@ -1,4 +1,4 @@
-"""Celery tasks: thin wrappers that take ids and call services."""
+"""Celery tasks: thin wrappers that take a job id and hand the job's work to ``job_execute``."""
 
 import os
 import socket
@@ -7,27 +7,46 @@ from celery import shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
+JOB_TASK_OPTIONS = {
+    "bind": True,
+    "autoretry_for": (OperationalError, InterfaceError),
+    "retry_backoff": 2,
+    "max_retries": settings.EVALSITE_TASK_MAX_RETRIES,
+}
+
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-@shared_task(
-    bind=True,
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=2,
-    max_retries=settings.EVALSITE_TASK_MAX_RETRIES,
-)
-def evalset_import_task(self, job_id: int) -> None:
-    from evalsite.runs.services import JobBusy, evalset_import_job_work, job_execute
+def _execute(task, job_id: int, work_name: str) -> None:
+    from evalsite.runs import services
 
     try:
-        job_execute(job_id=job_id, worker=worker_name(), work=evalset_import_job_work)
-    except JobBusy as exc:
-        raise self.retry(exc=exc, countdown=settings.EVALSITE_JOB_STALE_AFTER_S) from None
+        services.job_execute(job_id=job_id, worker=worker_name(), work=getattr(services, work_name))
+    except services.JobBusy as exc:
+        raise task.retry(exc=exc, countdown=settings.EVALSITE_JOB_STALE_AFTER_S) from None
+
+
+@shared_task(**JOB_TASK_OPTIONS)
+def evalset_import_task(self, job_id: int) -> None:
+    _execute(self, job_id, "evalset_import_job_work")
+
+
+@shared_task(**JOB_TASK_OPTIONS)
+def generation_run_task(self, job_id: int) -> None:
+    _execute(self, job_id, "generation_job_work")
+
+
+@shared_task
+def jobs_fail_stale_task() -> list[int]:
+    from evalsite.runs.services import job_fail_stale
+
+    return job_fail_stale()
 
 
 # kind → (task, queue): where ``job_create`` sends each kind of job.
 JOB_TASKS = {
     "import_evalset": (evalset_import_task, "cpu"),
+    "generation": (generation_run_task, "gpu"),
 }

@@ -2,8 +2,8 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
-from evalsite.runs.models import EvalSet
-from evalsite.runs.selectors import evalset_list, job_list_recent, run_list
+from evalsite.runs.models import EvalSet, Run
+from evalsite.runs.selectors import evalset_list, job_list_recent, run_checkpoint_table, run_generation_grid, run_list
 
 
 @login_required
@@ -21,3 +21,14 @@ def evalset_detail(request: HttpRequest, pk: int) -> HttpResponse:
     items = eval_set.items.select_related("reference").order_by("key")
     return render(request, "runs/evalset_detail.html", {"eval_set": eval_set, "items": items})
 
+
+
+@login_required
+def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    run = get_object_or_404(Run.objects.select_related("eval_set"), pk=pk)
+    checkpoints, grid = run_generation_grid(run=run)
+    return render(
+        request,
+        "runs/run_detail.html",
+        {"run": run, "table": run_checkpoint_table(run=run), "checkpoints": checkpoints, "grid": grid},
+    )

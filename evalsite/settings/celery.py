@@ -12,15 +12,17 @@ from evalsite.settings.base import VAR_DIR, env_bool, env_int
 
 QUEUE_DIR = VAR_DIR / "queue"
 
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "filesystem://"
+# "localhost" only silences kombu's "no hostname" warning; the filesystem transport ignores it.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "filesystem://localhost//"
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    for sub in ("in", "processed"):
+    for sub in ("in", "processed", "control"):
         (QUEUE_DIR / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         # One folder for both directions: producer and worker share the same queue files.
         "data_folder_in": str(QUEUE_DIR / "in"),
         "data_folder_out": str(QUEUE_DIR / "in"),
         "processed_folder": str(QUEUE_DIR / "processed"),
+        "control_folder": str(QUEUE_DIR / "control"),
         "store_processed": False,
     }
 else:
@@ -52,6 +54,11 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 EVALSITE_TASK_MAX_RETRIES = env_int("EVALSITE_TASK_MAX_RETRIES", 3)
+
+CELERY_BEAT_SCHEDULE = {
+    "jobs-fail-stale": {"task": "evalsite.runs.tasks.jobs_fail_stale_task", "schedule": 60.0},
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # A running job writes a heartbeat; one silent for longer than this is taken over by a
 # redelivered message or marked failed by the health check.

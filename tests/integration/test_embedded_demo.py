@@ -37,10 +37,12 @@ def test_demo_without_serving_imports_the_speech_set_through_the_worker_and_is_i
     first = subprocess.run(cmd, cwd=REPO, env=embedded_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "24 created, 0 unchanged, 0 rejected" in first.stdout
+    assert first.stdout.count("24 clips generated on cpu") == 4  # 2 demo runs x 2 checkpoints
     assert (tmp_path / "evalsite.sqlite3").exists() and (tmp_path / "queue").is_dir()
     again = subprocess.run(cmd, cwd=REPO, env=embedded_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "0 created, 24 unchanged, 0 rejected" in again.stdout
+    assert "clips generated" not in again.stdout  # checkpoints are registered once
 
 
 def test_demo_serves_the_site_with_playable_demo_audio_and_stops_its_children_on_ctrl_c(tmp_path):
@@ -76,6 +78,9 @@ def test_demo_serves_the_site_with_playable_demo_audio_and_stops_its_children_on
         audio_src = re.search(r'<audio[^>]+src="([^"]+)"', page).group(1)
         audio = opener.open(base + audio_src)
         assert audio.headers["Content-Type"] in ("audio/wav", "audio/x-wav") and audio.read(4) == b"RIFF"
+        run_url = re.search(rf"{re.escape(base)}/runs/\d+/", out).group(0)
+        run_page = opener.open(run_url).read().decode()
+        assert run_page.count("<audio") == 24 * 3  # reference + two checkpoints per item
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=60)

@@ -56,7 +56,7 @@ def test_the_embedded_default_uses_sqlite_a_filesystem_queue_and_local_folders_u
     cfg = probe_json(tmp_path)
     assert cfg["db_engine"] == "django.db.backends.sqlite3"
     assert cfg["db_name"] == str(tmp_path / "evalsite.sqlite3")
-    assert cfg["broker"] == "filesystem://" and cfg["queue_in"] == str(tmp_path / "queue" / "in")
+    assert cfg["broker"] == "filesystem://localhost//" and cfg["queue_in"] == str(tmp_path / "queue" / "in")
     assert cfg["media"] == str(tmp_path / "media")
     assert cfg["store"] == str(tmp_path / "model-store")
     assert cfg["debug"] is False

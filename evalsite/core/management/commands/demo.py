@@ -12,11 +12,18 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from evalsite.runs.models import Job
-from evalsite.runs.services import job_create
+from evalsite.runs.models import EvalSet, Job, Run
+from evalsite.runs.services import checkpoint_register, job_create, run_create
 
 DEMO_EVALSET = "demo-espeak-speech"
 DEMO_USER = "demo"
+# (run name, kind, family, preset, generation params): tiny, randomly initialised models so the demo
+# shows the pipeline (checkpoint → worker → audio) in seconds on a CPU. Their output is not speech.
+DEMO_RUNS = (
+    ("demo-hifigan-tiny", "vocoder", "hifigan", "tiny", {}),
+    ("demo-sat-tiny", "tokenizer", "sat", "tiny", {"resample": True}),
+)
+DEMO_STEPS = (1000, 2000)
 
 
 def _raise_interrupt(signum, frame):
@@ -58,7 +65,7 @@ class Command(BaseCommand):
             worker_log = open(log_dir / "worker.log", "ab")
             worker = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "evalsite", "worker", "-Q", "gpu,cpu",
-                 "--concurrency", "1", "-n", "demo@%h", "--loglevel", "INFO"],
+                 "--concurrency", "1", "-n", "demo@%h", "--loglevel", "INFO", "--beat"],
                 env=child_env, stdout=worker_log, stderr=subprocess.STDOUT,
             )
             children.append(worker)
@@ -76,6 +83,7 @@ class Command(BaseCommand):
                 f"demo eval set {DEMO_EVALSET!r}: {result.get('created', 0)} created, "
                 f"{result.get('unchanged', 0)} unchanged, {len(result.get('errors', []))} rejected"
             )
+            run_ids = self._register_demo_runs(result["eval_set_id"], worker, opts["timeout"])
             if opts["no_serve"]:
                 return
 
@@ -89,6 +97,8 @@ class Command(BaseCommand):
             self.stdout.write(self.style.SUCCESS("\nevalsite demo is running:"))
             self.stdout.write(f"  overview      {base}/          (log in as {DEMO_USER} / {DEMO_USER})")
             self.stdout.write(f"  demo eval set {base}/evalsets/{result.get('eval_set_id')}/")
+            for name, pk in run_ids.items():
+                self.stdout.write(f"  run           {base}/runs/{pk}/   ({name})")
             self.stdout.write(f"  admin         {base}/admin/")
             self.stdout.write(f"  health        {base}/healthz")
             self.stdout.write("Ctrl-C stops the web server and the worker.")
@@ -114,6 +124,39 @@ class Command(BaseCommand):
         self.stdout.write(f"synthesising demo speech with eSpeak NG into {out} ...")
         return write_demo_corpus(out)
 
+    def _register_demo_runs(self, eval_set_id: int, worker: subprocess.Popen, timeout: float) -> dict[str, int]:
+        """Write random checkpoints, register them, and wait for the worker to generate audio."""
+        import torch
+
+        import models
+
+        eval_set = EvalSet.objects.get(pk=eval_set_id)
+        ckpt_dir = Path(settings.VAR_DIR) / "demo-checkpoints"
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        run_ids: dict[str, int] = {}
+        jobs = []
+        for name, kind, family, preset, params in DEMO_RUNS:
+            run = Run.objects.filter(name=name).first()
+            if run is None:
+                run, _ = run_create(name=name, kind=kind, model_family=family, eval_set=eval_set,
+                                    checkpoint_dir=str(ckpt_dir / name))
+            run_ids[name] = run.pk
+            for step in DEMO_STEPS:
+                path = ckpt_dir / name / f"checkpoint_step_{step}.pt"
+                if not path.exists():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    torch.manual_seed(step)
+                    cls = models.resolve_family(family)
+                    models.save_checkpoint(cls.from_config(cls.preset(preset)), path)
+                checkpoint, created = checkpoint_register(run=run, step=step, uri=str(path), params=params)
+                if created:
+                    jobs.append(checkpoint.jobs.get())
+        for job in jobs:
+            self.stdout.write(f"generation job {job.pk} ({job.run.name} step {job.checkpoint.step}) queued ...")
+            done = self._wait(job.pk, worker, timeout)
+            self.stdout.write(f"  {done.result.get('done', 0)} clips generated on {done.result.get('device')}")
+        return run_ids
+
     def _wait(self, job_id: int, worker: subprocess.Popen, timeout: float) -> Job:
         deadline = time.monotonic() + timeout
         shown = -1
@@ -122,12 +165,12 @@ class Command(BaseCommand):
             if job.status == Job.Status.DONE:
                 return job
             if job.status == Job.Status.FAILED:
-                raise CommandError(f"demo import job {job_id} failed: {job.error}")
+                raise CommandError(f"demo job {job_id} ({job.kind}) failed: {job.error}")
             if worker.poll() is not None:
                 raise CommandError(f"the worker exited with status {worker.returncode}; see var/log/worker.log")
             pct = int(job.progress * 100)
             if pct != shown:
-                self.stdout.write(f"  import {pct:3d}%  {job.progress_message}")
+                self.stdout.write(f"  {job.kind} {pct:3d}%  {job.progress_message}")
                 shown = pct
             time.sleep(0.5)
-        raise CommandError(f"demo import job {job_id} did not finish within {timeout:.0f} s")
+        raise CommandError(f"demo job {job_id} did not finish within {timeout:.0f} s")
