@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from metrics.functional import classifier, clap_score, frechet, kad, spectral, speech
+from metrics.functional import classifier, clap_score, embedding_cosine, frechet, kad, spectral, speech
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class MetricSpec:
         per_item: Whether per-item values are produced.
         sample_rate: Required input rate in Hz, or ``None`` (any rate / embeddings).
         kind: ``"paired-audio"``, ``"audio"`` (non-intrusive), ``"distribution"`` (embeddings),
+            ``"paired-embedding"`` (clip embeddings of generated vs reference, paired by id),
             ``"classifier"`` (logits) or ``"text-audio"``.
         description: One line.
         params: Keyword arguments bound when calling ``fn`` (via :meth:`bind`).
@@ -119,6 +120,8 @@ for _act in ("softmax", "sigmoid", "sigmoid-bernoulli"):
              params={"activation": _act, "direction": _dir})
 _reg("clap_score/{embedder}/cos", clap_score.clap_score, hib=True, per_item=True, kind="text-audio",
      desc="mean cosine of text and audio embeddings paired by id")
+_reg("speaker_cos/{embedder}", embedding_cosine.embedding_cosine, hib=True, per_item=True, kind="paired-embedding",
+     desc="cosine of generated and reference clip embeddings paired by id (speaker similarity with a speaker encoder)")
 # -- paired spectral metrics ---------------------------------------------------------------
 for _sr, _mels, _tag in ((22050, 80, "HiFi-GAN V1"), (24000, 100, "BigVGAN 24 kHz 100-band")):
     _reg(spectral.mel_distance_name(_sr, n_mels=_mels), spectral.mel_distance, hib=False, per_item=True, sr=_sr,

@@ -558,7 +558,8 @@ def _store_generation(*, checkpoint, item, job, params, params_hash, seed, audio
     return generation
 
 
-def _checkpoint_status(checkpoint, status: str) -> None:
+def checkpoint_set_status(*, checkpoint, status: str) -> None:
+    """Record where the checkpoint is in the pipeline (shown on the run page)."""
     type(checkpoint).objects.filter(pk=checkpoint.pk).update(status=status)
 
 
@@ -570,12 +571,22 @@ def generation_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
     try:
         result = _generate(job, checkpoint, progress)
     except Exception:
-        _checkpoint_status(checkpoint, Checkpoint.Status.FAILED)
+        checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.FAILED)
         raise
-    _checkpoint_status(checkpoint, Checkpoint.Status.DONE if result["failed"] == 0 else Checkpoint.Status.FAILED)
     if result["failed"] and not result["done"]:
+        checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.FAILED)
         first = Generation.objects.filter(checkpoint=checkpoint, status="failed").first()
         raise ApplicationError(f"every item failed; first: {first.item.key}: {first.error}", extra=result)
+    if checkpoint.run.config.get("metrics") == []:
+        checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.DONE)
+    else:
+        # Next stage of the pipeline; the metrics job moves the checkpoint to done.
+        checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.SCORING)
+        params = {"params_hash": result["params_hash"]}
+        if job.params.get("device"):
+            params["device"] = job.params["device"]
+        result["metrics_job_id"] = job_create(kind=Job.Kind.METRICS, run=checkpoint.run, checkpoint=checkpoint,
+                                              params=params).pk
     return result
 
 
@@ -593,7 +604,7 @@ def _generate(job: Job, checkpoint, progress: ProgressFn) -> dict[str, Any]:
     device = gen.pick_device(job.params.get("device"))
     torch.backends.cuda.matmul.allow_tf32 = bool(params["tf32"])
     torch.backends.cudnn.allow_tf32 = bool(params["tf32"])
-    _checkpoint_status(checkpoint, Checkpoint.Status.GENERATING)
+    checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.GENERATING)
 
     path = Path(checkpoint.uri)
     if not checkpoint.sha256 and path.is_file():

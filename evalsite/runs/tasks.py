@@ -19,11 +19,14 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _execute(task, job_id: int, work_name: str) -> None:
+def _execute(task, job_id: int, work_name: str, module: str = "evalsite.runs.services") -> None:
+    import importlib
+
     from evalsite.runs import services
 
+    work = getattr(importlib.import_module(module), work_name)
     try:
-        services.job_execute(job_id=job_id, worker=worker_name(), work=getattr(services, work_name))
+        services.job_execute(job_id=job_id, worker=worker_name(), work=work)
     except services.JobBusy as exc:
         raise task.retry(exc=exc, countdown=settings.EVALSITE_JOB_STALE_AFTER_S) from None
 
@@ -45,8 +48,14 @@ def jobs_fail_stale_task() -> list[int]:
     return job_fail_stale()
 
 
+@shared_task(**JOB_TASK_OPTIONS)
+def metrics_run_task(self, job_id: int) -> None:
+    _execute(self, job_id, "metrics_job_work", module="evalsite.scoring.services")
+
+
 # kind → (task, queue): where ``job_create`` sends each kind of job.
 JOB_TASKS = {
     "import_evalset": (evalset_import_task, "cpu"),
     "generation": (generation_run_task, "gpu"),
+    "metrics": (metrics_run_task, "cpu"),
 }

@@ -26,9 +26,18 @@ def evalset_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
     run = get_object_or_404(Run.objects.select_related("eval_set"), pk=pk)
+    from evalsite.scoring.selectors import run_metric_table
+
     checkpoints, grid = run_generation_grid(run=run)
+    metrics = run_metric_table(run=run)
+    metric_rows = [
+        {"checkpoint": row["checkpoint"],
+         "cells": [(cell, metrics["best"].get(i) == row["checkpoint"].pk) for i, cell in enumerate(row["cells"])]}
+        for row in metrics["rows"]
+    ]
     return render(
         request,
         "runs/run_detail.html",
-        {"run": run, "table": run_checkpoint_table(run=run), "checkpoints": checkpoints, "grid": grid},
+        {"run": run, "table": run_checkpoint_table(run=run), "checkpoints": checkpoints, "grid": grid,
+         "metric_columns": metrics["columns"], "metric_rows": metric_rows},
     )

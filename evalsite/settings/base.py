@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "evalsite.core",
     "evalsite.audio",
     "evalsite.runs",
+    "evalsite.scoring",
 ]
 
 MIDDLEWARE = [

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import numpy as np
-
-from metrics._common import MetricResult, pair_by_id
+from metrics._common import MetricResult
+from metrics.functional.embedding_cosine import embedding_cosine
 
 
 def clap_score_name(embedder: str | None = None) -> str:
@@ -42,25 +41,6 @@ def clap_score(
         >>> round(r.value, 4), r.details["unpaired_audio"]
         (0.7071, ['b'])
     """
-    pairing = pair_by_id(text_embeddings, audio_embeddings)
-    if not pairing.ids:
-        raise ValueError("no item id is present in both text_embeddings and audio_embeddings")
-    per_item = {}
-    for i in pairing.ids:
-        t = np.asarray(text_embeddings[i], dtype=np.float64).reshape(-1)
-        a = np.asarray(audio_embeddings[i], dtype=np.float64).reshape(-1)
-        if t.shape != a.shape:
-            raise ValueError(f"item {i!r}: text embedding shape {t.shape} != audio embedding shape {a.shape}")
-        nt, na = np.linalg.norm(t), np.linalg.norm(a)
-        if nt == 0 or na == 0:
-            raise ValueError(f"item {i!r}: zero-norm embedding (text norm {nt}, audio norm {na})")
-        per_item[str(i)] = float(t @ a / (nt * na))
-    return MetricResult(
-        name=name or clap_score_name(),
-        value=float(np.mean(list(per_item.values()))),
-        higher_is_better=True,
-        per_item=per_item,
-        warnings=pairing.warnings("text_embeddings", "audio_embeddings"),
-        details={"n_pairs": len(pairing.ids), "unpaired_text": [str(i) for i in pairing.only_first],
-                 "unpaired_audio": [str(i) for i in pairing.only_second]},
+    return embedding_cosine(
+        text_embeddings, audio_embeddings, name=name or clap_score_name(), first_label="text", second_label="audio"
     )

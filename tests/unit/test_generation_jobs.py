@@ -66,8 +66,10 @@ def test_a_vocoder_checkpoint_resynthesises_every_item_at_the_reference_length(t
         assert g.asset.sample_rate == 22050 and g.asset.frames == g.item.reference.frames
         assert g.device == "cpu" and g.wall_time_s > 0
     ckpt.refresh_from_db()
-    assert ckpt.status == Checkpoint.Status.DONE and len(ckpt.sha256) == 64 and ckpt.size_bytes > 0
+    assert ckpt.status == Checkpoint.Status.SCORING and len(ckpt.sha256) == 64 and ckpt.size_bytes > 0
     assert job.result["done"] == 3 and job.result["realtime_factor"] > 0
+    metrics_job = Job.objects.get(pk=job.result["metrics_job_id"])
+    assert metrics_job.kind == "metrics" and metrics_job.params == {"params_hash": job.result["params_hash"]}
 
 
 def test_a_generation_job_is_resumable_and_skips_items_already_generated(tmp_path):

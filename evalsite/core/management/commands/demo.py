@@ -155,6 +155,12 @@ class Command(BaseCommand):
             self.stdout.write(f"generation job {job.pk} ({job.run.name} step {job.checkpoint.step}) queued ...")
             done = self._wait(job.pk, worker, timeout)
             self.stdout.write(f"  {done.result.get('done', 0)} clips generated on {done.result.get('device')}")
+            if done.result.get("metrics_job_id"):
+                scored = self._wait(done.result["metrics_job_id"], worker, timeout)
+                failed = scored.result.get("failed", {})
+                self.stdout.write(f"  {scored.result.get('done', 0)} metrics stored, {len(failed)} failed")
+                for name, error in failed.items():
+                    self.stdout.write(f"    {name}: {error}")
         return run_ids
 
     def _wait(self, job_id: int, worker: subprocess.Popen, timeout: float) -> Job:
