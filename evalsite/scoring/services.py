@@ -105,7 +105,7 @@ def _to_blob(array: np.ndarray) -> bytes:
 
 
 def _from_blob(data: bytes, frames: int, dim: int) -> np.ndarray:
-    return np.frombuffer(bytes(data), dtype="<f4").reshape(frames, dim)
+    return np.frombuffer(bytes(data), dtype="<f4").reshape(frames, dim).copy()  # writable, for torch
 
 
 def embedder_preprocess_key(embedder) -> str:
