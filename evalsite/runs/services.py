@@ -653,10 +653,11 @@ def _generate(job: Job, checkpoint, progress: ProgressFn) -> dict[str, Any]:
             record(_store_generation(item=item, seed=params["seed"], audio=out.audio, sample_rate=model.sample_rate,
                                      seconds=out.seconds, info=info, **store))
     else:
+        text_embedders: dict = {}
         for item in todo:
             seed = gen.item_seed(params["seed"], item.key)
             try:
-                cond = _generator_condition(model, run, item)
+                cond = _generator_condition(model, run, item, text_embedders)
             except ApplicationError as exc:
                 record(Generation.objects.update_or_create(
                     checkpoint=checkpoint, item=item, params_hash=params_hash, seed=seed,
@@ -688,12 +689,16 @@ def _generate(job: Job, checkpoint, progress: ProgressFn) -> dict[str, Any]:
 CLASS_LABEL_UNKNOWN = "item {key!r}: class label {label!r} is not in the run's config class_names {names}."
 NO_CONDITION = (
     "item {key!r}: a text-conditioned generator needs a {dim}-d condition vector; give the item a "
-    "metadata 'condition' list of {dim} floats (e.g. its CLAP text embedding)."
+    "text (embedded with the run's condition_embedder, default {embedder}) or a metadata "
+    "'condition' list of {dim} floats."
 )
+CONDITION_DIM_MISMATCH = "item {key!r}: {embedder} gives {got}-d text embeddings but the generator expects {dim}-d."
+DEFAULT_CONDITION_EMBEDDER = "clap-laion-630k-audioset-48k"
 
 
-def _generator_condition(model, run: Run, item: EvalItem):
-    """The generator's input for one item: a class id, or a stored condition vector."""
+def _generator_condition(model, run: Run, item: EvalItem, text_embedders: dict | None = None):
+    """The generator's input for one item: a class id, a stored condition vector, or the CLAP
+    text embedding of the item's text (the embedder is loaded once per job via ``text_embedders``)."""
     import torch
 
     if getattr(model.config, "num_classes", 0) > 0:
@@ -710,6 +715,21 @@ def _generator_condition(model, run: Run, item: EvalItem):
         return torch.tensor([class_id], dtype=torch.long)
     dim = model.config.cond_dim
     vector = item.metadata.get("condition")
-    if not isinstance(vector, list) or len(vector) != dim:
-        raise ApplicationError(NO_CONDITION.format(key=item.key, dim=dim))
-    return torch.tensor([vector], dtype=torch.float32)
+    if isinstance(vector, list) and len(vector) == dim:
+        return torch.tensor([vector], dtype=torch.float32)
+    embedder_name = run.config.get("condition_embedder", DEFAULT_CONDITION_EMBEDDER)
+    if not item.text:
+        raise ApplicationError(NO_CONDITION.format(key=item.key, dim=dim, embedder=embedder_name))
+    from metrics.embedders import MissingWeightsError, get_embedder
+
+    cache = text_embedders if text_embedders is not None else {}
+    try:
+        if embedder_name not in cache:
+            cache[embedder_name] = get_embedder(embedder_name)
+        embedding = cache[embedder_name].embed_text([item.text])[0]
+    except MissingWeightsError as exc:
+        raise ApplicationError(f"item {item.key!r}: cannot embed its text: {exc}") from None
+    if embedding.shape[-1] != dim:
+        raise ApplicationError(CONDITION_DIM_MISMATCH.format(key=item.key, embedder=embedder_name,
+                                                             got=embedding.shape[-1], dim=dim))
+    return torch.as_tensor(embedding, dtype=torch.float32).reshape(1, dim)

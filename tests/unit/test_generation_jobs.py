@@ -207,3 +207,18 @@ def test_a_cuda_out_of_memory_error_is_retried_with_smaller_batches():
     outs = {o.index: o.audio for o in gen.run_waveform_batches(fn, waves, batch_size=4, device="cpu")}
     assert calls[0] == 3 and max(calls[1:]) <= 2
     assert all(np.array_equal(outs[i], waves[i] * 2) for i in range(3))
+
+
+def test_a_text_conditioned_generator_embeds_item_text_with_clap_or_names_the_missing_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("EVALSITE_MODEL_STORE", str(tmp_path / "store"))
+    es = eval_set_at(tmp_path, 16000, n=2)
+    es.items.filter(key="utt0").update(text="a dog barks twice")
+    vector = [0.01 * i for i in range(512)]
+    es.items.filter(key="utt1").update(metadata={"condition": vector})
+    run, _ = run_create(name="gen", kind="generator", model_family="aar", eval_set=es)
+    job, ckpt = run_generation(run, tiny_checkpoint(tmp_path, models.AARGenerator), duration_s=0.3)
+    by_key = {g.item.key: g for g in Generation.objects.filter(checkpoint=ckpt).select_related("item")}
+    assert by_key["utt1"].status == "done"  # the stored condition vector was used
+    assert by_key["utt0"].status == "failed"
+    assert "cannot embed its text" in by_key["utt0"].error and "630k-audioset-best.pt" in by_key["utt0"].error
+    assert str(tmp_path / "store") in by_key["utt0"].error
