@@ -8,6 +8,7 @@ from evalsite.core.views import healthz
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    path("l/", include("evalsite.listening.urls")),
     path("", include("evalsite.runs.urls")),
 ]
 if settings.DEBUG:

@@ -8,3 +8,11 @@ class ApplicationError(Exception):
         super().__init__(message)
         self.message = message
         self.extra = extra or {}
+
+
+class NotFoundError(ApplicationError):
+    """The thing asked for does not exist for this caller (404; never says whether it exists for others)."""
+
+
+class ConflictError(ApplicationError):
+    """The request is well-formed but the state does not allow it now (409)."""

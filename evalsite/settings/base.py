@@ -64,6 +64,7 @@ INSTALLED_APPS = [
     "evalsite.audio",
     "evalsite.runs",
     "evalsite.scoring",
+    "evalsite.listening",
 ]
 
 MIDDLEWARE = [

@@ -1,0 +1,48 @@
+from django.core.management.base import BaseCommand, CommandError
+from django.urls import reverse
+
+from evalsite.core.exceptions import ApplicationError
+from evalsite.listening.models import ListeningTest
+from evalsite.listening.services import listening_test_build, listening_test_publish
+from evalsite.runs.models import Checkpoint
+
+
+class Command(BaseCommand):
+    help = "Build a listening test from checkpoints (RUN@STEP ...) on their eval set; prints the invite link."
+
+    def add_arguments(self, parser):
+        parser.add_argument("name")
+        parser.add_argument("--kind", required=True, choices=ListeningTest.Kind.values)
+        parser.add_argument("--checkpoints", nargs="+", required=True, metavar="RUN@STEP")
+        parser.add_argument("--training-items", type=int, default=1)
+        parser.add_argument("--votes", type=int, default=10, help="valid votes wanted per trial")
+        parser.add_argument("--trials-per-listener", type=int, default=None)
+        parser.add_argument("--seed", type=int, default=None)
+        parser.add_argument("--completion-code", default="")
+        parser.add_argument("--completion-redirect", default="")
+        parser.add_argument("--publish", action="store_true")
+        parser.add_argument("--base-url", default="http://127.0.0.1:8000")
+
+    def handle(self, *args, **opts):
+        checkpoints = []
+        for spec in opts["checkpoints"]:
+            run, _, step = spec.rpartition("@")
+            found = Checkpoint.objects.filter(run__name=run, step=int(step) if step.isdigit() else -1).first()
+            if found is None:
+                raise CommandError(f"no checkpoint {spec!r} (expected RUN@STEP of a registered checkpoint)")
+            checkpoints.append(found)
+        try:
+            test = listening_test_build(
+                name=opts["name"], kind=opts["kind"], checkpoints=checkpoints, training_items=opts["training_items"],
+                votes_target=opts["votes"], trials_per_participant=opts["trials_per_listener"], seed=opts["seed"],
+                completion_code=opts["completion_code"], completion_redirect=opts["completion_redirect"],
+            )
+            if opts["publish"]:
+                test = listening_test_publish(test=test)
+        except ApplicationError as exc:
+            raise CommandError(exc.message) from None
+        for warning in test.build_warnings:
+            self.stderr.write(f"warning: {warning}")
+        url = opts["base_url"].rstrip("/") + reverse("listening:invite", args=[test.invite_token])
+        self.stdout.write(f"{test.kind} test {test.name!r}: {test.trials.count()} trials, status {test.status}")
+        self.stdout.write(f"invite link: {url}")

@@ -1,0 +1,196 @@
+"""Listening tests: what is asked (tests, conditions, trials, stimuli) and what listeners answered.
+
+Everything a listener can see is addressed through per-participant opaque tokens
+(``Assignment.token``, ``StimulusHandle.token``); no primary key, system label, checkpoint or
+role ever reaches the listener.
+"""
+
+import secrets
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from evalsite.core.models import BaseModel
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(18)
+
+
+class ListeningTest(BaseModel):
+    class Kind(models.TextChoices):
+        MUSHRA = "mushra", "MUSHRA (ITU-R BS.1534-3)"
+        SMOS = "smos", "SMOS (speaker similarity)"
+        MOS = "mos", "MOS / ACR (ITU-T P.800)"
+
+    class Status(models.TextChoices):
+        DRAFT = "draft"
+        PUBLISHED = "published"
+        CLOSED = "closed"
+
+    name = models.CharField(max_length=200, unique=True)
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.DRAFT)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    title = models.CharField(max_length=200, default="Listening test", help_text="shown to listeners")
+    instructions = models.TextField(blank=True, help_text="shown to listeners")
+    seed = models.BigIntegerField(help_text="randomisation seed; participant seeds derive from it")
+    votes_target = models.PositiveIntegerField(default=10, help_text="valid votes wanted per trial")
+    trials_per_participant = models.PositiveIntegerField(null=True, blank=True, help_text="empty: all main trials")
+    invite_token = models.CharField(max_length=40, unique=True, default=new_token)
+    completion_code = models.CharField(max_length=100, blank=True)
+    completion_redirect = models.URLField(max_length=500, blank=True)
+    screened_out_redirect = models.URLField(max_length=500, blank=True)
+    build_warnings = models.JSONField(default=list, blank=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Condition(BaseModel):
+    """A condition of the test: a checkpoint, or the hidden reference / an anchor."""
+
+    class Role(models.TextChoices):
+        SYSTEM = "system"
+        HIDDEN_REFERENCE = "hidden_reference"
+        ANCHOR_LP35 = "anchor_lp35", "anchor: 3.5 kHz low-pass"
+        ANCHOR_LP70 = "anchor_lp70", "anchor: 7 kHz low-pass"
+
+    test = models.ForeignKey(ListeningTest, on_delete=models.CASCADE, related_name="conditions")
+    label = models.CharField(max_length=200, help_text="researcher-facing; never shown to listeners")
+    role = models.CharField(max_length=30, choices=Role.choices)
+    checkpoint = models.ForeignKey("runs.Checkpoint", on_delete=models.PROTECT, null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["test", "label"], name="condition_unique_label"),
+            models.CheckConstraint(condition=~Q(role="system") | Q(checkpoint__isnull=False),
+                                   name="condition_system_has_checkpoint"),
+        ]
+
+    def __str__(self) -> str:
+        return self.label
+
+
+class Trial(BaseModel):
+    test = models.ForeignKey(ListeningTest, on_delete=models.CASCADE, related_name="trials")
+    item = models.ForeignKey("runs.EvalItem", on_delete=models.PROTECT)
+    index = models.PositiveIntegerField()
+    is_training = models.BooleanField(default=False)
+    reference = models.ForeignKey("audio.AudioAsset", on_delete=models.PROTECT, null=True, blank=True,
+                                  related_name="+", help_text="open reference (MUSHRA, SMOS)")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["test", "index"], name="trial_unique_index")]
+        ordering = ["test", "index"]
+
+
+class Stimulus(BaseModel):
+    trial = models.ForeignKey(Trial, on_delete=models.CASCADE, related_name="stimuli")
+    condition = models.ForeignKey(Condition, on_delete=models.PROTECT, related_name="stimuli")
+    asset = models.ForeignKey("audio.AudioAsset", on_delete=models.PROTECT, related_name="+")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["trial", "condition"], name="stimulus_unique_condition")]
+
+
+class Participant(BaseModel):
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        COMPLETED = "completed"
+        SCREENED_OUT = "screened_out"
+
+    test = models.ForeignKey(ListeningTest, on_delete=models.CASCADE, related_name="participants")
+    token = models.CharField(max_length=40, unique=True, default=new_token)
+    external_id = models.CharField(max_length=200, blank=True, help_text="e.g. PROLIFIC_PID")
+    study_id = models.CharField(max_length=200, blank=True)
+    session_id = models.CharField(max_length=200, blank=True)
+    seed = models.BigIntegerField()
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE)
+    consented_at = models.DateTimeField()
+    completed_at = models.DateTimeField(null=True, blank=True)
+    device = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["test", "external_id"], condition=~Q(external_id=""),
+                                    name="participant_unique_external_id"),
+        ]
+
+
+class Assignment(BaseModel):
+    """One trial as one participant sees it, in their order."""
+
+    participant = models.ForeignKey(Participant, on_delete=models.CASCADE, related_name="assignments")
+    trial = models.ForeignKey(Trial, on_delete=models.PROTECT, related_name="assignments")
+    position = models.PositiveIntegerField()
+    token = models.CharField(max_length=40, unique=True, default=new_token)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    telemetry = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["participant", "trial"], name="assignment_unique_trial"),
+            models.UniqueConstraint(fields=["participant", "position"], name="assignment_unique_position"),
+        ]
+        ordering = ["participant", "position"]
+
+
+class StimulusHandle(BaseModel):
+    """A stimulus as one participant sees it: an opaque token, a letter and a position."""
+
+    assignment = models.ForeignKey(Assignment, on_delete=models.CASCADE, related_name="handles")
+    stimulus = models.ForeignKey(Stimulus, on_delete=models.PROTECT, related_name="handles")
+    position = models.PositiveSmallIntegerField()
+    token = models.CharField(max_length=40, unique=True, default=new_token)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["assignment", "stimulus"], name="handle_unique_stimulus"),
+        ]
+        ordering = ["assignment", "position"]
+
+
+class Rating(BaseModel):
+    participant = models.ForeignKey(Participant, on_delete=models.CASCADE, related_name="ratings")
+    assignment = models.ForeignKey(Assignment, on_delete=models.CASCADE, related_name="ratings")
+    stimulus = models.ForeignKey(Stimulus, on_delete=models.PROTECT, related_name="ratings")
+    score = models.FloatField()
+    request_id = models.CharField(max_length=64, help_text="the request that set the current score")
+    history = models.JSONField(default=list, help_text="every request id seen, oldest first")
+    is_training = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["participant", "stimulus"], name="rating_unique_per_stimulus"),
+        ]
+
+
+class ArtifactFlag(BaseModel):
+    class Category(models.TextChoices):
+        CLICK = "click", "Click / pop"
+        BUZZ = "buzz", "Buzz / metallic"
+        DISCONTINUITY = "discontinuity", "Discontinuity"
+        NOISE = "noise", "Noise / hiss"
+        MUFFLED = "muffled", "Muffled / high-frequency loss"
+        OTHER = "other", "Other"
+
+    participant = models.ForeignKey(Participant, on_delete=models.CASCADE, related_name="flags")
+    assignment = models.ForeignKey(Assignment, on_delete=models.CASCADE, related_name="flags")
+    stimulus = models.ForeignKey(Stimulus, on_delete=models.PROTECT, related_name="flags")
+    start_s = models.FloatField()
+    end_s = models.FloatField()
+    category = models.CharField(max_length=20, choices=Category.choices)
+    note = models.CharField(max_length=1000, blank=True)
+    request_id = models.CharField(max_length=64)
+    token = models.CharField(max_length=40, unique=True, default=new_token)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["participant", "request_id"], name="flag_unique_request"),
+            models.CheckConstraint(condition=Q(start_s__gte=0) & Q(end_s__gt=models.F("start_s")),
+                                   name="flag_region_ordered"),
+        ]
