@@ -7,8 +7,13 @@ area-downsampled to s_k. A block-causal mask lets every position see its own and
 scales. Inference runs K steps with a KV cache, doubling the batch for classifier-free guidance
 with strength ``t_k = cfg_scale * k / (K - 1)`` (a linear ramp): ``(1 + t) cond - t uncond``.
 
-The checkpoint bundles the tokenizer (keys ``tokenizer.*``, config in ``AARConfig.tokenizer``),
-so a generator file is loadable on its own.
+Our checkpoints bundle the tokenizer (keys ``tokenizer.*``, config in ``AARConfig.tokenizer``),
+so a generator file is loadable on its own. The transformer's keys are AAR's (VAR layout), so a
+released AAR training file (``{"model_state_dict": ...}``, e.g. ``AAR_d16_bs2048.pth``), which
+holds the transformer only, loads once it is paired with its SAT file: ``models.load(aar_path,
+tokenizer=sat_path)`` (see :func:`models.load`). AAR's deterministic persistent buffers
+(``lvl_1L``, ``attn_bias_for_masking``, ``blocks.{i}.attn.zero_k_bias``) are dropped on load
+and rebuilt here.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from models.base import Generator
+from models.quantizer import drop_ema_statistics
 from models.sampling import sample_tokens
 from models.sat import SATConfig, SATTokenizer
 from models.transformer import AdaLNBeforeHead, AdaLNSelfAttnBlock, KVCache
@@ -40,6 +46,8 @@ class AARConfig:
         cond_drop_rate: Probability of replacing the condition by the unconditional one while
             training (classifier-free guidance dropout).
         init_std: Std of the learned positional embeddings at initialisation.
+        cos_attn: Cosine attention with learned per-head scales (AAR's inference config);
+            False: dot-product attention scaled by 1 / (4 sqrt(head_dim)) (``build_aar``'s default).
         tokenizer: The SAT tokenizer the tokens belong to.
     """
 
@@ -51,6 +59,7 @@ class AARConfig:
     num_classes: int = 0
     cond_drop_rate: float = 0.1
     init_std: float = 0.02
+    cos_attn: bool = True
     tokenizer: SATConfig = field(default_factory=SATConfig)
 
     @property
@@ -66,6 +75,10 @@ class AARConfig:
     def __post_init__(self) -> None:
         if self.width % self.heads:
             raise ValueError(f"embed_dim {self.width} must be divisible by num_heads {self.heads}")
+
+
+def _d16_dot_attention() -> AARConfig:
+    return AARConfig(cos_attn=False)
 
 
 def _tiny() -> AARConfig:
@@ -101,7 +114,15 @@ class AARGenerator(Generator):
 
     family: ClassVar[str] = "aar"
     config_class: ClassVar[type] = AARConfig
-    presets: ClassVar[dict[str, Any]] = {"d16": AARConfig, "tiny": _tiny, "tiny-class": _tiny_class}
+    presets: ClassVar[dict[str, Any]] = {
+        "aar-d16": AARConfig,  # AAR_d16_bs2048.pth over SAT_d128_lat128.pth
+        "aar-d16-dotattn": _d16_dot_attention,  # the same trained without --cos_attn
+        "d16": AARConfig,
+        "tiny": _tiny,
+        "tiny-class": _tiny_class,
+    }
+    #: AAR buffers that are a function of the config; their stored copies are dropped on load.
+    derived_buffers: ClassVar[tuple[str, ...]] = ("lvl_1L", "attn_bias_for_masking")
 
     def __init__(self, config: AARConfig) -> None:
         super().__init__()
@@ -123,7 +144,10 @@ class AARGenerator(Generator):
         nn.init.trunc_normal_(self.pos_start, std=config.init_std)
         nn.init.trunc_normal_(self.pos_1LC, std=config.init_std)
         nn.init.trunc_normal_(self.lvl_embed.weight, std=config.init_std)
-        self.blocks = nn.ModuleList(AdaLNSelfAttnBlock(width, config.heads, config.mlp_ratio) for _ in range(config.depth))
+        self.blocks = nn.ModuleList(
+            AdaLNSelfAttnBlock(width, config.heads, config.mlp_ratio, cos_attn=config.cos_attn)
+            for _ in range(config.depth)
+        )
         self.head_nm = AdaLNBeforeHead(width)
         self.head = nn.Linear(width, config.tokenizer.codebook_size)
         levels = torch.cat([torch.full((s,), k) for k, s in enumerate(scales)])
@@ -146,8 +170,23 @@ class AARGenerator(Generator):
         return self.tokenizer.window_samples
 
     @classmethod
+    def remap_state_dict(cls, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Drop AAR's derived buffers and the bundled SAT's EMA codebook statistics."""
+        out = drop_ema_statistics(state_dict, "tokenizer.quantizer.")
+        return {
+            k: v
+            for k, v in out.items()
+            if k not in cls.derived_buffers and not (k.startswith("blocks.") and k.endswith(".attn.zero_k_bias"))
+        }
+
+    @classmethod
     def matches_state_dict(cls, keys: set[str]) -> bool:
-        return any(k.startswith("blocks.0.attn.") for k in keys) and any(k.startswith("tokenizer.") for k in keys)
+        return "pos_1LC" in keys and any(k.startswith("blocks.0.attn.") for k in keys)
+
+    @classmethod
+    def has_tokenizer_weights(cls, keys: set[str]) -> bool:
+        """Whether a (normalised) key set bundles the tokenizer (ours do, AAR's files do not)."""
+        return any(k.startswith("tokenizer.") for k in keys)
 
     def transformer_parameters(self) -> int:
         """Parameters outside the bundled tokenizer."""
@@ -188,7 +227,7 @@ class AARGenerator(Generator):
 
     def teacher_forcing_inputs(self, tokens: list[Tensor]) -> Tensor:
         """Inputs of scales 1..K-1 from ground-truth token maps [(B, s_k)] → (B, L - s_0, C)."""
-        quantizer = self.tokenizer.quantizer
+        quantizer = self.tokenizer.rvq
         f_hat = torch.zeros(tokens[0].shape[0], quantizer.dim, quantizer.num_frames, device=tokens[0].device)
         inputs = []
         for k in range(self.num_scales - 1):
@@ -270,7 +309,7 @@ class AARGenerator(Generator):
         lvl_pos = self.lvl_embed(self.lvl_1L) + self.pos_1LC
         x = (cond_emb.unsqueeze(1) + self.pos_start).expand(2 * n, self.scales[0], -1)
         caches = [KVCache() for _ in self.blocks]
-        quantizer = self.tokenizer.quantizer
+        quantizer = self.tokenizer.rvq
         f_hat = torch.zeros(n, quantizer.dim, quantizer.num_frames, device=self.device, dtype=self.pos_1LC.dtype)
         tokens = []
         cursor = 0

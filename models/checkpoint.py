@@ -11,14 +11,21 @@ training files (``generator_state_dict`` / ``model_state_dict``), plain state di
 ``.safetensors`` files. Keys are normalised (``module.``, ``_orig_mod.``, ``generator.``, legacy
 ``weight_g/weight_v`` ↔ ``parametrizations.weight.original0/1``, folded ``weight``), loaded
 strictly, then weight norm is folded and the model is put in ``eval()`` mode.
+
+The released SAT / AAR files (qiuk2/AAR) load directly: a SAT file is detected from its
+``quantizer.vq.layers.*`` keys and matched to the ``sat-d1024-lat64`` / ``sat-d128-lat128``
+preset; an AAR file holds only the transformer, so it is paired with its SAT file, given as
+``tokenizer=`` or found next to it (the single ``SAT*`` checkpoint in the same directory).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +34,7 @@ from torch import Tensor
 from torch.nn.utils import parametrize
 
 from models._config import config_from_kwargs, config_to_kwargs
+from models.aar import AARConfig, AARGenerator
 from models.base import AudioModel
 from models.errors import CheckpointNotFoundError, ModelLoadError
 from models.hifigan import HiFiGANConfig
@@ -239,16 +247,19 @@ def _shape_signature(keys_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple
     return out
 
 
-def _match_preset(cls: type[AudioModel], state_dict: dict[str, Tensor]) -> Any | None:
+def _match_preset(
+    cls: type[AudioModel], state_dict: dict[str, Tensor], adjust: Callable[[Any], Any] | None = None
+) -> Any | None:
     sd = normalize_state_dict_keys(state_dict)
     sd = cls.remap_state_dict(sd)
     wanted = _shape_signature({k: tuple(v.shape) for k, v in sd.items()})
     for name in cls.presets:
+        config = cls.preset(name) if adjust is None else adjust(cls.preset(name))
         try:
             with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-                model = cls.from_config(cls.preset(name))
+                model = cls.from_config(config)
         except (NotImplementedError, RuntimeError):
-            model = cls.from_config(cls.preset(name))
+            model = cls.from_config(config)
         have = _shape_signature({k: tuple(v.shape) for k, v in model.state_dict().items()})
         if have == wanted:
             return model.config
@@ -264,6 +275,42 @@ def _hifigan_json(path: Path) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"cannot parse {cfg_path}: {exc}", path=str(path)) from exc
     return data if isinstance(data, dict) and "upsample_rates" in data else None
+
+
+def _companion_tokenizer(path: Path, tokenizer: Any, trust_pickle: bool) -> AudioModel:
+    """The SAT tokenizer of a transformer-only AAR file: ``tokenizer`` or the sibling ``SAT*`` file."""
+    if isinstance(tokenizer, AudioModel):
+        model = tokenizer
+    else:
+        if tokenizer is None:
+            siblings = sorted(
+                p
+                for p in path.parent.iterdir()
+                if p.is_file() and p != path and p.name.lower().startswith("sat") and p.suffix in CHECKPOINT_SUFFIXES
+            )
+            if len(siblings) != 1:
+                found = f"found {[p.name for p in siblings]}" if siblings else "found none"
+                raise ModelLoadError(
+                    "this AAR checkpoint holds only the transformer (no 'tokenizer.*' keys), as the released "
+                    "AAR files do; pass tokenizer='path/to/SAT_d128_lat128.pth' to models.load, or put exactly "
+                    f"one SAT*{'/*'.join(CHECKPOINT_SUFFIXES)} file next to it in {path.parent} ({found})",
+                    path=str(path),
+                    family="aar",
+                )
+            tokenizer = siblings[0]
+        model = load(tokenizer, family="sat", trust_pickle=trust_pickle)
+    if model.family != "sat":
+        raise ModelLoadError(
+            f"the tokenizer of an AAR checkpoint must be a 'sat' model, got family {model.family!r}", path=str(path)
+        )
+    return model
+
+
+def _with_tokenizer_config(tokenizer_config: Any) -> Callable[[Any], Any]:
+    def adjust(config: Any) -> Any:
+        return dataclasses.replace(config, tokenizer=tokenizer_config)
+
+    return adjust
 
 
 def _resolve_config(family: str, config: Any) -> Any:
@@ -283,6 +330,7 @@ def load(
     *,
     config: Any = None,
     trust_pickle: bool = False,
+    tokenizer: str | os.PathLike[str] | AudioModel | None = None,
 ) -> AudioModel:
     """Load a checkpoint into an inference-ready model.
 
@@ -299,6 +347,9 @@ def load(
         config: Overrides the checkpoint's config.
         trust_pickle: Allow arbitrary pickled objects (``weights_only=False``); only for files
             you trust.
+        tokenizer: For an AAR file that holds only the transformer (the released
+            ``AAR_d16_bs2048.pth``): its SAT checkpoint (path or loaded model). Default: the
+            single ``SAT*`` checkpoint in the same directory. Ignored for other files.
 
     Returns:
         The model in ``eval()`` mode with weight norm folded, on ``device``.
@@ -311,6 +362,8 @@ def load(
     Example:
         >>> vocoder = load("runs/hifigan/g_00100000")  # doctest: +SKIP
         >>> wav = vocoder.copy_synthesis(reference)  # doctest: +SKIP
+        >>> sat = load("ckpt/SAT_d128_lat128.pth")  # detected as sat-d128-lat128  # doctest: +SKIP
+        >>> aar = load("ckpt/AAR_d16_bs2048.pth", tokenizer="ckpt/SAT_d128_lat128.pth")  # doctest: +SKIP
     """
     path = Path(path_or_dir)
     if not path.exists():
@@ -340,8 +393,17 @@ def load(
                 f"(one of {sorted(BUILTIN_FAMILIES)} or a plug-in)",
                 path=where,
             )
+        adjust = None
+        if family == "aar":
+            keys = set(_strip_generator_prefix(normalize_state_dict_keys(state_dict), set()))
+            if not AARGenerator.has_tokenizer_weights(keys):
+                sat = _companion_tokenizer(path, tokenizer, trust_pickle)
+                state_dict = {**state_dict, **{f"tokenizer.{k}": v for k, v in sat.state_dict().items()}}
+                adjust = _with_tokenizer_config(sat.config)
         if config is not None:
             config = _resolve_config(family, config)
+            if adjust is not None:  # the tokenizer's weights, hence its config, come from the SAT file
+                config = adjust(config_from_kwargs(AARConfig, config) if isinstance(config, dict) else config)
         elif family == "hifigan" and jik876 is not None:
             try:
                 config = HiFiGANConfig.from_jik876(jik876)
@@ -350,7 +412,7 @@ def load(
         else:
             builder = resolve_family(family)
             if isinstance(builder, type) and issubclass(builder, AudioModel) and builder.presets:
-                config = _match_preset(builder, _strip_generator_prefix(state_dict, set()))
+                config = _match_preset(builder, _strip_generator_prefix(state_dict, set()), adjust)
             if config is None:
                 raise ModelLoadError(
                     "the checkpoint carries no config and matches no preset; pass config=... "

@@ -1,9 +1,15 @@
-"""SAT-style scale-level audio tokenizer: SEANet encoder → multi-scale RVQ → SEANet decoder.
+"""SAT scale-level audio tokenizer: SEANet encoder → multi-scale RVQ → SEANet decoder.
 
 Audio is cut into independent windows of ``window_frames`` latent frames (SAT: 75 frames =
 1 s at 24 kHz with hop 320); each window is tokenized into one token map per scale. Lengths
 that are not a whole number of windows are zero-padded for encoding; :meth:`reconstruct`
 trims back to the input length.
+
+The module tree is SAT's (qiuk2/AAR ``model/SAT.py``), so the released training files
+(``{"generator_state_dict": ...}`` with ``module.`` prefixes, e.g. ``SAT_d128_lat128.pth``) load
+as they are: ``encoder.model.*`` / ``decoder.model.*`` (EnCodec SEANet, legacy ``weight_g`` /
+``weight_v``), ``quantizer.vq.{project_in, project_out, quant_resi.qresi_ls, layers.{k}._codebook}``.
+Their EMA statistics (``_codebook.{inited, cluster_size, embed_avg}``) are dropped on load.
 """
 
 from __future__ import annotations
@@ -17,21 +23,23 @@ import torch
 from torch import Tensor, nn
 
 from models.base import Tokenizer, check_waveform
-from models.quantizer import MultiScaleResidualQuantizer, scale_schedule
+from models.quantizer import MultiScaleResidualQuantizer, SATQuantizer, drop_ema_statistics, scale_schedule
 from models.seanet import SEANetDecoder, SEANetEncoder
 
 
 @dataclass(frozen=True)
 class SATConfig:
-    """SAT tokenizer hyper-parameters (defaults: the ``SAT_d128_lat128`` shape used by AAR).
+    """SAT tokenizer hyper-parameters (defaults: the released ``SAT_d128_lat128`` used by AAR).
 
     Attributes:
         sample_rate: Hz.
         n_filters: First encoder convolution width.
         ratios: Strides (decoder order); hop = prod(ratios).
         dimension: Encoder output / decoder input channels.
-        latent_dim: Quantizer dimension (1×1 projections when it differs from ``dimension``).
+        latent_dim: Quantizer dimension (Linear projections when it differs from ``dimension``).
+        n_residual_layers: SEANet residual blocks per stage.
         lstm_layers: Bottleneck LSTM layers (0: none).
+        causal: EnCodec's causal padding (the released SAT models run non-causal).
         codebook_size: Codes per scale.
         window_frames: Latent frames per independently tokenized window (= last scale).
         num_scales: Number of scales K.
@@ -47,7 +55,9 @@ class SATConfig:
     ratios: tuple[int, ...] = (8, 5, 4, 2)
     dimension: int = 128
     latent_dim: int = 128
+    n_residual_layers: int = 1
     lstm_layers: int = 2
+    causal: bool = False
     codebook_size: int = 1024
     window_frames: int = 75
     num_scales: int = 16
@@ -82,6 +92,10 @@ class SATConfig:
         return self.window_frames * self.hop_length
 
 
+def _d1024_lat64() -> SATConfig:
+    return SATConfig(dimension=1024, latent_dim=64)
+
+
 def _tiny() -> SATConfig:
     return SATConfig(
         sample_rate=16000,
@@ -109,26 +123,34 @@ class SATTokenizer(Tokenizer):
 
     family: ClassVar[str] = "sat"
     config_class: ClassVar[type] = SATConfig
-    presets: ClassVar[dict[str, Any]] = {"sat": SATConfig, "d128": SATConfig, "tiny": _tiny}
+    presets: ClassVar[dict[str, Any]] = {
+        "sat-d128-lat128": SATConfig,  # SAT_d128_lat128.pth, the tokenizer of AAR
+        "sat-d1024-lat64": _d1024_lat64,  # SAT_bs_1536_d1024_lat64.pth
+        "sat": SATConfig,
+        "d128": SATConfig,
+        "tiny": _tiny,
+    }
 
     def __init__(self, config: SATConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = SEANetEncoder(config.dimension, config.n_filters, config.ratios, lstm_layers=config.lstm_layers)
-        self.decoder = SEANetDecoder(config.dimension, config.n_filters, config.ratios, lstm_layers=config.lstm_layers)
-        if config.dimension != config.latent_dim:
-            self.project_in: nn.Module = nn.Conv1d(config.dimension, config.latent_dim, 1)
-            self.project_out: nn.Module = nn.Conv1d(config.latent_dim, config.dimension, 1)
-        else:
-            self.project_in = nn.Identity()
-            self.project_out = nn.Identity()
-        self.quantizer = MultiScaleResidualQuantizer(
-            config.latent_dim,
-            config.resolved_scales,
-            config.codebook_size,
-            phi_count=config.phi_count,
-            phi_kernel=config.phi_kernel,
-            resi_ratio=config.quant_resi,
+        seanet = {
+            "n_residual_layers": config.n_residual_layers,
+            "lstm_layers": config.lstm_layers,
+            "causal": config.causal,
+        }
+        self.encoder = SEANetEncoder(config.dimension, config.n_filters, config.ratios, **seanet)
+        self.decoder = SEANetDecoder(config.dimension, config.n_filters, config.ratios, **seanet)
+        self.quantizer = SATQuantizer(
+            MultiScaleResidualQuantizer(
+                config.latent_dim,
+                config.resolved_scales,
+                config.codebook_size,
+                dimension=config.dimension,
+                phi_count=config.phi_count,
+                phi_kernel=config.phi_kernel,
+                resi_ratio=config.quant_resi,
+            )
         )
 
     @property
@@ -136,9 +158,14 @@ class SATTokenizer(Tokenizer):
         return self.config.sample_rate
 
     @property
+    def rvq(self) -> MultiScaleResidualQuantizer:
+        """The multi-scale quantizer (``quantizer.vq``)."""
+        return self.quantizer.vq
+
+    @property
     def scales(self) -> tuple[int, ...]:
         """Token-map length of each scale within one window."""
-        return self.quantizer.scales
+        return self.rvq.scales
 
     @property
     def window_samples(self) -> int:
@@ -156,8 +183,15 @@ class SATTokenizer(Tokenizer):
         return self.tokens_per_second * math.log2(self.config.codebook_size)
 
     @classmethod
+    def remap_state_dict(cls, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Drop SAT's EMA codebook statistics (``_codebook.{inited, cluster_size, embed_avg}``)."""
+        return drop_ema_statistics(state_dict, "quantizer.")
+
+    @classmethod
     def matches_state_dict(cls, keys: set[str]) -> bool:
-        return any(k.startswith("quantizer.codebooks.") for k in keys) and not any(k.startswith("tokenizer.") for k in keys)
+        return any(k.startswith("quantizer.vq.layers.") for k in keys) and not any(
+            k.startswith(("tokenizer.", "blocks.")) for k in keys
+        )
 
     def _windows(self, wav: Tensor) -> tuple[Tensor, int]:
         batch, length = wav.shape
@@ -171,11 +205,11 @@ class SATTokenizer(Tokenizer):
         """Encoder + input projection: (B, T) → (B·W, latent_dim, window_frames), W windows."""
         check_waveform(wav)
         windows, _ = self._windows(wav)
-        return self.project_in(self.encoder(windows))
+        return self.rvq.project_latent(self.encoder(windows))
 
     def decode_latent(self, f_hat: Tensor) -> Tensor:
         """Output projection + decoder: (N, latent_dim, window_frames) → (N, window_samples)."""
-        return self.decoder(self.project_out(f_hat)).squeeze(1)
+        return self.decoder(self.rvq.unproject_latent(f_hat)).squeeze(1)
 
     @torch.inference_mode()
     def encode(self, wav: Tensor) -> list[Tensor]:
@@ -191,7 +225,7 @@ class SATTokenizer(Tokenizer):
         check_waveform(wav)
         batch = wav.shape[0]
         windows, n_windows = self._windows(wav)
-        tokens, _ = self.quantizer.quantize(self.project_in(self.encoder(windows)))
+        tokens, _ = self.rvq.quantize(self.rvq.project_latent(self.encoder(windows)))
         return [t.reshape(batch, n_windows, t.shape[-1]) for t in tokens]
 
     def _check_tokens(self, tokens: Sequence[Tensor]) -> tuple[list[Tensor], int, int]:
@@ -227,7 +261,7 @@ class SATTokenizer(Tokenizer):
             (B, W * window_samples) waveform.
         """
         flat, batch, n_windows = self._check_tokens(tokens)
-        wav = self.decode_latent(self.quantizer.dequantize(flat))
+        wav = self.decode_latent(self.rvq.dequantize(flat))
         return wav.reshape(batch, n_windows * self.window_samples)
 
     @torch.inference_mode()

@@ -131,18 +131,18 @@ def test_plain_state_dicts_are_recognised_by_their_keys(family: str, tmp_path: P
 
 def test_key_mismatch_lists_missing_unexpected_and_mis_shaped_keys(tmp_path: Path) -> None:
     state = tiny("sat").state_dict()
-    state.pop("quantizer.codebooks.0.weight")
+    state.pop("quantizer.vq.layers.0._codebook.embed")
     state["quantizer.extra.weight"] = torch.zeros(1)
-    state["quantizer.codebooks.1.weight"] = torch.zeros(3, 3)
+    state["quantizer.vq.layers.1._codebook.embed"] = torch.zeros(3, 3)
     torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(ModelLoadError) as info:
         models.load(tmp_path / "bad.pt", family="sat", config="tiny")
     message = str(info.value)
-    assert "missing keys (1):\n    quantizer.codebooks.0.weight" in message
+    assert "missing keys (1):\n    quantizer.vq.layers.0._codebook.embed" in message
     assert "unexpected keys (1):\n    quantizer.extra.weight" in message
-    assert "quantizer.codebooks.1.weight: checkpoint (3, 3) vs model (64, 16)" in message
+    assert "quantizer.vq.layers.1._codebook.embed: checkpoint (3, 3) vs model (64, 16)" in message
     assert "expected family: sat" in message
-    assert info.value.missing_keys == ["quantizer.codebooks.0.weight"]
+    assert info.value.missing_keys == ["quantizer.vq.layers.0._codebook.embed"]
 
 
 def test_checkpoint_of_another_config_is_a_mismatch_not_a_crash(tiny_checkpoint) -> None:
@@ -198,7 +198,7 @@ def test_generator_checkpoint_bundles_its_tokenizer(tiny_checkpoint) -> None:
     model, path = tiny_checkpoint("aar")
     raw = torch.load(path, weights_only=True)
     assert raw["kwargs"]["tokenizer"]["latent_dim"] == model.tokenizer.config.latent_dim
-    assert any(k.startswith("tokenizer.quantizer.codebooks.") for k in raw["state_dict"])
+    assert any(k.startswith("tokenizer.quantizer.vq.layers.") for k in raw["state_dict"])
     assert models.load(path).tokenizer.config == model.tokenizer.config
 
 

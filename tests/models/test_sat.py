@@ -69,8 +69,8 @@ def test_decode_rejects_token_maps_of_the_wrong_shape_naming_both() -> None:
 def test_each_scale_reduces_the_residual_of_a_latent_built_from_the_codebooks() -> None:
     torch.manual_seed(0)
     quantizer = MultiScaleResidualQuantizer(8, (1, 2, 4), 32, phi_count=2, phi_kernel=3)
-    for codebook in quantizer.codebooks:
-        torch.nn.init.normal_(codebook.weight)
+    for k in range(len(quantizer.scales)):
+        torch.nn.init.normal_(quantizer.codebook(k))
     target = [torch.randint(0, 32, (3, s)) for s in quantizer.scales]
     with torch.no_grad():
         z = quantizer.dequantize(target)
