@@ -1,3 +1,5 @@
+import itertools
+
 import factory
 import numpy as np
 import soundfile as sf
@@ -49,3 +51,32 @@ def write_tone(path, *, freq: float = 440.0, seconds: float = 0.5, rate: int = 2
     data = np.round(x * 32767).astype(np.int16) if subtype == "PCM_16" else x.astype(np.float32)
     sf.write(str(path), data, rate, subtype=subtype, format=fmt)
     return x
+
+
+_world_ids = itertools.count()
+
+
+def listening_world(*, n_items: int = 4, runs: tuple[str, ...] = ("hifigan-secret-run", "evagan-hidden-run"),
+                    rate: int = 22050, seconds: float = 1.0, step: int = 77777) -> dict:
+    """An eval set with reference audio and checkpoints of ``runs`` with an output for every item."""
+    from evalsite.audio.decoding import decoded_from_array
+    from evalsite.audio.services import audio_asset_store
+    from evalsite.runs.models import Checkpoint, EvalItem, EvalSet, Generation, Run
+
+    def noise(seed):
+        return (0.2 * np.random.default_rng(seed).standard_normal(int(seconds * rate))).astype(np.float32)
+
+    eval_set = EvalSet.objects.create(name=f"listening-set-{next(_world_ids)}")
+    items = []
+    for i in range(n_items):
+        ref, _ = audio_asset_store(decoded=decoded_from_array(noise(i), rate))
+        items.append(EvalItem.objects.create(eval_set=eval_set, key=f"utt{i}", reference=ref, speaker=f"s{i % 2}"))
+    checkpoints = []
+    for r, name in enumerate(runs):
+        run = Run.objects.create(name=name, kind="vocoder", model_family="hifigan", eval_set=eval_set)
+        ckpt = Checkpoint.objects.create(run=run, step=step, uri=f"/ckpt/{name}/g_{step:08d}")
+        for i, item in enumerate(items):
+            out, _ = audio_asset_store(decoded=decoded_from_array(noise(1000 + 100 * r + i), rate))
+            Generation.objects.create(checkpoint=ckpt, item=item, params_hash="p", asset=out)
+        checkpoints.append(ckpt)
+    return {"eval_set": eval_set, "items": items, "checkpoints": checkpoints}

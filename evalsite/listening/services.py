@@ -394,7 +394,14 @@ def flag_submit(
 
 @transaction.atomic
 def trial_complete(*, participant: Participant, trial: str) -> Participant:
-    """Finish a trial once every sound in it is rated; finishing the last one completes the test."""
+    """Finish a trial once every sound in it is rated; finishing the last one completes the test.
+
+    Idempotent: finishing a finished trial (a retried request) just returns the participant.
+    """
+    if participant.status == Participant.Status.COMPLETED:
+        if not Assignment.objects.filter(participant=participant, token=str(trial)).exists():
+            raise NotFoundError(UNKNOWN_TRIAL, extra={"field": "trial"})
+        return participant
     assignment = _open_assignment(participant, trial)
     if assignment.completed_at is None:
         rated = set(Rating.objects.filter(assignment=assignment).values_list("stimulus_id", flat=True))

@@ -129,7 +129,7 @@ def complete(participant: Participant, body: dict) -> JsonResponse:
 def telemetry(participant: Participant, body: dict) -> JsonResponse:
     services.telemetry_append(participant=participant, trial=body.get("trial"), events=body.get("events"),
                               device={"sample_rate": body.get("device_sample_rate")})
-    return JsonResponse({}, status=204)
+    return HttpResponse(status=204)
 
 
 def _audio(asset) -> HttpResponse:

@@ -84,6 +84,7 @@ class Command(BaseCommand):
                 f"{result.get('unchanged', 0)} unchanged, {len(result.get('errors', []))} rejected"
             )
             run_ids = self._register_demo_runs(result["eval_set_id"], worker, opts["timeout"])
+            invites = self._build_demo_tests()
             if opts["no_serve"]:
                 return
 
@@ -99,6 +100,8 @@ class Command(BaseCommand):
             self.stdout.write(f"  demo eval set {base}/evalsets/{result.get('eval_set_id')}/")
             for name, pk in run_ids.items():
                 self.stdout.write(f"  run           {base}/runs/{pk}/   ({name})")
+            for name, token in invites.items():
+                self.stdout.write(f"  listen        {base}/l/i/{token}/   ({name}, as a listener; use a private window)")
             self.stdout.write(f"  admin         {base}/admin/")
             self.stdout.write(f"  health        {base}/healthz")
             self.stdout.write("Ctrl-C stops the web server and the worker.")
@@ -162,6 +165,25 @@ class Command(BaseCommand):
                 for name, error in failed.items():
                     self.stdout.write(f"    {name}: {error}")
         return run_ids
+
+    def _build_demo_tests(self) -> dict[str, str]:
+        """A MUSHRA and an SMOS test of the demo vocoder's two checkpoints, published."""
+        from evalsite.listening.models import ListeningTest
+        from evalsite.listening.services import listening_test_build, listening_test_publish
+        from evalsite.runs.models import Checkpoint
+
+        checkpoints = list(Checkpoint.objects.filter(run__name=DEMO_RUNS[0][0]).order_by("step"))
+        invites = {}
+        for name, kind, per_listener in (("demo-mushra", "mushra", 4), ("demo-smos", "smos", 6)):
+            test = ListeningTest.objects.filter(name=name).first()
+            if test is None:
+                test = listening_test_build(name=name, kind=kind, checkpoints=checkpoints, training_items=1,
+                                            trials_per_participant=per_listener, votes_target=20,
+                                            title=f"Demo {kind.upper()} test", completion_code="DEMO-THANKS")
+                test = listening_test_publish(test=test)
+                self.stdout.write(f"{kind} test {name!r} built: {test.trials.count()} trials")
+            invites[name] = test.invite_token
+        return invites
 
     def _wait(self, job_id: int, worker: subprocess.Popen, timeout: float) -> Job:
         deadline = time.monotonic() + timeout

@@ -1,0 +1,177 @@
+"""A listener takes whole MUSHRA and SMOS sessions in Debian's Chromium (playwright), against
+Django on PostgreSQL; the database must then hold exactly what was given."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from evalsite.listening.models import ArtifactFlag, Participant, Rating, StimulusHandle
+from evalsite.listening.services import listening_test_build, listening_test_publish
+from tests.factories import listening_world
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{CHROMIUM} is missing; `make test` installs Debian's chromium")
+        pytest.skip(f"{CHROMIUM} is not installed (make test installs it)")
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop running in this thread; the ORM calls the test
+    # makes between browser steps are plain synchronous code and safe here.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def shots(request):
+    folder = Path(os.environ.get("EVALSITE_SCREENSHOT_DIR", tempfile.gettempdir())) / "evalsite-screenshots" / request.node.name
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"screenshots: {folder}")
+    return folder
+
+
+def new_page(browser, errors):
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    return page
+
+
+def wait_ready(page):
+    page.wait_for_selector("#listener-app[data-ready=true]", timeout=30000)
+
+
+def wait_saved(page):
+    page.wait_for_selector("[data-testid=save-status][data-state=saved]", timeout=15000)
+
+
+def set_slider(page, label, value):
+    page.locator(f"[data-testid=stim-{label}]").click()
+    slider = page.locator(f"[data-testid=slider-{label}]")
+    slider.wait_for(state="visible")
+    page.wait_for_function(f"!document.querySelector('[data-testid=slider-{label}]').disabled", timeout=10000)
+    slider.evaluate("(el, v) => { el.value = String(v); el.dispatchEvent(new Event('input', {bubbles: true}));"
+                    " el.dispatchEvent(new Event('change', {bubbles: true})); }", value)
+    wait_saved(page)
+
+
+def expected_by_handle(participant, given):
+    """Map what the test gave, {position: {label: score}}, to the stimuli those labels stood for."""
+    expected = {}
+    for position, scores in given.items():
+        handles = StimulusHandle.objects.filter(assignment__participant=participant, assignment__position=position)
+        for handle in handles.order_by("position"):
+            expected[handle.stimulus_id] = scores["ABCDEFGHIJKL"[handle.position]]
+    return expected
+
+
+def test_a_whole_mushra_session_in_chromium_stores_exactly_the_ratings_and_flag_given(
+    live_server, transactional_db, browser, shots, settings, tmp_path
+):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    world = listening_world(n_items=3)
+    test = listening_test_publish(test=listening_test_build(
+        name="browser-mushra", kind="mushra", checkpoints=world["checkpoints"], training_items=1, seed=7,
+        completion_code="MUSHRA-DONE"))
+    errors: list[str] = []
+    page = new_page(browser, errors)
+    page.goto(f"{live_server.url}/l/i/{test.invite_token}/?PROLIFIC_PID=pw-1&STUDY_ID=st&SESSION_ID=se")
+    page.screenshot(path=str(shots / "consent.png"))
+    page.click("[data-testid=consent-agree]")
+    wait_ready(page)
+    page.screenshot(path=str(shots / "mushra-training.png"), full_page=True)
+
+    given: dict[int, dict[str, int]] = {}
+    for position in range(3):
+        wait_ready(page)
+        labels = [el.get_attribute("data-testid")[5:] for el in page.query_selector_all("[data-testid^=stim-]")]
+        assert labels == list("ABCDE")
+        given[position] = {}
+        for i, label in enumerate(labels):
+            score = 100 if i == 0 else 10 + 17 * i + position
+            set_slider(page, label, score)
+            given[position][label] = score
+            if position == 1 and i == 1:
+                # Close the tab mid-trial and come back: the session resumes with the answers so far.
+                page.reload()
+                wait_ready(page)
+                assert page.locator("[data-testid=value-A]").inner_text().strip().startswith("100")
+        if position == 1:
+            page.locator("[data-testid=stim-C]").click()
+            box = page.locator("[data-testid=waveform]").bounding_box()
+            y = box["y"] + box["height"] / 2
+            page.mouse.move(box["x"] + box["width"] * 0.2, y)
+            page.mouse.down()
+            page.mouse.move(box["x"] + box["width"] * 0.6, y, steps=8)
+            page.mouse.up()
+            page.click("[data-testid=flag-start]")
+            page.select_option("[data-testid=flag-category]", "click")
+            page.fill("[data-testid=flag-note]", "pop near the start")
+            page.click("[data-testid=flag-submit]")
+            page.wait_for_function("document.querySelector('[data-testid=flag-list]')?.innerText.includes('Click')",
+                                   timeout=10000)
+            page.screenshot(path=str(shots / "mushra-main-with-flag.png"), full_page=True)
+        page.click("[data-testid=continue]")
+    page.wait_for_selector("[data-testid=completion-code]", timeout=15000)
+    assert page.inner_text("[data-testid=completion-code]").strip() == "MUSHRA-DONE"
+    page.screenshot(path=str(shots / "completion.png"))
+
+    participant = Participant.objects.get(test=test)
+    assert participant.external_id == "pw-1" and participant.status == "completed"
+    stored = {r.stimulus_id: r.score for r in Rating.objects.filter(participant=participant)}
+    assert stored == {k: float(v) for k, v in expected_by_handle(participant, given).items()}
+    flag = ArtifactFlag.objects.get(participant=participant)
+    c_handle = StimulusHandle.objects.get(assignment__participant=participant, assignment__position=1, position=2)
+    assert flag.stimulus_id == c_handle.stimulus_id and flag.category == "click" and flag.note == "pop near the start"
+    assert 0.1 < flag.start_s < flag.end_s < 0.7
+    assert errors == []
+
+
+def test_a_whole_smos_session_in_chromium_stores_exactly_the_ratings_given(
+    live_server, transactional_db, browser, shots, settings, tmp_path
+):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    world = listening_world(n_items=2)
+    test = listening_test_publish(test=listening_test_build(
+        name="browser-smos", kind="smos", checkpoints=world["checkpoints"], training_items=1, seed=3,
+        completion_code="SMOS-DONE"))
+    errors: list[str] = []
+    page = new_page(browser, errors)
+    page.goto(f"{live_server.url}/l/i/{test.invite_token}/")
+    page.click("[data-testid=consent-agree]")
+    given = {}
+    for position in range(4):
+        wait_ready(page)
+        page.click("[data-testid=play-ref]")
+        page.click("[data-testid=stim-A]")
+        score = 1 + (position * 2) % 5
+        page.click(f"[data-testid=score-{score}]")
+        wait_saved(page)
+        given[position] = {"A": score}
+        if position == 0:
+            page.screenshot(path=str(shots / "smos-trial.png"), full_page=True)
+        if position == 2:
+            page.reload()
+            wait_ready(page)
+        page.click("[data-testid=continue]")
+    page.wait_for_selector("[data-testid=completion-code]", timeout=15000)
+    assert page.inner_text("[data-testid=completion-code]").strip() == "SMOS-DONE"
+    participant = Participant.objects.get(test=test)
+    stored = {r.stimulus_id: r.score for r in Rating.objects.filter(participant=participant)}
+    assert stored == {k: float(v) for k, v in expected_by_handle(participant, given).items()}
+    assert Rating.objects.filter(participant=participant, is_training=True).count() == 2
+    assert errors == []
