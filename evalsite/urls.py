@@ -9,6 +9,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
     path("l/", include("evalsite.listening.urls")),
+    path("listening/", include("evalsite.listening.researcher_urls")),
     path("", include("evalsite.runs.urls")),
 ]
 if settings.DEBUG:

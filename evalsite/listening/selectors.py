@@ -105,3 +105,36 @@ def participant_reference_asset(participant: Participant, assignment_token: str)
     assignment = Assignment.objects.select_related("trial__reference").filter(
         participant=participant, token=assignment_token).first()
     return assignment.trial.reference if assignment and assignment.trial.reference_id else None
+
+
+def listening_test_progress(test: ListeningTest) -> dict[str, Any]:
+    """Valid votes per item × condition (training and screened-out listeners excluded) for the
+    researcher's progress page, with the target and the listeners' states."""
+    from django.db.models import Count, Q
+
+    from evalsite.listening.models import Condition, Trial
+
+    conditions = list(Condition.objects.filter(test=test).order_by("role", "label"))
+    valid = Q(ratings__is_training=False) & ~Q(ratings__participant__status=Participant.Status.SCREENED_OUT)
+    counts = {}
+    from evalsite.listening.models import Stimulus
+
+    for row in (Stimulus.objects.filter(trial__test=test, trial__is_training=False)
+                .annotate(votes=Count("ratings", filter=valid))
+                .values("trial__item__key", "condition_id", "votes")):
+        key = (row["trial__item__key"], row["condition_id"])
+        counts[key] = counts.get(key, 0) + row["votes"]
+    items = sorted({k for k, _ in counts})
+    rows = [{"item": item, "cells": [counts.get((item, c.pk)) for c in conditions]} for item in items]
+    participants = Participant.objects.filter(test=test).annotate(
+        done=Count("assignments", filter=Q(assignments__completed_at__isnull=False)), total=Count("assignments"))
+    cell_votes = [v for v in counts.values()]
+    return {
+        "conditions": conditions,
+        "rows": rows,
+        "target": test.votes_target,
+        "cells_at_target": sum(1 for v in cell_votes if v >= test.votes_target),
+        "cells": len(cell_votes),
+        "participants": list(participants.order_by("-created_at")),
+        "trials": Trial.objects.filter(test=test).count(),
+    }

@@ -1,0 +1,102 @@
+"""Researcher pages for listening tests: list, build, preview, publish/close, progress.
+
+Login required; listeners never reach these pages (their URLs live under /l/ and carry no session).
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from evalsite.core.exceptions import ApplicationError
+from evalsite.listening import services
+from evalsite.listening.models import ListeningTest
+from evalsite.listening.selectors import listening_test_progress
+from evalsite.runs.models import Checkpoint
+
+
+class BuildForm(forms.Form):
+    name = forms.CharField(max_length=200)
+    kind = forms.ChoiceField(choices=ListeningTest.Kind.choices)
+    checkpoints = forms.ModelMultipleChoiceField(
+        queryset=Checkpoint.objects.select_related("run").order_by("run__name", "step"),
+        widget=forms.CheckboxSelectMultiple,
+    )
+    title = forms.CharField(max_length=200, initial="Listening test", help_text="shown to listeners")
+    training_items = forms.IntegerField(min_value=0, initial=1)
+    votes_target = forms.IntegerField(min_value=1, initial=10, help_text="valid votes wanted per trial")
+    trials_per_participant = forms.IntegerField(min_value=1, required=False, help_text="empty: every trial")
+    completion_code = forms.CharField(max_length=100, required=False)
+    completion_redirect = forms.URLField(required=False, assume_scheme="https")
+    screened_out_redirect = forms.URLField(required=False, assume_scheme="https")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["checkpoints"].label_from_instance = lambda c: f"{c.run.name} @ {c.step} ({c.status})"
+
+
+@login_required
+def test_list(request: HttpRequest) -> HttpResponse:
+    tests = ListeningTest.objects.order_by("-created_at")
+    return render(request, "listening/researcher/list.html", {"tests": tests})
+
+
+@login_required
+def test_build(request: HttpRequest) -> HttpResponse:
+    form = BuildForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            test = services.listening_test_build(
+                name=data["name"], kind=data["kind"], checkpoints=list(data["checkpoints"]),
+                training_items=data["training_items"], votes_target=data["votes_target"],
+                trials_per_participant=data["trials_per_participant"], title=data["title"], owner=request.user,
+                completion_code=data["completion_code"], completion_redirect=data["completion_redirect"],
+                screened_out_redirect=data["screened_out_redirect"],
+            )
+        except ApplicationError as exc:
+            form.add_error(None, exc.message)
+        else:
+            return redirect("listening-admin:detail", pk=test.pk)
+    return render(request, "listening/researcher/build.html", {"form": form})
+
+
+@login_required
+def test_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    test = get_object_or_404(ListeningTest, pk=pk)
+    invite = request.build_absolute_uri(reverse("listening:invite", args=[test.invite_token]))
+    return render(request, "listening/researcher/detail.html",
+                  {"test": test, "invite": invite, "progress": listening_test_progress(test)})
+
+
+@login_required
+def test_preview(request: HttpRequest, pk: int, index: int) -> HttpResponse:
+    """A trial as built, with each stimulus's condition shown (researchers only)."""
+    test = get_object_or_404(ListeningTest, pk=pk)
+    trial = get_object_or_404(test.trials.select_related("item", "reference"), index=index)
+    stimuli = trial.stimuli.select_related("condition", "asset").order_by("condition__role", "condition__label")
+    neighbours = {"previous": index - 1 if index > 0 else None,
+                  "next": index + 1 if test.trials.filter(index=index + 1).exists() else None}
+    return render(request, "listening/researcher/preview.html",
+                  {"test": test, "trial": trial, "stimuli": stimuli, **neighbours})
+
+
+@login_required
+@require_POST
+def test_transition(request: HttpRequest, pk: int, action: str) -> HttpResponse:
+    test = get_object_or_404(ListeningTest, pk=pk)
+    move = {"publish": services.listening_test_publish, "close": services.listening_test_close}.get(action)
+    if move is None:
+        messages.error(request, f"unknown action {action!r}")
+    else:
+        try:
+            move(test=test)
+            messages.success(request, f"test {action}ed" if action == "publish" else "test closed")
+        except ApplicationError as exc:
+            messages.error(request, exc.message)
+    return redirect("listening-admin:detail", pk=pk)
