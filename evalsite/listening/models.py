@@ -23,6 +23,8 @@ class ListeningTest(BaseModel):
         MUSHRA = "mushra", "MUSHRA (ITU-R BS.1534-3)"
         SMOS = "smos", "SMOS (speaker similarity)"
         MOS = "mos", "MOS / ACR (ITU-T P.800)"
+        CMOS = "cmos", "CMOS / CCR (ITU-T P.800 Annex E)"
+        AB = "ab", "AB preference"
 
     class Status(models.TextChoices):
         DRAFT = "draft"
@@ -43,6 +45,7 @@ class ListeningTest(BaseModel):
     completion_redirect = models.URLField(max_length=500, blank=True)
     screened_out_redirect = models.URLField(max_length=500, blank=True)
     build_warnings = models.JSONField(default=list, blank=True)
+    allow_no_preference = models.BooleanField(default=False, help_text="AB: listeners may answer 'no preference'")
     published_at = models.DateTimeField(null=True, blank=True)
     closed_at = models.DateTimeField(null=True, blank=True)
 
@@ -51,13 +54,18 @@ class ListeningTest(BaseModel):
 
 
 class Condition(BaseModel):
-    """A condition of the test: a checkpoint, or the hidden reference / an anchor."""
+    """A condition of the test: a checkpoint, or the hidden reference / an anchor.
+
+    CMOS has one ``COMPARISON`` condition that every system is rated against: the reference
+    recording (no checkpoint) or a baseline checkpoint.
+    """
 
     class Role(models.TextChoices):
         SYSTEM = "system"
         HIDDEN_REFERENCE = "hidden_reference"
         ANCHOR_LP35 = "anchor_lp35", "anchor: 3.5 kHz low-pass"
         ANCHOR_LP70 = "anchor_lp70", "anchor: 7 kHz low-pass"
+        COMPARISON = "comparison", "CMOS comparison (reference or baseline)"
 
     test = models.ForeignKey(ListeningTest, on_delete=models.CASCADE, related_name="conditions")
     label = models.CharField(max_length=200, help_text="researcher-facing; never shown to listeners")
@@ -155,6 +163,13 @@ class StimulusHandle(BaseModel):
 
 
 class Rating(BaseModel):
+    """One answer. MUSHRA/SMOS/MOS: the score of ``stimulus``.
+
+    CMOS and AB trials have one rating, on the stimulus presented second (B, handle position 1),
+    whose score is B relative to A: CMOS the raw answer −3..3, AB +1 (B preferred), −1 (A) or
+    0 (no preference). ``selectors.cmos_score`` / ``selectors.ab_choice`` undo the order.
+    """
+
     participant = models.ForeignKey(Participant, on_delete=models.CASCADE, related_name="ratings")
     assignment = models.ForeignKey(Assignment, on_delete=models.CASCADE, related_name="ratings")
     stimulus = models.ForeignKey(Stimulus, on_delete=models.PROTECT, related_name="ratings")

@@ -27,6 +27,11 @@ class BuildForm(forms.Form):
         queryset=Checkpoint.objects.select_related("run").order_by("run__name", "step"),
         widget=forms.CheckboxSelectMultiple,
     )
+    comparison = forms.ModelChoiceField(
+        queryset=Checkpoint.objects.select_related("run").order_by("run__name", "step"), required=False,
+        help_text="CMOS only: the baseline every checkpoint is compared with (empty: the reference recording)",
+    )
+    allow_no_preference = forms.BooleanField(required=False, help_text="AB only: offer 'no preference'")
     title = forms.CharField(max_length=200, initial="Listening test", help_text="shown to listeners")
     training_items = forms.IntegerField(min_value=0, initial=1)
     votes_target = forms.IntegerField(min_value=1, initial=10, help_text="valid votes wanted per trial")
@@ -38,6 +43,7 @@ class BuildForm(forms.Form):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["checkpoints"].label_from_instance = lambda c: f"{c.run.name} @ {c.step} ({c.status})"
+        self.fields["comparison"].label_from_instance = lambda c: f"{c.run.name} @ {c.step}"
 
 
 @login_required
@@ -57,7 +63,8 @@ def test_build(request: HttpRequest) -> HttpResponse:
                 training_items=data["training_items"], votes_target=data["votes_target"],
                 trials_per_participant=data["trials_per_participant"], title=data["title"], owner=request.user,
                 completion_code=data["completion_code"], completion_redirect=data["completion_redirect"],
-                screened_out_redirect=data["screened_out_redirect"],
+                screened_out_redirect=data["screened_out_redirect"], comparison=data["comparison"],
+                allow_no_preference=data["allow_no_preference"],
             )
         except ApplicationError as exc:
             form.add_error(None, exc.message)

@@ -1,4 +1,5 @@
-"""Reads for listeners: the state of one participant's session, with opaque ids only."""
+"""Reads for listeners (the state of one participant's session, with opaque ids only) and for
+researchers (progress; comparison answers with the presentation order undone)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,21 @@ from typing import Any
 
 from django.urls import reverse
 
-from evalsite.listening.models import ArtifactFlag, Assignment, ListeningTest, Participant, Rating, StimulusHandle
+from evalsite.listening.models import (
+    ArtifactFlag,
+    Assignment,
+    Condition,
+    ListeningTest,
+    Participant,
+    Rating,
+    Stimulus,
+    StimulusHandle,
+)
+
+COMPARISON_KINDS = (ListeningTest.Kind.CMOS, ListeningTest.Kind.AB)
+NO_PREFERENCE = "none"
+# An AB rating is stored on sound B as B's standing relative to A.
+AB_ANSWER_VALUES = {"A": -1.0, "B": 1.0, NO_PREFERENCE: 0.0}
 
 MUSHRA_SCALE = {
     "min": 0, "max": 100, "step": 1,
@@ -24,6 +39,13 @@ SMOS_SCALE = {
                {"value": 3, "text": "Not sure"}, {"value": 2, "text": "Probably a different speaker"},
                {"value": 1, "text": "Definitely a different speaker"}],
 }
+CCR_SCALE = {
+    "min": -3, "max": 3, "step": 1,
+    "labels": [{"value": 3, "text": "Much better"}, {"value": 2, "text": "Better"},
+               {"value": 1, "text": "Slightly better"}, {"value": 0, "text": "About the same"},
+               {"value": -1, "text": "Slightly worse"}, {"value": -2, "text": "Worse"},
+               {"value": -3, "text": "Much worse"}],
+}
 DEFAULT_INSTRUCTIONS = {
     ListeningTest.Kind.MUSHRA: (
         "Listen to the reference, then rate how each sound compares with it in basic audio quality on the "
@@ -35,8 +57,41 @@ DEFAULT_INSTRUCTIONS = {
         "by the same person, whatever the words or the audio quality."
     ),
     ListeningTest.Kind.MOS: "Listen to the sound and rate its overall quality.",
+    ListeningTest.Kind.CMOS: (
+        "You will hear two versions of the same sound, A and B. Listen to both (you can switch between them "
+        "at any time; playback continues at the same point), then rate the quality of B compared with the "
+        "quality of A."
+    ),
+    ListeningTest.Kind.AB: (
+        "You will hear two versions of the same sound, A and B. Listen to both (you can switch between them "
+        "at any time; playback continues at the same point), then choose the one you prefer."
+    ),
 }
-SCALES = {ListeningTest.Kind.MUSHRA: MUSHRA_SCALE, ListeningTest.Kind.SMOS: SMOS_SCALE, ListeningTest.Kind.MOS: ACR_SCALE}
+SCALES = {ListeningTest.Kind.MUSHRA: MUSHRA_SCALE, ListeningTest.Kind.SMOS: SMOS_SCALE, ListeningTest.Kind.MOS: ACR_SCALE,
+          ListeningTest.Kind.CMOS: CCR_SCALE}
+
+
+def scale_of(test: ListeningTest) -> dict[str, Any]:
+    if test.kind == ListeningTest.Kind.AB:
+        return {"no_preference": test.allow_no_preference}
+    return SCALES[test.kind]
+
+
+def _listener_answer(kind: str, score: float, handles: list[StimulusHandle]) -> float | str:
+    """A stored score as the listener gave it: AB answers go back to the chosen sound's token."""
+    if kind != ListeningTest.Kind.AB:
+        return score
+    if score > 0:
+        return handles[1].token
+    return handles[0].token if score < 0 else NO_PREFERENCE
+
+
+def rating_answer(rating: Rating) -> float | str:
+    """What the listener answered in ``rating`` (the echo of a saved answer)."""
+    kind = rating.participant.test.kind
+    handles = list(StimulusHandle.objects.filter(assignment_id=rating.assignment_id).order_by("position")) \
+        if kind == ListeningTest.Kind.AB else []
+    return _listener_answer(kind, rating.score, handles)
 
 
 def audio_url(participant: Participant, handle_token: str) -> str:
@@ -59,6 +114,7 @@ def listener_state(participant: Participant) -> dict[str, Any]:
     for h in StimulusHandle.objects.filter(assignment__participant=participant).order_by("position"):
         handles.setdefault(h.assignment_id, []).append(h)
     ratings = {r.stimulus_id: r.score for r in Rating.objects.filter(participant=participant)}
+    kind = test.kind
     flags: dict[int, list[ArtifactFlag]] = {}
     for f in ArtifactFlag.objects.filter(participant=participant).order_by("created_at"):
         flags.setdefault(f.assignment_id, []).append(f)
@@ -74,7 +130,8 @@ def listener_state(participant: Participant) -> dict[str, Any]:
             "reference": {"url": reference_url(participant, a)} if a.trial.reference_id else None,
             "stimuli": [{"id": h.token, "url": audio_url(participant, h.token), "label": letters[i]}
                         for i, h in enumerate(own)],
-            "ratings": {token_of[sid]: score for sid, score in ratings.items() if sid in token_of},
+            "ratings": {token_of[sid]: _listener_answer(kind, score, own) for sid, score in ratings.items()
+                        if sid in token_of},
             "flags": [{"id": f.token, "stimulus": token_of.get(f.stimulus_id), "start": f.start_s, "end": f.end_s,
                        "category": f.category, "note": f.note} for f in flags.get(a.pk, [])],
         })
@@ -83,7 +140,7 @@ def listener_state(participant: Participant) -> dict[str, Any]:
     phase = "done" if done else ("training" if trials[position]["training"] else "main")
     return {
         "test": {"kind": test.kind, "title": test.title,
-                 "instructions": test.instructions or DEFAULT_INSTRUCTIONS[test.kind], "scale": SCALES[test.kind]},
+                 "instructions": test.instructions or DEFAULT_INSTRUCTIONS[test.kind], "scale": scale_of(test)},
         "phase": phase,
         "position": position,
         "trials": trials,
@@ -91,6 +148,63 @@ def listener_state(participant: Participant) -> dict[str, Any]:
         "completion": ({"code": test.completion_code or None, "redirect": test.completion_redirect or None}
                        if done else None),
     }
+
+
+def _require_kind(rating: Rating, kind: str) -> None:
+    actual = rating.stimulus.condition.test.kind
+    if actual != kind:
+        raise ValueError(f"rating {rating.pk} belongs to a {actual} test, not {kind}")
+
+
+def cmos_score(rating: Rating) -> float:
+    """CMOS score of the system relative to the comparison, whichever order they were heard in.
+
+    The rating is stored on sound B as "B relative to A"; when B was the comparison (the system
+    came first, as A) the sign flips.
+    """
+    _require_kind(rating, ListeningTest.Kind.CMOS)
+    if rating.stimulus.condition.role == Condition.Role.COMPARISON:
+        return -rating.score or 0.0
+    return rating.score
+
+
+def ab_choice(rating: Rating) -> Stimulus | None:
+    """The stimulus (hence condition) the listener preferred, or None for "no preference"."""
+    _require_kind(rating, ListeningTest.Kind.AB)
+    if rating.score == 0:
+        return None
+    if rating.score > 0:
+        return rating.stimulus
+    return Stimulus.objects.select_related("condition").exclude(pk=rating.stimulus_id).get(trial_id=rating.stimulus.trial_id)
+
+
+def comparison_answers(test: ListeningTest, *, include_training: bool = False) -> list[dict[str, Any]]:
+    """CMOS/AB answers with the presentation order undone, one row per answered trial.
+
+    CMOS rows: ``system``, ``comparison``, ``system_first``, ``raw`` (B relative to A) and
+    ``score`` (system relative to comparison). AB rows: ``a``, ``b`` (condition labels in the
+    order heard), ``raw`` and ``preferred`` (a condition label, or None for no preference).
+    """
+    if test.kind not in COMPARISON_KINDS:
+        raise ValueError(f"test {test.name!r} is {test.kind}, not a comparison test")
+    ratings = (Rating.objects.filter(participant__test=test)
+               .select_related("assignment__trial__item", "stimulus__condition__test"))
+    if not include_training:
+        ratings = ratings.filter(is_training=False)
+    first = {h.assignment_id: h.stimulus.condition for h in StimulusHandle.objects.filter(
+        assignment__participant__test=test, position=0).select_related("stimulus__condition")}
+    rows = []
+    for r in ratings.order_by("participant_id", "assignment__position"):
+        a, b = first[r.assignment_id], r.stimulus.condition
+        row = {"participant": r.participant_id, "item": r.assignment.trial.item.key, "raw": r.score,
+               "training": r.is_training}
+        if test.kind == ListeningTest.Kind.CMOS:
+            system, versus = (a, b) if b.role == Condition.Role.COMPARISON else (b, a)
+            row.update(system=system.label, comparison=versus.label, system_first=system is a, score=cmos_score(r))
+        else:
+            row.update(a=a.label, b=b.label, preferred=b.label if r.score > 0 else a.label if r.score < 0 else None)
+        rows.append(row)
+    return rows
 
 
 def participant_stimulus_asset(participant: Participant, handle_token: str):
@@ -115,12 +229,14 @@ def listening_test_progress(test: ListeningTest) -> dict[str, Any]:
     from evalsite.listening.models import Condition, Trial
 
     conditions = list(Condition.objects.filter(test=test).order_by("role", "label"))
-    valid = Q(ratings__is_training=False) & ~Q(ratings__participant__status=Participant.Status.SCREENED_OUT)
+    # A CMOS/AB answer is stored on one of the trial's two sounds but is a vote for both.
+    votes = "trial__assignments__ratings" if test.kind in COMPARISON_KINDS else "ratings"
+    valid = Q(**{f"{votes}__is_training": False}) & ~Q(**{f"{votes}__participant__status": Participant.Status.SCREENED_OUT})
     counts = {}
     from evalsite.listening.models import Stimulus
 
     for row in (Stimulus.objects.filter(trial__test=test, trial__is_training=False)
-                .annotate(votes=Count("ratings", filter=valid))
+                .annotate(votes=Count(votes, filter=valid))
                 .values("trial__item__key", "condition_id", "votes")):
         key = (row["trial__item__key"], row["condition_id"])
         counts[key] = counts.get(key, 0) + row["votes"]

@@ -7,6 +7,7 @@ system labels, checkpoints or roles.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import secrets
@@ -30,11 +31,13 @@ from evalsite.listening.models import (
     Condition,
     Trial,
 )
+from evalsite.listening.selectors import AB_ANSWER_VALUES, COMPARISON_KINDS, NO_PREFERENCE
 from evalsite.runs.models import Checkpoint, EvalItem, Generation
 
 MUSHRA_MAX_SIGNALS = 12
 MUSHRA_MAX_ITEM_S = 12.0
 ANCHOR_CUTOFFS = {Condition.Role.ANCHOR_LP35: 3500.0, Condition.Role.ANCHOR_LP70: 7000.0}
+CMOS_REFERENCE_LABEL = "reference recording"
 
 NO_CHECKPOINTS = "a listening test needs at least one checkpoint."
 MIXED_EVAL_SETS = "the checkpoints' runs use different eval sets ({names}); pick checkpoints evaluated on one set."
@@ -43,6 +46,10 @@ MUSHRA_TOO_MANY = (
     "{n} checkpoints + 3 = {total}."
 )
 NO_USABLE_ITEMS = "no eval item has output from every checkpoint{reference}; nothing to build a test from."
+AB_NEEDS_TWO = "an AB preference test compares checkpoints in pairs; pick at least two checkpoints (got {n})."
+COMPARISON_ONLY_CMOS = "a comparison checkpoint is only used by CMOS tests; this test is {kind}."
+COMPARISON_IS_RATED = "the comparison checkpoint {label} is also one of the rated checkpoints; rate it against another."
+NO_PREFERENCE_ONLY_AB = "'no preference' is an AB preference option; this test is {kind}."
 ANCHOR_SELF_TEST_FAILED = "the anchor filters fail the BS.1534-3 mask at {rate} Hz: {failures}"
 NOT_DRAFT = "test {name!r} is {status}; only a draft can be published."
 NOTHING_TO_PUBLISH = "test {name!r} has no main (non-training) trial."
@@ -55,6 +62,8 @@ UNKNOWN_STIMULUS = "Unknown sound for this trial."
 TRIAL_ALREADY_COMPLETED = "This trial is already finished; its answers can no longer change."
 SCORE_OUT_OF_RANGE = "score must be {rule}; got {score!r}."
 RATE_ALL_FIRST = "Please rate every sound before continuing ({missing} still unrated)."
+ANSWER_FIRST = "Please answer before continuing."
+ANSWER_ON_B = "This answer belongs to the second sound (B) of the trial."
 FLAG_BAD_REGION = "the marked region must lie within the sound (0 to {duration:.2f} s) with end after start; got {start!r} to {end!r}."
 FLAG_BAD_CATEGORY = "category must be one of {choices}; got {category!r}."
 REQUEST_ID_REQUIRED = "request_id must be a non-empty string of at most 64 characters."
@@ -121,24 +130,41 @@ def listening_test_build(
     completion_code: str = "",
     completion_redirect: str = "",
     screened_out_redirect: str = "",
+    comparison: Checkpoint | None = None,
+    allow_no_preference: bool = False,
 ) -> ListeningTest:
     """Build a draft test from checkpoints × eval items.
 
     MUSHRA: one trial per item with the open reference, the hidden reference, the 3.5 kHz and
     7 kHz low-pass anchors (made here, after the filter mask self-test) and every checkpoint's
     output. SMOS: one trial per item × checkpoint, rated for similarity to the item's reference
-    recording. MOS: one trial per item × checkpoint. Items without output from every checkpoint
-    (or, for MUSHRA/SMOS, without a reference) are skipped with a warning. The first
-    ``training_items`` usable items become training trials.
+    recording. MOS: one trial per item × checkpoint. CMOS (P.800 Annex E): one trial per item ×
+    checkpoint holding that output and the ``comparison`` checkpoint's output of the item (the
+    reference recording when ``comparison`` is None); listeners hear both blind, as A and B.
+    AB: one trial per item × pair of checkpoints; ``allow_no_preference`` lets listeners answer
+    "no preference". Items without output from every checkpoint (or without a reference where
+    one is needed) are skipped with a warning. The first ``training_items`` usable items become
+    training trials.
     """
     if not checkpoints:
         raise ApplicationError(NO_CHECKPOINTS)
+    if comparison is not None and kind != ListeningTest.Kind.CMOS:
+        raise ApplicationError(COMPARISON_ONLY_CMOS.format(kind=kind))
+    if allow_no_preference and kind != ListeningTest.Kind.AB:
+        raise ApplicationError(NO_PREFERENCE_ONLY_AB.format(kind=kind))
     checkpoints = list(Checkpoint.objects.filter(pk__in=[c.pk for c in checkpoints]).select_related("run__eval_set")
                        .order_by("run__name", "step"))
-    eval_sets = {c.run.eval_set_id for c in checkpoints}
+    if comparison is not None:
+        comparison = Checkpoint.objects.select_related("run__eval_set").get(pk=comparison.pk)
+        if comparison.pk in {c.pk for c in checkpoints}:
+            raise ApplicationError(COMPARISON_IS_RATED.format(label=f"{comparison.run.name}@{comparison.step}"))
+    if kind == ListeningTest.Kind.AB and len(checkpoints) < 2:
+        raise ApplicationError(AB_NEEDS_TWO.format(n=len(checkpoints)))
+    sources = checkpoints + ([comparison] if comparison is not None else [])
+    eval_sets = {c.run.eval_set_id for c in sources}
     if items is None:
         if len(eval_sets) != 1 or None in eval_sets:
-            names = sorted({c.run.eval_set.name if c.run.eval_set else "none" for c in checkpoints})
+            names = sorted({c.run.eval_set.name if c.run.eval_set else "none" for c in sources})
             raise ApplicationError(MIXED_EVAL_SETS.format(names=", ".join(names)))
         items = list(EvalItem.objects.filter(eval_set_id=eval_sets.pop()).select_related("reference").order_by("key"))
     if kind == ListeningTest.Kind.MUSHRA and len(checkpoints) + 3 > MUSHRA_MAX_SIGNALS:
@@ -148,7 +174,7 @@ def listening_test_build(
         name=name, kind=kind, seed=seed if seed is not None else secrets.randbits(31), votes_target=votes_target,
         trials_per_participant=trials_per_participant, title=title, instructions=instructions, owner=owner,
         completion_code=completion_code, completion_redirect=completion_redirect,
-        screened_out_redirect=screened_out_redirect,
+        screened_out_redirect=screened_out_redirect, allow_no_preference=allow_no_preference,
     )
     test.full_clean()
     test.save()
@@ -158,14 +184,20 @@ def listening_test_build(
     if kind == ListeningTest.Kind.MUSHRA:
         for role in (Condition.Role.HIDDEN_REFERENCE, *ANCHOR_CUTOFFS):
             conditions[role] = Condition.objects.create(test=test, label=role.label, role=role)
+    if kind == ListeningTest.Kind.CMOS:
+        conditions[Condition.Role.COMPARISON] = Condition.objects.create(
+            test=test, role=Condition.Role.COMPARISON, checkpoint=comparison,
+            label=f"{comparison.run.name}@{comparison.step}" if comparison is not None else CMOS_REFERENCE_LABEL,
+        )
 
     warnings: list[str] = []
-    outputs = _outputs_by_item(checkpoints, params_hash)
-    needs_reference = kind in (ListeningTest.Kind.MUSHRA, ListeningTest.Kind.SMOS)
+    outputs = _outputs_by_item(sources, params_hash)
+    needs_reference = kind in (ListeningTest.Kind.MUSHRA, ListeningTest.Kind.SMOS) or (
+        kind == ListeningTest.Kind.CMOS and comparison is None)
     usable = []
     for item in items:
         have = outputs.get(item.pk, {})
-        missing = [conditions[c.pk].label for c in checkpoints if c.pk not in have]
+        missing = [f"{c.run.name}@{c.step}" for c in sources if c.pk not in have]
         if missing:
             warnings.append(f"item {item.key} skipped: no output from {', '.join(missing)}")
         elif needs_reference and item.reference is None:
@@ -192,6 +224,19 @@ def listening_test_build(
             Stimulus.objects.create(trial=trial, condition=conditions[Condition.Role.HIDDEN_REFERENCE], asset=item.reference)
             for role, asset in _anchor_assets(item.reference, rate_checked, warnings, item.key).items():
                 Stimulus.objects.create(trial=trial, condition=conditions[role], asset=asset)
+        elif kind == ListeningTest.Kind.CMOS:
+            versus = have[comparison.pk].asset if comparison is not None else item.reference
+            for c in checkpoints:
+                trial = Trial.objects.create(test=test, item=item, index=index, is_training=training)
+                index += 1
+                Stimulus.objects.create(trial=trial, condition=conditions[c.pk], asset=have[c.pk].asset)
+                Stimulus.objects.create(trial=trial, condition=conditions[Condition.Role.COMPARISON], asset=versus)
+        elif kind == ListeningTest.Kind.AB:
+            for first, second in itertools.combinations(checkpoints, 2):
+                trial = Trial.objects.create(test=test, item=item, index=index, is_training=training)
+                index += 1
+                for c in (first, second):
+                    Stimulus.objects.create(trial=trial, condition=conditions[c.pk], asset=have[c.pk].asset)
         else:
             for c in checkpoints:
                 trial = Trial.objects.create(test=test, item=item, index=index, is_training=training,
@@ -321,29 +366,67 @@ def _request_id(request_id: Any) -> str:
     return request_id
 
 
-def validate_score(kind: str, score: Any) -> float:
-    if kind == ListeningTest.Kind.MUSHRA:
+def validate_score(kind: str, score: Any, *, choices: dict[str, float] | None = None) -> float:
+    """The value to store for a listener's answer, or ``ApplicationError`` (field ``score``).
+
+    AB answers are a choice, not a number: ``choices`` maps each accepted answer (a stimulus
+    token, or ``"none"`` where allowed) to the value stored for it.
+    """
+    number = isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score)
+    if kind == ListeningTest.Kind.AB:
+        choices = choices or {}
+        rule = "the id of sound A or sound B" + (f' or "{NO_PREFERENCE}"' if NO_PREFERENCE in choices else "")
+        if isinstance(score, str) and score in choices:
+            return choices[score]
+        ok = False
+    elif kind == ListeningTest.Kind.MUSHRA:
         rule = "a number from 0 to 100"
-        ok = isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score) and 0 <= score <= 100
+        ok = number and 0 <= score <= 100
+    elif kind == ListeningTest.Kind.CMOS:
+        rule = "a whole number from -3 to 3"
+        ok = number and float(score).is_integer() and -3 <= score <= 3
     else:
         rule = "a whole number from 1 to 5"
-        ok = isinstance(score, (int, float)) and not isinstance(score, bool) and float(score).is_integer() and 1 <= score <= 5
+        ok = number and float(score).is_integer() and 1 <= score <= 5
     if not ok:
         raise ApplicationError(SCORE_OUT_OF_RANGE.format(rule=rule, score=score), extra={"field": "score"})
     return float(score)
+
+
+def _comparison_handles(assignment: Assignment) -> tuple[StimulusHandle, StimulusHandle]:
+    """Sounds A and B of a CMOS/AB trial, in this participant's presentation order."""
+    a, b = StimulusHandle.objects.filter(assignment=assignment).order_by("position")
+    return a, b
+
+
+def _answer(test: ListeningTest, assignment: Assignment, handle: StimulusHandle, score: Any) -> float:
+    """Validate an answer; comparisons are answered on sound B, as B relative to A."""
+    if test.kind not in COMPARISON_KINDS:
+        return validate_score(test.kind, score)
+    a, b = _comparison_handles(assignment)
+    if handle.pk != b.pk:
+        raise ApplicationError(ANSWER_ON_B, extra={"field": "stimulus"})
+    choices = None
+    if test.kind == ListeningTest.Kind.AB:
+        choices = {a.token: AB_ANSWER_VALUES["A"], b.token: AB_ANSWER_VALUES["B"]}
+        if test.allow_no_preference:
+            choices[NO_PREFERENCE] = AB_ANSWER_VALUES[NO_PREFERENCE]
+    return validate_score(test.kind, score, choices=choices)
 
 
 @transaction.atomic
 def rating_submit(*, participant: Participant, trial: str, stimulus: str, score: Any, request_id: Any) -> Rating:
     """Save one rating the moment it is given.
 
-    Idempotent: the same ``request_id`` again changes nothing, and a late retry of an older
-    request never overwrites a newer answer (every request id is remembered).
+    CMOS and AB answer the trial on its second sound (B): ``score`` is the CMOS answer (−3..3,
+    B relative to A) or the AB choice (A's or B's stimulus token, or ``"none"``); see ``Rating``
+    for what is stored. Idempotent: the same ``request_id`` again changes nothing, and a late
+    retry of an older request never overwrites a newer answer (every request id is remembered).
     """
     request_id = _request_id(request_id)
     assignment = _open_assignment(participant, trial)
     handle = _handle(assignment, stimulus)
-    value = validate_score(participant.test.kind, score)
+    value = _answer(participant.test, assignment, handle, score)
     if assignment.completed_at is not None:
         raise ConflictError(TRIAL_ALREADY_COMPLETED, extra={"field": "trial"})
     rating = Rating.objects.select_for_update().filter(participant=participant, stimulus=handle.stimulus).first()
@@ -394,7 +477,8 @@ def flag_submit(
 
 @transaction.atomic
 def trial_complete(*, participant: Participant, trial: str) -> Participant:
-    """Finish a trial once every sound in it is rated; finishing the last one completes the test.
+    """Finish a trial once every sound in it is rated (a CMOS/AB trial: once it is answered);
+    finishing the last one completes the test.
 
     Idempotent: finishing a finished trial (a retried request) just returns the participant.
     """
@@ -405,9 +489,13 @@ def trial_complete(*, participant: Participant, trial: str) -> Participant:
     assignment = _open_assignment(participant, trial)
     if assignment.completed_at is None:
         rated = set(Rating.objects.filter(assignment=assignment).values_list("stimulus_id", flat=True))
-        missing = [h for h in assignment.handles.all() if h.stimulus_id not in rated]
-        if missing:
-            raise ApplicationError(RATE_ALL_FIRST.format(missing=len(missing)), extra={"field": "trial"})
+        if participant.test.kind in COMPARISON_KINDS:
+            if not rated:
+                raise ApplicationError(ANSWER_FIRST, extra={"field": "trial"})
+        else:
+            missing = [h for h in assignment.handles.all() if h.stimulus_id not in rated]
+            if missing:
+                raise ApplicationError(RATE_ALL_FIRST.format(missing=len(missing)), extra={"field": "trial"})
         assignment.completed_at = timezone.now()
         assignment.save(update_fields=["completed_at", "updated_at"])
     if not participant.assignments.filter(completed_at__isnull=True).exists():

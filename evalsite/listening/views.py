@@ -17,7 +17,12 @@ from django.views.decorators.http import require_http_methods
 from evalsite.core.exceptions import ApplicationError, ConflictError, NotFoundError
 from evalsite.listening import services
 from evalsite.listening.models import ListeningTest, Participant
-from evalsite.listening.selectors import listener_state, participant_reference_asset, participant_stimulus_asset
+from evalsite.listening.selectors import (
+    listener_state,
+    participant_reference_asset,
+    participant_stimulus_asset,
+    rating_answer,
+)
 
 COOKIE = "evalsite_listener"
 COOKIE_SALT = "evalsite.listening.participant"
@@ -106,7 +111,7 @@ def _post(action):
 def rate(participant: Participant, body: dict) -> JsonResponse:
     rating = services.rating_submit(participant=participant, trial=body.get("trial"), stimulus=body.get("stimulus"),
                                     score=body.get("score"), request_id=body.get("request_id"))
-    return JsonResponse({"score": rating.score})
+    return JsonResponse({"score": rating_answer(rating)})
 
 
 @_post

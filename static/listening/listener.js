@@ -1,6 +1,10 @@
 // Listener UI entry point: loads the participant's state, shows one trial at a
-// time (MUSHRA, SMOS or MOS), saves every rating and flag as soon as it is
-// given, and reports playback telemetry.
+// time (MUSHRA, SMOS, MOS, CMOS or AB), saves every rating and flag as soon as
+// it is given, and reports playback telemetry.
+//
+// CMOS and AB trials have two sounds, A and B, and one answer, which is sent
+// on B (the answer is about B relative to A: a CCR score, or the preferred
+// sound's id / "none").
 
 import { h, clear, formatTime } from "./dom.js";
 import { Outbox, Telemetry, getJSON, postJSON, RejectedError } from "./api.js";
@@ -8,6 +12,8 @@ import { Player, decodeAll, prefetch, MIN_LOOP } from "./player.js";
 import { Waveform } from "./waveform.js";
 
 const REF = "ref"; // player key of the reference signal
+const COMPARISONS = new Set(["cmos", "ab"]);
+const NO_PREFERENCE = "none";
 const REDIRECT_DELAY_S = 5;
 const REDIRECT_DELAY_WITH_CODE_S = 15; // time to copy the code before leaving
 const MUSHRA_100_HINT =
@@ -150,10 +156,9 @@ class ListenerApp {
 
   attachPlayer(buffers) {
     const kind = this.state.test.kind;
-    const player = new Player(this.audioContext(), buffers, {
-      sharedPosition: kind === "mushra",
-      loop: kind === "mushra",
-    });
+    // MUSHRA and the A/B comparisons switch instantly at the same position.
+    const switching = kind === "mushra" || COMPARISONS.has(kind);
+    const player = new Player(this.audioContext(), buffers, { sharedPosition: switching, loop: switching });
     this.player = player;
     const idOf = (key) => (key === REF || key === null ? null : key);
     player.addEventListener("play", (e) => this.telemetry.log("play", idOf(player.selected), e.detail.pos));
@@ -251,7 +256,9 @@ class ListenerApp {
     this.root.append(instructions);
 
     this.root.append(this.renderPlayer());
-    this.root.append(test.kind === "mushra" ? this.renderMushra() : this.renderCategorical());
+    this.root.append(
+      test.kind === "mushra" ? this.renderMushra() : test.kind === "ab" ? this.renderPreference() : this.renderCategorical(),
+    );
 
     this.el.continueMsg = h("p", { class: "ls-continue-msg", role: "alert", "data-testid": "continue-message" });
     this.el.continue = h(
@@ -286,7 +293,7 @@ class ListenerApp {
     this.el.loopToggle = h("input", {
       type: "checkbox",
       "data-testid": "loop-toggle",
-      checked: kind === "mushra",
+      checked: kind === "mushra" || COMPARISONS.has(kind),
       onchange: (e) => this.player && this.player.setLoop(e.target.checked),
     });
     this.el.loopClear = h(
@@ -313,10 +320,11 @@ class ListenerApp {
       );
     }
 
+    const signalsClass = COMPARISONS.has(kind) ? "ls-signals ls-signals-pair" : "ls-signals";
     return h(
       "section",
       { class: "ls-player", "aria-label": "Player" },
-      signalButtons.length ? h("div", { class: "ls-signals" }, signalButtons) : null,
+      signalButtons.length ? h("div", { class: signalsClass }, signalButtons) : null,
       h("div", { class: "ls-transport" }, this.el.playPause, this.el.nowPlaying, this.el.time),
       this.el.loading,
       h("div", { class: "ls-wave-wrap" }, this.el.canvas),
@@ -418,11 +426,15 @@ class ListenerApp {
     return group;
   }
 
+  /** SMOS / MOS: one labelled 5-point scale; CMOS: the 7-point CCR scale for B relative to A. */
   renderCategorical() {
     const trial = this.trial;
+    const kind = this.state.test.kind;
     const scale = this.state.test.scale;
-    const stimulus = trial.stimuli[0];
-    const labels = [...scale.labels].sort((a, b) => b.value - a.value);
+    const stimulus = answerStimuli(kind, trial)[0];
+    const ccr = kind === "cmos";
+    // CCR reads from "much worse" to "much better", like the question it answers.
+    const labels = [...scale.labels].sort((a, b) => (ccr ? a.value - b.value : b.value - a.value));
     this.el.rows = new Map();
     const current = trial.ratings[stimulus.id];
     const options = labels.map((label) =>
@@ -437,7 +449,7 @@ class ListenerApp {
           "data-testid": `score-${label.value}`,
           onchange: (e) => this.rate(stimulus, Number(e.target.value)),
         }),
-        h("span", { class: "ls-choice-num" }, String(label.value)),
+        h("span", { class: "ls-choice-num" }, formatScore(kind, label.value)),
         h("span", { class: "ls-choice-text" }, label.text),
       ),
     );
@@ -445,12 +457,50 @@ class ListenerApp {
     this.el.rows.set(stimulus.id, { value, stimulus, radios: options.map((o) => o.querySelector("input")) });
     const fieldset = h(
       "fieldset",
-      { class: "ls-choices" },
-      h("legend", {}, `Your rating of sample ${stimulus.label}`),
+      { class: ccr ? "ls-choices ls-choices-ccr" : "ls-choices" },
+      h("legend", {}, ccr ? "Compared with the quality of A, the quality of B is:" : `Your rating of sample ${stimulus.label}`),
       options,
     );
     const section = h("section", { class: "ls-categorical", "aria-label": "Rating" }, fieldset, h("p", { class: "ls-cell-value" }, "Your rating: ", value));
     this.renderRating(stimulus.id);
+    return section;
+  }
+
+  /** AB: two big "I prefer" buttons (and "No preference" when the test allows it). */
+  renderPreference() {
+    const trial = this.trial;
+    const [a, b] = trial.stimuli;
+    const choices = [
+      { answer: a.id, testid: `prefer-${a.label}`, text: `I prefer ${a.label}` },
+      { answer: b.id, testid: `prefer-${b.label}`, text: `I prefer ${b.label}` },
+    ];
+    if (this.state.test.scale.no_preference) choices.push({ answer: NO_PREFERENCE, testid: "prefer-none", text: "No preference" });
+    this.el.rows = new Map();
+    const buttons = choices.map((c) =>
+      h(
+        "button",
+        {
+          type: "button",
+          class: c.answer === NO_PREFERENCE ? "ls-prefer ls-prefer-none" : "ls-prefer",
+          "data-testid": c.testid,
+          "data-answer": c.answer,
+          "aria-pressed": "false",
+          onclick: () => this.rate(b, c.answer),
+        },
+        h("span", { class: "ls-icon", "aria-hidden": "true" }, ""),
+        c.text,
+      ),
+    );
+    const value = h("output", { class: "ls-value", "data-testid": `value-${b.label}` });
+    this.el.rows.set(b.id, { value, stimulus: b, choices: buttons });
+    const section = h(
+      "section",
+      { class: "ls-categorical ls-preference", role: "group", "aria-label": "Which do you prefer?" },
+      h("p", { class: "ls-question" }, "Which one do you prefer?"),
+      h("div", { class: "ls-prefer-row" }, buttons),
+      h("p", { class: "ls-cell-value" }, "Your choice: ", value),
+    );
+    this.renderRating(b.id);
     return section;
   }
 
@@ -504,6 +554,12 @@ class ListenerApp {
     });
   }
 
+  choiceText(answer) {
+    if (answer === NO_PREFERENCE) return "No preference";
+    const s = this.trial.stimuli.find((x) => x.id === answer);
+    return s ? `${s.label} preferred` : "";
+  }
+
   signalName(key) {
     if (key === REF) return "Reference";
     const s = this.trial.stimuli.find((x) => x.id === key);
@@ -533,21 +589,32 @@ class ListenerApp {
     if (!r) return;
     const score = this.trial.ratings[stimulusId];
     const rated = score !== undefined && score !== null;
+    const kind = this.state.test.kind;
     const scale = this.state.test.scale;
-    const label = rated ? bandLabel(scale, score) : "";
+    const label = !rated ? "" : kind === "ab" ? this.choiceText(score) : bandLabel(scale, score);
     if (r.slider) {
       r.slider.classList.toggle("is-unrated", !rated);
       r.slider.setAttribute("aria-valuetext", rated ? `${score}, ${label}` : "not rated");
       if (rated && Number(r.slider.value) !== score) r.slider.value = score;
     }
     if (r.radios) for (const radio of r.radios) radio.checked = rated && Number(radio.value) === score;
+    if (r.choices) {
+      for (const button of r.choices) {
+        const chosen = rated && button.dataset.answer === score;
+        button.setAttribute("aria-pressed", String(chosen));
+        button.classList.toggle("is-selected", chosen);
+        button.querySelector(".ls-icon").textContent = chosen ? "✓" : "";
+      }
+    }
     const status = typing ? null : this.outbox.state(`rate:${this.trial.id}:${stimulusId}`);
     const st = status && STATUS_TEXT[status.state];
     clear(r.value);
     if (!rated) {
       r.value.append(h("span", { class: "ls-unrated" }, "not rated"));
+    } else if (kind === "ab") {
+      r.value.append(h("span", { class: "ls-score" }, label));
     } else {
-      r.value.append(h("span", { class: "ls-score" }, String(score)), h("span", { class: "ls-score-label" }, label));
+      r.value.append(h("span", { class: "ls-score" }, formatScore(kind, score)), h("span", { class: "ls-score-label" }, label));
     }
     if (st) {
       r.value.append(
@@ -592,7 +659,8 @@ class ListenerApp {
   onSaved(key, body, response, superseded) {
     if (key.startsWith("rate:")) {
       const trial = this.state.trials.find((t) => t.id === body.trial);
-      if (trial && !superseded && typeof response.score === "number") trial.ratings[body.stimulus] = response.score;
+      const answered = typeof response.score === "number" || typeof response.score === "string";
+      if (trial && !superseded && answered) trial.ratings[body.stimulus] = response.score;
       return;
     }
     const flag = this.findFlag(body.trial, key);
@@ -765,12 +833,15 @@ class ListenerApp {
   async continueTrial() {
     if (this.busy || !this.trial) return;
     const trial = this.trial;
-    const missing = trial.stimuli.filter((s) => trial.ratings[s.id] === undefined || trial.ratings[s.id] === null);
+    const kind = this.state.test.kind;
+    const missing = answerStimuli(kind, trial).filter((s) => trial.ratings[s.id] === undefined || trial.ratings[s.id] === null);
     if (missing.length) {
       this.el.continueMsg.textContent =
-        this.state.test.kind === "mushra"
+        kind === "mushra"
           ? `Rate every signal before continuing (not rated yet: ${missing.map((s) => s.label).join(", ")}).`
-          : "Choose a rating before continuing.";
+          : kind === "ab"
+            ? "Choose the sound you prefer before continuing."
+            : "Choose a rating before continuing.";
       return;
     }
     this.busy = true;
@@ -945,10 +1016,22 @@ function bandLabel(scale, value) {
   return band ? band.text : "";
 }
 
+/** The sounds that carry the trial's answers: every one, except in CMOS/AB (only B). */
+function answerStimuli(kind, trial) {
+  return COMPARISONS.has(kind) ? trial.stimuli.slice(1, 2) : trial.stimuli;
+}
+
+/** CCR scores carry their sign (+2, 0, −1); other scales are plain numbers. */
+function formatScore(kind, value) {
+  if (kind !== "cmos") return String(value);
+  return value > 0 ? `+${value}` : value < 0 ? `−${-value}` : "0";
+}
+
 function keyHelp(kind, trial) {
   const parts = [];
   if (trial.reference) parts.push("0 reference");
-  parts.push(trial.stimuli.length > 1 ? `1–${Math.min(9, trial.stimuli.length)} signals` : "1 sample");
+  if (COMPARISONS.has(kind)) parts.push("1 A · 2 B (switch at the same point)");
+  else parts.push(trial.stimuli.length > 1 ? `1–${Math.min(9, trial.stimuli.length)} signals` : "1 sample");
   parts.push("Space play/pause");
   if (kind === "mushra") parts.push("arrows move the active slider");
   parts.push("Enter continue");

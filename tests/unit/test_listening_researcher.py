@@ -86,3 +86,18 @@ def test_the_preview_shows_each_stimulus_with_its_condition_to_the_researcher(ad
     page = admin_client.get(f"/listening/{test.pk}/trials/1/").content.decode()
     assert "hifigan-secret-run@77777" in page and "anchor: 3.5 kHz low-pass" in page
     assert page.count("<audio") == 6  # open reference + 5 conditions
+
+
+def test_a_cmos_test_against_a_baseline_and_an_ab_test_with_no_preference_are_built_from_the_form(admin_client):
+    world = listening_world(n_items=2, runs=("base-run", "new-run", "other-run"))
+    base, new, other = world["checkpoints"]
+    admin_client.post("/listening/new/", {"name": "cmos-web", "kind": "cmos", "checkpoints": [new.pk, other.pk],
+                                          "comparison": base.pk, "title": "x", "training_items": 0,
+                                          "votes_target": 1})
+    cmos = ListeningTest.objects.get(name="cmos-web")
+    assert cmos.conditions.get(role="comparison").checkpoint_id == base.pk and cmos.trials.count() == 4
+    admin_client.post("/listening/new/", {"name": "ab-web", "kind": "ab", "checkpoints": [new.pk, other.pk],
+                                          "allow_no_preference": "on", "title": "x", "training_items": 0,
+                                          "votes_target": 1})
+    ab = ListeningTest.objects.get(name="ab-web")
+    assert ab.allow_no_preference and ab.trials.count() == 2

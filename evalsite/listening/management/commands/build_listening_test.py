@@ -14,6 +14,9 @@ class Command(BaseCommand):
         parser.add_argument("name")
         parser.add_argument("--kind", required=True, choices=ListeningTest.Kind.values)
         parser.add_argument("--checkpoints", nargs="+", required=True, metavar="RUN@STEP")
+        parser.add_argument("--comparison", default=None, metavar="RUN@STEP",
+                            help="CMOS: rate every checkpoint against this one (default: the reference recording)")
+        parser.add_argument("--allow-no-preference", action="store_true", help="AB: offer a 'no preference' answer")
         parser.add_argument("--training-items", type=int, default=1)
         parser.add_argument("--votes", type=int, default=10, help="valid votes wanted per trial")
         parser.add_argument("--trials-per-listener", type=int, default=None)
@@ -23,19 +26,23 @@ class Command(BaseCommand):
         parser.add_argument("--publish", action="store_true")
         parser.add_argument("--base-url", default="http://127.0.0.1:8000")
 
+    @staticmethod
+    def checkpoint(spec: str) -> Checkpoint:
+        run, _, step = spec.rpartition("@")
+        found = Checkpoint.objects.filter(run__name=run, step=int(step) if step.isdigit() else -1).first()
+        if found is None:
+            raise CommandError(f"no checkpoint {spec!r} (expected RUN@STEP of a registered checkpoint)")
+        return found
+
     def handle(self, *args, **opts):
-        checkpoints = []
-        for spec in opts["checkpoints"]:
-            run, _, step = spec.rpartition("@")
-            found = Checkpoint.objects.filter(run__name=run, step=int(step) if step.isdigit() else -1).first()
-            if found is None:
-                raise CommandError(f"no checkpoint {spec!r} (expected RUN@STEP of a registered checkpoint)")
-            checkpoints.append(found)
+        checkpoints = [self.checkpoint(spec) for spec in opts["checkpoints"]]
+        comparison = self.checkpoint(opts["comparison"]) if opts["comparison"] else None
         try:
             test = listening_test_build(
                 name=opts["name"], kind=opts["kind"], checkpoints=checkpoints, training_items=opts["training_items"],
                 votes_target=opts["votes"], trials_per_participant=opts["trials_per_listener"], seed=opts["seed"],
                 completion_code=opts["completion_code"], completion_redirect=opts["completion_redirect"],
+                comparison=comparison, allow_no_preference=opts["allow_no_preference"],
             )
             if opts["publish"]:
                 test = listening_test_publish(test=test)
