@@ -326,13 +326,17 @@ def participant_join(
     rng.shuffle(training)
     rng.shuffle(main)
     trials = {t.pk: t for t in Trial.objects.filter(pk__in=training + main).prefetch_related("stimuli")}
-    for position, trial_id in enumerate(training + main):
-        assignment = Assignment.objects.create(participant=participant, trial_id=trial_id, position=position)
-        stimuli = list(trials[trial_id].stimuli.all())
+    # Two bulk inserts instead of one per trial: a join holds the test row lock, so it must be short.
+    assignments = Assignment.objects.bulk_create(
+        [Assignment(participant=participant, trial_id=trial_id, position=position)
+         for position, trial_id in enumerate(training + main)]
+    )
+    handles = []
+    for assignment in assignments:
+        stimuli = list(trials[assignment.trial_id].stimuli.all())
         rng.shuffle(stimuli)
-        StimulusHandle.objects.bulk_create(
-            [StimulusHandle(assignment=assignment, stimulus=s, position=i) for i, s in enumerate(stimuli)]
-        )
+        handles += [StimulusHandle(assignment=assignment, stimulus=s, position=i) for i, s in enumerate(stimuli)]
+    StimulusHandle.objects.bulk_create(handles)
     return participant
 
 
@@ -345,7 +349,8 @@ def _open_assignment(participant: Participant, assignment_token: str) -> Assignm
         raise ConflictError(TEST_NOT_OPEN)
     if participant.status == Participant.Status.COMPLETED:
         raise ConflictError(PARTICIPANT_DONE)
-    assignment = (Assignment.objects.select_for_update().select_related("trial")
+    # Lock only the participant's own assignment row, not the trial every listener shares.
+    assignment = (Assignment.objects.select_for_update(of=("self",)).select_related("trial")
                   .filter(participant=participant, token=str(assignment_token)).first())
     if assignment is None:
         raise NotFoundError(UNKNOWN_TRIAL, extra={"field": "trial"})
