@@ -46,6 +46,14 @@ class ListeningTest(BaseModel):
     screened_out_redirect = models.URLField(max_length=500, blank=True)
     build_warnings = models.JSONField(default=list, blank=True)
     allow_no_preference = models.BooleanField(default=False, help_text="AB: listeners may answer 'no preference'")
+    require_play_all = models.BooleanField(
+        default=False, help_text="listeners must play every sound (and the reference) before continuing")
+    headphone_check = models.BooleanField(
+        default=False, help_text="antiphase headphone screening (Woods et al. 2017) before the first trial")
+    gold_items = models.PositiveSmallIntegerField(
+        default=0, help_text="gold trials (obvious quality, known answer) built; each listener gets one")
+    trapping_items = models.PositiveSmallIntegerField(
+        default=0, help_text="trapping trials (P.808 attention check) built; each listener gets one")
     published_at = models.DateTimeField(null=True, blank=True)
     closed_at = models.DateTimeField(null=True, blank=True)
 
@@ -66,6 +74,8 @@ class Condition(BaseModel):
         ANCHOR_LP35 = "anchor_lp35", "anchor: 3.5 kHz low-pass"
         ANCHOR_LP70 = "anchor_lp70", "anchor: 7 kHz low-pass"
         COMPARISON = "comparison", "CMOS comparison (reference or baseline)"
+        GOLD = "gold", "quality control: gold"
+        TRAPPING = "trapping", "quality control: trapping"
 
     test = models.ForeignKey(ListeningTest, on_delete=models.CASCADE, related_name="conditions")
     label = models.CharField(max_length=200, help_text="researcher-facing; never shown to listeners")
@@ -84,15 +94,32 @@ class Condition(BaseModel):
 
 
 class Trial(BaseModel):
+    """A trial as built. Quality-control trials (``control`` gold or trapping) look like any other
+    trial to the listener; the expected answer range lives only here, on the server."""
+
+    class Control(models.TextChoices):
+        NONE = "", "none"
+        GOLD = "gold"
+        TRAPPING = "trapping"
+
     test = models.ForeignKey(ListeningTest, on_delete=models.CASCADE, related_name="trials")
     item = models.ForeignKey("runs.EvalItem", on_delete=models.PROTECT)
     index = models.PositiveIntegerField()
     is_training = models.BooleanField(default=False)
     reference = models.ForeignKey("audio.AudioAsset", on_delete=models.PROTECT, null=True, blank=True,
                                   related_name="+", help_text="open reference (MUSHRA, SMOS)")
+    control = models.CharField(max_length=10, choices=Control.choices, default=Control.NONE, blank=True)
+    expected_min = models.FloatField(null=True, blank=True, help_text="quality control: lowest passing answer")
+    expected_max = models.FloatField(null=True, blank=True, help_text="quality control: highest passing answer")
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["test", "index"], name="trial_unique_index")]
+        constraints = [
+            models.UniqueConstraint(fields=["test", "index"], name="trial_unique_index"),
+            models.CheckConstraint(
+                condition=Q(control="") | (Q(expected_min__isnull=False) & Q(expected_max__isnull=False)
+                                         & Q(expected_min__lte=models.F("expected_max")) & Q(is_training=False)),
+                name="trial_control_has_expected_range"),
+        ]
         ordering = ["test", "index"]
 
 
@@ -121,6 +148,8 @@ class Participant(BaseModel):
     consented_at = models.DateTimeField()
     completed_at = models.DateTimeField(null=True, blank=True)
     device = models.JSONField(default=dict, blank=True)
+    headphone_answers = models.JSONField(default=list, blank=True, help_text="headphone check: interval chosen per trial")
+    headphone_passed = models.BooleanField(null=True, blank=True, help_text="headphone check: None = not taken")
 
     class Meta:
         constraints = [

@@ -32,6 +32,13 @@ class BuildForm(forms.Form):
         help_text="CMOS only: the baseline every checkpoint is compared with (empty: the reference recording)",
     )
     allow_no_preference = forms.BooleanField(required=False, help_text="AB only: offer 'no preference'")
+    require_play_all = forms.BooleanField(required=False, help_text="listeners must play every sound before continuing")
+    headphone_check = forms.BooleanField(
+        required=False, help_text="antiphase headphone check before the first trial; failing it screens the listener out")
+    gold_items = forms.IntegerField(min_value=0, max_value=50, initial=0, required=False,
+                                    help_text="MOS: gold trials (obvious quality, known answer); one per listener")
+    trapping_items = forms.IntegerField(min_value=0, max_value=50, initial=0, required=False,
+                                        help_text="MOS: trapping (attention-check) trials; one per listener")
     title = forms.CharField(max_length=200, initial="Listening test", help_text="shown to listeners")
     training_items = forms.IntegerField(min_value=0, initial=1)
     votes_target = forms.IntegerField(min_value=1, initial=10, help_text="valid votes wanted per trial")
@@ -64,7 +71,9 @@ def test_build(request: HttpRequest) -> HttpResponse:
                 trials_per_participant=data["trials_per_participant"], title=data["title"], owner=request.user,
                 completion_code=data["completion_code"], completion_redirect=data["completion_redirect"],
                 screened_out_redirect=data["screened_out_redirect"], comparison=data["comparison"],
-                allow_no_preference=data["allow_no_preference"],
+                allow_no_preference=data["allow_no_preference"], require_play_all=data["require_play_all"],
+                headphone_check=data["headphone_check"], gold_items=data["gold_items"] or 0,
+                trapping_items=data["trapping_items"] or 0,
             )
         except ApplicationError as exc:
             form.add_error(None, exc.message)

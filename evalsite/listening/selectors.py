@@ -23,6 +23,13 @@ NO_PREFERENCE = "none"
 # An AB rating is stored on sound B as B's standing relative to A.
 AB_ANSWER_VALUES = {"A": -1.0, "B": 1.0, NO_PREFERENCE: 0.0}
 
+# Telemetry events that show a sound was played: "play" starts playback, "heard" is sent by the
+# listener page once a sound has played for about a second or to its end.
+PLAY_EVENT_TYPES = ("play", "heard")
+HEARD_REFERENCE = "ref"
+QUALITY_CONTROL_ROLES = (Condition.Role.GOLD, Condition.Role.TRAPPING)
+SCREENED_OUT_MESSAGE = "Thank you for your interest. Unfortunately you cannot take part in this test."
+
 MUSHRA_SCALE = {
     "min": 0, "max": 100, "step": 1,
     "labels": [{"value": 90, "text": "Excellent"}, {"value": 70, "text": "Good"}, {"value": 50, "text": "Fair"},
@@ -94,6 +101,25 @@ def rating_answer(rating: Rating) -> float | str:
     return _listener_answer(kind, rating.score, handles)
 
 
+def headphone_trials(participant: Participant) -> list[dict[str, Any]]:
+    """The participant's headphone-check trials: opaque token, interval order and right answer.
+
+    Server-side only; the listener gets the tokens' URLs, never the order or the answers. Tokens
+    are HMACs of the participant's token, so they need no rows and cannot be guessed.
+    """
+    from django.utils.crypto import salted_hmac
+
+    from evalsite.audio.headphone_check import correct_answer, trial_orders
+
+    return [{"token": salted_hmac("evalsite.listening.headphone", f"{participant.token}:{i}").hexdigest()[:32],
+             "order": order, "answer": correct_answer(order)}
+            for i, order in enumerate(trial_orders(participant.seed))]
+
+
+def headphone_check_pending(participant: Participant) -> bool:
+    return participant.test.headphone_check and participant.headphone_passed is None
+
+
 def audio_url(participant: Participant, handle_token: str) -> str:
     return reverse("listening:audio", args=[participant.token, handle_token])
 
@@ -102,6 +128,13 @@ def reference_url(participant: Participant, assignment: Assignment) -> str:
     # The open reference is addressed through the assignment's own token, so it needs no extra row
     # and is as unguessable and per-participant as the stimuli.
     return reverse("listening:reference-audio", args=[participant.token, assignment.token])
+
+
+def _heard(assignment: Assignment, tokens) -> list[str]:
+    """Sounds of a trial already heard (per its telemetry), so a reload need not replay them."""
+    own = set(tokens)
+    heard = {e.get("stimulus") for e in assignment.telemetry if isinstance(e, dict) and e.get("type") == "heard"}
+    return sorted((own & heard) | ({HEARD_REFERENCE} if None in heard else set()))
 
 
 def listener_state(participant: Participant) -> dict[str, Any]:
@@ -132,21 +165,32 @@ def listener_state(participant: Participant) -> dict[str, Any]:
                         for i, h in enumerate(own)],
             "ratings": {token_of[sid]: _listener_answer(kind, score, own) for sid, score in ratings.items()
                         if sid in token_of},
+            "heard": _heard(a, token_of.values()) if test.require_play_all else [],
             "flags": [{"id": f.token, "stimulus": token_of.get(f.stimulus_id), "start": f.start_s, "end": f.end_s,
                        "category": f.category, "note": f.note} for f in flags.get(a.pk, [])],
         })
     position = next((i for i, t in enumerate(trials) if not t["done"]), len(trials))
     done = position >= len(trials) or participant.status == Participant.Status.COMPLETED
-    phase = "done" if done else ("training" if trials[position]["training"] else "main")
+    screened_out = participant.status == Participant.Status.SCREENED_OUT
+    headphone = headphone_check_pending(participant) and not done
+    phase = ("screened_out" if screened_out else "done" if done else "headphone" if headphone
+             else "training" if trials[position]["training"] else "main")
     return {
         "test": {"kind": test.kind, "title": test.title,
-                 "instructions": test.instructions or DEFAULT_INSTRUCTIONS[test.kind], "scale": scale_of(test)},
+                 "instructions": test.instructions or DEFAULT_INSTRUCTIONS[test.kind], "scale": scale_of(test),
+                 "require_play_all": test.require_play_all},
         "phase": phase,
         "position": position,
         "trials": trials,
         "flag_categories": [{"value": v, "label": str(label)} for v, label in ArtifactFlag.Category.choices],
         "completion": ({"code": test.completion_code or None, "redirect": test.completion_redirect or None}
-                       if done else None),
+                       if done and not screened_out else None),
+        "headphone_check": ({"trials": [{"id": t["token"], "url": reverse("listening:headphone-audio",
+                                                                          args=[participant.token, t["token"]])}
+                                        for t in headphone_trials(participant)]}
+                            if phase == "headphone" else None),
+        "screened_out": ({"message": SCREENED_OUT_MESSAGE, "redirect": test.screened_out_redirect or None}
+                         if screened_out else None),
     }
 
 
@@ -228,14 +272,14 @@ def listening_test_progress(test: ListeningTest) -> dict[str, Any]:
 
     from evalsite.listening.models import Condition, Trial
 
-    conditions = list(Condition.objects.filter(test=test).order_by("role", "label"))
+    conditions = list(Condition.objects.filter(test=test).exclude(role__in=QUALITY_CONTROL_ROLES).order_by("role", "label"))
     # A CMOS/AB answer is stored on one of the trial's two sounds but is a vote for both.
     votes = "trial__assignments__ratings" if test.kind in COMPARISON_KINDS else "ratings"
     valid = Q(**{f"{votes}__is_training": False}) & ~Q(**{f"{votes}__participant__status": Participant.Status.SCREENED_OUT})
     counts = {}
     from evalsite.listening.models import Stimulus
 
-    for row in (Stimulus.objects.filter(trial__test=test, trial__is_training=False)
+    for row in (Stimulus.objects.filter(trial__test=test, trial__is_training=False, trial__control="")
                 .annotate(votes=Count(votes, filter=valid))
                 .values("trial__item__key", "condition_id", "votes")):
         key = (row["trial__item__key"], row["condition_id"])
@@ -252,5 +296,29 @@ def listening_test_progress(test: ListeningTest) -> dict[str, Any]:
         "cells_at_target": sum(1 for v in cell_votes if v >= test.votes_target),
         "cells": len(cell_votes),
         "participants": list(participants.order_by("-created_at")),
-        "trials": Trial.objects.filter(test=test).count(),
+        "trials": Trial.objects.filter(test=test, control="").count(),
     }
+
+
+def quality_control_results(test: ListeningTest) -> dict[int, dict[str, dict[str, int]]]:
+    """Per participant (by id): how many gold and trapping trials they were given and passed.
+
+    A control is passed when its answer lies in the trial's expected range; an unanswered one is
+    not passed. ``{participant_id: {"gold": {"passed": n, "total": n}, "trapping": {...}}}``;
+    participants given no control trial are left out.
+    """
+    from evalsite.listening.models import Trial
+
+    answers = {(r.participant_id, r.assignment_id): r.score for r in Rating.objects.filter(
+        participant__test=test, assignment__trial__control__in=[Trial.Control.GOLD, Trial.Control.TRAPPING])}
+    results: dict[int, dict[str, dict[str, int]]] = {}
+    for a in (Assignment.objects.filter(participant__test=test, trial__control__in=[Trial.Control.GOLD,
+                                                                                   Trial.Control.TRAPPING])
+              .select_related("trial")):
+        mine = results.setdefault(a.participant_id, {c: {"passed": 0, "total": 0}
+                                                     for c in (Trial.Control.GOLD, Trial.Control.TRAPPING)})
+        score = answers.get((a.participant_id, a.pk))
+        mine[a.trial.control]["total"] += 1
+        if score is not None and a.trial.expected_min <= score <= a.trial.expected_max:
+            mine[a.trial.control]["passed"] += 1
+    return {pid: {str(k): v for k, v in r.items()} for pid, r in results.items()}

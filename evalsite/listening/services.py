@@ -31,7 +31,15 @@ from evalsite.listening.models import (
     Condition,
     Trial,
 )
-from evalsite.listening.selectors import AB_ANSWER_VALUES, COMPARISON_KINDS, NO_PREFERENCE
+from evalsite.listening.selectors import (
+    AB_ANSWER_VALUES,
+    COMPARISON_KINDS,
+    NO_PREFERENCE,
+    PLAY_EVENT_TYPES,
+    SCREENED_OUT_MESSAGE,
+    headphone_check_pending,
+    headphone_trials,
+)
 from evalsite.runs.models import Checkpoint, EvalItem, Generation
 
 MUSHRA_MAX_SIGNALS = 12
@@ -67,6 +75,16 @@ ANSWER_ON_B = "This answer belongs to the second sound (B) of the trial."
 FLAG_BAD_REGION = "the marked region must lie within the sound (0 to {duration:.2f} s) with end after start; got {start!r} to {end!r}."
 FLAG_BAD_CATEGORY = "category must be one of {choices}; got {category!r}."
 REQUEST_ID_REQUIRED = "request_id must be a non-empty string of at most 64 characters."
+PLAY_ALL_FIRST = "Please listen to every sound before continuing ({missing} not played yet)."
+SCREENED_OUT = SCREENED_OUT_MESSAGE
+CONTROL_TRIALS_ONLY_MOS = "gold and trapping trials are built for MOS (ACR) tests; this test is {kind}."
+GOLD_BAD_RANGE = (1.0, 2.0)  # an obviously degraded clip: "Bad", with the P.808 toolkit's ±1 tolerance
+GOLD_GOOD_RANGE = (4.0, 5.0)  # the reference recording: "Excellent", ±1
+TRAP_PREFIX_S = 1.0
+TRAP_TEXT = "This is an attention check. Please select the answer {label}."
+HEADPHONE_CHECK_FIRST = "Please complete the headphone check first."
+HEADPHONE_NOT_ASKED = "This test has no headphone check."
+HEADPHONE_BAD_ANSWERS = "answers must be a list of {n} numbers, each 1, 2 or 3; got {answers!r}."
 
 
 @dataclass
@@ -86,6 +104,69 @@ def _outputs_by_item(checkpoints: list[Checkpoint], params_hash: str | None) -> 
     for g in rows.order_by("created_at"):
         by_item.setdefault(g.item_id, {})[g.checkpoint_id] = g  # latest wins
     return by_item
+
+
+def _degraded(samples, rate: int):
+    """An obviously bad version of a clip: hard-clipped at 5 % of its peak, back at the same peak."""
+    import numpy as np
+
+    peak = float(np.abs(samples).max()) or 1.0
+    return np.clip(samples, -0.05 * peak, 0.05 * peak) / 0.05
+
+
+def _trapping_samples(prefix, rate: int, label: str):
+    """The first ``TRAP_PREFIX_S`` of a real clip, a short pause, then a spoken instruction (P.808 §6.3.8)."""
+    import numpy as np
+
+    from evalsite.audio.decoding import resample
+    from evalsite.demo.speech import synthesize
+
+    head = prefix[: int(TRAP_PREFIX_S * rate)]
+    speech, speech_rate = synthesize(TRAP_TEXT.format(label=label), voice="en-us")
+    speech = resample(speech, speech_rate, rate)
+    level = float(np.sqrt(np.mean(head ** 2))) or 0.1
+    speech = speech * min(level / (float(np.sqrt(np.mean(speech ** 2))) or 1.0), 0.9 / (np.abs(speech).max() or 1.0))
+    channels = head.shape[1]
+    pause = np.zeros((int(0.3 * rate), channels), dtype=np.float32)
+    return np.concatenate([head, pause, np.repeat(speech[:, None], channels, axis=1)]).astype(np.float32)
+
+
+def _control_trials(test: ListeningTest, usable: list[EvalItem], outputs, checkpoints, index: int,
+                    gold_items: int, trapping_items: int) -> None:
+    """Build the gold and trapping trials: ordinary-looking trials whose expected answer stays here."""
+    from evalsite.audio.decoding import decoded_from_array
+    from evalsite.audio.selectors import audio_asset_samples
+    from evalsite.audio.services import audio_asset_store
+    from evalsite.listening.selectors import ACR_SCALE
+
+    rng = random.Random(f"{test.seed}:controls")
+    conditions = {}
+    for role in (Condition.Role.GOLD, Condition.Role.TRAPPING):
+        if (gold_items if role == Condition.Role.GOLD else trapping_items):
+            conditions[role] = Condition.objects.create(test=test, label=role.label, role=role)
+    for n in range(gold_items):
+        item = usable[n % len(usable)]
+        if n % 2 == 1 and item.reference is not None:
+            asset, expected = item.reference, GOLD_GOOD_RANGE
+        else:
+            samples, rate = audio_asset_samples(outputs[item.pk][checkpoints[n % len(checkpoints)].pk].asset)
+            asset, _ = audio_asset_store(decoded=decoded_from_array(_degraded(samples, rate), rate),
+                                         original_name="sound.wav")
+            expected = GOLD_BAD_RANGE
+        trial = Trial.objects.create(test=test, item=item, index=index, control=Trial.Control.GOLD,
+                                     expected_min=expected[0], expected_max=expected[1])
+        Stimulus.objects.create(trial=trial, condition=conditions[Condition.Role.GOLD], asset=asset)
+        index += 1
+    for n in range(trapping_items):
+        item = usable[(gold_items + n) % len(usable)]
+        label = rng.choice(ACR_SCALE["labels"])
+        samples, rate = audio_asset_samples(outputs[item.pk][checkpoints[n % len(checkpoints)].pk].asset)
+        asset, _ = audio_asset_store(decoded=decoded_from_array(_trapping_samples(samples, rate, label["text"]), rate),
+                                     original_name="sound.wav")
+        trial = Trial.objects.create(test=test, item=item, index=index, control=Trial.Control.TRAPPING,
+                                     expected_min=label["value"], expected_max=label["value"])
+        Stimulus.objects.create(trial=trial, condition=conditions[Condition.Role.TRAPPING], asset=asset)
+        index += 1
 
 
 def _anchor_assets(reference, rate_checked: dict[int, bool], warnings: list[str], item_key: str) -> dict[str, Any]:
@@ -132,6 +213,10 @@ def listening_test_build(
     screened_out_redirect: str = "",
     comparison: Checkpoint | None = None,
     allow_no_preference: bool = False,
+    require_play_all: bool = False,
+    headphone_check: bool = False,
+    gold_items: int = 0,
+    trapping_items: int = 0,
 ) -> ListeningTest:
     """Build a draft test from checkpoints × eval items.
 
@@ -152,6 +237,8 @@ def listening_test_build(
         raise ApplicationError(COMPARISON_ONLY_CMOS.format(kind=kind))
     if allow_no_preference and kind != ListeningTest.Kind.AB:
         raise ApplicationError(NO_PREFERENCE_ONLY_AB.format(kind=kind))
+    if (gold_items or trapping_items) and kind != ListeningTest.Kind.MOS:
+        raise ApplicationError(CONTROL_TRIALS_ONLY_MOS.format(kind=kind))
     checkpoints = list(Checkpoint.objects.filter(pk__in=[c.pk for c in checkpoints]).select_related("run__eval_set")
                        .order_by("run__name", "step"))
     if comparison is not None:
@@ -175,6 +262,8 @@ def listening_test_build(
         trials_per_participant=trials_per_participant, title=title, instructions=instructions, owner=owner,
         completion_code=completion_code, completion_redirect=completion_redirect,
         screened_out_redirect=screened_out_redirect, allow_no_preference=allow_no_preference,
+        require_play_all=require_play_all, headphone_check=headphone_check, gold_items=gold_items,
+        trapping_items=trapping_items,
     )
     test.full_clean()
     test.save()
@@ -243,6 +332,8 @@ def listening_test_build(
                                              reference=item.reference if kind == ListeningTest.Kind.SMOS else None)
                 index += 1
                 Stimulus.objects.create(trial=trial, condition=conditions[c.pk], asset=have[c.pk].asset)
+    if gold_items or trapping_items:
+        _control_trials(test, usable, outputs, checkpoints, index, gold_items, trapping_items)
     test.build_warnings = warnings
     test.save(update_fields=["build_warnings", "updated_at"])
     return test
@@ -253,7 +344,7 @@ def listening_test_publish(*, test: ListeningTest) -> ListeningTest:
     test = ListeningTest.objects.select_for_update().get(pk=test.pk)
     if test.status != ListeningTest.Status.DRAFT:
         raise ConflictError(NOT_DRAFT.format(name=test.name, status=test.status))
-    if not test.trials.filter(is_training=False).exists():
+    if not test.trials.filter(is_training=False, control=Trial.Control.NONE).exists():
         raise ApplicationError(NOTHING_TO_PUBLISH.format(name=test.name))
     test.status = ListeningTest.Status.PUBLISHED
     test.published_at = timezone.now()
@@ -279,7 +370,7 @@ def listening_test_close(*, test: ListeningTest) -> ListeningTest:
 def trial_coverage(test: ListeningTest) -> dict[int, int]:
     """Votes each main trial has or will get: assignments of participants not screened out."""
     counts = (
-        Trial.objects.filter(test=test, is_training=False)
+        Trial.objects.filter(test=test, is_training=False, control=Trial.Control.NONE)
         .annotate(n=Count("assignments", filter=~Q(assignments__participant__status=Participant.Status.SCREENED_OUT)))
         .values_list("pk", "n")
     )
@@ -324,6 +415,11 @@ def participant_join(
     )
     training = list(Trial.objects.filter(test=test, is_training=True).order_by("index").values_list("pk", flat=True))
     rng.shuffle(training)
+    for control in (Trial.Control.GOLD, Trial.Control.TRAPPING):
+        # One of each configured control, mixed into the main trials like any other.
+        pool = list(Trial.objects.filter(test=test, control=control).order_by("index").values_list("pk", flat=True))
+        if pool:
+            main.append(rng.choice(pool))
     rng.shuffle(main)
     trials = {t.pk: t for t in Trial.objects.filter(pk__in=training + main).prefetch_related("stimuli")}
     # Two bulk inserts instead of one per trial: a join holds the test row lock, so it must be short.
@@ -341,6 +437,40 @@ def participant_join(
 
 
 # ---------------------------------------------------------------------------------------------
+# Headphone check
+
+
+@transaction.atomic
+def headphone_check_submit(*, participant: Participant, answers: Any) -> Participant:
+    """Score the antiphase headphone check; fewer than 5 of 6 right screens the listener out.
+
+    Taken once: a repeated submission (a retried request) returns the stored outcome unchanged.
+    """
+    from evalsite.audio.headphone_check import N_TRIALS, PASS_CORRECT
+
+    participant = Participant.objects.select_for_update().select_related("test").get(pk=participant.pk)
+    if not participant.test.headphone_check:
+        raise ApplicationError(HEADPHONE_NOT_ASKED)
+    if participant.headphone_passed is not None:
+        return participant
+    if participant.test.status != ListeningTest.Status.PUBLISHED:
+        raise ConflictError(TEST_NOT_OPEN)
+    valid = (isinstance(answers, list) and len(answers) == N_TRIALS
+             and all(isinstance(a, int) and not isinstance(a, bool) and 1 <= a <= 3 for a in answers))
+    if not valid:
+        raise ApplicationError(HEADPHONE_BAD_ANSWERS.format(n=N_TRIALS, answers=answers), extra={"field": "answers"})
+    correct = sum(a == t["answer"] for a, t in zip(answers, headphone_trials(participant)))
+    participant.headphone_answers = answers
+    participant.headphone_passed = correct >= PASS_CORRECT
+    fields = ["headphone_answers", "headphone_passed", "updated_at"]
+    if not participant.headphone_passed:
+        participant.status = Participant.Status.SCREENED_OUT
+        fields.append("status")
+    participant.save(update_fields=fields)
+    return participant
+
+
+# ---------------------------------------------------------------------------------------------
 # Answers
 
 
@@ -349,6 +479,10 @@ def _open_assignment(participant: Participant, assignment_token: str) -> Assignm
         raise ConflictError(TEST_NOT_OPEN)
     if participant.status == Participant.Status.COMPLETED:
         raise ConflictError(PARTICIPANT_DONE)
+    if participant.status == Participant.Status.SCREENED_OUT:
+        raise ConflictError(SCREENED_OUT)
+    if headphone_check_pending(participant):
+        raise ConflictError(HEADPHONE_CHECK_FIRST)
     # Lock only the participant's own assignment row, not the trial every listener shares.
     assignment = (Assignment.objects.select_for_update(of=("self",)).select_related("trial")
                   .filter(participant=participant, token=str(assignment_token)).first())
@@ -501,6 +635,11 @@ def trial_complete(*, participant: Participant, trial: str) -> Participant:
             missing = [h for h in assignment.handles.all() if h.stimulus_id not in rated]
             if missing:
                 raise ApplicationError(RATE_ALL_FIRST.format(missing=len(missing)), extra={"field": "trial"})
+        if participant.test.require_play_all:
+            played = {e.get("stimulus") for e in assignment.telemetry if e.get("type") in PLAY_EVENT_TYPES}
+            unplayed = [h for h in assignment.handles.all() if h.token not in played]
+            if unplayed:
+                raise ApplicationError(PLAY_ALL_FIRST.format(missing=len(unplayed)), extra={"field": "trial"})
         assignment.completed_at = timezone.now()
         assignment.save(update_fields=["completed_at", "updated_at"])
     if not participant.assignments.filter(completed_at__isnull=True).exists():
@@ -510,14 +649,20 @@ def trial_complete(*, participant: Participant, trial: str) -> Participant:
     return participant
 
 
+@transaction.atomic
 def telemetry_append(*, participant: Participant, trial: str, events: Any, device: Any = None) -> None:
-    """Keep playback events (play, switch, seek, loop) of a trial for screening; bounded in size."""
-    assignment = Assignment.objects.filter(participant=participant, token=str(trial)).first()
+    """Keep playback events (play, heard, switch, seek, loop) of a trial for screening; bounded in size.
+
+    Only events about the reference (``stimulus`` null) or one of this trial's own sounds are kept,
+    so a listener cannot satisfy ``require_play_all`` with another trial's (or person's) tokens.
+    """
+    assignment = Assignment.objects.select_for_update().filter(participant=participant, token=str(trial)).first()
     if assignment is None:
         raise NotFoundError(UNKNOWN_TRIAL, extra={"field": "trial"})
     if not isinstance(events, list):
         raise ApplicationError("events must be a list", extra={"field": "events"})
-    clean = [e for e in events[:2000] if isinstance(e, dict)]
+    own = set(assignment.handles.values_list("token", flat=True))
+    clean = [e for e in events[:2000] if isinstance(e, dict) and (e.get("stimulus") is None or e.get("stimulus") in own)]
     Assignment.objects.filter(pk=assignment.pk).update(telemetry=(assignment.telemetry + clean)[-5000:])
     if isinstance(device, dict):
         Participant.objects.filter(pk=participant.pk).update(device={k: device[k] for k in list(device)[:20]})

@@ -14,4 +14,6 @@ urlpatterns = [
     path("p/<str:ptoken>/telemetry", views.telemetry, name="telemetry"),
     path("p/<str:ptoken>/audio/<str:token>", views.audio, name="audio"),
     path("p/<str:ptoken>/ref/<str:token>", views.reference_audio, name="reference-audio"),
+    path("p/<str:ptoken>/headphone", views.headphone, name="headphone"),
+    path("p/<str:ptoken>/hp/<str:token>", views.headphone_audio, name="headphone-audio"),
 ]

@@ -18,6 +18,7 @@ from evalsite.core.exceptions import ApplicationError, ConflictError, NotFoundEr
 from evalsite.listening import services
 from evalsite.listening.models import ListeningTest, Participant
 from evalsite.listening.selectors import (
+    headphone_trials,
     listener_state,
     participant_reference_asset,
     participant_stimulus_asset,
@@ -131,6 +132,14 @@ def complete(participant: Participant, body: dict) -> JsonResponse:
 
 
 @_post
+def headphone(participant: Participant, body: dict) -> JsonResponse:
+    participant = services.headphone_check_submit(participant=participant, answers=body.get("answers"))
+    current = listener_state(participant)
+    return JsonResponse({"passed": participant.headphone_passed, "phase": current["phase"],
+                         "screened_out": current["screened_out"]})
+
+
+@_post
 def telemetry(participant: Participant, body: dict) -> JsonResponse:
     services.telemetry_append(participant=participant, trial=body.get("trial"), events=body.get("events"),
                               device={"sample_rate": body.get("device_sample_rate")})
@@ -154,3 +163,16 @@ def audio(request: HttpRequest, participant: Participant, token: str) -> HttpRes
 @_listener
 def reference_audio(request: HttpRequest, participant: Participant, token: str) -> HttpResponse:
     return _audio(participant_reference_asset(participant, token))
+
+
+@_listener
+def headphone_audio(request: HttpRequest, participant: Participant, token: str) -> HttpResponse:
+    """One headphone-check trial, generated on request (a few hundred kB; nothing is stored)."""
+    from evalsite.audio.headphone_check import trial_wav
+
+    trial = next((t for t in headphone_trials(participant) if t["token"] == token), None)
+    if trial is None or not participant.test.headphone_check:
+        return JsonResponse({"message": "Unknown sound.", "extra": {}}, status=404)
+    response = HttpResponse(trial_wav(trial["order"]), content_type="audio/wav")
+    response["Content-Disposition"] = 'inline; filename="sound.wav"'
+    return response

@@ -282,4 +282,22 @@ export class Telemetry {
       }
     }
   }
+
+  /**
+   * Send one trial's buffered events and wait until the server has them (the server checks them
+   * when the trial is completed). On failure the unsent events are put back and the error thrown.
+   */
+  async flushTrial(trial) {
+    if (!this.url) return;
+    const list = this.events.get(trial);
+    while (list && list.length) {
+      const events = list.splice(0, TELEMETRY_CHUNK);
+      try {
+        await postJSON(this.url, { trial, events, device_sample_rate: this.sampleRate });
+      } catch (err) {
+        list.unshift(...events);
+        throw err;
+      }
+    }
+  }
 }

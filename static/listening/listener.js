@@ -14,6 +14,7 @@ import { Waveform } from "./waveform.js";
 const REF = "ref"; // player key of the reference signal
 const COMPARISONS = new Set(["cmos", "ab"]);
 const NO_PREFERENCE = "none";
+const HEARD_MIN_S = 1.0; // "play every sound": at least this long, or to the sound's end
 const REDIRECT_DELAY_S = 5;
 const REDIRECT_DELAY_WITH_CODE_S = 15; // time to copy the code before leaving
 const MUSHRA_100_HINT =
@@ -30,7 +31,14 @@ class ListenerApp {
   constructor(root) {
     this.root = root;
     const d = root.dataset;
-    this.urls = { state: d.stateUrl, rate: d.rateUrl, flag: d.flagUrl, complete: d.completeUrl, telemetry: d.telemetryUrl };
+    this.urls = {
+      state: d.stateUrl,
+      rate: d.rateUrl,
+      flag: d.flagUrl,
+      complete: d.completeUrl,
+      telemetry: d.telemetryUrl,
+      headphone: d.headphoneUrl,
+    };
     this.ctx = null;
     this.player = null;
     this.waveform = null;
@@ -76,7 +84,130 @@ class ListenerApp {
       this.showCompletion(state.completion);
       return;
     }
+    if (state.phase === "screened_out") {
+      this.showScreenedOut(state.screened_out);
+      return;
+    }
+    if (state.phase === "headphone") {
+      this.showHeadphoneCheck(state.headphone_check);
+      return;
+    }
     this.showTrial(state.position);
+  }
+
+  // --- headphone check (Woods et al. 2017) ------------------------------------
+
+  /** Six questions, one at a time: play three tones once, then say which was the quietest. */
+  showHeadphoneCheck(check) {
+    this.teardownTrial();
+    this.trial = null;
+    const answers = [];
+    const source = { node: null };
+    const ask = (index) => {
+      if (source.node) {
+        source.node.onended = null;
+        try {
+          source.node.stop();
+        } catch {
+          // already stopped
+        }
+        source.node = null;
+      }
+      clear(this.root);
+      this.root.dataset.ready = "false";
+      this.root.dataset.kind = "headphone";
+      const trial = check.trials[index];
+      const status = h("p", { class: "ls-loading", role: "status", "data-testid": "hp-status" }, "Loading…");
+      const choices = [1, 2, 3].map((n) =>
+        h(
+          "button",
+          { type: "button", class: "ls-prefer", "data-testid": `hp-answer-${n}`, disabled: true, onclick: () => choose(n) },
+          `Tone ${n} was the quietest`,
+        ),
+      );
+      const play = h("button", { type: "button", class: "ls-playpause", "data-testid": "hp-play", disabled: true }, "▶ Play the three tones");
+      const heading = h("h1", { tabindex: "-1" }, "Headphone check");
+      this.root.append(
+        h(
+          "section",
+          { class: "ls-headphone", "aria-label": "Headphone check" },
+          heading,
+          h("p", { class: "ls-progress", "data-testid": "hp-progress" }, `Question ${index + 1} of ${check.trials.length}`),
+          h(
+            "div",
+            { class: "ls-instructions" },
+            h("p", {}, "Before the test, please put on headphones (not loudspeakers) and set a comfortable volume."),
+            h("p", {}, "You will hear three tones, once. Choose the tone that was the quietest."),
+          ),
+          play,
+          status,
+          h("div", { class: "ls-prefer-row", role: "group", "aria-label": "Which tone was the quietest?" }, choices),
+        ),
+      );
+      heading.focus({ preventScroll: true });
+      const ctx = this.audioContext();
+      decodeAll(ctx, [{ key: "hp", url: trial.url }])
+        .then((buffers) => {
+          status.textContent = "Press play when you are ready. You can play the tones only once.";
+          play.disabled = false;
+          this.root.dataset.ready = "true";
+          play.onclick = async () => {
+            play.disabled = true;
+            if (ctx.state !== "running") await ctx.resume();
+            const node = ctx.createBufferSource();
+            node.buffer = buffers.get("hp");
+            node.connect(ctx.destination);
+            node.onended = () => {
+              status.textContent = "Which tone was the quietest?";
+            };
+            source.node = node;
+            node.start();
+            status.textContent = "Playing…";
+            for (const c of choices) c.disabled = false;
+          };
+        })
+        .catch((err) => {
+          status.textContent = "";
+          status.append(`Could not load the sound (${err.message}). `, h("button", { type: "button", onclick: () => ask(index) }, "Try again"));
+        });
+    };
+    const choose = (n) => {
+      answers.push(n);
+      if (answers.length < check.trials.length) ask(answers.length);
+      else submit();
+    };
+    const submit = async () => {
+      if (source.node) source.node.onended = null;
+      this.showMessage("Saving…");
+      for (let attempt = 0; ; attempt += 1) {
+        try {
+          const result = await postJSON(this.urls.headphone, { answers });
+          if (result.phase === "screened_out") this.showScreenedOut(result.screened_out);
+          else this.start();
+          return;
+        } catch (err) {
+          if (err instanceof RejectedError) {
+            this.showMessage(err.message, () => this.start());
+            return;
+          }
+          await new Promise((r) => setTimeout(r, Math.min(30, 2 ** attempt) * 1000));
+        }
+      }
+    };
+    ask(0);
+  }
+
+  showScreenedOut(info) {
+    this.teardownTrial();
+    this.trial = null;
+    clear(this.root);
+    this.root.dataset.ready = "true";
+    const box = h("section", { class: "ls-done", "data-testid": "screened-out" }, h("h1", { tabindex: "-1" }, info.message));
+    if (info.redirect) {
+      box.append(h("p", {}, h("a", { href: info.redirect, "data-testid": "screened-out-link" }, "Return to the study platform")));
+    }
+    this.root.append(box);
+    box.querySelector("h1").focus({ preventScroll: true });
   }
 
   /** Put values that an earlier page load could not save back into the state, then resend them. */
@@ -115,6 +246,10 @@ class ListenerApp {
     this.trial = trial;
     this.trialIndex = index;
     this.flagging = null;
+    // Sounds heard long enough for "play every sound"; seeded from the server after a reload.
+    trial.heardSet ||= new Set(trial.heard || []);
+    this.listened = new Map();
+    this.lastListen = null;
     this.telemetry.startTrial(trial.id);
     this.render();
     const items = [];
@@ -151,6 +286,8 @@ class ListenerApp {
     if (this.waveform) this.waveform.dispose();
     this.player = null;
     this.waveform = null;
+    clearInterval(this.listenTimer);
+    this.listenTimer = null;
     cancelAnimationFrame(this.frame);
   }
 
@@ -163,7 +300,10 @@ class ListenerApp {
     const idOf = (key) => (key === REF || key === null ? null : key);
     player.addEventListener("play", (e) => this.telemetry.log("play", idOf(player.selected), e.detail.pos));
     player.addEventListener("pause", (e) => this.telemetry.log("pause", idOf(player.selected), e.detail.pos));
-    player.addEventListener("ended", (e) => this.telemetry.log("pause", idOf(player.selected), e.detail.pos));
+    player.addEventListener("ended", (e) => {
+      this.telemetry.log("pause", idOf(player.selected), e.detail.pos);
+      this.markHeard(player.selected, e.detail.pos);
+    });
     player.addEventListener("switch", (e) => {
       if (e.detail.from !== null) this.telemetry.log("switch", idOf(e.detail.to), e.detail.pos);
     });
@@ -178,6 +318,7 @@ class ListenerApp {
       onFlagRegion: (region) => this.setFlagRegion(region),
     });
     player.select(this.trial.reference ? REF : this.trial.stimuli[0].id);
+    this.listenTimer = setInterval(() => this.trackListening(), 100);
     this.el.loading.textContent = "";
     this.root.dataset.ready = "true";
     this.renderPlayState();
@@ -207,6 +348,53 @@ class ListenerApp {
   setLoopRegion(region) {
     if (!this.player) return;
     this.player.setRegion(region);
+  }
+
+  // --- play every sound ----------------------------------------------------
+
+  /** Add up how long each signal has actually been playing (on the audio clock). */
+  trackListening() {
+    const player = this.player;
+    if (!player) return;
+    const now = player.ctx.currentTime;
+    const last = this.lastListen;
+    if (player.playing && last && last.key === player.selected) {
+      const total = (this.listened.get(last.key) || 0) + Math.max(0, now - last.t);
+      this.listened.set(last.key, total);
+      const buffer = player.buffers.get(last.key);
+      const needed = Math.min(HEARD_MIN_S, buffer ? 0.9 * buffer.duration : HEARD_MIN_S);
+      if (total >= needed) this.markHeard(last.key, player.currentPosition());
+    }
+    this.lastListen = player.playing ? { key: player.selected, t: now } : null;
+  }
+
+  markHeard(key, pos) {
+    const trial = this.trial;
+    if (!trial || key === null || key === undefined || trial.heardSet.has(key)) return;
+    trial.heardSet.add(key);
+    this.telemetry.log("heard", key === REF ? null : key, pos);
+    this.renderPlayAll();
+  }
+
+  /** Signals not heard yet, by name; empty when the test does not ask for it. */
+  unheard() {
+    const trial = this.trial;
+    if (!trial || !this.state.test.require_play_all) return [];
+    const keys = [...(trial.reference ? [REF] : []), ...trial.stimuli.map((s) => s.id)];
+    return keys.filter((k) => !trial.heardSet.has(k)).map((k) => this.signalName(k));
+  }
+
+  renderPlayAll() {
+    if (!this.el || !this.el.playAll || !this.state.test.require_play_all) return;
+    const missing = this.unheard();
+    this.el.playAll.dataset.complete = String(!missing.length);
+    this.el.playAll.textContent = missing.length
+      ? `Continue is available once you have listened to every sound (at least ${HEARD_MIN_S} s each, or to its end). Not played yet: ${missing.join(", ")}.`
+      : "You have listened to every sound.";
+    if (!this.busy) this.el.continue.disabled = missing.length > 0;
+    for (const button of this.el.signalButtons || []) {
+      button.classList.toggle("is-heard", this.trial.heardSet.has(button.dataset.key));
+    }
   }
 
   // --- rendering ------------------------------------------------------------
@@ -261,9 +449,18 @@ class ListenerApp {
     );
 
     this.el.continueMsg = h("p", { class: "ls-continue-msg", role: "alert", "data-testid": "continue-message" });
+    this.el.playAll = test.require_play_all
+      ? h("p", { class: "ls-play-all", id: "ls-play-all", role: "status", "aria-live": "polite", "data-testid": "play-all-reason" })
+      : null;
     this.el.continue = h(
       "button",
-      { type: "button", class: "ls-continue", "data-testid": "continue", onclick: () => this.continueTrial() },
+      {
+        type: "button",
+        class: "ls-continue",
+        "data-testid": "continue",
+        "aria-describedby": test.require_play_all ? "ls-play-all" : null,
+        onclick: () => this.continueTrial(),
+      },
       "Continue →",
     );
     this.root.append(
@@ -271,12 +468,14 @@ class ListenerApp {
         "footer",
         { class: "ls-footer" },
         this.el.continueMsg,
+        this.el.playAll,
         this.el.continue,
         h("p", { class: "ls-keys" }, keyHelp(test.kind, trial)),
       ),
     );
     this.renderSaveStatus();
     this.renderFlags();
+    this.renderPlayAll();
     heading.focus({ preventScroll: true });
   }
 
@@ -844,7 +1043,14 @@ class ListenerApp {
             : "Choose a rating before continuing.";
       return;
     }
+    const unheard = this.unheard();
+    if (unheard.length) {
+      this.el.continueMsg.textContent = `Listen to every sound before continuing (not played yet: ${unheard.join(", ")}).`;
+      return;
+    }
     this.busy = true;
+    // Not ready for input while this trial is saved and the next one loads.
+    this.root.dataset.ready = "false";
     this.el.continue.disabled = true;
     this.el.continue.textContent = "Saving…";
     if (this.player) this.player.pause();
@@ -855,10 +1061,11 @@ class ListenerApp {
       this.resetContinue();
       return;
     }
-    this.telemetry.flush();
     let result;
     for (let attempt = 0; ; attempt += 1) {
       try {
+        // The server checks this trial's playback events when completing it: send them first.
+        await this.telemetry.flushTrial(trial.id);
         result = await postJSON(this.urls.complete, { trial: trial.id });
         break;
       } catch (err) {
@@ -891,8 +1098,10 @@ class ListenerApp {
 
   resetContinue() {
     this.busy = false;
+    if (this.player) this.root.dataset.ready = "true";
     this.el.continue.disabled = false;
     this.el.continue.textContent = "Continue →";
+    this.renderPlayAll();
   }
 
   showCompletion(completion) {

@@ -17,6 +17,13 @@ class Command(BaseCommand):
         parser.add_argument("--comparison", default=None, metavar="RUN@STEP",
                             help="CMOS: rate every checkpoint against this one (default: the reference recording)")
         parser.add_argument("--allow-no-preference", action="store_true", help="AB: offer a 'no preference' answer")
+        parser.add_argument("--require-play-all", action="store_true",
+                            help="listeners must play every sound (and the reference) before continuing")
+        parser.add_argument("--headphone-check", action="store_true",
+                            help="antiphase headphone screening (Woods et al. 2017) before the first trial")
+        parser.add_argument("--gold-items", type=int, default=0, help="gold trials to build (MOS); one per listener")
+        parser.add_argument("--trapping-items", type=int, default=0,
+                            help="trapping (attention-check) trials to build (MOS); one per listener")
         parser.add_argument("--training-items", type=int, default=1)
         parser.add_argument("--votes", type=int, default=10, help="valid votes wanted per trial")
         parser.add_argument("--trials-per-listener", type=int, default=None)
@@ -43,6 +50,8 @@ class Command(BaseCommand):
                 votes_target=opts["votes"], trials_per_participant=opts["trials_per_listener"], seed=opts["seed"],
                 completion_code=opts["completion_code"], completion_redirect=opts["completion_redirect"],
                 comparison=comparison, allow_no_preference=opts["allow_no_preference"],
+                require_play_all=opts["require_play_all"], headphone_check=opts["headphone_check"],
+                gold_items=opts["gold_items"], trapping_items=opts["trapping_items"],
             )
             if opts["publish"]:
                 test = listening_test_publish(test=test)
