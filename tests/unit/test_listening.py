@@ -17,11 +17,6 @@ pytestmark = pytest.mark.django_db
 RATE = 22050
 
 
-@pytest.fixture(autouse=True)
-def media(settings, tmp_path):
-    settings.MEDIA_ROOT = tmp_path / "media"
-
-
 @pytest.fixture
 def world():
     """Two runs' checkpoints with outputs for 4 items of an eval set (reference audio included)."""

@@ -34,11 +34,6 @@ pytestmark = pytest.mark.django_db
 RUNS3 = ("hifigan-secret-run", "evagan-hidden-run", "bigvgan-private-run")
 
 
-@pytest.fixture(autouse=True)
-def media(settings, tmp_path):
-    settings.MEDIA_ROOT = tmp_path / "media"
-
-
 @pytest.fixture
 def world():
     """Two checkpoints with outputs for 4 items (reference audio included)."""

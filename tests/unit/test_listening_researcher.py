@@ -12,11 +12,6 @@ from tests.factories import listening_world
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def media(settings, tmp_path):
-    settings.MEDIA_ROOT = tmp_path / "media"
-
-
 def answer_everything(participant, score):
     for trial in listener_state(participant)["trials"]:
         for stim in trial["stimuli"]:
