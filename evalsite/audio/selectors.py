@@ -14,3 +14,30 @@ def audio_asset_samples(asset: AudioAsset) -> tuple[np.ndarray, int]:
     with asset.file.open("rb") as fh:
         samples, rate = sf.read(fh, dtype="float32", always_2d=True)
     return samples, int(rate)
+
+
+class AudioCache:
+    """Decode each asset once and resample it once per rate (mono, float32), for one job.
+
+    Multi-channel audio is downmixed: the models and metrics here are mono.
+    """
+
+    def __init__(self) -> None:
+        self._native: dict[int, tuple[np.ndarray, int]] = {}
+        self._resampled: dict[tuple[int, int], np.ndarray] = {}
+        self.decodes = 0
+
+    def mono(self, asset: AudioAsset, rate: int | None = None) -> np.ndarray:
+        from evalsite.audio.decoding import resample
+
+        if asset.pk not in self._native:
+            samples, native_rate = audio_asset_samples(asset)
+            self._native[asset.pk] = (samples.mean(axis=1), native_rate)
+            self.decodes += 1
+        mono, native_rate = self._native[asset.pk]
+        if rate is None or rate == native_rate:
+            return mono
+        key = (asset.pk, rate)
+        if key not in self._resampled:
+            self._resampled[key] = resample(mono, native_rate, rate)
+        return self._resampled[key]

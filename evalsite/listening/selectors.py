@@ -137,6 +137,33 @@ def _heard(assignment: Assignment, tokens) -> list[str]:
     return sorted((own & heard) | ({HEARD_REFERENCE} if None in heard else set()))
 
 
+def listener_progress(participant: Participant, steps: list[tuple[bool, bool]] | None = None) -> dict[str, Any]:
+    """Where the listener is: phase, resume position, completion and screened-out info.
+
+    ``steps`` is ``(done, training)`` per assignment in the listener's order; without it one
+    small query reads them (the complete endpoint's hot path needs nothing else).
+    """
+    test = participant.test
+    if steps is None:
+        steps = [(completed is not None, training) for completed, training in
+                 Assignment.objects.filter(participant=participant).order_by("position")
+                 .values_list("completed_at", "trial__is_training")]
+    position = next((i for i, (done, _) in enumerate(steps) if not done), len(steps))
+    done = position >= len(steps) or participant.status == Participant.Status.COMPLETED
+    screened_out = participant.status == Participant.Status.SCREENED_OUT
+    headphone = headphone_check_pending(participant) and not done
+    phase = ("screened_out" if screened_out else "done" if done else "headphone" if headphone
+             else "training" if steps[position][1] else "main")
+    return {
+        "phase": phase,
+        "position": position,
+        "completion": ({"code": test.completion_code or None, "redirect": test.completion_redirect or None}
+                       if done and not screened_out else None),
+        "screened_out": ({"message": SCREENED_OUT_MESSAGE, "redirect": test.screened_out_redirect or None}
+                         if screened_out else None),
+    }
+
+
 def listener_state(participant: Participant) -> dict[str, Any]:
     """Everything the listener page needs, in the listener's order, without any identifying label."""
     test = participant.test
@@ -169,28 +196,21 @@ def listener_state(participant: Participant) -> dict[str, Any]:
             "flags": [{"id": f.token, "stimulus": token_of.get(f.stimulus_id), "start": f.start_s, "end": f.end_s,
                        "category": f.category, "note": f.note} for f in flags.get(a.pk, [])],
         })
-    position = next((i for i, t in enumerate(trials) if not t["done"]), len(trials))
-    done = position >= len(trials) or participant.status == Participant.Status.COMPLETED
-    screened_out = participant.status == Participant.Status.SCREENED_OUT
-    headphone = headphone_check_pending(participant) and not done
-    phase = ("screened_out" if screened_out else "done" if done else "headphone" if headphone
-             else "training" if trials[position]["training"] else "main")
+    progress = listener_progress(participant, [(t["done"], t["training"]) for t in trials])
     return {
         "test": {"kind": test.kind, "title": test.title,
                  "instructions": test.instructions or DEFAULT_INSTRUCTIONS[test.kind], "scale": scale_of(test),
                  "require_play_all": test.require_play_all},
-        "phase": phase,
-        "position": position,
+        "phase": progress["phase"],
+        "position": progress["position"],
         "trials": trials,
         "flag_categories": [{"value": v, "label": str(label)} for v, label in ArtifactFlag.Category.choices],
-        "completion": ({"code": test.completion_code or None, "redirect": test.completion_redirect or None}
-                       if done and not screened_out else None),
+        "completion": progress["completion"],
         "headphone_check": ({"trials": [{"id": t["token"], "url": reverse("listening:headphone-audio",
                                                                           args=[participant.token, t["token"]])}
                                         for t in headphone_trials(participant)]}
-                            if phase == "headphone" else None),
-        "screened_out": ({"message": SCREENED_OUT_MESSAGE, "redirect": test.screened_out_redirect or None}
-                         if screened_out else None),
+                            if progress["phase"] == "headphone" else None),
+        "screened_out": progress["screened_out"],
     }
 
 

@@ -19,6 +19,7 @@ from evalsite.listening import services
 from evalsite.listening.models import ListeningTest, Participant
 from evalsite.listening.selectors import (
     headphone_trials,
+    listener_progress,
     listener_state,
     participant_reference_asset,
     participant_stimulus_asset,
@@ -126,17 +127,17 @@ def flag(participant: Participant, body: dict) -> JsonResponse:
 @_post
 def complete(participant: Participant, body: dict) -> JsonResponse:
     participant = services.trial_complete(participant=participant, trial=body.get("trial"))
-    current = listener_state(participant)
-    return JsonResponse({"phase": current["phase"], "position": current["position"],
-                         "completion": current["completion"]})
+    progress = listener_progress(participant)
+    return JsonResponse({"phase": progress["phase"], "position": progress["position"],
+                         "completion": progress["completion"]})
 
 
 @_post
 def headphone(participant: Participant, body: dict) -> JsonResponse:
     participant = services.headphone_check_submit(participant=participant, answers=body.get("answers"))
-    current = listener_state(participant)
-    return JsonResponse({"passed": participant.headphone_passed, "phase": current["phase"],
-                         "screened_out": current["screened_out"]})
+    progress = listener_progress(participant)
+    return JsonResponse({"passed": participant.headphone_passed, "phase": progress["phase"],
+                         "screened_out": progress["screened_out"]})
 
 
 @_post

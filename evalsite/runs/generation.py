@@ -113,7 +113,7 @@ def run_waveform_batches(
     Yields one output per clip, trimmed to its input length, with its share of the batch time.
     After a CUDA out-of-memory error the same clips are retried in halves down to batch size 1.
     """
-    pending = [bucket for bucket in length_buckets([len(w) for w in waves], batch_size)]
+    pending = length_buckets([len(w) for w in waves], batch_size)
     while pending:
         bucket = pending.pop(0)
         longest = max(len(waves[i]) for i in bucket)

@@ -484,14 +484,6 @@ GENERATION_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @transaction.atomic
 def checkpoint_register(
     *, run: Run, step: int, uri: str, sha256: str = "", evaluate: bool = True, params: dict[str, Any] | None = None
@@ -525,17 +517,6 @@ def generation_params(params: dict[str, Any]) -> tuple[dict[str, Any], str]:
     # Batch size, precision and device change speed, not which audio an item gets: not in the key.
     keyed = {k: v for k, v in full.items() if k not in ("batch_size", "tf32")}
     return full, hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
-
-
-def _reference_mono(item: EvalItem, model_rate: int, resample: bool):
-    from evalsite.audio.decoding import resample as resample_audio
-    from evalsite.audio.selectors import audio_asset_samples
-
-    samples, rate = audio_asset_samples(item.reference)
-    mono = samples.mean(axis=1)  # the models are mono; a multi-channel reference is downmixed
-    if rate != model_rate and resample:
-        mono = resample_audio(mono, rate, model_rate)
-    return mono
 
 
 def _store_generation(*, checkpoint, item, job, params, params_hash, seed, audio, sample_rate, seconds, device, info):
@@ -594,6 +575,7 @@ def _generate(job: Job, checkpoint, progress: ProgressFn) -> dict[str, Any]:
     import torch
 
     import models
+    from evalsite.audio.selectors import AudioCache
     from evalsite.runs import generation as gen
     from evalsite.runs.models import Checkpoint, Generation
 
@@ -608,7 +590,9 @@ def _generate(job: Job, checkpoint, progress: ProgressFn) -> dict[str, Any]:
 
     path = Path(checkpoint.uri)
     if not checkpoint.sha256 and path.is_file():
-        Checkpoint.objects.filter(pk=checkpoint.pk).update(sha256=_sha256_of_file(path), size_bytes=path.stat().st_size)
+        from metrics.embedders.store import sha256_file
+
+        Checkpoint.objects.filter(pk=checkpoint.pk).update(sha256=sha256_file(path), size_bytes=path.stat().st_size)
     family = None if run.model_family in ("", "auto") else run.model_family
     try:
         model = gen.model_cache.get(checkpoint.uri, family=family, device=device)
@@ -646,7 +630,9 @@ def _generate(job: Job, checkpoint, progress: ProgressFn) -> dict[str, Any]:
         if not params["resample"] and any(rate != model.sample_rate for rate in rates):
             raise ApplicationError(RATE_MISMATCH.format(eval_set=run.eval_set.name, rates=", ".join(map(str, rates)),
                                                         model_rate=model.sample_rate))
-        waves = [_reference_mono(item, model.sample_rate, params["resample"]) for item in todo]
+        # Rates differ here only when resampling was asked for (checked above).
+        audio = AudioCache()
+        waves = [audio.mono(item.reference, model.sample_rate) for item in todo]
         fn = model.copy_synthesis if model.kind == "vocoder" else model.reconstruct
         for out in gen.run_waveform_batches(fn, waves, batch_size=batch_size, device=device, dtype=params["dtype"]):
             item = todo[out.index]

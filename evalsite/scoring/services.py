@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import io
 import json
 import logging
 import time
@@ -21,6 +20,7 @@ import numpy as np
 from django.db import IntegrityError, transaction
 
 from evalsite.audio.models import AudioAsset
+from evalsite.audio.selectors import AudioCache
 from evalsite.core.exceptions import ApplicationError
 from evalsite.runs.models import Checkpoint, EvalItem, EvalSet, Generation, Job, Run
 from evalsite.scoring.models import CachedEmbedding, MetricResult, ReferenceStatistics
@@ -69,31 +69,6 @@ def run_metric_names(run: Run, model_rate: int | None) -> list[str]:
 def spec_key(**parts: Any) -> str:
     """Hash of everything that must match for two stored values of a metric to be comparable."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-class AudioCache:
-    """Decode each asset once and resample it once per rate (mono, float32)."""
-
-    def __init__(self) -> None:
-        self._native: dict[int, tuple[np.ndarray, int]] = {}
-        self._resampled: dict[tuple[int, int], np.ndarray] = {}
-        self.decodes = 0
-
-    def mono(self, asset: AudioAsset, rate: int | None = None) -> np.ndarray:
-        from evalsite.audio.decoding import resample
-        from evalsite.audio.selectors import audio_asset_samples
-
-        if asset.pk not in self._native:
-            samples, native_rate = audio_asset_samples(asset)
-            self._native[asset.pk] = (samples.mean(axis=1), native_rate)
-            self.decodes += 1
-        mono, native_rate = self._native[asset.pk]
-        if rate is None or rate == native_rate:
-            return mono
-        key = (asset.pk, rate)
-        if key not in self._resampled:
-            self._resampled[key] = resample(mono, native_rate, rate)
-        return self._resampled[key]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,13 +240,11 @@ def _compute(spec, ctx: _Context) -> tuple[Any, dict[str, Any]]:
         ref_emb = embeddings_for_assets(embedder, ref_assets, ctx.audio)
         x_ref = np.concatenate(list(ref_emb.values()))
         rng = np.random.default_rng(0)
-        subsampled = {}
-        for label, x in (("reference", x_ref), ("generated", x_gen)):
-            if len(x) > KAD_MAX_FRAMES:
-                subsampled[label] = len(x)
-        if len(x_ref) > KAD_MAX_FRAMES:
+        subsampled = {label: len(x) for label, x in (("reference", x_ref), ("generated", x_gen))
+                      if len(x) > KAD_MAX_FRAMES}
+        if "reference" in subsampled:
             x_ref = x_ref[rng.choice(len(x_ref), KAD_MAX_FRAMES, replace=False)]
-        if len(x_gen) > KAD_MAX_FRAMES:
+        if "generated" in subsampled:
             x_gen = x_gen[rng.choice(len(x_gen), KAD_MAX_FRAMES, replace=False)]
         result = fn(x_ref, x_gen, device=ctx.device)
         if subsampled:
