@@ -1,5 +1,6 @@
-"""evalsite: listening tests and objective evaluation for neural audio models (Django + Celery)."""
+"""evalsite: listening tests and objective evaluation for neural audio models (Django + Celery).
 
-from evalsite.celery import app as celery_app
-
-__all__ = ["celery_app"]
+Nothing is imported here, so that ``evalsite.client`` works in a training job without Django or
+Celery installed. The Celery app is loaded by ``evalsite.core.apps.CoreConfig.ready`` (Django
+processes) and by ``celery -A evalsite`` (which finds ``evalsite.celery.app``).
+"""
