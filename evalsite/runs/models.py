@@ -47,11 +47,20 @@ class Run(BaseModel):
     eval_set = models.ForeignKey(EvalSet, on_delete=models.PROTECT, null=True, blank=True, related_name="runs")
     checkpoint_dir = models.CharField(max_length=1024, blank=True)
     checkpoint_pattern = models.CharField(
-        max_length=300, blank=True, help_text="glob or regex with a (?P<step>...) group, matched in checkpoint_dir"
+        max_length=300, blank=True,
+        help_text="empty: the built-in names (HiFi-GAN g_00012000, Lightning step=12000.ckpt, "
+                  "checkpoint_step_12000.pth); or a regex with a (?P<step>...) group, matched against file names",
     )
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="runs"
     )
+    collaborators = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="shared_runs",
+                                           help_text="researchers who may see and change this run besides its owner")
+    webhook_url = models.URLField(max_length=500, blank=True, help_text="alerts are POSTed here, signed")
+    webhook_secret = models.CharField(max_length=100, blank=True, help_text="HMAC-SHA256 key of the webhook")
+    # The cursor of the newest alert, bumped in the transaction that creates it: pollers get their
+    # ETag from the run row the token lookup already loaded.
+    alert_cursor = models.PositiveBigIntegerField(default=0)
     # Only a hash is stored; the token itself is shown once when it is issued.
     api_token_hash = models.CharField(max_length=64, blank=True, db_index=True)
     api_token_prefix = models.CharField(max_length=12, blank=True)
@@ -59,12 +68,26 @@ class Run(BaseModel):
     def __str__(self) -> str:
         return self.name
 
+    def save(self, *args, **kwargs) -> None:
+        # alert_cursor only moves forward, under a lock, in alerts.services.alert_create; a save
+        # from a copy loaded earlier must not move it back.
+        if self.pk is not None and not self._state.adding and kwargs.get("update_fields") is None:
+            kwargs["update_fields"] = [f.name for f in self._meta.concrete_fields
+                                       if not f.primary_key and f.name != "alert_cursor"]
+        super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        from evalsite.runs.watcher import compile_pattern
+
+        compile_pattern(self.checkpoint_pattern)
+
 
 class Checkpoint(BaseModel):
     class Status(models.TextChoices):
         REGISTERED = "registered"
         GENERATING = "generating"
         SCORING = "scoring"
+        DETECTING = "detecting"
         DONE = "done"
         FAILED = "failed"
 
@@ -91,6 +114,7 @@ class Job(BaseModel):
         IMPORT_EVALSET = "import_evalset"
         GENERATION = "generation"
         METRICS = "metrics"
+        DETECTION = "detection"
 
     class Status(models.TextChoices):
         QUEUED = "queued"
@@ -158,3 +182,19 @@ class Generation(BaseModel):
 
     def __str__(self) -> str:
         return f"{self.checkpoint}:{self.item.key}"
+
+
+class WatchedFile(BaseModel):
+    """A file seen in a run's checkpoint directory; registered once its size has stopped changing."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="watched_files")
+    path = models.CharField(max_length=2048)
+    step = models.PositiveBigIntegerField()
+    size_bytes = models.PositiveBigIntegerField()
+    mtime_ns = models.BigIntegerField()
+    stable_scans = models.PositiveIntegerField(default=0, help_text="scans in a row that saw the same size and mtime")
+    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    note = models.CharField(max_length=500, blank=True, help_text="why it was not registered, if it was not")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "path"], name="watchedfile_unique_path")]

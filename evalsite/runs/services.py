@@ -26,7 +26,7 @@ from django.utils import timezone
 from evalsite.audio.decoding import AudioValidationError
 from evalsite.audio.models import AudioAsset
 from evalsite.audio.services import audio_asset_ingest
-from evalsite.core.exceptions import ApplicationError
+from evalsite.core.exceptions import ApplicationError, ConflictError
 from evalsite.runs.models import EvalItem, EvalSet, Job, Run
 
 logger = logging.getLogger(__name__)
@@ -484,27 +484,55 @@ GENERATION_DEFAULTS: dict[str, Any] = {
 }
 
 
-@transaction.atomic
+CHECKPOINT_STEP_TAKEN = (
+    "step {step} of run {run!r} is already registered as {existing}; not replaced with {uri}. "
+    "Register the new file under another step, or delete the old checkpoint first."
+)
+CHECKPOINT_SHA256_INVALID = "sha256 must be 64 hexadecimal characters; got {value!r}."
+
+
 def checkpoint_register(
     *, run: Run, step: int, uri: str, sha256: str = "", evaluate: bool = True, params: dict[str, Any] | None = None
 ):
     """Register a checkpoint once per (run, step) and queue its generation job.
 
-    Returns ``(checkpoint, created)``; registering the same step again returns the existing row
-    and queues nothing.
+    Returns ``(checkpoint, created)``. Registering the same step again with the same file (and the
+    same sha256, when both give one) returns the existing row and queues nothing, so a client may
+    retry freely; the same step with another file is a ``ConflictError``. Safe against concurrent
+    registrations of one step (the unique constraint decides; the loser gets the winner's row).
     """
+    from django.db import IntegrityError
+
     from evalsite.runs.models import Checkpoint
+
+    sha256 = (sha256 or "").lower()
+    if sha256 and (len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256)):
+        raise ApplicationError(CHECKPOINT_SHA256_INVALID.format(value=sha256), extra={"fields": {"sha256": [
+            CHECKPOINT_SHA256_INVALID.format(value=sha256)]}})
+
+    def same_or_conflict(existing: Checkpoint):
+        if existing.uri != uri or (sha256 and existing.sha256 and existing.sha256 != sha256):
+            label = existing.uri + (f" (sha256 {existing.sha256[:12]}…)" if existing.sha256 else "")
+            raise ConflictError(CHECKPOINT_STEP_TAKEN.format(step=step, run=run.name, existing=label, uri=uri))
+        return existing, False
 
     existing = Checkpoint.objects.filter(run=run, step=step).first()
     if existing is not None:
-        return existing, False
+        return same_or_conflict(existing)
     path = Path(uri)
     size = path.stat().st_size if path.is_file() else None
     checkpoint = Checkpoint(run=run, step=step, uri=uri, sha256=sha256, size_bytes=size)
     checkpoint.full_clean(validate_unique=False)
-    checkpoint.save()
-    if evaluate and run.eval_set_id is not None:
-        job_create(kind=Job.Kind.GENERATION, run=run, checkpoint=checkpoint, params=params or {})
+    try:
+        with transaction.atomic():
+            checkpoint.save()
+            if evaluate and run.eval_set_id is not None:
+                job_create(kind=Job.Kind.GENERATION, run=run, checkpoint=checkpoint, params=params or {})
+    except IntegrityError:
+        existing = Checkpoint.objects.filter(run=run, step=step).first()
+        if existing is None:
+            raise
+        return same_or_conflict(existing)
     return checkpoint, True
 
 

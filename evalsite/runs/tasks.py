@@ -48,6 +48,18 @@ def jobs_fail_stale_task() -> list[int]:
     return job_fail_stale()
 
 
+@shared_task
+def checkpoints_watch_task() -> dict[str, list[int]]:
+    from evalsite.runs.watcher import checkpoints_watch_all
+
+    return checkpoints_watch_all()
+
+
+@shared_task(**JOB_TASK_OPTIONS)
+def detection_run_task(self, job_id: int) -> None:
+    _execute(self, job_id, "detection_job_work", module="evalsite.scoring.detection")
+
+
 @shared_task(**JOB_TASK_OPTIONS)
 def metrics_run_task(self, job_id: int) -> None:
     _execute(self, job_id, "metrics_job_work", module="evalsite.scoring.services")
@@ -58,4 +70,5 @@ JOB_TASKS = {
     "import_evalset": (evalset_import_task, "cpu"),
     "generation": (generation_run_task, "gpu"),
     "metrics": (metrics_run_task, "cpu"),
+    "detection": (detection_run_task, "cpu"),
 }

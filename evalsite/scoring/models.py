@@ -88,3 +88,36 @@ class MetricResult(BaseModel):
 
     def __str__(self) -> str:
         return f"{self.checkpoint}:{self.name}={self.value}"
+
+
+class DetectorEvent(BaseModel):
+    """A time-localised artifact that an automated detector (``metrics.detectors``) found in one output.
+
+    A detection pass over a generation replaces that generation's events, so a re-run never doubles
+    them; a generation analysed with no events is recorded in ``DetectorPass``.
+    """
+
+    generation = models.ForeignKey("runs.Generation", on_delete=models.CASCADE, related_name="detector_events")
+    checkpoint = models.ForeignKey("runs.Checkpoint", on_delete=models.CASCADE, related_name="detector_events")
+    detector = models.CharField(max_length=50, db_index=True)
+    start_s = models.FloatField()
+    end_s = models.FloatField()
+    strength = models.FloatField()
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(start_s__gte=0) & Q(end_s__gte=models.F("start_s")),
+                                   name="detectorevent_region_ordered"),
+        ]
+        ordering = ["checkpoint", "generation", "start_s"]
+
+
+class DetectorPass(BaseModel):
+    """That a generation went through the detectors, and how long its audio was (for event rates)."""
+
+    generation = models.OneToOneField("runs.Generation", on_delete=models.CASCADE, related_name="detector_pass")
+    checkpoint = models.ForeignKey("runs.Checkpoint", on_delete=models.CASCADE, related_name="detector_passes")
+    duration_s = models.FloatField()
+    events = models.PositiveIntegerField()
+    version = models.CharField(max_length=20)

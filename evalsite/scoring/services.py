@@ -379,12 +379,12 @@ def metrics_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
         rows.append(metric_compute_and_store(spec=registry.get(name), ctx=ctx, params_hash=params_hash))
         progress(index, len(names), name)
     failed = {r.name: r.error for r in rows if r.status == MetricResult.Status.FAILED}
-    checkpoint_set_status(
-        checkpoint=checkpoint,
-        status=Checkpoint.Status.DONE if len(failed) < len(rows) else Checkpoint.Status.FAILED,
-    )
     result = {"metrics": len(rows), "done": len(rows) - len(failed), "failed": failed,
               "clips": len(generations), "decodes": ctx.audio.decodes}
     if rows and len(failed) == len(rows):
+        checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.FAILED)
         raise ApplicationError(f"every metric failed; first: {rows[0].name}: {rows[0].error}", extra=result)
+    from evalsite.scoring.detection import after_metrics
+
+    result.update(after_metrics(checkpoint=checkpoint, params_hash=params_hash))
     return result

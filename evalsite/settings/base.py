@@ -65,6 +65,8 @@ INSTALLED_APPS = [
     "evalsite.runs",
     "evalsite.scoring",
     "evalsite.listening",
+    "evalsite.alerts",
+    "evalsite.api",
 ]
 
 MIDDLEWARE = [
@@ -131,6 +133,27 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "staticfiles"
 
 LOGIN_URL = "admin:login"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "evalsite.api.authentication.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",  # researchers' browsers; CSRF enforced
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "evalsite.api.exceptions.exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "evalsite API",
+    "DESCRIPTION": "Runs, checkpoints, evaluations, listening tests and alerts for researchers and training jobs. "
+                   "Errors are {\"message\", \"extra\": {\"fields\": {field: [why]}}}.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
 
 LOGGING = {
     "version": 1,

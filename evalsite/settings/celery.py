@@ -57,10 +57,20 @@ EVALSITE_TASK_MAX_RETRIES = env_int("EVALSITE_TASK_MAX_RETRIES", 3)
 
 CELERY_BEAT_SCHEDULE = {
     "jobs-fail-stale": {"task": "evalsite.runs.tasks.jobs_fail_stale_task", "schedule": 60.0},
+    "checkpoints-watch": {"task": "evalsite.runs.tasks.checkpoints_watch_task",
+                          "schedule": float(env_int("EVALSITE_WATCH_INTERVAL_S", 10))},
+    "alerts-listening": {"task": "evalsite.alerts.tasks.alerts_evaluate_listening_task",
+                         "schedule": float(env_int("EVALSITE_LISTENING_ALERTS_INTERVAL_S", 60))},
 }
+# A watched checkpoint file must be unchanged over two scans and at least this old to be registered.
+EVALSITE_WATCH_SETTLE_S = env_int("EVALSITE_WATCH_SETTLE_S", 2)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # A running job writes a heartbeat; one silent for longer than this is taken over by a
 # redelivered message or marked failed by the health check.
 EVALSITE_JOB_STALE_AFTER_S = env_int("EVALSITE_JOB_STALE_AFTER_S", 300)
 EVALSITE_JOB_MAX_ATTEMPTS = env_int("EVALSITE_JOB_MAX_ATTEMPTS", 3)
+
+# Webhook deliveries: attempts, and the first retry delay (doubling after each failure).
+EVALSITE_WEBHOOK_MAX_ATTEMPTS = env_int("EVALSITE_WEBHOOK_MAX_ATTEMPTS", 8)
+EVALSITE_WEBHOOK_BACKOFF_S = float(os.environ.get("EVALSITE_WEBHOOK_BACKOFF_S", "5"))

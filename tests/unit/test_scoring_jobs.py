@@ -72,7 +72,9 @@ def test_a_metrics_job_stores_every_paired_metric_with_per_item_values_and_prove
     r, _ = audio_asset_samples(generation.item.reference)
     assert rows["si_sdr"].per_item["utt2"] == pytest.approx(si_sdr(g[:, 0], r[:, 0]).value, rel=1e-6)
     ckpt.refresh_from_db()
-    assert ckpt.status == Checkpoint.Status.DONE
+    # Next stage: the artifact detectors.
+    assert ckpt.status == Checkpoint.Status.DETECTING
+    assert Job.objects.get(pk=job.result["detection_job_id"]).kind == Job.Kind.DETECTION
     # Each clip was decoded once for all metrics: 4 generated + 4 references.
     assert job.result["decodes"] == 8
 

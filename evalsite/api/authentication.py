@@ -1,0 +1,89 @@
+"""Bearer tokens for the API: per-run tokens (``evr_…``) and researcher tokens (``evu_…``).
+
+Only SHA-256 hashes of tokens are stored; a lookup hashes what the client sent. A run token acts
+as a ``RunPrincipal`` that can reach its own run and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from django.utils import timezone
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework import authentication, exceptions
+
+from evalsite.runs.models import Run
+
+RUN_TOKEN_PREFIX = "evr_"
+RESEARCHER_TOKEN_PREFIX = "evu_"
+TOKEN_INVALID = "The API token is not valid (revoked, mistyped or for another server)."
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(eq=False)
+class RunPrincipal:
+    """The caller behind a run token."""
+
+    run: Run
+    is_authenticated: bool = True
+    is_anonymous: bool = False
+    is_staff: bool = False
+    is_superuser: bool = False
+
+    @property
+    def pk(self) -> str:  # throttles key on it
+        return f"run:{self.run.pk}"
+
+    @property
+    def username(self) -> str:
+        return f"run {self.run.name}"
+
+    def __str__(self) -> str:
+        return self.username
+
+
+class BearerTokenAuthentication(authentication.BaseAuthentication):
+    keyword = "Bearer"
+
+    def authenticate(self, request):
+        header = authentication.get_authorization_header(request).split()
+        if not header or header[0].lower() != self.keyword.lower().encode():
+            return None
+        if len(header) != 2:
+            raise exceptions.AuthenticationFailed("Authorization header must be 'Bearer <token>'.")
+        try:
+            token = header[1].decode()
+        except UnicodeError:
+            raise exceptions.AuthenticationFailed(TOKEN_INVALID) from None
+        if token.startswith(RUN_TOKEN_PREFIX):
+            run = Run.objects.filter(api_token_hash=token_hash(token)).first()
+            if run is None:
+                raise exceptions.AuthenticationFailed(TOKEN_INVALID)
+            return RunPrincipal(run=run), token
+        if token.startswith(RESEARCHER_TOKEN_PREFIX):
+            from evalsite.api.models import ResearcherToken
+
+            row = ResearcherToken.objects.select_related("user").filter(token_hash=token_hash(token)).first()
+            if row is None or not row.user.is_active:
+                raise exceptions.AuthenticationFailed(TOKEN_INVALID)
+            now = timezone.now()
+            if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
+                ResearcherToken.objects.filter(pk=row.pk).update(last_used_at=now)
+            return row.user, token
+        raise exceptions.AuthenticationFailed(TOKEN_INVALID)
+
+    def authenticate_header(self, request) -> str:
+        return self.keyword
+
+
+class BearerTokenScheme(OpenApiAuthenticationExtension):
+    target_class = "evalsite.api.authentication.BearerTokenAuthentication"
+    name = "bearerAuth"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer",
+                "description": "A run token (evr_…, one run only) or a researcher token (evu_…)."}

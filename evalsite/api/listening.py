@@ -1,0 +1,181 @@
+"""Listening tests through the API: build from checkpoints, publish, close, progress and results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema_serializer, OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from evalsite.api.access import RunPrincipal, run_for, runs_visible
+from evalsite.api.runs import ERRORS, ErrorSerializer
+from evalsite.core.exceptions import ApplicationError, NotFoundError
+from evalsite.listening.models import ListeningTest
+from evalsite.runs.models import Checkpoint, EvalItem
+
+TEST_NOT_FOUND = "Listening test {test_id} does not exist or is not yours."
+CHECKPOINT_UNKNOWN = "run {run} has no checkpoint at step {step}."
+ITEMS_UNKNOWN = "unknown item keys in the checkpoints' eval set: {keys}."
+TEST_NAME_TAKEN = "a listening test named {name!r} already exists."
+
+
+class CheckpointRefSerializer(serializers.Serializer):
+    run = serializers.IntegerField(min_value=1)
+    step = serializers.IntegerField(min_value=0)
+
+
+class TestOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    kind = serializers.CharField()
+    status = serializers.CharField()
+    invite_url = serializers.CharField(help_text="give this to listeners (append PROLIFIC_PID etc. for crowd studies)")
+    page_url = serializers.CharField(help_text="the researcher's page of the test")
+    warnings = serializers.ListField(child=serializers.CharField())
+    trials = serializers.IntegerField()
+    votes_target = serializers.IntegerField()
+    cells = serializers.IntegerField()
+    cells_at_target = serializers.IntegerField()
+    participants = serializers.IntegerField()
+
+
+def test_payload(request, test: ListeningTest) -> dict[str, Any]:
+    from evalsite.listening.selectors import listening_test_progress
+
+    progress = listening_test_progress(test)
+    return {
+        "id": test.pk, "name": test.name, "kind": test.kind, "status": test.status,
+        "invite_url": request.build_absolute_uri(reverse("listening:invite", args=[test.invite_token])),
+        "page_url": request.build_absolute_uri(reverse("listening-admin:detail", args=[test.pk])),
+        "warnings": test.build_warnings, "trials": progress["trials"], "votes_target": test.votes_target,
+        "cells": progress["cells"], "cells_at_target": progress["cells_at_target"],
+        "participants": len(progress["participants"]),
+    }
+
+
+def test_for(user, test_id: int) -> ListeningTest:
+    """The test, if every run whose checkpoints it rates is visible to the caller."""
+    test = ListeningTest.objects.filter(pk=test_id).first()
+    if test is None:
+        raise NotFoundError(TEST_NOT_FOUND.format(test_id=test_id))
+    run_ids = set(test.conditions.exclude(checkpoint__isnull=True).values_list("checkpoint__run_id", flat=True))
+    visible = set(runs_visible(user).filter(pk__in=run_ids).values_list("pk", flat=True))
+    if not run_ids or run_ids - visible:
+        if not (run_ids == set() and not isinstance(user, RunPrincipal) and user.is_superuser):
+            raise NotFoundError(TEST_NOT_FOUND.format(test_id=test_id))
+    return test
+
+
+class ListeningTestCreateApi(APIView):
+    @extend_schema_serializer(component_name="ListeningTestCreate")
+    class InputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=200)
+        kind = serializers.ChoiceField(choices=ListeningTest.Kind.choices)
+        checkpoints = CheckpointRefSerializer(many=True, help_text="the systems rated: [{run, step}, ...]")
+        comparison = CheckpointRefSerializer(required=False, allow_null=True, default=None,
+                                             help_text="CMOS: the baseline (empty: the reference recording)")
+        items = serializers.ListField(child=serializers.CharField(max_length=300), required=False, allow_null=True,
+                                      default=None, help_text="eval item keys (default: every item)")
+        training_items = serializers.IntegerField(min_value=0, max_value=20, default=1)
+        votes_target = serializers.IntegerField(min_value=1, max_value=10000, default=10)
+        trials_per_participant = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None)
+        title = serializers.CharField(max_length=200, default="Listening test")
+        instructions = serializers.CharField(max_length=5000, default="", allow_blank=True)
+        completion_code = serializers.CharField(max_length=100, default="", allow_blank=True)
+        completion_redirect = serializers.URLField(max_length=500, default="", allow_blank=True)
+        screened_out_redirect = serializers.URLField(max_length=500, default="", allow_blank=True)
+        allow_no_preference = serializers.BooleanField(default=False)
+        require_play_all = serializers.BooleanField(default=False)
+        headphone_check = serializers.BooleanField(default=False)
+        gold_items = serializers.IntegerField(min_value=0, max_value=50, default=0)
+        trapping_items = serializers.IntegerField(min_value=0, max_value=50, default=0)
+        publish = serializers.BooleanField(default=False, help_text="publish at once (listeners can start)")
+
+    @extend_schema(operation_id="listening_tests_create", request=InputSerializer,
+                   responses={201: TestOutputSerializer, 409: OpenApiResponse(ErrorSerializer), **ERRORS})
+    def post(self, request):
+        from evalsite.listening.services import listening_test_build, listening_test_publish
+
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = dict(data.validated_data)
+        if not values["checkpoints"]:
+            raise ApplicationError("pick at least one checkpoint",
+                                   extra={"fields": {"checkpoints": ["must list at least one {run, step}"]}})
+        if ListeningTest.objects.filter(name=values["name"]).exists():
+            from evalsite.core.exceptions import ConflictError
+
+            message = TEST_NAME_TAKEN.format(name=values["name"])
+            raise ConflictError(message, extra={"fields": {"name": [message]}})
+
+        def resolve(ref: dict, field: str) -> Checkpoint:
+            run = run_for(request.user, ref["run"])
+            checkpoint = Checkpoint.objects.filter(run=run, step=ref["step"]).first()
+            if checkpoint is None:
+                message = CHECKPOINT_UNKNOWN.format(run=run.name, step=ref["step"])
+                raise ApplicationError(message, extra={"fields": {field: [message]}})
+            return checkpoint
+
+        checkpoints = [resolve(ref, f"checkpoints[{i}]") for i, ref in enumerate(values.pop("checkpoints"))]
+        comparison = resolve(values.pop("comparison"), "comparison") if values.get("comparison") else None
+        values.pop("comparison", None)
+        keys = values.pop("items")
+        items = None
+        if keys is not None:
+            eval_set_id = checkpoints[0].run.eval_set_id
+            found = {i.key: i for i in EvalItem.objects.filter(eval_set_id=eval_set_id, key__in=keys)}
+            missing = [k for k in keys if k not in found]
+            if missing:
+                message = ITEMS_UNKNOWN.format(keys=", ".join(missing[:10]))
+                raise ApplicationError(message, extra={"fields": {"items": [message]}})
+            items = [found[k] for k in keys]
+        publish = values.pop("publish")
+        owner = checkpoints[0].run.owner if isinstance(request.user, RunPrincipal) else request.user
+        with transaction.atomic():
+            test = listening_test_build(checkpoints=checkpoints, comparison=comparison, items=items, owner=owner,
+                                        **values)
+            if publish:
+                test = listening_test_publish(test=test)
+        return Response(test_payload(request, test), status=status.HTTP_201_CREATED)
+
+
+class ListeningTestDetailApi(APIView):
+    @extend_schema(operation_id="listening_tests_retrieve", responses={200: TestOutputSerializer, **ERRORS})
+    def get(self, request, test_id: int):
+        return Response(test_payload(request, test_for(request.user, test_id)))
+
+
+class ListeningTestTransitionApi(APIView):
+    action = ""
+
+    def post(self, request, test_id: int):
+        from evalsite.listening import services
+
+        test = test_for(request.user, test_id)
+        with transaction.atomic():
+            fn = services.listening_test_publish if self.action == "publish" else services.listening_test_close
+            test = fn(test=test)
+        return Response(test_payload(request, test))
+
+
+class ListeningTestPublishApi(ListeningTestTransitionApi):
+    action = "publish"
+
+    @extend_schema(operation_id="listening_tests_publish", request=None,
+                   responses={200: TestOutputSerializer, 409: OpenApiResponse(ErrorSerializer), **ERRORS})
+    def post(self, request, test_id: int):
+        return super().post(request, test_id)
+
+
+class ListeningTestCloseApi(ListeningTestTransitionApi):
+    action = "close"
+
+    @extend_schema(operation_id="listening_tests_close", request=None,
+                   responses={200: TestOutputSerializer, 409: OpenApiResponse(ErrorSerializer), **ERRORS})
+    def post(self, request, test_id: int):
+        return super().post(request, test_id)
+

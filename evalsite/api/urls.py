@@ -1,0 +1,25 @@
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView
+
+from evalsite.api import alerts, listening, runs
+
+app_name = "api"
+
+urlpatterns = [
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("eval-sets/", runs.EvalSetListApi.as_view(), name="eval-sets"),
+    path("runs/", runs.RunListApi.as_view(), name="runs"),
+    path("runs/<int:run_id>/", runs.RunDetailApi.as_view(), name="run"),
+    path("runs/<int:run_id>/checkpoints/", runs.CheckpointListApi.as_view(), name="checkpoints"),
+    path("runs/<int:run_id>/checkpoints/<int:step>/", runs.CheckpointDetailApi.as_view(), name="checkpoint"),
+    path("runs/<int:run_id>/checkpoints/<int:step>/evaluate/", runs.CheckpointEvaluateApi.as_view(),
+         name="checkpoint-evaluate"),
+    path("runs/<int:run_id>/alerts/", alerts.AlertListApi.as_view(), name="alerts"),
+    path("runs/<int:run_id>/alert-rules/", alerts.AlertRulesApi.as_view(), name="alert-rules"),
+    path("listening-tests/", listening.ListeningTestCreateApi.as_view(), name="listening-tests"),
+    path("listening-tests/<int:test_id>/", listening.ListeningTestDetailApi.as_view(), name="listening-test"),
+    path("listening-tests/<int:test_id>/publish/", listening.ListeningTestPublishApi.as_view(),
+         name="listening-test-publish"),
+    path("listening-tests/<int:test_id>/close/", listening.ListeningTestCloseApi.as_view(),
+         name="listening-test-close"),
+]

@@ -1,0 +1,37 @@
+"""Python client for evalsite, for training jobs: needs ``requests`` only (no Django, Celery or torch).
+
+``EvalsiteCallback`` (Lightning) is imported on first use, from :mod:`evalsite.client.lightning`.
+"""
+
+from typing import Any
+
+from evalsite.client.api import (
+    ApiError,
+    ConflictError,
+    EvalsiteClient,
+    EvalsiteError,
+    EvaluationTimeout,
+    ServiceError,
+    file_sha256,
+)
+from evalsite.client.loop import CheckpointReporter
+
+__all__ = [
+    "ApiError",
+    "CheckpointReporter",
+    "ConflictError",
+    "EvalsiteCallback",
+    "EvalsiteClient",
+    "EvalsiteError",
+    "EvaluationTimeout",
+    "ServiceError",
+    "file_sha256",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "EvalsiteCallback":
+        from evalsite.client.lightning import EvalsiteCallback
+
+        return EvalsiteCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

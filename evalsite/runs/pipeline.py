@@ -1,0 +1,103 @@
+"""Where each checkpoint is in the evaluation pipeline, and the optional automatic listening test.
+
+registered → generating → scoring → detecting → done (or failed, with the failed job's reason).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.db import transaction
+
+from evalsite.core.exceptions import ApplicationError
+from evalsite.runs.models import Checkpoint, Job, Run
+
+logger = logging.getLogger(__name__)
+
+PIPELINE_STAGES = ("registered", "generating", "scoring", "detecting", "done")
+AUTO_TEST_KINDS = ("smos", "mos", "mushra", "ab", "cmos")
+
+
+def auto_test_config(run: Run) -> dict[str, Any] | None:
+    """``config["auto_listening_test"]``: {"every": N, "kind": "smos", "metric": name, "votes_target": n,
+    "items": n, "publish": true}; None when the run has none."""
+    config = run.config.get("auto_listening_test")
+    if not config:
+        return None
+    every = config.get("every")
+    if not isinstance(every, int) or every < 1:
+        raise ApplicationError(f"run {run.name!r}: auto_listening_test.every must be an integer ≥ 1; got {every!r}")
+    if config.get("kind", "smos") not in AUTO_TEST_KINDS:
+        raise ApplicationError(f"run {run.name!r}: auto_listening_test.kind must be one of {AUTO_TEST_KINDS}")
+    return config
+
+
+def best_checkpoint(*, run: Run, before_step: int, metric: str | None = None) -> Checkpoint | None:
+    """The best earlier finished checkpoint by ``metric`` (default: the first metric with a direction)."""
+    from evalsite.scoring.models import MetricResult
+
+    results = MetricResult.objects.filter(checkpoint__run=run, checkpoint__step__lt=before_step,
+                                          status=MetricResult.Status.DONE, higher_is_better__isnull=False)
+    if metric:
+        results = results.filter(name=metric)
+    results = list(results.select_related("checkpoint").order_by("name", "checkpoint__step"))
+    if not results:
+        return None
+    name = metric or results[0].name
+    candidates = [r for r in results if r.name == name]
+    pick = max if candidates[0].higher_is_better else min
+    return pick(candidates, key=lambda r: r.value).checkpoint
+
+
+def auto_listening_test_maybe(*, checkpoint: Checkpoint):
+    """Every ``every``-th finished checkpoint of a run, build (and publish) a test of it against the
+    best earlier one. Idempotent: the test's name is derived from the two steps."""
+    from evalsite.listening.models import ListeningTest
+    from evalsite.listening.services import listening_test_build, listening_test_publish
+
+    run = checkpoint.run
+    config = auto_test_config(run)
+    if config is None:
+        return None
+    finished = Checkpoint.objects.filter(run=run, status=Checkpoint.Status.DONE, step__lte=checkpoint.step).count()
+    if finished % config["every"]:
+        return None
+    best = best_checkpoint(run=run, before_step=checkpoint.step, metric=config.get("metric"))
+    if best is None:
+        return None
+    name = f"{run.name}: step {checkpoint.step} vs best step {best.step} ({config.get('kind', 'smos')})"
+    existing = ListeningTest.objects.filter(name=name).first()
+    if existing is not None:
+        return existing
+    items = None
+    if config.get("items"):
+        from evalsite.runs.models import EvalItem
+
+        items = list(EvalItem.objects.filter(eval_set=run.eval_set).order_by("key")[: int(config["items"]) + 1])
+    try:
+        with transaction.atomic():
+            test = listening_test_build(name=name, kind=config.get("kind", "smos"), checkpoints=[best, checkpoint],
+                                        items=items, votes_target=int(config.get("votes_target", 8)),
+                                        owner=run.owner, title="Listening test")
+            if config.get("publish", True):
+                test = listening_test_publish(test=test)
+    except ApplicationError as exc:
+        logger.warning("run %s: automatic listening test for step %d not built: %s", run.name, checkpoint.step,
+                       exc.message)
+        return None
+    return test
+
+
+def checkpoint_pipeline(checkpoint: Checkpoint, jobs: list[Job]) -> dict[str, Any]:
+    """Stage, per-stage job state and the failure reason of one checkpoint, for the run page and API."""
+    by_kind: dict[str, Job] = {}
+    for job in sorted(jobs, key=lambda j: j.created_at):
+        by_kind[job.kind] = job  # the latest job of each kind
+    stages = []
+    for kind in (Job.Kind.GENERATION, Job.Kind.METRICS, Job.Kind.DETECTION):
+        job = by_kind.get(kind)
+        stages.append({"kind": kind, "status": job.status if job else None,
+                       "progress": job.progress if job else 0.0, "error": job.error if job else ""})
+    error = next((s["error"] for s in stages if s["status"] == Job.Status.FAILED), "")
+    return {"status": checkpoint.status, "stages": stages, "error": error}

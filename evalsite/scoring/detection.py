@@ -1,0 +1,126 @@
+"""Pipeline stage after metrics: automated artifact detectors over each output, then alert rules.
+
+Events are stored per generation and replaced on a re-run (one transaction per generation), so a
+redelivered job never doubles them. The detectors are ``metrics.detectors`` (pure functions).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.db import transaction
+
+from evalsite.core.exceptions import ApplicationError
+from evalsite.runs.models import Checkpoint, Generation, Job
+from evalsite.runs.services import ProgressFn, checkpoint_set_status
+from evalsite.scoring.models import DetectorEvent, DetectorPass
+
+logger = logging.getLogger(__name__)
+
+DETECTION_VERSION = "1"
+NO_OUTPUTS = "checkpoint {checkpoint} has no generated outputs (params {params_hash}) to run the detectors on."
+UNKNOWN_DETECTORS = "run {run!r} names unknown detectors {names}; known: {known}."
+
+
+def run_detector_names(run) -> list[str]:
+    """The run's ``config["detectors"]`` list, or every detector."""
+    from metrics.detectors import DETECTORS
+
+    names = run.config.get("detectors")
+    if names is None:
+        return list(DETECTORS)
+    unknown = sorted(set(names) - set(DETECTORS))
+    if unknown:
+        raise ApplicationError(UNKNOWN_DETECTORS.format(run=run.name, names=unknown, known=sorted(DETECTORS)))
+    return list(names)
+
+
+def after_metrics(*, checkpoint: Checkpoint, params_hash: str) -> dict[str, Any]:
+    """Next pipeline stage for a scored checkpoint: the detectors job, or — when the run turned the
+    detectors off with ``config["detectors"] = []`` — done, alert rules and the automatic test."""
+    from evalsite.runs.services import job_create
+
+    if checkpoint.run.config.get("detectors") == []:
+        checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.DONE)
+        return _finish(checkpoint)
+    checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.DETECTING)
+    job = job_create(kind=Job.Kind.DETECTION, run=checkpoint.run, checkpoint=checkpoint,
+                     params={"params_hash": params_hash})
+    return {"detection_job_id": job.pk}
+
+
+def _finish(checkpoint: Checkpoint) -> dict[str, Any]:
+    from evalsite.alerts.services import alerts_evaluate_checkpoint
+    from evalsite.runs.pipeline import auto_listening_test_maybe
+
+    out: dict[str, Any] = {"alerts": [a.cursor for a in alerts_evaluate_checkpoint(checkpoint=checkpoint)]}
+    test = auto_listening_test_maybe(checkpoint=checkpoint)
+    if test is not None:
+        out["listening_test"] = test.pk
+    return out
+
+
+def detection_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
+    """Run the detectors on every output of the job's checkpoint, then evaluate the run's alert rules."""
+    from metrics import detectors
+
+    from evalsite.audio.selectors import AudioCache
+
+    checkpoint = job.checkpoint
+    params_hash = job.params.get("params_hash") or ""
+    try:
+        names = run_detector_names(checkpoint.run)
+    except ApplicationError:
+        checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.FAILED)
+        raise
+    generations = list(
+        Generation.objects.filter(checkpoint=checkpoint, status=Generation.Status.DONE,
+                                  **({"params_hash": params_hash} if params_hash else {}))
+        .select_related("asset", "item__reference").order_by("item__key"))
+    if not generations:
+        checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.FAILED)
+        raise ApplicationError(NO_OUTPUTS.format(checkpoint=checkpoint, params_hash=params_hash or "any"))
+    checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.DETECTING)
+    audio = AudioCache()
+    counts: dict[str, int] = {name: 0 for name in names}
+    total_s = 0.0
+    for index, generation in enumerate(generations, start=1):
+        rate = generation.asset.sample_rate
+        samples = audio.mono(generation.asset)
+        reference = audio.mono(generation.item.reference, rate) if generation.item.reference_id else None
+        events = detectors.detect_all(samples, rate, reference=reference, detectors=names)
+        duration_s = len(samples) / rate
+        total_s += duration_s
+        with transaction.atomic():
+            DetectorEvent.objects.filter(generation=generation).delete()
+            DetectorEvent.objects.bulk_create([
+                DetectorEvent(generation=generation, checkpoint=checkpoint, detector=e.detector,
+                              start_s=float(e.start_s), end_s=float(max(e.end_s, e.start_s)),
+                              strength=float(e.strength), detail=_jsonable(e.detail))
+                for e in events])
+            DetectorPass.objects.update_or_create(
+                generation=generation,
+                defaults={"checkpoint": checkpoint, "duration_s": duration_s, "events": len(events),
+                          "version": DETECTION_VERSION})
+        for e in events:
+            counts[e.detector] = counts.get(e.detector, 0) + 1
+        progress(index, len(generations), generation.item.key)
+    checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.DONE)
+    result: dict[str, Any] = {"clips": len(generations), "audio_s": round(total_s, 3), "events": counts}
+    result.update(_finish(checkpoint))
+    return result
+
+
+def _jsonable(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value
