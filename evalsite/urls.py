@@ -9,6 +9,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
     path("api/v1/", include("evalsite.api.urls")),
+    path("analysis/", include("evalsite.analysis.urls")),
     path("l/", include("evalsite.listening.urls")),
     path("listening/", include("evalsite.listening.researcher_urls")),
     path("", include("evalsite.runs.urls")),

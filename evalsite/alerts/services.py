@@ -277,6 +277,10 @@ def _evaluate_rule(rule: AlertRule, checkpoint: Checkpoint) -> list[dict[str, An
                              "examples": _event_examples(checkpoint, name)},
                 "links": [_run_link(run, step)],
             } for name in names]
+        # Detectors an "any event" rule already reports are not reported twice.
+        covered = {n for r in AlertRule.objects.filter(run=run, kind=AlertRule.Kind.DETECTOR_ANY, enabled=True)
+                   for n in r.params.get("detectors", [])}
+        names = [n for n in names if n not in covered]
         previous = (Checkpoint.objects.filter(run=run, step__lt=step, detector_passes__isnull=False)
                     .order_by("-step").distinct().first())
         if previous is None:
@@ -327,7 +331,8 @@ def webhook_deliver(*, delivery_id: int) -> tuple[str, float | None]:
     from evalsite.alerts.webhooks import webhook_post
 
     with transaction.atomic():
-        delivery = (WebhookDelivery.objects.select_for_update().select_related("alert__run", "alert__checkpoint")
+        delivery = (WebhookDelivery.objects.select_for_update(of=("self",))
+                    .select_related("alert__run", "alert__checkpoint")
                     .filter(pk=delivery_id).first())
         if delivery is None or delivery.status != WebhookDelivery.Status.PENDING:
             return (delivery.status if delivery else "missing"), None

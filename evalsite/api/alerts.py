@@ -14,6 +14,11 @@ from evalsite.api.runs import ERRORS
 MAX_LIMIT = 500
 
 
+def alerts_etag(run_id: int, after: int, limit: int, alert_cursor: int) -> str:
+    """Changes exactly when the answer to (after, limit) can: when the run's newest cursor moves."""
+    return f'"a{run_id}.{after}.{limit}.{alert_cursor}"'
+
+
 class AlertSerializer(serializers.Serializer):
     cursor = serializers.IntegerField()
     id = serializers.IntegerField()
@@ -52,7 +57,7 @@ class AlertListApi(APIView):
         query.is_valid(raise_exception=True)
         after, limit = query.validated_data["after"], query.validated_data["limit"]
         # The run row carries the newest cursor, so an unchanged poll costs no query beyond the token lookup.
-        etag = f'"a{run.pk}.{after}.{limit}.{run.alert_cursor}"'
+        etag = alerts_etag(run.pk, after, limit, run.alert_cursor)
         if etag in request.headers.get("If-None-Match", ""):
             return Response(status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
         alerts = []

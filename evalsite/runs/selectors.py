@@ -18,15 +18,22 @@ def job_list_recent(*, limit: int = 50) -> QuerySet[Job]:
 
 
 def run_checkpoint_table(*, run: Run) -> list[dict]:
-    """Each checkpoint of the run with its latest job, for the run page."""
+    """Each checkpoint of the run with where it is in the pipeline, for the run page."""
+    from evalsite.runs.pipeline import checkpoint_pipeline
+
     rows = []
-    for checkpoint in Checkpoint.objects.filter(run=run).order_by("step"):
-        job = checkpoint.jobs.order_by("-created_at").first()
+    for checkpoint in Checkpoint.objects.filter(run=run).order_by("step").prefetch_related("jobs"):
         counts = {s: 0 for s in Generation.Status.values}
         for status in checkpoint.generations.values_list("status", flat=True):
             counts[status] += 1
-        rows.append({"checkpoint": checkpoint, "job": job, "generations": counts})
+        rows.append({"checkpoint": checkpoint, "pipeline": checkpoint_pipeline(checkpoint, list(checkpoint.jobs.all())),
+                     "generations": counts, "alerts": checkpoint.alerts.count()})
     return rows
+
+
+def run_alerts(*, run: Run, limit: int = 50):
+    """The run's newest alerts, for the run page."""
+    return run.alerts.select_related("checkpoint").order_by("-cursor")[:limit]
 
 
 def run_generation_grid(*, run: Run) -> tuple[list[Checkpoint], list[dict]]:

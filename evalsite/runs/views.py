@@ -3,7 +3,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
 from evalsite.runs.models import EvalSet, Run
-from evalsite.runs.selectors import evalset_list, job_list_recent, run_checkpoint_table, run_generation_grid, run_list
+from evalsite.runs.selectors import (evalset_list, job_list_recent, run_alerts, run_checkpoint_table,
+                                     run_generation_grid, run_list)
 
 
 @login_required
@@ -39,5 +40,5 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
         request,
         "runs/run_detail.html",
         {"run": run, "table": run_checkpoint_table(run=run), "checkpoints": checkpoints, "grid": grid,
-         "metric_columns": metrics["columns"], "metric_rows": metric_rows},
+         "metric_columns": metrics["columns"], "metric_rows": metric_rows, "alerts": run_alerts(run=run)},
     )

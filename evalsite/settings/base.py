@@ -67,10 +67,12 @@ INSTALLED_APPS = [
     "evalsite.listening",
     "evalsite.alerts",
     "evalsite.api",
+    "evalsite.analysis",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "evalsite.api.fastpath.AlertPollNotModifiedMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",

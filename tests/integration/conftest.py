@@ -42,8 +42,8 @@ def real_services():
 class WorkerProcess:
     """A real ``celery worker`` subprocess in its own process group (so SIGKILL reaches every child)."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, name: str) -> None:
-        self.env, self.log_path, self.name = env, log_path, name
+    def __init__(self, env: dict[str, str], log_path: Path, name: str, beat: bool = False) -> None:
+        self.env, self.log_path, self.name, self.beat = env, log_path, name, beat
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 90.0) -> "WorkerProcess":
@@ -51,7 +51,8 @@ class WorkerProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "evalsite", "worker", "-Q", "gpu,cpu", "--concurrency", "1",
-             "-n", f"{self.name}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle"],
+             "-n", f"{self.name}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+             *(["-B", "--schedule", str(self.log_path.with_suffix(".beat"))] if self.beat else [])],
             cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + timeout
@@ -109,8 +110,9 @@ def worker_env(transactional_db, settings, tmp_path):
 def start_worker(worker_env, tmp_path):
     workers: list[WorkerProcess] = []
 
-    def start(name: str = "w") -> WorkerProcess:
-        worker = WorkerProcess(worker_env, tmp_path / f"worker-{name}.log", f"{name}{len(workers)}").start()
+    def start(name: str = "w", *, beat: bool = False) -> WorkerProcess:
+        """A worker on both queues; ``beat`` also runs the periodic tasks (watcher, alert rules) in it."""
+        worker = WorkerProcess(worker_env, tmp_path / f"worker-{name}.log", f"{name}{len(workers)}", beat).start()
         workers.append(worker)
         return worker
 

@@ -182,3 +182,21 @@ def test_a_webhook_answered_404_or_out_of_attempts_is_failed_with_the_reason(run
     outcome, retry_in = webhook_deliver(delivery_id=lost.deliveries.get().pk)
     assert outcome == "retrying" and retry_in > 0
     assert "ConnectionError" in lost.deliveries.get().last_error
+
+
+def test_the_run_page_shows_each_checkpoints_pipeline_stages_and_the_alerts(run, client, django_user_model):
+    from evalsite.runs.models import Job
+
+    ckpt = checkpoint_with(run, 1000)
+    Job.objects.create(kind="generation", run=run, checkpoint=ckpt, status="done")
+    Job.objects.create(kind="metrics", run=run, checkpoint=ckpt, status="failed", error="every metric failed; first: x")
+    Checkpoint.objects.filter(pk=ckpt.pk).update(status="failed")
+    alert_create(run=run, checkpoint=ckpt, dedupe_key="k", kind="detector_any", severity="critical",
+                 title="nan_or_silence: 3 events in the outputs of step 1000")
+    client.force_login(django_user_model.objects.create_user("r", password="x"))
+    html = client.get(f"/runs/{run.pk}/").content.decode()
+    row = html[html.index('id="step-1000"'):]
+    row = row[:row.index("</tr>")]
+    assert row.count("status-done") == 1 and row.count("status-failed") == 2  # checkpoint + metrics stage
+    assert "every metric failed" in row
+    assert "nan_or_silence: 3 events" in html and "severity-critical" in html

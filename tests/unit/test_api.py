@@ -218,3 +218,26 @@ def test_a_listening_test_is_built_and_published_through_the_api_by_the_runs_tok
     # Another run's token does not see it.
     _, other_token = run_create(name="other", kind="vocoder", model_family="hifigan")
     assert client_for(other_token).get(f"/api/v1/listening-tests/{test.pk}/").status_code == 404
+
+
+def test_an_unchanged_alert_poll_is_answered_304_with_one_query_and_anything_else_falls_through(
+        run_and_token, django_assert_num_queries):
+    run, token = run_and_token
+    client = client_for(token)
+    url = f"/api/v1/runs/{run.pk}/alerts/"
+    first = client.get(url, {"after": 0, "limit": 10})
+    with django_assert_num_queries(1):
+        again = client.get(url, {"after": 0, "limit": 10}, HTTP_IF_NONE_MATCH=first["ETag"])
+    assert again.status_code == 304 and again["ETag"] == first["ETag"]
+    alert_create(run=run, dedupe_key="new", kind="detector_any", severity="info", title="new")
+    changed = client.get(url, {"after": 0, "limit": 10}, HTTP_IF_NONE_MATCH=first["ETag"])
+    assert changed.status_code == 200 and [a["title"] for a in changed.json()["results"]] == ["new"]
+    # The ETag of one query is not the ETag of another, and bad parameters still get the field error.
+    assert client.get(url, {"after": 1, "limit": 10}, HTTP_IF_NONE_MATCH=changed["ETag"]).status_code == 200
+    bad = client.get(url, {"after": "x"}, HTTP_IF_NONE_MATCH=changed["ETag"])
+    assert bad.status_code == 400 and "after" in bad.json()["extra"]["fields"]
+    # Another run's id with this token, or a wrong token, is never a 304.
+    other, other_token = run_create(name="other", kind="vocoder", model_family="hifigan")
+    assert client.get(f"/api/v1/runs/{other.pk}/alerts/", HTTP_IF_NONE_MATCH='"a"').status_code == 404
+    stale = client_for("evr_wrong").get(url, {"after": 0, "limit": 10}, HTTP_IF_NONE_MATCH=changed["ETag"])
+    assert stale.status_code == 401

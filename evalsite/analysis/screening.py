@@ -1,0 +1,315 @@
+"""Post-screening of listeners: BS.1534-3 §4.1.2, gold/trapping failures, constant raters, low agreement.
+
+Every rule is a small frozen dataclass; pass ``None`` in :class:`ScreeningRules` to switch a rule off.
+:func:`screen_listeners` returns a :class:`Screening` that names each excluded listener with every rule
+that excluded them and a sentence with the numbers, lists where a rule could not be applied, and keeps
+the parameters, so a report can print the rule used. :func:`apply_screening` drops the excluded listeners,
+so every score can be shown with and without exclusions. Frame conventions: :mod:`evalsite.analysis.stats`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from evalsite.analysis.stats import _clean_ratings
+
+SYSTEM_ROLE = "system"
+HIDDEN_REFERENCE = "hidden_reference"
+MID_ANCHOR = "anchor_lp70"
+EXCLUSION_COLUMNS = ["listener", "rule", "reason"]
+
+
+@dataclass(frozen=True)
+class Bs1534Rule:
+    """ITU-R BS.1534-3 §4.1.2 post-screening (MUSHRA only).
+
+    Exclude a listener who rates the hidden reference below ``reference_below`` for more than
+    ``max_share`` of items, or the mid-range anchor above ``anchor_above`` for more than ``max_share``
+    of items. Items where more than ``anchor_item_guard`` of listeners rate the mid anchor above
+    ``anchor_above`` are left out of the anchor rule (numerator and denominator). A listener's repeated
+    ratings of one item's reference (or anchor) are averaged.
+    """
+
+    reference_below: float = 90.0
+    anchor_above: float = 90.0
+    max_share: float = 0.15
+    anchor_item_guard: float = 0.25
+    anchor_role: str = MID_ANCHOR
+
+
+@dataclass(frozen=True)
+class QcRule:
+    """Exclude a listener with more than ``max_failures`` failed gold or trapping questions (P.808 §6.3.8)."""
+
+    max_failures: int = 0
+    checks: tuple[str, ...] = ("gold", "trapping")
+
+
+@dataclass(frozen=True)
+class ConstantRule:
+    """Exclude a near-constant rater (straight-lining): low SD or one answer on nearly every trial.
+
+    Judged on system stimuli (role ``"system"`` when there is a role column): SD below ``min_sd``, or
+    the most frequent answer on more than ``max_same_share`` of trials. ``min_sd=None`` takes the scale
+    default: 5 for MUSHRA (0-100), 0.25 for MOS/SMOS/CMOS. Listeners with fewer than ``min_ratings``
+    system ratings are not judged (recorded in ``not_applied``).
+    """
+
+    min_sd: float | None = None
+    max_same_share: float = 0.9
+    min_ratings: int = 5
+
+
+@dataclass(frozen=True)
+class AgreementRule:
+    """Exclude a listener whose scores correlate below ``min_r`` with the leave-one-out mean of the others.
+
+    The correlation runs over the (item, system) cells the listener rated and at least one other listener
+    rated (all roles; repeats averaged). With fewer than ``min_common_cells`` such cells, or constant scores
+    on either side, the rule is not applied (recorded in ``not_applied``). One pass over all listeners.
+    """
+
+    method: Literal["spearman", "pearson"] = "spearman"
+    min_r: float = 0.3
+    min_common_cells: int = 5
+
+
+@dataclass(frozen=True)
+class ScreeningRules:
+    """The set of rules to run; ``None`` switches a rule off."""
+
+    bs1534: Bs1534Rule | None = field(default_factory=Bs1534Rule)
+    qc: QcRule | None = field(default_factory=QcRule)
+    constant: ConstantRule | None = field(default_factory=ConstantRule)
+    agreement: AgreementRule | None = field(default_factory=AgreementRule)
+
+
+@dataclass(frozen=True, eq=False)
+class Screening:
+    """Outcome of :func:`screen_listeners`: who is excluded and why, who is kept, and the rules used."""
+
+    kind: str
+    rules: ScreeningRules
+    excluded: pd.DataFrame
+    kept_listeners: tuple
+    not_applied: pd.DataFrame
+    qc_given: bool = False
+
+    @property
+    def excluded_listeners(self) -> tuple:
+        """Excluded listener ids, sorted, each once."""
+        return tuple(sorted(self.excluded["listener"].unique(), key=str))
+
+    def parameters(self) -> dict:
+        """The rules and thresholds used, as plain data (``None`` = switched off), for a report or JSON."""
+        out = asdict(self.rules)
+        if out["constant"] is not None:
+            out["constant"]["min_sd"] = _min_sd(self.rules.constant, self.kind)
+        if self.kind != "mushra":
+            out["bs1534"] = None
+        if not self.qc_given:
+            out["qc"] = None
+        return out
+
+    def describe_rules(self) -> list[str]:
+        """One sentence per active rule, for a report's "post-screening used" section."""
+        r, out = self.rules, []
+        if r.bs1534 and self.kind == "mushra":
+            b = r.bs1534
+            out.append(
+                f"ITU-R BS.1534-3 §4.1.2: excluded listeners who rated the hidden reference below "
+                f"{b.reference_below:g} or the mid-range anchor ({b.anchor_role}) above {b.anchor_above:g} on more "
+                f"than {_pct(b.max_share)} of items; items where more than {_pct(b.anchor_item_guard)} of listeners "
+                f"rated the mid anchor above {b.anchor_above:g} were left out of the anchor rule."
+            )
+        if r.qc and self.qc_given:
+            checks = " or ".join(r.qc.checks)
+            out.append(f"Excluded listeners with more than {r.qc.max_failures} failed {checks} questions.")
+        if r.constant:
+            sd = _min_sd(r.constant, self.kind)
+            out.append(f"Excluded near-constant raters: SD of system scores below {sd:g}, or the same answer on "
+                       f"more than {_pct(r.constant.max_same_share)} of trials (judged with at least "
+                       f"{r.constant.min_ratings} ratings).")
+        if r.agreement:
+            a = r.agreement
+            out.append(f"Excluded listeners whose {a.method.capitalize()} correlation with the leave-one-out mean "
+                       f"of the other listeners was below {a.min_r:g} (needs at least {a.min_common_cells} "
+                       "common cells).")
+        return out
+
+
+def _pct(share: float) -> str:
+    """Write a share as a percentage the way reports do ("15 %")."""
+    return f"{100 * share:.0f} %"
+
+
+def _min_sd(rule: ConstantRule, kind: str) -> float:
+    """Scale-dependent default of the constant-rater SD threshold."""
+    if rule.min_sd is not None:
+        return rule.min_sd
+    return 5.0 if kind == "mushra" else 0.25
+
+
+def _bs1534(frame: pd.DataFrame, rule: Bs1534Rule) -> list[dict]:
+    """Hidden-reference and mid-anchor rules with the per-item anchor guard of BS.1534-3 §4.1.2."""
+    out = []
+    per_item = frame.groupby(["listener", "item", "role"], sort=True)["score"].mean().reset_index()
+    ref = per_item.loc[per_item["role"] == HIDDEN_REFERENCE]
+    for listener, g in ref.groupby("listener", sort=True):
+        bad, n = int((g["score"] < rule.reference_below).sum()), len(g)
+        if n and bad / n > rule.max_share:
+            out.append(dict(listener=listener, rule="bs1534_reference", reason=(
+                f"rated the hidden reference below {rule.reference_below:g} on {bad} of {n} items "
+                f"({_pct(bad / n)} > {_pct(rule.max_share)})")))
+    anchor = per_item.loc[per_item["role"] == rule.anchor_role].copy()
+    anchor["high"] = anchor["score"] > rule.anchor_above
+    item_share = anchor.groupby("item")["high"].mean()
+    guarded = set(item_share.index[item_share > rule.anchor_item_guard])
+    counted = anchor.loc[~anchor["item"].isin(guarded)]
+    for listener, g in counted.groupby("listener", sort=True):
+        bad, n = int(g["high"].sum()), len(g)
+        if n and bad / n > rule.max_share:
+            skipped = int(anchor.loc[anchor["listener"] == listener, "item"].isin(guarded).sum())
+            extra = (f"; {skipped} item(s) where more than {_pct(rule.anchor_item_guard)} of listeners rated the "
+                     f"anchor above {rule.anchor_above:g} were left out") if skipped else ""
+            out.append(dict(listener=listener, rule="bs1534_anchor", reason=(
+                f"rated the mid-range anchor ({rule.anchor_role}) above {rule.anchor_above:g} on {bad} of {n} items "
+                f"({_pct(bad / n)} > {_pct(rule.max_share)}){extra}")))
+    return out
+
+
+def _qc(listeners: list, qc: dict, rule: QcRule) -> list[dict]:
+    """Gold and trapping question failures from the per-listener QC summary."""
+    out = []
+    for listener in listeners:
+        record = qc.get(listener) or {}
+        for check in rule.checks:
+            c = record.get(check)
+            if not c:
+                continue
+            total, passed = int(c.get("total", 0)), int(c.get("passed", 0))
+            failed = total - passed
+            if failed > rule.max_failures:
+                out.append(dict(listener=listener, rule=f"qc_{check}", reason=(
+                    f"failed {failed} of {total} {check} questions (more than {rule.max_failures} allowed)")))
+    return out
+
+
+def _constant(frame: pd.DataFrame, rule: ConstantRule, kind: str) -> tuple[list[dict], list[dict]]:
+    """Near-constant raters over system stimuli (straight-lining, P.808's rating-variance check)."""
+    out, skipped = [], []
+    min_sd = _min_sd(rule, kind)
+    systems = frame.loc[frame["role"] == SYSTEM_ROLE] if "role" in frame else frame
+    for listener in sorted(frame["listener"].unique(), key=str):
+        s = systems.loc[systems["listener"] == listener, "score"].to_numpy(float)
+        if len(s) < rule.min_ratings:
+            skipped.append(dict(listener=listener, rule="constant", reason=(
+                f"only {len(s)} system ratings (at least {rule.min_ratings} needed)")))
+            continue
+        sd = float(np.std(s, ddof=1))
+        values, counts = np.unique(s, return_counts=True)
+        top = counts.max() / len(s)
+        if sd < min_sd:
+            out.append(dict(listener=listener, rule="constant", reason=(
+                f"scores of system stimuli have SD {sd:.2f} over {len(s)} ratings (< {min_sd:g})")))
+        elif top > rule.max_same_share:
+            out.append(dict(listener=listener, rule="constant", reason=(
+                f"gave the same answer ({values[counts.argmax()]:g}) on {counts.max()} of {len(s)} trials "
+                f"({_pct(top)} > {_pct(rule.max_same_share)})")))
+    return out, skipped
+
+
+def _agreement(frame: pd.DataFrame, rule: AgreementRule) -> tuple[list[dict], list[dict]]:
+    """Correlation of each listener with the leave-one-out mean of the others over shared (item, system) cells."""
+    out, skipped = [], []
+    units = ["item", "system"] + (["comparison"] if "comparison" in frame else [])
+    cell = frame.groupby(["listener", *units], sort=True)["score"].mean().reset_index()
+    totals = cell.groupby(units)["score"].agg(["sum", "count"])
+    cell = cell.join(totals, on=units)
+    cell = cell.loc[cell["count"] >= 2]
+    cell["loo"] = (cell["sum"] - cell["score"]) / (cell["count"] - 1)
+    corr = sps.spearmanr if rule.method == "spearman" else sps.pearsonr
+    for listener in sorted(frame["listener"].unique(), key=str):
+        g = cell.loc[cell["listener"] == listener]
+        if len(g) < rule.min_common_cells:
+            skipped.append(dict(listener=listener, rule="agreement", reason=(
+                f"only {len(g)} cells shared with other listeners (at least {rule.min_common_cells} needed)")))
+            continue
+        x, y = g["score"].to_numpy(float), g["loo"].to_numpy(float)
+        if np.ptp(x) == 0 or np.ptp(y) == 0:
+            skipped.append(dict(listener=listener, rule="agreement", reason=(
+                "constant scores on the shared cells; correlation undefined")))
+            continue
+        r = float(corr(x, y)[0])
+        if r < rule.min_r:
+            out.append(dict(listener=listener, rule="agreement", reason=(
+                f"{rule.method.capitalize()} correlation with the other listeners' mean is {r:.2f} over {len(g)} "
+                f"cells (< {rule.min_r:g})")))
+    return out, skipped
+
+
+def screen_listeners(
+    ratings: pd.DataFrame,
+    *,
+    kind: str,
+    qc: dict | None = None,
+    rules: ScreeningRules = ScreeningRules(),
+) -> Screening:
+    """Run the post-screening rules and say, per excluded listener, which rules excluded them and why.
+
+    Args:
+        ratings: Ratings frame; for MUSHRA with a ``role`` column (``hidden_reference``, ``anchor_lp70``, ...).
+        kind: ``"mos"``, ``"smos"``, ``"mushra"`` or ``"cmos"``; the BS.1534-3 rule runs for MUSHRA only.
+        qc: ``{listener: {"gold": {"passed": n, "total": n}, "trapping": {...}}}``; listeners absent from it
+            are not judged by the QC rule.
+        rules: Which rules run and their thresholds.
+
+    Returns:
+        A :class:`Screening`; ``excluded`` has one row per (listener, rule) with a reason sentence;
+        ``not_applied`` says where a rule could not judge a listener (listener missing: the rule could
+        not run at all).
+
+    Example:
+        >>> s = screen_listeners(ratings, kind="mushra", rules=ScreeningRules(agreement=None))  # doctest: +SKIP
+        >>> s.excluded.to_dict("records")[0]  # doctest: +SKIP
+        {'listener': 'p07', 'rule': 'bs1534_reference',
+         'reason': 'rated the hidden reference below 90 on 3 of 12 items (25 % > 15 %)'}
+    """
+    frame = _clean_ratings(ratings, kind=kind)
+    listeners = sorted(frame["listener"].unique(), key=str)
+    excluded, skipped = [], []
+    if rules.bs1534 and kind == "mushra":
+        roles = set(frame["role"]) if "role" in frame else set()
+        for rule, role in (("bs1534_reference", HIDDEN_REFERENCE), ("bs1534_anchor", rules.bs1534.anchor_role)):
+            if role not in roles:
+                skipped.append(dict(listener=None, rule=rule, reason=f"no ratings with role {role!r}; rule not run"))
+        excluded += _bs1534(frame, rules.bs1534) if roles else []
+    if rules.qc and qc:
+        excluded += _qc(listeners, qc, rules.qc)
+    if rules.constant:
+        found, missed = _constant(frame, rules.constant, kind)
+        excluded, skipped = excluded + found, skipped + missed
+    if rules.agreement:
+        found, missed = _agreement(frame, rules.agreement)
+        excluded, skipped = excluded + found, skipped + missed
+    order = {l: k for k, l in enumerate(listeners)}
+    excluded = sorted(excluded, key=lambda e: (order[e["listener"]], e["rule"]))
+    excluded_df = pd.DataFrame(excluded, columns=EXCLUSION_COLUMNS)
+    gone = set(excluded_df["listener"])
+    return Screening(
+        kind=kind, rules=rules, excluded=excluded_df,
+        kept_listeners=tuple(l for l in listeners if l not in gone),
+        not_applied=pd.DataFrame(skipped, columns=EXCLUSION_COLUMNS),
+        qc_given=bool(rules.qc and qc),
+    )
+
+
+def apply_screening(ratings: pd.DataFrame, screening: Screening) -> pd.DataFrame:
+    """Ratings of the kept listeners only, so scores can be shown with and without exclusions."""
+    return ratings.loc[~ratings["listener"].isin(set(screening.excluded["listener"]))]
+

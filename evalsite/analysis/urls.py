@@ -1,0 +1,9 @@
+from django.urls import path
+
+from evalsite.analysis import views
+
+app_name = "analysis"
+
+urlpatterns = [
+    path("plotly.js", views.plotly_js, name="plotly-js"),
+]

@@ -1,0 +1,181 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evalsite.analysis.screening import (
+    AgreementRule,
+    Bs1534Rule,
+    ConstantRule,
+    QcRule,
+    ScreeningRules,
+    apply_screening,
+    screen_listeners,
+)
+from evalsite.analysis.stats import system_scores
+
+N_ITEMS = 20
+SYSTEMS = {"sys_a": 75.0, "sys_b": 55.0, "sys_c": 35.0}
+
+
+def good_listener(rng, listener, *, ref=None, anchor=None):
+    """Ratings of an attentive MUSHRA listener; ``ref``/``anchor`` override {item: score}."""
+    ref, anchor, rows = ref or {}, anchor or {}, []
+    for item in range(N_ITEMS):
+        offset = rng.normal(0, 5)
+        rows += [(listener, item, "ref", "hidden_reference", ref.get(item, rng.uniform(92, 100))),
+                 (listener, item, "lp70", "anchor_lp70", anchor.get(item, np.clip(rng.normal(60, 6), 0, 100))),
+                 (listener, item, "lp35", "anchor_lp35", np.clip(rng.normal(20, 6), 0, 100))]
+        rows += [(listener, item, s, "system", np.clip(m + offset + rng.normal(0, 8), 0, 100))
+                 for s, m in SYSTEMS.items()]
+    return rows
+
+
+def frame(rows):
+    return pd.DataFrame(rows, columns=["listener", "item", "system", "role", "score"])
+
+
+@pytest.fixture(scope="module")
+def panel():
+    """10 good listeners and four planted bad ones."""
+    rng = np.random.default_rng(20)
+    rows = []
+    for k in range(10):
+        rows += good_listener(rng, f"good{k}")
+    rows += good_listener(rng, "bad_ref", ref={i: 70.0 for i in range(6)})  # 6 of 20 items = 30 %
+    rows += good_listener(rng, "bad_anchor", anchor={i: 95.0 for i in range(0, 16, 2)})  # 8 of 20 = 40 %
+    rows += [(l, i, s, role, 50.0) for (l, i, s, role, _) in good_listener(rng, "constant")]
+    rows += [(l, i, s, role, rng.uniform(0, 100)) for (l, i, s, role, _) in good_listener(rng, "random")]
+    return frame(rows)
+
+
+def reasons(screening):
+    return {l: set(g["rule"]) for l, g in screening.excluded.groupby("listener")}
+
+
+def test_planted_bad_listeners_are_excluded_with_the_right_reasons_and_good_ones_kept(panel):
+    s = screen_listeners(panel, kind="mushra")
+    got = reasons(s)
+    assert set(got) == {"bad_ref", "bad_anchor", "constant", "random"}
+    assert got["bad_ref"] == {"bs1534_reference"}
+    assert got["bad_anchor"] == {"bs1534_anchor"}
+    assert {"constant", "bs1534_reference"} <= got["constant"] and "agreement" not in got["constant"]
+    assert {"agreement", "bs1534_reference"} <= got["random"]
+    assert s.kept_listeners == tuple(f"good{k}" for k in range(10))
+    assert s.excluded_listeners == ("bad_anchor", "bad_ref", "constant", "random")
+
+
+def test_reasons_are_sentences_with_the_numbers(panel):
+    ex = screen_listeners(panel, kind="mushra").excluded.set_index(["listener", "rule"])["reason"]
+    assert ex[("bad_ref", "bs1534_reference")] == "rated the hidden reference below 90 on 6 of 20 items (30 % > 15 %)"
+    assert ex[("bad_anchor", "bs1534_anchor")] == (
+        "rated the mid-range anchor (anchor_lp70) above 90 on 8 of 20 items (40 % > 15 %)")
+    assert ex[("constant", "constant")].startswith("scores of system stimuli have SD 0.00 over 60 ratings (< 5)")
+    assert "Spearman correlation with the other listeners' mean is" in ex[("random", "agreement")]
+
+
+def test_agreement_rule_records_where_it_could_not_be_applied(panel):
+    s = screen_listeners(panel, kind="mushra")
+    row = s.not_applied.set_index(["listener", "rule"]).loc[("constant", "agreement"), "reason"]
+    assert "constant" in row
+    few = panel.loc[panel["item"] < 1]  # 6 cells per listener
+    s = screen_listeners(few, kind="mushra", rules=ScreeningRules(agreement=AgreementRule(min_common_cells=10)))
+    assert set(s.not_applied.loc[s.not_applied["rule"] == "agreement", "listener"]) == set(panel["listener"])
+    assert "only 6 cells shared" in s.not_applied["reason"].iloc[-1]
+
+
+def test_anchor_rule_leaves_out_items_where_most_listeners_rate_the_anchor_high():
+    rng = np.random.default_rng(21)
+    rows = []
+    for k in range(10):  # on items 0 and 1 the 7 kHz anchor is transparent: 6 of 10 listeners rate it 95
+        high = {0: 95.0, 1: 95.0} if k < 6 else {}
+        if k == 0:
+            high.update({2: 95.0, 3: 95.0})  # listener 0: 4 of 20 items, but 2 of them are guarded
+        rows += good_listener(rng, f"l{k}", anchor=high)
+    ratings = frame(rows)
+    only_bs = dict(qc=None, constant=None, agreement=None)
+    guarded = screen_listeners(ratings, kind="mushra", rules=ScreeningRules(**only_bs))
+    assert guarded.excluded.empty and len(guarded.kept_listeners) == 10
+    unguarded = screen_listeners(ratings, kind="mushra",
+                                 rules=ScreeningRules(bs1534=Bs1534Rule(anchor_item_guard=1.0), **only_bs))
+    assert list(unguarded.excluded["listener"]) == ["l0"]
+    assert "on 4 of 20 items (20 % > 15 %)" in unguarded.excluded["reason"].iloc[0]
+    # a listener over the limit on the unguarded items is told how many items were left out
+    rows = good_listener(rng, "l_bad", anchor={0: 95.0, 1: 95.0, 4: 95.0, 5: 95.0, 6: 95.0})
+    s = screen_listeners(pd.concat([ratings, frame(rows)]), kind="mushra", rules=ScreeningRules(**only_bs))
+    assert list(s.excluded["listener"]) == ["l_bad"]
+    assert s.excluded["reason"].iloc[0] == (
+        "rated the mid-range anchor (anchor_lp70) above 90 on 3 of 18 items (17 % > 15 %); 2 item(s) where more "
+        "than 25 % of listeners rated the anchor above 90 were left out")
+
+
+def test_bs1534_rule_says_it_could_not_run_without_a_mid_anchor(panel):
+    s = screen_listeners(panel.loc[panel["role"] != "anchor_lp70"], kind="mushra")
+    row = s.not_applied.loc[s.not_applied["rule"] == "bs1534_anchor"]
+    assert len(row) == 1 and row["listener"].isna().all()
+    assert row["reason"].iloc[0] == "no ratings with role 'anchor_lp70'; rule not run"
+    assert "bs1534_reference" in set(s.excluded["rule"])
+
+
+def test_bs1534_rule_runs_for_mushra_only():
+    rng = np.random.default_rng(22)
+    ratings = frame(good_listener(rng, "a", ref={i: 50.0 for i in range(N_ITEMS)}) + good_listener(rng, "b"))
+    assert "bs1534_reference" in set(screen_listeners(ratings, kind="mushra").excluded["rule"])
+    assert "bs1534_reference" not in set(screen_listeners(ratings, kind="mos").excluded["rule"])
+
+
+def mos_panel(rng, n=8, items=20):
+    rows = [(f"p{k}", i, s, "system", float(np.clip(round(m + rng.normal(0, 0.7)), 1, 5)))
+            for k in range(n) for i in range(items) for s, m in {"x": 4.0, "y": 2.5}.items()]
+    return pd.DataFrame(rows, columns=["listener", "item", "system", "role", "score"])
+
+
+def test_gold_and_trapping_failures_exclude_above_the_allowed_number():
+    ratings = mos_panel(np.random.default_rng(23))
+    qc = {"p0": {"gold": {"passed": 2, "total": 3}, "trapping": {"passed": 2, "total": 2}},
+          "p1": {"gold": {"passed": 3, "total": 3}, "trapping": {"passed": 0, "total": 2}},
+          "p2": {"gold": {"passed": 3, "total": 3}}, "nobody": {"gold": {"passed": 0, "total": 3}}}
+    s = screen_listeners(ratings, kind="mos", qc=qc)
+    assert s.excluded[["listener", "rule", "reason"]].values.tolist() == [
+        ["p0", "qc_gold", "failed 1 of 3 gold questions (more than 0 allowed)"],
+        ["p1", "qc_trapping", "failed 2 of 2 trapping questions (more than 0 allowed)"]]
+    lenient = screen_listeners(ratings, kind="mos", qc=qc, rules=ScreeningRules(qc=QcRule(max_failures=1)))
+    assert list(lenient.excluded["listener"]) == ["p1"]
+
+
+def test_same_answer_on_almost_every_trial_is_a_constant_rater_even_with_some_spread():
+    ratings = mos_panel(np.random.default_rng(24))
+    straight = pd.DataFrame({"listener": "lazy", "item": range(40), "system": ["x", "y"] * 20, "role": "system",
+                             "score": [4.0] * 38 + [1.0, 1.0]})
+    s = screen_listeners(pd.concat([ratings, straight]), kind="mos")
+    row = s.excluded.set_index("listener").loc["lazy"]
+    assert row["rule"] == "constant"
+    assert row["reason"] == "gave the same answer (4) on 38 of 40 trials (95 % > 90 %)"
+    relaxed = screen_listeners(pd.concat([ratings, straight]), kind="mos",
+                               rules=ScreeningRules(constant=ConstantRule(max_same_share=0.96)))
+    assert "lazy" in relaxed.kept_listeners
+
+
+def test_switched_off_rules_do_not_run_and_the_rules_used_can_be_printed(panel):
+    off = ScreeningRules(bs1534=None, qc=None, constant=None, agreement=None)
+    s = screen_listeners(panel, kind="mushra", rules=off)
+    assert s.excluded.empty and len(s.kept_listeners) == 14
+    text = screen_listeners(panel, kind="mushra").describe_rules()
+    assert text[0].startswith("ITU-R BS.1534-3 §4.1.2") and "more than 15 % of items" in text[0]
+    assert any("SD of system scores below 5" in t for t in text)
+    assert not any("gold" in t for t in text)  # no QC data given: the QC rule did not run
+    params = screen_listeners(panel, kind="mushra").parameters()
+    assert params["bs1534"]["max_share"] == 0.15 and params["constant"]["min_sd"] == 5.0 and params["qc"] is None
+    assert screen_listeners(panel, kind="mos", qc={"good0": {}}).parameters()["bs1534"] is None
+    json.dumps(params)
+
+
+def test_apply_screening_keeps_only_kept_listeners_so_scores_can_be_shown_both_ways(panel):
+    s = screen_listeners(panel, kind="mushra")
+    kept = apply_screening(panel, s)
+    assert set(kept["listener"]) == set(s.kept_listeners)
+    before = system_scores(panel, kind="mushra", n_boot=0).set_index("system")
+    after = system_scores(kept, kind="mushra", n_boot=0).set_index("system")
+    assert after.loc["ref", "mean"] > before.loc["ref", "mean"]
+    assert after.loc["ref", "listeners"] == 10 and before.loc["ref", "listeners"] == 14
