@@ -54,5 +54,7 @@ def test_a_checkpoint_goes_through_generation_and_metrics_on_a_real_worker_after
     assert results["mrstft/auraloss-default"].status == "done" and len(results["si_sdr"].per_item) == 6
     # No VGGish weights in the worker's model store: stored as failed with the file to put there.
     assert results["fad/vggish-16k"].status == "failed" and "vggish" in results["fad/vggish-16k"].error
-    assert Checkpoint.objects.get(pk=good_ckpt.pk).status == "done"
+    # Then the detectors, which end the pipeline.
+    wait_for(lambda: Checkpoint.objects.get(pk=good_ckpt.pk).status == "done", timeout=120, interval=0.5,
+             message="the detection stage to finish the checkpoint")
     assert Checkpoint.objects.get(pk=bad_ckpt.pk).status == "failed"

@@ -180,3 +180,25 @@ def test_fad_of_a_checkpoint_whose_outputs_are_the_references_is_zero(vocoder_ru
         g.save()
     score(job)
     assert MetricResult.objects.get(checkpoint=ckpt, name="fad/resemblyzer-16k").value == pytest.approx(0, abs=1e-6)
+
+
+def test_the_detection_stage_stores_events_per_output_finishes_the_checkpoint_and_a_rerun_does_not_double_them(
+        vocoder_run, tmp_path):
+    from evalsite.scoring.detection import detection_job_work
+    from evalsite.scoring.models import DetectorEvent, DetectorPass
+
+    ckpt, metrics_job = generate(vocoder_run, tmp_path, 1000)
+    scored = score(metrics_job)
+    detection = Job.objects.get(pk=scored.result["detection_job_id"])
+    done = job_execute(job_id=detection.pk, worker="t", work=detection_job_work)
+    assert done.status == "done", done.error
+    assert DetectorPass.objects.filter(checkpoint=ckpt).count() == 4
+    assert done.result["clips"] == 4 and set(done.result["events"]) >= {"clicks", "nan_or_silence"}
+    events = DetectorEvent.objects.filter(checkpoint=ckpt).count()
+    assert events == sum(done.result["events"].values())
+    ckpt.refresh_from_db()
+    assert ckpt.status == Checkpoint.Status.DONE
+    again = job_execute(job_id=Job.objects.create(kind="detection", run=vocoder_run, checkpoint=ckpt,
+                                                  params=detection.params).pk, worker="t", work=detection_job_work)
+    assert again.status == "done" and DetectorEvent.objects.filter(checkpoint=ckpt).count() == events
+    assert DetectorPass.objects.filter(checkpoint=ckpt).count() == 4
