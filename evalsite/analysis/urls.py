@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 
 from evalsite.analysis import views
 
@@ -6,4 +6,5 @@ app_name = "analysis"
 
 urlpatterns = [
     path("plotly.js", views.plotly_js, name="plotly-js"),
+    path("", include("evalsite.analysis.run_urls")),
 ]

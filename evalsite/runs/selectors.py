@@ -1,5 +1,7 @@
 """Reads for runs, eval sets and jobs."""
 
+from collections import defaultdict
+
 from django.db.models import Count, QuerySet
 
 from evalsite.runs.models import Checkpoint, EvalSet, Generation, Job, Run
@@ -18,16 +20,28 @@ def job_list_recent(*, limit: int = 50) -> QuerySet[Job]:
 
 
 def run_checkpoint_table(*, run: Run) -> list[dict]:
-    """Each checkpoint of the run with where it is in the pipeline, for the run page."""
+    """Each checkpoint of the run with where it is in the pipeline, for the run page.
+
+    Four queries whatever the number of checkpoints (jobs, generation counts and alert counts are
+    read for the whole run and grouped here).
+    """
+    from evalsite.alerts.models import Alert
     from evalsite.runs.pipeline import checkpoint_pipeline
 
+    jobs: dict[int, list[Job]] = defaultdict(list)
+    for job in (Job.objects.filter(checkpoint__run=run)
+                .only("id", "checkpoint_id", "kind", "status", "progress", "error", "created_at")):
+        jobs[job.checkpoint_id].append(job)
+    generations: dict[int, dict[str, int]] = defaultdict(lambda: {s: 0 for s in Generation.Status.values})
+    for checkpoint_id, status, n in (Generation.objects.filter(checkpoint__run=run).order_by()
+                                     .values_list("checkpoint_id", "status").annotate(n=Count("id"))):
+        generations[checkpoint_id][status] += n
+    alerts = dict(Alert.objects.filter(checkpoint__run=run).order_by().values_list("checkpoint_id")
+                  .annotate(n=Count("id")).values_list("checkpoint_id", "n"))
     rows = []
-    for checkpoint in Checkpoint.objects.filter(run=run).order_by("step").prefetch_related("jobs"):
-        counts = {s: 0 for s in Generation.Status.values}
-        for status in checkpoint.generations.values_list("status", flat=True):
-            counts[status] += 1
-        rows.append({"checkpoint": checkpoint, "pipeline": checkpoint_pipeline(checkpoint, list(checkpoint.jobs.all())),
-                     "generations": counts, "alerts": checkpoint.alerts.count()})
+    for checkpoint in Checkpoint.objects.filter(run=run).order_by("step"):
+        rows.append({"checkpoint": checkpoint, "pipeline": checkpoint_pipeline(checkpoint, jobs[checkpoint.pk]),
+                     "generations": dict(generations[checkpoint.pk]), "alerts": alerts.get(checkpoint.pk, 0)})
     return rows
 
 
@@ -36,14 +50,22 @@ def run_alerts(*, run: Run, limit: int = 50):
     return run.alerts.select_related("checkpoint").order_by("-cursor")[:limit]
 
 
-def run_generation_grid(*, run: Run) -> tuple[list[Checkpoint], list[dict]]:
-    """Items × checkpoints: the generation (or None) in each cell, for listening side by side."""
+def run_generation_grid(*, run: Run, last: int | None = None) -> tuple[list[Checkpoint], list[dict]]:
+    """Items × checkpoints: the generation (or None) in each cell, for listening side by side.
+
+    ``last`` keeps only the latest ``last`` checkpoints by step (the run page shows a few; None: all).
+    """
     checkpoints = list(Checkpoint.objects.filter(run=run).order_by("step"))
+    if last is not None:
+        checkpoints = checkpoints[-last:] if last > 0 else []
     if run.eval_set_id is None:
         return checkpoints, []
+    generations = Generation.objects.filter(checkpoint__run=run)
+    if last is not None:
+        generations = generations.filter(checkpoint_id__in=[c.pk for c in checkpoints])
     cells = {
         (g.item_id, g.checkpoint_id): g
-        for g in Generation.objects.filter(checkpoint__run=run).select_related("asset").order_by("created_at")
+        for g in generations.select_related("asset").order_by("created_at")
     }
     rows = []
     for item in run.eval_set.items.select_related("reference").order_by("key"):

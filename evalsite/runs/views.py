@@ -24,21 +24,25 @@ def evalset_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 
+LISTEN_GRID_CHECKPOINTS = 8
+"""The run page's listen grid shows the latest few checkpoints (``?listen=all``: every one), so a run
+with hundreds of checkpoints does not render hundreds of audio players per item."""
+
+
 @login_required
 def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
     run = get_object_or_404(Run.objects.select_related("eval_set"), pk=pk)
-    from evalsite.scoring.selectors import run_metric_table
+    from evalsite.analysis.run_selectors import run_failed_jobs, run_metric_grid, run_metric_series
 
-    checkpoints, grid = run_generation_grid(run=run)
-    metrics = run_metric_table(run=run)
-    metric_rows = [
-        {"checkpoint": row["checkpoint"],
-         "cells": [(cell, metrics["best"].get(i) == row["checkpoint"].pk) for i, cell in enumerate(row["cells"])]}
-        for row in metrics["rows"]
-    ]
+    listen_all = request.GET.get("listen") == "all"
+    checkpoints, grid = run_generation_grid(run=run, last=None if listen_all else LISTEN_GRID_CHECKPOINTS)
+    table = run_checkpoint_table(run=run)
+    metrics = run_metric_grid(run_metric_series(run=run))
     return render(
         request,
         "runs/run_detail.html",
-        {"run": run, "table": run_checkpoint_table(run=run), "checkpoints": checkpoints, "grid": grid,
-         "metric_columns": metrics["columns"], "metric_rows": metric_rows, "alerts": run_alerts(run=run)},
+        {"run": run, "table": table, "checkpoints": checkpoints, "grid": grid, "listen_all": listen_all,
+         "listen_latest": LISTEN_GRID_CHECKPOINTS, "checkpoint_count": len(table),
+         "metric_columns": metrics["columns"], "metric_rows": metrics["rows"], "alerts": run_alerts(run=run),
+         "failed_jobs": run_failed_jobs(run=run)},
     )
