@@ -9,6 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from evalsite.api.access import run_for
+from evalsite.api.fields import JSONObjectField
 from evalsite.api.runs import ERRORS
 
 MAX_LIMIT = 500
@@ -71,7 +72,7 @@ class AlertListApi(APIView):
 class RuleSerializer(serializers.Serializer):
     kind = serializers.ChoiceField(choices=["metric_regression", "detector_rate", "detector_any",
                                             "listener_flags", "score_drop"])
-    params = serializers.DictField(required=False, default=dict)
+    params = JSONObjectField(required=False, default=dict)
     severity = serializers.ChoiceField(choices=["info", "warning", "critical"], required=False, default="warning")
     enabled = serializers.BooleanField(required=False, default=True)
 

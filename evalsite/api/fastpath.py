@@ -5,6 +5,11 @@ changed. This middleware answers that case with a 304 after one indexed lookup (
 run id and newest alert cursor), before sessions, CSRF, authentication middleware and DRF run.
 Everything else — a changed ETag, no ETag, bad parameters, another token kind — falls through to
 ``AlertListApi``, which computes the same ETag and gives the full answer or the error.
+
+A 304 counts against the run token's rate limit like any request (one cache ``incr``): a poller
+stuck in a tight loop must be slowed here too. Over the limit it falls through, and DRF's throttle
+answers 429 with ``Retry-After``. Failed tokens never get a 304, so the per-IP budget for them is
+kept where they end up, in DRF's authentication.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import re
 
 from django.http import HttpRequest, HttpResponse, HttpResponseNotModified
 
+from evalsite.api import throttling
 from evalsite.api.alerts import MAX_LIMIT, alerts_etag
 from evalsite.api.authentication import RUN_TOKEN_PREFIX, token_hash
 
@@ -63,12 +69,16 @@ class AlertPollNotModifiedMiddleware:
         limit = _int(request.GET.get("limit"), 100, 1, MAX_LIMIT)
         if after is None or limit is None or set(request.GET) - {"after", "limit"}:
             return None
+        if throttling.over("anon", throttling.client_ip(request)) is not None:
+            return None  # an IP refused for guessing gets no 304 either: it would tell a right token apart
         row = _run_row(token_hash(header[7:].strip()))
         if row is None or row[0] != int(match.group(1)):
             return None  # DRF gives the 401 / 404
         etag = alerts_etag(row[0], after, limit, row[1])
         if etag not in request.META["HTTP_IF_NONE_MATCH"]:
             return None
+        if throttling.hit("token", f"run:{row[0]}") is not None:
+            return None  # over the run's budget: DRF's throttle answers the 429 with Retry-After
         response = HttpResponseNotModified()
         response["ETag"] = etag
         return response

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import re
+import string
 from typing import Any
 
 from django.db import transaction
@@ -13,7 +16,7 @@ from rest_framework.views import APIView
 
 from evalsite.api.access import RunPrincipal, run_for, runs_visible
 from evalsite.api.runs import ERRORS, ErrorSerializer
-from evalsite.core.exceptions import ApplicationError, NotFoundError
+from evalsite.core.exceptions import ApplicationError, ConflictError, NotFoundError
 from evalsite.listening.models import ListeningTest
 from evalsite.runs.models import Checkpoint, EvalItem
 
@@ -21,6 +24,44 @@ TEST_NOT_FOUND = "Listening test {test_id} does not exist or is not yours."
 CHECKPOINT_UNKNOWN = "run {run} has no checkpoint at step {step}."
 ITEMS_UNKNOWN = "unknown item keys in the checkpoints' eval set: {keys}."
 TEST_NAME_TAKEN = "a listening test named {name!r} already exists."
+
+
+# The request fields behind each of listening_test_build's refusals (by the name of its message).
+BUILD_ERROR_FIELDS = {
+    "NO_CHECKPOINTS": ("checkpoints",),
+    "AB_NEEDS_TWO": ("checkpoints", "kind"),
+    "MIXED_EVAL_SETS": ("checkpoints",),
+    "MUSHRA_TOO_MANY": ("checkpoints", "kind"),
+    "NO_USABLE_ITEMS": ("items", "checkpoints"),
+    "COMPARISON_ONLY_CMOS": ("comparison", "kind"),
+    "COMPARISON_IS_RATED": ("comparison",),
+    "NO_PREFERENCE_ONLY_AB": ("allow_no_preference", "kind"),
+    "NOTHING_TO_PUBLISH": ("publish",),
+}
+
+
+@functools.cache
+def _build_error_patterns() -> list[tuple[re.Pattern, tuple[str, ...]]]:
+    from evalsite.listening import services
+
+    patterns = []
+    for name, fields in BUILD_ERROR_FIELDS.items():
+        template = getattr(services, name, None)
+        if isinstance(template, str):  # a renamed message falls back to naming the body as a whole
+            regex = "".join(re.escape(literal) + (".*" if field is not None else "")
+                            for literal, field, _, _ in string.Formatter().parse(template))
+            patterns.append((re.compile(regex, re.DOTALL), fields))
+    return patterns
+
+
+def _with_fields(exc: ApplicationError) -> ApplicationError:
+    """The service's refusal with ``extra.fields`` naming the request fields it is about."""
+    if type(exc) is not ApplicationError or exc.extra.get("fields"):
+        return exc
+    for pattern, fields in _build_error_patterns():
+        if pattern.fullmatch(exc.message):
+            return ApplicationError(exc.message, extra={**exc.extra, "fields": {f: [exc.message] for f in fields}})
+    return exc
 
 
 class CheckpointRefSerializer(serializers.Serializer):
@@ -82,7 +123,8 @@ class ListeningTestCreateApi(APIView):
                                       default=None, help_text="eval item keys (default: every item)")
         training_items = serializers.IntegerField(min_value=0, max_value=20, default=1)
         votes_target = serializers.IntegerField(min_value=1, max_value=10000, default=10)
-        trials_per_participant = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None)
+        trials_per_participant = serializers.IntegerField(min_value=1, max_value=2**31 - 1, required=False,
+                                                          allow_null=True, default=None)
         title = serializers.CharField(max_length=200, default="Listening test")
         instructions = serializers.CharField(max_length=5000, default="", allow_blank=True)
         completion_code = serializers.CharField(max_length=100, default="", allow_blank=True)
@@ -135,11 +177,14 @@ class ListeningTestCreateApi(APIView):
             items = [found[k] for k in keys]
         publish = values.pop("publish")
         owner = checkpoints[0].run.owner if isinstance(request.user, RunPrincipal) else request.user
-        with transaction.atomic():
-            test = listening_test_build(checkpoints=checkpoints, comparison=comparison, items=items, owner=owner,
-                                        **values)
-            if publish:
-                test = listening_test_publish(test=test)
+        try:
+            with transaction.atomic():
+                test = listening_test_build(checkpoints=checkpoints, comparison=comparison, items=items, owner=owner,
+                                            **values)
+                if publish:
+                    test = listening_test_publish(test=test)
+        except ApplicationError as exc:
+            raise _with_fields(exc) from None
         return Response(test_payload(request, test), status=status.HTTP_201_CREATED)
 
 
@@ -156,9 +201,14 @@ class ListeningTestTransitionApi(APIView):
         from evalsite.listening import services
 
         test = test_for(request.user, test_id)
-        with transaction.atomic():
-            fn = services.listening_test_publish if self.action == "publish" else services.listening_test_close
-            test = fn(test=test)
+        try:
+            with transaction.atomic():
+                fn = services.listening_test_publish if self.action == "publish" else services.listening_test_close
+                test = fn(test=test)
+        except ApplicationError as exc:
+            if type(exc) is ApplicationError:  # e.g. nothing to publish: the test's state, not the request
+                raise ConflictError(exc.message, extra=exc.extra) from None
+            raise
         return Response(test_payload(request, test))
 
 
@@ -179,3 +229,48 @@ class ListeningTestCloseApi(ListeningTestTransitionApi):
     def post(self, request, test_id: int):
         return super().post(request, test_id)
 
+
+
+class ListeningTestResultsApi(APIView):
+    @extend_schema_serializer(component_name="ListeningTestResults")
+    class OutputSerializer(serializers.Serializer):
+        """The top level of ``evalsite.analysis.results.listening_test_results``; undefined numbers are null."""
+
+        version = serializers.IntegerField(help_text="shape version of this object")
+        computed_at = serializers.DateTimeField()
+        fingerprint = serializers.CharField(help_text="hash of the answers, statuses and metrics it was computed from")
+        cache_hit = serializers.BooleanField(help_text="read from the cache: nothing changed since it was computed")
+        n_boot = serializers.IntegerField(help_text="bootstrap resamples behind every bootstrap interval")
+        bootstrap_seed = serializers.IntegerField()
+        alpha = serializers.FloatField(help_text="significance level of the tests")
+        test = serializers.JSONField(help_text="id, name, kind, status, seed and the quality-control settings")
+        design = serializers.JSONField(help_text="conditions (label, role, checkpoint run/step), scale, trials, items, "
+                                                 "stimuli per trial, trials per listener, durations")
+        participants = serializers.JSONField(help_text="statuses, recruitment (crowd / invite), headphone check, QC")
+        counts = serializers.JSONField(help_text="participants, listeners, ratings and flags, kept and excluded")
+        screening = serializers.JSONField(help_text="rules used, and every excluded listener (opaque id) with the "
+                                                    "rules and reasons, headphone-check screen-outs included")
+        scores = serializers.JSONField(allow_null=True, help_text="MOS/SMOS/MUSHRA/CMOS per condition: n, mean, t and "
+                                                                  "bootstrap 95% CIs, box statistics; 'kept' and 'all'")
+        preference = serializers.JSONField(allow_null=True, help_text="AB: preference rate, Wilson CI, sign test")
+        pairwise = serializers.JSONField(allow_null=True, help_text="Wilcoxon signed-rank per pair, Holm; p matrix")
+        mixed_model = serializers.JSONField(allow_null=True, help_text="score ~ system + (1|listener) + (1|item)")
+        reliability = serializers.JSONField(help_text="ratings: Krippendorff alpha, ICC; flags: raw agreement, "
+                                                      "Fleiss kappa, Gwet AC1, category alpha")
+        flags = serializers.JSONField(help_text="flag shares per condition and stimulus vs the false-flag rate, "
+                                                "regions, timelines")
+        correlations = serializers.JSONField(help_text="human vs metric Pearson/Spearman/Kendall with n, system and "
+                                                       "item level")
+        software = serializers.JSONField(help_text="versions of evalsite and the statistics packages")
+        timings = serializers.JSONField(help_text="wall seconds per computation stage")
+        cpu_timings = serializers.JSONField(help_text="CPU seconds per computation stage")
+        notes = serializers.ListField(child=serializers.CharField())
+
+    @extend_schema(operation_id="listening_tests_results", responses={200: OutputSerializer, **ERRORS},
+                   description="Scores with t and bootstrap CIs, screening with reasons, pairwise tests, mixed model, "
+                               "reliability, artifact flags and human-metric correlations of one test. Cached until an "
+                               "answer, a listener's status or a metric changes.")
+    def get(self, request, test_id: int):
+        from evalsite.analysis.results import listening_test_results
+
+        return Response(listening_test_results(test_for(request.user, test_id)))

@@ -11,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from evalsite.api.access import require_researcher, run_for, runs_visible
+from evalsite.api.fields import JSONObjectField
 from evalsite.core.exceptions import ApplicationError, ConflictError, NotFoundError
 from evalsite.runs.models import Checkpoint, EvalSet, Job, Run
 
@@ -30,6 +31,9 @@ ERRORS = {
     401: OpenApiResponse(ErrorSerializer, description="no or invalid token"),
     403: OpenApiResponse(ErrorSerializer, description="this token may not do this"),
     404: OpenApiResponse(ErrorSerializer, description="not found, or not yours"),
+    413: OpenApiResponse(ErrorSerializer, description="request body too large (EVALSITE_API_MAX_BODY_BYTES)"),
+    429: OpenApiResponse(ErrorSerializer, description="rate limit reached; retry after the Retry-After header's "
+                                                      "seconds"),
 }
 
 
@@ -66,7 +70,7 @@ class RunListApi(APIView):
         kind = serializers.ChoiceField(choices=Run.Kind.choices)
         model_family = serializers.CharField(max_length=200)
         eval_set = serializers.CharField(max_length=200, required=False, allow_blank=True)
-        config = serializers.DictField(required=False, default=dict)
+        config = JSONObjectField(required=False, default=dict)
         checkpoint_dir = serializers.CharField(max_length=1024, required=False, allow_blank=True, default="")
         checkpoint_pattern = serializers.CharField(max_length=300, required=False, allow_blank=True, default="")
         webhook_url = serializers.URLField(max_length=500, required=False, allow_blank=True, default="")
@@ -115,10 +119,15 @@ class RunListApi(APIView):
         return Response(payload, status=status.HTTP_201_CREATED)
 
 
+class RunUpdatedSerializer(RunOutputSerializer):
+    webhook_secret = serializers.CharField(required=False, help_text="the new HMAC key when webhook_url changed; "
+                                                                     "shown once")
+
+
 class RunDetailApi(APIView):
     @extend_schema_serializer(component_name="RunUpdate")
     class UpdateSerializer(serializers.Serializer):
-        config = serializers.DictField(required=False)
+        config = JSONObjectField(required=False)
         checkpoint_dir = serializers.CharField(max_length=1024, required=False, allow_blank=True)
         checkpoint_pattern = serializers.CharField(max_length=300, required=False, allow_blank=True)
         webhook_url = serializers.URLField(max_length=500, required=False, allow_blank=True)
@@ -128,7 +137,7 @@ class RunDetailApi(APIView):
         return Response(run_payload(run_for(request.user, run_id)))
 
     @extend_schema(operation_id="runs_update", request=UpdateSerializer,
-                   responses={200: RunListApi.CreatedSerializer, **ERRORS})
+                   responses={200: RunUpdatedSerializer, **ERRORS})
     def patch(self, request, run_id: int):
         from evalsite.alerts.services import webhook_secret_new
 
@@ -248,8 +257,8 @@ class CheckpointDetailApi(APIView):
 class CheckpointEvaluateApi(APIView):
     @extend_schema_serializer(component_name="CheckpointEvaluate")
     class InputSerializer(serializers.Serializer):
-        params = serializers.DictField(required=False, default=dict,
-                                       help_text="generation params (seed, batch_size, dtype, resample, …)")
+        params = JSONObjectField(required=False, default=dict,
+                                 help_text="generation params (seed, batch_size, dtype, resample, …)")
 
     @extend_schema(operation_id="checkpoints_evaluate", request=InputSerializer,
                    responses={202: inline_serializer("EvaluationQueued", {"jobs": JobSerializer(many=True)}),
@@ -270,7 +279,7 @@ class CheckpointEvaluateApi(APIView):
             from evalsite.runs.services import RUN_HAS_NO_EVAL_SET
 
             message = RUN_HAS_NO_EVAL_SET.format(run=run.name)
-            raise ApplicationError(message, extra={"fields": {"run": [message]}})
+            raise ApplicationError(message, extra={"fields": {"run_id": [message]}})
         with transaction.atomic():
             checkpoint = Checkpoint.objects.select_for_update().filter(run=run, step=step).first()
             if checkpoint is None:

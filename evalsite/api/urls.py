@@ -1,7 +1,8 @@
-from django.urls import path
+from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
 from evalsite.api import alerts, listening, runs
+from evalsite.api.exceptions import endpoint_not_found
 
 app_name = "api"
 
@@ -22,4 +23,9 @@ urlpatterns = [
          name="listening-test-publish"),
     path("listening-tests/<int:test_id>/close/", listening.ListeningTestCloseApi.as_view(),
          name="listening-test-close"),
+    path("listening-tests/<int:test_id>/results/", listening.ListeningTestResultsApi.as_view(),
+         name="listening-test-results"),
+    # Last: any other URL ending in "/" gets the JSON error body. Without the slash CommonMiddleware
+    # still redirects to the slashed URL first (APPEND_SLASH), as before.
+    re_path(r"^(?P<path>(?:.*/)?)$", endpoint_not_found, name="not-found"),
 ]

@@ -140,13 +140,35 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "evalsite.api.authentication.BearerTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",  # researchers' browsers; CSRF enforced
+        "evalsite.api.throttling.AnonymousRequestLimit",  # counts what neither claimed against its IP
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # DRF's, plus the body size limit and a 400 (not a 500) for absurdly nested JSON.
+    "DEFAULT_PARSER_CLASSES": ["evalsite.api.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "evalsite.api.exceptions.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # Per token holder (run token, or researcher), the alert-poll fast path included; and per IP for
+    # requests without a valid token, so tokens cannot be guessed at speed (evalsite.api.throttling).
+    "DEFAULT_THROTTLE_CLASSES": ["evalsite.api.throttling.TokenRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "token": os.environ.get("EVALSITE_API_RATE") or "1200/min",
+        "anon": os.environ.get("EVALSITE_API_ANON_RATE") or "60/min",
+    },
+    # Proxies in front of the server whose X-Forwarded-For is trusted for the client's IP; 0 reads
+    # REMOTE_ADDR (a client could otherwise pick a fresh "IP" per request).
+    "NUM_PROXIES": env_int("EVALSITE_NUM_PROXIES", 0),
+}
+# A JSON body above this is refused (413) before it is parsed; DATA_UPLOAD_MAX_MEMORY_SIZE caps it too.
+EVALSITE_API_MAX_BODY_BYTES = env_int("EVALSITE_API_MAX_BODY_BYTES", 1024 * 1024)
+
+# Rate-limit counters live in the cache: set CACHE_URL (redis://…) so that every web process shares
+# them; the local-memory default counts per process.
+CACHE_URL = os.environ.get("CACHE_URL", "")
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+    if CACHE_URL else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "evalsite API",

@@ -1,0 +1,93 @@
+"""Researcher pages of one listening test's analysis: results page, exports and the printable report.
+
+Login required: listeners never have a session (their pages live under /l/ and carry only opaque tokens), so a
+listener's browser is sent to the login page like any stranger.
+"""
+
+from __future__ import annotations
+
+import time
+
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.views.decorators.http import require_GET
+
+from evalsite.analysis import exports, figures_tests
+from evalsite.analysis.results import listener_id, listening_test_results
+from evalsite.listening.models import ListeningTest, Participant, Stimulus
+
+
+def _external_ids(test: ListeningTest) -> dict[str, str]:
+    """Opaque listener id → crowd id (e.g. PROLIFIC_PID), so a researcher can act on an exclusion."""
+    return {listener_id(test.pk, pk): external for pk, external in
+            Participant.objects.filter(test=test).exclude(external_id="").values_list("id", "external_id")}
+
+
+def _audio_urls(results: dict) -> dict[str, str]:
+    """Stimulus id → URL of its audio, for the flag timelines' play buttons (researchers may hear the audio)."""
+    ids = [t["stimulus"] for t in (results.get("flags") or {}).get("timelines") or []]
+    return {str(s.pk): s.asset.file.url for s in Stimulus.objects.filter(pk__in=ids).select_related("asset")}
+
+
+def _server_timing(timings: dict[str, float]) -> str:
+    return ", ".join(f"{name};dur={1000 * seconds:.1f}" for name, seconds in timings.items())
+
+
+@login_required
+@require_GET
+def test_results_page(request: HttpRequest, pk: int) -> HttpResponse:
+    """Scores, significance, mixed model, reliability, screening, flag timelines and human-vs-metric plots."""
+    started = time.perf_counter()
+    test = get_object_or_404(ListeningTest, pk=pk)
+    results = listening_test_results(test)
+    got_results = time.perf_counter()
+    figures = figures_tests.page_figures(results)
+    got_figures = time.perf_counter()
+    external = _external_ids(test)
+    audio = _audio_urls(results)
+    timelines = [{**t, "figure": f"fig_timeline_{k}", "audio": audio.get(str(t["stimulus"]))}
+                 for k, t in enumerate((results.get("flags") or {}).get("timelines") or [])]
+    screening = [{**e, "external_id": external.get(e["listener"], "")} for e in results["screening"]["excluded"]]
+    metrics = [{**m, "figures": [f"fig_metric_{level}_{k}" for level in ("system", "item")
+                                 if f"fig_metric_{level}_{k}" in figures]}
+               for k, m in enumerate((results.get("correlations") or {}).get("metrics") or [])]
+    body = render_to_string("analysis/test_results.html", {
+        "test": test, "r": results, "figures": figures, "timelines": timelines, "screening": screening,
+        "metrics": metrics, "exports": [(t, [(f, reverse("analysis:test-export", args=[test.pk, t, f]))
+                                             for f in exports.FORMATS]) for t in exports.TABLES],
+        "api_url": reverse("api:listening-test-results", args=[test.pk]),
+    }, request=request)
+    done = time.perf_counter()
+    response = HttpResponse(body)
+    response["Server-Timing"] = _server_timing({
+        **({"cache-hit": 0.0} if results["cache_hit"] else {k: v for k, v in results["timings"].items()}),
+        "results": got_results - started, "figures": got_figures - got_results, "template": done - got_figures,
+        "total": done - started})
+    return response
+
+
+@login_required
+@require_GET
+def test_export(request: HttpRequest, pk: int, table: str, fmt: str) -> HttpResponse:
+    """ratings / flags / metrics / screening as CSV or Parquet."""
+    if table not in exports.TABLES or fmt not in exports.FORMATS:
+        raise Http404(f"no export {table}.{fmt}; tables: {', '.join(exports.TABLES)}; formats: csv, parquet")
+    test = get_object_or_404(ListeningTest, pk=pk)
+    response = HttpResponse(exports.export_bytes(test, table, fmt), content_type=exports.FORMATS[fmt])
+    response["Content-Disposition"] = f'attachment; filename="listening-test-{test.pk}-{table}.{fmt}"'
+    return response
+
+
+@login_required
+@require_GET
+def test_report(request: HttpRequest, pk: int) -> HttpResponse:
+    """A self-contained, printable HTML report with what ITU-R BS.1534-3 §10 and ITU-T P.808 ask for."""
+    test = get_object_or_404(ListeningTest, pk=pk)
+    results = listening_test_results(test)
+    return HttpResponse(render_to_string("analysis/test_report.html", {
+        "test": test, "r": results, "svg": figures_tests.scores_svg(results, "kept"),
+        "svg_all": figures_tests.scores_svg(results, "all"),
+    }, request=request))
