@@ -37,7 +37,7 @@ def test_demo_without_serving_imports_the_speech_set_through_the_worker_and_is_i
     first = subprocess.run(cmd, cwd=REPO, env=embedded_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "24 created, 0 unchanged, 0 rejected" in first.stdout
-    assert first.stdout.count("24 clips generated on cpu") == 4  # 2 demo runs x 2 checkpoints
+    assert first.stdout.count("24 clips generated on cpu") == 5  # vocoder: 3 trained checkpoints; tokenizer: 2
     assert (tmp_path / "evalsite.sqlite3").exists() and (tmp_path / "queue").is_dir()
     again = subprocess.run(cmd, cwd=REPO, env=embedded_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -80,7 +80,7 @@ def test_demo_serves_the_site_with_playable_demo_audio_and_stops_its_children_on
         assert audio.headers["Content-Type"] in ("audio/wav", "audio/x-wav") and audio.read(4) == b"RIFF"
         run_url = re.search(rf"{re.escape(base)}/runs/\d+/", out).group(0)
         run_page = opener.open(run_url).read().decode()
-        assert run_page.count("<audio") == 24 * 3  # reference + two checkpoints per item
+        assert run_page.count("<audio") == 24 * 4  # reference + three trained checkpoints per item
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=60)

@@ -17,13 +17,23 @@ from evalsite.runs.services import checkpoint_register, job_create, run_create
 
 DEMO_EVALSET = "demo-espeak-speech"
 DEMO_USER = "demo"
-# (run name, kind, family, preset, generation params): tiny, randomly initialised models so the demo
-# shows the pipeline (checkpoint → worker → audio) in seconds on a CPU. Their output is not speech.
+# (run name, kind, family, preset, generation params). The vocoder's checkpoints come from a short
+# CPU training run (DEMO_VOCODER_TRAINING), so its metrics improve from step to step; the tokenizer
+# stays a randomly initialised tiny model (DEMO_RANDOM_STEPS) that only shows the pipeline.
 DEMO_RUNS = (
     ("demo-hifigan-tiny", "vocoder", "hifigan", "tiny", {}),
     ("demo-sat-tiny", "tokenizer", "sat", "tiny", {"resample": True}),
 )
-DEMO_STEPS = (1000, 2000)
+DEMO_RANDOM_STEPS = (1000, 2000)
+# models.training.train_vocoder settings of the demo vocoder (≈ 1 min on one CPU core). The training
+# speech is the demo's six voices saying the Harvard sentences the 24 eval items do not use
+# (DEMO_SENTENCES[24:]), so every eval item stays held out. The trained checkpoints are cached
+# under var/demo-checkpoints/ in a directory named by a hash of these settings.
+DEMO_VOCODER_TRAINING = {
+    "preset": "tiny", "init_seed": 0, "steps": 360, "checkpoint_every": 120, "batch_size": 8, "segment_s": 0.35,
+    "lr": 5e-3, "lr_final": 5e-4, "seed": 0, "sentences": "DEMO_SENTENCES[24:]", "voices": "DEMO_SPEAKERS", "version": 1,
+}
+TRAINING_MANIFEST = "training.json"
 
 
 def _raise_interrupt(signum, frame):
@@ -128,7 +138,8 @@ class Command(BaseCommand):
         return write_demo_corpus(out)
 
     def _register_demo_runs(self, eval_set_id: int, worker: subprocess.Popen, timeout: float) -> dict[str, int]:
-        """Write random checkpoints, register them, and wait for the worker to generate audio."""
+        """Train (or reuse) the vocoder's checkpoints, write random SAT ones, register them and wait
+        for the worker to generate and score them."""
         import torch
 
         import models
@@ -139,18 +150,34 @@ class Command(BaseCommand):
         run_ids: dict[str, int] = {}
         jobs = []
         for name, kind, family, preset, params in DEMO_RUNS:
+            if kind == "vocoder":
+                key, checkpoints = self._trained_vocoder_checkpoints(ckpt_dir)
+                run_dir, config = checkpoints[0][1].parent, {"demo_training": key}
+            else:
+                self.stdout.write(f"{name}: randomly initialised {family} {preset!r} checkpoints (steps "
+                                  f"{', '.join(map(str, DEMO_RANDOM_STEPS))}): they show the pipeline, their "
+                                  "output is not speech")
+                run_dir, config = ckpt_dir / name, {}
+                checkpoints = []
+                for step in DEMO_RANDOM_STEPS:
+                    path = run_dir / f"checkpoint_step_{step}.pt"
+                    if not path.exists():
+                        torch.manual_seed(step)
+                        cls = models.resolve_family(family)
+                        models.save_checkpoint(cls.from_config(cls.preset(preset)), path)
+                    checkpoints.append((step, path))
             run = Run.objects.filter(name=name).first()
             if run is None:
-                run, _ = run_create(name=name, kind=kind, model_family=family, eval_set=eval_set,
-                                    checkpoint_dir=str(ckpt_dir / name))
+                run, _ = run_create(name=name, kind=kind, model_family=family, eval_set=eval_set, config=config,
+                                    checkpoint_dir=str(run_dir))
             run_ids[name] = run.pk
-            for step in DEMO_STEPS:
-                path = ckpt_dir / name / f"checkpoint_step_{step}.pt"
-                if not path.exists():
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    torch.manual_seed(step)
-                    cls = models.resolve_family(family)
-                    models.save_checkpoint(cls.from_config(cls.preset(preset)), path)
+            if run.config.get("demo_training") != config.get("demo_training"):
+                self.stdout.write(self.style.WARNING(
+                    f"run {name!r} in {settings.VAR_DIR} comes from an earlier version of the demo (other "
+                    "checkpoints); it is left as it is. `make clean-var` and `make demo` again to see the "
+                    "trained checkpoint series."))
+                continue
+            for step, path in checkpoints:
                 checkpoint, created = checkpoint_register(run=run, step=step, uri=str(path), params=params)
                 if created:
                     jobs.append(checkpoint.jobs.get())
@@ -164,10 +191,83 @@ class Command(BaseCommand):
                 self.stdout.write(f"  {scored.result.get('done', 0)} metrics stored, {len(failed)} failed")
                 for name, error in failed.items():
                     self.stdout.write(f"    {name}: {error}")
+        self._print_vocoder_metrics()
         return run_ids
 
+    def _trained_vocoder_checkpoints(self, ckpt_dir: Path) -> tuple[str, list[tuple[int, Path]]]:
+        """The demo vocoder's (step, path) checkpoints: trained now, or reused from an earlier demo."""
+        import hashlib
+        import json
+
+        settings_json = json.dumps(DEMO_VOCODER_TRAINING, sort_keys=True)
+        key = hashlib.sha256(settings_json.encode()).hexdigest()[:12]
+        out = ckpt_dir / f"{DEMO_RUNS[0][0]}-trained-{key}"
+        every, total = DEMO_VOCODER_TRAINING["checkpoint_every"], DEMO_VOCODER_TRAINING["steps"]
+        steps = sorted({*range(every, total + 1, every), total})
+        checkpoints = [(step, out / f"checkpoint_step_{step}.pt") for step in steps]
+        manifest = out / TRAINING_MANIFEST
+        if manifest.is_file() and all(path.is_file() for _, path in checkpoints):
+            seconds = json.loads(manifest.read_text()).get("seconds")
+            self.stdout.write(f"demo vocoder: reusing the checkpoints trained earlier ({seconds} s) in {out}")
+            return key, checkpoints
+        self._train_vocoder(out)
+        return key, checkpoints
+
+    def _train_vocoder(self, out: Path) -> None:
+        import json
+
+        import torch
+
+        import models
+        from evalsite.demo.speech import DEMO_SENTENCES, DEMO_SPEAKERS, SAMPLE_RATE, synthesize
+        from models.training import train_vocoder
+
+        cfg = DEMO_VOCODER_TRAINING
+        clips = [synthesize(text, voice=voice)[0] for text in DEMO_SENTENCES[24:] for voice in DEMO_SPEAKERS]
+        audio_s = sum(len(c) for c in clips) / SAMPLE_RATE
+        self.stdout.write(
+            f"training the demo vocoder (tiny HiFi-GAN, mel L1 + MR-STFT loss, no discriminator) on {len(clips)} "
+            f"clips ({audio_s:.0f} s of speech held out from the eval set) for {cfg['steps']} steps on the CPU ..."
+        )
+        torch.manual_seed(cfg["init_seed"])
+        model = models.HiFiGANVocoder.from_config(models.HiFiGANVocoder.preset(cfg["preset"]))
+        started = time.perf_counter()
+        losses: dict[int, float] = {}
+
+        def on_checkpoint(step: int, path: Path, loss: float) -> None:
+            losses[step] = loss
+            self.stdout.write(f"  step {step}: mean training loss {loss:.3f} ({time.perf_counter() - started:.0f} s)")
+
+        # One thread: the same weights on every machine (float reductions depend on the thread count),
+        # and no oversubscription next to the worker; this model is too small to gain much from more.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            train_vocoder(model, clips, SAMPLE_RATE, steps=cfg["steps"], batch_size=cfg["batch_size"],
+                          segment_s=cfg["segment_s"], lr=cfg["lr"], lr_final=cfg["lr_final"], seed=cfg["seed"],
+                          checkpoint_every=cfg["checkpoint_every"], checkpoint_dir=out, on_checkpoint=on_checkpoint,
+                          log_every=0)
+        finally:
+            torch.set_num_threads(threads)
+        seconds = round(time.perf_counter() - started, 1)
+        (out / TRAINING_MANIFEST).write_text(json.dumps({"settings": cfg, "train_loss": losses, "seconds": seconds},
+                                                        indent=2) + "\n")
+        self.stdout.write(f"  trained in {seconds} s; checkpoints in {out}")
+
+    def _print_vocoder_metrics(self) -> None:
+        """Mel / MR-STFT distances per vocoder checkpoint (lower is better), as stored by the worker."""
+        from evalsite.scoring.models import MetricResult
+
+        rows = (MetricResult.objects.filter(checkpoint__run__name=DEMO_RUNS[0][0], status="done")
+                .filter(name__regex=r"^(mel_l1|mrstft)/").order_by("checkpoint__step", "name")
+                .values_list("checkpoint__step", "name", "value"))
+        if rows:
+            self.stdout.write(f"{DEMO_RUNS[0][0]}: distances to the reference per checkpoint (lower is better)")
+        for step, name, value in rows:
+            self.stdout.write(f"  {DEMO_RUNS[0][0]} step {step:>5}: {name} = {value:.4f}")
+
     def _build_demo_tests(self) -> dict[str, str]:
-        """A MUSHRA and an SMOS test of the demo vocoder's two checkpoints, published."""
+        """A MUSHRA and an SMOS test of the demo vocoder's checkpoints, published."""
         from evalsite.listening.models import ListeningTest
         from evalsite.listening.services import listening_test_build, listening_test_publish
         from evalsite.runs.models import Checkpoint
