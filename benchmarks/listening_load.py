@@ -2,7 +2,8 @@
 
 Creates a fresh database on the local PostgreSQL (dropped again at the end), migrates it, builds
 and publishes a MUSHRA test (``--items`` items x 2 checkpoints, so 5 sounds per trial: two systems,
-the hidden reference and two anchors) and starts gunicorn on a free 127.0.0.1 port with DEBUG off.
+the hidden reference and two anchors) and starts gunicorn on a free 127.0.0.1 port with DEBUG off
+(``--workers 2 --threads 8``: gthread, one process per core; see ``main`` for why 8 threads).
 Then ``--listeners`` simulated listeners arrive over ``--ramp`` seconds and, until ``--seconds``
 have passed, do what a browser does: GET the invite (consent form and CSRF cookie), POST consent,
 GET the session page and the state JSON, and for each trial POST one rating per sound after a
@@ -138,8 +139,12 @@ def start_gunicorn(args, env: dict[str, str], port: int, var: Path) -> subproces
 
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
-        # SIGINT reaches py-spy (when profiling) and gunicorn alike; both shut down cleanly on it.
-        os.killpg(proc.pid, signal.SIGINT)
+        # Gunicorn alone: SIGTERM, its graceful stop (each worker gets it twice, from us and from the
+        # master, which is harmless; a second SIGINT/SIGQUIT could land in a worker's interpreter
+        # shutdown and hang it until the master's 30 s graceful timeout and SIGKILL). Under py-spy:
+        # SIGINT, on which py-spy writes its profile.
+        profiling = Path(proc.args[0]).name == "py-spy"
+        os.killpg(proc.pid, signal.SIGINT if profiling else signal.SIGTERM)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -526,8 +531,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="load duration; no request starts after it")
     parser.add_argument("--ramp", type=float, default=10.0, help="arrivals spread evenly over this many seconds")
     parser.add_argument("--items", type=int, default=20, help="MUSHRA items (trials), 5 sounds each")
+    # One gunicorn process per core: the work is CPU-bound Python, one GIL per process. gthread with
+    # 8 threads each: joins wait in turn for the test's row lock (the assignment engine balances on
+    # earlier joins), and a thread waiting there must not leave rating requests queued behind it.
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--keep-alive", type=int, default=5, help="gunicorn --keep-alive seconds")
     parser.add_argument("--conn-max-age", type=int, default=60, help="DATABASE_CONN_MAX_AGE for the server (the site default)")
     parser.add_argument("--think-min", type=float, default=0.5)

@@ -54,6 +54,9 @@ class ListeningTest(BaseModel):
         default=0, help_text="gold trials (obvious quality, known answer) built; each listener gets one")
     trapping_items = models.PositiveSmallIntegerField(
         default=0, help_text="trapping trials (P.808 attention check) built; each listener gets one")
+    calibration_level_dbfs = models.FloatField(
+        null=True, blank=True,
+        help_text="RMS level (dBFS) of the test material; the calibration noise and the headphone-check tones play at it")
     published_at = models.DateTimeField(null=True, blank=True)
     closed_at = models.DateTimeField(null=True, blank=True)
 
@@ -94,8 +97,8 @@ class Condition(BaseModel):
 
 
 class Trial(BaseModel):
-    """A trial as built. Quality-control trials (``control`` gold or trapping) look like any other
-    trial to the listener; the expected answer range lives only here, on the server."""
+    """A trial as built. Quality-control trials (``control`` gold or trapping) have the shape of any
+    other trial of the test; what they expect lives only on the server, in ``Stimulus.expected``."""
 
     class Control(models.TextChoices):
         NONE = "", "none"
@@ -109,24 +112,34 @@ class Trial(BaseModel):
     reference = models.ForeignKey("audio.AudioAsset", on_delete=models.PROTECT, null=True, blank=True,
                                   related_name="+", help_text="open reference (MUSHRA, SMOS)")
     control = models.CharField(max_length=10, choices=Control.choices, default=Control.NONE, blank=True)
-    expected_min = models.FloatField(null=True, blank=True, help_text="quality control: lowest passing answer")
-    expected_max = models.FloatField(null=True, blank=True, help_text="quality control: highest passing answer")
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["test", "index"], name="trial_unique_index"),
-            models.CheckConstraint(
-                condition=Q(control="") | (Q(expected_min__isnull=False) & Q(expected_max__isnull=False)
-                                         & Q(expected_min__lte=models.F("expected_max")) & Q(is_training=False)),
-                name="trial_control_has_expected_range"),
+            models.CheckConstraint(condition=Q(control="") | Q(is_training=False), name="trial_control_not_training"),
         ]
         ordering = ["test", "index"]
 
 
 class Stimulus(BaseModel):
+    """One sound of a trial.
+
+    In a quality-control trial, ``expected`` says which answers about this sound pass:
+    ``{"min": lo, "max": hi, "of": what}`` where ``of`` is ``"score"`` (its own rating: MUSHRA,
+    SMOS, MOS), ``"preference"`` (CMOS/AB: the trial's answer turned into this sound relative to
+    the other one, whatever order they were heard in) or ``"answer"`` (CMOS/AB: the trial's answer
+    exactly as given, B relative to A, as a spoken instruction asked). Sounds without it are free.
+    """
+
+    class Expected(models.TextChoices):
+        SCORE = "score"
+        PREFERENCE = "preference"
+        ANSWER = "answer"
+
     trial = models.ForeignKey(Trial, on_delete=models.CASCADE, related_name="stimuli")
     condition = models.ForeignKey(Condition, on_delete=models.PROTECT, related_name="stimuli")
     asset = models.ForeignKey("audio.AudioAsset", on_delete=models.PROTECT, related_name="+")
+    expected = models.JSONField(null=True, blank=True, help_text="quality control: the passing answers (server only)")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["trial", "condition"], name="stimulus_unique_condition")]
@@ -150,6 +163,9 @@ class Participant(BaseModel):
     device = models.JSONField(default=dict, blank=True)
     headphone_answers = models.JSONField(default=list, blank=True, help_text="headphone check: interval chosen per trial")
     headphone_passed = models.BooleanField(null=True, blank=True, help_text="headphone check: None = not taken")
+    calibrated_at = models.DateTimeField(
+        null=True, blank=True, help_text="level calibration confirmed (before the headphone check)")
+    calibration = models.JSONField(default=dict, blank=True, help_text="level calibration: plays, level_dbfs")
 
     class Meta:
         constraints = [

@@ -34,11 +34,13 @@ class BuildForm(forms.Form):
     allow_no_preference = forms.BooleanField(required=False, help_text="AB only: offer 'no preference'")
     require_play_all = forms.BooleanField(required=False, help_text="listeners must play every sound before continuing")
     headphone_check = forms.BooleanField(
-        required=False, help_text="antiphase headphone check before the first trial; failing it screens the listener out")
+        required=False,
+        help_text="level calibration, then the antiphase headphone check, before the first trial; failing it "
+                  "screens the listener out")
     gold_items = forms.IntegerField(min_value=0, max_value=50, initial=0, required=False,
-                                    help_text="MOS: gold trials (obvious quality, known answer); one per listener")
+                                    help_text="gold trials (obvious quality, known answer); one per listener")
     trapping_items = forms.IntegerField(min_value=0, max_value=50, initial=0, required=False,
-                                        help_text="MOS: trapping (attention-check) trials; one per listener")
+                                        help_text="trapping (spoken attention-check) trials; one per listener")
     title = forms.CharField(max_length=200, initial="Listening test", help_text="shown to listeners")
     training_items = forms.IntegerField(min_value=0, initial=1)
     votes_target = forms.IntegerField(min_value=1, initial=10, help_text="valid votes wanted per trial")

@@ -117,7 +117,13 @@ def headphone_trials(participant: Participant) -> list[dict[str, Any]]:
 
 
 def headphone_check_pending(participant: Participant) -> bool:
+    """The headphone check (with its level calibration first) is still to be taken."""
     return participant.test.headphone_check and participant.headphone_passed is None
+
+
+def calibration_pending(participant: Participant) -> bool:
+    """The level calibration that opens the headphone check is still to be confirmed."""
+    return headphone_check_pending(participant) and participant.calibrated_at is None
 
 
 def audio_url(participant: Participant, handle_token: str) -> str:
@@ -152,7 +158,8 @@ def listener_progress(participant: Participant, steps: list[tuple[bool, bool]] |
     done = position >= len(steps) or participant.status == Participant.Status.COMPLETED
     screened_out = participant.status == Participant.Status.SCREENED_OUT
     headphone = headphone_check_pending(participant) and not done
-    phase = ("screened_out" if screened_out else "done" if done else "headphone" if headphone
+    phase = ("screened_out" if screened_out else "done" if done
+             else ("calibration" if calibration_pending(participant) else "headphone") if headphone
              else "training" if steps[position][1] else "main")
     return {
         "phase": phase,
@@ -206,6 +213,8 @@ def listener_state(participant: Participant) -> dict[str, Any]:
         "trials": trials,
         "flag_categories": [{"value": v, "label": str(label)} for v, label in ArtifactFlag.Category.choices],
         "completion": progress["completion"],
+        "calibration": ({"url": reverse("listening:calibration-audio", args=[participant.token])}
+                        if progress["phase"] == "calibration" else None),
         "headphone_check": ({"trials": [{"id": t["token"], "url": reverse("listening:headphone-audio",
                                                                           args=[participant.token, t["token"]])}
                                         for t in headphone_trials(participant)]}
@@ -320,25 +329,62 @@ def listening_test_progress(test: ListeningTest) -> dict[str, Any]:
     }
 
 
+def control_value(expected: dict[str, Any], stimulus_id: int, score_of: dict[int, float],
+                  order: tuple[int, int] | None) -> float | None:
+    """The answer a control sound's ``expected`` range is about, or None when it was not given.
+
+    ``score_of`` maps the participant's rated stimuli to their stored scores; ``order`` is the
+    (A, B) stimulus ids of a CMOS/AB trial as this participant heard it (their answer is stored
+    on B as B relative to A).
+    """
+    of = expected.get("of", Stimulus.Expected.SCORE)
+    if of == Stimulus.Expected.SCORE:
+        return score_of.get(stimulus_id)
+    if order is None:
+        return None
+    raw = score_of.get(order[1])
+    if raw is None or of == Stimulus.Expected.ANSWER:
+        return raw
+    return raw if stimulus_id == order[1] else (-raw or 0.0)
+
+
 def quality_control_results(test: ListeningTest) -> dict[int, dict[str, dict[str, int]]]:
     """Per participant (by id): how many gold and trapping trials they were given and passed.
 
-    A control is passed when its answer lies in the trial's expected range; an unanswered one is
-    not passed. ``{participant_id: {"gold": {"passed": n, "total": n}, "trapping": {...}}}``;
-    participants given no control trial are left out.
+    A control trial is passed when every sound with an expected range (``Stimulus.expected``) got
+    an answer in it (``control_value``); an unanswered one is not passed. Every test kind:
+    ``{participant_id: {"gold": {"passed": n, "total": n}, "trapping": {...}}}``; participants
+    given no control trial are left out.
     """
     from evalsite.listening.models import Trial
 
-    answers = {(r.participant_id, r.assignment_id): r.score for r in Rating.objects.filter(
-        participant__test=test, assignment__trial__control__in=[Trial.Control.GOLD, Trial.Control.TRAPPING])}
+    controls = [Trial.Control.GOLD, Trial.Control.TRAPPING]
+    expected: dict[int, list[tuple[int, dict]]] = {}
+    for stimulus_id, trial_id, exp in (Stimulus.objects.filter(trial__test=test, trial__control__in=controls,
+                                                               expected__isnull=False)
+                                       .values_list("id", "trial_id", "expected")):
+        expected.setdefault(trial_id, []).append((stimulus_id, exp))
+    scores: dict[int, dict[int, float]] = {}
+    for participant_id, stimulus_id, score in Rating.objects.filter(
+            participant__test=test, assignment__trial__control__in=controls).values_list(
+            "participant_id", "stimulus_id", "score"):
+        scores.setdefault(participant_id, {})[stimulus_id] = score
+    orders: dict[int, dict[int, int]] = {}
+    if test.kind in COMPARISON_KINDS:
+        for assignment_id, stimulus_id, position in StimulusHandle.objects.filter(
+                assignment__participant__test=test, assignment__trial__control__in=controls).values_list(
+                "assignment_id", "stimulus_id", "position"):
+            orders.setdefault(assignment_id, {})[position] = stimulus_id
     results: dict[int, dict[str, dict[str, int]]] = {}
-    for a in (Assignment.objects.filter(participant__test=test, trial__control__in=[Trial.Control.GOLD,
-                                                                                   Trial.Control.TRAPPING])
-              .select_related("trial")):
-        mine = results.setdefault(a.participant_id, {c: {"passed": 0, "total": 0}
-                                                     for c in (Trial.Control.GOLD, Trial.Control.TRAPPING)})
-        score = answers.get((a.participant_id, a.pk))
-        mine[a.trial.control]["total"] += 1
-        if score is not None and a.trial.expected_min <= score <= a.trial.expected_max:
-            mine[a.trial.control]["passed"] += 1
-    return {pid: {str(k): v for k, v in r.items()} for pid, r in results.items()}
+    for assignment_id, participant_id, trial_id, control in (
+            Assignment.objects.filter(participant__test=test, trial__control__in=controls)
+            .values_list("id", "participant_id", "trial_id", "trial__control")):
+        mine = results.setdefault(participant_id, {str(c): {"passed": 0, "total": 0} for c in controls})
+        mine[control]["total"] += 1
+        order = orders.get(assignment_id)
+        order = (order[0], order[1]) if order and 0 in order and 1 in order else None
+        values = [(control_value(exp, sid, scores.get(participant_id, {}), order), exp)
+                  for sid, exp in expected.get(trial_id, [])]
+        if values and all(v is not None and exp["min"] <= v <= exp["max"] for v, exp in values):
+            mine[control]["passed"] += 1
+    return results

@@ -8,6 +8,7 @@ system labels, checkpoints or roles.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import random
 import secrets
@@ -15,7 +16,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
@@ -77,12 +78,31 @@ FLAG_BAD_CATEGORY = "category must be one of {choices}; got {category!r}."
 REQUEST_ID_REQUIRED = "request_id must be a non-empty string of at most 64 characters."
 PLAY_ALL_FIRST = "Please listen to every sound before continuing ({missing} not played yet)."
 SCREENED_OUT = SCREENED_OUT_MESSAGE
-CONTROL_TRIALS_ONLY_MOS = "gold and trapping trials are built for MOS (ACR) tests; this test is {kind}."
-GOLD_BAD_RANGE = (1.0, 2.0)  # an obviously degraded clip: "Bad", with the P.808 toolkit's ±1 tolerance
+# Quality controls. Ranges follow the P.808 toolkit's ±1 tolerance on 5-point scales; MUSHRA's follow
+# BS.1534-3 post-screening (the hidden reference is rated 90 or more) and its "Bad"/"Poor" bands.
+GOLD_BAD_RANGE = (1.0, 2.0)  # an obviously degraded clip: "Bad", ±1
 GOLD_GOOD_RANGE = (4.0, 5.0)  # the reference recording: "Excellent", ±1
+SMOS_SAME_RANGE = (4.0, 5.0)  # the same speaker: "definitely" or "probably" the same
+SMOS_DIFFERENT_RANGE = (1.0, 2.0)  # an obviously different voice: "definitely" or "probably" different
+MUSHRA_REFERENCE_RANGE = (90.0, 100.0)
+MUSHRA_DEGRADED_RANGE = (0.0, 40.0)
+MUSHRA_TRAP_VALUES = (0, 25, 50, 75, 100)
+MUSHRA_TRAP_TOLERANCE = 10.0
+CMOS_CLEAN_RANGE = (1.0, 3.0)  # the clean sound at least "slightly better" than its degraded copy
+AB_CLEAN_RANGE = (1.0, 1.0)  # the clean sound preferred
+SMOS_OTHER_VOICE_RATIO = 1.6  # pitch and formants up by ~8 semitones when no other speaker is labelled
+CALIBRATION_ITEMS = 10  # items whose references and outputs set the calibration level
 TRAP_PREFIX_S = 1.0
 TRAP_TEXT = "This is an attention check. Please select the answer {label}."
+MUSHRA_TRAP_TEXT = "This is an attention check. Please rate this sound {value}."
+AB_TRAP_TEXT = "This is an attention check. Please answer: I prefer {label}."
 HEADPHONE_CHECK_FIRST = "Please complete the headphone check first."
+CALIBRATE_FIRST = "Please set your volume with the calibration sound first."
+CALIBRATION_NOT_ASKED = "This test has no level calibration (it comes with the headphone check)."
+CALIBRATION_PLAY_FIRST = (
+    "plays must be a whole number from 1 (play the calibration sound before confirming); got {plays!r}.")
+CALIBRATION_MAX_PLAYS = 10_000
+UNKNOWN_PARTICIPANT = "This listening session belongs to another browser. Open your invitation link again."
 HEADPHONE_NOT_ASKED = "This test has no headphone check."
 HEADPHONE_BAD_ANSWERS = "answers must be a list of {n} numbers, each 1, 2 or 3; got {answers!r}."
 
@@ -114,15 +134,25 @@ def _degraded(samples, rate: int):
     return np.clip(samples, -0.05 * peak, 0.05 * peak) / 0.05
 
 
-def _trapping_samples(prefix, rate: int, label: str):
-    """The first ``TRAP_PREFIX_S`` of a real clip, a short pause, then a spoken instruction (P.808 §6.3.8)."""
+def _other_voice(samples, rate: int):
+    """A clip read out ``SMOS_OTHER_VOICE_RATIO`` times faster at the same rate: pitch and formants
+    rise together, so the voice is plainly not the same person's."""
+    import numpy as np
+
+    from evalsite.audio.decoding import resample
+
+    return resample(np.asarray(samples, dtype=np.float32), int(round(rate * SMOS_OTHER_VOICE_RATIO)), rate)
+
+
+def _trapping_samples(prefix, rate: int, text: str):
+    """The first ``TRAP_PREFIX_S`` of a real clip, a short pause, then ``text`` spoken (P.808 §6.3.8)."""
     import numpy as np
 
     from evalsite.audio.decoding import resample
     from evalsite.demo.speech import synthesize
 
     head = prefix[: int(TRAP_PREFIX_S * rate)]
-    speech, speech_rate = synthesize(TRAP_TEXT.format(label=label), voice="en-us")
+    speech, speech_rate = synthesize(text, voice="en-us")
     speech = resample(speech, speech_rate, rate)
     level = float(np.sqrt(np.mean(head ** 2))) or 0.1
     speech = speech * min(level / (float(np.sqrt(np.mean(speech ** 2))) or 1.0), 0.9 / (np.abs(speech).max() or 1.0))
@@ -131,41 +161,163 @@ def _trapping_samples(prefix, rate: int, label: str):
     return np.concatenate([head, pause, np.repeat(speech[:, None], channels, axis=1)]).astype(np.float32)
 
 
-def _control_trials(test: ListeningTest, usable: list[EvalItem], outputs, checkpoints, index: int,
-                    gold_items: int, trapping_items: int) -> None:
-    """Build the gold and trapping trials: ordinary-looking trials whose expected answer stays here."""
-    from evalsite.audio.decoding import decoded_from_array
-    from evalsite.audio.selectors import audio_asset_samples
-    from evalsite.audio.services import audio_asset_store
-    from evalsite.listening.selectors import ACR_SCALE
+def _expect(low: float, high: float, of: str = Stimulus.Expected.SCORE) -> dict[str, Any]:
+    return {"min": float(low), "max": float(high), "of": str(of)}
 
-    rng = random.Random(f"{test.seed}:controls")
-    conditions = {}
-    for role in (Condition.Role.GOLD, Condition.Role.TRAPPING):
-        if (gold_items if role == Condition.Role.GOLD else trapping_items):
-            conditions[role] = Condition.objects.create(test=test, label=role.label, role=role)
+
+class _ControlBuilder:
+    """Builds the gold and trapping trials of one test: each has the shape of the test's ordinary
+    trials (same number of sounds, an open reference where those have one), and what it expects
+    is kept on its sounds (``Stimulus.expected``), never sent to the listener.
+
+    Every sound of a control trial belongs to a quality-control condition (role gold or
+    trapping), so nothing that counts votes per condition can count it.
+    """
+
+    def __init__(self, test: ListeningTest, checkpoints: list[Checkpoint], outputs, anchors: dict[int, dict],
+                 comparison: Checkpoint | None, usable: list[EvalItem]):
+        self.test, self.checkpoints, self.outputs, self.anchors = test, checkpoints, outputs, anchors
+        self.comparison, self.usable = comparison, usable
+        self.conditions: dict[str, Condition] = {}
+        self.rng = random.Random(f"{test.seed}:controls")
+
+    def condition(self, control: str, what: str) -> Condition:
+        role = Condition.Role.GOLD if control == Trial.Control.GOLD else Condition.Role.TRAPPING
+        label = f"{role.label}, {what}"[:200]
+        if label not in self.conditions:
+            self.conditions[label] = Condition.objects.create(test=self.test, label=label, role=role)
+        return self.conditions[label]
+
+    def output(self, item: EvalItem, checkpoint: Checkpoint):
+        return self.outputs[item.pk][checkpoint.pk].asset
+
+    def store(self, samples, rate: int):
+        from evalsite.audio.decoding import decoded_from_array
+        from evalsite.audio.services import audio_asset_store
+
+        asset, _ = audio_asset_store(decoded=decoded_from_array(samples, rate), original_name="sound.wav")
+        return asset
+
+    def degraded(self, asset):
+        from evalsite.audio.selectors import audio_asset_samples
+
+        samples, rate = audio_asset_samples(asset)
+        return self.store(_degraded(samples, rate), rate)
+
+    def trap(self, asset, text: str):
+        from evalsite.audio.selectors import audio_asset_samples
+
+        samples, rate = audio_asset_samples(asset)
+        return self.store(_trapping_samples(samples, rate, text), rate)
+
+    def trial(self, control: str, item: EvalItem, index: int, sounds: list[tuple[str, Any, dict | None]],
+              reference=None) -> Trial:
+        """One control trial; ``sounds`` are (what, asset, expected) in build order."""
+        trial = Trial.objects.create(test=self.test, item=item, index=index, control=control, reference=reference)
+        Stimulus.objects.bulk_create([Stimulus(trial=trial, condition=self.condition(control, what), asset=asset,
+                                               expected=expected) for what, asset, expected in sounds])
+        return trial
+
+    def clean(self, item: EvalItem, n: int):
+        """A clean version of the item for comparison gold: the reference, else a checkpoint's output."""
+        if item.reference is not None:
+            return "clean reference", item.reference
+        checkpoint = self.checkpoints[n % len(self.checkpoints)]
+        return f"clean output of {checkpoint.run.name}@{checkpoint.step}", self.output(item, checkpoint)
+
+    # --- gold ------------------------------------------------------------------------------
+
+    def gold(self, n: int, item: EvalItem, index: int) -> Trial:
+        kind, gold = self.test.kind, Trial.Control.GOLD
+        if kind == ListeningTest.Kind.MOS:
+            if n % 2 == 1 and item.reference is not None:
+                return self.trial(gold, item, index, [("reference", item.reference, _expect(*GOLD_GOOD_RANGE))])
+            degraded = self.degraded(self.output(item, self.checkpoints[n % len(self.checkpoints)]))
+            return self.trial(gold, item, index, [("degraded output", degraded, _expect(*GOLD_BAD_RANGE))])
+        if kind == ListeningTest.Kind.SMOS:
+            if n % 2 == 1:
+                what, asset = self.same_speaker(item)
+                return self.trial(gold, item, index, [(what, asset, _expect(*SMOS_SAME_RANGE))], item.reference)
+            what, asset = self.other_speaker(item)
+            return self.trial(gold, item, index, [(what, asset, _expect(*SMOS_DIFFERENT_RANGE))], item.reference)
+        if kind == ListeningTest.Kind.MUSHRA:
+            # The system slots hold a heavily degraded copy of the reference (and, with more than one
+            # checkpoint, the other checkpoints' outputs); hidden reference and anchors as always.
+            sounds = [("hidden reference", item.reference, _expect(*MUSHRA_REFERENCE_RANGE)),
+                      ("degraded reference", self.degraded(item.reference), _expect(*MUSHRA_DEGRADED_RANGE))]
+            sounds += [(f"output of {c.run.name}@{c.step}", self.output(item, c), None) for c in self.checkpoints[1:]]
+            sounds += [(role.label, asset, None) for role, asset in self.anchors[item.pk].items()]
+            return self.trial(gold, item, index, sounds, item.reference)
+        what, clean = self.clean(item, n)
+        expected = _expect(*(CMOS_CLEAN_RANGE if kind == ListeningTest.Kind.CMOS else AB_CLEAN_RANGE),
+                           of=Stimulus.Expected.PREFERENCE)
+        return self.trial(gold, item, index, [(what, clean, expected), ("degraded copy", self.degraded(clean), None)])
+
+    def same_speaker(self, item: EvalItem):
+        """Another recording of the item's speaker (other words, same voice), else the reference itself."""
+        same = [i for i in self.usable if i.pk != item.pk and item.speaker and i.speaker == item.speaker]
+        if same:
+            return "same speaker, other recording", same[self.rng.randrange(len(same))].reference
+        return "reference copy", item.reference
+
+    def other_speaker(self, item: EvalItem):
+        """A recording of a speaker labelled differently, else the reference with its voice shifted."""
+        from evalsite.audio.selectors import audio_asset_samples
+
+        others = [i for i in self.usable if item.speaker and i.speaker and i.speaker != item.speaker]
+        if others:
+            return "other speaker", others[self.rng.randrange(len(others))].reference
+        samples, rate = audio_asset_samples(item.reference)
+        return "shifted voice", self.store(_other_voice(samples, rate), rate)
+
+    # --- trapping ----------------------------------------------------------------------------
+
+    def trapping(self, n: int, item: EvalItem, index: int) -> Trial:
+        from evalsite.listening.selectors import ACR_SCALE, CCR_SCALE, SMOS_SCALE
+
+        kind, trapping = self.test.kind, Trial.Control.TRAPPING
+        checkpoint = self.checkpoints[n % len(self.checkpoints)]
+        source = self.output(item, checkpoint)
+        what = f"instruction over {checkpoint.run.name}@{checkpoint.step}"
+        if kind in (ListeningTest.Kind.MOS, ListeningTest.Kind.SMOS):
+            label = self.rng.choice((ACR_SCALE if kind == ListeningTest.Kind.MOS else SMOS_SCALE)["labels"])
+            asset = self.trap(source, TRAP_TEXT.format(label=label["text"]))
+            reference = item.reference if kind == ListeningTest.Kind.SMOS else None
+            return self.trial(trapping, item, index, [(what, asset, _expect(label["value"], label["value"]))], reference)
+        if kind == ListeningTest.Kind.MUSHRA:
+            value = self.rng.choice(MUSHRA_TRAP_VALUES)
+            asset = self.trap(source, MUSHRA_TRAP_TEXT.format(value=value))
+            expected = _expect(max(0.0, value - MUSHRA_TRAP_TOLERANCE), min(100.0, value + MUSHRA_TRAP_TOLERANCE))
+            sounds = [(what, asset, expected), ("hidden reference", item.reference, None)]
+            sounds += [(f"output of {c.run.name}@{c.step}", self.output(item, c), None)
+                       for c in self.checkpoints if c.pk != checkpoint.pk]
+            sounds += [(role.label, asset, None) for role, asset in self.anchors[item.pk].items()]
+            return self.trial(trapping, item, index, sounds, item.reference)
+        if kind == ListeningTest.Kind.CMOS:
+            label = self.rng.choice(CCR_SCALE["labels"])
+            asset = self.trap(source, TRAP_TEXT.format(label=label["text"]))
+            versus = (item.reference if self.comparison is None else self.output(item, self.comparison))
+            expected = _expect(label["value"], label["value"], of=Stimulus.Expected.ANSWER)
+            return self.trial(trapping, item, index, [(what, asset, expected), ("comparison", versus, None)])
+        from evalsite.listening.selectors import AB_ANSWER_VALUES
+
+        letter = self.rng.choice(("A", "B"))
+        asset = self.trap(source, AB_TRAP_TEXT.format(label=letter))
+        partner = self.checkpoints[(n + 1) % len(self.checkpoints)]
+        expected = _expect(AB_ANSWER_VALUES[letter], AB_ANSWER_VALUES[letter], of=Stimulus.Expected.ANSWER)
+        return self.trial(trapping, item, index, [(what, asset, expected),
+                                                  (f"output of {partner.run.name}@{partner.step}",
+                                                   self.output(item, partner), None)])
+
+
+def _control_trials(builder: _ControlBuilder, index: int, gold_items: int, trapping_items: int) -> None:
+    """Build the gold and trapping trials after the ordinary ones, cycling through the usable items."""
+    usable = builder.usable
     for n in range(gold_items):
-        item = usable[n % len(usable)]
-        if n % 2 == 1 and item.reference is not None:
-            asset, expected = item.reference, GOLD_GOOD_RANGE
-        else:
-            samples, rate = audio_asset_samples(outputs[item.pk][checkpoints[n % len(checkpoints)].pk].asset)
-            asset, _ = audio_asset_store(decoded=decoded_from_array(_degraded(samples, rate), rate),
-                                         original_name="sound.wav")
-            expected = GOLD_BAD_RANGE
-        trial = Trial.objects.create(test=test, item=item, index=index, control=Trial.Control.GOLD,
-                                     expected_min=expected[0], expected_max=expected[1])
-        Stimulus.objects.create(trial=trial, condition=conditions[Condition.Role.GOLD], asset=asset)
+        builder.gold(n, usable[n % len(usable)], index)
         index += 1
     for n in range(trapping_items):
-        item = usable[(gold_items + n) % len(usable)]
-        label = rng.choice(ACR_SCALE["labels"])
-        samples, rate = audio_asset_samples(outputs[item.pk][checkpoints[n % len(checkpoints)].pk].asset)
-        asset, _ = audio_asset_store(decoded=decoded_from_array(_trapping_samples(samples, rate, label["text"]), rate),
-                                     original_name="sound.wav")
-        trial = Trial.objects.create(test=test, item=item, index=index, control=Trial.Control.TRAPPING,
-                                     expected_min=label["value"], expected_max=label["value"])
-        Stimulus.objects.create(trial=trial, condition=conditions[Condition.Role.TRAPPING], asset=asset)
+        builder.trapping(n, usable[(gold_items + n) % len(usable)], index)
         index += 1
 
 
@@ -229,7 +381,9 @@ def listening_test_build(
     AB: one trial per item × pair of checkpoints; ``allow_no_preference`` lets listeners answer
     "no preference". Items without output from every checkpoint (or without a reference where
     one is needed) are skipped with a warning. The first ``training_items`` usable items become
-    training trials.
+    training trials. ``gold_items`` / ``trapping_items`` quality-control trials are built for every
+    kind (see ``_ControlBuilder``); with ``headphone_check`` the level of the material is measured
+    for the calibration that comes before the check.
     """
     if not checkpoints:
         raise ApplicationError(NO_CHECKPOINTS)
@@ -237,8 +391,6 @@ def listening_test_build(
         raise ApplicationError(COMPARISON_ONLY_CMOS.format(kind=kind))
     if allow_no_preference and kind != ListeningTest.Kind.AB:
         raise ApplicationError(NO_PREFERENCE_ONLY_AB.format(kind=kind))
-    if (gold_items or trapping_items) and kind != ListeningTest.Kind.MOS:
-        raise ApplicationError(CONTROL_TRIALS_ONLY_MOS.format(kind=kind))
     checkpoints = list(Checkpoint.objects.filter(pk__in=[c.pk for c in checkpoints]).select_related("run__eval_set")
                        .order_by("run__name", "step"))
     if comparison is not None:
@@ -297,6 +449,7 @@ def listening_test_build(
         raise ApplicationError(NO_USABLE_ITEMS.format(reference=" and a reference" if needs_reference else ""))
 
     rate_checked: dict[int, bool] = {}
+    anchors: dict[int, dict] = {}
     index = 0
     for n, item in enumerate(usable):
         training = n < training_items
@@ -311,7 +464,8 @@ def listening_test_build(
             for c in checkpoints:
                 Stimulus.objects.create(trial=trial, condition=conditions[c.pk], asset=have[c.pk].asset)
             Stimulus.objects.create(trial=trial, condition=conditions[Condition.Role.HIDDEN_REFERENCE], asset=item.reference)
-            for role, asset in _anchor_assets(item.reference, rate_checked, warnings, item.key).items():
+            anchors[item.pk] = _anchor_assets(item.reference, rate_checked, warnings, item.key)
+            for role, asset in anchors[item.pk].items():
                 Stimulus.objects.create(trial=trial, condition=conditions[role], asset=asset)
         elif kind == ListeningTest.Kind.CMOS:
             versus = have[comparison.pk].asset if comparison is not None else item.reference
@@ -333,10 +487,27 @@ def listening_test_build(
                 index += 1
                 Stimulus.objects.create(trial=trial, condition=conditions[c.pk], asset=have[c.pk].asset)
     if gold_items or trapping_items:
-        _control_trials(test, usable, outputs, checkpoints, index, gold_items, trapping_items)
+        builder = _ControlBuilder(test, checkpoints, outputs, anchors, comparison, usable)
+        _control_trials(builder, index, gold_items, trapping_items)
     test.build_warnings = warnings
-    test.save(update_fields=["build_warnings", "updated_at"])
+    fields = ["build_warnings", "updated_at"]
+    if headphone_check:
+        test.calibration_level_dbfs = _material_level(usable, [outputs[i.pk] for i in usable])
+        fields.append("calibration_level_dbfs")
+    test.save(update_fields=fields)
     return test
+
+
+def _material_level(items: list[EvalItem], outputs: list[dict[int, Generation]]) -> float | None:
+    """Active RMS level (dBFS) of the test's material, from the first ``CALIBRATION_ITEMS`` items'
+    references and outputs: the calibration noise plays at it."""
+    from evalsite.audio.selectors import audio_asset_samples
+    from evalsite.listening.calibration import material_level_dbfs
+
+    assets = []
+    for item, have in list(zip(items, outputs))[:CALIBRATION_ITEMS]:
+        assets += ([item.reference] if item.reference is not None else []) + [g.asset for g in have.values()]
+    return material_level_dbfs([audio_asset_samples(a) for a in assets])
 
 
 @transaction.atomic
@@ -392,52 +563,105 @@ def assignment_choose_trials(test: ListeningTest, rng: random.Random) -> list[in
     return order[: min(want, len(order))]
 
 
-@transaction.atomic
+@dataclass(frozen=True)
+class _JoinLayout:
+    """The trials of a published test as a join needs them (they no longer change once published)."""
+
+    training: list[int]
+    controls: dict[str, list[int]]
+    stimuli: dict[int, list[int]]  # trial id -> stimulus ids, in id order
+
+
+def _join_layout(test: ListeningTest) -> _JoinLayout:
+    training, controls, stimuli = [], {Trial.Control.GOLD: [], Trial.Control.TRAPPING: []}, {}
+    for trial_id, is_training, control in (Trial.objects.filter(test=test).order_by("index")
+                                           .values_list("pk", "is_training", "control")):
+        stimuli[trial_id] = []
+        if is_training:
+            training.append(trial_id)
+        elif control:
+            controls[control].append(trial_id)
+    for trial_id, stimulus_id in (Stimulus.objects.filter(trial__test=test).order_by("pk")
+                                  .values_list("trial_id", "pk")):
+        stimuli[trial_id].append(stimulus_id)
+    return _JoinLayout(training, controls, stimuli)
+
+
 def participant_join(
     *, test: ListeningTest, external_id: str = "", study_id: str = "", session_id: str = ""
 ) -> Participant:
-    """Admit a listener (or return the same crowd worker's existing participant: resume)."""
-    test = ListeningTest.objects.select_for_update().get(pk=test.pk)
-    if test.status != ListeningTest.Status.PUBLISHED:
-        raise ConflictError(TEST_NOT_OPEN)
+    """Admit a listener (or return the same crowd worker's existing participant: resume).
+
+    Joins take the test's row lock in turn (the assignment engine balances on what earlier joins
+    were given), so everything that does not depend on it is read before taking it.
+    """
     external_id = external_id.strip()[:200]
-    if external_id:
-        existing = Participant.objects.filter(test=test, external_id=external_id).first()
-        if existing is not None:
-            return existing
-    token = secrets.token_urlsafe(18)
-    seed = random.Random(f"{test.seed}:{token}").getrandbits(31)
-    rng = random.Random(seed)
-    main = assignment_choose_trials(test, rng)
-    participant = Participant.objects.create(
-        test=test, token=token, external_id=external_id, study_id=study_id[:200], session_id=session_id[:200],
-        seed=seed, consented_at=timezone.now(),
-    )
-    training = list(Trial.objects.filter(test=test, is_training=True).order_by("index").values_list("pk", flat=True))
-    rng.shuffle(training)
-    for control in (Trial.Control.GOLD, Trial.Control.TRAPPING):
-        # One of each configured control, mixed into the main trials like any other.
-        pool = list(Trial.objects.filter(test=test, control=control).order_by("index").values_list("pk", flat=True))
-        if pool:
-            main.append(rng.choice(pool))
-    rng.shuffle(main)
-    trials = {t.pk: t for t in Trial.objects.filter(pk__in=training + main).prefetch_related("stimuli")}
-    # Two bulk inserts instead of one per trial: a join holds the test row lock, so it must be short.
-    assignments = Assignment.objects.bulk_create(
-        [Assignment(participant=participant, trial_id=trial_id, position=position)
-         for position, trial_id in enumerate(training + main)]
-    )
-    handles = []
-    for assignment in assignments:
-        stimuli = list(trials[assignment.trial_id].stimuli.all())
-        rng.shuffle(stimuli)
-        handles += [StimulusHandle(assignment=assignment, stimulus=s, position=i) for i, s in enumerate(stimuli)]
-    StimulusHandle.objects.bulk_create(handles)
+    layout = _join_layout(test)
+    with transaction.atomic():
+        test = ListeningTest.objects.select_for_update().get(pk=test.pk)
+        if test.status != ListeningTest.Status.PUBLISHED:
+            raise ConflictError(TEST_NOT_OPEN)
+        if external_id:
+            existing = Participant.objects.filter(test=test, external_id=external_id).first()
+            if existing is not None:
+                return existing
+        token = secrets.token_urlsafe(18)
+        seed = random.Random(f"{test.seed}:{token}").getrandbits(31)
+        rng = random.Random(seed)
+        main = assignment_choose_trials(test, rng)
+        participant = Participant.objects.create(
+            test=test, token=token, external_id=external_id, study_id=study_id[:200], session_id=session_id[:200],
+            seed=seed, consented_at=timezone.now(),
+        )
+        training = list(layout.training)
+        rng.shuffle(training)
+        for control in (Trial.Control.GOLD, Trial.Control.TRAPPING):
+            # One of each configured control, mixed into the main trials like any other.
+            if layout.controls[control]:
+                main.append(rng.choice(layout.controls[control]))
+        rng.shuffle(main)
+        # Two bulk inserts instead of one per trial.
+        assignments = Assignment.objects.bulk_create(
+            [Assignment(participant=participant, trial_id=trial_id, position=position)
+             for position, trial_id in enumerate(training + main)]
+        )
+        handles = []
+        for assignment in assignments:
+            stimuli = list(layout.stimuli[assignment.trial_id])
+            rng.shuffle(stimuli)
+            handles += [StimulusHandle(assignment=assignment, stimulus_id=s, position=i) for i, s in enumerate(stimuli)]
+        StimulusHandle.objects.bulk_create(handles)
     return participant
 
 
 # ---------------------------------------------------------------------------------------------
-# Headphone check
+# Level calibration and headphone check
+
+
+@transaction.atomic
+def calibration_confirm(*, participant: Participant, plays: Any) -> Participant:
+    """Record that the listener set their volume with the calibration noise (before the headphone check).
+
+    Confirmed once: a repeated confirmation (a retried request) returns the participant unchanged.
+    """
+    from evalsite.listening.calibration import calibration_level
+
+    participant = Participant.objects.select_for_update().select_related("test").get(pk=participant.pk)
+    if not participant.test.headphone_check:
+        raise ApplicationError(CALIBRATION_NOT_ASKED)
+    if participant.calibrated_at is not None:
+        return participant
+    if participant.test.status != ListeningTest.Status.PUBLISHED:
+        raise ConflictError(TEST_NOT_OPEN)
+    if participant.status != Participant.Status.ACTIVE:
+        raise ConflictError(SCREENED_OUT if participant.status == Participant.Status.SCREENED_OUT else PARTICIPANT_DONE)
+    if not (isinstance(plays, int) and not isinstance(plays, bool) and 1 <= plays <= CALIBRATION_MAX_PLAYS):
+        raise ApplicationError(CALIBRATION_PLAY_FIRST.format(plays=plays), extra={"field": "plays"})
+    participant.calibrated_at = timezone.now()
+    participant.calibration = {"plays": plays,
+                               "level_dbfs": round(calibration_level(participant.test.calibration_level_dbfs), 2)}
+    participant.save(update_fields=["calibrated_at", "calibration", "updated_at"])
+    return participant
 
 
 @transaction.atomic
@@ -455,6 +679,8 @@ def headphone_check_submit(*, participant: Participant, answers: Any) -> Partici
         return participant
     if participant.test.status != ListeningTest.Status.PUBLISHED:
         raise ConflictError(TEST_NOT_OPEN)
+    if participant.calibrated_at is None:
+        raise ConflictError(CALIBRATE_FIRST)
     valid = (isinstance(answers, list) and len(answers) == N_TRIALS
              and all(isinstance(a, int) and not isinstance(a, bool) and 1 <= a <= 3 for a in answers))
     if not valid:
@@ -474,7 +700,8 @@ def headphone_check_submit(*, participant: Participant, answers: Any) -> Partici
 # Answers
 
 
-def _open_assignment(participant: Participant, assignment_token: str) -> Assignment:
+def _check_open(participant: Participant) -> None:
+    """The test is open and this listener may answer (not done, not screened out, checks taken)."""
     if participant.test.status != ListeningTest.Status.PUBLISHED:
         raise ConflictError(TEST_NOT_OPEN)
     if participant.status == Participant.Status.COMPLETED:
@@ -483,8 +710,12 @@ def _open_assignment(participant: Participant, assignment_token: str) -> Assignm
         raise ConflictError(SCREENED_OUT)
     if headphone_check_pending(participant):
         raise ConflictError(HEADPHONE_CHECK_FIRST)
+
+
+def _open_assignment(participant: Participant, assignment_token: str) -> Assignment:
+    _check_open(participant)
     # Lock only the participant's own assignment row, not the trial every listener shares.
-    assignment = (Assignment.objects.select_for_update(of=("self",)).select_related("trial")
+    assignment = (Assignment.objects.select_for_update()
                   .filter(participant=participant, token=str(assignment_token)).first())
     if assignment is None:
         raise NotFoundError(UNKNOWN_TRIAL, extra={"field": "trial"})
@@ -532,53 +763,212 @@ def validate_score(kind: str, score: Any, *, choices: dict[str, float] | None = 
     return float(score)
 
 
-def _comparison_handles(assignment: Assignment) -> tuple[StimulusHandle, StimulusHandle]:
-    """Sounds A and B of a CMOS/AB trial, in this participant's presentation order."""
-    a, b = StimulusHandle.objects.filter(assignment=assignment).order_by("position")
-    return a, b
+@dataclass(frozen=True)
+class _RatingTarget:
+    """What one answer needs to know, read by one joined query (see ``_rating_target``)."""
+
+    participant_id: int
+    participant_status: str
+    headphone_passed: bool | None
+    test_id: int
+    kind: str
+    test_status: str
+    headphone_check: bool
+    allow_no_preference: bool
+    assignment_id: int | None
+    completed: bool
+    is_training: bool
+    handle_id: int | None
+    stimulus_id: int | None
+    a_token: str | None  # sounds A and B of the assignment (CMOS/AB)
+    b_handle_id: int | None
+    b_token: str | None
+
+    def participant(self, token: str) -> Participant:
+        """The participant and its test as model instances holding only what was read (the rest loads on use)."""
+        participant = _loaded(Participant, {"id": self.participant_id, "test_id": self.test_id, "token": token,
+                                            "status": self.participant_status, "headphone_passed": self.headphone_passed})
+        participant.test = _loaded(ListeningTest, {
+            "id": self.test_id, "kind": self.kind, "status": self.test_status, "headphone_check": self.headphone_check,
+            "allow_no_preference": self.allow_no_preference})
+        return participant
 
 
-def _answer(test: ListeningTest, assignment: Assignment, handle: StimulusHandle, score: Any) -> float:
-    """Validate an answer; comparisons are answered on sound B, as B relative to A."""
-    if test.kind not in COMPARISON_KINDS:
-        return validate_score(test.kind, score)
-    a, b = _comparison_handles(assignment)
-    if handle.pk != b.pk:
-        raise ApplicationError(ANSWER_ON_B, extra={"field": "stimulus"})
+def _loaded(model, values: dict[str, Any]):
+    """A model instance as if loaded from the database with only these fields (others load on access)."""
+    names = [f.attname for f in model._meta.concrete_fields if f.attname in values]
+    return model.from_db(DEFAULT_DB_ALIAS, names, [values[name] for name in names])
+
+
+def _table(model) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
+
+
+# Participant, test, the assignment of ``trial``, its sound ``stimulus`` and its sounds A and B, by
+# their tokens in one statement; LEFT JOINs so that an unknown trial or sound is told apart.
+_TARGET_SQL = """
+SELECT p.id, p.status, p.headphone_passed, t.id, t.kind, t.status, t.headphone_check, t.allow_no_preference,
+       a.id, a.completed_at, tr.is_training, h.id, h.stimulus_id, ha.token, hb.id, hb.token
+FROM {participant} p
+JOIN {test} t ON t.id = p.test_id
+LEFT JOIN {assignment} a ON a.participant_id = p.id AND a.token = %s
+LEFT JOIN {trial} tr ON tr.id = a.trial_id
+LEFT JOIN {handle} h ON h.assignment_id = a.id AND h.token = %s
+LEFT JOIN {handle} ha ON ha.assignment_id = a.id AND ha.position = 0
+LEFT JOIN {handle} hb ON hb.assignment_id = a.id AND hb.position = 1
+WHERE p.token = %s
+"""
+
+
+def _rating_target(participant_token: str, trial: Any, stimulus: Any) -> _RatingTarget | None:
+    sql = _TARGET_SQL.format(participant=_table(Participant), test=_table(ListeningTest), assignment=_table(Assignment),
+                             trial=_table(Trial), handle=_table(StimulusHandle))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [str(trial), str(stimulus), participant_token])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    (pid, pstatus, passed, tid, kind, tstatus, headphone, no_pref, aid, completed_at, training, hid, sid, a_token,
+     b_id, b_token) = row
+    return _RatingTarget(pid, pstatus, None if passed is None else bool(passed), tid, kind, tstatus, bool(headphone),
+                         bool(no_pref), aid, completed_at is not None, bool(training), hid, sid, a_token, b_id, b_token)
+
+
+def _checked_value(target: _RatingTarget | None, score: Any) -> float:
+    """The value to store, after the same checks in the same order as every other answer."""
+    if target is None:
+        raise NotFoundError(UNKNOWN_PARTICIPANT)
+    if target.test_status != ListeningTest.Status.PUBLISHED:
+        raise ConflictError(TEST_NOT_OPEN)
+    if target.participant_status == Participant.Status.COMPLETED:
+        raise ConflictError(PARTICIPANT_DONE)
+    if target.participant_status == Participant.Status.SCREENED_OUT:
+        raise ConflictError(SCREENED_OUT)
+    if target.headphone_check and target.headphone_passed is None:
+        raise ConflictError(HEADPHONE_CHECK_FIRST)
+    if target.assignment_id is None:
+        raise NotFoundError(UNKNOWN_TRIAL, extra={"field": "trial"})
+    if target.handle_id is None:
+        raise NotFoundError(UNKNOWN_STIMULUS, extra={"field": "stimulus"})
     choices = None
-    if test.kind == ListeningTest.Kind.AB:
-        choices = {a.token: AB_ANSWER_VALUES["A"], b.token: AB_ANSWER_VALUES["B"]}
-        if test.allow_no_preference:
-            choices[NO_PREFERENCE] = AB_ANSWER_VALUES[NO_PREFERENCE]
-    return validate_score(test.kind, score, choices=choices)
-
-
-@transaction.atomic
-def rating_submit(*, participant: Participant, trial: str, stimulus: str, score: Any, request_id: Any) -> Rating:
-    """Save one rating the moment it is given.
-
-    CMOS and AB answer the trial on its second sound (B): ``score`` is the CMOS answer (−3..3,
-    B relative to A) or the AB choice (A's or B's stimulus token, or ``"none"``); see ``Rating``
-    for what is stored. Idempotent: the same ``request_id`` again changes nothing, and a late
-    retry of an older request never overwrites a newer answer (every request id is remembered).
-    """
-    request_id = _request_id(request_id)
-    assignment = _open_assignment(participant, trial)
-    handle = _handle(assignment, stimulus)
-    value = _answer(participant.test, assignment, handle, score)
-    if assignment.completed_at is not None:
+    if target.kind in COMPARISON_KINDS:
+        # Comparisons are answered on sound B, as B relative to A.
+        if target.handle_id != target.b_handle_id:
+            raise ApplicationError(ANSWER_ON_B, extra={"field": "stimulus"})
+        if target.kind == ListeningTest.Kind.AB:
+            choices = {target.a_token: AB_ANSWER_VALUES["A"], target.b_token: AB_ANSWER_VALUES["B"]}
+            if target.allow_no_preference:
+                choices[NO_PREFERENCE] = AB_ANSWER_VALUES[NO_PREFERENCE]
+    value = validate_score(target.kind, score, choices=choices)
+    if target.completed:
         raise ConflictError(TRIAL_ALREADY_COMPLETED, extra={"field": "trial"})
-    rating = Rating.objects.select_for_update().filter(participant=participant, stimulus=handle.stimulus).first()
+    return value
+
+
+_RATING_FIELDS = ["id", "created_at", "updated_at", "participant_id", "assignment_id", "stimulus_id", "score",
+                  "request_id", "history", "is_training"]
+
+# One statement: lock the assignment (only while it is unfinished, so a concurrent trial_complete
+# either sees this rating or refuses it), insert the rating, or on a second answer to the same sound
+# take the new score unless this request id was seen before (a retry, or a late replay of an older
+# request: nothing changes and nothing is returned).
+_UPSERT_SQL = """
+WITH open_assignment AS (
+    SELECT id FROM {assignment} WHERE id = %(assignment)s AND completed_at IS NULL FOR UPDATE
+)
+INSERT INTO {rating} AS r (created_at, updated_at, participant_id, assignment_id, stimulus_id, score, request_id,
+                           history, is_training)
+SELECT %(now)s, %(now)s, %(participant)s, open_assignment.id, %(stimulus)s, %(score)s, %(request_id)s,
+       jsonb_build_array(%(request_id)s::text), %(training)s
+FROM open_assignment
+ON CONFLICT (participant_id, stimulus_id) DO UPDATE
+SET score = EXCLUDED.score, request_id = EXCLUDED.request_id, history = r.history || EXCLUDED.history,
+    updated_at = EXCLUDED.updated_at
+WHERE NOT (r.history ? EXCLUDED.request_id)
+RETURNING {returning}
+"""
+
+_STORED_SQL = """
+SELECT a.completed_at, {returning}
+FROM {assignment} a LEFT JOIN {rating} r ON r.participant_id = %s AND r.stimulus_id = %s
+WHERE a.id = %s
+"""
+
+
+def _rating_from_row(row) -> Rating:
+    values = dict(zip(_RATING_FIELDS, row))
+    if isinstance(values["history"], str):
+        values["history"] = json.loads(values["history"])
+    return _loaded(Rating, values)
+
+
+def _rating_upsert_postgresql(target: _RatingTarget, value: float, request_id: str) -> Rating:
+    returning = ", ".join(f"r.{name}" for name in _RATING_FIELDS)
+    params = {"assignment": target.assignment_id, "now": timezone.now(), "participant": target.participant_id,
+              "stimulus": target.stimulus_id, "score": value, "request_id": request_id,
+              "training": target.is_training}
+    with connection.cursor() as cursor:
+        cursor.execute(_UPSERT_SQL.format(assignment=_table(Assignment), rating=_table(Rating), returning=returning),
+                       params)
+        row = cursor.fetchone()
+        if row is not None:
+            return _rating_from_row(row)
+        # Nothing written: the trial was finished meanwhile, or this request id was seen before.
+        cursor.execute(_STORED_SQL.format(assignment=_table(Assignment), rating=_table(Rating), returning=returning),
+                       [target.participant_id, target.stimulus_id, target.assignment_id])
+        stored = cursor.fetchone()
+    if stored is None:
+        raise NotFoundError(UNKNOWN_TRIAL, extra={"field": "trial"})
+    if stored[0] is not None:
+        raise ConflictError(TRIAL_ALREADY_COMPLETED, extra={"field": "trial"})
+    rating = _rating_from_row(stored[1:])
+    if rating.pk is None or request_id not in rating.history:
+        raise RuntimeError(f"rating upsert for assignment {target.assignment_id} wrote nothing and found no reason")
+    return rating
+
+
+def _rating_write_orm(target: _RatingTarget, value: float, request_id: str) -> Rating:
+    """Any other database, inside a transaction: the same steps one statement at a time (SQLite
+    serialises them with the write lock it takes at BEGIN)."""
+    completed = (Assignment.objects.select_for_update().filter(pk=target.assignment_id)
+                 .values_list("completed_at", flat=True).first())
+    if completed is not None:
+        raise ConflictError(TRIAL_ALREADY_COMPLETED, extra={"field": "trial"})
+    rating = Rating.objects.select_for_update().filter(participant_id=target.participant_id,
+                                                       stimulus_id=target.stimulus_id).first()
     if rating is None:
-        return Rating.objects.create(participant=participant, assignment=assignment, stimulus=handle.stimulus,
-                                     score=value, request_id=request_id, history=[request_id],
-                                     is_training=assignment.trial.is_training)
+        return Rating.objects.create(participant_id=target.participant_id, assignment_id=target.assignment_id,
+                                     stimulus_id=target.stimulus_id, score=value, request_id=request_id,
+                                     history=[request_id], is_training=target.is_training)
     if request_id in rating.history:
         return rating
     rating.score = value
     rating.request_id = request_id
     rating.history = [*rating.history, request_id]
     rating.save(update_fields=["score", "request_id", "history", "updated_at"])
+    return rating
+
+
+def rating_submit(*, participant: Participant | str, trial: str, stimulus: str, score: Any, request_id: Any) -> Rating:
+    """Save one rating the moment it is given.
+
+    ``participant`` is the participant or (the listener endpoint) its token. CMOS and AB answer
+    the trial on its second sound (B): ``score`` is the CMOS answer (−3..3, B relative to A) or the
+    AB choice (A's or B's stimulus token, or ``"none"``); see ``Rating`` for what is stored.
+    Idempotent: the same ``request_id`` again changes nothing, and a late retry of an older request
+    never overwrites a newer answer (every request id is remembered). On PostgreSQL this is two
+    statements (one read, one upsert), the hot path of a listening test under load.
+    """
+    request_id = _request_id(request_id)
+    token = participant if isinstance(participant, str) else participant.token
+    if connection.vendor == "postgresql":
+        target = _rating_target(token, trial, stimulus)
+        rating = _rating_upsert_postgresql(target, _checked_value(target, score), request_id)
+    else:
+        with transaction.atomic():
+            target = _rating_target(token, trial, stimulus)
+            rating = _rating_write_orm(target, _checked_value(target, score), request_id)
+    rating.participant = participant if isinstance(participant, Participant) else target.participant(token)
     return rating
 
 
@@ -614,6 +1004,17 @@ def flag_submit(
         return ArtifactFlag.objects.get(participant=participant, request_id=request_id)
 
 
+# One of a participant's assignments by token, locked like every answer to it, and then how many
+# sounds it has and how many of them this participant has not rated (read after the lock, so an
+# answer that was being saved is counted).
+_TRIAL_SQL = "SELECT a.id, a.completed_at, {telemetry} FROM {assignment} a WHERE a.participant_id = %s AND a.token = %s"
+_UNRATED_SQL = """
+SELECT COUNT(*), COUNT(*) - COUNT(r.id)
+FROM {handle} h LEFT JOIN {rating} r ON r.participant_id = %s AND r.stimulus_id = h.stimulus_id
+WHERE h.assignment_id = %s
+"""
+
+
 @transaction.atomic
 def trial_complete(*, participant: Participant, trial: str) -> Participant:
     """Finish a trial once every sound in it is rated (a CMOS/AB trial: once it is answered);
@@ -625,23 +1026,35 @@ def trial_complete(*, participant: Participant, trial: str) -> Participant:
         if not Assignment.objects.filter(participant=participant, token=str(trial)).exists():
             raise NotFoundError(UNKNOWN_TRIAL, extra={"field": "trial"})
         return participant
-    assignment = _open_assignment(participant, trial)
-    if assignment.completed_at is None:
-        rated = set(Rating.objects.filter(assignment=assignment).values_list("stimulus_id", flat=True))
+    _check_open(participant)
+    play_all = participant.test.require_play_all
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    with connection.cursor() as cursor:
+        cursor.execute(_TRIAL_SQL.format(telemetry="a.telemetry" if play_all else "NULL",
+                                         assignment=_table(Assignment)) + lock, [participant.pk, str(trial)])
+        row = cursor.fetchone()
+        if row is None:
+            raise NotFoundError(UNKNOWN_TRIAL, extra={"field": "trial"})
+        assignment_id, completed_at, telemetry = row
+        if completed_at is None:
+            cursor.execute(_UNRATED_SQL.format(handle=_table(StimulusHandle), rating=_table(Rating)),
+                           [participant.pk, assignment_id])
+            sounds, unrated = cursor.fetchone()
+    if completed_at is None:
         if participant.test.kind in COMPARISON_KINDS:
-            if not rated:
+            if unrated == sounds:
                 raise ApplicationError(ANSWER_FIRST, extra={"field": "trial"})
-        else:
-            missing = [h for h in assignment.handles.all() if h.stimulus_id not in rated]
-            if missing:
-                raise ApplicationError(RATE_ALL_FIRST.format(missing=len(missing)), extra={"field": "trial"})
-        if participant.test.require_play_all:
-            played = {e.get("stimulus") for e in assignment.telemetry if e.get("type") in PLAY_EVENT_TYPES}
-            unplayed = [h for h in assignment.handles.all() if h.token not in played]
+        elif unrated:
+            raise ApplicationError(RATE_ALL_FIRST.format(missing=unrated), extra={"field": "trial"})
+        if play_all:
+            events = json.loads(telemetry) if isinstance(telemetry, str) else telemetry or []
+            played = {e.get("stimulus") for e in events if isinstance(e, dict) and e.get("type") in PLAY_EVENT_TYPES}
+            tokens = StimulusHandle.objects.filter(assignment_id=assignment_id).values_list("token", flat=True)
+            unplayed = [token for token in tokens if token not in played]
             if unplayed:
                 raise ApplicationError(PLAY_ALL_FIRST.format(missing=len(unplayed)), extra={"field": "trial"})
-        assignment.completed_at = timezone.now()
-        assignment.save(update_fields=["completed_at", "updated_at"])
+        now = timezone.now()
+        Assignment.objects.filter(pk=assignment_id).update(completed_at=now, updated_at=now)
     if not participant.assignments.filter(completed_at__isnull=True).exists():
         participant.status = Participant.Status.COMPLETED
         participant.completed_at = timezone.now()

@@ -14,6 +14,8 @@ urlpatterns = [
     path("p/<str:ptoken>/telemetry", views.telemetry, name="telemetry"),
     path("p/<str:ptoken>/audio/<str:token>", views.audio, name="audio"),
     path("p/<str:ptoken>/ref/<str:token>", views.reference_audio, name="reference-audio"),
+    path("p/<str:ptoken>/calibration", views.calibration, name="calibration"),
+    path("p/<str:ptoken>/cal", views.calibration_audio, name="calibration-audio"),
     path("p/<str:ptoken>/headphone", views.headphone, name="headphone"),
     path("p/<str:ptoken>/hp/<str:token>", views.headphone_audio, name="headphone-audio"),
 ]

@@ -29,7 +29,7 @@ from evalsite.listening.selectors import (
 COOKIE = "evalsite_listener"
 COOKIE_SALT = "evalsite.listening.participant"
 COOKIE_MAX_AGE = 60 * 60 * 24 * 30
-NOT_YOUR_SESSION = "This listening session belongs to another browser. Open your invitation link again."
+NOT_YOUR_SESSION = services.UNKNOWN_PARTICIPANT
 
 
 def _error(exc: ApplicationError) -> JsonResponse:
@@ -37,19 +37,33 @@ def _error(exc: ApplicationError) -> JsonResponse:
     return JsonResponse({"message": exc.message, "extra": exc.extra}, status=status)
 
 
+def _same_browser(request: HttpRequest, ptoken: str) -> bool:
+    """The request comes from the browser that joined as ``ptoken`` (its signed cookie; no query)."""
+    return request.get_signed_cookie(COOKIE, default=None, salt=COOKIE_SALT) == ptoken
+
+
+def _not_your_session(request: HttpRequest) -> HttpResponse:
+    if request.headers.get("Accept", "").startswith("application/json") or request.method != "GET":
+        return JsonResponse({"message": NOT_YOUR_SESSION, "extra": {}}, status=404)
+    return render(request, "listening/message.html", {"message": NOT_YOUR_SESSION}, status=404)
+
+
+def _private(response: HttpResponse) -> HttpResponse:
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
 def _listener(view):
     """Resolve the participant from the URL token and require the browser that joined as them."""
 
     @wraps(view)
     def wrapper(request: HttpRequest, ptoken: str, *args, **kwargs):
+        if not _same_browser(request, ptoken):
+            return _not_your_session(request)
         participant = Participant.objects.select_related("test").filter(token=ptoken).first()
-        if participant is None or request.get_signed_cookie(COOKIE, default=None, salt=COOKIE_SALT) != ptoken:
-            if request.headers.get("Accept", "").startswith("application/json") or request.method != "GET":
-                return JsonResponse({"message": NOT_YOUR_SESSION, "extra": {}}, status=404)
-            return render(request, "listening/message.html", {"message": NOT_YOUR_SESSION}, status=404)
-        response = view(request, participant, *args, **kwargs)
-        response["Cache-Control"] = "private, no-store"
-        return response
+        if participant is None:
+            return _not_your_session(request)
+        return _private(view(request, participant, *args, **kwargs))
 
     return wrapper
 
@@ -109,11 +123,19 @@ def _post(action):
     return view
 
 
-@_post
-def rate(participant: Participant, body: dict) -> JsonResponse:
-    rating = services.rating_submit(participant=participant, trial=body.get("trial"), stimulus=body.get("stimulus"),
-                                    score=body.get("score"), request_id=body.get("request_id"))
-    return JsonResponse({"score": rating_answer(rating)})
+@require_http_methods(["POST"])
+def rate(request: HttpRequest, ptoken: str) -> HttpResponse:
+    """Save one rating: the hot path of a test under load (benchmarks/listening_load.py), so the
+    participant is not loaded first; the service finds it with the trial and the sound."""
+    if not _same_browser(request, ptoken):
+        return _not_your_session(request)
+    try:
+        body = _json_body(request)
+        rating = services.rating_submit(participant=ptoken, trial=body.get("trial"), stimulus=body.get("stimulus"),
+                                        score=body.get("score"), request_id=body.get("request_id"))
+    except ApplicationError as exc:
+        return _private(_error(exc))
+    return _private(JsonResponse({"score": rating_answer(rating)}))
 
 
 @_post
@@ -130,6 +152,13 @@ def complete(participant: Participant, body: dict) -> JsonResponse:
     progress = listener_progress(participant)
     return JsonResponse({"phase": progress["phase"], "position": progress["position"],
                          "completion": progress["completion"]})
+
+
+@_post
+def calibration(participant: Participant, body: dict) -> JsonResponse:
+    participant = services.calibration_confirm(participant=participant, plays=body.get("plays"))
+    progress = listener_progress(participant)
+    return JsonResponse({"phase": progress["phase"], "screened_out": progress["screened_out"]})
 
 
 @_post
@@ -166,14 +195,31 @@ def reference_audio(request: HttpRequest, participant: Participant, token: str) 
     return _audio(participant_reference_asset(participant, token))
 
 
+def _wav(data: bytes) -> HttpResponse:
+    response = HttpResponse(data, content_type="audio/wav")
+    response["Content-Disposition"] = 'inline; filename="sound.wav"'
+    return response
+
+
+@_listener
+def calibration_audio(request: HttpRequest, participant: Participant) -> HttpResponse:
+    """The calibration noise at the level of the test's material (made on request, nothing stored)."""
+    from evalsite.listening.calibration import calibration_samples, wav_bytes
+
+    if not participant.test.headphone_check:
+        return JsonResponse({"message": "Unknown sound.", "extra": {}}, status=404)
+    return _wav(wav_bytes(calibration_samples(participant.test.calibration_level_dbfs)))
+
+
 @_listener
 def headphone_audio(request: HttpRequest, participant: Participant, token: str) -> HttpResponse:
-    """One headphone-check trial, generated on request (a few hundred kB; nothing is stored)."""
-    from evalsite.audio.headphone_check import trial_wav
+    """One headphone-check trial at the calibrated level, made on request (a few hundred kB; nothing
+    is stored); only once the listener has calibrated."""
+    from evalsite.listening.calibration import headphone_trial_samples, wav_bytes
 
     trial = next((t for t in headphone_trials(participant) if t["token"] == token), None)
     if trial is None or not participant.test.headphone_check:
         return JsonResponse({"message": "Unknown sound.", "extra": {}}, status=404)
-    response = HttpResponse(trial_wav(trial["order"]), content_type="audio/wav")
-    response["Content-Disposition"] = 'inline; filename="sound.wav"'
-    return response
+    if participant.calibrated_at is None and participant.headphone_passed is None:
+        return _error(ConflictError(services.CALIBRATE_FIRST))
+    return _wav(wav_bytes(headphone_trial_samples(trial["order"], participant.test.calibration_level_dbfs)))

@@ -1,5 +1,6 @@
 """Quality controls in Debian's Chromium (playwright) against Django on PostgreSQL: Continue waits
-until every sound has been played, and the antiphase headphone check passes or screens out."""
+until every sound has been played, and after a level calibration (by keyboard) the antiphase
+headphone check passes or screens out."""
 
 import pytest
 
@@ -69,6 +70,32 @@ def test_continue_waits_until_every_sound_and_the_reference_have_been_played(
     assert errors == []
 
 
+def active_testid(page) -> str | None:
+    return page.evaluate("document.activeElement && document.activeElement.dataset.testid")
+
+
+def calibrate_volume(page, *, keyboard: bool, shots=None):
+    """The calibration step: Continue waits (and says why) until the noise has been played."""
+    page.wait_for_selector("#listener-app[data-ready=true][data-kind=calibration]", timeout=15000)
+    assert page.locator("[data-testid=cal-confirm]").is_disabled()
+    assert "Play the sound at least once" in page.inner_text("[data-testid=cal-reason]")
+    if shots is not None:
+        page.screenshot(path=str(shots / "calibration.png"), full_page=True)
+    if keyboard:
+        page.keyboard.press("Tab")  # from the focused heading to Play
+        assert active_testid(page) == "cal-play"
+        page.keyboard.press("Space")
+        page.wait_for_function("document.querySelector('[data-testid=cal-play]').getAttribute('aria-pressed') === 'true'")
+        page.keyboard.press("Space")  # stop again
+        assert "Stopped" in page.inner_text("[data-testid=cal-status]")
+        page.keyboard.press("Tab")
+        assert active_testid(page) == "cal-confirm" and page.locator("[data-testid=cal-confirm]").is_enabled()
+        page.keyboard.press("Enter")
+    else:
+        page.click("[data-testid=cal-play]")
+        page.click("[data-testid=cal-confirm]")
+
+
 def take_headphone_check(page, participant, *, wrong: int, shots=None):
     """Answer the six questions; the first ``wrong`` answers are wrong."""
     expected = [t["answer"] for t in headphone_trials(participant)]
@@ -96,7 +123,11 @@ def test_the_headphone_check_lets_a_headphone_listener_in_and_screens_out_a_fail
     page = new_page(browser, errors)
     page.goto(f"{live_server.url}/l/i/{test.invite_token}/?PROLIFIC_PID=hp-pass")
     page.click("[data-testid=consent-agree]")
+    calibrate_volume(page, keyboard=True, shots=shots)
     page.wait_for_selector("[data-kind=headphone]", timeout=15000)
+    calibrated = Participant.objects.get(external_id="hp-pass")
+    assert calibrated.calibrated_at is not None and calibrated.calibration["plays"] == 1
+    assert calibrated.calibration["level_dbfs"] == round(test.calibration_level_dbfs, 2)
     take_headphone_check(page, Participant.objects.get(external_id="hp-pass"), wrong=1, shots=shots)
     page.wait_for_selector("#listener-app[data-ready=true][data-kind=mos]", timeout=15000)
     assert page.locator("[data-testid^=score-]").count() == 5  # the first trial
@@ -107,6 +138,9 @@ def test_the_headphone_check_lets_a_headphone_listener_in_and_screens_out_a_fail
     page = new_page(browser, errors)
     page.goto(f"{live_server.url}/l/i/{test.invite_token}/?PROLIFIC_PID=hp-fail")
     page.click("[data-testid=consent-agree]")
+    page.wait_for_selector("[data-kind=calibration]", timeout=15000)
+    page.reload()  # coming back before confirming: still the calibration, the check not reachable
+    calibrate_volume(page, keyboard=False)
     page.wait_for_selector("[data-kind=headphone]", timeout=15000)
     take_headphone_check(page, Participant.objects.get(external_id="hp-fail"), wrong=2)
     page.wait_for_selector("[data-testid=screened-out]", timeout=15000)

@@ -233,8 +233,9 @@ def test_another_browser_cannot_use_a_participants_urls(world, client):
     assert stranger.get(state["trials"][0]["stimuli"][0]["url"]).status_code == 404
 
 
-def test_nothing_a_listener_receives_names_a_run_checkpoint_system_or_role(world, client):
-    test = build(world)
+@pytest.mark.parametrize("controls", [0, 1], ids=["plain", "with-gold-and-trapping"])
+def test_nothing_a_listener_receives_names_a_run_checkpoint_system_or_role(world, client, controls):
+    test = build(world, gold_items=controls, trapping_items=controls)
     session_url = join_via_link(client, test)
     received = []
     for url in (f"/l/i/{test.invite_token}/", session_url, session_url + "state"):
@@ -252,5 +253,8 @@ def test_nothing_a_listener_receives_names_a_run_checkpoint_system_or_role(world
     blob = "\n".join(received).lower()
     leaks = [word for word in forbidden if word.lower() in blob]
     assert leaks == []
+    # Nor that a trial is a control: checked with the random tokens blanked (one might spell "gold").
+    words = re.sub(r"[a-z0-9_-]{20,}", "", blob)
+    assert [w for w in ("gold", "trap", "quality control", "expected", "degraded", "attention") if w in words] == []
     # Opaque ids only: no integer primary keys in any id field.
     assert not any(re.fullmatch(r"\d+", t["id"]) for t in state["trials"])

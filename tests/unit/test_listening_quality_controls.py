@@ -1,5 +1,5 @@
-"""Optional quality controls of a listening test: play every sound, the headphone check, gold and
-trapping trials (SQLite, services and the Django test client)."""
+"""Optional quality controls of a listening test: play every sound, level calibration and the
+headphone check, gold and trapping trials for every kind (SQLite, services and the Django test client)."""
 
 import io
 import json
@@ -22,7 +22,7 @@ from evalsite.listening.selectors import (
     listening_test_progress,
     quality_control_results,
 )
-from evalsite.runs.models import Generation
+from evalsite.runs.models import EvalItem, Generation
 from tests.factories import listening_world
 
 pytestmark = pytest.mark.django_db
@@ -115,7 +115,7 @@ def test_the_listener_state_says_play_all_is_required_and_which_sounds_were_alre
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. Headphone check
+# 2. Level calibration, then the headphone check
 
 
 def join_through_invite(client, test):
@@ -123,21 +123,123 @@ def join_through_invite(client, test):
     return Participant.objects.filter(test=test).latest("created_at")
 
 
-def test_the_headphone_check_comes_first_and_rating_before_it_is_refused(world, client):
+def calibrate(participant, plays=1):
+    return services.calibration_confirm(participant=participant, plays=plays)
+
+
+def wav(response):
+    body = b"".join(response.streaming_content) if response.streaming else response.content
+    return sf.read(io.BytesIO(body))
+
+
+def level_db(samples):
+    return 20 * np.log10(np.sqrt(np.mean(np.square(samples, dtype=np.float64), axis=0)))
+
+
+def test_calibration_then_the_headphone_check_come_first_and_neither_can_be_skipped(world, client):
     test = build(world, headphone_check=True)
     p = join_through_invite(client, test)
     state = client.get(f"/l/p/{p.token}/state").json()
-    assert state["phase"] == "headphone" and len(state["headphone_check"]["trials"]) == 6
+    assert state["phase"] == "calibration" and state["headphone_check"] is None
+    assert state["calibration"] == {"url": f"/l/p/{p.token}/cal"}
     trial = state["trials"][0]
     with pytest.raises(ConflictError) as exc:
         services.rating_submit(participant=p, trial=trial["id"], stimulus=trial["stimuli"][0]["id"], score=3,
                                request_id="r1")
     assert exc.value.message == services.HEADPHONE_CHECK_FIRST
+    # The server refuses the headphone check (answers and sounds) until the volume is calibrated.
+    answers = [t["answer"] for t in headphone_trials(p)]
+    refused = client.post(f"/l/p/{p.token}/headphone", json.dumps({"answers": answers}), content_type="application/json")
+    assert refused.status_code == 409 and refused.json()["message"] == services.CALIBRATE_FIRST
+    hp_url = f"/l/p/{p.token}/hp/{headphone_trials(p)[0]['token']}"
+    assert client.get(hp_url).status_code == 409
+    p.refresh_from_db()
+    assert p.headphone_passed is None and p.headphone_answers == [] and p.calibrated_at is None
+
+    response = client.post(f"/l/p/{p.token}/calibration", json.dumps({"plays": 2}), content_type="application/json")
+    assert response.status_code == 200 and response.json() == {"phase": "headphone", "screened_out": None}
+    p.refresh_from_db()
+    assert p.calibrated_at is not None and p.calibration == {"plays": 2, "level_dbfs": round(test.calibration_level_dbfs, 2)}
+    state = client.get(f"/l/p/{p.token}/state").json()
+    assert state["phase"] == "headphone" and state["calibration"] is None and len(state["headphone_check"]["trials"]) == 6
+    assert client.get(hp_url).status_code == 200
+    # Confirmed once: a retried confirmation changes nothing.
+    first = p.calibrated_at
+    assert calibrate(p, plays=7).calibrated_at == first and Participant.objects.get(pk=p.pk).calibration["plays"] == 2
+
+
+@pytest.mark.parametrize("plays", [None, 0, -1, "2", 1.5, True, 10**6])
+def test_a_calibration_without_a_play_or_malformed_is_refused_and_nothing_is_stored(world, plays):
+    p = services.participant_join(test=build(world, headphone_check=True))
+    with pytest.raises(ApplicationError) as exc:
+        calibrate(p, plays=plays)
+    assert exc.value.extra == {"field": "plays"}
+    p.refresh_from_db()
+    assert p.calibrated_at is None and p.calibration == {}
+
+
+def test_without_a_headphone_check_there_is_no_calibration(world, client):
+    test = build(world)
+    p = join_through_invite(client, test)
+    with pytest.raises(ApplicationError) as exc:
+        calibrate(p)
+    assert exc.value.message == services.CALIBRATION_NOT_ASKED
+    assert client.get(f"/l/p/{p.token}/cal").status_code == 404
+    assert client.get(f"/l/p/{p.token}/state").json()["calibration"] is None
+
+
+def test_the_calibration_noise_has_the_level_of_the_test_material_and_the_check_tones_share_it(world, client):
+    test = build(world, headphone_check=True)
+    # listening_world's clips are Gaussian noise of standard deviation 0.2: -14 dBFS.
+    assert test.calibration_level_dbfs == pytest.approx(20 * np.log10(0.2), abs=0.3)
+    p = join_through_invite(client, test)
+    response = client.get(f"/l/p/{p.token}/cal")
+    assert response.status_code == 200 and response["Content-Type"] == "audio/wav"
+    assert response["Content-Disposition"] == 'inline; filename="sound.wav"'
+    noise, rate = wav(response)
+    assert rate == SAMPLE_RATE and noise.shape[1] == 2 and np.array_equal(noise[:, 0], noise[:, 1])
+    assert np.allclose(level_db(noise), test.calibration_level_dbfs, atol=0.1)
+    calibrate(p)
+    tone = int(TONE_S * SAMPLE_RATE)
+    step = int((TONE_S + GAP_S) * SAMPLE_RATE)
+    for trial in headphone_trials(p):
+        samples, _ = wav(client.get(f"/l/p/{p.token}/hp/{trial['token']}"))
+        levels = {name: level_db(samples[i * step:i * step + tone]) for i, name in enumerate(trial["order"])}
+        assert np.allclose(levels["standard"], test.calibration_level_dbfs, atol=0.1)
+        assert np.allclose(levels["antiphase"], test.calibration_level_dbfs, atol=0.1)
+        assert np.allclose(levels["quiet"], test.calibration_level_dbfs - 6, atol=0.1)
+
+
+def test_a_test_built_before_calibration_levels_existed_calibrates_at_the_checks_own_level(world, client):
+    test = build(world, headphone_check=True)
+    ListeningTest.objects.filter(pk=test.pk).update(calibration_level_dbfs=None)
+    p = join_through_invite(client, test)
+    noise, _ = wav(client.get(f"/l/p/{p.token}/cal"))
+    calibrate(p)
+    trial = headphone_trials(p)[0]
+    samples, _ = wav(client.get(f"/l/p/{p.token}/hp/{trial['token']}"))
+    standard = trial["order"].index("standard")
+    step = int((TONE_S + GAP_S) * SAMPLE_RATE)
+    tone_level = level_db(samples[standard * step:standard * step + int(TONE_S * SAMPLE_RATE)])
+    assert np.allclose(level_db(noise), tone_level, atol=0.1)
+    assert np.abs(samples).max() == pytest.approx(10 ** (-10 / 20), abs=1e-3)  # the check's -10 dBFS peak
+
+
+def test_material_too_loud_for_the_noise_calibrates_at_the_loudest_level_that_does_not_clip():
+    from evalsite.listening.calibration import calibration_level, calibration_samples, headphone_trial_samples
+
+    level = calibration_level(-3.0)
+    noise = calibration_samples(-3.0)
+    assert -16 < level < -3 and np.abs(noise).max() == pytest.approx(0.99, abs=1e-3)
+    assert np.allclose(level_db(noise), level, atol=0.05)
+    tones = headphone_trial_samples(("standard", "quiet", "antiphase"), -3.0)
+    assert np.allclose(level_db(tones[: int(TONE_S * SAMPLE_RATE)]), level, atol=0.05)
 
 
 def test_each_headphone_trial_is_a_stereo_wav_with_a_quiet_tone_where_the_answer_says_and_one_antiphase_tone(world, client):
     test = build(world, headphone_check=True)
     p = join_through_invite(client, test)
+    calibrate(p)
     urls = [t["url"] for t in client.get(f"/l/p/{p.token}/state").json()["headphone_check"]["trials"]]
     expected = headphone_trials(p)
     assert len({tuple(t["order"]) for t in expected}) > 1  # the order is randomised
@@ -147,14 +249,14 @@ def test_each_headphone_trial_is_a_stereo_wav_with_a_quiet_tone_where_the_answer
     for url, trial in zip(urls, expected):
         response = client.get(url)
         assert response.status_code == 200 and response["Content-Type"] == "audio/wav"
-        samples, rate = sf.read(io.BytesIO(b"".join(response.streaming_content if response.streaming else [response.content])))
+        samples, rate = wav(response)
         assert rate == SAMPLE_RATE and samples.shape == (3 * tone + 2 * (step - tone), 2)
         rms = [np.sqrt(np.mean(samples[i * step:i * step + tone] ** 2, axis=0)) for i in range(3)]
         quiet = trial["answer"] - 1
         assert all(np.allclose(20 * np.log10(rms[quiet] / rms[i]), -6, atol=0.05) for i in range(3) if i != quiet)
         anti = trial["order"].index("antiphase")
         left, right = samples[anti * step:anti * step + tone].T
-        assert np.allclose(left, -right, atol=1e-4) and np.abs(left).max() > 0.3
+        assert np.allclose(left, -right, atol=1e-4) and np.abs(left).max() > 0.1
     client.cookies.clear()
     assert client.get(urls[0]).status_code == 404  # another browser
 
@@ -162,6 +264,7 @@ def test_each_headphone_trial_is_a_stereo_wav_with_a_quiet_tone_where_the_answer
 def test_passing_the_headphone_check_opens_the_test_and_is_stored(world, client):
     test = build(world, headphone_check=True)
     p = join_through_invite(client, test)
+    calibrate(p)
     answers = [t["answer"] for t in headphone_trials(p)]
     answers[2] = answers[2] % 3 + 1  # one wrong: 5 of 6 still passes
     response = client.post(f"/l/p/{p.token}/headphone", json.dumps({"answers": answers}), content_type="application/json")
@@ -169,7 +272,7 @@ def test_passing_the_headphone_check_opens_the_test_and_is_stored(world, client)
     p.refresh_from_db()
     assert p.headphone_passed is True and p.headphone_answers == answers and p.status == "active"
     state = listener_state(p)
-    assert state["headphone_check"] is None
+    assert state["headphone_check"] is None and state["calibration"] is None
     answer(p, state["trials"][0])
     services.trial_complete(participant=p, trial=state["trials"][0]["id"])
 
@@ -177,6 +280,7 @@ def test_passing_the_headphone_check_opens_the_test_and_is_stored(world, client)
 def test_failing_the_headphone_check_screens_the_listener_out_with_the_tests_redirect(world, client):
     test = build(world, headphone_check=True, screened_out_redirect="https://app.prolific.com/submissions/complete?cc=NOHP")
     p = join_through_invite(client, test)
+    calibrate(p)
     answers = [t["answer"] % 3 + 1 for t in headphone_trials(p)]
     answers[0] = headphone_trials(p)[0]["answer"]  # 1 of 6
     response = client.post(f"/l/p/{p.token}/headphone", json.dumps({"answers": answers}), content_type="application/json")
@@ -200,6 +304,7 @@ def test_failing_the_headphone_check_screens_the_listener_out_with_the_tests_red
 def test_malformed_headphone_answers_are_refused_and_nothing_is_stored(world, bad):
     test = build(world, headphone_check=True)
     p = services.participant_join(test=test)
+    calibrate(p)
     with pytest.raises(ApplicationError) as exc:
         services.headphone_check_submit(participant=p, answers=bad)
     assert exc.value.extra == {"field": "answers"}
@@ -216,7 +321,10 @@ def test_without_a_headphone_check_there_is_none_to_take(world):
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. Gold and trapping trials
+# 3. Gold and trapping trials, every kind
+
+KINDS = ["mos", "smos", "mushra", "cmos", "ab"]
+NEUTRAL = {"mos": 3, "smos": 3, "mushra": 50, "cmos": 0}
 
 
 def controls_of(participant):
@@ -224,85 +332,220 @@ def controls_of(participant):
             .select_related("trial")}
 
 
-def test_each_listener_gets_one_gold_and_one_trapping_trial_mixed_in_that_do_not_count_as_votes(world):
+def ordinary_shape(test):
+    trial = Trial.objects.filter(test=test, control="", is_training=False).first()
+    return trial.stimuli.count(), trial.reference_id is not None
+
+
+def expectations(trial):
+    return {s.pk: s.expected for s in trial.stimuli.all() if s.expected}
+
+
+def answers_for(participant, trial_state, good: bool):
+    """What a careful (``good``) or careless listener answers, per sound token, for one trial."""
+    assignment = Assignment.objects.select_related("trial__test").get(token=trial_state["id"])
+    kind = assignment.trial.test.kind
+    handles = list(assignment.handles.select_related("stimulus").order_by("position"))
+    if kind not in ("cmos", "ab"):
+        out = {}
+        for h in handles:
+            exp = h.stimulus.expected
+            if not exp:
+                out[h.token] = NEUTRAL[kind]
+            elif good:
+                out[h.token] = exp["min"] if kind != "mushra" else (exp["min"] + exp["max"]) / 2
+            else:
+                out[h.token] = (0 if exp["min"] >= 50 else 100) if kind == "mushra" else (1 if exp["min"] >= 3 else 5)
+        return out
+    raw = 0.0 if kind == "cmos" else -1.0
+    for position, h in enumerate(handles):
+        exp = h.stimulus.expected
+        if exp:
+            wanted = exp["min"] if exp["of"] == "answer" or position == 1 else -exp["min"]
+            raw = wanted if good else (-wanted if wanted else 3.0)
+    b = handles[1].token
+    if kind == "cmos":
+        return {b: raw}
+    return {b: handles[1].token if raw > 0 else handles[0].token if raw < 0 else "none"}
+
+
+def take(participant, good_controls: bool):
+    controls = controls_of(participant)
+    for trial in listener_state(participant)["trials"]:
+        is_control = trial["id"] in controls
+        for token, score in answers_for(participant, trial, good=not is_control or good_controls).items():
+            services.rating_submit(participant=participant, trial=trial["id"], stimulus=token, score=score,
+                                   request_id=uuid.uuid4().hex)
+        services.trial_complete(participant=participant, trial=trial["id"])
+    participant.refresh_from_db()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_builds_gold_and_trapping_trials_shaped_like_its_ordinary_trials(world, kind):
+    test = build(world, kind=kind, gold_items=2, trapping_items=2)
+    shape = ordinary_shape(test)
+    controls = list(Trial.objects.filter(test=test).exclude(control="").prefetch_related("stimuli__condition"))
+    assert sorted(t.control for t in controls) == ["gold", "gold", "trapping", "trapping"]
+    for trial in controls:
+        assert (trial.stimuli.count(), trial.reference_id is not None) == shape and not trial.is_training
+        assert {s.condition.role for s in trial.stimuli.all()} == {trial.control}  # never a system's condition
+        assert expectations(trial), f"{kind} {trial.control} trial expects nothing"
+        for exp in expectations(trial).values():
+            assert set(exp) == {"min", "max", "of"} and exp["min"] <= exp["max"]
+            assert exp["of"] == ("score" if kind in ("mos", "smos", "mushra") else
+                                 "preference" if trial.control == "gold" else "answer")
+
+
+def test_mushra_gold_expects_the_hidden_reference_high_and_a_degraded_copy_low(world):
+    test = build(world, kind="mushra", gold_items=1)
+    gold = Trial.objects.get(test=test, control="gold")
+    by_range = {(e["min"], e["max"]): s for s in gold.stimuli.all() if (e := s.expected)}
+    assert set(by_range) == {services.MUSHRA_REFERENCE_RANGE, services.MUSHRA_DEGRADED_RANGE}
+    assert by_range[services.MUSHRA_REFERENCE_RANGE].asset_id == gold.item.reference_id == gold.reference_id
+    degraded, _ = audio_asset_samples(by_range[services.MUSHRA_DEGRADED_RANGE].asset)
+    reference, _ = audio_asset_samples(gold.item.reference)
+    assert np.abs(degraded).max() == pytest.approx(np.abs(reference).max(), rel=1e-3)  # same peak, clipped
+    assert np.mean(np.abs(degraded) > 0.5 * np.abs(degraded).max()) > 0.5
+    labels = {s.condition.label for s in gold.stimuli.all()}
+    assert {"quality control: gold, anchor: 3.5 kHz low-pass", "quality control: gold, hidden reference"} <= labels
+
+
+def test_mushra_trapping_asks_in_words_for_a_score_and_expects_it_within_ten_points(world):
+    test = build(world, kind="mushra", trapping_items=3)
+    for trap in Trial.objects.filter(test=test, control="trapping"):
+        (stimulus,) = [s for s in trap.stimuli.all() if s.expected]
+        low, high = stimulus.expected["min"], stimulus.expected["max"]
+        value = next(v for v in services.MUSHRA_TRAP_VALUES if max(0, v - 10) == low and min(100, v + 10) == high)
+        samples, rate = audio_asset_samples(stimulus.asset)
+        assert len(samples) > 2 * rate  # a real output's first second, then the spoken instruction
+        assert 0 <= value <= 100
+
+
+def test_smos_gold_uses_the_same_speakers_other_recording_or_a_different_voice(world):
+    test = build(world, kind="smos", gold_items=2)
+    low, high = Trial.objects.filter(test=test, control="gold").order_by("index")
+    (s_low,), (s_high,) = low.stimuli.all(), high.stimuli.all()
+    assert (s_low.expected["min"], s_low.expected["max"]) == services.SMOS_DIFFERENT_RANGE
+    assert (s_high.expected["min"], s_high.expected["max"]) == services.SMOS_SAME_RANGE
+    speaker_of = {i.reference_id: i.speaker for i in world["items"]}
+    assert speaker_of[s_low.asset_id] != low.item.speaker  # another labelled speaker
+    assert speaker_of[s_high.asset_id] == high.item.speaker and s_high.asset_id != high.item.reference_id
+    assert low.reference_id == low.item.reference_id and high.reference_id == high.item.reference_id
+
+
+def test_smos_gold_without_speaker_labels_shifts_the_voice_or_repeats_the_reference(world):
+    EvalItem.objects.filter(eval_set=world["eval_set"]).update(speaker="")
+    test = build(world, kind="smos", gold_items=2)
+    low, high = Trial.objects.filter(test=test, control="gold").order_by("index")
+    shifted, rate = audio_asset_samples(low.stimuli.get().asset)
+    reference, _ = audio_asset_samples(low.item.reference)
+    assert abs(len(shifted) - len(reference) / services.SMOS_OTHER_VOICE_RATIO) < 0.01 * rate
+    assert high.stimuli.get().asset_id == high.item.reference_id
+
+
+@pytest.mark.parametrize("kind", ["cmos", "ab"])
+def test_comparison_gold_pits_the_clean_reference_against_a_degraded_copy(world, kind):
+    test = build(world, kind=kind, gold_items=1)
+    gold = Trial.objects.get(test=test, control="gold")
+    clean, degraded = sorted(gold.stimuli.all(), key=lambda s: s.expected is None)
+    assert clean.asset_id == gold.item.reference_id and degraded.expected is None
+    assert clean.expected == {"min": 1.0, "max": 3.0 if kind == "cmos" else 1.0, "of": "preference"}
+
+
+@pytest.mark.parametrize("of,order,raw,expected", [
+    ("preference", (7, 8), 2.0, 2.0),   # the clean sound (8) was B: B relative to A as given
+    ("preference", (8, 7), 2.0, -2.0),  # the clean sound was A: the sign flips
+    ("preference", (8, 7), 0.0, 0.0),
+    ("answer", (8, 7), -3.0, -3.0),     # a spoken instruction names the answer as given
+    ("answer", (7, 8), 1.0, 1.0),
+])
+def test_comparison_controls_read_the_answer_sign_corrected_or_as_given(of, order, raw, expected):
+    from evalsite.listening.selectors import control_value
+
+    value = control_value({"min": 1, "max": 3, "of": of}, 8, {order[1]: raw}, order)
+    assert value == expected
+    assert control_value({"min": 1, "max": 3, "of": of}, 8, {}, order) is None  # unanswered
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_control_trials_pass_for_careful_listeners_fail_for_careless_ones_and_never_count_as_votes(world, kind):
+    test = build(world, kind=kind, gold_items=1, trapping_items=1, votes_target=3)
+    careful, careless, idle = (services.participant_join(test=test) for _ in range(3))
+    for p in (careful, careless, idle):
+        assert sorted(t.control for t in controls_of(p).values()) == ["gold", "trapping"]
+    take(careful, good_controls=True)
+    take(careless, good_controls=False)
+    assert careful.status == careless.status == "completed"
+    results = quality_control_results(test)
+    assert results[careful.pk] == {"gold": {"passed": 1, "total": 1}, "trapping": {"passed": 1, "total": 1}}
+    assert results[careless.pk] == {"gold": {"passed": 0, "total": 1}, "trapping": {"passed": 0, "total": 1}}
+    assert results[idle.pk] == {"gold": {"passed": 0, "total": 1}, "trapping": {"passed": 0, "total": 1}}
+    # Control trials are no votes: coverage and progress count only the ordinary trials.
+    main = Trial.objects.filter(test=test, control="")
+    assert services.trial_coverage(test) == dict.fromkeys(main.values_list("pk", flat=True), 3)
+    progress = listening_test_progress(test)
+    assert not {c.role for c in progress["conditions"]} & {"gold", "trapping"}
+    assert progress["trials"] == main.count()
+
+
+def test_the_results_selector_leaves_out_tests_without_controls(world):
+    assert quality_control_results(build(world, name="no-controls")) == {}
+
+
+def test_each_listener_gets_one_gold_and_one_trapping_trial_mixed_in(world):
     test = build(world, gold_items=2, trapping_items=2, votes_target=2)
     gold = Trial.objects.filter(test=test, control="gold")
-    trap = Trial.objects.get(test=test, control="trapping", index=Trial.objects.filter(test=test, control="trapping")
-                             .order_by("index").first().index)
-    assert gold.count() == 2 and Trial.objects.filter(test=test, control="trapping").count() == 2
-    assert sorted((t.expected_min, t.expected_max) for t in gold) == [(1.0, 2.0), (4.0, 5.0)]
-    assert trap.expected_min == trap.expected_max and 1 <= trap.expected_min <= 5
+    assert sorted((e["min"], e["max"]) for t in gold for e in expectations(t).values()) == [(1.0, 2.0), (4.0, 5.0)]
+    trap = Trial.objects.filter(test=test, control="trapping").order_by("index").first()
+    (exp,) = expectations(trap).values()
+    assert exp["min"] == exp["max"] and 1 <= exp["min"] <= 5
     samples, rate = audio_asset_samples(trap.stimuli.get().asset)
     heads = [audio_asset_samples(g.asset)[0][:rate] for g in Generation.objects.filter(item=trap.item)]
     assert any(np.array_equal(samples[:rate], head) for head in heads)  # a real output's start...
     assert len(samples) > 2 * rate  # ...then the spoken instruction
     p = services.participant_join(test=test)
-    mine = controls_of(p)
-    assert sorted(t.control for t in mine.values()) == ["gold", "trapping"]
     assert Assignment.objects.filter(participant=p).count() == 8 + 2
-    rate_all(p)
+    take(p, good_controls=True)
     assert p.status == "completed"
-    progress = listening_test_progress(test)
-    assert [c.role for c in progress["conditions"]] == ["system", "system"] and progress["trials"] == 8
-    coverage = services.trial_coverage(test)
-    assert coverage == dict.fromkeys(Trial.objects.filter(test=test, control="").values_list("pk", flat=True), 1)
-    assert sum(sum(c for c in row["cells"]) for row in progress["rows"]) == 8
     services.participant_join(test=test)
     with pytest.raises(ConflictError):  # two votes per main trial: full, whatever the control trials have
         services.participant_join(test=test)
 
 
-def rate_all(p, score_of=lambda token: 3):
-    for trial in listener_state(p)["trials"]:
-        for stim in trial["stimuli"]:
-            services.rating_submit(participant=p, trial=trial["id"], stimulus=stim["id"], score=score_of(trial["id"]),
-                                   request_id=uuid.uuid4().hex)
-        services.trial_complete(participant=p, trial=trial["id"])
-    p.refresh_from_db()
-
-
-def test_the_results_selector_counts_gold_and_trapping_trials_passed_per_listener(world):
-    test = build(world, gold_items=1, trapping_items=1)
-    good, careless, idle = (services.participant_join(test=test) for _ in range(3))
-    expected = {tok: t.expected_min for tok, t in controls_of(good).items()}
-    rate_all(good, lambda tok: expected.get(tok, 3))
-    wrong = {tok: (5 if t.expected_min < 3 else 1) for tok, t in controls_of(careless).items()}
-    rate_all(careless, lambda tok: wrong.get(tok, 3))
-    results = quality_control_results(test)
-    assert results[good.pk] == {"gold": {"passed": 1, "total": 1}, "trapping": {"passed": 1, "total": 1}}
-    assert results[careless.pk] == {"gold": {"passed": 0, "total": 1}, "trapping": {"passed": 0, "total": 1}}
-    assert results[idle.pk] == {"gold": {"passed": 0, "total": 1}, "trapping": {"passed": 0, "total": 1}}
-    assert quality_control_results(build(world, name="no-controls")) == {}
-
-
-def test_gold_and_trapping_trials_are_built_for_mos_only(world):
-    with pytest.raises(ApplicationError) as exc:
-        services.listening_test_build(name="x", kind="mushra", checkpoints=world["checkpoints"], trapping_items=1)
-    assert exc.value.message == services.CONTROL_TRIALS_ONLY_MOS.format(kind="mushra")
-
-
-def test_nothing_a_listener_receives_tells_a_control_trial_or_its_expected_answer(world, client):
-    test = build(world, gold_items=1, trapping_items=1, require_play_all=True)
+@pytest.mark.parametrize("kind", KINDS)
+def test_nothing_a_listener_receives_tells_a_control_trial_or_its_expected_answer(world, client, kind):
+    test = build(world, kind=kind, gold_items=1, trapping_items=1, require_play_all=True)
     client.post(f"/l/i/{test.invite_token}/")
     p = Participant.objects.get(test=test)
     state = client.get(f"/l/p/{p.token}/state").json()
     controls = controls_of(p)
-    shapes = {tuple(sorted(t)): None for t in state["trials"]}
-    assert len(shapes) == 1  # every trial has the same keys
+    shapes = {(tuple(sorted(t)), len(t["stimuli"]), t["reference"] is None) for t in state["trials"]}
+    assert len(shapes) == 1  # every trial has the same keys, number of sounds and reference or not
     for t in state["trials"]:
         assert tuple(sorted(t["stimuli"][0])) == ("id", "label", "url") and t["training"] is False
     received = json.dumps(state) + client.get(f"/l/p/{p.token}/").content.decode()
     for t in state["trials"]:
-        response = client.get(t["stimuli"][0]["url"])
-        assert response["Content-Disposition"] == 'inline; filename="sound.wav"'
-        received += json.dumps(dict(response.headers))
+        for s in t["stimuli"]:
+            response = client.get(s["url"])
+            assert response["Content-Disposition"] == 'inline; filename="sound.wav"'
+            received += s["url"] + json.dumps(dict(response.headers))
+        first = answers_for(p, t, good=True)
+        token, score = next(iter(first.items()))
+        rated = client.post(f"/l/p/{p.token}/rate", json.dumps({"trial": t["id"], "stimulus": token, "score": score,
+                                                                  "request_id": uuid.uuid4().hex}),
+                            content_type="application/json")
+        assert rated.status_code == 200
+        received += rated.content.decode() + json.dumps(dict(rated.headers))
     # Opaque tokens are random letters: blank them so a token spelling "gold" is no false alarm.
     lowered = re.sub(r"[A-Za-z0-9_-]{20,}", "", received).lower()
-    leaks = ["gold", "trap", "attention", "expected", "quality control"]
+    leaks = ["gold", "trap", "attention", "expected", "quality control", "degraded", "shifted voice", "other speaker",
+             "other recording"]
     assert [w for w in leaks if w in lowered] == []
     for token, trial in controls.items():
         entry = next(t for t in state["trials"] if t["id"] == token)
-        assert str(int(trial.expected_min)) not in json.dumps({k: v for k, v in entry.items() if k not in ("id", "stimuli")})
+        hidden = json.dumps({k: v for k, v in entry.items() if k not in ("id", "stimuli")})
+        for exp in expectations(trial).values():
+            assert f'{exp["min"]}' not in hidden and f'{exp["max"]}' not in hidden
     assert not re.search(r"/(\d+)(/|$)", " ".join(s["url"] for t in state["trials"] for s in t["stimuli"]))
 
 

@@ -20,10 +20,10 @@ class Command(BaseCommand):
         parser.add_argument("--require-play-all", action="store_true",
                             help="listeners must play every sound (and the reference) before continuing")
         parser.add_argument("--headphone-check", action="store_true",
-                            help="antiphase headphone screening (Woods et al. 2017) before the first trial")
-        parser.add_argument("--gold-items", type=int, default=0, help="gold trials to build (MOS); one per listener")
+                            help="level calibration and antiphase headphone screening (Woods et al. 2017) before the first trial")
+        parser.add_argument("--gold-items", type=int, default=0, help="gold trials to build (every kind); one per listener")
         parser.add_argument("--trapping-items", type=int, default=0,
-                            help="trapping (attention-check) trials to build (MOS); one per listener")
+                            help="trapping (attention-check) trials to build (every kind); one per listener")
         parser.add_argument("--training-items", type=int, default=1)
         parser.add_argument("--votes", type=int, default=10, help="valid votes wanted per trial")
         parser.add_argument("--trials-per-listener", type=int, default=None)
