@@ -81,7 +81,8 @@ class Condition(BaseModel):
         TRAPPING = "trapping", "quality control: trapping"
 
     test = models.ForeignKey(ListeningTest, on_delete=models.CASCADE, related_name="conditions")
-    label = models.CharField(max_length=200, help_text="researcher-facing; never shown to listeners")
+    # "<run name>@<step>": a run name of up to 200 characters plus the step must fit.
+    label = models.CharField(max_length=300, help_text="researcher-facing; never shown to listeners")
     role = models.CharField(max_length=30, choices=Role.choices)
     checkpoint = models.ForeignKey("runs.Checkpoint", on_delete=models.PROTECT, null=True, blank=True)
 

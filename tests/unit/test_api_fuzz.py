@@ -324,8 +324,6 @@ def test_hostile_input_is_a_400_naming_the_field(world, principal, method, path,
     response.content.decode("utf-8")  # nothing unencodable was echoed (it was a 500 before)
 
 
-@pytest.mark.xfail(strict=True, reason="a condition's label is '<run name>@<step>' (up to 220 characters) in a "
-                   "varchar(200) (evalsite/listening: Condition.label): a 500 on PostgreSQL, stored on SQLite")
 def test_a_test_of_a_run_with_the_longest_allowed_name_can_be_stored_by_postgresql(world):
     longest = "r" * 200
     Run.objects.filter(pk=world["run"].pk).update(name=longest)
