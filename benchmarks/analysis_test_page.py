@@ -10,10 +10,12 @@ and ``--metrics`` metric results per checkpoint with per-item values. Audio asse
 reads audio.
 
 Requests go through Django's test ``Client`` in this process (middleware, session and auth included, no HTTP),
-logged in, DEBUG off. Cold: the cache is emptied before each request, so the results are computed; warm: the
-results come from the cache (no answer changed). Each is requested ``--repeats`` times after a warm-up; one more
-instrumented request of each reports the queries and the page's own breakdown (its ``Server-Timing`` header:
-query stage, each statistics stage, figures, template). Only 127.0.0.1 is contacted.
+logged in, DEBUG off. Three cases: cold (the cache emptied and the stored snapshots deleted before each request,
+so the results are computed: the first view after new answers when the beat task has not run yet); snapshot (the
+cache emptied, the snapshot kept: a web process that has not seen the test since, or one after the beat task
+refreshed it); warm (the results in this process's cache). Each is requested ``--repeats`` times after a warm-up;
+one more instrumented request of each reports the queries and the page's own breakdown (its ``Server-Timing``
+header: query stage, each statistics stage, figures, template). Only 127.0.0.1 is contacted.
 
     python benchmarks/analysis_test_page.py
 
@@ -201,15 +203,24 @@ def server_timing(header: str) -> dict[str, float]:
     return out
 
 
-def measure(client, url: str, repeats: int, *, cold: bool) -> tuple[list[float], list[float]]:
-    """Wall and CPU seconds (this process, all threads) per request: on a shared machine CPU time is the figure
-    that does not depend on what else runs."""
+def forget(mode: str) -> None:
+    """Empty what a request of this mode must not find: the cache (cold, snapshot) and the snapshots (cold)."""
     from django.core.cache import cache
 
+    from evalsite.analysis.models import AnalysisSnapshot
+
+    if mode in ("cold", "snapshot"):
+        cache.clear()
+    if mode == "cold":
+        AnalysisSnapshot.objects.all().delete()
+
+
+def measure(client, url: str, repeats: int, *, mode: str) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds (this process, all threads) per request: on a shared machine CPU time is the figure
+    that does not depend on what else runs."""
     wall, cpu = [], []
     for _ in range(repeats):
-        if cold:
-            cache.clear()
+        forget(mode)
         c0, t0 = time.process_time(), time.perf_counter()
         response = client.get(url)
         wall.append(time.perf_counter() - t0)
@@ -218,13 +229,11 @@ def measure(client, url: str, repeats: int, *, cold: bool) -> tuple[list[float],
     return wall, cpu
 
 
-def instrumented(client, url: str, *, cold: bool) -> None:
-    from django.core.cache import cache
+def instrumented(client, url: str, *, mode: str) -> None:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    if cold:
-        cache.clear()
+    forget(mode)
     with CaptureQueriesContext(connection) as captured:
         t0 = time.perf_counter()
         response = client.get(url)
@@ -234,7 +243,7 @@ def instrumented(client, url: str, *, cold: bool) -> None:
     print(f"  instrumented request: {total * 1000:.0f} ms, {len(captured.captured_queries)} queries, "
           f"{sql * 1000:.0f} ms in SQL; page {len(response.content) / 1024:.0f} KiB")
     print("  wall: " + ", ".join(f"{k} {v:.0f} ms" for k, v in timing.items()))
-    if cold:
+    if mode == "cold":
         from evalsite.analysis.results import compute_listening_test_results
         from evalsite.listening.models import ListeningTest
 
@@ -304,13 +313,15 @@ def main() -> None:
         client.force_login(get_user_model().objects.get(pk=user_id))
         url = f"/analysis/tests/{test_id}/"
         assert client.get(url).status_code == 200  # warm-up: imports, first plotly/pingouin calls
-        for name, cold in (("cold (cache emptied: results computed)", True), ("warm (results cached)", False)):
-            wall, cpu = measure(client, url, args.repeats, cold=cold)
+        for name, mode in (("cold (cache emptied, snapshots deleted: results computed)", "cold"),
+                           ("snapshot (cache emptied: results read from the stored snapshot)", "snapshot"),
+                           ("warm (results in this process's cache)", "warm")):
+            wall, cpu = measure(client, url, args.repeats, mode=mode)
             times = sorted(t * 1000 for t in wall)
             print(f"\n{name}: median {statistics.median(times):.0f} ms, min {times[0]:.0f}, max {times[-1]:.0f} "
                   f"over {len(times)} requests; CPU median {1000 * statistics.median(cpu):.0f} ms, "
                   f"min {1000 * min(cpu):.0f} ms")
-            instrumented(client, url, cold=cold)
+            instrumented(client, url, mode=mode)
         if args.precision_reps:
             bootstrap_precision(test_id, 2000, args.precision_reps)
         print(f"\nload average after: {os.getloadavg()[0]:.1f}")

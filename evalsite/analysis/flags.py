@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import Counter
 from collections.abc import Hashable
 
 import numpy as np
@@ -30,36 +31,47 @@ def presentation_flags(flags: pd.DataFrame, presented: pd.DataFrame) -> pd.DataF
     """One row per (listener, stimulus) heard, with its flag count, flagged or not and its main category.
 
     The main ``category`` is the one with the longest total flagged duration (ties: alphabetical); it is
-    None when the listener did not flag the stimulus. This is the unit of every rate and agreement.
+    None when the listener did not flag the stimulus. This is the unit of every rate and agreement; build it
+    once and pass it on (:func:`stimulus_flag_rates`, ``reliability.flag_agreement(presentations=...)``).
+    Rows are sorted by listener, then stimulus.
     """
     _require_columns(flags, FLAG_COLUMNS, "flags")
     _require_columns(presented, PRESENTED_COLUMNS, "presented")
-    heard = (presented.groupby(["listener", "stimulus"], sort=True)
-             .agg(item=("item", "first"), system=("system", "first"), role=("role", "first"),
-                  duration_s=("duration_s", "max"))
-             .reset_index())
-    f = _usable_flags(flags, heard)
-    f["length"] = (f["end_s"] - f["start_s"]).clip(lower=0).fillna(0.0)
-    count = f.groupby(["listener", "stimulus"]).size().rename("n_flags")
-    by_cat = (f.groupby(["listener", "stimulus", "category"])["length"].sum().reset_index()
-              .sort_values(["listener", "stimulus", "length", "category"], ascending=[True, True, False, True]))
-    main = by_cat.drop_duplicates(["listener", "stimulus"]).set_index(["listener", "stimulus"])["category"]
-    out = heard.join(count, on=["listener", "stimulus"]).join(main, on=["listener", "stimulus"])
-    out["n_flags"] = out["n_flags"].fillna(0).astype(int)
-    out["flagged"] = out["n_flags"] > 0
-    out["category"] = out["category"].astype(object).where(out["flagged"], None)
-    return out
-
-
-def _usable_flags(flags: pd.DataFrame, heard: pd.DataFrame) -> pd.DataFrame:
-    """Flags whose (listener, stimulus) was presented; the rest are dropped with a warning."""
-    key = pd.MultiIndex.from_frame(heard[["listener", "stimulus"]])
+    listener_codes, listener_ids = pd.factorize(presented["listener"], sort=True)
+    stimulus_codes, stimulus_ids = pd.factorize(presented["stimulus"], sort=True)
+    width = max(len(stimulus_ids), 1)
+    keys, first = np.unique(listener_codes.astype(np.int64) * width + stimulus_codes, return_index=True)
+    columns = ["listener", "stimulus", "item", "system", "role", "duration_s"]
+    if len(keys) == len(presented):  # one row per presentation: each group's first / max is its only row
+        heard = presented.iloc[first][columns].reset_index(drop=True)
+    else:
+        heard = (presented.groupby(["listener", "stimulus"], sort=True)
+                 .agg(item=("item", "first"), system=("system", "first"), role=("role", "first"),
+                      duration_s=("duration_s", "max"))
+                 .reset_index())
     f = _numeric_flags(flags)
-    ok = pd.MultiIndex.from_frame(f[["listener", "stimulus"]]).isin(key)
+    flag_listeners = pd.Index(listener_ids).get_indexer(f["listener"])
+    flag_stimuli = pd.Index(stimulus_ids).get_indexer(f["stimulus"])
+    flag_keys = flag_listeners.astype(np.int64) * width + flag_stimuli
+    position = np.searchsorted(keys, flag_keys).clip(max=max(len(keys) - 1, 0))
+    ok = (flag_listeners >= 0) & (flag_stimuli >= 0) & (keys[position] == flag_keys if len(keys) else False)
     if (~ok).any():
         warnings.warn(f"{int((~ok).sum())} flag(s) come from listeners who were not presented the stimulus; ignored",
-                      stacklevel=3)
-    return f.loc[ok]
+                      stacklevel=2)
+    f, position = f.loc[ok], position[ok]
+    n_flags = np.bincount(position, minlength=len(keys)).astype(int)
+    category = np.full(len(keys), None, dtype=object)
+    if len(f):
+        length = (f["end_s"] - f["start_s"]).clip(lower=0).fillna(0.0).to_numpy(float)
+        by_cat = (pd.DataFrame({"position": position, "category": f["category"].to_numpy(object), "length": length})
+                  .groupby(["position", "category"], sort=True)["length"].sum().reset_index()
+                  .sort_values(["position", "length", "category"], ascending=[True, False, True])
+                  .drop_duplicates("position"))
+        category[by_cat["position"].to_numpy()] = by_cat["category"].to_numpy(object)
+    heard["n_flags"] = n_flags
+    heard["category"] = pd.Series(category, dtype=object)
+    heard["flagged"] = n_flags > 0
+    return heard
 
 
 def _numeric_flags(flags: pd.DataFrame) -> pd.DataFrame:
@@ -101,33 +113,35 @@ def flag_rates(
     The false-flag (baseline) rate is the share of hidden-reference presentations that got a flag; with no
     hidden reference in ``presented`` it is ``baseline_rate``. A measured rate below ``min_baseline_rate``
     is raised to it (a zero rate would make any single flag "significant"). Each stimulus gets a one-sided
-    exact binomial test (``scipy.stats.binomtest``, ``alternative="greater"``) of flagging listeners out of
-    listeners who heard it; ``significant`` is ``p < alpha`` per stimulus, and ``p_fdr`` the
-    Benjamini-Hochberg adjustment over all stimuli for reading many stimuli at once.
+    exact binomial test (``scipy.stats.binomtest``, ``alternative="greater"``, i.e. ``binom.sf(k - 1, n, rate)``)
+    of flagging listeners out of listeners who heard it; ``significant`` is ``p < alpha`` per stimulus, and
+    ``p_fdr`` the Benjamini-Hochberg adjustment over all stimuli for reading many stimuli at once.
 
     Example:
         >>> rates = flag_rates(flags, presented)  # doctest: +SKIP
         >>> rates.loc[rates["significant"], ["stimulus", "flagged", "heard", "share"]]  # doctest: +SKIP
     """
-    return _stimulus_rates(presentation_flags(flags, presented), alpha=alpha, baseline_rate=baseline_rate,
-                           min_baseline_rate=min_baseline_rate)
+    return stimulus_flag_rates(presentation_flags(flags, presented), alpha=alpha, baseline_rate=baseline_rate,
+                               min_baseline_rate=min_baseline_rate)
 
 
-def _stimulus_rates(
-    pres: pd.DataFrame, *, alpha: float, baseline_rate: float | None, min_baseline_rate: float
+def stimulus_flag_rates(
+    pres: pd.DataFrame, *, alpha: float = 0.05, baseline_rate: float | None = None, min_baseline_rate: float = 0.01
 ) -> pd.DataFrame:
-    """flag_rates on an already built presentation table."""
+    """:func:`flag_rates` from the table :func:`presentation_flags` built (one row per listener and stimulus)."""
     rate, source = _baseline(pres, baseline_rate, min_baseline_rate)
-    per = (pres.groupby("stimulus", sort=True)
-           .agg(item=("item", "first"), system=("system", "first"), role=("role", "first"),
-                heard=("listener", "nunique"), flagged=("flagged", "sum"))
-           .reset_index())
-    per["flagged"] = per["flagged"].astype(int)
+    stimuli, stimulus_ids = pd.factorize(pres["stimulus"], sort=True)
+    first = np.unique(stimuli, return_index=True)[1]
+    per = pd.DataFrame({"stimulus": stimulus_ids, "item": pres["item"].to_numpy(object)[first],
+                        "system": pres["system"].to_numpy(object)[first],
+                        "role": pres["role"].to_numpy(object)[first]})
+    per["heard"] = np.bincount(stimuli, minlength=len(stimulus_ids))
+    per["flagged"] = np.bincount(stimuli, weights=pres["flagged"].to_numpy(bool),
+                                 minlength=len(stimulus_ids)).astype(int)
     per["share"] = per["flagged"] / per["heard"]
     per["baseline_rate"] = rate
     per["baseline_source"] = source
-    per["p"] = [float(sps.binomtest(int(k), int(n), rate, alternative="greater").pvalue)
-                for k, n in zip(per["flagged"], per["heard"])]
+    per["p"] = sps.binom.sf(per["flagged"].to_numpy() - 1, per["heard"].to_numpy(), rate).astype(float)
     per["p_fdr"] = multipletests(per["p"], method="fdr_bh")[1] if len(per) else []
     per["significant"] = per["p"] < alpha
     per.attrs["method"] = (f"one-sided exact binomial test per stimulus against a false-flag rate of {rate:.3g} "
@@ -146,7 +160,8 @@ def system_flag_rates(
 ) -> pd.DataFrame:
     """Per system (and role): presentations, share flagged, and how many of its stimuli flag_rates calls significant."""
     pres = presentation_flags(flags, presented)
-    per_stim = _stimulus_rates(pres, alpha=alpha, baseline_rate=baseline_rate, min_baseline_rate=min_baseline_rate)
+    per_stim = stimulus_flag_rates(pres, alpha=alpha, baseline_rate=baseline_rate,
+                                   min_baseline_rate=min_baseline_rate)
     sig = per_stim.groupby(["system", "role"])["significant"].sum().rename("stimuli_significant")
     out = (pres.groupby(["system", "role"], sort=True)
            .agg(stimuli=("stimulus", "nunique"), listeners=("listener", "nunique"),
@@ -165,11 +180,17 @@ def _coverage(
 ) -> np.ndarray:
     """(listeners, bins) boolean: does the union of a listener's flags cover each time step."""
     index = {l: k for k, l in enumerate(listeners)}
-    diff = np.zeros((len(listeners), n_bins + 1), dtype=np.int32)
-    if len(flags):
-        rows = flags["listener"].map(index).to_numpy(int)
-        first = np.floor(flags["start_s"].to_numpy(float) / resolution_s + 1e-9).astype(int)
-        last = np.ceil(flags["end_s"].to_numpy(float) / resolution_s - 1e-9).astype(int)
+    return _coverage_of(flags["listener"].map(index).to_numpy(int), flags["start_s"].to_numpy(float),
+                        flags["end_s"].to_numpy(float), len(listeners), n_bins, resolution_s)
+
+
+def _coverage_of(rows: np.ndarray, start_s: np.ndarray, end_s: np.ndarray, n_listeners: int, n_bins: int,
+                 resolution_s: float) -> np.ndarray:
+    """:func:`_coverage` on arrays: the listener row, start and end of each flag."""
+    diff = np.zeros((n_listeners, n_bins + 1), dtype=np.int32)
+    if len(rows):
+        first = np.floor(start_s / resolution_s + 1e-9).astype(int)
+        last = np.ceil(end_s / resolution_s - 1e-9).astype(int)
         last = np.maximum(last, first + 1)
         first, last = np.clip(first, 0, n_bins), np.clip(last, 0, n_bins)
         np.add.at(diff, (rows, first), 1)
@@ -189,10 +210,21 @@ def _stimulus_frames(
     listeners = sorted(heard["listener"].unique(), key=str)
     f = _numeric_flags(flags.loc[(flags["stimulus"] == stimulus) & flags["listener"].isin(listeners)])
     f = f.loc[f["start_s"].notna() & f["end_s"].notna()]
-    duration = float(pd.to_numeric(heard["duration_s"], errors="coerce").max())
+    return f, listeners, _duration(heard, f)
+
+
+def _duration(heard: pd.DataFrame, f: pd.DataFrame) -> float:
+    """A stimulus's duration from its presentations, else the end of its last timed flag."""
+    return _duration_of(pd.to_numeric(heard["duration_s"], errors="coerce").to_numpy(float),
+                        f["end_s"].to_numpy(float))
+
+
+def _duration_of(durations: np.ndarray, flag_ends: np.ndarray) -> float:
+    """:func:`_duration` on arrays (NaN durations are skipped, as pandas' max does)."""
+    duration = float(np.fmax.reduce(durations)) if len(durations) else math.nan
     if not math.isfinite(duration) or duration <= 0:
-        duration = float(f["end_s"].max()) if len(f) else 0.0
-    return f, listeners, duration
+        duration = float(np.fmax.reduce(flag_ends)) if len(flag_ends) else 0.0
+    return duration
 
 
 def flag_density(
@@ -239,24 +271,46 @@ def flag_regions(
     _require_columns(presented, PRESENTED_COLUMNS, "presented")
     columns = ["stimulus", "item", "system", "role", "start_s", "end_s", "peak_share", "n_listeners", "heard",
                "listeners", "categories"]
-    info = presented.groupby("stimulus").agg(item=("item", "first"), system=("system", "first"), role=("role", "first"))
+    common = sorted(set(flags["stimulus"].unique()) & set(presented["stimulus"].unique()), key=str)
+    # Each stimulus's rows are found once and the loop works on arrays: filtering both frames per stimulus
+    # (twice, for the density) and pandas calls per region were the cost on a page with many flagged stimuli.
+    wanted = presented.loc[presented["stimulus"].isin(common)]
+    info = (wanted.groupby("stimulus").agg(item=("item", "first"), system=("system", "first"),
+                                           role=("role", "first")).to_dict("index"))
+    heard_rows = wanted.groupby("stimulus").indices
+    heard_listeners = wanted["listener"].to_numpy(object)
+    heard_durations = pd.to_numeric(wanted["duration_s"], errors="coerce").to_numpy(float)
+    numeric = _numeric_flags(flags.loc[flags["stimulus"].isin(common)])
+    numeric = numeric.loc[numeric["start_s"].notna() & numeric["end_s"].notna()]
+    flag_rows = numeric.groupby("stimulus").indices
+    who_all, cat_all = numeric["listener"].to_numpy(object), numeric["category"].to_numpy(object)
+    start_all, end_all = numeric["start_s"].to_numpy(float), numeric["end_s"].to_numpy(float)
+    max_gap_bins = int(round(merge_gap_s / resolution_s))
     rows = []
-    for stimulus in sorted(set(flags["stimulus"]) & set(presented["stimulus"]), key=str):
-        f, listeners, duration = _stimulus_frames(flags, presented, stimulus)
-        if f.empty:
+    for stimulus in common:
+        listeners = sorted(set(heard_listeners[heard_rows[stimulus]]), key=str)
+        index = {listener: k for k, listener in enumerate(listeners)}
+        mine = flag_rows.get(stimulus, np.zeros(0, dtype=int))
+        mine = mine[[who in index for who in who_all[mine]]]
+        if len(mine) == 0:
             continue
-        times, shares = flag_density(flags, presented, stimulus, resolution_s=resolution_s)
-        for b0, b1 in _runs(shares >= min_share - 1e-12, max_gap_bins=int(round(merge_gap_s / resolution_s))):
+        who, cat, start_s, end_s = who_all[mine], cat_all[mine], start_all[mine], end_all[mine]
+        duration = _duration_of(heard_durations[heard_rows[stimulus]], end_s)
+        n_bins = max(1, int(math.ceil(duration / resolution_s - 1e-9)))
+        covered = _coverage_of(np.array([index[w] for w in who]), start_s, end_s, len(listeners), n_bins,
+                               resolution_s)
+        shares = covered.sum(axis=0) / len(listeners)
+        flag_end = np.maximum(end_s, start_s + resolution_s)
+        for b0, b1 in _runs(shares >= min_share - 1e-12, max_gap_bins=max_gap_bins):
             start, end = b0 * resolution_s, b1 * resolution_s
-            flag_end = np.maximum(f["end_s"], f["start_s"] + resolution_s)
-            inside = f.loc[(f["start_s"] < end) & (flag_end > start)]
-            who = sorted(inside["listener"].unique(), key=str)
-            if len(who) < min_listeners:
+            inside = (start_s < end) & (flag_end > start)
+            names = sorted(set(who[inside]), key=str)
+            if len(names) < min_listeners:
                 continue
-            cats = inside.drop_duplicates(["listener", "category"])["category"].value_counts()
-            rows.append(dict(stimulus=stimulus, **info.loc[stimulus].to_dict(), start_s=float(start), end_s=float(end),
-                             peak_share=float(shares[b0:b1].max()), n_listeners=len(who), heard=len(listeners),
-                             listeners=who, categories={str(k): int(v) for k, v in cats.sort_index().items()}))
+            named = Counter(c for _, c in set(zip(who[inside], cat[inside])))
+            rows.append(dict(stimulus=stimulus, **info[stimulus], start_s=float(start), end_s=float(end),
+                             peak_share=float(shares[b0:b1].max()), n_listeners=len(names), heard=len(listeners),
+                             listeners=names, categories={str(k): int(v) for k, v in sorted(named.items())}))
     out = pd.DataFrame(rows, columns=columns)
     out.attrs["method"] = (f"density of flagging listeners per {resolution_s:g} s step; regions at or above "
                            f"{min_share:g} of listeners, merged across gaps up to {merge_gap_s:g} s, "

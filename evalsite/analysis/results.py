@@ -5,34 +5,42 @@ gives: training and gold/trapping answers are not votes), runs the pure statisti
 :mod:`~.screening`, :mod:`~.reliability`, :mod:`~.flags`, :mod:`~.correlation`) and returns plain Python values:
 undefined numbers (NaN) are ``None``, listeners are opaque ids (:func:`listener_id`).
 
-The result is cached (Django's cache; without a ``CACHES`` setting that is each process's local memory) under
-the test and a fingerprint of its inputs (:func:`results_fingerprint`: count and latest ``updated_at`` of ratings,
-flags, participants and the conditions' metric results, plus the participants' statuses). A page view, export,
-report or API call after no new answer reads the cache and recomputes nothing; any new or changed rating or flag,
-a listener screened out, or a new metric changes the fingerprint, so the next call recomputes.
+Results are keyed by the test and a fingerprint of its inputs (:func:`results_fingerprint`: count and latest
+``updated_at`` of ratings, flags, participants and the conditions' metric results, plus the participants'
+statuses). They are stored twice: as an :class:`~evalsite.analysis.models.AnalysisSnapshot` row, shared by every
+web and worker process, and in Django's cache (without a ``CACHES`` setting that is each process's local memory,
+so it only saves a process the snapshot's read). A page view, export, report or API call after no new answer reads
+one of them and recomputes nothing; any new or changed rating or flag, a listener screened out, or a new metric
+changes the fingerprint, so the next call recomputes and stores a new snapshot. The beat task
+:func:`evalsite.analysis.tasks.analysis_refresh_task` does that for published tests in the background, so a
+researcher usually finds the snapshot already there.
 
-The mixed model is fitted here (:func:`crossed_mixed_model`) rather than with statsmodels, whose crossed
+The mixed model is :func:`evalsite.analysis.stats.crossed_mixed_model` rather than statsmodels, whose crossed
 formulation took minutes on 50 000 ratings; it gives the same numbers (see the tests) in about 20-50 ms.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import time
 from collections.abc import Callable
+from datetime import datetime
 from importlib import metadata
+from itertools import chain
 
 import numpy as np
 import pandas as pd
 from django.core.cache import cache
-from django.db.models import Count, Max, Min, Q
+from django.db import connections
+from django.db.models import Count, Max, Min, Q, QuerySet
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
-from scipy import linalg, optimize
-from scipy import stats as sps
 
 from evalsite.analysis import correlation, flags, reliability, screening, selectors, stats
+from evalsite.analysis.models import AnalysisSnapshot
+from evalsite.analysis.stats import crossed_mixed_model
 from evalsite.listening.models import (
     ArtifactFlag,
     Assignment,
@@ -45,8 +53,9 @@ from evalsite.listening.models import (
     Trial,
 )
 
-RESULTS_VERSION = 1
-"""Part of the cache key: bump it when the dict's shape changes, so no process reads an old shape."""
+RESULTS_VERSION = 2
+"""Part of the cache key and the fingerprint: bump it when the dict's shape or values change, so no process
+reads an old one (2: ICC intervals no longer rounded to 2 decimals)."""
 CACHE_TIMEOUT_S = 7 * 24 * 3600
 DEFAULT_N_BOOT = 2000
 BOOT_SEED = 0
@@ -58,9 +67,12 @@ REGION_MIN_LISTENERS = 2
 TIMELINE_RESOLUTION_S = 0.05
 MAX_TIMELINES = 24
 MAX_ITEM_POINTS = 5000
+FETCH_CHUNK_ROWS = 2000
+CORRELATION_METHOD = "{level}-level means; scipy pearsonr, spearmanr, kendalltau (tau-b), two-sided p"
+"""What ``correlation.human_metric_correlations`` writes in ``attrs["method"]`` (the tests compare them)."""
 HEADPHONE_RULE = "headphone_check"
 SCREENED_OUT_RULE = "screened_out"
-SOFTWARE = ("numpy", "pandas", "scipy", "statsmodels", "pingouin", "krippendorff", "Django")
+SOFTWARE = ("numpy", "pandas", "scipy", "statsmodels", "Django")
 NO_RATINGS = "No ratings yet."
 
 
@@ -92,17 +104,30 @@ def jsonable(value):
 
 
 def _records(frame: pd.DataFrame | None, rename: Callable | None = None) -> list[dict]:
-    """DataFrame rows as JSON-ready dicts (listener ids through ``rename`` where a column holds them)."""
+    """DataFrame rows as JSON-ready dicts (listener ids through ``rename`` where a column holds them).
+
+    Column by column (what ``jsonable(frame.to_dict("records"))`` gives, without visiting every cell in Python
+    twice): numeric columns become lists at once, other columns go through :func:`jsonable`.
+    """
     if frame is None or frame.empty:
         return []
-    rows = frame.to_dict("records")
-    if rename is not None:
-        for row in rows:
-            if "listener" in row and row["listener"] is not None:
-                row["listener"] = rename(row["listener"])
-            if "listeners" in row and isinstance(row["listeners"], (list, tuple)):
-                row["listeners"] = [rename(v) for v in row["listeners"]]
-    return jsonable(rows)
+    columns = []
+    for name in frame.columns:
+        values = frame[name].to_numpy()
+        if rename is not None and name == "listener":
+            column = [jsonable(rename(v) if v is not None else None) for v in frame[name].tolist()]
+        elif rename is not None and name == "listeners":
+            column = [jsonable([rename(v) for v in vs] if isinstance(vs, (list, tuple)) else vs)
+                      for vs in frame[name].tolist()]
+        elif values.dtype.kind == "f":
+            column = [x if math.isfinite(x) else None for x in values.tolist()]
+        elif values.dtype.kind in "iub":
+            column = values.tolist()
+        else:
+            column = [jsonable(v) for v in frame[name].tolist()]
+        columns.append(column)
+    keys = [str(name) for name in frame.columns]
+    return [dict(zip(keys, row)) for row in zip(*columns)]
 
 
 def listener_id(test_id: int, participant_id: int) -> str:
@@ -112,11 +137,17 @@ def listener_id(test_id: int, participant_id: int) -> str:
 
 def software_versions() -> dict[str, str]:
     """Versions of evalsite and of the statistics stack, for the report's "software" line."""
+    return dict(_software_versions())
+
+
+@functools.cache
+def _software_versions() -> tuple[tuple[str, str], ...]:
+    """Looked up once per process: each ``importlib.metadata`` lookup scans the installed distributions (~8 ms)."""
     import sys
 
     out = {"evalsite": _version("evalsite"), "python": sys.version.split()[0]}
     out.update({name: _version(name) for name in SOFTWARE})
-    return out
+    return tuple(out.items())
 
 
 def _version(name: str) -> str:
@@ -134,7 +165,7 @@ def _version(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Cache
+# Snapshots and cache
 
 
 def results_fingerprint(test: ListeningTest) -> str:
@@ -162,23 +193,78 @@ def results_cache_key(test: ListeningTest, fingerprint: str, n_boot: int) -> str
 
 
 def listening_test_results(test: ListeningTest, *, n_boot: int = DEFAULT_N_BOOT) -> dict:
-    """The test's results (see the module docstring), from the cache when no answer changed since.
+    """The test's results (see the module docstring): from this process's cache, else from the stored snapshot
+    for the current inputs, else computed now and stored for every other process.
 
-    The returned dict has ``cache_hit`` (this call read the cache) and ``fingerprint``; everything else is
-    described in :func:`compute_listening_test_results`.
+    The returned dict has ``source`` (``"cache"``, ``"snapshot"`` or ``"computed"``), ``cache_hit`` (not
+    computed by this call) and ``fingerprint``; everything else is described in
+    :func:`compute_listening_test_results`.
     """
     started = time.perf_counter()
     fingerprint = results_fingerprint(test)
     fingerprint_s = time.perf_counter() - started
     key = results_cache_key(test, fingerprint, n_boot)
-    cached = cache.get(key)
-    if cached is not None:
-        return {**cached, "cache_hit": True, "timings": {**cached["timings"], "fingerprint": fingerprint_s}}
-    results = compute_listening_test_results(test, n_boot=n_boot)
-    results["fingerprint"] = fingerprint
+    found, source = cache.get(key), "cache"
+    if found is None:
+        found, source = analysis_snapshot_get(test=test, fingerprint=fingerprint, n_boot=n_boot), "snapshot"
+        if found is not None:
+            cache.set(key, found, CACHE_TIMEOUT_S)
+    if found is not None:
+        return {**found, "cache_hit": True, "source": source,
+                "timings": {**found["timings"], "fingerprint": fingerprint_s}}
+    results = _compute_and_store(test, fingerprint=fingerprint, n_boot=n_boot)
     results["timings"]["fingerprint"] = fingerprint_s
     cache.set(key, results, CACHE_TIMEOUT_S)
-    return {**results, "cache_hit": False}
+    return {**results, "cache_hit": False, "source": "computed"}
+
+
+def analysis_snapshot_get(*, test: ListeningTest, fingerprint: str, n_boot: int) -> dict | None:
+    """The stored results for exactly these inputs, or None."""
+    return (AnalysisSnapshot.objects.filter(test=test, fingerprint=fingerprint, n_boot=n_boot)
+            .values_list("data", flat=True).first())
+
+
+def _compute_and_store(test: ListeningTest, *, fingerprint: str, n_boot: int) -> dict:
+    """Compute the results and store their snapshot, stamped with the time the inputs were read."""
+    read_at, started = timezone.now(), time.perf_counter()
+    results = compute_listening_test_results(test, n_boot=n_boot)
+    results["fingerprint"] = fingerprint
+    analysis_snapshot_store(test=test, fingerprint=fingerprint, n_boot=n_boot, data=results, computed_at=read_at,
+                            duration_s=time.perf_counter() - started)
+    return results
+
+
+def analysis_snapshot_store(*, test: ListeningTest, fingerprint: str, n_boot: int, data: dict,
+                            computed_at: datetime, duration_s: float) -> None:
+    """Upsert the snapshot of (test, fingerprint, n_boot) and drop the test's snapshots of older inputs.
+
+    One ``INSERT ... ON CONFLICT DO UPDATE``: two processes storing the same inputs at once both succeed (the
+    results are the same but for their timings). Snapshots read before ``computed_at`` with another fingerprint
+    are deleted; one stored by a slower, older computation after that stays until the next store.
+    """
+    row = AnalysisSnapshot(test=test, fingerprint=fingerprint, n_boot=n_boot, data=data, computed_at=computed_at,
+                           duration_s=max(0.0, duration_s))
+    # ``data`` is not validated here: the insert serialises it anyway (and fails on anything that is not JSON).
+    row.full_clean(exclude=["data"], validate_unique=False, validate_constraints=False)
+    AnalysisSnapshot.objects.bulk_create(
+        [row], update_conflicts=True, unique_fields=["test", "fingerprint", "n_boot"],
+        update_fields=["data", "computed_at", "duration_s", "updated_at"])
+    (AnalysisSnapshot.objects.filter(test=test, n_boot=n_boot, computed_at__lt=computed_at)
+     .exclude(fingerprint=fingerprint).delete())
+
+
+def analysis_snapshots_refresh(*, n_boot: int = DEFAULT_N_BOOT) -> list[int]:
+    """Compute and store the results of every published test whose current inputs have no snapshot yet, so that
+    a researcher's next view reads a snapshot instead of computing; returns the ids of the tests refreshed."""
+    refreshed = []
+    for test in ListeningTest.objects.filter(status=ListeningTest.Status.PUBLISHED).order_by("pk"):
+        fingerprint = results_fingerprint(test)
+        if AnalysisSnapshot.objects.filter(test=test, fingerprint=fingerprint, n_boot=n_boot).exists():
+            continue
+        results = _compute_and_store(test, fingerprint=fingerprint, n_boot=n_boot)
+        cache.set(results_cache_key(test, fingerprint, n_boot), results, CACHE_TIMEOUT_S)
+        refreshed.append(test.pk)
+    return refreshed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,20 +321,40 @@ def _answer_frames(test: ListeningTest) -> tuple[pd.DataFrame, pd.DataFrame]:
             "id", "trial__item__key", "condition__label", "condition__role", "condition__checkpoint_id",
             "condition__checkpoint__step", "asset__duration_s")),
         columns=["stimulus", "item", "system", "role", "checkpoint", "step", "duration_s"]).set_index("stimulus")
-    handles = pd.DataFrame.from_records(
-        list(StimulusHandle.objects.filter(assignment__participant__test=test)
-             .values_list("assignment__participant_id", "stimulus_id")), columns=["listener", "stimulus"])
+    # Unordered: sorting 50 000 handles by the model's ordering cost PostgreSQL more than the join (row order is
+    # not used: every use of the presented frame groups or sorts it).
+    handles = _numeric_rows(StimulusHandle.objects.filter(assignment__participant__test=test).order_by()
+                            .values_list("assignment__participant_id", "stimulus_id"),
+                            {"listener": np.int64, "stimulus": np.int64})
     presented = handles.loc[handles["stimulus"].isin(stimuli.index)].join(
         stimuli[["item", "system", "role", "duration_s"]], on="stimulus").reset_index(drop=True)
     if test.kind in (ListeningTest.Kind.CMOS, ListeningTest.Kind.AB):
         return selectors.ratings_frame(test), presented
-    answers = pd.DataFrame.from_records(
-        list(Rating.objects.filter(participant__test=test, is_training=False)
-             .values_list("participant_id", "stimulus_id", "score")), columns=["listener", "stimulus", "score"])
+    answers = _numeric_rows(Rating.objects.filter(participant__test=test, is_training=False)
+                            .values_list("participant_id", "stimulus_id", "score"),
+                            {"listener": np.int64, "stimulus": np.int64, "score": np.float64})
     answers = answers.loc[answers["stimulus"].isin(stimuli.index)]
     ratings = (answers.join(stimuli[["item", "system", "role", "checkpoint", "step"]], on="stimulus")
                .reset_index(drop=True))
     return ratings[["listener", "item", "system", "role", "score", "checkpoint", "step"]], presented
+
+
+def _numeric_rows(rows: QuerySet, columns: dict[str, type]) -> pd.DataFrame:
+    """A ``values_list`` query of non-null numbers (ids below 2**53, scores) as a DataFrame with these column
+    names and dtypes.
+
+    The query's SQL runs on a plain cursor and rows are turned into a float64 array a few thousand at a time:
+    ``list(queryset)`` keeps 50 000 row tuples alive at once, and allocating that many tracked objects set off
+    full garbage collections of the whole process heap that cost more than the query (~100 ms on 50 000 ratings).
+    """
+    sql, params = rows.query.get_compiler(using=rows.db).as_sql()
+    width, parts = len(columns), []
+    with connections[rows.db].cursor() as cursor:
+        cursor.execute(sql, params)
+        while chunk := cursor.fetchmany(FETCH_CHUNK_ROWS):
+            parts.append(np.fromiter(chain.from_iterable(chunk), dtype=np.float64, count=width * len(chunk)))
+    table = np.concatenate(parts).reshape(-1, width) if parts else np.zeros((0, width))
+    return pd.DataFrame({name: table[:, k].astype(dtype) for k, (name, dtype) in enumerate(columns.items())})
 
 
 def _participants(test: ListeningTest) -> pd.DataFrame:
@@ -295,136 +401,18 @@ def _metrics(test: ListeningTest) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------
-# The mixed model
-
-
-def crossed_mixed_model(ratings: pd.DataFrame, *, baseline: str | None = None) -> dict:
-    """score ~ system + (1|listener) + (1|item) by profiled REML on sufficient statistics; same dict as
-    :func:`evalsite.analysis.stats.mixed_effects`.
-
-    Why not statsmodels here: its crossed formulation (one group, variance components) works on the n × q
-    random-effects design of the whole data and took minutes on 50 000 ratings. With crossed random
-    intercepts the likelihood only needs Z'Z, Z'X, X'X, Z'y, X'y and y'y (q = listeners + items), so each
-    evaluation of the profiled REML criterion (Bates, Mächler, Bolker & Walker 2015, lme4, eq. 42) is a
-    q × q Cholesky factorisation; the two relative standard deviations are found by L-BFGS-B (bounded at 0).
-    Fixed effects are treatment contrasts against ``baseline``; Wald (normal) 95 % CIs and p-values from
-    σ²(X'V⁻¹X)⁻¹. The tests check it against statsmodels ``MixedLM`` on a small data set.
-    """
-    frame = ratings.assign(score=pd.to_numeric(ratings["score"], errors="coerce"))
-    frame = frame.loc[frame["score"].notna()]
-    systems = sorted(frame["system"].unique(), key=str)
-    baseline = systems[0] if baseline is None and systems else baseline
-    result: dict = {
-        "ok": False, "reason": None, "baseline": baseline,
-        "formula": "score ~ C(system, Treatment(baseline)) + (1 | listener) + (1 | item)",
-        "method": ("crossed random intercepts for listener and item, REML (profiled criterion of Bates et al. 2015 "
-                   "evaluated on sufficient statistics); Wald z p-values and 95% CIs"),
-        "n": int(len(frame)), "listeners": int(frame["listener"].nunique()), "items": int(frame["item"].nunique()),
-        "converged": False, "intercept": None, "effects": [], "variance_components": {}, "warnings": [],
-    }
-    problem = None
-    if baseline not in systems:
-        problem = f"baseline {baseline!r} is not among the systems {systems}"
-    elif len(systems) < 2:
-        problem = f"needs at least 2 systems; got {len(systems)}"
-    elif result["listeners"] < 2 or result["items"] < 2:
-        problem = f"needs at least 2 listeners and 2 items; got {result['listeners']} and {result['items']}"
-    elif len(frame) <= len(systems) + 3:
-        problem = f"{len(frame)} ratings are too few for {len(systems)} fixed effects and 3 variance parameters"
-    elif float(frame["score"].std()) == 0.0:
-        problem = "all scores are equal; no variance to model"
-    if problem:
-        result["reason"] = problem
-        return result
-
-    order = [baseline] + [s for s in systems if s != baseline]
-    y = frame["score"].to_numpy(float)
-    n, p = len(y), len(order)
-    s_code = frame["system"].map({s: k for k, s in enumerate(order)}).to_numpy(int)
-    l_code, l_uniq = pd.factorize(frame["listener"])
-    i_code, i_uniq = pd.factorize(frame["item"])
-    nl, ni = len(l_uniq), len(i_uniq)
-    q = nl + ni
-    # X = [1, dummies of the non-baseline systems]; Z = [listener indicators, item indicators].
-    per_system = np.bincount(s_code, minlength=p).astype(float)
-    xtx = np.zeros((p, p))
-    xtx[0, 0] = n
-    xtx[0, 1:] = xtx[1:, 0] = per_system[1:]
-    xtx[np.arange(1, p), np.arange(1, p)] = per_system[1:]
-    sums = np.bincount(s_code, weights=y, minlength=p)
-    xty = np.r_[y.sum(), sums[1:]]
-    ztz = np.zeros((q, q))
-    cross = np.bincount(l_code * ni + i_code, minlength=nl * ni).reshape(nl, ni).astype(float)
-    ztz[np.arange(nl), np.arange(nl)] = cross.sum(axis=1)
-    ztz[nl + np.arange(ni), nl + np.arange(ni)] = cross.sum(axis=0)
-    ztz[:nl, nl:] = cross
-    ztz[nl:, :nl] = cross.T
-    ztx = np.zeros((q, p))
-    by_ls = np.bincount(l_code * p + s_code, minlength=nl * p).reshape(nl, p)
-    by_is = np.bincount(i_code * p + s_code, minlength=ni * p).reshape(ni, p)
-    ztx[:nl, 0], ztx[nl:, 0] = by_ls.sum(axis=1), by_is.sum(axis=1)
-    ztx[:nl, 1:], ztx[nl:, 1:] = by_ls[:, 1:], by_is[:, 1:]
-    zty = np.r_[np.bincount(l_code, weights=y, minlength=nl), np.bincount(i_code, weights=y, minlength=ni)]
-    yty = float(y @ y)
-    eye = np.eye(q)
-
-    def factors(theta: np.ndarray):
-        lam = np.r_[np.full(nl, theta[0]), np.full(ni, theta[1])]
-        chol = linalg.cholesky(lam[:, None] * ztz * lam[None, :] + eye, lower=True)
-        rzx = linalg.solve_triangular(chol, lam[:, None] * ztx, lower=True)
-        cu = linalg.solve_triangular(chol, lam * zty, lower=True)
-        rx = linalg.cholesky(xtx - rzx.T @ rzx, lower=True)
-        cb = linalg.solve_triangular(rx, xty - rzx.T @ cu, lower=True)
-        return chol, rx, cb, yty - cu @ cu - cb @ cb
-
-    def criterion(theta: np.ndarray) -> float:
-        chol, rx, _, r2 = factors(theta)
-        return float(2 * np.log(np.diag(chol)).sum() + 2 * np.log(np.diag(rx)).sum()
-                     + (n - p) * (1 + np.log(2 * np.pi * r2 / (n - p))))
-
-    try:
-        with np.errstate(all="raise"):
-            fit = optimize.minimize(criterion, x0=np.ones(2), method="L-BFGS-B", bounds=[(0, None), (0, None)])
-            chol, rx, cb, r2 = factors(fit.x)
-    except (linalg.LinAlgError, FloatingPointError, ValueError) as exc:
-        result["reason"] = f"model could not be fitted: {type(exc).__name__}: {exc}"
-        return result
-    beta = linalg.solve_triangular(rx.T, cb, lower=False)
-    sigma2 = float(r2 / (n - p))
-    cov = sigma2 * linalg.cho_solve((rx, True), np.eye(p))
-    se = np.sqrt(np.diag(cov))
-    z = sps.norm.ppf(0.975)
-    if not (np.all(np.isfinite(beta)) and np.all(np.isfinite(se))):
-        result["reason"] = "fit produced non-finite estimates or standard errors (singular model)"
-        return result
-    if not fit.success:
-        result["warnings"].append(f"optimiser: {fit.message}")
-    if np.any(fit.x < 1e-6):
-        result["warnings"].append("a random-intercept variance is estimated at 0 (singular fit)")
-    effects = [dict(system=s, estimate=float(beta[k]), se=float(se[k]), ci_low=float(beta[k] - z * se[k]),
-                    ci_high=float(beta[k] + z * se[k]), p=float(2 * sps.norm.sf(abs(beta[k] / se[k]))))
-               for k, s in enumerate(order) if k > 0]
-    result.update(
-        ok=True, converged=bool(fit.success),
-        intercept=dict(system=baseline, estimate=float(beta[0]), se=float(se[0]), ci_low=float(beta[0] - z * se[0]),
-                       ci_high=float(beta[0] + z * se[0])),
-        effects=effects,
-        variance_components={"listener": sigma2 * float(fit.x[0]) ** 2, "item": sigma2 * float(fit.x[1]) ** 2,
-                             "residual": sigma2},
-    )
-    return result
-
-
-# ---------------------------------------------------------------------------------------------
 # Pieces of the results
 
 
 def _box(frame: pd.DataFrame, group_cols: list[str]) -> dict[tuple, dict]:
     """Box-plot statistics per group: quartiles, Tukey whiskers (1.5 IQR, BS.1534-3 §4.1.2 outliers), outliers."""
     out = {}
-    for key, g in frame.groupby(group_cols, sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        s = np.sort(g["score"].to_numpy(float))
+    if frame.empty:
+        return out
+    codes = stats._codes(frame, group_cols)
+    scores = frame["score"].to_numpy(float)
+    for key, idx in zip(codes.groups, stats._group_rows(codes.group)):
+        s = np.sort(scores[idx])
         q1, med, q3 = np.percentile(s, [25, 50, 75])
         iqr = q3 - q1
         inside = s[(s >= q1 - 1.5 * iqr) & (s <= q3 + 1.5 * iqr)]
@@ -519,22 +507,27 @@ def _screening(test: ListeningTest, ratings: pd.DataFrame, people: pd.DataFrame,
     }, set(excluded)
 
 
-def _flags(kept_flags: pd.DataFrame, kept_presented: pd.DataFrame, rename: Callable) -> dict:
-    """Per-stimulus and per-system flag shares against the false-flag rate, regions and per-stimulus timelines."""
+def _flags(kept_flags: pd.DataFrame, kept_presented: pd.DataFrame, pres: pd.DataFrame | None,
+           rename: Callable) -> dict:
+    """Per-stimulus and per-system flag shares against the false-flag rate, regions and per-stimulus timelines.
+
+    ``pres``: :func:`flags.presentation_flags` of the two frames (None when nothing was presented), built once
+    for this and the flag agreement.
+    """
     out: dict = {"flags": int(len(kept_flags)), "presentations": int(len(kept_presented)),
                  "baseline": None, "systems": [], "stimuli": [], "regions": [], "timelines": [], "method": None}
-    if kept_presented.empty:
+    if kept_presented.empty or pres is None:
         return out
     has_reference = bool((kept_presented["role"] == flags.HIDDEN_REFERENCE).any())
     baseline = None if has_reference else ASSUMED_FALSE_FLAG_RATE
-    per_stimulus = flags.flag_rates(kept_flags, kept_presented, alpha=ALPHA, baseline_rate=baseline)
+    per_stimulus = flags.stimulus_flag_rates(pres, alpha=ALPHA, baseline_rate=baseline)
     source = per_stimulus["baseline_source"].iloc[0] if len(per_stimulus) else None
     out["baseline"] = {"rate": float(per_stimulus["baseline_rate"].iloc[0]) if len(per_stimulus) else None,
                        "source": source if has_reference else
                        f"assumed {ASSUMED_FALSE_FLAG_RATE:g}: this test has no hidden reference to measure it on",
                        "measured": has_reference}
     out["method"] = per_stimulus.attrs.get("method")
-    out["systems"] = _records(_system_flag_rates(per_stimulus, kept_presented))
+    out["systems"] = _records(_system_flag_rates(per_stimulus, pres))
     flagged = per_stimulus.loc[per_stimulus["flagged"] > 0].sort_values(["share", "flagged"], ascending=False)
     out["stimuli"] = _records(flagged)
     out["stimuli_total"] = int(len(per_stimulus))
@@ -560,22 +553,28 @@ def _flags(kept_flags: pd.DataFrame, kept_presented: pd.DataFrame, rename: Calla
               .head(MAX_TIMELINES))
     wanted = set(chosen["stimulus"])
     durations = kept_presented.loc[kept_presented["stimulus"].isin(wanted)].groupby("stimulus")["duration_s"].max()
-    spans = {k: g[["listener", "start_s", "end_s"]] for k, g in timed.loc[timed["stimulus"].isin(wanted)]
-             .groupby("stimulus")}
+    spans = timed.loc[timed["stimulus"].isin(wanted)]
+    span_rows = spans.groupby("stimulus").indices
+    span_listeners = spans["listener"].to_numpy(object)
+    span_start, span_end = spans["start_s"].to_numpy(float), spans["end_s"].to_numpy(float)
+    own_regions: dict = {}
+    for r in regions.to_dict("records"):
+        own_regions.setdefault(r["stimulus"], []).append(
+            {k: r[k] for k in ("start_s", "end_s", "peak_share", "n_listeners", "heard", "categories")})
     for row in chosen.to_dict("records"):
         stimulus = row["stimulus"]
+        mine = span_rows[stimulus]
         duration = float(durations.get(stimulus, np.nan))
         if not math.isfinite(duration) or duration <= 0:
-            duration = float(spans[stimulus]["end_s"].max())
-        times, shares = flag_density_of(spans[stimulus], int(row["heard"]), duration, TIMELINE_RESOLUTION_S)
-        own = regions.loc[regions["stimulus"] == stimulus] if len(regions) else regions
+            duration = float(span_end[mine].max())
+        times, shares = _density(pd.factorize(span_listeners[mine])[0], span_start[mine], span_end[mine],
+                                 int(row["heard"]), duration, TIMELINE_RESOLUTION_S)
         out["timelines"].append(jsonable({
             "stimulus": stimulus, "item": row["item"], "system": row["system"], "role": row["role"],
             "heard": row["heard"], "flagged": row["flagged"], "share": row["share"], "p": row["p"],
             "significant": row["significant"], "duration_s": duration,
             "resolution_s": TIMELINE_RESOLUTION_S, "times": np.round(times, 4), "density": np.round(shares, 4),
-            "regions": [{k: r[k] for k in ("start_s", "end_s", "peak_share", "n_listeners", "heard", "categories")}
-                        for r in own.to_dict("records")],
+            "regions": own_regions.get(stimulus, []),
         }))
     out["timelines_total"] = int(timed["stimulus"].nunique())
     return out
@@ -589,10 +588,16 @@ def flag_density_of(spans: pd.DataFrame, heard: int, duration_s: float, resoluti
     how many listeners heard it. Same bins and the same rule (a listener whose flags cover a step counts once; a
     point flag covers one step), without flag_density's per-call frame filtering, which cost ~9 ms a stimulus.
     """
+    return _density(pd.factorize(spans["listener"])[0], spans["start_s"].to_numpy(float),
+                    spans["end_s"].to_numpy(float), heard, duration_s, resolution_s)
+
+
+def _density(rows: np.ndarray, start_s: np.ndarray, end_s: np.ndarray, heard: int, duration_s: float,
+             resolution_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`flag_density_of` on arrays: each flag's listener (0..n-1), start and end."""
     n_bins = max(1, int(math.ceil(duration_s / resolution_s - 1e-9)))
-    rows = pd.factorize(spans["listener"])[0]
-    first = np.floor(spans["start_s"].to_numpy(float) / resolution_s + 1e-9).astype(int)
-    last = np.ceil(spans["end_s"].to_numpy(float) / resolution_s - 1e-9).astype(int)
+    first = np.floor(start_s / resolution_s + 1e-9).astype(int)
+    last = np.ceil(end_s / resolution_s - 1e-9).astype(int)
     last = np.maximum(last, first + 1)
     first, last = np.clip(first, 0, n_bins), np.clip(last, 0, n_bins)
     diff = np.zeros((max(1, rows.max(initial=-1) + 1), n_bins + 1), dtype=np.int32)
@@ -615,11 +620,25 @@ def _system_flag_rates(per_stimulus: pd.DataFrame, presented: pd.DataFrame) -> p
     out = (per_stimulus.groupby(["system", "role"], sort=True)
            .agg(stimuli=("stimulus", "nunique"), presentations=("heard", "sum"),
                 flagged_presentations=("flagged", "sum"), stimuli_significant=("significant", "sum"))
-           .join(presented.groupby(["system", "role"])["listener"].nunique().rename("listeners"))
+           .join(_listeners_per_system(presented))
            .reset_index())
     out["share"] = out["flagged_presentations"] / out["presentations"]
     out["baseline_rate"] = per_stimulus["baseline_rate"].iloc[0]
     return out[columns].sort_values("share", ascending=False, kind="stable")
+
+
+def _listeners_per_system(presented: pd.DataFrame) -> pd.Series:
+    """Distinct listeners per (system, role) of a presented frame, from integer codes (a pandas nunique per group
+    over every presentation cost more than the rest of the flag statistics)."""
+    systems, system_ids = pd.factorize(presented["system"], sort=True)
+    roles, role_ids = pd.factorize(presented["role"], sort=True)
+    listeners, listener_ids = pd.factorize(presented["listener"])
+    width = max(len(listener_ids), 1)
+    groups = systems.astype(np.int64) * len(role_ids) + roles
+    present, counts = np.unique(np.unique(groups * width + listeners) // width, return_counts=True)
+    index = pd.MultiIndex.from_arrays([system_ids[present // len(role_ids)], role_ids[present % len(role_ids)]],
+                                      names=["system", "role"])
+    return pd.Series(counts, index=index, name="listeners")
 
 
 def _human_for_metrics(kind: str, kept: pd.DataFrame) -> pd.DataFrame:
@@ -639,7 +658,12 @@ def _human_for_metrics(kind: str, kept: pd.DataFrame) -> pd.DataFrame:
 
 
 def _correlations(kind: str, kept: pd.DataFrame, metrics: pd.DataFrame) -> dict:
-    """Human ↔ metric correlations at system and item level, with the points behind them (for scatter plots)."""
+    """Human ↔ metric correlations at system and item level, with the points behind them (for scatter plots).
+
+    The rows are :func:`correlation.human_metric_correlations`'s (the tests check they are equal): human means
+    per key and metric means per (metric, key) are each one groupby, and every metric is then a join of two
+    sorted key lists, instead of the function's pandas merges per metric and level.
+    """
     out: dict = {"metrics": [], "system": [], "item": [], "points": {"system": {}, "item": {}}, "method": None}
     human = _human_for_metrics(kind, kept)
     if metrics.empty or human.empty:
@@ -653,25 +677,41 @@ def _correlations(kind: str, kept: pd.DataFrame, metrics: pd.DataFrame) -> dict:
     item_rows = [(r.system, str(item), r.metric, value) for r in metrics.itertuples()
                  for item, value in (r.per_item or {}).items() if isinstance(value, (int, float))]
     item_metrics = pd.DataFrame(item_rows, columns=["system", "item", "metric", "value"])
-    human = human.assign(item=human["item"].astype(str))
-    sys_table = correlation.human_metric_correlations(human, system_metrics, level="system")
-    out["method"] = sys_table.attrs.get("method")
-    out["system"] = _records(sys_table)
-    system_means = human.groupby("system")["score"].mean()
-    for name, g in system_metrics.groupby("metric"):
-        joined = g.groupby("system")["value"].mean().to_frame().join(system_means, how="inner")
-        out["points"]["system"][name] = jsonable({"systems": list(joined.index), "human": joined["score"].to_numpy(),
-                                                  "metric": joined["value"].to_numpy()})
+    human = human.assign(item=human["item"].astype(str), score=pd.to_numeric(human["score"], errors="coerce"))
+    human = human.loc[human["score"].notna()]
+    out["method"] = CORRELATION_METHOD.format(level="system")
+    out["system"], out["points"]["system"] = _level_correlations(
+        "system", human.groupby("system")["score"].mean(), system_metrics, limit=None)
     if not item_metrics.empty:
-        out["item"] = _records(correlation.human_metric_correlations(human, item_metrics, level="item"))
-        item_means = human.groupby(["system", "item"])["score"].mean()
-        for name, g in item_metrics.groupby("metric"):
-            joined = g.groupby(["system", "item"])["value"].mean().to_frame().join(item_means, how="inner")
-            joined = joined.head(MAX_ITEM_POINTS)
-            out["points"]["item"][name] = jsonable({
-                "systems": list(joined.index.get_level_values(0)), "items": list(joined.index.get_level_values(1)),
-                "human": joined["score"].to_numpy(), "metric": joined["value"].to_numpy()})
+        out["item"], out["points"]["item"] = _level_correlations(
+            "item", human.groupby(["system", "item"])["score"].mean(), item_metrics, limit=MAX_ITEM_POINTS)
     return out
+
+
+def _level_correlations(level: str, human_means: pd.Series, metrics: pd.DataFrame, *, limit: int | None
+                        ) -> tuple[list[dict], dict]:
+    """Rows of ``correlation.human_metric_correlations(human, metrics, level=level)`` and the scatter points per
+    metric (metric means joined with the human means, NaN metric values kept there), keys in sorted order."""
+    keys = correlation.LEVEL_KEYS[level]
+    metrics = metrics.assign(value=pd.to_numeric(metrics["value"], errors="coerce"))
+    means = metrics.groupby(["metric", *keys], sort=True)["value"].mean()
+    human = dict(zip(human_means.index, human_means.to_numpy()))
+    rows, points = [], {}
+    for metric, block in means.groupby(level=0, sort=True):
+        key_list = [k[1] if len(keys) == 1 else k[1:] for k in block.index]
+        joined = [(key, human[key], value) for key, value in zip(key_list, block.to_numpy()) if key in human]
+        shown = joined if limit is None else joined[:limit]
+        columns = ({"systems": [k for k, _, _ in shown]} if len(keys) == 1 else
+                   {"systems": [k[0] for k, _, _ in shown], "items": [k[1] for k, _, _ in shown]})
+        points[metric] = jsonable({**columns, "human": np.array([h for _, h, _ in shown], dtype=float),
+                                   "metric": np.array([v for _, _, v in shown], dtype=float)})
+        valid = [(h, v) for _, h, v in joined if not math.isnan(v)]
+        if not valid and block.isna().all():
+            continue  # only missing values: the metric is not in the correlation table
+        x, y = np.array([h for h, _ in valid], dtype=float), np.array([v for _, v in valid], dtype=float)
+        values, note = correlation._correlate(x, y)
+        rows.append(jsonable({"metric": metric, "level": level, "n": len(valid), **values, "note": note}))
+    return rows, points
 
 
 def _ab_reliability(kept: pd.DataFrame) -> dict:
@@ -682,9 +722,8 @@ def _ab_reliability(kept: pd.DataFrame) -> dict:
     code = np.where(kept["preferred"].isna(), 2.0, np.where(kept["preferred"].astype(str) == first, 0.0, 1.0))
     frame = pd.DataFrame({"listener": kept["listener"], "item": kept["item"],
                           "system": pd.Series(first) + " vs " + pd.Series(second), "score": code})
-    return {"kind": "ab", "primary_level": "nominal",
-            "alpha": {"nominal": reliability.krippendorff_alpha(frame, level="nominal")},
-            "alpha_primary": reliability.krippendorff_alpha(frame, level="nominal"),
+    alpha = reliability.krippendorff_alpha(frame, level="nominal")
+    return {"kind": "ab", "primary_level": "nominal", "alpha": {"nominal": alpha}, "alpha_primary": alpha,
             "units": int(frame[["item", "system"]].drop_duplicates().shape[0]),
             "listeners": int(frame["listener"].nunique()), "ratings": int(len(frame)), "icc": [],
             "notes": ["units are (item, system pair); values: first system preferred, second preferred, no preference"]}
@@ -697,13 +736,22 @@ def _ab_reliability(kept: pd.DataFrame) -> dict:
 def _one_blas_thread():
     """Limit NumPy's BLAS to one thread: a web worker has one core, and on the small matrices here (the mixed
     model's q × q factorisations) idle BLAS threads spinning cost up to 8× the CPU time on a busy machine."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # a transitive dependency (scikit-learn, through pingouin); the limit is an optimisation
+    controller = _blas_controller()
+    if controller is None:
         import contextlib
 
         return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    return controller.limit(limits=1, user_api="blas")
+
+
+@functools.cache
+def _blas_controller():
+    """One controller per process: ``threadpool_limits()`` inspects every loaded library on each call (~4 ms)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # a transitive dependency (scikit-learn, through librosa and pingouin); only an optimisation
+        return None
+    return ThreadpoolController()
 
 
 def compute_listening_test_results(test: ListeningTest, *, n_boot: int = DEFAULT_N_BOOT) -> dict:
@@ -814,9 +862,10 @@ def _compute(test: ListeningTest, *, n_boot: int) -> dict:
     kept_flags = flag_frame.loc[~flag_frame["listener"].isin(excluded)] if len(flag_frame) else flag_frame
     kept_flags = kept_flags.loc[kept_flags["listener"].isin(set(kept_presented["listener"]))] if len(kept_flags) \
         else kept_flags
-    results["flags"] = _flags(kept_flags, kept_presented, rename)
+    pres = flags.presentation_flags(kept_flags, kept_presented) if len(kept_presented) else None
+    results["flags"] = _flags(kept_flags, kept_presented, pres, rename)
     if len(kept_presented) and len(kept_flags):
-        agreement = reliability.flag_agreement(kept_flags, kept_presented)
+        agreement = reliability.flag_agreement(kept_flags, kept_presented, presentations=pres)
         results["reliability"]["flags"] = jsonable(agreement)
     lap("flags")
     results["correlations"] = _correlations(kind, kept, metrics)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from evalsite.analysis.stats import _clean_ratings
+from evalsite.analysis.stats import _clean_ratings, _group_rows
 
 SYSTEM_ROLE = "system"
 HIDDEN_REFERENCE = "hidden_reference"
@@ -158,10 +158,11 @@ def _min_sd(rule: ConstantRule, kind: str) -> float:
 def _bs1534(frame: pd.DataFrame, rule: Bs1534Rule) -> list[dict]:
     """Hidden-reference and mid-anchor rules with the per-item anchor guard of BS.1534-3 §4.1.2."""
     out = []
-    per_item = frame.groupby(["listener", "item", "role"], sort=True)["score"].mean().reset_index()
+    judged = frame.loc[frame["role"].isin([HIDDEN_REFERENCE, rule.anchor_role])]
+    per_item = judged.groupby(["listener", "item", "role"], sort=True)["score"].mean().reset_index()
     ref = per_item.loc[per_item["role"] == HIDDEN_REFERENCE]
-    for listener, g in ref.groupby("listener", sort=True):
-        bad, n = int((g["score"] < rule.reference_below).sum()), len(g)
+    ref_counts = (ref["score"] < rule.reference_below).groupby(ref["listener"], sort=True).agg(["sum", "size"])
+    for listener, bad, n in zip(ref_counts.index, ref_counts["sum"].tolist(), ref_counts["size"].tolist()):
         if n and bad / n > rule.max_share:
             out.append(dict(listener=listener, rule="bs1534_reference", reason=(
                 f"rated the hidden reference below {rule.reference_below:g} on {bad} of {n} items "
@@ -169,12 +170,13 @@ def _bs1534(frame: pd.DataFrame, rule: Bs1534Rule) -> list[dict]:
     anchor = per_item.loc[per_item["role"] == rule.anchor_role].copy()
     anchor["high"] = anchor["score"] > rule.anchor_above
     item_share = anchor.groupby("item")["high"].mean()
-    guarded = set(item_share.index[item_share > rule.anchor_item_guard])
-    counted = anchor.loc[~anchor["item"].isin(guarded)]
-    for listener, g in counted.groupby("listener", sort=True):
-        bad, n = int(g["high"].sum()), len(g)
+    anchor["guarded"] = anchor["item"].isin(set(item_share.index[item_share > rule.anchor_item_guard]))
+    skipped_items = anchor.groupby("listener", sort=True)["guarded"].sum()
+    counted = anchor.loc[~anchor["guarded"]]
+    anchor_counts = counted.groupby("listener", sort=True)["high"].agg(["sum", "size"])
+    for listener, bad, n in zip(anchor_counts.index, anchor_counts["sum"].tolist(), anchor_counts["size"].tolist()):
         if n and bad / n > rule.max_share:
-            skipped = int(anchor.loc[anchor["listener"] == listener, "item"].isin(guarded).sum())
+            skipped = int(skipped_items[listener])
             extra = (f"; {skipped} item(s) where more than {_pct(rule.anchor_item_guard)} of listeners rated the "
                      f"anchor above {rule.anchor_above:g} were left out") if skipped else ""
             out.append(dict(listener=listener, rule="bs1534_anchor", reason=(
@@ -205,8 +207,11 @@ def _constant(frame: pd.DataFrame, rule: ConstantRule, kind: str) -> tuple[list[
     out, skipped = [], []
     min_sd = _min_sd(rule, kind)
     systems = frame.loc[frame["role"] == SYSTEM_ROLE] if "role" in frame else frame
-    for listener in sorted(frame["listener"].unique(), key=str):
-        s = systems.loc[systems["listener"] == listener, "score"].to_numpy(float)
+    listeners = sorted(frame["listener"].unique(), key=str)
+    scores = systems["score"].to_numpy(float)
+    rows = _group_rows(pd.Index(listeners).get_indexer(systems["listener"]), len(listeners))
+    for listener, mine in zip(listeners, rows):
+        s = scores[mine]
         if len(s) < rule.min_ratings:
             skipped.append(dict(listener=listener, rule="constant", reason=(
                 f"only {len(s)} system ratings (at least {rule.min_ratings} needed)")))
@@ -224,33 +229,107 @@ def _constant(frame: pd.DataFrame, rule: ConstantRule, kind: str) -> tuple[list[
     return out, skipped
 
 
+def _grouped_ranks(groups: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Average ranks (1 = smallest, ties share the mean rank) of values within each group, all groups at once."""
+    value_codes = np.unique(values, return_inverse=True)[1].ravel()
+    key = groups.astype(np.int64) * (int(value_codes.max(initial=0)) + 1) + value_codes
+    order = np.argsort(key, kind="stable")
+    g, k = groups[order], key[order]
+    n = len(k)
+    new_group = np.r_[True, g[1:] != g[:-1]]
+    new_run = np.r_[True, k[1:] != k[:-1]]
+    group_start = np.maximum.accumulate(np.where(new_group, np.arange(n), 0))
+    run_start = np.flatnonzero(new_run)
+    run_stop = np.r_[run_start[1:], n]
+    run = np.cumsum(new_run) - 1
+    ranks = np.empty(n)
+    ranks[order] = (run_start[run] + run_stop[run] - 1) / 2 - group_start + 1
+    return ranks
+
+
+def _grouped_pearson(groups: np.ndarray, x: np.ndarray, y: np.ndarray, n_groups: int) -> np.ndarray:
+    """Pearson r of x and y within each group (NaN for a group with no spread), one pass over all groups."""
+    n = np.bincount(groups, minlength=n_groups).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dx = x - (np.bincount(groups, weights=x, minlength=n_groups) / n)[groups]
+        dy = y - (np.bincount(groups, weights=y, minlength=n_groups) / n)[groups]
+        sxy = np.bincount(groups, weights=dx * dy, minlength=n_groups)
+        sxx = np.bincount(groups, weights=dx * dx, minlength=n_groups)
+        syy = np.bincount(groups, weights=dy * dy, minlength=n_groups)
+        return np.clip(sxy / np.sqrt(sxx * syy), -1.0, 1.0)
+
+
+AGREEMENT_RECHECK = 1e-9
+"""A vectorised correlation this close to the threshold is recomputed with SciPy, so that rounding (about 1e-16)
+can never decide an exclusion differently from ``scipy.stats.spearmanr`` / ``pearsonr``."""
+
+
 def _agreement(frame: pd.DataFrame, rule: AgreementRule) -> tuple[list[dict], list[dict]]:
-    """Correlation of each listener with the leave-one-out mean of the others over shared (item, system) cells."""
+    """Correlation of each listener with the leave-one-out mean of the others over shared (item, system) cells.
+
+    All listeners at once: cells and their leave-one-out means from integer codes, ranks and Pearson r per
+    listener from group sums (the same r as SciPy's per-listener call to rounding; the tests check it).
+    """
     out, skipped = [], []
     units = ["item", "system"] + (["comparison"] if "comparison" in frame else [])
-    cell = frame.groupby(["listener", *units], sort=True)["score"].mean().reset_index()
-    totals = cell.groupby(units)["score"].agg(["sum", "count"])
-    cell = cell.join(totals, on=units)
-    cell = cell.loc[cell["count"] >= 2]
-    cell["loo"] = (cell["sum"] - cell["score"]) / (cell["count"] - 1)
+    l_codes, natural = pd.factorize(frame["listener"], sort=True)  # the order a groupby sums the cells in
+    unit_codes = np.zeros(len(frame), dtype=np.int64)
+    for column in units:  # lexicographic (item, system[, comparison]) order, as a groupby over the columns sorts
+        codes, uniques = pd.factorize(frame[column], sort=True)
+        unit_codes = unit_codes * len(uniques) + codes
+    unit_codes = np.unique(unit_codes, return_inverse=True)[1].ravel()
+    n_units = int(unit_codes.max()) + 1 if len(unit_codes) else 0
+    cell = pd.Series(frame["score"].to_numpy(float)).groupby(
+        [l_codes, unit_codes], sort=True).mean()
+    listener, unit, score = (cell.index.get_level_values(0).to_numpy(), cell.index.get_level_values(1).to_numpy(),
+                             cell.to_numpy())
+    totals = cell.groupby(level=1).agg(["sum", "count"]).reindex(range(n_units))
+    total, count = totals["sum"].to_numpy()[unit], totals["count"].to_numpy()[unit]
+    shared = count >= 2
+    listener, score = listener[shared], score[shared]
+    loo = (total[shared] - score) / (count[shared] - 1)
+    n_listeners = len(natural)
+    n_cells = np.bincount(listener, minlength=n_listeners)
+    if len(listener):
+        spread_x = _grouped_ptp(listener, score, n_listeners)
+        spread_y = _grouped_ptp(listener, loo, n_listeners)
+        if rule.method == "spearman":
+            x, y = _grouped_ranks(listener, score), _grouped_ranks(listener, loo)
+        else:
+            x, y = score, loo
+        r_all = _grouped_pearson(listener, x, y, n_listeners)
+    else:
+        spread_x = spread_y = np.zeros(n_listeners, bool)
+        r_all = np.full(n_listeners, np.nan)
     corr = sps.spearmanr if rule.method == "spearman" else sps.pearsonr
-    for listener in sorted(frame["listener"].unique(), key=str):
-        g = cell.loc[cell["listener"] == listener]
-        if len(g) < rule.min_common_cells:
-            skipped.append(dict(listener=listener, rule="agreement", reason=(
-                f"only {len(g)} cells shared with other listeners (at least {rule.min_common_cells} needed)")))
+    for name in sorted(natural, key=str):
+        k = natural.get_loc(name)
+        if n_cells[k] < rule.min_common_cells:
+            skipped.append(dict(listener=name, rule="agreement", reason=(
+                f"only {n_cells[k]} cells shared with other listeners (at least {rule.min_common_cells} needed)")))
             continue
-        x, y = g["score"].to_numpy(float), g["loo"].to_numpy(float)
-        if np.ptp(x) == 0 or np.ptp(y) == 0:
-            skipped.append(dict(listener=listener, rule="agreement", reason=(
+        if not (spread_x[k] and spread_y[k]):
+            skipped.append(dict(listener=name, rule="agreement", reason=(
                 "constant scores on the shared cells; correlation undefined")))
             continue
-        r = float(corr(x, y)[0])
+        r = float(r_all[k])
+        if abs(r - rule.min_r) < AGREEMENT_RECHECK or not np.isfinite(r):
+            mine = listener == k
+            r = float(corr(score[mine], loo[mine])[0])
         if r < rule.min_r:
-            out.append(dict(listener=listener, rule="agreement", reason=(
-                f"{rule.method.capitalize()} correlation with the other listeners' mean is {r:.2f} over {len(g)} "
-                f"cells (< {rule.min_r:g})")))
+            out.append(dict(listener=name, rule="agreement", reason=(
+                f"{rule.method.capitalize()} correlation with the other listeners' mean is {r:.2f} over "
+                f"{n_cells[k]} cells (< {rule.min_r:g})")))
     return out, skipped
+
+
+def _grouped_ptp(groups: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
+    """Whether the values of each group are not all equal (``np.ptp(...) != 0`` per group)."""
+    low = np.full(n_groups, np.inf)
+    high = np.full(n_groups, -np.inf)
+    np.minimum.at(low, groups, values)
+    np.maximum.at(high, groups, values)
+    return high > low
 
 
 def screen_listeners(
@@ -284,7 +363,7 @@ def screen_listeners(
     listeners = sorted(frame["listener"].unique(), key=str)
     excluded, skipped = [], []
     if rules.bs1534 and kind == "mushra":
-        roles = set(frame["role"]) if "role" in frame else set()
+        roles = set(frame["role"].unique()) if "role" in frame else set()
         for rule, role in (("bs1534_reference", HIDDEN_REFERENCE), ("bs1534_anchor", rules.bs1534.anchor_role)):
             if role not in roles:
                 skipped.append(dict(listener=None, rule=rule, reason=f"no ratings with role {role!r}; rule not run"))

@@ -31,12 +31,12 @@ import math
 import warnings
 from collections.abc import Iterable, Sequence
 from itertools import combinations
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
+from scipy import linalg, optimize, sparse
 from scipy import stats as sps
-from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
 KINDS = ("mos", "smos", "mushra", "cmos")
@@ -46,6 +46,9 @@ MIN_WILCOXON_PAIRS = 6
 """Smallest n for which an exact two-sided Wilcoxon signed-rank p can fall below 0.05 (2/2**6 = 0.031)."""
 
 _BOOT_CHUNK_CELLS = 4_000_000
+_DENSE_BOOT_CELLS = 2_000_000
+"""Largest (listener) × (item, system) table multiplied as a dense array (at most 16 MB); BLAS on a dense table is
+2-4 times as fast as the sparse product when most listeners rated most items, as in a MUSHRA test."""
 
 
 def _require_columns(frame: pd.DataFrame, columns: Iterable[str], what: str) -> None:
@@ -77,39 +80,87 @@ def _group_columns(frame: pd.DataFrame, kind: str) -> list[str]:
 
 
 def holm_adjust(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Holm step-down adjusted p-values (statsmodels ``multipletests``); NaN entries stay NaN and are not counted."""
+    """Holm step-down adjusted p-values; NaN entries stay NaN and are not counted.
+
+    Same arithmetic as statsmodels ``multipletests(method="holm")`` (sort, multiply by m, m - 1, ..., 1, running
+    maximum, cap at 1), which the tests check; statsmodels' version ends with a ``gc.collect()`` that costs
+    ~0.1 s of CPU in a process holding a page's worth of objects.
+    """
     p = np.asarray(pvalues, dtype=float)
     out = np.full(p.shape, np.nan)
     ok = np.isfinite(p)
     if ok.any():
-        out[ok] = multipletests(p[ok], method="holm")[1]
+        finite = p[ok]
+        order = np.argsort(finite)
+        stepped = np.maximum.accumulate(finite[order] * np.arange(len(finite), 0, -1))
+        adjusted = np.empty_like(stepped)
+        adjusted[order] = np.minimum(stepped, 1.0)
+        out[ok] = adjusted
     return out
 
 
-def _cluster_bootstrap_means(
-    frame: pd.DataFrame, group_cols: list[str], *, n_boot: int, seed: int
-) -> tuple[list[tuple], np.ndarray]:
-    """Two-way (listener × item) cluster bootstrap of per-group means; returns group keys and (n_boot, G) means.
+class _Codes(NamedTuple):
+    """Integer codes per row (sorted order of the values, as a sorted groupby numbers them) and the group keys."""
+
+    listener: np.ndarray
+    n_listeners: int
+    item: np.ndarray
+    n_items: int
+    group: np.ndarray
+    groups: list[tuple]
+
+
+def _codes(frame: pd.DataFrame, group_cols: list[str]) -> _Codes:
+    """Factorise listeners, items and groups once for the per-group loop and the bootstrap."""
+    l_codes, listeners = pd.factorize(frame["listener"], sort=True)
+    i_codes, items = pd.factorize(frame["item"], sort=True)
+    keys = frame[group_cols].apply(tuple, axis=1) if len(group_cols) > 1 else frame[group_cols[0]]
+    g_codes, g_uniques = pd.factorize(keys, sort=True)
+    return _Codes(l_codes, len(listeners), i_codes, len(items), g_codes,
+                  [k if isinstance(k, tuple) else (k,) for k in g_uniques])
+
+
+def _group_rows(codes: np.ndarray, n_groups: int | None = None) -> list[np.ndarray]:
+    """Row indices of each group code 0..G-1 (G: ``n_groups``, else the largest code + 1), each in the original
+    row order (what a groupby hands each group): one stable sort instead of a boolean mask per group."""
+    n_groups = int(codes.max(initial=-1)) + 1 if n_groups is None else n_groups
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(n_groups + 1))
+    return [order[bounds[j]:bounds[j + 1]] for j in range(n_groups)]
+
+
+def _mode(values: np.ndarray):
+    """``Series.mode().iloc[0]`` of an object array (the smallest of the most frequent non-null values), or None."""
+    codes, uniques = pd.factorize(values)
+    codes = codes[codes >= 0]
+    if not len(codes):
+        return None
+    counts = np.bincount(codes)
+    return min(uniques[counts == counts.max()])
+
+
+def _cluster_bootstrap_means(codes: _Codes, scores: np.ndarray, *, n_boot: int, seed: int) -> np.ndarray:
+    """Two-way (listener × item) cluster bootstrap of per-group means: (n_boot, G) means, groups in code order.
 
     Each resample draws listeners with replacement and items with replacement; a rating enters with weight
     (times its listener was drawn) × (times its item was drawn), i.e. all ratings of the crossed cells are
     kept (Owen 2007, "the pigeonhole bootstrap"). Sums and counts per (listener; item, group) are held in one
-    sparse matrix, so a chunk of resamples is one sparse × dense product.
+    sparse matrix, so a chunk of resamples is one matrix product (dense, in float32 or float64, when that gives
+    the sparse product's sums exactly: see :func:`_dense_dtype`).
     """
-    l_codes, _ = pd.factorize(frame["listener"], sort=True)
-    i_codes, _ = pd.factorize(frame["item"], sort=True)
-    keys = frame[group_cols].apply(tuple, axis=1) if len(group_cols) > 1 else frame[group_cols[0]]
-    g_codes, g_uniques = pd.factorize(keys, sort=True)
-    n_l, n_i, n_g = int(l_codes.max()) + 1, int(i_codes.max()) + 1, len(g_uniques)
+    n_l, n_i, n_g = codes.n_listeners, codes.n_items, len(codes.groups)
     cells = n_i * n_g
-    col = i_codes * n_g + g_codes
-    scores = frame["score"].to_numpy(float)
-    mat = sparse.csr_matrix(
-        (np.concatenate([scores, np.ones_like(scores)]),
-         (np.concatenate([l_codes, l_codes]), np.concatenate([col, col + cells]))),
-        shape=(n_l, 2 * cells),
-    )
-    mat_t = mat.T.tocsr()
+    col = codes.item * n_g + codes.group
+    rows, listeners = np.concatenate([col, col + cells]), np.concatenate([codes.listener, codes.listener])
+    values = np.concatenate([scores, np.ones_like(scores)])
+    dtype = None
+    if 2 * cells * n_l <= _DENSE_BOOT_CELLS and np.all(scores == np.round(scores)):
+        table = np.bincount(rows * n_l + listeners, weights=values, minlength=2 * cells * n_l).reshape(2 * cells, n_l)
+        dtype = _dense_dtype(table, n_l * n_i)
+    if dtype is not None:
+        mat_t = table.astype(dtype)
+    else:
+        mat_t = sparse.csr_matrix((values, (listeners, rows)), shape=(n_l, 2 * cells)).T.tocsr()
     rng = np.random.default_rng(seed)
     w_l = _draw_counts(rng, n_boot, n_l)
     w_i = _draw_counts(rng, n_boot, n_i)
@@ -117,12 +168,25 @@ def _cluster_bootstrap_means(
     chunk = max(1, min(n_boot, _BOOT_CHUNK_CELLS // (2 * cells)))
     for start in range(0, n_boot, chunk):
         stop = min(n_boot, start + chunk)
-        by_listener = (mat_t @ w_l[start:stop].T).reshape(2, n_i, n_g, stop - start)
+        weights = w_l[start:stop].T if dtype is None else w_l[start:stop].T.astype(dtype)
+        by_listener = np.asarray(mat_t @ weights, dtype=np.float64).reshape(2, n_i, n_g, stop - start)
         sums_counts = np.einsum("kigb,bi->kbg", by_listener, w_i[start:stop])
         with np.errstate(invalid="ignore", divide="ignore"):
             means[start:stop] = sums_counts[0] / sums_counts[1]
-    keys_out = [k if isinstance(k, tuple) else (k,) for k in g_uniques]
-    return keys_out, means
+    return means
+
+
+def _dense_dtype(cells: np.ndarray, pairs: int) -> type | None:
+    """The float type in which a dense (BLAS) product gives the sparse one's sums bit for bit, or None.
+
+    With integer cell sums (integer scores) and integer draw counts every partial sum is an integer of at most
+    ``pairs`` (listeners × items) × the largest |cell|, so the summation order cannot change it while that bound
+    stays below 2**24 (float32) or 2**53 (float64). Continuous scores keep the sparse product.
+    """
+    if not len(cells) or not np.all(cells == np.round(cells)):
+        return None
+    bound = float(np.abs(cells).max()) * pairs
+    return np.float32 if bound < 2**24 else np.float64 if bound < 2**53 else None
 
 
 def _draw_counts(rng: np.random.Generator, n_boot: int, n: int) -> np.ndarray:
@@ -171,10 +235,12 @@ def system_scores(
         raise ValueError(f"confidence must be in (0, 1); got {confidence}")
     group_cols = _group_columns(frame, kind)
     tail = (1 - confidence) / 2
+    codes = _codes(frame, group_cols)
+    scores = frame["score"].to_numpy(float)
+    roles = frame["role"].to_numpy(object) if "role" in frame else None
     rows = []
-    for key, g in frame.groupby(group_cols, sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        s = g["score"].to_numpy(float)
+    for key, idx in zip(codes.groups, _group_rows(codes.group)):
+        s = scores[idx]
         n = len(s)
         mean = float(s.mean())
         sd = float(s.std(ddof=1)) if n > 1 else math.nan
@@ -185,9 +251,9 @@ def system_scores(
         else:
             lo = hi = math.nan
         row = dict(zip(group_cols, key))
-        if "role" in g:
-            row["role"] = g["role"].mode().iloc[0] if g["role"].notna().any() else None
-        row.update(n=n, listeners=int(g["listener"].nunique()), items=int(g["item"].nunique()),
+        if roles is not None:
+            row["role"] = _mode(roles[idx])
+        row.update(n=n, listeners=len(np.unique(codes.listener[idx])), items=len(np.unique(codes.item[idx])),
                    mean=mean, sd=sd, ci_low=float(lo), ci_high=float(hi))
         if kind == "mushra":
             q1, med, q3 = np.percentile(s, [25, 50, 75])
@@ -197,14 +263,12 @@ def system_scores(
     out["boot_low"] = np.nan
     out["boot_high"] = np.nan
     if n_boot > 0 and len(frame):
-        keys, means = _cluster_bootstrap_means(frame, group_cols, n_boot=n_boot, seed=seed)
+        means = _cluster_bootstrap_means(codes, scores, n_boot=n_boot, seed=seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             bounds = np.nanpercentile(means, [100 * tail, 100 * (1 - tail)], axis=0)
-        by_key = {k: (float(bounds[0, j]), float(bounds[1, j])) for j, k in enumerate(keys)}
-        out_keys = [tuple(r) for r in out[group_cols].itertuples(index=False)]
-        out["boot_low"] = [by_key[k][0] for k in out_keys]
-        out["boot_high"] = [by_key[k][1] for k in out_keys]
+        out["boot_low"] = bounds[0].astype(float)
+        out["boot_high"] = bounds[1].astype(float)
     out.attrs["method"] = (
         f"mean ± Student t {confidence:.0%} interval over all votes; bootstrap: {n_boot} two-way cluster "
         f"resamples (listeners and items drawn with replacement, crossed cells kept), percentile interval, seed {seed}"
@@ -284,6 +348,23 @@ def _wilcoxon(d: np.ndarray, min_pairs: int) -> tuple[float, float, str | None, 
     return float(res.statistic), float(res.pvalue), method, None
 
 
+def _paired_table(frame: pd.DataFrame) -> tuple[list, np.ndarray]:
+    """(listener, item) × system means as a dense array (NaN where not rated): what
+    ``frame.pivot_table(index=["listener", "item"], columns="system", values="score", aggfunc="mean")`` gives,
+    rows in the same sorted order and the same means (one pandas groupby over integer codes), without the
+    pivot's index building, which with per-pair column selection made this the costliest test of the page.
+    """
+    l_codes, _ = pd.factorize(frame["listener"], sort=True)
+    i_codes, items = pd.factorize(frame["item"], sort=True)
+    s_codes, systems = pd.factorize(frame["system"], sort=True)
+    cells, cell_codes = np.unique(l_codes.astype(np.int64) * len(items) + i_codes, return_inverse=True)
+    means = pd.Series(frame["score"].to_numpy(float)).groupby(
+        [cell_codes.ravel(), s_codes], sort=True).mean()
+    wide = np.full((len(cells), len(systems)), np.nan)
+    wide[means.index.get_level_values(0), means.index.get_level_values(1)] = means.to_numpy()
+    return list(systems), wide
+
+
 def pairwise_tests(
     ratings: pd.DataFrame,
     *,
@@ -325,10 +406,13 @@ def pairwise_tests(
                              median_diff=float(np.median(d)) if len(d) else math.nan,
                              statistic=stat, p=p, method=method, note=note))
     else:
-        wide = frame.pivot_table(index=["listener", "item"], columns="system", values="score", aggfunc="mean")
-        for sa, sb in combinations(sorted(wide.columns, key=str), 2):
-            both = wide[[sa, sb]].dropna()
-            d = (both[sa] - both[sb]).to_numpy(float)
+        names, wide = _paired_table(frame)
+        column = {name: k for k, name in enumerate(names)}
+        finite = np.isfinite(wide)
+        for sa, sb in combinations(sorted(names, key=str), 2):
+            a, b = column[sa], column[sb]
+            both = finite[:, a] & finite[:, b]
+            d = wide[both, a] - wide[both, b]
             stat, p, method, note = _wilcoxon(d, min_pairs)
             rows.append(dict(system_a=sa, system_b=sb, n_pairs=len(d), n_zero=int(np.sum(d == 0)),
                              mean_diff=float(d.mean()) if len(d) else math.nan,
@@ -341,6 +425,34 @@ def pairwise_tests(
     out.attrs["method"] = (f"Wilcoxon signed-rank (Pratt zero handling) on listener×item paired differences "
                            f"(system_a − system_b); Holm over all pairs, alpha = {alpha}")
     return out
+
+
+def _mixed_model_start(ratings: pd.DataFrame, baseline: str | None, method: str) -> tuple[pd.DataFrame, list, dict]:
+    """Clean frame, sorted systems and the not-yet-fitted result dict shared by both mixed-model fits; the
+    dict's ``reason`` is set when the data cannot support the model."""
+    frame = _clean_ratings(ratings, kind="mos")
+    systems = sorted(frame["system"].unique(), key=str)
+    baseline = systems[0] if baseline is None and systems else baseline
+    result: dict = {
+        "ok": False, "reason": None, "baseline": baseline,
+        "formula": "score ~ C(system, Treatment(baseline)) + (1 | listener) + (1 | item)",
+        "method": method,
+        "n": int(len(frame)), "listeners": int(frame["listener"].nunique()), "items": int(frame["item"].nunique()),
+        "converged": False, "intercept": None, "effects": [], "variance_components": {}, "warnings": [],
+    }
+    if baseline not in systems:
+        result["reason"] = f"baseline {baseline!r} is not among the systems {systems}"
+    elif len(systems) < 2:
+        result["reason"] = f"needs at least 2 systems; got {len(systems)}"
+    elif result["listeners"] < 2 or result["items"] < 2:
+        result["reason"] = (f"needs at least 2 listeners and 2 items; got {result['listeners']} and "
+                            f"{result['items']}")
+    elif len(frame) <= len(systems) + 3:
+        result["reason"] = (f"{len(frame)} ratings are too few for {len(systems)} fixed effects and 3 variance "
+                            "parameters")
+    elif float(frame["score"].std()) == 0.0:
+        result["reason"] = "all scores are equal; no variance to model"
+    return frame, systems, result
 
 
 def mixed_effects(ratings: pd.DataFrame, *, baseline: str | None = None, reml: bool = True) -> dict:
@@ -365,31 +477,12 @@ def mixed_effects(ratings: pd.DataFrame, *, baseline: str | None = None, reml: b
     """
     import statsmodels.formula.api as smf
 
-    frame = _clean_ratings(ratings, kind="mos")
-    systems = sorted(frame["system"].unique(), key=str)
-    baseline = systems[0] if baseline is None and systems else baseline
-    result: dict = {
-        "ok": False, "reason": None, "baseline": baseline,
-        "formula": "score ~ C(system, Treatment(baseline)) + (1 | listener) + (1 | item)",
-        "method": "statsmodels MixedLM, one constant group, variance components for listener and item "
-                  f"({'REML' if reml else 'ML'}); Wald z p-values and 95% CIs",
-        "n": int(len(frame)), "listeners": int(frame["listener"].nunique()), "items": int(frame["item"].nunique()),
-        "converged": False, "intercept": None, "effects": [], "variance_components": {}, "warnings": [],
-    }
-    problem = None
-    if baseline not in systems:
-        problem = f"baseline {baseline!r} is not among the systems {systems}"
-    elif len(systems) < 2:
-        problem = f"needs at least 2 systems; got {len(systems)}"
-    elif result["listeners"] < 2 or result["items"] < 2:
-        problem = f"needs at least 2 listeners and 2 items; got {result['listeners']} and {result['items']}"
-    elif len(frame) <= len(systems) + 3:
-        problem = f"{len(frame)} ratings are too few for {len(systems)} fixed effects and 3 variance parameters"
-    elif float(frame["score"].std()) == 0.0:
-        problem = "all scores are equal; no variance to model"
-    if problem:
-        result["reason"] = problem
+    frame, systems, result = _mixed_model_start(
+        ratings, baseline, "statsmodels MixedLM, one constant group, variance components for listener and item "
+                           f"({'REML' if reml else 'ML'}); Wald z p-values and 95% CIs")
+    if result["reason"]:
         return result
+    baseline = result["baseline"]
 
     codes = {s: f"s{k}" for k, s in enumerate(systems)}
     data = pd.DataFrame({
@@ -430,5 +523,107 @@ def mixed_effects(ratings: pd.DataFrame, *, baseline: str | None = None, reml: b
         effects=effects,
         variance_components={"listener": vc.get("listener", math.nan), "item": vc.get("item", math.nan),
                              "residual": float(fit.scale)},
+    )
+    return result
+
+
+def crossed_mixed_model(ratings: pd.DataFrame, *, baseline: str | None = None) -> dict:
+    """score ~ system + (1|listener) + (1|item) by profiled REML on sufficient statistics; same dict as
+    :func:`mixed_effects`, in milliseconds where statsmodels takes minutes (the one the results page uses).
+
+    Why not statsmodels here: its crossed formulation (one group, variance components) works on the n × q
+    random-effects design of the whole data and took minutes on 50 000 ratings. With crossed random
+    intercepts the likelihood only needs Z'Z, Z'X, X'X, Z'y, X'y and y'y (q = listeners + items), so each
+    evaluation of the profiled REML criterion (Bates, Mächler, Bolker & Walker 2015, lme4, eq. 42) is a
+    q × q Cholesky factorisation; the two relative standard deviations are found by L-BFGS-B (bounded at 0).
+    Fixed effects are treatment contrasts against ``baseline``; Wald (normal) 95 % CIs and p-values from
+    σ²(X'V⁻¹X)⁻¹. The tests check it against :func:`mixed_effects` (statsmodels ``MixedLM``) on small
+    unbalanced data sets with missing cells; use that one as the reference, this one for real tests.
+
+    Example:
+        >>> res = crossed_mixed_model(ratings, baseline="hifigan")  # doctest: +SKIP
+        >>> res["variance_components"]  # doctest: +SKIP
+        {'listener': 0.31, 'item': 0.12, 'residual': 0.52}
+    """
+    frame, systems, result = _mixed_model_start(
+        ratings, baseline, "crossed random intercepts for listener and item, REML (profiled criterion of Bates et al. "
+                           "2015 evaluated on sufficient statistics); Wald z p-values and 95% CIs")
+    if result["reason"]:
+        return result
+    baseline = result["baseline"]
+    order = [baseline] + [s for s in systems if s != baseline]
+    y = frame["score"].to_numpy(float)
+    n, p = len(y), len(order)
+    s_code = frame["system"].map({s: k for k, s in enumerate(order)}).to_numpy(int)
+    l_code, l_uniq = pd.factorize(frame["listener"])
+    i_code, i_uniq = pd.factorize(frame["item"])
+    nl, ni = len(l_uniq), len(i_uniq)
+    q = nl + ni
+    # X = [1, dummies of the non-baseline systems]; Z = [listener indicators, item indicators].
+    per_system = np.bincount(s_code, minlength=p).astype(float)
+    xtx = np.zeros((p, p))
+    xtx[0, 0] = n
+    xtx[0, 1:] = xtx[1:, 0] = per_system[1:]
+    xtx[np.arange(1, p), np.arange(1, p)] = per_system[1:]
+    sums = np.bincount(s_code, weights=y, minlength=p)
+    xty = np.r_[y.sum(), sums[1:]]
+    ztz = np.zeros((q, q))
+    cross = np.bincount(l_code * ni + i_code, minlength=nl * ni).reshape(nl, ni).astype(float)
+    ztz[np.arange(nl), np.arange(nl)] = cross.sum(axis=1)
+    ztz[nl + np.arange(ni), nl + np.arange(ni)] = cross.sum(axis=0)
+    ztz[:nl, nl:] = cross
+    ztz[nl:, :nl] = cross.T
+    ztx = np.zeros((q, p))
+    by_ls = np.bincount(l_code * p + s_code, minlength=nl * p).reshape(nl, p)
+    by_is = np.bincount(i_code * p + s_code, minlength=ni * p).reshape(ni, p)
+    ztx[:nl, 0], ztx[nl:, 0] = by_ls.sum(axis=1), by_is.sum(axis=1)
+    ztx[:nl, 1:], ztx[nl:, 1:] = by_ls[:, 1:], by_is[:, 1:]
+    zty = np.r_[np.bincount(l_code, weights=y, minlength=nl), np.bincount(i_code, weights=y, minlength=ni)]
+    yty = float(y @ y)
+    eye = np.eye(q)
+
+    def factors(theta: np.ndarray):
+        lam = np.r_[np.full(nl, theta[0]), np.full(ni, theta[1])]
+        chol = linalg.cholesky(lam[:, None] * ztz * lam[None, :] + eye, lower=True)
+        rzx = linalg.solve_triangular(chol, lam[:, None] * ztx, lower=True)
+        cu = linalg.solve_triangular(chol, lam * zty, lower=True)
+        rx = linalg.cholesky(xtx - rzx.T @ rzx, lower=True)
+        cb = linalg.solve_triangular(rx, xty - rzx.T @ cu, lower=True)
+        return chol, rx, cb, yty - cu @ cu - cb @ cb
+
+    def criterion(theta: np.ndarray) -> float:
+        chol, rx, _, r2 = factors(theta)
+        return float(2 * np.log(np.diag(chol)).sum() + 2 * np.log(np.diag(rx)).sum()
+                     + (n - p) * (1 + np.log(2 * np.pi * r2 / (n - p))))
+
+    try:
+        with np.errstate(all="raise"):
+            fit = optimize.minimize(criterion, x0=np.ones(2), method="L-BFGS-B", bounds=[(0, None), (0, None)])
+            chol, rx, cb, r2 = factors(fit.x)
+    except (linalg.LinAlgError, FloatingPointError, ValueError) as exc:
+        result["reason"] = f"model could not be fitted: {type(exc).__name__}: {exc}"
+        return result
+    beta = linalg.solve_triangular(rx.T, cb, lower=False)
+    sigma2 = float(r2 / (n - p))
+    cov = sigma2 * linalg.cho_solve((rx, True), np.eye(p))
+    se = np.sqrt(np.diag(cov))
+    z = sps.norm.ppf(0.975)
+    if not (np.all(np.isfinite(beta)) and np.all(np.isfinite(se))):
+        result["reason"] = "fit produced non-finite estimates or standard errors (singular model)"
+        return result
+    if not fit.success:
+        result["warnings"].append(f"optimiser: {fit.message}")
+    if np.any(fit.x < 1e-6):
+        result["warnings"].append("a random-intercept variance is estimated at 0 (singular fit)")
+    effects = [dict(system=s, estimate=float(beta[k]), se=float(se[k]), ci_low=float(beta[k] - z * se[k]),
+                    ci_high=float(beta[k] + z * se[k]), p=float(2 * sps.norm.sf(abs(beta[k] / se[k]))))
+               for k, s in enumerate(order) if k > 0]
+    result.update(
+        ok=True, converged=bool(fit.success),
+        intercept=dict(system=baseline, estimate=float(beta[0]), se=float(se[0]), ci_low=float(beta[0] - z * se[0]),
+                       ci_high=float(beta[0] + z * se[0])),
+        effects=effects,
+        variance_components={"listener": sigma2 * float(fit.x[0]) ** 2, "item": sigma2 * float(fit.x[1]) ** 2,
+                             "residual": sigma2},
     )
     return result

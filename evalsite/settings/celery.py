@@ -61,6 +61,11 @@ CELERY_BEAT_SCHEDULE = {
                           "schedule": float(env_int("EVALSITE_WATCH_INTERVAL_S", 10))},
     "alerts-listening": {"task": "evalsite.alerts.tasks.alerts_evaluate_listening_task",
                          "schedule": float(env_int("EVALSITE_LISTENING_ALERTS_INTERVAL_S", 60))},
+    # Precompute listening-test results whose answers changed, so researchers' views read a stored snapshot.
+    # A run left waiting longer than one interval is dropped: the next one does the same work.
+    "analysis-refresh": {"task": "evalsite.analysis.tasks.analysis_refresh_task",
+                         "schedule": float(env_int("EVALSITE_ANALYSIS_REFRESH_S", 30)),
+                         "options": {"queue": "cpu", "expires": float(env_int("EVALSITE_ANALYSIS_REFRESH_S", 30))}},
 }
 # A watched checkpoint file must be unchanged over two scans and at least this old to be registered.
 EVALSITE_WATCH_SETTLE_S = env_int("EVALSITE_WATCH_SETTLE_S", 2)

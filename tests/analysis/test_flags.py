@@ -132,3 +132,97 @@ def test_flag_edges_that_are_not_exact_binary_fractions_land_on_their_own_time_s
                          columns=["listener", "stimulus", "start_s", "end_s", "category"])
     region = flag_regions(flags, presented, min_share=0.5).iloc[0]
     assert (region["start_s"], region["end_s"]) == pytest.approx((0.29, 0.31), abs=1e-9)
+
+
+# --- the single-pass implementations against the ones they replace ----------------------------------------------
+
+def presentation_reference(flags, presented):
+    """presentation_flags as first written (groupby + MultiIndex joins)."""
+    heard = (presented.groupby(["listener", "stimulus"], sort=True)
+             .agg(item=("item", "first"), system=("system", "first"), role=("role", "first"),
+                  duration_s=("duration_s", "max")).reset_index())
+    f = flags.copy()
+    f["start_s"] = pd.to_numeric(f["start_s"], errors="coerce").astype(float)
+    f["end_s"] = pd.to_numeric(f["end_s"], errors="coerce").astype(float)
+    f["category"] = f["category"].astype(object).where(f["category"].notna(), "unspecified")
+    f = f.loc[pd.MultiIndex.from_frame(f[["listener", "stimulus"]]).isin(
+        pd.MultiIndex.from_frame(heard[["listener", "stimulus"]]))]
+    f["length"] = (f["end_s"] - f["start_s"]).clip(lower=0).fillna(0.0)
+    count = f.groupby(["listener", "stimulus"]).size().rename("n_flags")
+    by_cat = (f.groupby(["listener", "stimulus", "category"])["length"].sum().reset_index()
+              .sort_values(["listener", "stimulus", "length", "category"], ascending=[True, True, False, True]))
+    main = by_cat.drop_duplicates(["listener", "stimulus"]).set_index(["listener", "stimulus"])["category"]
+    out = heard.join(count, on=["listener", "stimulus"]).join(main, on=["listener", "stimulus"])
+    out["n_flags"] = out["n_flags"].fillna(0).astype(int)
+    out["flagged"] = out["n_flags"] > 0
+    out["category"] = out["category"].astype(object).where(out["flagged"], None)
+    return out
+
+
+def random_study(seed, *, duplicates=False):
+    rng = np.random.default_rng(seed)
+    stimuli = [(f"s{k:02d}", f"i{k % 5}", f"sys{k % 3}", "hidden_reference" if k % 7 == 0 else "system")
+               for k in range(30)]
+    presented = pd.DataFrame([(f"l{l}", s, i, sy, role, 3.0) for l in range(12) for s, i, sy, role in stimuli
+                              if rng.random() < 0.8], columns=["listener", "stimulus", "item", "system", "role",
+                                                               "duration_s"])
+    if duplicates:  # the same stimulus given twice to a listener, once without a duration
+        presented = pd.concat([presented, presented.head(20).assign(duration_s=np.nan)])
+    picked = presented.sample(90, replace=True, random_state=seed)
+    start = rng.uniform(0, 2.5, 90).round(2)
+    flags = pd.DataFrame({"listener": picked["listener"].to_numpy(), "stimulus": picked["stimulus"].to_numpy(),
+                          "start_s": start, "end_s": start + rng.choice([0.0, 0.1, 0.3], 90),
+                          "category": rng.choice(["click", "buzz", None], 90)})
+    flags.loc[flags.index[:4], ["start_s", "end_s"]] = None  # untimed flags count for rates only
+    return flags, presented
+
+
+@pytest.mark.parametrize("duplicates", [False, True])
+def test_presentation_flags_equal_the_groupby_reference(duplicates):
+    flags, presented = random_study(50, duplicates=duplicates)
+    stray = pd.DataFrame([("l99", "s01", 1.0, 1.1, "click")], columns=flags.columns)
+    with pytest.warns(UserWarning, match="1 flag"):
+        ours = presentation_flags(pd.concat([flags, stray]), presented)
+    expected = presentation_reference(flags, presented)
+    pd.testing.assert_frame_equal(ours.astype(object), expected[ours.columns].astype(object), check_exact=True)
+
+
+def test_rates_test_each_stimulus_as_binomtest_does():
+    flags, presented = random_study(51)
+    rates = flag_rates(flags, presented)
+    pres = presentation_reference(flags, presented)
+    for row in rates.itertuples():
+        mine = pres.loc[pres["stimulus"] == row.stimulus]
+        assert (row.heard, row.flagged) == (mine["listener"].nunique(), int(mine["flagged"].sum()))
+        assert row.p == sps.binomtest(row.flagged, row.heard, row.baseline_rate, alternative="greater").pvalue
+
+
+def regions_reference(flags, presented, *, resolution_s=0.01, min_share=0.3, min_listeners=2, merge_gap_s=0.1):
+    """flag_regions as first written: frames filtered per stimulus and flag_density called for each."""
+    from evalsite.analysis.flags import _runs, _stimulus_frames
+
+    info = presented.groupby("stimulus").agg(item=("item", "first"), system=("system", "first"), role=("role", "first"))
+    rows = []
+    for stimulus in sorted(set(flags["stimulus"]) & set(presented["stimulus"]), key=str):
+        f, listeners, _ = _stimulus_frames(flags, presented, stimulus)
+        if f.empty:
+            continue
+        _, shares = flag_density(flags, presented, stimulus, resolution_s=resolution_s)
+        for b0, b1 in _runs(shares >= min_share - 1e-12, max_gap_bins=int(round(merge_gap_s / resolution_s))):
+            start, end = b0 * resolution_s, b1 * resolution_s
+            inside = f.loc[(f["start_s"] < end) & (np.maximum(f["end_s"], f["start_s"] + resolution_s) > start)]
+            who = sorted(inside["listener"].unique(), key=str)
+            if len(who) < min_listeners:
+                continue
+            cats = inside.drop_duplicates(["listener", "category"])["category"].value_counts()
+            rows.append(dict(stimulus=stimulus, **info.loc[stimulus].to_dict(), start_s=float(start), end_s=float(end),
+                             peak_share=float(shares[b0:b1].max()), n_listeners=len(who), heard=len(listeners),
+                             listeners=who, categories={str(k): int(v) for k, v in cats.sort_index().items()}))
+    return rows
+
+
+@pytest.mark.parametrize("min_share", [0.1, 0.25])
+def test_regions_equal_the_per_stimulus_reference(min_share):
+    flags, presented = random_study(52)
+    ours = flag_regions(flags, presented, min_share=min_share).to_dict("records")
+    assert ours == regions_reference(flags, presented, min_share=min_share) and len(ours) >= 1

@@ -195,3 +195,142 @@ def test_reliability_summary_reports_ordinal_as_primary_and_interval_too_for_mos
     assert len(s["icc"]) == 6 and s["icc"][1]["mcgraw_wong"] == "ICC(A,1)"
     assert set(reliability_summary(ratings, kind="mushra")["alpha"]) == {"interval"}
     json.dumps(s)
+
+
+# --- fast paths against the libraries they replace --------------------------------------------------------------
+
+def random_incomplete(rng, *, listeners, units, values, missing, repeats=0):
+    """Listeners × units ratings drawn from ``values`` with a share of cells missing (and some repeated cells)."""
+    truth = rng.choice(values, size=units)
+    rows = []
+    for l in range(listeners):
+        for u in range(units):
+            if rng.random() < missing:
+                continue
+            near = np.clip(np.searchsorted(values, truth[u]) + rng.integers(-1, 2), 0, len(values) - 1)
+            rows.append((f"l{l:02d}", f"i{u % 7}", f"s{u // 7}", float(values[near])))
+    frame = pd.DataFrame(rows, columns=["listener", "item", "system", "score"])
+    return pd.concat([frame, frame.sample(repeats, random_state=1)]) if repeats else frame
+
+
+def package_matrix(ratings, level):
+    """The listeners × units matrix the krippendorff package takes (repeats: mean, or first for categories)."""
+    frame = ratings.drop_duplicates(["listener", "item", "system"]) if level in ("nominal", "ordinal") else ratings
+    return frame.pivot_table(index="listener", columns=["item", "system"], values="score",
+                             aggfunc="mean").to_numpy(float)
+
+
+@pytest.mark.parametrize("level", ["nominal", "ordinal", "interval", "ratio"])
+@pytest.mark.parametrize(("values", "missing"), [(np.arange(1.0, 6.0), 0.3), (np.arange(0.0, 101.0), 0.5),
+                                                 (np.linspace(-3, 3, 13), 0.7)])
+def test_alpha_equals_the_krippendorff_package_on_random_data_with_missing_cells(level, values, missing):
+    rng = np.random.default_rng(int(100 * missing) + len(values))
+    ratings = random_incomplete(rng, listeners=12, units=35, values=values, missing=missing, repeats=20)
+    if level == "ratio":
+        ratings = ratings.assign(score=ratings["score"] - values.min() + 1)  # ratio data are positive
+    expected = krippendorff.alpha(reliability_data=package_matrix(ratings, level), level_of_measurement=level)
+    assert krippendorff_alpha(ratings, level=level) == pytest.approx(expected, abs=1e-12)
+
+
+def test_alpha_on_the_101_point_grid_equals_the_package_on_the_gridded_matrix():
+    rng = np.random.default_rng(33)
+    matrix = np.clip(rng.uniform(0, 100, 80) + rng.normal(0, 15, (6, 80)), 0, 100)
+    matrix[rng.random(matrix.shape) < 0.3] = np.nan
+    values = matrix[np.isfinite(matrix)]
+    low, step = values.min(), np.ptp(values) / 100
+    gridded = low + np.round((matrix - low) / step) * step
+    expected = krippendorff.alpha(reliability_data=gridded, level_of_measurement="interval")
+    assert krippendorff_alpha(long_from_matrix(matrix), level="interval") == pytest.approx(expected, abs=1e-12)
+
+
+def test_flag_category_alpha_equals_the_package_on_the_listeners_by_stimuli_matrix():
+    rng = np.random.default_rng(34)
+    presented = pd.DataFrame([(f"l{l}", f"s{s}", f"i{s}", "sys", "system", 4.0) for s in range(40) for l in range(9)
+                              if rng.random() < 0.8],
+                             columns=["listener", "stimulus", "item", "system", "role", "duration_s"])
+    picked = presented.sample(60, random_state=3)
+    flags = pd.DataFrame({"listener": picked["listener"], "stimulus": picked["stimulus"], "start_s": 1.0,
+                          "end_s": 1.0 + rng.uniform(0.1, 0.5, 60),
+                          "category": rng.choice(["click", "buzz", "hum"], 60)})
+    from evalsite.analysis.flags import presentation_flags
+
+    pres = presentation_flags(flags, presented)
+    labels = pres["category"].where(pres["flagged"], "none").astype(str)
+    matrix = (pres.assign(code=pd.factorize(labels, sort=True)[0].astype(float))
+              .pivot_table(index="listener", columns="stimulus", values="code", aggfunc="first").to_numpy(float))
+    expected = krippendorff.alpha(reliability_data=matrix, level_of_measurement="nominal")
+    assert flag_category_alpha(flags, presented) == pytest.approx(expected, abs=1e-12)
+    assert flag_category_alpha(flags, presented, presentations=pres) == flag_category_alpha(flags, presented)
+
+
+def greedy_block_reference(wide):
+    """The block search as first written (a pass over the whole remaining table per step)."""
+    present = wide.notna().to_numpy()
+    rows, cols = np.ones(present.shape[0], bool), np.ones(present.shape[1], bool)
+    while rows.any() and cols.any():
+        sub = present[np.ix_(rows, cols)]
+        if sub.all():
+            break
+        row_missing, col_missing = 1 - sub.mean(axis=1), 1 - sub.mean(axis=0)
+        if row_missing.max() >= col_missing.max():
+            rows[np.flatnonzero(rows)[row_missing.argmax()]] = False
+        else:
+            cols[np.flatnonzero(cols)[col_missing.argmax()]] = False
+    return wide.loc[rows, cols]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_icc_equals_pingouin_on_the_same_largest_complete_block_of_random_incomplete_data(seed):
+    import pingouin
+
+    rng = np.random.default_rng(40 + seed)
+    ratings = random_incomplete(rng, listeners=9, units=28, values=np.arange(0.0, 101.0), missing=0.15 + 0.05 * seed,
+                                repeats=5)
+    wide = ratings.pivot_table(index=["item", "system"], columns="listener", values="score", aggfunc="mean")
+    block = greedy_block_reference(wide)
+    table = icc(ratings).set_index("mcgraw_wong")
+    assert (table["n_units"] == block.shape[0]).all() and (table["k_raters"] == block.shape[1]).all()
+    long = block.reset_index(drop=True).rename_axis("unit").reset_index().melt(id_vars="unit", var_name="rater",
+                                                                               value_name="score")
+    rounded = pingouin.intraclass_corr(data=long, targets="unit", raters="rater", ratings="score").set_index("Type")
+    saved = pingouin.options.get("round.column.CI95")
+    pingouin.options["round.column.CI95"] = None  # pingouin rounds its interval to 2 decimals by default
+    try:
+        exact = pingouin.intraclass_corr(data=long, targets="unit", raters="rater", ratings="score").set_index("Type")
+    finally:
+        pingouin.options["round.column.CI95"] = saved
+    names = {"ICC(1,1)": "ICC(1)", "ICC(A,1)": "ICC(A,1)", "ICC(C,1)": "ICC(C,1)", "ICC(1,k)": "ICC(k)",
+             "ICC(A,k)": "ICC(A,k)", "ICC(C,k)": "ICC(C,k)"}
+    for theirs, ours in names.items():
+        row = table.loc[ours]
+        assert row["icc"] == pytest.approx(exact.loc[theirs, "ICC"], abs=1e-12)
+        assert row["F"] == pytest.approx(exact.loc[theirs, "F"], rel=1e-12)
+        assert (row["df1"], row["df2"]) == (exact.loc[theirs, "df1"], exact.loc[theirs, "df2"])
+        assert row["p"] == pytest.approx(exact.loc[theirs, "pval"], rel=1e-9, abs=1e-300)
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx(tuple(exact.loc[theirs, "CI95"]), abs=1e-12)
+        assert (round(row["ci_low"], 2), round(row["ci_high"], 2)) == tuple(rounded.loc[theirs, "CI95"])
+
+
+def test_the_block_search_keeps_the_reference_choices_including_ties():
+    from evalsite.analysis.reliability import _largest_complete_block
+
+    rng = np.random.default_rng(41)
+    for _ in range(30):
+        shape = tuple(rng.integers(2, 12, 2))
+        present = rng.random(shape) < rng.uniform(0.4, 0.95)
+        wide = pd.DataFrame(np.where(present, 1.0, np.nan))
+        rows, cols = _largest_complete_block(present)
+        expected = greedy_block_reference(wide)
+        assert list(np.flatnonzero(rows)) == list(expected.index)
+        assert list(np.flatnonzero(cols)) == list(expected.columns)
+
+
+def test_reliability_summary_counts_units_listeners_and_ratings_of_a_cmos_frame():
+    rng = np.random.default_rng(42)
+    ratings = random_incomplete(rng, listeners=6, units=21, values=np.arange(-3.0, 4.0), missing=0.2)
+    cmos = pd.concat([ratings.assign(comparison="ref"), ratings.assign(comparison="base")])
+    s = reliability_summary(cmos, kind="cmos")
+    assert (s["units"], s["listeners"], s["ratings"]) == (42, 6, 2 * len(ratings))
+    assert s["alpha"]["interval"] == pytest.approx(krippendorff.alpha(
+        reliability_data=cmos.pivot_table(index="listener", columns=["item", "system", "comparison"], values="score",
+                                          aggfunc="mean").to_numpy(float), level_of_measurement="interval"), abs=1e-12)

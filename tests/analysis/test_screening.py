@@ -179,3 +179,117 @@ def test_apply_screening_keeps_only_kept_listeners_so_scores_can_be_shown_both_w
     after = system_scores(kept, kind="mushra", n_boot=0).set_index("system")
     assert after.loc["ref", "mean"] > before.loc["ref", "mean"]
     assert after.loc["ref", "listeners"] == 10 and before.loc["ref", "listeners"] == 14
+
+
+# --- the vectorised rules against the per-listener loops they replace -------------------------------------------
+
+def agreement_reference(frame, rule):
+    """The agreement rule as first written: a boolean mask and a SciPy call per listener."""
+    from scipy import stats as sps
+
+    out, skipped = [], []
+    units = ["item", "system"] + (["comparison"] if "comparison" in frame else [])
+    cell = frame.groupby(["listener", *units], sort=True)["score"].mean().reset_index()
+    totals = cell.groupby(units)["score"].agg(["sum", "count"])
+    cell = cell.join(totals, on=units)
+    cell = cell.loc[cell["count"] >= 2]
+    cell["loo"] = (cell["sum"] - cell["score"]) / (cell["count"] - 1)
+    corr = sps.spearmanr if rule.method == "spearman" else sps.pearsonr
+    for listener in sorted(frame["listener"].unique(), key=str):
+        g = cell.loc[cell["listener"] == listener]
+        if len(g) < rule.min_common_cells:
+            skipped.append((listener, f"only {len(g)}"))
+            continue
+        x, y = g["score"].to_numpy(float), g["loo"].to_numpy(float)
+        if np.ptp(x) == 0 or np.ptp(y) == 0:
+            skipped.append((listener, "constant"))
+            continue
+        r = float(corr(x, y)[0])
+        out.append((listener, f"{r:.2f}", r < rule.min_r))
+    return out, skipped
+
+
+def messy_panel(seed):
+    """Listeners with missing cells, repeats, ties, a constant one and one with too few shared cells."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(14):
+        taste = rng.normal(0, 1)
+        for item in range(12):
+            for s, m in SYSTEMS.items():
+                if rng.random() < 0.25:
+                    continue
+                score = round(float(np.clip(m + 20 * taste * (s == "sys_c") + rng.normal(0, 15), 0, 100)) / 5) * 5
+                rows.append((f"p{k:02d}", item, s, "system", score))
+    rows += [("flat", item, s, "system", 40.0) for item in range(6) for s in SYSTEMS]
+    rows += [("late", 0, "sys_a", "system", 70.0), ("late", 0, "sys_b", "system", 20.0)]
+    ratings = frame(rows)
+    return pd.concat([ratings, ratings.sample(25, random_state=seed).assign(score=lambda d: d["score"] + 5)])
+
+
+@pytest.mark.parametrize("method", ["spearman", "pearson"])
+@pytest.mark.parametrize("seed", range(3))
+def test_the_agreement_rule_decides_as_the_per_listener_scipy_loop(method, seed):
+    from evalsite.analysis.screening import _agreement
+
+    ratings = messy_panel(70 + seed)
+    rule = AgreementRule(method=method, min_r=0.35)
+    found, missed = _agreement(ratings, rule)
+    judged, skipped = agreement_reference(ratings, rule)
+    assert [e["listener"] for e in found] == [l for l, _, bad in judged if bad]
+    for e in found:
+        assert f"is {dict((l, r) for l, r, _ in judged)[e['listener']]} over" in e["reason"]
+    assert [(e["listener"], e["reason"].split(" cells")[0].split(" scores")[0]) for e in missed] == [
+        (l, "only " + why.split()[1] if why.startswith("only") else "constant") for l, why in skipped]
+
+
+def test_the_vectorised_spearman_equals_scipy_per_listener():
+    from scipy import stats as sps
+
+    from evalsite.analysis.screening import _grouped_pearson, _grouped_ranks
+
+    rng = np.random.default_rng(73)
+    groups = rng.integers(0, 25, 4000)
+    x, y = rng.integers(0, 8, 4000).astype(float), rng.normal(0, 1, 4000).round(1)
+    got = _grouped_pearson(groups, _grouped_ranks(groups, x), _grouped_ranks(groups, y), 25)
+    for k in range(25):
+        assert got[k] == pytest.approx(sps.spearmanr(x[groups == k], y[groups == k])[0], abs=1e-13)
+        np.testing.assert_array_equal(_grouped_ranks(groups, x)[groups == k], sps.rankdata(x[groups == k]))
+
+
+def test_a_correlation_exactly_at_the_threshold_is_decided_as_scipy_decides_it():
+    from scipy import stats as sps
+
+    from evalsite.analysis.screening import _agreement
+
+    ratings = messy_panel(74)
+    cell = ratings.groupby(["listener", "item", "system"], sort=True)["score"].mean().reset_index()
+    totals = cell.groupby(["item", "system"])["score"].agg(["sum", "count"])
+    cell = cell.join(totals, on=["item", "system"]).query("count >= 2")
+    mine = cell.loc[cell["listener"] == "p03"]
+    r = float(sps.spearmanr(mine["score"], (mine["sum"] - mine["score"]) / (mine["count"] - 1))[0])
+    at, above = _agreement(ratings, AgreementRule(min_r=r))[0], _agreement(ratings, AgreementRule(
+        min_r=float(np.nextafter(r, 2.0))))[0]
+    assert "p03" not in {e["listener"] for e in at}  # r < r is false
+    assert "p03" in {e["listener"] for e in above}
+
+
+def test_the_constant_rule_decides_as_the_per_listener_loop():
+    ratings = messy_panel(75)
+    lazy = pd.DataFrame({"listener": "lazy", "item": range(30), "system": "sys_a", "role": "system",
+                         "score": [60.0] * 28 + [10.0, 90.0]})
+    ratings = pd.concat([ratings, lazy, ratings.assign(role="hidden_reference").head(40)])
+    s = screen_listeners(ratings, kind="mushra", rules=ScreeningRules(bs1534=None, agreement=None))
+    system = ratings.loc[ratings["role"] == "system"]
+    expected, too_few = {}, set()
+    for listener in sorted(ratings["listener"].unique(), key=str):
+        x = system.loc[system["listener"] == listener, "score"].to_numpy(float)
+        if len(x) < 5:
+            too_few.add(listener)
+            continue
+        values, counts = np.unique(x, return_counts=True)
+        if np.std(x, ddof=1) < 5 or counts.max() / len(x) > 0.9:
+            expected[listener] = (np.std(x, ddof=1), counts.max())
+    assert set(s.excluded["listener"]) == set(expected) == {"flat", "lazy"}
+    assert set(s.not_applied.loc[s.not_applied["rule"] == "constant", "listener"]) == too_few == {"late"}
+    assert "gave the same answer (60) on 28 of 30 trials" in s.excluded.set_index("listener").loc["lazy", "reason"]

@@ -1,5 +1,6 @@
 import json
 import math
+from itertools import combinations
 
 import numpy as np
 import pandas as pd
@@ -7,7 +8,15 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from evalsite.analysis.stats import ab_preference, holm_adjust, mixed_effects, pairwise_tests, system_scores
+from evalsite.analysis import stats
+from evalsite.analysis.stats import (
+    ab_preference,
+    crossed_mixed_model,
+    holm_adjust,
+    mixed_effects,
+    pairwise_tests,
+    system_scores,
+)
 
 
 def crossed_ratings(rng, *, listeners=20, items=12, effects=None, listener_sd=0.5, item_sd=0.3, noise_sd=0.5,
@@ -226,11 +235,15 @@ def test_cmos_tests_each_system_against_zero():
 
 # --- mixed_effects -----------------------------------------------------------------------------------------
 
-def test_mixed_model_recovers_planted_system_effects_and_variance_components():
+MIXED_FITS = [mixed_effects, crossed_mixed_model]
+
+
+@pytest.mark.parametrize("fit", MIXED_FITS)
+def test_mixed_model_recovers_planted_system_effects_and_variance_components(fit):
     planted = {"base": 0.0, "better": 0.5, "worse": -0.3}
     r = crossed_ratings(np.random.default_rng(14), listeners=40, items=25, effects=planted,
                         listener_sd=0.6, item_sd=0.4, noise_sd=0.5)
-    res = mixed_effects(r, baseline="base")
+    res = fit(r, baseline="base")
     assert res["ok"] and res["converged"] and res["reason"] is None
     effects = {e["system"]: e for e in res["effects"]}
     assert set(effects) == {"better", "worse"}
@@ -244,14 +257,16 @@ def test_mixed_model_recovers_planted_system_effects_and_variance_components():
     json.dumps(res)  # plain floats, ready for JSON
 
 
-def test_mixed_model_baseline_defaults_to_the_first_system_in_sorted_order():
+@pytest.mark.parametrize("fit", MIXED_FITS)
+def test_mixed_model_baseline_defaults_to_the_first_system_in_sorted_order(fit):
     r = crossed_ratings(np.random.default_rng(15), listeners=8, items=6, effects={"b": 0.0, "a": 1.0})
-    res = mixed_effects(r)
+    res = fit(r)
     assert res["baseline"] == "a" and [e["system"] for e in res["effects"]] == ["b"]
 
 
+@pytest.mark.parametrize("fit", MIXED_FITS)
 @pytest.mark.parametrize("case", ["one_listener", "one_system", "constant", "unknown_baseline"])
-def test_mixed_model_reports_not_ok_on_degenerate_input(case):
+def test_mixed_model_reports_not_ok_on_degenerate_input(case, fit):
     r = crossed_ratings(np.random.default_rng(16), listeners=6, items=5, effects={"a": 0.0, "b": 1.0})
     kwargs = {}
     if case == "one_listener":
@@ -262,6 +277,94 @@ def test_mixed_model_reports_not_ok_on_degenerate_input(case):
         r = r.assign(score=3.0)
     else:
         kwargs["baseline"] = "nope"
-    res = mixed_effects(r, **kwargs)
+    res = fit(r, **kwargs)
     assert res["ok"] is False and res["reason"] and res["effects"] == []
     json.dumps(res)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_crossed_mixed_model_equals_statsmodels_on_random_data_with_missing_cells_and_repeats(seed):
+    rng = np.random.default_rng(60 + seed)
+    r = crossed_ratings(rng, listeners=12, items=8, effects={"a": 0.0, "b": 0.4, "c": 0.9, "d": -0.2},
+                        listener_sd=0.5, item_sd=0.35, noise_sd=0.6)
+    r = r.sample(frac=0.7, random_state=seed)  # missing cells
+    r = pd.concat([r, r.sample(15, random_state=seed).assign(score=lambda d: d["score"] + 0.3)])  # repeats
+    ours, reference = crossed_mixed_model(r, baseline="b"), mixed_effects(r, baseline="b")
+    assert ours["ok"] and reference["ok"] and ours["n"] == reference["n"] == len(r)
+    assert ours["intercept"]["estimate"] == pytest.approx(reference["intercept"]["estimate"], rel=1e-4)
+    for mine, theirs in zip(ours["effects"], reference["effects"], strict=True):
+        assert mine["system"] == theirs["system"]
+        assert mine["estimate"] == pytest.approx(theirs["estimate"], rel=1e-4, abs=1e-5)
+        assert mine["se"] == pytest.approx(theirs["se"], rel=5e-3)
+        assert mine["p"] == pytest.approx(theirs["p"], rel=5e-2, abs=1e-8)
+    for part in ("listener", "item", "residual"):
+        assert ours["variance_components"][part] == pytest.approx(reference["variance_components"][part], rel=2e-3,
+                                                                  abs=1e-6)
+
+
+def test_holm_adjust_equals_statsmodels_with_ties_and_nan():
+    rng = np.random.default_rng(61)
+    for n in (1, 2, 7, 55):
+        p = np.round(rng.uniform(0, 0.2, n), 3)  # rounded: ties
+        p[rng.random(n) < 0.2] = np.nan
+        finite = np.isfinite(p)
+        expected = np.full(n, np.nan)
+        if finite.any():
+            expected[finite] = multipletests(p[finite], method="holm")[1]
+        np.testing.assert_array_equal(holm_adjust(p), expected)
+
+
+def pairwise_reference(frame):
+    """The pairwise table as first written: one pivot_table, then pandas column selection per pair."""
+    wide = frame.pivot_table(index=["listener", "item"], columns="system", values="score", aggfunc="mean")
+    rows = []
+    for a, b in combinations(sorted(wide.columns, key=str), 2):
+        both = wide[[a, b]].dropna()
+        rows.append((a, b, (both[a] - both[b]).to_numpy(float)))
+    return rows
+
+
+def test_pairwise_differences_equal_the_pivot_table_reference_with_missing_cells_and_repeats():
+    rng = np.random.default_rng(62)
+    r = crossed_ratings(rng, listeners=20, items=9, effects={f"s{k}": 0.2 * k for k in range(6)}, mean=50,
+                        noise_sd=12)
+    r["score"] = r["score"].round(1)
+    r = r.sample(frac=0.75, random_state=4)
+    r = pd.concat([r, r.sample(40, random_state=5).assign(score=lambda d: d["score"] + 0.7)])
+    out = pairwise_tests(r, kind="mushra").set_index(["system_a", "system_b"])
+    for a, b, d in pairwise_reference(r):
+        row = out.loc[(a, b)]
+        assert row["n_pairs"] == len(d) and row["mean_diff"] == d.mean() and row["median_diff"] == np.median(d)
+        ref = sps.wilcoxon(d, zero_method="pratt")
+        assert row["statistic"] == ref.statistic and row["p"] == ref.pvalue
+
+
+@pytest.mark.parametrize(("scale", "dtype"), [(1, np.float32), (2**20, np.float64), (0.5, None)])
+def test_the_dense_bootstrap_product_equals_the_sparse_one_bit_for_bit(scale, dtype, monkeypatch):
+    rng = np.random.default_rng(63)
+    r = crossed_ratings(rng, listeners=30, items=12, effects={"a": 0.0, "b": 1.0, "c": 2.0}, mean=50, noise_sd=15)
+    r = r.sample(frac=0.8, random_state=6).assign(score=lambda d: (d["score"].round() * scale))
+    codes = stats._codes(r, ["system"])
+    seen = []
+    real = stats._dense_dtype
+    monkeypatch.setattr(stats, "_dense_dtype", lambda *a: seen.append(real(*a)) or seen[-1])
+    dense = system_scores(r, kind="mushra", n_boot=300, seed=3)
+    assert seen == [dtype] or (dtype is None and seen == [])
+    monkeypatch.setattr(stats, "_DENSE_BOOT_CELLS", 0)
+    sparse_path = system_scores(r, kind="mushra", n_boot=300, seed=3)
+    pd.testing.assert_frame_equal(dense, sparse_path, check_exact=True)
+    means = stats._cluster_bootstrap_means(codes, r["score"].to_numpy(float), n_boot=50, seed=1)
+    monkeypatch.setattr(stats, "_DENSE_BOOT_CELLS", 10**9)
+    np.testing.assert_array_equal(stats._cluster_bootstrap_means(codes, r["score"].to_numpy(float), n_boot=50, seed=1),
+                                  means)
+
+
+def test_system_scores_take_the_most_frequent_role_and_count_listeners_and_items_per_system():
+    r = crossed_ratings(np.random.default_rng(64), listeners=6, items=4, effects={"a": 0.0, "b": 1.0})
+    r["role"] = np.where(r["system"] == "a", "hidden_reference", "system")
+    r.loc[r.index[:3], "role"] = "anchor_lp70"
+    r.loc[r.index[3], "role"] = None
+    out = system_scores(r, kind="mushra", n_boot=0).set_index("system")
+    expected = r.groupby("system").agg(role=("role", lambda g: g.mode().iloc[0]), listeners=("listener", "nunique"),
+                                       items=("item", "nunique"))
+    assert out[["role", "listeners", "items"]].to_dict("index") == expected.to_dict("index")

@@ -9,7 +9,9 @@ import pytest
 from django.core.cache import cache
 
 from evalsite.analysis import results as results_module
-from evalsite.analysis.results import crossed_mixed_model, listening_test_results
+from evalsite.analysis.models import AnalysisSnapshot
+from evalsite.analysis.results import listening_test_results
+from evalsite.analysis.stats import crossed_mixed_model
 from evalsite.listening import services
 from evalsite.listening.models import Condition, Participant, StimulusHandle
 from evalsite.listening.selectors import headphone_trials, listener_state
@@ -458,3 +460,143 @@ def test_the_timeline_density_equals_flag_density_with_overlapping_and_point_fla
         times, shares = results_module.flag_density_of(flags, 4, 1.0, resolution)
         expected_times, expected = flag_density(flags, presented, "s", resolution_s=resolution)
         assert times == pytest.approx(expected_times) and shares == pytest.approx(expected)
+
+
+# --- stored snapshots ---------------------------------------------------------------------------------------------
+
+def add_rating(test, request_id="new"):
+    newcomer = pass_headphone_check(services.participant_join(test=test))
+    trial = next(t for t in listener_state(newcomer)["trials"] if not t["training"])
+    services.rating_submit(participant=newcomer, trial=trial["id"], stimulus=trial["stimuli"][0]["id"], score=50,
+                           request_id=request_id)
+
+
+def no_computation(*args, **kwargs):
+    raise AssertionError("the results were computed again")
+
+
+def test_another_process_reads_the_stored_snapshot_instead_of_computing(mushra, monkeypatch,
+                                                                        django_assert_max_num_queries):
+    test = mushra["test"]
+    first = listening_test_results(test, n_boot=200)
+    assert first["source"] == "computed" and AnalysisSnapshot.objects.filter(test=test).count() == 1
+    cache.clear()  # a web process that has not seen this test: its local-memory cache is empty
+    monkeypatch.setattr(results_module, "compute_listening_test_results", no_computation)
+    with django_assert_max_num_queries(6):
+        again = listening_test_results(test, n_boot=200)
+    assert again["source"] == "snapshot" and again["cache_hit"]
+    for key in set(first) - {"source", "cache_hit", "timings"}:
+        assert again[key] == first[key], key
+    assert listening_test_results(test, n_boot=200)["source"] == "cache"
+
+
+def test_a_new_rating_invalidates_the_snapshot_and_the_older_one_is_deleted(mushra):
+    test = mushra["test"]
+    first = listening_test_results(test, n_boot=200)
+    add_rating(test)
+    cache.clear()
+    fresh = listening_test_results(test, n_boot=200)
+    assert fresh["source"] == "computed" and fresh["fingerprint"] != first["fingerprint"]
+    assert fresh["counts"]["ratings"] == first["counts"]["ratings"] + 1
+    assert list(AnalysisSnapshot.objects.filter(test=test).values_list("fingerprint", flat=True)) == [
+        fresh["fingerprint"]]
+
+
+def test_storing_the_same_inputs_twice_updates_the_row_and_an_older_computation_does_not_delete_a_newer_one(mushra):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    test, now = mushra["test"], timezone.now()
+    store = results_module.analysis_snapshot_store
+    store(test=test, fingerprint="new", n_boot=10, data={"x": 1}, computed_at=now, duration_s=0.5)
+    store(test=test, fingerprint="new", n_boot=10, data={"x": 2}, computed_at=now, duration_s=0.4)  # no IntegrityError
+    store(test=test, fingerprint="old", n_boot=10, data={"x": 0}, computed_at=now - timedelta(seconds=5),
+          duration_s=0.1)  # a slower computation of older inputs finishing last
+    rows = dict(AnalysisSnapshot.objects.filter(test=test, n_boot=10).values_list("fingerprint", "data"))
+    assert rows == {"new": {"x": 2}, "old": {"x": 0}}
+    store(test=test, fingerprint="newer", n_boot=10, data={"x": 3}, computed_at=now + timedelta(seconds=1),
+          duration_s=0.2)
+    assert set(AnalysisSnapshot.objects.filter(test=test, n_boot=10).values_list("fingerprint", flat=True)) == {
+        "newer"}
+
+
+def test_the_refresh_task_computes_published_tests_whose_answers_changed_and_nothing_else(mushra):
+    from evalsite.analysis.results import DEFAULT_N_BOOT
+    from evalsite.analysis.tasks import analysis_refresh_task
+
+    test = mushra["test"]
+    draft = services.listening_test_build(name="draft-analysis", kind="mos", checkpoints=mushra["world"]["checkpoints"])
+    assert analysis_refresh_task.apply().get() == [test.pk]
+    assert not AnalysisSnapshot.objects.filter(test=draft).exists()
+    assert analysis_refresh_task.apply().get() == []  # nothing changed: nothing computed
+    add_rating(test)
+    assert analysis_refresh_task.apply().get() == [test.pk]
+    snapshot = AnalysisSnapshot.objects.get(test=test)
+    assert snapshot.n_boot == DEFAULT_N_BOOT and snapshot.fingerprint == results_module.results_fingerprint(test)
+    cache.clear()
+    assert listening_test_results(test)["source"] == "snapshot"  # the researcher's view finds it ready
+
+
+def test_the_refresh_task_is_on_the_beat_schedule_on_the_cpu_queue():
+    from django.conf import settings
+
+    entry = settings.CELERY_BEAT_SCHEDULE["analysis-refresh"]
+    assert entry["task"] == "evalsite.analysis.tasks.analysis_refresh_task" and entry["schedule"] == 30.0
+    assert entry["options"]["queue"] == "cpu"
+
+
+def test_computed_results_survive_the_json_round_trip_of_a_snapshot_unchanged(mushra):
+    import json
+
+    r = results_module.compute_listening_test_results(mushra["test"], n_boot=100)
+    assert json.loads(json.dumps(r, allow_nan=False)) == r
+
+
+# --- the page's shortcuts equal the functions they stand for ----------------------------------------------------
+
+def test_the_page_correlations_equal_human_metric_correlations(mushra):
+    from evalsite.analysis import correlation, selectors
+
+    test = mushra["test"]
+    kept = selectors.ratings_frame(test)
+    metrics = results_module._metrics(test)
+    ours = results_module._correlations("mushra", kept, metrics)
+    human = results_module._human_for_metrics("mushra", kept).assign(item=lambda f: f["item"].astype(str))
+    item_rows = [(r.system, str(i), r.metric, v) for r in metrics.itertuples() for i, v in r.per_item.items()]
+    item_metrics = pd.DataFrame(item_rows, columns=["system", "item", "metric", "value"])
+    for level, frame in (("system", metrics[["system", "metric", "value"]]), ("item", item_metrics)):
+        table = correlation.human_metric_correlations(human, frame, level=level)
+        assert ours[level] == results_module._records(table), level
+        if level == "system":
+            assert ours["method"] == table.attrs["method"]
+    system_means = human.groupby("system")["score"].mean()
+    for name, g in metrics.groupby("metric"):  # the scatter points as first written
+        joined = g.groupby("system")["value"].mean().to_frame().join(system_means, how="inner")
+        assert ours["points"]["system"][name] == results_module.jsonable({
+            "systems": list(joined.index), "human": joined["score"].to_numpy(), "metric": joined["value"].to_numpy()})
+    item_means = human.groupby(["system", "item"])["score"].mean()
+    for name, g in item_metrics.groupby("metric"):
+        joined = g.groupby(["system", "item"])["value"].mean().to_frame().join(item_means, how="inner")
+        assert ours["points"]["item"][name] == results_module.jsonable({
+            "systems": list(joined.index.get_level_values(0)), "items": list(joined.index.get_level_values(1)),
+            "human": joined["score"].to_numpy(), "metric": joined["value"].to_numpy()})
+
+
+def test_records_equal_jsonable_of_to_dict():
+    import numpy as np
+
+    frame = pd.DataFrame({"listener": [3, 4, 5], "listeners": [[3], [4, 5], []], "x": [1.5, np.nan, np.inf],
+                          "n": [1, 2, 3], "ok": [True, False, True], "name": ["a", None, "c"],
+                          "when": pd.to_datetime(["2024-01-01", None, "2024-01-03"], utc=True),
+                          "d": [{"k": np.float64(1.0)}, {}, {"k": np.nan}]})
+    rename = lambda pk: f"L{pk}"  # noqa: E731
+    expected = []
+    for row in frame.to_dict("records"):
+        row["listener"] = rename(row["listener"])
+        row["listeners"] = [rename(v) for v in row["listeners"]]
+        expected.append(row)
+    assert results_module._records(frame, rename) == results_module.jsonable(expected)
+    mixed = pd.DataFrame([{"listener": None, "rule": "bs1534_anchor"}, {"listener": 5, "rule": "agreement"}])
+    expected = [{**row, "listener": rename(row["listener"])} for row in mixed.to_dict("records")]
+    assert results_module._records(mixed, rename) == results_module.jsonable(expected)
