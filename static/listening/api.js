@@ -54,6 +54,24 @@ export async function postJSON(url, body, { keepalive = false } = {}) {
   return handle(response);
 }
 
+/**
+ * Run `attempt` until it succeeds, waiting 1, 2, 4 … 30 s after each failure; a RejectedError (the
+ * server refused the request: retrying cannot help) is thrown at once. `onRetry(seconds)` is told
+ * each wait, e.g. to show it.
+ */
+export async function retrying(attempt, { onRetry = () => {} } = {}) {
+  for (let n = 0; ; n += 1) {
+    try {
+      return await attempt();
+    } catch (err) {
+      if (err instanceof RejectedError) throw err;
+      const wait = Math.min(30, 2 ** n);
+      onRetry(wait);
+      await new Promise((r) => setTimeout(r, wait * 1000));
+    }
+  }
+}
+
 async function handle(response) {
   let payload = null;
   const text = await response.text().catch(() => "");

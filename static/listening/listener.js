@@ -7,7 +7,7 @@
 // sound's id / "none").
 
 import { h, clear, formatTime } from "./dom.js";
-import { Outbox, Telemetry, getJSON, postJSON, RejectedError } from "./api.js";
+import { Outbox, Telemetry, getJSON, postJSON, retrying } from "./api.js";
 import { Player, decodeAll, prefetch, MIN_LOOP } from "./player.js";
 import { Waveform } from "./waveform.js";
 
@@ -190,20 +190,7 @@ class ListenerApp {
       stop();
       confirm.disabled = true;
       this.showMessage("Saving…");
-      for (let attempt = 0; ; attempt += 1) {
-        try {
-          const result = await postJSON(this.urls.calibration, { plays });
-          if (result.phase === "screened_out") this.showScreenedOut(result.screened_out);
-          else this.start();
-          return;
-        } catch (err) {
-          if (err instanceof RejectedError) {
-            this.showMessage(err.message, () => this.start());
-            return;
-          }
-          await new Promise((r) => setTimeout(r, Math.min(30, 2 ** attempt) * 1000));
-        }
-      }
+      await this.postThenStart(this.urls.calibration, { plays });
     };
   }
 
@@ -291,20 +278,7 @@ class ListenerApp {
     const submit = async () => {
       if (source.node) source.node.onended = null;
       this.showMessage("Saving…");
-      for (let attempt = 0; ; attempt += 1) {
-        try {
-          const result = await postJSON(this.urls.headphone, { answers });
-          if (result.phase === "screened_out") this.showScreenedOut(result.screened_out);
-          else this.start();
-          return;
-        } catch (err) {
-          if (err instanceof RejectedError) {
-            this.showMessage(err.message, () => this.start());
-            return;
-          }
-          await new Promise((r) => setTimeout(r, Math.min(30, 2 ** attempt) * 1000));
-        }
-      }
+      await this.postThenStart(this.urls.headphone, { answers });
     };
     ask(0);
   }
@@ -510,6 +484,19 @@ class ListenerApp {
   }
 
   // --- rendering ------------------------------------------------------------
+
+  /** POST a step before the trials (calibration, headphone check), retrying network errors, then go on. */
+  async postThenStart(url, body) {
+    let result;
+    try {
+      result = await retrying(() => postJSON(url, body));
+    } catch (err) {
+      this.showMessage(err.message, () => this.start());
+      return;
+    }
+    if (result.phase === "screened_out") this.showScreenedOut(result.screened_out);
+    else this.start();
+  }
 
   showMessage(text, retry) {
     this.teardownTrial();
@@ -1174,22 +1161,16 @@ class ListenerApp {
       return;
     }
     let result;
-    for (let attempt = 0; ; attempt += 1) {
-      try {
+    try {
+      result = await retrying(async () => {
         // The server checks this trial's playback events when completing it: send them first.
         await this.telemetry.flushTrial(trial.id);
-        result = await postJSON(this.urls.complete, { trial: trial.id });
-        break;
-      } catch (err) {
-        if (err instanceof RejectedError) {
-          this.el.continueMsg.textContent = err.message;
-          this.resetContinue();
-          return;
-        }
-        const wait = Math.min(30, 2 ** attempt);
-        this.el.continueMsg.textContent = `Could not reach the server — retrying in ${wait} s…`;
-        await new Promise((r) => setTimeout(r, wait * 1000));
-      }
+        return postJSON(this.urls.complete, { trial: trial.id });
+      }, { onRetry: (wait) => { this.el.continueMsg.textContent = `Could not reach the server — retrying in ${wait} s…`; } });
+    } catch (err) {
+      this.el.continueMsg.textContent = err.message;
+      this.resetContinue();
+      return;
     }
     this.busy = false;
     trial.done = true;
