@@ -881,7 +881,10 @@ def _participant_summary(people: pd.DataFrame, qc: dict, excluded: set) -> dict:
     if people.empty:
         return {"total": 0, "by_status": {}, "crowd": 0, "invite_link": 0, "studies": 0, "headphone": {},
                 "calibrated": 0, "qc": {}, "median_session_minutes": None}
-    durations = (pd.to_datetime(people["completed_at"]) - pd.to_datetime(people["consented_at"])).dropna()
+    # utc=True: a column with no completion yet is all None, which pandas would otherwise parse as naive
+    # and refuse to subtract from the aware consent times (a 500 for a test nobody has finished).
+    durations = (pd.to_datetime(people["completed_at"], utc=True)
+                 - pd.to_datetime(people["consented_at"], utc=True)).dropna()
     totals: dict = {}
     for record in qc.values():
         for check, c in record.items():

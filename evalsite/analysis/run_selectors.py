@@ -19,6 +19,7 @@ import pandas as pd
 from django.core.cache import cache
 from django.db.models import Count, Exists, OuterRef, QuerySet, Sum
 
+from evalsite.runs.access import checkpoints_visible
 from evalsite.runs.models import Checkpoint, Generation, Job, Run
 from evalsite.scoring.models import DetectorEvent, DetectorPass, MetricResult
 
@@ -316,11 +317,11 @@ def run_detector_agreement(
             "examples": examples[:AGREEMENT_EXAMPLES], "rule": rule, "tolerance_s": tolerance_s}
 
 
-def checkpoint_choices() -> list[dict[str, Any]]:
-    """Every checkpoint by run, for the comparison page's picker: ``[{"run", "checkpoints": [(id, step,
-    status)]}]``."""
+def checkpoint_choices(*, user) -> list[dict[str, Any]]:
+    """Every checkpoint ``user`` may see, by run, for the comparison page's picker: ``[{"run", "checkpoints":
+    [(id, step, status)]}]``."""
     grouped: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
-    for pk, step, status, run_name in (Checkpoint.objects.order_by("run__name", "step")
+    for pk, step, status, run_name in (checkpoints_visible(user).order_by("run__name", "step")
                                        .values_list("id", "step", "status", "run__name")):
         grouped[run_name].append((pk, step, status))
     return [{"run": name, "checkpoints": ckpts} for name, ckpts in grouped.items()]
@@ -364,11 +365,13 @@ def _metric_columns(checkpoint_ids: Sequence[int]) -> tuple[list[dict], dict[tup
     return columns, cells
 
 
-def _human_columns(checkpoint_ids: Sequence[int]) -> tuple[list[dict], dict[tuple[int, int], dict]]:
-    """One column per listening test that rated any of the checkpoints (per comparison for CMOS, per
-    pair for AB), with every vote kept: no post-screening exclusions."""
+def _human_columns(checkpoint_ids: Sequence[int], user) -> tuple[list[dict], dict[tuple[int, int], dict]]:
+    """One column per listening test ``user`` may see that rated any of the checkpoints (per comparison for
+    CMOS, per pair for AB), with every vote kept: no post-screening exclusions. A test that also rates a run
+    the user may not see is left out: its labels would name that run."""
     from evalsite.analysis.selectors import ratings_frame
     from evalsite.analysis.stats import ab_preference, system_scores
+    from evalsite.listening.access import listening_tests_visible
     from evalsite.listening.models import Condition, ListeningTest
 
     conditions = list(Condition.objects.filter(checkpoint_id__in=checkpoint_ids)
@@ -378,7 +381,7 @@ def _human_columns(checkpoint_ids: Sequence[int]) -> tuple[list[dict], dict[tupl
         ckpt_of[test_id][label] = ckpt
     columns: list[dict] = []
     cells: dict[tuple[int, int], dict] = {}
-    for test in ListeningTest.objects.filter(pk__in=ckpt_of).order_by("name"):
+    for test in listening_tests_visible(user).filter(pk__in=ckpt_of).order_by("name"):
         ours = ckpt_of[test.pk]
         frame = ratings_frame(test)
         base = {"kind": "human", "test_id": test.pk, "test": test.name, "test_kind": test.kind,
@@ -426,8 +429,8 @@ def _score_cell(row: Any) -> dict[str, Any]:
             "listeners": int(row.listeners)}
 
 
-def checkpoint_comparison(*, checkpoint_ids: Sequence[int]) -> dict[str, Any]:
-    """Checkpoints (any runs) side by side: comparable metric columns, then human scores per listening test.
+def checkpoint_comparison(*, checkpoint_ids: Sequence[int], user) -> dict[str, Any]:
+    """Checkpoints (of any runs ``user`` may see) side by side: comparable metric columns, then human scores per listening test.
 
     Returns ``checkpoints`` (found, by run and step), ``missing`` (ids not found), ``columns`` (dicts with
     ``kind`` "metric" or "human", ``label``, ``title``, ``higher_is_better``) and ``rows``
@@ -435,10 +438,12 @@ def checkpoint_comparison(*, checkpoint_ids: Sequence[int]) -> dict[str, Any]:
     ``{"value", "ci_low", "ci_high", "n", ...}`` with ``best`` set on the best of two or more values).
     """
     ids = list(dict.fromkeys(int(i) for i in checkpoint_ids))
-    checkpoints = list(Checkpoint.objects.filter(pk__in=ids).select_related("run").order_by("run__name", "step"))
+    # A checkpoint of a run the user may not see is "not found", like one that does not exist.
+    checkpoints = list(checkpoints_visible(user).filter(pk__in=ids).select_related("run")
+                       .order_by("run__name", "step"))
     found = [c.pk for c in checkpoints]
     metric_cols, metric_cells = _metric_columns(found) if found else ([], {})
-    human_cols, human_cells = _human_columns(found) if found else ([], {})
+    human_cols, human_cells = _human_columns(found, user) if found else ([], {})
     offset = len(metric_cols)
     cells = {**metric_cells, **{(c, offset + i): v for (c, i), v in human_cells.items()}}
     columns = metric_cols + human_cols

@@ -9,7 +9,7 @@ from django.views.decorators.http import require_GET
 from evalsite.analysis.figures_runs import direction_arrow, run_figures
 from evalsite.analysis.run_selectors import (checkpoint_choices, checkpoint_comparison, run_detector_agreement,
                                              run_detector_rates, run_metric_series)
-from evalsite.runs.models import Run
+from evalsite.runs.access import runs_visible
 
 MAX_COMPARED = 50
 BAD_CHECKPOINT_ID = "Ignored {values}: a checkpoint id is a whole number."
@@ -25,7 +25,7 @@ def _is_id(value: str) -> bool:
 @login_required
 @require_GET
 def run_analysis(request: HttpRequest, pk: int) -> HttpResponse:
-    run = get_object_or_404(Run.objects.select_related("eval_set"), pk=pk)
+    run = get_object_or_404(runs_visible(request.user).select_related("eval_set"), pk=pk)
     metrics = run_metric_series(run=run)
     rates = run_detector_rates(run=run)
     for metric in metrics:
@@ -46,10 +46,11 @@ def checkpoint_compare(request: HttpRequest) -> HttpResponse:
     if len(set(ids)) > MAX_COMPARED:
         ids = list(dict.fromkeys(ids))[:MAX_COMPARED]
         messages.append(TOO_MANY.format(n=MAX_COMPARED))
-    comparison = checkpoint_comparison(checkpoint_ids=ids) if ids else None
+    comparison = checkpoint_comparison(checkpoint_ids=ids, user=request.user) if ids else None
     if comparison and comparison["missing"]:
         messages.append(UNKNOWN_CHECKPOINTS.format(ids=", ".join(map(str, comparison["missing"]))))
     for column in comparison["columns"] if comparison else []:
         column["arrow"] = direction_arrow(column["higher_is_better"])
     return render(request, "analysis/run_compare.html", {
-        "choices": checkpoint_choices(), "selected": set(ids), "comparison": comparison, "messages": messages})
+        "choices": checkpoint_choices(user=request.user), "selected": set(ids), "comparison": comparison,
+        "messages": messages})

@@ -1,7 +1,8 @@
 """Researcher pages of one listening test's analysis: results page, exports and the printable report.
 
 Login required: listeners never have a session (their pages live under /l/ and carry only opaque tokens), so a
-listener's browser is sent to the login page like any stranger.
+listener's browser is sent to the login page like any stranger. A researcher sees only the tests whose runs
+they may see (``listening.access``); any other is "not found".
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from django.views.decorators.http import require_GET
 
 from evalsite.analysis import exports, figures_tests
 from evalsite.analysis.results import listener_id, listening_test_results
+from evalsite.listening.access import listening_tests_visible
 from evalsite.listening.models import ListeningTest, Participant, Stimulus
 
 
@@ -41,7 +43,7 @@ def _server_timing(timings: dict[str, float]) -> str:
 def test_results_page(request: HttpRequest, pk: int) -> HttpResponse:
     """Scores, significance, mixed model, reliability, screening, flag timelines and human-vs-metric plots."""
     started = time.perf_counter()
-    test = get_object_or_404(ListeningTest, pk=pk)
+    test = get_object_or_404(listening_tests_visible(request.user), pk=pk)
     results = listening_test_results(test)
     got_results = time.perf_counter()
     figures = figures_tests.page_figures(results)
@@ -75,7 +77,7 @@ def test_export(request: HttpRequest, pk: int, table: str, fmt: str) -> HttpResp
     """ratings / flags / metrics / screening as CSV or Parquet."""
     if table not in exports.TABLES or fmt not in exports.FORMATS:
         raise Http404(f"no export {table}.{fmt}; tables: {', '.join(exports.TABLES)}; formats: csv, parquet")
-    test = get_object_or_404(ListeningTest, pk=pk)
+    test = get_object_or_404(listening_tests_visible(request.user), pk=pk)
     response = HttpResponse(exports.export_bytes(test, table, fmt), content_type=exports.FORMATS[fmt])
     response["Content-Disposition"] = f'attachment; filename="listening-test-{test.pk}-{table}.{fmt}"'
     return response
@@ -85,7 +87,7 @@ def test_export(request: HttpRequest, pk: int, table: str, fmt: str) -> HttpResp
 @require_GET
 def test_report(request: HttpRequest, pk: int) -> HttpResponse:
     """A self-contained, printable HTML report with what ITU-R BS.1534-3 §10 and ITU-T P.808 ask for."""
-    test = get_object_or_404(ListeningTest, pk=pk)
+    test = get_object_or_404(listening_tests_visible(request.user), pk=pk)
     results = listening_test_results(test)
     return HttpResponse(render_to_string("analysis/test_report.html", {
         "test": test, "r": results, "svg": figures_tests.scores_svg(results, "kept"),

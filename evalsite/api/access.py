@@ -1,4 +1,5 @@
-"""Who may reach which run: the run's own token; its owner, collaborators and superusers.
+"""Who may reach which run: the run's own token; its owner, collaborators and superusers (the rules the
+researcher pages share live in ``evalsite.runs.access``).
 
 Everything else is "not found" (404), never "forbidden": a caller learns nothing about runs that
 are not theirs.
@@ -6,11 +7,12 @@ are not theirs.
 
 from __future__ import annotations
 
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from rest_framework import exceptions
 
 from evalsite.api.authentication import RunPrincipal
 from evalsite.core.exceptions import NotFoundError
+from evalsite.runs.access import runs_visible as researcher_runs_visible
 from evalsite.runs.models import Run
 
 RUN_NOT_FOUND = "Run {run_id} does not exist or is not yours."
@@ -20,9 +22,7 @@ RUN_TOKEN_CANNOT = "A run token can only act on its own run; {what} needs a rese
 def runs_visible(user) -> QuerySet[Run]:
     if isinstance(user, RunPrincipal):
         return Run.objects.filter(pk=user.run.pk)
-    if user.is_superuser:
-        return Run.objects.all()
-    return Run.objects.filter(Q(owner=user) | Q(collaborators=user)).distinct()
+    return researcher_runs_visible(user)
 
 
 def run_for(user, run_id: int) -> Run:

@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from evalsite.api.access import RunPrincipal, run_for, runs_visible
+from evalsite.listening.access import listening_tests_visible
 from evalsite.api.runs import ERRORS, ErrorSerializer
 from evalsite.core.exceptions import ApplicationError, ConflictError, NotFoundError
 from evalsite.listening.models import ListeningTest
@@ -100,14 +101,10 @@ def test_payload(request, test: ListeningTest) -> dict[str, Any]:
 
 def test_for(user, test_id: int) -> ListeningTest:
     """The test, if every run whose checkpoints it rates is visible to the caller."""
-    test = ListeningTest.objects.filter(pk=test_id).first()
+    runs = runs_visible(user) if isinstance(user, RunPrincipal) else None
+    test = listening_tests_visible(user, runs=runs).filter(pk=test_id).first()
     if test is None:
         raise NotFoundError(TEST_NOT_FOUND.format(test_id=test_id))
-    run_ids = set(test.conditions.exclude(checkpoint__isnull=True).values_list("checkpoint__run_id", flat=True))
-    visible = set(runs_visible(user).filter(pk__in=run_ids).values_list("pk", flat=True))
-    if not run_ids or run_ids - visible:
-        if not (run_ids == set() and not isinstance(user, RunPrincipal) and user.is_superuser):
-            raise NotFoundError(TEST_NOT_FOUND.format(test_id=test_id))
     return test
 
 

@@ -1,6 +1,7 @@
 """Researcher pages for listening tests: list, build, preview, publish/close, progress.
 
-Login required; listeners never reach these pages (their URLs live under /l/ and carry no session).
+Login required; listeners never reach these pages (their URLs live under /l/ and carry no session). A
+researcher sees and changes only the tests whose runs they may see (``listening.access``); others are 404.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from django.views.decorators.http import require_POST
 
 from evalsite.core.exceptions import ApplicationError
 from evalsite.listening import services
+from evalsite.listening.access import listening_tests_visible
 from evalsite.listening.models import ListeningTest
 from evalsite.listening.selectors import listening_test_progress
+from evalsite.runs.access import checkpoints_visible
 from evalsite.runs.models import Checkpoint
 
 
@@ -49,21 +52,25 @@ class BuildForm(forms.Form):
     completion_redirect = forms.URLField(required=False, assume_scheme="https")
     screened_out_redirect = forms.URLField(required=False, assume_scheme="https")
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
+        # Only checkpoints of runs the researcher may see can be picked (and pass validation).
+        visible = checkpoints_visible(user).select_related("run").order_by("run__name", "step")
+        self.fields["checkpoints"].queryset = visible
+        self.fields["comparison"].queryset = visible
         self.fields["checkpoints"].label_from_instance = lambda c: f"{c.run.name} @ {c.step} ({c.status})"
         self.fields["comparison"].label_from_instance = lambda c: f"{c.run.name} @ {c.step}"
 
 
 @login_required
 def test_list(request: HttpRequest) -> HttpResponse:
-    tests = ListeningTest.objects.order_by("-created_at")
+    tests = listening_tests_visible(request.user).order_by("-created_at")
     return render(request, "listening/researcher/list.html", {"tests": tests})
 
 
 @login_required
 def test_build(request: HttpRequest) -> HttpResponse:
-    form = BuildForm(request.POST or None)
+    form = BuildForm(request.POST or None, user=request.user)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
@@ -86,7 +93,7 @@ def test_build(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def test_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    test = get_object_or_404(ListeningTest, pk=pk)
+    test = get_object_or_404(listening_tests_visible(request.user), pk=pk)
     invite = request.build_absolute_uri(reverse("listening:invite", args=[test.invite_token]))
     return render(request, "listening/researcher/detail.html",
                   {"test": test, "invite": invite, "progress": listening_test_progress(test)})
@@ -95,7 +102,7 @@ def test_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 def test_preview(request: HttpRequest, pk: int, index: int) -> HttpResponse:
     """A trial as built, with each stimulus's condition shown (researchers only)."""
-    test = get_object_or_404(ListeningTest, pk=pk)
+    test = get_object_or_404(listening_tests_visible(request.user), pk=pk)
     trial = get_object_or_404(test.trials.select_related("item", "reference"), index=index)
     stimuli = trial.stimuli.select_related("condition", "asset").order_by("condition__role", "condition__label")
     neighbours = {"previous": index - 1 if index > 0 else None,
@@ -107,7 +114,7 @@ def test_preview(request: HttpRequest, pk: int, index: int) -> HttpResponse:
 @login_required
 @require_POST
 def test_transition(request: HttpRequest, pk: int, action: str) -> HttpResponse:
-    test = get_object_or_404(ListeningTest, pk=pk)
+    test = get_object_or_404(listening_tests_visible(request.user), pk=pk)
     move = {"publish": services.listening_test_publish, "close": services.listening_test_close}.get(action)
     if move is None:
         messages.error(request, f"unknown action {action!r}")

@@ -4,6 +4,7 @@ from collections import defaultdict
 
 from django.db.models import Count, QuerySet
 
+from evalsite.runs.access import jobs_visible, runs_visible
 from evalsite.runs.models import Checkpoint, EvalSet, Generation, Job, Run
 
 
@@ -11,12 +12,12 @@ def evalset_list() -> QuerySet[EvalSet]:
     return EvalSet.objects.annotate(item_count=Count("items")).order_by("name")
 
 
-def run_list() -> QuerySet[Run]:
-    return Run.objects.select_related("eval_set").annotate(checkpoint_count=Count("checkpoints")).order_by("name")
+def run_list(*, user) -> QuerySet[Run]:
+    return runs_visible(user).select_related("eval_set").annotate(checkpoint_count=Count("checkpoints")).order_by("name")
 
 
-def job_list_recent(*, limit: int = 50) -> QuerySet[Job]:
-    return Job.objects.select_related("run", "eval_set").order_by("-created_at")[:limit]
+def job_list_recent(*, user, limit: int = 50) -> QuerySet[Job]:
+    return jobs_visible(user).select_related("run", "eval_set").order_by("-created_at")[:limit]
 
 
 def run_checkpoint_table(*, run: Run) -> list[dict]:

@@ -2,7 +2,8 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
-from evalsite.runs.models import EvalSet, Run
+from evalsite.runs.access import runs_visible
+from evalsite.runs.models import EvalSet
 from evalsite.runs.selectors import (evalset_list, job_list_recent, run_alerts, run_checkpoint_table,
                                      run_generation_grid, run_list)
 
@@ -12,7 +13,8 @@ def overview(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "runs/overview.html",
-        {"eval_sets": evalset_list(), "runs": run_list(), "jobs": job_list_recent()},
+        {"eval_sets": evalset_list(), "runs": run_list(user=request.user),
+         "jobs": job_list_recent(user=request.user)},
     )
 
 
@@ -31,7 +33,7 @@ with hundreds of checkpoints does not render hundreds of audio players per item.
 
 @login_required
 def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    run = get_object_or_404(Run.objects.select_related("eval_set"), pk=pk)
+    run = get_object_or_404(runs_visible(request.user).select_related("eval_set"), pk=pk)
     from evalsite.analysis.run_selectors import run_failed_jobs, run_metric_grid, run_metric_series
 
     listen_all = request.GET.get("listen") == "all"

@@ -134,7 +134,10 @@ STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "staticfiles"
 
-LOGIN_URL = "admin:login"
+# Researchers sign in on the site's own page: they need no staff flag (the admin is for administrators).
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "runs:overview"
+LOGOUT_REDIRECT_URL = "login"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -193,7 +193,7 @@ def test_the_run_page_shows_each_checkpoints_pipeline_stages_and_the_alerts(run,
     Checkpoint.objects.filter(pk=ckpt.pk).update(status="failed")
     alert_create(run=run, checkpoint=ckpt, dedupe_key="k", kind="detector_any", severity="critical",
                  title="nan_or_silence: 3 events in the outputs of step 1000")
-    client.force_login(django_user_model.objects.create_user("r", password="x"))
+    client.force_login(django_user_model.objects.create_user("r", password="x", is_superuser=True))
     html = client.get(f"/runs/{run.pk}/").content.decode()
     row = html[html.index('id="step-1000"'):]
     row = row[:row.index("</tr>")]

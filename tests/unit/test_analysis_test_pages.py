@@ -272,13 +272,13 @@ def test_the_page_renders_for_a_researcher_and_sends_strangers_and_listeners_to_
     assert "total;dur=" in page["Server-Timing"]
     for path in (url, f"{url}report.html", f"{url}export/ratings.csv"):
         response = client.get(path)
-        assert response.status_code == 302 and "/admin/login/" in response["Location"]
+        assert response.status_code == 302 and "/accounts/login/" in response["Location"]
     # A listener's browser (signed session cookie of the listening pages) is a stranger here.
     joined = client.post(f"/l/i/{test.invite_token}/")
     assert joined.status_code == 302 and "/l/p/" in joined["Location"]
     assert client.get(joined["Location"]).status_code == 200 and client.cookies
     response = client.get(url)
-    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+    assert response.status_code == 302 and "/accounts/login/" in response["Location"]
     assert f'/analysis/tests/{test.pk}/' in admin_client.get(f"/listening/{test.pk}/").content.decode()
 
 
@@ -293,6 +293,18 @@ def test_a_test_without_answers_says_so_on_the_page_and_in_the_report(admin_clie
     for table in ("ratings", "flags", "metrics", "screening"):
         assert admin_client.get(f"/analysis/tests/{test.pk}/export/{table}.csv").status_code == 200
     assert admin_client.get(f"/analysis/tests/{test.pk}/export/votes.csv").status_code == 404
+
+
+def test_a_test_whose_listeners_have_joined_but_not_finished_has_results_and_a_page(admin_client):
+    """Found by the access matrix: no completion time yet (all None) next to aware consent times was a 500."""
+    world = listening_world(n_items=2)
+    test = services.listening_test_publish(test=services.listening_test_build(
+        name="just-started", kind="mushra", checkpoints=world["checkpoints"], training_items=0))
+    services.participant_join(test=test)
+    services.participant_join(test=test)
+    results = listening_test_results(test)
+    assert results["participants"]["total"] == 2 and results["participants"]["median_session_minutes"] is None
+    assert admin_client.get(f"/analysis/tests/{test.pk}/").status_code == 200
 
 
 def test_exports_parse_back_with_the_right_rows(mushra, admin_client):

@@ -23,7 +23,7 @@ def answer_everything(participant, score):
 def test_listeners_and_strangers_are_sent_to_the_login_page(client):
     for url in ("/listening/", "/listening/new/", "/listening/1/", "/listening/1/trials/0/"):
         response = client.get(url)
-        assert response.status_code == 302 and "/admin/login/" in response["Location"]
+        assert response.status_code == 302 and "/accounts/login/" in response["Location"]
 
 
 def test_a_researcher_builds_publishes_and_closes_a_test_through_the_pages(admin_client):

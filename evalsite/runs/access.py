@@ -1,0 +1,36 @@
+"""Who may see which run, on the researcher pages and through the API.
+
+A run is visible to its owner, its collaborators and superusers; nothing else, and nobody anonymous.
+Pages and endpoints answer "not found" (404) for a run that is not visible, never "forbidden": a
+researcher learns nothing about runs that are not theirs. Eval sets are shared by all researchers.
+"""
+
+from __future__ import annotations
+
+from django.db.models import Q, QuerySet
+
+from evalsite.runs.models import Checkpoint, Job, Run
+
+
+def runs_visible(user) -> QuerySet[Run]:
+    if not getattr(user, "is_authenticated", False):
+        return Run.objects.none()
+    if user.is_superuser:
+        return Run.objects.all()
+    # A subquery, not a join on collaborators: the result stays one row per run, so callers can annotate
+    # counts on it without them being multiplied.
+    shared = Run.collaborators.through.objects.filter(user=user).values("run_id")
+    return Run.objects.filter(Q(owner=user) | Q(pk__in=shared))
+
+
+def checkpoints_visible(user) -> QuerySet[Checkpoint]:
+    if getattr(user, "is_superuser", False):
+        return Checkpoint.objects.all()
+    return Checkpoint.objects.filter(run__in=runs_visible(user).values("pk"))
+
+
+def jobs_visible(user) -> QuerySet[Job]:
+    """Jobs of visible runs, plus the run-less ones (eval set imports), which every researcher may see."""
+    if getattr(user, "is_superuser", False):
+        return Job.objects.all()
+    return Job.objects.filter(Q(run__isnull=True, checkpoint__isnull=True) | Q(run__in=runs_visible(user).values("pk")))
