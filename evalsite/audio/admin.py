@@ -12,6 +12,11 @@ class AudioAssetAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in AudioAsset._meta.fields] + ["player"]
     date_hierarchy = "created_at"
 
+    def has_add_permission(self, request) -> bool:
+        # Assets come only from decoding audio (evalsite.audio.services); every field here is read-only,
+        # so the add form could only save an empty row (a 500 on the NOT NULL columns).
+        return False
+
     @admin.display(description="hash")
     def content_hash_short(self, obj: AudioAsset) -> str:
         return obj.content_hash[:12]

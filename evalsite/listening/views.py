@@ -1,7 +1,9 @@
 """Listener pages and their JSON endpoints.
 
 A listener reaches a test through its invite link, consents, and is bound to their participant by
-a signed cookie; every later URL carries only opaque per-participant tokens.
+a signed cookie; every later URL carries only opaque per-participant tokens. Every request of a
+participant counts against its rate limit (``EVALSITE_LISTENER_RATE``), joins against the client's
+(``EVALSITE_JOIN_RATE``), and a JSON body may be at most ``EVALSITE_LISTENER_MAX_BODY_BYTES``.
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ from __future__ import annotations
 import json
 from functools import wraps
 
+from django.conf import settings
 from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.csrf import ensure_csrf_cookie
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.http import require_http_methods, require_safe
 
 from evalsite.core.exceptions import ApplicationError, ConflictError, NotFoundError
+from evalsite.core.ratelimit import Limited, client_network, limit_hit, wants_json, with_retry_after
 from evalsite.listening import services
 from evalsite.listening.models import ListeningTest, Participant
 from evalsite.listening.selectors import (
@@ -30,11 +34,31 @@ COOKIE = "evalsite_listener"
 COOKIE_SALT = "evalsite.listening.participant"
 COOKIE_MAX_AGE = 60 * 60 * 24 * 30
 NOT_YOUR_SESSION = services.UNKNOWN_PARTICIPANT
+LISTENER_LIMITED = "Too many requests from this listening session: at most {rate}. Try again in {wait}."
+JOIN_LIMITED = ("Too many people have joined this test from your network in a short time: at most {rate}. "
+                "Please try again in {wait}.")
+BODY_TOO_LARGE = "The request body is {size} bytes; a listener request may be at most {limit} bytes."
+UNKNOWN_SOUND = "Unknown sound."
+# What of a stored WAV reaches a listener: its format, and the samples (the data chunk). libsndfile
+# writes a PEAK chunk into float WAVs holding the time the file was written, which would tell the
+# hidden reference (written with the reference), the anchors (written together when the test was
+# built) and each system (written by its generation job) apart; other chunks could carry names.
+WAV_CHUNKS_SERVED = (b"fmt ", b"fact")
+
+
+class BodyTooLarge(ApplicationError):
+    """The request body is over ``EVALSITE_LISTENER_MAX_BODY_BYTES`` (413)."""
 
 
 def _error(exc: ApplicationError) -> JsonResponse:
-    status = 404 if isinstance(exc, NotFoundError) else 409 if isinstance(exc, ConflictError) else 400
+    status = (404 if isinstance(exc, NotFoundError) else 409 if isinstance(exc, ConflictError)
+              else 413 if isinstance(exc, BodyTooLarge) else 400)
     return JsonResponse({"message": exc.message, "extra": exc.extra}, status=status)
+
+
+def _too_many(limited: Limited) -> JsonResponse:
+    message = LISTENER_LIMITED.format(rate=limited.rate, wait=limited.wait)
+    return with_retry_after(JsonResponse(limited.body(message), status=429), limited)
 
 
 def _same_browser(request: HttpRequest, ptoken: str) -> bool:
@@ -60,6 +84,9 @@ def _listener(view):
     def wrapper(request: HttpRequest, ptoken: str, *args, **kwargs):
         if not _same_browser(request, ptoken):
             return _not_your_session(request)
+        limited = limit_hit(request, "listener", ptoken)
+        if limited is not None:
+            return _too_many(limited)
         participant = Participant.objects.select_related("test").filter(token=ptoken).first()
         if participant is None:
             return _not_your_session(request)
@@ -69,6 +96,14 @@ def _listener(view):
 
 
 def _json_body(request: HttpRequest) -> dict:
+    limit = settings.EVALSITE_LISTENER_MAX_BODY_BYTES
+    try:
+        size = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        size = 0  # Django reads nothing of a body whose length it cannot read
+    if size > limit:
+        # Refused before a byte of it is read.
+        raise BodyTooLarge(BODY_TOO_LARGE.format(size=size, limit=limit), extra={"field": "body"})
     try:
         body = json.loads(request.body or b"{}")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -87,6 +122,12 @@ def invite(request: HttpRequest, invite_token: str) -> HttpResponse:
         return render(request, "listening/message.html", {"message": services.TEST_NOT_OPEN}, status=410)
     if request.method == "GET":
         return render(request, "listening/consent.html", {"test": test, "crowd": crowd})
+    limited = limit_hit(request, "join", client_network(request))
+    if limited is not None:
+        message = JOIN_LIMITED.format(rate=limited.rate, wait=limited.wait)
+        page = (JsonResponse(limited.body(message), status=429) if wants_json(request)
+                else render(request, "listening/message.html", {"message": message}, status=429))
+        return with_retry_after(page, limited)
     try:
         participant = services.participant_join(test=test, external_id=crowd["PROLIFIC_PID"],
                                                 study_id=crowd["STUDY_ID"], session_id=crowd["SESSION_ID"])
@@ -99,12 +140,14 @@ def invite(request: HttpRequest, invite_token: str) -> HttpResponse:
     return response
 
 
+@require_safe
 @ensure_csrf_cookie
 @_listener
 def session(request: HttpRequest, participant: Participant) -> HttpResponse:
     return render(request, "listening/session.html", {"participant": participant, "title": participant.test.title})
 
 
+@require_safe
 @_listener
 def state(request: HttpRequest, participant: Participant) -> JsonResponse:
     return JsonResponse(listener_state(participant))
@@ -129,6 +172,9 @@ def rate(request: HttpRequest, ptoken: str) -> HttpResponse:
     participant is not loaded first; the service finds it with the trial and the sound."""
     if not _same_browser(request, ptoken):
         return _not_your_session(request)
+    limited = limit_hit(request, "listener", ptoken)
+    if limited is not None:
+        return _too_many(limited)
     try:
         body = _json_body(request)
         rating = services.rating_submit(participant=ptoken, trial=body.get("trial"), stimulus=body.get("stimulus"),
@@ -176,20 +222,65 @@ def telemetry(participant: Participant, body: dict) -> JsonResponse:
     return HttpResponse(status=204)
 
 
+class _ServedWav:
+    """A stored WAV file read as a listener gets it: RIFF header, ``WAV_CHUNKS_SERVED``, then the samples."""
+
+    def __init__(self, fh, name: str) -> None:
+        self.fh = fh
+        try:
+            riff = fh.read(12)
+            if riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
+                raise ValueError(f"stored audio {name} is not a RIFF/WAVE file")
+            kept = []
+            while True:
+                head = fh.read(8)
+                if len(head) < 8:
+                    raise ValueError(f"stored audio {name} has no data chunk")
+                chunk, size = head[:4], int.from_bytes(head[4:], "little")
+                if chunk == b"data":
+                    break
+                body = fh.read(size + (size & 1))  # chunks are padded to an even length
+                if chunk in WAV_CHUNKS_SERVED:
+                    kept.append(head + body)
+        except Exception:
+            fh.close()
+            raise
+        chunks = b"".join(kept)
+        self.head = (b"RIFF" + (4 + len(chunks) + 8 + size).to_bytes(4, "little") + b"WAVE" + chunks
+                     + b"data" + size.to_bytes(4, "little"))
+        self.left = size
+        self.length = len(self.head) + size
+
+    def read(self, n: int = -1) -> bytes:
+        if self.head:
+            out, self.head = self.head, b""
+            return out
+        data = self.fh.read(self.left if n < 0 else min(n, self.left))
+        self.left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self.fh.close()
+
+
 def _audio(asset) -> HttpResponse:
     if asset is None:
-        return JsonResponse({"message": "Unknown sound.", "extra": {}}, status=404)
-    response = FileResponse(asset.file.open("rb"), content_type="audio/wav")
+        return JsonResponse({"message": UNKNOWN_SOUND, "extra": {}}, status=404)
+    wav = _ServedWav(asset.file.open("rb"), asset.file.name)
+    response = FileResponse(wav, content_type="audio/wav")
+    response["Content-Length"] = str(wav.length)
     # A neutral name: the stored file is named by content hash, which must not reach the listener.
     response["Content-Disposition"] = 'inline; filename="sound.wav"'
     return response
 
 
+@require_safe
 @_listener
 def audio(request: HttpRequest, participant: Participant, token: str) -> HttpResponse:
     return _audio(participant_stimulus_asset(participant, token))
 
 
+@require_safe
 @_listener
 def reference_audio(request: HttpRequest, participant: Participant, token: str) -> HttpResponse:
     return _audio(participant_reference_asset(participant, token))
@@ -201,16 +292,18 @@ def _wav(data: bytes) -> HttpResponse:
     return response
 
 
+@require_safe
 @_listener
 def calibration_audio(request: HttpRequest, participant: Participant) -> HttpResponse:
     """The calibration noise at the level of the test's material (made on request, nothing stored)."""
     from evalsite.listening.calibration import calibration_samples, wav_bytes
 
     if not participant.test.headphone_check:
-        return JsonResponse({"message": "Unknown sound.", "extra": {}}, status=404)
+        return JsonResponse({"message": UNKNOWN_SOUND, "extra": {}}, status=404)
     return _wav(wav_bytes(calibration_samples(participant.test.calibration_level_dbfs)))
 
 
+@require_safe
 @_listener
 def headphone_audio(request: HttpRequest, participant: Participant, token: str) -> HttpResponse:
     """One headphone-check trial at the calibrated level, made on request (a few hundred kB; nothing
@@ -219,7 +312,7 @@ def headphone_audio(request: HttpRequest, participant: Participant, token: str) 
 
     trial = next((t for t in headphone_trials(participant) if t["token"] == token), None)
     if trial is None or not participant.test.headphone_check:
-        return JsonResponse({"message": "Unknown sound.", "extra": {}}, status=404)
+        return JsonResponse({"message": UNKNOWN_SOUND, "extra": {}}, status=404)
     if participant.calibrated_at is None and participant.headphone_passed is None:
         return _error(ConflictError(services.CALIBRATE_FIRST))
     return _wav(wav_bytes(headphone_trial_samples(trial["order"], participant.test.calibration_level_dbfs)))

@@ -10,6 +10,9 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from evalsite.core.rates import OFF, parse_rate
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 
@@ -29,6 +32,18 @@ def env_int(name: str, default: int) -> int:
 def env_float(name: str, default: float) -> float:
     value = os.environ.get(name)
     return default if value in (None, "") else float(value)
+
+
+def env_rate(name: str, default: str) -> str | None:
+    """A rate limit such as ``1200/min`` or ``30/10min``; ``off`` turns it off (None)."""
+    value = (os.environ.get(name) or default).strip()
+    if value.lower() == OFF:
+        return None
+    try:
+        parse_rate(value, name)
+    except ValueError as exc:
+        raise ImproperlyConfigured(str(exc)) from None
+    return value
 
 
 VAR_DIR = Path(os.environ.get("EVALSITE_VAR_DIR") or BASE_DIR / "var").resolve()
@@ -79,6 +94,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # After CsrfViewMiddleware: counts sign-in posts per client (EVALSITE_LOGIN_RATE).
+    "evalsite.core.ratelimit.LoginRateLimitMiddleware",
 ]
 
 ROOT_URLCONF = "evalsite.urls"
@@ -173,6 +190,18 @@ CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
     if CACHE_URL else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
 }
+# Listener pages and sign-in forms (evalsite.core.ratelimit; django-ratelimit, same cache). A listener
+# sends a few dozen requests a trial (its sounds, one rating per slider release, telemetry, complete);
+# the most is an arrow key held on a MUSHRA slider, one rating per key repeat (about 30 a second,
+# one in flight per slider: static/listening/api.js), which 1200 a minute outlasts for 40 s. Joins
+# count per client IP: a lab behind one address, or the load benchmark's 200 listeners from
+# 127.0.0.1, fit in 300 an hour; a script creating participants is stopped there.
+EVALSITE_LISTENER_RATE = env_rate("EVALSITE_LISTENER_RATE", "1200/min")
+EVALSITE_JOIN_RATE = env_rate("EVALSITE_JOIN_RATE", "300/hour")
+EVALSITE_LOGIN_RATE = env_rate("EVALSITE_LOGIN_RATE", "20/hour")
+# The largest JSON body of a listener request (413 above): the page's telemetry batches are sized to
+# fit the 64 KiB that browsers allow a request sent as the page closes (keepalive).
+EVALSITE_LISTENER_MAX_BODY_BYTES = env_int("EVALSITE_LISTENER_MAX_BODY_BYTES", 64 * 1024)
 SPECTACULAR_SETTINGS = {
     "TITLE": "evalsite API",
     "DESCRIPTION": "Runs, checkpoints, evaluations, listening tests and alerts for researchers and training jobs. "

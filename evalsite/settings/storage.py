@@ -25,6 +25,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HOME", str(EVALSITE_MODEL_STORE / "huggingface"))
 os.environ.setdefault("TORCH_HOME", str(EVALSITE_MODEL_STORE / "torch"))
 
-# Uploads above this are refused before they are read into memory.
-DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("EVALSITE_MAX_UPLOAD_BYTES", 200 * 1024 * 1024))
+# A request body above this (files in a multipart form aside) is refused with a 400 before it is read
+# into memory. No page or endpoint takes audio over HTTP (audio comes in by path through the workers),
+# the API's JSON stops at EVALSITE_API_MAX_BODY_BYTES and a listener's at
+# EVALSITE_LISTENER_MAX_BODY_BYTES, so Django's own default is plenty: it bounds what an anonymous post
+# (a sign-in or consent form) can make the server read.
+DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("EVALSITE_MAX_UPLOAD_BYTES", 2_621_440))
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024

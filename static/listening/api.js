@@ -5,6 +5,7 @@ import { uuid4 } from "./dom.js";
 
 const RETRY_BASE_MS = 1000;
 const RETRY_MAX_MS = 30000;
+const RETRY_AFTER_MAX_S = 3600; // a Retry-After beyond this is treated as this
 const TELEMETRY_CHUNK = 250; // events per POST; keepalive bodies are capped at 64 KiB
 
 export function csrfToken() {
@@ -21,8 +22,24 @@ export class RejectedError extends Error {
   }
 }
 
-/** Error for a failure worth retrying: network down, 5xx, 408, 429. */
-export class TransientError extends Error {}
+/**
+ * Error for a failure worth retrying: network down, 5xx, 408, 429. `retryAfter` is the wait in
+ * seconds the server asked for (its Retry-After header, e.g. on a 429), or null.
+ */
+export class TransientError extends Error {
+  constructor(message, retryAfter = null) {
+    super(message);
+    this.retryAfter = retryAfter;
+  }
+}
+
+/** Seconds to wait from a Retry-After header (seconds or an HTTP date), or null without one. */
+export function retryAfterSeconds(header, now = Date.now()) {
+  if (!header) return null;
+  const seconds = /^\s*\d+\s*$/.test(header) ? Number(header) : (Date.parse(header) - now) / 1000;
+  if (!Number.isFinite(seconds)) return null;
+  return Math.min(RETRY_AFTER_MAX_S, Math.max(0, Math.ceil(seconds)));
+}
 
 export async function getJSON(url) {
   let response;
@@ -55,9 +72,9 @@ export async function postJSON(url, body, { keepalive = false } = {}) {
 }
 
 /**
- * Run `attempt` until it succeeds, waiting 1, 2, 4 … 30 s after each failure; a RejectedError (the
- * server refused the request: retrying cannot help) is thrown at once. `onRetry(seconds)` is told
- * each wait, e.g. to show it.
+ * Run `attempt` until it succeeds, waiting 1, 2, 4 … 30 s after each failure, or as long as the
+ * server's Retry-After asks if that is longer; a RejectedError (the server refused the request:
+ * retrying cannot help) is thrown at once. `onRetry(seconds)` is told each wait, e.g. to show it.
  */
 export async function retrying(attempt, { onRetry = () => {} } = {}) {
   for (let n = 0; ; n += 1) {
@@ -65,7 +82,7 @@ export async function retrying(attempt, { onRetry = () => {} } = {}) {
       return await attempt();
     } catch (err) {
       if (err instanceof RejectedError) throw err;
-      const wait = Math.min(30, 2 ** n);
+      const wait = Math.max(Math.min(30, 2 ** n), err.retryAfter ?? 0);
       onRetry(wait);
       await new Promise((r) => setTimeout(r, wait * 1000));
     }
@@ -85,7 +102,7 @@ async function handle(response) {
   if (response.ok) return payload;
   const message = (payload && payload.message) || `${response.status} ${response.statusText}`.trim();
   if (response.status >= 500 || response.status === 408 || response.status === 429) {
-    throw new TransientError(message);
+    throw new TransientError(message, retryAfterSeconds(response.headers.get("Retry-After")));
   }
   throw new RejectedError(response.status, message, payload && payload.extra);
 }
@@ -107,6 +124,9 @@ export class Outbox {
     this.onRejected = onRejected || (() => {});
     this.slots = new Map();
     this.waiters = [];
+    // Until when the server asked us to wait (Retry-After of a 429): its limit is the participant's,
+    // so every slot waits, new answers included.
+    this.pausedUntil = 0;
     window.addEventListener("online", () => this.retryNow());
   }
 
@@ -137,12 +157,25 @@ export class Outbox {
       slot.queued = item;
     } else {
       clearTimeout(slot.timer);
+      slot.timer = null;
       slot.current = item;
       slot.attempt = 0;
-      this.send(slot);
+      this.sendWhenAllowed(slot);
     }
     this.persist();
     this.changed();
+  }
+
+  /** Send now, or once the server's Retry-After has passed. */
+  sendWhenAllowed(slot) {
+    const wait = this.pausedUntil - Date.now();
+    if (wait <= 0) {
+      this.send(slot);
+      return;
+    }
+    slot.state = "retrying";
+    slot.retryAt = this.pausedUntil;
+    slot.timer = setTimeout(() => this.send(slot), wait);
   }
 
   async send(slot) {
@@ -160,25 +193,30 @@ export class Outbox {
       this.onSaved(slot.key, item.body, response || {}, Boolean(slot.queued));
     } catch (err) {
       slot.inflight = false;
+      if (err.retryAfter) {
+        // Never sooner than the server's Retry-After (a rate limit): earlier would be refused again.
+        this.pausedUntil = Math.max(this.pausedUntil, Date.now() + err.retryAfter * 1000 * (1 + Math.random() * 0.1));
+      }
       if (err instanceof RejectedError) {
         slot.state = "error";
         slot.message = err.message;
         this.onRejected(slot.key, item.body, err);
       } else if (!slot.queued) {
         slot.attempt += 1;
-        const delay = Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** (slot.attempt - 1));
+        const backoff = Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** (slot.attempt - 1)) * (0.85 + Math.random() * 0.3);
+        const delay = Math.max(backoff, this.pausedUntil - Date.now());
         slot.state = "retrying";
         slot.message = err.message;
         slot.retryAt = Date.now() + delay;
-        slot.timer = setTimeout(() => this.send(slot), delay * (0.85 + Math.random() * 0.3));
+        slot.timer = setTimeout(() => this.send(slot), delay);
       }
     }
     if (!slot.inflight && !slot.timer && slot.queued) {
       slot.current = slot.queued;
       slot.queued = null;
       slot.attempt = 0;
-      this.send(slot);
-      return;
+      this.sendWhenAllowed(slot);
+      if (slot.inflight) return; // send() reports when it is done
     }
     this.persist();
     this.changed();
@@ -200,7 +238,8 @@ export class Outbox {
 
   /** Aggregate over the slots of one trial (or all slots when `trial` is null). */
   summary(trial = null) {
-    const out = { saving: 0, retrying: 0, error: 0, saved: 0, message: "", retryAt: null };
+    const out = { saving: 0, retrying: 0, error: 0, saved: 0, message: "", retryAt: null,
+                  limited: this.pausedUntil > Date.now() };
     for (const slot of this.slots.values()) {
       if (trial !== null && slot.trial !== trial) continue;
       const state = slot.inflight && slot.state !== "retrying" ? "saving" : slot.state;

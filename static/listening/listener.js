@@ -938,7 +938,8 @@ class ListenerApp {
     } else if (s.retrying) {
       state = "retrying";
       const wait = s.retryAt ? Math.max(0, Math.ceil((s.retryAt - Date.now()) / 1000)) : 0;
-      text = `⟳ Connection problem — retrying${wait ? ` in ${wait} s` : "…"}`;
+      const why = s.limited ? "The server asked to slow down" : "Connection problem";
+      text = `⟳ ${why} — retrying${wait ? ` in ${wait} s` : "…"}`;
       clearTimeout(this.statusTimer);
       this.statusTimer = setTimeout(() => this.renderSaveStatus(), 1000);
     } else if (s.saving) {

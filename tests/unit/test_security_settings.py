@@ -1,4 +1,4 @@
-"""Security basics a reviewer checks: deploy settings, API rate limits, body size, hashed tokens, no secrets.
+"""Security basics a reviewer checks: deploy settings, API rate limits, body sizes, hashed tokens, no secrets.
 
 Production mode is checked in a fresh interpreter with the environment a deployment gives it
 (``manage.py check --deploy`` must be silent, and the headers and cookies are read off real
@@ -15,6 +15,7 @@ import secrets
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -31,7 +32,9 @@ from tests.factories import EvalSetFactory
 REPO = Path(__file__).resolve().parents[2]
 CLEAR = ("DATABASE_URL", "CELERY_BROKER_URL", "EVALSITE_MEDIA_ROOT", "EVALSITE_MODEL_STORE", "SECRET_KEY", "DEBUG",
          "DJANGO_SETTINGS_MODULE", "ALLOWED_HOSTS", "EVALSITE_API_RATE", "EVALSITE_API_ANON_RATE",
-         "EVALSITE_NUM_PROXIES", "CACHE_URL", "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS", "SECURE_HSTS_PRELOAD")
+         "EVALSITE_NUM_PROXIES", "CACHE_URL", "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS", "SECURE_HSTS_PRELOAD",
+         "EVALSITE_LISTENER_RATE", "EVALSITE_JOIN_RATE", "EVALSITE_LOGIN_RATE", "EVALSITE_LISTENER_MAX_BODY_BYTES",
+         "EVALSITE_MAX_UPLOAD_BYTES")
 HOST = "evalsite.example.org"
 
 PRODUCTION_PROBE = """
@@ -62,6 +65,10 @@ print(json.dumps({
     "rates": settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"],
     "num_proxies": settings.REST_FRAMEWORK["NUM_PROXIES"],
     "max_body": settings.EVALSITE_API_MAX_BODY_BYTES,
+    "page_rates": [settings.EVALSITE_LISTENER_RATE, settings.EVALSITE_JOIN_RATE, settings.EVALSITE_LOGIN_RATE],
+    "page_bodies": [settings.EVALSITE_LISTENER_MAX_BODY_BYTES, settings.DATA_UPLOAD_MAX_MEMORY_SIZE,
+                    settings.DATA_UPLOAD_MAX_NUMBER_FIELDS],
+    "login_limited": "evalsite.core.ratelimit.LoginRateLimitMiddleware" in settings.MIDDLEWARE,
 }))
 """
 
@@ -91,6 +98,9 @@ def test_production_mode_passes_check_deploy_and_sends_locked_down_headers_and_c
     assert cfg["plain_http"] == [301, f"https://{HOST}/api/v1/runs/"]
     assert cfg["rates"] == {"token": "100/s", "anon": "5/min"}
     assert cfg["num_proxies"] == 1 and cfg["max_body"] == 1024 * 1024
+    # The browser pages' budgets and body limits hold in production too.
+    assert cfg["page_rates"] == ["1200/min", "300/hour", "20/hour"] and cfg["login_limited"] is True
+    assert cfg["page_bodies"] == [64 * 1024, 2_621_440, 1000]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,6 +220,128 @@ def test_a_json_body_over_the_limit_is_a_413_naming_the_body_before_it_is_parsed
                            content_type="application/json")
     assert response.status_code == 413 and "at most 1000 bytes" in response.json()["message"]
     assert not Run.objects.exists()
+
+
+@pytest.fixture
+def listener():
+    """Three participants of a published MUSHRA test with the headphone check, each in its own browser:
+    one before the level calibration, one calibrated, one past the check with its first trial rated."""
+    from django.test import Client
+
+    from evalsite.listening import services
+    from evalsite.listening.models import Participant
+    from evalsite.listening.selectors import headphone_trials, listener_state
+    from tests.factories import listening_world
+
+    world = listening_world(n_items=2)
+    test = services.listening_test_publish(test=services.listening_test_build(
+        name="bodies", kind="mushra", checkpoints=world["checkpoints"], seed=2, headphone_check=True, training_items=0))
+    joined = []
+    for _ in range(3):
+        client = Client(enforce_csrf_checks=True)
+        client.get(f"/l/i/{test.invite_token}/")
+        form = {"csrfmiddlewaretoken": client.cookies["csrftoken"].value}
+        url = client.post(f"/l/i/{test.invite_token}/", form)["Location"]
+        joined.append((client, url, Participant.objects.get(token=url.split("/")[3])))
+    calibrated, ready = joined[1][2], joined[2][2]
+    for participant in (calibrated, ready):
+        services.calibration_confirm(participant=participant, plays=1)
+    ready = services.headphone_check_submit(participant=ready, answers=[t["answer"] for t in headphone_trials(ready)])
+    trial = listener_state(ready)["trials"][0]
+    for stim in trial["stimuli"]:
+        services.rating_submit(participant=ready, trial=trial["id"], stimulus=stim["id"], score=50,
+                               request_id=stim["id"])
+    return {"before calibration": joined[0][:2], "calibrated": joined[1][:2], "ready": joined[2][:2], "trial": trial,
+            "test": test}
+
+
+def listener_post(client, url: str, body: bytes, **extra):
+    return client.post(url, body, content_type="application/json", HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value,
+                       **extra)
+
+
+def listening_rows() -> dict:
+    from evalsite.listening.models import ArtifactFlag, Assignment, Participant, Rating
+
+    return {"ratings": sorted(Rating.objects.values_list("score", "request_id")),
+            "flags": ArtifactFlag.objects.count(),
+            "telemetry": sorted(map(len, Assignment.objects.values_list("telemetry", flat=True))),
+            "participants": sorted(Participant.objects.values_list("calibrated_at", "headphone_passed", "device"),
+                                   key=repr), "done": Assignment.objects.filter(completed_at__isnull=False).count()}
+
+
+@pytest.mark.django_db
+def test_a_listener_body_over_the_limit_is_a_413_naming_its_size_and_nothing_is_stored(listener, settings):
+    from evalsite.listening.selectors import headphone_trials
+    from evalsite.listening.models import Participant
+    from evalsite.listening.views import BODY_TOO_LARGE
+
+    limit = settings.EVALSITE_LISTENER_MAX_BODY_BYTES
+    assert limit == 64 * 1024
+    trial, stim = listener["trial"], listener["trial"]["stimuli"][0]
+    calibrated = Participant.objects.get(token=listener["calibrated"][1].split("/")[3])
+    # A body each endpoint would accept (and store) at its normal size.
+    requests = {
+        ("ready", "rate"): {"trial": trial["id"], "stimulus": stim["id"], "score": 77, "request_id": "r-big"},
+        ("ready", "flag"): {"trial": trial["id"], "stimulus": stim["id"], "start": 0.1, "end": 0.2, "category": "click",
+                            "request_id": "f-big"},
+        ("ready", "telemetry"): {"trial": trial["id"],
+                                 "events": [{"t": 1, "type": "play", "stimulus": None, "pos": 0}]},
+        ("ready", "complete"): {"trial": trial["id"]},
+        ("before calibration", "calibration"): {"plays": 1},
+        ("calibrated", "headphone"): {"answers": [t["answer"] for t in headphone_trials(calibrated)]},
+    }
+    before = listening_rows()
+    for (who, endpoint), body in requests.items():
+        client, url = listener[who]
+        raw = json.dumps({**body, "pad": ""}).encode()
+        raw = json.dumps({**body, "pad": "x" * (limit + 1 - len(raw))}).encode()
+        assert len(raw) == limit + 1
+        response = listener_post(client, url + endpoint, raw)
+        assert response.status_code == 413, (endpoint, response.content)
+        assert response.json() == {"message": BODY_TOO_LARGE.format(size=limit + 1, limit=limit),
+                                   "extra": {"field": "body"}}
+    # The declared length is enough: the server refuses before reading a byte of it.
+    client, url = listener["ready"]
+    response = listener_post(client, url + "telemetry", b"{}", CONTENT_LENGTH=str(50 * 1024 * 1024))
+    assert response.status_code == 413 and "52428800 bytes" in response.json()["message"]
+    assert listening_rows() == before
+    # The same bodies at their normal size are taken: the 413s above were about size alone.
+    for (who, endpoint), body in requests.items():
+        client, url = listener[who]
+        assert listener_post(client, url + endpoint, json.dumps(body).encode()).status_code in (200, 201, 204)
+    assert listening_rows() != before
+
+
+@pytest.mark.django_db
+def test_the_pages_largest_telemetry_batch_fits_under_the_listener_limit(listener):
+    """static/listening/api.js sends at most TELEMETRY_CHUNK events a post; a batch of the longest
+    events the page logs must be accepted."""
+    client, url = listener["ready"]
+    chunk = int(re.search(r"const TELEMETRY_CHUNK = (\d+);", (REPO / "static/listening/api.js").read_text())[1])
+    trial = listener["trial"]
+    event = {"t": 9_999_999, "type": "switch", "stimulus": trial["stimuli"][0]["id"], "pos": 12345.678}
+    raw = json.dumps({"trial": trial["id"], "events": [event] * chunk, "device_sample_rate": 192000}).encode()
+    assert listener_post(client, url + "telemetry", raw).status_code == 204
+    assert len(raw) < 64 * 1024 / 2  # with room to spare
+
+
+@pytest.mark.django_db
+def test_a_form_post_over_djangos_limits_is_refused_before_it_creates_anything(listener, settings):
+    from django.test import Client
+
+    from evalsite.listening.models import Participant
+
+    test = listener["test"]
+    assert settings.DATA_UPLOAD_MAX_MEMORY_SIZE == 2_621_440 and settings.DATA_UPLOAD_MAX_NUMBER_FIELDS == 1000
+    joined = Participant.objects.count()
+    client = Client()
+    huge = client.post(f"/l/i/{test.invite_token}/", urlencode({"PROLIFIC_PID": "x" * (3 * 1024 * 1024)}),
+                       content_type="application/x-www-form-urlencoded")
+    many = client.post(f"/l/i/{test.invite_token}/", "&".join(f"f{n}=1" for n in range(1001)),
+                       content_type="application/x-www-form-urlencoded")
+    assert huge.status_code == 400 and many.status_code == 400
+    assert Participant.objects.count() == joined
 
 
 @pytest.mark.django_db
