@@ -45,6 +45,11 @@ FORMAT_VERSION = 1
 CONTAINER_KEYS = ("generator", "state_dict", "generator_state_dict", "model_state_dict", "model")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
 _G_FILE = re.compile(r"^g_(\d+)$")
+# torch's weights-only unpickler names the first global it refused in this form.
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+# A model may hold a little more than its file (weight norm folded one way or the other), never
+# several times more; above this the config is refused before anything is allocated.
+_SIZE_FACTOR, _SIZE_SLACK = 2, 1_000_000
 _LEGACY_WN = {"weight_g": "parametrizations.weight.original0", "weight_v": "parametrizations.weight.original1"}
 
 
@@ -115,9 +120,12 @@ def _read(path: Path, trust_pickle: bool) -> Any:
     except Exception as exc:
         text = str(exc)
         if "Weights only load failed" in text:
+            refused = _REFUSED_GLOBAL.search(text)
+            what = f" (first refused global: {refused.group(1)})" if refused else ""
             raise ModelLoadError(
-                "the checkpoint contains Python objects other than tensors and plain containers, "
-                "which are not unpickled by default; if you trust the file, pass trust_pickle=True",
+                f"the checkpoint contains Python objects other than tensors and plain containers{what}, "
+                "which are not unpickled by default because unpickling them can run arbitrary code; "
+                "if you trust the file, pass trust_pickle=True",
                 path=str(path),
             ) from None
         raise ModelLoadError(
@@ -266,6 +274,35 @@ def _match_preset(
     return None
 
 
+def _build_fitting(family: str, config: Any, state_dict: dict[str, Tensor], *, path: str) -> AudioModel:
+    """Build the model, first refusing a config that describes a far bigger model than the file holds.
+
+    The size is measured on the meta device, so a config of absurd width is refused without
+    allocating it (building it for real could exhaust the worker's memory before the strict load
+    gets to list the mismatched shapes).
+    """
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(family, config)
+    except (NotImplementedError, RuntimeError):
+        skeleton = None  # a plug-in that needs real storage to build; the strict load still checks shapes
+    if skeleton is not None:
+        wanted = sum(t.numel() for t in skeleton.state_dict().values())
+        held = sum(t.numel() for t in state_dict.values())
+        if wanted > _SIZE_FACTOR * held + _SIZE_SLACK:
+            raise ModelLoadError(
+                f"the checkpoint's config describes a model of {wanted:,} parameters but the file holds "
+                f"{held:,} values: its config does not match its weights",
+                path=path,
+                family=family,
+            )
+    try:
+        return build_model(family, config)
+    except RuntimeError as exc:  # e.g. an allocation the machine cannot satisfy
+        raise ModelLoadError(f"cannot build a {family!r} model from this config: {exc}", path=path,
+                             family=family) from exc
+
+
 def _hifigan_json(path: Path) -> dict[str, Any] | None:
     cfg_path = path.parent / "config.json"
     if not cfg_path.is_file():
@@ -379,8 +416,8 @@ def load(
             raise ModelLoadError(f"evalsite checkpoint lacks {missing or ['a state_dict dict']}", path=where)
         family = family or str(raw["family"])
         kwargs = _resolve_config(family, config) if config is not None else raw["kwargs"]
-        model = build_model(family, kwargs)
         state_dict = extract_state_dict(raw["state_dict"], path=where)
+        model = _build_fitting(family, kwargs, state_dict, path=where)
     else:
         state_dict = extract_state_dict(raw, path=where)
         jik876 = _hifigan_json(path)
@@ -420,7 +457,7 @@ def load(
                     path=where,
                     family=family,
                 )
-        model = build_model(family, config)
+        model = _build_fitting(family, config, state_dict, path=where)
     load_state_dict_strict(model, state_dict, path=where)
     model.fold_weight_norm()
     return model.eval().to(device)

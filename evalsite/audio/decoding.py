@@ -31,6 +31,21 @@ _ESTIMATED_LENGTH_FORMATS = frozenset({"MP3", "OGG"})
 _SHORT_DATA_CHUNK = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 # Data sizes that streaming writers (e.g. ffmpeg to a pipe) put in the header for "unknown length".
 _UNKNOWN_DATA_SIZES = frozenset({0, 0xFFFFFFFF})
+# When a WAV's data chunk is declared shorter than the samples that follow, libsndfile reads the
+# declared part and logs the rest as an unparseable chunk right after it.
+_UNDECLARED_TAIL = re.compile(
+    r"^Length\s*:\s*(\d+)$.*^data\s*:\s*(\d+)\s*$.*?^\*\*\* Unknown chunk marker \(\w+\) at position (\d+)",
+    re.MULTILINE | re.DOTALL,
+)
+# What a file that libsndfile cannot read turns out to be, from its first bytes, for the message.
+_NOT_AUDIO_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a zip archive (a PyTorch checkpoint?)"),
+    (b"\x80\x02", "a Python pickle"),
+)
 
 UNDECODABLE = "undecodable"
 EMPTY = "empty"
@@ -40,6 +55,7 @@ TOO_LONG = "too_long"
 UNSUPPORTED_RATE = "unsupported_rate"
 TOO_MANY_CHANNELS = "too_many_channels"
 TRUNCATED = "truncated"
+UNDECLARED_DATA = "undeclared_data"
 
 AudioSource = str | Path | bytes | bytearray | memoryview | BinaryIO
 
@@ -100,6 +116,31 @@ def _label(source: AudioSource, name: str | None) -> str | None:
     return file_name if isinstance(file_name, str) else None
 
 
+def _head(target: object, size: int = 16) -> bytes:
+    """The first bytes of the file, without disturbing a file object's position."""
+    try:
+        if isinstance(target, str):
+            with open(target, "rb") as fh:
+                return fh.read(size)
+        position = target.tell()  # type: ignore[attr-defined]
+        target.seek(0)  # type: ignore[attr-defined]
+        head = target.read(size)  # type: ignore[attr-defined]
+        target.seek(position)  # type: ignore[attr-defined]
+        return head
+    except (AttributeError, OSError, ValueError):
+        return b""
+
+
+def _unreadable(target: object, detail: str, label: str | None) -> AudioValidationError:
+    head = _head(target)
+    if not head:
+        return AudioValidationError(EMPTY, "the file is empty (0 bytes)", path=label)
+    for signature, kind in _NOT_AUDIO_SIGNATURES:
+        if head.startswith(signature):
+            return AudioValidationError(UNDECODABLE, f"not an audio file: its content is {kind}", path=label)
+    return AudioValidationError(UNDECODABLE, f"not a readable audio file ({detail})", path=label)
+
+
 def _open(source: AudioSource, label: str | None) -> soundfile.SoundFile:
     if isinstance(source, (str, Path)):
         if not Path(source).is_file():
@@ -116,9 +157,9 @@ def _open(source: AudioSource, label: str | None) -> soundfile.SoundFile:
         message = exc.error_string
         if "channel count is zero" in message.lower():
             raise AudioValidationError(ZERO_CHANNELS, "the header declares 0 channels", path=label) from exc
-        raise AudioValidationError(UNDECODABLE, f"not a readable audio file ({message})", path=label) from exc
+        raise _unreadable(target, message, label) from exc
     except (RuntimeError, TypeError) as exc:
-        raise AudioValidationError(UNDECODABLE, f"not a readable audio file ({exc})", path=label) from exc
+        raise _unreadable(target, str(exc), label) from exc
 
 
 def _check_header(f: soundfile.SoundFile, label: str | None, *, max_duration_s: float,
@@ -149,6 +190,18 @@ def _check_header(f: soundfile.SoundFile, label: str | None, *, max_duration_s: 
         raise AudioValidationError(
             TRUNCATED, f"the header declares {declared} data bytes but the file holds {present}", path=label
         )
+    tail = _UNDECLARED_TAIL.search(f.extra_info)
+    if tail is not None:
+        length, declared, position = (int(v) for v in tail.groups())
+        # Under 10 ms worth of 16-bit audio is taken for the junk trailer some writers leave; more is
+        # audio that the header hides (reading only the declared part would silently drop it).
+        if length - position >= 0.01 * f.samplerate * f.channels * 2:
+            raise AudioValidationError(
+                UNDECLARED_DATA,
+                f"the header declares {declared} data bytes but {length - position} more bytes follow them "
+                "that are not a valid chunk (the data length in the header is wrong; re-encode the file)",
+                path=label,
+            )
 
 
 def _loudness(samples: np.ndarray, sample_rate: int) -> float | None:
@@ -180,7 +233,8 @@ def decode_audio(
 
     Raises:
         AudioValidationError: with ``reason`` one of undecodable, zero_channels,
-            too_many_channels, unsupported_rate, empty, too_long, truncated, non_finite.
+            too_many_channels, unsupported_rate, empty, too_long, truncated, undeclared_data,
+            non_finite.
         FileNotFoundError: ``source`` is a path that does not exist.
     """
     label = _label(source, name)

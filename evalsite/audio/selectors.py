@@ -41,3 +41,28 @@ class AudioCache:
         if key not in self._resampled:
             self._resampled[key] = resample(mono, native_rate, rate)
         return self._resampled[key]
+
+
+def audio_samples_problem(samples: np.ndarray) -> str | None:
+    """Why decoded samples cannot be used (no frames, NaN/Inf samples), or ``None``."""
+    if samples.size == 0:
+        return "no audio frames"
+    finite = np.isfinite(samples)
+    if not finite.all():
+        return f"{int((~finite).sum())} NaN/Inf samples"
+    return None
+
+
+def audio_asset_problem(audio: AudioCache, asset: AudioAsset) -> str | None:
+    """Why a stored clip cannot be used (missing, unreadable, empty, NaN/Inf), or ``None``.
+
+    Assets were validated when stored, so this catches files damaged or replaced since. The clip
+    is decoded through ``audio``, so the job that goes on to use it does not decode it again.
+    """
+    try:
+        samples = audio.mono(asset)
+    except FileNotFoundError:
+        return "the stored file is missing"
+    except (OSError, RuntimeError, sf.SoundFileError) as exc:
+        return f"the stored file cannot be read ({type(exc).__name__}: {exc})"
+    return audio_samples_problem(samples)

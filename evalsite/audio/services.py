@@ -49,11 +49,19 @@ def audio_asset_store(*, decoded: DecodedAudio, original_name: str = "") -> tupl
         original_name=original_name[:512],
     )
     path = audio_upload_path(asset, "")
+    data = encode_wav(decoded)
     wrote_file = False
+    # Same content → same path and the same number of bytes. A file of another size there was left by a
+    # writer killed mid-write (storage writes in place), so it is replaced rather than adopted.
+    if default_storage.exists(path) and default_storage.size(path) != len(data):
+        default_storage.delete(path)
     if not default_storage.exists(path):
-        # Same content → same path, so a concurrent writer of the same audio writes identical bytes.
-        default_storage.save(path, ContentFile(encode_wav(decoded)))
-        wrote_file = True
+        saved = default_storage.save(path, ContentFile(data))
+        if saved != path:
+            # A concurrent writer of the same audio got there first; the storage renamed ours. Theirs will do.
+            default_storage.delete(saved)
+        else:
+            wrote_file = True
     asset.file.name = path
     try:
         with transaction.atomic():

@@ -20,7 +20,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from evalsite.audio.decoding import AudioValidationError
@@ -93,11 +93,24 @@ def run_create(
 # Jobs
 
 
-def _job_dispatch(job: Job) -> None:
+def _job_dispatch(job: Job) -> bool:
+    """Send the job's message; False when the broker cannot be reached.
+
+    The row is already committed and stays queued: ``job_redispatch_lost`` (beat) sends it again,
+    so the caller (a checkpoint registration, an upload) succeeds while the broker is down.
+    """
+    from kombu.exceptions import OperationalError as BrokerError
+
     from evalsite.runs.tasks import JOB_TASKS
 
     task, queue = JOB_TASKS[job.kind]
-    task.apply_async(args=[job.pk], queue=queue)
+    try:
+        task.apply_async(args=[job.pk], queue=queue)
+    except BrokerError as exc:
+        logger.warning("job %s stays queued without a message (broker unreachable: %s); the sweep sends it later",
+                       job.pk, exc)
+        return False
+    return True
 
 
 def job_create(
@@ -132,37 +145,51 @@ def _refuse(job: Job, target: str) -> None:
     )
 
 
+# A running job's ``result`` holds where its current attempt started and how many attempts in a row
+# died without moving the job forward (the work's own result replaces it when the job ends).
+_RESUME = "resume"
+
+
 @transaction.atomic
 def job_claim(*, job_id: int, worker: str) -> Job | None:
     """Mark the job running for ``worker``.
 
     Returns ``None`` when there is nothing to do (the job already ended: a duplicate delivery).
-    Raises ``JobBusy`` while another worker's attempt is alive. An attempt past
-    ``EVALSITE_JOB_MAX_ATTEMPTS`` fails the job instead.
+    Raises ``JobBusy`` while another worker's attempt is alive. An attempt whose worker died is taken
+    over, and the work resumes where it stopped, so a worker killed from outside (a deploy, a
+    preempted machine) costs only the item in flight however often it happens. Only
+    ``EVALSITE_JOB_MAX_ATTEMPTS`` attempts in a row that died without progress (a job that kills its
+    worker at the same place every time) fail the job, with where it stopped.
     """
     job = _locked(job_id)
     now = timezone.now()
     if job.status in (Job.Status.DONE, Job.Status.FAILED):
         return None
+    stalled = 0
     if job.status == Job.Status.RUNNING:
         stale_after = timedelta(seconds=settings.EVALSITE_JOB_STALE_AFTER_S)
         if job.heartbeat_at and now - job.heartbeat_at < stale_after and job.worker != worker:
             raise JobBusy(f"job {job_id} is running on {job.worker}")
-    if job.attempts >= settings.EVALSITE_JOB_MAX_ATTEMPTS:
-        job.status = Job.Status.FAILED
-        job.error = (
-            f"gave up after {job.attempts} attempts (the worker running it died or stopped answering "
-            f"each time; last worker: {job.worker or 'unknown'})"
-        )
-        job.finished_at = now
-        job.save()
-        return None
+        resume = job.result.get(_RESUME, {}) if isinstance(job.result, dict) else {}
+        moved = job.progress > resume.get("progress_at_claim", -1.0)
+        stalled = 0 if moved else resume.get("stalled_attempts", 0) + 1
+        if stalled >= settings.EVALSITE_JOB_MAX_ATTEMPTS:
+            where = f"{job.progress:.0%}" + (f", at {job.progress_message}" if job.progress_message else "")
+            job.status = Job.Status.FAILED
+            job.error = (
+                f"gave up after {stalled} attempts in a row whose worker died without progress (each stopped "
+                f"at {where}; last worker: {job.worker or 'unknown'})"
+            )
+            job.finished_at = now
+            job.save()
+            return None
     job.status = Job.Status.RUNNING
     job.attempts += 1
     job.worker = worker
     job.started_at = job.started_at or now
     job.heartbeat_at = now
     job.error = ""
+    job.result = {_RESUME: {"progress_at_claim": job.progress, "stalled_attempts": stalled}}
     job.save()
     return job
 
@@ -220,6 +247,106 @@ def job_fail_stale(*, stale_after_s: float | None = None) -> list[int]:
                 job.save()
                 failed.append(job_id)
     return failed
+
+
+def _broker_queue_depth(queue: str) -> int | None:
+    """Messages waiting in ``queue`` on the broker (not those a worker holds); None if it cannot say."""
+    from kombu.exceptions import ChannelError
+
+    from evalsite.celery import app
+
+    try:
+        with app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1)  # never wait on a broker that is down
+            return conn.default_channel.queue_declare(queue=queue, passive=True).message_count
+    except ChannelError:
+        return 0  # Redis drops an empty list: the queue "does not exist"
+    except Exception as exc:  # noqa: BLE001 - only a hint: without it the jobs are sent again, which is safe
+        logger.warning("cannot count the messages in queue %s: %s", queue, exc)
+        return None
+
+
+def _redispatch(job_id: int, kind: str, status: str) -> bool:
+    """Send the job again and mark when (``updated_at``: no other write touches a queued or running row)."""
+    if not _job_dispatch(Job(pk=job_id, kind=kind)):
+        return False
+    Job.objects.filter(pk=job_id, status=status).update(updated_at=timezone.now())
+    return True
+
+
+def job_redispatch_lost(
+    *, older_than_s: float | None = None, queue_depth: Callable[[str], int | None] = _broker_queue_depth
+) -> list[int]:
+    """Send again queued jobs whose message the broker lost; returns their ids (beat runs this).
+
+    The rows are the truth and the broker only carries them: a message is gone when Redis restarts
+    without persistence, or was never sent when the broker was down at ``job_create``. A job still
+    queued ``older_than_s`` (``EVALSITE_JOB_REDISPATCH_AFTER_S``) after its last dispatch is sent
+    again, unless its broker queue holds at least as many messages as that queue has queued jobs:
+    then it is only waiting its turn. A duplicate message is harmless (``job_claim`` of a job that
+    ended does nothing), the check only keeps a long backlog from filling up with them.
+    """
+    from evalsite.runs.tasks import JOB_TASKS
+
+    limit = older_than_s if older_than_s is not None else settings.EVALSITE_JOB_REDISPATCH_AFTER_S
+    cutoff = timezone.now() - timedelta(seconds=limit)
+    queues: dict[str, list[str]] = {}
+    for kind, (_, queue) in JOB_TASKS.items():
+        queues.setdefault(queue, []).append(kind)
+    sent = []
+    for queue, kinds in queues.items():
+        waiting = Job.objects.filter(status=Job.Status.QUEUED, kind__in=kinds)
+        overdue = list(waiting.filter(updated_at__lt=cutoff).order_by("created_at").values_list("pk", "kind"))
+        if not overdue:
+            continue
+        depth = queue_depth(queue)
+        if depth is not None and depth >= waiting.count():
+            continue
+        sent += [job_id for job_id, kind in overdue if _redispatch(job_id, kind, Job.Status.QUEUED)]
+    if sent:
+        logger.warning("sent again %d queued job(s) whose message was lost: %s", len(sent), sent)
+    return sent
+
+
+def _jobs_running_on_live_workers() -> set[int] | None:
+    """Ids of the jobs that live workers report executing now; None when no worker answered."""
+    from evalsite.celery import app
+    from evalsite.runs.tasks import JOB_TASKS
+
+    names = {task.name for task, _ in JOB_TASKS.values()}
+    try:
+        replies = app.control.inspect(timeout=1.0).active()
+    except Exception as exc:  # noqa: BLE001 - without an answer every silent job counts as orphaned
+        logger.warning("cannot ask the workers what they run: %s", exc)
+        return None
+    return {int(task["args"][0]) for tasks in (replies or {}).values() for task in tasks
+            if task.get("name") in names and task.get("args")}
+
+
+def job_redispatch_stale(
+    *, stale_after_s: float | None = None,
+    running_on_live_workers: Callable[[], set[int] | None] = _jobs_running_on_live_workers,
+) -> list[int]:
+    """Send a new message for running jobs whose worker died; returns their ids (beat runs this).
+
+    A worker killed with its machine leaves its message unacknowledged, and Redis gives it back only
+    after the visibility timeout (an hour by default). A job without heartbeat for
+    ``EVALSITE_JOB_STALE_AFTER_S`` that no live worker reports executing (one long step, e.g. a
+    metric over a big eval set, heartbeats only when it ends) has lost its worker: the next free
+    worker resumes it, and ``job_claim`` decides whether to take it over or give up. Sent at most
+    once per that interval while nobody takes it.
+    """
+    limit = stale_after_s if stale_after_s is not None else settings.EVALSITE_JOB_STALE_AFTER_S
+    cutoff = timezone.now() - timedelta(seconds=limit)
+    stale = list(Job.objects.filter(status=Job.Status.RUNNING, heartbeat_at__lt=cutoff, updated_at__lt=cutoff)
+                 .values_list("pk", "kind"))
+    if not stale:
+        return []
+    alive = running_on_live_workers() or set()
+    sent = [job_id for job_id, kind in stale if job_id not in alive and _redispatch(job_id, kind, Job.Status.RUNNING)]
+    if sent:
+        logger.warning("sent again %d running job(s) whose worker stopped answering: %s", len(sent), sent)
+    return sent
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,6 +526,13 @@ def evalset_import(
                 report.errors.append(ImportError_(entry.where, "conflict", f"{entry.where}: {exc.message}"))
             except ValidationError as exc:
                 report.errors.append(ImportError_(entry.where, "invalid", f"{entry.where}: {'; '.join(exc.messages)}"))
+            except (OperationalError, InterfaceError):
+                raise  # the database is gone, not the file: the task retries the whole import
+            except Exception as exc:  # noqa: BLE001 - one file that breaks a library must not lose the others
+                logger.exception("importing %s failed", entry.where)
+                report.errors.append(
+                    ImportError_(entry.where, "error", f"{entry.where}: import failed ({type(exc).__name__}: {exc})")
+                )
         if progress is not None:
             progress(index, len(entries), entry.key)
     return report
@@ -470,6 +604,7 @@ RATE_MISMATCH = (
     "use a matching eval set or evaluate with params resample=true."
 )
 NO_REFERENCE = "item {key!r} has no reference audio; a {kind} needs one."
+BAD_REFERENCE = "item {key!r}: its reference audio {path} cannot be used: {problem}"
 GENERATION_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "batch_size": None,  # None: 16 on GPU, 4 on CPU
@@ -558,12 +693,15 @@ def _store_generation(*, checkpoint, item, job, params, params_hash, seed, audio
     try:
         decoded = decoded_from_array(audio, sample_rate, name=f"{checkpoint}:{item.key}")
     except AudioValidationError as exc:
+        decoded = None
         defaults.update(status=Generation.Status.FAILED, error=f"model output rejected: {exc.detail}", asset=None)
-    else:
-        with transaction.atomic():
+    # The asset and the row naming it commit together: a worker killed between the two leaves no
+    # asset that nothing uses, and the resumed job stores the item again.
+    with transaction.atomic():
+        if decoded is not None:
             asset, _ = audio_asset_store(decoded=decoded, original_name=f"{item.key}.wav")
-        defaults.update(status=Generation.Status.DONE, error="", asset=asset)
-    generation, _ = Generation.objects.update_or_create(**natural, defaults=defaults)
+            defaults.update(status=Generation.Status.DONE, error="", asset=asset)
+        generation, _ = Generation.objects.update_or_create(**natural, defaults=defaults)
     return generation
 
 
@@ -603,7 +741,7 @@ def _generate(job: Job, checkpoint, progress: ProgressFn) -> dict[str, Any]:
     import torch
 
     import models
-    from evalsite.audio.selectors import AudioCache
+    from evalsite.audio.selectors import AudioCache, audio_asset_problem
     from evalsite.runs import generation as gen
     from evalsite.runs.models import Checkpoint, Generation
 
@@ -626,6 +764,9 @@ def _generate(job: Job, checkpoint, progress: ProgressFn) -> dict[str, Any]:
         model = gen.model_cache.get(checkpoint.uri, family=family, device=device)
     except (models.ModelLoadError, models.CheckpointNotFoundError) as exc:
         raise ApplicationError(f"cannot load checkpoint {checkpoint.uri}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - whatever a malformed file breaks in loading, the job names the file
+        logger.exception("loading checkpoint %s failed unexpectedly", checkpoint.uri)
+        raise ApplicationError(f"cannot load checkpoint {checkpoint.uri}: {type(exc).__name__}: {exc}") from None
     if model.kind != run.kind:
         raise ApplicationError(KIND_MISMATCH.format(run=run.name, run_kind=run.kind, uri=checkpoint.uri,
                                                     model_kind=model.kind, family=model.family))
@@ -660,6 +801,18 @@ def _generate(job: Job, checkpoint, progress: ProgressFn) -> dict[str, Any]:
                                                         model_rate=model.sample_rate))
         # Rates differ here only when resampling was asked for (checked above).
         audio = AudioCache()
+        # A reference damaged on disk since its import fails its own item, not the whole job.
+        usable = []
+        for item in todo:
+            problem = audio_asset_problem(audio, item.reference)
+            if problem is None:
+                usable.append(item)
+                continue
+            record(Generation.objects.update_or_create(
+                checkpoint=checkpoint, item=item, params_hash=params_hash, seed=params["seed"],
+                defaults={"params": params, "job": job, "status": Generation.Status.FAILED,
+                          "error": BAD_REFERENCE.format(key=item.key, path=item.reference.file.name, problem=problem)})[0])
+        todo = usable
         waves = [audio.mono(item.reference, model.sample_rate) for item in todo]
         fn = model.copy_synthesis if model.kind == "vocoder" else model.reconstruct
         for out in gen.run_waveform_batches(fn, waves, batch_size=batch_size, device=device, dtype=params["dtype"]):

@@ -49,6 +49,14 @@ def jobs_fail_stale_task() -> list[int]:
 
 
 @shared_task
+def jobs_sweep_task() -> dict[str, list[int]]:
+    """Beat's health check: queued jobs whose message was lost and running jobs whose worker died are sent again."""
+    from evalsite.runs.services import job_redispatch_lost, job_redispatch_stale
+
+    return {"lost": job_redispatch_lost(), "stale": job_redispatch_stale()}
+
+
+@shared_task
 def checkpoints_watch_task() -> dict[str, list[int]]:
     from evalsite.runs.watcher import checkpoints_watch_all
 

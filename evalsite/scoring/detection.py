@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 DETECTION_VERSION = "1"
 NO_OUTPUTS = "checkpoint {checkpoint} has no generated outputs (params {params_hash}) to run the detectors on."
 UNKNOWN_DETECTORS = "run {run!r} names unknown detectors {names}; known: {known}."
+NO_READABLE_OUTPUT = "no output of checkpoint {checkpoint} can go through the detectors; first: {first}"
+OUTPUT_LEFT_OUT = "item {key!r} left out: generated audio {path}: {problem}"
+REFERENCE_LEFT_OUT = "item {key!r}: reference audio {path}: {problem}; detectors that compare with it were skipped"
 
 
 def run_detector_names(run) -> list[str]:
@@ -65,7 +68,7 @@ def detection_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
     """Run the detectors on every output of the job's checkpoint, then evaluate the run's alert rules."""
     from metrics import detectors
 
-    from evalsite.audio.selectors import AudioCache
+    from evalsite.audio.selectors import AudioCache, audio_asset_problem
 
     checkpoint = job.checkpoint
     params_hash = job.params.get("params_hash") or ""
@@ -85,10 +88,27 @@ def detection_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
     audio = AudioCache()
     counts: dict[str, int] = {name: 0 for name in names}
     total_s = 0.0
+    # A stored clip damaged or deleted since it was written is left out by name (it would otherwise fail the
+    # whole job and leave the checkpoint "detecting"); the other clips go on.
+    left_out: dict[str, str] = {}
     for index, generation in enumerate(generations, start=1):
+        key = generation.item.key
+        if problem := audio_asset_problem(audio, generation.asset):
+            left_out[key] = OUTPUT_LEFT_OUT.format(key=key, path=generation.asset.file.name, problem=problem)
+            with transaction.atomic():  # no events of an earlier pass stay for a clip not checked now
+                DetectorEvent.objects.filter(generation=generation).delete()
+                DetectorPass.objects.filter(generation=generation).delete()
+            progress(index, len(generations), key)
+            continue
         rate = generation.asset.sample_rate
         samples = audio.mono(generation.asset)
-        reference = audio.mono(generation.item.reference, rate) if generation.item.reference_id else None
+        reference = None
+        if generation.item.reference_id:
+            if problem := audio_asset_problem(audio, generation.item.reference):
+                left_out[f"{key} (reference)"] = REFERENCE_LEFT_OUT.format(
+                    key=key, path=generation.item.reference.file.name, problem=problem)
+            else:
+                reference = audio.mono(generation.item.reference, rate)
         events = detectors.detect_all(samples, rate, reference=reference, detectors=names)
         duration_s = len(samples) / rate
         total_s += duration_s
@@ -105,9 +125,16 @@ def detection_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
                           "version": DETECTION_VERSION})
         for e in events:
             counts[e.detector] = counts.get(e.detector, 0) + 1
-        progress(index, len(generations), generation.item.key)
+        progress(index, len(generations), key)
+    checked = len(generations) - sum(1 for k in left_out if not k.endswith("(reference)"))
+    if checked == 0:
+        checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.FAILED)
+        raise ApplicationError(NO_READABLE_OUTPUT.format(checkpoint=checkpoint, first=next(iter(left_out.values()))),
+                               extra={"left_out": left_out})
     checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.DONE)
-    result: dict[str, Any] = {"clips": len(generations), "audio_s": round(total_s, 3), "events": counts}
+    result: dict[str, Any] = {"clips": checked, "audio_s": round(total_s, 3), "events": counts}
+    if left_out:
+        result["left_out"] = left_out
     result.update(_finish(checkpoint))
     return result
 

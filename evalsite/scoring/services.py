@@ -20,7 +20,7 @@ import numpy as np
 from django.db import IntegrityError, transaction
 
 from evalsite.audio.models import AudioAsset
-from evalsite.audio.selectors import AudioCache
+from evalsite.audio.selectors import AudioCache, audio_asset_problem, audio_samples_problem
 from evalsite.core.exceptions import ApplicationError
 from evalsite.runs.models import Checkpoint, EvalItem, EvalSet, Generation, Job, Run
 from evalsite.scoring.models import CachedEmbedding, MetricResult, ReferenceStatistics
@@ -32,6 +32,8 @@ ProgressFn = Callable[[int, int, str], None]
 NO_GENERATIONS = "checkpoint {checkpoint} has no generated audio to score (params {params_hash:.12})."
 UNKNOWN_METRIC = "unknown metric {name!r} in run {run!r} config; registered: {known}"
 NO_REFERENCE_AUDIO = "no generated item has reference audio; {name} compares with a reference."
+NO_SCORABLE_CLIP = "no output of checkpoint {checkpoint} can be scored; first: {first}"
+CLIP_LEFT_OUT = "item {key!r} left out: {role} audio {path}: {problem}"
 
 # What a run is scored with when its config names no metrics. Embedding metrics whose weights
 # are not in the model store are stored as failed with the file to put there.
@@ -105,6 +107,11 @@ def embeddings_for_assets(
     }
     missing = [a for a in assets if a.content_hash not in cached]
     if missing:
+        for asset in missing:
+            # A bad clip must fail this metric by name, and its embedding must never enter the cache.
+            problem = audio_samples_problem(audio.mono(asset))
+            if problem is not None:
+                raise ApplicationError(f"audio {asset.file.name} cannot be embedded by {embedder.name}: {problem}")
         waves = [audio.mono(a, embedder.sample_rate) for a in missing]
         if kind == "embed":
             outputs = embedder.embed(waves)
@@ -112,6 +119,8 @@ def embeddings_for_assets(
             outputs = [np.atleast_2d(row) for row in np.asarray(embedder.classify(waves))]
         for asset, emb in zip(missing, outputs):
             emb = np.atleast_2d(np.asarray(emb, dtype=np.float32))
+            if not np.isfinite(emb).all():
+                raise ApplicationError(f"{embedder.name} gave a NaN/Inf embedding for audio {asset.file.name}")
             cached[asset.content_hash] = emb
             try:
                 with transaction.atomic():
@@ -173,6 +182,29 @@ class _Context:
         self.paired = [g for g in generations if g.item.reference_id is not None]
         self._embedders: dict[str, Any] = {}
         self._multi: dict[tuple, dict] = {}
+        self.left_out: dict[str, str] = {}
+
+    def screen(self, *, references: bool) -> None:
+        """Leave out, each with its reason, the items whose audio cannot be scored.
+
+        Generated clips are checked always: every metric decodes them anyway. References only when
+        ``references`` (a waveform-paired metric will decode them all anyway); elsewhere a bad
+        reference fails the one metric that reads it, by name, in ``embeddings_for_assets``.
+        """
+        kept = []
+        for g in self.generations:
+            role, asset = "generated", g.asset
+            problem = audio_asset_problem(self.audio, asset)
+            if problem is None and references and g.item.reference is not None:
+                role, asset = "reference", g.item.reference
+                problem = audio_asset_problem(self.audio, asset)
+            if problem is None:
+                kept.append(g)
+            else:
+                self.left_out[g.item.key] = CLIP_LEFT_OUT.format(key=g.item.key, role=role, path=asset.file.name,
+                                                                 problem=problem)
+        self.generations = kept
+        self.paired = [g for g in kept if g.item.reference_id is not None]
 
     def embedder(self, name: str):
         if name not in self._embedders:
@@ -314,17 +346,29 @@ def metric_compute_and_store(*, spec, ctx: _Context, params_hash: str) -> Metric
             logger.exception("metric %s failed on %s", spec.name, ctx.checkpoint)
         message = exc.message if isinstance(exc, ApplicationError) else f"{type(exc).__name__}: {exc}"
         return _store(ctx.checkpoint, params_hash, spec.name, status=MetricResult.Status.FAILED, error=message,
-                      value=None, ci_low=None, ci_high=None, per_item=None, warnings=[], details={},
+                      value=None, ci_low=None, ci_high=None, per_item=None, warnings=list(ctx.left_out.values()),
+                      details={},
                       duration_s=time.perf_counter() - started, metric_version=spec.version,
                       higher_is_better=spec.higher_is_better, n=0, spec_key="")
     value = _finite(payload["value"])
     ci = payload.get("ci") or (None, None)
     per_item = payload.get("per_item")
     reference_set = provenance.get("reference_set") or ctx.run.eval_set
+    warnings = [*ctx.left_out.values(), *payload.get("warnings", [])]
+    # to_dict() turned NaN/Inf per-item values into None; name those items (silent or constant audio
+    # makes SI-SDR and the like infinite), so a missing value is never unexplained.
+    no_value = sorted(key for key, v in (per_item or {}).items() if v is None)
+    if no_value:
+        warnings.append(f"no finite value for item(s) {', '.join(map(repr, no_value))} (silent or constant audio?)")
+    error = ""
+    if value is None:
+        error = "the metric produced no finite value"
+        if per_item and len(no_value) == len(per_item):
+            error += f" (every item gave NaN/Inf: {', '.join(map(repr, no_value))})"
     fields = dict(
         value=value,
         status=MetricResult.Status.DONE if value is not None else MetricResult.Status.FAILED,
-        error="" if value is not None else "the metric produced no finite value",
+        error=error,
         ci_low=ci[0], ci_high=ci[1],
         higher_is_better=spec.higher_is_better,
         n=len(per_item) if per_item else int(payload["details"].get("n_gen") or payload["details"].get("n2")
@@ -337,7 +381,7 @@ def metric_compute_and_store(*, spec, ctx: _Context, params_hash: str) -> Metric
         metric_version=spec.version,
         duration_s=time.perf_counter() - started,
         per_item=per_item,
-        warnings=payload.get("warnings", []),
+        warnings=warnings,
         details={**payload.get("details", {}), **({"subsampled_from": provenance["subsampled_from"]}
                                                   if "subsampled_from" in provenance else {})},
     )
@@ -374,13 +418,18 @@ def metrics_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
     ctx = _Context(checkpoint, generations, job.params.get("device"))
     names = job.params.get("metrics") or run_metric_names(checkpoint.run, ctx.model_rate)
     checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.SCORING)
+    ctx.screen(references=any(registry.get(name).kind == "paired-audio" for name in names))
+    if not ctx.generations:
+        checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.FAILED)
+        raise ApplicationError(NO_SCORABLE_CLIP.format(checkpoint=checkpoint, first=next(iter(ctx.left_out.values()))),
+                               extra={"left_out": ctx.left_out})
     rows = []
     for index, name in enumerate(names, start=1):
         rows.append(metric_compute_and_store(spec=registry.get(name), ctx=ctx, params_hash=params_hash))
         progress(index, len(names), name)
     failed = {r.name: r.error for r in rows if r.status == MetricResult.Status.FAILED}
     result = {"metrics": len(rows), "done": len(rows) - len(failed), "failed": failed,
-              "clips": len(generations), "decodes": ctx.audio.decodes}
+              "clips": len(ctx.generations), "decodes": ctx.audio.decodes, "left_out": ctx.left_out}
     if rows and len(failed) == len(rows):
         checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.FAILED)
         raise ApplicationError(f"every metric failed; first: {rows[0].name}: {rows[0].error}", extra=result)

@@ -96,6 +96,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # After CsrfViewMiddleware: counts sign-in posts per client (EVALSITE_LOGIN_RATE).
     "evalsite.core.ratelimit.LoginRateLimitMiddleware",
+    "evalsite.core.middleware.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "evalsite.urls"

@@ -26,6 +26,9 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "store_processed": False,
     }
 else:
+    # Deploy Redis with append-only persistence (``appendonly yes``, ``appendfsync everysec`` or
+    # ``always``): then a restart keeps queued and unacknowledged messages. Without it a restart
+    # loses them, and queued jobs wait for the sweep (EVALSITE_JOB_REDISPATCH_AFTER_S) to resend them.
     # Redis keeps an unacknowledged message invisible this long; after that (or when a killed
     # worker's connection is gone, for AMQP) it is delivered again. Jobs guard against the
     # duplicate with their heartbeat, so a long task is safe even past this timeout.
@@ -56,7 +59,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 EVALSITE_TASK_MAX_RETRIES = env_int("EVALSITE_TASK_MAX_RETRIES", 3)
 
 CELERY_BEAT_SCHEDULE = {
-    "jobs-fail-stale": {"task": "evalsite.runs.tasks.jobs_fail_stale_task", "schedule": 60.0},
+    # Job rows are the truth, the broker only carries them: lost messages and dead workers' jobs are sent again.
+    "jobs-sweep": {"task": "evalsite.runs.tasks.jobs_sweep_task",
+                   "schedule": float(env_int("EVALSITE_JOB_SWEEP_INTERVAL_S", 60))},
     "checkpoints-watch": {"task": "evalsite.runs.tasks.checkpoints_watch_task",
                           "schedule": float(env_int("EVALSITE_WATCH_INTERVAL_S", 10))},
     "alerts-listening": {"task": "evalsite.alerts.tasks.alerts_evaluate_listening_task",
@@ -71,10 +76,15 @@ CELERY_BEAT_SCHEDULE = {
 EVALSITE_WATCH_SETTLE_S = env_int("EVALSITE_WATCH_SETTLE_S", 2)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
-# A running job writes a heartbeat; one silent for longer than this is taken over by a
-# redelivered message or marked failed by the health check.
+# A running job writes a heartbeat; one silent for longer than this has lost its worker: the sweep
+# sends it again and the next worker resumes it.
 EVALSITE_JOB_STALE_AFTER_S = env_int("EVALSITE_JOB_STALE_AFTER_S", 300)
+# Attempts in a row that die without progress before a job is failed (a job that kills its worker);
+# attempts that move the job forward do not count, however many a flaky machine costs.
 EVALSITE_JOB_MAX_ATTEMPTS = env_int("EVALSITE_JOB_MAX_ATTEMPTS", 3)
+# A job still queued this long after its message was sent is sent again if its broker queue holds
+# fewer messages than it has queued jobs (a Redis restart without persistence lost them).
+EVALSITE_JOB_REDISPATCH_AFTER_S = env_int("EVALSITE_JOB_REDISPATCH_AFTER_S", 600)
 
 # Webhook deliveries: attempts, and the first retry delay (doubling after each failure).
 EVALSITE_WEBHOOK_MAX_ATTEMPTS = env_int("EVALSITE_WEBHOOK_MAX_ATTEMPTS", 8)

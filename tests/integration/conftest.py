@@ -110,9 +110,11 @@ def worker_env(transactional_db, settings, tmp_path):
 def start_worker(worker_env, tmp_path):
     workers: list[WorkerProcess] = []
 
-    def start(name: str = "w", *, beat: bool = False) -> WorkerProcess:
-        """A worker on both queues; ``beat`` also runs the periodic tasks (watcher, alert rules) in it."""
-        worker = WorkerProcess(worker_env, tmp_path / f"worker-{name}.log", f"{name}{len(workers)}", beat).start()
+    def start(name: str = "w", *, beat: bool = False, env: dict[str, str] | None = None) -> WorkerProcess:
+        """A worker on both queues; ``beat`` also runs the periodic tasks (watcher, alert rules) in it;
+        ``env`` adds to or overrides ``worker_env`` (another broker, shorter intervals)."""
+        worker = WorkerProcess({**worker_env, **(env or {})}, tmp_path / f"worker-{name}.log",
+                               f"{name}{len(workers)}", beat).start()
         workers.append(worker)
         return worker
 
@@ -129,3 +131,84 @@ def wait_for(predicate, *, timeout: float, interval: float = 0.1, message: str =
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A private ``redis-server`` for tests that kill and restart the broker; the machine's shared
+    Redis is never touched. ``persistent`` runs it as a deployment should (append-only file, fsync
+    on every write), so a restart on the same folder keeps its queues; without it a restart loses them."""
+
+    def __init__(self, folder: Path, *, persistent: bool) -> None:
+        self.folder, self.persistent = folder, persistent
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+        self.kills = 0
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def start(self, timeout: float = 20.0) -> "RedisServer":
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        with open(self.folder / "redis.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+                 "--save", "", *persistence],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if client.ping():
+                    return self
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server on port {self.port} not answering after {timeout} s")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown save, no goodbye to clients, as when its machine dies."""
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.kills += 1
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.kill()
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    servers: list[RedisServer] = []
+
+    def start(*, persistent: bool) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis-{len(servers)}", persistent=persistent).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def broker_at():
+    """Point this process's Celery app (what ``job_create`` publishes with) at another broker."""
+    from evalsite.celery import app
+
+    original = app.conf.broker_url
+
+    def switch(url: str) -> None:
+        # broker_url itself is read from Django's CELERY_BROKER_URL; the read and write URLs win over it.
+        app.conf.broker_write_url = app.conf.broker_read_url = url
+        # The connection and producer pools are bound to the URL they were made for (and kombu
+        # shares them between equal URLs, so they are dropped rather than closed).
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    yield switch
+    switch(original)

@@ -16,3 +16,14 @@ def empty_cache():
     cache.clear()
     yield
     cache.clear()
+
+
+@pytest.fixture
+def eager(settings):
+    """Celery tasks run in-process (when their job's transaction commits), so a job sent (again) visibly runs."""
+    from evalsite.celery import app
+
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = False

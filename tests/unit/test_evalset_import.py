@@ -148,8 +148,9 @@ def test_a_failure_while_saving_the_item_rolls_back_the_asset_row_and_its_file(t
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(EvalItem, "save", explode)
-    with pytest.raises(RuntimeError):
-        evalset_import(name="s", source=d)
+    report = evalset_import(name="s", source=d)
+    assert [(e.reason, e.message) for e in report.errors] == [
+        ("error", f"{d / 'a.wav'}: import failed (RuntimeError: disk full)")]
     assert not AudioAsset.objects.exists() and stored_files(media) == []
 
 
@@ -199,3 +200,25 @@ def test_an_import_job_where_every_file_is_bad_fails_with_the_first_reason(tmp_p
     job = job_execute(job_id=job.pk, worker="w", work=evalset_import_job_work)
     assert job.status == Job.Status.FAILED
     assert job.error.startswith("none of the 1 files could be imported") and "x.wav" in job.error
+
+
+def test_a_file_truncated_by_a_writer_killed_mid_write_is_replaced_not_adopted(tmp_path, media):
+    """Storage writes in place: a worker killed mid-write leaves a short file at the content's path and
+    no row. The next store of the same audio must write it whole instead of pointing a row at it."""
+    from evalsite.audio.decoding import decode_audio
+    from evalsite.audio.services import audio_asset_store
+
+    write_tone(tmp_path / "a.wav", seed=3)
+    decoded = decode_audio(tmp_path / "a.wav")
+    asset, created = audio_asset_store(decoded=decoded)
+    full = default_storage.size(asset.file.name)
+    path = default_storage.path(asset.file.name)
+    with open(path, "r+b") as fh:
+        fh.truncate(full // 3)
+    asset.delete()  # the row of the killed attempt never committed
+
+    again, created = audio_asset_store(decoded=decoded)
+
+    assert created and again.file.name == asset.file.name
+    assert default_storage.size(again.file.name) == full
+    assert decode_audio(path).content_hash == decoded.content_hash

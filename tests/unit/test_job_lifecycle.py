@@ -9,13 +9,16 @@ from evalsite.runs.services import (
     JOB_ILLEGAL_TRANSITION,
     JobBusy,
     job_claim,
+    job_create,
     job_execute,
     job_fail,
     job_fail_stale,
     job_finish,
     job_heartbeat,
+    job_redispatch_lost,
+    job_redispatch_stale,
 )
-from tests.factories import JobFactory
+from tests.factories import JobFactory, write_tone
 
 pytestmark = pytest.mark.django_db
 
@@ -126,3 +129,105 @@ def test_execute_stores_the_result_and_full_progress():
 
     job = job_execute(job_id=JobFactory().pk, worker="w", work=work)
     assert job.status == Job.Status.DONE and job.result == {"items": 3} and job.progress == 1.0
+
+
+def test_attempts_that_each_moved_the_job_forward_never_fail_it_however_many_there_are(settings):
+    # A worker killed from outside (a deploy, a preempted machine) costs only the item in flight.
+    settings.EVALSITE_JOB_MAX_ATTEMPTS = 2
+    settings.EVALSITE_JOB_STALE_AFTER_S = 0
+    job = JobFactory()
+    for attempt in range(1, 6):
+        claimed = job_claim(job_id=job.pk, worker=f"w{attempt}:{attempt}")
+        assert (claimed.status, claimed.attempts, claimed.error) == (Job.Status.RUNNING, attempt, "")
+        job_heartbeat(job_id=job.pk, progress=0.15 * attempt, message=f"utt{attempt}")
+
+
+def test_attempts_that_die_without_progress_fail_the_job_with_where_it_stopped(settings):
+    settings.EVALSITE_JOB_MAX_ATTEMPTS = 2
+    settings.EVALSITE_JOB_STALE_AFTER_S = 0
+    job = JobFactory()
+    job_claim(job_id=job.pk, worker="w1:1")
+    job_heartbeat(job_id=job.pk, progress=0.5, message="utt07")
+    assert job_claim(job_id=job.pk, worker="w2:2").attempts == 2  # w1 got it to 50 %
+    assert job_claim(job_id=job.pk, worker="w3:3").attempts == 3  # w2 died at 50 %: once
+    assert job_claim(job_id=job.pk, worker="w4:4") is None  # w3 died at 50 % too: twice in a row
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED and job.attempts == 3
+    assert "gave up after 2 attempts" in job.error and "50%, at utt07" in job.error and "w3:3" in job.error
+
+
+def import_job(folder, name: str) -> Job:
+    folder.mkdir()
+    write_tone(folder / "a.wav", seed=len(name))
+    return JobFactory(params={"name": name, "source": str(folder)})
+
+
+def backdate(job: Job, seconds: float, *fields: str) -> None:
+    """Move ``updated_at`` (when the job was last sent) and ``fields`` into the past; update() skips auto_now."""
+    past = timezone.now() - timedelta(seconds=seconds)
+    Job.objects.filter(pk=job.pk).update(updated_at=past, **{name: past for name in fields})
+
+
+def test_a_queued_job_whose_message_was_lost_is_sent_again_once_overdue_and_runs_once(eager, tmp_path):
+    lost, recent = import_job(tmp_path / "a", "lost"), import_job(tmp_path / "b", "recent")
+    backdate(lost, 3600)
+    asked = []
+    sent = job_redispatch_lost(older_than_s=600, queue_depth=lambda queue: asked.append(queue) or 0)
+    assert sent == [lost.pk] and asked == ["cpu"]
+    lost.refresh_from_db()
+    assert (lost.status, lost.attempts, lost.result["created"]) == (Job.Status.DONE, 1, 1)
+    assert Job.objects.get(pk=recent.pk).status == Job.Status.QUEUED
+    assert job_redispatch_lost(older_than_s=600, queue_depth=lambda queue: 0) == []
+
+
+def test_queued_jobs_are_not_sent_again_while_the_broker_holds_a_message_for_each(eager, tmp_path):
+    first, second = import_job(tmp_path / "a", "first"), import_job(tmp_path / "b", "second")
+    backdate(first, 3600)
+    backdate(second, 3600)
+    assert job_redispatch_lost(older_than_s=600, queue_depth=lambda queue: 2) == []
+    assert set(Job.objects.values_list("status", flat=True)) == {Job.Status.QUEUED}
+    # One message for two queued jobs: at least one was lost, and both are sent (a duplicate is harmless).
+    assert job_redispatch_lost(older_than_s=600, queue_depth=lambda queue: 1) == [first.pk, second.pk]
+    assert set(Job.objects.values_list("status", flat=True)) == {Job.Status.DONE}
+
+
+def test_a_running_job_whose_worker_died_is_sent_again_and_resumed_by_another_worker(eager, tmp_path):
+    dead, alive = import_job(tmp_path / "a", "dead"), import_job(tmp_path / "b", "alive")
+    for job in (dead, alive):
+        job_claim(job_id=job.pk, worker="gone:1")
+    backdate(dead, 3600, "heartbeat_at")
+    assert job_redispatch_stale(stale_after_s=600, running_on_live_workers=lambda: None) == [dead.pk]
+    dead.refresh_from_db()
+    assert (dead.status, dead.attempts) == (Job.Status.DONE, 2) and dead.worker != "gone:1"
+    assert Job.objects.get(pk=alive.pk).status == Job.Status.RUNNING
+
+
+def test_a_job_created_while_the_broker_is_down_stays_queued_and_its_caller_goes_on(
+    django_capture_on_commit_callbacks, caplog
+):
+    import socket
+
+    from evalsite.celery import app
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        down = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    original = app.conf.broker_write_url
+    app.conf.broker_write_url, app._pool, app.amqp._producer_pool = down, None, None
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            job = job_create(kind=Job.Kind.IMPORT_EVALSET, params={"name": "x", "source": "/nowhere"})
+    finally:
+        app.conf.broker_write_url, app._pool, app.amqp._producer_pool = original, None, None
+    assert Job.objects.get(pk=job.pk).status == Job.Status.QUEUED
+    assert f"job {job.pk} stays queued without a message" in caplog.text
+
+
+def test_a_silent_job_that_a_live_worker_reports_running_is_left_to_it(eager, tmp_path):
+    # One long step (a metric over a big eval set) heartbeats only when it ends.
+    busy = import_job(tmp_path / "a", "busy")
+    job_claim(job_id=busy.pk, worker="alive:1")
+    backdate(busy, 3600, "heartbeat_at")
+    assert job_redispatch_stale(stale_after_s=600, running_on_live_workers=lambda: {busy.pk}) == []
+    busy.refresh_from_db()
+    assert (busy.status, busy.attempts, busy.worker) == (Job.Status.RUNNING, 1, "alive:1")
