@@ -1,7 +1,7 @@
 """The API's JSON parser: DRF's, with a size limit and no way to crash it with nesting.
 
-The API's limit (``EVALSITE_API_MAX_BODY_BYTES``, 1 MiB) is far below Django's
-``DATA_UPLOAD_MAX_MEMORY_SIZE`` (sized for audio uploads), which DRF meets as it reads the body
+The API's limit (``EVALSITE_API_MAX_BODY_BYTES``, 1 MiB) is below Django's ``DATA_UPLOAD_MAX_MEMORY_SIZE``
+(``EVALSITE_MAX_UPLOAD_BYTES``, 2.5 MiB), which DRF meets as it reads the body
 (the exception handler turns that into the same 413). DRF reads it only in the view, after
 authentication and the rate limits, so only a token holder can make the server read a large body.
 ``json`` raises ``RecursionError``, not ``ValueError``, for a body such as 100 000 ``[``: a 500 in

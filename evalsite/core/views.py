@@ -1,6 +1,9 @@
 from django.db import connection
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views import csrf
 from django.views.decorators.http import require_safe
+
+CSRF_REFUSED = "Refused: the request's CSRF check failed ({reason}). Reload the page and try again."
 
 
 @require_safe
@@ -9,3 +12,14 @@ def healthz(request: HttpRequest) -> JsonResponse:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
     return JsonResponse({"status": "ok"})
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """CSRF_FAILURE_VIEW: the listening page and API clients get the ``{message, extra}`` JSON every other
+    error has (the page shows the message); browsers on forms keep Django's explanatory HTML page."""
+    wants_json = (request.path.startswith(("/l/p/", "/api/"))
+                  or request.content_type == "application/json"
+                  or request.headers.get("Accept", "").startswith("application/json"))
+    if not wants_json:
+        return csrf.csrf_failure(request, reason=reason)
+    return JsonResponse({"message": CSRF_REFUSED.format(reason=reason), "extra": {"field": "csrf"}}, status=403)

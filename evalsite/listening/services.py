@@ -1075,7 +1075,34 @@ def telemetry_append(*, participant: Participant, trial: str, events: Any, devic
     if not isinstance(events, list):
         raise ApplicationError("events must be a list", extra={"field": "events"})
     own = set(assignment.handles.values_list("token", flat=True))
-    clean = [e for e in events[:2000] if isinstance(e, dict) and (e.get("stimulus") is None or e.get("stimulus") in own)]
+    clean = [kept for e in events[:2000] if (kept := _telemetry_event(e, own)) is not None]
     Assignment.objects.filter(pk=assignment.pk).update(telemetry=(assignment.telemetry + clean)[-5000:])
     if isinstance(device, dict):
-        Participant.objects.filter(pk=participant.pk).update(device={k: device[k] for k in list(device)[:20]})
+        Participant.objects.filter(pk=participant.pk).update(
+            device={str(k)[:40]: v for k, v in list(device.items())[:20] if _telemetry_number(v) is not None or v is None})
+
+
+TELEMETRY_TYPES = frozenset({"play", "pause", "heard", "switch", "seek", "loop"})
+
+
+def _telemetry_number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) > 1e9:
+        return None
+    return value
+
+
+def _telemetry_event(event: Any, own: set[str]) -> dict[str, Any] | None:
+    """The event as the listening page sends it (``t``, ``type``, ``stimulus``, ``pos``), or None.
+
+    Only these four keys, a known type and finite numbers are stored: the page never sends more, and a
+    script posting arbitrary keys or huge strings could otherwise grow one row by megabytes per request.
+    """
+    if not isinstance(event, dict) or event.get("type") not in TELEMETRY_TYPES:
+        return None
+    stimulus = event.get("stimulus")
+    if stimulus is not None and stimulus not in own:
+        return None
+    t, pos = _telemetry_number(event.get("t")), _telemetry_number(event.get("pos", 0))
+    if t is None or pos is None:
+        return None
+    return {"t": t, "type": event["type"], "stimulus": stimulus, "pos": pos}

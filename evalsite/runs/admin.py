@@ -44,6 +44,7 @@ class RunAdmin(admin.ModelAdmin):
     list_filter = ["kind", "model_family"]
     search_fields = ["name", "model_family", "checkpoint_dir", "owner__username"]
     readonly_fields = ["api_token_hash", "api_token_prefix"]
+    filter_horizontal = ["collaborators"]  # who besides the owner may see the run (evalsite.runs.access)
     inlines = [CheckpointInline]
 
 

@@ -154,6 +154,7 @@ STATIC_ROOT = VAR_DIR / "staticfiles"
 
 # Researchers sign in on the site's own page: they need no staff flag (the admin is for administrators).
 LOGIN_URL = "login"
+CSRF_FAILURE_VIEW = "evalsite.core.views.csrf_failure"
 LOGIN_REDIRECT_URL = "runs:overview"
 LOGOUT_REDIRECT_URL = "login"
 

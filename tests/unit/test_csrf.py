@@ -376,3 +376,18 @@ def test_the_api_with_a_bearer_token_needs_no_csrf_token_and_a_session_does(worl
                            format="json")
     assert refused.status_code == 403 and refused.json()["message"].startswith("CSRF Failed")
     assert not Run.objects.filter(name="session-run").exists()
+
+
+def test_a_listener_request_refused_for_csrf_gets_the_json_error_the_page_shows_and_a_form_gets_the_html_page(world):
+    listener = Client(enforce_csrf_checks=True)
+    listener.cookies["csrftoken"] = CSRF_SECRET
+    test = world.mushra
+    assert listener.post(f"/l/i/{test.invite_token}/", {"csrfmiddlewaretoken": CSRF_SECRET}).status_code == 302
+    ptoken = Participant.objects.filter(test=test).latest("pk").token
+    refused = listener.post(f"/l/p/{ptoken}/complete", json.dumps({"trial": "x"}), content_type="application/json")
+    assert refused.status_code == 403 and refused["Content-Type"] == "application/json"
+    body = refused.json()
+    assert body["extra"] == {"field": "csrf"} and "CSRF check failed" in body["message"]
+    assert "Reload the page" in body["message"]
+    form = Client(enforce_csrf_checks=True).post(f"/l/i/{test.invite_token}/", {})
+    assert form.status_code == 403 and form["Content-Type"].startswith("text/html") and b"CSRF" in form.content

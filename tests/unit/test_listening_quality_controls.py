@@ -78,13 +78,30 @@ def test_play_events_naming_another_trials_or_participants_sounds_are_dropped_an
     first, second = listener_state(p)["trials"][:2]
     foreign = listener_state(other)["trials"][0]["stimuli"][0]["id"]
     services.telemetry_append(participant=p, trial=first["id"], events=[
-        {"type": "heard", "stimulus": foreign}, {"type": "heard", "stimulus": second["stimuli"][0]["id"]},
-        {"type": "heard", "stimulus": "made-up"}, {"type": "heard", "stimulus": None}])
-    assert Assignment.objects.get(token=first["id"]).telemetry == [{"type": "heard", "stimulus": None}]
+        {"t": 1, "type": "heard", "stimulus": foreign}, {"t": 1, "type": "heard", "stimulus": second["stimuli"][0]["id"]},
+        {"t": 1, "type": "heard", "stimulus": "made-up"}, {"t": 1, "type": "heard", "stimulus": None}])
+    assert Assignment.objects.get(token=first["id"]).telemetry == [{"t": 1, "type": "heard", "stimulus": None, "pos": 0}]
     answer(p, first)
     with pytest.raises(ApplicationError) as exc:
         services.trial_complete(participant=p, trial=first["id"])
     assert exc.value.message == services.PLAY_ALL_FIRST.format(missing=1)
+
+
+def test_telemetry_keeps_only_the_four_fields_the_page_sends_with_a_known_type_and_finite_numbers(world):
+    test = build(world)
+    p = services.participant_join(test=test)
+    trial = listener_state(p)["trials"][0]
+    own = trial["stimuli"][0]["id"]
+    services.telemetry_append(participant=p, trial=trial["id"], events=[
+        {"t": 5, "type": "play", "stimulus": own, "pos": 0.5, "junk": "x" * 100_000},
+        {"t": 6, "type": "x" * 1000, "stimulus": own, "pos": 0},
+        {"t": "6", "type": "seek", "stimulus": own, "pos": 1},
+        {"t": 7, "type": "seek", "stimulus": own, "pos": float("inf")},
+        {"t": 8, "type": "pause", "stimulus": own, "pos": True},
+        [1, 2], "heard", None], device={"sample_rate": 48000, "blob": "y" * 100_000, "z" * 500: 1})
+    assert Assignment.objects.get(token=trial["id"]).telemetry == [
+        {"t": 5, "type": "play", "stimulus": own, "pos": 0.5}]
+    assert Participant.objects.get(pk=p.pk).device == {"sample_rate": 48000, "z" * 40: 1}
 
 
 def test_without_play_all_a_rated_trial_completes_without_any_telemetry(world):
