@@ -553,7 +553,10 @@ def main() -> None:
     var = Path(tempfile.mkdtemp(prefix="evalsite-load-"))
     env = {**os.environ, "DATABASE_URL": f"{PG}/{args.database}", "EVALSITE_VAR_DIR": str(var),
            "DJANGO_SETTINGS_MODULE": "evalsite.settings.base", "DEBUG": "0", "LOG_LEVEL": "WARNING",
-           "ALLOWED_HOSTS": "127.0.0.1,localhost", "DATABASE_CONN_MAX_AGE": str(args.conn_max_age)}
+           "ALLOWED_HOSTS": "127.0.0.1,localhost", "DATABASE_CONN_MAX_AGE": str(args.conn_max_age),
+           # Every simulated listener joins from 127.0.0.1: the per-IP join limit (300/hour) would cap
+           # --listeners; the per-listener limit stays on, as in production.
+           "EVALSITE_JOIN_RATE": "off"}
     for key in ("CELERY_BROKER_URL", "EVALSITE_MEDIA_ROOT", "SECRET_KEY"):
         env.pop(key, None)
     os.environ.clear()
