@@ -14,8 +14,10 @@ import random
 import secrets
 import string
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
@@ -539,10 +541,19 @@ def listening_test_close(*, test: ListeningTest) -> ListeningTest:
 
 
 def trial_coverage(test: ListeningTest) -> dict[int, int]:
-    """Votes each main trial has or will get: assignments of participants not screened out."""
+    """Votes each main trial has or will get: assignments of participants not screened out, finished
+    ones always, unfinished ones only while their participant joined less than
+    ``EVALSITE_ASSIGNMENT_HOLD_MIN`` ago.
+
+    Without that hold, every join would reserve its trials for good: listeners who open the link and
+    leave (or a script joining from many addresses) would fill a test that has no answers.
+    """
+    hold_from = timezone.now() - timedelta(minutes=settings.EVALSITE_ASSIGNMENT_HOLD_MIN)
+    counted = ~Q(assignments__participant__status=Participant.Status.SCREENED_OUT) & (
+        Q(assignments__completed_at__isnull=False) | Q(assignments__participant__consented_at__gte=hold_from))
     counts = (
         Trial.objects.filter(test=test, is_training=False, control=Trial.Control.NONE)
-        .annotate(n=Count("assignments", filter=~Q(assignments__participant__status=Participant.Status.SCREENED_OUT)))
+        .annotate(n=Count("assignments", filter=counted))
         .values_list("pk", "n")
     )
     return dict(counts)

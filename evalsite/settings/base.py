@@ -204,6 +204,9 @@ EVALSITE_LOGIN_RATE = env_rate("EVALSITE_LOGIN_RATE", "20/hour")
 # The largest JSON body of a listener request (413 above): the page's telemetry batches are sized to
 # fit the 64 KiB that browsers allow a request sent as the page closes (keepalive).
 EVALSITE_LISTENER_MAX_BODY_BYTES = env_int("EVALSITE_LISTENER_MAX_BODY_BYTES", 64 * 1024)
+# A listener's unfinished trials count towards votes_target this long after they joined; then only
+# finished trials do, so people who open the link and leave cannot fill a test (assignment engine).
+EVALSITE_ASSIGNMENT_HOLD_MIN = env_int("EVALSITE_ASSIGNMENT_HOLD_MIN", 120)
 SPECTACULAR_SETTINGS = {
     "TITLE": "evalsite API",
     "DESCRIPTION": "Runs, checkpoints, evaluations, listening tests and alerts for researchers and training jobs. "

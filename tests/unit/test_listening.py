@@ -3,8 +3,10 @@
 import json
 import re
 import uuid
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from evalsite.core.exceptions import ApplicationError, ConflictError, NotFoundError
 from evalsite.listening import services
@@ -97,6 +99,29 @@ def test_the_assignment_engine_gives_new_listeners_the_least_covered_trials_and_
     Participant.objects.filter(pk=p[0].pk).update(status=Participant.Status.SCREENED_OUT)
     topped_up = services.participant_join(test=test)
     assert {a.trial_id for a in topped_up.assignments.all()} == {a.trial_id for a in p[0].assignments.all()}
+
+
+def test_listeners_who_joined_and_left_stop_holding_their_trials_after_the_hold_but_finished_trials_still_count(
+        world, settings):
+    settings.EVALSITE_ASSIGNMENT_HOLD_MIN = 120
+    test = build(world, kind="mos", training_items=0, trials_per_participant=4, votes_target=1)
+    finisher, leaver = services.participant_join(test=test), services.participant_join(test=test)
+    with pytest.raises(ConflictError):
+        services.participant_join(test=test)  # full: 8 trials, two listeners hold four each
+    first = listener_state(finisher)["trials"][0]
+    for stim in first["stimuli"]:
+        services.rating_submit(participant=finisher, trial=first["id"], stimulus=stim["id"], score=4,
+                               request_id=uuid.uuid4().hex)
+    services.trial_complete(participant=finisher, trial=first["id"])
+    # Three hours on, neither came back: only the finished trial still counts.
+    Participant.objects.filter(pk__in=[finisher.pk, leaver.pk]).update(
+        consented_at=timezone.now() - timedelta(hours=3))
+    coverage = services.trial_coverage(test)
+    finished_trial = Assignment.objects.get(token=first["id"]).trial_id
+    assert coverage[finished_trial] == 1 and sum(coverage.values()) == 1
+    newcomer = services.participant_join(test=test)
+    given = {a.trial_id for a in newcomer.assignments.all()}
+    assert len(given) == 4 and finished_trial not in given
 
 
 def test_a_retried_rating_creates_no_duplicate_and_a_late_retry_never_overwrites_a_newer_answer(world):
