@@ -194,19 +194,33 @@ def job_claim(*, job_id: int, worker: str) -> Job | None:
     return job
 
 
-def job_heartbeat(*, job_id: int, progress: float | None = None, message: str | None = None) -> None:
-    """Record liveness (and progress in [0, 1]) of a running job."""
+def job_heartbeat(*, job_id: int, progress: float | None = None, message: str | None = None,
+                  attempt: int | None = None) -> None:
+    """Record liveness (and progress in [0, 1]) of a running job; only for ``attempt`` when given, so an
+    attempt that was taken over (its worker only looked dead) cannot pass for the one now running."""
     fields: dict[str, Any] = {"heartbeat_at": timezone.now()}
     if progress is not None:
         fields["progress"] = min(max(float(progress), 0.0), 1.0)
     if message is not None:
         fields["progress_message"] = message[:500]
-    Job.objects.filter(pk=job_id, status=Job.Status.RUNNING).update(**fields)
+    Job.objects.filter(pk=job_id, status=Job.Status.RUNNING,
+                       **({"attempts": attempt} if attempt is not None else {})).update(**fields)
+
+
+def _superseded(job: Job, attempt: int | None) -> bool:
+    """``attempt`` was taken over by a later one: that one records the outcome, this one records nothing."""
+    if attempt is None or job.attempts == attempt:
+        return False
+    logger.warning("job %s: attempt %s ended after attempt %s took it over; its outcome is not recorded",
+                   job.pk, attempt, job.attempts)
+    return True
 
 
 @transaction.atomic
-def job_finish(*, job_id: int, result: dict[str, Any] | None = None) -> Job:
+def job_finish(*, job_id: int, result: dict[str, Any] | None = None, attempt: int | None = None) -> Job:
     job = _locked(job_id)
+    if _superseded(job, attempt):
+        return job
     if job.status != Job.Status.RUNNING:
         _refuse(job, Job.Status.DONE)
     job.status = Job.Status.DONE
@@ -219,14 +233,18 @@ def job_finish(*, job_id: int, result: dict[str, Any] | None = None) -> Job:
 
 
 @transaction.atomic
-def job_fail(*, job_id: int, error: str, result: dict[str, Any] | None = None) -> Job:
+def job_fail(*, job_id: int, error: str, result: dict[str, Any] | None = None, attempt: int | None = None) -> Job:
     job = _locked(job_id)
+    if _superseded(job, attempt):
+        return job
     if job.status in (Job.Status.DONE, Job.Status.FAILED):
         _refuse(job, Job.Status.FAILED)
     job.status = Job.Status.FAILED
     job.error = error
     if result is not None:
         job.result = result
+    elif isinstance(job.result, dict):
+        job.result.pop(_RESUME, None)  # bookkeeping of a running job, meaningless once it ended
     job.finished_at = timezone.now()
     job.save()
     return job
@@ -562,18 +580,19 @@ def job_execute(
         now = timezone.now().timestamp()
         if now - last_beat[0] >= heartbeat_every_s or done >= total:
             last_beat[0] = now
-            job_heartbeat(job_id=job_id, progress=done / total if total else 1.0, message=message)
+            job_heartbeat(job_id=job_id, progress=done / total if total else 1.0, message=message, attempt=attempt)
 
+    attempt = job.attempts
     try:
         result = work(job, progress)
     except ApplicationError as exc:
-        return job_fail(job_id=job_id, error=exc.message, result=exc.extra or None)
+        return job_fail(job_id=job_id, error=exc.message, result=exc.extra or None, attempt=attempt)
     except (OperationalError, InterfaceError):
         raise
     except Exception as exc:  # noqa: BLE001 - the job must end with the reason, and the worker go on
         logger.exception("job %s failed", job_id)
-        return job_fail(job_id=job_id, error=f"{type(exc).__name__}: {exc}")
-    return job_finish(job_id=job_id, result=result)
+        return job_fail(job_id=job_id, error=f"{type(exc).__name__}: {exc}", attempt=attempt)
+    return job_finish(job_id=job_id, result=result, attempt=attempt)
 
 
 def evalset_import_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:

@@ -156,6 +156,35 @@ def test_attempts_that_die_without_progress_fail_the_job_with_where_it_stopped(s
     assert "gave up after 2 attempts" in job.error and "50%, at utt07" in job.error and "w3:3" in job.error
 
 
+def test_an_attempt_that_was_taken_over_records_neither_heartbeat_nor_outcome(settings):
+    """A worker that only looked dead (a long pause) and was taken over must not end the job for the
+    attempt now running, nor make it look alive."""
+    settings.EVALSITE_JOB_STALE_AFTER_S = 0
+    job = JobFactory()
+    slow = job_claim(job_id=job.pk, worker="w1:1")
+    job_claim(job_id=job.pk, worker="w2:2")  # the sweep judged w1 dead; w2 took over (attempt 2)
+    job_heartbeat(job_id=job.pk, progress=0.9, message="late", attempt=slow.attempts)
+    job.refresh_from_db()
+    assert (job.progress, job.worker) == (0.0, "w2:2")
+    job_finish(job_id=job.pk, result={"from": "w1"}, attempt=slow.attempts)
+    job_fail(job_id=job.pk, error="w1 broke", attempt=slow.attempts)
+    job.refresh_from_db()
+    assert (job.status, job.error, job.attempts) == (Job.Status.RUNNING, "", 2)
+    job_finish(job_id=job.pk, result={"from": "w2"}, attempt=2)
+    job.refresh_from_db()
+    assert (job.status, job.result) == (Job.Status.DONE, {"from": "w2"})
+    # And once it ended, the stale attempt's late failure changes nothing either.
+    assert job_fail(job_id=job.pk, error="w1 again", attempt=1).status == Job.Status.DONE
+
+
+def test_a_job_failed_without_a_result_keeps_no_resume_bookkeeping():
+    job = JobFactory()
+    job_claim(job_id=job.pk, worker="w1:1")
+    job_fail(job_id=job.pk, error="boom")
+    job.refresh_from_db()
+    assert job.result == {}
+
+
 def import_job(folder, name: str) -> Job:
     folder.mkdir()
     write_tone(folder / "a.wav", seed=len(name))
