@@ -1,14 +1,16 @@
 from django.conf import settings
-from django.conf.urls.static import static
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from evalsite.audio.views import media_file
 from evalsite.core.views import healthz
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    # Stored audio goes through an access check (evalsite.audio.views), in the demo and in production alike.
+    path(settings.MEDIA_URL.strip("/") + "/<path:path>", media_file, name="media"),
     path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/v1/", include("evalsite.api.urls")),
@@ -17,6 +19,3 @@ urlpatterns = [
     path("listening/", include("evalsite.listening.researcher_urls")),
     path("", include("evalsite.runs.urls")),
 ]
-if settings.DEBUG:
-    # Only the demo (DEBUG on) serves media itself; production serves it from the web server or S3.
-    urlpatterns += static(settings.MEDIA_URL, document_root=settings.MEDIA_ROOT)

@@ -11,6 +11,9 @@ from evalsite.settings.base import VAR_DIR
 
 MEDIA_ROOT = Path(os.environ.get("EVALSITE_MEDIA_ROOT") or VAR_DIR / "media").resolve()
 MEDIA_URL = "/media/"
+# Stored audio is served by evalsite.audio.views after an access check. Set this to an nginx ``internal``
+# location over MEDIA_ROOT (e.g. /protected-media/) to let the web server send the bytes afterwards.
+EVALSITE_MEDIA_ACCEL_REDIRECT = os.environ.get("EVALSITE_MEDIA_ACCEL_REDIRECT", "")
 
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

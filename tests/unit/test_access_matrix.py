@@ -74,6 +74,8 @@ API_NOT_A_POST = row(            401, 401, 401,   405,  405,  405,  405)
 # name (or route, for unnamed patterns) -> (GET, POST). Admin URLs are one rule, below.
 TABLE = {
     "healthz": (PUBLIC, NOT_A_POST),
+    # Run R's generated audio: its researchers and token only; everyone else "not found", as for a missing file.
+    "media": (row(404, 404, 404, 404, 200, 200, 404), NOT_A_POST),
     # A signed-in researcher is sent on from the sign-in page; signing in itself is a form (test_csrf).
     "login": (row(200, 200, 200, 302, 302, 200, 200), row(200, 200, 200, 302, 302, 200, 200)),
     "logout": (NOT_A_GET, row(302, 302, 302, None, None, 302, 302)),
@@ -192,6 +194,7 @@ def world():
         "ptoken": participant_a.token, "index": 0, "action": "publish", "table": "ratings", "fmt": "csv",
         "token": StimulusHandle.objects.filter(assignment__participant=participant_a).first().token,
         "object_id": 1, "id": 1, "app_label": "runs", "content_type_id": 1,
+        "path": ckpt_r.generations.select_related("asset").first().asset.file.name,
     }
     pk_of = {"runs:evalset-detail": world["eval_set"].pk}
     return {**world, "clients": clients, "args": args, "pk_of": pk_of, "run_r": run_r, "test_a": test_a,

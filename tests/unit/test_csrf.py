@@ -116,6 +116,7 @@ H = lambda w: {"ptoken": w.checked.token}  # noqa: E731
 
 CASES: dict[str, Case] = {
     "healthz": Case(),
+    "media": Case(kwargs=lambda w: {"path": w.checkpoints[0].generations.first().asset.file.name}),
     "login": Case(body=lambda w: {"username": "root", "password": PASSWORD}, form=True),
     "logout": Case(form=True),
     "runs:overview": Case(),
