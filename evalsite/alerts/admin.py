@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from evalsite.core.admin import HTTPS_URL_FIELDS
 from evalsite.alerts.models import Alert, AlertRule, WebhookDelivery
 
 
@@ -19,5 +20,6 @@ class AlertAdmin(admin.ModelAdmin):
 
 @admin.register(WebhookDelivery)
 class WebhookDeliveryAdmin(admin.ModelAdmin):
+    formfield_overrides = HTTPS_URL_FIELDS
     list_display = ["alert", "url", "status", "attempts", "last_status_code", "delivered_at"]
     list_filter = ["status"]

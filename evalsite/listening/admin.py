@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from evalsite.core.admin import HTTPS_URL_FIELDS
 from evalsite.listening.models import ArtifactFlag, ListeningTest, Participant, Rating, Condition, Trial
 
 
@@ -12,6 +13,7 @@ class ConditionInline(admin.TabularInline):
 
 @admin.register(ListeningTest)
 class ListeningTestAdmin(admin.ModelAdmin):
+    formfield_overrides = HTTPS_URL_FIELDS
     list_display = ["name", "kind", "status", "votes_target", "created_at", "published_at"]
     list_filter = ["kind", "status"]
     search_fields = ["name", "title", "invite_token"]

@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from evalsite.core.admin import HTTPS_URL_FIELDS
 from evalsite.runs.models import Checkpoint, EvalItem, EvalSet, Generation, Job, Run
 
 
@@ -40,6 +41,7 @@ class CheckpointInline(admin.TabularInline):
 
 @admin.register(Run)
 class RunAdmin(admin.ModelAdmin):
+    formfield_overrides = HTTPS_URL_FIELDS
     list_display = ["name", "kind", "model_family", "eval_set", "owner", "api_token_prefix", "created_at"]
     list_filter = ["kind", "model_family"]
     search_fields = ["name", "model_family", "checkpoint_dir", "owner__username"]
