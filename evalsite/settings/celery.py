@@ -15,9 +15,7 @@ QUEUE_DIR = VAR_DIR / "queue"
 # "localhost" only silences kombu's "no hostname" warning; the filesystem transport ignores it.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "filesystem://localhost//"
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    # kombu's filesystem transport with atomic message writes (its own can hand a worker a half-written
-    # message, which kills the worker): evalsite.core.filesystem_queue.
-    CELERY_BROKER_TRANSPORT = "evalsite.core.filesystem_queue:Transport"
+    # evalsite.celery maps filesystem:// to evalsite.core.filesystem_queue (atomic message writes).
     for sub in ("in", "processed", "control"):
         (QUEUE_DIR / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
