@@ -26,15 +26,12 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, throttling
 from rest_framework.settings import api_settings
 
-PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+from evalsite.core import rates
+
 clock = time.time  # tests stop it at one point of a window
 
-
-@functools.lru_cache(maxsize=32)
-def parse_rate(rate: str) -> tuple[int, int]:
-    """``"1200/min"`` → (1200, 60); the forms DRF accepts (s, sec, m, min, h, hour, d, day)."""
-    number, _, period = rate.partition("/")
-    return int(number), PERIODS[period.strip()[0]]
+# The listener and sign-in limits' parser (the forms DRF accepts, and N/10min), cached: it runs per request.
+parse_rate = functools.lru_cache(maxsize=32)(rates.parse_rate)
 
 
 def check_rates(app_configs=None, **kwargs) -> list:
@@ -46,7 +43,7 @@ def check_rates(app_configs=None, **kwargs) -> list:
     for scope, rate in api_settings.DEFAULT_THROTTLE_RATES.items():
         try:
             number = parse_rate(rate)[0] if rate is not None else 0
-        except (ValueError, KeyError, IndexError):
+        except ValueError:
             number = -1
         if number < 0:
             errors.append(checks.Error(f"rate limit {scope!r} is {rate!r}; write it as N/s, N/min, N/hour or N/day",

@@ -3,6 +3,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views import csrf
 from django.views.decorators.http import require_safe
 
+from evalsite.core.ratelimit import wants_json
+
 CSRF_REFUSED = "Refused: the request's CSRF check failed ({reason}). Reload the page and try again."
 
 
@@ -17,9 +19,6 @@ def healthz(request: HttpRequest) -> JsonResponse:
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     """CSRF_FAILURE_VIEW: the listening page and API clients get the ``{message, extra}`` JSON every other
     error has (the page shows the message); browsers on forms keep Django's explanatory HTML page."""
-    wants_json = (request.path.startswith(("/l/p/", "/api/"))
-                  or request.content_type == "application/json"
-                  or request.headers.get("Accept", "").startswith("application/json"))
-    if not wants_json:
+    if not (request.path.startswith(("/l/p/", "/api/")) or wants_json(request)):
         return csrf.csrf_failure(request, reason=reason)
     return JsonResponse({"message": CSRF_REFUSED.format(reason=reason), "extra": {"field": "csrf"}}, status=403)
