@@ -42,13 +42,6 @@ def generation_run_task(self, job_id: int) -> None:
 
 
 @shared_task
-def jobs_fail_stale_task() -> list[int]:
-    from evalsite.runs.services import job_fail_stale
-
-    return job_fail_stale()
-
-
-@shared_task
 def jobs_sweep_task() -> dict[str, list[int]]:
     """Beat's health check: queued jobs whose message was lost and running jobs whose worker died are sent again."""
     from evalsite.runs.services import job_redispatch_lost, job_redispatch_stale
