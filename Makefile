@@ -5,15 +5,28 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: demo test test-unit test-integration system-deps clean-var
+.PHONY: demo test test-unit test-integration system-deps clean-var lock lock-check
 
-$(STAMP): pyproject.toml
+# Installs exactly uv.lock (uv sync --frozen never resolves). uv itself is bootstrapped with pip at
+# the version the lock names, hash-checked against the lock's own hashes, so nothing needs uv beforehand.
+$(STAMP): pyproject.toml client/pyproject.toml uv.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	test -x $(UV) || { $(PY) -c 'import tomllib; p = next(p for p in tomllib.load(open("uv.lock", "rb"))["package"] if p["name"] == "uv"); print("uv==" + p["version"], *("--hash=" + w["hash"] for w in p["wheels"]))' > $(VENV)/uv-requirement.txt \
+	  && $(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --only-binary :all: -r $(VENV)/uv-requirement.txt; }
+	$(UV) sync --frozen --extra test --quiet
 	touch $(STAMP)
+
+# Update the lock on purpose (after editing pyproject.toml, or to take new releases: make lock ARGS=--upgrade).
+lock: $(STAMP)
+	$(UV) lock $(ARGS)
+
+# Fails when pyproject.toml and uv.lock disagree (CI runs it before the tests).
+lock-check: $(STAMP)
+	$(UV) lock --check
 
 demo: $(STAMP)
 	$(PY) manage.py demo

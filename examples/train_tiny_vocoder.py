@@ -1,7 +1,7 @@
 """Train a tiny HiFi-GAN vocoder on the CPU and let a running evalsite evaluate every checkpoint.
 
 What it shows: a training job that registers each checkpoint it writes with the platform (through
-``evalsite.client``), prints the alerts the platform raises while it trains, and at the end waits
+``evalsite_client``), prints the alerts the platform raises while it trains, and at the end waits
 for the last checkpoint's evaluation and prints its metrics.
 
 How to run it next to the demo (two terminals, from the repository root)::
@@ -46,7 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # runnable as a plain script from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
-from evalsite.client import (  # noqa: E402
+from evalsite_client import (  # noqa: E402
     ApiError,
     CheckpointReporter,
     EvalsiteClient,

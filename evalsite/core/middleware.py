@@ -20,7 +20,7 @@ def _retry_is_safe(request: HttpRequest) -> bool:
     True for reads, and for a listener's requests (``/l/p/<ptoken>/…``): ratings, flags and trial
     completions are idempotent by request id, and the listener page resends on any 5xx anyway.
     Elsewhere the connection may have dropped after a commit (a run created, a form saved), and a
-    503 would promise that nothing happened: ``evalsite.client`` repeats even non-idempotent calls
+    503 would promise that nothing happened: ``evalsite_client`` repeats even non-idempotent calls
     on a 503. Those keep Django's 500, which that client repeats only where it is safe.
     """
     if request.method in ("GET", "HEAD", "OPTIONS"):

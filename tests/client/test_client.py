@@ -1,4 +1,4 @@
-"""evalsite.client against an in-thread HTTP double of the REST API that can inject faults.
+"""evalsite_client against an in-thread HTTP double of the REST API that can inject faults.
 
 The double (``FakeApi``) keeps runs, checkpoints (by step, as the server does) and alerts in memory,
 records every request, and answers the next matching requests with injected faults: a dropped
@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from evalsite.client import (
+from evalsite_client import (
     ApiError,
     CheckpointReporter,
     ConflictError,
@@ -460,7 +460,7 @@ def test_compute_sha256_sends_the_hash_of_the_file(server, client, tmp_path):
 
 def test_importing_the_client_imports_no_django_celery_or_torch():
     check = (
-        "import sys, evalsite.client; "
+        "import sys, evalsite_client; "
         "assert 'django' not in sys.modules and 'celery' not in sys.modules and 'torch' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", check], cwd=REPO, check=True, timeout=60)
@@ -469,7 +469,7 @@ def test_importing_the_client_imports_no_django_celery_or_torch():
 def test_the_callback_module_names_the_missing_package():
     code = (
         "import sys; sys.modules['lightning'] = sys.modules['pytorch_lightning'] = None\n"
-        "try:\n    import evalsite.client.lightning\nexcept ImportError as e:\n    print(e)\n"
+        "try:\n    import evalsite_client.lightning\nexcept ImportError as e:\n    print(e)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert "needs the `lightning` package" in out.stdout
@@ -550,7 +550,7 @@ lightning_warnings = pytest.mark.filterwarnings("ignore:.*isinstance\\(treespec,
 @lightning_warnings
 def test_lightning_callback_registers_each_saved_checkpoint_once_with_its_path_and_step(server, tmp_path):
     pytest.importorskip("lightning")
-    from evalsite.client.lightning import EvalsiteCallback
+    from evalsite_client.lightning import EvalsiteCallback
 
     server.add_alert(1, "FAD regressed", severity="critical")
     with make_client(server.url, token=server.run["token"]) as client:
@@ -572,7 +572,7 @@ def test_lightning_callback_registers_each_saved_checkpoint_once_with_its_path_a
 @lightning_warnings
 def test_lightning_training_finishes_when_the_server_is_down(tmp_path, caplog):
     pytest.importorskip("lightning")
-    from evalsite.client.lightning import EvalsiteCallback
+    from evalsite_client.lightning import EvalsiteCallback
 
     caplog.set_level(logging.WARNING, logger="evalsite")
     with make_client(closed_port_url(), max_retries=1) as client:
@@ -588,7 +588,7 @@ def test_lightning_training_finishes_when_the_server_is_down(tmp_path, caplog):
 @lightning_warnings
 def test_lightning_callback_every_n_steps_and_uri_for_choose_what_is_registered(server, tmp_path):
     pytest.importorskip("lightning")
-    from evalsite.client.lightning import EvalsiteCallback
+    from evalsite_client.lightning import EvalsiteCallback
 
     with make_client(server.url, token=server.run["token"]) as client:
         callback = EvalsiteCallback(

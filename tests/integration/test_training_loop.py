@@ -14,7 +14,7 @@ from django.contrib.auth import get_user_model
 import models
 from evalsite.alerts.webhooks import webhook_signature_verify
 from evalsite.api.services import researcher_token_issue
-from evalsite.client import ApiError, EvalsiteClient
+from evalsite_client import ApiError, EvalsiteClient
 from evalsite.runs.models import Checkpoint, EvalSet
 from evalsite.runs.services import evalset_import
 from evalsite.scoring.models import DetectorEvent, MetricResult

@@ -52,7 +52,7 @@ def test_a_page_read_gets_the_503_as_text(client):
 
 
 def test_a_write_elsewhere_keeps_djangos_500_since_it_may_have_committed_before_the_drop(client):
-    # evalsite.client repeats even non-idempotent calls (run_create) on a 503.
+    # evalsite_client repeats even non-idempotent calls (run_create) on a 503.
     with pytest.raises(OperationalError):
         client.post("/dropped/", "{}", content_type="application/json")
 

@@ -1,6 +1,6 @@
 """A Lightning callback that registers every checkpoint the Trainer saves and polls alerts.
 
-Importing this module imports ``lightning.pytorch`` (or ``pytorch_lightning``); ``evalsite.client``
+Importing this module imports ``lightning.pytorch`` (or ``pytorch_lightning``); ``evalsite_client``
 itself does not.
 
 How saves are found: the callback wraps ``trainer.save_checkpoint`` (public API, stable since
@@ -20,8 +20,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from evalsite.client.api import EvalsiteClient
-from evalsite.client.loop import CheckpointReporter
+from evalsite_client.api import EvalsiteClient
+from evalsite_client.loop import CheckpointReporter
 
 
 def _import_lightning() -> Any:
@@ -32,8 +32,8 @@ def _import_lightning() -> Any:
             import pytorch_lightning as pl
         except ImportError:
             raise ImportError(
-                "evalsite.client.lightning needs the `lightning` package (pip install 'lightning>=2.2'); "
-                "`pytorch_lightning` works too. evalsite.client without the callback needs only `requests`."
+                "evalsite_client.lightning needs the `lightning` package "
+                "(pip install 'evalsite-client[lightning]'); `pytorch_lightning` works too. evalsite_client without the callback needs only `requests`."
             ) from None
     return pl
 
@@ -53,7 +53,7 @@ class EvalsiteCallback(pl.Callback):
         trainer.fit(model)
 
     Only global rank 0 talks to the server. Registration and alert polling run in a background
-    thread (:class:`~evalsite.client.loop.CheckpointReporter`), so training never waits on the
+    thread (:class:`~evalsite_client.loop.CheckpointReporter`), so training never waits on the
     network and never sees an exception from it: failures are logged as warnings. At the end of
     ``fit`` the queue is flushed for at most ``close_timeout`` seconds.
 

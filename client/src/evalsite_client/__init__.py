@@ -1,11 +1,11 @@
 """Python client for evalsite, for training jobs: needs ``requests`` only (no Django, Celery or torch).
 
-``EvalsiteCallback`` (Lightning) is imported on first use, from :mod:`evalsite.client.lightning`.
+``EvalsiteCallback`` (Lightning) is imported on first use, from :mod:`evalsite_client.lightning`.
 """
 
 from typing import Any
 
-from evalsite.client.api import (
+from evalsite_client.api import (
     ApiError,
     ConflictError,
     EvalsiteClient,
@@ -14,7 +14,7 @@ from evalsite.client.api import (
     ServiceError,
     file_sha256,
 )
-from evalsite.client.loop import CheckpointReporter
+from evalsite_client.loop import CheckpointReporter
 
 __all__ = [
     "ApiError",
@@ -31,7 +31,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "EvalsiteCallback":
-        from evalsite.client.lightning import EvalsiteCallback
+        from evalsite_client.lightning import EvalsiteCallback
 
         return EvalsiteCallback
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

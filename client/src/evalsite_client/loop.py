@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from evalsite.client.api import EvalsiteClient, EvalsiteError, ServiceError, file_sha256, local_path
+from evalsite_client.api import EvalsiteClient, EvalsiteError, ServiceError, file_sha256, local_path
 
 logger = logging.getLogger(__name__)
 

@@ -172,7 +172,7 @@ class EvalsiteClient:
         final = client.checkpoint_wait(run_id, 10_000, timeout=3600)
 
     One client may be shared by threads (``requests.Session`` connection pooling is thread-safe
-    for this use); :class:`~evalsite.client.loop.CheckpointReporter` calls it from its own thread.
+    for this use); :class:`~evalsite_client.loop.CheckpointReporter` calls it from its own thread.
     ``sleep`` exists so tests can observe backoff without waiting.
     """
 
