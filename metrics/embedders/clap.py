@@ -188,13 +188,15 @@ class ClapEmbedder(Embedder):
     def tokenizer(self):
         """The RoBERTa tokenizer from ``<store>/clap/roberta-base`` (raises when absent)."""
         if self._tokenizer is None:
+            from metrics.embedders.fetch import FETCH_COMMAND, TOKENIZER_TARGET
+
             tok_dir = self.store.root / "clap" / "roberta-base"
             missing = [f for f in TOKENIZER_FILES if not (tok_dir / f).is_file()]
             if missing:
                 raise MissingWeightsError(
                     f"{self.name}: text embedding needs the roberta-base tokenizer files {missing} in {tok_dir} "
-                    f"(model store {self.store.root}); they come from {TOKENIZER_SOURCE}. "
-                    "laion_clap would fetch them from the hub, which is not available offline."
+                    f"(model store {self.store.root}); they come from {TOKENIZER_SOURCE}. Fetch them with "
+                    f"`{FETCH_COMMAND} {TOKENIZER_TARGET}`. Nothing is downloaded at run time."
                 )
             set_offline_hub_env()
             from transformers import RobertaTokenizer

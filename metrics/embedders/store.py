@@ -23,8 +23,9 @@ _checksum_cache: dict[tuple[str, int, int], str] = {}
 class MissingWeightsError(FileNotFoundError):
     """A weight file an embedder needs is not in the model store.
 
-    The message names the file, the directory it must be put in and where it comes from;
-    nothing is ever downloaded.
+    The message names the file, the directory it must be put in, where it comes from and the
+    ``python manage.py models_fetch <name>`` command that fetches it; nothing is downloaded at
+    run time.
     """
 
 
@@ -108,10 +109,13 @@ class ModelStore:
         """Path of ``weight``; raises :class:`MissingWeightsError` with the fix when absent."""
         path = self.path(weight)
         if not path.is_file():
+            from metrics.embedders.fetch import fetch_hint
+
             who = f"embedder {embedder!r} needs " if embedder else "missing "
             raise MissingWeightsError(
                 f"{who}weight file {weight.filename!r}, which is not in the model store. "
-                f"Put it at {path} (directory {path.parent}; store root {self.root}, set with "
-                f"${ENV_VAR}). It comes from: {weight.source}. Nothing is downloaded at run time."
+                f"Fetch it (official URL, checksum verified) with `{fetch_hint(weight)}`, or put it at "
+                f"{path} by hand (directory {path.parent}; store root {self.root}, set with ${ENV_VAR}). "
+                f"It comes from: {weight.source}. Nothing is downloaded at run time."
             )
         return path
