@@ -1,15 +1,18 @@
-"""Integration fixtures: the real PostgreSQL and Redis on this machine and real worker processes.
+"""Integration fixtures: the real PostgreSQL, Redis and RabbitMQ on this machine and real worker processes.
 
 Run with ``--ds=evalsite.settings.integration`` (``make test-integration``). With ``CI=true`` a
 missing service fails the session loudly; elsewhere the tests are skipped with the reason.
+RabbitMQ is needed only by the tests marked ``@both_brokers`` (their ``[amqp]`` variant).
 """
 
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,19 @@ import redis
 from django.conf import settings
 
 REPO = Path(__file__).resolve().parents[2]
+RABBITMQ = "amqp://guest:guest@127.0.0.1:5672"
+VHOST_PREFIX = "evalsite-test-"
+
+logger = logging.getLogger(__name__)
+
+# Runs a test once per broker the README offers at scale: ``[redis]`` and ``[amqp]`` in its name.
+both_brokers = pytest.mark.parametrize("broker", ["redis", "amqp"], indirect=True)
+
+
+def _missing_service(message: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.exit(message, returncode=1)
+    pytest.skip(message)
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -31,10 +47,7 @@ def _reachable(host: str, port: int) -> bool:
 def real_services():
     missing = [name for name, port in (("PostgreSQL", 5432), ("Redis", 6379)) if not _reachable("127.0.0.1", port)]
     if missing:
-        message = f"{' and '.join(missing)} not reachable on 127.0.0.1; integration tests need the real services"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.exit(message, returncode=1)
-        pytest.skip(message)
+        _missing_service(f"{' and '.join(missing)} not reachable on 127.0.0.1; integration tests need the real services")
     # Stale messages from an earlier, interrupted run would be delivered to our workers.
     redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
 
@@ -83,8 +96,99 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
 
 
+def _rabbitmqctl(*args: str) -> str:
+    return subprocess.run(["rabbitmqctl", "--quiet", *args], check=True, capture_output=True, text=True,
+                          timeout=60).stdout
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> bool:
+    """RabbitMQ on 127.0.0.1:5672; True when ``rabbitmqctl`` may create vhosts here.
+
+    Vhosts left by earlier sessions that were interrupted (their pytest process is gone) are deleted,
+    which also drops any worker they left behind.
+    """
+    if not _reachable("127.0.0.1", 5672):
+        _missing_service("RabbitMQ not reachable on 127.0.0.1:5672; the [amqp] tests need it "
+                         "(start it with `rabbitmq-server -detached`)")
+    try:
+        vhosts = _rabbitmqctl("list_vhosts", "name").split()
+    except (OSError, subprocess.SubprocessError) as exc:
+        logger.warning("rabbitmqctl unusable (%s): the [amqp] tests share vhost / and purge its job queues", exc)
+        return False
+    for vhost in vhosts:
+        pid = vhost.removeprefix(VHOST_PREFIX).split("-")[0]
+        if vhost.startswith(VHOST_PREFIX) and pid.isdigit() and not _pid_alive(int(pid)):
+            _rabbitmqctl("delete_vhost", vhost)
+    return True
+
+
+def _purge_job_queues(url: str) -> None:
+    from kombu import Connection
+    from kombu.exceptions import ChannelError
+
+    with Connection(url) as conn:
+        for queue in settings.CELERY_TASK_QUEUES:
+            channel = conn.channel()
+            try:
+                channel.queue_purge(queue.name)
+            except ChannelError:
+                pass  # not declared yet: nothing to purge (and the broker closed this channel)
+            finally:
+                channel.close()
+
+
 @pytest.fixture
-def worker_env(transactional_db, settings, tmp_path):
+def rabbitmq_vhost(rabbitmq):
+    """An ``amqp://`` URL to a vhost of this test's own, deleted after it: no message of another test,
+    of an earlier run or of a worker one left behind can reach this test's workers, whatever queue
+    or exchange it sits in. Without ``rabbitmqctl``: vhost ``/``, with the job queues purged first."""
+    if not rabbitmq:
+        url = f"{RABBITMQ}//"
+        _purge_job_queues(url)
+        yield url
+        return
+    vhost = f"{VHOST_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    _rabbitmqctl("add_vhost", vhost)
+    try:
+        _rabbitmqctl("set_permissions", "--vhost", vhost, "guest", ".*", ".*", ".*")
+        yield f"{RABBITMQ}/{vhost}"
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)  # closes the connections still open to it
+
+
+def queue_depth(url: str, queue: str) -> int:
+    """Messages ready in ``queue`` (not those a consumer holds unacknowledged); AMQP only."""
+    from kombu import Connection
+
+    with Connection(url) as conn:
+        return conn.default_channel.queue_declare(queue=queue, passive=True).message_count
+
+
+@pytest.fixture
+def broker(request, settings) -> str:
+    """The broker URL of this test's workers and of ``job_create`` here: the integration settings'
+    Redis, or per ``@both_brokers`` variant RabbitMQ in a private vhost."""
+    if getattr(request, "param", "redis") == "redis":
+        return settings.CELERY_BROKER_URL
+    assert request.param == "amqp", request.param
+    url = request.getfixturevalue("rabbitmq_vhost")
+    request.getfixturevalue("broker_at")(url)
+    return url
+
+
+@pytest.fixture
+def worker_env(transactional_db, broker, settings, tmp_path):
     """Environment for workers that share this test's database, broker and media folder."""
     from django.db import connection
 
@@ -95,10 +199,11 @@ def worker_env(transactional_db, settings, tmp_path):
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "evalsite.settings.integration",
         "DATABASE_URL": f"postgres://{db['USER'] or 'postgres'}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "CELERY_BROKER_URL": broker,
         "EVALSITE_MEDIA_ROOT": str(media),
         "EVALSITE_VAR_DIR": str(tmp_path / "var"),
-        # Short enough that a killed worker's task comes back within seconds in the tests.
+        # Short enough that a killed worker's task comes back within seconds in the tests (Redis;
+        # RabbitMQ gives it back as soon as the worker's connection closes).
         "CELERY_VISIBILITY_TIMEOUT": "6",
         "CELERY_UNACKED_RESTORE_INTERVAL": "1",
         "EVALSITE_JOB_STALE_AFTER_S": "3",

@@ -1,4 +1,4 @@
-"""Generation jobs through a real worker process (Redis broker, PostgreSQL)."""
+"""Generation jobs through a real worker process (on Redis and on RabbitMQ, PostgreSQL)."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ from evalsite.runs.models import Checkpoint, EvalSet, Generation, Job
 from evalsite.runs.services import checkpoint_register, evalset_import, run_create
 from evalsite.scoring.models import MetricResult
 from tests.factories import write_tone
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import both_brokers, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -18,6 +18,7 @@ def ended(job_id):
     return job if job.status in ("done", "failed") else None
 
 
+@both_brokers
 def test_a_checkpoint_goes_through_generation_and_metrics_on_a_real_worker_after_a_bad_one_failed(
     start_worker, tmp_path
 ):

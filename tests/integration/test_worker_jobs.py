@@ -1,4 +1,4 @@
-"""Jobs through a real Celery worker on Redis, with Django on PostgreSQL."""
+"""Jobs through a real Celery worker on Redis and on RabbitMQ (``[redis]``/``[amqp]``), with Django on PostgreSQL."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import soundfile as sf
 from evalsite.audio.models import AudioAsset
 from evalsite.runs.models import EvalItem, Job
 from evalsite.runs.services import job_create
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import both_brokers, queue_depth, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -25,6 +25,7 @@ def job_state(job_id):
     return Job.objects.get(pk=job_id)
 
 
+@both_brokers
 def test_an_import_job_is_done_by_a_real_worker_with_progress_recorded(start_worker, tmp_path, settings):
     start_worker()
     clips = make_clips(tmp_path / "clips", 8)
@@ -39,6 +40,7 @@ def test_an_import_job_is_done_by_a_real_worker_with_progress_recorded(start_wor
     assert len(list((settings.MEDIA_ROOT / "audio").rglob("*.wav"))) == 8
 
 
+@both_brokers
 def test_a_task_delivered_twice_creates_no_duplicate_rows(start_worker, tmp_path):
     from evalsite.runs.tasks import evalset_import_task
 
@@ -58,8 +60,9 @@ def test_a_task_delivered_twice_creates_no_duplicate_rows(start_worker, tmp_path
     assert EvalItem.objects.count() == 5 and AudioAsset.objects.count() == 5
 
 
+@both_brokers
 def test_a_worker_killed_mid_task_has_its_task_redelivered_after_restart_and_the_result_exists_once(
-    start_worker, tmp_path, settings
+    start_worker, broker, tmp_path, settings
 ):
     n = 400
     clips = make_clips(tmp_path / "clips", n, seconds=2.0)
@@ -71,12 +74,17 @@ def test_a_worker_killed_mid_task_has_its_task_redelivered_after_restart_and_the
     at_kill = job_state(job.pk)
     imported_at_kill = EvalItem.objects.count()
     assert at_kill.status == "running" and 0 < imported_at_kill < n, (at_kill.status, imported_at_kill)
+    if broker.startswith("amqp://"):
+        # RabbitMQ requeues the unacknowledged message as soon as the killed worker's connection
+        # closes (Redis waits for the visibility timeout), so it is waiting before a worker is back.
+        wait_for(lambda: queue_depth(broker, "cpu") == 1, timeout=10, message="the message back in the queue")
 
     start_worker("second")
     final = wait_for(lambda: (j := job_state(job.pk)).status in ("done", "failed") and j, timeout=180,
                      interval=0.5, message="redelivered job to end")
     assert final.status == "done", final.error
-    assert final.attempts == 2
+    # Claimed by the second worker (a JobBusy retry while the dead attempt's heartbeat was fresh claims nothing).
+    assert final.attempts == 2 and final.worker != at_kill.worker
     assert final.result["unchanged"] >= imported_at_kill - 1  # the item in flight at the kill may have rolled back
     assert final.result["created"] + final.result["unchanged"] == n
     assert EvalItem.objects.count() == n
