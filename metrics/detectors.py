@@ -32,15 +32,19 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.fft
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.ndimage import binary_closing, find_objects, label, maximum_filter1d, median_filter
 
-from metrics._common import ArrayLike
-from metrics.functional._pairs import DEFAULT_LENGTH_TOLERANCE
+from metrics._lengths import DEFAULT_LENGTH_TOLERANCE
+
+if TYPE_CHECKING:
+    # Annotations only: metrics._common imports torch, and the web tier imports this module
+    # (detector names, region agreement) without the model stack.
+    from metrics._common import ArrayLike
 
 LENGTH_TOLERANCE = DEFAULT_LENGTH_TOLERANCE
 """Largest |len(audio) − len(reference)| in samples; within it both are truncated to the shorter.

@@ -10,9 +10,7 @@ import numpy as np
 import torch
 
 from metrics._common import ArrayLike, pair_by_id
-
-DEFAULT_LENGTH_TOLERANCE = 512
-"""Default largest allowed |len(gen) − len(ref)| in samples; within it both are cropped to the shorter."""
+from metrics._lengths import DEFAULT_LENGTH_TOLERANCE
 
 
 @dataclass

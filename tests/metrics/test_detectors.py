@@ -7,6 +7,9 @@ amplitude modulation). Each artifact is planted in a copy; the clean signal is t
 
 import dataclasses
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -430,3 +433,11 @@ def test_region_agreement_with_nothing_to_divide_by_is_none_and_bad_regions_rais
         region_agreement([(2.0, 1.0)], [])
     with pytest.raises(ValueError, match="tolerance_s"):
         region_agreement([], [], tolerance_s=-0.1)
+
+
+def test_the_detectors_import_without_the_model_stack():
+    # The web tier's dashboards import them; torch there costs every web worker ~500 MiB.
+    check = ("import sys, metrics, metrics.detectors; "
+             "loaded = sorted({'torch', 'torchaudio', 'models'} & set(sys.modules)); "
+             "assert not loaded, loaded")
+    subprocess.run([sys.executable, "-c", check], cwd=Path(__file__).resolve().parents[2], check=True, timeout=120)
