@@ -1,8 +1,6 @@
 """Run the platform on its embedded default with demo data: one command, no servers needed."""
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,6 +10,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from evalsite.core.processes import ChildProcesses, StopRequested, StopSignals
 from evalsite.runs.models import EvalSet, Job, Run
 from evalsite.runs.services import checkpoint_register, job_create, run_create
 
@@ -34,10 +33,9 @@ DEMO_VOCODER_TRAINING = {
     "lr": 5e-3, "lr_final": 5e-4, "seed": 0, "sentences": "DEMO_SENTENCES[24:]", "voices": "DEMO_SPEAKERS", "version": 1,
 }
 TRAINING_MANIFEST = "training.json"
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+# Seconds each child gets to stop on SIGTERM before it is killed: an idle worker's warm shutdown takes
+# about 8 s on a 2-core machine, a busy one first finishes its task (acks_late redelivers a killed one).
+STOP_GRACE_S = 20.0
 
 
 class Command(BaseCommand):
@@ -53,77 +51,97 @@ class Command(BaseCommand):
         parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the demo import job")
 
     def handle(self, *args, **opts):
-        children: list[subprocess.Popen] = []
+        # Ctrl-C (or SIGTERM) is the documented way to stop a serving demo, so it ends with status 0;
+        # with --no-serve it means the data was not loaded, which a script must see (130, as for SIGINT).
+        with StopSignals() as signals:
+            children = ChildProcesses(grace_s=STOP_GRACE_S)
+            try:
+                self._run(children, signals, opts)
+            except StopRequested as stop:
+                if opts["no_serve"]:
+                    raise CommandError(f"{stop} before the demo data was loaded; run the demo again",
+                                       returncode=130) from None
+            finally:
+                signals.quiet()
+                self._stop(children, signals)
+
+    def _stop(self, children: ChildProcesses, signals: StopSignals) -> None:
+        running = [child.name for child in children.children if child.exit_status() is None]
+        signals_before = len(signals.received)
+        try:
+            if running:
+                # After a Ctrl-C the terminal has echoed "^C" on the current line.
+                newline = "\n" if signals.received else ""
+                self.stdout.write(f"{newline}stopping the {' and the '.join(reversed(running))} "
+                                  "(Ctrl-C again to kill) ...")
+        finally:
+            killed = children.stop(hurry=lambda: len(signals.received) > signals_before)
+        if running:
+            self.stdout.write(f"stopped (killed the {' and the '.join(c.name for c in killed)})" if killed
+                              else "stopped")
+
+    def _run(self, children: ChildProcesses, signals: StopSignals, opts: dict) -> None:
+        """Returns after --no-serve; otherwise serves until a stop signal (StopRequested) or a child's exit."""
         child_env = {**os.environ, "DEBUG": "1", "PYTHONUNBUFFERED": "1"}
         log_dir = Path(settings.VAR_DIR) / "log"
         log_dir.mkdir(parents=True, exist_ok=True)
 
-        def stop_children(*_):
-            for proc in children:
-                if proc.poll() is None:
-                    proc.terminate()
-            for proc in children:
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        call_command("migrate", interactive=False, verbosity=0)
+        self._ensure_demo_user()
 
-        try:
-            call_command("migrate", interactive=False, verbosity=0)
-            self._ensure_demo_user()
+        with signals.held():
+            worker = children.start(
+                "worker", [sys.executable, "-m", "celery", "-A", "evalsite", "worker", "-Q", "gpu,cpu",
+                           "--concurrency", "1", "-n", "demo@%h", "--loglevel", "INFO", "--beat"],
+                log_path=log_dir / "worker.log", env=child_env)
+        self.stdout.write(f"worker started (pid {worker.pid}, log {worker.log_path})")
 
-            worker_log = open(log_dir / "worker.log", "ab")
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "evalsite", "worker", "-Q", "gpu,cpu",
-                 "--concurrency", "1", "-n", "demo@%h", "--loglevel", "INFO", "--beat"],
-                env=child_env, stdout=worker_log, stderr=subprocess.STDOUT,
-            )
-            children.append(worker)
-            self.stdout.write(f"worker started (pid {worker.pid}, log {log_dir / 'worker.log'})")
+        corpus = self._write_corpus()
+        job = job_create(
+            kind=Job.Kind.IMPORT_EVALSET,
+            params={"name": DEMO_EVALSET, "source": str(corpus), "description": "eSpeak NG sentences, several voices"},
+        )
+        self.stdout.write(f"import job {job.pk} queued; waiting for the worker ...")
+        job = self._wait(job.pk, children, opts["timeout"])
+        result = job.result
+        self.stdout.write(
+            f"demo eval set {DEMO_EVALSET!r}: {result.get('created', 0)} created, "
+            f"{result.get('unchanged', 0)} unchanged, {len(result.get('errors', []))} rejected"
+        )
+        run_ids = self._register_demo_runs(result["eval_set_id"], children, opts["timeout"])
+        invites = self._build_demo_tests()
+        if opts["no_serve"]:
+            return
 
-            corpus = self._write_corpus()
-            job = job_create(
-                kind=Job.Kind.IMPORT_EVALSET,
-                params={"name": DEMO_EVALSET, "source": str(corpus), "description": "eSpeak NG sentences, several voices"},
-            )
-            self.stdout.write(f"import job {job.pk} queued; waiting for the worker ...")
-            job = self._wait(job.pk, worker, opts["timeout"])
-            result = job.result
-            self.stdout.write(
-                f"demo eval set {DEMO_EVALSET!r}: {result.get('created', 0)} created, "
-                f"{result.get('unchanged', 0)} unchanged, {len(result.get('errors', []))} rejected"
-            )
-            run_ids = self._register_demo_runs(result["eval_set_id"], worker, opts["timeout"])
-            invites = self._build_demo_tests()
-            if opts["no_serve"]:
-                return
-
-            web_log = open(log_dir / "web.log", "ab")
-            web = subprocess.Popen(
+        with signals.held():
+            web = children.start(
+                "web server",
                 [sys.executable, "manage.py", "runserver", f"{opts['host']}:{opts['port']}", "--noreload"],
-                cwd=settings.BASE_DIR, env=child_env, stdout=web_log, stderr=subprocess.STDOUT,
-            )
-            children.append(web)
-            base = f"http://{opts['host']}:{opts['port']}"
-            self.stdout.write(self.style.SUCCESS("\nevalsite demo is running:"))
-            self.stdout.write(f"  overview      {base}/          (log in as {DEMO_USER} / {DEMO_USER})")
-            self.stdout.write(f"  demo eval set {base}/evalsets/{result.get('eval_set_id')}/")
-            for name, pk in run_ids.items():
-                self.stdout.write(f"  run           {base}/runs/{pk}/   ({name})")
-            for name, token in invites.items():
-                self.stdout.write(f"  listen        {base}/l/i/{token}/   ({name}, as a listener; use a private window)")
-            self.stdout.write(f"  admin         {base}/admin/")
-            self.stdout.write(f"  health        {base}/healthz")
-            self.stdout.write("Ctrl-C stops the web server and the worker.")
-            signal.signal(signal.SIGTERM, _raise_interrupt)
-            while all(proc.poll() is None for proc in children):
-                time.sleep(1)
-            dead = [p for p in children if p.poll() is not None]
-            raise CommandError(f"a child process exited (status {dead[0].returncode}); see the logs in {log_dir}")
-        except KeyboardInterrupt:
-            self.stdout.write("stopping ...")
-        finally:
-            stop_children()
+                log_path=log_dir / "web.log", env=child_env, cwd=settings.BASE_DIR)
+        self.stdout.write(f"web server started (pid {web.pid}, log {web.log_path})")
+        base = f"http://{opts['host']}:{opts['port']}"
+        self.stdout.write(self.style.SUCCESS("\nevalsite demo is running:"))
+        self.stdout.write(f"  overview      {base}/          (log in as {DEMO_USER} / {DEMO_USER})")
+        self.stdout.write(f"  demo eval set {base}/evalsets/{result.get('eval_set_id')}/")
+        for name, pk in run_ids.items():
+            self.stdout.write(f"  run           {base}/runs/{pk}/   ({name})")
+        for name, token in invites.items():
+            self.stdout.write(f"  listen        {base}/l/i/{token}/   ({name}, as a listener; use a private window)")
+        self.stdout.write(f"  admin         {base}/admin/")
+        self.stdout.write(f"  health        {base}/healthz")
+        self.stdout.write("Ctrl-C stops the web server and the worker.")
+        while True:
+            self._check_children(children)
+            time.sleep(0.5)
+
+    def _check_children(self, children: ChildProcesses) -> None:
+        """A child that exits while the demo runs has crashed: the children run in their own sessions, so
+        a Ctrl-C in the terminal reaches only this process, which stops them itself."""
+        exited = children.first_exited()
+        if exited is not None:
+            child, status = exited
+            raise CommandError(f"the {child.name} (pid {child.pid}) exited unexpectedly ({status}); "
+                               f"see its log {child.log_path}")
 
     def _ensure_demo_user(self) -> None:
         User = get_user_model()
@@ -137,7 +155,7 @@ class Command(BaseCommand):
         self.stdout.write(f"synthesising demo speech with eSpeak NG into {out} ...")
         return write_demo_corpus(out)
 
-    def _register_demo_runs(self, eval_set_id: int, worker: subprocess.Popen, timeout: float) -> dict[str, int]:
+    def _register_demo_runs(self, eval_set_id: int, children: ChildProcesses, timeout: float) -> dict[str, int]:
         """Train (or reuse) the vocoder's checkpoints, write random SAT ones, register them and wait
         for the worker to generate and score them."""
         import torch
@@ -183,10 +201,10 @@ class Command(BaseCommand):
                     jobs.append(checkpoint.jobs.get())
         for job in jobs:
             self.stdout.write(f"generation job {job.pk} ({job.run.name} step {job.checkpoint.step}) queued ...")
-            done = self._wait(job.pk, worker, timeout)
+            done = self._wait(job.pk, children, timeout)
             self.stdout.write(f"  {done.result.get('done', 0)} clips generated on {done.result.get('device')}")
             if done.result.get("metrics_job_id"):
-                scored = self._wait(done.result["metrics_job_id"], worker, timeout)
+                scored = self._wait(done.result["metrics_job_id"], children, timeout)
                 failed = scored.result.get("failed", {})
                 self.stdout.write(f"  {scored.result.get('done', 0)} metrics stored, {len(failed)} failed")
                 for name, error in failed.items():
@@ -285,7 +303,7 @@ class Command(BaseCommand):
             invites[name] = test.invite_token
         return invites
 
-    def _wait(self, job_id: int, worker: subprocess.Popen, timeout: float) -> Job:
+    def _wait(self, job_id: int, children: ChildProcesses, timeout: float) -> Job:
         deadline = time.monotonic() + timeout
         shown = -1
         while time.monotonic() < deadline:
@@ -294,8 +312,7 @@ class Command(BaseCommand):
                 return job
             if job.status == Job.Status.FAILED:
                 raise CommandError(f"demo job {job_id} ({job.kind}) failed: {job.error}")
-            if worker.poll() is not None:
-                raise CommandError(f"the worker exited with status {worker.returncode}; see var/log/worker.log")
+            self._check_children(children)
             pct = int(job.progress * 100)
             if pct != shown:
                 self.stdout.write(f"  {job.kind} {pct:3d}%  {job.progress_message}")
