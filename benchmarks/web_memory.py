@@ -131,7 +131,7 @@ def measure(args, var: Path, site: dict, web_tier) -> None:
         walk_s = (time.monotonic() - walked) / args.rounds
         after = proc_status(worker)
         seen = json.loads(modules.read_text())
-        if seen["pid"] != worker or seen["last"] != web_tier.LAST_REQUEST:
+        if seen["pid"] != worker or seen["last"] != web_tier.LAST_REQUEST.format(run=site["run"]):
             raise SystemExit(f"the worker changed or missed requests: {seen}")
     finally:
         stop(proc)

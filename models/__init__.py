@@ -12,6 +12,7 @@ Example:
 from models.aar import AARConfig, AARGenerator
 from models.base import AudioModel, Generator, Tokenizer, Vocoder
 from models.checkpoint import (
+    CHECKPOINT_FAMILY_NOT_REGISTERED,
     config_from_checkpoint,
     extract_state_dict,
     load,
@@ -26,8 +27,10 @@ from models.mel import MelConfig, MelFrontEnd, mel_filterbank
 from models.registry import (
     BUILTIN_FAMILIES,
     ENTRY_POINT_GROUP,
+    FAMILY_NOT_ALLOWED,
     available_families,
     build_model,
+    is_registered_family,
     resolve_family,
 )
 from models.sat import SATConfig, SATTokenizer
@@ -37,8 +40,10 @@ __all__ = [
     "AARGenerator",
     "AudioModel",
     "BUILTIN_FAMILIES",
+    "CHECKPOINT_FAMILY_NOT_REGISTERED",
     "CheckpointNotFoundError",
     "ENTRY_POINT_GROUP",
+    "FAMILY_NOT_ALLOWED",
     "EVAGANConfig",
     "EVAGANVocoder",
     "Generator",
@@ -55,6 +60,7 @@ __all__ = [
     "build_model",
     "config_from_checkpoint",
     "extract_state_dict",
+    "is_registered_family",
     "load",
     "load_state_dict_strict",
     "mel_filterbank",

@@ -16,6 +16,10 @@ The released SAT / AAR files (qiuk2/AAR) load directly: a SAT file is detected f
 ``quantizer.vq.layers.*`` keys and matched to the ``sat-d1024-lat64`` / ``sat-d128-lat128``
 preset; an AAR file holds only the transformer, so it is paired with its SAT file, given as
 ``tokenizer=`` or found next to it (the single ``SAT*`` checkpoint in the same directory).
+
+A checkpoint file is data: it is read with ``weights_only=True`` unless the caller trusts it, and
+the family it names is honoured only when it is a registered one (built-in or entry point), never
+a dotted path, so a file cannot choose which code runs (see :mod:`models.registry`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +42,14 @@ from models.aar import AARConfig, AARGenerator
 from models.base import AudioModel
 from models.errors import CheckpointNotFoundError, ModelLoadError
 from models.hifigan import HiFiGANConfig
-from models.registry import BUILTIN_FAMILIES, build_model, detect_family, resolve_family
+from models.registry import (
+    BUILTIN_FAMILIES,
+    available_families,
+    build_model,
+    detect_family,
+    is_registered_family,
+    resolve_family,
+)
 
 FORMAT_KEY = "evalsite_checkpoint"
 FORMAT_VERSION = 1
@@ -51,6 +62,13 @@ _REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 # several times more; above this the config is refused before anything is allocated.
 _SIZE_FACTOR, _SIZE_SLACK = 2, 1_000_000
 _LEGACY_WN = {"weight_g": "parametrizations.weight.original0", "weight_v": "parametrizations.weight.original1"}
+
+CHECKPOINT_FAMILY_NOT_REGISTERED = (
+    "the checkpoint names model family {name!r}, which is not a registered family; a checkpoint file "
+    "never chooses which code runs, so only a built-in family or an installed entry point is taken from "
+    "it (registered: {registered}). To load a plug-in given by a dotted path, name the family explicitly "
+    "(the run's model family, or family=... with plugins=[...] in the library)"
+)
 
 
 def save_checkpoint(model: AudioModel, path: str | os.PathLike[str], *, metadata: dict[str, Any] | None = None) -> Path:
@@ -274,7 +292,8 @@ def _match_preset(
     return None
 
 
-def _build_fitting(family: str, config: Any, state_dict: dict[str, Tensor], *, path: str) -> AudioModel:
+def _build_fitting(family: str, config: Any, state_dict: dict[str, Tensor], *, path: str,
+                   plugins: Collection[str] = ()) -> AudioModel:
     """Build the model, first refusing a config that describes a far bigger model than the file holds.
 
     The size is measured on the meta device, so a config of absurd width is refused without
@@ -283,7 +302,7 @@ def _build_fitting(family: str, config: Any, state_dict: dict[str, Tensor], *, p
     """
     try:
         with torch.device("meta"):
-            skeleton = build_model(family, config)
+            skeleton = build_model(family, config, plugins=plugins)
     except (NotImplementedError, RuntimeError):
         skeleton = None  # a plug-in that needs real storage to build; the strict load still checks shapes
     if skeleton is not None:
@@ -297,7 +316,7 @@ def _build_fitting(family: str, config: Any, state_dict: dict[str, Tensor], *, p
                 family=family,
             )
     try:
-        return build_model(family, config)
+        return build_model(family, config, plugins=plugins)
     except RuntimeError as exc:  # e.g. an allocation the machine cannot satisfy
         raise ModelLoadError(f"cannot build a {family!r} model from this config: {exc}", path=path,
                              family=family) from exc
@@ -350,8 +369,8 @@ def _with_tokenizer_config(tokenizer_config: Any) -> Callable[[Any], Any]:
     return adjust
 
 
-def _resolve_config(family: str, config: Any) -> Any:
-    builder = resolve_family(family)
+def _resolve_config(family: str, config: Any, plugins: Collection[str] = ()) -> Any:
+    builder = resolve_family(family, plugins=plugins)
     if isinstance(config, str) and isinstance(builder, type) and issubclass(builder, AudioModel):
         try:
             return builder.preset(config)
@@ -368,10 +387,12 @@ def load(
     config: Any = None,
     trust_pickle: bool = False,
     tokenizer: str | os.PathLike[str] | AudioModel | None = None,
+    plugins: Collection[str] = (),
 ) -> AudioModel:
     """Load a checkpoint into an inference-ready model.
 
-    The family comes from ``family`` if given, else our checkpoint metadata, else a HiFi-GAN
+    The family comes from ``family`` if given, else our checkpoint metadata (only a registered
+    family: built-in or entry point, never a dotted path), else a HiFi-GAN
     ``config.json`` next to the file, else the state-dict key patterns. The config comes from
     ``config`` (a dataclass, kwargs dict or preset name such as ``"v1"``), else the checkpoint's
     kwargs, else ``config.json``, else the preset whose tensor shapes match the checkpoint.
@@ -379,7 +400,8 @@ def load(
     Args:
         path_or_dir: A checkpoint file, or a directory (the highest ``g_XXXXXXXX``, or its single
             ``*.pt/*.pth/*.ckpt/*.bin/*.safetensors`` file).
-        family: Built-in name, entry-point name or ``"package.module:factory"``.
+        family: Built-in name, entry-point name or ``"package.module:factory"`` (listed in
+            ``plugins``).
         device: Where to put the model.
         config: Overrides the checkpoint's config.
         trust_pickle: Allow arbitrary pickled objects (``weights_only=False``); only for files
@@ -387,14 +409,16 @@ def load(
         tokenizer: For an AAR file that holds only the transformer (the released
             ``AAR_d16_bs2048.pth``): its SAT checkpoint (path or loaded model). Default: the
             single ``SAT*`` checkpoint in the same directory. Ignored for other files.
+        plugins: Dotted-path families the caller allows for ``family`` (the platform passes the
+            operator's ``EVALSITE_MODEL_PLUGINS``); the file itself can never name one.
 
     Returns:
         The model in ``eval()`` mode with weight norm folded, on ``device``.
 
     Raises:
         CheckpointNotFoundError: the path (or a needed file) does not exist.
-        ModelLoadError: unreadable file, unknown family, or weights that do not fit; key
-            mismatches are listed.
+        ModelLoadError: unreadable file, unknown or unregistered family, or weights that do not
+            fit; key mismatches are listed.
 
     Example:
         >>> vocoder = load("runs/hifigan/g_00100000")  # doctest: +SKIP
@@ -414,10 +438,11 @@ def load(
         missing = [k for k in ("family", "kwargs", "state_dict") if k not in raw]
         if missing or not isinstance(raw.get("state_dict"), dict):
             raise ModelLoadError(f"evalsite checkpoint lacks {missing or ['a state_dict dict']}", path=where)
-        family = family or str(raw["family"])
-        kwargs = _resolve_config(family, config) if config is not None else raw["kwargs"]
+        if not family:
+            family = _family_from_file(raw["family"], path=where)
+        kwargs = _resolve_config(family, config, plugins) if config is not None else raw["kwargs"]
         state_dict = extract_state_dict(raw["state_dict"], path=where)
-        model = _build_fitting(family, kwargs, state_dict, path=where)
+        model = _build_fitting(family, kwargs, state_dict, path=where, plugins=plugins)
     else:
         state_dict = extract_state_dict(raw, path=where)
         jik876 = _hifigan_json(path)
@@ -438,7 +463,7 @@ def load(
                 state_dict = {**state_dict, **{f"tokenizer.{k}": v for k, v in sat.state_dict().items()}}
                 adjust = _with_tokenizer_config(sat.config)
         if config is not None:
-            config = _resolve_config(family, config)
+            config = _resolve_config(family, config, plugins)
             if adjust is not None:  # the tokenizer's weights, hence its config, come from the SAT file
                 config = adjust(config_from_kwargs(AARConfig, config) if isinstance(config, dict) else config)
         elif family == "hifigan" and jik876 is not None:
@@ -447,7 +472,7 @@ def load(
             except ValueError as exc:
                 raise ModelLoadError(f"{path.parent / 'config.json'}: {exc}", path=where, family=family) from exc
         else:
-            builder = resolve_family(family)
+            builder = resolve_family(family, plugins=plugins)
             if isinstance(builder, type) and issubclass(builder, AudioModel) and builder.presets:
                 config = _match_preset(builder, _strip_generator_prefix(state_dict, set()), adjust)
             if config is None:
@@ -457,18 +482,32 @@ def load(
                     path=where,
                     family=family,
                 )
-        model = _build_fitting(family, config, state_dict, path=where)
+        model = _build_fitting(family, config, state_dict, path=where, plugins=plugins)
     load_state_dict_strict(model, state_dict, path=where)
     model.fold_weight_norm()
     return model.eval().to(device)
 
 
+def _family_from_file(value: Any, *, path: str) -> str:
+    """The family a checkpoint names, if it is a registered one (a file never names code to import)."""
+    if not isinstance(value, str) or not is_registered_family(value):
+        named = value[:200] if isinstance(value, str) else type(value).__name__
+        raise ModelLoadError(
+            CHECKPOINT_FAMILY_NOT_REGISTERED.format(name=named, registered=available_families()), path=path
+        )
+    return value
+
+
 def config_from_checkpoint(path: str | os.PathLike[str]) -> tuple[str, Any]:
-    """Read (family, config dataclass) from one of our checkpoints without building the model."""
+    """Read (family, config dataclass) from one of our checkpoints without building the model.
+
+    Raises:
+        ModelLoadError: not our format, or the file names a family that is not registered.
+    """
     raw = _read(Path(path), trust_pickle=False)
     if not isinstance(raw, dict) or FORMAT_KEY not in raw:
         raise ModelLoadError("not an evalsite checkpoint", path=str(path))
-    family = str(raw["family"])
+    family = _family_from_file(raw["family"], path=str(path))
     builder = resolve_family(family)
     if isinstance(builder, type) and issubclass(builder, AudioModel):
         return family, config_from_kwargs(builder.config_class, raw["kwargs"])

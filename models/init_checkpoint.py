@@ -8,7 +8,8 @@ Usage::
     python -m models.init_checkpoint --family aar --config tiny --out aar_tiny.pt
 
 ``--config`` is a preset name of the family or a path to a JSON file of constructor kwargs.
-``--family`` also accepts plug-in names (entry points or ``package.module:factory``).
+``--family`` also accepts plug-in names (entry points or ``package.module:factory``); a dotted
+path typed here is allowed because whoever runs this command chooses their own code.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from models.registry import available_families, build_model, resolve_family
 
 
 def _config(family: str, spec: str | None) -> Any:
-    builder = resolve_family(family)
+    builder = resolve_family(family, plugins=[family])
     if spec is not None and Path(spec).suffix == ".json":
         return json.loads(Path(spec).read_text())
     if isinstance(builder, type) and issubclass(builder, AudioModel):
@@ -52,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = _config(args.family, args.config)
         torch.manual_seed(args.seed)
-        model = build_model(args.family, config)
+        model = build_model(args.family, config, plugins=[args.family])
     except (ModelLoadError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -5,7 +5,14 @@ A family name resolves, in this order, to
 1. a built-in class: ``"hifigan"``, ``"evagan"``, ``"sat"``, ``"aar"``;
 2. an entry point named so in the group ``evalsite.models`` (``pyproject.toml``:
    ``[project.entry-points."evalsite.models"] mymodel = "mypkg.models:MyVocoder"``);
-3. a dotted path ``"package.module:attribute"`` (the module must already be importable).
+3. a dotted path ``"package.module:attribute"`` that the caller lists in ``plugins`` (the module
+   must already be importable).
+
+Naming a family chooses which code runs, so a dotted path is honoured only when it is in the
+caller's ``plugins`` allow-list: on the platform that is the operator's ``EVALSITE_MODEL_PLUGINS``
+setting, never a value from the API or from a checkpoint file. A checkpoint file may name only a
+registered family (built-in or entry point; see :func:`is_registered_family`). Installing a package
+with an entry point is an operator's act, so entry points need no listing.
 
 The object a plug-in points at is either a subclass of :class:`models.base.AudioModel`
 (constructed as ``cls.from_config(kwargs)``, presets usable by ``init_checkpoint``) or a factory
@@ -17,7 +24,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from models.aar import AARGenerator
@@ -28,6 +35,12 @@ from models.hifigan import HiFiGANVocoder
 from models.sat import SATTokenizer
 
 ENTRY_POINT_GROUP = "evalsite.models"
+
+FAMILY_NOT_ALLOWED = (
+    "model family {name!r} is a dotted path that is not on the plug-in allow-list, so its code is not "
+    "imported; a dotted-path plug-in loads only when the operator lists it (EVALSITE_MODEL_PLUGINS on the "
+    "platform, plugins=[...] when calling the library). Available families: {available}"
+)
 
 BUILTIN_FAMILIES: dict[str, type[AudioModel]] = {
     "hifigan": HiFiGANVocoder,
@@ -43,9 +56,18 @@ def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
     return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def available_families() -> list[str]:
-    """Built-in family names followed by installed entry-point names."""
-    return list(BUILTIN_FAMILIES) + sorted(set(_entry_points()) - set(BUILTIN_FAMILIES))
+def available_families(plugins: Collection[str] = ()) -> list[str]:
+    """Built-in family names, then installed entry-point names, then the allowed dotted-path ``plugins``."""
+    names = list(BUILTIN_FAMILIES) + sorted(set(_entry_points()) - set(BUILTIN_FAMILIES))
+    return names + [p for p in dict.fromkeys(plugins) if p not in names]
+
+
+def is_registered_family(name: str) -> bool:
+    """Whether ``name`` is a built-in family or an installed entry point (never a dotted path).
+
+    Only such names may come from a checkpoint file: they choose among code the operator installed.
+    """
+    return name in BUILTIN_FAMILIES or (":" not in name and name in _entry_points())
 
 
 def _import_dotted(path: str) -> Any:
@@ -63,12 +85,17 @@ def _import_dotted(path: str) -> Any:
     return obj
 
 
-def resolve_family(name: str) -> Builder:
+def resolve_family(name: str, *, plugins: Collection[str] = ()) -> Builder:
     """Return the class or factory registered under ``name``.
 
+    Args:
+        name: Built-in name, entry-point name, or a dotted path ``"package.module:attribute"``.
+        plugins: Dotted paths the caller allows; a dotted ``name`` not listed here is refused
+            before anything is imported.
+
     Raises:
-        ModelLoadError: if no built-in, entry point or importable dotted path matches; the message
-            lists the available families.
+        ModelLoadError: if no built-in, entry point or allowed importable dotted path matches; the
+            message lists the available families.
     """
     if name in BUILTIN_FAMILIES:
         return BUILTIN_FAMILIES[name]
@@ -79,29 +106,33 @@ def resolve_family(name: str) -> Builder:
         except Exception as exc:  # a broken plug-in must not look like a missing one
             raise ModelLoadError(f"entry point {name!r} ({entry_points[name].value}) failed to load: {exc}") from exc
     elif ":" in name:
+        if name not in plugins:
+            raise ModelLoadError(FAMILY_NOT_ALLOWED.format(name=name, available=available_families(plugins)))
         obj = _import_dotted(name)
     else:
         raise ModelLoadError(
-            f"unknown model family {name!r}; available: {available_families()}, or pass "
-            f"'package.module:factory'"
+            f"unknown model family {name!r}; available: {available_families(plugins)} (a dotted-path "
+            f"plug-in 'package.module:factory' must be on the allow-list)"
         )
     if not callable(obj):
         raise ModelLoadError(f"family {name!r} resolves to {obj!r}, which is neither a class nor a factory")
     return obj
 
 
-def build_model(name: str, kwargs: dict[str, Any] | Any) -> AudioModel:
+def build_model(name: str, kwargs: dict[str, Any] | Any, *, plugins: Collection[str] = ()) -> AudioModel:
     """Construct a randomly initialised model of family ``name``.
 
     Args:
         name: Family name (see :func:`resolve_family`).
         kwargs: Constructor kwargs (a dict, as stored in checkpoints) or a config dataclass.
+        plugins: Dotted-path families the caller allows (see :func:`resolve_family`).
 
     Raises:
         ModelLoadError: if the family is unknown, the kwargs do not fit, or a plug-in factory
-            returns something that is not an :class:`~models.base.AudioModel`.
+            returns something that is not an :class:`~models.base.AudioModel`, or a dotted path
+            not in ``plugins``.
     """
-    builder = resolve_family(name)
+    builder = resolve_family(name, plugins=plugins)
     try:
         if isinstance(builder, type) and issubclass(builder, AudioModel):
             model = builder.from_config(kwargs)

@@ -7,6 +7,8 @@ Two sessions make up the suite (see the Makefile): unit tests on SQLite with
 
 import os
 
+import pytest
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 INTEGRATION_SETTINGS = "evalsite.settings.integration"
@@ -20,3 +22,13 @@ def pytest_ignore_collect(collection_path, config):
     if collection_path.name == "integration" and collection_path.is_dir():
         return _settings_module(config) != INTEGRATION_SETTINGS
     return None
+
+
+@pytest.fixture(autouse=True)
+def checkpoint_roots(settings, tmp_path_factory):
+    """Tests write checkpoints under pytest's temporary folders: those are a checkpoint root, as an
+    operator's checkpoint store would be (EVALSITE_CHECKPOINT_ROOTS; worker_env passes it to workers).
+    So are /ckpt and /c, the made-up folders of tests that register paths no one opens."""
+    settings.EVALSITE_CHECKPOINT_ROOTS = (*settings.EVALSITE_CHECKPOINT_ROOTS, str(tmp_path_factory.getbasetemp()),
+                                          "/ckpt", "/c")
+    return settings.EVALSITE_CHECKPOINT_ROOTS

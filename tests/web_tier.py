@@ -52,7 +52,7 @@ def post_worker_init(worker):
 def post_request(worker, req, environ, resp):
     _write(f"{{req.method}} {{req.path}}")
 """
-LAST_REQUEST = "GET /api/v1/schema/"
+LAST_REQUEST = "PATCH /api/v1/runs/{run}/"
 
 
 def site_build(*, listening_world: Callable[..., dict], password: str) -> dict[str, Any]:
@@ -167,7 +167,7 @@ def _researcher(base: str, site: dict) -> None:
 
 
 def _api(base: str, site: dict) -> None:
-    """A training job's token reads its run; the last request is ``LAST_REQUEST``."""
+    """A training job's token reads and changes its run; the last request is ``LAST_REQUEST``."""
     api = requests.Session()
     api.headers["Authorization"] = f"Bearer {site['token']}"
     run = site["run"]
@@ -175,6 +175,11 @@ def _api(base: str, site: dict) -> None:
                  f"/api/v1/runs/{run}/checkpoints/{site['step']}/", f"/api/v1/runs/{run}/alerts/", "/api/v1/runs/",
                  "/api/v1/schema/"):
         _get(api, base + path)
+    # Changing a run validates its model family: the allow-list is read without the model stack.
+    family = _get(api, base + f"/api/v1/runs/{run}/").json()["model_family"]
+    response = api.patch(base + f"/api/v1/runs/{run}/", json={"model_family": family}, timeout=120)
+    if response.status_code != 200:
+        raise AssertionError(f"PATCH run: {response.status_code} {response.text[:500]}")
 
 
 def walk(base: str, site: dict) -> None:

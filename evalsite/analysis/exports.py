@@ -7,6 +7,7 @@ listeners' answers are excluded with the screening reasons (:func:`evalsite.anal
 
 from __future__ import annotations
 
+import csv
 import io
 
 import pandas as pd
@@ -18,6 +19,8 @@ TABLES = ("ratings", "flags", "metrics", "screening")
 FORMATS = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
 TRAINING_REASON = "training trial: not a vote"
 CONTROL_REASON = "{control} quality-control trial: not a vote"
+# Spreadsheets run a cell starting with these as a formula (OWASP "CSV Injection"), LF included for safety.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
 
 _ANSWER_FIELDS = {
     "participant_id": "participant_id", "assignment_id": "assignment_id", "item": "assignment__trial__item__key",
@@ -169,6 +172,26 @@ def screening_table(test: ListeningTest) -> pd.DataFrame:
     return frame
 
 
+def _neutralise_formula(value: object) -> object:
+    """A text cell a spreadsheet would run as a formula is shown as text: a leading ' (OWASP CSV injection)."""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def csv_bytes(frame: pd.DataFrame) -> bytes:
+    """CSV of one table for people who open it in a spreadsheet; listener notes and names are untrusted text.
+
+    Only text cells are neutralised (a negative score stays a number). CRLF line ends make the csv module quote
+    every field holding a CR or an LF: with LF line ends a bare CR in a note went out unquoted and split the row.
+    """
+    safe = frame.copy()
+    for column in safe.columns:
+        if safe[column].dtype == object or pd.api.types.is_string_dtype(safe[column].dtype):
+            safe[column] = safe[column].map(_neutralise_formula)
+    return safe.to_csv(index=False, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL).encode()
+
+
 BUILDERS = {"ratings": ratings_table, "flags": flags_table, "metrics": metrics_table, "screening": screening_table}
 
 
@@ -180,7 +203,7 @@ def export_bytes(test: ListeningTest, table: str, fmt: str) -> bytes:
         raise ValueError(f"format must be one of {tuple(FORMATS)}; got {fmt!r}")
     frame = BUILDERS[table](test)
     if fmt == "csv":
-        return frame.to_csv(index=False).encode()
+        return csv_bytes(frame)
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 import re
 import string
+from collections import Counter
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema_serializer, OpenApiResponse, extend_schema
@@ -38,6 +40,11 @@ BUILD_ERROR_FIELDS = {
     "COMPARISON_IS_RATED": ("comparison",),
     "NO_PREFERENCE_ONLY_AB": ("allow_no_preference", "kind"),
     "NOTHING_TO_PUBLISH": ("publish",),
+    "DUPLICATE_CHECKPOINTS": ("checkpoints",),
+    "TOO_MANY_SYSTEMS": ("checkpoints",),
+    "DUPLICATE_ITEMS": ("items",),
+    "TOO_MANY_ITEMS": ("items",),
+    "TOO_MANY_TRIALS": ("items", "checkpoints"),
 }
 
 
@@ -120,7 +127,7 @@ class ListeningTestCreateApi(APIView):
                                       default=None, help_text="eval item keys (default: every item)")
         training_items = serializers.IntegerField(min_value=0, max_value=20, default=1)
         votes_target = serializers.IntegerField(min_value=1, max_value=10000, default=10)
-        trials_per_participant = serializers.IntegerField(min_value=1, max_value=2**31 - 1, required=False,
+        trials_per_participant = serializers.IntegerField(min_value=1, max_value=10_000, required=False,
                                                           allow_null=True, default=None)
         title = serializers.CharField(max_length=200, default="Listening test")
         instructions = serializers.CharField(max_length=5000, default="", allow_blank=True)
@@ -133,6 +140,40 @@ class ListeningTestCreateApi(APIView):
         gold_items = serializers.IntegerField(min_value=0, max_value=50, default=0)
         trapping_items = serializers.IntegerField(min_value=0, max_value=50, default=0)
         publish = serializers.BooleanField(default=False, help_text="publish at once (listeners can start)")
+
+        def to_internal_value(self, data):
+            from evalsite.listening.services import TOO_MANY_SYSTEMS
+
+            # An over-long list is refused before any of its entries is validated (20 000 entries took seconds).
+            refs = data.get("checkpoints") if isinstance(data, dict) else None
+            cap = settings.EVALSITE_LISTENING_MAX_SYSTEMS
+            if isinstance(refs, list) and len(refs) > cap:
+                message = TOO_MANY_SYSTEMS.format(limit=cap, n=len(refs))
+                raise serializers.ValidationError({"checkpoints": [message]})
+            return super().to_internal_value(data)
+
+        def validate_checkpoints(self, refs: list[dict]) -> list[dict]:
+            from evalsite.listening.services import DUPLICATE_CHECKPOINTS
+
+            times = Counter((r["run"], r["step"]) for r in refs)
+            repeated = sorted(f"run {run} step {step}" for (run, step), n in times.items() if n > 1)
+            if repeated:
+                raise serializers.ValidationError(DUPLICATE_CHECKPOINTS.format(labels=", ".join(repeated[:10])))
+            return refs
+
+        def validate_items(self, keys: list[str] | None) -> list[str] | None:
+            from evalsite.listening.services import DUPLICATE_ITEMS, TOO_MANY_ITEMS
+
+            if keys is None:
+                return keys
+            if len(keys) > settings.EVALSITE_LISTENING_MAX_ITEMS:
+                raise serializers.ValidationError(TOO_MANY_ITEMS.format(limit=settings.EVALSITE_LISTENING_MAX_ITEMS,
+                                                                        n=len(keys)))
+            times = Counter(keys)
+            repeated = sorted(k for k, n in times.items() if n > 1)
+            if repeated:
+                raise serializers.ValidationError(DUPLICATE_ITEMS.format(keys=", ".join(repeated[:10])))
+            return keys
 
     @extend_schema(operation_id="listening_tests_create", request=InputSerializer,
                    responses={201: TestOutputSerializer, 409: OpenApiResponse(ErrorSerializer), **ERRORS})

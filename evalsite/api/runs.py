@@ -10,6 +10,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from evalsite.alerts.webhooks import webhook_url_validator
 from evalsite.api.access import require_researcher, run_for, runs_visible
 from evalsite.api.fields import JSONObjectField
 from evalsite.core.exceptions import ApplicationError, ConflictError, NotFoundError
@@ -68,12 +69,16 @@ class RunListApi(APIView):
         name = serializers.RegexField(r"^[\w.@+-][\w .@+:/-]*$", max_length=200,
                                       error_messages={"invalid": "use letters, digits, spaces and . @ + - _ : /"})
         kind = serializers.ChoiceField(choices=Run.Kind.choices)
-        model_family = serializers.CharField(max_length=200)
+        model_family = serializers.CharField(max_length=200,
+                                             help_text="auto (the checkpoint names a registered family), a built-in "
+                                                       "family, an installed plug-in, or a dotted path listed in "
+                                                       "EVALSITE_MODEL_PLUGINS")
         eval_set = serializers.CharField(max_length=200, required=False, allow_blank=True)
         config = JSONObjectField(required=False, default=dict)
         checkpoint_dir = serializers.CharField(max_length=1024, required=False, allow_blank=True, default="")
         checkpoint_pattern = serializers.CharField(max_length=300, required=False, allow_blank=True, default="")
-        webhook_url = serializers.URLField(max_length=500, required=False, allow_blank=True, default="")
+        webhook_url = serializers.URLField(max_length=500, required=False, allow_blank=True, default="",
+                                           validators=[webhook_url_validator])
 
     class CreatedSerializer(RunOutputSerializer):
         token = serializers.CharField(help_text="the run's API token; shown only in this response")
@@ -127,10 +132,14 @@ class RunUpdatedSerializer(RunOutputSerializer):
 class RunDetailApi(APIView):
     @extend_schema_serializer(component_name="RunUpdate")
     class UpdateSerializer(serializers.Serializer):
+        model_family = serializers.CharField(max_length=200, required=False,
+                                             help_text="auto, a built-in family, an installed plug-in, or a "
+                                                       "dotted path listed in EVALSITE_MODEL_PLUGINS")
         config = JSONObjectField(required=False)
         checkpoint_dir = serializers.CharField(max_length=1024, required=False, allow_blank=True)
         checkpoint_pattern = serializers.CharField(max_length=300, required=False, allow_blank=True)
-        webhook_url = serializers.URLField(max_length=500, required=False, allow_blank=True)
+        webhook_url = serializers.URLField(max_length=500, required=False, allow_blank=True,
+                                           validators=[webhook_url_validator])
 
     @extend_schema(operation_id="runs_retrieve", responses={200: RunOutputSerializer, **ERRORS})
     def get(self, request, run_id: int):
@@ -145,7 +154,7 @@ class RunDetailApi(APIView):
         data = self.UpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
-        for name in ("config", "checkpoint_dir", "checkpoint_pattern"):
+        for name in ("model_family", "config", "checkpoint_dir", "checkpoint_pattern"):
             if name in values:
                 setattr(run, name, values[name])
         new_secret = None
@@ -153,8 +162,8 @@ class RunDetailApi(APIView):
             run.webhook_url = values["webhook_url"]
             run.webhook_secret = new_secret = webhook_secret_new() if run.webhook_url else ""
         run.full_clean()
-        run.save(update_fields=["config", "checkpoint_dir", "checkpoint_pattern", "webhook_url", "webhook_secret",
-                                "updated_at"])
+        run.save(update_fields=["model_family", "config", "checkpoint_dir", "checkpoint_pattern", "webhook_url",
+                                "webhook_secret", "updated_at"])
         payload = run_payload(run)
         if new_secret:
             payload["webhook_secret"] = new_secret
@@ -271,10 +280,7 @@ class CheckpointEvaluateApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         params = data.validated_data["params"]
-        try:
-            generation_params(params)
-        except ApplicationError as exc:
-            raise ApplicationError(exc.message, extra={"fields": {"params": [exc.message]}}) from None
+        generation_params(params)  # an ApplicationError naming params.<key>
         if run.eval_set_id is None:
             from evalsite.runs.services import RUN_HAS_NO_EVAL_SET
 

@@ -1,7 +1,9 @@
 """Cross-cutting request handling."""
 
 import logging
+import secrets
 
+from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
@@ -57,4 +59,24 @@ class DatabaseUnavailableMiddleware:
             response = JsonResponse({"message": DATABASE_UNAVAILABLE,
                                      "extra": {"retry_after_s": DATABASE_RETRY_AFTER_S}}, status=503)
         response["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
+        return response
+
+
+class ContentSecurityPolicyMiddleware:
+    """Send ``EVALSITE_CSP`` on every response, with a fresh nonce for each request.
+
+    Templates mark their own inline scripts with ``nonce="{{ request.csp_nonce }}"``; a script that
+    found its way into a page through text someone typed (a run name, a flag's note, a checkpoint
+    label) has no nonce, so the browser does not run it. Responses that set their own policy keep it.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        request.csp_nonce = secrets.token_urlsafe(16)
+        response = self.get_response(request)
+        policy = settings.EVALSITE_CSP
+        if policy and "Content-Security-Policy" not in response:
+            response["Content-Security-Policy"] = policy.replace("{nonce}", request.csp_nonce)
         return response

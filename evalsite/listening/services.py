@@ -13,6 +13,7 @@ import math
 import random
 import secrets
 import string
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -61,6 +62,12 @@ AB_NEEDS_TWO = "an AB preference test compares checkpoints in pairs; pick at lea
 COMPARISON_ONLY_CMOS = "a comparison checkpoint is only used by CMOS tests; this test is {kind}."
 COMPARISON_IS_RATED = "the comparison checkpoint {label} is also one of the rated checkpoints; rate it against another."
 NO_PREFERENCE_ONLY_AB = "'no preference' is an AB preference option; this test is {kind}."
+DUPLICATE_CHECKPOINTS = "each checkpoint may be rated once per test; listed more than once: {labels}."
+TOO_MANY_SYSTEMS = "a listening test rates at most {limit} checkpoints (EVALSITE_LISTENING_MAX_SYSTEMS); got {n}."
+DUPLICATE_ITEMS = "each eval item may be listed once; listed more than once: {keys}."
+TOO_MANY_ITEMS = "a listening test uses at most {limit} eval items (EVALSITE_LISTENING_MAX_ITEMS); got {n}."
+TOO_MANY_TRIALS = ("this test would have {n} trials ({per_item} per item × {items} items); at most {limit} "
+                   "(EVALSITE_LISTENING_MAX_TRIALS): pick fewer items or checkpoints.")
 ANCHOR_SELF_TEST_FAILED = "the anchor filters fail the BS.1534-3 mask at {rate} Hz: {failures}"
 NOT_DRAFT = "test {name!r} is {status}; only a draft can be published."
 NOTHING_TO_PUBLISH = "test {name!r} has no main (non-training) trial."
@@ -94,10 +101,29 @@ CMOS_CLEAN_RANGE = (1.0, 3.0)  # the clean sound at least "slightly better" than
 AB_CLEAN_RANGE = (1.0, 1.0)  # the clean sound preferred
 SMOS_OTHER_VOICE_RATIO = 1.6  # pitch and formants up by ~8 semitones when no other speaker is labelled
 CALIBRATION_ITEMS = 10  # items whose references and outputs set the calibration level
+# A trapping sound has exactly the length (and rate, channels, level) of the output it stands in for,
+# so neither its file size nor its duration nor its loudness tells it apart: the spoken request is
+# fitted into the item. Preferred: the first TRAP_PREFIX_S of the real output, a pause, then the
+# request (P.808 §6.3.8); where that does not fit, the request alone. Phrasings go from the full one
+# to the bare answer, each read at TRAP_WPM (eSpeak's default 160 words a minute, then a brisk 220);
+# only the shortest is read faster (TRAP_FAST_WPM, up to eSpeak's 450), for items of about a second.
 TRAP_PREFIX_S = 1.0
-TRAP_TEXT = "This is an attention check. Please select the answer {label}."
-MUSHRA_TRAP_TEXT = "This is an attention check. Please rate this sound {value}."
-AB_TRAP_TEXT = "This is an attention check. Please answer: I prefer {label}."
+TRAP_PAUSE_S = 0.3
+TRAP_LEAD_S = 0.05  # silence before the request when no real output precedes it, and after it at least
+TRAP_WPM = (160, 220)
+TRAP_FAST_WPM = (300, 380, 450)
+TRAP_TEXT = ("This is an attention check. Please select the answer {label}.", "Please select the answer {label}.",
+             "Answer: {label}.")
+MUSHRA_TRAP_TEXT = ("This is an attention check. Please rate this sound {value}.", "Please rate this sound {value}.",
+                    "Rate this {value}.")
+AB_TRAP_TEXT = ("This is an attention check. Please answer: I prefer {label}.", "Please answer: I prefer {label}.",
+                "I prefer {label}.")
+TRAP_ITEM_TOO_SHORT = ("item {item} is {duration:.2f} s long; the shortest spoken attention check ({text!r} at "
+                       "{wpm} words a minute) needs {need:.2f} s. Use longer items, or no trapping trials.")
+# A control sound whose level is within this of the sound it stands in for is used as it is.
+CONTROL_LEVEL_TOLERANCE_DB = 0.5
+CONTROL_FADE_S = 0.02  # fade where a control sound is cut, so the cut does not click
+LIMITER_KNEE = 0.5  # a level-matched control sound is soft-limited above this, towards MAX_PEAK
 HEADPHONE_CHECK_FIRST = "Please complete the headphone check first."
 CALIBRATE_FIRST = "Please set your volume with the calibration sound first."
 CALIBRATION_NOT_ASKED = "This test has no level calibration (it comes with the headphone check)."
@@ -105,6 +131,8 @@ CALIBRATION_PLAY_FIRST = (
     "plays must be a whole number from 1 (play the calibration sound before confirming); got {plays!r}.")
 CALIBRATION_MAX_PLAYS = 10_000
 UNKNOWN_PARTICIPANT = "This listening session belongs to another browser. Open your invitation link again."
+CROWD_ID_IN_USE = ("This participant ID has already started this test in another browser. Please continue in "
+                   "the browser where you started; if you cannot, contact the researcher.")
 HEADPHONE_NOT_ASKED = "This test has no headphone check."
 HEADPHONE_BAD_ANSWERS = "answers must be a list of {n} numbers, each 1, 2 or 3; got {answers!r}."
 
@@ -129,11 +157,64 @@ def _outputs_by_item(checkpoints: list[Checkpoint], params_hash: str | None) -> 
 
 
 def _degraded(samples, rate: int):
-    """An obviously bad version of a clip: hard-clipped at 5 % of its peak, back at the same peak."""
+    """An obviously bad version of a clip: hard-clipped at 5 % of its peak, at the clip's level
+    (clipping raises the level a lot; a louder sound would give the control trial away)."""
     import numpy as np
 
+    from evalsite.listening.calibration import active_level_dbfs
+
     peak = float(np.abs(samples).max()) or 1.0
-    return np.clip(samples, -0.05 * peak, 0.05 * peak) / 0.05
+    return _at_level(np.clip(samples, -0.05 * peak, 0.05 * peak) / 0.05, rate, active_level_dbfs(samples, rate))
+
+
+def _at_level(samples, rate: int, target_dbfs: float | None):
+    """``samples`` scaled to an active level (``calibration.active_level_dbfs``) of ``target_dbfs``.
+
+    Peaks that scaling would push past ``calibration.MAX_PEAK`` are soft-limited above
+    ``LIMITER_KNEE`` (speech has a higher crest factor than most material), and the gain is
+    found again, so the level is met while nothing clips.
+    """
+    import numpy as np
+
+    from evalsite.listening.calibration import MAX_PEAK, active_level_dbfs
+
+    out = np.asarray(samples, dtype=np.float64)
+    if target_dbfs is None:
+        return out.astype(np.float32)
+    for _ in range(12):
+        level = active_level_dbfs(out, rate)
+        if level is None or abs(level - target_dbfs) < 0.02:
+            break
+        out = out * 10 ** ((target_dbfs - level) / 20)
+        magnitude = np.abs(out)
+        over = magnitude > LIMITER_KNEE
+        if magnitude.max() > MAX_PEAK:
+            room = MAX_PEAK - LIMITER_KNEE
+            out[over] = np.sign(out[over]) * (LIMITER_KNEE + room * np.tanh((magnitude[over] - LIMITER_KNEE) / room))
+    return out.astype(np.float32)
+
+
+def _fitted(samples, rate: int, like, like_rate: int):
+    """``samples`` made to stand in for ``like``: its sample rate, channels, number of frames (cut with
+    a short fade, or padded with silence) and active level."""
+    import numpy as np
+
+    from evalsite.audio.decoding import resample
+    from evalsite.listening.calibration import active_level_dbfs
+
+    samples = resample(samples, rate, like_rate)
+    if samples.ndim == 1:
+        samples = samples[:, None]
+    frames, channels = like.shape
+    if samples.shape[1] != channels:
+        samples = np.repeat(samples.mean(axis=1, keepdims=True), channels, axis=1)
+    if len(samples) > frames:
+        samples = samples[:frames].copy()
+        fade = min(frames, int(CONTROL_FADE_S * like_rate))
+        samples[frames - fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)[:, None]
+    else:
+        samples = np.concatenate([samples, np.zeros((frames - len(samples), channels), dtype=np.float32)])
+    return _at_level(samples, like_rate, active_level_dbfs(like, like_rate))
 
 
 def _other_voice(samples, rate: int):
@@ -146,21 +227,55 @@ def _other_voice(samples, rate: int):
     return resample(np.asarray(samples, dtype=np.float32), int(round(rate * SMOS_OTHER_VOICE_RATIO)), rate)
 
 
-def _trapping_samples(prefix, rate: int, text: str):
-    """The first ``TRAP_PREFIX_S`` of a real clip, a short pause, then ``text`` spoken (P.808 §6.3.8)."""
+def _trap_readings(texts: tuple[str, ...]):
+    """(real output before the request in s, phrasing, words a minute), most preferred first."""
+    for prefix_s in (TRAP_PREFIX_S, 0.0):
+        for text in texts:
+            for wpm in TRAP_WPM:
+                yield prefix_s, text, wpm
+    for wpm in TRAP_FAST_WPM:
+        yield 0.0, texts[-1], wpm
+
+
+def _trapping_samples(source, rate: int, texts: tuple[str, ...], item_key: str = ""):
+    """A spoken request fitted into ``source``'s frames (P.808 §6.3.8 trapping question): the first
+    ``TRAP_PREFIX_S`` of the real output and a pause where they fit, the request, then silence; same
+    shape as ``source`` and at its active level. ``texts``: phrasings of the request, longest first.
+
+    Raises ``ApplicationError(TRAP_ITEM_TOO_SHORT)`` when not even the shortest phrasing fits.
+    """
     import numpy as np
 
     from evalsite.audio.decoding import resample
     from evalsite.demo.speech import synthesize
+    from evalsite.listening.calibration import active_level_dbfs
 
-    head = prefix[: int(TRAP_PREFIX_S * rate)]
-    speech, speech_rate = synthesize(text, voice="en-us")
-    speech = resample(speech, speech_rate, rate)
-    level = float(np.sqrt(np.mean(head ** 2))) or 0.1
-    speech = speech * min(level / (float(np.sqrt(np.mean(speech ** 2))) or 1.0), 0.9 / (np.abs(speech).max() or 1.0))
-    channels = head.shape[1]
-    pause = np.zeros((int(0.3 * rate), channels), dtype=np.float32)
-    return np.concatenate([head, pause, np.repeat(speech[:, None], channels, axis=1)]).astype(np.float32)
+    frames, channels = source.shape
+    spoken: dict[tuple[str, int], Any] = {}
+    for prefix_s, text, wpm in _trap_readings(texts):
+        if (text, wpm) not in spoken:
+            speech, speech_rate = synthesize(text, voice="en-us", rate_wpm=wpm)
+            voiced = np.flatnonzero(np.abs(speech) > 1e-3)  # eSpeak pads the words with silence
+            spoken[text, wpm] = resample(speech[voiced[0]: voiced[-1] + 1], speech_rate, rate)
+        speech = spoken[text, wpm]
+        head = int(prefix_s * rate)
+        start = head + int((TRAP_PAUSE_S if head else TRAP_LEAD_S) * rate)
+        if start + len(speech) + int(TRAP_LEAD_S * rate) <= frames:
+            break
+    else:
+        raise ApplicationError(TRAP_ITEM_TOO_SHORT.format(
+            item=item_key, duration=frames / rate, text=text, wpm=wpm,
+            need=(len(speech) + 2 * int(TRAP_LEAD_S * rate)) / rate))
+    out = np.zeros((frames, channels), dtype=np.float32)
+    if head:
+        out[:head] = source[:head]
+        fade = int(CONTROL_FADE_S * rate)
+        out[head - fade:head] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)[:, None]
+    level = active_level_dbfs(source, rate)
+    # The request at the output's level first: the whole then needs (almost) no further gain, so
+    # the real output before it keeps its own level.
+    out[start:start + len(speech)] = _at_level(speech, rate, level)[:, None]
+    return _at_level(out, rate, level)
 
 
 def _expect(low: float, high: float, of: str = Stimulus.Expected.SCORE) -> dict[str, Any]:
@@ -173,7 +288,10 @@ class _ControlBuilder:
     is kept on its sounds (``Stimulus.expected``), never sent to the listener.
 
     Every sound of a control trial belongs to a quality-control condition (role gold or
-    trapping), so nothing that counts votes per condition can count it.
+    trapping), so nothing that counts votes per condition can count it. A sound made or picked
+    for a control trial takes the place of a checkpoint's output of the same item and is fitted
+    to it (sample rate, channels, length, active level): the served file has the same size and
+    duration and plays as loud, so nothing but listening tells a control trial apart.
     """
 
     def __init__(self, test: ListeningTest, checkpoints: list[Checkpoint], outputs, anchors: dict[int, dict],
@@ -200,17 +318,34 @@ class _ControlBuilder:
         asset, _ = audio_asset_store(decoded=decoded_from_array(samples, rate), original_name="sound.wav")
         return asset
 
-    def degraded(self, asset):
+    def degraded(self, asset, like=None):
+        """``asset`` clipped (``_degraded``), fitted to ``like`` where that is another sound."""
         from evalsite.audio.selectors import audio_asset_samples
 
         samples, rate = audio_asset_samples(asset)
-        return self.store(_degraded(samples, rate), rate)
+        bad = _degraded(samples, rate)
+        if like is not None and like.pk != asset.pk:
+            return self.store(_fitted(bad, rate, *audio_asset_samples(like)), like.sample_rate)
+        return self.store(bad, rate)
 
-    def trap(self, asset, text: str):
+    def fitted(self, asset, like):
+        """``asset`` standing in for ``like``: itself when it already matches, else a fitted copy."""
+        from evalsite.audio.selectors import audio_asset_samples
+        from evalsite.listening.calibration import active_level_dbfs
+
+        samples, rate = audio_asset_samples(asset)
+        target, target_rate = audio_asset_samples(like)
+        if rate == target_rate and samples.shape == target.shape:
+            level, wanted = active_level_dbfs(samples, rate), active_level_dbfs(target, rate)
+            if level is None or wanted is None or abs(level - wanted) <= CONTROL_LEVEL_TOLERANCE_DB:
+                return asset
+        return self.store(_fitted(samples, rate, target, target_rate), target_rate)
+
+    def trap(self, asset, texts: tuple[str, ...], item: EvalItem):
         from evalsite.audio.selectors import audio_asset_samples
 
         samples, rate = audio_asset_samples(asset)
-        return self.store(_trapping_samples(samples, rate, text), rate)
+        return self.store(_trapping_samples(samples, rate, texts, item.key), rate)
 
     def trial(self, control: str, item: EvalItem, index: int, sounds: list[tuple[str, Any, dict | None]],
               reference=None) -> Trial:
@@ -231,46 +366,51 @@ class _ControlBuilder:
 
     def gold(self, n: int, item: EvalItem, index: int) -> Trial:
         kind, gold = self.test.kind, Trial.Control.GOLD
+        # The output whose place the control sound takes (its length and level are the control's).
+        slot = self.output(item, self.checkpoints[n % len(self.checkpoints)])
         if kind == ListeningTest.Kind.MOS:
             if n % 2 == 1 and item.reference is not None:
-                return self.trial(gold, item, index, [("reference", item.reference, _expect(*GOLD_GOOD_RANGE))])
-            degraded = self.degraded(self.output(item, self.checkpoints[n % len(self.checkpoints)]))
-            return self.trial(gold, item, index, [("degraded output", degraded, _expect(*GOLD_BAD_RANGE))])
+                return self.trial(gold, item, index, [("reference", self.fitted(item.reference, slot),
+                                                       _expect(*GOLD_GOOD_RANGE))])
+            return self.trial(gold, item, index, [("degraded output", self.degraded(slot), _expect(*GOLD_BAD_RANGE))])
         if kind == ListeningTest.Kind.SMOS:
             if n % 2 == 1:
-                what, asset = self.same_speaker(item)
+                what, asset = self.same_speaker(item, slot)
                 return self.trial(gold, item, index, [(what, asset, _expect(*SMOS_SAME_RANGE))], item.reference)
-            what, asset = self.other_speaker(item)
+            what, asset = self.other_speaker(item, slot)
             return self.trial(gold, item, index, [(what, asset, _expect(*SMOS_DIFFERENT_RANGE))], item.reference)
         if kind == ListeningTest.Kind.MUSHRA:
             # The system slots hold a heavily degraded copy of the reference (and, with more than one
             # checkpoint, the other checkpoints' outputs); hidden reference and anchors as always.
+            degraded = self.degraded(item.reference, like=self.output(item, self.checkpoints[0]))
             sounds = [("hidden reference", item.reference, _expect(*MUSHRA_REFERENCE_RANGE)),
-                      ("degraded reference", self.degraded(item.reference), _expect(*MUSHRA_DEGRADED_RANGE))]
+                      ("degraded reference", degraded, _expect(*MUSHRA_DEGRADED_RANGE))]
             sounds += [(f"output of {c.run.name}@{c.step}", self.output(item, c), None) for c in self.checkpoints[1:]]
             sounds += [(role.label, asset, None) for role, asset in self.anchors[item.pk].items()]
             return self.trial(gold, item, index, sounds, item.reference)
         what, clean = self.clean(item, n)
         expected = _expect(*(CMOS_CLEAN_RANGE if kind == ListeningTest.Kind.CMOS else AB_CLEAN_RANGE),
                            of=Stimulus.Expected.PREFERENCE)
-        return self.trial(gold, item, index, [(what, clean, expected), ("degraded copy", self.degraded(clean), None)])
+        return self.trial(gold, item, index, [(what, self.fitted(clean, slot), expected),
+                                              ("degraded copy", self.degraded(clean, like=slot), None)])
 
-    def same_speaker(self, item: EvalItem):
+    def same_speaker(self, item: EvalItem, slot):
         """Another recording of the item's speaker (other words, same voice), else the reference itself."""
         same = [i for i in self.usable if i.pk != item.pk and item.speaker and i.speaker == item.speaker]
         if same:
-            return "same speaker, other recording", same[self.rng.randrange(len(same))].reference
-        return "reference copy", item.reference
+            return "same speaker, other recording", self.fitted(same[self.rng.randrange(len(same))].reference, slot)
+        return "reference copy", self.fitted(item.reference, slot)
 
-    def other_speaker(self, item: EvalItem):
+    def other_speaker(self, item: EvalItem, slot):
         """A recording of a speaker labelled differently, else the reference with its voice shifted."""
         from evalsite.audio.selectors import audio_asset_samples
 
         others = [i for i in self.usable if item.speaker and i.speaker and i.speaker != item.speaker]
         if others:
-            return "other speaker", others[self.rng.randrange(len(others))].reference
+            return "other speaker", self.fitted(others[self.rng.randrange(len(others))].reference, slot)
         samples, rate = audio_asset_samples(item.reference)
-        return "shifted voice", self.store(_other_voice(samples, rate), rate)
+        return "shifted voice", self.store(_fitted(_other_voice(samples, rate), rate, *audio_asset_samples(slot)),
+                                           slot.sample_rate)
 
     # --- trapping ----------------------------------------------------------------------------
 
@@ -283,12 +423,12 @@ class _ControlBuilder:
         what = f"instruction over {checkpoint.run.name}@{checkpoint.step}"
         if kind in (ListeningTest.Kind.MOS, ListeningTest.Kind.SMOS):
             label = self.rng.choice((ACR_SCALE if kind == ListeningTest.Kind.MOS else SMOS_SCALE)["labels"])
-            asset = self.trap(source, TRAP_TEXT.format(label=label["text"]))
+            asset = self.trap(source, tuple(t.format(label=label["text"]) for t in TRAP_TEXT), item)
             reference = item.reference if kind == ListeningTest.Kind.SMOS else None
             return self.trial(trapping, item, index, [(what, asset, _expect(label["value"], label["value"]))], reference)
         if kind == ListeningTest.Kind.MUSHRA:
             value = self.rng.choice(MUSHRA_TRAP_VALUES)
-            asset = self.trap(source, MUSHRA_TRAP_TEXT.format(value=value))
+            asset = self.trap(source, tuple(t.format(value=value) for t in MUSHRA_TRAP_TEXT), item)
             expected = _expect(max(0.0, value - MUSHRA_TRAP_TOLERANCE), min(100.0, value + MUSHRA_TRAP_TOLERANCE))
             sounds = [(what, asset, expected), ("hidden reference", item.reference, None)]
             sounds += [(f"output of {c.run.name}@{c.step}", self.output(item, c), None)
@@ -297,14 +437,14 @@ class _ControlBuilder:
             return self.trial(trapping, item, index, sounds, item.reference)
         if kind == ListeningTest.Kind.CMOS:
             label = self.rng.choice(CCR_SCALE["labels"])
-            asset = self.trap(source, TRAP_TEXT.format(label=label["text"]))
+            asset = self.trap(source, tuple(t.format(label=label["text"]) for t in TRAP_TEXT), item)
             versus = (item.reference if self.comparison is None else self.output(item, self.comparison))
             expected = _expect(label["value"], label["value"], of=Stimulus.Expected.ANSWER)
             return self.trial(trapping, item, index, [(what, asset, expected), ("comparison", versus, None)])
         from evalsite.listening.selectors import AB_ANSWER_VALUES
 
         letter = self.rng.choice(("A", "B"))
-        asset = self.trap(source, AB_TRAP_TEXT.format(label=letter))
+        asset = self.trap(source, tuple(t.format(label=letter) for t in AB_TRAP_TEXT), item)
         partner = self.checkpoints[(n + 1) % len(self.checkpoints)]
         expected = _expect(AB_ANSWER_VALUES[letter], AB_ANSWER_VALUES[letter], of=Stimulus.Expected.ANSWER)
         return self.trial(trapping, item, index, [(what, asset, expected),
@@ -345,6 +485,22 @@ def _anchor_assets(reference, rate_checked: dict[int, bool], warnings: list[str]
         assets[role], _ = audio_asset_store(decoded=decoded_from_array(anchor, rate),
                                             original_name=f"anchor-{int(cutoff)}.wav")
     return assets
+
+
+def _check_build_lists(checkpoints: list[Checkpoint], items: list[EvalItem] | None) -> None:
+    """Each checkpoint and item once, and no more of them than the operator allows: one request must not
+    hold a web worker for a minute building (or resolving) a test nobody could run."""
+    if len(checkpoints) > settings.EVALSITE_LISTENING_MAX_SYSTEMS:
+        raise ApplicationError(TOO_MANY_SYSTEMS.format(limit=settings.EVALSITE_LISTENING_MAX_SYSTEMS,
+                                                       n=len(checkpoints)))
+    times = Counter(c.pk for c in checkpoints)
+    if len(times) < len(checkpoints):
+        labels = sorted({f"{c.run.name}@{c.step}" for c in checkpoints if times[c.pk] > 1})
+        raise ApplicationError(DUPLICATE_CHECKPOINTS.format(labels=", ".join(labels)))
+    times = Counter(i.pk for i in items or [])
+    if len(times) < len(items or []):
+        keys = sorted({i.key for i in items if times[i.pk] > 1})
+        raise ApplicationError(DUPLICATE_ITEMS.format(keys=", ".join(keys[:10])))
 
 
 @transaction.atomic
@@ -389,6 +545,7 @@ def listening_test_build(
     """
     if not checkpoints:
         raise ApplicationError(NO_CHECKPOINTS)
+    _check_build_lists(checkpoints, items)
     if comparison is not None and kind != ListeningTest.Kind.CMOS:
         raise ApplicationError(COMPARISON_ONLY_CMOS.format(kind=kind))
     if allow_no_preference and kind != ListeningTest.Kind.AB:
@@ -410,6 +567,13 @@ def listening_test_build(
         items = list(EvalItem.objects.filter(eval_set_id=eval_sets.pop()).select_related("reference").order_by("key"))
     if kind == ListeningTest.Kind.MUSHRA and len(checkpoints) + 3 > MUSHRA_MAX_SIGNALS:
         raise ApplicationError(MUSHRA_TOO_MANY.format(n=len(checkpoints), total=len(checkpoints) + 3))
+    if len(items) > settings.EVALSITE_LISTENING_MAX_ITEMS:
+        raise ApplicationError(TOO_MANY_ITEMS.format(limit=settings.EVALSITE_LISTENING_MAX_ITEMS, n=len(items)))
+    per_item = {ListeningTest.Kind.MUSHRA: 1, ListeningTest.Kind.AB: len(checkpoints) * (len(checkpoints) - 1) // 2
+                }.get(kind, len(checkpoints))
+    if per_item * len(items) > settings.EVALSITE_LISTENING_MAX_TRIALS:
+        raise ApplicationError(TOO_MANY_TRIALS.format(n=per_item * len(items), per_item=per_item, items=len(items),
+                                                      limit=settings.EVALSITE_LISTENING_MAX_TRIALS))
 
     test = ListeningTest(
         name=name, kind=kind, seed=seed if seed is not None else secrets.randbits(31), votes_target=votes_target,
@@ -598,10 +762,20 @@ def _join_layout(test: ListeningTest) -> _JoinLayout:
     return _JoinLayout(training, controls, stimuli)
 
 
+class CrowdIdInUse(ConflictError):
+    """Another browser already joined the test with this crowd id (409, ``CROWD_ID_IN_USE``)."""
+
+
 def participant_join(
-    *, test: ListeningTest, external_id: str = "", study_id: str = "", session_id: str = ""
+    *, test: ListeningTest, external_id: str = "", study_id: str = "", session_id: str = "",
+    resume_token: str | None = None,
 ) -> Participant:
-    """Admit a listener (or return the same crowd worker's existing participant: resume).
+    """Admit a listener, or resume the crowd worker whose browser proves it joined as them.
+
+    A crowd id (``PROLIFIC_PID``) is no secret: it travels in URLs and anyone may type one. So a
+    returning worker gets their participant back only when ``resume_token`` (the participant token
+    that the browser's signed cookie holds) is that participant's; anyone else presenting the id is
+    refused with ``CrowdIdInUse``, and the existing session, its answers included, stays untouched.
 
     Joins take the test's row lock in turn (the assignment engine balances on what earlier joins
     were given), so everything that does not depend on it is read before taking it.
@@ -615,7 +789,9 @@ def participant_join(
         if external_id:
             existing = Participant.objects.filter(test=test, external_id=external_id).first()
             if existing is not None:
-                return existing
+                if resume_token and secrets.compare_digest(existing.token, resume_token):
+                    return existing
+                raise CrowdIdInUse(CROWD_ID_IN_USE, extra={"field": "PROLIFIC_PID"})
         token = secrets.token_urlsafe(18)
         seed = random.Random(f"{test.seed}:{token}").getrandbits(31)
         rng = random.Random(seed)

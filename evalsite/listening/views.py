@@ -9,6 +9,7 @@ participant counts against its rate limit (``EVALSITE_LISTENER_RATE``), joins ag
 from __future__ import annotations
 
 import json
+import logging
 from functools import wraps
 
 from django.conf import settings
@@ -30,6 +31,8 @@ from evalsite.listening.selectors import (
     rating_answer,
 )
 
+logger = logging.getLogger(__name__)
+
 COOKIE = "evalsite_listener"
 COOKIE_SALT = "evalsite.listening.participant"
 COOKIE_MAX_AGE = 60 * 60 * 24 * 30
@@ -38,6 +41,7 @@ LISTENER_LIMITED = "Too many requests from this listening session: at most {rate
 JOIN_LIMITED = ("Too many people have joined this test from your network in a short time: at most {rate}. "
                 "Please try again in {wait}.")
 BODY_TOO_LARGE = "The request body is {size} bytes; a listener request may be at most {limit} bytes."
+BODY_TOO_DEEP = "The request body is nested too deeply to be read as JSON."
 UNKNOWN_SOUND = "Unknown sound."
 # What of a stored WAV reaches a listener: its format, and the samples (the data chunk). libsndfile
 # writes a PEAK chunk into float WAVs holding the time the file was written, which would tell the
@@ -108,6 +112,10 @@ def _json_body(request: HttpRequest) -> dict:
         body = json.loads(request.body or b"{}")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApplicationError(f"the request body is not valid JSON ({exc})", extra={"field": "body"}) from None
+    except RecursionError:
+        # json raises this, not a ValueError, for arrays or objects nested past the interpreter's
+        # recursion limit: a few kilobytes of "[" would otherwise be a 500.
+        raise ApplicationError(BODY_TOO_DEEP, extra={"field": "body"}) from None
     if not isinstance(body, dict):
         raise ApplicationError("the request body must be a JSON object", extra={"field": "body"})
     return body
@@ -115,7 +123,8 @@ def _json_body(request: HttpRequest) -> dict:
 
 @require_http_methods(["GET", "POST"])
 def invite(request: HttpRequest, invite_token: str) -> HttpResponse:
-    """Consent page of a test; agreeing creates (or, for a returning crowd worker, resumes) a participant."""
+    """Consent page of a test; agreeing creates a participant, or resumes a returning crowd worker's
+    from the browser that joined as them (its signed cookie; another browser is refused)."""
     test = get_object_or_404(ListeningTest, invite_token=invite_token)
     crowd = {k: request.GET.get(k, request.POST.get(k, "")) for k in ("PROLIFIC_PID", "STUDY_ID", "SESSION_ID")}
     if test.status != ListeningTest.Status.PUBLISHED:
@@ -130,7 +139,14 @@ def invite(request: HttpRequest, invite_token: str) -> HttpResponse:
         return with_retry_after(page, limited)
     try:
         participant = services.participant_join(test=test, external_id=crowd["PROLIFIC_PID"],
-                                                study_id=crowd["STUDY_ID"], session_id=crowd["SESSION_ID"])
+                                                study_id=crowd["STUDY_ID"], session_id=crowd["SESSION_ID"],
+                                                resume_token=request.get_signed_cookie(COOKIE, default=None,
+                                                                                       salt=COOKIE_SALT))
+    except services.CrowdIdInUse as exc:
+        # Not sent on to the screened-out address: this may be the worker themself, on another device.
+        logger.warning("test %s: a second browser presented the crowd id of an existing participant; refused",
+                       test.pk)
+        return render(request, "listening/message.html", {"message": exc.message}, status=409)
     except ConflictError as exc:
         return render(request, "listening/message.html", {"message": exc.message,
                                                           "redirect": test.screened_out_redirect}, status=409)

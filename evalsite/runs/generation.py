@@ -28,8 +28,8 @@ MODEL_CACHE_SIZE = int(os.environ.get("EVALSITE_MODEL_CACHE_SIZE", "2"))
 
 
 def pick_device(requested: str | None = None) -> str:
-    """``requested`` if given, else CUDA when present, else CPU."""
-    if requested:
+    """``requested`` if given (and not "auto"), else CUDA when present, else CPU."""
+    if requested and requested != "auto":
         return requested
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -44,22 +44,24 @@ class ModelCache:
         self.loads = 0
 
     @staticmethod
-    def _key(uri: str, family: str | None, device: str) -> tuple:
+    def _key(uri: str, family: str | None, device: str, plugins: tuple[str, ...] = ()) -> tuple:
         path = Path(uri)
         try:
             stat = path.stat()
             identity = (stat.st_mtime_ns, stat.st_size)
         except OSError:
             identity = (None, None)  # models.load reports the missing file with its name
-        return (str(path.resolve()), identity, family, device)
+        return (str(path.resolve()), identity, family, device, plugins)
 
-    def get(self, uri: str, *, family: str | None, device: str) -> models.AudioModel:
-        key = self._key(uri, family, device)
+    def get(self, uri: str, *, family: str | None, device: str,
+            plugins: tuple[str, ...] = ()) -> models.AudioModel:
+        """The loaded model; ``plugins`` are the dotted-path families the operator allowed."""
+        key = self._key(uri, family, device, plugins)
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
-        model = models.load(uri, family=family, device=device)
+        model = models.load(uri, family=family, device=device, plugins=plugins)
         self.loads += 1
         with self._lock:
             self._models[key] = model

@@ -77,9 +77,15 @@ class Run(BaseModel):
         super().save(*args, **kwargs)
 
     def clean(self) -> None:
+        from evalsite.runs.checkpoint_files import checkpoint_dir_validate
+        from evalsite.runs.families import model_family_validate
         from evalsite.runs.watcher import compile_pattern
 
         compile_pattern(self.checkpoint_pattern)
+        if self.checkpoint_dir:  # a run token may set it: the watcher would read whatever it names
+            checkpoint_dir_validate(path=self.checkpoint_dir, owner=self.owner)
+        if self.model_family:  # blank is reported by the field itself
+            model_family_validate(self.model_family)
 
 
 class Checkpoint(BaseModel):

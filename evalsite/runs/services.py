@@ -27,6 +27,12 @@ from evalsite.audio.decoding import AudioValidationError
 from evalsite.audio.models import AudioAsset
 from evalsite.audio.services import audio_asset_ingest
 from evalsite.core.exceptions import ApplicationError, ConflictError
+from evalsite.runs.checkpoint_files import (
+    CHECKPOINT_SHA256_MISMATCH,
+    CheckpointPathRefused,
+    OpenedCheckpoint,
+    checkpoint_file_open,
+)
 from evalsite.runs.models import EvalItem, EvalSet, Job, Run
 
 logger = logging.getLogger(__name__)
@@ -36,6 +42,7 @@ MANIFEST_EXTENSIONS = (".csv", ".jsonl")
 
 JOB_ILLEGAL_TRANSITION = "Job {job_id} is {status}; it cannot move to {target}."
 JOB_NOT_FOUND = "Job {job_id} does not exist."
+JOB_TIME_LIMIT = "stopped at its time limit ({limit}); raise {setting} for longer jobs of this kind."
 IMPORT_SOURCE_MISSING = "{source}: no such file or directory."
 IMPORT_SOURCE_KIND = "{source}: expected a directory of audio files or a .csv/.jsonl manifest."
 MANIFEST_NO_PATH_COLUMN = "{source}: the manifest has no 'path' column (columns: {columns})."
@@ -562,13 +569,17 @@ def job_execute(
     worker: str,
     work: Callable[[Job, ProgressFn], dict[str, Any]],
     heartbeat_every_s: float = 1.0,
+    time_limit_s: float | None = None,
+    time_limit_setting: str = "",
 ) -> Job | None:
     """Claim the job, run ``work(job, progress)`` and record its outcome on the job.
 
     ``work`` raises ``ApplicationError`` for a failure a user must fix (message kept verbatim);
     any other exception is recorded with its type. Database connection errors propagate so the
-    task can retry. Returns the ended job, or ``None`` for a duplicate delivery.
+    task can retry. Celery's soft time limit (``time_limit_s``, from ``time_limit_setting``) fails the
+    job with JOB_TIME_LIMIT. Returns the ended job, or ``None`` for a duplicate delivery.
     """
+    from celery.exceptions import SoftTimeLimitExceeded
     from django.db import InterfaceError, OperationalError
 
     job = job_claim(job_id=job_id, worker=worker)
@@ -585,6 +596,10 @@ def job_execute(
     attempt = job.attempts
     try:
         result = work(job, progress)
+    except SoftTimeLimitExceeded:
+        limit = f"{time_limit_s:.0f} s" if time_limit_s else "its time limit"
+        error = JOB_TIME_LIMIT.format(limit=limit, setting=time_limit_setting or "EVALSITE_TASK_TIME_LIMITS")
+        return job_fail(job_id=job_id, error=error, attempt=attempt)
     except ApplicationError as exc:
         return job_fail(job_id=job_id, error=exc.message, result=exc.extra or None, attempt=attempt)
     except (OperationalError, InterfaceError):
@@ -643,6 +658,44 @@ CHECKPOINT_STEP_TAKEN = (
     "Register the new file under another step, or delete the old checkpoint first."
 )
 CHECKPOINT_SHA256_INVALID = "sha256 must be 64 hexadecimal characters; got {value!r}."
+CHECKPOINT_MISSING = "cannot load checkpoint {uri}: checkpoint not found: {uri}"
+CHECKPOINT_SHA256_CHANGED = "the checkpoint file no longer has the sha256 it was registered with; it was not loaded."
+
+
+def _checkpoint_file_check(*, run: Run, uri: str, sha256: str) -> int | None:
+    """Refuse a path outside the checkpoint roots or not a regular file, and a sha256 the file does not have.
+
+    Returns the file's size, or None when this host does not see the file (the web server need not
+    share the workers' filesystem): the worker checks again before it opens it.
+    """
+    try:
+        with checkpoint_file_open(uri=uri, owner=run.owner) as opened:
+            if sha256 and opened.sha256() != sha256:
+                raise ApplicationError(CHECKPOINT_SHA256_MISMATCH,
+                                       extra={"fields": {"sha256": [CHECKPOINT_SHA256_MISMATCH]}})
+            return opened.stat.st_size
+    except FileNotFoundError:
+        return None
+
+
+def _checkpoint_file_verified(checkpoint) -> OpenedCheckpoint:
+    """On the worker, right before loading: the checked, opened file, its sha256 recorded or verified.
+
+    The path is checked against the roots again and opened without following symlinks, because the
+    file may have been swapped since it was registered.
+    """
+    from evalsite.runs.models import Checkpoint
+
+    try:
+        with checkpoint_file_open(uri=checkpoint.uri, owner=checkpoint.run.owner) as opened:
+            digest = opened.sha256()
+    except FileNotFoundError:
+        raise ApplicationError(CHECKPOINT_MISSING.format(uri=checkpoint.uri)) from None
+    if checkpoint.sha256 and digest != checkpoint.sha256:
+        raise ApplicationError(CHECKPOINT_SHA256_CHANGED)
+    if not checkpoint.sha256:
+        Checkpoint.objects.filter(pk=checkpoint.pk).update(sha256=digest, size_bytes=opened.stat.st_size)
+    return opened
 
 
 def checkpoint_register(
@@ -654,6 +707,8 @@ def checkpoint_register(
     same sha256, when both give one) returns the existing row and queues nothing, so a client may
     retry freely; the same step with another file is a ``ConflictError``. Safe against concurrent
     registrations of one step (the unique constraint decides; the loser gets the winner's row).
+    The file must be a regular file under the checkpoint roots (``CheckpointPathRefused``) and have
+    the sha256 given, if one is given.
     """
     from django.db import IntegrityError
 
@@ -670,11 +725,12 @@ def checkpoint_register(
             raise ConflictError(CHECKPOINT_STEP_TAKEN.format(step=step, run=run.name, existing=label, uri=uri))
         return existing, False
 
+    if params:
+        generation_params(params)  # refused here, not later by the worker
+    size = _checkpoint_file_check(run=run, uri=uri, sha256=sha256)
     existing = Checkpoint.objects.filter(run=run, step=step).first()
     if existing is not None:
         return same_or_conflict(existing)
-    path = Path(uri)
-    size = path.stat().st_size if path.is_file() else None
     checkpoint = Checkpoint(run=run, step=step, uri=uri, sha256=sha256, size_bytes=size)
     checkpoint.full_clean(validate_unique=False)
     try:
@@ -691,10 +747,11 @@ def checkpoint_register(
 
 
 def generation_params(params: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """Fill defaults and return the canonical params with their hash (the natural key of outputs)."""
-    unknown = sorted(set(params) - set(GENERATION_DEFAULTS) - {"device"})
-    if unknown:
-        raise ApplicationError(f"unknown generation params {unknown}; known: {sorted(GENERATION_DEFAULTS)}")
+    """Check them (evalsite.runs.params: types, ranges, known keys), fill defaults and return the canonical
+    params with their hash (the natural key of outputs)."""
+    from evalsite.runs.params import generation_params_check
+
+    generation_params_check(params)
     full = {**GENERATION_DEFAULTS, **{k: v for k, v in params.items() if k != "device"}}
     # Batch size, precision and device change speed, not which audio an item gets: not in the key.
     keyed = {k: v for k, v in full.items() if k not in ("batch_size", "tf32")}
@@ -749,7 +806,7 @@ def generation_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
         # Next stage of the pipeline; the metrics job moves the checkpoint to done.
         checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.SCORING)
         params = {"params_hash": result["params_hash"]}
-        if job.params.get("device"):
+        if job.params.get("device") not in (None, "", "auto"):
             params["device"] = job.params["device"]
         result["metrics_job_id"] = job_create(kind=Job.Kind.METRICS, run=checkpoint.run, checkpoint=checkpoint,
                                               params=params).pk
@@ -773,19 +830,19 @@ def _generate(job: Job, checkpoint, progress: ProgressFn) -> dict[str, Any]:
     torch.backends.cudnn.allow_tf32 = bool(params["tf32"])
     checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.GENERATING)
 
-    path = Path(checkpoint.uri)
-    if not checkpoint.sha256 and path.is_file():
-        from metrics.embedders.store import sha256_file
+    checked = _checkpoint_file_verified(checkpoint)
+    from evalsite.runs.families import MODEL_FAMILY_AUTO, model_plugins
 
-        Checkpoint.objects.filter(pk=checkpoint.pk).update(sha256=sha256_file(path), size_bytes=path.stat().st_size)
-    family = None if run.model_family in ("", "auto") else run.model_family
+    family = None if run.model_family in ("", MODEL_FAMILY_AUTO) else run.model_family
     try:
-        model = gen.model_cache.get(checkpoint.uri, family=family, device=device)
+        model = gen.model_cache.get(checked.path, family=family, device=device, plugins=model_plugins())
     except (models.ModelLoadError, models.CheckpointNotFoundError) as exc:
         raise ApplicationError(f"cannot load checkpoint {checkpoint.uri}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - whatever a malformed file breaks in loading, the job names the file
         logger.exception("loading checkpoint %s failed unexpectedly", checkpoint.uri)
         raise ApplicationError(f"cannot load checkpoint {checkpoint.uri}: {type(exc).__name__}: {exc}") from None
+    if not checked.still_at_path():  # swapped (for a symlink, another file) while it was loading
+        raise CheckpointPathRefused()
     if model.kind != run.kind:
         raise ApplicationError(KIND_MISMATCH.format(run=run.name, run_kind=run.kind, uri=checkpoint.uri,
                                                     model_kind=model.kind, family=model.family))
@@ -906,14 +963,14 @@ def _generator_condition(model, run: Run, item: EvalItem, text_embedders: dict |
     embedder_name = run.config.get("condition_embedder", DEFAULT_CONDITION_EMBEDDER)
     if not item.text:
         raise ApplicationError(NO_CONDITION.format(key=item.key, dim=dim, embedder=embedder_name))
-    from metrics.embedders import MissingWeightsError, get_embedder
+    from metrics.embedders import MissingWeightsError, WeightIntegrityError, get_embedder
 
     cache = text_embedders if text_embedders is not None else {}
     try:
         if embedder_name not in cache:
             cache[embedder_name] = get_embedder(embedder_name)
         embedding = cache[embedder_name].embed_text([item.text])[0]
-    except MissingWeightsError as exc:
+    except (MissingWeightsError, WeightIntegrityError) as exc:
         raise ApplicationError(f"item {item.key!r}: cannot embed its text: {exc}") from None
     if embedding.shape[-1] != dim:
         raise ApplicationError(CONDITION_DIM_MISMATCH.format(key=item.key, embedder=embedder_name,

@@ -5,6 +5,11 @@ it is older than ``EVALSITE_WATCH_SETTLE_S`` — a checkpoint still being writte
 scans. Temporary names (dot files, ``*.tmp``, ``*.part``, ``*~`` …) are never considered.
 Exactly once: ``checkpoint_register`` is keyed by (run, step) under a unique constraint, and a
 file already linked to its checkpoint is not looked at again.
+
+A run token chooses the directory and the pattern: the directory must lie under the checkpoint
+roots (checked again at every scan), only regular files are considered (no symlinks, FIFOs or
+devices), a run's own pattern runs on RE2 (linear time in the name, whatever the pattern: no
+catastrophic backtracking; backreferences and lookarounds are refused), and scans never overlap.
 """
 
 from __future__ import annotations
@@ -14,12 +19,16 @@ import os
 import re
 import time
 from pathlib import Path
+from stat import S_ISREG
 
+import re2
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from evalsite.core.exceptions import ApplicationError, ConflictError
+from evalsite.runs.checkpoint_files import CheckpointPathRefused, checkpoint_dir_validate
+from evalsite.runs.locks import exclusive
 from evalsite.runs.models import Run, WatchedFile
 
 logger = logging.getLogger(__name__)
@@ -34,23 +43,30 @@ TEMPORARY = re.compile(r"(^\.|~$|\.(tmp|temp|part|partial|incomplete|swp|lock)$|
 MAX_DEPTH = 4  # Lightning writes under lightning_logs/version_N/checkpoints/
 
 PATTERN_NO_STEP_GROUP = "checkpoint_pattern must be a regular expression with a (?P<step>...) group; got {pattern!r}."
-PATTERN_INVALID = "checkpoint_pattern {pattern!r} is not a valid regular expression: {error}."
+PATTERN_INVALID = (
+    "checkpoint_pattern {pattern!r} is not a valid regular expression for RE2 (no backreferences or "
+    "lookarounds): {error}."
+)
+WATCH_LOCK = "checkpoints-watch"
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # the error goes back to the caller, not to the worker's stderr
 
 
-def compile_pattern(pattern: str) -> re.Pattern[str] | None:
-    """The run's own pattern, or None for the built-in names; a bad pattern is a ValidationError."""
+def compile_pattern(pattern: str) -> re2._Regexp | None:
+    """The run's own pattern compiled by RE2, or None for the built-in names; a bad pattern is a ValidationError."""
     if not pattern:
         return None
     try:
-        compiled = re.compile(pattern)
-    except re.error as exc:
-        raise ValidationError({"checkpoint_pattern": PATTERN_INVALID.format(pattern=pattern, error=exc)}) from None
+        compiled = re2.compile(pattern, options=_RE2_OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ValidationError({"checkpoint_pattern": PATTERN_INVALID.format(pattern=pattern, error=reason)}) from None
     if "step" not in compiled.groupindex:
         raise ValidationError({"checkpoint_pattern": PATTERN_NO_STEP_GROUP.format(pattern=pattern)})
     return compiled
 
 
-def step_from_name(name: str, pattern: re.Pattern[str] | None = None) -> int | None:
+def step_from_name(name: str, pattern: re2._Regexp | None = None) -> int | None:
     """The training step a checkpoint file name encodes, or None when it is not a checkpoint name."""
     if TEMPORARY.search(name):
         return None
@@ -59,13 +75,14 @@ def step_from_name(name: str, pattern: re.Pattern[str] | None = None) -> int | N
         match = regex.search(name)
         if match:
             try:
-                return int(match.group("step"))
+                step = int(match.group("step"))
             except (TypeError, ValueError):
                 return None
+            return step if 0 <= step < 2**63 else None  # what a Checkpoint's step can hold
     return None
 
 
-def _candidates(root: Path, pattern: re.Pattern[str] | None) -> dict[str, tuple[int, os.stat_result]]:
+def _candidates(root: Path, pattern: re2._Regexp | None) -> dict[str, tuple[int, os.stat_result]]:
     found: dict[str, tuple[int, os.stat_result]] = {}
     base_depth = len(root.parts)
     for dirpath, dirnames, filenames in os.walk(root):
@@ -77,10 +94,11 @@ def _candidates(root: Path, pattern: re.Pattern[str] | None) -> dict[str, tuple[
                 continue
             path = os.path.join(dirpath, name)
             try:
-                stat = os.stat(path)
+                stat = os.lstat(path)
             except FileNotFoundError:  # renamed or deleted between listing and stat
                 continue
-            found[path] = (step, stat)
+            if S_ISREG(stat.st_mode):  # a symlink could point anywhere; a FIFO would block its reader
+                found[path] = (step, stat)
     return found
 
 
@@ -90,6 +108,8 @@ def checkpoints_watch(*, run: Run, now: float | None = None) -> list[int]:
 
     if not run.checkpoint_dir:
         return []
+    # Checked at every scan: the roots may have changed, or the folder been replaced by a symlink.
+    checkpoint_dir_validate(path=run.checkpoint_dir, owner=run.owner)
     root = Path(run.checkpoint_dir)
     if not root.is_dir():
         logger.warning("run %s: checkpoint directory %s does not exist (yet)", run.name, root)
@@ -117,7 +137,7 @@ def checkpoints_watch(*, run: Run, now: float | None = None) -> list[int]:
             continue
         try:
             checkpoint, created = checkpoint_register(run=run, step=step, uri=path)
-        except ConflictError as exc:
+        except (ConflictError, CheckpointPathRefused) as exc:
             WatchedFile.objects.filter(pk=watched.pk).update(note=exc.message[:500])
             continue
         except ApplicationError as exc:
@@ -131,9 +151,18 @@ def checkpoints_watch(*, run: Run, now: float | None = None) -> list[int]:
 
 
 def checkpoints_watch_all() -> dict[str, list[int]]:
-    """One scan of every run that has a checkpoint directory (the beat task)."""
+    """One scan of every run that has a checkpoint directory (the beat task); returns at once, scanning
+    nothing, while another scan runs."""
+    with exclusive(WATCH_LOCK) as held:
+        if not held:
+            logger.info("a checkpoint scan is already running; this one is skipped")
+            return {}
+        return _watch_all()
+
+
+def _watch_all() -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
-    for run in Run.objects.exclude(checkpoint_dir=""):
+    for run in Run.objects.exclude(checkpoint_dir="").select_related("owner"):
         try:
             with transaction.atomic():
                 ids = checkpoints_watch(run=run)

@@ -5,7 +5,9 @@ transport under ``var/queue``, media under ``var/media``. Every value in the REA
 table is read here (or in the integration modules imported at the bottom).
 """
 
+import ipaddress
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -87,6 +89,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Outermost but one: every response gets the policy, those of the middleware below included.
+    "evalsite.core.middleware.ContentSecurityPolicyMiddleware",
     "evalsite.api.fastpath.AlertPollNotModifiedMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -98,6 +102,15 @@ MIDDLEWARE = [
     "evalsite.core.ratelimit.LoginRateLimitMiddleware",
     "evalsite.core.middleware.DatabaseUnavailableMiddleware",
 ]
+
+# Content-Security-Policy of every response (evalsite.core.middleware); "{nonce}" becomes the request's
+# nonce, which the templates' inline scripts carry (request.csp_nonce). Scripts come only from this
+# site (plotly.js included: analysis:plotly-js), so an injected script does not run; styles may be
+# inline (plotly.js injects its own). Empty: no header.
+EVALSITE_CSP = os.environ.get("EVALSITE_CSP", (
+    "default-src 'self'; script-src 'self' 'nonce-{nonce}'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; media-src 'self' blob:; font-src 'self' data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"))
 
 ROOT_URLCONF = "evalsite.urls"
 WSGI_APPLICATION = "evalsite.wsgi.application"
@@ -214,6 +227,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # /api/v1/schema/ is public on purpose: it describes the operations (as the source does) and holds
+    # no data, and clients read it before they hold a token; anonymous requests count against the
+    # per-IP limit (EVALSITE_API_ANON_RATE) like any other (tests/security/test_headers.py).
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
 }
 
 LOGGING = {
@@ -225,11 +242,43 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
 
+# Model plug-ins given as dotted paths ("package.module:attribute", comma-separated). A run may name
+# one only when it is listed here: the API, a run token and a checkpoint file never choose code.
+# Built-in families and installed "evalsite.models" entry points need no listing.
+EVALSITE_MODEL_PLUGINS = [p.strip() for p in os.environ.get("EVALSITE_MODEL_PLUGINS", "").split(",") if p.strip()]
+for _plugin in EVALSITE_MODEL_PLUGINS:
+    if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", _plugin):
+        raise ImproperlyConfigured(f"EVALSITE_MODEL_PLUGINS: {_plugin!r} is not of the form 'package.module:attribute'")
+
 # Audio ingestion limits: a file outside them is reported with its path and the reason.
 EVALSITE_MAX_AUDIO_DURATION_S = env_float("EVALSITE_MAX_AUDIO_DURATION_S", 600.0)
 EVALSITE_MIN_SAMPLE_RATE = env_int("EVALSITE_MIN_SAMPLE_RATE", 8000)
 EVALSITE_MAX_SAMPLE_RATE = env_int("EVALSITE_MAX_SAMPLE_RATE", 192000)
 EVALSITE_MAX_CHANNELS = env_int("EVALSITE_MAX_CHANNELS", 2)
+
+# Webhook policy (evalsite.alerts.webhooks): a run token chooses the URL, so by default only https to
+# public addresses. http:// and networks that are otherwise refused (loopback, private: a receiver on
+# this machine or the lab's network) must be allowed by the operator, e.g. "127.0.0.1/32,10.1.0.0/16".
+EVALSITE_WEBHOOK_ALLOW_HTTP = env_bool("EVALSITE_WEBHOOK_ALLOW_HTTP", False)
+EVALSITE_WEBHOOK_ALLOWED_NETWORKS = [n.strip() for n in os.environ.get("EVALSITE_WEBHOOK_ALLOWED_NETWORKS", "")
+                                     .split(",") if n.strip()]
+for _network in EVALSITE_WEBHOOK_ALLOWED_NETWORKS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"EVALSITE_WEBHOOK_ALLOWED_NETWORKS: {_exc}") from None
+
+# The largest listening test one request may build (evalsite.listening.services.listening_test_build):
+# checkpoints rated (MUSHRA allows 9 anyway: 12 signals with the hidden reference and two anchors), eval
+# items, and trials in all (an AB test has one per pair of checkpoints per item). At these caps a build
+# holds its web worker for seconds, not minutes (benchmarks/listening_build.py).
+EVALSITE_LISTENING_MAX_SYSTEMS = env_int("EVALSITE_LISTENING_MAX_SYSTEMS", 12)
+EVALSITE_LISTENING_MAX_ITEMS = env_int("EVALSITE_LISTENING_MAX_ITEMS", 300)
+EVALSITE_LISTENING_MAX_TRIALS = env_int("EVALSITE_LISTENING_MAX_TRIALS", 5000)
+
+# Generation params may name "cuda:N" only for N below this (the GPUs each worker has); "cuda" and "auto"
+# always work. Checked at the API and again by the worker (evalsite.runs.params).
+EVALSITE_GENERATION_CUDA_DEVICES = env_int("EVALSITE_GENERATION_CUDA_DEVICES", 1)
 
 from evalsite.settings.storage import *  # noqa: E402,F401,F403
 from evalsite.settings.celery import *  # noqa: E402,F401,F403

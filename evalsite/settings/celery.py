@@ -63,8 +63,11 @@ CELERY_BEAT_SCHEDULE = {
     # Job rows are the truth, the broker only carries them: lost messages and dead workers' jobs are sent again.
     "jobs-sweep": {"task": "evalsite.runs.tasks.jobs_sweep_task",
                    "schedule": float(env_int("EVALSITE_JOB_SWEEP_INTERVAL_S", 60))},
+    # A scan still waiting after one interval is dropped: the next one does the same work (and a scan
+    # never overlaps another: evalsite.runs.watcher.checkpoints_watch_all takes a lock).
     "checkpoints-watch": {"task": "evalsite.runs.tasks.checkpoints_watch_task",
-                          "schedule": float(env_int("EVALSITE_WATCH_INTERVAL_S", 10))},
+                          "schedule": float(env_int("EVALSITE_WATCH_INTERVAL_S", 10)),
+                          "options": {"expires": float(env_int("EVALSITE_WATCH_INTERVAL_S", 10))}},
     "alerts-listening": {"task": "evalsite.alerts.tasks.alerts_evaluate_listening_task",
                          "schedule": float(env_int("EVALSITE_LISTENING_ALERTS_INTERVAL_S", 60))},
     # Precompute listening-test results whose answers changed, so researchers' views read a stored snapshot.
@@ -86,6 +89,32 @@ EVALSITE_JOB_MAX_ATTEMPTS = env_int("EVALSITE_JOB_MAX_ATTEMPTS", 3)
 # A job still queued this long after its message was sent is sent again if its broker queue holds
 # fewer messages than it has queued jobs (a Redis restart without persistence lost them).
 EVALSITE_JOB_REDISPATCH_AFTER_S = env_int("EVALSITE_JOB_REDISPATCH_AFTER_S", 600)
+
+# Time limits of tasks by kind, in seconds. At the soft limit a task is told to stop (a job then fails
+# with the reason, through the job services); EVALSITE_TASK_HARD_LIMIT_GRACE_S later its worker process is
+# killed (prefork pool). evalsite.celery.TaskTimeLimits gives every registered task its kind's limits.
+EVALSITE_TASK_TIME_LIMITS = {
+    "generation": env_int("EVALSITE_TASK_TIME_LIMIT_GENERATION_S", 6 * 3600),
+    "import": env_int("EVALSITE_TASK_TIME_LIMIT_IMPORT_S", 2 * 3600),
+    "metrics": env_int("EVALSITE_TASK_TIME_LIMIT_METRICS_S", 3 * 3600),
+    "periodic": env_int("EVALSITE_TASK_TIME_LIMIT_PERIODIC_S", 600),
+    "watch": env_int("EVALSITE_TASK_TIME_LIMIT_WATCH_S", 120),
+    "webhook": env_int("EVALSITE_TASK_TIME_LIMIT_WEBHOOK_S", 120),
+}
+EVALSITE_TASK_HARD_LIMIT_GRACE_S = env_int("EVALSITE_TASK_HARD_LIMIT_GRACE_S", 60)
+# The kind of each task; a task not named here (Celery's own) has the "periodic" limits.
+EVALSITE_TASK_LIMIT_KINDS = {
+    "evalsite.runs.tasks.generation_run_task": "generation",
+    "evalsite.runs.tasks.evalset_import_task": "import",
+    "evalsite.runs.tasks.metrics_run_task": "metrics",
+    "evalsite.runs.tasks.detection_run_task": "metrics",
+    "evalsite.runs.tasks.checkpoints_watch_task": "watch",
+    "evalsite.runs.tasks.jobs_sweep_task": "periodic",
+    "evalsite.alerts.tasks.alerts_evaluate_listening_task": "periodic",
+    "evalsite.analysis.tasks.analysis_refresh_task": "periodic",
+    "evalsite.alerts.tasks.webhook_deliver_task": "webhook",
+}
+CELERY_TASK_ANNOTATIONS = ("evalsite.celery:TaskTimeLimits",)
 
 # Webhook deliveries: attempts, and the first retry delay (doubling after each failure).
 EVALSITE_WEBHOOK_MAX_ATTEMPTS = env_int("EVALSITE_WEBHOOK_MAX_ATTEMPTS", 8)

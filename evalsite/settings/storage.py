@@ -7,7 +7,7 @@ switched offline before any library that could reach them is imported.
 import os
 from pathlib import Path
 
-from evalsite.settings.base import VAR_DIR
+from evalsite.settings.base import BASE_DIR, VAR_DIR
 
 MEDIA_ROOT = Path(os.environ.get("EVALSITE_MEDIA_ROOT") or VAR_DIR / "media").resolve()
 MEDIA_URL = "/media/"
@@ -21,6 +21,22 @@ STORAGES = {
 }
 
 EVALSITE_MODEL_STORE = Path(os.environ.get("EVALSITE_MODEL_STORE") or VAR_DIR / "model-store").resolve()
+
+
+def _checkpoint_roots(value: str) -> tuple[str, ...]:
+    # os.pathsep- or comma-separated; a relative root is taken from the repository root.
+    parts = [p.strip() for chunk in value.split(os.pathsep) for p in chunk.split(",") if p.strip()]
+    return tuple(str(Path(p).expanduser() if Path(p).expanduser().is_absolute() else BASE_DIR / p) for p in parts)
+
+
+# Checkpoint files (API, client, register_checkpoint, watcher) and runs' checkpoint_dir must lie under one
+# of these folders, checked on the resolved path when registered and again on the worker before it opens
+# the file (evalsite.runs.checkpoint_files). "{username}" in a root is the run owner's own folder: the
+# default gives each researcher var/checkpoints/<username>/, plus the demo's cached checkpoints and the
+# examples' output (examples/train_tiny_vocoder.py --out) for the embedded setup.
+EVALSITE_CHECKPOINT_ROOTS = _checkpoint_roots(os.environ.get("EVALSITE_CHECKPOINT_ROOTS", "")) or (
+    str(VAR_DIR / "checkpoints" / "{username}"), str(VAR_DIR / "demo-checkpoints"), str(VAR_DIR / "examples"),
+)
 
 # laion_clap (and so frechet_audio_distance) contacts a model hub at import time and hangs offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

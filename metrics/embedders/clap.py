@@ -140,11 +140,10 @@ class ClapEmbedder(Embedder):
         self.hop_s, self.int16_roundtrip = float(hop_s), bool(int16_roundtrip)
         self.name = self.variant.name + ("" if hop_s == 10.0 else f"-hop{hop_s:g}s") + ("" if int16_roundtrip else "-float")
         self.store = store or ModelStore()
-        path = self.store.require(self.variant.weights, embedder=self.name)
+        ckpt, path = self.store.load_torch(self.variant.weights, embedder=self.name)
         tok_dir = self.store.root / "clap" / "roberta-base"
         config = tok_dir / "config.json"
         self.model = build_clap_model(self.variant.audio_model, config if config.is_file() else None)
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
         self.model.load_state_dict(clap_state_dict(ckpt), strict=True)
         self.model.to(self.device).eval()
         self._weights_checksum = combined_checksum([path])

@@ -54,9 +54,9 @@ class EncodecEmbedder(Embedder):
 
     def __init__(self, store: ModelStore | None = None, device=None, *, batch_size: int = 8) -> None:
         super().__init__(device=device, batch_size=batch_size)
-        path = (store or ModelStore()).require(ENCODEC_24K, embedder=self.name)
+        state, path = (store or ModelStore()).load_torch(ENCODEC_24K, embedder=self.name)
         self.model = build_encodec_24k()
-        self.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+        self.model.load_state_dict(state, strict=True)
         self.model.to(self.device).eval()
         self._weights_checksum = combined_checksum([path])
 

@@ -17,6 +17,10 @@ here, each with where it is published; nothing is invented:
 
 A file whose digest could not be found is listed with none; :func:`fetch_file` refuses it and
 says where to check it by hand.
+
+The same digests are checked every time an embedder loads a store file
+(:meth:`~metrics.embedders.store.ModelStore.load_torch`), so a file replaced in a shared store is
+refused rather than loaded; a file listed with no digest is loaded with a warning.
 """
 
 from __future__ import annotations
@@ -238,8 +242,13 @@ def mirror_url(mirror: str, remote: RemoteFile) -> str:
     return mirror.rstrip("/") + "/" + quote(remote.relpath)
 
 
-def _check_digests(remote: RemoteFile, sha256: str, md5: str) -> str | None:
-    """Why the digests do not match ``remote``, or None when they do."""
+def catalogue_entry(weight: WeightFile) -> RemoteFile | None:
+    """The catalogue entry of a store file (None for a file the catalogue does not list)."""
+    return remote_files().get(f"{weight.subdir}/{weight.filename}")
+
+
+def digest_problem(remote: RemoteFile, sha256: str, md5: str) -> str | None:
+    """Why the digests do not match ``remote`` (both values named), or None when they do."""
     if remote.sha256 and sha256 != remote.sha256.lower():
         return f"SHA-256 {sha256} does not match the expected {remote.sha256}"
     if remote.sha256_prefix and not sha256.startswith(remote.sha256_prefix.lower()):
@@ -319,7 +328,7 @@ def _download_verified(url: str, remote: RemoteFile, target: Path, *, connect_ti
                     raise FetchError(f"{url} sent {received} bytes, expected {want} (truncated download)")
             out.flush()
             os.fsync(out.fileno())
-        why = _check_digests(remote, sha.hexdigest(), md5.hexdigest())
+        why = digest_problem(remote, sha.hexdigest(), md5.hexdigest())
         if why:
             raise FetchError(f"{url}: {why}; the download was discarded")
         os.chmod(tmp, 0o644)
@@ -359,7 +368,7 @@ def fetch_file(remote: RemoteFile, store: ModelStore, *, mirror: str | None = No
     by_hand = f"Download {remote.url} by hand and put it at {target}"
     if target.is_file():
         sha, md5 = _hash_file(target)
-        why = _check_digests(remote, sha, md5) if remote.has_digest else None
+        why = digest_problem(remote, sha, md5) if remote.has_digest else None
         if why is None:
             what = f"{remote.describe_digest()} verified" if remote.has_digest else "no digest recorded, not checked"
             return FetchResult(remote, target, "present", f"already present ({what})", sha)

@@ -175,8 +175,7 @@ class PannsCnn14Embedder(Embedder):
         self.config = CNN14_CONFIGS[sample_rate]
         self.sample_rate = sample_rate
         self.name = f"panns-cnn14-{sample_rate // 1000}k"
-        path = (store or ModelStore()).require(self.config.weights, embedder=self.name)
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt, path = (store or ModelStore()).load_torch(self.config.weights, embedder=self.name)
         state = ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt
         self.net = Cnn14(self.config)
         self.net.load_state_dict(state, strict=True)

@@ -86,6 +86,8 @@ def get_embedder(name: str, store: ModelStore | str | None = None, device=None) 
     Raises:
         KeyError: unknown name.
         MissingWeightsError: a weight file is not in the store (the message says which and where).
+        WeightIntegrityError: a store file does not match its catalogue digest or holds pickled
+            objects other than tensors and numeric arrays (the message says how to restore it).
 
     Example:
         >>> get_embedder("resemblyzer-16k", device="cpu").dim

@@ -146,12 +146,14 @@ class VGGishEmbedder(Embedder):
         self.pca = pca
         self.name = "vggish-16k" + ("-pca8bit" if pca else "") + ("" if math.isclose(hop_s, 0.96) else f"-hop{hop_s:g}s")
         store = store or ModelStore()
-        paths = [store.require(VGGISH_WEIGHTS, embedder=self.name)]
+        weights, path = store.load_torch(VGGISH_WEIGHTS, embedder=self.name)
+        paths = [path]
         self.net = VGGishNet()
-        self.net.load_state_dict(_load_state_dict(paths[0]), strict=True)
+        self.net.load_state_dict(_state_dict(weights), strict=True)
         if pca:
-            paths.append(store.require(VGGISH_PCA, embedder=self.name))
-            params = torch.load(paths[1], map_location="cpu", weights_only=False)
+            # A dict of numpy arrays upstream; load_torch allows numeric arrays and nothing else.
+            params, pca_path = store.load_torch(VGGISH_PCA, embedder=self.name)
+            paths.append(pca_path)
             self.pca_matrix = torch.as_tensor(np.asarray(params["pca_eigen_vectors"]), dtype=torch.float32)
             self.pca_means = torch.as_tensor(np.asarray(params["pca_means"]), dtype=torch.float32).reshape(1, -1)
             if self.pca_matrix.shape != (EMBEDDING_DIM, EMBEDDING_DIM) or self.pca_means.shape[1] != EMBEDDING_DIM:
@@ -193,8 +195,7 @@ class VGGishEmbedder(Embedder):
         return list(np.split(emb, np.cumsum(counts)[:-1])) if waves else []
 
 
-def _load_state_dict(path) -> dict:
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+def _state_dict(sd) -> dict:
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     return sd

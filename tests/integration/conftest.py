@@ -202,6 +202,7 @@ def worker_env(transactional_db, broker, settings, tmp_path):
         "CELERY_BROKER_URL": broker,
         "EVALSITE_MEDIA_ROOT": str(media),
         "EVALSITE_VAR_DIR": str(tmp_path / "var"),
+        "EVALSITE_CHECKPOINT_ROOTS": os.pathsep.join(settings.EVALSITE_CHECKPOINT_ROOTS),
         # Short enough that a killed worker's task comes back within seconds in the tests (Redis;
         # RabbitMQ gives it back as soon as the worker's connection closes).
         "CELERY_VISIBILITY_TIMEOUT": "6",

@@ -45,8 +45,10 @@ def shots(request):
     return folder
 
 
-def new_page(browser, errors):
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
+def new_page(browser, errors, *, enforce_csp: bool = False):
+    # Playwright's wait_for_function polls with eval() in the page, which the site's
+    # Content-Security-Policy forbids; the policy itself is checked in test_csp_browser.py.
+    context = browser.new_context(viewport={"width": 1200, "height": 900}, bypass_csp=not enforce_csp)
     page = context.new_page()
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)

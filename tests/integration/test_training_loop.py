@@ -86,6 +86,8 @@ def test_a_watched_checkpoint_is_evaluated_and_its_alert_reaches_the_client_and_
 
     # The worker runs beat too: the watcher scans every second.
     worker_env.update({"EVALSITE_WATCH_INTERVAL_S": "1", "EVALSITE_WATCH_SETTLE_S": "1"})
+    # The receiver is this machine's loopback over plain http: refused unless the operator allows both.
+    worker_env.update({"EVALSITE_WEBHOOK_ALLOW_HTTP": "1", "EVALSITE_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32"})
     start_worker("beat-and-work", beat=True)
     _vocoder(ckpt_dir / "checkpoint_step_100.pth", silent=False)
     _vocoder(ckpt_dir / "checkpoint_step_200.pth", silent=True)

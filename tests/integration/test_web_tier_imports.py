@@ -74,7 +74,8 @@ def test_a_web_process_serves_every_page_without_importing_the_model_stack(site,
     walk(base, site)
 
     seen = json.loads(modules.read_text())
-    assert seen["last"] == LAST_REQUEST  # the hook saw the walk's last request: nothing was served unseen
+    # The hook saw the walk's last request: nothing was served unseen.
+    assert seen["last"] == LAST_REQUEST.format(run=site["run"])
     assert seen["first_seen"] == {}, (
         f"the web process imported the model stack: {seen['first_seen']} (module: the request after which it "
         "was first loaded). Web requests must not need it: import it only on the worker's code path.")

@@ -1,7 +1,8 @@
 """Embedders with store-loaded weights: model store errors, checksums, VGGish and PANNs Cnn14 layouts.
 
 Random weights are saved in the exact upstream file names and layouts into a temporary store
-and loaded through the embedders, so the loading path is the one real checkpoints take.
+and loaded through the embedders, so the loading path is the one real checkpoints take (the
+catalogue's digests are patched to match them, as the real files' digests would).
 """
 
 import hashlib
@@ -19,6 +20,7 @@ from metrics.embedders import (  # noqa: E402
 from metrics.embedders.panns import CNN14_CONFIGS, Cnn14, PannsCnn14Embedder  # noqa: E402
 from metrics.embedders.store import WeightFile, sha256_file  # noqa: E402
 from metrics.embedders.vggish import VGGishEmbedder, VGGishNet, vggish_mel_matrix  # noqa: E402
+from tests.model_store import digests_matching, patch_catalogue  # noqa: E402
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -36,7 +38,7 @@ def _randomize_bn(net: torch.nn.Module, seed: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> ModelStore:
+def store(tmp_path_factory):
     """A model store holding random VGGish (+PCA) and Cnn14-16k weights in the upstream layouts."""
     root = tmp_path_factory.mktemp("model-store")
     torch.manual_seed(0)
@@ -49,7 +51,9 @@ def store(tmp_path_factory) -> ModelStore:
     net = Cnn14(CNN14_CONFIGS[16000])
     _randomize_bn(net, 1)
     torch.save({"iteration": 0, "model": net.state_dict()}, root / "panns" / "Cnn14_16k_mAP=0.438.pth")
-    return ModelStore(root)
+    with pytest.MonkeyPatch.context() as mp:
+        patch_catalogue(mp, digests_matching(root))
+        yield ModelStore(root)
 
 
 # -- model store ----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from metrics.embedders import MissingWeightsError, ModelStore, get_embedder  # noqa: E402
+from tests.model_store import digests_matching, patch_catalogue  # noqa: E402
 
 
 def _sine(sr: int, seconds: float, f: float = 440.0) -> np.ndarray:
@@ -30,7 +31,7 @@ def _toy_tokenizer(directory) -> None:
 
 
 @pytest.fixture(scope="module")
-def clap_store(tmp_path_factory) -> ModelStore:
+def clap_store(tmp_path_factory):
     pytest.importorskip("laion_clap")
     from metrics.embedders.clap import build_clap_model
 
@@ -42,7 +43,9 @@ def clap_store(tmp_path_factory) -> ModelStore:
     (root / "clap").mkdir()
     torch.save({"epoch": 45, "state_dict": sd}, root / "clap" / "630k-audioset-best.pt")
     del model, sd
-    return ModelStore(root)
+    with pytest.MonkeyPatch.context() as mp:  # the real file's digest, as it were
+        patch_catalogue(mp, digests_matching(root))
+        yield ModelStore(root)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +98,7 @@ def test_clap_spec_changes_with_the_window_hop(clap_store, clap):
     assert other.preprocess_spec().key() != clap.preprocess_spec().key()
 
 
-def test_encodec_loads_the_24khz_state_dict_and_gives_128d_frames_at_75hz(tmp_path):
+def test_encodec_loads_the_24khz_state_dict_and_gives_128d_frames_at_75hz(tmp_path, monkeypatch):
     pytest.importorskip("encodec")
     from metrics.embedders.codec import build_encodec_24k
 
@@ -103,6 +106,7 @@ def test_encodec_loads_the_24khz_state_dict_and_gives_128d_frames_at_75hz(tmp_pa
     (tmp_path / "encodec").mkdir()
     path = tmp_path / "encodec" / "encodec_24khz-d7cc33bc.th"
     torch.save(build_encodec_24k().state_dict(), path)
+    patch_catalogue(monkeypatch, digests_matching(tmp_path))
     emb = get_embedder("encodec-24k", store=tmp_path, device="cpu")
     assert emb.weights_checksum == hashlib.sha256(path.read_bytes()).hexdigest()
     clips = [_sine(24000, 1.0), _sine(24000, 0.5, 220.0), _sine(24000, 1.0, 660.0)]

@@ -1,4 +1,8 @@
-"""Researchers' own architectures through a dotted path or the ``evalsite.models`` entry-point group."""
+"""Researchers' own architectures through a dotted path or the ``evalsite.models`` entry-point group.
+
+A dotted path is honoured only when the caller lists it in ``plugins``; a checkpoint file may name
+only a registered family (built-in or entry point).
+"""
 
 from __future__ import annotations
 
@@ -97,9 +101,12 @@ def _wav() -> torch.Tensor:
     return torch.linspace(-0.5, 0.5, 2 * 37).reshape(2, 37)
 
 
-def test_dotted_path_class_plugin_round_trips_through_a_checkpoint(plugin_module: str, tmp_path: Path) -> None:
-    model = models.build_model(f"{plugin_module}:FrameVocoder", {"hop": 5}).eval()
-    loaded = models.load(models.save_checkpoint(model, tmp_path / "plugin.pt"))
+def test_dotted_path_class_plugin_round_trips_through_a_checkpoint_when_named_and_allowed(
+    plugin_module: str, tmp_path: Path
+) -> None:
+    family = f"{plugin_module}:FrameVocoder"
+    model = models.build_model(family, {"hop": 5}, plugins=[family]).eval()
+    loaded = models.load(models.save_checkpoint(model, tmp_path / "plugin.pt"), family=family, plugins=[family])
     assert type(loaded).__name__ == "FrameVocoder" and loaded.config.hop == 5
     assert loaded.family == f"{plugin_module}:FrameVocoder" and loaded.kind == "vocoder"
     assert torch.equal(loaded.copy_synthesis(_wav()), model.copy_synthesis(_wav()))
@@ -108,10 +115,34 @@ def test_dotted_path_class_plugin_round_trips_through_a_checkpoint(plugin_module
 
 def test_dotted_path_factory_is_given_the_stored_kwargs(plugin_module: str, tmp_path: Path) -> None:
     family = f"{plugin_module}:make_vocoder"
-    model = models.build_model(family, {"n_mels": 6})
+    model = models.build_model(family, {"n_mels": 6}, plugins=[family])
     path = models.save_checkpoint(model, tmp_path / "factory.pt")
-    assert models.load(path).config.n_mels == 6
-    assert models.load(path, family=family).family == family
+    loaded = models.load(path, family=family, plugins=[family])
+    assert loaded.config.n_mels == 6 and loaded.family == family
+
+
+def test_a_checkpoint_naming_a_dotted_path_is_refused_unless_the_caller_names_the_family(
+    plugin_module: str, tmp_path: Path
+) -> None:
+    family = f"{plugin_module}:make_vocoder"
+    path = models.save_checkpoint(models.build_model(family, {}, plugins=[family]), tmp_path / "factory.pt")
+    with pytest.raises(ModelLoadError, match="not a registered family"):
+        models.load(path, plugins=[family])  # the file's choice is never taken, allowed or not
+    with pytest.raises(ModelLoadError, match="not a registered family"):
+        models.config_from_checkpoint(path)
+
+
+def test_a_dotted_path_not_on_the_allow_list_is_refused_before_import(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"evalsite_test_side_effect_{uuid.uuid4().hex[:8]}"
+    marker = tmp_path / "imported"
+    (tmp_path / f"{name}.py").write_text(f"open({str(marker)!r}, 'w').close()\ndef make(**kw): pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModelLoadError, match="not on the plug-in allow-list"):
+        models.build_model(f"{name}:make", {})
+    with pytest.raises(ModelLoadError, match="not on the plug-in allow-list"):
+        models.build_model(f"{name}:make", {}, plugins=[f"{name}:other"])
+    assert not marker.exists()
 
 
 def test_entry_point_plugin_is_listed_and_loadable_by_name(entry_point: str, tmp_path: Path) -> None:
@@ -123,17 +154,20 @@ def test_entry_point_plugin_is_listed_and_loadable_by_name(entry_point: str, tmp
 
 
 def test_factory_that_returns_something_else_is_a_model_load_error(plugin_module: str) -> None:
+    family = f"{plugin_module}:not_a_model"
     with pytest.raises(ModelLoadError, match="not a models.base.AudioModel"):
-        models.build_model(f"{plugin_module}:not_a_model", {})
+        models.build_model(family, {}, plugins=[family])
 
 
 def test_dotted_path_to_a_missing_module_or_attribute_is_a_model_load_error(plugin_module: str) -> None:
+    allowed = ["no_such_package_xyz.models:Factory", f"{plugin_module}:Missing"]
     with pytest.raises(ModelLoadError, match="cannot import module"):
-        models.resolve_family("no_such_package_xyz.models:Factory")
+        models.resolve_family("no_such_package_xyz.models:Factory", plugins=allowed)
     with pytest.raises(ModelLoadError, match="has no attribute 'Missing'"):
-        models.resolve_family(f"{plugin_module}:Missing")
+        models.resolve_family(f"{plugin_module}:Missing", plugins=allowed)
 
 
 def test_plugin_kwargs_that_do_not_fit_are_reported(plugin_module: str, tmp_path: Path) -> None:
+    family = f"{plugin_module}:FrameVocoder"
     with pytest.raises(ModelLoadError, match="cannot build"):
-        models.build_model(f"{plugin_module}:FrameVocoder", {"channels": 3})
+        models.build_model(family, {"channels": 3}, plugins=[family])

@@ -137,7 +137,7 @@ def test_evaluate_requeues_a_checkpoint_unless_it_is_being_evaluated(run_and_tok
     assert busy.status_code == 409 and "being evaluated" in busy.json()["message"]
     Job.objects.filter(checkpoint__run=run).update(status="failed")
     bad = client.post(f"/api/v1/runs/{run.pk}/checkpoints/5/evaluate/", {"params": {"sed": 1}}, format="json")
-    assert bad.status_code == 400 and "params" in bad.json()["extra"]["fields"] and "sed" in bad.json()["message"]
+    assert bad.status_code == 400 and "params.sed" in bad.json()["extra"]["fields"] and "sed" in bad.json()["message"]
     ok = client.post(f"/api/v1/runs/{run.pk}/checkpoints/5/evaluate/", {"params": {"seed": 1}}, format="json")
     assert ok.status_code == 202 and ok.json()["jobs"][0]["status"] == "queued"
     assert Job.objects.filter(checkpoint__run=run, status="queued").get().params == {"seed": 1}

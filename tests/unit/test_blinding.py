@@ -284,6 +284,7 @@ def tokens_of(browsers: list[Browser]) -> set[str]:
         tokens |= {c.value for c in browser.client.cookies.values()}
         for seen in browser.received:
             tokens |= set(re.findall(r'name="csrfmiddlewaretoken" value="([^"]+)"', seen.body.decode(errors="replace")))
+            tokens |= set(re.findall(r"'nonce-([^']+)'", seen.headers))  # the Content-Security-Policy's
     return tokens
 
 

@@ -365,7 +365,8 @@ def test_the_api_with_a_bearer_token_needs_no_csrf_token_and_a_session_does(worl
     token = researcher_token_issue(user=world.user)
     bearer = APIClient(enforce_csrf_checks=True)
     bearer.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-    made = bearer.post("/api/v1/runs/", {"name": "bearer-run", "kind": "vocoder", "model_family": "x"}, format="json")
+    made = bearer.post("/api/v1/runs/", {"name": "bearer-run", "kind": "vocoder", "model_family": "hifigan"},
+                       format="json")
     assert made.status_code == 201 and Run.objects.filter(name="bearer-run").exists()
     published = bearer.post(f"/api/v1/listening-tests/{world.draft.pk}/publish/", {}, format="json")
     assert published.status_code == 200

@@ -79,7 +79,7 @@ def test_each_participant_gets_a_seeded_random_order_and_resumes_where_they_left
     first = state["trials"][0]
     services.rating_submit(participant=a, trial=first["id"], stimulus=first["stimuli"][0]["id"], score=55,
                            request_id="r1")
-    again = services.participant_join(test=test, external_id="worker-a")
+    again = services.participant_join(test=test, external_id="worker-a", resume_token=a.token)
     assert again.pk == a.pk
     resumed = listener_state(again)
     assert resumed["position"] == 0 and resumed["trials"][0]["ratings"] == {first["stimuli"][0]["id"]: 55.0}

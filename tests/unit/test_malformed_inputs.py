@@ -100,9 +100,9 @@ def test_each_bad_checkpoint_is_refused_with_a_load_error_naming_the_file(bad, b
     built_on = []
     real_build = models.checkpoint.build_model
 
-    def recording_build(family, config):
+    def recording_build(family, config, **kwargs):
         built_on.append(torch.get_default_device().type)
-        return real_build(family, config)
+        return real_build(family, config, **kwargs)
 
     monkeypatch.setattr(models.checkpoint, "build_model", recording_build)
     with pytest.raises(models.ModelLoadError) as info:

@@ -11,7 +11,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("name")
         parser.add_argument("--kind", required=True, choices=Run.Kind.values)
-        parser.add_argument("--family", default="auto", help="hifigan, evagan, sat, aar, an entry point, pkg.mod:factory, or auto")
+        parser.add_argument("--family", default="auto",
+                            help="hifigan, evagan, sat, aar, an installed entry point, a pkg.mod:factory listed "
+                                 "in EVALSITE_MODEL_PLUGINS, or auto")
         parser.add_argument("--eval-set", required=True, help="name of an imported eval set")
         parser.add_argument("--metrics", nargs="*", default=None, help="metric names (default: the kind's defaults)")
         parser.add_argument("--class-names", nargs="*", default=None, help="class-conditional generator labels, in id order")

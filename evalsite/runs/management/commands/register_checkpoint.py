@@ -1,5 +1,8 @@
+import os
+
 from django.core.management.base import BaseCommand, CommandError
 
+from evalsite.core.exceptions import ApplicationError
 from evalsite.runs.models import Run
 from evalsite.runs.services import checkpoint_register
 
@@ -10,7 +13,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("run", help="run name")
         parser.add_argument("step", type=int)
-        parser.add_argument("path", help="checkpoint file or directory (must be readable by the gpu workers)")
+        parser.add_argument("path", help="checkpoint file under EVALSITE_CHECKPOINT_ROOTS (readable by the gpu workers)")
         parser.add_argument("--sha256", default="")
         parser.add_argument("--no-evaluate", action="store_true", help="register only")
 
@@ -18,8 +21,11 @@ class Command(BaseCommand):
         run = Run.objects.filter(name=opts["run"]).first()
         if run is None:
             raise CommandError(f"no run named {opts['run']!r}")
-        checkpoint, created = checkpoint_register(run=run, step=opts["step"], uri=opts["path"], sha256=opts["sha256"],
-                                                  evaluate=not opts["no_evaluate"])
+        try:
+            checkpoint, created = checkpoint_register(run=run, step=opts["step"], uri=os.path.abspath(opts["path"]),
+                                                      sha256=opts["sha256"], evaluate=not opts["no_evaluate"])
+        except ApplicationError as exc:
+            raise CommandError(exc.message) from None
         if not created:
             self.stdout.write(f"step {checkpoint.step} of {run.name!r} was already registered (status {checkpoint.status})")
             return
