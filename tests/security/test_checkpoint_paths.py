@@ -13,11 +13,9 @@ import builtins
 import io
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,6 +39,7 @@ from evalsite.runs.services import (
 )
 from evalsite.runs.watcher import checkpoints_watch_all
 from tests.factories import EvalSetFactory
+from tests.security.conftest import at_most
 
 pytestmark = pytest.mark.django_db
 
@@ -111,21 +110,6 @@ def opened(monkeypatch):
     monkeypatch.setattr(builtins, "open", spy_open)
     monkeypatch.setattr(io, "open", spy_open)
     return paths
-
-
-@contextmanager
-def at_most(seconds: int):
-    """Fail instead of hanging (a FIFO opened for reading waits for a writer forever)."""
-    def stop(signum, frame):
-        raise TimeoutError(f"still blocked after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, stop)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def attacks(world: World, tmp_path: Path) -> dict[str, str]:

@@ -9,9 +9,7 @@ limits (a job stopped by one fails with the reason), and a scan never overlaps a
 """
 
 import os
-import signal
 import time
-from contextlib import contextmanager
 
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
@@ -27,24 +25,11 @@ from evalsite.runs.services import JOB_TIME_LIMIT, checkpoint_register, run_crea
 from evalsite.runs.tasks import checkpoints_watch_task, generation_run_task
 from evalsite.runs.watcher import WATCH_LOCK, checkpoints_watch, compile_pattern, step_from_name
 from tests.factories import EvalSetFactory
+from tests.security.conftest import at_most
 
 pytestmark = pytest.mark.django_db
 
 EVIL = r"^(?P<step>(.*)*)*X$"
-
-
-@contextmanager
-def at_most(seconds: int):
-    def stop(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, stop)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture
