@@ -73,6 +73,18 @@ def test_children_get_sigterm_when_their_parent_is_killed(tmp_path):
     wait_for(lambda: gone(int(out.stdout)), timeout=10, message="the orphaned child to end")
 
 
+@pytest.fixture
+def stop_signals_at_their_defaults():
+    """A terminal's defaults for SIGINT/SIGTERM. pytest started in the background of a
+    non-interactive shell (as CI may be) inherits SIGINT ignored, which StopSignals keeps ignored."""
+    previous = {s: signal.signal(s, d) for s, d in ((signal.SIGINT, signal.default_int_handler),
+                                                     (signal.SIGTERM, signal.SIG_DFL))}
+    yield
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+
+
+@pytest.mark.usefixtures("stop_signals_at_their_defaults")
 def test_the_first_stop_signal_raises_once_and_later_ones_are_only_counted():
     with StopSignals() as signals:
         with pytest.raises(StopRequested, match="SIGTERM"):
@@ -81,6 +93,7 @@ def test_the_first_stop_signal_raises_once_and_later_ones_are_only_counted():
         assert signals.received == [signal.SIGTERM, signal.SIGINT]
 
 
+@pytest.mark.usefixtures("stop_signals_at_their_defaults")
 def test_a_stop_signal_while_held_is_raised_on_leaving_the_block():
     with StopSignals() as signals:
         with pytest.raises(StopRequested, match="SIGINT"):
