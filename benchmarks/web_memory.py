@@ -130,8 +130,11 @@ def measure(args, var: Path, site: dict, web_tier) -> None:
             web_tier.walk(base, site)
         walk_s = (time.monotonic() - walked) / args.rounds
         after = proc_status(worker)
-        seen = json.loads(modules.read_text())
-        if seen["pid"] != worker or seen["last"] != web_tier.LAST_REQUEST.format(run=site["run"]):
+        # gunicorn's post_request hook runs after the response has gone out: give it a moment.
+        last, deadline = web_tier.LAST_REQUEST.format(run=site["run"]), time.monotonic() + 30
+        while (seen := json.loads(modules.read_text()))["last"] != last and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if seen["pid"] != worker or seen["last"] != last:
             raise SystemExit(f"the worker changed or missed requests: {seen}")
     finally:
         stop(proc)
