@@ -30,8 +30,18 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from listening_load import (PG, background_cpu, cpu_ticks, drop_database, free_port,  # noqa: E402
-                            gunicorn_pids, machine_ticks, recreate_database, start_gunicorn, stop)
+from listening_load import (  # noqa: E402
+    PG,
+    background_cpu,
+    cpu_ticks,
+    drop_database,
+    free_port,
+    gunicorn_pids,
+    machine_ticks,
+    recreate_database,
+    start_gunicorn,
+    stop,
+)
 
 
 def setup(runs: int) -> list[tuple[int, str]]:
@@ -40,8 +50,12 @@ def setup(runs: int) -> list[tuple[int, str]]:
     from evalsite.runs.services import run_create
 
     call_command("migrate", verbosity=0, interactive=False)
-    return [(run.pk, token) for run, token in
-            (run_create(name=f"poll-{i}", kind="vocoder", model_family="hifigan") for i in range(runs))]
+    return [
+        (run.pk, token)
+        for run, token in (
+            run_create(name=f"poll-{i}", kind="vocoder", model_family="hifigan") for i in range(runs)
+        )
+    ]
 
 
 def produce_alerts(run_ids: list[int], every: float, halt: threading.Event, made: Counter) -> None:
@@ -55,13 +69,25 @@ def produce_alerts(run_ids: list[int], every: float, halt: threading.Event, made
     while not halt.wait(every):
         run = Run.objects.get(pk=rng.choice(run_ids))
         made[run.pk] += 1
-        alert_create(run=run, dedupe_key=f"bench-{run.pk}-{made[run.pk]}", kind="detector_any", severity="warning",
-                     title=f"benchmark alert {made[run.pk]}")
+        alert_create(
+            run=run,
+            dedupe_key=f"bench-{run.pk}-{made[run.pk]}",
+            kind="detector_any",
+            severity="warning",
+            title=f"benchmark alert {made[run.pk]}",
+        )
     django.db.connections.close_all()
 
 
-async def poll(base: str, run_id: int, token: str, deadline: float, latencies: list[float], codes: Counter,
-               seen: list[int]) -> None:
+async def poll(
+    base: str,
+    run_id: int,
+    token: str,
+    deadline: float,
+    latencies: list[float],
+    codes: Counter,
+    seen: list[int],
+) -> None:
     import aiohttp
 
     url = f"{base}/api/v1/runs/{run_id}/alerts/"
@@ -114,7 +140,9 @@ def main() -> None:
     parser.add_argument("--pollers", type=int, default=500)
     parser.add_argument("--runs", type=int, default=50, help="pollers are spread over this many runs")
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--alert-every", type=float, default=1.0, help="seconds between new alerts (one run each)")
+    parser.add_argument(
+        "--alert-every", type=float, default=1.0, help="seconds between new alerts (one run each)"
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--keep-alive", type=int, default=30)
@@ -123,12 +151,18 @@ def main() -> None:
     args = parser.parse_args()
 
     var = Path(tempfile.mkdtemp(prefix="evalsite-poll-"))
-    env = {**os.environ, "DATABASE_URL": f"{PG}/{args.database}", "EVALSITE_VAR_DIR": str(var),
-           "DJANGO_SETTINGS_MODULE": "evalsite.settings.base", "DEBUG": "0", "LOG_LEVEL": "WARNING",
-           "ALLOWED_HOSTS": "127.0.0.1,localhost",
-           # Ten closed-loop pollers per token are far over the per-token rate limit of a real job; the
-           # limit stays on (each poll still pays its counter) but never refuses here.
-           "EVALSITE_API_RATE": "1000000/s"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"{PG}/{args.database}",
+        "EVALSITE_VAR_DIR": str(var),
+        "DJANGO_SETTINGS_MODULE": "evalsite.settings.base",
+        "DEBUG": "0",
+        "LOG_LEVEL": "WARNING",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        # Ten closed-loop pollers per token are far over the per-token rate limit of a real job; the
+        # limit stays on (each poll still pays its counter) but never refuses here.
+        "EVALSITE_API_RATE": "1000000/s",
+    }
     for key in ("CELERY_BROKER_URL", "EVALSITE_MEDIA_ROOT", "SECRET_KEY"):
         env.pop(key, None)
     os.environ.clear()
@@ -147,11 +181,15 @@ def main() -> None:
         proc = start_gunicorn(args, env, port, var)
         pids = gunicorn_pids(proc.pid)
         background = background_cpu()
-        print(f"gunicorn on 127.0.0.1:{port}: {args.workers} workers x {args.threads} threads; "
-              f"other processes used {background:.0%} of one core before the run")
+        print(
+            f"gunicorn on 127.0.0.1:{port}: {args.workers} workers x {args.threads} threads; "
+            f"other processes used {background:.0%} of one core before the run"
+        )
         made: Counter = Counter()
         halt = threading.Event()
-        producer = threading.Thread(target=produce_alerts, args=([r for r, _ in runs], args.alert_every, halt, made))
+        producer = threading.Thread(
+            target=produce_alerts, args=([r for r, _ in runs], args.alert_every, halt, made)
+        )
         producer.start()
         server0 = {p: cpu_ticks(p) for p in pids}
         busy0, all0 = machine_ticks()
@@ -170,21 +208,33 @@ def main() -> None:
         # Every poller must have received each alert of its run created before its last poll, once, in order.
         duplicates = sum(len(s) - len(set(s)) for lists in seen.values() for s in lists)
         out_of_order = sum(1 for lists in seen.values() for s in lists if s != sorted(s))
-        missed = sum(1 for run_id, lists in seen.items() for s in lists if s and s != list(range(1, max(s) + 1)))
-        print(f"\n{requests} polls in {wall:.1f} s by {args.pollers} pollers over {args.runs} runs: "
-              f"{requests / wall:.0f} requests/s")
+        missed = sum(
+            1 for run_id, lists in seen.items() for s in lists if s and s != list(range(1, max(s) + 1))
+        )
+        print(
+            f"\n{requests} polls in {wall:.1f} s by {args.pollers} pollers over {args.runs} runs: "
+            f"{requests / wall:.0f} requests/s"
+        )
         print("answers:", dict(codes), f"({codes[304] / max(requests, 1):.1%} were 304)")
-        print(f"latency p50 {pct(latencies, 0.5):.1f} ms, p90 {pct(latencies, 0.9):.1f} ms, "
-              f"p99 {pct(latencies, 0.99):.1f} ms")
-        print(f"alerts created {sum(made.values())}; duplicates seen {duplicates}, out of order {out_of_order}, "
-              f"gaps {missed}")
-        print(f"CPU: gunicorn {server_cpu / hz / wall:.2f} cores ({server_cpu / hz / max(requests, 1) * 1e3:.2f} ms "
-              f"per request), client {client_cpu / wall:.2f} cores, machine "
-              f"{(busy1 - busy0) / (all1 - all0) * (os.cpu_count() or 1):.2f} of {os.cpu_count()} cores")
+        print(
+            f"latency p50 {pct(latencies, 0.5):.1f} ms, p90 {pct(latencies, 0.9):.1f} ms, "
+            f"p99 {pct(latencies, 0.99):.1f} ms"
+        )
+        print(
+            f"alerts created {sum(made.values())}; duplicates seen {duplicates}, out of order {out_of_order}, "
+            f"gaps {missed}"
+        )
+        print(
+            f"CPU: gunicorn {server_cpu / hz / wall:.2f} cores ({server_cpu / hz / max(requests, 1) * 1e3:.2f} ms "
+            f"per request), client {client_cpu / wall:.2f} cores, machine "
+            f"{(busy1 - busy0) / (all1 - all0) * (os.cpu_count() or 1):.2f} of {os.cpu_count()} cores"
+        )
         command = "python benchmarks/alert_polling.py " + shlex.join(sys.argv[1:])
-        print(f"\n| {args.pollers} pollers, {args.runs} runs, {args.seconds:.0f} s | {requests / wall:.0f} | "
-              f"{codes[304] / max(requests, 1):.0%} | {pct(latencies, 0.5):.1f} / {pct(latencies, 0.99):.1f} ms | "
-              f"{duplicates + out_of_order + missed} | `{command.strip()}` |")
+        print(
+            f"\n| {args.pollers} pollers, {args.runs} runs, {args.seconds:.0f} s | {requests / wall:.0f} | "
+            f"{codes[304] / max(requests, 1):.0%} | {pct(latencies, 0.5):.1f} / {pct(latencies, 0.99):.1f} ms | "
+            f"{duplicates + out_of_order + missed} | `{command.strip()}` |"
+        )
     finally:
         if proc is not None:
             stop(proc)

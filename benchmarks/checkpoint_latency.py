@@ -62,10 +62,17 @@ def main() -> None:
     args = parser.parse_args()
 
     var = Path(tempfile.mkdtemp(prefix="evalsite-latency-"))
-    env = {**os.environ, "DATABASE_URL": f"{PG}/{args.database}", "EVALSITE_VAR_DIR": str(var),
-           "DJANGO_SETTINGS_MODULE": "evalsite.settings.base", "CELERY_BROKER_URL": args.redis,
-           "EVALSITE_WATCH_INTERVAL_S": str(args.watch_interval), "EVALSITE_WATCH_SETTLE_S": str(args.settle),
-           "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"{PG}/{args.database}",
+        "EVALSITE_VAR_DIR": str(var),
+        "DJANGO_SETTINGS_MODULE": "evalsite.settings.base",
+        "CELERY_BROKER_URL": args.redis,
+        "EVALSITE_WATCH_INTERVAL_S": str(args.watch_interval),
+        "EVALSITE_WATCH_SETTLE_S": str(args.settle),
+        "LOG_LEVEL": "WARNING",
+        "PYTHONUNBUFFERED": "1",
+    }
     env.pop("EVALSITE_MEDIA_ROOT", None)
     os.environ.update(env)
     recreate_database(args.database)
@@ -89,14 +96,41 @@ def main() -> None:
         eval_set = EvalSet.objects.get(pk=evalset_import(name="latency", source=source).eval_set_id)
         watched = var / "ckpts"
         watched.mkdir()
-        run, _ = run_create(name="tiny-latency", kind="vocoder", model_family="hifigan", eval_set=eval_set,
-                            checkpoint_dir=str(watched))
+        run, _ = run_create(
+            name="tiny-latency",
+            kind="vocoder",
+            model_family="hifigan",
+            eval_set=eval_set,
+            checkpoint_dir=str(watched),
+        )
         connections.close_all()
         log = open(var / "worker.log", "wb")
         worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "evalsite", "worker", "-B", "--schedule", str(var / "beat"),
-             "-Q", "gpu,cpu", "--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "evalsite",
+                "worker",
+                "-B",
+                "--schedule",
+                str(var / "beat"),
+                "-Q",
+                "gpu,cpu",
+                "--concurrency",
+                "1",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 120
         while b" ready." not in (var / "worker.log").read_bytes():
             if worker.poll() is not None or time.monotonic() > deadline:
@@ -112,29 +146,47 @@ def main() -> None:
                 now = time.time() - t0
                 ckpt = Checkpoint.objects.filter(run=run, step=step).first()
                 if ckpt and "registered" not in marks:
-                    marks["registered"] = (ckpt.created_at.timestamp() - t0)
-                if ckpt and "generated" not in marks and Job.objects.filter(
-                        checkpoint=ckpt, kind="generation", status="done").exists():
+                    marks["registered"] = ckpt.created_at.timestamp() - t0
+                if (
+                    ckpt
+                    and "generated" not in marks
+                    and Job.objects.filter(checkpoint=ckpt, kind="generation", status="done").exists()
+                ):
                     marks["generated"] = now
-                if ckpt and "metrics stored" not in marks and Job.objects.filter(
-                        checkpoint=ckpt, kind="metrics", status="done").exists():
+                if (
+                    ckpt
+                    and "metrics stored" not in marks
+                    and Job.objects.filter(checkpoint=ckpt, kind="metrics", status="done").exists()
+                ):
                     marks["metrics stored"] = now
                 if ckpt and ckpt.status in ("done", "failed"):
                     marks["done"] = now
                     marks["status"] = ckpt.status
                 time.sleep(0.1)
-            metrics = MetricResult.objects.filter(checkpoint__run=run, checkpoint__step=step, status="done").count()
-            clips = Generation.objects.filter(checkpoint__run=run, checkpoint__step=step, status="done").count()
-            print(f"step {step}: " + ", ".join(f"{k} {v:.1f} s" if isinstance(v, float) else f"{k} {v}"
-                                              for k, v in marks.items()) + f" ({clips} clips, {metrics} metrics)")
+            metrics = MetricResult.objects.filter(
+                checkpoint__run=run, checkpoint__step=step, status="done"
+            ).count()
+            clips = Generation.objects.filter(
+                checkpoint__run=run, checkpoint__step=step, status="done"
+            ).count()
+            print(
+                f"step {step}: "
+                + ", ".join(
+                    f"{k} {v:.1f} s" if isinstance(v, float) else f"{k} {v}" for k, v in marks.items()
+                )
+                + f" ({clips} clips, {metrics} metrics)"
+            )
             rows.append(marks)
+
         def median(key):
             return float(np.median([r[key] for r in rows if key in r]))
 
         command = "python benchmarks/checkpoint_latency.py " + shlex.join(sys.argv[1:])
-        print(f"\n| tiny HiFi-GAN, {args.items} items, watch every {args.watch_interval} s, settle {args.settle} s | "
-              f"{median('registered'):.1f} s | {median('generated'):.1f} s | {median('metrics stored'):.1f} s | "
-              f"{median('done'):.1f} s | `{command.strip()}` |")
+        print(
+            f"\n| tiny HiFi-GAN, {args.items} items, watch every {args.watch_interval} s, settle {args.settle} s | "
+            f"{median('registered'):.1f} s | {median('generated'):.1f} s | {median('metrics stored'):.1f} s | "
+            f"{median('done'):.1f} s | `{command.strip()}` |"
+        )
     finally:
         if worker is not None and worker.poll() is None:
             os.killpg(worker.pid, signal.SIGTERM)

@@ -7,11 +7,11 @@ Same process, same float64 inputs. Usage:
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -56,15 +56,23 @@ def main() -> None:
         lambda: FrechetAudioDistance.calculate_frechet_distance(None, m1, s1, m2, s2), args.ref_repeats
     )
     ours_med, theirs_med = statistics.median(ours_t), statistics.median(theirs_t)
-    print(f"ours   (cholesky+eigvalsh, float64, cpu): median {ours_med:.3f} s  runs={['%.3f' % t for t in ours_t]}")
-    print(f"theirs (scipy sqrtm, complex cast):        median {theirs_med:.3f} s  runs={['%.3f' % t for t in theirs_t]}")
-    print(f"speed-up: {theirs_med / ours_med:.1f}x   value ours={ours:.9f} theirs={theirs:.9f} "
-          f"|diff|={abs(ours - theirs):.3e} rel={abs(ours - theirs) / abs(theirs):.3e}")
+    print(
+        f"ours   (cholesky+eigvalsh, float64, cpu): median {ours_med:.3f} s  runs={[f'{t:.3f}' for t in ours_t]}"
+    )
+    print(
+        f"theirs (scipy sqrtm, complex cast):        median {theirs_med:.3f} s  runs={[f'{t:.3f}' for t in theirs_t]}"
+    )
+    print(
+        f"speed-up: {theirs_med / ours_med:.1f}x   value ours={ours:.9f} theirs={theirs:.9f} "
+        f"|diff|={abs(ours - theirs):.3e} rel={abs(ours - theirs) / abs(theirs):.3e}"
+    )
 
     gen = b[:500]
     _, low_t = _timed(lambda: frechet_distance_to_reference(gen, (m1, s1, n)).value, 3)
-    print(f"500 generated samples vs stored 2048-d reference (low-rank path, incl. reference factor): "
-          f"median {statistics.median(low_t):.3f} s")
+    print(
+        f"500 generated samples vs stored 2048-d reference (low-rank path, incl. reference factor): "
+        f"median {statistics.median(low_t):.3f} s"
+    )
 
     if torch.cuda.is_available():
         t1, t2 = torch.as_tensor(s1, device="cuda"), torch.as_tensor(s2, device="cuda")
@@ -72,7 +80,9 @@ def main() -> None:
         frechet_distance(u1, t1, u2, t2)
         torch.cuda.synchronize()
         gpu, gpu_t = _timed(lambda: frechet_distance(u1, t1, u2, t2).value, args.repeats)
-        print(f"ours on {torch.cuda.get_device_name()}: median {statistics.median(gpu_t):.4f} s, value {gpu:.9f}")
+        print(
+            f"ours on {torch.cuda.get_device_name()}: median {statistics.median(gpu_t):.4f} s, value {gpu:.9f}"
+        )
 
 
 if __name__ == "__main__":

@@ -43,11 +43,15 @@ HEADER = (
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {list(MODELS)}")
+    parser.add_argument(
+        "--models", default=",".join(MODELS), help=f"comma-separated subset of {list(MODELS)}"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, default=None, help="default 16 on GPU, 2 on CPU")
     parser.add_argument("--seconds", type=float, default=None, help="clip length; default 4 on GPU, 2 on CPU")
-    parser.add_argument("--reps", type=int, default=None, help="timed repetitions; default 10 on GPU, 3 on CPU")
+    parser.add_argument(
+        "--reps", type=int, default=None, help="timed repetitions; default 10 on GPU, 3 on CPU"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first")
     parser.add_argument("--bf16", action="store_true", help="autocast to bfloat16")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convolutions (CUDA)")
@@ -64,7 +68,12 @@ def _measure(args: argparse.Namespace, name: str, device: torch.device) -> dict[
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(0)
-    model = models.build_model(family, models.BUILTIN_FAMILIES[family].preset(preset)).fold_weight_norm().eval().to(device)
+    model = (
+        models.build_model(family, models.BUILTIN_FAMILIES[family].preset(preset))
+        .fold_weight_norm()
+        .eval()
+        .to(device)
+    )
     frames = max(1, round(args.seconds * model.sample_rate / model.hop_length))
     audio_seconds = args.batch_size * frames * model.hop_length / model.sample_rate
     mel = torch.randn(args.batch_size, model.n_mels, frames, device=device) - 5.0
@@ -83,7 +92,9 @@ def _measure(args: argparse.Namespace, name: str, device: torch.device) -> dict[
             if rep >= args.warmup:
                 times.append(time.perf_counter() - start)
     if out.shape != (args.batch_size, frames * model.hop_length):
-        raise RuntimeError(f"expected output {(args.batch_size, frames * model.hop_length)}, got {tuple(out.shape)}")
+        raise RuntimeError(
+            f"expected output {(args.batch_size, frames * model.hop_length)}, got {tuple(out.shape)}"
+        )
     if device.type == "cuda":
         peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
         where = torch.cuda.get_device_name(device)
@@ -115,7 +126,9 @@ def _row(r: dict[str, object]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns the exit status."""
     args = _parse(argv)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
     on_gpu = device.type == "cuda"
     args.batch_size = args.batch_size or (16 if on_gpu else 2)
     args.seconds = args.seconds or (4.0 if on_gpu else 2.0)
@@ -131,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     print(HEADER)
     base = [sys.executable, str(Path(__file__).resolve())] + (argv if argv is not None else sys.argv[1:])
     for name in names:
-        done = subprocess.run(base + ["--device", str(device), "--only", name], capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            base + ["--device", str(device), "--only", name], capture_output=True, text=True, check=False
+        )
         if done.returncode != 0:
             print(done.stderr, file=sys.stderr)
             return done.returncode

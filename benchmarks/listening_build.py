@@ -55,17 +55,37 @@ def setup(args) -> tuple[str, list[dict]]:
         reference, _ = audio_asset_store(decoded=decoded_from_array(noise, args.rate))
         items.append(EvalItem(eval_set=eval_set, key=f"utt{i:04d}", reference=reference))
     items = EvalItem.objects.bulk_create(items)
-    run = Run.objects.create(name="bench-build-run", kind="vocoder", model_family="hifigan", eval_set=eval_set,
-                             owner=user)
-    checkpoints = Checkpoint.objects.bulk_create([Checkpoint(run=run, step=1000 * (k + 1), uri=f"/ckpt/{k}")
-                                                  for k in range(args.systems)])
-    outputs = AudioAsset.objects.bulk_create([
-        AudioAsset(content_hash=secrets.token_hex(32), sample_rate=args.rate, channels=1,
-                   frames=int(args.seconds * args.rate), duration_s=args.seconds, peak=0.5, file=f"audio/bench/{n}.wav")
-        for n in range(args.systems * args.items)], batch_size=2000)
-    Generation.objects.bulk_create([
-        Generation(checkpoint=c, item=item, params_hash="p", status="done", asset=outputs[k * args.items + j])
-        for k, c in enumerate(checkpoints) for j, item in enumerate(items)], batch_size=2000)
+    run = Run.objects.create(
+        name="bench-build-run", kind="vocoder", model_family="hifigan", eval_set=eval_set, owner=user
+    )
+    checkpoints = Checkpoint.objects.bulk_create(
+        [Checkpoint(run=run, step=1000 * (k + 1), uri=f"/ckpt/{k}") for k in range(args.systems)]
+    )
+    outputs = AudioAsset.objects.bulk_create(
+        [
+            AudioAsset(
+                content_hash=secrets.token_hex(32),
+                sample_rate=args.rate,
+                channels=1,
+                frames=int(args.seconds * args.rate),
+                duration_s=args.seconds,
+                peak=0.5,
+                file=f"audio/bench/{n}.wav",
+            )
+            for n in range(args.systems * args.items)
+        ],
+        batch_size=2000,
+    )
+    Generation.objects.bulk_create(
+        [
+            Generation(
+                checkpoint=c, item=item, params_hash="p", status="done", asset=outputs[k * args.items + j]
+            )
+            for k, c in enumerate(checkpoints)
+            for j, item in enumerate(items)
+        ],
+        batch_size=2000,
+    )
     return researcher_token_issue(user=user), [{"run": run.pk, "step": c.step} for c in checkpoints]
 
 
@@ -89,23 +109,35 @@ def build_once(client, name: str, args, refs: list[dict]) -> tuple[float, dict, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--kind", default="mushra", choices=["mushra", "mos", "smos", "cmos", "ab"])
     parser.add_argument("--systems", type=int, default=9)
     parser.add_argument("--items", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=4.0, help="duration of each reference clip")
     parser.add_argument("--rate", type=int, default=22050)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--profile", action="store_true", help="profile one more build and print the top functions")
+    parser.add_argument(
+        "--profile", action="store_true", help="profile one more build and print the top functions"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--database", default="evalsite_bench_build")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     args = parser.parse_args()
 
     var = Path(tempfile.mkdtemp(prefix="evalsite-build-"))
-    os.environ.update({"DATABASE_URL": f"{PG}/{args.database}", "EVALSITE_VAR_DIR": str(var),
-                       "EVALSITE_MEDIA_ROOT": str(var / "media"), "DJANGO_SETTINGS_MODULE": "evalsite.settings.base",
-                       "DEBUG": "0", "LOG_LEVEL": "WARNING", "ALLOWED_HOSTS": "testserver"})
+    os.environ.update(
+        {
+            "DATABASE_URL": f"{PG}/{args.database}",
+            "EVALSITE_VAR_DIR": str(var),
+            "EVALSITE_MEDIA_ROOT": str(var / "media"),
+            "DJANGO_SETTINGS_MODULE": "evalsite.settings.base",
+            "DEBUG": "0",
+            "LOG_LEVEL": "WARNING",
+            "ALLOWED_HOSTS": "testserver",
+        }
+    )
     os.environ.pop("CELERY_BROKER_URL", None)
     recreate_database(args.database)
     try:
@@ -116,8 +148,10 @@ def main() -> None:
 
         t0 = time.monotonic()
         token, refs = setup(args)
-        print(f"(setup {time.monotonic() - t0:.0f} s, database {args.database}; load average "
-              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+        print(
+            f"(setup {time.monotonic() - t0:.0f} s, database {args.database}; load average "
+            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+        )
         client = APIClient()
         client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
         walls = []
@@ -126,14 +160,18 @@ def main() -> None:
             walls.append(wall)
             note = " (anchors made and stored)" if n == 0 and args.kind == "mushra" else ""
             print(f"build {n + 1}: {wall:.2f} s, {body['trials']} trials, {queries} queries{note}")
-        print(f"\n{args.kind}, {args.systems} systems × {args.items} items: first build {walls[0]:.2f} s, "
-              f"median {statistics.median(walls):.2f} s over {len(walls)} builds")
+        print(
+            f"\n{args.kind}, {args.systems} systems × {args.items} items: first build {walls[0]:.2f} s, "
+            f"median {statistics.median(walls):.2f} s over {len(walls)} builds"
+        )
         if args.profile:
             profiler = cProfile.Profile()
             profiler.enable()
             build_once(client, f"bench-{args.kind}-profiled", args, refs)
             profiler.disable()
-            pstats.Stats(profiler).sort_stats("cumulative").print_stats(r"evalsite|scipy|numpy|django/db/models", 30)
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(
+                r"evalsite|scipy|numpy|django/db/models", 30
+            )
         print(f"load average after: {os.getloadavg()[0]:.1f}")
         print("command: python benchmarks/listening_build.py " + shlex.join(sys.argv[1:]))
     finally:

@@ -54,7 +54,9 @@ class Stats:
     """Everything the clients saw, keyed by operation name."""
 
     latency: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    latency_after_ramp: list[float] = field(default_factory=list)  # ratings sent once every listener had arrived
+    latency_after_ramp: list[float] = field(
+        default_factory=list
+    )  # ratings sent once every listener had arrived
     status: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
     network_errors: Counter = field(default_factory=Counter)
     # (participant token, stimulus token) -> (score, request id) of the last new request acknowledged
@@ -100,8 +102,14 @@ def build_test(items: int, votes_target: int, seed: int):
 
     call_command("migrate", verbosity=0, interactive=False)
     world = listening_world(n_items=items, seconds=1.0)
-    test = services.listening_test_build(name="load-test", kind="mushra", checkpoints=world["checkpoints"],
-                                         seed=seed, votes_target=votes_target, completion_code="LOAD-OK")
+    test = services.listening_test_build(
+        name="load-test",
+        kind="mushra",
+        checkpoints=world["checkpoints"],
+        seed=seed,
+        votes_target=votes_target,
+        completion_code="LOAD-OK",
+    )
     return services.listening_test_publish(test=test)
 
 
@@ -112,15 +120,47 @@ def free_port() -> int:
 
 
 def start_gunicorn(args, env: dict[str, str], port: int, var: Path) -> subprocess.Popen:
-    cmd = [str(Path(sys.executable).with_name("gunicorn")), "evalsite.wsgi", "-w", str(args.workers),
-           "--threads", str(args.threads), "-b", f"127.0.0.1:{port}", "--keep-alive", str(args.keep_alive),
-           "--access-logfile", str(var / "access.log"),
-           "--access-logformat", "%(m)s %(U)s %(s)s %(D)s", "--error-logfile", str(var / "gunicorn.log")]
+    cmd = [
+        str(Path(sys.executable).with_name("gunicorn")),
+        "evalsite.wsgi",
+        "-w",
+        str(args.workers),
+        "--threads",
+        str(args.threads),
+        "-b",
+        f"127.0.0.1:{port}",
+        "--keep-alive",
+        str(args.keep_alive),
+        "--access-logfile",
+        str(var / "access.log"),
+        "--access-logformat",
+        "%(m)s %(U)s %(s)s %(D)s",
+        "--error-logfile",
+        str(var / "gunicorn.log"),
+    ]
     if args.profile:
-        cmd = [str(Path(sys.executable).with_name("py-spy")), "record", "--subprocesses", "--nonblocking",
-               "--format", "raw", "--rate", "200", "-o", str(Path(args.profile).resolve()), "--", *cmd]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=open(var / "stderr.log", "wb"),
-                            start_new_session=True)
+        cmd = [
+            str(Path(sys.executable).with_name("py-spy")),
+            "record",
+            "--subprocesses",
+            "--nonblocking",
+            "--format",
+            "raw",
+            "--rate",
+            "200",
+            "-o",
+            str(Path(args.profile).resolve()),
+            "--",
+            *cmd,
+        ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(var / "stderr.log", "wb"),
+        start_new_session=True,
+    )
     import httpx
 
     deadline = time.monotonic() + 60
@@ -164,11 +204,17 @@ def cpu_ticks(pid: int) -> int:
 
 def gunicorn_pids(master: int) -> list[int]:
     """The gunicorn master and its workers (the master may sit under py-spy when profiling)."""
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True, text=True).stdout.split()
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True, text=True
+    ).stdout.split()
     pids = [master] + [int(p) for p in out]
     for p in list(pids[1:]):
-        pids += [int(c) for c in subprocess.run(["ps", "-o", "pid=", "--ppid", str(p)], capture_output=True,
-                                                text=True).stdout.split()]
+        pids += [
+            int(c)
+            for c in subprocess.run(
+                ["ps", "-o", "pid=", "--ppid", str(p)], capture_output=True, text=True
+            ).stdout.split()
+        ]
     return pids
 
 
@@ -182,7 +228,11 @@ def postgres_ticks() -> int:
             continue
         if name == "postgres":
             fields = rest.split()
-            procs[stat.parent.name] = (fields[1], int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14]))
+            procs[stat.parent.name] = (
+                fields[1],
+                int(fields[11]) + int(fields[12]),
+                int(fields[13]) + int(fields[14]),
+            )
     return sum(own + (reaped if ppid not in procs else 0) for ppid, own, reaped in procs.values())
 
 
@@ -205,7 +255,9 @@ def statement_shape(sql: str) -> str:
     """A short, parameter-free name for a statement: verb, first table, FOR UPDATE."""
     words = sql.split()
     tables = [w.strip('"(,').split('"."')[0] for w in words if w.lstrip("(").startswith('"listening_')]
-    shape = " ".join(words[:1] + tables[:1]) + (" ... FOR UPDATE" if sql.rstrip().endswith("FOR UPDATE") else "")
+    shape = " ".join(words[:1] + tables[:1]) + (
+        " ... FOR UPDATE" if sql.rstrip().endswith("FOR UPDATE") else ""
+    )
     return shape.replace('"', "")
 
 
@@ -224,7 +276,9 @@ class PgSampler(threading.Thread):
             while not self.halt.wait(0.5):
                 rows = conn.execute(
                     "SELECT state, wait_event_type, wait_event, query, pg_blocking_pids(pid) FROM pg_stat_activity "
-                    "WHERE datname = %s AND pid <> pg_backend_pid()", (self.dbname,)).fetchall()
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (self.dbname,),
+                ).fetchall()
                 self.samples.append(rows)
                 for row in rows:
                     if row[1] == "Lock":
@@ -277,13 +331,15 @@ class Listener:
             self.stats.latency_after_ramp.append(time.perf_counter() - t0)
         return response
 
-    async def rate(self, client, csrf: str, ptoken: str, trial: str, stim: str, score: float, rid: str,
-                   op: str = "rate") -> bool:
+    async def rate(
+        self, client, csrf: str, ptoken: str, trial: str, stim: str, score: float, rid: str, op: str = "rate"
+    ) -> bool:
         """POST one rating; a network error is retried with the same request id, as the page does."""
         body = {"trial": trial, "stimulus": stim, "score": score, "request_id": rid}
-        for attempt in range(3):
-            response = await self.call(client, op, "POST", f"/l/p/{ptoken}/rate", json=body,
-                                       headers={"X-CSRFToken": csrf})
+        for _attempt in range(3):
+            response = await self.call(
+                client, op, "POST", f"/l/p/{ptoken}/rate", json=body, headers={"X-CSRFToken": csrf}
+            )
             if response is not None:
                 return response.status_code == 200 and response.json() == {"score": score}
             self.stats.retries["after network error"] += 1
@@ -297,8 +353,9 @@ class Listener:
             return
         # One cookie jar per listener, as one browser each; the TLS context (unused on http://) is shared
         # because httpx would otherwise build one per client and load the CA bundle into it.
-        async with httpx.AsyncClient(base_url=self.base, timeout=30, follow_redirects=False,
-                                     verify=self.ssl_context) as client:
+        async with httpx.AsyncClient(
+            base_url=self.base, timeout=30, follow_redirects=False, verify=self.ssl_context
+        ) as client:
             await self.session(client)
 
     async def session(self, client) -> None:
@@ -307,9 +364,14 @@ class Listener:
         if page is None or page.status_code != 200 or not await self.think(1.0, 4.0):
             return
         csrf = client.cookies["csrftoken"]
-        joined = await self.call(client, "POST consent", "POST", f"/l/i/{self.invite}/",
-                                 data={"csrfmiddlewaretoken": csrf},
-                                 headers={"Referer": f"{self.base}/l/i/{self.invite}/"})
+        joined = await self.call(
+            client,
+            "POST consent",
+            "POST",
+            f"/l/i/{self.invite}/",
+            data={"csrfmiddlewaretoken": csrf},
+            headers={"Referer": f"{self.base}/l/i/{self.invite}/"},
+        )
         if joined is None or joined.status_code != 302:
             return
         stats.joined += 1
@@ -317,8 +379,9 @@ class Listener:
         ptoken = session_url.rstrip("/").rsplit("/", 1)[1]
         stats.participants.add(ptoken)
         page = await self.call(client, "GET session", "GET", session_url)
-        state = await self.call(client, "GET state", "GET", session_url + "state",
-                                headers={"Accept": "application/json"})
+        state = await self.call(
+            client, "GET state", "GET", session_url + "state", headers={"Accept": "application/json"}
+        )
         if page is None or state is None or state.status_code != 200:
             return
         csrf = client.cookies["csrftoken"]
@@ -337,8 +400,12 @@ class Listener:
                 roll = rng.random()
                 if roll < args.p_double:
                     # A double click: the same request twice at once; both must succeed, one row kept.
-                    oks = await asyncio.gather(*(self.rate(client, csrf, ptoken, trial["id"], stim["id"], score, rid)
-                                                 for _ in range(2)))
+                    oks = await asyncio.gather(
+                        *(
+                            self.rate(client, csrf, ptoken, trial["id"], stim["id"], score, rid)
+                            for _ in range(2)
+                        )
+                    )
                     stats.retries["concurrent duplicate"] += 1
                     ok = all(oks)
                 else:
@@ -352,15 +419,26 @@ class Listener:
                 if rng.random() < args.p_change and await self.think(args.think_min, args.think_max):
                     # The listener moves the slider again: a new request id must win.
                     score2, rid2 = float(rng.randint(0, 100)), uuid.UUID(int=rng.getrandbits(128)).hex
-                    self.record(key, await self.rate(client, csrf, ptoken, trial["id"], stim["id"], score2, rid2),
-                                score2, rid2)
+                    self.record(
+                        key,
+                        await self.rate(client, csrf, ptoken, trial["id"], stim["id"], score2, rid2),
+                        score2,
+                        rid2,
+                    )
                     if rng.random() < args.p_late:
                         # A late retry of the older request arrives after the newer one: must change nothing.
                         stats.retries["late replay of older request"] += 1
-                        await self.rate(client, csrf, ptoken, trial["id"], stim["id"], score, rid,
-                                        op="rate (late replay)")
-            done = await self.call(client, "POST complete", "POST", session_url + "complete",
-                                   json={"trial": trial["id"]}, headers={"X-CSRFToken": csrf})
+                        await self.rate(
+                            client, csrf, ptoken, trial["id"], stim["id"], score, rid, op="rate (late replay)"
+                        )
+            done = await self.call(
+                client,
+                "POST complete",
+                "POST",
+                session_url + "complete",
+                json={"trial": trial["id"]},
+                headers={"X-CSRFToken": csrf},
+            )
             if done is None or done.status_code != 200:
                 return
             stats.trials_completed += 1
@@ -397,11 +475,15 @@ def verify(test, stats: Stats) -> dict[str, int]:
     from evalsite.listening.models import Rating, StimulusHandle
 
     stimulus_of = dict(
-        ((p, h), s) for p, h, s in StimulusHandle.objects.filter(assignment__participant__test=test)
-        .values_list("assignment__participant__token", "token", "stimulus_id"))
+        ((p, h), s)
+        for p, h, s in StimulusHandle.objects.filter(assignment__participant__test=test).values_list(
+            "assignment__participant__token", "token", "stimulus_id"
+        )
+    )
     rows: dict[tuple[str, int], list] = defaultdict(list)
     for p, s, score, rid, history in Rating.objects.filter(participant__test=test).values_list(
-            "participant__token", "stimulus_id", "score", "request_id", "history"):
+        "participant__token", "stimulus_id", "score", "request_id", "history"
+    ):
         rows[(p, s)].append((score, rid, history))
     lost = wrong = doubled = 0
     for (ptoken, htoken), (score, rid) in stats.acked.items():
@@ -413,9 +495,15 @@ def verify(test, stats: Stats) -> dict[str, int]:
     doubled = sum(len(v) - 1 for v in rows.values() if len(v) > 1)
     known = {(p, stimulus_of[(p, h)]) for p, h in list(stats.acked) + list(stats.unacked)}
     unexpected = sum(1 for k in rows if k not in known)
-    return {"acknowledged": len(stats.acked), "stored": sum(len(v) for v in rows.values()), "lost": lost,
-            "wrong value": wrong, "doubled": doubled, "stored but never sent": unexpected,
-            "sent, never acknowledged": len(stats.unacked)}
+    return {
+        "acknowledged": len(stats.acked),
+        "stored": sum(len(v) for v in rows.values()),
+        "lost": lost,
+        "wrong value": wrong,
+        "doubled": doubled,
+        "stored but never sent": unexpected,
+        "sent, never acknowledged": len(stats.unacked),
+    }
 
 
 def queries_per_request(test) -> dict[str, int]:
@@ -435,8 +523,10 @@ def queries_per_request(test) -> dict[str, int]:
 
     invite = f"/l/i/{test.invite_token}/"
     count("GET invite", lambda: client.get(invite))
-    joined = count("POST consent (join)", lambda: client.post(
-        invite, {"csrfmiddlewaretoken": client.cookies["csrftoken"].value}))
+    joined = count(
+        "POST consent (join)",
+        lambda: client.post(invite, {"csrfmiddlewaretoken": client.cookies["csrftoken"].value}),
+    )
     session_url = joined["Location"]
     count("GET session", lambda: client.get(session_url))
     state = count("GET state", lambda: client.get(session_url + "state")).json()
@@ -444,10 +534,16 @@ def queries_per_request(test) -> dict[str, int]:
     trial = state["trials"][0]
 
     def post(path: str, body: dict):
-        return client.post(session_url + path, json.dumps(body), content_type="application/json",
-                           HTTP_X_CSRFTOKEN=csrf)
+        return client.post(
+            session_url + path, json.dumps(body), content_type="application/json", HTTP_X_CSRFTOKEN=csrf
+        )
 
-    first = {"trial": trial["id"], "stimulus": trial["stimuli"][0]["id"], "score": 50, "request_id": "probe-1"}
+    first = {
+        "trial": trial["id"],
+        "stimulus": trial["stimuli"][0]["id"],
+        "score": 50,
+        "request_id": "probe-1",
+    }
     count("POST rate (new rating)", lambda: post("rate", first))
     count("POST rate (same request id again)", lambda: post("rate", first))
     count("POST rate (changed score)", lambda: post("rate", {**first, "score": 60, "request_id": "probe-2"}))
@@ -467,8 +563,13 @@ def server_latency(path: Path) -> dict[str, list[float]]:
         if len(parts) != 4:
             continue
         method, url, _, micros = parts
-        op = ("POST rate" if url.endswith("/rate") else "POST complete" if url.endswith("/complete")
-              else f"{method} other")
+        op = (
+            "POST rate"
+            if url.endswith("/rate")
+            else "POST complete"
+            if url.endswith("/complete")
+            else f"{method} other"
+        )
         out[op].append(int(micros) / 1e6)
     return out
 
@@ -480,22 +581,41 @@ def pct(values: list[float]) -> str:
     return f"{p[0]:.0f} / {p[1]:.0f} / {p[2]:.0f}"
 
 
-def report(args, stats: Stats, wall: float, checks: dict[str, int], queries: dict[str, int], cpu: dict[str, float],
-           pg: dict[str, float], waiting: Counter, server: dict[str, list[float]]) -> None:
+def report(
+    args,
+    stats: Stats,
+    wall: float,
+    checks: dict[str, int],
+    queries: dict[str, int],
+    cpu: dict[str, float],
+    pg: dict[str, float],
+    waiting: Counter,
+    server: dict[str, list[float]],
+) -> None:
     total = sum(len(v) for v in stats.latency.values())
     errors_5xx = sum(n for c in stats.status.values() for code, n in c.items() if code >= 500)
-    other = sum(n for op, c in stats.status.items() for code, n in c.items()
-                if code < 500 and not (200 <= code < 300 or (op == "POST consent" and code == 302)))
+    other = sum(
+        n
+        for op, c in stats.status.items()
+        for code, n in c.items()
+        if code < 500 and not (200 <= code < 300 or (op == "POST consent" and code == 302))
+    )
     rates = stats.latency.get("rate", []) + stats.latency.get("rate (late replay)", [])
-    print(f"\nwall {wall:.1f} s, {stats.joined} listeners joined, {total} requests, {total / wall:.1f} req/s, "
-          f"{stats.trials_completed} trials completed")
-    print(f"\n| operation | n | p50 / p95 / p99 ms | max ms | status codes |\n|---|---|---|---|---|")
+    print(
+        f"\nwall {wall:.1f} s, {stats.joined} listeners joined, {total} requests, {total / wall:.1f} req/s, "
+        f"{stats.trials_completed} trials completed"
+    )
+    print("\n| operation | n | p50 / p95 / p99 ms | max ms | status codes |\n|---|---|---|---|---|")
     for op in sorted(op for op, values in stats.latency.items() if values):
         values = stats.latency[op]
-        print(f"| {op} | {len(values)} | {pct(values)} | {max(values) * 1000:.0f} | "
-              f"{dict(sorted(stats.status[op].items()))} |")
-    print(f"\nrate, sent after the last arrival (t > {args.ramp:g} s): n={len(stats.latency_after_ramp)} "
-          f"p50/p95/p99 ms {pct(stats.latency_after_ramp)}")
+        print(
+            f"| {op} | {len(values)} | {pct(values)} | {max(values) * 1000:.0f} | "
+            f"{dict(sorted(stats.status[op].items()))} |"
+        )
+    print(
+        f"\nrate, sent after the last arrival (t > {args.ramp:g} s): n={len(stats.latency_after_ramp)} "
+        f"p50/p95/p99 ms {pct(stats.latency_after_ramp)}"
+    )
     print("\nserver-side (gunicorn access log, request start to response written):")
     for op, values in sorted(server.items()):
         print(f"  {op}: n={len(values)} p50/p95/p99 ms {pct(values)}")
@@ -508,18 +628,26 @@ def report(args, stats: Stats, wall: float, checks: dict[str, int], queries: dic
         print("statements seen waiting on a lock (samples):", dict(waiting.most_common(6)))
     print(f"CPU (share of one core over the load phase): { {k: f'{v:.0%}' for k, v in cpu.items()} }")
     print(f"SQL statements per request (in-process, CaptureQueriesContext): {queries}")
-    goal = (checks["lost"] + checks["wrong value"] + checks["doubled"] == 0 and errors_5xx == 0
-            and rates and np.percentile(rates, 99) < 0.150)
+    goal = (
+        checks["lost"] + checks["wrong value"] + checks["doubled"] == 0
+        and errors_5xx == 0
+        and rates
+        and np.percentile(rates, 99) < 0.150
+    )
     print(f"\ngoal (0 lost, 0 doubled, 0 5xx, rating p99 < 150 ms): {'MET' if goal else 'MISSED'}")
     command = "python benchmarks/listening_load.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    print("\n| listeners | s | gunicorn | CONN_MAX_AGE | req/s | rate p50/p95/p99 ms | complete p50/p95/p99 ms "
-          "| 5xx | other non-2xx | network errors | lost / doubled | client CPU | other processes' CPU | command |")
+    print(
+        "\n| listeners | s | gunicorn | CONN_MAX_AGE | req/s | rate p50/p95/p99 ms | complete p50/p95/p99 ms "
+        "| 5xx | other non-2xx | network errors | lost / doubled | client CPU | other processes' CPU | command |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| {args.listeners} | {args.seconds:g} | {args.workers} w × {args.threads} t | {args.conn_max_age} "
-          f"| {total / wall:.0f} | {pct(rates)} | {pct(stats.latency.get('POST complete', []))} "
-          f"| {errors_5xx} | {other} "
-          f"| {sum(stats.network_errors.values())} | {checks['lost'] + checks['wrong value']} / {checks['doubled']} "
-          f"| {cpu['client']:.0%} | {cpu['other processes']:.0%} | `{command}` |")
+    print(
+        f"| {args.listeners} | {args.seconds:g} | {args.workers} w × {args.threads} t | {args.conn_max_age} "
+        f"| {total / wall:.0f} | {pct(rates)} | {pct(stats.latency.get('POST complete', []))} "
+        f"| {errors_5xx} | {other} "
+        f"| {sum(stats.network_errors.values())} | {checks['lost'] + checks['wrong value']} / {checks['doubled']} "
+        f"| {cpu['client']:.0%} | {cpu['other processes']:.0%} | `{command}` |"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -528,8 +656,12 @@ def report(args, stats: Stats, wall: float, checks: dict[str, int], queries: dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listeners", type=int, default=200)
-    parser.add_argument("--seconds", type=float, default=60.0, help="load duration; no request starts after it")
-    parser.add_argument("--ramp", type=float, default=10.0, help="arrivals spread evenly over this many seconds")
+    parser.add_argument(
+        "--seconds", type=float, default=60.0, help="load duration; no request starts after it"
+    )
+    parser.add_argument(
+        "--ramp", type=float, default=10.0, help="arrivals spread evenly over this many seconds"
+    )
     parser.add_argument("--items", type=int, default=20, help="MUSHRA items (trials), 5 sounds each")
     # One gunicorn process per core: the work is CPU-bound Python, one GIL per process. gthread with
     # 8 threads each: joins wait in turn for the test's row lock (the assignment engine balances on
@@ -537,26 +669,41 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--keep-alive", type=int, default=5, help="gunicorn --keep-alive seconds")
-    parser.add_argument("--conn-max-age", type=int, default=60, help="DATABASE_CONN_MAX_AGE for the server (the site default)")
+    parser.add_argument(
+        "--conn-max-age", type=int, default=60, help="DATABASE_CONN_MAX_AGE for the server (the site default)"
+    )
     parser.add_argument("--think-min", type=float, default=0.5)
     parser.add_argument("--think-max", type=float, default=3.0)
-    parser.add_argument("--p-retry", type=float, default=0.05, help="share of ratings re-sent with the same id")
+    parser.add_argument(
+        "--p-retry", type=float, default=0.05, help="share of ratings re-sent with the same id"
+    )
     parser.add_argument("--p-double", type=float, default=0.02, help="share sent twice concurrently")
     parser.add_argument("--p-change", type=float, default=0.10, help="share changed again with a new id")
-    parser.add_argument("--p-late", type=float, default=0.3, help="share of changes followed by a late replay")
-    parser.add_argument("--audio", action="store_true", help="also GET every sound once (measured separately)")
+    parser.add_argument(
+        "--p-late", type=float, default=0.3, help="share of changes followed by a late replay"
+    )
+    parser.add_argument(
+        "--audio", action="store_true", help="also GET every sound once (measured separately)"
+    )
     parser.add_argument("--profile", help="record the server with py-spy (raw collapsed stacks) to this file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--database", default="evalsite_bench")
     args = parser.parse_args()
 
     var = Path(tempfile.mkdtemp(prefix="evalsite-load-"))
-    env = {**os.environ, "DATABASE_URL": f"{PG}/{args.database}", "EVALSITE_VAR_DIR": str(var),
-           "DJANGO_SETTINGS_MODULE": "evalsite.settings.base", "DEBUG": "0", "LOG_LEVEL": "WARNING",
-           "ALLOWED_HOSTS": "127.0.0.1,localhost", "DATABASE_CONN_MAX_AGE": str(args.conn_max_age),
-           # Every simulated listener joins from 127.0.0.1: the per-IP join limit (300/hour) would cap
-           # --listeners; the per-listener limit stays on, as in production.
-           "EVALSITE_JOIN_RATE": "off"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"{PG}/{args.database}",
+        "EVALSITE_VAR_DIR": str(var),
+        "DJANGO_SETTINGS_MODULE": "evalsite.settings.base",
+        "DEBUG": "0",
+        "LOG_LEVEL": "WARNING",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "DATABASE_CONN_MAX_AGE": str(args.conn_max_age),
+        # Every simulated listener joins from 127.0.0.1: the per-IP join limit (300/hour) would cap
+        # --listeners; the per-listener limit stays on, as in production.
+        "EVALSITE_JOIN_RATE": "off",
+    }
     for key in ("CELERY_BROKER_URL", "EVALSITE_MEDIA_ROOT", "SECRET_KEY"):
         env.pop(key, None)
     os.environ.clear()
@@ -571,19 +718,34 @@ def main() -> None:
 
         t0 = time.monotonic()
         test = build_test(args.items, votes_target=10 * args.listeners + 100, seed=args.seed)
-        print(f"built and published a MUSHRA test of {test.trials.count()} trials in {time.monotonic() - t0:.1f} s "
-              f"(database {args.database}, var {var})")
+        print(
+            f"built and published a MUSHRA test of {test.trials.count()} trials in {time.monotonic() - t0:.1f} s "
+            f"(database {args.database}, var {var})"
+        )
         connections.close_all()
         port = free_port()
         proc = start_gunicorn(args, env, port, var)
-        master = proc.pid if not args.profile else int(subprocess.run(
-            ["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True).stdout.split()[0])
+        master = (
+            proc.pid
+            if not args.profile
+            else int(
+                subprocess.run(
+                    ["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True
+                ).stdout.split()[0]
+            )
+        )
         pids = gunicorn_pids(master)
         print(f"gunicorn on 127.0.0.1:{port}: {args.workers} workers x {args.threads} threads (pids {pids})")
         (var / "access.log").write_text("")  # drop the readiness probes
         background = background_cpu()
-        print(f"CPU used by other processes on the machine before the run: {background:.0%} of one core"
-              + ("  (WARNING: the machine is not idle; latencies include that contention)" if background > 0.2 else ""))
+        print(
+            f"CPU used by other processes on the machine before the run: {background:.0%} of one core"
+            + (
+                "  (WARNING: the machine is not idle; latencies include that contention)"
+                if background > 0.2
+                else ""
+            )
+        )
 
         stats = Stats()
         sampler = PgSampler(args.database)
@@ -601,24 +763,43 @@ def main() -> None:
         sampler.join()
         hz = os.sysconf("SC_CLK_TCK")
         ncpu = os.cpu_count() or 1
-        cpu = {"client": client_cpu / wall, "gunicorn": server_cpu / hz / wall,
-               "machine (all cores)": (busy1 - busy0) / (all1 - all0) * ncpu}
+        cpu = {
+            "client": client_cpu / wall,
+            "gunicorn": server_cpu / hz / wall,
+            "machine (all cores)": (busy1 - busy0) / (all1 - all0) * ncpu,
+        }
         cpu["postgres (all databases)"] = (pg1 - pg0) / hz / wall
-        cpu["other processes"] = max(0.0, cpu["machine (all cores)"] - cpu["client"] - cpu["gunicorn"]
-                                     - cpu["postgres (all databases)"])
+        cpu["other processes"] = max(
+            0.0,
+            cpu["machine (all cores)"] - cpu["client"] - cpu["gunicorn"] - cpu["postgres (all databases)"],
+        )
         cpu["other processes, before the run"] = background
 
         t_stop = time.monotonic()
         stop(proc)
         print(f"gunicorn stopped in {time.monotonic() - t_stop:.1f} s")
-        problems = [line for line in (var / "gunicorn.log").read_text().splitlines()
-                    if any(word in line for word in ("ERROR", "CRITICAL", "WARNING", "Traceback"))]
+        problems = [
+            line
+            for line in (var / "gunicorn.log").read_text().splitlines()
+            if any(word in line for word in ("ERROR", "CRITICAL", "WARNING", "Traceback"))
+        ]
         if problems:
-            print(f"gunicorn log: {len(problems)} warning/error lines, first ones:", *problems[:8], sep="\n  ")
+            print(
+                f"gunicorn log: {len(problems)} warning/error lines, first ones:", *problems[:8], sep="\n  "
+            )
         checks = verify(test, stats)
         queries = queries_per_request(test)
-        report(args, stats, wall, checks, queries, cpu, sampler.summary(), sampler.waiting,
-               server_latency(var / "access.log"))
+        report(
+            args,
+            stats,
+            wall,
+            checks,
+            queries,
+            cpu,
+            sampler.summary(),
+            sampler.waiting,
+            server_latency(var / "access.log"),
+        )
         if args.profile:
             print(f"py-spy profile (collapsed stacks): {args.profile}")
     finally:

@@ -65,16 +65,24 @@ def main() -> None:
     frames = int(args.seconds * SAMPLE_RATE)
     refs = []
     for i in range(args.clips):
-        wav, _ = synthesize(DEMO_SENTENCES[i % len(DEMO_SENTENCES)], voice=DEMO_SPEAKERS[i % len(DEMO_SPEAKERS)],
-                            rate_wpm=150 + i)
+        wav, _ = synthesize(
+            DEMO_SENTENCES[i % len(DEMO_SENTENCES)],
+            voice=DEMO_SPEAKERS[i % len(DEMO_SPEAKERS)],
+            rate_wpm=150 + i,
+        )
         clip = np.zeros(frames, dtype=np.float32)
         clip[: min(frames, len(wav))] = wav[:frames]
         asset, _ = audio_asset_store(decoded=decoded_from_array(clip, SAMPLE_RATE))
         refs.append((EvalItem.objects.create(eval_set=eval_set, key=f"item_{i:03d}", reference=asset), clip))
-    run = Run.objects.create(name="bench", kind="vocoder", model_family="hifigan", eval_set=eval_set,
-                             config={"metrics": args.metrics})
+    run = Run.objects.create(
+        name="bench",
+        kind="vocoder",
+        model_family="hifigan",
+        eval_set=eval_set,
+        config={"metrics": args.metrics},
+    )
 
-    print(f"| run | clips | s/clip | metrics | wall (s) | failed |")
+    print("| run | clips | s/clip | metrics | wall (s) | failed |")
     print("|---|---|---|---|---|---|")
     for step, label in ((1000, "cold reference cache"), (2000, "warm reference cache")):
         checkpoint = Checkpoint.objects.create(run=run, step=step, uri=f"bench-{step}")
@@ -83,12 +91,16 @@ def main() -> None:
             noisy = (clip + 0.003 * rng.standard_normal(clip.shape)).astype(np.float32)
             asset, _ = audio_asset_store(decoded=decoded_from_array(noisy, SAMPLE_RATE))
             Generation.objects.create(checkpoint=checkpoint, item=item, params_hash="bench", asset=asset)
-        job = Job.objects.create(kind="metrics", run=run, checkpoint=checkpoint, params={"params_hash": "bench"})
+        job = Job.objects.create(
+            kind="metrics", run=run, checkpoint=checkpoint, params={"params_hash": "bench"}
+        )
         started = time.perf_counter()
         job = job_execute(job_id=job.pk, worker="bench", work=metrics_job_work)
         wall = time.perf_counter() - started
         failed = job.result.get("failed", {}) if job.status == "done" else {"job": job.error}
-        print(f"| {label} | {args.clips} | {args.seconds:g} | {len(args.metrics)} | {wall:.1f} | {len(failed)} |")
+        print(
+            f"| {label} | {args.clips} | {args.seconds:g} | {len(args.metrics)} | {wall:.1f} | {len(failed)} |"
+        )
         for name, error in failed.items():
             print(f"  failed {name}: {error}", file=sys.stderr)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 import time
+from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -31,20 +31,29 @@ def main() -> None:
     t = int(args.sr * args.seconds)
     ref = {f"c{i}": 0.3 * torch.randn(t, generator=g) for i in range(args.clips)}
     gen = {k: v + 0.02 * torch.randn(t, generator=g) for k, v in ref.items()}
-    print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, device={args.device}, "
-          f"{args.clips} clips x {args.seconds:g} s at {args.sr} Hz, batch {args.batch_size}")
+    print(
+        f"torch {torch.__version__}, threads={torch.get_num_threads()}, device={args.device}, "
+        f"{args.clips} clips x {args.seconds:g} s at {args.sr} Hz, batch {args.batch_size}"
+    )
     metrics = {
-        "mel_l1/hifigan": lambda: mel_distance(gen, ref, args.sr, batch_size=args.batch_size, device=args.device),
-        "mrstft/auraloss-default": lambda: mrstft_distance(gen, ref, batch_size=args.batch_size, device=args.device),
-        "lsd/log10pow-n2048-h512": lambda: log_spectral_distance(gen, ref, batch_size=args.batch_size,
-                                                                 device=args.device),
+        "mel_l1/hifigan": lambda: mel_distance(
+            gen, ref, args.sr, batch_size=args.batch_size, device=args.device
+        ),
+        "mrstft/auraloss-default": lambda: mrstft_distance(
+            gen, ref, batch_size=args.batch_size, device=args.device
+        ),
+        "lsd/log10pow-n2048-h512": lambda: log_spectral_distance(
+            gen, ref, batch_size=args.batch_size, device=args.device
+        ),
     }
     for name, fn in metrics.items():
         fn()  # warm-up
         t0 = time.perf_counter()
         res = fn()
         dt = time.perf_counter() - t0
-        print(f"{name:28s} {args.clips / dt:8.1f} clips/s  ({dt:.2f} s, mean {res.value:.4f}, name {res.name})")
+        print(
+            f"{name:28s} {args.clips / dt:8.1f} clips/s  ({dt:.2f} s, mean {res.value:.4f}, name {res.name})"
+        )
 
 
 if __name__ == "__main__":

@@ -71,16 +71,27 @@ def mib(kib: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--import-model-stack", choices=sorted(MODEL_STACK), default="none",
-                        help="modules the worker imports before serving (the old web process); default none")
+    parser.add_argument(
+        "--import-model-stack",
+        choices=sorted(MODEL_STACK),
+        default="none",
+        help="modules the worker imports before serving (the old web process); default none",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="walks over every page (default 3)")
     parser.add_argument("--database", default="evalsite_bench_web")
     args = parser.parse_args()
 
     var = Path(tempfile.mkdtemp(prefix="evalsite-web-memory-"))
-    os.environ.update({"DATABASE_URL": f"{PG}/{args.database}", "EVALSITE_VAR_DIR": str(var),
-                       "DJANGO_SETTINGS_MODULE": "evalsite.settings.base", "DEBUG": "0", "LOG_LEVEL": "WARNING",
-                       "ALLOWED_HOSTS": "127.0.0.1"})
+    os.environ.update(
+        {
+            "DATABASE_URL": f"{PG}/{args.database}",
+            "EVALSITE_VAR_DIR": str(var),
+            "DJANGO_SETTINGS_MODULE": "evalsite.settings.base",
+            "DEBUG": "0",
+            "LOG_LEVEL": "WARNING",
+            "ALLOWED_HOSTS": "127.0.0.1",
+        }
+    )
     for key in ("CELERY_BROKER_URL", "EVALSITE_MEDIA_ROOT"):
         os.environ.pop(key, None)  # the embedded broker and media folder under var/
     recreate_database(args.database)
@@ -105,15 +116,35 @@ def main() -> None:
 def measure(args, var: Path, site: dict, web_tier) -> None:
     hooks, modules = var / "gunicorn_hooks.py", var / "modules.json"
     hooks.write_text(web_tier.GUNICORN_HOOKS)
-    env = {**os.environ, "WEB_TIER_MODULES": str(modules),
-           "WEB_TIER_IMPORT_MODEL_STACK": MODEL_STACK[args.import_model_stack]}
+    env = {
+        **os.environ,
+        "WEB_TIER_MODULES": str(modules),
+        "WEB_TIER_IMPORT_MODEL_STACK": MODEL_STACK[args.import_model_stack],
+    }
     port = free_port()
     started = time.monotonic()
     with open(var / "stderr.log", "wb") as stderr:
         proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("gunicorn")), "evalsite.wsgi", "-w", "1", "-b", f"127.0.0.1:{port}",
-             "-c", str(hooks), "--timeout", "300", "--error-logfile", str(var / "gunicorn.log")],
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+            [
+                str(Path(sys.executable).with_name("gunicorn")),
+                "evalsite.wsgi",
+                "-w",
+                "1",
+                "-b",
+                f"127.0.0.1:{port}",
+                "-c",
+                str(hooks),
+                "--timeout",
+                "300",
+                "--error-logfile",
+                str(var / "gunicorn.log"),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
     # The worker has loaded the app (and, for "before", the model stack) when the hook has written its file.
     while not modules.exists():
         if proc.poll() is not None or time.monotonic() - started > 300:
@@ -141,13 +172,18 @@ def measure(args, var: Path, site: dict, web_tier) -> None:
 
     loaded = ", ".join(f"{m} ({when})" for m, when in seen["first_seen"].items()) or "none"
     command = "python benchmarks/web_memory.py" + (
-        f" --import-model-stack {args.import_model_stack}" if args.import_model_stack != "none" else "")
+        f" --import-model-stack {args.import_model_stack}" if args.import_model_stack != "none" else ""
+    )
     print(f"gunicorn worker {worker}, --import-model-stack {args.import_model_stack}, {args.rounds} walks")
     print(f"model-stack modules in the worker: {loaded}")
-    print("| worker | VmRSS after start-up | VmRSS after the walks | VmHWM (peak) | ready after | one walk | command |")
+    print(
+        "| worker | VmRSS after start-up | VmRSS after the walks | VmHWM (peak) | ready after | one walk | command |"
+    )
     print("|---|---|---|---|---|---|---|")
-    print(f"| {args.import_model_stack} | {mib(at_start['VmRSS'])} | {mib(after['VmRSS'])} | {mib(after['VmHWM'])} "
-          f"| {ready_s:.1f} s | {walk_s:.2f} s | `{command}` |")
+    print(
+        f"| {args.import_model_stack} | {mib(at_start['VmRSS'])} | {mib(after['VmRSS'])} | {mib(after['VmHWM'])} "
+        f"| {ready_s:.1f} s | {walk_s:.2f} s | `{command}` |"
+    )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ class TaskTimeLimits:
     def annotate(self, task) -> dict[str, float]:
         from django.conf import settings
 
-        soft = settings.EVALSITE_TASK_TIME_LIMITS[settings.EVALSITE_TASK_LIMIT_KINDS.get(task.name, "periodic")]
+        soft = settings.EVALSITE_TASK_TIME_LIMITS[
+            settings.EVALSITE_TASK_LIMIT_KINDS.get(task.name, "periodic")
+        ]
         return {"soft_time_limit": soft, "time_limit": soft + settings.EVALSITE_TASK_HARD_LIMIT_GRACE_S}
 
 

@@ -107,30 +107,62 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Train a tiny HiFi-GAN on the CPU; register each checkpoint with evalsite and print its alerts.",
         epilog="Run next to `make demo`; see the module docstring (and examples/README.md) for the steps.",
     )
-    parser.add_argument("--server", default=os.environ.get("EVALSITE_URL", "http://127.0.0.1:8000"),
-                        help="evalsite base URL (default: $EVALSITE_URL or http://127.0.0.1:8000)")
-    parser.add_argument("--token", default=os.environ.get("EVALSITE_TOKEN"),
-                        help="researcher token evu_… (creates a run) or, with --run-id, the run's token evr_… "
-                             "(default: $EVALSITE_TOKEN)")
-    parser.add_argument("--run-id", type=int, default=None, help="register into this existing run (no run is created)")
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("EVALSITE_URL", "http://127.0.0.1:8000"),
+        help="evalsite base URL (default: $EVALSITE_URL or http://127.0.0.1:8000)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("EVALSITE_TOKEN"),
+        help="researcher token evu_… (creates a run) or, with --run-id, the run's token evr_… "
+        "(default: $EVALSITE_TOKEN)",
+    )
+    parser.add_argument(
+        "--run-id", type=int, default=None, help="register into this existing run (no run is created)"
+    )
     parser.add_argument("--run-name", default=None, help="name of the new run (default: tiny-vocoder-<time>)")
-    parser.add_argument("--eval-set", default=DEMO_EVAL_SET, help=f"eval set of a new run (default: {DEMO_EVAL_SET})")
+    parser.add_argument(
+        "--eval-set", default=DEMO_EVAL_SET, help=f"eval set of a new run (default: {DEMO_EVAL_SET})"
+    )
     parser.add_argument("--steps", type=int, default=1500, help="training steps (default: 1500)")
-    parser.add_argument("--checkpoint-every", type=int, default=300, help="steps between checkpoints (default: 300)")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "var" / "examples" / "tiny-vocoder",
-                        help="where checkpoints go, in run-<id>/ (default: var/examples/tiny-vocoder)")
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=300, help="steps between checkpoints (default: 300)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO_ROOT / "var" / "examples" / "tiny-vocoder",
+        help="where checkpoints go, in run-<id>/ (default: var/examples/tiny-vocoder)",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--segment-s", type=float, default=0.35, help="seconds per training segment")
-    parser.add_argument("--lr", type=float, default=5e-3, help="learning rate at the first step (default: 5e-3)")
-    parser.add_argument("--lr-final", type=float, default=5e-4,
-                        help="learning rate at the last step, reached by geometric decay (default: 5e-4)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the initial weights and the segment sampler")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--wait", type=float, default=600.0,
-                        help="seconds to wait for the last checkpoint's evaluation (default: 600; 0 skips)")
+    parser.add_argument(
+        "--lr", type=float, default=5e-3, help="learning rate at the first step (default: 5e-3)"
+    )
+    parser.add_argument(
+        "--lr-final",
+        type=float,
+        default=5e-4,
+        help="learning rate at the last step, reached by geometric decay (default: 5e-4)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the initial weights and the segment sampler"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=600.0,
+        help="seconds to wait for the last checkpoint's evaluation (default: 600; 0 skips)",
+    )
     args = parser.parse_args(argv)
     if not args.token:
-        parser.error("--token is required (or set EVALSITE_TOKEN): `manage.py api_token_create <user>` issues one")
+        parser.error(
+            "--token is required (or set EVALSITE_TOKEN): `manage.py api_token_create <user>` issues one"
+        )
     if args.token.startswith(RUN_PREFIX) and args.run_id is None:
         parser.error("a run token (evr_…) acts on one existing run only: pass its --run-id")
     if args.steps < 1 or args.checkpoint_every < 1:
@@ -148,14 +180,18 @@ def training_clips() -> tuple[list[Any], int]:
 
 def format_alert(alert: dict[str, Any]) -> str:
     """One line per alert: severity, step, title (and the rule that raised it)."""
-    return (f"ALERT [{alert.get('severity', '?')}] step {alert.get('checkpoint_step')}: {alert.get('title')} "
-            f"({alert.get('rule', '')})")
+    return (
+        f"ALERT [{alert.get('severity', '?')}] step {alert.get('checkpoint_step')}: {alert.get('title')} "
+        f"({alert.get('rule', '')})"
+    )
 
 
 def format_metrics(checkpoint: dict[str, Any]) -> list[str]:
     """``name = value`` lines of a checkpoint's metrics, sorted by name."""
     metrics = checkpoint.get("metrics") or {}
-    return [f"  {name} = {'n/a' if value is None else f'{value:.4f}'}" for name, value in sorted(metrics.items())]
+    return [
+        f"  {name} = {'n/a' if value is None else f'{value:.4f}'}" for name, value in sorted(metrics.items())
+    ]
 
 
 def connect(args: argparse.Namespace) -> tuple[EvalsiteClient, dict[str, Any]]:
@@ -173,18 +209,35 @@ def connect(args: argparse.Namespace) -> tuple[EvalsiteClient, dict[str, Any]]:
         if args.run_id is not None:
             run = probe.run_get(args.run_id)
             if run.get("kind") != "vocoder":
-                raise ValueError(f"run {args.run_id} ({run.get('name')}) is a {run.get('kind')} run, not a vocoder run")
+                raise ValueError(
+                    f"run {args.run_id} ({run.get('name')}) is a {run.get('kind')} run, not a vocoder run"
+                )
             print(f"using run {run['id']} {run['name']!r} (eval set {run.get('eval_set')})")
             return EvalsiteClient(args.server, args.token), run
         name = args.run_name or f"tiny-vocoder-{time.strftime('%Y%m%d-%H%M%S')}"
-        run = probe.run_create(name=name, kind="vocoder", model_family="hifigan", eval_set=args.eval_set,
-                               config={"trainer": "examples/train_tiny_vocoder.py", "steps": args.steps,
-                                       "batch_size": args.batch_size, "segment_s": args.segment_s, "lr": args.lr,
-                                       "lr_final": args.lr_final, "seed": args.seed})
-    print(f"created run {run['id']} {run['name']!r} on eval set {run.get('eval_set')}: "
-          f"{args.server.rstrip('/')}/runs/{run['id']}/")
-    print(f"its run token (shown once; train more into this run with --run-id {run['id']} --token ...): "
-          f"{run['token']}")
+        run = probe.run_create(
+            name=name,
+            kind="vocoder",
+            model_family="hifigan",
+            eval_set=args.eval_set,
+            config={
+                "trainer": "examples/train_tiny_vocoder.py",
+                "steps": args.steps,
+                "batch_size": args.batch_size,
+                "segment_s": args.segment_s,
+                "lr": args.lr,
+                "lr_final": args.lr_final,
+                "seed": args.seed,
+            },
+        )
+    print(
+        f"created run {run['id']} {run['name']!r} on eval set {run.get('eval_set')}: "
+        f"{args.server.rstrip('/')}/runs/{run['id']}/"
+    )
+    print(
+        f"its run token (shown once; train more into this run with --run-id {run['id']} --token ...): "
+        f"{run['token']}"
+    )
     return EvalsiteClient(args.server, run["token"]), run
 
 
@@ -206,8 +259,13 @@ class AlertPrinter:
 
     def _run(self) -> None:
         try:
-            for alert in self.client.alerts_follow(self.run_id, after=self.cursor, stop=self._stop,
-                                                   min_interval=self.interval, max_interval=4 * self.interval):
+            for alert in self.client.alerts_follow(
+                self.run_id,
+                after=self.cursor,
+                stop=self._stop,
+                min_interval=self.interval,
+                max_interval=4 * self.interval,
+            ):
                 self.show(alert)
         except EvalsiteError as exc:
             print(f"alert polling stopped: {exc}", flush=True)
@@ -243,8 +301,10 @@ def starting_point(client: EvalsiteClient, run_id: int, seed: int) -> tuple[Any,
         if path.is_file():
             print(f"continuing from step {done} ({path})")
             return models.load(path), done
-        print(f"the run's newest checkpoint (step {done}, {path}) is not readable here; "
-              f"training a fresh model, numbering steps after {done}")
+        print(
+            f"the run's newest checkpoint (step {done}, {path}) is not readable here; "
+            f"training a fresh model, numbering steps after {done}"
+        )
     torch.manual_seed(seed)
     return models.HiFiGANVocoder.from_config(models.HiFiGANVocoder.preset("tiny")), done
 
@@ -262,8 +322,10 @@ def train(args: argparse.Namespace, client: EvalsiteClient, run: dict[str, Any])
     clips, sample_rate = training_clips()
     seconds = sum(len(c) for c in clips) / sample_rate
     out = (args.out / f"run-{run_id}").resolve()
-    print(f"training a tiny HiFi-GAN on {len(clips)} clips ({seconds:.0f} s of speech) for {args.steps} steps; "
-          f"checkpoints every {args.checkpoint_every} steps in {out}")
+    print(
+        f"training a tiny HiFi-GAN on {len(clips)} clips ({seconds:.0f} s of speech) for {args.steps} steps; "
+        f"checkpoints every {args.checkpoint_every} steps in {out}"
+    )
     started = time.perf_counter()
     alerts = AlertPrinter(client, run_id, after=int(run.get("alert_cursor") or 0)).start()
     # Alerts are printed by AlertPrinter; the reporter only registers checkpoints, in its own thread.
@@ -271,16 +333,33 @@ def train(args: argparse.Namespace, client: EvalsiteClient, run: dict[str, Any])
 
         def on_checkpoint(step: int, path: Path, loss: float) -> None:
             reporter.checkpoint_saved(step, path)
-            print(f"step {step}: mean training loss {loss:.3f}, {time.perf_counter() - started:.0f} s; "
-                  f"registering {path.name}", flush=True)
+            print(
+                f"step {step}: mean training loss {loss:.3f}, {time.perf_counter() - started:.0f} s; "
+                f"registering {path.name}",
+                flush=True,
+            )
 
-        train_vocoder(model, clips, sample_rate, steps=args.steps, batch_size=args.batch_size,
-                      segment_s=args.segment_s, lr=args.lr, lr_final=args.lr_final, seed=args.seed,
-                      checkpoint_every=args.checkpoint_every, checkpoint_dir=out, on_checkpoint=on_checkpoint,
-                      log_every=max(args.steps // 10, 1), start_step=start_step)
+        train_vocoder(
+            model,
+            clips,
+            sample_rate,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            segment_s=args.segment_s,
+            lr=args.lr,
+            lr_final=args.lr_final,
+            seed=args.seed,
+            checkpoint_every=args.checkpoint_every,
+            checkpoint_dir=out,
+            on_checkpoint=on_checkpoint,
+            log_every=max(args.steps // 10, 1),
+            start_step=start_step,
+        )
     for step, uri, error in reporter.failed:
         print(f"step {step} ({uri}) was not registered: {error}")
-    print(f"training done in {time.perf_counter() - started:.0f} s; {len(reporter.registered)} checkpoints registered")
+    print(
+        f"training done in {time.perf_counter() - started:.0f} s; {len(reporter.registered)} checkpoints registered"
+    )
     last = start_step + args.steps
     if args.wait > 0 and any(c.get("step") == last for c in reporter.registered):
         print(f"waiting up to {args.wait:.0f} s for the evaluation of step {last} ...")
@@ -291,8 +370,10 @@ def train(args: argparse.Namespace, client: EvalsiteClient, run: dict[str, Any])
         except EvalsiteError as exc:
             print(f"could not follow the evaluation of step {last}: {exc}")
         else:
-            print(f"step {last}: {checkpoint['status']}"
-                  + (f" ({checkpoint.get('error')})" if checkpoint.get("error") else ""))
+            print(
+                f"step {last}: {checkpoint['status']}"
+                + (f" ({checkpoint.get('error')})" if checkpoint.get("error") else "")
+            )
             for line in format_metrics(checkpoint):
                 print(line)
     alerts.drain()
@@ -306,9 +387,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         client, run = connect(args)
     except ServiceError as exc:
-        print(f"error: cannot reach evalsite at {args.server} ({exc}).\n"
-              f"Is it running? `make demo` serves http://127.0.0.1:8000; pass --server for another address.",
-              file=sys.stderr)
+        print(
+            f"error: cannot reach evalsite at {args.server} ({exc}).\n"
+            f"Is it running? `make demo` serves http://127.0.0.1:8000; pass --server for another address.",
+            file=sys.stderr,
+        )
         return EXIT_UNREACHABLE
     except ApiError as exc:
         hint = ""

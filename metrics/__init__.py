@@ -28,8 +28,14 @@ _EXPORTS = {
     "PreprocessSpec": "metrics.preprocess",
 }
 
-__all__ = ["MetricResult", "pair_by_id", "GaussianStatistics", "FrechetAudioDistance", "KernelAudioDistance",
-           "PreprocessSpec"]
+__all__ = [
+    "MetricResult",
+    "pair_by_id",
+    "GaussianStatistics",
+    "FrechetAudioDistance",
+    "KernelAudioDistance",
+    "PreprocessSpec",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -8,12 +8,12 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 
-ArrayLike = Union[np.ndarray, torch.Tensor, list, tuple]
+ArrayLike = np.ndarray | torch.Tensor | list | tuple
 """Anything that converts to a numeric array: ``np.ndarray``, ``torch.Tensor``, nested lists."""
 
 
@@ -151,8 +151,7 @@ def pair_by_id(first: Mapping, second: Mapping) -> Pairing:
     """
     if not isinstance(first, Mapping) or not isinstance(second, Mapping):
         raise TypeError(
-            "pairing needs two mappings id -> value; got "
-            f"{type(first).__name__} and {type(second).__name__}"
+            f"pairing needs two mappings id -> value; got {type(first).__name__} and {type(second).__name__}"
         )
     a, b = set(first), set(second)
     key = str

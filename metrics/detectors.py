@@ -226,11 +226,17 @@ class DetectorEvent:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict."""
-        return {"detector": self.detector, "start_s": self.start_s, "end_s": self.end_s,
-                "strength": self.strength, "detail": dict(self.detail)}
+        return {
+            "detector": self.detector,
+            "start_s": self.start_s,
+            "end_s": self.end_s,
+            "strength": self.strength,
+            "detail": dict(self.detail),
+        }
 
 
 # --- shared helpers ------------------------------------------------------------------------------
+
 
 def _mono(x: ArrayLike, what: str) -> np.ndarray:
     """``(T,)`` or ``(1, T)`` float array → float64 ``(T,)``; ValueError naming the shape or length."""
@@ -240,13 +246,17 @@ def _mono(x: ArrayLike, what: str) -> np.ndarray:
     if a.ndim == 2 and a.shape[0] == 1:
         a = a[0]
     if a.ndim != 1:
-        raise ValueError(f"{what} must be a mono waveform of shape (T,) or (1, T); got shape {a.shape} "
-                         "(downmix or select a channel first)")
+        raise ValueError(
+            f"{what} must be a mono waveform of shape (T,) or (1, T); got shape {a.shape} "
+            "(downmix or select a channel first)"
+        )
     if a.shape[0] == 0:
         raise ValueError(f"{what} is empty (length 0); need at least one sample")
     if not np.issubdtype(a.dtype, np.floating):
-        raise ValueError(f"{what} must be floating point in full-scale units (±1.0); got dtype {a.dtype} "
-                         "(divide int16 PCM by 32768)")
+        raise ValueError(
+            f"{what} must be floating point in full-scale units (±1.0); got dtype {a.dtype} "
+            "(divide int16 PCM by 32768)"
+        )
     return a.astype(np.float64)
 
 
@@ -266,8 +276,10 @@ def _prepare(
     if reference is not None:
         r = _mono(reference, "reference")
         if abs(x.shape[0] - r.shape[0]) > LENGTH_TOLERANCE:
-            raise ValueError(f"audio length {x.shape[0]} and reference length {r.shape[0]} samples differ by "
-                             f"{abs(x.shape[0] - r.shape[0])} > {LENGTH_TOLERANCE}")
+            raise ValueError(
+                f"audio length {x.shape[0]} and reference length {r.shape[0]} samples differ by "
+                f"{abs(x.shape[0] - r.shape[0])} > {LENGTH_TOLERANCE}"
+            )
         n = min(x.shape[0], r.shape[0])
         x, r = x[:n], r[:n]
     x = np.where(np.isfinite(x), x, 0.0)
@@ -307,7 +319,7 @@ def _stft_power(x: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     xp = np.pad(x.astype(np.float32), (n_fft // 2, n_fft // 2))
     frames = sliding_window_view(xp, n_fft)[::hop]
     spec = scipy.fft.rfft(frames * np.hanning(n_fft + 2)[1:-1].astype(np.float32), axis=1)
-    return (spec.real ** 2 + spec.imag ** 2).astype(np.float64)
+    return (spec.real**2 + spec.imag**2).astype(np.float64)
 
 
 def _window_means(x: np.ndarray, win: int, hop: int) -> tuple[np.ndarray, np.ndarray]:
@@ -330,8 +342,13 @@ def _plain(v: Any) -> Any:
 
 
 def _event(detector: str, start_s: float, end_s: float, strength: float, **detail: Any) -> DetectorEvent:
-    return DetectorEvent(detector, float(max(start_s, 0.0)), float(end_s), float(strength),
-                         {k: _plain(v) for k, v in detail.items()})
+    return DetectorEvent(
+        detector,
+        float(max(start_s, 0.0)),
+        float(end_s),
+        float(strength),
+        {k: _plain(v) for k, v in detail.items()},
+    )
 
 
 def _overlaps(a: DetectorEvent, others: Sequence[DetectorEvent]) -> bool:
@@ -344,6 +361,7 @@ def _db(p: float | np.ndarray, floor_db: float = -200.0) -> float | np.ndarray:
 
 
 # --- 1. clicks -----------------------------------------------------------------------------------
+
 
 def _levinson(r: np.ndarray) -> np.ndarray:
     """Levinson–Durbin for a batch of autocorrelations ``(B, p + 1)`` → predictor ``(B, p)``.
@@ -378,7 +396,7 @@ def _lpc_residual(x: np.ndarray, sr: float, order: int) -> np.ndarray:
         frames = np.pad(x, (0, block - n))[None]
     frames = frames * np.hanning(block)
     spec = np.fft.rfft(frames, n=2 * block, axis=1)
-    r = np.fft.irfft(spec.real ** 2 + spec.imag ** 2, axis=1)[:, : order + 1]
+    r = np.fft.irfft(spec.real**2 + spec.imag**2, axis=1)[:, : order + 1]
     # White-noise correction (−50 dB) keeps the normal equations well conditioned for pure tones and silence.
     r[:, 0] = r[:, 0] * (1.0 + 1e-5) + 1e-12
     a = _levinson(r)
@@ -415,8 +433,8 @@ def _click_events(x: np.ndarray, sr: float, mad_k: float, isolation_k: float) ->
     # fwd[j] = max(e[j - width, j - width + length)) in unpadded coordinates j - width; pad so all are valid.
     ep = np.pad(e, (width, width))
     fwd = maximum_filter1d(ep, length, mode="constant", cval=0.0, origin=-(length // 2))
-    left = fwd[cand]                       # e[cand - width : cand - guard + 1]
-    right = fwd[cand + width + guard]      # e[cand + guard : cand + width + 1]
+    left = fwd[cand]  # e[cand - width : cand - guard + 1]
+    right = fwd[cand + width + guard]  # e[cand + guard : cand + width + 1]
     neigh = np.maximum(left, right)
     ratio = np.minimum(e[cand] / (mad_k * scale[cand]), e[cand] / np.maximum(isolation_k * neigh, 1e-300))
     keep = ratio > 1.0
@@ -429,11 +447,20 @@ def _click_events(x: np.ndarray, sr: float, mad_k: float, isolation_k: float) ->
     for g in groups:
         k = g[np.argmax(ratio[g])]
         i = cand[k]
-        events.append(_event(
-            "clicks", cand[g[0]] / sr, (cand[g[-1]] + 1) / sr, ratio[k],
-            peak_s=i / sr, residual=e[i], residual_scale=scale[i], neighbour_max=neigh[k],
-            z=e[i] / scale[i], n_samples=len(g),
-        ))
+        events.append(
+            _event(
+                "clicks",
+                cand[g[0]] / sr,
+                (cand[g[-1]] + 1) / sr,
+                ratio[k],
+                peak_s=i / sr,
+                residual=e[i],
+                residual_scale=scale[i],
+                neighbour_max=neigh[k],
+                z=e[i] / scale[i],
+                n_samples=len(g),
+            )
+        )
     return events
 
 
@@ -481,14 +508,18 @@ def detect_clicks(
 
 # --- 2. clipping ---------------------------------------------------------------------------------
 
+
 def _clip_events(x: np.ndarray, sr: float, full_scale: float, min_run: int) -> list[DetectorEvent]:
-    spans: list[tuple[int, int, float, int]] = []   # start, stop, level, min run for that polarity
+    spans: list[tuple[int, int, float, int]] = []  # start, stop, level, min run for that polarity
     for sign in (1.0, -1.0):
         level = float(np.max(sign * x))
         if level >= full_scale:
             at, need = sign * x >= level - CLIP_TOLERANCE, min_run
         elif level >= CLIP_FLAT_MIN_LEVEL:
-            at, need = sign * x >= level - CLIP_FLAT_TOLERANCE * max(level, 1.0), max(min_run, CLIP_FLAT_MIN_RUN)
+            at, need = (
+                sign * x >= level - CLIP_FLAT_TOLERANCE * max(level, 1.0),
+                max(min_run, CLIP_FLAT_MIN_RUN),
+            )
         else:
             continue
         for s, e in _runs(at):
@@ -503,11 +534,19 @@ def _clip_events(x: np.ndarray, sr: float, full_scale: float, min_run: int) -> l
         inside = spans[np.searchsorted(runs[:, 0], s) : np.searchsorted(runs[:, 0], e)]
         lengths = [b - a for a, b, _, _ in inside]
         k = int(np.argmax(lengths))
-        events.append(_event(
-            "clipping", s / sr, e / sr, lengths[k] / inside[k][3],
-            n_runs=len(inside), n_clipped_samples=int(sum(lengths)), longest_run=lengths[k],
-            level=inside[k][2], min_run=inside[k][3],
-        ))
+        events.append(
+            _event(
+                "clipping",
+                s / sr,
+                e / sr,
+                lengths[k] / inside[k][3],
+                n_runs=len(inside),
+                n_clipped_samples=int(sum(lengths)),
+                longest_run=lengths[k],
+                level=inside[k][2],
+                min_run=inside[k][3],
+            )
+        )
     return events
 
 
@@ -553,6 +592,7 @@ def detect_clipping(
 
 
 # --- 3. DC offset --------------------------------------------------------------------------------
+
 
 def detect_dc_offset(
     audio: ArrayLike,
@@ -613,14 +653,22 @@ def detect_dc_offset(
         start = 0.0 if a == 0 else crossing(a - 1, a, 0.5 * peak) / sr
         end = x.shape[0] / sr if b == len(means) - 1 else crossing(b + 1, b, 0.5 * peak) / sr
         i0, i1 = int(round(start * sr)), int(round(end * sr))
-        events.append(_event(
-            "dc_offset", start, end, peak / threshold,
-            max_abs_mean=peak, region_mean=float(np.mean(x[i0:max(i1, i0 + 1)])), clip_mean=float(np.mean(x)),
-        ))
+        events.append(
+            _event(
+                "dc_offset",
+                start,
+                end,
+                peak / threshold,
+                max_abs_mean=peak,
+                region_mean=float(np.mean(x[i0 : max(i1, i0 + 1)])),
+                clip_mean=float(np.mean(x)),
+            )
+        )
     return events
 
 
 # --- 4. spectral discontinuities -----------------------------------------------------------------
+
 
 @lru_cache(maxsize=16)
 def _mel_bands(n_fft: int, sr: float, n_bands: int) -> np.ndarray:
@@ -708,7 +756,7 @@ def detect_spectral_discontinuities(
         # Frames that reach into the zero padding see the clip's start or end as an onset.
         edge = n_fft // (2 * hop) + 1
         active[:edge] = False
-        active[max(0, active.size - edge):] = False
+        active[max(0, active.size - edge) :] = False
     ref_flux = None
     if br is not None:
         ref_flux = maximum_filter1d(_band_flux(br, global_floor), 3, mode="nearest")
@@ -725,17 +773,28 @@ def detect_spectral_discontinuities(
     events = []
     for s, e in _merge(_runs(flagged), max(1, int(round(DISC_MERGE_S * sr / hop)))):
         k = s + int(np.argmax(flux[s:e] / thresh[s:e]))
-        detail: dict[str, Any] = {"flux_db": flux[k], "threshold_db": thresh[k],
-                                  "mode": "reference" if ref_flux is not None else "self"}
+        detail: dict[str, Any] = {
+            "flux_db": flux[k],
+            "threshold_db": thresh[k],
+            "mode": "reference" if ref_flux is not None else "self",
+        }
         if ref_flux is not None:
             detail["reference_flux_db"] = ref_flux[k]
             detail["local_flux_db"] = local[k]
-        events.append(_event("spectral_discontinuity", (s - 0.5) * hop / sr,
-                             min(x.shape[0] / sr, (e - 0.5) * hop / sr), flux[k] / thresh[k], **detail))
+        events.append(
+            _event(
+                "spectral_discontinuity",
+                (s - 0.5) * hop / sr,
+                min(x.shape[0] / sr, (e - 0.5) * hop / sr),
+                flux[k] / thresh[k],
+                **detail,
+            )
+        )
     return events
 
 
 # --- 5. high-frequency loss ----------------------------------------------------------------------
+
 
 def detect_hf_loss(
     audio: ArrayLike,
@@ -795,13 +854,23 @@ def detect_hf_loss(
         if end - start < HF_MIN_DURATION_S:
             continue
         losses = loss[s:e][flagged[s:e]]
-        events.append(_event("hf_loss", start, end, float(np.median(losses)) / loss_db,
-                             median_loss_db=float(np.median(losses)), max_loss_db=float(losses.max()),
-                             cutoff_hz=cutoff, n_frames=int(losses.size)))
+        events.append(
+            _event(
+                "hf_loss",
+                start,
+                end,
+                float(np.median(losses)) / loss_db,
+                median_loss_db=float(np.median(losses)),
+                max_loss_db=float(losses.max()),
+                cutoff_hz=cutoff,
+                n_frames=int(losses.size),
+            )
+        )
     return events
 
 
 # --- 6. tonal buzz -------------------------------------------------------------------------------
+
 
 def _local_median(logp: np.ndarray, width: int) -> np.ndarray:
     """Local median spectrum over about ``width`` bins, ``(frames, bins)`` → same shape.
@@ -877,7 +946,7 @@ def detect_tonal_buzz(
     tonal = prom >= prominence_db
     # Near DC and Nyquist the median window is one-sided and the edge bins are real-valued (twice the variance).
     tonal[:, : int(math.ceil(TONAL_MIN_HZ * n_fft / sr))] = False
-    tonal[:, int((sr / 2.0 - TONAL_MEDIAN_HZ / 2.0) * n_fft / sr):] = False
+    tonal[:, int((sr / 2.0 - TONAL_MEDIAN_HZ / 2.0) * n_fft / sr) :] = False
     pooled = maximum_filter1d(tonal.astype(np.uint8), 3, axis=1).astype(bool)
     gap = max(1, int(round(TONAL_MAX_GAP_S * sr / hop)))
     # Close gaps along time; pad so the closing cannot invent tonal frames at the clip's edges.
@@ -908,8 +977,11 @@ def detect_tonal_buzz(
         np.maximum.at(level, t_idx, logp[t_idx, f_idx])
         level = level[rows]
         mad = float(np.median(np.abs(level - np.median(level))))
-        detail: dict[str, Any] = {"frequency_hz": freqs[f_idx[np.argmax(prom[t_idx, f_idx])]],
-                                  "prominence_db": med_prom, "level_mad_db": mad}
+        detail: dict[str, Any] = {
+            "frequency_hz": freqs[f_idx[np.argmax(prom[t_idx, f_idx])]],
+            "prominence_db": med_prom,
+            "level_mad_db": mad,
+        }
         strength = med_prom / prominence_db
         if ref_prom is not None:
             excess = float(np.median(prom[t_idx, f_idx] - ref_prom[t_idx, f_idx]))
@@ -920,12 +992,20 @@ def detect_tonal_buzz(
         edge = rows[level >= np.median(level) - TONAL_EDGE_DB]
         if ref_prom is None and (mad > TONAL_SELF_LEVEL_MAD_DB or edge[-1] + 1 - edge[0] < min_frames):
             continue
-        events.append(_event("tonal_buzz", max(0.0, (edge[0] - 0.5) * hop / sr),
-                             min(x.shape[0] / sr, (edge[-1] + 0.5) * hop / sr), strength, **detail))
+        events.append(
+            _event(
+                "tonal_buzz",
+                max(0.0, (edge[0] - 0.5) * hop / sr),
+                min(x.shape[0] / sr, (edge[-1] + 0.5) * hop / sr),
+                strength,
+                **detail,
+            )
+        )
     return sorted(events, key=lambda ev: ev.start_s)
 
 
 # --- 7. NaN / silence ----------------------------------------------------------------------------
+
 
 def detect_nan_or_silence(
     audio: ArrayLike,
@@ -976,8 +1056,17 @@ def detect_nan_or_silence(
             vals = raw[g[0] : g[-1] + 1]
             n_nan = int(np.isnan(vals).sum())
             n_inf = int(np.isinf(vals).sum())
-            events.append(_event("nan_or_silence", g[0] / sr, (g[-1] + 1) / sr, n_nan + n_inf,
-                                 kind="non_finite", n_nan=n_nan, n_inf=n_inf))
+            events.append(
+                _event(
+                    "nan_or_silence",
+                    g[0] / sr,
+                    (g[-1] + 1) / sr,
+                    n_nan + n_inf,
+                    kind="non_finite",
+                    n_nan=n_nan,
+                    n_inf=n_inf,
+                )
+            )
     win = max(1, int(round(SILENCE_WINDOW_S * sr)))
     hop = max(1, win // 2)
     ms, centres = _window_means(x * x, win, hop)
@@ -998,8 +1087,16 @@ def detect_nan_or_silence(
     if r is None:
         if silent.all() and x.shape[0] / sr >= min_duration_s:
             dur = x.shape[0] / sr
-            events.append(_event("nan_or_silence", 0.0, dur, dur / min_duration_s, kind="silence",
-                                 rms_dbfs=rms_db(x, 0.0, dur)))
+            events.append(
+                _event(
+                    "nan_or_silence",
+                    0.0,
+                    dur,
+                    dur / min_duration_s,
+                    kind="silence",
+                    rms_dbfs=rms_db(x, 0.0, dur),
+                )
+            )
         return sorted(events, key=lambda ev: ev.start_s)
     ref_ms, _ = _window_means(r * r, win, hop)
     ref_active = ref_ms >= 10.0 ** (SILENCE_REF_ACTIVE_DBFS / 10.0)
@@ -1008,8 +1105,17 @@ def detect_nan_or_silence(
             lo, hi = span(a, b)
             if hi - lo < min_duration_s:
                 continue
-            events.append(_event("nan_or_silence", lo, hi, (hi - lo) / min_duration_s, kind="silence",
-                                 rms_dbfs=rms_db(x, lo, hi), reference_rms_dbfs=rms_db(r, lo, hi)))
+            events.append(
+                _event(
+                    "nan_or_silence",
+                    lo,
+                    hi,
+                    (hi - lo) / min_duration_s,
+                    kind="silence",
+                    rms_dbfs=rms_db(x, lo, hi),
+                    reference_rms_dbfs=rms_db(r, lo, hi),
+                )
+            )
     return sorted(events, key=lambda ev: ev.start_s)
 
 
@@ -1129,8 +1235,9 @@ def region_agreement(
         raise ValueError(f"tolerance_s must be ≥ 0, got {tolerance_s}")
     det = _regions(detected, "detected")
     flg = _regions(flagged, "flagged")
-    match = np.array([[ds <= fe + tolerance_s and fs - tolerance_s <= de for fs, fe in flg] for ds, de in det],
-                     dtype=bool).reshape(len(det), len(flg))
+    match = np.array(
+        [[ds <= fe + tolerance_s and fs - tolerance_s <= de for fs, fe in flg] for ds, de in det], dtype=bool
+    ).reshape(len(det), len(flg))
     n_det_m = int(match.any(axis=1).sum())
     n_flg_m = int(match.any(axis=0).sum())
     return {
@@ -1145,7 +1252,17 @@ def region_agreement(
 
 
 __all__ = [
-    "DETECTORS", "DetectorEvent", "LENGTH_TOLERANCE", "detect_all", "detect_clicks", "detect_clipping",
-    "detect_dc_offset", "detect_hf_loss", "detect_nan_or_silence", "detect_spectral_discontinuities",
-    "detect_tonal_buzz", "event_rate", "region_agreement",
+    "DETECTORS",
+    "DetectorEvent",
+    "LENGTH_TOLERANCE",
+    "detect_all",
+    "detect_clicks",
+    "detect_clipping",
+    "detect_dc_offset",
+    "detect_hf_loss",
+    "detect_nan_or_silence",
+    "detect_spectral_discontinuities",
+    "detect_tonal_buzz",
+    "event_rate",
+    "region_agreement",
 ]

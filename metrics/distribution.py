@@ -69,7 +69,9 @@ class FrechetAudioDistance:
         """Return the Fréchet distance (see :func:`metrics.functional.frechet.frechet_distance`)."""
         m1, c1 = self.real.compute()
         m2, c2 = self.fake.compute()
-        return frechet_distance(m1, c1, m2, c2, n1=self.real.n, n2=self.fake.n, device=self.device, name=self.name)
+        return frechet_distance(
+            m1, c1, m2, c2, n1=self.real.n, n2=self.fake.n, device=self.device, name=self.name
+        )
 
 
 class KernelAudioDistance:
@@ -94,7 +96,9 @@ class KernelAudioDistance:
     higher_is_better = False
     is_differentiable = False
 
-    def __init__(self, name: str | None = None, *, device: str | torch.device | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, name: str | None = None, *, device: str | torch.device | None = None, **kwargs: Any
+    ) -> None:
         self.kwargs = kwargs
         self.name = name or kad_name(kwargs.get("bandwidth_from", "reference"), kwargs.get("scale", 100.0))
         self.device = resolve_device(device)
@@ -120,8 +124,13 @@ class KernelAudioDistance:
         """Return KAD between all accumulated reference and generated embeddings."""
         if not self.real or not self.fake:
             raise ValueError("KAD needs embeddings on both sides; call update(..., real=True/False) first")
-        return kernel_audio_distance(np.concatenate(self.real), np.concatenate(self.fake),
-                                     device=self.device, name=self.name, **self.kwargs)
+        return kernel_audio_distance(
+            np.concatenate(self.real),
+            np.concatenate(self.fake),
+            device=self.device,
+            name=self.name,
+            **self.kwargs,
+        )
 
 
 __all__ = ["FrechetAudioDistance", "KernelAudioDistance", "frechet_distance_from_samples"]

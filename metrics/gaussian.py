@@ -188,9 +188,7 @@ class GaussianStatistics:
         return cls(**kwargs).update(x)
 
     @classmethod
-    def from_mean_cov(
-        cls, mean: ArrayLike, cov: ArrayLike, n: int, **kwargs: Any
-    ) -> GaussianStatistics:
+    def from_mean_cov(cls, mean: ArrayLike, cov: ArrayLike, n: int, **kwargs: Any) -> GaussianStatistics:
         """Build statistics from a mean ``(D,)``, covariance ``(D, D)`` (ddof=1) and count ``n``.
 
         Useful to import published reference statistics (e.g. ``mu``/``sigma`` ``.npz`` files).
@@ -199,9 +197,7 @@ class GaussianStatistics:
         m = torch.as_tensor(np.asarray(mean), dtype=torch.float64, device=stats.device)
         c = torch.as_tensor(np.asarray(cov), dtype=torch.float64, device=stats.device)
         if m.ndim != 1 or c.shape != (m.shape[0], m.shape[0]):
-            raise ValueError(
-                f"mean must be (D,) and cov (D, D); got {tuple(m.shape)} and {tuple(c.shape)}"
-            )
+            raise ValueError(f"mean must be (D,) and cov (D, D); got {tuple(m.shape)} and {tuple(c.shape)}")
         if n < 2:
             raise ValueError(f"n must be >= 2; got {n}")
         stats._init_state(m.shape[0], m)

@@ -75,9 +75,12 @@ class PairedMetric:
             raise ValueError("no items: call update() first")
         finite = np.array([v for v in self.values.values() if np.isfinite(v)])
         return MetricResult(
-            name=self.name, value=float(finite.mean()) if finite.size else float("nan"),
-            higher_is_better=self.higher_is_better, per_item=dict(self.values),
-            warnings=tuple(dict.fromkeys(self.warnings)), details=dict(self.details, n_items=len(self.values)),
+            name=self.name,
+            value=float(finite.mean()) if finite.size else float("nan"),
+            higher_is_better=self.higher_is_better,
+            per_item=dict(self.values),
+            warnings=tuple(dict.fromkeys(self.warnings)),
+            details=dict(self.details, n_items=len(self.values)),
         )
 
 

@@ -65,8 +65,10 @@ class PreprocessSpec:
 
     def __post_init__(self) -> None:
         for value, allowed, field in (
-            (self.resampler, RESAMPLERS, "resampler"), (self.channels, CHANNEL_POLICIES, "channels"),
-            (self.crop, CROP_POLICIES, "crop"), (self.pad, PAD_POLICIES, "pad"),
+            (self.resampler, RESAMPLERS, "resampler"),
+            (self.channels, CHANNEL_POLICIES, "channels"),
+            (self.crop, CROP_POLICIES, "crop"),
+            (self.pad, PAD_POLICIES, "pad"),
             (self.loudness, LOUDNESS_POLICIES, "loudness"),
         ):
             if value not in allowed:
@@ -143,8 +145,13 @@ class PreprocessSpec:
             return torchaudio.functional.resample(x, sr, self.target_sr)
         if self.resampler == "torchaudio-kaiser-best":
             return torchaudio.functional.resample(
-                x, sr, self.target_sr, lowpass_filter_width=64, rolloff=0.9475937167399596,
-                resampling_method="sinc_interp_kaiser", beta=14.769656459379492,
+                x,
+                sr,
+                self.target_sr,
+                lowpass_filter_width=64,
+                rolloff=0.9475937167399596,
+                resampling_method="sinc_interp_kaiser",
+                beta=14.769656459379492,
             )
         import soxr
 

@@ -86,7 +86,9 @@ def _tiny() -> AARConfig:
 
 
 def _tiny_class() -> AARConfig:
-    return AARConfig(depth=2, embed_dim=64, num_heads=2, num_classes=10, tokenizer=SATTokenizer.preset("tiny"))
+    return AARConfig(
+        depth=2, embed_dim=64, num_heads=2, num_classes=10, tokenizer=SATTokenizer.preset("tiny")
+    )
 
 
 class ConditionMLP(nn.Module):
@@ -176,7 +178,8 @@ class AARGenerator(Generator):
         return {
             k: v
             for k, v in out.items()
-            if k not in cls.derived_buffers and not (k.startswith("blocks.") and k.endswith(".attn.zero_k_bias"))
+            if k not in cls.derived_buffers
+            and not (k.startswith("blocks.") and k.endswith(".attn.zero_k_bias"))
         }
 
     @classmethod
@@ -310,7 +313,9 @@ class AARGenerator(Generator):
         x = (cond_emb.unsqueeze(1) + self.pos_start).expand(2 * n, self.scales[0], -1)
         caches = [KVCache() for _ in self.blocks]
         quantizer = self.tokenizer.rvq
-        f_hat = torch.zeros(n, quantizer.dim, quantizer.num_frames, device=self.device, dtype=self.pos_1LC.dtype)
+        f_hat = torch.zeros(
+            n, quantizer.dim, quantizer.num_frames, device=self.device, dtype=self.pos_1LC.dtype
+        )
         tokens = []
         cursor = 0
         for k, size in enumerate(self.scales):
@@ -321,7 +326,9 @@ class AARGenerator(Generator):
             logits = self.head(self.head_nm(x, cond_emb))
             t = cfg_scale * k / max(self.num_scales - 1, 1)
             guided = (1 + t) * logits[:n] - t * logits[n:]
-            idx = sample_tokens(guided, generator=generator, top_k=top_k, top_p=top_p, temperature=temperature)
+            idx = sample_tokens(
+                guided, generator=generator, top_k=top_k, top_p=top_p, temperature=temperature
+            )
             tokens.append(idx)
             if k + 1 < self.num_scales:
                 f_hat = f_hat + quantizer.embed_scale(k, idx)

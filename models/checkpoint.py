@@ -61,7 +61,10 @@ _REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 # A model may hold a little more than its file (weight norm folded one way or the other), never
 # several times more; above this the config is refused before anything is allocated.
 _SIZE_FACTOR, _SIZE_SLACK = 2, 1_000_000
-_LEGACY_WN = {"weight_g": "parametrizations.weight.original0", "weight_v": "parametrizations.weight.original1"}
+_LEGACY_WN = {
+    "weight_g": "parametrizations.weight.original0",
+    "weight_v": "parametrizations.weight.original1",
+}
 
 CHECKPOINT_FAMILY_NOT_REGISTERED = (
     "the checkpoint names model family {name!r}, which is not a registered family; a checkpoint file "
@@ -71,7 +74,9 @@ CHECKPOINT_FAMILY_NOT_REGISTERED = (
 )
 
 
-def save_checkpoint(model: AudioModel, path: str | os.PathLike[str], *, metadata: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    model: AudioModel, path: str | os.PathLike[str], *, metadata: dict[str, Any] | None = None
+) -> Path:
     """Write ``model`` in our format (atomically: a temporary file is renamed into place).
 
     Args:
@@ -92,7 +97,11 @@ def save_checkpoint(model: AudioModel, path: str | os.PathLike[str], *, metadata
         "kind": model.kind,
         "kwargs": config_to_kwargs(model.config),
         "state_dict": {k: v.detach().to("cpu") for k, v in model.state_dict().items()},
-        "metadata": {"torch_version": str(torch.__version__), "sample_rate": int(model.sample_rate), **(metadata or {})},
+        "metadata": {
+            "torch_version": str(torch.__version__),
+            "sample_rate": int(model.sample_rate),
+            **(metadata or {}),
+        },
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -128,7 +137,9 @@ def _read(path: Path, trust_pickle: bool) -> Any:
         try:
             from safetensors.torch import load_file
         except ImportError as exc:  # pragma: no cover - safetensors ships with the project's stack
-            raise ModelLoadError("reading .safetensors needs the 'safetensors' package", path=str(path)) from exc
+            raise ModelLoadError(
+                "reading .safetensors needs the 'safetensors' package", path=str(path)
+            ) from exc
         try:
             return load_file(str(path), device="cpu")
         except Exception as exc:
@@ -174,7 +185,8 @@ def extract_state_dict(raw: Any, *, path: str | None = None) -> dict[str, Tensor
     """
     if not isinstance(raw, dict):
         raise ModelLoadError(
-            f"expected a checkpoint dict (a state dict or a container of one), found {type(raw).__name__}", path=path
+            f"expected a checkpoint dict (a state dict or a container of one), found {type(raw).__name__}",
+            path=path,
         )
     state = raw
     for key in CONTAINER_KEYS:
@@ -217,20 +229,30 @@ def _align_weight_norm(model: AudioModel, state_dict: dict[str, Tensor]) -> dict
             out[f"{base}.{_LEGACY_WN[leaf]}"] = value
         else:
             out[key] = value
-    for key in [k for k in out if k.endswith("weight_g") or k.endswith("parametrizations.weight.original0")]:
-        base = key[: -len(".weight_g")] if key.endswith("weight_g") else key[: -len(".parametrizations.weight.original0")]
-        v_key = f"{base}.weight_v" if key.endswith("weight_g") else f"{base}.parametrizations.weight.original1"
+    for key in [k for k in out if k.endswith(("weight_g", "parametrizations.weight.original0"))]:
+        base = (
+            key[: -len(".weight_g")]
+            if key.endswith("weight_g")
+            else key[: -len(".parametrizations.weight.original0")]
+        )
+        v_key = (
+            f"{base}.weight_v" if key.endswith("weight_g") else f"{base}.parametrizations.weight.original1"
+        )
         if key not in expected and f"{base}.weight" in expected and v_key in out:
             out[f"{base}.weight"] = _fold(out.pop(key), out.pop(v_key))
     for key in list(expected):
         if key.endswith(".parametrizations.weight.original0"):
             base = key[: -len(".parametrizations.weight.original0")]
             if key not in out and f"{base}.weight" in out:
-                parametrize.remove_parametrizations(model.get_submodule(base), "weight", leave_parametrized=True)
+                parametrize.remove_parametrizations(
+                    model.get_submodule(base), "weight", leave_parametrized=True
+                )
     return out
 
 
-def load_state_dict_strict(model: AudioModel, state_dict: dict[str, Tensor], *, path: str | None = None) -> None:
+def load_state_dict_strict(
+    model: AudioModel, state_dict: dict[str, Tensor], *, path: str | None = None
+) -> None:
     """Normalise ``state_dict`` to ``model``'s layout and load it strictly.
 
     Raises:
@@ -292,8 +314,9 @@ def _match_preset(
     return None
 
 
-def _build_fitting(family: str, config: Any, state_dict: dict[str, Tensor], *, path: str,
-                   plugins: Collection[str] = ()) -> AudioModel:
+def _build_fitting(
+    family: str, config: Any, state_dict: dict[str, Tensor], *, path: str, plugins: Collection[str] = ()
+) -> AudioModel:
     """Build the model, first refusing a config that describes a far bigger model than the file holds.
 
     The size is measured on the meta device, so a config of absurd width is refused without
@@ -318,8 +341,9 @@ def _build_fitting(family: str, config: Any, state_dict: dict[str, Tensor], *, p
     try:
         return build_model(family, config, plugins=plugins)
     except RuntimeError as exc:  # e.g. an allocation the machine cannot satisfy
-        raise ModelLoadError(f"cannot build a {family!r} model from this config: {exc}", path=path,
-                             family=family) from exc
+        raise ModelLoadError(
+            f"cannot build a {family!r} model from this config: {exc}", path=path, family=family
+        ) from exc
 
 
 def _hifigan_json(path: Path) -> dict[str, Any] | None:
@@ -342,7 +366,10 @@ def _companion_tokenizer(path: Path, tokenizer: Any, trust_pickle: bool) -> Audi
             siblings = sorted(
                 p
                 for p in path.parent.iterdir()
-                if p.is_file() and p != path and p.name.lower().startswith("sat") and p.suffix in CHECKPOINT_SUFFIXES
+                if p.is_file()
+                and p != path
+                and p.name.lower().startswith("sat")
+                and p.suffix in CHECKPOINT_SUFFIXES
             )
             if len(siblings) != 1:
                 found = f"found {[p.name for p in siblings]}" if siblings else "found none"
@@ -357,7 +384,8 @@ def _companion_tokenizer(path: Path, tokenizer: Any, trust_pickle: bool) -> Audi
         model = load(tokenizer, family="sat", trust_pickle=trust_pickle)
     if model.family != "sat":
         raise ModelLoadError(
-            f"the tokenizer of an AAR checkpoint must be a 'sat' model, got family {model.family!r}", path=str(path)
+            f"the tokenizer of an AAR checkpoint must be a 'sat' model, got family {model.family!r}",
+            path=str(path),
         )
     return model
 
@@ -470,7 +498,9 @@ def load(
             try:
                 config = HiFiGANConfig.from_jik876(jik876)
             except ValueError as exc:
-                raise ModelLoadError(f"{path.parent / 'config.json'}: {exc}", path=where, family=family) from exc
+                raise ModelLoadError(
+                    f"{path.parent / 'config.json'}: {exc}", path=where, family=family
+                ) from exc
         else:
             builder = resolve_family(family, plugins=plugins)
             if isinstance(builder, type) and issubclass(builder, AudioModel) and builder.presets:

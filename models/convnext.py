@@ -25,13 +25,17 @@ class LayerNormChannelsFirst(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, T) → (B, C, T)."""
-        return F.layer_norm(x.transpose(1, 2), (x.shape[1],), self.weight, self.bias, self.eps).transpose(1, 2)
+        return F.layer_norm(x.transpose(1, 2), (x.shape[1],), self.weight, self.bias, self.eps).transpose(
+            1, 2
+        )
 
 
 class ConvNeXtBlock1d(nn.Module):
     """depthwise conv(k) → LN → Linear(d, 4d) → GELU → Linear(4d, d) → ×γ → drop-path → residual."""
 
-    def __init__(self, dim: int, kernel_size: int, *, layer_scale_init: float = 1e-6, drop_path: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, kernel_size: int, *, layer_scale_init: float = 1e-6, drop_path: float = 0.0
+    ) -> None:
         super().__init__()
         self.dwconv = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
@@ -97,7 +101,9 @@ class ConvNeXtEncoder(nn.Module):
             self.stages.append(
                 nn.Sequential(
                     *[
-                        ConvNeXtBlock1d(dim, kernel_size, layer_scale_init=layer_scale_init, drop_path=rates[cursor + j])
+                        ConvNeXtBlock1d(
+                            dim, kernel_size, layer_scale_init=layer_scale_init, drop_path=rates[cursor + j]
+                        )
                         for j in range(depth)
                     ]
                 )

@@ -72,7 +72,9 @@ class EVAGANConfig:
 
     def __post_init__(self) -> None:
         if len(self.cam_dims) != len(self.cam_depths):
-            raise ValueError(f"cam_dims {self.cam_dims} and cam_depths {self.cam_depths} must have the same length")
+            raise ValueError(
+                f"cam_dims {self.cam_dims} and cam_depths {self.cam_depths} must have the same length"
+            )
         if len(self.upsample_rates) != len(self.upsample_kernel_sizes):
             raise ValueError(
                 f"upsample_rates {self.upsample_rates} and upsample_kernel_sizes "
@@ -156,7 +158,9 @@ class EVAGANVocoder(Vocoder):
 
     @classmethod
     def matches_state_dict(cls, keys: set[str]) -> bool:
-        return any(k.startswith("backbone.stages.") for k in keys) and any(k.startswith("head.conv_pre.") for k in keys)
+        return any(k.startswith("backbone.stages.") for k in keys) and any(
+            k.startswith("head.conv_pre.") for k in keys
+        )
 
     @torch.inference_mode()
     def mel(self, wav: Tensor) -> Tensor:

@@ -141,7 +141,9 @@ class HiFiGANHead(nn.Module):
         channels = initial_channel
         for rate, kernel in zip(upsample_rates, upsample_kernel_sizes):
             self.ups.append(
-                wn_conv_transpose1d(channels, channels // 2, kernel, rate, padding=(kernel - rate) // 2, init_std=0.01)
+                wn_conv_transpose1d(
+                    channels, channels // 2, kernel, rate, padding=(kernel - rate) // 2, init_std=0.01
+                )
             )
             channels //= 2
             blocks = []
@@ -387,4 +389,12 @@ def check_mel(mel: Tensor, n_mels: int) -> None:
         raise ValueError(f"mel must have shape (B, {n_mels}, F) with F >= 1, got {tuple(mel.shape)}")
 
 
-__all__ = ["HiFiGANConfig", "HiFiGANHead", "HiFiGANVocoder", "ParallelBlock", "ResBlock1", "ResBlock2", "check_mel"]
+__all__ = [
+    "HiFiGANConfig",
+    "HiFiGANHead",
+    "HiFiGANVocoder",
+    "ParallelBlock",
+    "ResBlock1",
+    "ResBlock2",
+    "check_mel",
+]

@@ -38,15 +38,23 @@ def _config(family: str, spec: str | None) -> Any:
             return builder.config_class()
         return builder.preset(spec)
     if spec is not None:
-        raise ValueError(f"family {family!r} is a factory without presets; pass --config as a .json kwargs file")
+        raise ValueError(
+            f"family {family!r} is a factory without presets; pass --config as a .json kwargs file"
+        )
     return {}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the process exit status."""
-    parser = argparse.ArgumentParser(prog="python -m models.init_checkpoint", description=__doc__.splitlines()[0])
-    parser.add_argument("--family", required=True, help=f"one of {available_families()} or package.module:factory")
-    parser.add_argument("--config", default=None, help="preset name (e.g. v1, v2, v3, tiny) or kwargs .json file")
+    parser = argparse.ArgumentParser(
+        prog="python -m models.init_checkpoint", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--family", required=True, help=f"one of {available_families()} or package.module:factory"
+    )
+    parser.add_argument(
+        "--config", default=None, help="preset name (e.g. v1, v2, v3, tiny) or kwargs .json file"
+    )
     parser.add_argument("--out", required=True, type=Path, help="checkpoint file to write")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
     args = parser.parse_args(argv)
@@ -59,7 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     path = save_checkpoint(model, args.out, metadata={"seed": args.seed, "preset": args.config})
     params = sum(p.numel() for p in model.parameters())
-    print(f"wrote {path} (family={model.family}, kind={model.kind}, params={params}, sample_rate={model.sample_rate})")
+    print(
+        f"wrote {path} (family={model.family}, kind={model.kind}, params={params}, sample_rate={model.sample_rate})"
+    )
     return 0
 
 

@@ -59,7 +59,9 @@ def scale_schedule(num_frames: int, num_scales: int, kind: str = "quadratic") ->
         raise ValueError(f"scale schedule must be 'quadratic' or 'linear', got {kind!r}")
     scales = tuple(int(p + 1e-6) for p in points)
     if len(set(scales)) != len(scales):
-        raise ValueError(f"{kind} schedule of {num_scales} scales over {num_frames} frames repeats lengths: {scales}")
+        raise ValueError(
+            f"{kind} schedule of {num_scales} scales over {num_frames} frames repeats lengths: {scales}"
+        )
     return scales
 
 

@@ -104,7 +104,9 @@ def resolve_family(name: str, *, plugins: Collection[str] = ()) -> Builder:
         try:
             obj = entry_points[name].load()
         except Exception as exc:  # a broken plug-in must not look like a missing one
-            raise ModelLoadError(f"entry point {name!r} ({entry_points[name].value}) failed to load: {exc}") from exc
+            raise ModelLoadError(
+                f"entry point {name!r} ({entry_points[name].value}) failed to load: {exc}"
+            ) from exc
     elif ":" in name:
         if name not in plugins:
             raise ModelLoadError(FAMILY_NOT_ALLOWED.format(name=name, available=available_families(plugins)))
@@ -141,10 +143,13 @@ def build_model(name: str, kwargs: dict[str, Any] | Any, *, plugins: Collection[
         else:
             model = builder(kwargs)
     except (TypeError, ValueError) as exc:
-        raise ModelLoadError(f"cannot build a {name!r} model from config {kwargs!r}: {exc}", family=name) from exc
+        raise ModelLoadError(
+            f"cannot build a {name!r} model from config {kwargs!r}: {exc}", family=name
+        ) from exc
     if not isinstance(model, AudioModel):
         raise ModelLoadError(
-            f"family {name!r} built a {type(model).__name__}, not a models.base.AudioModel subclass", family=name
+            f"family {name!r} built a {type(model).__name__}, not a models.base.AudioModel subclass",
+            family=name,
         )
     if name not in BUILTIN_FAMILIES:
         model.family = name  # type: ignore[misc]  # record the name that resolves back to this plug-in
@@ -154,6 +159,8 @@ def build_model(name: str, kwargs: dict[str, Any] | Any, *, plugins: Collection[
 def detect_family(keys: set[str]) -> str | None:
     """Guess a built-in family from normalised state-dict keys (None if nothing matches)."""
     for name, cls in BUILTIN_FAMILIES.items():
-        if cls.matches_state_dict(keys) or cls.matches_state_dict(set(cls.remap_state_dict(dict.fromkeys(keys)))):
+        if cls.matches_state_dict(keys) or cls.matches_state_dict(
+            set(cls.remap_state_dict(dict.fromkeys(keys)))
+        ):
             return name
     return None

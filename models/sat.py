@@ -70,7 +70,9 @@ class SATConfig:
     def __post_init__(self) -> None:
         scales = self.resolved_scales
         if scales[-1] != self.window_frames:
-            raise ValueError(f"the last scale must equal window_frames {self.window_frames}, got scales {scales}")
+            raise ValueError(
+                f"the last scale must equal window_frames {self.window_frames}, got scales {scales}"
+            )
         if self.codebook_size < 2:
             raise ValueError(f"codebook_size must be >= 2, got {self.codebook_size}")
 

@@ -49,7 +49,9 @@ def _pad1d(x: Tensor, left: int, right: int, mode: str) -> Tensor:
 class _NormConv1d(nn.Module):
     """Holds the weight-normed ``conv`` (EnCodec ``NormConv1d``; its ``norm`` is an identity)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, dilation: int) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int, dilation: int
+    ) -> None:
         super().__init__()
         self.conv = weight_norm(nn.Conv1d(in_channels, out_channels, kernel_size, stride, dilation=dilation))
 
@@ -102,7 +104,9 @@ class PaddedConv1d(nn.Module):
 class TrimmedConvTranspose1d(nn.Module):
     """ConvTranspose1d trimmed to exactly ``stride`` outputs per input; keys ``convtr.convtr.*``."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, *, causal: bool = False) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int, *, causal: bool = False
+    ) -> None:
         super().__init__()
         self.convtr = _NormConvTranspose1d(in_channels, out_channels, kernel_size, stride)
         self.causal = causal
@@ -189,7 +193,8 @@ class SEANetEncoder(nn.Module):
         channels = n_filters
         for ratio in reversed(list(ratios)):
             layers += [
-                ResnetBlock(channels, residual_kernel_size, 2**j, causal=causal) for j in range(n_residual_layers)
+                ResnetBlock(channels, residual_kernel_size, 2**j, causal=causal)
+                for j in range(n_residual_layers)
             ]
             layers += [nn.ELU(), PaddedConv1d(channels, channels * 2, 2 * ratio, stride=ratio, causal=causal)]
             channels *= 2
@@ -224,9 +229,13 @@ class SEANetDecoder(nn.Module):
         if lstm_layers > 0:
             layers.append(SkipLSTM(channels, lstm_layers))
         for ratio in ratios:
-            layers += [nn.ELU(), TrimmedConvTranspose1d(channels, channels // 2, 2 * ratio, ratio, causal=causal)]
             layers += [
-                ResnetBlock(channels // 2, residual_kernel_size, 2**j, causal=causal) for j in range(n_residual_layers)
+                nn.ELU(),
+                TrimmedConvTranspose1d(channels, channels // 2, 2 * ratio, ratio, causal=causal),
+            ]
+            layers += [
+                ResnetBlock(channels // 2, residual_kernel_size, 2**j, causal=causal)
+                for j in range(n_residual_layers)
             ]
             channels //= 2
         layers += [nn.ELU(), PaddedConv1d(channels, 1, kernel_size, causal=causal)]

@@ -73,7 +73,9 @@ def mel_l1(model: Vocoder, generated: Tensor, reference: Tensor) -> Tensor:
         tensor(0.)
     """
     if generated.shape != reference.shape:
-        raise ValueError(f"generated {tuple(generated.shape)} and reference {tuple(reference.shape)} differ in shape")
+        raise ValueError(
+            f"generated {tuple(generated.shape)} and reference {tuple(reference.shape)} differ in shape"
+        )
     return (model.mel_frontend(generated) - model.mel_frontend(reference)).abs().mean()
 
 
@@ -201,9 +203,13 @@ def train_vocoder(
     from auraloss.freq import MultiResolutionSTFTLoss
 
     if not hasattr(model, "mel_frontend") or not hasattr(model, "train_forward"):
-        raise TypeError(f"{type(model).__name__} has no mel_frontend/train_forward; train_vocoder needs a mel vocoder")
+        raise TypeError(
+            f"{type(model).__name__} has no mel_frontend/train_forward; train_vocoder needs a mel vocoder"
+        )
     if sample_rate != model.sample_rate:
-        raise ValueError(f"clips are at {sample_rate} Hz but the model runs at {model.sample_rate} Hz; resample first")
+        raise ValueError(
+            f"clips are at {sample_rate} Hz but the model runs at {model.sample_rate} Hz; resample first"
+        )
     if not clips:
         raise ValueError("clips must not be empty")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -262,11 +268,19 @@ def train_vocoder(
             if log_every and (step - start_step) % log_every == 0:
                 logger.info(
                     "step %d/%d: loss %.4f (mel L1 %.4f, MR-STFT %.4f), %.1f s",
-                    step, start_step + steps, float(np.mean(history[-log_every:])), float(loss_mel.detach()),
-                    float(loss_stft.detach()), time.perf_counter() - started,
+                    step,
+                    start_step + steps,
+                    float(np.mean(history[-log_every:])),
+                    float(loss_mel.detach()),
+                    float(loss_stft.detach()),
+                    time.perf_counter() - started,
                 )
             last = step == start_step + steps
-            if out_dir is not None and checkpoint_every is not None and (step % checkpoint_every == 0 or last):
+            if (
+                out_dir is not None
+                and checkpoint_every is not None
+                and (step % checkpoint_every == 0 or last)
+            ):
                 mean_loss = float(np.mean(since_checkpoint))
                 since_checkpoint = []
                 metadata = {"step": step, "train_loss": mean_loss, "seed": seed, "trainer": "models.training"}

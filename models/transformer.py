@@ -97,9 +97,13 @@ class AdaLNSelfAttnBlock(nn.Module):
         self.ln = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def forward(self, x: Tensor, cond: Tensor, attn_mask: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, cond: Tensor, attn_mask: Tensor | None = None, cache: KVCache | None = None
+    ) -> Tensor:
         """x (B, S, C), cond (B, C) → (B, S, C)."""
-        gamma1, gamma2, scale1, scale2, shift1, shift2 = self.ada_lin(cond).view(-1, 1, 6, x.shape[-1]).unbind(2)
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = (
+            self.ada_lin(cond).view(-1, 1, 6, x.shape[-1]).unbind(2)
+        )
         x = x + self.attn(self.ln(x) * (1 + scale1) + shift1, attn_mask, cache) * gamma1
         return x + self.ffn(self.ln(x) * (1 + scale2) + shift2) * gamma2
 

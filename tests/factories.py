@@ -39,8 +39,16 @@ class JobFactory(factory.django.DjangoModelFactory):
     kind = Job.Kind.IMPORT_EVALSET
 
 
-def write_tone(path, *, freq: float = 440.0, seconds: float = 0.5, rate: int = 22050, subtype: str = "PCM_16",
-               seed: int | None = None, fmt: str | None = None) -> np.ndarray:
+def write_tone(
+    path,
+    *,
+    freq: float = 440.0,
+    seconds: float = 0.5,
+    rate: int = 22050,
+    subtype: str = "PCM_16",
+    seed: int | None = None,
+    fmt: str | None = None,
+) -> np.ndarray:
     """Write a short tone (plus seeded noise, so every seed gives distinct audio) and return its samples."""
     t = np.arange(int(seconds * rate)) / rate
     x = 0.3 * np.sin(2 * np.pi * freq * t)
@@ -56,8 +64,14 @@ def write_tone(path, *, freq: float = 440.0, seconds: float = 0.5, rate: int = 2
 _world_ids = itertools.count()
 
 
-def listening_world(*, n_items: int = 4, runs: tuple[str, ...] = ("hifigan-secret-run", "evagan-hidden-run"),
-                    rate: int = 22050, seconds: float = 1.0, step: int = 77777) -> dict:
+def listening_world(
+    *,
+    n_items: int = 4,
+    runs: tuple[str, ...] = ("hifigan-secret-run", "evagan-hidden-run"),
+    rate: int = 22050,
+    seconds: float = 1.0,
+    step: int = 77777,
+) -> dict:
     """An eval set with reference audio and checkpoints of ``runs`` with an output for every item."""
     from evalsite.audio.decoding import decoded_from_array
     from evalsite.audio.services import audio_asset_store
@@ -70,7 +84,9 @@ def listening_world(*, n_items: int = 4, runs: tuple[str, ...] = ("hifigan-secre
     items = []
     for i in range(n_items):
         ref, _ = audio_asset_store(decoded=decoded_from_array(noise(i), rate))
-        items.append(EvalItem.objects.create(eval_set=eval_set, key=f"utt{i}", reference=ref, speaker=f"s{i % 2}"))
+        items.append(
+            EvalItem.objects.create(eval_set=eval_set, key=f"utt{i}", reference=ref, speaker=f"s{i % 2}")
+        )
     checkpoints = []
     for r, name in enumerate(runs):
         run = Run.objects.create(name=name, kind="vocoder", model_family="hifigan", eval_set=eval_set)

@@ -32,34 +32,68 @@ class BadInput:
 
 # The messages quote the default limits (EVALSITE_MAX_AUDIO_DURATION_S, _SAMPLE_RATE, _CHANNELS).
 BAD_AUDIO: tuple[BadInput, ...] = (
-    BadInput("truncated_header.wav", "the file stops 20 bytes into its header",
-             "not a readable audio file", "undecodable"),
-    BadInput("declared_longer.wav", "the data chunk declares twice the bytes the file holds",
-             "the header declares 32000 data bytes but the file holds 16000", "truncated"),
-    BadInput("declared_shorter.wav", "the data chunk declares half the bytes the file holds",
-             "the header declares 8000 data bytes but 8000 more bytes follow them", "undeclared_data"),
+    BadInput(
+        "truncated_header.wav",
+        "the file stops 20 bytes into its header",
+        "not a readable audio file",
+        "undecodable",
+    ),
+    BadInput(
+        "declared_longer.wav",
+        "the data chunk declares twice the bytes the file holds",
+        "the header declares 32000 data bytes but the file holds 16000",
+        "truncated",
+    ),
+    BadInput(
+        "declared_shorter.wav",
+        "the data chunk declares half the bytes the file holds",
+        "the header declares 8000 data bytes but 8000 more bytes follow them",
+        "undeclared_data",
+    ),
     BadInput("zero_frames.wav", "a valid header with 0 frames", "no audio frames", "empty"),
     BadInput("nan.wav", "float samples with 10 NaN in the middle", "10 NaN/Inf samples", "non_finite"),
     BadInput("inf.wav", "float samples with one +Inf and one -Inf", "2 NaN/Inf samples", "non_finite"),
     BadInput("eight_channels.wav", "8 channels", "8 channels; at most 2 are allowed", "too_many_channels"),
-    BadInput("rate_1hz.wav", "a sample rate of 1 Hz",
-             "sample rate 1 Hz is outside the supported 8000-192000 Hz", "unsupported_rate"),
-    BadInput("rate_1mhz.wav", "a sample rate of 1 MHz",
-             "sample rate 1000000 Hz is outside the supported 8000-192000 Hz", "unsupported_rate"),
-    BadInput("two_hours.flac", "2 hours of digital silence (FLAC, 8 kHz)",
-             "7200.0 s is longer than the 600 s limit", "too_long"),
-    BadInput("picture.wav", "a PNG image renamed .wav", "not an audio file: its content is a PNG image", "undecodable"),
+    BadInput(
+        "rate_1hz.wav",
+        "a sample rate of 1 Hz",
+        "sample rate 1 Hz is outside the supported 8000-192000 Hz",
+        "unsupported_rate",
+    ),
+    BadInput(
+        "rate_1mhz.wav",
+        "a sample rate of 1 MHz",
+        "sample rate 1000000 Hz is outside the supported 8000-192000 Hz",
+        "unsupported_rate",
+    ),
+    BadInput(
+        "two_hours.flac",
+        "2 hours of digital silence (FLAC, 8 kHz)",
+        "7200.0 s is longer than the 600 s limit",
+        "too_long",
+    ),
+    BadInput(
+        "picture.wav",
+        "a PNG image renamed .wav",
+        "not an audio file: its content is a PNG image",
+        "undecodable",
+    ),
     BadInput("empty_file.wav", "0 bytes", "the file is empty (0 bytes)", "empty"),
 )
 
 BAD_CHECKPOINTS: tuple[BadInput, ...] = (
-    BadInput("truncated.pt", "the first 1000 bytes of a good checkpoint", "corrupt, truncated or not a torch file"),
+    BadInput(
+        "truncated.pt", "the first 1000 bytes of a good checkpoint", "corrupt, truncated or not a torch file"
+    ),
     BadInput("a_list.pt", "torch.save of a list", "expected a checkpoint dict"),
     BadInput("a_string.pt", "torch.save of a str", "found str"),
     BadInput("wrong_keys.pt", "every state-dict key renamed", "unexpected keys"),
     BadInput("wrong_shapes.pt", "one tensor transposed, one cut in half", "shape mismatches (2)"),
-    BadInput("huge_config.pt", "its config describes a model of about 10^14 parameters",
-             "parameters but the file holds"),
+    BadInput(
+        "huge_config.pt",
+        "its config describes a model of about 10^14 parameters",
+        "parameters but the file holds",
+    ),
     BadInput("code_execution.pt", "a pickle whose __reduce__ calls exec()", "first refused global: exec"),
 )
 
@@ -101,7 +135,9 @@ def write_bad_audio(directory: str | Path) -> dict[str, Path]:
     sf.write(d / "rate_1mhz.wav", np.zeros(1000, np.float32), 1_000_000, subtype="PCM_16")
     # Digital silence compresses to constant FLAC subframes: ~180 KB and ~0.3 s for the 2 hours.
     rate = 8000
-    with sf.SoundFile(d / "two_hours.flac", "w", samplerate=rate, channels=1, subtype="PCM_16", format="FLAC") as fh:
+    with sf.SoundFile(
+        d / "two_hours.flac", "w", samplerate=rate, channels=1, subtype="PCM_16", format="FLAC"
+    ) as fh:
         minute = np.zeros(60 * rate, dtype=np.int16)
         for _ in range(TWO_HOURS_S // 60):
             fh.write(minute)
@@ -110,7 +146,9 @@ def write_bad_audio(directory: str | Path) -> dict[str, Path]:
     return {bad.name: d / bad.name for bad in BAD_AUDIO}
 
 
-def write_good_audio(directory: str | Path, n: int = 2, *, rate: int = 22050, prefix: str = "good") -> list[Path]:
+def write_good_audio(
+    directory: str | Path, n: int = 2, *, rate: int = 22050, prefix: str = "good"
+) -> list[Path]:
     """``n`` distinct short tones, the files that must be imported next to the bad ones."""
     from tests.factories import write_tone
 
@@ -158,6 +196,8 @@ def write_bad_checkpoints(directory: str | Path, good: str | Path, *, marker: st
     misshaped[second] = state[second][: state[second].shape[0] // 2].clone()
     torch.save({**payload, "state_dict": misshaped}, d / "wrong_shapes.pt")
     # Layers quadratic in 2M channels: ~9 * 10^13 parameters, ~365 TB as float32.
-    torch.save({**payload, "kwargs": {**payload["kwargs"], "upsample_initial_channel": 2**21}}, d / "huge_config.pt")
+    torch.save(
+        {**payload, "kwargs": {**payload["kwargs"], "upsample_initial_channel": 2**21}}, d / "huge_config.pt"
+    )
     torch.save({**payload, "hook": _RunsCode(Path(marker))}, d / "code_execution.pt")
     return {bad.name: d / bad.name for bad in BAD_CHECKPOINTS}

@@ -29,8 +29,9 @@ def digests_matching(root: Path, relpaths: list[str] | None = None) -> dict[str,
         if remote.md5:
             out[relpath] = dataclasses.replace(remote, md5=hashlib.md5(data).hexdigest(), size=None)
         else:
-            out[relpath] = dataclasses.replace(remote, sha256=hashlib.sha256(data).hexdigest(), sha256_prefix=None,
-                                               size=len(data))
+            out[relpath] = dataclasses.replace(
+                remote, sha256=hashlib.sha256(data).hexdigest(), sha256_prefix=None, size=len(data)
+            )
     return out
 
 

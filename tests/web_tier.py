@@ -19,8 +19,17 @@ from typing import Any
 
 import requests
 
-MODEL_STACK = ("torch", "torchaudio", "laion_clap", "models", "librosa", "frechet_audio_distance", "resemblyzer",
-               "torchcrepe", "encodec")
+MODEL_STACK = (
+    "torch",
+    "torchaudio",
+    "laion_clap",
+    "models",
+    "librosa",
+    "frechet_audio_distance",
+    "resemblyzer",
+    "torchcrepe",
+    "encodec",
+)
 RESEARCHER = "web-tier-researcher"
 
 # A gunicorn config file (-c). It is read by the master; the hooks run in the worker, which serves every
@@ -71,21 +80,47 @@ def site_build(*, listening_world: Callable[..., dict], password: str) -> dict[s
         checkpoint.run.owner = researcher
         checkpoint.run.save()
         for name, value, higher in (("mel_l1", 0.4, False), ("pesq", 3.1, True)):
-            MetricResult.objects.create(checkpoint=checkpoint, params_hash="p", name=name, status="done", value=value,
-                                        ci_low=value - 0.1, ci_high=value + 0.1, higher_is_better=higher, n=2,
-                                        spec_key=name[0] * 64)
+            MetricResult.objects.create(
+                checkpoint=checkpoint,
+                params_hash="p",
+                name=name,
+                status="done",
+                value=value,
+                ci_low=value - 0.1,
+                ci_high=value + 0.1,
+                higher_is_better=higher,
+                n=2,
+                spec_key=name[0] * 64,
+            )
     # Detector passes and events on the run's outputs, so the run charts compare them with listener flags.
     for generation in ckpt.generations.all():
-        DetectorPass.objects.create(generation=generation, checkpoint=ckpt, duration_s=1.0, events=1, version="1")
-        DetectorEvent.objects.create(generation=generation, checkpoint=ckpt, detector="clicks", start_s=0.2,
-                                     end_s=0.21, strength=1.5)
-    test = services.listening_test_publish(test=services.listening_test_build(
-        name="web-tier-mushra", kind="mushra", checkpoints=[ckpt, rival], training_items=0, seed=5,
-        owner=researcher))
-    return {"run": ckpt.run.pk, "checkpoints": [ckpt.pk, rival.pk], "step": ckpt.step,
-            "eval_set": world["eval_set"].pk, "test": test.pk, "invite": test.invite_token,
-            "token": run_token_issue(run=ckpt.run), "password": password,
-            "asset": ckpt.generations.select_related("asset").first().asset.file.name}
+        DetectorPass.objects.create(
+            generation=generation, checkpoint=ckpt, duration_s=1.0, events=1, version="1"
+        )
+        DetectorEvent.objects.create(
+            generation=generation, checkpoint=ckpt, detector="clicks", start_s=0.2, end_s=0.21, strength=1.5
+        )
+    test = services.listening_test_publish(
+        test=services.listening_test_build(
+            name="web-tier-mushra",
+            kind="mushra",
+            checkpoints=[ckpt, rival],
+            training_items=0,
+            seed=5,
+            owner=researcher,
+        )
+    )
+    return {
+        "run": ckpt.run.pk,
+        "checkpoints": [ckpt.pk, rival.pk],
+        "step": ckpt.step,
+        "eval_set": world["eval_set"].pk,
+        "test": test.pk,
+        "invite": test.invite_token,
+        "token": run_token_issue(run=ckpt.run),
+        "password": password,
+        "asset": ckpt.generations.select_related("asset").first().asset.file.name,
+    }
 
 
 def _get(session: requests.Session, url: str, **kw) -> requests.Response:
@@ -110,7 +145,11 @@ def _join(base: str, invite_token: str) -> tuple[requests.Session, str, dict]:
     joined = _post(listener, invite, 302, data={"csrfmiddlewaretoken": listener.cookies["csrftoken"]})
     session_url = base + joined.headers["location"]
     _get(listener, session_url)
-    return listener, session_url, _get(listener, session_url + "state", headers={"Accept": "application/json"}).json()
+    return (
+        listener,
+        session_url,
+        _get(listener, session_url + "state", headers={"Accept": "application/json"}).json(),
+    )
 
 
 def _listener(base: str, site: dict) -> None:
@@ -122,11 +161,32 @@ def _listener(base: str, site: dict) -> None:
     for n, stimulus in enumerate(trial["stimuli"]):
         if _get(listener, base + stimulus["url"]).content[:4] != b"RIFF":
             raise AssertionError(f"{stimulus['url']} is not a WAV file")
-        _post(listener, session_url + "rate", 200, headers=headers, json={
-            "trial": trial["id"], "stimulus": stimulus["id"], "score": 20 * n, "request_id": uuid.uuid4().hex})
-        _post(listener, session_url + "flag", 201, headers=headers, json={
-            "trial": trial["id"], "stimulus": stimulus["id"], "start": 0.1, "end": 0.3, "category": "click",
-            "request_id": uuid.uuid4().hex})
+        _post(
+            listener,
+            session_url + "rate",
+            200,
+            headers=headers,
+            json={
+                "trial": trial["id"],
+                "stimulus": stimulus["id"],
+                "score": 20 * n,
+                "request_id": uuid.uuid4().hex,
+            },
+        )
+        _post(
+            listener,
+            session_url + "flag",
+            201,
+            headers=headers,
+            json={
+                "trial": trial["id"],
+                "stimulus": stimulus["id"],
+                "start": 0.1,
+                "end": 0.3,
+                "category": "click",
+                "request_id": uuid.uuid4().hex,
+            },
+        )
     _post(listener, session_url + "complete", 200, headers=headers, json={"trial": trial["id"]})
 
 
@@ -135,22 +195,52 @@ def _researcher(base: str, site: dict) -> None:
     researcher = requests.Session()
     login = f"{base}/accounts/login/"
     _get(researcher, login)
-    _post(researcher, login, 302, data={"username": RESEARCHER, "password": site["password"],
-                                        "csrfmiddlewaretoken": researcher.cookies["csrftoken"]})
+    _post(
+        researcher,
+        login,
+        302,
+        data={
+            "username": RESEARCHER,
+            "password": site["password"],
+            "csrfmiddlewaretoken": researcher.cookies["csrftoken"],
+        },
+    )
     run, test, (ckpt, rival) = site["run"], site["test"], site["checkpoints"]
-    for path in ("/", f"/runs/{run}/", f"/runs/{run}/?listen=all", f"/evalsets/{site['eval_set']}/",
-                 f"/analysis/runs/{run}/", f"/analysis/compare/?c={ckpt}&c={rival}", f"/analysis/tests/{test}/",
-                 f"/analysis/tests/{test}/report.html", f"/analysis/tests/{test}/export/ratings.csv", "/listening/",
-                 f"/listening/{test}/", f"/listening/{test}/trials/0/", f"/media/{site['asset']}",
-                 "/analysis/plotly.js"):
+    for path in (
+        "/",
+        f"/runs/{run}/",
+        f"/runs/{run}/?listen=all",
+        f"/evalsets/{site['eval_set']}/",
+        f"/analysis/runs/{run}/",
+        f"/analysis/compare/?c={ckpt}&c={rival}",
+        f"/analysis/tests/{test}/",
+        f"/analysis/tests/{test}/report.html",
+        f"/analysis/tests/{test}/export/ratings.csv",
+        "/listening/",
+        f"/listening/{test}/",
+        f"/listening/{test}/trials/0/",
+        f"/media/{site['asset']}",
+        "/analysis/plotly.js",
+    ):
         _get(researcher, base + path)
 
     build = f"{base}/listening/new/"
     _get(researcher, build)
-    built = _post(researcher, build, 302, data={
-        "csrfmiddlewaretoken": researcher.cookies["csrftoken"], "name": f"web-tier-built-{uuid.uuid4().hex[:8]}",
-        "kind": "mushra", "checkpoints": [ckpt, rival], "title": "Listening test", "training_items": 0,
-        "votes_target": 5, "headphone_check": "on"})
+    built = _post(
+        researcher,
+        build,
+        302,
+        data={
+            "csrfmiddlewaretoken": researcher.cookies["csrftoken"],
+            "name": f"web-tier-built-{uuid.uuid4().hex[:8]}",
+            "kind": "mushra",
+            "checkpoints": [ckpt, rival],
+            "title": "Listening test",
+            "training_items": 0,
+            "votes_target": 5,
+            "headphone_check": "on",
+        },
+    )
     detail = base + built.headers["location"]
     _get(researcher, detail)
     _post(researcher, detail + "publish/", 302, data={"csrfmiddlewaretoken": researcher.cookies["csrftoken"]})
@@ -159,8 +249,13 @@ def _researcher(base: str, site: dict) -> None:
 
     listener, session_url, state = _join(base, invite)
     _get(listener, base + state["calibration"]["url"])
-    _post(listener, session_url + "calibration", 200, json={"plays": 1},
-          headers={"X-CSRFToken": listener.cookies["csrftoken"]})
+    _post(
+        listener,
+        session_url + "calibration",
+        200,
+        json={"plays": 1},
+        headers={"X-CSRFToken": listener.cookies["csrftoken"]},
+    )
     state = _get(listener, session_url + "state", headers={"Accept": "application/json"}).json()
     for trial in state["headphone_check"]["trials"]:
         _get(listener, base + trial["url"])
@@ -171,9 +266,14 @@ def _api(base: str, site: dict) -> None:
     api = requests.Session()
     api.headers["Authorization"] = f"Bearer {site['token']}"
     run = site["run"]
-    for path in (f"/api/v1/runs/{run}/", f"/api/v1/runs/{run}/checkpoints/",
-                 f"/api/v1/runs/{run}/checkpoints/{site['step']}/", f"/api/v1/runs/{run}/alerts/", "/api/v1/runs/",
-                 "/api/v1/schema/"):
+    for path in (
+        f"/api/v1/runs/{run}/",
+        f"/api/v1/runs/{run}/checkpoints/",
+        f"/api/v1/runs/{run}/checkpoints/{site['step']}/",
+        f"/api/v1/runs/{run}/alerts/",
+        "/api/v1/runs/",
+        "/api/v1/schema/",
+    ):
         _get(api, base + path)
     # Changing a run validates its model family: the allow-list is read without the model stack.
     family = _get(api, base + f"/api/v1/runs/{run}/").json()["model_family"]

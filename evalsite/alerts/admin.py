@@ -1,7 +1,7 @@
 from django.contrib import admin
 
-from evalsite.core.admin import HTTPS_URL_FIELDS
 from evalsite.alerts.models import Alert, AlertRule, WebhookDelivery
+from evalsite.core.admin import HTTPS_URL_FIELDS
 
 
 @admin.register(AlertRule)

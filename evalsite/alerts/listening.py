@@ -28,10 +28,14 @@ DEFAULT_BASELINE_RATE = 0.05  # false-flag rate assumed when a test has no hidde
 
 
 def _test_links(test: ListeningTest) -> list[dict[str, str]]:
-    return [{"label": f"listening test {test.name}", "url": reverse("listening-admin:detail", args=[test.pk])}]
+    return [
+        {"label": f"listening test {test.name}", "url": reverse("listening-admin:detail", args=[test.pk])}
+    ]
 
 
-def listener_flag_alerts(rule: AlertRule, test: ListeningTest, frames: dict[str, Any]) -> list[dict[str, Any]]:
+def listener_flag_alerts(
+    rule: AlertRule, test: ListeningTest, frames: dict[str, Any]
+) -> list[dict[str, Any]]:
     """A checkpoint whose outputs listeners flagged significantly more often than hidden references."""
     from scipy.stats import binomtest
 
@@ -43,8 +47,11 @@ def listener_flag_alerts(rule: AlertRule, test: ListeningTest, frames: dict[str,
     pres = presentation_flags(flags, presented)
     refs = pres[pres["role"] == Condition.Role.HIDDEN_REFERENCE]
     baseline = max(float(refs["flagged"].mean()), 0.01) if len(refs) else DEFAULT_BASELINE_RATE
-    source = (f"hidden references: {int(refs['flagged'].sum())} of {len(refs)} presentations flagged" if len(refs)
-              else f"assumed {DEFAULT_BASELINE_RATE:.0%} (the test has no hidden reference)")
+    source = (
+        f"hidden references: {int(refs['flagged'].sum())} of {len(refs)} presentations flagged"
+        if len(refs)
+        else f"assumed {DEFAULT_BASELINE_RATE:.0%} (the test has no hidden reference)"
+    )
     alpha = rule.params.get("alpha", 0.05)
     specs = []
     for label, checkpoint in frames["checkpoints"].items():
@@ -60,19 +67,37 @@ def listener_flag_alerts(rule: AlertRule, test: ListeningTest, frames: dict[str,
             continue
         regions = flag_regions(flags[flags["system"] == label], presented[presented["system"] == label])
         top = regions.sort_values("peak_share", ascending=False).head(5) if len(regions) else regions
-        specs.append({
-            "checkpoint": checkpoint,
-            "dedupe_key": f"listener_flags:{rule.pk}:{test.pk}:{checkpoint.pk}",
-            "title": (f"listeners flagged step {checkpoint.step} in {k} of {n} presentations ({k / n:.0%}) in "
-                      f"{test.name}, against a false-flag rate of {baseline:.0%} (p = {p:.2g})"),
-            "evidence": {"test": test.name, "flagged_presentations": k, "presentations": n,
-                         "flagging_listeners": int(flagged_listeners), "share": k / n, "false_flag_rate": baseline,
-                         "false_flag_source": source, "p": p, "alpha": alpha,
-                         "regions": [{"item": r["item"], "start_s": round(float(r["start_s"]), 3),
-                                      "end_s": round(float(r["end_s"]), 3), "share": round(float(r["peak_share"]), 3)}
-                                     for _, r in top.iterrows()]},
-            "links": _test_links(test),
-        })
+        specs.append(
+            {
+                "checkpoint": checkpoint,
+                "dedupe_key": f"listener_flags:{rule.pk}:{test.pk}:{checkpoint.pk}",
+                "title": (
+                    f"listeners flagged step {checkpoint.step} in {k} of {n} presentations ({k / n:.0%}) in "
+                    f"{test.name}, against a false-flag rate of {baseline:.0%} (p = {p:.2g})"
+                ),
+                "evidence": {
+                    "test": test.name,
+                    "flagged_presentations": k,
+                    "presentations": n,
+                    "flagging_listeners": int(flagged_listeners),
+                    "share": k / n,
+                    "false_flag_rate": baseline,
+                    "false_flag_source": source,
+                    "p": p,
+                    "alpha": alpha,
+                    "regions": [
+                        {
+                            "item": r["item"],
+                            "start_s": round(float(r["start_s"]), 3),
+                            "end_s": round(float(r["end_s"]), 3),
+                            "share": round(float(r["peak_share"]), 3),
+                        }
+                        for _, r in top.iterrows()
+                    ],
+                },
+                "links": _test_links(test),
+            }
+        )
     return specs
 
 
@@ -103,20 +128,31 @@ def score_drop_alerts(rule: AlertRule, test: ListeningTest, frames: dict[str, An
         now, then = by_label[label], by_label[base_label]
         if not now["boot_high"] < then["boot_low"]:
             continue
-        specs.append({
-            "checkpoint": checkpoint,
-            "dedupe_key": f"score_drop:{rule.pk}:{test.pk}:{checkpoint.pk}:{base.pk}",
-            "title": (f"{test.kind.upper()} of step {checkpoint.step} is {now['mean']:.2f} "
-                      f"[{now['boot_low']:.2f}, {now['boot_high']:.2f}], below step {base.step}'s {then['mean']:.2f} "
-                      f"[{then['boot_low']:.2f}, {then['boot_high']:.2f}] in {test.name}"),
-            "evidence": {"test": test.name, "kind": test.kind, "step": checkpoint.step, "baseline_step": base.step,
-                         "mean": float(now["mean"]), "ci": [float(now["boot_low"]), float(now["boot_high"])],
-                         "n": int(now["n"]), "baseline_mean": float(then["mean"]),
-                         "baseline_ci": [float(then["boot_low"]), float(then["boot_high"])],
-                         "baseline_n": int(then["n"]),
-                         "interval": "95 % bootstrap over listeners and items, after listener screening"},
-            "links": _test_links(test),
-        })
+        specs.append(
+            {
+                "checkpoint": checkpoint,
+                "dedupe_key": f"score_drop:{rule.pk}:{test.pk}:{checkpoint.pk}:{base.pk}",
+                "title": (
+                    f"{test.kind.upper()} of step {checkpoint.step} is {now['mean']:.2f} "
+                    f"[{now['boot_low']:.2f}, {now['boot_high']:.2f}], below step {base.step}'s {then['mean']:.2f} "
+                    f"[{then['boot_low']:.2f}, {then['boot_high']:.2f}] in {test.name}"
+                ),
+                "evidence": {
+                    "test": test.name,
+                    "kind": test.kind,
+                    "step": checkpoint.step,
+                    "baseline_step": base.step,
+                    "mean": float(now["mean"]),
+                    "ci": [float(now["boot_low"]), float(now["boot_high"])],
+                    "n": int(now["n"]),
+                    "baseline_mean": float(then["mean"]),
+                    "baseline_ci": [float(then["boot_low"]), float(then["boot_high"])],
+                    "baseline_n": int(then["n"]),
+                    "interval": "95 % bootstrap over listeners and items, after listener screening",
+                },
+                "links": _test_links(test),
+            }
+        )
     return specs
 
 
@@ -127,17 +163,24 @@ def _frames(test: ListeningTest) -> dict[str, Any]:
     from evalsite.analysis import selectors
 
     conditions = Condition.objects.filter(test=test, role=Condition.Role.SYSTEM).select_related("checkpoint")
-    return {"ratings": selectors.ratings_frame(test), "presented": selectors.presented_frame(test),
-            "flags": selectors.flags_frame(test), "qc": selectors.quality_control(test),
-            "checkpoints": {c.label: c.checkpoint for c in conditions}}
+    return {
+        "ratings": selectors.ratings_frame(test),
+        "presented": selectors.presented_frame(test),
+        "flags": selectors.flags_frame(test),
+        "qc": selectors.quality_control(test),
+        "checkpoints": {c.label: c.checkpoint for c in conditions},
+    }
 
 
 def alerts_evaluate_test(*, test: ListeningTest) -> list[Alert]:
     """Apply the listening rules of every run rated in ``test``; returns the alerts created now."""
     if test.kind in (ListeningTest.Kind.CMOS, ListeningTest.Kind.AB):
         return []
-    runs = Run.objects.filter(pk__in=Checkpoint.objects.filter(
-        pk__in=Condition.objects.filter(test=test).values("checkpoint")).values("run"))
+    runs = Run.objects.filter(
+        pk__in=Checkpoint.objects.filter(
+            pk__in=Condition.objects.filter(test=test).values("checkpoint")
+        ).values("run")
+    )
     frames = None
     created = []
     for run in runs:
@@ -154,17 +197,21 @@ def alerts_evaluate_test(*, test: ListeningTest) -> list[Alert]:
 
 def _fingerprint(test: ListeningTest) -> str:
     stats = ListeningTest.objects.filter(pk=test.pk).aggregate(
-        ratings=Count("participants__ratings", distinct=True), flags=Count("participants__flags", distinct=True),
+        ratings=Count("participants__ratings", distinct=True),
+        flags=Count("participants__flags", distinct=True),
         last=Max("participants__ratings__updated_at"),
-        screened=Count("participants", filter=Q(participants__status="screened_out"), distinct=True))
+        screened=Count("participants", filter=Q(participants__status="screened_out"), distinct=True),
+    )
     return hashlib.sha256(repr(sorted(stats.items())).encode()).hexdigest()
 
 
 def alerts_evaluate_listening_all() -> list[int]:
     """One pass over tests whose answers changed since the last pass; returns the new alerts' ids."""
     recent = timezone.now() - timedelta(days=1)
-    tests = ListeningTest.objects.filter(Q(status=ListeningTest.Status.PUBLISHED)
-                                         | Q(status=ListeningTest.Status.CLOSED, closed_at__gte=recent))
+    tests = ListeningTest.objects.filter(
+        Q(status=ListeningTest.Status.PUBLISHED)
+        | Q(status=ListeningTest.Status.CLOSED, closed_at__gte=recent)
+    )
     created: list[int] = []
     for test in tests.exclude(kind__in=[ListeningTest.Kind.CMOS, ListeningTest.Kind.AB]):
         key = f"alerts:listening:{test.pk}"

@@ -40,15 +40,20 @@ class AlertRule(BaseModel):
 
 class Alert(BaseModel):
     run = models.ForeignKey("runs.Run", on_delete=models.CASCADE, related_name="alerts")
-    checkpoint = models.ForeignKey("runs.Checkpoint", on_delete=models.CASCADE, null=True, blank=True,
-                                   related_name="alerts")
-    rule = models.ForeignKey(AlertRule, on_delete=models.SET_NULL, null=True, blank=True, related_name="alerts")
+    checkpoint = models.ForeignKey(
+        "runs.Checkpoint", on_delete=models.CASCADE, null=True, blank=True, related_name="alerts"
+    )
+    rule = models.ForeignKey(
+        AlertRule, on_delete=models.SET_NULL, null=True, blank=True, related_name="alerts"
+    )
     kind = models.CharField(max_length=30, choices=AlertRule.Kind.choices)
     severity = models.CharField(max_length=10, choices=Severity.choices)
     title = models.CharField(max_length=500)
     evidence = models.JSONField(default=dict, blank=True)
     links = models.JSONField(default=list, blank=True)
-    dedupe_key = models.CharField(max_length=300, help_text="what the alert is about; the same evidence twice makes one alert")
+    dedupe_key = models.CharField(
+        max_length=300, help_text="what the alert is about; the same evidence twice makes one alert"
+    )
     cursor = models.PositiveBigIntegerField()
 
     class Meta:
@@ -79,6 +84,8 @@ class WebhookDelivery(BaseModel):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["alert", "url"], name="webhookdelivery_unique_target"),
-            models.CheckConstraint(condition=~Q(status="delivered") | Q(delivered_at__isnull=False),
-                                   name="webhookdelivery_delivered_has_time"),
+            models.CheckConstraint(
+                condition=~Q(status="delivered") | Q(delivered_at__isnull=False),
+                name="webhookdelivery_delivered_has_time",
+            ),
         ]

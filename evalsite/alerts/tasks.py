@@ -18,5 +18,3 @@ def alerts_evaluate_listening_task() -> list[int]:
     from evalsite.alerts.listening import alerts_evaluate_listening_all
 
     return alerts_evaluate_listening_all()
-
-

@@ -36,8 +36,10 @@ READ_TIMEOUT_S = 10.0
 
 WEBHOOK_SCHEME = "webhook_url must be an https:// URL{http}; got {scheme!r}."
 WEBHOOK_NO_HOST = "webhook_url has no host name."
-WEBHOOK_ADDRESS = ("webhook_url host {host!r} resolves to {address} ({kind}); webhooks go only to public "
-                   "addresses (an operator can allow networks with EVALSITE_WEBHOOK_ALLOWED_NETWORKS).")
+WEBHOOK_ADDRESS = (
+    "webhook_url host {host!r} resolves to {address} ({kind}); webhooks go only to public "
+    "addresses (an operator can allow networks with EVALSITE_WEBHOOK_ALLOWED_NETWORKS)."
+)
 WEBHOOK_UNRESOLVED = "webhook_url host {host!r} does not resolve: {reason}"
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 # The address classes a webhook may never reach, in the order their names are reported.
@@ -77,8 +79,9 @@ def webhook_signature(secret: str, body: bytes, timestamp: int) -> str:
     return f"t={timestamp},v1={mac}"
 
 
-def webhook_signature_verify(secret: str, body: bytes, header: str, *, tolerance_s: int = 300,
-                             now: float | None = None) -> bool:
+def webhook_signature_verify(
+    secret: str, body: bytes, header: str, *, tolerance_s: int = 300, now: float | None = None
+) -> bool:
     """What a receiver does: recompute the HMAC and check the timestamp is recent."""
     try:
         parts = dict(p.split("=", 1) for p in header.split(","))
@@ -148,7 +151,9 @@ def webhook_target(url: str) -> WebhookTarget:
     scheme = parts.scheme.lower()
     allowed = ("https", "http") if settings.EVALSITE_WEBHOOK_ALLOW_HTTP else ("https",)
     if scheme not in allowed:
-        http = "" if "http" in allowed else " (http:// only where the operator sets EVALSITE_WEBHOOK_ALLOW_HTTP)"
+        http = (
+            "" if "http" in allowed else " (http:// only where the operator sets EVALSITE_WEBHOOK_ALLOW_HTTP)"
+        )
         raise WebhookRefused(WEBHOOK_SCHEME.format(http=http, scheme=parts.scheme))
     try:
         host, port = parts.hostname, parts.port or (443 if scheme == "https" else 80)
@@ -190,9 +195,16 @@ def _pool(target: WebhookTarget) -> urllib3.HTTPConnectionPool:
     if target.scheme == "http":
         return urllib3.HTTPConnectionPool(target.address, target.port, timeout=timeout, retries=False)
     ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or requests.certs.where()
-    return urllib3.HTTPSConnectionPool(target.address, target.port, timeout=timeout, retries=False,
-                                       cert_reqs="CERT_REQUIRED", ca_certs=ca_bundle, server_hostname=target.host,
-                                       assert_hostname=target.host)
+    return urllib3.HTTPSConnectionPool(
+        target.address,
+        target.port,
+        timeout=timeout,
+        retries=False,
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=ca_bundle,
+        server_hostname=target.host,
+        assert_hostname=target.host,
+    )
 
 
 def webhook_post(url: str, payload: dict[str, Any], *, secret: str, delivery_id: int) -> WebhookResult:
@@ -213,12 +225,20 @@ def webhook_post(url: str, payload: dict[str, Any], *, secret: str, delivery_id:
     }
     try:
         with _pool(target) as pool:
-            response = pool.urlopen("POST", target.path, body=body, headers=headers, redirect=False,
-                                    retries=False, assert_same_host=False)
+            response = pool.urlopen(
+                "POST",
+                target.path,
+                body=body,
+                headers=headers,
+                redirect=False,
+                retries=False,
+                assert_same_host=False,
+            )
     except urllib3.exceptions.HTTPError as exc:
         # NewConnectionError (nothing listens) is a subclass of ConnectTimeoutError: tell them apart by name.
         timed_out = isinstance(exc, urllib3.exceptions.TimeoutError) and not isinstance(
-            exc, urllib3.exceptions.NewConnectionError)
+            exc, urllib3.exceptions.NewConnectionError
+        )
         kind = "Timeout" if timed_out else "ConnectionError"
         return WebhookResult(False, None, f"{kind}: {type(exc).__name__}: {exc}"[:1000], True)
     if 200 <= response.status < 300:

@@ -18,14 +18,30 @@ from evalsite.analysis.stats import _require_columns
 
 LEVEL_KEYS = {"system": ["system"], "item": ["system", "item"]}
 MIN_POINTS = 3
-COLUMNS = ["metric", "level", "n", "pearson_r", "pearson_p", "spearman_rho", "spearman_p", "kendall_tau",
-           "kendall_p", "note"]
+COLUMNS = [
+    "metric",
+    "level",
+    "n",
+    "pearson_r",
+    "pearson_p",
+    "spearman_rho",
+    "spearman_p",
+    "kendall_tau",
+    "kendall_p",
+    "note",
+]
 
 
 def _correlate(x: np.ndarray, y: np.ndarray) -> tuple[dict, str | None]:
     """Pearson, Spearman and Kendall (tau-b) with p-values; NaN and a note when undefined."""
-    nan = dict(pearson_r=math.nan, pearson_p=math.nan, spearman_rho=math.nan, spearman_p=math.nan,
-               kendall_tau=math.nan, kendall_p=math.nan)
+    nan = dict(
+        pearson_r=math.nan,
+        pearson_p=math.nan,
+        spearman_rho=math.nan,
+        spearman_p=math.nan,
+        kendall_tau=math.nan,
+        kendall_p=math.nan,
+    )
     if len(x) < MIN_POINTS:
         return nan, f"only {len(x)} points (at least {MIN_POINTS} needed)"
     if np.ptp(x) == 0 or np.ptp(y) == 0:
@@ -33,11 +49,19 @@ def _correlate(x: np.ndarray, y: np.ndarray) -> tuple[dict, str | None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", sps.ConstantInputWarning)
         p, s, k = sps.pearsonr(x, y), sps.spearmanr(x, y), sps.kendalltau(x, y)
-    return dict(pearson_r=float(p.statistic), pearson_p=float(p.pvalue), spearman_rho=float(s.statistic),
-                spearman_p=float(s.pvalue), kendall_tau=float(k.statistic), kendall_p=float(k.pvalue)), None
+    return dict(
+        pearson_r=float(p.statistic),
+        pearson_p=float(p.pvalue),
+        spearman_rho=float(s.statistic),
+        spearman_p=float(s.pvalue),
+        kendall_tau=float(k.statistic),
+        kendall_p=float(k.pvalue),
+    ), None
 
 
-def human_metric_correlations(human: pd.DataFrame, metrics: pd.DataFrame, *, level: str = "system") -> pd.DataFrame:
+def human_metric_correlations(
+    human: pd.DataFrame, metrics: pd.DataFrame, *, level: str = "system"
+) -> pd.DataFrame:
     """Pearson, Spearman and Kendall correlation of each metric with human scores, with p-values and n.
 
     Args:

@@ -13,7 +13,14 @@ import io
 import pandas as pd
 
 from evalsite.analysis.results import listener_id, listening_test_results
-from evalsite.listening.models import ArtifactFlag, Condition, ListeningTest, Participant, Rating, StimulusHandle
+from evalsite.listening.models import (
+    ArtifactFlag,
+    Condition,
+    ListeningTest,
+    Participant,
+    Rating,
+    StimulusHandle,
+)
 
 TABLES = ("ratings", "flags", "metrics", "screening")
 FORMATS = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
@@ -23,12 +30,19 @@ CONTROL_REASON = "{control} quality-control trial: not a vote"
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
 
 _ANSWER_FIELDS = {
-    "participant_id": "participant_id", "assignment_id": "assignment_id", "item": "assignment__trial__item__key",
-    "trial_index": "assignment__trial__index", "position": "assignment__position",
-    "training": "assignment__trial__is_training", "control": "assignment__trial__control",
-    "condition": "stimulus__condition__label", "role": "stimulus__condition__role",
-    "checkpoint_id": "stimulus__condition__checkpoint_id", "run": "stimulus__condition__checkpoint__run__name",
-    "run_id": "stimulus__condition__checkpoint__run_id", "step": "stimulus__condition__checkpoint__step",
+    "participant_id": "participant_id",
+    "assignment_id": "assignment_id",
+    "item": "assignment__trial__item__key",
+    "trial_index": "assignment__trial__index",
+    "position": "assignment__position",
+    "training": "assignment__trial__is_training",
+    "control": "assignment__trial__control",
+    "condition": "stimulus__condition__label",
+    "role": "stimulus__condition__role",
+    "checkpoint_id": "stimulus__condition__checkpoint_id",
+    "run": "stimulus__condition__checkpoint__run__name",
+    "run_id": "stimulus__condition__checkpoint__run_id",
+    "step": "stimulus__condition__checkpoint__step",
 }
 
 
@@ -43,7 +57,9 @@ def _answer_frame(rows: list[dict], test: ListeningTest, excluded: dict[str, str
     frame = pd.DataFrame(rows)
     ids = {pk: listener_id(test.pk, pk) for pk in frame["participant_id"].unique()}
     frame.insert(0, "participant", frame["participant_id"].map(ids))
-    frame["trial_type"] = [("training" if t else c or "main") for t, c in zip(frame["training"], frame["control"])]
+    frame["trial_type"] = [
+        ("training" if t else c or "main") for t, c in zip(frame["training"], frame["control"])
+    ]
     reasons = []
     for participant, kind in zip(frame["participant"], frame["trial_type"]):
         if kind == "training":
@@ -66,40 +82,89 @@ def ratings_table(test: ListeningTest) -> pd.DataFrame:
     ``cmos`` (the system relative to the comparison, sign-corrected) or ``preferred`` undo the order.
     """
     fields = {**_ANSWER_FIELDS, "score": "score", "rated_at": "created_at", "updated_at": "updated_at"}
-    columns = ["participant", "item", "trial_index", "position", "trial_type", "condition", "role", "checkpoint_id",
-               "run", "run_id", "step", "score", "excluded", "exclusion_reason", "rated_at", "updated_at"]
-    rows = list(Rating.objects.filter(participant__test=test).order_by("participant_id", "assignment__position", "id")
-                .values_list(*fields.values()))
+    columns = [
+        "participant",
+        "item",
+        "trial_index",
+        "position",
+        "trial_type",
+        "condition",
+        "role",
+        "checkpoint_id",
+        "run",
+        "run_id",
+        "step",
+        "score",
+        "excluded",
+        "exclusion_reason",
+        "rated_at",
+        "updated_at",
+    ]
+    rows = list(
+        Rating.objects.filter(participant__test=test)
+        .order_by("participant_id", "assignment__position", "id")
+        .values_list(*fields.values())
+    )
     if not rows:
         return pd.DataFrame(columns=columns)
     frame = _answer_frame([dict(zip(fields, r)) for r in rows], test, _exclusions(test))
     if test.kind in (ListeningTest.Kind.CMOS, ListeningTest.Kind.AB):
-        first = dict(StimulusHandle.objects.filter(assignment__participant__test=test, position=0)
-                     .values_list("assignment_id", "stimulus__condition__label"))
+        first = dict(
+            StimulusHandle.objects.filter(assignment__participant__test=test, position=0).values_list(
+                "assignment_id", "stimulus__condition__label"
+            )
+        )
         frame["first_condition"] = frame["assignment_id"].map(first)
         columns.insert(columns.index("condition"), "first_condition")
         if test.kind == ListeningTest.Kind.CMOS:
             b_is_comparison = frame["role"] == Condition.Role.COMPARISON
             frame["cmos_system"] = frame["first_condition"].where(b_is_comparison, frame["condition"])
             frame["cmos"] = (-frame["score"]).where(b_is_comparison, frame["score"]) + 0.0
-            columns[columns.index("score") + 1:columns.index("score") + 1] = ["cmos_system", "cmos"]
+            columns[columns.index("score") + 1 : columns.index("score") + 1] = ["cmos_system", "cmos"]
         else:
-            frame["preferred"] = [b if s > 0 else a if s < 0 else None
-                                  for a, b, s in zip(frame["first_condition"], frame["condition"], frame["score"])]
+            frame["preferred"] = [
+                b if s > 0 else a if s < 0 else None
+                for a, b, s in zip(frame["first_condition"], frame["condition"], frame["score"])
+            ]
             columns.insert(columns.index("score") + 1, "preferred")
     return frame[columns]
 
 
 def flags_table(test: ListeningTest) -> pd.DataFrame:
     """One row per artifact flag: who, item, condition, the flagged span in seconds, category and note."""
-    fields = {**_ANSWER_FIELDS, "start_s": "start_s", "end_s": "end_s", "category": "category", "note": "note",
-              "flagged_at": "created_at"}
-    columns = ["participant", "item", "trial_index", "position", "trial_type", "condition", "role", "checkpoint_id",
-               "run", "run_id", "step", "start_s", "end_s", "category", "note", "excluded", "exclusion_reason",
-               "flagged_at"]
-    rows = list(ArtifactFlag.objects.filter(participant__test=test).order_by("participant_id", "assignment__position",
-                                                                             "start_s", "id")
-                .values_list(*fields.values()))
+    fields = {
+        **_ANSWER_FIELDS,
+        "start_s": "start_s",
+        "end_s": "end_s",
+        "category": "category",
+        "note": "note",
+        "flagged_at": "created_at",
+    }
+    columns = [
+        "participant",
+        "item",
+        "trial_index",
+        "position",
+        "trial_type",
+        "condition",
+        "role",
+        "checkpoint_id",
+        "run",
+        "run_id",
+        "step",
+        "start_s",
+        "end_s",
+        "category",
+        "note",
+        "excluded",
+        "exclusion_reason",
+        "flagged_at",
+    ]
+    rows = list(
+        ArtifactFlag.objects.filter(participant__test=test)
+        .order_by("participant_id", "assignment__position", "start_s", "id")
+        .values_list(*fields.values())
+    )
     if not rows:
         return pd.DataFrame(columns=columns)
     return _answer_frame([dict(zip(fields, r)) for r in rows], test, _exclusions(test))[columns]
@@ -109,29 +174,99 @@ def metrics_table(test: ListeningTest) -> pd.DataFrame:
     """Every metric result of the checkpoints behind the conditions: system-level rows and one row per item."""
     from evalsite.scoring.models import MetricResult
 
-    columns = ["condition", "role", "checkpoint_id", "run", "run_id", "step", "metric", "level", "item", "value",
-               "ci_low", "ci_high", "n", "higher_is_better", "status", "error", "params_hash", "metric_version",
-               "computed_at"]
-    conditions = {c["checkpoint_id"]: c for c in Condition.objects.filter(test=test, checkpoint__isnull=False)
-                  .exclude(role__in=(Condition.Role.GOLD, Condition.Role.TRAPPING))
-                  .values("checkpoint_id", "label", "role", "checkpoint__run__name", "checkpoint__run_id",
-                          "checkpoint__step")}
+    columns = [
+        "condition",
+        "role",
+        "checkpoint_id",
+        "run",
+        "run_id",
+        "step",
+        "metric",
+        "level",
+        "item",
+        "value",
+        "ci_low",
+        "ci_high",
+        "n",
+        "higher_is_better",
+        "status",
+        "error",
+        "params_hash",
+        "metric_version",
+        "computed_at",
+    ]
+    conditions = {
+        c["checkpoint_id"]: c
+        for c in Condition.objects.filter(test=test, checkpoint__isnull=False)
+        .exclude(role__in=(Condition.Role.GOLD, Condition.Role.TRAPPING))
+        .values(
+            "checkpoint_id",
+            "label",
+            "role",
+            "checkpoint__run__name",
+            "checkpoint__run_id",
+            "checkpoint__step",
+        )
+    }
     rows = []
-    for r in (MetricResult.objects.filter(checkpoint_id__in=list(conditions)).order_by("checkpoint_id", "name")
-              .values("checkpoint_id", "name", "value", "ci_low", "ci_high", "n", "higher_is_better", "status",
-                      "error", "params_hash", "metric_version", "updated_at", "per_item")):
+    for r in (
+        MetricResult.objects.filter(checkpoint_id__in=list(conditions))
+        .order_by("checkpoint_id", "name")
+        .values(
+            "checkpoint_id",
+            "name",
+            "value",
+            "ci_low",
+            "ci_high",
+            "n",
+            "higher_is_better",
+            "status",
+            "error",
+            "params_hash",
+            "metric_version",
+            "updated_at",
+            "per_item",
+        )
+    ):
         c = conditions[r["checkpoint_id"]]
-        base = {"condition": c["label"], "role": c["role"], "checkpoint_id": r["checkpoint_id"],
-                "run": c["checkpoint__run__name"], "run_id": c["checkpoint__run_id"], "step": c["checkpoint__step"],
-                "metric": r["name"], "higher_is_better": r["higher_is_better"], "status": r["status"],
-                "error": r["error"], "params_hash": r["params_hash"], "metric_version": r["metric_version"],
-                "computed_at": r["updated_at"]}
-        rows.append({**base, "level": "system", "item": None, "value": r["value"], "ci_low": r["ci_low"],
-                     "ci_high": r["ci_high"], "n": r["n"]})
+        base = {
+            "condition": c["label"],
+            "role": c["role"],
+            "checkpoint_id": r["checkpoint_id"],
+            "run": c["checkpoint__run__name"],
+            "run_id": c["checkpoint__run_id"],
+            "step": c["checkpoint__step"],
+            "metric": r["name"],
+            "higher_is_better": r["higher_is_better"],
+            "status": r["status"],
+            "error": r["error"],
+            "params_hash": r["params_hash"],
+            "metric_version": r["metric_version"],
+            "computed_at": r["updated_at"],
+        }
+        rows.append(
+            {
+                **base,
+                "level": "system",
+                "item": None,
+                "value": r["value"],
+                "ci_low": r["ci_low"],
+                "ci_high": r["ci_high"],
+                "n": r["n"],
+            }
+        )
         for item, value in sorted((r["per_item"] or {}).items()):
-            rows.append({**base, "level": "item", "item": str(item),
-                         "value": float(value) if isinstance(value, (int, float)) else None,
-                         "ci_low": None, "ci_high": None, "n": 1})
+            rows.append(
+                {
+                    **base,
+                    "level": "item",
+                    "item": str(item),
+                    "value": float(value) if isinstance(value, (int, float)) else None,
+                    "ci_low": None,
+                    "ci_high": None,
+                    "n": 1,
+                }
+            )
     frame = pd.DataFrame(rows, columns=columns)
     for column in ("checkpoint_id", "run_id", "step", "n"):
         frame[column] = frame[column].astype("Int64")
@@ -146,20 +281,39 @@ def screening_table(test: ListeningTest) -> pd.DataFrame:
     "kept" row per participant kept, with their session status and headphone-check outcome."""
     results = listening_test_results(test)
     screening = results["screening"]
-    people = {listener_id(test.pk, pk): (status, passed) for pk, status, passed in
-              Participant.objects.filter(test=test).values_list("id", "status", "headphone_passed")}
+    people = {
+        listener_id(test.pk, pk): (status, passed)
+        for pk, status, passed in Participant.objects.filter(test=test).values_list(
+            "id", "status", "headphone_passed"
+        )
+    }
     rated = {}
     if results["counts"]["ratings"]:
-        rated = dict(pd.Series([listener_id(test.pk, pk) for pk in Rating.objects.filter(
-            participant__test=test, is_training=False, assignment__trial__control="").values_list(
-            "participant_id", flat=True)]).value_counts())
+        rated = dict(
+            pd.Series(
+                [
+                    listener_id(test.pk, pk)
+                    for pk in Rating.objects.filter(
+                        participant__test=test, is_training=False, assignment__trial__control=""
+                    ).values_list("participant_id", flat=True)
+                ]
+            ).value_counts()
+        )
     rows = []
     for e in screening["excluded"]:
         for rule, reason in zip(e["rules"], e["reasons"]):
-            rows.append({"participant": e["listener"], "decision": "excluded", "rule": rule, "reason": reason})
+            rows.append(
+                {"participant": e["listener"], "decision": "excluded", "rule": rule, "reason": reason}
+            )
     for e in screening["not_applied"]:
-        rows.append({"participant": e["listener"], "decision": "not judged by rule", "rule": e["rule"],
-                     "reason": e["reason"]})
+        rows.append(
+            {
+                "participant": e["listener"],
+                "decision": "not judged by rule",
+                "rule": e["rule"],
+                "reason": e["reason"],
+            }
+        )
     gone = {e["listener"] for e in screening["excluded"]}
     for participant in sorted(people):
         if participant not in gone:
@@ -167,8 +321,12 @@ def screening_table(test: ListeningTest) -> pd.DataFrame:
             rows.append({"participant": participant, "decision": decision, "rule": None, "reason": None})
     frame = pd.DataFrame(rows, columns=["participant", "decision", "rule", "reason"])
     frame["status"] = frame["participant"].map(lambda p: people.get(p, (None, None))[0])
-    frame["headphone_passed"] = frame["participant"].map(lambda p: people.get(p, (None, None))[1]).astype("boolean")
-    frame["main_ratings"] = frame["participant"].map(lambda p: int(rated.get(p, 0)) if p else 0).astype("Int64")
+    frame["headphone_passed"] = (
+        frame["participant"].map(lambda p: people.get(p, (None, None))[1]).astype("boolean")
+    )
+    frame["main_ratings"] = (
+        frame["participant"].map(lambda p: int(rated.get(p, 0)) if p else 0).astype("Int64")
+    )
     return frame
 
 
@@ -192,7 +350,12 @@ def csv_bytes(frame: pd.DataFrame) -> bytes:
     return safe.to_csv(index=False, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL).encode()
 
 
-BUILDERS = {"ratings": ratings_table, "flags": flags_table, "metrics": metrics_table, "screening": screening_table}
+BUILDERS = {
+    "ratings": ratings_table,
+    "flags": flags_table,
+    "metrics": metrics_table,
+    "screening": screening_table,
+}
 
 
 def export_bytes(test: ListeningTest, table: str, fmt: str) -> bytes:

@@ -9,13 +9,23 @@ from __future__ import annotations
 
 from typing import Any
 
-COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-           "#bcbd22", "#17becf")
+COLOURS = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 CHART_HEIGHT = 300
 
 
 def _rgba(hex_colour: str, alpha: float) -> str:
-    r, g, b = (int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{alpha})"
 
 
@@ -25,10 +35,16 @@ def direction_arrow(higher_is_better: bool | None) -> str:
 
 
 def _layout(title: str, y_title: str, *, legend: bool) -> dict[str, Any]:
-    return {"title": {"text": title, "font": {"size": 14}}, "height": CHART_HEIGHT + (60 if legend else 0),
-            "margin": {"l": 60, "r": 20, "t": 40, "b": 100 if legend else 40}, "xaxis": {"title": {"text": "step"}},
-            "yaxis": {"title": {"text": y_title}}, "showlegend": legend,
-            "legend": {"orientation": "h", "x": 0, "y": -0.3, "yanchor": "top"}, "hovermode": "closest"}
+    return {
+        "title": {"text": title, "font": {"size": 14}},
+        "height": CHART_HEIGHT + (60 if legend else 0),
+        "margin": {"l": 60, "r": 20, "t": 40, "b": 100 if legend else 40},
+        "xaxis": {"title": {"text": "step"}},
+        "yaxis": {"title": {"text": y_title}},
+        "showlegend": legend,
+        "legend": {"orientation": "h", "x": 0, "y": -0.3, "yanchor": "top"},
+        "hovermode": "closest",
+    }
 
 
 def metric_figure(metric: dict[str, Any]) -> dict[str, Any]:
@@ -40,27 +56,72 @@ def metric_figure(metric: dict[str, Any]) -> dict[str, Any]:
         colour = COLOURS[index % len(COLOURS)]
         group = f"{metric['name']}:{series['spec_key']}:{series['params_hash']}"
         if any(v is not None for v in series["ci_low"]) and any(v is not None for v in series["ci_high"]):
-            data.append({"type": "scatter", "mode": "lines", "x": series["steps"], "y": series["ci_high"],
-                         "line": {"width": 0}, "hoverinfo": "skip", "showlegend": False, "legendgroup": group,
-                         "name": f"{series['label']} CI high"})
-            data.append({"type": "scatter", "mode": "lines", "x": series["steps"], "y": series["ci_low"],
-                         "line": {"width": 0}, "fill": "tonexty", "fillcolor": _rgba(colour, 0.2),
-                         "hoverinfo": "skip", "showlegend": False, "legendgroup": group,
-                         "name": f"{series['label']} 95% CI"})
-        data.append({
-            "type": "scatter", "mode": "lines+markers", "x": series["steps"], "y": series["values"],
-            "name": series["label"], "legendgroup": group, "line": {"color": colour}, "marker": {"size": 5},
-            "customdata": [[n, lo, hi] for n, lo, hi in zip(series["n"], series["ci_low"], series["ci_high"])],
-            "hovertemplate": ("step %{x}<br>value %{y:.4g}<br>95% CI [%{customdata[1]:.4g}, %{customdata[2]:.4g}]"
-                              "<br>n %{customdata[0]}<extra>" + series["label"] + "</extra>"),
-        })
+            data.append(
+                {
+                    "type": "scatter",
+                    "mode": "lines",
+                    "x": series["steps"],
+                    "y": series["ci_high"],
+                    "line": {"width": 0},
+                    "hoverinfo": "skip",
+                    "showlegend": False,
+                    "legendgroup": group,
+                    "name": f"{series['label']} CI high",
+                }
+            )
+            data.append(
+                {
+                    "type": "scatter",
+                    "mode": "lines",
+                    "x": series["steps"],
+                    "y": series["ci_low"],
+                    "line": {"width": 0},
+                    "fill": "tonexty",
+                    "fillcolor": _rgba(colour, 0.2),
+                    "hoverinfo": "skip",
+                    "showlegend": False,
+                    "legendgroup": group,
+                    "name": f"{series['label']} 95% CI",
+                }
+            )
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "x": series["steps"],
+                "y": series["values"],
+                "name": series["label"],
+                "legendgroup": group,
+                "line": {"color": colour},
+                "marker": {"size": 5},
+                "customdata": [
+                    [n, lo, hi] for n, lo, hi in zip(series["n"], series["ci_low"], series["ci_high"])
+                ],
+                "hovertemplate": (
+                    "step %{x}<br>value %{y:.4g}<br>95% CI [%{customdata[1]:.4g}, %{customdata[2]:.4g}]"
+                    "<br>n %{customdata[0]}<extra>" + series["label"] + "</extra>"
+                ),
+            }
+        )
         if series["best"] is not None:
             best = series["best"]
-            data.append({"type": "scatter", "mode": "markers", "x": [best["step"]], "y": [best["value"]],
-                         "name": f"best: step {best['step']}", "legendgroup": group,
-                         "marker": {"symbol": "star", "size": 15, "color": colour,
-                                    "line": {"width": 1, "color": "#000"}},
-                         "hovertemplate": "best: step %{x}<br>%{y:.4g}<extra></extra>"})
+            data.append(
+                {
+                    "type": "scatter",
+                    "mode": "markers",
+                    "x": [best["step"]],
+                    "y": [best["value"]],
+                    "name": f"best: step {best['step']}",
+                    "legendgroup": group,
+                    "marker": {
+                        "symbol": "star",
+                        "size": 15,
+                        "color": colour,
+                        "line": {"width": 1, "color": "#000"},
+                    },
+                    "hovertemplate": "best: step %{x}<br>%{y:.4g}<extra></extra>",
+                }
+            )
     direction = {True: " (higher is better)", False: " (lower is better)"}.get(hib, "")
     title = " ".join(p for p in (metric["name"], direction_arrow(hib)) if p) + direction
     return {"data": data, "layout": _layout(title, metric["name"], legend=len(metric["series"]) > 1)}
@@ -73,15 +134,28 @@ def detector_rate_figure(rates: dict[str, Any]) -> dict[str, Any] | None:
         return None
     data = []
     for index, (name, values) in enumerate(rates["detectors"].items()):
-        data.append({
-            "type": "scatter", "mode": "lines+markers", "x": rates["steps"], "y": values["per_minute"],
-            "name": name, "line": {"color": COLOURS[index % len(COLOURS)]}, "marker": {"size": 5},
-            "customdata": [[e, round(m, 3), c] for e, m, c in zip(values["events"], rates["minutes"], rates["clips"])],
-            "hovertemplate": ("step %{x}<br>%{y:.3g} events/min<br>%{customdata[0]} events in %{customdata[1]} min"
-                              " (%{customdata[2]} clips)<extra>" + name + "</extra>"),
-        })
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "x": rates["steps"],
+                "y": values["per_minute"],
+                "name": name,
+                "line": {"color": COLOURS[index % len(COLOURS)]},
+                "marker": {"size": 5},
+                "customdata": [
+                    [e, round(m, 3), c] for e, m, c in zip(values["events"], rates["minutes"], rates["clips"])
+                ],
+                "hovertemplate": (
+                    "step %{x}<br>%{y:.3g} events/min<br>%{customdata[0]} events in %{customdata[1]} min"
+                    " (%{customdata[2]} clips)<extra>" + name + "</extra>"
+                ),
+            }
+        )
     layout = _layout("Detector events per minute of audio", "events / min", legend=True)
-    layout.update(height=CHART_HEIGHT + 60, margin={"l": 60, "r": 20, "t": 40, "b": 40}, legend={"orientation": "v"})
+    layout.update(
+        height=CHART_HEIGHT + 60, margin={"l": 60, "r": 20, "t": 40, "b": 40}, legend={"orientation": "v"}
+    )
     return {"data": data, "layout": layout}
 
 

@@ -24,11 +24,17 @@ MAX_SCATTERS = 12
 
 def _label(row: dict) -> str:
     """A system's label; CMOS rows are a system relative to its comparison."""
-    return f"{row['system']} vs {row['comparison']}" if row.get("comparison") is not None else str(row["system"])
+    return (
+        f"{row['system']} vs {row['comparison']}" if row.get("comparison") is not None else str(row["system"])
+    )
 
 
 def _fmt(value, digits: int = 2) -> str:
-    return "–" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
+    return (
+        "–"
+        if value is None or (isinstance(value, float) and not math.isfinite(value))
+        else f"{value:.{digits}f}"
+    )
 
 
 def _scale_range(results: dict) -> list[float] | None:
@@ -40,8 +46,13 @@ def _scale_range(results: dict) -> list[float] | None:
 
 
 def _base_layout(title: str, **extra) -> dict:
-    return {"title": {"text": title}, "margin": {"l": 60, "r": 20, "t": 50, "b": 120}, "height": 420,
-            "template": "plotly_white", **extra}
+    return {
+        "title": {"text": title},
+        "margin": {"l": 60, "r": 20, "t": 50, "b": 120},
+        "height": 420,
+        "template": "plotly_white",
+        **extra,
+    }
 
 
 def scores_figure(results: dict, which: str = "kept") -> dict | None:
@@ -52,34 +63,67 @@ def scores_figure(results: dict, which: str = "kept") -> dict | None:
     data = []
     for row in scores:
         name = _label(row)
-        data.append({
-            "type": "box", "name": name, "x": [name], "q1": [row.get("box_q1")], "median": [row.get("box_median")],
-            "q3": [row.get("box_q3")], "lowerfence": [row.get("box_lowerfence")],
-            "upperfence": [row.get("box_upperfence")], "boxpoints": False, "showlegend": False,
-            "marker": {"color": ROLE_COLORS.get(row.get("role") or "system", "#1f77b4")},
-            "hoverinfo": "name+y",
-        })
-    data.append({
-        "type": "scatter", "mode": "markers", "name": "mean ± 95% bootstrap CI",
-        "x": [_label(r) for r in scores], "y": [r["mean"] for r in scores],
-        "error_y": {"type": "data", "symmetric": False,
-                    "array": [None if r["boot_high"] is None else r["boot_high"] - r["mean"] for r in scores],
-                    "arrayminus": [None if r["boot_low"] is None else r["mean"] - r["boot_low"] for r in scores],
-                    "color": "#000", "thickness": 1.5, "width": 6},
-        "marker": {"symbol": "diamond", "size": 9, "color": "#000"},
-        "customdata": [[r["n"], r["listeners"], r.get("ci_low"), r.get("ci_high")] for r in scores],
-        "hovertemplate": ("%{x}<br>mean %{y:.2f}<br>n %{customdata[0]} ratings, %{customdata[1]} listeners"
-                          "<br>t CI %{customdata[2]:.2f}–%{customdata[3]:.2f}<extra></extra>"),
-    })
+        data.append(
+            {
+                "type": "box",
+                "name": name,
+                "x": [name],
+                "q1": [row.get("box_q1")],
+                "median": [row.get("box_median")],
+                "q3": [row.get("box_q3")],
+                "lowerfence": [row.get("box_lowerfence")],
+                "upperfence": [row.get("box_upperfence")],
+                "boxpoints": False,
+                "showlegend": False,
+                "marker": {"color": ROLE_COLORS.get(row.get("role") or "system", "#1f77b4")},
+                "hoverinfo": "name+y",
+            }
+        )
+    data.append(
+        {
+            "type": "scatter",
+            "mode": "markers",
+            "name": "mean ± 95% bootstrap CI",
+            "x": [_label(r) for r in scores],
+            "y": [r["mean"] for r in scores],
+            "error_y": {
+                "type": "data",
+                "symmetric": False,
+                "array": [None if r["boot_high"] is None else r["boot_high"] - r["mean"] for r in scores],
+                "arrayminus": [None if r["boot_low"] is None else r["mean"] - r["boot_low"] for r in scores],
+                "color": "#000",
+                "thickness": 1.5,
+                "width": 6,
+            },
+            "marker": {"symbol": "diamond", "size": 9, "color": "#000"},
+            "customdata": [[r["n"], r["listeners"], r.get("ci_low"), r.get("ci_high")] for r in scores],
+            "hovertemplate": (
+                "%{x}<br>mean %{y:.2f}<br>n %{customdata[0]} ratings, %{customdata[1]} listeners"
+                "<br>t CI %{customdata[2]:.2f}–%{customdata[3]:.2f}<extra></extra>"
+            ),
+        }
+    )
     kind = results["test"]["kind"]
-    title = ("Scores per condition (box: median and IQR; ◆ mean with 95% bootstrap CI)"
-             + (" — screened listeners" if which == "kept" else " — all listeners"))
-    layout = _base_layout(title, yaxis={"title": {"text": "CMOS" if kind == "cmos" else "score"},
-                                        "range": _scale_range(results)},
-                          legend={"orientation": "h", "y": 1.08})
+    title = "Scores per condition (box: median and IQR; ◆ mean with 95% bootstrap CI)" + (
+        " — screened listeners" if which == "kept" else " — all listeners"
+    )
+    layout = _base_layout(
+        title,
+        yaxis={"title": {"text": "CMOS" if kind == "cmos" else "score"}, "range": _scale_range(results)},
+        legend={"orientation": "h", "y": 1.08},
+    )
     if kind == "cmos":
-        layout["shapes"] = [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": 0, "y1": 0,
-                             "line": {"dash": "dot", "color": "#555"}}]
+        layout["shapes"] = [
+            {
+                "type": "line",
+                "xref": "paper",
+                "x0": 0,
+                "x1": 1,
+                "y0": 0,
+                "y1": 0,
+                "line": {"dash": "dot", "color": "#555"},
+            }
+        ]
     return {"data": data, "layout": layout}
 
 
@@ -92,24 +136,39 @@ def exclusions_figure(results: dict) -> dict | None:
     order = [_label(r) for r in (kept or every)]
     order += [_label(r) for r in every if _label(r) not in order]
     data = []
-    for rows, name, color, offset in ((kept, "screened listeners", KEPT_COLOR, -0.12),
-                                      (every, "all listeners", ALL_COLOR, 0.12)):
+    for rows, name, color, offset in (
+        (kept, "screened listeners", KEPT_COLOR, -0.12),
+        (every, "all listeners", ALL_COLOR, 0.12),
+    ):
         by = {_label(r): r for r in rows}
         xs = [k + offset for k, label in enumerate(order) if label in by]
         picked = [by[label] for label in order if label in by]
-        data.append({
-            "type": "scatter", "mode": "markers", "name": name, "x": xs, "y": [r["mean"] for r in picked],
-            "text": [_label(r) for r in picked],
-            "error_y": {"type": "data", "symmetric": False,
-                        "array": [None if r["boot_high"] is None else r["boot_high"] - r["mean"] for r in picked],
-                        "arrayminus": [None if r["boot_low"] is None else r["mean"] - r["boot_low"] for r in picked]},
-            "marker": {"color": color, "size": 9},
-            "hovertemplate": "%{text}<br>mean %{y:.2f}<extra>" + name + "</extra>",
-        })
-    layout = _base_layout("Mean with 95% bootstrap CI, with and without exclusions",
-                          xaxis={"tickvals": list(range(len(order))), "ticktext": order},
-                          yaxis={"title": {"text": "score"}, "range": _scale_range(results)},
-                          legend={"orientation": "h", "y": 1.08})
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": name,
+                "x": xs,
+                "y": [r["mean"] for r in picked],
+                "text": [_label(r) for r in picked],
+                "error_y": {
+                    "type": "data",
+                    "symmetric": False,
+                    "array": [None if r["boot_high"] is None else r["boot_high"] - r["mean"] for r in picked],
+                    "arrayminus": [
+                        None if r["boot_low"] is None else r["mean"] - r["boot_low"] for r in picked
+                    ],
+                },
+                "marker": {"color": color, "size": 9},
+                "hovertemplate": "%{text}<br>mean %{y:.2f}<extra>" + name + "</extra>",
+            }
+        )
+    layout = _base_layout(
+        "Mean with 95% bootstrap CI, with and without exclusions",
+        xaxis={"tickvals": list(range(len(order))), "ticktext": order},
+        yaxis={"title": {"text": "score"}, "range": _scale_range(results)},
+        legend={"orientation": "h", "y": 1.08},
+    )
     return {"data": data, "layout": layout}
 
 
@@ -121,18 +180,45 @@ def significance_figure(results: dict) -> dict | None:
     systems, p, diff, sig = matrix["systems"], matrix["p_holm"], matrix["mean_diff"], matrix["significant"]
     z = [[None if v is None else min(10.0, -math.log10(max(v, 1e-300))) for v in row] for row in p]
     size = range(len(systems))
-    text = [[("" if diff[i][j] is None else f"{diff[i][j]:+.1f}{' *' if sig[i][j] else ''}") for j in size]
-            for i in size]
-    hover = [[("" if p[i][j] is None else f"{systems[i]} − {systems[j]}: Δ {_fmt(diff[i][j])}, p(Holm) {p[i][j]:.3g}")
-              for j in range(len(systems))] for i in range(len(systems))]
+    text = [
+        [("" if diff[i][j] is None else f"{diff[i][j]:+.1f}{' *' if sig[i][j] else ''}") for j in size]
+        for i in size
+    ]
+    hover = [
+        [
+            (
+                ""
+                if p[i][j] is None
+                else f"{systems[i]} − {systems[j]}: Δ {_fmt(diff[i][j])}, p(Holm) {p[i][j]:.3g}"
+            )
+            for j in range(len(systems))
+        ]
+        for i in range(len(systems))
+    ]
     alpha = results.get("alpha", 0.05)
-    data = [{"type": "heatmap", "x": systems, "y": systems, "z": z, "text": text, "texttemplate": "%{text}",
-             "customdata": hover, "hovertemplate": "%{customdata}<extra></extra>", "zmin": 0, "zmax": 10,
-             "colorscale": "Blues", "reversescale": True, "colorbar": {"title": {"text": "−log10 p (Holm)"}}}]
-    layout = _base_layout(f"Pairwise Wilcoxon signed-rank, Holm-corrected (* p < {alpha:g}); "
-                          "cell: mean of row − column",
-                          height=max(360, 60 + 45 * len(systems)),
-                          yaxis={"autorange": "reversed"}, margin={"l": 200, "r": 20, "t": 60, "b": 160})
+    data = [
+        {
+            "type": "heatmap",
+            "x": systems,
+            "y": systems,
+            "z": z,
+            "text": text,
+            "texttemplate": "%{text}",
+            "customdata": hover,
+            "hovertemplate": "%{customdata}<extra></extra>",
+            "zmin": 0,
+            "zmax": 10,
+            "colorscale": "Blues",
+            "reversescale": True,
+            "colorbar": {"title": {"text": "−log10 p (Holm)"}},
+        }
+    ]
+    layout = _base_layout(
+        f"Pairwise Wilcoxon signed-rank, Holm-corrected (* p < {alpha:g}); cell: mean of row − column",
+        height=max(360, 60 + 45 * len(systems)),
+        yaxis={"autorange": "reversed"},
+        margin={"l": 200, "r": 20, "t": 60, "b": 160},
+    )
     return {"data": data, "layout": layout}
 
 
@@ -142,20 +228,46 @@ def preference_figure(results: dict) -> dict | None:
     if not rows:
         return None
     labels = [f"{r['system_a']} over {r['system_b']}" for r in rows]
-    data = [{"type": "scatter", "mode": "markers", "x": [r["preference_rate"] for r in rows], "y": labels,
-             "error_x": {"type": "data", "symmetric": False,
-                         "array": [None if r["ci_high"] is None else r["ci_high"] - r["preference_rate"] for r in rows],
-                         "arrayminus": [None if r["ci_low"] is None else r["preference_rate"] - r["ci_low"]
-                                        for r in rows]},
-             "customdata": [[r["wins"], r["losses"], r["ties"], r["p_holm"]] for r in rows],
-             "hovertemplate": ("%{y}: %{x:.2f}<br>%{customdata[0]} wins, %{customdata[1]} losses, %{customdata[2]} "
-                               "ties<br>sign test p(Holm) %{customdata[3]:.3g}<extra></extra>"),
-             "marker": {"size": 10, "color": KEPT_COLOR}}]
-    layout = _base_layout("Preference rate with Wilson 95% CI (ties dropped)",
-                          xaxis={"range": [0, 1], "title": {"text": "share preferring the first system"}},
-                          shapes=[{"type": "line", "x0": 0.5, "x1": 0.5, "yref": "paper", "y0": 0, "y1": 1,
-                                   "line": {"dash": "dot", "color": "#555"}}],
-                          margin={"l": 320, "r": 20, "t": 50, "b": 60})
+    data = [
+        {
+            "type": "scatter",
+            "mode": "markers",
+            "x": [r["preference_rate"] for r in rows],
+            "y": labels,
+            "error_x": {
+                "type": "data",
+                "symmetric": False,
+                "array": [
+                    None if r["ci_high"] is None else r["ci_high"] - r["preference_rate"] for r in rows
+                ],
+                "arrayminus": [
+                    None if r["ci_low"] is None else r["preference_rate"] - r["ci_low"] for r in rows
+                ],
+            },
+            "customdata": [[r["wins"], r["losses"], r["ties"], r["p_holm"]] for r in rows],
+            "hovertemplate": (
+                "%{y}: %{x:.2f}<br>%{customdata[0]} wins, %{customdata[1]} losses, %{customdata[2]} "
+                "ties<br>sign test p(Holm) %{customdata[3]:.3g}<extra></extra>"
+            ),
+            "marker": {"size": 10, "color": KEPT_COLOR},
+        }
+    ]
+    layout = _base_layout(
+        "Preference rate with Wilson 95% CI (ties dropped)",
+        xaxis={"range": [0, 1], "title": {"text": "share preferring the first system"}},
+        shapes=[
+            {
+                "type": "line",
+                "x0": 0.5,
+                "x1": 0.5,
+                "yref": "paper",
+                "y0": 0,
+                "y1": 1,
+                "line": {"dash": "dot", "color": "#555"},
+            }
+        ],
+        margin={"l": 320, "r": 20, "t": 50, "b": 60},
+    )
     return {"data": data, "layout": layout}
 
 
@@ -166,16 +278,37 @@ def flag_systems_figure(results: dict) -> dict | None:
     if not rows or not f.get("flags"):
         return None
     base = (f.get("baseline") or {}).get("rate")
-    data = [{"type": "bar", "x": [r["system"] for r in rows], "y": [r["share"] for r in rows],
-             "customdata": [[r["flagged_presentations"], r["presentations"], r["stimuli_significant"]] for r in rows],
-             "hovertemplate": ("%{x}: %{y:.1%} (%{customdata[0]} of %{customdata[1]} presentations; "
-                               "%{customdata[2]} stimuli above the false-flag rate)<extra></extra>"),
-             "marker": {"color": [ROLE_COLORS.get(r["role"], "#1f77b4") for r in rows]}}]
-    layout = _base_layout("Share of presentations flagged per condition (dotted: false-flag rate)",
-                          yaxis={"tickformat": ".0%", "title": {"text": "flagged"}})
+    data = [
+        {
+            "type": "bar",
+            "x": [r["system"] for r in rows],
+            "y": [r["share"] for r in rows],
+            "customdata": [
+                [r["flagged_presentations"], r["presentations"], r["stimuli_significant"]] for r in rows
+            ],
+            "hovertemplate": (
+                "%{x}: %{y:.1%} (%{customdata[0]} of %{customdata[1]} presentations; "
+                "%{customdata[2]} stimuli above the false-flag rate)<extra></extra>"
+            ),
+            "marker": {"color": [ROLE_COLORS.get(r["role"], "#1f77b4") for r in rows]},
+        }
+    ]
+    layout = _base_layout(
+        "Share of presentations flagged per condition (dotted: false-flag rate)",
+        yaxis={"tickformat": ".0%", "title": {"text": "flagged"}},
+    )
     if base is not None:
-        layout["shapes"] = [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": base, "y1": base,
-                             "line": {"dash": "dot", "color": FLAG_COLOR}}]
+        layout["shapes"] = [
+            {
+                "type": "line",
+                "xref": "paper",
+                "x0": 0,
+                "x1": 1,
+                "y0": base,
+                "y1": base,
+                "line": {"dash": "dot", "color": FLAG_COLOR},
+            }
+        ]
     return {"data": data, "layout": layout}
 
 
@@ -186,28 +319,67 @@ def flag_timeline_figure(timeline: dict) -> dict:
     step = timeline["resolution_s"]
     edges = [round(t - step / 2, 6) for t in timeline["times"]] + [timeline["duration_s"]]
     shares = list(timeline["density"]) + (timeline["density"][-1:] or [0.0])
-    data = [{"type": "scatter", "mode": "lines", "x": edges, "y": shares,
-             "line": {"shape": "hv", "color": FLAG_COLOR}, "fill": "tozeroy", "name": "flag density",
-             "hovertemplate": "%{x:.2f} s: %{y:.0%} of listeners<extra></extra>"}]
-    shapes = [{"type": "rect", "xref": "x", "yref": "paper", "x0": r["start_s"], "x1": r["end_s"], "y0": 0, "y1": 1,
-               "fillcolor": REGION_COLOR, "line": {"width": 0}} for r in regions]
-    annotations = [{"x": (r["start_s"] + r["end_s"]) / 2, "y": 1, "yref": "paper", "showarrow": False,
-                    "text": f"{r['n_listeners']}/{r['heard']} · " + ", ".join(sorted(r.get("categories") or {})),
-                    "font": {"size": 11}} for r in regions]
-    title = (f"{timeline['item']} · {timeline['system']}: {timeline['flagged']} of {timeline['heard']} listeners "
-             f"flagged (p = {'–' if timeline.get('p') is None else format(timeline['p'], '.2g')})")
-    layout = _base_layout(title, height=240, margin={"l": 60, "r": 20, "t": 40, "b": 40},
-                          xaxis={"range": [0, timeline["duration_s"]], "title": {"text": "seconds"}},
-                          yaxis={"range": [0, 1.05], "tickformat": ".0%"}, shapes=shapes, annotations=annotations,
-                          showlegend=False)
+    data = [
+        {
+            "type": "scatter",
+            "mode": "lines",
+            "x": edges,
+            "y": shares,
+            "line": {"shape": "hv", "color": FLAG_COLOR},
+            "fill": "tozeroy",
+            "name": "flag density",
+            "hovertemplate": "%{x:.2f} s: %{y:.0%} of listeners<extra></extra>",
+        }
+    ]
+    shapes = [
+        {
+            "type": "rect",
+            "xref": "x",
+            "yref": "paper",
+            "x0": r["start_s"],
+            "x1": r["end_s"],
+            "y0": 0,
+            "y1": 1,
+            "fillcolor": REGION_COLOR,
+            "line": {"width": 0},
+        }
+        for r in regions
+    ]
+    annotations = [
+        {
+            "x": (r["start_s"] + r["end_s"]) / 2,
+            "y": 1,
+            "yref": "paper",
+            "showarrow": False,
+            "text": f"{r['n_listeners']}/{r['heard']} · " + ", ".join(sorted(r.get("categories") or {})),
+            "font": {"size": 11},
+        }
+        for r in regions
+    ]
+    title = (
+        f"{timeline['item']} · {timeline['system']}: {timeline['flagged']} of {timeline['heard']} listeners "
+        f"flagged (p = {'–' if timeline.get('p') is None else format(timeline['p'], '.2g')})"
+    )
+    layout = _base_layout(
+        title,
+        height=240,
+        margin={"l": 60, "r": 20, "t": 40, "b": 40},
+        xaxis={"range": [0, timeline["duration_s"]], "title": {"text": "seconds"}},
+        yaxis={"range": [0, 1.05], "tickformat": ".0%"},
+        shapes=shapes,
+        annotations=annotations,
+        showlegend=False,
+    )
     return {"data": data, "layout": layout}
 
 
 def _corr_title(metric: str, row: dict | None, level: str) -> str:
     if not row:
         return f"{metric} ({level} level)"
-    stats = (f"r {_fmt(row.get('pearson_r'))}, ρ {_fmt(row.get('spearman_rho'))}, τ {_fmt(row.get('kendall_tau'))}, "
-             f"n {row.get('n')}")
+    stats = (
+        f"r {_fmt(row.get('pearson_r'))}, ρ {_fmt(row.get('spearman_rho'))}, τ {_fmt(row.get('kendall_tau'))}, "
+        f"n {row.get('n')}"
+    )
     return f"{metric} ({level} level): {stats}"
 
 
@@ -224,11 +396,25 @@ def metric_scatter_figure(results: dict, metric: str, level: str = "system") -> 
     else:
         text = [f"{s} · {i}" for s, i in zip(points["systems"], points["items"])]
         mode = "markers"
-    data = [{"type": "scatter", "mode": mode, "x": points["metric"], "y": points["human"], "text": text,
-             "textposition": "top center", "marker": {"size": 10 if level == "system" else 6, "opacity": 0.8},
-             "hovertemplate": "%{text}<br>" + metric + " %{x:.3g}<br>human %{y:.2f}<extra></extra>"}]
-    layout = _base_layout(_corr_title(metric, row, level), height=340, margin={"l": 60, "r": 20, "t": 50, "b": 50},
-                          xaxis={"title": {"text": metric}}, yaxis={"title": {"text": "human score"}})
+    data = [
+        {
+            "type": "scatter",
+            "mode": mode,
+            "x": points["metric"],
+            "y": points["human"],
+            "text": text,
+            "textposition": "top center",
+            "marker": {"size": 10 if level == "system" else 6, "opacity": 0.8},
+            "hovertemplate": "%{text}<br>" + metric + " %{x:.3g}<br>human %{y:.2f}<extra></extra>",
+        }
+    ]
+    layout = _base_layout(
+        _corr_title(metric, row, level),
+        height=340,
+        margin={"l": 60, "r": 20, "t": 50, "b": 50},
+        xaxis={"title": {"text": metric}},
+        yaxis={"title": {"text": "human score"}},
+    )
     return {"data": data, "layout": layout}
 
 
@@ -255,8 +441,18 @@ def scores_svg(results: dict, which: str = "kept", width: int = 720, height: int
     rows = (results.get("scores") or {}).get(which) or []
     if not rows:
         return ""
-    values = [v for r in rows for v in (r.get("box_lowerfence"), r.get("box_upperfence"), r.get("boot_low"),
-                                        r.get("boot_high"), r.get("mean")) if v is not None]
+    values = [
+        v
+        for r in rows
+        for v in (
+            r.get("box_lowerfence"),
+            r.get("box_upperfence"),
+            r.get("boot_low"),
+            r.get("boot_high"),
+            r.get("mean"),
+        )
+        if v is not None
+    ]
     scale = (results.get("design") or {}).get("scale") or {}
     low = min([scale.get("min", min(values))] + values)
     high = max([scale.get("max", max(values))] + values)
@@ -268,12 +464,16 @@ def scores_svg(results: dict, which: str = "kept", width: int = 720, height: int
         return top + plot_h * (1 - (v - low) / span)
 
     step = plot_w / len(rows)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-             f'aria-label="box plot of scores per condition" font-family="sans-serif" font-size="11">']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+        f'aria-label="box plot of scores per condition" font-family="sans-serif" font-size="11">'
+    ]
     for k in range(6):
         v = low + span * k / 5
-        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#ddd"/>'
-                     f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:g}</text>')
+        parts.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#ddd"/>'
+            f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:g}</text>'
+        )
     for k, r in enumerate(rows):
         cx = left + step * (k + 0.5)
         half = min(18.0, step * 0.3)
@@ -286,13 +486,18 @@ def scores_svg(results: dict, which: str = "kept", width: int = 720, height: int
                 f'height="{max(0.5, y(r["box_q1"]) - y(r["box_q3"])):.1f}" fill="{color}" fill-opacity="0.25" '
                 f'stroke="{color}"/>'
                 f'<line x1="{cx - half:.1f}" x2="{cx + half:.1f}" y1="{y(r["box_median"]):.1f}" '
-                f'y2="{y(r["box_median"]):.1f}" stroke="{color}" stroke-width="2"/>')
+                f'y2="{y(r["box_median"]):.1f}" stroke="{color}" stroke-width="2"/>'
+            )
         if r.get("boot_low") is not None:
-            parts.append(f'<line x1="{cx + half + 6:.1f}" x2="{cx + half + 6:.1f}" y1="{y(r["boot_low"]):.1f}" '
-                         f'y2="{y(r["boot_high"]):.1f}" stroke="#000" stroke-width="1.5"/>')
+            parts.append(
+                f'<line x1="{cx + half + 6:.1f}" x2="{cx + half + 6:.1f}" y1="{y(r["boot_low"]):.1f}" '
+                f'y2="{y(r["boot_high"]):.1f}" stroke="#000" stroke-width="1.5"/>'
+            )
         my = y(r["mean"])
         parts.append(f'<path d="M{cx + half + 6:.1f},{my - 5:.1f} l5,5 l-5,5 l-5,-5 z" fill="#000"/>')
         label = html.escape(_label(r))
-        parts.append(f'<text transform="translate({cx:.1f},{height - bottom + 12}) rotate(35)">{label}</text>')
+        parts.append(
+            f'<text transform="translate({cx:.1f},{height - bottom + 12}) rotate(35)">{label}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)

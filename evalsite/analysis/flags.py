@@ -45,10 +45,16 @@ def presentation_flags(flags: pd.DataFrame, presented: pd.DataFrame) -> pd.DataF
     if len(keys) == len(presented):  # one row per presentation: each group's first / max is its only row
         heard = presented.iloc[first][columns].reset_index(drop=True)
     else:
-        heard = (presented.groupby(["listener", "stimulus"], sort=True)
-                 .agg(item=("item", "first"), system=("system", "first"), role=("role", "first"),
-                      duration_s=("duration_s", "max"))
-                 .reset_index())
+        heard = (
+            presented.groupby(["listener", "stimulus"], sort=True)
+            .agg(
+                item=("item", "first"),
+                system=("system", "first"),
+                role=("role", "first"),
+                duration_s=("duration_s", "max"),
+            )
+            .reset_index()
+        )
     f = _numeric_flags(flags)
     flag_listeners = pd.Index(listener_ids).get_indexer(f["listener"])
     flag_stimuli = pd.Index(stimulus_ids).get_indexer(f["stimulus"])
@@ -56,17 +62,23 @@ def presentation_flags(flags: pd.DataFrame, presented: pd.DataFrame) -> pd.DataF
     position = np.searchsorted(keys, flag_keys).clip(max=max(len(keys) - 1, 0))
     ok = (flag_listeners >= 0) & (flag_stimuli >= 0) & (keys[position] == flag_keys if len(keys) else False)
     if (~ok).any():
-        warnings.warn(f"{int((~ok).sum())} flag(s) come from listeners who were not presented the stimulus; ignored",
-                      stacklevel=2)
+        warnings.warn(
+            f"{int((~ok).sum())} flag(s) come from listeners who were not presented the stimulus; ignored",
+            stacklevel=2,
+        )
     f, position = f.loc[ok], position[ok]
     n_flags = np.bincount(position, minlength=len(keys)).astype(int)
     category = np.full(len(keys), None, dtype=object)
     if len(f):
         length = (f["end_s"] - f["start_s"]).clip(lower=0).fillna(0.0).to_numpy(float)
-        by_cat = (pd.DataFrame({"position": position, "category": f["category"].to_numpy(object), "length": length})
-                  .groupby(["position", "category"], sort=True)["length"].sum().reset_index()
-                  .sort_values(["position", "length", "category"], ascending=[True, False, True])
-                  .drop_duplicates("position"))
+        by_cat = (
+            pd.DataFrame({"position": position, "category": f["category"].to_numpy(object), "length": length})
+            .groupby(["position", "category"], sort=True)["length"]
+            .sum()
+            .reset_index()
+            .sort_values(["position", "length", "category"], ascending=[True, False, True])
+            .drop_duplicates("position")
+        )
         category[by_cat["position"].to_numpy()] = by_cat["category"].to_numpy(object)
     heard["n_flags"] = n_flags
     heard["category"] = pd.Series(category, dtype=object)
@@ -93,8 +105,10 @@ def _baseline(pres: pd.DataFrame, baseline_rate: float | None, min_baseline_rate
             return min_baseline_rate, f"{source}, floored at {min_baseline_rate:g}"
         return measured, source
     if baseline_rate is None:
-        raise ValueError("no hidden-reference presentations to measure the false-flag rate on; "
-                         "pass baseline_rate= (e.g. 0.05)")
+        raise ValueError(
+            "no hidden-reference presentations to measure the false-flag rate on; "
+            "pass baseline_rate= (e.g. 0.05)"
+        )
     if not 0 < baseline_rate < 1:
         raise ValueError(f"baseline_rate must be in (0, 1); got {baseline_rate}")
     return float(baseline_rate), "argument"
@@ -121,32 +135,48 @@ def flag_rates(
         >>> rates = flag_rates(flags, presented)  # doctest: +SKIP
         >>> rates.loc[rates["significant"], ["stimulus", "flagged", "heard", "share"]]  # doctest: +SKIP
     """
-    return stimulus_flag_rates(presentation_flags(flags, presented), alpha=alpha, baseline_rate=baseline_rate,
-                               min_baseline_rate=min_baseline_rate)
+    return stimulus_flag_rates(
+        presentation_flags(flags, presented),
+        alpha=alpha,
+        baseline_rate=baseline_rate,
+        min_baseline_rate=min_baseline_rate,
+    )
 
 
 def stimulus_flag_rates(
-    pres: pd.DataFrame, *, alpha: float = 0.05, baseline_rate: float | None = None, min_baseline_rate: float = 0.01
+    pres: pd.DataFrame,
+    *,
+    alpha: float = 0.05,
+    baseline_rate: float | None = None,
+    min_baseline_rate: float = 0.01,
 ) -> pd.DataFrame:
     """:func:`flag_rates` from the table :func:`presentation_flags` built (one row per listener and stimulus)."""
     rate, source = _baseline(pres, baseline_rate, min_baseline_rate)
     stimuli, stimulus_ids = pd.factorize(pres["stimulus"], sort=True)
     first = np.unique(stimuli, return_index=True)[1]
-    per = pd.DataFrame({"stimulus": stimulus_ids, "item": pres["item"].to_numpy(object)[first],
-                        "system": pres["system"].to_numpy(object)[first],
-                        "role": pres["role"].to_numpy(object)[first]})
+    per = pd.DataFrame(
+        {
+            "stimulus": stimulus_ids,
+            "item": pres["item"].to_numpy(object)[first],
+            "system": pres["system"].to_numpy(object)[first],
+            "role": pres["role"].to_numpy(object)[first],
+        }
+    )
     per["heard"] = np.bincount(stimuli, minlength=len(stimulus_ids))
-    per["flagged"] = np.bincount(stimuli, weights=pres["flagged"].to_numpy(bool),
-                                 minlength=len(stimulus_ids)).astype(int)
+    per["flagged"] = np.bincount(
+        stimuli, weights=pres["flagged"].to_numpy(bool), minlength=len(stimulus_ids)
+    ).astype(int)
     per["share"] = per["flagged"] / per["heard"]
     per["baseline_rate"] = rate
     per["baseline_source"] = source
     per["p"] = sps.binom.sf(per["flagged"].to_numpy() - 1, per["heard"].to_numpy(), rate).astype(float)
     per["p_fdr"] = multipletests(per["p"], method="fdr_bh")[1] if len(per) else []
     per["significant"] = per["p"] < alpha
-    per.attrs["method"] = (f"one-sided exact binomial test per stimulus against a false-flag rate of {rate:.3g} "
-                           f"({source}); significant: p < {alpha} without multiplicity correction; "
-                           "p_fdr: Benjamini-Hochberg")
+    per.attrs["method"] = (
+        f"one-sided exact binomial test per stimulus against a false-flag rate of {rate:.3g} "
+        f"({source}); significant: p < {alpha} without multiplicity correction; "
+        "p_fdr: Benjamini-Hochberg"
+    )
     return per
 
 
@@ -160,14 +190,21 @@ def system_flag_rates(
 ) -> pd.DataFrame:
     """Per system (and role): presentations, share flagged, and how many of its stimuli flag_rates calls significant."""
     pres = presentation_flags(flags, presented)
-    per_stim = stimulus_flag_rates(pres, alpha=alpha, baseline_rate=baseline_rate,
-                                   min_baseline_rate=min_baseline_rate)
+    per_stim = stimulus_flag_rates(
+        pres, alpha=alpha, baseline_rate=baseline_rate, min_baseline_rate=min_baseline_rate
+    )
     sig = per_stim.groupby(["system", "role"])["significant"].sum().rename("stimuli_significant")
-    out = (pres.groupby(["system", "role"], sort=True)
-           .agg(stimuli=("stimulus", "nunique"), listeners=("listener", "nunique"),
-                presentations=("flagged", "size"), flagged_presentations=("flagged", "sum"))
-           .reset_index()
-           .join(sig, on=["system", "role"]))
+    out = (
+        pres.groupby(["system", "role"], sort=True)
+        .agg(
+            stimuli=("stimulus", "nunique"),
+            listeners=("listener", "nunique"),
+            presentations=("flagged", "size"),
+            flagged_presentations=("flagged", "sum"),
+        )
+        .reset_index()
+        .join(sig, on=["system", "role"])
+    )
     out["flagged_presentations"] = out["flagged_presentations"].astype(int)
     out["share"] = out["flagged_presentations"] / out["presentations"]
     out["stimuli_significant"] = out["stimuli_significant"].fillna(0).astype(int)
@@ -175,17 +212,27 @@ def system_flag_rates(
     return out
 
 
-def _coverage(
-    flags: pd.DataFrame, listeners: list, n_bins: int, resolution_s: float
-) -> np.ndarray:
+def _coverage(flags: pd.DataFrame, listeners: list, n_bins: int, resolution_s: float) -> np.ndarray:
     """(listeners, bins) boolean: does the union of a listener's flags cover each time step."""
     index = {l: k for k, l in enumerate(listeners)}
-    return _coverage_of(flags["listener"].map(index).to_numpy(int), flags["start_s"].to_numpy(float),
-                        flags["end_s"].to_numpy(float), len(listeners), n_bins, resolution_s)
+    return _coverage_of(
+        flags["listener"].map(index).to_numpy(int),
+        flags["start_s"].to_numpy(float),
+        flags["end_s"].to_numpy(float),
+        len(listeners),
+        n_bins,
+        resolution_s,
+    )
 
 
-def _coverage_of(rows: np.ndarray, start_s: np.ndarray, end_s: np.ndarray, n_listeners: int, n_bins: int,
-                 resolution_s: float) -> np.ndarray:
+def _coverage_of(
+    rows: np.ndarray,
+    start_s: np.ndarray,
+    end_s: np.ndarray,
+    n_listeners: int,
+    n_bins: int,
+    resolution_s: float,
+) -> np.ndarray:
     """:func:`_coverage` on arrays: the listener row, start and end of each flag."""
     diff = np.zeros((n_listeners, n_bins + 1), dtype=np.int32)
     if len(rows):
@@ -215,8 +262,9 @@ def _stimulus_frames(
 
 def _duration(heard: pd.DataFrame, f: pd.DataFrame) -> float:
     """A stimulus's duration from its presentations, else the end of its last timed flag."""
-    return _duration_of(pd.to_numeric(heard["duration_s"], errors="coerce").to_numpy(float),
-                        f["end_s"].to_numpy(float))
+    return _duration_of(
+        pd.to_numeric(heard["duration_s"], errors="coerce").to_numpy(float), f["end_s"].to_numpy(float)
+    )
 
 
 def _duration_of(durations: np.ndarray, flag_ends: np.ndarray) -> float:
@@ -269,14 +317,28 @@ def flag_regions(
     """
     _require_columns(flags, FLAG_COLUMNS, "flags")
     _require_columns(presented, PRESENTED_COLUMNS, "presented")
-    columns = ["stimulus", "item", "system", "role", "start_s", "end_s", "peak_share", "n_listeners", "heard",
-               "listeners", "categories"]
+    columns = [
+        "stimulus",
+        "item",
+        "system",
+        "role",
+        "start_s",
+        "end_s",
+        "peak_share",
+        "n_listeners",
+        "heard",
+        "listeners",
+        "categories",
+    ]
     common = sorted(set(flags["stimulus"].unique()) & set(presented["stimulus"].unique()), key=str)
     # Each stimulus's rows are found once and the loop works on arrays: filtering both frames per stimulus
     # (twice, for the density) and pandas calls per region were the cost on a page with many flagged stimuli.
     wanted = presented.loc[presented["stimulus"].isin(common)]
-    info = (wanted.groupby("stimulus").agg(item=("item", "first"), system=("system", "first"),
-                                           role=("role", "first")).to_dict("index"))
+    info = (
+        wanted.groupby("stimulus")
+        .agg(item=("item", "first"), system=("system", "first"), role=("role", "first"))
+        .to_dict("index")
+    )
     heard_rows = wanted.groupby("stimulus").indices
     heard_listeners = wanted["listener"].to_numpy(object)
     heard_durations = pd.to_numeric(wanted["duration_s"], errors="coerce").to_numpy(float)
@@ -297,8 +359,9 @@ def flag_regions(
         who, cat, start_s, end_s = who_all[mine], cat_all[mine], start_all[mine], end_all[mine]
         duration = _duration_of(heard_durations[heard_rows[stimulus]], end_s)
         n_bins = max(1, int(math.ceil(duration / resolution_s - 1e-9)))
-        covered = _coverage_of(np.array([index[w] for w in who]), start_s, end_s, len(listeners), n_bins,
-                               resolution_s)
+        covered = _coverage_of(
+            np.array([index[w] for w in who]), start_s, end_s, len(listeners), n_bins, resolution_s
+        )
         shares = covered.sum(axis=0) / len(listeners)
         flag_end = np.maximum(end_s, start_s + resolution_s)
         for b0, b1 in _runs(shares >= min_share - 1e-12, max_gap_bins=max_gap_bins):
@@ -308,13 +371,25 @@ def flag_regions(
             if len(names) < min_listeners:
                 continue
             named = Counter(c for _, c in set(zip(who[inside], cat[inside])))
-            rows.append(dict(stimulus=stimulus, **info[stimulus], start_s=float(start), end_s=float(end),
-                             peak_share=float(shares[b0:b1].max()), n_listeners=len(names), heard=len(listeners),
-                             listeners=names, categories={str(k): int(v) for k, v in sorted(named.items())}))
+            rows.append(
+                dict(
+                    stimulus=stimulus,
+                    **info[stimulus],
+                    start_s=float(start),
+                    end_s=float(end),
+                    peak_share=float(shares[b0:b1].max()),
+                    n_listeners=len(names),
+                    heard=len(listeners),
+                    listeners=names,
+                    categories={str(k): int(v) for k, v in sorted(named.items())},
+                )
+            )
     out = pd.DataFrame(rows, columns=columns)
-    out.attrs["method"] = (f"density of flagging listeners per {resolution_s:g} s step; regions at or above "
-                           f"{min_share:g} of listeners, merged across gaps up to {merge_gap_s:g} s, "
-                           f"at least {min_listeners} listeners")
+    out.attrs["method"] = (
+        f"density of flagging listeners per {resolution_s:g} s step; regions at or above "
+        f"{min_share:g} of listeners, merged across gaps up to {merge_gap_s:g} s, "
+        f"at least {min_listeners} listeners"
+    )
     return out
 
 

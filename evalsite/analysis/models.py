@@ -12,7 +12,9 @@ from evalsite.core.models import BaseModel
 
 
 class AnalysisSnapshot(BaseModel):
-    test = models.ForeignKey("listening.ListeningTest", on_delete=models.CASCADE, related_name="analysis_snapshots")
+    test = models.ForeignKey(
+        "listening.ListeningTest", on_delete=models.CASCADE, related_name="analysis_snapshots"
+    )
     fingerprint = models.CharField(max_length=64)
     n_boot = models.PositiveIntegerField()
     data = models.JSONField()
@@ -21,9 +23,12 @@ class AnalysisSnapshot(BaseModel):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["test", "fingerprint", "n_boot"], name="analysis_snapshot_unique_inputs"),
-            models.CheckConstraint(condition=models.Q(duration_s__gte=0),
-                                   name="analysis_snapshot_duration_nonnegative"),
+            models.UniqueConstraint(
+                fields=["test", "fingerprint", "n_boot"], name="analysis_snapshot_unique_inputs"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(duration_s__gte=0), name="analysis_snapshot_duration_nonnegative"
+            ),
         ]
         ordering = ["test", "-computed_at"]
 

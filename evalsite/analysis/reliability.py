@@ -49,8 +49,21 @@ ICC_NAMES = {
     "ICC(A,k)": ("ICC(2,k)", "ICC(A,k)", "two-way random effects, absolute agreement, mean of k raters"),
     "ICC(C,k)": ("ICC(3,k)", "ICC(C,k)", "two-way mixed effects, consistency, mean of k raters"),
 }
-ICC_COLUMNS = ["shrout_fleiss", "mcgraw_wong", "description", "icc", "ci_low", "ci_high", "F", "df1", "df2", "p",
-               "n_units", "k_raters", "note"]
+ICC_COLUMNS = [
+    "shrout_fleiss",
+    "mcgraw_wong",
+    "description",
+    "icc",
+    "ci_low",
+    "ci_high",
+    "F",
+    "df1",
+    "df2",
+    "p",
+    "n_units",
+    "k_raters",
+    "note",
+]
 
 
 def alpha_level_for(kind: str) -> str:
@@ -241,17 +254,43 @@ def _icc_table(coded: _Coded) -> pd.DataFrame:
     block = wide[np.ix_(rows, cols)]
     n_units, k = block.shape
     total_cells = len(means)
-    note = None if n_units * k == total_cells else (
-        f"incomplete design: computed on the largest complete block found ({n_units} units × {k} listeners, "
-        f"{n_units * k} of {total_cells} rated cells)")
+    note = (
+        None
+        if n_units * k == total_cells
+        else (
+            f"incomplete design: computed on the largest complete block found ({n_units} units × {k} listeners, "
+            f"{n_units * k} of {total_cells} rated cells)"
+        )
+    )
     if n_units < 3 or k < 2:
         reason = f"no complete block of at least 3 units × 2 listeners (largest found: {n_units} × {k})"
-        rows_out = [dict(zip(ICC_COLUMNS, (*names, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan,
-                                           math.nan, n_units, k, reason))) for names in ICC_NAMES.values()]
+        rows_out = [
+            dict(
+                zip(
+                    ICC_COLUMNS,
+                    (
+                        *names,
+                        math.nan,
+                        math.nan,
+                        math.nan,
+                        math.nan,
+                        math.nan,
+                        math.nan,
+                        math.nan,
+                        n_units,
+                        k,
+                        reason,
+                    ),
+                )
+            )
+            for names in ICC_NAMES.values()
+        ]
         return pd.DataFrame(rows_out, columns=ICC_COLUMNS)
     values = icc_from_table(block)
-    rows_out = [dict(zip(ICC_COLUMNS, (*ICC_NAMES[name], *v, int(n_units), int(k), note)))
-                for name, v in values.items()]
+    rows_out = [
+        dict(zip(ICC_COLUMNS, (*ICC_NAMES[name], *v, int(n_units), int(k), note)))
+        for name, v in values.items()
+    ]
     return pd.DataFrame(rows_out, columns=ICC_COLUMNS)
 
 
@@ -294,16 +333,41 @@ def icc_from_table(table: np.ndarray, *, confidence: float = 0.95) -> dict[str, 
         l2 = n * (msb - f2u * mse) / (f2u * (k * msj + (k * n - k - n) * mse) + n * msb)
         u2 = n * (f2l * msb - mse) / (k * msj + (k * n - k - n) * mse + n * f2l * msb)
         out = {
-            "ICC(1,1)": (icc1, (f1l - 1) / (f1l + (k - 1)), (f1u - 1) / (f1u + (k - 1)), f1, df1, df_within, p1),
+            "ICC(1,1)": (
+                icc1,
+                (f1l - 1) / (f1l + (k - 1)),
+                (f1u - 1) / (f1u + (k - 1)),
+                f1,
+                df1,
+                df_within,
+                p1,
+            ),
             "ICC(A,1)": (icc2, l2, u2, f3, df1, df_error, p3),
-            "ICC(C,1)": (icc3, (f3l - 1) / (f3l + (k - 1)), (f3u - 1) / (f3u + (k - 1)), f3, df1, df_error, p3),
+            "ICC(C,1)": (
+                icc3,
+                (f3l - 1) / (f3l + (k - 1)),
+                (f3u - 1) / (f3u + (k - 1)),
+                f3,
+                df1,
+                df_error,
+                p3,
+            ),
             "ICC(1,k)": ((msb - msw) / msb, 1 - 1 / f1l, 1 - 1 / f1u, f1, df1, df_within, p1),
-            "ICC(A,k)": ((msb - mse) / (msb + (msj - mse) / n), l2 * k / (1 + l2 * (k - 1)),
-                         u2 * k / (1 + u2 * (k - 1)), f3, df1, df_error, p3),
+            "ICC(A,k)": (
+                (msb - mse) / (msb + (msj - mse) / n),
+                l2 * k / (1 + l2 * (k - 1)),
+                u2 * k / (1 + u2 * (k - 1)),
+                f3,
+                df1,
+                df_error,
+                p3,
+            ),
             "ICC(C,k)": ((msb - mse) / msb, 1 - 1 / f3l, 1 - 1 / f3u, f3, df1, df_error, p3),
         }
-    return {name: (float(a), float(lo), float(hi), float(f), int(d1), int(d2), float(p))
-            for name, (a, lo, hi, f, d1, d2, p) in out.items()}
+    return {
+        name: (float(a), float(lo), float(hi), float(f), int(d1), int(d2), float(p))
+        for name, (a, lo, hi, f, d1, d2, p) in out.items()
+    }
 
 
 def icc(ratings: pd.DataFrame) -> pd.DataFrame:
@@ -342,8 +406,10 @@ def reliability_summary(ratings: pd.DataFrame, *, kind: str) -> dict:
     alphas = {level: _alpha_of_coded(coded, level) for level in levels}
     notes = []
     if kind in ("mos", "smos"):
-        notes.append("ordinal alpha is primary for a 5-point scale; interval alpha is shown for comparison with papers "
-                     "that treat MOS as interval")
+        notes.append(
+            "ordinal alpha is primary for a 5-point scale; interval alpha is shown for comparison with papers "
+            "that treat MOS as interval"
+        )
     table = _icc_table(coded)
     notes += sorted({n for n in table["note"] if n})
     return {
@@ -354,8 +420,10 @@ def reliability_summary(ratings: pd.DataFrame, *, kind: str) -> dict:
         "units": coded.n_units,
         "listeners": coded.n_listeners,
         "ratings": int(len(frame)),
-        "icc": [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
-                for row in table.to_dict("records")],
+        "icc": [
+            {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+            for row in table.to_dict("records")
+        ],
         "notes": notes,
     }
 
@@ -377,15 +445,29 @@ def agreement_coefficients(counts: np.ndarray | pd.DataFrame) -> dict:
     """
     c = np.asarray(counts, dtype=float)
     if c.ndim != 2 or c.shape[1] < 2:
-        raise ValueError(f"counts must be (units, categories) with at least 2 categories; got shape {c.shape}")
+        raise ValueError(
+            f"counts must be (units, categories) with at least 2 categories; got shape {c.shape}"
+        )
     r = c.sum(axis=1)
     c, r = c[r >= 1], r[r >= 1]
     multi = r >= 2
-    out = {"n_units": int(len(c)), "n_units_multi": int(multi.sum()), "categories": int(c.shape[1]),
-           "raters_min": int(r.min()) if len(r) else 0, "raters_max": int(r.max()) if len(r) else 0}
+    out = {
+        "n_units": int(len(c)),
+        "n_units_multi": int(multi.sum()),
+        "categories": int(c.shape[1]),
+        "raters_min": int(r.min()) if len(r) else 0,
+        "raters_max": int(r.max()) if len(r) else 0,
+    }
     if not multi.any():
-        return {**out, "percent_agreement": math.nan, "fleiss_kappa": math.nan, "gwet_ac1": math.nan,
-                "pe_fleiss": math.nan, "pe_gwet": math.nan, "kappa_method": None}
+        return {
+            **out,
+            "percent_agreement": math.nan,
+            "fleiss_kappa": math.nan,
+            "gwet_ac1": math.nan,
+            "pe_fleiss": math.nan,
+            "pe_gwet": math.nan,
+            "kappa_method": None,
+        }
     pa = float(np.mean((c[multi] * (c[multi] - 1)).sum(axis=1) / (r[multi] * (r[multi] - 1))))
     pi = (c / r[:, None]).mean(axis=0)
     q = c.shape[1]
@@ -399,10 +481,17 @@ def agreement_coefficients(counts: np.ndarray | pd.DataFrame) -> dict:
     else:
         kappa = (pa - pe_f) / (1 - pe_f)
     ac1 = (pa - pe_g) / (1 - pe_g) if pe_g < 1 - 1e-12 else math.nan
-    return {**out, "percent_agreement": pa, "fleiss_kappa": float(kappa), "gwet_ac1": float(ac1),
-            "pe_fleiss": pe_f, "pe_gwet": pe_g,
-            "kappa_method": "statsmodels fleiss_kappa (equal raters per unit)" if balanced
-            else "Fleiss' kappa generalised to unequal raters per unit (Gwet 2014)"}
+    return {
+        **out,
+        "percent_agreement": pa,
+        "fleiss_kappa": float(kappa),
+        "gwet_ac1": float(ac1),
+        "pe_fleiss": pe_f,
+        "pe_gwet": pe_g,
+        "kappa_method": "statsmodels fleiss_kappa (equal raters per unit)"
+        if balanced
+        else "Fleiss' kappa generalised to unequal raters per unit (Gwet 2014)",
+    }
 
 
 def gwet_ac1(counts: np.ndarray | pd.DataFrame) -> float:
@@ -410,8 +499,9 @@ def gwet_ac1(counts: np.ndarray | pd.DataFrame) -> float:
     return agreement_coefficients(counts)["gwet_ac1"]
 
 
-def flag_agreement(flags: pd.DataFrame, presented: pd.DataFrame, *,
-                   presentations: pd.DataFrame | None = None) -> dict:
+def flag_agreement(
+    flags: pd.DataFrame, presented: pd.DataFrame, *, presentations: pd.DataFrame | None = None
+) -> dict:
     """Agreement of listeners on flagged / not flagged per stimulus: percent agreement, Fleiss' kappa, Gwet's AC1.
 
     Units are stimuli, raters the listeners who heard them, categories "not flagged" and "flagged".
@@ -425,15 +515,18 @@ def flag_agreement(flags: pd.DataFrame, presented: pd.DataFrame, *,
     pres = presentation_flags(flags, presented) if presentations is None else presentations
     stimuli = pd.factorize(pres["stimulus"], sort=True)[0]
     flagged = pres["flagged"].to_numpy(bool)
-    table = np.bincount(stimuli * 2 + flagged, minlength=2 * (int(stimuli.max(initial=-1)) + 1)).reshape(-1, 2)
+    table = np.bincount(stimuli * 2 + flagged, minlength=2 * (int(stimuli.max(initial=-1)) + 1)).reshape(
+        -1, 2
+    )
     out = agreement_coefficients(table)
     out["flag_share"] = float(flagged.mean()) if len(pres) else math.nan
     out["alpha_nominal"] = flag_category_alpha(flags, presented, presentations=pres)
     return out
 
 
-def flag_category_alpha(flags: pd.DataFrame, presented: pd.DataFrame, *,
-                        presentations: pd.DataFrame | None = None) -> float:
+def flag_category_alpha(
+    flags: pd.DataFrame, presented: pd.DataFrame, *, presentations: pd.DataFrame | None = None
+) -> float:
     """Krippendorff's nominal alpha over flag categories, so agreement on *what* was heard is measured too.
 
     Units are stimuli. A listener who heard a stimulus and did not flag it contributes the category

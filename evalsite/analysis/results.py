@@ -117,8 +117,10 @@ def _records(frame: pd.DataFrame | None, rename: Callable | None = None) -> list
         if rename is not None and name == "listener":
             column = [jsonable(rename(v) if v is not None else None) for v in frame[name].tolist()]
         elif rename is not None and name == "listeners":
-            column = [jsonable([rename(v) for v in vs] if isinstance(vs, (list, tuple)) else vs)
-                      for vs in frame[name].tolist()]
+            column = [
+                jsonable([rename(v) for v in vs] if isinstance(vs, (list, tuple)) else vs)
+                for vs in frame[name].tolist()
+            ]
         elif values.dtype.kind == "f":
             column = [x if math.isfinite(x) else None for x in values.tolist()]
         elif values.dtype.kind in "iub":
@@ -171,20 +173,34 @@ def _version(name: str) -> str:
 def results_fingerprint(test: ListeningTest) -> str:
     """A cheap hash of everything the results depend on (five aggregate queries, no row is read)."""
     ratings = Rating.objects.filter(participant__test=test).aggregate(n=Count("id"), last=Max("updated_at"))
-    flag_rows = ArtifactFlag.objects.filter(participant__test=test).aggregate(n=Count("id"), last=Max("updated_at"))
+    flag_rows = ArtifactFlag.objects.filter(participant__test=test).aggregate(
+        n=Count("id"), last=Max("updated_at")
+    )
     people = Participant.objects.filter(test=test).aggregate(
-        n=Count("id"), last=Max("updated_at"),
+        n=Count("id"),
+        last=Max("updated_at"),
         screened=Count("id", filter=Q(status=Participant.Status.SCREENED_OUT)),
         completed=Count("id", filter=Q(status=Participant.Status.COMPLETED)),
-        headphone_failed=Count("id", filter=Q(headphone_passed=False)))
+        headphone_failed=Count("id", filter=Q(headphone_passed=False)),
+    )
     from evalsite.scoring.models import MetricResult
 
     checkpoints = Condition.objects.filter(test=test, checkpoint__isnull=False).values("checkpoint_id")
-    metric_rows = MetricResult.objects.filter(checkpoint_id__in=checkpoints).aggregate(n=Count("id"),
-                                                                                      last=Max("updated_at"))
-    test_row = ListeningTest.objects.filter(pk=test.pk).values_list("created_at", "updated_at", "status").first()
-    parts = (RESULTS_VERSION, test.pk, test_row, sorted(ratings.items()), sorted(flag_rows.items()),
-             sorted(people.items()), sorted(metric_rows.items()))
+    metric_rows = MetricResult.objects.filter(checkpoint_id__in=checkpoints).aggregate(
+        n=Count("id"), last=Max("updated_at")
+    )
+    test_row = (
+        ListeningTest.objects.filter(pk=test.pk).values_list("created_at", "updated_at", "status").first()
+    )
+    parts = (
+        RESULTS_VERSION,
+        test.pk,
+        test_row,
+        sorted(ratings.items()),
+        sorted(flag_rows.items()),
+        sorted(people.items()),
+        sorted(metric_rows.items()),
+    )
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:20]
 
 
@@ -210,8 +226,12 @@ def listening_test_results(test: ListeningTest, *, n_boot: int = DEFAULT_N_BOOT)
         if found is not None:
             cache.set(key, found, CACHE_TIMEOUT_S)
     if found is not None:
-        return {**found, "cache_hit": True, "source": source,
-                "timings": {**found["timings"], "fingerprint": fingerprint_s}}
+        return {
+            **found,
+            "cache_hit": True,
+            "source": source,
+            "timings": {**found["timings"], "fingerprint": fingerprint_s},
+        }
     results = _compute_and_store(test, fingerprint=fingerprint, n_boot=n_boot)
     results["timings"]["fingerprint"] = fingerprint_s
     cache.set(key, results, CACHE_TIMEOUT_S)
@@ -220,8 +240,11 @@ def listening_test_results(test: ListeningTest, *, n_boot: int = DEFAULT_N_BOOT)
 
 def analysis_snapshot_get(*, test: ListeningTest, fingerprint: str, n_boot: int) -> dict | None:
     """The stored results for exactly these inputs, or None."""
-    return (AnalysisSnapshot.objects.filter(test=test, fingerprint=fingerprint, n_boot=n_boot)
-            .values_list("data", flat=True).first())
+    return (
+        AnalysisSnapshot.objects.filter(test=test, fingerprint=fingerprint, n_boot=n_boot)
+        .values_list("data", flat=True)
+        .first()
+    )
 
 
 def _compute_and_store(test: ListeningTest, *, fingerprint: str, n_boot: int) -> dict:
@@ -229,28 +252,53 @@ def _compute_and_store(test: ListeningTest, *, fingerprint: str, n_boot: int) ->
     read_at, started = timezone.now(), time.perf_counter()
     results = compute_listening_test_results(test, n_boot=n_boot)
     results["fingerprint"] = fingerprint
-    analysis_snapshot_store(test=test, fingerprint=fingerprint, n_boot=n_boot, data=results, computed_at=read_at,
-                            duration_s=time.perf_counter() - started)
+    analysis_snapshot_store(
+        test=test,
+        fingerprint=fingerprint,
+        n_boot=n_boot,
+        data=results,
+        computed_at=read_at,
+        duration_s=time.perf_counter() - started,
+    )
     return results
 
 
-def analysis_snapshot_store(*, test: ListeningTest, fingerprint: str, n_boot: int, data: dict,
-                            computed_at: datetime, duration_s: float) -> None:
+def analysis_snapshot_store(
+    *,
+    test: ListeningTest,
+    fingerprint: str,
+    n_boot: int,
+    data: dict,
+    computed_at: datetime,
+    duration_s: float,
+) -> None:
     """Upsert the snapshot of (test, fingerprint, n_boot) and drop the test's snapshots of older inputs.
 
     One ``INSERT ... ON CONFLICT DO UPDATE``: two processes storing the same inputs at once both succeed (the
     results are the same but for their timings). Snapshots read before ``computed_at`` with another fingerprint
     are deleted; one stored by a slower, older computation after that stays until the next store.
     """
-    row = AnalysisSnapshot(test=test, fingerprint=fingerprint, n_boot=n_boot, data=data, computed_at=computed_at,
-                           duration_s=max(0.0, duration_s))
+    row = AnalysisSnapshot(
+        test=test,
+        fingerprint=fingerprint,
+        n_boot=n_boot,
+        data=data,
+        computed_at=computed_at,
+        duration_s=max(0.0, duration_s),
+    )
     # ``data`` is not validated here: the insert serialises it anyway (and fails on anything that is not JSON).
     row.full_clean(exclude=["data"], validate_unique=False, validate_constraints=False)
     AnalysisSnapshot.objects.bulk_create(
-        [row], update_conflicts=True, unique_fields=["test", "fingerprint", "n_boot"],
-        update_fields=["data", "computed_at", "duration_s", "updated_at"])
-    (AnalysisSnapshot.objects.filter(test=test, n_boot=n_boot, computed_at__lt=computed_at)
-     .exclude(fingerprint=fingerprint).delete())
+        [row],
+        update_conflicts=True,
+        unique_fields=["test", "fingerprint", "n_boot"],
+        update_fields=["data", "computed_at", "duration_s", "updated_at"],
+    )
+    (
+        AnalysisSnapshot.objects.filter(test=test, n_boot=n_boot, computed_at__lt=computed_at)
+        .exclude(fingerprint=fingerprint)
+        .delete()
+    )
 
 
 def analysis_snapshots_refresh(*, n_boot: int = DEFAULT_N_BOOT) -> list[int]:
@@ -275,34 +323,63 @@ def _design(test: ListeningTest) -> dict:
     """What was built: conditions, items, trials per listener, training, controls, durations, scale."""
     from evalsite.listening.selectors import scale_of
 
-    conditions = list(Condition.objects.filter(test=test).select_related("checkpoint__run")
-                      .order_by("role", "label"))
+    conditions = list(
+        Condition.objects.filter(test=test).select_related("checkpoint__run").order_by("role", "label")
+    )
     trials = Trial.objects.filter(test=test).aggregate(
         main=Count("id", filter=Q(is_training=False, control="")),
         training=Count("id", filter=Q(is_training=True)),
         gold=Count("id", filter=Q(control=Trial.Control.GOLD)),
         trapping=Count("id", filter=Q(control=Trial.Control.TRAPPING)),
-        items=Count("item", distinct=True, filter=Q(is_training=False, control="")))
+        items=Count("item", distinct=True, filter=Q(is_training=False, control="")),
+    )
     main_stimuli = Stimulus.objects.filter(trial__test=test, trial__is_training=False, trial__control="")
-    durations = main_stimuli.aggregate(low=Min("asset__duration_s"), high=Max("asset__duration_s"),
-                                       rate_low=Min("asset__sample_rate"), rate_high=Max("asset__sample_rate"))
+    durations = main_stimuli.aggregate(
+        low=Min("asset__duration_s"),
+        high=Max("asset__duration_s"),
+        rate_low=Min("asset__sample_rate"),
+        rate_high=Max("asset__sample_rate"),
+    )
     per_trial = list(main_stimuli.values("trial_id").annotate(n=Count("id")).values_list("n", flat=True))
-    per_listener = list(Assignment.objects.filter(participant__test=test, trial__is_training=False,
-                                                  trial__control="")
-                        .values("participant_id").annotate(n=Count("id")).values_list("n", flat=True))
+    per_listener = list(
+        Assignment.objects.filter(participant__test=test, trial__is_training=False, trial__control="")
+        .values("participant_id")
+        .annotate(n=Count("id"))
+        .values_list("n", flat=True)
+    )
     return {
-        "conditions": [{"label": c.label, "role": c.role, "role_label": str(c.get_role_display()),
-                        "checkpoint": ({"id": c.checkpoint_id, "run": c.checkpoint.run.name,
-                                        "run_id": c.checkpoint.run_id, "step": c.checkpoint.step}
-                                       if c.checkpoint_id else None)}
-                       for c in conditions if c.role not in (Condition.Role.GOLD, Condition.Role.TRAPPING)],
+        "conditions": [
+            {
+                "label": c.label,
+                "role": c.role,
+                "role_label": str(c.get_role_display()),
+                "checkpoint": (
+                    {
+                        "id": c.checkpoint_id,
+                        "run": c.checkpoint.run.name,
+                        "run_id": c.checkpoint.run_id,
+                        "step": c.checkpoint.step,
+                    }
+                    if c.checkpoint_id
+                    else None
+                ),
+            }
+            for c in conditions
+            if c.role not in (Condition.Role.GOLD, Condition.Role.TRAPPING)
+        ],
         "scale": scale_of(test),
-        "main_trials": trials["main"], "training_trials": trials["training"], "items": trials["items"],
-        "gold_trials": trials["gold"], "trapping_trials": trials["trapping"],
+        "main_trials": trials["main"],
+        "training_trials": trials["training"],
+        "items": trials["items"],
+        "gold_trials": trials["gold"],
+        "trapping_trials": trials["trapping"],
         "stimuli_per_trial": {"min": min(per_trial, default=0), "max": max(per_trial, default=0)},
-        "trials_per_listener": {"set": test.trials_per_participant,
-                                "min": min(per_listener, default=0), "max": max(per_listener, default=0),
-                                "mean": float(np.mean(per_listener)) if per_listener else None},
+        "trials_per_listener": {
+            "set": test.trials_per_participant,
+            "min": min(per_listener, default=0),
+            "max": max(per_listener, default=0),
+            "mean": float(np.mean(per_listener)) if per_listener else None,
+        },
         "item_duration_s": {"min": durations["low"], "max": durations["high"]},
         "sample_rate_hz": {"min": durations["rate_low"], "max": durations["rate_high"]},
     }
@@ -317,25 +394,46 @@ def _answer_frames(test: ListeningTest) -> tuple[pd.DataFrame, pd.DataFrame]:
     they come from the selector. Training and quality-control stimuli are left out, as in the selectors.
     """
     stimuli = pd.DataFrame.from_records(
-        list(Stimulus.objects.filter(trial__test=test, trial__is_training=False, trial__control="").values_list(
-            "id", "trial__item__key", "condition__label", "condition__role", "condition__checkpoint_id",
-            "condition__checkpoint__step", "asset__duration_s")),
-        columns=["stimulus", "item", "system", "role", "checkpoint", "step", "duration_s"]).set_index("stimulus")
+        list(
+            Stimulus.objects.filter(
+                trial__test=test, trial__is_training=False, trial__control=""
+            ).values_list(
+                "id",
+                "trial__item__key",
+                "condition__label",
+                "condition__role",
+                "condition__checkpoint_id",
+                "condition__checkpoint__step",
+                "asset__duration_s",
+            )
+        ),
+        columns=["stimulus", "item", "system", "role", "checkpoint", "step", "duration_s"],
+    ).set_index("stimulus")
     # Unordered: sorting 50 000 handles by the model's ordering cost PostgreSQL more than the join (row order is
     # not used: every use of the presented frame groups or sorts it).
-    handles = _numeric_rows(StimulusHandle.objects.filter(assignment__participant__test=test).order_by()
-                            .values_list("assignment__participant_id", "stimulus_id"),
-                            {"listener": np.int64, "stimulus": np.int64})
-    presented = handles.loc[handles["stimulus"].isin(stimuli.index)].join(
-        stimuli[["item", "system", "role", "duration_s"]], on="stimulus").reset_index(drop=True)
+    handles = _numeric_rows(
+        StimulusHandle.objects.filter(assignment__participant__test=test)
+        .order_by()
+        .values_list("assignment__participant_id", "stimulus_id"),
+        {"listener": np.int64, "stimulus": np.int64},
+    )
+    presented = (
+        handles.loc[handles["stimulus"].isin(stimuli.index)]
+        .join(stimuli[["item", "system", "role", "duration_s"]], on="stimulus")
+        .reset_index(drop=True)
+    )
     if test.kind in (ListeningTest.Kind.CMOS, ListeningTest.Kind.AB):
         return selectors.ratings_frame(test), presented
-    answers = _numeric_rows(Rating.objects.filter(participant__test=test, is_training=False)
-                            .values_list("participant_id", "stimulus_id", "score"),
-                            {"listener": np.int64, "stimulus": np.int64, "score": np.float64})
+    answers = _numeric_rows(
+        Rating.objects.filter(participant__test=test, is_training=False).values_list(
+            "participant_id", "stimulus_id", "score"
+        ),
+        {"listener": np.int64, "stimulus": np.int64, "score": np.float64},
+    )
     answers = answers.loc[answers["stimulus"].isin(stimuli.index)]
-    ratings = (answers.join(stimuli[["item", "system", "role", "checkpoint", "step"]], on="stimulus")
-               .reset_index(drop=True))
+    ratings = answers.join(
+        stimuli[["item", "system", "role", "checkpoint", "step"]], on="stimulus"
+    ).reset_index(drop=True)
     return ratings[["listener", "item", "system", "role", "score", "checkpoint", "step"]], presented
 
 
@@ -359,11 +457,30 @@ def _numeric_rows(rows: QuerySet, columns: dict[str, type]) -> pd.DataFrame:
 
 def _participants(test: ListeningTest) -> pd.DataFrame:
     rows = Participant.objects.filter(test=test).values_list(
-        "id", "status", "external_id", "study_id", "headphone_passed", "headphone_answers", "calibrated_at",
-        "consented_at", "completed_at")
-    return pd.DataFrame.from_records(list(rows), columns=["listener", "status", "external_id", "study_id",
-                                                          "headphone_passed", "headphone_answers", "calibrated_at",
-                                                          "consented_at", "completed_at"])
+        "id",
+        "status",
+        "external_id",
+        "study_id",
+        "headphone_passed",
+        "headphone_answers",
+        "calibrated_at",
+        "consented_at",
+        "completed_at",
+    )
+    return pd.DataFrame.from_records(
+        list(rows),
+        columns=[
+            "listener",
+            "status",
+            "external_id",
+            "study_id",
+            "headphone_passed",
+            "headphone_answers",
+            "calibrated_at",
+            "consented_at",
+            "completed_at",
+        ],
+    )
 
 
 def _metrics(test: ListeningTest) -> pd.DataFrame:
@@ -375,29 +492,68 @@ def _metrics(test: ListeningTest) -> pd.DataFrame:
     from evalsite.runs.models import Generation
     from evalsite.scoring.models import MetricResult
 
-    conditions = {c["checkpoint_id"]: c for c in Condition.objects.filter(test=test, checkpoint__isnull=False)
-                  .exclude(role__in=(Condition.Role.GOLD, Condition.Role.TRAPPING))
-                  .values("checkpoint_id", "label", "role")}
+    conditions = {
+        c["checkpoint_id"]: c
+        for c in Condition.objects.filter(test=test, checkpoint__isnull=False)
+        .exclude(role__in=(Condition.Role.GOLD, Condition.Role.TRAPPING))
+        .values("checkpoint_id", "label", "role")
+    }
     if not conditions:
-        return pd.DataFrame(columns=["system", "role", "checkpoint", "metric", "value", "per_item", "higher_is_better",
-                                     "params_hash", "matched"])
+        return pd.DataFrame(
+            columns=[
+                "system",
+                "role",
+                "checkpoint",
+                "metric",
+                "value",
+                "per_item",
+                "higher_is_better",
+                "params_hash",
+                "matched",
+            ]
+        )
     assets = Stimulus.objects.filter(trial__test=test, condition__checkpoint__isnull=False).values("asset_id")
-    used = set(Generation.objects.filter(checkpoint_id__in=list(conditions), asset_id__in=assets)
-               .values_list("checkpoint_id", "params_hash").distinct())
+    used = set(
+        Generation.objects.filter(checkpoint_id__in=list(conditions), asset_id__in=assets)
+        .values_list("checkpoint_id", "params_hash")
+        .distinct()
+    )
     rows = {}
-    for r in (MetricResult.objects.filter(checkpoint_id__in=list(conditions), status=MetricResult.Status.DONE)
-              .order_by("updated_at")
-              .values("checkpoint_id", "name", "value", "per_item", "higher_is_better", "params_hash", "n")):
+    for r in (
+        MetricResult.objects.filter(checkpoint_id__in=list(conditions), status=MetricResult.Status.DONE)
+        .order_by("updated_at")
+        .values("checkpoint_id", "name", "value", "per_item", "higher_is_better", "params_hash", "n")
+    ):
         key = (r["checkpoint_id"], r["name"])
         matched = (r["checkpoint_id"], r["params_hash"]) in used
         if key in rows and rows[key]["matched"] and not matched:
             continue
         c = conditions[r["checkpoint_id"]]
-        rows[key] = {"system": c["label"], "role": c["role"], "checkpoint": r["checkpoint_id"], "metric": r["name"],
-                     "value": r["value"], "per_item": r["per_item"] or {}, "higher_is_better": r["higher_is_better"],
-                     "params_hash": r["params_hash"], "matched": matched}
-    return pd.DataFrame(list(rows.values()), columns=["system", "role", "checkpoint", "metric", "value", "per_item",
-                                                      "higher_is_better", "params_hash", "matched"])
+        rows[key] = {
+            "system": c["label"],
+            "role": c["role"],
+            "checkpoint": r["checkpoint_id"],
+            "metric": r["name"],
+            "value": r["value"],
+            "per_item": r["per_item"] or {},
+            "higher_is_better": r["higher_is_better"],
+            "params_hash": r["params_hash"],
+            "matched": matched,
+        }
+    return pd.DataFrame(
+        list(rows.values()),
+        columns=[
+            "system",
+            "role",
+            "checkpoint",
+            "metric",
+            "value",
+            "per_item",
+            "higher_is_better",
+            "params_hash",
+            "matched",
+        ],
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,10 +572,14 @@ def _box(frame: pd.DataFrame, group_cols: list[str]) -> dict[tuple, dict]:
         q1, med, q3 = np.percentile(s, [25, 50, 75])
         iqr = q3 - q1
         inside = s[(s >= q1 - 1.5 * iqr) & (s <= q3 + 1.5 * iqr)]
-        out[key] = {"q1": float(q1), "median": float(med), "q3": float(q3),
-                    "lowerfence": float(inside.min()) if len(inside) else float(q1),
-                    "upperfence": float(inside.max()) if len(inside) else float(q3),
-                    "outliers": int(len(s) - len(inside))}
+        out[key] = {
+            "q1": float(q1),
+            "median": float(med),
+            "q3": float(q3),
+            "lowerfence": float(inside.min()) if len(inside) else float(q1),
+            "upperfence": float(inside.max()) if len(inside) else float(q3),
+            "outliers": int(len(s) - len(inside)),
+        }
     return out
 
 
@@ -457,8 +617,9 @@ def _matrix(pairs: pd.DataFrame, order: list[str]) -> dict:
     return jsonable({"systems": order, "p_holm": p, "mean_diff": diff, "significant": sig})
 
 
-def _screening(test: ListeningTest, ratings: pd.DataFrame, people: pd.DataFrame, qc: dict, kind: str,
-               rename: Callable) -> tuple[dict, set]:
+def _screening(
+    test: ListeningTest, ratings: pd.DataFrame, people: pd.DataFrame, qc: dict, kind: str, rename: Callable
+) -> tuple[dict, set]:
     """Pre-screening (participant status: the headphone check) and post-screening, each exclusion with reasons."""
     from evalsite.audio.headphone_check import N_TRIALS, PASS_CORRECT
     from evalsite.listening.selectors import headphone_trials
@@ -471,16 +632,26 @@ def _screening(test: ListeningTest, ratings: pd.DataFrame, people: pd.DataFrame,
             if row.headphone_passed is False:
                 answers = list(row.headphone_answers or [])
                 right = sum(a == t["answer"] for a, t in zip(answers, headphone_trials(by_pk[row.listener])))
-                rule, reason = HEADPHONE_RULE, (f"failed the headphone check: {right} of {N_TRIALS} antiphase "
-                                                f"trials right ({PASS_CORRECT} needed); screened out before rating")
+                rule, reason = (
+                    HEADPHONE_RULE,
+                    (
+                        f"failed the headphone check: {right} of {N_TRIALS} antiphase "
+                        f"trials right ({PASS_CORRECT} needed); screened out before rating"
+                    ),
+                )
             else:
-                rule, reason = SCREENED_OUT_RULE, "screened out by the listening session (status screened_out)"
+                rule, reason = (
+                    SCREENED_OUT_RULE,
+                    "screened out by the listening session (status screened_out)",
+                )
             excluded[row.listener] = {"rules": [rule], "reasons": [reason]}
     rules_text, parameters, not_applied = [], {}, []
     if test.headphone_check:
-        rules_text.append(f"Pre-screening: level calibration, then the antiphase headphone check (Woods et al. 2017); "
-                          f"listeners with fewer than {PASS_CORRECT} of {N_TRIALS} trials right were screened out "
-                          "before the first trial.")
+        rules_text.append(
+            f"Pre-screening: level calibration, then the antiphase headphone check (Woods et al. 2017); "
+            f"listeners with fewer than {PASS_CORRECT} of {N_TRIALS} trials right were screened out "
+            "before the first trial."
+        )
     if not ratings.empty:
         if kind == ListeningTest.Kind.AB:
             rules = screening.ScreeningRules(bs1534=None, constant=None, agreement=None)
@@ -496,8 +667,15 @@ def _screening(test: ListeningTest, ratings: pd.DataFrame, people: pd.DataFrame,
             entry["reasons"].append(row.reason)
         not_applied = _records(result.not_applied, rename)
     counts = ratings.groupby("listener").size().to_dict() if not ratings.empty else {}
-    rows = [{"listener": rename(pk), "rules": e["rules"], "reasons": e["reasons"], "ratings": int(counts.get(pk, 0))}
-            for pk, e in sorted(excluded.items(), key=lambda kv: rename(kv[0]))]
+    rows = [
+        {
+            "listener": rename(pk),
+            "rules": e["rules"],
+            "reasons": e["reasons"],
+            "ratings": int(counts.get(pk, 0)),
+        }
+        for pk, e in sorted(excluded.items(), key=lambda kv: rename(kv[0]))
+    ]
     return {
         "rules": jsonable(parameters),
         "rules_text": rules_text,
@@ -507,25 +685,37 @@ def _screening(test: ListeningTest, ratings: pd.DataFrame, people: pd.DataFrame,
     }, set(excluded)
 
 
-def _flags(kept_flags: pd.DataFrame, kept_presented: pd.DataFrame, pres: pd.DataFrame | None,
-           rename: Callable) -> dict:
+def _flags(
+    kept_flags: pd.DataFrame, kept_presented: pd.DataFrame, pres: pd.DataFrame | None, rename: Callable
+) -> dict:
     """Per-stimulus and per-system flag shares against the false-flag rate, regions and per-stimulus timelines.
 
     ``pres``: :func:`flags.presentation_flags` of the two frames (None when nothing was presented), built once
     for this and the flag agreement.
     """
-    out: dict = {"flags": int(len(kept_flags)), "presentations": int(len(kept_presented)),
-                 "baseline": None, "systems": [], "stimuli": [], "regions": [], "timelines": [], "method": None}
+    out: dict = {
+        "flags": int(len(kept_flags)),
+        "presentations": int(len(kept_presented)),
+        "baseline": None,
+        "systems": [],
+        "stimuli": [],
+        "regions": [],
+        "timelines": [],
+        "method": None,
+    }
     if kept_presented.empty or pres is None:
         return out
     has_reference = bool((kept_presented["role"] == flags.HIDDEN_REFERENCE).any())
     baseline = None if has_reference else ASSUMED_FALSE_FLAG_RATE
     per_stimulus = flags.stimulus_flag_rates(pres, alpha=ALPHA, baseline_rate=baseline)
     source = per_stimulus["baseline_source"].iloc[0] if len(per_stimulus) else None
-    out["baseline"] = {"rate": float(per_stimulus["baseline_rate"].iloc[0]) if len(per_stimulus) else None,
-                       "source": source if has_reference else
-                       f"assumed {ASSUMED_FALSE_FLAG_RATE:g}: this test has no hidden reference to measure it on",
-                       "measured": has_reference}
+    out["baseline"] = {
+        "rate": float(per_stimulus["baseline_rate"].iloc[0]) if len(per_stimulus) else None,
+        "source": source
+        if has_reference
+        else f"assumed {ASSUMED_FALSE_FLAG_RATE:g}: this test has no hidden reference to measure it on",
+        "measured": has_reference,
+    }
     out["method"] = per_stimulus.attrs.get("method")
     out["systems"] = _records(_system_flag_rates(per_stimulus, pres))
     flagged = per_stimulus.loc[per_stimulus["flagged"] > 0].sort_values(["share", "flagged"], ascending=False)
@@ -539,20 +729,29 @@ def _flags(kept_flags: pd.DataFrame, kept_presented: pd.DataFrame, pres: pd.Data
     # with fewer distinct flagging listeners than that cannot have one: only the others are passed (exact).
     flaggers = timed.groupby("stimulus")["listener"].nunique()
     heard_by = per_stimulus.set_index("stimulus")["heard"]
-    need = np.maximum(REGION_MIN_LISTENERS, np.ceil(REGION_MIN_SHARE * heard_by.reindex(flaggers.index) - 1e-9))
+    need = np.maximum(
+        REGION_MIN_LISTENERS, np.ceil(REGION_MIN_SHARE * heard_by.reindex(flaggers.index) - 1e-9)
+    )
     candidates = set(flaggers.index[flaggers.to_numpy() >= need.to_numpy()])
-    regions = flags.flag_regions(timed.loc[timed["stimulus"].isin(candidates)],
-                                 kept_presented.loc[kept_presented["stimulus"].isin(candidates)],
-                                 min_share=REGION_MIN_SHARE, min_listeners=REGION_MIN_LISTENERS)
+    regions = flags.flag_regions(
+        timed.loc[timed["stimulus"].isin(candidates)],
+        kept_presented.loc[kept_presented["stimulus"].isin(candidates)],
+        min_share=REGION_MIN_SHARE,
+        min_listeners=REGION_MIN_LISTENERS,
+    )
     out["regions_method"] = regions.attrs.get("method")
     out["regions"] = _records(regions.sort_values(["peak_share", "n_listeners"], ascending=False), rename)
     peak = regions.groupby("stimulus")["peak_share"].max() if len(regions) else pd.Series(dtype=float)
-    chosen = (flagged.assign(peak=flagged["stimulus"].map(peak).fillna(0.0))
-              .loc[lambda f: f["stimulus"].isin(set(timed["stimulus"]))]
-              .sort_values(["peak", "share", "flagged"], ascending=False)
-              .head(MAX_TIMELINES))
+    chosen = (
+        flagged.assign(peak=flagged["stimulus"].map(peak).fillna(0.0))
+        .loc[lambda f: f["stimulus"].isin(set(timed["stimulus"]))]
+        .sort_values(["peak", "share", "flagged"], ascending=False)
+        .head(MAX_TIMELINES)
+    )
     wanted = set(chosen["stimulus"])
-    durations = kept_presented.loc[kept_presented["stimulus"].isin(wanted)].groupby("stimulus")["duration_s"].max()
+    durations = (
+        kept_presented.loc[kept_presented["stimulus"].isin(wanted)].groupby("stimulus")["duration_s"].max()
+    )
     spans = timed.loc[timed["stimulus"].isin(wanted)]
     span_rows = spans.groupby("stimulus").indices
     span_listeners = spans["listener"].to_numpy(object)
@@ -560,40 +759,73 @@ def _flags(kept_flags: pd.DataFrame, kept_presented: pd.DataFrame, pres: pd.Data
     own_regions: dict = {}
     for r in regions.to_dict("records"):
         own_regions.setdefault(r["stimulus"], []).append(
-            {k: r[k] for k in ("start_s", "end_s", "peak_share", "n_listeners", "heard", "categories")})
+            {k: r[k] for k in ("start_s", "end_s", "peak_share", "n_listeners", "heard", "categories")}
+        )
     for row in chosen.to_dict("records"):
         stimulus = row["stimulus"]
         mine = span_rows[stimulus]
         duration = float(durations.get(stimulus, np.nan))
         if not math.isfinite(duration) or duration <= 0:
             duration = float(span_end[mine].max())
-        times, shares = _density(pd.factorize(span_listeners[mine])[0], span_start[mine], span_end[mine],
-                                 int(row["heard"]), duration, TIMELINE_RESOLUTION_S)
-        out["timelines"].append(jsonable({
-            "stimulus": stimulus, "item": row["item"], "system": row["system"], "role": row["role"],
-            "heard": row["heard"], "flagged": row["flagged"], "share": row["share"], "p": row["p"],
-            "significant": row["significant"], "duration_s": duration,
-            "resolution_s": TIMELINE_RESOLUTION_S, "times": np.round(times, 4), "density": np.round(shares, 4),
-            "regions": own_regions.get(stimulus, []),
-        }))
+        times, shares = _density(
+            pd.factorize(span_listeners[mine])[0],
+            span_start[mine],
+            span_end[mine],
+            int(row["heard"]),
+            duration,
+            TIMELINE_RESOLUTION_S,
+        )
+        out["timelines"].append(
+            jsonable(
+                {
+                    "stimulus": stimulus,
+                    "item": row["item"],
+                    "system": row["system"],
+                    "role": row["role"],
+                    "heard": row["heard"],
+                    "flagged": row["flagged"],
+                    "share": row["share"],
+                    "p": row["p"],
+                    "significant": row["significant"],
+                    "duration_s": duration,
+                    "resolution_s": TIMELINE_RESOLUTION_S,
+                    "times": np.round(times, 4),
+                    "density": np.round(shares, 4),
+                    "regions": own_regions.get(stimulus, []),
+                }
+            )
+        )
     out["timelines_total"] = int(timed["stimulus"].nunique())
     return out
 
 
-def flag_density_of(spans: pd.DataFrame, heard: int, duration_s: float, resolution_s: float
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def flag_density_of(
+    spans: pd.DataFrame, heard: int, duration_s: float, resolution_s: float
+) -> tuple[np.ndarray, np.ndarray]:
     """:func:`evalsite.analysis.flags.flag_density` of one stimulus from its flags alone, in plain NumPy.
 
     ``spans``: the stimulus's flags (``listener``, ``start_s``, ``end_s``) from listeners who heard it; ``heard``:
     how many listeners heard it. Same bins and the same rule (a listener whose flags cover a step counts once; a
     point flag covers one step), without flag_density's per-call frame filtering, which cost ~9 ms a stimulus.
     """
-    return _density(pd.factorize(spans["listener"])[0], spans["start_s"].to_numpy(float),
-                    spans["end_s"].to_numpy(float), heard, duration_s, resolution_s)
+    return _density(
+        pd.factorize(spans["listener"])[0],
+        spans["start_s"].to_numpy(float),
+        spans["end_s"].to_numpy(float),
+        heard,
+        duration_s,
+        resolution_s,
+    )
 
 
-def _density(rows: np.ndarray, start_s: np.ndarray, end_s: np.ndarray, heard: int, duration_s: float,
-             resolution_s: float) -> tuple[np.ndarray, np.ndarray]:
+def _density(
+    rows: np.ndarray,
+    start_s: np.ndarray,
+    end_s: np.ndarray,
+    heard: int,
+    duration_s: float,
+    resolution_s: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """:func:`flag_density_of` on arrays: each flag's listener (0..n-1), start and end."""
     n_bins = max(1, int(math.ceil(duration_s / resolution_s - 1e-9)))
     first = np.floor(start_s / resolution_s + 1e-9).astype(int)
@@ -613,15 +845,30 @@ def _system_flag_rates(per_stimulus: pd.DataFrame, presented: pd.DataFrame) -> p
     A presentation is one (listener, stimulus) pair, so a system's presentations are the sum of its stimuli's
     ``heard`` and its flagged presentations the sum of their ``flagged`` (the tests check the two agree).
     """
-    columns = ["system", "role", "stimuli", "listeners", "presentations", "flagged_presentations",
-               "stimuli_significant", "share", "baseline_rate"]
+    columns = [
+        "system",
+        "role",
+        "stimuli",
+        "listeners",
+        "presentations",
+        "flagged_presentations",
+        "stimuli_significant",
+        "share",
+        "baseline_rate",
+    ]
     if per_stimulus.empty:
         return pd.DataFrame(columns=columns)
-    out = (per_stimulus.groupby(["system", "role"], sort=True)
-           .agg(stimuli=("stimulus", "nunique"), presentations=("heard", "sum"),
-                flagged_presentations=("flagged", "sum"), stimuli_significant=("significant", "sum"))
-           .join(_listeners_per_system(presented))
-           .reset_index())
+    out = (
+        per_stimulus.groupby(["system", "role"], sort=True)
+        .agg(
+            stimuli=("stimulus", "nunique"),
+            presentations=("heard", "sum"),
+            flagged_presentations=("flagged", "sum"),
+            stimuli_significant=("significant", "sum"),
+        )
+        .join(_listeners_per_system(presented))
+        .reset_index()
+    )
     out["share"] = out["flagged_presentations"] / out["presentations"]
     out["baseline_rate"] = per_stimulus["baseline_rate"].iloc[0]
     return out[columns].sort_values("share", ascending=False, kind="stable")
@@ -636,8 +883,9 @@ def _listeners_per_system(presented: pd.DataFrame) -> pd.Series:
     width = max(len(listener_ids), 1)
     groups = systems.astype(np.int64) * len(role_ids) + roles
     present, counts = np.unique(np.unique(groups * width + listeners) // width, return_counts=True)
-    index = pd.MultiIndex.from_arrays([system_ids[present // len(role_ids)], role_ids[present % len(role_ids)]],
-                                      names=["system", "role"])
+    index = pd.MultiIndex.from_arrays(
+        [system_ids[present // len(role_ids)], role_ids[present % len(role_ids)]], names=["system", "role"]
+    )
     return pd.Series(counts, index=index, name="listeners")
 
 
@@ -651,8 +899,12 @@ def _human_for_metrics(kind: str, kept: pd.DataFrame) -> pd.DataFrame:
     if kind == ListeningTest.Kind.AB:
         decided = kept.loc[kept["preferred"].notna()]
         loser = np.where(decided["preferred"] == decided["a"], decided["b"], decided["a"])
-        return pd.concat([pd.DataFrame({"system": decided["preferred"], "item": decided["item"], "score": 1.0}),
-                          pd.DataFrame({"system": loser, "item": decided["item"].to_numpy(), "score": 0.0})])
+        return pd.concat(
+            [
+                pd.DataFrame({"system": decided["preferred"], "item": decided["item"], "score": 1.0}),
+                pd.DataFrame({"system": loser, "item": decided["item"].to_numpy(), "score": 0.0}),
+            ]
+        )
     frame = kept if "role" not in kept else kept.loc[kept["role"] == Condition.Role.SYSTEM]
     return frame[["system", "item", "score"]]
 
@@ -664,32 +916,54 @@ def _correlations(kind: str, kept: pd.DataFrame, metrics: pd.DataFrame) -> dict:
     per key and metric means per (metric, key) are each one groupby, and every metric is then a join of two
     sorted key lists, instead of the function's pandas merges per metric and level.
     """
-    out: dict = {"metrics": [], "system": [], "item": [], "points": {"system": {}, "item": {}}, "method": None}
+    out: dict = {
+        "metrics": [],
+        "system": [],
+        "item": [],
+        "points": {"system": {}, "item": {}},
+        "method": None,
+    }
     human = _human_for_metrics(kind, kept)
     if metrics.empty or human.empty:
         return out
-    out["metrics"] = jsonable([
-        {"name": name, "higher_is_better": g["higher_is_better"].dropna().iloc[0] if g["higher_is_better"].notna().any()
-         else None, "systems": int(g["system"].nunique()), "matched_outputs": bool(g["matched"].all()),
-         "params_hash": sorted(set(g["params_hash"]))}
-        for name, g in metrics.groupby("metric", sort=True)])
+    out["metrics"] = jsonable(
+        [
+            {
+                "name": name,
+                "higher_is_better": g["higher_is_better"].dropna().iloc[0]
+                if g["higher_is_better"].notna().any()
+                else None,
+                "systems": int(g["system"].nunique()),
+                "matched_outputs": bool(g["matched"].all()),
+                "params_hash": sorted(set(g["params_hash"])),
+            }
+            for name, g in metrics.groupby("metric", sort=True)
+        ]
+    )
     system_metrics = metrics[["system", "metric", "value"]]
-    item_rows = [(r.system, str(item), r.metric, value) for r in metrics.itertuples()
-                 for item, value in (r.per_item or {}).items() if isinstance(value, (int, float))]
+    item_rows = [
+        (r.system, str(item), r.metric, value)
+        for r in metrics.itertuples()
+        for item, value in (r.per_item or {}).items()
+        if isinstance(value, (int, float))
+    ]
     item_metrics = pd.DataFrame(item_rows, columns=["system", "item", "metric", "value"])
     human = human.assign(item=human["item"].astype(str), score=pd.to_numeric(human["score"], errors="coerce"))
     human = human.loc[human["score"].notna()]
     out["method"] = CORRELATION_METHOD.format(level="system")
     out["system"], out["points"]["system"] = _level_correlations(
-        "system", human.groupby("system")["score"].mean(), system_metrics, limit=None)
+        "system", human.groupby("system")["score"].mean(), system_metrics, limit=None
+    )
     if not item_metrics.empty:
         out["item"], out["points"]["item"] = _level_correlations(
-            "item", human.groupby(["system", "item"])["score"].mean(), item_metrics, limit=MAX_ITEM_POINTS)
+            "item", human.groupby(["system", "item"])["score"].mean(), item_metrics, limit=MAX_ITEM_POINTS
+        )
     return out
 
 
-def _level_correlations(level: str, human_means: pd.Series, metrics: pd.DataFrame, *, limit: int | None
-                        ) -> tuple[list[dict], dict]:
+def _level_correlations(
+    level: str, human_means: pd.Series, metrics: pd.DataFrame, *, limit: int | None
+) -> tuple[list[dict], dict]:
     """Rows of ``correlation.human_metric_correlations(human, metrics, level=level)`` and the scatter points per
     metric (metric means joined with the human means, NaN metric values kept there), keys in sorted order."""
     keys = correlation.LEVEL_KEYS[level]
@@ -701,10 +975,18 @@ def _level_correlations(level: str, human_means: pd.Series, metrics: pd.DataFram
         key_list = [k[1] if len(keys) == 1 else k[1:] for k in block.index]
         joined = [(key, human[key], value) for key, value in zip(key_list, block.to_numpy()) if key in human]
         shown = joined if limit is None else joined[:limit]
-        columns = ({"systems": [k for k, _, _ in shown]} if len(keys) == 1 else
-                   {"systems": [k[0] for k, _, _ in shown], "items": [k[1] for k, _, _ in shown]})
-        points[metric] = jsonable({**columns, "human": np.array([h for _, h, _ in shown], dtype=float),
-                                   "metric": np.array([v for _, _, v in shown], dtype=float)})
+        columns = (
+            {"systems": [k for k, _, _ in shown]}
+            if len(keys) == 1
+            else {"systems": [k[0] for k, _, _ in shown], "items": [k[1] for k, _, _ in shown]}
+        )
+        points[metric] = jsonable(
+            {
+                **columns,
+                "human": np.array([h for _, h, _ in shown], dtype=float),
+                "metric": np.array([v for _, _, v in shown], dtype=float),
+            }
+        )
         valid = [(h, v) for _, h, v in joined if not math.isnan(v)]
         if not valid and block.isna().all():
             continue  # only missing values: the metric is not in the correlation table
@@ -720,13 +1002,28 @@ def _ab_reliability(kept: pd.DataFrame) -> dict:
     first = np.where(a_s < b_s, a_s, b_s)
     second = np.where(a_s < b_s, b_s, a_s)
     code = np.where(kept["preferred"].isna(), 2.0, np.where(kept["preferred"].astype(str) == first, 0.0, 1.0))
-    frame = pd.DataFrame({"listener": kept["listener"], "item": kept["item"],
-                          "system": pd.Series(first) + " vs " + pd.Series(second), "score": code})
+    frame = pd.DataFrame(
+        {
+            "listener": kept["listener"],
+            "item": kept["item"],
+            "system": pd.Series(first) + " vs " + pd.Series(second),
+            "score": code,
+        }
+    )
     alpha = reliability.krippendorff_alpha(frame, level="nominal")
-    return {"kind": "ab", "primary_level": "nominal", "alpha": {"nominal": alpha}, "alpha_primary": alpha,
-            "units": int(frame[["item", "system"]].drop_duplicates().shape[0]),
-            "listeners": int(frame["listener"].nunique()), "ratings": int(len(frame)), "icc": [],
-            "notes": ["units are (item, system pair); values: first system preferred, second preferred, no preference"]}
+    return {
+        "kind": "ab",
+        "primary_level": "nominal",
+        "alpha": {"nominal": alpha},
+        "alpha_primary": alpha,
+        "units": int(frame[["item", "system"]].drop_duplicates().shape[0]),
+        "listeners": int(frame["listener"].nunique()),
+        "ratings": int(len(frame)),
+        "icc": [],
+        "notes": [
+            "units are (item, system pair); values: first system preferred, second preferred, no preference"
+        ],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -749,7 +1046,9 @@ def _blas_controller():
     """One controller per process: ``threadpool_limits()`` inspects every loaded library on each call (~4 ms)."""
     try:
         from threadpoolctl import ThreadpoolController
-    except ImportError:  # a transitive dependency (scikit-learn, through librosa and pingouin); only an optimisation
+    except (
+        ImportError
+    ):  # a transitive dependency (scikit-learn, through librosa and pingouin); only an optimisation
         return None
     return ThreadpoolController()
 
@@ -804,16 +1103,38 @@ def _compute(test: ListeningTest, *, n_boot: int) -> dict:
     lap("screening")
 
     results: dict = {
-        "version": RESULTS_VERSION, "computed_at": timezone.now().isoformat(), "n_boot": n_boot,
-        "bootstrap_seed": BOOT_SEED, "alpha": ALPHA,
-        "test": jsonable({"id": test.pk, "name": test.name, "kind": kind, "kind_label": str(test.get_kind_display()),
-                 "status": test.status, "seed": test.seed, "votes_target": test.votes_target,
-                 "published_at": test.published_at, "closed_at": test.closed_at,
-                 "headphone_check": test.headphone_check, "require_play_all": test.require_play_all,
-                 "gold_items": test.gold_items, "trapping_items": test.trapping_items,
-                 "allow_no_preference": test.allow_no_preference, "build_warnings": test.build_warnings}),
-        "design": jsonable(design), "screening": screening_out, "scores": None, "preference": None, "pairwise": None,
-        "mixed_model": None, "reliability": {"ratings": None, "flags": None}, "notes": [],
+        "version": RESULTS_VERSION,
+        "computed_at": timezone.now().isoformat(),
+        "n_boot": n_boot,
+        "bootstrap_seed": BOOT_SEED,
+        "alpha": ALPHA,
+        "test": jsonable(
+            {
+                "id": test.pk,
+                "name": test.name,
+                "kind": kind,
+                "kind_label": str(test.get_kind_display()),
+                "status": test.status,
+                "seed": test.seed,
+                "votes_target": test.votes_target,
+                "published_at": test.published_at,
+                "closed_at": test.closed_at,
+                "headphone_check": test.headphone_check,
+                "require_play_all": test.require_play_all,
+                "gold_items": test.gold_items,
+                "trapping_items": test.trapping_items,
+                "allow_no_preference": test.allow_no_preference,
+                "build_warnings": test.build_warnings,
+            }
+        ),
+        "design": jsonable(design),
+        "screening": screening_out,
+        "scores": None,
+        "preference": None,
+        "pairwise": None,
+        "mixed_model": None,
+        "reliability": {"ratings": None, "flags": None},
+        "notes": [],
     }
     results["participants"] = _participant_summary(people, qc, excluded)
     ratings_listeners = set(ratings["listener"]) if not ratings.empty else set()
@@ -823,7 +1144,9 @@ def _compute(test: ListeningTest, *, n_boot: int) -> dict:
         "listeners_kept": len(ratings_listeners - excluded),
         "listeners_excluded": len(ratings_listeners & excluded),
         "screened_out_before_rating": len(excluded - ratings_listeners),
-        "ratings": int(len(ratings)), "ratings_kept": int(len(kept)), "ratings_excluded": int(len(ratings) - len(kept)),
+        "ratings": int(len(ratings)),
+        "ratings_kept": int(len(kept)),
+        "ratings_excluded": int(len(ratings) - len(kept)),
         "flags": int(len(flag_frame)),
         "flags_kept": int((~flag_frame["listener"].isin(excluded)).sum()) if len(flag_frame) else 0,
     }
@@ -832,8 +1155,11 @@ def _compute(test: ListeningTest, *, n_boot: int) -> dict:
 
     if kind == ListeningTest.Kind.AB and not ratings.empty:
         pref_kept, pref_all = stats.ab_preference(kept), stats.ab_preference(ratings)
-        results["preference"] = {"method": pref_kept.attrs["method"], "kept": _records(pref_kept),
-                                 "all": _records(pref_all)}
+        results["preference"] = {
+            "method": pref_kept.attrs["method"],
+            "kept": _records(pref_kept),
+            "all": _records(pref_all),
+        }
         lap("scores")
     elif not ratings.empty:
         kept_rows, method = _scores(kept, kind, n_boot)
@@ -843,13 +1169,23 @@ def _compute(test: ListeningTest, *, n_boot: int) -> dict:
         pairs = stats.pairwise_tests(kept, kind=kind, alpha=ALPHA) if not kept.empty else pd.DataFrame()
         if len(pairs):
             order = [r["system"] for r in kept_rows] if kind != "cmos" else []
-            results["pairwise"] = {"method": pairs.attrs["method"], "alpha": ALPHA, "correction": "holm",
-                                   "rows": _records(pairs), "matrix": _matrix(pairs, order) if order else None}
+            results["pairwise"] = {
+                "method": pairs.attrs["method"],
+                "alpha": ALPHA,
+                "correction": "holm",
+                "rows": _records(pairs),
+                "matrix": _matrix(pairs, order) if order else None,
+            }
         lap("pairwise")
         if not kept.empty:
-            systems = sorted(set(kept.loc[kept["role"] == Condition.Role.SYSTEM, "system"])) \
-                if "role" in kept else sorted(set(kept["system"]))
-            results["mixed_model"] = jsonable(crossed_mixed_model(kept, baseline=systems[0] if systems else None))
+            systems = (
+                sorted(set(kept.loc[kept["role"] == Condition.Role.SYSTEM, "system"]))
+                if "role" in kept
+                else sorted(set(kept["system"]))
+            )
+            results["mixed_model"] = jsonable(
+                crossed_mixed_model(kept, baseline=systems[0] if systems else None)
+            )
         lap("mixed_model")
         if not kept.empty:
             results["reliability"]["ratings"] = jsonable(reliability.reliability_summary(kept, kind=kind))
@@ -860,8 +1196,11 @@ def _compute(test: ListeningTest, *, n_boot: int) -> dict:
 
     kept_presented = presented.loc[~presented["listener"].isin(excluded)] if len(presented) else presented
     kept_flags = flag_frame.loc[~flag_frame["listener"].isin(excluded)] if len(flag_frame) else flag_frame
-    kept_flags = kept_flags.loc[kept_flags["listener"].isin(set(kept_presented["listener"]))] if len(kept_flags) \
+    kept_flags = (
+        kept_flags.loc[kept_flags["listener"].isin(set(kept_presented["listener"]))]
+        if len(kept_flags)
         else kept_flags
+    )
     pres = flags.presentation_flags(kept_flags, kept_presented) if len(kept_presented) else None
     results["flags"] = _flags(kept_flags, kept_presented, pres, rename)
     if len(kept_presented) and len(kept_flags):
@@ -879,12 +1218,22 @@ def _compute(test: ListeningTest, *, n_boot: int) -> dict:
 def _participant_summary(people: pd.DataFrame, qc: dict, excluded: set) -> dict:
     """Who took part and how they were recruited and checked, for the report's listener section."""
     if people.empty:
-        return {"total": 0, "by_status": {}, "crowd": 0, "invite_link": 0, "studies": 0, "headphone": {},
-                "calibrated": 0, "qc": {}, "median_session_minutes": None}
+        return {
+            "total": 0,
+            "by_status": {},
+            "crowd": 0,
+            "invite_link": 0,
+            "studies": 0,
+            "headphone": {},
+            "calibrated": 0,
+            "qc": {},
+            "median_session_minutes": None,
+        }
     # utc=True: a column with no completion yet is all None, which pandas would otherwise parse as naive
     # and refuse to subtract from the aware consent times (a 500 for a test nobody has finished).
-    durations = (pd.to_datetime(people["completed_at"], utc=True)
-                 - pd.to_datetime(people["consented_at"], utc=True)).dropna()
+    durations = (
+        pd.to_datetime(people["completed_at"], utc=True) - pd.to_datetime(people["consented_at"], utc=True)
+    ).dropna()
     totals: dict = {}
     for record in qc.values():
         for check, c in record.items():
@@ -892,16 +1241,22 @@ def _participant_summary(people: pd.DataFrame, qc: dict, excluded: set) -> dict:
             t["listeners"] += 1
             t["passed"] += int(c.get("passed", 0))
             t["total"] += int(c.get("total", 0))
-    return jsonable({
-        "total": len(people),
-        "by_status": people["status"].value_counts().to_dict(),
-        "crowd": int((people["external_id"] != "").sum()),
-        "invite_link": int((people["external_id"] == "").sum()),
-        "studies": int(people.loc[people["study_id"] != "", "study_id"].nunique()),
-        "headphone": {"passed": int((people["headphone_passed"] == True).sum()),  # noqa: E712 (nullable column)
-                      "failed": int((people["headphone_passed"] == False).sum()),  # noqa: E712
-                      "not_taken": int(people["headphone_passed"].isna().sum())},
-        "calibrated": int(people["calibrated_at"].notna().sum()),
-        "qc": totals,
-        "median_session_minutes": float(durations.median().total_seconds() / 60) if len(durations) else None,
-    })
+    return jsonable(
+        {
+            "total": len(people),
+            "by_status": people["status"].value_counts().to_dict(),
+            "crowd": int((people["external_id"] != "").sum()),
+            "invite_link": int((people["external_id"] == "").sum()),
+            "studies": int(people.loc[people["study_id"] != "", "study_id"].nunique()),
+            "headphone": {
+                "passed": int((people["headphone_passed"] == True).sum()),  # noqa: E712 (nullable column)
+                "failed": int((people["headphone_passed"] == False).sum()),  # noqa: E712
+                "not_taken": int(people["headphone_passed"].isna().sum()),
+            },
+            "calibrated": int(people["calibrated_at"].notna().sum()),
+            "qc": totals,
+            "median_session_minutes": float(durations.median().total_seconds() / 60)
+            if len(durations)
+            else None,
+        }
+    )

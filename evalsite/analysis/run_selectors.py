@@ -20,7 +20,7 @@ from django.core.cache import cache
 from django.db.models import Count, Exists, OuterRef, QuerySet, Sum
 
 from evalsite.runs.access import checkpoints_visible
-from evalsite.runs.models import Checkpoint, Generation, Job, Run
+from evalsite.runs.models import Generation, Job, Run
 from evalsite.scoring.models import DetectorEvent, DetectorPass, MetricResult
 
 AGREEMENT_TOLERANCE_S = 0.1
@@ -69,10 +69,24 @@ def run_metric_series(*, run: Run) -> list[dict[str, Any]]:
     ``ci_low``, ``ci_high``, ``n``, and ``best`` — ``{"step", "checkpoint", "value"}`` or None) and
     ``failed`` (``[{"step", "error"}]``, failures have no spec).
     """
-    rows = (MetricResult.objects.filter(checkpoint__run=run)
-            .order_by("name", "checkpoint__step", "spec_key", "params_hash")
-            .values_list("name", "checkpoint_id", "checkpoint__step", "status", "spec_key", "params_hash",
-                         "value", "ci_low", "ci_high", "n", "higher_is_better", "error"))
+    rows = (
+        MetricResult.objects.filter(checkpoint__run=run)
+        .order_by("name", "checkpoint__step", "spec_key", "params_hash")
+        .values_list(
+            "name",
+            "checkpoint_id",
+            "checkpoint__step",
+            "status",
+            "spec_key",
+            "params_hash",
+            "value",
+            "ci_low",
+            "ci_high",
+            "n",
+            "higher_is_better",
+            "error",
+        )
+    )
     by_name: dict[str, list[tuple]] = defaultdict(list)
     for row in rows:
         by_name[row[0]].append(row)
@@ -81,12 +95,13 @@ def run_metric_series(*, run: Run) -> list[dict[str, Any]]:
         hib = next((r[10] for r in results if r[10] is not None), None)
         groups: dict[tuple[str, str], dict[str, list]] = {}
         failed = []
-        for (_, ckpt, step, status, spec, params, value, lo, hi, n, _, error) in results:
+        for _, ckpt, step, status, spec, params, value, lo, hi, n, _, error in results:
             if status != MetricResult.Status.DONE or _finite(value) is None:
                 failed.append({"step": step, "error": error or "no value"})
                 continue
-            g = groups.setdefault((spec, params), {k: [] for k in ("steps", "checkpoints", "values", "ci_low",
-                                                                   "ci_high", "n")})
+            g = groups.setdefault(
+                (spec, params), {k: [] for k in ("steps", "checkpoints", "values", "ci_low", "ci_high", "n")}
+            )
             g["steps"].append(step)
             g["checkpoints"].append(ckpt)
             g["values"].append(float(value))
@@ -97,10 +112,21 @@ def run_metric_series(*, run: Run) -> list[dict[str, Any]]:
         series = []
         for (spec, params), g in groups.items():
             best = _best_index(g["values"], g["checkpoints"], hib)
-            series.append({"spec_key": spec, "params_hash": params, "label": labels[(spec, params)], **g,
-                           "best": None if best is None else {"step": g["steps"][best],
-                                                              "checkpoint": g["checkpoints"][best],
-                                                              "value": g["values"][best]}})
+            series.append(
+                {
+                    "spec_key": spec,
+                    "params_hash": params,
+                    "label": labels[(spec, params)],
+                    **g,
+                    "best": None
+                    if best is None
+                    else {
+                        "step": g["steps"][best],
+                        "checkpoint": g["checkpoints"][best],
+                        "value": g["values"][best],
+                    },
+                }
+            )
         out.append({"name": name, "higher_is_better": hib, "series": series, "failed": failed})
     return out
 
@@ -115,23 +141,36 @@ def run_metric_grid(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     """
     columns, at = [], {}
     for metric in metrics:
-        series = metric["series"] or [{"spec_key": "", "params_hash": "", "label": "value", "steps": [],
-                                       "values": [], "best": None}]
+        series = metric["series"] or [
+            {"spec_key": "", "params_hash": "", "label": "value", "steps": [], "values": [], "best": None}
+        ]
         for s in series:
             label = metric["name"] if len(series) == 1 else f"{metric['name']} ({s['label']})"
-            columns.append({"name": metric["name"], "label": label, "spec_key": s["spec_key"],
-                            "params_hash": s["params_hash"], "higher_is_better": metric["higher_is_better"]})
+            columns.append(
+                {
+                    "name": metric["name"],
+                    "label": label,
+                    "spec_key": s["spec_key"],
+                    "params_hash": s["params_hash"],
+                    "higher_is_better": metric["higher_is_better"],
+                }
+            )
             best = s["best"]["step"] if s["best"] else None
             for step, value in zip(s["steps"], s["values"]):
                 at[(step, len(columns) - 1)] = {"text": f"{value:.4f}", "best": step == best, "error": ""}
         first = len(columns) - len(series)
         for failure in metric["failed"]:
-            at.setdefault((failure["step"], first), {"text": "failed", "best": False, "error": failure["error"]})
+            at.setdefault(
+                (failure["step"], first), {"text": "failed", "best": False, "error": failure["error"]}
+            )
     empty = {"text": "-", "best": False, "error": ""}
     steps = sorted({step for step, _ in at})
-    return {"columns": columns,
-            "rows": [{"step": step, "cells": [at.get((step, i), empty) for i in range(len(columns))]}
-                     for step in steps]}
+    return {
+        "columns": columns,
+        "rows": [
+            {"step": step, "cells": [at.get((step, i), empty) for i in range(len(columns))]} for step in steps
+        ],
+    }
 
 
 def _detector_names(run: Run, seen: Iterable[str]) -> list[str]:
@@ -152,30 +191,52 @@ def run_detector_rates(*, run: Run) -> dict[str, Any]:
     Returns ``steps``, ``checkpoints``, ``clips``, ``minutes`` (parallel lists over checkpoints that went
     through the detectors, by step) and ``detectors``: ``{name: {"events": [...], "per_minute": [...]}}``.
     """
-    passes = list(DetectorPass.objects.filter(checkpoint__run=run).values("checkpoint_id", "checkpoint__step")
-                  .annotate(seconds=Sum("duration_s"), clips=Count("id")).order_by("checkpoint__step"))
+    passes = list(
+        DetectorPass.objects.filter(checkpoint__run=run)
+        .values("checkpoint_id", "checkpoint__step")
+        .annotate(seconds=Sum("duration_s"), clips=Count("id"))
+        .order_by("checkpoint__step")
+    )
     counts: dict[tuple[int, str], int] = {
-        (ckpt, det): n for ckpt, det, n in
-        DetectorEvent.objects.filter(checkpoint__run=run).values("checkpoint_id", "detector")
-        .annotate(n=Count("id")).values_list("checkpoint_id", "detector", "n")}
+        (ckpt, det): n
+        for ckpt, det, n in DetectorEvent.objects.filter(checkpoint__run=run)
+        .values("checkpoint_id", "detector")
+        .annotate(n=Count("id"))
+        .values_list("checkpoint_id", "detector", "n")
+    }
     names = _detector_names(run, (det for _, det in counts)) if passes or counts else []
     minutes = [(p["seconds"] or 0.0) / 60 for p in passes]
     detectors = {}
     for name in names:
         events = [counts.get((p["checkpoint_id"], name), 0) for p in passes]
-        detectors[name] = {"events": events,
-                           "per_minute": [e / m if m > 0 else None for e, m in zip(events, minutes)]}
-    return {"steps": [p["checkpoint__step"] for p in passes], "checkpoints": [p["checkpoint_id"] for p in passes],
-            "clips": [p["clips"] for p in passes], "minutes": minutes, "detectors": detectors}
+        detectors[name] = {
+            "events": events,
+            "per_minute": [e / m if m > 0 else None for e, m in zip(events, minutes)],
+        }
+    return {
+        "steps": [p["checkpoint__step"] for p in passes],
+        "checkpoints": [p["checkpoint_id"] for p in passes],
+        "clips": [p["clips"] for p in passes],
+        "minutes": minutes,
+        "detectors": detectors,
+    }
 
 
 def run_failed_jobs(*, run: Run, limit: int = 50) -> QuerySet[Job]:
     """The run's failed jobs, newest first, with the full reason and whether a later job of the same
     kind for the same checkpoint replaced it (``superseded``)."""
-    later = Job.objects.filter(run=run, kind=OuterRef("kind"), checkpoint=OuterRef("checkpoint"),
-                               created_at__gt=OuterRef("created_at"))
-    return (Job.objects.filter(run=run, status=Job.Status.FAILED).select_related("checkpoint")
-            .annotate(superseded=Exists(later)).order_by("-created_at")[:limit])
+    later = Job.objects.filter(
+        run=run,
+        kind=OuterRef("kind"),
+        checkpoint=OuterRef("checkpoint"),
+        created_at__gt=OuterRef("created_at"),
+    )
+    return (
+        Job.objects.filter(run=run, status=Job.Status.FAILED)
+        .select_related("checkpoint")
+        .annotate(superseded=Exists(later))
+        .order_by("-created_at")[:limit]
+    )
 
 
 def _listening_frames(stimulus_ids: list[int]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -183,18 +244,41 @@ def _listening_frames(stimulus_ids: list[int]) -> tuple[pd.DataFrame, pd.DataFra
     from evalsite.analysis.selectors import MAIN
     from evalsite.listening.models import ArtifactFlag, StimulusHandle
 
-    presented = (StimulusHandle.objects.filter(stimulus_id__in=stimulus_ids, **MAIN).order_by("id")
-                 .values_list("assignment__participant_id", "stimulus_id", "stimulus__trial__item__key",
-                              "stimulus__condition__label", "stimulus__condition__role",
-                              "stimulus__asset__duration_s"))
-    flags = (ArtifactFlag.objects.filter(stimulus_id__in=stimulus_ids, **MAIN).order_by("id")
-             .values_list("participant_id", "stimulus_id", "stimulus__trial__item__key",
-                          "stimulus__condition__label", "stimulus__condition__role", "start_s", "end_s",
-                          "category"))
-    return (pd.DataFrame.from_records(list(flags), columns=["listener", "stimulus", "item", "system", "role",
-                                                            "start_s", "end_s", "category"]),
-            pd.DataFrame.from_records(list(presented), columns=["listener", "stimulus", "item", "system", "role",
-                                                                "duration_s"]))
+    presented = (
+        StimulusHandle.objects.filter(stimulus_id__in=stimulus_ids, **MAIN)
+        .order_by("id")
+        .values_list(
+            "assignment__participant_id",
+            "stimulus_id",
+            "stimulus__trial__item__key",
+            "stimulus__condition__label",
+            "stimulus__condition__role",
+            "stimulus__asset__duration_s",
+        )
+    )
+    flags = (
+        ArtifactFlag.objects.filter(stimulus_id__in=stimulus_ids, **MAIN)
+        .order_by("id")
+        .values_list(
+            "participant_id",
+            "stimulus_id",
+            "stimulus__trial__item__key",
+            "stimulus__condition__label",
+            "stimulus__condition__role",
+            "start_s",
+            "end_s",
+            "category",
+        )
+    )
+    return (
+        pd.DataFrame.from_records(
+            list(flags),
+            columns=["listener", "stimulus", "item", "system", "role", "start_s", "end_s", "category"],
+        ),
+        pd.DataFrame.from_records(
+            list(presented), columns=["listener", "stimulus", "item", "system", "role", "duration_s"]
+        ),
+    )
 
 
 def _listener_regions(
@@ -216,7 +300,9 @@ def _listener_regions(
     regions = cache.get(key)
     if regions is None:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # flags of listeners not shown the stimulus: dropped, as on the test page
+            warnings.simplefilter(
+                "ignore"
+            )  # flags of listeners not shown the stimulus: dropped, as on the test page
             found = flag_regions(flags, presented, min_share=min_share, min_listeners=min_listeners)
         regions = defaultdict(list)
         for r in found.itertuples(index=False):
@@ -229,9 +315,12 @@ def _listener_regions(
 def _agreement_row(detector: str, counts: dict[str, int]) -> dict[str, Any]:
     """Pooled precision and recall from summed match counts (None where nothing to divide by)."""
     det, flg = counts["n_detected"], counts["n_flagged"]
-    return {"detector": detector, **counts,
-            "precision": counts["n_detected_matched"] / det if det else None,
-            "recall": counts["n_flagged_matched"] / flg if flg else None}
+    return {
+        "detector": detector,
+        **counts,
+        "precision": counts["n_detected_matched"] / det if det else None,
+        "recall": counts["n_flagged_matched"] / flg if flg else None,
+    }
 
 
 def run_detector_agreement(
@@ -258,13 +347,27 @@ def run_detector_agreement(
     from metrics.detectors import region_agreement
 
     run_assets = Generation.objects.filter(checkpoint__run=run, asset__isnull=False).values("asset_id")
-    stimuli = list(Stimulus.objects.filter(asset_id__in=run_assets, trial__is_training=False, trial__control="")
-                   .values_list("id", "asset_id", "trial__test_id", "trial__test__name"))
-    rule = (f"listener regions: at least {min_share:.0%} of a clip's listeners and at least {min_listeners} "
-            f"listeners flagged (analysis.flags.flag_regions); an event matches a region when they overlap after "
-            f"widening the region by {tolerance_s:g} s on each side; counts pooled over clips")
-    empty = {"flags": 0, "clips": 0, "clips_not_analysed": 0, "regions": 0, "tests": [], "rows": [],
-             "examples": [], "rule": rule, "tolerance_s": tolerance_s}
+    stimuli = list(
+        Stimulus.objects.filter(
+            asset_id__in=run_assets, trial__is_training=False, trial__control=""
+        ).values_list("id", "asset_id", "trial__test_id", "trial__test__name")
+    )
+    rule = (
+        f"listener regions: at least {min_share:.0%} of a clip's listeners and at least {min_listeners} "
+        f"listeners flagged (analysis.flags.flag_regions); an event matches a region when they overlap after "
+        f"widening the region by {tolerance_s:g} s on each side; counts pooled over clips"
+    )
+    empty = {
+        "flags": 0,
+        "clips": 0,
+        "clips_not_analysed": 0,
+        "regions": 0,
+        "tests": [],
+        "rows": [],
+        "examples": [],
+        "rule": rule,
+        "tolerance_s": tolerance_s,
+    }
     if not stimuli:
         return empty
     flags, presented = _listening_frames([s[0] for s in stimuli])
@@ -272,21 +375,29 @@ def run_detector_agreement(
     stimuli = [s for s in stimuli if s[0] in heard]
     if not stimuli:
         return empty
-    gens = list(Generation.objects.filter(checkpoint__run=run, asset_id__in={s[1] for s in stimuli})
-                .values_list("id", "asset_id", "checkpoint__step", "item__key", "detector_pass__id"))
+    gens = list(
+        Generation.objects.filter(checkpoint__run=run, asset_id__in={s[1] for s in stimuli}).values_list(
+            "id", "asset_id", "checkpoint__step", "item__key", "detector_pass__id"
+        )
+    )
     gens_of: dict[int, list[tuple]] = defaultdict(list)
     for g in gens:
         gens_of[g[1]].append(g)
     events: dict[int, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     seen = set()
-    for gen_id, det, start, end in (DetectorEvent.objects.filter(generation_id__in=[g[0] for g in gens])
-                                    .values_list("generation_id", "detector", "start_s", "end_s")):
+    for gen_id, det, start, end in DetectorEvent.objects.filter(
+        generation_id__in=[g[0] for g in gens]
+    ).values_list("generation_id", "detector", "start_s", "end_s"):
         events[gen_id][det].append((start, end))
         seen.add(det)
     names = _detector_names(run, seen)
     regions = _listener_regions(flags, presented, min_share=min_share, min_listeners=min_listeners)
-    totals = {name: dict.fromkeys(("clips", "n_detected", "n_detected_matched", "n_flagged", "n_flagged_matched"), 0)
-              for name in [*names, "any detector"]}
+    totals = {
+        name: dict.fromkeys(
+            ("clips", "n_detected", "n_detected_matched", "n_flagged", "n_flagged_matched"), 0
+        )
+        for name in [*names, "any detector"]
+    }
     clips = not_analysed = 0
     tests: dict[int, str] = {}
     examples = []
@@ -307,22 +418,39 @@ def run_detector_agreement(
                 for key in ("n_detected", "n_detected_matched", "n_flagged", "n_flagged_matched"):
                     t[key] += found[key]
             if flagged or every:
-                examples.append({"test": test_name, "test_id": test_id, "item": item_key, "step": step,
-                                 "regions": flagged,
-                                 "events": {n: sorted(by_det[n]) for n in names if by_det.get(n)}})
+                examples.append(
+                    {
+                        "test": test_name,
+                        "test_id": test_id,
+                        "item": item_key,
+                        "step": step,
+                        "regions": flagged,
+                        "events": {n: sorted(by_det[n]) for n in names if by_det.get(n)},
+                    }
+                )
     examples.sort(key=lambda e: (-len(e["regions"]), e["step"], e["item"]))
-    return {"flags": int(len(flags)), "clips": clips, "clips_not_analysed": not_analysed,
-            "regions": totals["any detector"]["n_flagged"], "tests": sorted(tests.values()),
-            "rows": [_agreement_row(name, t) for name, t in totals.items()],
-            "examples": examples[:AGREEMENT_EXAMPLES], "rule": rule, "tolerance_s": tolerance_s}
+    return {
+        "flags": int(len(flags)),
+        "clips": clips,
+        "clips_not_analysed": not_analysed,
+        "regions": totals["any detector"]["n_flagged"],
+        "tests": sorted(tests.values()),
+        "rows": [_agreement_row(name, t) for name, t in totals.items()],
+        "examples": examples[:AGREEMENT_EXAMPLES],
+        "rule": rule,
+        "tolerance_s": tolerance_s,
+    }
 
 
 def checkpoint_choices(*, user) -> list[dict[str, Any]]:
     """Every checkpoint ``user`` may see, by run, for the comparison page's picker: ``[{"run", "checkpoints":
     [(id, step, status)]}]``."""
     grouped: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
-    for pk, step, status, run_name in (checkpoints_visible(user).order_by("run__name", "step")
-                                       .values_list("id", "step", "status", "run__name")):
+    for pk, step, status, run_name in (
+        checkpoints_visible(user)
+        .order_by("run__name", "step")
+        .values_list("id", "step", "status", "run__name")
+    ):
         grouped[run_name].append((pk, step, status))
     return [{"run": name, "checkpoints": ckpts} for name, ckpts in grouped.items()]
 
@@ -332,10 +460,25 @@ def _metric_columns(checkpoint_ids: Sequence[int]) -> tuple[list[dict], dict[tup
 
     A failed result has no spec; it shows in the metric's first column, as on the run page.
     """
-    rows = list(MetricResult.objects.filter(checkpoint_id__in=checkpoint_ids)
-                .order_by("name", "checkpoint__run__name", "checkpoint__step", "spec_key", "params_hash")
-                .values_list("name", "checkpoint_id", "status", "spec_key", "params_hash", "value", "ci_low",
-                             "ci_high", "n", "higher_is_better", "error", "metric_version", "embedder"))
+    rows = list(
+        MetricResult.objects.filter(checkpoint_id__in=checkpoint_ids)
+        .order_by("name", "checkpoint__run__name", "checkpoint__step", "spec_key", "params_hash")
+        .values_list(
+            "name",
+            "checkpoint_id",
+            "status",
+            "spec_key",
+            "params_hash",
+            "value",
+            "ci_low",
+            "ci_high",
+            "n",
+            "higher_is_better",
+            "error",
+            "metric_version",
+            "embedder",
+        )
+    )
     by_name: dict[str, list[tuple]] = defaultdict(list)
     for row in rows:
         by_name[row[0]].append(row)
@@ -351,15 +494,27 @@ def _metric_columns(checkpoint_ids: Sequence[int]) -> tuple[list[dict], dict[tup
         for spec, params in keys:
             provenance = next(((r[11], r[12]) for r in done if (r[3], r[4]) == (spec, params)), ("", ""))
             label = name if labels[(spec, params)] == "value" else f"{name} · {labels[(spec, params)]}"
-            columns.append({"kind": "metric", "name": name, "spec_key": spec, "params_hash": params, "label": label,
-                            "higher_is_better": hib,
-                            "title": f"{name}: spec {spec or '–'}, params {params or '–'}, version "
-                                     f"{provenance[0] or '–'}, embedder {provenance[1] or '–'}"})
+            columns.append(
+                {
+                    "kind": "metric",
+                    "name": name,
+                    "spec_key": spec,
+                    "params_hash": params,
+                    "label": label,
+                    "higher_is_better": hib,
+                    "title": f"{name}: spec {spec or '–'}, params {params or '–'}, version "
+                    f"{provenance[0] or '–'}, embedder {provenance[1] or '–'}",
+                }
+            )
         index = {key: first + i for i, key in enumerate(keys)}
         for r in results:
             if r in done_set:
-                cells[(r[1], index[(r[3], r[4])])] = {"value": float(r[5]), "ci_low": _finite(r[6]),
-                                                     "ci_high": _finite(r[7]), "n": r[8]}
+                cells[(r[1], index[(r[3], r[4])])] = {
+                    "value": float(r[5]),
+                    "ci_low": _finite(r[6]),
+                    "ci_high": _finite(r[7]),
+                    "n": r[8],
+                }
             else:
                 cells.setdefault((r[1], first), {"failed": r[10] or "no value"})
     return columns, cells
@@ -374,18 +529,26 @@ def _human_columns(checkpoint_ids: Sequence[int], user) -> tuple[list[dict], dic
     from evalsite.listening.access import listening_tests_visible
     from evalsite.listening.models import Condition, ListeningTest
 
-    conditions = list(Condition.objects.filter(checkpoint_id__in=checkpoint_ids)
-                      .values_list("test_id", "label", "role", "checkpoint_id"))
+    conditions = list(
+        Condition.objects.filter(checkpoint_id__in=checkpoint_ids).values_list(
+            "test_id", "label", "role", "checkpoint_id"
+        )
+    )
     ckpt_of: dict[int, dict[str, int]] = defaultdict(dict)
-    for test_id, label, role, ckpt in conditions:
+    for test_id, label, _role, ckpt in conditions:
         ckpt_of[test_id][label] = ckpt
     columns: list[dict] = []
     cells: dict[tuple[int, int], dict] = {}
     for test in listening_tests_visible(user).filter(pk__in=ckpt_of).order_by("name"):
         ours = ckpt_of[test.pk]
         frame = ratings_frame(test)
-        base = {"kind": "human", "test_id": test.pk, "test": test.name, "test_kind": test.kind,
-                "higher_is_better": True}
+        base = {
+            "kind": "human",
+            "test_id": test.pk,
+            "test": test.name,
+            "test_kind": test.kind,
+            "higher_is_better": True,
+        }
         if frame.empty:
             columns.append({**base, "label": f"{test.name} ({test.kind.upper()})", "title": "no ratings yet"})
             continue
@@ -393,8 +556,13 @@ def _human_columns(checkpoint_ids: Sequence[int], user) -> tuple[list[dict], dic
             for pair in ab_preference(frame).itertuples(index=False):
                 if pair.system_a not in ours and pair.system_b not in ours:
                     continue
-                columns.append({**base, "label": f"{test.name} (AB: {pair.system_a} vs {pair.system_b})",
-                                "title": "share of decided answers preferring this system, Wilson 95% interval"})
+                columns.append(
+                    {
+                        **base,
+                        "label": f"{test.name} (AB: {pair.system_a} vs {pair.system_b})",
+                        "title": "share of decided answers preferring this system, Wilson 95% interval",
+                    }
+                )
                 rate, lo, hi = _finite(pair.preference_rate), _finite(pair.ci_low), _finite(pair.ci_high)
                 for label, flip in ((pair.system_a, False), (pair.system_b, True)):
                     if label in ours:
@@ -402,21 +570,30 @@ def _human_columns(checkpoint_ids: Sequence[int], user) -> tuple[list[dict], dic
                             "value": None if rate is None else (1 - rate if flip else rate),
                             "ci_low": None if hi is None or lo is None else (1 - hi if flip else lo),
                             "ci_high": None if hi is None or lo is None else (1 - lo if flip else hi),
-                            "n": pair.decided, "ties": pair.ties, "listeners": pair.listeners}
+                            "n": pair.decided,
+                            "ties": pair.ties,
+                            "listeners": pair.listeners,
+                        }
             continue
         scores = system_scores(frame, kind=test.kind)
         if test.kind == ListeningTest.Kind.CMOS:
             for comparison, group in scores.groupby("comparison", sort=True):
-                columns.append({**base, "label": f"{test.name} (CMOS vs {comparison})",
-                                "title": "CMOS relative to the comparison: mean, t and bootstrap 95% CI"})
+                columns.append(
+                    {
+                        **base,
+                        "label": f"{test.name} (CMOS vs {comparison})",
+                        "title": "CMOS relative to the comparison: mean, t and bootstrap 95% CI",
+                    }
+                )
                 if comparison in ours:
                     cells[(ours[comparison], len(columns) - 1)] = {"baseline": True}
                 for r in group.itertuples(index=False):
                     if r.system in ours:
                         cells[(ours[r.system], len(columns) - 1)] = _score_cell(r)
             continue
-        columns.append({**base, "label": f"{test.name} ({test.kind.upper()})",
-                        "title": scores.attrs.get("method", "")})
+        columns.append(
+            {**base, "label": f"{test.name} ({test.kind.upper()})", "title": scores.attrs.get("method", "")}
+        )
         for r in scores.itertuples(index=False):
             if r.system in ours:
                 cells[(ours[r.system], len(columns) - 1)] = _score_cell(r)
@@ -424,9 +601,15 @@ def _human_columns(checkpoint_ids: Sequence[int], user) -> tuple[list[dict], dic
 
 
 def _score_cell(row: Any) -> dict[str, Any]:
-    return {"value": _finite(row.mean), "ci_low": _finite(row.ci_low), "ci_high": _finite(row.ci_high),
-            "boot_low": _finite(row.boot_low), "boot_high": _finite(row.boot_high), "n": int(row.n),
-            "listeners": int(row.listeners)}
+    return {
+        "value": _finite(row.mean),
+        "ci_low": _finite(row.ci_low),
+        "ci_high": _finite(row.ci_high),
+        "boot_low": _finite(row.boot_low),
+        "boot_high": _finite(row.boot_high),
+        "n": int(row.n),
+        "listeners": int(row.listeners),
+    }
 
 
 def checkpoint_comparison(*, checkpoint_ids: Sequence[int], user) -> dict[str, Any]:
@@ -439,8 +622,9 @@ def checkpoint_comparison(*, checkpoint_ids: Sequence[int], user) -> dict[str, A
     """
     ids = list(dict.fromkeys(int(i) for i in checkpoint_ids))
     # A checkpoint of a run the user may not see is "not found", like one that does not exist.
-    checkpoints = list(checkpoints_visible(user).filter(pk__in=ids).select_related("run")
-                       .order_by("run__name", "step"))
+    checkpoints = list(
+        checkpoints_visible(user).filter(pk__in=ids).select_related("run").order_by("run__name", "step")
+    )
     found = [c.pk for c in checkpoints]
     metric_cols, metric_cells = _metric_columns(found) if found else ([], {})
     human_cols, human_cells = _human_columns(found, user) if found else ([], {})
@@ -448,11 +632,20 @@ def checkpoint_comparison(*, checkpoint_ids: Sequence[int], user) -> dict[str, A
     cells = {**metric_cells, **{(c, offset + i): v for (c, i), v in human_cells.items()}}
     columns = metric_cols + human_cols
     for index, col in enumerate(columns):
-        scored = [(cells[(c, index)]["value"], c) for c in found
-                  if cells.get((c, index), {}).get("value") is not None]
+        scored = [
+            (cells[(c, index)]["value"], c)
+            for c in found
+            if cells.get((c, index), {}).get("value") is not None
+        ]
         best = _best_index([v for v, _ in scored], [c for _, c in scored], col["higher_is_better"])
         if best is not None and len(scored) > 1:
             cells[(scored[best][1], index)]["best"] = True
-    rows = [{"checkpoint": c, "cells": [cells.get((c.pk, i)) for i in range(len(columns))]} for c in checkpoints]
-    return {"checkpoints": checkpoints, "missing": [i for i in ids if i not in set(found)], "columns": columns,
-            "rows": rows}
+    rows = [
+        {"checkpoint": c, "cells": [cells.get((c.pk, i)) for i in range(len(columns))]} for c in checkpoints
+    ]
+    return {
+        "checkpoints": checkpoints,
+        "missing": [i for i in ids if i not in set(found)],
+        "columns": columns,
+        "rows": rows,
+    }

@@ -7,8 +7,13 @@ from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
 from evalsite.analysis.figures_runs import direction_arrow, run_figures
-from evalsite.analysis.run_selectors import (checkpoint_choices, checkpoint_comparison, run_detector_agreement,
-                                             run_detector_rates, run_metric_series)
+from evalsite.analysis.run_selectors import (
+    checkpoint_choices,
+    checkpoint_comparison,
+    run_detector_agreement,
+    run_detector_rates,
+    run_metric_series,
+)
 from evalsite.runs.access import runs_visible
 
 MAX_COMPARED = 50
@@ -30,9 +35,17 @@ def run_analysis(request: HttpRequest, pk: int) -> HttpResponse:
     rates = run_detector_rates(run=run)
     for metric in metrics:
         metric["arrow"] = direction_arrow(metric["higher_is_better"])
-    return render(request, "analysis/run_analysis.html", {
-        "run": run, "metrics": metrics, "rates": rates, "figures": run_figures(metrics, rates),
-        "agreement": run_detector_agreement(run=run)})
+    return render(
+        request,
+        "analysis/run_analysis.html",
+        {
+            "run": run,
+            "metrics": metrics,
+            "rates": rates,
+            "figures": run_figures(metrics, rates),
+            "agreement": run_detector_agreement(run=run),
+        },
+    )
 
 
 @login_required
@@ -51,6 +64,13 @@ def checkpoint_compare(request: HttpRequest) -> HttpResponse:
         messages.append(UNKNOWN_CHECKPOINTS.format(ids=", ".join(map(str, comparison["missing"]))))
     for column in comparison["columns"] if comparison else []:
         column["arrow"] = direction_arrow(column["higher_is_better"])
-    return render(request, "analysis/run_compare.html", {
-        "choices": checkpoint_choices(user=request.user), "selected": set(ids), "comparison": comparison,
-        "messages": messages})
+    return render(
+        request,
+        "analysis/run_compare.html",
+        {
+            "choices": checkpoint_choices(user=request.user),
+            "selected": set(ids),
+            "comparison": comparison,
+            "messages": messages,
+        },
+    )

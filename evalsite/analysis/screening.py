@@ -132,14 +132,18 @@ class Screening:
             out.append(f"Excluded listeners with more than {r.qc.max_failures} failed {checks} questions.")
         if r.constant:
             sd = _min_sd(r.constant, self.kind)
-            out.append(f"Excluded near-constant raters: SD of system scores below {sd:g}, or the same answer on "
-                       f"more than {_pct(r.constant.max_same_share)} of trials (judged with at least "
-                       f"{r.constant.min_ratings} ratings).")
+            out.append(
+                f"Excluded near-constant raters: SD of system scores below {sd:g}, or the same answer on "
+                f"more than {_pct(r.constant.max_same_share)} of trials (judged with at least "
+                f"{r.constant.min_ratings} ratings)."
+            )
         if r.agreement:
             a = r.agreement
-            out.append(f"Excluded listeners whose {a.method.capitalize()} correlation with the leave-one-out mean "
-                       f"of the other listeners was below {a.min_r:g} (needs at least {a.min_common_cells} "
-                       "common cells).")
+            out.append(
+                f"Excluded listeners whose {a.method.capitalize()} correlation with the leave-one-out mean "
+                f"of the other listeners was below {a.min_r:g} (needs at least {a.min_common_cells} "
+                "common cells)."
+            )
         return out
 
 
@@ -161,12 +165,21 @@ def _bs1534(frame: pd.DataFrame, rule: Bs1534Rule) -> list[dict]:
     judged = frame.loc[frame["role"].isin([HIDDEN_REFERENCE, rule.anchor_role])]
     per_item = judged.groupby(["listener", "item", "role"], sort=True)["score"].mean().reset_index()
     ref = per_item.loc[per_item["role"] == HIDDEN_REFERENCE]
-    ref_counts = (ref["score"] < rule.reference_below).groupby(ref["listener"], sort=True).agg(["sum", "size"])
+    ref_counts = (
+        (ref["score"] < rule.reference_below).groupby(ref["listener"], sort=True).agg(["sum", "size"])
+    )
     for listener, bad, n in zip(ref_counts.index, ref_counts["sum"].tolist(), ref_counts["size"].tolist()):
         if n and bad / n > rule.max_share:
-            out.append(dict(listener=listener, rule="bs1534_reference", reason=(
-                f"rated the hidden reference below {rule.reference_below:g} on {bad} of {n} items "
-                f"({_pct(bad / n)} > {_pct(rule.max_share)})")))
+            out.append(
+                dict(
+                    listener=listener,
+                    rule="bs1534_reference",
+                    reason=(
+                        f"rated the hidden reference below {rule.reference_below:g} on {bad} of {n} items "
+                        f"({_pct(bad / n)} > {_pct(rule.max_share)})"
+                    ),
+                )
+            )
     anchor = per_item.loc[per_item["role"] == rule.anchor_role].copy()
     anchor["high"] = anchor["score"] > rule.anchor_above
     item_share = anchor.groupby("item")["high"].mean()
@@ -174,14 +187,29 @@ def _bs1534(frame: pd.DataFrame, rule: Bs1534Rule) -> list[dict]:
     skipped_items = anchor.groupby("listener", sort=True)["guarded"].sum()
     counted = anchor.loc[~anchor["guarded"]]
     anchor_counts = counted.groupby("listener", sort=True)["high"].agg(["sum", "size"])
-    for listener, bad, n in zip(anchor_counts.index, anchor_counts["sum"].tolist(), anchor_counts["size"].tolist()):
+    for listener, bad, n in zip(
+        anchor_counts.index, anchor_counts["sum"].tolist(), anchor_counts["size"].tolist()
+    ):
         if n and bad / n > rule.max_share:
             skipped = int(skipped_items[listener])
-            extra = (f"; {skipped} item(s) where more than {_pct(rule.anchor_item_guard)} of listeners rated the "
-                     f"anchor above {rule.anchor_above:g} were left out") if skipped else ""
-            out.append(dict(listener=listener, rule="bs1534_anchor", reason=(
-                f"rated the mid-range anchor ({rule.anchor_role}) above {rule.anchor_above:g} on {bad} of {n} items "
-                f"({_pct(bad / n)} > {_pct(rule.max_share)}){extra}")))
+            extra = (
+                (
+                    f"; {skipped} item(s) where more than {_pct(rule.anchor_item_guard)} of listeners rated the "
+                    f"anchor above {rule.anchor_above:g} were left out"
+                )
+                if skipped
+                else ""
+            )
+            out.append(
+                dict(
+                    listener=listener,
+                    rule="bs1534_anchor",
+                    reason=(
+                        f"rated the mid-range anchor ({rule.anchor_role}) above {rule.anchor_above:g} on {bad} of {n} items "
+                        f"({_pct(bad / n)} > {_pct(rule.max_share)}){extra}"
+                    ),
+                )
+            )
     return out
 
 
@@ -197,8 +225,15 @@ def _qc(listeners: list, qc: dict, rule: QcRule) -> list[dict]:
             total, passed = int(c.get("total", 0)), int(c.get("passed", 0))
             failed = total - passed
             if failed > rule.max_failures:
-                out.append(dict(listener=listener, rule=f"qc_{check}", reason=(
-                    f"failed {failed} of {total} {check} questions (more than {rule.max_failures} allowed)")))
+                out.append(
+                    dict(
+                        listener=listener,
+                        rule=f"qc_{check}",
+                        reason=(
+                            f"failed {failed} of {total} {check} questions (more than {rule.max_failures} allowed)"
+                        ),
+                    )
+                )
     return out
 
 
@@ -213,19 +248,38 @@ def _constant(frame: pd.DataFrame, rule: ConstantRule, kind: str) -> tuple[list[
     for listener, mine in zip(listeners, rows):
         s = scores[mine]
         if len(s) < rule.min_ratings:
-            skipped.append(dict(listener=listener, rule="constant", reason=(
-                f"only {len(s)} system ratings (at least {rule.min_ratings} needed)")))
+            skipped.append(
+                dict(
+                    listener=listener,
+                    rule="constant",
+                    reason=(f"only {len(s)} system ratings (at least {rule.min_ratings} needed)"),
+                )
+            )
             continue
         sd = float(np.std(s, ddof=1))
         values, counts = np.unique(s, return_counts=True)
         top = counts.max() / len(s)
         if sd < min_sd:
-            out.append(dict(listener=listener, rule="constant", reason=(
-                f"scores of system stimuli have SD {sd:.2f} over {len(s)} ratings (< {min_sd:g})")))
+            out.append(
+                dict(
+                    listener=listener,
+                    rule="constant",
+                    reason=(
+                        f"scores of system stimuli have SD {sd:.2f} over {len(s)} ratings (< {min_sd:g})"
+                    ),
+                )
+            )
         elif top > rule.max_same_share:
-            out.append(dict(listener=listener, rule="constant", reason=(
-                f"gave the same answer ({values[counts.argmax()]:g}) on {counts.max()} of {len(s)} trials "
-                f"({_pct(top)} > {_pct(rule.max_same_share)})")))
+            out.append(
+                dict(
+                    listener=listener,
+                    rule="constant",
+                    reason=(
+                        f"gave the same answer ({values[counts.argmax()]:g}) on {counts.max()} of {len(s)} trials "
+                        f"({_pct(top)} > {_pct(rule.max_same_share)})"
+                    ),
+                )
+            )
     return out, skipped
 
 
@@ -274,15 +328,19 @@ def _agreement(frame: pd.DataFrame, rule: AgreementRule) -> tuple[list[dict], li
     units = ["item", "system"] + (["comparison"] if "comparison" in frame else [])
     l_codes, natural = pd.factorize(frame["listener"], sort=True)  # the order a groupby sums the cells in
     unit_codes = np.zeros(len(frame), dtype=np.int64)
-    for column in units:  # lexicographic (item, system[, comparison]) order, as a groupby over the columns sorts
+    for (
+        column
+    ) in units:  # lexicographic (item, system[, comparison]) order, as a groupby over the columns sorts
         codes, uniques = pd.factorize(frame[column], sort=True)
         unit_codes = unit_codes * len(uniques) + codes
     unit_codes = np.unique(unit_codes, return_inverse=True)[1].ravel()
     n_units = int(unit_codes.max()) + 1 if len(unit_codes) else 0
-    cell = pd.Series(frame["score"].to_numpy(float)).groupby(
-        [l_codes, unit_codes], sort=True).mean()
-    listener, unit, score = (cell.index.get_level_values(0).to_numpy(), cell.index.get_level_values(1).to_numpy(),
-                             cell.to_numpy())
+    cell = pd.Series(frame["score"].to_numpy(float)).groupby([l_codes, unit_codes], sort=True).mean()
+    listener, unit, score = (
+        cell.index.get_level_values(0).to_numpy(),
+        cell.index.get_level_values(1).to_numpy(),
+        cell.to_numpy(),
+    )
     totals = cell.groupby(level=1).agg(["sum", "count"]).reindex(range(n_units))
     total, count = totals["sum"].to_numpy()[unit], totals["count"].to_numpy()[unit]
     shared = count >= 2
@@ -305,21 +363,40 @@ def _agreement(frame: pd.DataFrame, rule: AgreementRule) -> tuple[list[dict], li
     for name in sorted(natural, key=str):
         k = natural.get_loc(name)
         if n_cells[k] < rule.min_common_cells:
-            skipped.append(dict(listener=name, rule="agreement", reason=(
-                f"only {n_cells[k]} cells shared with other listeners (at least {rule.min_common_cells} needed)")))
+            skipped.append(
+                dict(
+                    listener=name,
+                    rule="agreement",
+                    reason=(
+                        f"only {n_cells[k]} cells shared with other listeners (at least {rule.min_common_cells} needed)"
+                    ),
+                )
+            )
             continue
         if not (spread_x[k] and spread_y[k]):
-            skipped.append(dict(listener=name, rule="agreement", reason=(
-                "constant scores on the shared cells; correlation undefined")))
+            skipped.append(
+                dict(
+                    listener=name,
+                    rule="agreement",
+                    reason=("constant scores on the shared cells; correlation undefined"),
+                )
+            )
             continue
         r = float(r_all[k])
         if abs(r - rule.min_r) < AGREEMENT_RECHECK or not np.isfinite(r):
             mine = listener == k
             r = float(corr(score[mine], loo[mine])[0])
         if r < rule.min_r:
-            out.append(dict(listener=name, rule="agreement", reason=(
-                f"{rule.method.capitalize()} correlation with the other listeners' mean is {r:.2f} over "
-                f"{n_cells[k]} cells (< {rule.min_r:g})")))
+            out.append(
+                dict(
+                    listener=name,
+                    rule="agreement",
+                    reason=(
+                        f"{rule.method.capitalize()} correlation with the other listeners' mean is {r:.2f} over "
+                        f"{n_cells[k]} cells (< {rule.min_r:g})"
+                    ),
+                )
+            )
     return out, skipped
 
 
@@ -364,9 +441,14 @@ def screen_listeners(
     excluded, skipped = [], []
     if rules.bs1534 and kind == "mushra":
         roles = set(frame["role"].unique()) if "role" in frame else set()
-        for rule, role in (("bs1534_reference", HIDDEN_REFERENCE), ("bs1534_anchor", rules.bs1534.anchor_role)):
+        for rule, role in (
+            ("bs1534_reference", HIDDEN_REFERENCE),
+            ("bs1534_anchor", rules.bs1534.anchor_role),
+        ):
             if role not in roles:
-                skipped.append(dict(listener=None, rule=rule, reason=f"no ratings with role {role!r}; rule not run"))
+                skipped.append(
+                    dict(listener=None, rule=rule, reason=f"no ratings with role {role!r}; rule not run")
+                )
         excluded += _bs1534(frame, rules.bs1534) if roles else []
     if rules.qc and qc:
         excluded += _qc(listeners, qc, rules.qc)
@@ -381,7 +463,9 @@ def screen_listeners(
     excluded_df = pd.DataFrame(excluded, columns=EXCLUSION_COLUMNS)
     gone = set(excluded_df["listener"])
     return Screening(
-        kind=kind, rules=rules, excluded=excluded_df,
+        kind=kind,
+        rules=rules,
+        excluded=excluded_df,
         kept_listeners=tuple(l for l in listeners if l not in gone),
         not_applied=pd.DataFrame(skipped, columns=EXCLUSION_COLUMNS),
         qc_given=bool(rules.qc and qc),
@@ -391,4 +475,3 @@ def screen_listeners(
 def apply_screening(ratings: pd.DataFrame, screening: Screening) -> pd.DataFrame:
     """Ratings of the kept listeners only, so scores can be shown with and without exclusions."""
     return ratings.loc[~ratings["listener"].isin(set(screening.excluded["listener"]))]
-

@@ -25,37 +25,62 @@ def ratings_frame(test: ListeningTest) -> pd.DataFrame:
         rows = [r for r in comparison_answers(test) if r.get("item") is not None]
         frame = pd.DataFrame(rows)
         if frame.empty:
-            columns = (["listener", "item", "system", "comparison", "score"] if test.kind == "cmos"
-                       else ["listener", "item", "a", "b", "preferred"])
+            columns = (
+                ["listener", "item", "system", "comparison", "score"]
+                if test.kind == "cmos"
+                else ["listener", "item", "a", "b", "preferred"]
+            )
             return pd.DataFrame(columns=columns)
         frame = frame.rename(columns={"participant": "listener"})
         if test.kind == ListeningTest.Kind.CMOS:
             return frame[["listener", "item", "system", "comparison", "score"]]
         return frame[["listener", "item", "a", "b", "preferred"]]
-    values = (Rating.objects.filter(participant__test=test, is_training=False, **MAIN)
-              .values_list("participant_id", "assignment__trial__item__key", "stimulus__condition__label",
-                           "stimulus__condition__role", "score", "stimulus__condition__checkpoint_id",
-                           "stimulus__condition__checkpoint__step"))
-    return pd.DataFrame.from_records(list(values), columns=["listener", "item", "system", "role", "score",
-                                                            "checkpoint", "step"])
+    values = Rating.objects.filter(participant__test=test, is_training=False, **MAIN).values_list(
+        "participant_id",
+        "assignment__trial__item__key",
+        "stimulus__condition__label",
+        "stimulus__condition__role",
+        "score",
+        "stimulus__condition__checkpoint_id",
+        "stimulus__condition__checkpoint__step",
+    )
+    return pd.DataFrame.from_records(
+        list(values), columns=["listener", "item", "system", "role", "score", "checkpoint", "step"]
+    )
 
 
 def presented_frame(test: ListeningTest) -> pd.DataFrame:
     """Which listener was given which stimulus: listener, stimulus, item, system, role, duration_s."""
-    values = (StimulusHandle.objects.filter(assignment__participant__test=test, **MAIN)
-              .values_list("assignment__participant_id", "stimulus_id", "stimulus__trial__item__key",
-                           "stimulus__condition__label", "stimulus__condition__role", "stimulus__asset__duration_s"))
-    return pd.DataFrame.from_records(list(values), columns=["listener", "stimulus", "item", "system", "role",
-                                                            "duration_s"])
+    values = StimulusHandle.objects.filter(assignment__participant__test=test, **MAIN).values_list(
+        "assignment__participant_id",
+        "stimulus_id",
+        "stimulus__trial__item__key",
+        "stimulus__condition__label",
+        "stimulus__condition__role",
+        "stimulus__asset__duration_s",
+    )
+    return pd.DataFrame.from_records(
+        list(values), columns=["listener", "stimulus", "item", "system", "role", "duration_s"]
+    )
 
 
 def flags_frame(test: ListeningTest) -> pd.DataFrame:
     """Every artifact flag on a main trial: listener, stimulus, item, system, role, start_s, end_s, category, note."""
-    values = (ArtifactFlag.objects.filter(participant__test=test, **MAIN)
-              .values_list("participant_id", "stimulus_id", "stimulus__trial__item__key", "stimulus__condition__label",
-                           "stimulus__condition__role", "start_s", "end_s", "category", "note"))
-    return pd.DataFrame.from_records(list(values), columns=["listener", "stimulus", "item", "system", "role",
-                                                            "start_s", "end_s", "category", "note"])
+    values = ArtifactFlag.objects.filter(participant__test=test, **MAIN).values_list(
+        "participant_id",
+        "stimulus_id",
+        "stimulus__trial__item__key",
+        "stimulus__condition__label",
+        "stimulus__condition__role",
+        "start_s",
+        "end_s",
+        "category",
+        "note",
+    )
+    return pd.DataFrame.from_records(
+        list(values),
+        columns=["listener", "stimulus", "item", "system", "role", "start_s", "end_s", "category", "note"],
+    )
 
 
 def quality_control(test: ListeningTest) -> dict:

@@ -116,8 +116,14 @@ def _codes(frame: pd.DataFrame, group_cols: list[str]) -> _Codes:
     i_codes, items = pd.factorize(frame["item"], sort=True)
     keys = frame[group_cols].apply(tuple, axis=1) if len(group_cols) > 1 else frame[group_cols[0]]
     g_codes, g_uniques = pd.factorize(keys, sort=True)
-    return _Codes(l_codes, len(listeners), i_codes, len(items), g_codes,
-                  [k if isinstance(k, tuple) else (k,) for k in g_uniques])
+    return _Codes(
+        l_codes,
+        len(listeners),
+        i_codes,
+        len(items),
+        g_codes,
+        [k if isinstance(k, tuple) else (k,) for k in g_uniques],
+    )
 
 
 def _group_rows(codes: np.ndarray, n_groups: int | None = None) -> list[np.ndarray]:
@@ -126,7 +132,7 @@ def _group_rows(codes: np.ndarray, n_groups: int | None = None) -> list[np.ndarr
     n_groups = int(codes.max(initial=-1)) + 1 if n_groups is None else n_groups
     order = np.argsort(codes, kind="stable")
     bounds = np.searchsorted(codes[order], np.arange(n_groups + 1))
-    return [order[bounds[j]:bounds[j + 1]] for j in range(n_groups)]
+    return [order[bounds[j] : bounds[j + 1]] for j in range(n_groups)]
 
 
 def _mode(values: np.ndarray):
@@ -155,7 +161,9 @@ def _cluster_bootstrap_means(codes: _Codes, scores: np.ndarray, *, n_boot: int, 
     values = np.concatenate([scores, np.ones_like(scores)])
     dtype = None
     if 2 * cells * n_l <= _DENSE_BOOT_CELLS and np.all(scores == np.round(scores)):
-        table = np.bincount(rows * n_l + listeners, weights=values, minlength=2 * cells * n_l).reshape(2 * cells, n_l)
+        table = np.bincount(rows * n_l + listeners, weights=values, minlength=2 * cells * n_l).reshape(
+            2 * cells, n_l
+        )
         dtype = _dense_dtype(table, n_l * n_i)
     if dtype is not None:
         mat_t = table.astype(dtype)
@@ -253,8 +261,15 @@ def system_scores(
         row = dict(zip(group_cols, key))
         if roles is not None:
             row["role"] = _mode(roles[idx])
-        row.update(n=n, listeners=len(np.unique(codes.listener[idx])), items=len(np.unique(codes.item[idx])),
-                   mean=mean, sd=sd, ci_low=float(lo), ci_high=float(hi))
+        row.update(
+            n=n,
+            listeners=len(np.unique(codes.listener[idx])),
+            items=len(np.unique(codes.item[idx])),
+            mean=mean,
+            sd=sd,
+            ci_low=float(lo),
+            ci_high=float(hi),
+        )
         if kind == "mushra":
             q1, med, q3 = np.percentile(s, [25, 50, 75])
             row.update(median=float(med), q1=float(q1), q3=float(q3), iqr=float(q3 - q1))
@@ -307,7 +322,9 @@ def ab_preference(ab: pd.DataFrame) -> pd.DataFrame:
     invalid = ~tie & ~frame["win"] & ~frame["loss"]
     if invalid.any():
         bad = frame.loc[invalid, list(AB_COLUMNS)].head(5).to_dict("records")
-        raise ValueError(f"'preferred' must equal 'a' or 'b' or be empty; {int(invalid.sum())} rows do not, e.g. {bad}")
+        raise ValueError(
+            f"'preferred' must equal 'a' or 'b' or be empty; {int(invalid.sum())} rows do not, e.g. {bad}"
+        )
     rows = []
     for (sa, sb), g in frame.groupby(["system_a", "system_b"], sort=True):
         wins, losses = int(g["win"].sum()), int(g["loss"].sum())
@@ -319,15 +336,47 @@ def ab_preference(ab: pd.DataFrame) -> pd.DataFrame:
         else:
             lo = hi = p = rate = math.nan
             note = "no decided answers (all ties)"
-        rows.append(dict(system_a=sa, system_b=sb, n=len(g), wins=wins, losses=losses, ties=ties,
-                         decided=decided, preference_rate=float(rate), ci_low=float(lo), ci_high=float(hi),
-                         p_sign=float(p), listeners=int(g["listener"].nunique()), note=note))
-    out = pd.DataFrame(rows, columns=["system_a", "system_b", "n", "wins", "losses", "ties", "decided",
-                                      "preference_rate", "ci_low", "ci_high", "p_sign", "listeners", "note"])
+        rows.append(
+            dict(
+                system_a=sa,
+                system_b=sb,
+                n=len(g),
+                wins=wins,
+                losses=losses,
+                ties=ties,
+                decided=decided,
+                preference_rate=float(rate),
+                ci_low=float(lo),
+                ci_high=float(hi),
+                p_sign=float(p),
+                listeners=int(g["listener"].nunique()),
+                note=note,
+            )
+        )
+    out = pd.DataFrame(
+        rows,
+        columns=[
+            "system_a",
+            "system_b",
+            "n",
+            "wins",
+            "losses",
+            "ties",
+            "decided",
+            "preference_rate",
+            "ci_low",
+            "ci_high",
+            "p_sign",
+            "listeners",
+            "note",
+        ],
+    )
     out.insert(out.columns.get_loc("p_sign") + 1, "p_holm", holm_adjust(out["p_sign"]))
-    out.attrs["method"] = ("preference rate of system_a among decided answers (ties dropped), Wilson 95% interval; "
-                           "two-sided exact sign test (binomial, p = 0.5) on wins vs losses, ties dropped; "
-                           "Holm over pairs")
+    out.attrs["method"] = (
+        "preference rate of system_a among decided answers (ties dropped), Wilson 95% interval; "
+        "two-sided exact sign test (binomial, p = 0.5) on wins vs losses, ties dropped; "
+        "Holm over pairs"
+    )
     return out
 
 
@@ -335,8 +384,13 @@ def _wilcoxon(d: np.ndarray, min_pairs: int) -> tuple[float, float, str | None, 
     """Wilcoxon signed-rank on paired differences d → (statistic, p, method, note); never raises on data."""
     n = len(d)
     if n < min_pairs:
-        return (math.nan, math.nan, None, f"only {n} listener×item pairs; at least {min_pairs} are needed for a "
-                                          "two-sided p below 0.05 to be possible")
+        return (
+            math.nan,
+            math.nan,
+            None,
+            f"only {n} listener×item pairs; at least {min_pairs} are needed for a "
+            "two-sided p below 0.05 to be possible",
+        )
     if not np.any(d != 0):
         return math.nan, math.nan, None, "all paired differences are zero; no test"
     res = sps.wilcoxon(d, zero_method="pratt", alternative="two-sided", method="auto")
@@ -358,8 +412,7 @@ def _paired_table(frame: pd.DataFrame) -> tuple[list, np.ndarray]:
     i_codes, items = pd.factorize(frame["item"], sort=True)
     s_codes, systems = pd.factorize(frame["system"], sort=True)
     cells, cell_codes = np.unique(l_codes.astype(np.int64) * len(items) + i_codes, return_inverse=True)
-    means = pd.Series(frame["score"].to_numpy(float)).groupby(
-        [cell_codes.ravel(), s_codes], sort=True).mean()
+    means = pd.Series(frame["score"].to_numpy(float)).groupby([cell_codes.ravel(), s_codes], sort=True).mean()
     wide = np.full((len(cells), len(systems)), np.nan)
     wide[means.index.get_level_values(0), means.index.get_level_values(1)] = means.to_numpy()
     return list(systems), wide
@@ -401,10 +454,20 @@ def pairwise_tests(
         for (sa, sb), g in frame.groupby(["system", "comparison"], sort=True):
             d = g.groupby(["listener", "item"])["score"].mean().to_numpy(float)
             stat, p, method, note = _wilcoxon(d, min_pairs)
-            rows.append(dict(system_a=sa, system_b=sb, n_pairs=len(d), n_zero=int(np.sum(d == 0)),
-                             mean_diff=float(d.mean()) if len(d) else math.nan,
-                             median_diff=float(np.median(d)) if len(d) else math.nan,
-                             statistic=stat, p=p, method=method, note=note))
+            rows.append(
+                dict(
+                    system_a=sa,
+                    system_b=sb,
+                    n_pairs=len(d),
+                    n_zero=int(np.sum(d == 0)),
+                    mean_diff=float(d.mean()) if len(d) else math.nan,
+                    median_diff=float(np.median(d)) if len(d) else math.nan,
+                    statistic=stat,
+                    p=p,
+                    method=method,
+                    note=note,
+                )
+            )
     else:
         names, wide = _paired_table(frame)
         column = {name: k for k, name in enumerate(names)}
@@ -414,42 +477,81 @@ def pairwise_tests(
             both = finite[:, a] & finite[:, b]
             d = wide[both, a] - wide[both, b]
             stat, p, method, note = _wilcoxon(d, min_pairs)
-            rows.append(dict(system_a=sa, system_b=sb, n_pairs=len(d), n_zero=int(np.sum(d == 0)),
-                             mean_diff=float(d.mean()) if len(d) else math.nan,
-                             median_diff=float(np.median(d)) if len(d) else math.nan,
-                             statistic=stat, p=p, method=method, note=note))
-    out = pd.DataFrame(rows, columns=["system_a", "system_b", "n_pairs", "n_zero", "mean_diff", "median_diff",
-                                      "statistic", "p", "method", "note"])
+            rows.append(
+                dict(
+                    system_a=sa,
+                    system_b=sb,
+                    n_pairs=len(d),
+                    n_zero=int(np.sum(d == 0)),
+                    mean_diff=float(d.mean()) if len(d) else math.nan,
+                    median_diff=float(np.median(d)) if len(d) else math.nan,
+                    statistic=stat,
+                    p=p,
+                    method=method,
+                    note=note,
+                )
+            )
+    out = pd.DataFrame(
+        rows,
+        columns=[
+            "system_a",
+            "system_b",
+            "n_pairs",
+            "n_zero",
+            "mean_diff",
+            "median_diff",
+            "statistic",
+            "p",
+            "method",
+            "note",
+        ],
+    )
     out.insert(out.columns.get_loc("p") + 1, "p_holm", holm_adjust(out["p"]))
-    out.insert(out.columns.get_loc("p_holm") + 1, "significant", (out["p_holm"] < alpha).fillna(False).astype(bool))
-    out.attrs["method"] = (f"Wilcoxon signed-rank (Pratt zero handling) on listener×item paired differences "
-                           f"(system_a − system_b); Holm over all pairs, alpha = {alpha}")
+    out.insert(
+        out.columns.get_loc("p_holm") + 1, "significant", (out["p_holm"] < alpha).fillna(False).astype(bool)
+    )
+    out.attrs["method"] = (
+        f"Wilcoxon signed-rank (Pratt zero handling) on listener×item paired differences "
+        f"(system_a − system_b); Holm over all pairs, alpha = {alpha}"
+    )
     return out
 
 
-def _mixed_model_start(ratings: pd.DataFrame, baseline: str | None, method: str) -> tuple[pd.DataFrame, list, dict]:
+def _mixed_model_start(
+    ratings: pd.DataFrame, baseline: str | None, method: str
+) -> tuple[pd.DataFrame, list, dict]:
     """Clean frame, sorted systems and the not-yet-fitted result dict shared by both mixed-model fits; the
     dict's ``reason`` is set when the data cannot support the model."""
     frame = _clean_ratings(ratings, kind="mos")
     systems = sorted(frame["system"].unique(), key=str)
     baseline = systems[0] if baseline is None and systems else baseline
     result: dict = {
-        "ok": False, "reason": None, "baseline": baseline,
+        "ok": False,
+        "reason": None,
+        "baseline": baseline,
         "formula": "score ~ C(system, Treatment(baseline)) + (1 | listener) + (1 | item)",
         "method": method,
-        "n": int(len(frame)), "listeners": int(frame["listener"].nunique()), "items": int(frame["item"].nunique()),
-        "converged": False, "intercept": None, "effects": [], "variance_components": {}, "warnings": [],
+        "n": int(len(frame)),
+        "listeners": int(frame["listener"].nunique()),
+        "items": int(frame["item"].nunique()),
+        "converged": False,
+        "intercept": None,
+        "effects": [],
+        "variance_components": {},
+        "warnings": [],
     }
     if baseline not in systems:
         result["reason"] = f"baseline {baseline!r} is not among the systems {systems}"
     elif len(systems) < 2:
         result["reason"] = f"needs at least 2 systems; got {len(systems)}"
     elif result["listeners"] < 2 or result["items"] < 2:
-        result["reason"] = (f"needs at least 2 listeners and 2 items; got {result['listeners']} and "
-                            f"{result['items']}")
+        result["reason"] = (
+            f"needs at least 2 listeners and 2 items; got {result['listeners']} and {result['items']}"
+        )
     elif len(frame) <= len(systems) + 3:
-        result["reason"] = (f"{len(frame)} ratings are too few for {len(systems)} fixed effects and 3 variance "
-                            "parameters")
+        result["reason"] = (
+            f"{len(frame)} ratings are too few for {len(systems)} fixed effects and 3 variance parameters"
+        )
     elif float(frame["score"].std()) == 0.0:
         result["reason"] = "all scores are equal; no variance to model"
     return frame, systems, result
@@ -478,26 +580,36 @@ def mixed_effects(ratings: pd.DataFrame, *, baseline: str | None = None, reml: b
     import statsmodels.formula.api as smf
 
     frame, systems, result = _mixed_model_start(
-        ratings, baseline, "statsmodels MixedLM, one constant group, variance components for listener and item "
-                           f"({'REML' if reml else 'ML'}); Wald z p-values and 95% CIs")
+        ratings,
+        baseline,
+        "statsmodels MixedLM, one constant group, variance components for listener and item "
+        f"({'REML' if reml else 'ML'}); Wald z p-values and 95% CIs",
+    )
     if result["reason"]:
         return result
     baseline = result["baseline"]
 
     codes = {s: f"s{k}" for k, s in enumerate(systems)}
-    data = pd.DataFrame({
-        "score": frame["score"].to_numpy(float),
-        "system": frame["system"].map(codes).to_numpy(),
-        "listener": pd.factorize(frame["listener"])[0],
-        "item": pd.factorize(frame["item"])[0],
-        "group": 0,
-    })
+    data = pd.DataFrame(
+        {
+            "score": frame["score"].to_numpy(float),
+            "system": frame["system"].map(codes).to_numpy(),
+            "listener": pd.factorize(frame["listener"])[0],
+            "item": pd.factorize(frame["item"])[0],
+            "group": 0,
+        }
+    )
     formula = f"score ~ C(system, Treatment('{codes[baseline]}'))"
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            model = smf.mixedlm(formula, data, groups="group", re_formula="0",
-                                vc_formula={"listener": "0 + C(listener)", "item": "0 + C(item)"})
+            model = smf.mixedlm(
+                formula,
+                data,
+                groups="group",
+                re_formula="0",
+                vc_formula={"listener": "0 + C(listener)", "item": "0 + C(item)"},
+            )
             fit = model.fit(reml=reml)
     except (np.linalg.LinAlgError, ValueError, ZeroDivisionError, FloatingPointError) as exc:
         result["reason"] = f"model could not be fitted: {type(exc).__name__}: {exc}"
@@ -513,16 +625,33 @@ def mixed_effects(ratings: pd.DataFrame, *, baseline: str | None = None, reml: b
         if name == "Intercept":
             continue
         code = name.split("[T.")[1].rstrip("]")
-        effects.append(dict(system=back[code], estimate=float(fe[name]), se=float(se[name]),
-                            ci_low=float(ci.loc[name, 0]), ci_high=float(ci.loc[name, 1]), p=float(pv[name])))
+        effects.append(
+            dict(
+                system=back[code],
+                estimate=float(fe[name]),
+                se=float(se[name]),
+                ci_low=float(ci.loc[name, 0]),
+                ci_high=float(ci.loc[name, 1]),
+                p=float(pv[name]),
+            )
+        )
     vc = dict(zip(model.exog_vc.names, (float(v) for v in fit.vcomp)))
     result.update(
-        ok=True, converged=bool(fit.converged),
-        intercept=dict(system=baseline, estimate=float(fe["Intercept"]), se=float(se["Intercept"]),
-                       ci_low=float(ci.loc["Intercept", 0]), ci_high=float(ci.loc["Intercept", 1])),
+        ok=True,
+        converged=bool(fit.converged),
+        intercept=dict(
+            system=baseline,
+            estimate=float(fe["Intercept"]),
+            se=float(se["Intercept"]),
+            ci_low=float(ci.loc["Intercept", 0]),
+            ci_high=float(ci.loc["Intercept", 1]),
+        ),
         effects=effects,
-        variance_components={"listener": vc.get("listener", math.nan), "item": vc.get("item", math.nan),
-                             "residual": float(fit.scale)},
+        variance_components={
+            "listener": vc.get("listener", math.nan),
+            "item": vc.get("item", math.nan),
+            "residual": float(fit.scale),
+        },
     )
     return result
 
@@ -546,8 +675,11 @@ def crossed_mixed_model(ratings: pd.DataFrame, *, baseline: str | None = None) -
         {'listener': 0.31, 'item': 0.12, 'residual': 0.52}
     """
     frame, systems, result = _mixed_model_start(
-        ratings, baseline, "crossed random intercepts for listener and item, REML (profiled criterion of Bates et al. "
-                           "2015 evaluated on sufficient statistics); Wald z p-values and 95% CIs")
+        ratings,
+        baseline,
+        "crossed random intercepts for listener and item, REML (profiled criterion of Bates et al. "
+        "2015 evaluated on sufficient statistics); Wald z p-values and 95% CIs",
+    )
     if result["reason"]:
         return result
     baseline = result["baseline"]
@@ -593,12 +725,17 @@ def crossed_mixed_model(ratings: pd.DataFrame, *, baseline: str | None = None) -
 
     def criterion(theta: np.ndarray) -> float:
         chol, rx, _, r2 = factors(theta)
-        return float(2 * np.log(np.diag(chol)).sum() + 2 * np.log(np.diag(rx)).sum()
-                     + (n - p) * (1 + np.log(2 * np.pi * r2 / (n - p))))
+        return float(
+            2 * np.log(np.diag(chol)).sum()
+            + 2 * np.log(np.diag(rx)).sum()
+            + (n - p) * (1 + np.log(2 * np.pi * r2 / (n - p)))
+        )
 
     try:
         with np.errstate(all="raise"):
-            fit = optimize.minimize(criterion, x0=np.ones(2), method="L-BFGS-B", bounds=[(0, None), (0, None)])
+            fit = optimize.minimize(
+                criterion, x0=np.ones(2), method="L-BFGS-B", bounds=[(0, None), (0, None)]
+            )
             chol, rx, cb, r2 = factors(fit.x)
     except (linalg.LinAlgError, FloatingPointError, ValueError) as exc:
         result["reason"] = f"model could not be fitted: {type(exc).__name__}: {exc}"
@@ -615,15 +752,33 @@ def crossed_mixed_model(ratings: pd.DataFrame, *, baseline: str | None = None) -
         result["warnings"].append(f"optimiser: {fit.message}")
     if np.any(fit.x < 1e-6):
         result["warnings"].append("a random-intercept variance is estimated at 0 (singular fit)")
-    effects = [dict(system=s, estimate=float(beta[k]), se=float(se[k]), ci_low=float(beta[k] - z * se[k]),
-                    ci_high=float(beta[k] + z * se[k]), p=float(2 * sps.norm.sf(abs(beta[k] / se[k]))))
-               for k, s in enumerate(order) if k > 0]
+    effects = [
+        dict(
+            system=s,
+            estimate=float(beta[k]),
+            se=float(se[k]),
+            ci_low=float(beta[k] - z * se[k]),
+            ci_high=float(beta[k] + z * se[k]),
+            p=float(2 * sps.norm.sf(abs(beta[k] / se[k]))),
+        )
+        for k, s in enumerate(order)
+        if k > 0
+    ]
     result.update(
-        ok=True, converged=bool(fit.success),
-        intercept=dict(system=baseline, estimate=float(beta[0]), se=float(se[0]), ci_low=float(beta[0] - z * se[0]),
-                       ci_high=float(beta[0] + z * se[0])),
+        ok=True,
+        converged=bool(fit.success),
+        intercept=dict(
+            system=baseline,
+            estimate=float(beta[0]),
+            se=float(se[0]),
+            ci_low=float(beta[0] - z * se[0]),
+            ci_high=float(beta[0] + z * se[0]),
+        ),
         effects=effects,
-        variance_components={"listener": sigma2 * float(fit.x[0]) ** 2, "item": sigma2 * float(fit.x[1]) ** 2,
-                             "residual": sigma2},
+        variance_components={
+            "listener": sigma2 * float(fit.x[0]) ** 2,
+            "item": sigma2 * float(fit.x[1]) ** 2,
+            "residual": sigma2,
+        },
     )
     return result

@@ -24,8 +24,12 @@ from evalsite.listening.models import ListeningTest, Participant, Stimulus
 
 def _external_ids(test: ListeningTest) -> dict[str, str]:
     """Opaque listener id → crowd id (e.g. PROLIFIC_PID), so a researcher can act on an exclusion."""
-    return {listener_id(test.pk, pk): external for pk, external in
-            Participant.objects.filter(test=test).exclude(external_id="").values_list("id", "external_id")}
+    return {
+        listener_id(test.pk, pk): external
+        for pk, external in Participant.objects.filter(test=test)
+        .exclude(external_id="")
+        .values_list("id", "external_id")
+    }
 
 
 def _audio_urls(results: dict) -> dict[str, str]:
@@ -50,24 +54,52 @@ def test_results_page(request: HttpRequest, pk: int) -> HttpResponse:
     got_figures = time.perf_counter()
     external = _external_ids(test)
     audio = _audio_urls(results)
-    timelines = [{**t, "figure": f"fig_timeline_{k}", "audio": audio.get(str(t["stimulus"]))}
-                 for k, t in enumerate((results.get("flags") or {}).get("timelines") or [])]
-    screening = [{**e, "external_id": external.get(e["listener"], "")} for e in results["screening"]["excluded"]]
-    metrics = [{**m, "figures": [f"fig_metric_{level}_{k}" for level in ("system", "item")
-                                 if f"fig_metric_{level}_{k}" in figures]}
-               for k, m in enumerate((results.get("correlations") or {}).get("metrics") or [])]
-    body = render_to_string("analysis/test_results.html", {
-        "test": test, "r": results, "figures": figures, "timelines": timelines, "screening": screening,
-        "metrics": metrics, "exports": [(t, [(f, reverse("analysis:test-export", args=[test.pk, t, f]))
-                                             for f in exports.FORMATS]) for t in exports.TABLES],
-        "api_url": reverse("api:listening-test-results", args=[test.pk]),
-    }, request=request)
+    timelines = [
+        {**t, "figure": f"fig_timeline_{k}", "audio": audio.get(str(t["stimulus"]))}
+        for k, t in enumerate((results.get("flags") or {}).get("timelines") or [])
+    ]
+    screening = [
+        {**e, "external_id": external.get(e["listener"], "")} for e in results["screening"]["excluded"]
+    ]
+    metrics = [
+        {
+            **m,
+            "figures": [
+                f"fig_metric_{level}_{k}"
+                for level in ("system", "item")
+                if f"fig_metric_{level}_{k}" in figures
+            ],
+        }
+        for k, m in enumerate((results.get("correlations") or {}).get("metrics") or [])
+    ]
+    body = render_to_string(
+        "analysis/test_results.html",
+        {
+            "test": test,
+            "r": results,
+            "figures": figures,
+            "timelines": timelines,
+            "screening": screening,
+            "metrics": metrics,
+            "exports": [
+                (t, [(f, reverse("analysis:test-export", args=[test.pk, t, f])) for f in exports.FORMATS])
+                for t in exports.TABLES
+            ],
+            "api_url": reverse("api:listening-test-results", args=[test.pk]),
+        },
+        request=request,
+    )
     done = time.perf_counter()
     response = HttpResponse(body)
-    response["Server-Timing"] = _server_timing({
-        **({"cache-hit": 0.0} if results["cache_hit"] else {k: v for k, v in results["timings"].items()}),
-        "results": got_results - started, "figures": got_figures - got_results, "template": done - got_figures,
-        "total": done - started})
+    response["Server-Timing"] = _server_timing(
+        {
+            **({"cache-hit": 0.0} if results["cache_hit"] else {k: v for k, v in results["timings"].items()}),
+            "results": got_results - started,
+            "figures": got_figures - got_results,
+            "template": done - got_figures,
+            "total": done - started,
+        }
+    )
     return response
 
 
@@ -89,7 +121,15 @@ def test_report(request: HttpRequest, pk: int) -> HttpResponse:
     """A self-contained, printable HTML report with what ITU-R BS.1534-3 §10 and ITU-T P.808 ask for."""
     test = get_object_or_404(listening_tests_visible(request.user), pk=pk)
     results = listening_test_results(test)
-    return HttpResponse(render_to_string("analysis/test_report.html", {
-        "test": test, "r": results, "svg": figures_tests.scores_svg(results, "kept"),
-        "svg_all": figures_tests.scores_svg(results, "all"),
-    }, request=request))
+    return HttpResponse(
+        render_to_string(
+            "analysis/test_report.html",
+            {
+                "test": test,
+                "r": results,
+                "svg": figures_tests.scores_svg(results, "kept"),
+                "svg_all": figures_tests.scores_svg(results, "all"),
+            },
+            request=request,
+        )
+    )

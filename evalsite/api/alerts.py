@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema_serializer, OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_serializer,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -36,19 +42,31 @@ class AlertSerializer(serializers.Serializer):
 class AlertListApi(APIView):
     @extend_schema_serializer(component_name="AlertQuery")
     class QuerySerializer(serializers.Serializer):
-        after = serializers.IntegerField(min_value=0, required=False, default=0,
-                                         help_text="return alerts with a cursor greater than this")
+        after = serializers.IntegerField(
+            min_value=0, required=False, default=0, help_text="return alerts with a cursor greater than this"
+        )
         limit = serializers.IntegerField(min_value=1, max_value=MAX_LIMIT, required=False, default=100)
 
     @extend_schema(
         operation_id="alerts_list",
-        parameters=[OpenApiParameter("after", OpenApiTypes.INT, description="cursor of the last alert seen"),
-                    OpenApiParameter("limit", OpenApiTypes.INT, description=f"1–{MAX_LIMIT}, default 100"),
-                    OpenApiParameter("If-None-Match", OpenApiTypes.STR, OpenApiParameter.HEADER,
-                                     description="the ETag of the previous answer to the same query")],
-        responses={200: inline_serializer("AlertList", {"results": AlertSerializer(many=True),
-                                                        "cursor": serializers.IntegerField()}),
-                   304: OpenApiResponse(description="nothing new since the ETag sent"), **ERRORS})
+        parameters=[
+            OpenApiParameter("after", OpenApiTypes.INT, description="cursor of the last alert seen"),
+            OpenApiParameter("limit", OpenApiTypes.INT, description=f"1–{MAX_LIMIT}, default 100"),
+            OpenApiParameter(
+                "If-None-Match",
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                description="the ETag of the previous answer to the same query",
+            ),
+        ],
+        responses={
+            200: inline_serializer(
+                "AlertList", {"results": AlertSerializer(many=True), "cursor": serializers.IntegerField()}
+            ),
+            304: OpenApiResponse(description="nothing new since the ETag sent"),
+            **ERRORS,
+        },
+    )
     def get(self, request, run_id: int):
         from evalsite.alerts.models import Alert
         from evalsite.alerts.services import alert_payload
@@ -63,17 +81,26 @@ class AlertListApi(APIView):
             return Response(status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
         alerts = []
         if run.alert_cursor > after:
-            alerts = [alert_payload(a) for a in Alert.objects.filter(run_id=run.pk, cursor__gt=after)
-                      .select_related("checkpoint").order_by("cursor")[:limit]]
+            alerts = [
+                alert_payload(a)
+                for a in Alert.objects.filter(run_id=run.pk, cursor__gt=after)
+                .select_related("checkpoint")
+                .order_by("cursor")[:limit]
+            ]
         cursor = alerts[-1]["cursor"] if alerts else after
-        return Response({"results": alerts, "cursor": cursor}, headers={"ETag": etag, "Cache-Control": "no-cache"})
+        return Response(
+            {"results": alerts, "cursor": cursor}, headers={"ETag": etag, "Cache-Control": "no-cache"}
+        )
 
 
 class RuleSerializer(serializers.Serializer):
-    kind = serializers.ChoiceField(choices=["metric_regression", "detector_rate", "detector_any",
-                                            "listener_flags", "score_drop"])
+    kind = serializers.ChoiceField(
+        choices=["metric_regression", "detector_rate", "detector_any", "listener_flags", "score_drop"]
+    )
     params = JSONObjectField(required=False, default=dict)
-    severity = serializers.ChoiceField(choices=["info", "warning", "critical"], required=False, default="warning")
+    severity = serializers.ChoiceField(
+        choices=["info", "warning", "critical"], required=False, default="warning"
+    )
     enabled = serializers.BooleanField(required=False, default=True)
 
 
@@ -84,18 +111,27 @@ class AlertRulesApi(APIView):
 
     @staticmethod
     def _payload(rules) -> dict:
-        return {"rules": [{"kind": r.kind, "params": r.params, "severity": r.severity, "enabled": r.enabled}
-                          for r in rules]}
+        return {
+            "rules": [
+                {"kind": r.kind, "params": r.params, "severity": r.severity, "enabled": r.enabled}
+                for r in rules
+            ]
+        }
 
-    @extend_schema(operation_id="alert_rules_list",
-                   responses={200: inline_serializer("AlertRules", {"rules": RuleSerializer(many=True)}), **ERRORS})
+    @extend_schema(
+        operation_id="alert_rules_list",
+        responses={200: inline_serializer("AlertRules", {"rules": RuleSerializer(many=True)}), **ERRORS},
+    )
     def get(self, request, run_id: int):
         from evalsite.alerts.services import alert_rules_ensure_defaults
 
         return Response(self._payload(alert_rules_ensure_defaults(run=run_for(request.user, run_id))))
 
-    @extend_schema(operation_id="alert_rules_replace", request=InputSerializer,
-                   responses={200: inline_serializer("AlertRulesSet", {"rules": RuleSerializer(many=True)}), **ERRORS})
+    @extend_schema(
+        operation_id="alert_rules_replace",
+        request=InputSerializer,
+        responses={200: inline_serializer("AlertRulesSet", {"rules": RuleSerializer(many=True)}), **ERRORS},
+    )
     def put(self, request, run_id: int):
         from evalsite.alerts.services import alert_rules_set
 

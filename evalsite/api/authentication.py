@@ -96,5 +96,8 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
     name = "bearerAuth"
 
     def get_security_definition(self, auto_schema):
-        return {"type": "http", "scheme": "bearer",
-                "description": "A run token (evr_…, one run only) or a researcher token (evu_…)."}
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A run token (evr_…, one run only) or a researcher token (evu_…).",
+        }

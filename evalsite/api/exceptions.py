@@ -86,8 +86,9 @@ NO_SUCH_ENDPOINT = "No API endpoint at {path} (ids in paths are whole numbers â‰
 def endpoint_not_found(request: HttpRequest, path: str = "") -> JsonResponse:
     """The error body for an /api/v1/ URL no route matches (a negative or non-numeric id, a typo), not
     Django's HTML 404 page."""
-    return JsonResponse({"message": NO_SUCH_ENDPOINT.format(path=printable(request.path)), "extra": {}},
-                        status=404)
+    return JsonResponse(
+        {"message": NO_SUCH_ENDPOINT.format(path=printable(request.path)), "extra": {}}, status=404
+    )
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
@@ -111,8 +112,13 @@ def _handle(exc: Exception, context: dict) -> Response | None:
         exc = exceptions.PermissionDenied()
 
     if isinstance(exc, ApplicationError):
-        code = (status.HTTP_404_NOT_FOUND if isinstance(exc, NotFoundError)
-                else status.HTTP_409_CONFLICT if isinstance(exc, ConflictError) else status.HTTP_400_BAD_REQUEST)
+        code = (
+            status.HTTP_404_NOT_FOUND
+            if isinstance(exc, NotFoundError)
+            else status.HTTP_409_CONFLICT
+            if isinstance(exc, ConflictError)
+            else status.HTTP_400_BAD_REQUEST
+        )
         extra = dict(exc.extra)
         if code == status.HTTP_400_BAD_REQUEST and not extra.get("fields"):
             # A rule across several fields (or the request's target): the request as a whole is wrong.
@@ -126,8 +132,10 @@ def _handle(exc: Exception, context: dict) -> Response | None:
         fields = _name_non_field_errors(_flatten(exc.detail), context)
         response.data = {"message": _fields_message(fields), "extra": {"fields": fields}}
     elif isinstance(exc, exceptions.ParseError):
-        response.data = {"message": f"The request body is not valid JSON: {exc.detail}",
-                         "extra": {"fields": {"body": [str(exc.detail)]}}}
+        response.data = {
+            "message": f"The request body is not valid JSON: {exc.detail}",
+            "extra": {"fields": {"body": [str(exc.detail)]}},
+        }
     elif isinstance(exc, RequestBodyTooLarge):
         response.data = {"message": str(exc.detail), "extra": {"fields": {"body": [str(exc.detail)]}}}
     else:

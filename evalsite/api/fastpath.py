@@ -43,7 +43,9 @@ def _run_row(token_sha256: str) -> tuple[int, int] | None:
 
     table = connection.ops.quote_name(Run._meta.db_table)
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT id, alert_cursor FROM {table} WHERE api_token_hash = %s LIMIT 1", [token_sha256])
+        cursor.execute(
+            f"SELECT id, alert_cursor FROM {table} WHERE api_token_hash = %s LIMIT 1", [token_sha256]
+        )
         return cursor.fetchone()
 
 

@@ -11,15 +11,15 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 from django.urls import reverse
-from drf_spectacular.utils import extend_schema_serializer, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from evalsite.api.access import RunPrincipal, run_for, runs_visible
-from evalsite.listening.access import listening_tests_visible
 from evalsite.api.runs import ERRORS, ErrorSerializer
 from evalsite.core.exceptions import ApplicationError, ConflictError, NotFoundError
+from evalsite.listening.access import listening_tests_visible
 from evalsite.listening.models import ListeningTest
 from evalsite.runs.models import Checkpoint, EvalItem
 
@@ -56,8 +56,10 @@ def _build_error_patterns() -> list[tuple[re.Pattern, tuple[str, ...]]]:
     for name, fields in BUILD_ERROR_FIELDS.items():
         template = getattr(services, name, None)
         if isinstance(template, str):  # a renamed message falls back to naming the body as a whole
-            regex = "".join(re.escape(literal) + (".*" if field is not None else "")
-                            for literal, field, _, _ in string.Formatter().parse(template))
+            regex = "".join(
+                re.escape(literal) + (".*" if field is not None else "")
+                for literal, field, _, _ in string.Formatter().parse(template)
+            )
             patterns.append((re.compile(regex, re.DOTALL), fields))
     return patterns
 
@@ -68,7 +70,9 @@ def _with_fields(exc: ApplicationError) -> ApplicationError:
         return exc
     for pattern, fields in _build_error_patterns():
         if pattern.fullmatch(exc.message):
-            return ApplicationError(exc.message, extra={**exc.extra, "fields": {f: [exc.message] for f in fields}})
+            return ApplicationError(
+                exc.message, extra={**exc.extra, "fields": {f: [exc.message] for f in fields}}
+            )
     return exc
 
 
@@ -82,7 +86,9 @@ class TestOutputSerializer(serializers.Serializer):
     name = serializers.CharField()
     kind = serializers.CharField()
     status = serializers.CharField()
-    invite_url = serializers.CharField(help_text="give this to listeners (append PROLIFIC_PID etc. for crowd studies)")
+    invite_url = serializers.CharField(
+        help_text="give this to listeners (append PROLIFIC_PID etc. for crowd studies)"
+    )
     page_url = serializers.CharField(help_text="the researcher's page of the test")
     warnings = serializers.ListField(child=serializers.CharField())
     trials = serializers.IntegerField()
@@ -97,11 +103,17 @@ def test_payload(request, test: ListeningTest) -> dict[str, Any]:
 
     progress = listening_test_progress(test)
     return {
-        "id": test.pk, "name": test.name, "kind": test.kind, "status": test.status,
+        "id": test.pk,
+        "name": test.name,
+        "kind": test.kind,
+        "status": test.status,
         "invite_url": request.build_absolute_uri(reverse("listening:invite", args=[test.invite_token])),
         "page_url": request.build_absolute_uri(reverse("listening-admin:detail", args=[test.pk])),
-        "warnings": test.build_warnings, "trials": progress["trials"], "votes_target": test.votes_target,
-        "cells": progress["cells"], "cells_at_target": progress["cells_at_target"],
+        "warnings": test.build_warnings,
+        "trials": progress["trials"],
+        "votes_target": test.votes_target,
+        "cells": progress["cells"],
+        "cells_at_target": progress["cells_at_target"],
         "participants": len(progress["participants"]),
     }
 
@@ -121,14 +133,24 @@ class ListeningTestCreateApi(APIView):
         name = serializers.CharField(max_length=200)
         kind = serializers.ChoiceField(choices=ListeningTest.Kind.choices)
         checkpoints = CheckpointRefSerializer(many=True, help_text="the systems rated: [{run, step}, ...]")
-        comparison = CheckpointRefSerializer(required=False, allow_null=True, default=None,
-                                             help_text="CMOS: the baseline (empty: the reference recording)")
-        items = serializers.ListField(child=serializers.CharField(max_length=300), required=False, allow_null=True,
-                                      default=None, help_text="eval item keys (default: every item)")
+        comparison = CheckpointRefSerializer(
+            required=False,
+            allow_null=True,
+            default=None,
+            help_text="CMOS: the baseline (empty: the reference recording)",
+        )
+        items = serializers.ListField(
+            child=serializers.CharField(max_length=300),
+            required=False,
+            allow_null=True,
+            default=None,
+            help_text="eval item keys (default: every item)",
+        )
         training_items = serializers.IntegerField(min_value=0, max_value=20, default=1)
         votes_target = serializers.IntegerField(min_value=1, max_value=10000, default=10)
-        trials_per_participant = serializers.IntegerField(min_value=1, max_value=10_000, required=False,
-                                                          allow_null=True, default=None)
+        trials_per_participant = serializers.IntegerField(
+            min_value=1, max_value=10_000, required=False, allow_null=True, default=None
+        )
         title = serializers.CharField(max_length=200, default="Listening test")
         instructions = serializers.CharField(max_length=5000, default="", allow_blank=True)
         completion_code = serializers.CharField(max_length=100, default="", allow_blank=True)
@@ -158,7 +180,9 @@ class ListeningTestCreateApi(APIView):
             times = Counter((r["run"], r["step"]) for r in refs)
             repeated = sorted(f"run {run} step {step}" for (run, step), n in times.items() if n > 1)
             if repeated:
-                raise serializers.ValidationError(DUPLICATE_CHECKPOINTS.format(labels=", ".join(repeated[:10])))
+                raise serializers.ValidationError(
+                    DUPLICATE_CHECKPOINTS.format(labels=", ".join(repeated[:10]))
+                )
             return refs
 
         def validate_items(self, keys: list[str] | None) -> list[str] | None:
@@ -167,16 +191,20 @@ class ListeningTestCreateApi(APIView):
             if keys is None:
                 return keys
             if len(keys) > settings.EVALSITE_LISTENING_MAX_ITEMS:
-                raise serializers.ValidationError(TOO_MANY_ITEMS.format(limit=settings.EVALSITE_LISTENING_MAX_ITEMS,
-                                                                        n=len(keys)))
+                raise serializers.ValidationError(
+                    TOO_MANY_ITEMS.format(limit=settings.EVALSITE_LISTENING_MAX_ITEMS, n=len(keys))
+                )
             times = Counter(keys)
             repeated = sorted(k for k, n in times.items() if n > 1)
             if repeated:
                 raise serializers.ValidationError(DUPLICATE_ITEMS.format(keys=", ".join(repeated[:10])))
             return keys
 
-    @extend_schema(operation_id="listening_tests_create", request=InputSerializer,
-                   responses={201: TestOutputSerializer, 409: OpenApiResponse(ErrorSerializer), **ERRORS})
+    @extend_schema(
+        operation_id="listening_tests_create",
+        request=InputSerializer,
+        responses={201: TestOutputSerializer, 409: OpenApiResponse(ErrorSerializer), **ERRORS},
+    )
     def post(self, request):
         from evalsite.listening.services import listening_test_build, listening_test_publish
 
@@ -184,8 +212,10 @@ class ListeningTestCreateApi(APIView):
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)
         if not values["checkpoints"]:
-            raise ApplicationError("pick at least one checkpoint",
-                                   extra={"fields": {"checkpoints": ["must list at least one {run, step}"]}})
+            raise ApplicationError(
+                "pick at least one checkpoint",
+                extra={"fields": {"checkpoints": ["must list at least one {run, step}"]}},
+            )
         if ListeningTest.objects.filter(name=values["name"]).exists():
             from evalsite.core.exceptions import ConflictError
 
@@ -217,8 +247,9 @@ class ListeningTestCreateApi(APIView):
         owner = checkpoints[0].run.owner if isinstance(request.user, RunPrincipal) else request.user
         try:
             with transaction.atomic():
-                test = listening_test_build(checkpoints=checkpoints, comparison=comparison, items=items, owner=owner,
-                                            **values)
+                test = listening_test_build(
+                    checkpoints=checkpoints, comparison=comparison, items=items, owner=owner, **values
+                )
                 if publish:
                     test = listening_test_publish(test=test)
         except ApplicationError as exc:
@@ -241,7 +272,11 @@ class ListeningTestTransitionApi(APIView):
         test = test_for(request.user, test_id)
         try:
             with transaction.atomic():
-                fn = services.listening_test_publish if self.action == "publish" else services.listening_test_close
+                fn = (
+                    services.listening_test_publish
+                    if self.action == "publish"
+                    else services.listening_test_close
+                )
                 test = fn(test=test)
         except ApplicationError as exc:
             if type(exc) is ApplicationError:  # e.g. nothing to publish: the test's state, not the request
@@ -253,8 +288,11 @@ class ListeningTestTransitionApi(APIView):
 class ListeningTestPublishApi(ListeningTestTransitionApi):
     action = "publish"
 
-    @extend_schema(operation_id="listening_tests_publish", request=None,
-                   responses={200: TestOutputSerializer, 409: OpenApiResponse(ErrorSerializer), **ERRORS})
+    @extend_schema(
+        operation_id="listening_tests_publish",
+        request=None,
+        responses={200: TestOutputSerializer, 409: OpenApiResponse(ErrorSerializer), **ERRORS},
+    )
     def post(self, request, test_id: int):
         return super().post(request, test_id)
 
@@ -262,11 +300,13 @@ class ListeningTestPublishApi(ListeningTestTransitionApi):
 class ListeningTestCloseApi(ListeningTestTransitionApi):
     action = "close"
 
-    @extend_schema(operation_id="listening_tests_close", request=None,
-                   responses={200: TestOutputSerializer, 409: OpenApiResponse(ErrorSerializer), **ERRORS})
+    @extend_schema(
+        operation_id="listening_tests_close",
+        request=None,
+        responses={200: TestOutputSerializer, 409: OpenApiResponse(ErrorSerializer), **ERRORS},
+    )
     def post(self, request, test_id: int):
         return super().post(request, test_id)
-
 
 
 class ListeningTestResultsApi(APIView):
@@ -276,38 +316,68 @@ class ListeningTestResultsApi(APIView):
 
         version = serializers.IntegerField(help_text="shape version of this object")
         computed_at = serializers.DateTimeField()
-        fingerprint = serializers.CharField(help_text="hash of the answers, statuses and metrics it was computed from")
-        cache_hit = serializers.BooleanField(help_text="read from the cache: nothing changed since it was computed")
+        fingerprint = serializers.CharField(
+            help_text="hash of the answers, statuses and metrics it was computed from"
+        )
+        cache_hit = serializers.BooleanField(
+            help_text="read from the cache: nothing changed since it was computed"
+        )
         n_boot = serializers.IntegerField(help_text="bootstrap resamples behind every bootstrap interval")
         bootstrap_seed = serializers.IntegerField()
         alpha = serializers.FloatField(help_text="significance level of the tests")
-        test = serializers.JSONField(help_text="id, name, kind, status, seed and the quality-control settings")
-        design = serializers.JSONField(help_text="conditions (label, role, checkpoint run/step), scale, trials, items, "
-                                                 "stimuli per trial, trials per listener, durations")
-        participants = serializers.JSONField(help_text="statuses, recruitment (crowd / invite), headphone check, QC")
-        counts = serializers.JSONField(help_text="participants, listeners, ratings and flags, kept and excluded")
-        screening = serializers.JSONField(help_text="rules used, and every excluded listener (opaque id) with the "
-                                                    "rules and reasons, headphone-check screen-outs included")
-        scores = serializers.JSONField(allow_null=True, help_text="MOS/SMOS/MUSHRA/CMOS per condition: n, mean, t and "
-                                                                  "bootstrap 95% CIs, box statistics; 'kept' and 'all'")
-        preference = serializers.JSONField(allow_null=True, help_text="AB: preference rate, Wilson CI, sign test")
-        pairwise = serializers.JSONField(allow_null=True, help_text="Wilcoxon signed-rank per pair, Holm; p matrix")
-        mixed_model = serializers.JSONField(allow_null=True, help_text="score ~ system + (1|listener) + (1|item)")
-        reliability = serializers.JSONField(help_text="ratings: Krippendorff alpha, ICC; flags: raw agreement, "
-                                                      "Fleiss kappa, Gwet AC1, category alpha")
-        flags = serializers.JSONField(help_text="flag shares per condition and stimulus vs the false-flag rate, "
-                                                "regions, timelines")
-        correlations = serializers.JSONField(help_text="human vs metric Pearson/Spearman/Kendall with n, system and "
-                                                       "item level")
+        test = serializers.JSONField(
+            help_text="id, name, kind, status, seed and the quality-control settings"
+        )
+        design = serializers.JSONField(
+            help_text="conditions (label, role, checkpoint run/step), scale, trials, items, "
+            "stimuli per trial, trials per listener, durations"
+        )
+        participants = serializers.JSONField(
+            help_text="statuses, recruitment (crowd / invite), headphone check, QC"
+        )
+        counts = serializers.JSONField(
+            help_text="participants, listeners, ratings and flags, kept and excluded"
+        )
+        screening = serializers.JSONField(
+            help_text="rules used, and every excluded listener (opaque id) with the "
+            "rules and reasons, headphone-check screen-outs included"
+        )
+        scores = serializers.JSONField(
+            allow_null=True,
+            help_text="MOS/SMOS/MUSHRA/CMOS per condition: n, mean, t and "
+            "bootstrap 95% CIs, box statistics; 'kept' and 'all'",
+        )
+        preference = serializers.JSONField(
+            allow_null=True, help_text="AB: preference rate, Wilson CI, sign test"
+        )
+        pairwise = serializers.JSONField(
+            allow_null=True, help_text="Wilcoxon signed-rank per pair, Holm; p matrix"
+        )
+        mixed_model = serializers.JSONField(
+            allow_null=True, help_text="score ~ system + (1|listener) + (1|item)"
+        )
+        reliability = serializers.JSONField(
+            help_text="ratings: Krippendorff alpha, ICC; flags: raw agreement, "
+            "Fleiss kappa, Gwet AC1, category alpha"
+        )
+        flags = serializers.JSONField(
+            help_text="flag shares per condition and stimulus vs the false-flag rate, regions, timelines"
+        )
+        correlations = serializers.JSONField(
+            help_text="human vs metric Pearson/Spearman/Kendall with n, system and item level"
+        )
         software = serializers.JSONField(help_text="versions of evalsite and the statistics packages")
         timings = serializers.JSONField(help_text="wall seconds per computation stage")
         cpu_timings = serializers.JSONField(help_text="CPU seconds per computation stage")
         notes = serializers.ListField(child=serializers.CharField())
 
-    @extend_schema(operation_id="listening_tests_results", responses={200: OutputSerializer, **ERRORS},
-                   description="Scores with t and bootstrap CIs, screening with reasons, pairwise tests, mixed model, "
-                               "reliability, artifact flags and human-metric correlations of one test. Cached until an "
-                               "answer, a listener's status or a metric changes.")
+    @extend_schema(
+        operation_id="listening_tests_results",
+        responses={200: OutputSerializer, **ERRORS},
+        description="Scores with t and bootstrap CIs, screening with reasons, pairwise tests, mixed model, "
+        "reliability, artifact flags and human-metric correlations of one test. Cached until an "
+        "answer, a listener's status or a metric changes.",
+    )
     def get(self, request, test_id: int):
         from evalsite.analysis.results import listening_test_results
 

@@ -46,8 +46,12 @@ def check_rates(app_configs=None, **kwargs) -> list:
         except ValueError:
             number = -1
         if number < 0:
-            errors.append(checks.Error(f"rate limit {scope!r} is {rate!r}; write it as N/s, N/min, N/hour or N/day",
-                                       id="evalsite_api.E001"))
+            errors.append(
+                checks.Error(
+                    f"rate limit {scope!r} is {rate!r}; write it as N/s, N/min, N/hour or N/day",
+                    id="evalsite_api.E001",
+                )
+            )
     return errors
 
 

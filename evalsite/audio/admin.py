@@ -6,7 +6,16 @@ from evalsite.audio.models import AudioAsset
 
 @admin.register(AudioAsset)
 class AudioAssetAdmin(admin.ModelAdmin):
-    list_display = ["content_hash_short", "original_name", "sample_rate", "channels", "duration_s", "peak_dbfs", "loudness_lufs", "created_at"]
+    list_display = [
+        "content_hash_short",
+        "original_name",
+        "sample_rate",
+        "channels",
+        "duration_s",
+        "peak_dbfs",
+        "loudness_lufs",
+        "created_at",
+    ]
     list_filter = ["sample_rate", "channels"]
     search_fields = ["content_hash", "original_name"]
     readonly_fields = [f.name for f in AudioAsset._meta.fields] + ["player"]
@@ -23,4 +32,6 @@ class AudioAssetAdmin(admin.ModelAdmin):
 
     @admin.display(description="listen")
     def player(self, obj: AudioAsset) -> str:
-        return format_html('<audio controls preload="none" src="{}"></audio>', obj.file.url) if obj.file else "-"
+        return (
+            format_html('<audio controls preload="none" src="{}"></audio>', obj.file.url) if obj.file else "-"
+        )

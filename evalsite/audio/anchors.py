@@ -151,7 +151,9 @@ class AnchorSelfTest:
 def _check_rate_and_cutoff(sample_rate: int, cutoff_hz: float) -> None:
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
         raise ValueError(f"sample_rate must be a positive integer in Hz, got {sample_rate!r}")
-    is_number = isinstance(cutoff_hz, (int, float, np.integer, np.floating)) and not isinstance(cutoff_hz, bool)
+    is_number = isinstance(cutoff_hz, (int, float, np.integer, np.floating)) and not isinstance(
+        cutoff_hz, bool
+    )
     if not (is_number and math.isfinite(cutoff_hz) and cutoff_hz > 0):
         raise ValueError(f"anchor cut-off must be a positive frequency in Hz, got {cutoff_hz!r}")
     nyquist = sample_rate / 2
@@ -255,7 +257,9 @@ def _design_taps(sample_rate: int, cutoff_hz: float) -> np.ndarray:
             taps.setflags(write=False)
             return taps
         numtaps = int(numtaps * _GROWTH) | 1
-    reason = f"; the last design failed: {'; '.join(failures)}" if failures else " (cut-off too close to Nyquist)"
+    reason = (
+        f"; the last design failed: {'; '.join(failures)}" if failures else " (cut-off too close to Nyquist)"
+    )
     raise ValueError(
         f"cannot meet the BS.1534-3 anchor mask for a {cutoff_hz:g} Hz cut-off at {sample_rate} Hz "
         f"(Nyquist {nyquist:g} Hz) with at most {_MAX_TAPS} taps{reason}"
@@ -288,7 +292,9 @@ def lowpass_anchor(samples: np.ndarray, sample_rate: int, cutoff_hz: float) -> n
     """
     samples = np.asarray(samples)
     if samples.ndim not in (1, 2):
-        raise ValueError(f"samples must have shape (frames,) or (frames, channels), got shape {samples.shape}")
+        raise ValueError(
+            f"samples must have shape (frames,) or (frames, channels), got shape {samples.shape}"
+        )
     _check_rate_and_cutoff(sample_rate, cutoff_hz)
     taps = _design_taps(int(sample_rate), float(cutoff_hz))
     out_dtype = samples.dtype if np.issubdtype(samples.dtype, np.floating) else np.dtype(np.float32)
@@ -328,7 +334,9 @@ def anchor_filter_self_test(sample_rate: int) -> AnchorSelfTest:
         measurement = _measure(taps, int(sample_rate), mask)
         anchors[name] = measurement
         failures.extend(measurement.failures)
-    return AnchorSelfTest(sample_rate=int(sample_rate), passed=not failures, anchors=anchors, failures=failures)
+    return AnchorSelfTest(
+        sample_rate=int(sample_rate), passed=not failures, anchors=anchors, failures=failures
+    )
 
 
 # A reference with less than this share of its energy above the cut-off, or whose -40 dB bandwidth
@@ -371,7 +379,9 @@ def _bandwidth(freqs: np.ndarray, power: np.ndarray, floor_db: float) -> float:
 def _power_spectrum(samples: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
     samples = np.asarray(samples, dtype=np.float64)
     if samples.ndim not in (1, 2):
-        raise ValueError(f"samples must have shape (frames,) or (frames, channels), got shape {samples.shape}")
+        raise ValueError(
+            f"samples must have shape (frames,) or (frames, channels), got shape {samples.shape}"
+        )
     if samples.ndim == 1:
         samples = samples[:, np.newaxis]
     frames = samples.shape[0]

@@ -162,8 +162,15 @@ def _open(source: AudioSource, label: str | None) -> soundfile.SoundFile:
         raise _unreadable(target, str(exc), label) from exc
 
 
-def _check_header(f: soundfile.SoundFile, label: str | None, *, max_duration_s: float,
-                  min_rate: int, max_rate: int, max_channels: int) -> None:
+def _check_header(
+    f: soundfile.SoundFile,
+    label: str | None,
+    *,
+    max_duration_s: float,
+    min_rate: int,
+    max_rate: int,
+    max_channels: int,
+) -> None:
     if f.channels == 0:
         raise AudioValidationError(ZERO_CHANNELS, "the header declares 0 channels", path=label)
     if f.channels > max_channels:
@@ -239,8 +246,14 @@ def decode_audio(
     """
     label = _label(source, name)
     with _open(source, label) as f:
-        _check_header(f, label, max_duration_s=max_duration_s, min_rate=min_rate,
-                      max_rate=max_rate, max_channels=max_channels)
+        _check_header(
+            f,
+            label,
+            max_duration_s=max_duration_s,
+            min_rate=min_rate,
+            max_rate=max_rate,
+            max_channels=max_channels,
+        )
         declared_frames = f.frames
         sample_rate = int(f.samplerate)
         fmt = f.format
@@ -255,11 +268,14 @@ def decode_audio(
         raise AudioValidationError(EMPTY, "no audio frames could be decoded", path=label)
     if frames > max_frames:
         raise AudioValidationError(
-            TOO_LONG, f"longer than the {max_duration_s:g} s limit (header under-reported the length)", path=label
+            TOO_LONG,
+            f"longer than the {max_duration_s:g} s limit (header under-reported the length)",
+            path=label,
         )
     if frames < declared_frames and fmt not in _ESTIMATED_LENGTH_FORMATS:
         raise AudioValidationError(
-            TRUNCATED, f"the header declares {declared_frames} frames but only {frames} could be decoded",
+            TRUNCATED,
+            f"the header declares {declared_frames} frames but only {frames} could be decoded",
             path=label,
         )
     return decoded_from_array(samples, sample_rate, name=label)

@@ -22,7 +22,9 @@ class AudioAsset(BaseModel):
     duration_s = models.FloatField()
     peak = models.FloatField(help_text="max |sample|, linear full scale")
     peak_dbfs = models.FloatField(null=True, blank=True)
-    loudness_lufs = models.FloatField(null=True, blank=True, help_text="BS.1770 integrated; empty below 400 ms")
+    loudness_lufs = models.FloatField(
+        null=True, blank=True, help_text="BS.1770 integrated; empty below 400 ms"
+    )
     file = models.FileField(upload_to=audio_upload_path, max_length=255)
     original_name = models.CharField(max_length=512, blank=True)
 

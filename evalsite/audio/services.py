@@ -15,7 +15,9 @@ from evalsite.audio.models import AudioAsset, audio_upload_path
 logger = logging.getLogger(__name__)
 
 
-def audio_decode_for_ingest(source: str | Path | bytes | BinaryIO, *, name: str | None = None) -> DecodedAudio:
+def audio_decode_for_ingest(
+    source: str | Path | bytes | BinaryIO, *, name: str | None = None
+) -> DecodedAudio:
     """Decode and validate with the site's limits; raises ``AudioValidationError`` naming the file."""
     return decode_audio(
         source,
@@ -77,7 +79,9 @@ def audio_asset_store(*, decoded: DecodedAudio, original_name: str = "") -> tupl
     return asset, True
 
 
-def audio_asset_ingest(*, source: str | Path | bytes | BinaryIO, name: str | None = None) -> tuple[AudioAsset, bool]:
+def audio_asset_ingest(
+    *, source: str | Path | bytes | BinaryIO, name: str | None = None
+) -> tuple[AudioAsset, bool]:
     """Decode, validate and store one file; returns ``(asset, created)``."""
     label = name if name is not None else (str(source) if isinstance(source, (str, Path)) else "")
     decoded = audio_decode_for_ingest(source, name=label or None)

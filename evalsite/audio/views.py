@@ -51,9 +51,11 @@ def asset_visible(caller, asset: AudioAsset) -> bool:
     else:
         references = EvalItem.objects.filter(reference=asset)
     tests = listening_tests_visible(caller, runs=runs if isinstance(caller, RunPrincipal) else None)
-    return (references.exists()
-            or Generation.objects.filter(asset=asset, checkpoint__run__in=runs).exists()
-            or Stimulus.objects.filter(asset=asset, trial__test__in=tests).exists())
+    return (
+        references.exists()
+        or Generation.objects.filter(asset=asset, checkpoint__run__in=runs).exists()
+        or Stimulus.objects.filter(asset=asset, trial__test__in=tests).exists()
+    )
 
 
 @require_safe

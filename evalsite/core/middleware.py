@@ -49,15 +49,21 @@ class DatabaseUnavailableMiddleware:
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if not isinstance(exception, (OperationalError, InterfaceError)) or not _retry_is_safe(request):
             return None
-        logger.warning("%s %s: database unavailable (%s); answered 503", request.method, request.path, exception)
+        logger.warning(
+            "%s %s: database unavailable (%s); answered 503", request.method, request.path, exception
+        )
         for connection in connections.all(initialized_only=True):
             if connection.errors_occurred and not connection.in_atomic_block and not connection.is_usable():
                 connection.close()
         if "text/html" in request.headers.get("Accept", ""):
-            response = HttpResponse(DATABASE_UNAVAILABLE, status=503, content_type="text/plain; charset=utf-8")
+            response = HttpResponse(
+                DATABASE_UNAVAILABLE, status=503, content_type="text/plain; charset=utf-8"
+            )
         else:
-            response = JsonResponse({"message": DATABASE_UNAVAILABLE,
-                                     "extra": {"retry_after_s": DATABASE_RETRY_AFTER_S}}, status=503)
+            response = JsonResponse(
+                {"message": DATABASE_UNAVAILABLE, "extra": {"retry_after_s": DATABASE_RETRY_AFTER_S}},
+                status=503,
+            )
         response["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
         return response
 

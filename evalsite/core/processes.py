@@ -111,7 +111,11 @@ class Child:
             return _describe(self.proc.wait())
         if info is None:
             return None
-        return f"status {info.si_status}" if info.si_code == os.CLD_EXITED else f"signal {_signame(info.si_status)}"
+        return (
+            f"status {info.si_status}"
+            if info.si_code == os.CLD_EXITED
+            else f"signal {_signame(info.si_status)}"
+        )
 
     def reap(self) -> None:
         """SIGKILL whatever is left in the child's process group (its own children), then reap the child."""
@@ -140,13 +144,21 @@ class ChildProcesses:
         self.grace_s = grace_s
         self.children: list[Child] = []
 
-    def start(self, name: str, argv: Sequence[str], *, log_path: Path, env: dict[str, str],
-              cwd: Path | None = None) -> Child:
+    def start(
+        self, name: str, argv: Sequence[str], *, log_path: Path, env: dict[str, str], cwd: Path | None = None
+    ) -> Child:
         if sys.platform == "linux":
             argv = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         child = Child(name, proc, log_path)
         self.children.append(child)
         return child

@@ -28,7 +28,11 @@ from rest_framework.throttling import BaseThrottle
 
 from evalsite.core.rates import describe_rate, describe_wait, parse_rate
 
-SETTINGS = {"listener": "EVALSITE_LISTENER_RATE", "join": "EVALSITE_JOIN_RATE", "login": "EVALSITE_LOGIN_RATE"}
+SETTINGS = {
+    "listener": "EVALSITE_LISTENER_RATE",
+    "join": "EVALSITE_JOIN_RATE",
+    "login": "EVALSITE_LOGIN_RATE",
+}
 LOGIN_VIEWS = frozenset({"login", "admin:login"})
 LOGIN_LIMITED = "Too many sign-in attempts from your network: at most {rate}. Try again in {wait}."
 
@@ -61,8 +65,13 @@ def limit_hit(request: HttpRequest, scope: str, ident: str) -> Limited | None:
     if rate is None:
         return None  # turned off
     count, period = parse_rate(rate, setting)
-    usage = get_usage(request, group=f"evalsite.{scope}", key=lambda group, request: ident, rate=(count, period),
-                      increment=True)
+    usage = get_usage(
+        request,
+        group=f"evalsite.{scope}",
+        key=lambda group, request: ident,
+        rate=(count, period),
+        increment=True,
+    )
     if usage is None or not usage["should_limit"]:
         return None
     # django-ratelimit's window ends at the whole second ``time_left`` ahead, which still belongs to it.
@@ -97,7 +106,9 @@ def too_many_requests(request: HttpRequest, limited: Limited, message: str) -> H
     """429 with ``Retry-After``: JSON ``{message, extra: {limit, retry_after}}`` for a script, else a plain page."""
     if wants_json(request):
         return with_retry_after(JsonResponse(limited.body(message), status=429), limited)
-    page = HttpResponse(f"<!doctype html><title>Too many requests</title><p>{escape(message)}</p>", status=429)
+    page = HttpResponse(
+        f"<!doctype html><title>Too many requests</title><p>{escape(message)}</p>", status=429
+    )
     return with_retry_after(page, limited)
 
 
@@ -120,4 +131,3 @@ class LoginRateLimitMiddleware:
         if limited is None:
             return None
         return too_many_requests(request, limited, LOGIN_LIMITED.format(rate=limited.rate, wait=limited.wait))
-

@@ -14,7 +14,9 @@ RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|
 PERIOD_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 PERIOD_NAMES = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}
 OFF = "off"
-BAD_RATE = "{name} is {rate!r}; write it as N/s, N/min, N/hour or N/day (N/10min for a ten-minute window), or off"
+BAD_RATE = (
+    "{name} is {rate!r}; write it as N/s, N/min, N/hour or N/day (N/10min for a ten-minute window), or off"
+)
 
 
 def parse_rate(rate: str, name: str = "the rate") -> tuple[int, int]:

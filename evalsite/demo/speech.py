@@ -162,8 +162,14 @@ class _Session:
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         lib.espeak_SetParameter.restype = ctypes.c_int
         lib.espeak_Synth.argtypes = [
-            ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-            ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
         ]
         lib.espeak_Synth.restype = ctypes.c_int
         lib.espeak_Synchronize.restype = ctypes.c_int
@@ -175,7 +181,9 @@ class _Session:
         rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, _BUFLENGTH_MS, data_path.encode(), 0)
         if rate != SAMPLE_RATE:
             self._unload()
-            raise RuntimeError(f"espeak_Initialize with data {data_path!r} returned {rate}, expected {SAMPLE_RATE}")
+            raise RuntimeError(
+                f"espeak_Initialize with data {data_path!r} returned {rate}, expected {SAMPLE_RATE}"
+            )
         return lib
 
     def __exit__(self, *exc_info: object) -> None:
@@ -239,7 +247,9 @@ def _check_voice(voice: str) -> None:
     )
 
 
-def synthesize(text: str, *, voice: str, rate_wpm: int = 160, pitch: int | None = None) -> tuple[np.ndarray, int]:
+def synthesize(
+    text: str, *, voice: str, rate_wpm: int = 160, pitch: int | None = None
+) -> tuple[np.ndarray, int]:
     """Speak ``text`` with eSpeak NG; same arguments always give the same samples.
 
     Returns ``(samples, 22050)``: float32 mono samples in [-1, 1), shape ``(n,)``.

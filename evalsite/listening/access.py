@@ -21,5 +21,8 @@ def listening_tests_visible(user, *, runs: QuerySet[Run] | None = None) -> Query
             return ListeningTest.objects.all()
         runs = runs_visible(user)
     hidden = Run.objects.exclude(pk__in=runs.values("pk"))
-    return (ListeningTest.objects.filter(conditions__checkpoint__isnull=False)
-            .exclude(conditions__checkpoint__run__in=hidden).distinct())
+    return (
+        ListeningTest.objects.filter(conditions__checkpoint__isnull=False)
+        .exclude(conditions__checkpoint__run__in=hidden)
+        .distinct()
+    )

@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from evalsite.core.admin import HTTPS_URL_FIELDS
-from evalsite.listening.models import ArtifactFlag, ListeningTest, Participant, Rating, Condition, Trial
+from evalsite.listening.models import ArtifactFlag, Condition, ListeningTest, Participant, Rating, Trial
 
 
 class ConditionInline(admin.TabularInline):

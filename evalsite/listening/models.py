@@ -39,24 +39,34 @@ class ListeningTest(BaseModel):
     instructions = models.TextField(blank=True, help_text="shown to listeners")
     seed = models.BigIntegerField(help_text="randomisation seed; participant seeds derive from it")
     votes_target = models.PositiveIntegerField(default=10, help_text="valid votes wanted per trial")
-    trials_per_participant = models.PositiveIntegerField(null=True, blank=True, help_text="empty: all main trials")
+    trials_per_participant = models.PositiveIntegerField(
+        null=True, blank=True, help_text="empty: all main trials"
+    )
     invite_token = models.CharField(max_length=40, unique=True, default=new_token)
     completion_code = models.CharField(max_length=100, blank=True)
     completion_redirect = models.URLField(max_length=500, blank=True)
     screened_out_redirect = models.URLField(max_length=500, blank=True)
     build_warnings = models.JSONField(default=list, blank=True)
-    allow_no_preference = models.BooleanField(default=False, help_text="AB: listeners may answer 'no preference'")
+    allow_no_preference = models.BooleanField(
+        default=False, help_text="AB: listeners may answer 'no preference'"
+    )
     require_play_all = models.BooleanField(
-        default=False, help_text="listeners must play every sound (and the reference) before continuing")
+        default=False, help_text="listeners must play every sound (and the reference) before continuing"
+    )
     headphone_check = models.BooleanField(
-        default=False, help_text="antiphase headphone screening (Woods et al. 2017) before the first trial")
+        default=False, help_text="antiphase headphone screening (Woods et al. 2017) before the first trial"
+    )
     gold_items = models.PositiveSmallIntegerField(
-        default=0, help_text="gold trials (obvious quality, known answer) built; each listener gets one")
+        default=0, help_text="gold trials (obvious quality, known answer) built; each listener gets one"
+    )
     trapping_items = models.PositiveSmallIntegerField(
-        default=0, help_text="trapping trials (P.808 attention check) built; each listener gets one")
+        default=0, help_text="trapping trials (P.808 attention check) built; each listener gets one"
+    )
     calibration_level_dbfs = models.FloatField(
-        null=True, blank=True,
-        help_text="RMS level (dBFS) of the test material; the calibration noise and the headphone-check tones play at it")
+        null=True,
+        blank=True,
+        help_text="RMS level (dBFS) of the test material; the calibration noise and the headphone-check tones play at it",
+    )
     published_at = models.DateTimeField(null=True, blank=True)
     closed_at = models.DateTimeField(null=True, blank=True)
 
@@ -89,8 +99,10 @@ class Condition(BaseModel):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["test", "label"], name="condition_unique_label"),
-            models.CheckConstraint(condition=~Q(role="system") | Q(checkpoint__isnull=False),
-                                   name="condition_system_has_checkpoint"),
+            models.CheckConstraint(
+                condition=~Q(role="system") | Q(checkpoint__isnull=False),
+                name="condition_system_has_checkpoint",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -110,14 +122,22 @@ class Trial(BaseModel):
     item = models.ForeignKey("runs.EvalItem", on_delete=models.PROTECT)
     index = models.PositiveIntegerField()
     is_training = models.BooleanField(default=False)
-    reference = models.ForeignKey("audio.AudioAsset", on_delete=models.PROTECT, null=True, blank=True,
-                                  related_name="+", help_text="open reference (MUSHRA, SMOS)")
+    reference = models.ForeignKey(
+        "audio.AudioAsset",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="open reference (MUSHRA, SMOS)",
+    )
     control = models.CharField(max_length=10, choices=Control.choices, default=Control.NONE, blank=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["test", "index"], name="trial_unique_index"),
-            models.CheckConstraint(condition=Q(control="") | Q(is_training=False), name="trial_control_not_training"),
+            models.CheckConstraint(
+                condition=Q(control="") | Q(is_training=False), name="trial_control_not_training"
+            ),
         ]
         ordering = ["test", "index"]
 
@@ -140,10 +160,14 @@ class Stimulus(BaseModel):
     trial = models.ForeignKey(Trial, on_delete=models.CASCADE, related_name="stimuli")
     condition = models.ForeignKey(Condition, on_delete=models.PROTECT, related_name="stimuli")
     asset = models.ForeignKey("audio.AudioAsset", on_delete=models.PROTECT, related_name="+")
-    expected = models.JSONField(null=True, blank=True, help_text="quality control: the passing answers (server only)")
+    expected = models.JSONField(
+        null=True, blank=True, help_text="quality control: the passing answers (server only)"
+    )
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["trial", "condition"], name="stimulus_unique_condition")]
+        constraints = [
+            models.UniqueConstraint(fields=["trial", "condition"], name="stimulus_unique_condition")
+        ]
 
 
 class Participant(BaseModel):
@@ -162,16 +186,24 @@ class Participant(BaseModel):
     consented_at = models.DateTimeField()
     completed_at = models.DateTimeField(null=True, blank=True)
     device = models.JSONField(default=dict, blank=True)
-    headphone_answers = models.JSONField(default=list, blank=True, help_text="headphone check: interval chosen per trial")
-    headphone_passed = models.BooleanField(null=True, blank=True, help_text="headphone check: None = not taken")
+    headphone_answers = models.JSONField(
+        default=list, blank=True, help_text="headphone check: interval chosen per trial"
+    )
+    headphone_passed = models.BooleanField(
+        null=True, blank=True, help_text="headphone check: None = not taken"
+    )
     calibrated_at = models.DateTimeField(
-        null=True, blank=True, help_text="level calibration confirmed (before the headphone check)")
+        null=True, blank=True, help_text="level calibration confirmed (before the headphone check)"
+    )
     calibration = models.JSONField(default=dict, blank=True, help_text="level calibration: plays, level_dbfs")
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["test", "external_id"], condition=~Q(external_id=""),
-                                    name="participant_unique_external_id"),
+            models.UniqueConstraint(
+                fields=["test", "external_id"],
+                condition=~Q(external_id=""),
+                name="participant_unique_external_id",
+            ),
         ]
 
 
@@ -252,6 +284,7 @@ class ArtifactFlag(BaseModel):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["participant", "request_id"], name="flag_unique_request"),
-            models.CheckConstraint(condition=Q(start_s__gte=0) & Q(end_s__gt=models.F("start_s")),
-                                   name="flag_region_ordered"),
+            models.CheckConstraint(
+                condition=Q(start_s__gte=0) & Q(end_s__gt=models.F("start_s")), name="flag_region_ordered"
+            ),
         ]

@@ -31,19 +31,33 @@ class BuildForm(forms.Form):
         widget=forms.CheckboxSelectMultiple,
     )
     comparison = forms.ModelChoiceField(
-        queryset=Checkpoint.objects.select_related("run").order_by("run__name", "step"), required=False,
+        queryset=Checkpoint.objects.select_related("run").order_by("run__name", "step"),
+        required=False,
         help_text="CMOS only: the baseline every checkpoint is compared with (empty: the reference recording)",
     )
     allow_no_preference = forms.BooleanField(required=False, help_text="AB only: offer 'no preference'")
-    require_play_all = forms.BooleanField(required=False, help_text="listeners must play every sound before continuing")
+    require_play_all = forms.BooleanField(
+        required=False, help_text="listeners must play every sound before continuing"
+    )
     headphone_check = forms.BooleanField(
         required=False,
         help_text="level calibration, then the antiphase headphone check, before the first trial; failing it "
-                  "screens the listener out")
-    gold_items = forms.IntegerField(min_value=0, max_value=50, initial=0, required=False,
-                                    help_text="gold trials (obvious quality, known answer); one per listener")
-    trapping_items = forms.IntegerField(min_value=0, max_value=50, initial=0, required=False,
-                                        help_text="trapping (spoken attention-check) trials; one per listener")
+        "screens the listener out",
+    )
+    gold_items = forms.IntegerField(
+        min_value=0,
+        max_value=50,
+        initial=0,
+        required=False,
+        help_text="gold trials (obvious quality, known answer); one per listener",
+    )
+    trapping_items = forms.IntegerField(
+        min_value=0,
+        max_value=50,
+        initial=0,
+        required=False,
+        help_text="trapping (spoken attention-check) trials; one per listener",
+    )
     title = forms.CharField(max_length=200, initial="Listening test", help_text="shown to listeners")
     training_items = forms.IntegerField(min_value=0, initial=1)
     votes_target = forms.IntegerField(min_value=1, initial=10, help_text="valid votes wanted per trial")
@@ -75,13 +89,22 @@ def test_build(request: HttpRequest) -> HttpResponse:
         data = form.cleaned_data
         try:
             test = services.listening_test_build(
-                name=data["name"], kind=data["kind"], checkpoints=list(data["checkpoints"]),
-                training_items=data["training_items"], votes_target=data["votes_target"],
-                trials_per_participant=data["trials_per_participant"], title=data["title"], owner=request.user,
-                completion_code=data["completion_code"], completion_redirect=data["completion_redirect"],
-                screened_out_redirect=data["screened_out_redirect"], comparison=data["comparison"],
-                allow_no_preference=data["allow_no_preference"], require_play_all=data["require_play_all"],
-                headphone_check=data["headphone_check"], gold_items=data["gold_items"] or 0,
+                name=data["name"],
+                kind=data["kind"],
+                checkpoints=list(data["checkpoints"]),
+                training_items=data["training_items"],
+                votes_target=data["votes_target"],
+                trials_per_participant=data["trials_per_participant"],
+                title=data["title"],
+                owner=request.user,
+                completion_code=data["completion_code"],
+                completion_redirect=data["completion_redirect"],
+                screened_out_redirect=data["screened_out_redirect"],
+                comparison=data["comparison"],
+                allow_no_preference=data["allow_no_preference"],
+                require_play_all=data["require_play_all"],
+                headphone_check=data["headphone_check"],
+                gold_items=data["gold_items"] or 0,
                 trapping_items=data["trapping_items"] or 0,
             )
         except ApplicationError as exc:
@@ -95,8 +118,11 @@ def test_build(request: HttpRequest) -> HttpResponse:
 def test_detail(request: HttpRequest, pk: int) -> HttpResponse:
     test = get_object_or_404(listening_tests_visible(request.user), pk=pk)
     invite = request.build_absolute_uri(reverse("listening:invite", args=[test.invite_token]))
-    return render(request, "listening/researcher/detail.html",
-                  {"test": test, "invite": invite, "progress": listening_test_progress(test)})
+    return render(
+        request,
+        "listening/researcher/detail.html",
+        {"test": test, "invite": invite, "progress": listening_test_progress(test)},
+    )
 
 
 @login_required
@@ -104,11 +130,18 @@ def test_preview(request: HttpRequest, pk: int, index: int) -> HttpResponse:
     """A trial as built, with each stimulus's condition shown (researchers only)."""
     test = get_object_or_404(listening_tests_visible(request.user), pk=pk)
     trial = get_object_or_404(test.trials.select_related("item", "reference"), index=index)
-    stimuli = trial.stimuli.select_related("condition", "asset").order_by("condition__role", "condition__label")
-    neighbours = {"previous": index - 1 if index > 0 else None,
-                  "next": index + 1 if test.trials.filter(index=index + 1).exists() else None}
-    return render(request, "listening/researcher/preview.html",
-                  {"test": test, "trial": trial, "stimuli": stimuli, **neighbours})
+    stimuli = trial.stimuli.select_related("condition", "asset").order_by(
+        "condition__role", "condition__label"
+    )
+    neighbours = {
+        "previous": index - 1 if index > 0 else None,
+        "next": index + 1 if test.trials.filter(index=index + 1).exists() else None,
+    }
+    return render(
+        request,
+        "listening/researcher/preview.html",
+        {"test": test, "trial": trial, "stimuli": stimuli, **neighbours},
+    )
 
 
 @login_required

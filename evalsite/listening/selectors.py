@@ -31,27 +31,54 @@ QUALITY_CONTROL_ROLES = (Condition.Role.GOLD, Condition.Role.TRAPPING)
 SCREENED_OUT_MESSAGE = "Thank you for your interest. Unfortunately you cannot take part in this test."
 
 MUSHRA_SCALE = {
-    "min": 0, "max": 100, "step": 1,
-    "labels": [{"value": 90, "text": "Excellent"}, {"value": 70, "text": "Good"}, {"value": 50, "text": "Fair"},
-               {"value": 30, "text": "Poor"}, {"value": 10, "text": "Bad"}],
+    "min": 0,
+    "max": 100,
+    "step": 1,
+    "labels": [
+        {"value": 90, "text": "Excellent"},
+        {"value": 70, "text": "Good"},
+        {"value": 50, "text": "Fair"},
+        {"value": 30, "text": "Poor"},
+        {"value": 10, "text": "Bad"},
+    ],
 }
 ACR_SCALE = {
-    "min": 1, "max": 5, "step": 1,
-    "labels": [{"value": 5, "text": "Excellent"}, {"value": 4, "text": "Good"}, {"value": 3, "text": "Fair"},
-               {"value": 2, "text": "Poor"}, {"value": 1, "text": "Bad"}],
+    "min": 1,
+    "max": 5,
+    "step": 1,
+    "labels": [
+        {"value": 5, "text": "Excellent"},
+        {"value": 4, "text": "Good"},
+        {"value": 3, "text": "Fair"},
+        {"value": 2, "text": "Poor"},
+        {"value": 1, "text": "Bad"},
+    ],
 }
 SMOS_SCALE = {
-    "min": 1, "max": 5, "step": 1,
-    "labels": [{"value": 5, "text": "Definitely the same speaker"}, {"value": 4, "text": "Probably the same speaker"},
-               {"value": 3, "text": "Not sure"}, {"value": 2, "text": "Probably a different speaker"},
-               {"value": 1, "text": "Definitely a different speaker"}],
+    "min": 1,
+    "max": 5,
+    "step": 1,
+    "labels": [
+        {"value": 5, "text": "Definitely the same speaker"},
+        {"value": 4, "text": "Probably the same speaker"},
+        {"value": 3, "text": "Not sure"},
+        {"value": 2, "text": "Probably a different speaker"},
+        {"value": 1, "text": "Definitely a different speaker"},
+    ],
 }
 CCR_SCALE = {
-    "min": -3, "max": 3, "step": 1,
-    "labels": [{"value": 3, "text": "Much better"}, {"value": 2, "text": "Better"},
-               {"value": 1, "text": "Slightly better"}, {"value": 0, "text": "About the same"},
-               {"value": -1, "text": "Slightly worse"}, {"value": -2, "text": "Worse"},
-               {"value": -3, "text": "Much worse"}],
+    "min": -3,
+    "max": 3,
+    "step": 1,
+    "labels": [
+        {"value": 3, "text": "Much better"},
+        {"value": 2, "text": "Better"},
+        {"value": 1, "text": "Slightly better"},
+        {"value": 0, "text": "About the same"},
+        {"value": -1, "text": "Slightly worse"},
+        {"value": -2, "text": "Worse"},
+        {"value": -3, "text": "Much worse"},
+    ],
 }
 DEFAULT_INSTRUCTIONS = {
     ListeningTest.Kind.MUSHRA: (
@@ -74,8 +101,12 @@ DEFAULT_INSTRUCTIONS = {
         "at any time; playback continues at the same point), then choose the one you prefer."
     ),
 }
-SCALES = {ListeningTest.Kind.MUSHRA: MUSHRA_SCALE, ListeningTest.Kind.SMOS: SMOS_SCALE, ListeningTest.Kind.MOS: ACR_SCALE,
-          ListeningTest.Kind.CMOS: CCR_SCALE}
+SCALES = {
+    ListeningTest.Kind.MUSHRA: MUSHRA_SCALE,
+    ListeningTest.Kind.SMOS: SMOS_SCALE,
+    ListeningTest.Kind.MOS: ACR_SCALE,
+    ListeningTest.Kind.CMOS: CCR_SCALE,
+}
 
 
 def scale_of(test: ListeningTest) -> dict[str, Any]:
@@ -96,8 +127,11 @@ def _listener_answer(kind: str, score: float, handles: list[StimulusHandle]) -> 
 def rating_answer(rating: Rating) -> float | str:
     """What the listener answered in ``rating`` (the echo of a saved answer)."""
     kind = rating.participant.test.kind
-    handles = list(StimulusHandle.objects.filter(assignment_id=rating.assignment_id).order_by("position")) \
-        if kind == ListeningTest.Kind.AB else []
+    handles = (
+        list(StimulusHandle.objects.filter(assignment_id=rating.assignment_id).order_by("position"))
+        if kind == ListeningTest.Kind.AB
+        else []
+    )
     return _listener_answer(kind, rating.score, handles)
 
 
@@ -111,9 +145,14 @@ def headphone_trials(participant: Participant) -> list[dict[str, Any]]:
 
     from evalsite.audio.headphone_check import correct_answer, trial_orders
 
-    return [{"token": salted_hmac("evalsite.listening.headphone", f"{participant.token}:{i}").hexdigest()[:32],
-             "order": order, "answer": correct_answer(order)}
-            for i, order in enumerate(trial_orders(participant.seed))]
+    return [
+        {
+            "token": salted_hmac("evalsite.listening.headphone", f"{participant.token}:{i}").hexdigest()[:32],
+            "order": order,
+            "answer": correct_answer(order),
+        }
+        for i, order in enumerate(trial_orders(participant.seed))
+    ]
 
 
 def headphone_check_pending(participant: Participant) -> bool:
@@ -139,11 +178,15 @@ def reference_url(participant: Participant, assignment: Assignment) -> str:
 def _heard(assignment: Assignment, tokens) -> list[str]:
     """Sounds of a trial already heard (per its telemetry), so a reload need not replay them."""
     own = set(tokens)
-    heard = {e.get("stimulus") for e in assignment.telemetry if isinstance(e, dict) and e.get("type") == "heard"}
+    heard = {
+        e.get("stimulus") for e in assignment.telemetry if isinstance(e, dict) and e.get("type") == "heard"
+    }
     return sorted((own & heard) | ({HEARD_REFERENCE} if None in heard else set()))
 
 
-def listener_progress(participant: Participant, steps: list[tuple[bool, bool]] | None = None) -> dict[str, Any]:
+def listener_progress(
+    participant: Participant, steps: list[tuple[bool, bool]] | None = None
+) -> dict[str, Any]:
     """Where the listener is: phase, resume position, completion and screened-out info.
 
     ``steps`` is ``(done, training)`` per assignment in the listener's order; without it one
@@ -151,23 +194,40 @@ def listener_progress(participant: Participant, steps: list[tuple[bool, bool]] |
     """
     test = participant.test
     if steps is None:
-        steps = [(completed is not None, training) for completed, training in
-                 Assignment.objects.filter(participant=participant).order_by("position")
-                 .values_list("completed_at", "trial__is_training")]
+        steps = [
+            (completed is not None, training)
+            for completed, training in Assignment.objects.filter(participant=participant)
+            .order_by("position")
+            .values_list("completed_at", "trial__is_training")
+        ]
     position = next((i for i, (done, _) in enumerate(steps) if not done), len(steps))
     done = position >= len(steps) or participant.status == Participant.Status.COMPLETED
     screened_out = participant.status == Participant.Status.SCREENED_OUT
     headphone = headphone_check_pending(participant) and not done
-    phase = ("screened_out" if screened_out else "done" if done
-             else ("calibration" if calibration_pending(participant) else "headphone") if headphone
-             else "training" if steps[position][1] else "main")
+    phase = (
+        "screened_out"
+        if screened_out
+        else "done"
+        if done
+        else ("calibration" if calibration_pending(participant) else "headphone")
+        if headphone
+        else "training"
+        if steps[position][1]
+        else "main"
+    )
     return {
         "phase": phase,
         "position": position,
-        "completion": ({"code": test.completion_code or None, "redirect": test.completion_redirect or None}
-                       if done and not screened_out else None),
-        "screened_out": ({"message": SCREENED_OUT_MESSAGE, "redirect": test.screened_out_redirect or None}
-                         if screened_out else None),
+        "completion": (
+            {"code": test.completion_code or None, "redirect": test.completion_redirect or None}
+            if done and not screened_out
+            else None
+        ),
+        "screened_out": (
+            {"message": SCREENED_OUT_MESSAGE, "redirect": test.screened_out_redirect or None}
+            if screened_out
+            else None
+        ),
     }
 
 
@@ -190,35 +250,67 @@ def listener_state(participant: Participant) -> dict[str, Any]:
         own = handles.get(a.pk, [])
         letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
         token_of = {h.stimulus_id: h.token for h in own}
-        trials.append({
-            "id": a.token,
-            "training": a.trial.is_training,
-            "done": a.completed_at is not None,
-            "reference": {"url": reference_url(participant, a)} if a.trial.reference_id else None,
-            "stimuli": [{"id": h.token, "url": audio_url(participant, h.token), "label": letters[i]}
-                        for i, h in enumerate(own)],
-            "ratings": {token_of[sid]: _listener_answer(kind, score, own) for sid, score in ratings.items()
-                        if sid in token_of},
-            "heard": _heard(a, token_of.values()) if test.require_play_all else [],
-            "flags": [{"id": f.token, "stimulus": token_of.get(f.stimulus_id), "start": f.start_s, "end": f.end_s,
-                       "category": f.category, "note": f.note} for f in flags.get(a.pk, [])],
-        })
+        trials.append(
+            {
+                "id": a.token,
+                "training": a.trial.is_training,
+                "done": a.completed_at is not None,
+                "reference": {"url": reference_url(participant, a)} if a.trial.reference_id else None,
+                "stimuli": [
+                    {"id": h.token, "url": audio_url(participant, h.token), "label": letters[i]}
+                    for i, h in enumerate(own)
+                ],
+                "ratings": {
+                    token_of[sid]: _listener_answer(kind, score, own)
+                    for sid, score in ratings.items()
+                    if sid in token_of
+                },
+                "heard": _heard(a, token_of.values()) if test.require_play_all else [],
+                "flags": [
+                    {
+                        "id": f.token,
+                        "stimulus": token_of.get(f.stimulus_id),
+                        "start": f.start_s,
+                        "end": f.end_s,
+                        "category": f.category,
+                        "note": f.note,
+                    }
+                    for f in flags.get(a.pk, [])
+                ],
+            }
+        )
     progress = listener_progress(participant, [(t["done"], t["training"]) for t in trials])
     return {
-        "test": {"kind": test.kind, "title": test.title,
-                 "instructions": test.instructions or DEFAULT_INSTRUCTIONS[test.kind], "scale": scale_of(test),
-                 "require_play_all": test.require_play_all},
+        "test": {
+            "kind": test.kind,
+            "title": test.title,
+            "instructions": test.instructions or DEFAULT_INSTRUCTIONS[test.kind],
+            "scale": scale_of(test),
+            "require_play_all": test.require_play_all,
+        },
         "phase": progress["phase"],
         "position": progress["position"],
         "trials": trials,
         "flag_categories": [{"value": v, "label": str(label)} for v, label in ArtifactFlag.Category.choices],
         "completion": progress["completion"],
-        "calibration": ({"url": reverse("listening:calibration-audio", args=[participant.token])}
-                        if progress["phase"] == "calibration" else None),
-        "headphone_check": ({"trials": [{"id": t["token"], "url": reverse("listening:headphone-audio",
-                                                                          args=[participant.token, t["token"]])}
-                                        for t in headphone_trials(participant)]}
-                            if progress["phase"] == "headphone" else None),
+        "calibration": (
+            {"url": reverse("listening:calibration-audio", args=[participant.token])}
+            if progress["phase"] == "calibration"
+            else None
+        ),
+        "headphone_check": (
+            {
+                "trials": [
+                    {
+                        "id": t["token"],
+                        "url": reverse("listening:headphone-audio", args=[participant.token, t["token"]]),
+                    }
+                    for t in headphone_trials(participant)
+                ]
+            }
+            if progress["phase"] == "headphone"
+            else None
+        ),
         "screened_out": progress["screened_out"],
     }
 
@@ -248,7 +340,11 @@ def ab_choice(rating: Rating) -> Stimulus | None:
         return None
     if rating.score > 0:
         return rating.stimulus
-    return Stimulus.objects.select_related("condition").exclude(pk=rating.stimulus_id).get(trial_id=rating.stimulus.trial_id)
+    return (
+        Stimulus.objects.select_related("condition")
+        .exclude(pk=rating.stimulus_id)
+        .get(trial_id=rating.stimulus.trial_id)
+    )
 
 
 def comparison_answers(test: ListeningTest, *, include_training: bool = False) -> list[dict[str, Any]]:
@@ -260,37 +356,56 @@ def comparison_answers(test: ListeningTest, *, include_training: bool = False) -
     """
     if test.kind not in COMPARISON_KINDS:
         raise ValueError(f"test {test.name!r} is {test.kind}, not a comparison test")
-    ratings = (Rating.objects.filter(participant__test=test)
-               .select_related("assignment__trial__item", "stimulus__condition__test"))
+    ratings = Rating.objects.filter(participant__test=test).select_related(
+        "assignment__trial__item", "stimulus__condition__test"
+    )
     if not include_training:
         ratings = ratings.filter(is_training=False)
-    first = {h.assignment_id: h.stimulus.condition for h in StimulusHandle.objects.filter(
-        assignment__participant__test=test, position=0).select_related("stimulus__condition")}
+    first = {
+        h.assignment_id: h.stimulus.condition
+        for h in StimulusHandle.objects.filter(assignment__participant__test=test, position=0).select_related(
+            "stimulus__condition"
+        )
+    }
     rows = []
     for r in ratings.order_by("participant_id", "assignment__position"):
         a, b = first[r.assignment_id], r.stimulus.condition
-        row = {"participant": r.participant_id, "item": r.assignment.trial.item.key, "raw": r.score,
-               "training": r.is_training}
+        row = {
+            "participant": r.participant_id,
+            "item": r.assignment.trial.item.key,
+            "raw": r.score,
+            "training": r.is_training,
+        }
         if test.kind == ListeningTest.Kind.CMOS:
             system, versus = (a, b) if b.role == Condition.Role.COMPARISON else (b, a)
-            row.update(system=system.label, comparison=versus.label, system_first=system is a, score=cmos_score(r))
+            row.update(
+                system=system.label, comparison=versus.label, system_first=system is a, score=cmos_score(r)
+            )
         else:
-            row.update(a=a.label, b=b.label, preferred=b.label if r.score > 0 else a.label if r.score < 0 else None)
+            row.update(
+                a=a.label, b=b.label, preferred=b.label if r.score > 0 else a.label if r.score < 0 else None
+            )
         rows.append(row)
     return rows
 
 
 def participant_stimulus_asset(participant: Participant, handle_token: str):
     """The audio behind one of this participant's stimulus tokens, or None."""
-    handle = StimulusHandle.objects.select_related("stimulus__asset").filter(
-        assignment__participant=participant, token=handle_token).first()
+    handle = (
+        StimulusHandle.objects.select_related("stimulus__asset")
+        .filter(assignment__participant=participant, token=handle_token)
+        .first()
+    )
     return handle.stimulus.asset if handle else None
 
 
 def participant_reference_asset(participant: Participant, assignment_token: str):
     """The open reference of one of this participant's trials, or None."""
-    assignment = Assignment.objects.select_related("trial__reference").filter(
-        participant=participant, token=assignment_token).first()
+    assignment = (
+        Assignment.objects.select_related("trial__reference")
+        .filter(participant=participant, token=assignment_token)
+        .first()
+    )
     return assignment.trial.reference if assignment and assignment.trial.reference_id else None
 
 
@@ -301,22 +416,30 @@ def listening_test_progress(test: ListeningTest) -> dict[str, Any]:
 
     from evalsite.listening.models import Condition, Trial
 
-    conditions = list(Condition.objects.filter(test=test).exclude(role__in=QUALITY_CONTROL_ROLES).order_by("role", "label"))
+    conditions = list(
+        Condition.objects.filter(test=test).exclude(role__in=QUALITY_CONTROL_ROLES).order_by("role", "label")
+    )
     # A CMOS/AB answer is stored on one of the trial's two sounds but is a vote for both.
     votes = "trial__assignments__ratings" if test.kind in COMPARISON_KINDS else "ratings"
-    valid = Q(**{f"{votes}__is_training": False}) & ~Q(**{f"{votes}__participant__status": Participant.Status.SCREENED_OUT})
+    valid = Q(**{f"{votes}__is_training": False}) & ~Q(
+        **{f"{votes}__participant__status": Participant.Status.SCREENED_OUT}
+    )
     counts = {}
     from evalsite.listening.models import Stimulus
 
-    for row in (Stimulus.objects.filter(trial__test=test, trial__is_training=False, trial__control="")
-                .annotate(votes=Count(votes, filter=valid))
-                .values("trial__item__key", "condition_id", "votes")):
+    for row in (
+        Stimulus.objects.filter(trial__test=test, trial__is_training=False, trial__control="")
+        .annotate(votes=Count(votes, filter=valid))
+        .values("trial__item__key", "condition_id", "votes")
+    ):
         key = (row["trial__item__key"], row["condition_id"])
         counts[key] = counts.get(key, 0) + row["votes"]
     items = sorted({k for k, _ in counts})
     rows = [{"item": item, "cells": [counts.get((item, c.pk)) for c in conditions]} for item in items]
     participants = Participant.objects.filter(test=test).annotate(
-        done=Count("assignments", filter=Q(assignments__completed_at__isnull=False)), total=Count("assignments"))
+        done=Count("assignments", filter=Q(assignments__completed_at__isnull=False)),
+        total=Count("assignments"),
+    )
     cell_votes = [v for v in counts.values()]
     return {
         "conditions": conditions,
@@ -329,8 +452,9 @@ def listening_test_progress(test: ListeningTest) -> dict[str, Any]:
     }
 
 
-def control_value(expected: dict[str, Any], stimulus_id: int, score_of: dict[int, float],
-                  order: tuple[int, int] | None) -> float | None:
+def control_value(
+    expected: dict[str, Any], stimulus_id: int, score_of: dict[int, float], order: tuple[int, int] | None
+) -> float | None:
     """The answer a control sound's ``expected`` range is about, or None when it was not given.
 
     ``score_of`` maps the participant's rated stimuli to their stored scores; ``order`` is the
@@ -360,31 +484,33 @@ def quality_control_results(test: ListeningTest) -> dict[int, dict[str, dict[str
 
     controls = [Trial.Control.GOLD, Trial.Control.TRAPPING]
     expected: dict[int, list[tuple[int, dict]]] = {}
-    for stimulus_id, trial_id, exp in (Stimulus.objects.filter(trial__test=test, trial__control__in=controls,
-                                                               expected__isnull=False)
-                                       .values_list("id", "trial_id", "expected")):
+    for stimulus_id, trial_id, exp in Stimulus.objects.filter(
+        trial__test=test, trial__control__in=controls, expected__isnull=False
+    ).values_list("id", "trial_id", "expected"):
         expected.setdefault(trial_id, []).append((stimulus_id, exp))
     scores: dict[int, dict[int, float]] = {}
     for participant_id, stimulus_id, score in Rating.objects.filter(
-            participant__test=test, assignment__trial__control__in=controls).values_list(
-            "participant_id", "stimulus_id", "score"):
+        participant__test=test, assignment__trial__control__in=controls
+    ).values_list("participant_id", "stimulus_id", "score"):
         scores.setdefault(participant_id, {})[stimulus_id] = score
     orders: dict[int, dict[int, int]] = {}
     if test.kind in COMPARISON_KINDS:
         for assignment_id, stimulus_id, position in StimulusHandle.objects.filter(
-                assignment__participant__test=test, assignment__trial__control__in=controls).values_list(
-                "assignment_id", "stimulus_id", "position"):
+            assignment__participant__test=test, assignment__trial__control__in=controls
+        ).values_list("assignment_id", "stimulus_id", "position"):
             orders.setdefault(assignment_id, {})[position] = stimulus_id
     results: dict[int, dict[str, dict[str, int]]] = {}
-    for assignment_id, participant_id, trial_id, control in (
-            Assignment.objects.filter(participant__test=test, trial__control__in=controls)
-            .values_list("id", "participant_id", "trial_id", "trial__control")):
+    for assignment_id, participant_id, trial_id, control in Assignment.objects.filter(
+        participant__test=test, trial__control__in=controls
+    ).values_list("id", "participant_id", "trial_id", "trial__control"):
         mine = results.setdefault(participant_id, {str(c): {"passed": 0, "total": 0} for c in controls})
         mine[control]["total"] += 1
         order = orders.get(assignment_id)
         order = (order[0], order[1]) if order and 0 in order and 1 in order else None
-        values = [(control_value(exp, sid, scores.get(participant_id, {}), order), exp)
-                  for sid, exp in expected.get(trial_id, [])]
+        values = [
+            (control_value(exp, sid, scores.get(participant_id, {}), order), exp)
+            for sid, exp in expected.get(trial_id, [])
+        ]
         if values and all(v is not None and exp["min"] <= v <= exp["max"] for v, exp in values):
             mine[control]["passed"] += 1
     return results

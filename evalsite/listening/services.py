@@ -27,12 +27,12 @@ from evalsite.core.exceptions import ApplicationError, ConflictError, NotFoundEr
 from evalsite.listening.models import (
     ArtifactFlag,
     Assignment,
+    Condition,
     ListeningTest,
     Participant,
     Rating,
     Stimulus,
     StimulusHandle,
-    Condition,
     Trial,
 )
 from evalsite.listening.selectors import (
@@ -52,7 +52,9 @@ ANCHOR_CUTOFFS = {Condition.Role.ANCHOR_LP35: 3500.0, Condition.Role.ANCHOR_LP70
 CMOS_REFERENCE_LABEL = "reference recording"
 
 NO_CHECKPOINTS = "a listening test needs at least one checkpoint."
-MIXED_EVAL_SETS = "the checkpoints' runs use different eval sets ({names}); pick checkpoints evaluated on one set."
+MIXED_EVAL_SETS = (
+    "the checkpoints' runs use different eval sets ({names}); pick checkpoints evaluated on one set."
+)
 MUSHRA_TOO_MANY = (
     "MUSHRA allows at most 12 signals per trial counting the hidden reference and the two anchors; "
     "{n} checkpoints + 3 = {total}."
@@ -60,14 +62,20 @@ MUSHRA_TOO_MANY = (
 NO_USABLE_ITEMS = "no eval item has output from every checkpoint{reference}; nothing to build a test from."
 AB_NEEDS_TWO = "an AB preference test compares checkpoints in pairs; pick at least two checkpoints (got {n})."
 COMPARISON_ONLY_CMOS = "a comparison checkpoint is only used by CMOS tests; this test is {kind}."
-COMPARISON_IS_RATED = "the comparison checkpoint {label} is also one of the rated checkpoints; rate it against another."
+COMPARISON_IS_RATED = (
+    "the comparison checkpoint {label} is also one of the rated checkpoints; rate it against another."
+)
 NO_PREFERENCE_ONLY_AB = "'no preference' is an AB preference option; this test is {kind}."
 DUPLICATE_CHECKPOINTS = "each checkpoint may be rated once per test; listed more than once: {labels}."
-TOO_MANY_SYSTEMS = "a listening test rates at most {limit} checkpoints (EVALSITE_LISTENING_MAX_SYSTEMS); got {n}."
+TOO_MANY_SYSTEMS = (
+    "a listening test rates at most {limit} checkpoints (EVALSITE_LISTENING_MAX_SYSTEMS); got {n}."
+)
 DUPLICATE_ITEMS = "each eval item may be listed once; listed more than once: {keys}."
 TOO_MANY_ITEMS = "a listening test uses at most {limit} eval items (EVALSITE_LISTENING_MAX_ITEMS); got {n}."
-TOO_MANY_TRIALS = ("this test would have {n} trials ({per_item} per item × {items} items); at most {limit} "
-                   "(EVALSITE_LISTENING_MAX_TRIALS): pick fewer items or checkpoints.")
+TOO_MANY_TRIALS = (
+    "this test would have {n} trials ({per_item} per item × {items} items); at most {limit} "
+    "(EVALSITE_LISTENING_MAX_TRIALS): pick fewer items or checkpoints."
+)
 ANCHOR_SELF_TEST_FAILED = "the anchor filters fail the BS.1534-3 mask at {rate} Hz: {failures}"
 NOT_DRAFT = "test {name!r} is {status}; only a draft can be published."
 NOTHING_TO_PUBLISH = "test {name!r} has no main (non-training) trial."
@@ -112,14 +120,25 @@ TRAP_PAUSE_S = 0.3
 TRAP_LEAD_S = 0.05  # silence before the request when no real output precedes it, and after it at least
 TRAP_WPM = (160, 220)
 TRAP_FAST_WPM = (300, 380, 450)
-TRAP_TEXT = ("This is an attention check. Please select the answer {label}.", "Please select the answer {label}.",
-             "Answer: {label}.")
-MUSHRA_TRAP_TEXT = ("This is an attention check. Please rate this sound {value}.", "Please rate this sound {value}.",
-                    "Rate this {value}.")
-AB_TRAP_TEXT = ("This is an attention check. Please answer: I prefer {label}.", "Please answer: I prefer {label}.",
-                "I prefer {label}.")
-TRAP_ITEM_TOO_SHORT = ("item {item} is {duration:.2f} s long; the shortest spoken attention check ({text!r} at "
-                       "{wpm} words a minute) needs {need:.2f} s. Use longer items, or no trapping trials.")
+TRAP_TEXT = (
+    "This is an attention check. Please select the answer {label}.",
+    "Please select the answer {label}.",
+    "Answer: {label}.",
+)
+MUSHRA_TRAP_TEXT = (
+    "This is an attention check. Please rate this sound {value}.",
+    "Please rate this sound {value}.",
+    "Rate this {value}.",
+)
+AB_TRAP_TEXT = (
+    "This is an attention check. Please answer: I prefer {label}.",
+    "Please answer: I prefer {label}.",
+    "I prefer {label}.",
+)
+TRAP_ITEM_TOO_SHORT = (
+    "item {item} is {duration:.2f} s long; the shortest spoken attention check ({text!r} at "
+    "{wpm} words a minute) needs {need:.2f} s. Use longer items, or no trapping trials."
+)
 # A control sound whose level is within this of the sound it stands in for is used as it is.
 CONTROL_LEVEL_TOLERANCE_DB = 0.5
 CONTROL_FADE_S = 0.02  # fade where a control sound is cut, so the cut does not click
@@ -128,11 +147,14 @@ HEADPHONE_CHECK_FIRST = "Please complete the headphone check first."
 CALIBRATE_FIRST = "Please set your volume with the calibration sound first."
 CALIBRATION_NOT_ASKED = "This test has no level calibration (it comes with the headphone check)."
 CALIBRATION_PLAY_FIRST = (
-    "plays must be a whole number from 1 (play the calibration sound before confirming); got {plays!r}.")
+    "plays must be a whole number from 1 (play the calibration sound before confirming); got {plays!r}."
+)
 CALIBRATION_MAX_PLAYS = 10_000
 UNKNOWN_PARTICIPANT = "This listening session belongs to another browser. Open your invitation link again."
-CROWD_ID_IN_USE = ("This participant ID has already started this test in another browser. Please continue in "
-                   "the browser where you started; if you cannot, contact the researcher.")
+CROWD_ID_IN_USE = (
+    "This participant ID has already started this test in another browser. Please continue in "
+    "the browser where you started; if you cannot, contact the researcher."
+)
 HEADPHONE_NOT_ASKED = "This test has no headphone check."
 HEADPHONE_BAD_ANSWERS = "answers must be a list of {n} numbers, each 1, 2 or 3; got {answers!r}."
 
@@ -146,8 +168,12 @@ def _letters(n: int) -> list[str]:
     return list(string.ascii_uppercase[:n])
 
 
-def _outputs_by_item(checkpoints: list[Checkpoint], params_hash: str | None) -> dict[int, dict[int, Generation]]:
-    rows = Generation.objects.filter(checkpoint__in=checkpoints, status=Generation.Status.DONE).select_related("asset")
+def _outputs_by_item(
+    checkpoints: list[Checkpoint], params_hash: str | None
+) -> dict[int, dict[int, Generation]]:
+    rows = Generation.objects.filter(
+        checkpoint__in=checkpoints, status=Generation.Status.DONE
+    ).select_related("asset")
     if params_hash:
         rows = rows.filter(params_hash=params_hash)
     by_item: dict[int, dict[int, Generation]] = {}
@@ -164,7 +190,9 @@ def _degraded(samples, rate: int):
     from evalsite.listening.calibration import active_level_dbfs
 
     peak = float(np.abs(samples).max()) or 1.0
-    return _at_level(np.clip(samples, -0.05 * peak, 0.05 * peak) / 0.05, rate, active_level_dbfs(samples, rate))
+    return _at_level(
+        np.clip(samples, -0.05 * peak, 0.05 * peak) / 0.05, rate, active_level_dbfs(samples, rate)
+    )
 
 
 def _at_level(samples, rate: int, target_dbfs: float | None):
@@ -190,7 +218,9 @@ def _at_level(samples, rate: int, target_dbfs: float | None):
         over = magnitude > LIMITER_KNEE
         if magnitude.max() > MAX_PEAK:
             room = MAX_PEAK - LIMITER_KNEE
-            out[over] = np.sign(out[over]) * (LIMITER_KNEE + room * np.tanh((magnitude[over] - LIMITER_KNEE) / room))
+            out[over] = np.sign(out[over]) * (
+                LIMITER_KNEE + room * np.tanh((magnitude[over] - LIMITER_KNEE) / room)
+            )
     return out.astype(np.float32)
 
 
@@ -211,7 +241,7 @@ def _fitted(samples, rate: int, like, like_rate: int):
     if len(samples) > frames:
         samples = samples[:frames].copy()
         fade = min(frames, int(CONTROL_FADE_S * like_rate))
-        samples[frames - fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)[:, None]
+        samples[frames - fade :] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)[:, None]
     else:
         samples = np.concatenate([samples, np.zeros((frames - len(samples), channels), dtype=np.float32)])
     return _at_level(samples, like_rate, active_level_dbfs(like, like_rate))
@@ -256,25 +286,31 @@ def _trapping_samples(source, rate: int, texts: tuple[str, ...], item_key: str =
         if (text, wpm) not in spoken:
             speech, speech_rate = synthesize(text, voice="en-us", rate_wpm=wpm)
             voiced = np.flatnonzero(np.abs(speech) > 1e-3)  # eSpeak pads the words with silence
-            spoken[text, wpm] = resample(speech[voiced[0]: voiced[-1] + 1], speech_rate, rate)
+            spoken[text, wpm] = resample(speech[voiced[0] : voiced[-1] + 1], speech_rate, rate)
         speech = spoken[text, wpm]
         head = int(prefix_s * rate)
         start = head + int((TRAP_PAUSE_S if head else TRAP_LEAD_S) * rate)
         if start + len(speech) + int(TRAP_LEAD_S * rate) <= frames:
             break
     else:
-        raise ApplicationError(TRAP_ITEM_TOO_SHORT.format(
-            item=item_key, duration=frames / rate, text=text, wpm=wpm,
-            need=(len(speech) + 2 * int(TRAP_LEAD_S * rate)) / rate))
+        raise ApplicationError(
+            TRAP_ITEM_TOO_SHORT.format(
+                item=item_key,
+                duration=frames / rate,
+                text=text,
+                wpm=wpm,
+                need=(len(speech) + 2 * int(TRAP_LEAD_S * rate)) / rate,
+            )
+        )
     out = np.zeros((frames, channels), dtype=np.float32)
     if head:
         out[:head] = source[:head]
         fade = int(CONTROL_FADE_S * rate)
-        out[head - fade:head] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)[:, None]
+        out[head - fade : head] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)[:, None]
     level = active_level_dbfs(source, rate)
     # The request at the output's level first: the whole then needs (almost) no further gain, so
     # the real output before it keeps its own level.
-    out[start:start + len(speech)] = _at_level(speech, rate, level)[:, None]
+    out[start : start + len(speech)] = _at_level(speech, rate, level)[:, None]
     return _at_level(out, rate, level)
 
 
@@ -294,8 +330,15 @@ class _ControlBuilder:
     duration and plays as loud, so nothing but listening tells a control trial apart.
     """
 
-    def __init__(self, test: ListeningTest, checkpoints: list[Checkpoint], outputs, anchors: dict[int, dict],
-                 comparison: Checkpoint | None, usable: list[EvalItem]):
+    def __init__(
+        self,
+        test: ListeningTest,
+        checkpoints: list[Checkpoint],
+        outputs,
+        anchors: dict[int, dict],
+        comparison: Checkpoint | None,
+        usable: list[EvalItem],
+    ):
         self.test, self.checkpoints, self.outputs, self.anchors = test, checkpoints, outputs, anchors
         self.comparison, self.usable = comparison, usable
         self.conditions: dict[str, Condition] = {}
@@ -347,12 +390,24 @@ class _ControlBuilder:
         samples, rate = audio_asset_samples(asset)
         return self.store(_trapping_samples(samples, rate, texts, item.key), rate)
 
-    def trial(self, control: str, item: EvalItem, index: int, sounds: list[tuple[str, Any, dict | None]],
-              reference=None) -> Trial:
+    def trial(
+        self,
+        control: str,
+        item: EvalItem,
+        index: int,
+        sounds: list[tuple[str, Any, dict | None]],
+        reference=None,
+    ) -> Trial:
         """One control trial; ``sounds`` are (what, asset, expected) in build order."""
-        trial = Trial.objects.create(test=self.test, item=item, index=index, control=control, reference=reference)
-        Stimulus.objects.bulk_create([Stimulus(trial=trial, condition=self.condition(control, what), asset=asset,
-                                               expected=expected) for what, asset, expected in sounds])
+        trial = Trial.objects.create(
+            test=self.test, item=item, index=index, control=control, reference=reference
+        )
+        Stimulus.objects.bulk_create(
+            [
+                Stimulus(trial=trial, condition=self.condition(control, what), asset=asset, expected=expected)
+                for what, asset, expected in sounds
+            ]
+        )
         return trial
 
     def clean(self, item: EvalItem, n: int):
@@ -370,35 +425,60 @@ class _ControlBuilder:
         slot = self.output(item, self.checkpoints[n % len(self.checkpoints)])
         if kind == ListeningTest.Kind.MOS:
             if n % 2 == 1 and item.reference is not None:
-                return self.trial(gold, item, index, [("reference", self.fitted(item.reference, slot),
-                                                       _expect(*GOLD_GOOD_RANGE))])
-            return self.trial(gold, item, index, [("degraded output", self.degraded(slot), _expect(*GOLD_BAD_RANGE))])
+                return self.trial(
+                    gold,
+                    item,
+                    index,
+                    [("reference", self.fitted(item.reference, slot), _expect(*GOLD_GOOD_RANGE))],
+                )
+            return self.trial(
+                gold, item, index, [("degraded output", self.degraded(slot), _expect(*GOLD_BAD_RANGE))]
+            )
         if kind == ListeningTest.Kind.SMOS:
             if n % 2 == 1:
                 what, asset = self.same_speaker(item, slot)
-                return self.trial(gold, item, index, [(what, asset, _expect(*SMOS_SAME_RANGE))], item.reference)
+                return self.trial(
+                    gold, item, index, [(what, asset, _expect(*SMOS_SAME_RANGE))], item.reference
+                )
             what, asset = self.other_speaker(item, slot)
-            return self.trial(gold, item, index, [(what, asset, _expect(*SMOS_DIFFERENT_RANGE))], item.reference)
+            return self.trial(
+                gold, item, index, [(what, asset, _expect(*SMOS_DIFFERENT_RANGE))], item.reference
+            )
         if kind == ListeningTest.Kind.MUSHRA:
             # The system slots hold a heavily degraded copy of the reference (and, with more than one
             # checkpoint, the other checkpoints' outputs); hidden reference and anchors as always.
             degraded = self.degraded(item.reference, like=self.output(item, self.checkpoints[0]))
-            sounds = [("hidden reference", item.reference, _expect(*MUSHRA_REFERENCE_RANGE)),
-                      ("degraded reference", degraded, _expect(*MUSHRA_DEGRADED_RANGE))]
-            sounds += [(f"output of {c.run.name}@{c.step}", self.output(item, c), None) for c in self.checkpoints[1:]]
+            sounds = [
+                ("hidden reference", item.reference, _expect(*MUSHRA_REFERENCE_RANGE)),
+                ("degraded reference", degraded, _expect(*MUSHRA_DEGRADED_RANGE)),
+            ]
+            sounds += [
+                (f"output of {c.run.name}@{c.step}", self.output(item, c), None) for c in self.checkpoints[1:]
+            ]
             sounds += [(role.label, asset, None) for role, asset in self.anchors[item.pk].items()]
             return self.trial(gold, item, index, sounds, item.reference)
         what, clean = self.clean(item, n)
-        expected = _expect(*(CMOS_CLEAN_RANGE if kind == ListeningTest.Kind.CMOS else AB_CLEAN_RANGE),
-                           of=Stimulus.Expected.PREFERENCE)
-        return self.trial(gold, item, index, [(what, self.fitted(clean, slot), expected),
-                                              ("degraded copy", self.degraded(clean, like=slot), None)])
+        expected = _expect(
+            *(CMOS_CLEAN_RANGE if kind == ListeningTest.Kind.CMOS else AB_CLEAN_RANGE),
+            of=Stimulus.Expected.PREFERENCE,
+        )
+        return self.trial(
+            gold,
+            item,
+            index,
+            [
+                (what, self.fitted(clean, slot), expected),
+                ("degraded copy", self.degraded(clean, like=slot), None),
+            ],
+        )
 
     def same_speaker(self, item: EvalItem, slot):
         """Another recording of the item's speaker (other words, same voice), else the reference itself."""
         same = [i for i in self.usable if i.pk != item.pk and item.speaker and i.speaker == item.speaker]
         if same:
-            return "same speaker, other recording", self.fitted(same[self.rng.randrange(len(same))].reference, slot)
+            return "same speaker, other recording", self.fitted(
+                same[self.rng.randrange(len(same))].reference, slot
+            )
         return "reference copy", self.fitted(item.reference, slot)
 
     def other_speaker(self, item: EvalItem, slot):
@@ -409,8 +489,9 @@ class _ControlBuilder:
         if others:
             return "other speaker", self.fitted(others[self.rng.randrange(len(others))].reference, slot)
         samples, rate = audio_asset_samples(item.reference)
-        return "shifted voice", self.store(_fitted(_other_voice(samples, rate), rate, *audio_asset_samples(slot)),
-                                           slot.sample_rate)
+        return "shifted voice", self.store(
+            _fitted(_other_voice(samples, rate), rate, *audio_asset_samples(slot)), slot.sample_rate
+        )
 
     # --- trapping ----------------------------------------------------------------------------
 
@@ -425,20 +506,27 @@ class _ControlBuilder:
             label = self.rng.choice((ACR_SCALE if kind == ListeningTest.Kind.MOS else SMOS_SCALE)["labels"])
             asset = self.trap(source, tuple(t.format(label=label["text"]) for t in TRAP_TEXT), item)
             reference = item.reference if kind == ListeningTest.Kind.SMOS else None
-            return self.trial(trapping, item, index, [(what, asset, _expect(label["value"], label["value"]))], reference)
+            return self.trial(
+                trapping, item, index, [(what, asset, _expect(label["value"], label["value"]))], reference
+            )
         if kind == ListeningTest.Kind.MUSHRA:
             value = self.rng.choice(MUSHRA_TRAP_VALUES)
             asset = self.trap(source, tuple(t.format(value=value) for t in MUSHRA_TRAP_TEXT), item)
-            expected = _expect(max(0.0, value - MUSHRA_TRAP_TOLERANCE), min(100.0, value + MUSHRA_TRAP_TOLERANCE))
+            expected = _expect(
+                max(0.0, value - MUSHRA_TRAP_TOLERANCE), min(100.0, value + MUSHRA_TRAP_TOLERANCE)
+            )
             sounds = [(what, asset, expected), ("hidden reference", item.reference, None)]
-            sounds += [(f"output of {c.run.name}@{c.step}", self.output(item, c), None)
-                       for c in self.checkpoints if c.pk != checkpoint.pk]
+            sounds += [
+                (f"output of {c.run.name}@{c.step}", self.output(item, c), None)
+                for c in self.checkpoints
+                if c.pk != checkpoint.pk
+            ]
             sounds += [(role.label, asset, None) for role, asset in self.anchors[item.pk].items()]
             return self.trial(trapping, item, index, sounds, item.reference)
         if kind == ListeningTest.Kind.CMOS:
             label = self.rng.choice(CCR_SCALE["labels"])
             asset = self.trap(source, tuple(t.format(label=label["text"]) for t in TRAP_TEXT), item)
-            versus = (item.reference if self.comparison is None else self.output(item, self.comparison))
+            versus = item.reference if self.comparison is None else self.output(item, self.comparison)
             expected = _expect(label["value"], label["value"], of=Stimulus.Expected.ANSWER)
             return self.trial(trapping, item, index, [(what, asset, expected), ("comparison", versus, None)])
         from evalsite.listening.selectors import AB_ANSWER_VALUES
@@ -447,9 +535,15 @@ class _ControlBuilder:
         asset = self.trap(source, tuple(t.format(label=letter) for t in AB_TRAP_TEXT), item)
         partner = self.checkpoints[(n + 1) % len(self.checkpoints)]
         expected = _expect(AB_ANSWER_VALUES[letter], AB_ANSWER_VALUES[letter], of=Stimulus.Expected.ANSWER)
-        return self.trial(trapping, item, index, [(what, asset, expected),
-                                                  (f"output of {partner.run.name}@{partner.step}",
-                                                   self.output(item, partner), None)])
+        return self.trial(
+            trapping,
+            item,
+            index,
+            [
+                (what, asset, expected),
+                (f"output of {partner.run.name}@{partner.step}", self.output(item, partner), None),
+            ],
+        )
 
 
 def _control_trials(builder: _ControlBuilder, index: int, gold_items: int, trapping_items: int) -> None:
@@ -463,7 +557,9 @@ def _control_trials(builder: _ControlBuilder, index: int, gold_items: int, trapp
         index += 1
 
 
-def _anchor_assets(reference, rate_checked: dict[int, bool], warnings: list[str], item_key: str) -> dict[str, Any]:
+def _anchor_assets(
+    reference, rate_checked: dict[int, bool], warnings: list[str], item_key: str
+) -> dict[str, Any]:
     """Make (or find) the two anchors of a reference clip, after the filter self-test at its rate."""
     from evalsite.audio.anchors import anchor_effectiveness_warning, anchor_filter_self_test, lowpass_anchor
     from evalsite.audio.decoding import decoded_from_array
@@ -474,7 +570,9 @@ def _anchor_assets(reference, rate_checked: dict[int, bool], warnings: list[str]
     if rate not in rate_checked:
         result = anchor_filter_self_test(rate)
         if not result.passed:
-            raise ApplicationError(ANCHOR_SELF_TEST_FAILED.format(rate=rate, failures="; ".join(result.failures)))
+            raise ApplicationError(
+                ANCHOR_SELF_TEST_FAILED.format(rate=rate, failures="; ".join(result.failures))
+            )
         rate_checked[rate] = True
     assets = {}
     for role, cutoff in ANCHOR_CUTOFFS.items():
@@ -482,8 +580,9 @@ def _anchor_assets(reference, rate_checked: dict[int, bool], warnings: list[str]
         if warning:
             warnings.append(f"item {item_key}: {warning}")
         anchor = lowpass_anchor(samples, rate, cutoff)
-        assets[role], _ = audio_asset_store(decoded=decoded_from_array(anchor, rate),
-                                            original_name=f"anchor-{int(cutoff)}.wav")
+        assets[role], _ = audio_asset_store(
+            decoded=decoded_from_array(anchor, rate), original_name=f"anchor-{int(cutoff)}.wav"
+        )
     return assets
 
 
@@ -491,8 +590,9 @@ def _check_build_lists(checkpoints: list[Checkpoint], items: list[EvalItem] | No
     """Each checkpoint and item once, and no more of them than the operator allows: one request must not
     hold a web worker for a minute building (or resolving) a test nobody could run."""
     if len(checkpoints) > settings.EVALSITE_LISTENING_MAX_SYSTEMS:
-        raise ApplicationError(TOO_MANY_SYSTEMS.format(limit=settings.EVALSITE_LISTENING_MAX_SYSTEMS,
-                                                       n=len(checkpoints)))
+        raise ApplicationError(
+            TOO_MANY_SYSTEMS.format(limit=settings.EVALSITE_LISTENING_MAX_SYSTEMS, n=len(checkpoints))
+        )
     times = Counter(c.pk for c in checkpoints)
     if len(times) < len(checkpoints):
         labels = sorted({f"{c.run.name}@{c.step}" for c in checkpoints if times[c.pk] > 1})
@@ -550,12 +650,17 @@ def listening_test_build(
         raise ApplicationError(COMPARISON_ONLY_CMOS.format(kind=kind))
     if allow_no_preference and kind != ListeningTest.Kind.AB:
         raise ApplicationError(NO_PREFERENCE_ONLY_AB.format(kind=kind))
-    checkpoints = list(Checkpoint.objects.filter(pk__in=[c.pk for c in checkpoints]).select_related("run__eval_set")
-                       .order_by("run__name", "step"))
+    checkpoints = list(
+        Checkpoint.objects.filter(pk__in=[c.pk for c in checkpoints])
+        .select_related("run__eval_set")
+        .order_by("run__name", "step")
+    )
     if comparison is not None:
         comparison = Checkpoint.objects.select_related("run__eval_set").get(pk=comparison.pk)
         if comparison.pk in {c.pk for c in checkpoints}:
-            raise ApplicationError(COMPARISON_IS_RATED.format(label=f"{comparison.run.name}@{comparison.step}"))
+            raise ApplicationError(
+                COMPARISON_IS_RATED.format(label=f"{comparison.run.name}@{comparison.step}")
+            )
     if kind == ListeningTest.Kind.AB and len(checkpoints) < 2:
         raise ApplicationError(AB_NEEDS_TWO.format(n=len(checkpoints)))
     sources = checkpoints + ([comparison] if comparison is not None else [])
@@ -564,43 +669,72 @@ def listening_test_build(
         if len(eval_sets) != 1 or None in eval_sets:
             names = sorted({c.run.eval_set.name if c.run.eval_set else "none" for c in sources})
             raise ApplicationError(MIXED_EVAL_SETS.format(names=", ".join(names)))
-        items = list(EvalItem.objects.filter(eval_set_id=eval_sets.pop()).select_related("reference").order_by("key"))
+        items = list(
+            EvalItem.objects.filter(eval_set_id=eval_sets.pop()).select_related("reference").order_by("key")
+        )
     if kind == ListeningTest.Kind.MUSHRA and len(checkpoints) + 3 > MUSHRA_MAX_SIGNALS:
         raise ApplicationError(MUSHRA_TOO_MANY.format(n=len(checkpoints), total=len(checkpoints) + 3))
     if len(items) > settings.EVALSITE_LISTENING_MAX_ITEMS:
-        raise ApplicationError(TOO_MANY_ITEMS.format(limit=settings.EVALSITE_LISTENING_MAX_ITEMS, n=len(items)))
-    per_item = {ListeningTest.Kind.MUSHRA: 1, ListeningTest.Kind.AB: len(checkpoints) * (len(checkpoints) - 1) // 2
-                }.get(kind, len(checkpoints))
+        raise ApplicationError(
+            TOO_MANY_ITEMS.format(limit=settings.EVALSITE_LISTENING_MAX_ITEMS, n=len(items))
+        )
+    per_item = {
+        ListeningTest.Kind.MUSHRA: 1,
+        ListeningTest.Kind.AB: len(checkpoints) * (len(checkpoints) - 1) // 2,
+    }.get(kind, len(checkpoints))
     if per_item * len(items) > settings.EVALSITE_LISTENING_MAX_TRIALS:
-        raise ApplicationError(TOO_MANY_TRIALS.format(n=per_item * len(items), per_item=per_item, items=len(items),
-                                                      limit=settings.EVALSITE_LISTENING_MAX_TRIALS))
+        raise ApplicationError(
+            TOO_MANY_TRIALS.format(
+                n=per_item * len(items),
+                per_item=per_item,
+                items=len(items),
+                limit=settings.EVALSITE_LISTENING_MAX_TRIALS,
+            )
+        )
 
     test = ListeningTest(
-        name=name, kind=kind, seed=seed if seed is not None else secrets.randbits(31), votes_target=votes_target,
-        trials_per_participant=trials_per_participant, title=title, instructions=instructions, owner=owner,
-        completion_code=completion_code, completion_redirect=completion_redirect,
-        screened_out_redirect=screened_out_redirect, allow_no_preference=allow_no_preference,
-        require_play_all=require_play_all, headphone_check=headphone_check, gold_items=gold_items,
+        name=name,
+        kind=kind,
+        seed=seed if seed is not None else secrets.randbits(31),
+        votes_target=votes_target,
+        trials_per_participant=trials_per_participant,
+        title=title,
+        instructions=instructions,
+        owner=owner,
+        completion_code=completion_code,
+        completion_redirect=completion_redirect,
+        screened_out_redirect=screened_out_redirect,
+        allow_no_preference=allow_no_preference,
+        require_play_all=require_play_all,
+        headphone_check=headphone_check,
+        gold_items=gold_items,
         trapping_items=trapping_items,
     )
     test.full_clean()
     test.save()
     conditions = {}
     for c in checkpoints:
-        conditions[c.pk] = Condition.objects.create(test=test, label=f"{c.run.name}@{c.step}", role="system", checkpoint=c)
+        conditions[c.pk] = Condition.objects.create(
+            test=test, label=f"{c.run.name}@{c.step}", role="system", checkpoint=c
+        )
     if kind == ListeningTest.Kind.MUSHRA:
         for role in (Condition.Role.HIDDEN_REFERENCE, *ANCHOR_CUTOFFS):
             conditions[role] = Condition.objects.create(test=test, label=role.label, role=role)
     if kind == ListeningTest.Kind.CMOS:
         conditions[Condition.Role.COMPARISON] = Condition.objects.create(
-            test=test, role=Condition.Role.COMPARISON, checkpoint=comparison,
-            label=f"{comparison.run.name}@{comparison.step}" if comparison is not None else CMOS_REFERENCE_LABEL,
+            test=test,
+            role=Condition.Role.COMPARISON,
+            checkpoint=comparison,
+            label=f"{comparison.run.name}@{comparison.step}"
+            if comparison is not None
+            else CMOS_REFERENCE_LABEL,
         )
 
     warnings: list[str] = []
     outputs = _outputs_by_item(sources, params_hash)
     needs_reference = kind in (ListeningTest.Kind.MUSHRA, ListeningTest.Kind.SMOS) or (
-        kind == ListeningTest.Kind.CMOS and comparison is None)
+        kind == ListeningTest.Kind.CMOS and comparison is None
+    )
     usable = []
     for item in items:
         have = outputs.get(item.pk, {})
@@ -612,7 +746,9 @@ def listening_test_build(
         else:
             usable.append(item)
     if not usable:
-        raise ApplicationError(NO_USABLE_ITEMS.format(reference=" and a reference" if needs_reference else ""))
+        raise ApplicationError(
+            NO_USABLE_ITEMS.format(reference=" and a reference" if needs_reference else "")
+        )
 
     rate_checked: dict[int, bool] = {}
     anchors: dict[int, dict] = {}
@@ -622,14 +758,19 @@ def listening_test_build(
         have = outputs[item.pk]
         if kind == ListeningTest.Kind.MUSHRA:
             if item.reference.duration_s > MUSHRA_MAX_ITEM_S:
-                warnings.append(f"item {item.key} is {item.reference.duration_s:.1f} s; BS.1534-3 asks for about 10 s "
-                                f"at most (justify longer items in the report)")
-            trial = Trial.objects.create(test=test, item=item, index=index, is_training=training,
-                                         reference=item.reference)
+                warnings.append(
+                    f"item {item.key} is {item.reference.duration_s:.1f} s; BS.1534-3 asks for about 10 s "
+                    f"at most (justify longer items in the report)"
+                )
+            trial = Trial.objects.create(
+                test=test, item=item, index=index, is_training=training, reference=item.reference
+            )
             index += 1
             for c in checkpoints:
                 Stimulus.objects.create(trial=trial, condition=conditions[c.pk], asset=have[c.pk].asset)
-            Stimulus.objects.create(trial=trial, condition=conditions[Condition.Role.HIDDEN_REFERENCE], asset=item.reference)
+            Stimulus.objects.create(
+                trial=trial, condition=conditions[Condition.Role.HIDDEN_REFERENCE], asset=item.reference
+            )
             anchors[item.pk] = _anchor_assets(item.reference, rate_checked, warnings, item.key)
             for role, asset in anchors[item.pk].items():
                 Stimulus.objects.create(trial=trial, condition=conditions[role], asset=asset)
@@ -639,7 +780,9 @@ def listening_test_build(
                 trial = Trial.objects.create(test=test, item=item, index=index, is_training=training)
                 index += 1
                 Stimulus.objects.create(trial=trial, condition=conditions[c.pk], asset=have[c.pk].asset)
-                Stimulus.objects.create(trial=trial, condition=conditions[Condition.Role.COMPARISON], asset=versus)
+                Stimulus.objects.create(
+                    trial=trial, condition=conditions[Condition.Role.COMPARISON], asset=versus
+                )
         elif kind == ListeningTest.Kind.AB:
             for first, second in itertools.combinations(checkpoints, 2):
                 trial = Trial.objects.create(test=test, item=item, index=index, is_training=training)
@@ -648,8 +791,13 @@ def listening_test_build(
                     Stimulus.objects.create(trial=trial, condition=conditions[c.pk], asset=have[c.pk].asset)
         else:
             for c in checkpoints:
-                trial = Trial.objects.create(test=test, item=item, index=index, is_training=training,
-                                             reference=item.reference if kind == ListeningTest.Kind.SMOS else None)
+                trial = Trial.objects.create(
+                    test=test,
+                    item=item,
+                    index=index,
+                    is_training=training,
+                    reference=item.reference if kind == ListeningTest.Kind.SMOS else None,
+                )
                 index += 1
                 Stimulus.objects.create(trial=trial, condition=conditions[c.pk], asset=have[c.pk].asset)
     if gold_items or trapping_items:
@@ -714,7 +862,8 @@ def trial_coverage(test: ListeningTest) -> dict[int, int]:
     """
     hold_from = timezone.now() - timedelta(minutes=settings.EVALSITE_ASSIGNMENT_HOLD_MIN)
     counted = ~Q(assignments__participant__status=Participant.Status.SCREENED_OUT) & (
-        Q(assignments__completed_at__isnull=False) | Q(assignments__participant__consented_at__gte=hold_from))
+        Q(assignments__completed_at__isnull=False) | Q(assignments__participant__consented_at__gte=hold_from)
+    )
     counts = (
         Trial.objects.filter(test=test, is_training=False, control=Trial.Control.NONE)
         .annotate(n=Count("assignments", filter=counted))
@@ -749,15 +898,17 @@ class _JoinLayout:
 
 def _join_layout(test: ListeningTest) -> _JoinLayout:
     training, controls, stimuli = [], {Trial.Control.GOLD: [], Trial.Control.TRAPPING: []}, {}
-    for trial_id, is_training, control in (Trial.objects.filter(test=test).order_by("index")
-                                           .values_list("pk", "is_training", "control")):
+    for trial_id, is_training, control in (
+        Trial.objects.filter(test=test).order_by("index").values_list("pk", "is_training", "control")
+    ):
         stimuli[trial_id] = []
         if is_training:
             training.append(trial_id)
         elif control:
             controls[control].append(trial_id)
-    for trial_id, stimulus_id in (Stimulus.objects.filter(trial__test=test).order_by("pk")
-                                  .values_list("trial_id", "pk")):
+    for trial_id, stimulus_id in (
+        Stimulus.objects.filter(trial__test=test).order_by("pk").values_list("trial_id", "pk")
+    ):
         stimuli[trial_id].append(stimulus_id)
     return _JoinLayout(training, controls, stimuli)
 
@@ -767,7 +918,11 @@ class CrowdIdInUse(ConflictError):
 
 
 def participant_join(
-    *, test: ListeningTest, external_id: str = "", study_id: str = "", session_id: str = "",
+    *,
+    test: ListeningTest,
+    external_id: str = "",
+    study_id: str = "",
+    session_id: str = "",
     resume_token: str | None = None,
 ) -> Participant:
     """Admit a listener, or resume the crowd worker whose browser proves it joined as them.
@@ -797,8 +952,13 @@ def participant_join(
         rng = random.Random(seed)
         main = assignment_choose_trials(test, rng)
         participant = Participant.objects.create(
-            test=test, token=token, external_id=external_id, study_id=study_id[:200], session_id=session_id[:200],
-            seed=seed, consented_at=timezone.now(),
+            test=test,
+            token=token,
+            external_id=external_id,
+            study_id=study_id[:200],
+            session_id=session_id[:200],
+            seed=seed,
+            consented_at=timezone.now(),
         )
         training = list(layout.training)
         rng.shuffle(training)
@@ -809,14 +969,19 @@ def participant_join(
         rng.shuffle(main)
         # Two bulk inserts instead of one per trial.
         assignments = Assignment.objects.bulk_create(
-            [Assignment(participant=participant, trial_id=trial_id, position=position)
-             for position, trial_id in enumerate(training + main)]
+            [
+                Assignment(participant=participant, trial_id=trial_id, position=position)
+                for position, trial_id in enumerate(training + main)
+            ]
         )
         handles = []
         for assignment in assignments:
             stimuli = list(layout.stimuli[assignment.trial_id])
             rng.shuffle(stimuli)
-            handles += [StimulusHandle(assignment=assignment, stimulus_id=s, position=i) for i, s in enumerate(stimuli)]
+            handles += [
+                StimulusHandle(assignment=assignment, stimulus_id=s, position=i)
+                for i, s in enumerate(stimuli)
+            ]
         StimulusHandle.objects.bulk_create(handles)
     return participant
 
@@ -841,12 +1006,16 @@ def calibration_confirm(*, participant: Participant, plays: Any) -> Participant:
     if participant.test.status != ListeningTest.Status.PUBLISHED:
         raise ConflictError(TEST_NOT_OPEN)
     if participant.status != Participant.Status.ACTIVE:
-        raise ConflictError(SCREENED_OUT if participant.status == Participant.Status.SCREENED_OUT else PARTICIPANT_DONE)
+        raise ConflictError(
+            SCREENED_OUT if participant.status == Participant.Status.SCREENED_OUT else PARTICIPANT_DONE
+        )
     if not (isinstance(plays, int) and not isinstance(plays, bool) and 1 <= plays <= CALIBRATION_MAX_PLAYS):
         raise ApplicationError(CALIBRATION_PLAY_FIRST.format(plays=plays), extra={"field": "plays"})
     participant.calibrated_at = timezone.now()
-    participant.calibration = {"plays": plays,
-                               "level_dbfs": round(calibration_level(participant.test.calibration_level_dbfs), 2)}
+    participant.calibration = {
+        "plays": plays,
+        "level_dbfs": round(calibration_level(participant.test.calibration_level_dbfs), 2),
+    }
     participant.save(update_fields=["calibrated_at", "calibration", "updated_at"])
     return participant
 
@@ -868,10 +1037,15 @@ def headphone_check_submit(*, participant: Participant, answers: Any) -> Partici
         raise ConflictError(TEST_NOT_OPEN)
     if participant.calibrated_at is None:
         raise ConflictError(CALIBRATE_FIRST)
-    valid = (isinstance(answers, list) and len(answers) == N_TRIALS
-             and all(isinstance(a, int) and not isinstance(a, bool) and 1 <= a <= 3 for a in answers))
+    valid = (
+        isinstance(answers, list)
+        and len(answers) == N_TRIALS
+        and all(isinstance(a, int) and not isinstance(a, bool) and 1 <= a <= 3 for a in answers)
+    )
     if not valid:
-        raise ApplicationError(HEADPHONE_BAD_ANSWERS.format(n=N_TRIALS, answers=answers), extra={"field": "answers"})
+        raise ApplicationError(
+            HEADPHONE_BAD_ANSWERS.format(n=N_TRIALS, answers=answers), extra={"field": "answers"}
+        )
     correct = sum(a == t["answer"] for a, t in zip(answers, headphone_trials(participant)))
     participant.headphone_answers = answers
     participant.headphone_passed = correct >= PASS_CORRECT
@@ -902,16 +1076,22 @@ def _check_open(participant: Participant) -> None:
 def _open_assignment(participant: Participant, assignment_token: str) -> Assignment:
     _check_open(participant)
     # Lock only the participant's own assignment row, not the trial every listener shares.
-    assignment = (Assignment.objects.select_for_update()
-                  .filter(participant=participant, token=str(assignment_token)).first())
+    assignment = (
+        Assignment.objects.select_for_update()
+        .filter(participant=participant, token=str(assignment_token))
+        .first()
+    )
     if assignment is None:
         raise NotFoundError(UNKNOWN_TRIAL, extra={"field": "trial"})
     return assignment
 
 
 def _handle(assignment: Assignment, handle_token: str) -> StimulusHandle:
-    handle = (StimulusHandle.objects.select_related("stimulus__asset")
-              .filter(assignment=assignment, token=str(handle_token)).first())
+    handle = (
+        StimulusHandle.objects.select_related("stimulus__asset")
+        .filter(assignment=assignment, token=str(handle_token))
+        .first()
+    )
     if handle is None:
         raise NotFoundError(UNKNOWN_STIMULUS, extra={"field": "stimulus"})
     return handle
@@ -973,11 +1153,26 @@ class _RatingTarget:
 
     def participant(self, token: str) -> Participant:
         """The participant and its test as model instances holding only what was read (the rest loads on use)."""
-        participant = _loaded(Participant, {"id": self.participant_id, "test_id": self.test_id, "token": token,
-                                            "status": self.participant_status, "headphone_passed": self.headphone_passed})
-        participant.test = _loaded(ListeningTest, {
-            "id": self.test_id, "kind": self.kind, "status": self.test_status, "headphone_check": self.headphone_check,
-            "allow_no_preference": self.allow_no_preference})
+        participant = _loaded(
+            Participant,
+            {
+                "id": self.participant_id,
+                "test_id": self.test_id,
+                "token": token,
+                "status": self.participant_status,
+                "headphone_passed": self.headphone_passed,
+            },
+        )
+        participant.test = _loaded(
+            ListeningTest,
+            {
+                "id": self.test_id,
+                "kind": self.kind,
+                "status": self.test_status,
+                "headphone_check": self.headphone_check,
+                "allow_no_preference": self.allow_no_preference,
+            },
+        )
         return participant
 
 
@@ -1008,17 +1203,54 @@ WHERE p.token = %s
 
 
 def _rating_target(participant_token: str, trial: Any, stimulus: Any) -> _RatingTarget | None:
-    sql = _TARGET_SQL.format(participant=_table(Participant), test=_table(ListeningTest), assignment=_table(Assignment),
-                             trial=_table(Trial), handle=_table(StimulusHandle))
+    sql = _TARGET_SQL.format(
+        participant=_table(Participant),
+        test=_table(ListeningTest),
+        assignment=_table(Assignment),
+        trial=_table(Trial),
+        handle=_table(StimulusHandle),
+    )
     with connection.cursor() as cursor:
         cursor.execute(sql, [str(trial), str(stimulus), participant_token])
         row = cursor.fetchone()
     if row is None:
         return None
-    (pid, pstatus, passed, tid, kind, tstatus, headphone, no_pref, aid, completed_at, training, hid, sid, a_token,
-     b_id, b_token) = row
-    return _RatingTarget(pid, pstatus, None if passed is None else bool(passed), tid, kind, tstatus, bool(headphone),
-                         bool(no_pref), aid, completed_at is not None, bool(training), hid, sid, a_token, b_id, b_token)
+    (
+        pid,
+        pstatus,
+        passed,
+        tid,
+        kind,
+        tstatus,
+        headphone,
+        no_pref,
+        aid,
+        completed_at,
+        training,
+        hid,
+        sid,
+        a_token,
+        b_id,
+        b_token,
+    ) = row
+    return _RatingTarget(
+        pid,
+        pstatus,
+        None if passed is None else bool(passed),
+        tid,
+        kind,
+        tstatus,
+        bool(headphone),
+        bool(no_pref),
+        aid,
+        completed_at is not None,
+        bool(training),
+        hid,
+        sid,
+        a_token,
+        b_id,
+        b_token,
+    )
 
 
 def _checked_value(target: _RatingTarget | None, score: Any) -> float:
@@ -1052,8 +1284,18 @@ def _checked_value(target: _RatingTarget | None, score: Any) -> float:
     return value
 
 
-_RATING_FIELDS = ["id", "created_at", "updated_at", "participant_id", "assignment_id", "stimulus_id", "score",
-                  "request_id", "history", "is_training"]
+_RATING_FIELDS = [
+    "id",
+    "created_at",
+    "updated_at",
+    "participant_id",
+    "assignment_id",
+    "stimulus_id",
+    "score",
+    "request_id",
+    "history",
+    "is_training",
+]
 
 # One statement: lock the assignment (only while it is unfinished, so a concurrent trial_complete
 # either sees this rating or refuses it), insert the rating, or on a second answer to the same sound
@@ -1091,18 +1333,28 @@ def _rating_from_row(row) -> Rating:
 
 def _rating_upsert_postgresql(target: _RatingTarget, value: float, request_id: str) -> Rating:
     returning = ", ".join(f"r.{name}" for name in _RATING_FIELDS)
-    params = {"assignment": target.assignment_id, "now": timezone.now(), "participant": target.participant_id,
-              "stimulus": target.stimulus_id, "score": value, "request_id": request_id,
-              "training": target.is_training}
+    params = {
+        "assignment": target.assignment_id,
+        "now": timezone.now(),
+        "participant": target.participant_id,
+        "stimulus": target.stimulus_id,
+        "score": value,
+        "request_id": request_id,
+        "training": target.is_training,
+    }
     with connection.cursor() as cursor:
-        cursor.execute(_UPSERT_SQL.format(assignment=_table(Assignment), rating=_table(Rating), returning=returning),
-                       params)
+        cursor.execute(
+            _UPSERT_SQL.format(assignment=_table(Assignment), rating=_table(Rating), returning=returning),
+            params,
+        )
         row = cursor.fetchone()
         if row is not None:
             return _rating_from_row(row)
         # Nothing written: the trial was finished meanwhile, or this request id was seen before.
-        cursor.execute(_STORED_SQL.format(assignment=_table(Assignment), rating=_table(Rating), returning=returning),
-                       [target.participant_id, target.stimulus_id, target.assignment_id])
+        cursor.execute(
+            _STORED_SQL.format(assignment=_table(Assignment), rating=_table(Rating), returning=returning),
+            [target.participant_id, target.stimulus_id, target.assignment_id],
+        )
         stored = cursor.fetchone()
     if stored is None:
         raise NotFoundError(UNKNOWN_TRIAL, extra={"field": "trial"})
@@ -1110,23 +1362,38 @@ def _rating_upsert_postgresql(target: _RatingTarget, value: float, request_id: s
         raise ConflictError(TRIAL_ALREADY_COMPLETED, extra={"field": "trial"})
     rating = _rating_from_row(stored[1:])
     if rating.pk is None or request_id not in rating.history:
-        raise RuntimeError(f"rating upsert for assignment {target.assignment_id} wrote nothing and found no reason")
+        raise RuntimeError(
+            f"rating upsert for assignment {target.assignment_id} wrote nothing and found no reason"
+        )
     return rating
 
 
 def _rating_write_orm(target: _RatingTarget, value: float, request_id: str) -> Rating:
     """Any other database, inside a transaction: the same steps one statement at a time (SQLite
     serialises them with the write lock it takes at BEGIN)."""
-    completed = (Assignment.objects.select_for_update().filter(pk=target.assignment_id)
-                 .values_list("completed_at", flat=True).first())
+    completed = (
+        Assignment.objects.select_for_update()
+        .filter(pk=target.assignment_id)
+        .values_list("completed_at", flat=True)
+        .first()
+    )
     if completed is not None:
         raise ConflictError(TRIAL_ALREADY_COMPLETED, extra={"field": "trial"})
-    rating = Rating.objects.select_for_update().filter(participant_id=target.participant_id,
-                                                       stimulus_id=target.stimulus_id).first()
+    rating = (
+        Rating.objects.select_for_update()
+        .filter(participant_id=target.participant_id, stimulus_id=target.stimulus_id)
+        .first()
+    )
     if rating is None:
-        return Rating.objects.create(participant_id=target.participant_id, assignment_id=target.assignment_id,
-                                     stimulus_id=target.stimulus_id, score=value, request_id=request_id,
-                                     history=[request_id], is_training=target.is_training)
+        return Rating.objects.create(
+            participant_id=target.participant_id,
+            assignment_id=target.assignment_id,
+            stimulus_id=target.stimulus_id,
+            score=value,
+            request_id=request_id,
+            history=[request_id],
+            is_training=target.is_training,
+        )
     if request_id in rating.history:
         return rating
     rating.score = value
@@ -1136,7 +1403,9 @@ def _rating_write_orm(target: _RatingTarget, value: float, request_id: str) -> R
     return rating
 
 
-def rating_submit(*, participant: Participant | str, trial: str, stimulus: str, score: Any, request_id: Any) -> Rating:
+def rating_submit(
+    *, participant: Participant | str, trial: str, stimulus: str, score: Any, request_id: Any
+) -> Rating:
     """Save one rating the moment it is given.
 
     ``participant`` is the participant or (the listener endpoint) its token. CMOS and AB answer
@@ -1161,7 +1430,14 @@ def rating_submit(*, participant: Participant | str, trial: str, stimulus: str, 
 
 @transaction.atomic
 def flag_submit(
-    *, participant: Participant, trial: str, stimulus: str, start: Any, end: Any, category: Any, note: Any = "",
+    *,
+    participant: Participant,
+    trial: str,
+    stimulus: str,
+    start: Any,
+    end: Any,
+    category: Any,
+    note: Any = "",
     request_id: Any,
 ) -> ArtifactFlag:
     """Save a time-localised artifact flag (seconds into the stimulus); idempotent by request id."""
@@ -1174,18 +1450,30 @@ def flag_submit(
     if assignment.completed_at is not None:
         raise ConflictError(TRIAL_ALREADY_COMPLETED, extra={"field": "trial"})
     duration = handle.stimulus.asset.duration_s
-    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (start, end))
+    numeric = all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (start, end)
+    )
     if not numeric or not (0 <= start < end <= duration + 1e-3):
-        raise ApplicationError(FLAG_BAD_REGION.format(duration=duration, start=start, end=end),
-                               extra={"field": "start" if not numeric or start < 0 else "end"})
+        raise ApplicationError(
+            FLAG_BAD_REGION.format(duration=duration, start=start, end=end),
+            extra={"field": "start" if not numeric or start < 0 else "end"},
+        )
     if category not in ArtifactFlag.Category.values:
-        raise ApplicationError(FLAG_BAD_CATEGORY.format(choices=", ".join(ArtifactFlag.Category.values),
-                                                        category=category), extra={"field": "category"})
+        raise ApplicationError(
+            FLAG_BAD_CATEGORY.format(choices=", ".join(ArtifactFlag.Category.values), category=category),
+            extra={"field": "category"},
+        )
     try:
         with transaction.atomic():
             return ArtifactFlag.objects.create(
-                participant=participant, assignment=assignment, stimulus=handle.stimulus, start_s=float(start),
-                end_s=min(float(end), duration), category=category, note=str(note or "")[:1000], request_id=request_id,
+                participant=participant,
+                assignment=assignment,
+                stimulus=handle.stimulus,
+                start_s=float(start),
+                end_s=min(float(end), duration),
+                category=category,
+                note=str(note or "")[:1000],
+                request_id=request_id,
             )
     except IntegrityError:
         return ArtifactFlag.objects.get(participant=participant, request_id=request_id)
@@ -1217,15 +1505,20 @@ def trial_complete(*, participant: Participant, trial: str) -> Participant:
     play_all = participant.test.require_play_all
     lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
     with connection.cursor() as cursor:
-        cursor.execute(_TRIAL_SQL.format(telemetry="a.telemetry" if play_all else "NULL",
-                                         assignment=_table(Assignment)) + lock, [participant.pk, str(trial)])
+        cursor.execute(
+            _TRIAL_SQL.format(telemetry="a.telemetry" if play_all else "NULL", assignment=_table(Assignment))
+            + lock,
+            [participant.pk, str(trial)],
+        )
         row = cursor.fetchone()
         if row is None:
             raise NotFoundError(UNKNOWN_TRIAL, extra={"field": "trial"})
         assignment_id, completed_at, telemetry = row
         if completed_at is None:
-            cursor.execute(_UNRATED_SQL.format(handle=_table(StimulusHandle), rating=_table(Rating)),
-                           [participant.pk, assignment_id])
+            cursor.execute(
+                _UNRATED_SQL.format(handle=_table(StimulusHandle), rating=_table(Rating)),
+                [participant.pk, assignment_id],
+            )
             sounds, unrated = cursor.fetchone()
     if completed_at is None:
         if participant.test.kind in COMPARISON_KINDS:
@@ -1235,8 +1528,12 @@ def trial_complete(*, participant: Participant, trial: str) -> Participant:
             raise ApplicationError(RATE_ALL_FIRST.format(missing=unrated), extra={"field": "trial"})
         if play_all:
             events = json.loads(telemetry) if isinstance(telemetry, str) else telemetry or []
-            played = {e.get("stimulus") for e in events if isinstance(e, dict) and e.get("type") in PLAY_EVENT_TYPES}
-            tokens = StimulusHandle.objects.filter(assignment_id=assignment_id).values_list("token", flat=True)
+            played = {
+                e.get("stimulus") for e in events if isinstance(e, dict) and e.get("type") in PLAY_EVENT_TYPES
+            }
+            tokens = StimulusHandle.objects.filter(assignment_id=assignment_id).values_list(
+                "token", flat=True
+            )
             unplayed = [token for token in tokens if token not in played]
             if unplayed:
                 raise ApplicationError(PLAY_ALL_FIRST.format(missing=len(unplayed)), extra={"field": "trial"})
@@ -1256,7 +1553,9 @@ def telemetry_append(*, participant: Participant, trial: str, events: Any, devic
     Only events about the reference (``stimulus`` null) or one of this trial's own sounds are kept,
     so a listener cannot satisfy ``require_play_all`` with another trial's (or person's) tokens.
     """
-    assignment = Assignment.objects.select_for_update().filter(participant=participant, token=str(trial)).first()
+    assignment = (
+        Assignment.objects.select_for_update().filter(participant=participant, token=str(trial)).first()
+    )
     if assignment is None:
         raise NotFoundError(UNKNOWN_TRIAL, extra={"field": "trial"})
     if not isinstance(events, list):
@@ -1266,7 +1565,12 @@ def telemetry_append(*, participant: Participant, trial: str, events: Any, devic
     Assignment.objects.filter(pk=assignment.pk).update(telemetry=(assignment.telemetry + clean)[-5000:])
     if isinstance(device, dict):
         Participant.objects.filter(pk=participant.pk).update(
-            device={str(k)[:40]: v for k, v in list(device.items())[:20] if _telemetry_number(v) is not None or v is None})
+            device={
+                str(k)[:40]: v
+                for k, v in list(device.items())[:20]
+                if _telemetry_number(v) is not None or v is None
+            }
+        )
 
 
 TELEMETRY_TYPES = frozenset({"play", "pause", "heard", "switch", "seek", "loop"})

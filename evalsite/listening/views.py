@@ -38,8 +38,10 @@ COOKIE_SALT = "evalsite.listening.participant"
 COOKIE_MAX_AGE = 60 * 60 * 24 * 30
 NOT_YOUR_SESSION = services.UNKNOWN_PARTICIPANT
 LISTENER_LIMITED = "Too many requests from this listening session: at most {rate}. Try again in {wait}."
-JOIN_LIMITED = ("Too many people have joined this test from your network in a short time: at most {rate}. "
-                "Please try again in {wait}.")
+JOIN_LIMITED = (
+    "Too many people have joined this test from your network in a short time: at most {rate}. "
+    "Please try again in {wait}."
+)
 BODY_TOO_LARGE = "The request body is {size} bytes; a listener request may be at most {limit} bytes."
 BODY_TOO_DEEP = "The request body is nested too deeply to be read as JSON."
 UNKNOWN_SOUND = "Unknown sound."
@@ -55,8 +57,15 @@ class BodyTooLarge(ApplicationError):
 
 
 def _error(exc: ApplicationError) -> JsonResponse:
-    status = (404 if isinstance(exc, NotFoundError) else 409 if isinstance(exc, ConflictError)
-              else 413 if isinstance(exc, BodyTooLarge) else 400)
+    status = (
+        404
+        if isinstance(exc, NotFoundError)
+        else 409
+        if isinstance(exc, ConflictError)
+        else 413
+        if isinstance(exc, BodyTooLarge)
+        else 400
+    )
     return JsonResponse({"message": exc.message, "extra": exc.extra}, status=status)
 
 
@@ -111,7 +120,9 @@ def _json_body(request: HttpRequest) -> dict:
     try:
         body = json.loads(request.body or b"{}")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApplicationError(f"the request body is not valid JSON ({exc})", extra={"field": "body"}) from None
+        raise ApplicationError(
+            f"the request body is not valid JSON ({exc})", extra={"field": "body"}
+        ) from None
     except RecursionError:
         # json raises this, not a ValueError, for arrays or objects nested past the interpreter's
         # recursion limit: a few kilobytes of "[" would otherwise be a 500.
@@ -126,7 +137,9 @@ def invite(request: HttpRequest, invite_token: str) -> HttpResponse:
     """Consent page of a test; agreeing creates a participant, or resumes a returning crowd worker's
     from the browser that joined as them (its signed cookie; another browser is refused)."""
     test = get_object_or_404(ListeningTest, invite_token=invite_token)
-    crowd = {k: request.GET.get(k, request.POST.get(k, "")) for k in ("PROLIFIC_PID", "STUDY_ID", "SESSION_ID")}
+    crowd = {
+        k: request.GET.get(k, request.POST.get(k, "")) for k in ("PROLIFIC_PID", "STUDY_ID", "SESSION_ID")
+    }
     if test.status != ListeningTest.Status.PUBLISHED:
         return render(request, "listening/message.html", {"message": services.TEST_NOT_OPEN}, status=410)
     if request.method == "GET":
@@ -134,25 +147,43 @@ def invite(request: HttpRequest, invite_token: str) -> HttpResponse:
     limited = limit_hit(request, "join", client_network(request))
     if limited is not None:
         message = JOIN_LIMITED.format(rate=limited.rate, wait=limited.wait)
-        page = (JsonResponse(limited.body(message), status=429) if wants_json(request)
-                else render(request, "listening/message.html", {"message": message}, status=429))
+        page = (
+            JsonResponse(limited.body(message), status=429)
+            if wants_json(request)
+            else render(request, "listening/message.html", {"message": message}, status=429)
+        )
         return with_retry_after(page, limited)
     try:
-        participant = services.participant_join(test=test, external_id=crowd["PROLIFIC_PID"],
-                                                study_id=crowd["STUDY_ID"], session_id=crowd["SESSION_ID"],
-                                                resume_token=request.get_signed_cookie(COOKIE, default=None,
-                                                                                       salt=COOKIE_SALT))
+        participant = services.participant_join(
+            test=test,
+            external_id=crowd["PROLIFIC_PID"],
+            study_id=crowd["STUDY_ID"],
+            session_id=crowd["SESSION_ID"],
+            resume_token=request.get_signed_cookie(COOKIE, default=None, salt=COOKIE_SALT),
+        )
     except services.CrowdIdInUse as exc:
         # Not sent on to the screened-out address: this may be the worker themself, on another device.
-        logger.warning("test %s: a second browser presented the crowd id of an existing participant; refused",
-                       test.pk)
+        logger.warning(
+            "test %s: a second browser presented the crowd id of an existing participant; refused", test.pk
+        )
         return render(request, "listening/message.html", {"message": exc.message}, status=409)
     except ConflictError as exc:
-        return render(request, "listening/message.html", {"message": exc.message,
-                                                          "redirect": test.screened_out_redirect}, status=409)
+        return render(
+            request,
+            "listening/message.html",
+            {"message": exc.message, "redirect": test.screened_out_redirect},
+            status=409,
+        )
     response = redirect("listening:session", ptoken=participant.token)
-    response.set_signed_cookie(COOKIE, participant.token, salt=COOKIE_SALT, max_age=COOKIE_MAX_AGE,
-                               httponly=True, samesite="Lax", secure=request.is_secure())
+    response.set_signed_cookie(
+        COOKIE,
+        participant.token,
+        salt=COOKIE_SALT,
+        max_age=COOKIE_MAX_AGE,
+        httponly=True,
+        samesite="Lax",
+        secure=request.is_secure(),
+    )
     return response
 
 
@@ -160,7 +191,9 @@ def invite(request: HttpRequest, invite_token: str) -> HttpResponse:
 @ensure_csrf_cookie
 @_listener
 def session(request: HttpRequest, participant: Participant) -> HttpResponse:
-    return render(request, "listening/session.html", {"participant": participant, "title": participant.test.title})
+    return render(
+        request, "listening/session.html", {"participant": participant, "title": participant.test.title}
+    )
 
 
 @require_safe
@@ -193,8 +226,13 @@ def rate(request: HttpRequest, ptoken: str) -> HttpResponse:
         return _too_many(limited)
     try:
         body = _json_body(request)
-        rating = services.rating_submit(participant=ptoken, trial=body.get("trial"), stimulus=body.get("stimulus"),
-                                        score=body.get("score"), request_id=body.get("request_id"))
+        rating = services.rating_submit(
+            participant=ptoken,
+            trial=body.get("trial"),
+            stimulus=body.get("stimulus"),
+            score=body.get("score"),
+            request_id=body.get("request_id"),
+        )
     except ApplicationError as exc:
         return _private(_error(exc))
     return _private(JsonResponse({"score": rating_answer(rating)}))
@@ -202,9 +240,16 @@ def rate(request: HttpRequest, ptoken: str) -> HttpResponse:
 
 @_post
 def flag(participant: Participant, body: dict) -> JsonResponse:
-    created = services.flag_submit(participant=participant, trial=body.get("trial"), stimulus=body.get("stimulus"),
-                                   start=body.get("start"), end=body.get("end"), category=body.get("category"),
-                                   note=body.get("note", ""), request_id=body.get("request_id"))
+    created = services.flag_submit(
+        participant=participant,
+        trial=body.get("trial"),
+        stimulus=body.get("stimulus"),
+        start=body.get("start"),
+        end=body.get("end"),
+        category=body.get("category"),
+        note=body.get("note", ""),
+        request_id=body.get("request_id"),
+    )
     return JsonResponse({"id": created.token}, status=201)
 
 
@@ -212,8 +257,9 @@ def flag(participant: Participant, body: dict) -> JsonResponse:
 def complete(participant: Participant, body: dict) -> JsonResponse:
     participant = services.trial_complete(participant=participant, trial=body.get("trial"))
     progress = listener_progress(participant)
-    return JsonResponse({"phase": progress["phase"], "position": progress["position"],
-                         "completion": progress["completion"]})
+    return JsonResponse(
+        {"phase": progress["phase"], "position": progress["position"], "completion": progress["completion"]}
+    )
 
 
 @_post
@@ -227,14 +273,23 @@ def calibration(participant: Participant, body: dict) -> JsonResponse:
 def headphone(participant: Participant, body: dict) -> JsonResponse:
     participant = services.headphone_check_submit(participant=participant, answers=body.get("answers"))
     progress = listener_progress(participant)
-    return JsonResponse({"passed": participant.headphone_passed, "phase": progress["phase"],
-                         "screened_out": progress["screened_out"]})
+    return JsonResponse(
+        {
+            "passed": participant.headphone_passed,
+            "phase": progress["phase"],
+            "screened_out": progress["screened_out"],
+        }
+    )
 
 
 @_post
 def telemetry(participant: Participant, body: dict) -> JsonResponse:
-    services.telemetry_append(participant=participant, trial=body.get("trial"), events=body.get("events"),
-                              device={"sample_rate": body.get("device_sample_rate")})
+    services.telemetry_append(
+        participant=participant,
+        trial=body.get("trial"),
+        events=body.get("events"),
+        device={"sample_rate": body.get("device_sample_rate")},
+    )
     return HttpResponse(status=204)
 
 
@@ -262,8 +317,14 @@ class _ServedWav:
             fh.close()
             raise
         chunks = b"".join(kept)
-        self.head = (b"RIFF" + (4 + len(chunks) + 8 + size).to_bytes(4, "little") + b"WAVE" + chunks
-                     + b"data" + size.to_bytes(4, "little"))
+        self.head = (
+            b"RIFF"
+            + (4 + len(chunks) + 8 + size).to_bytes(4, "little")
+            + b"WAVE"
+            + chunks
+            + b"data"
+            + size.to_bytes(4, "little")
+        )
         self.left = size
         self.length = len(self.head) + size
 

@@ -33,4 +33,6 @@ def jobs_visible(user) -> QuerySet[Job]:
     """Jobs of visible runs, plus the run-less ones (eval set imports), which every researcher may see."""
     if getattr(user, "is_superuser", False):
         return Job.objects.all()
-    return Job.objects.filter(Q(run__isnull=True, checkpoint__isnull=True) | Q(run__in=runs_visible(user).values("pk")))
+    return Job.objects.filter(
+        Q(run__isnull=True, checkpoint__isnull=True) | Q(run__in=runs_visible(user).values("pk"))
+    )

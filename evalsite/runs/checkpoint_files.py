@@ -32,9 +32,7 @@ CHECKPOINT_PATH_REFUSED = (
     "this checkpoint path cannot be used: a checkpoint must be a regular file under one of the operator's "
     "checkpoint roots (EVALSITE_CHECKPOINT_ROOTS)."
 )
-CHECKPOINT_DIR_REFUSED = (
-    "checkpoint_dir must be a folder under one of the operator's checkpoint roots (EVALSITE_CHECKPOINT_ROOTS)."
-)
+CHECKPOINT_DIR_REFUSED = "checkpoint_dir must be a folder under one of the operator's checkpoint roots (EVALSITE_CHECKPOINT_ROOTS)."
 CHECKPOINT_SHA256_MISMATCH = "the file's sha256 is not the sha256 given; not registered."
 USERNAME_PLACEHOLDER = "{username}"
 # Pseudo-filesystems: their files pass for regular files (``/proc/self/environ``) or block when read.
@@ -101,8 +99,12 @@ def checkpoint_path_resolve(*, uri: str, owner=None) -> str:
     ``checkpoint_file_open``'s job, on a path already allowed.
     """
     path = _resolve(uri)
-    if (path is None or any(_inside(path, never) for never in _NEVER_UNDER) or path in _protected_paths()
-            or not any(_inside(path, root) for root in checkpoint_roots(owner))):
+    if (
+        path is None
+        or any(_inside(path, never) for never in _NEVER_UNDER)
+        or path in _protected_paths()
+        or not any(_inside(path, root) for root in checkpoint_roots(owner))
+    ):
         raise CheckpointPathRefused()
     return path
 
@@ -110,8 +112,11 @@ def checkpoint_path_resolve(*, uri: str, owner=None) -> str:
 def checkpoint_dir_validate(*, path: str, owner=None) -> str:
     """The resolved watched directory, or a ValidationError on ``checkpoint_dir`` (same message for any refusal)."""
     resolved = _resolve(path)
-    if (resolved is None or any(_inside(resolved, never) for never in _NEVER_UNDER)
-            or not any(_inside(resolved, root) for root in checkpoint_roots(owner))):
+    if (
+        resolved is None
+        or any(_inside(resolved, never) for never in _NEVER_UNDER)
+        or not any(_inside(resolved, root) for root in checkpoint_roots(owner))
+    ):
         raise ValidationError({"checkpoint_dir": CHECKPOINT_DIR_REFUSED})
     return resolved
 

@@ -31,8 +31,10 @@ def model_plugins() -> tuple[str, ...]:
 
 def model_families_allowed() -> list[str]:
     """``auto``, the built-in families, installed entry points, then the operator's plug-ins."""
-    installed = sorted({ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
-                       - set(BUILTIN_FAMILY_NAMES))
+    installed = sorted(
+        {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+        - set(BUILTIN_FAMILY_NAMES)
+    )
     names = [MODEL_FAMILY_AUTO, *BUILTIN_FAMILY_NAMES, *installed]
     return names + [p for p in dict.fromkeys(model_plugins()) if p not in names]
 
@@ -41,5 +43,10 @@ def model_family_validate(family: str) -> None:
     """Refuse a family that is neither registered nor on the operator's allow-list (names the field)."""
     allowed = model_families_allowed()
     if family not in allowed:
-        raise ValidationError({"model_family": [MODEL_FAMILY_NOT_ALLOWED.format(family=family[:200],
-                                                                               allowed=", ".join(allowed))]})
+        raise ValidationError(
+            {
+                "model_family": [
+                    MODEL_FAMILY_NOT_ALLOWED.format(family=family[:200], allowed=", ".join(allowed))
+                ]
+            }
+        )

@@ -53,8 +53,9 @@ class ModelCache:
             identity = (None, None)  # models.load reports the missing file with its name
         return (str(path.resolve()), identity, family, device, plugins)
 
-    def get(self, uri: str, *, family: str | None, device: str,
-            plugins: tuple[str, ...] = ()) -> models.AudioModel:
+    def get(
+        self, uri: str, *, family: str | None, device: str, plugins: tuple[str, ...] = ()
+    ) -> models.AudioModel:
         """The loaded model; ``plugins`` are the dotted-path families the operator allowed."""
         key = self._key(uri, family, device, plugins)
         with self._lock:
@@ -98,7 +99,9 @@ class BatchOutput:
 
 def autocast(device: str, dtype: str):
     if dtype == "bf16":
-        return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
+        return torch.autocast(
+            device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16
+        )
     return torch.autocast(device_type="cpu", enabled=False)
 
 
@@ -133,7 +136,9 @@ def run_waveform_batches(
             if len(bucket) == 1:
                 raise
             half = len(bucket) // 2
-            logger.warning("CUDA out of memory at batch %d; retrying as %d + %d", len(bucket), half, len(bucket) - half)
+            logger.warning(
+                "CUDA out of memory at batch %d; retrying as %d + %d", len(bucket), half, len(bucket) - half
+            )
             pending[:0] = [bucket[:half], bucket[half:]]
             continue
         elapsed = time.perf_counter() - started

@@ -27,7 +27,9 @@ class EvalItem(BaseModel):
     metadata = models.JSONField(default=dict, blank=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["eval_set", "key"], name="evalitem_unique_key_per_set")]
+        constraints = [
+            models.UniqueConstraint(fields=["eval_set", "key"], name="evalitem_unique_key_per_set")
+        ]
         ordering = ["eval_set", "key"]
 
     def __str__(self) -> str:
@@ -42,20 +44,29 @@ class Run(BaseModel):
 
     name = models.CharField(max_length=200, unique=True)
     kind = models.CharField(max_length=20, choices=Kind.choices)
-    model_family = models.CharField(max_length=200, help_text="e.g. hifigan, evagan, sat, aar, or pkg.mod:factory")
+    model_family = models.CharField(
+        max_length=200, help_text="e.g. hifigan, evagan, sat, aar, or pkg.mod:factory"
+    )
     config = models.JSONField(default=dict, blank=True)
-    eval_set = models.ForeignKey(EvalSet, on_delete=models.PROTECT, null=True, blank=True, related_name="runs")
+    eval_set = models.ForeignKey(
+        EvalSet, on_delete=models.PROTECT, null=True, blank=True, related_name="runs"
+    )
     checkpoint_dir = models.CharField(max_length=1024, blank=True)
     checkpoint_pattern = models.CharField(
-        max_length=300, blank=True,
+        max_length=300,
+        blank=True,
         help_text="empty: the built-in names (HiFi-GAN g_00012000, Lightning step=12000.ckpt, "
-                  "checkpoint_step_12000.pth); or a regex with a (?P<step>...) group, matched against file names",
+        "checkpoint_step_12000.pth); or a regex with a (?P<step>...) group, matched against file names",
     )
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="runs"
     )
-    collaborators = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="shared_runs",
-                                           help_text="researchers who may see and change this run besides its owner")
+    collaborators = models.ManyToManyField(
+        settings.AUTH_USER_MODEL,
+        blank=True,
+        related_name="shared_runs",
+        help_text="researchers who may see and change this run besides its owner",
+    )
     webhook_url = models.URLField(max_length=500, blank=True, help_text="alerts are POSTed here, signed")
     webhook_secret = models.CharField(max_length=100, blank=True, help_text="HMAC-SHA256 key of the webhook")
     # The cursor of the newest alert, bumped in the transaction that creates it: pollers get their
@@ -72,8 +83,9 @@ class Run(BaseModel):
         # alert_cursor only moves forward, under a lock, in alerts.services.alert_create; a save
         # from a copy loaded earlier must not move it back.
         if self.pk is not None and not self._state.adding and kwargs.get("update_fields") is None:
-            kwargs["update_fields"] = [f.name for f in self._meta.concrete_fields
-                                       if not f.primary_key and f.name != "alert_cursor"]
+            kwargs["update_fields"] = [
+                f.name for f in self._meta.concrete_fields if not f.primary_key and f.name != "alert_cursor"
+            ]
         super().save(*args, **kwargs)
 
     def clean(self) -> None:
@@ -138,8 +150,12 @@ class Job(BaseModel):
     error = models.TextField(blank=True)
     worker = models.CharField(max_length=300, blank=True)
     run = models.ForeignKey(Run, on_delete=models.CASCADE, null=True, blank=True, related_name="jobs")
-    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.CASCADE, null=True, blank=True, related_name="jobs")
-    eval_set = models.ForeignKey(EvalSet, on_delete=models.CASCADE, null=True, blank=True, related_name="jobs")
+    checkpoint = models.ForeignKey(
+        Checkpoint, on_delete=models.CASCADE, null=True, blank=True, related_name="jobs"
+    )
+    eval_set = models.ForeignKey(
+        EvalSet, on_delete=models.CASCADE, null=True, blank=True, related_name="jobs"
+    )
     started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -147,7 +163,9 @@ class Job(BaseModel):
     class Meta:
         ordering = ["-created_at"]
         constraints = [
-            models.CheckConstraint(condition=Q(progress__gte=0.0) & Q(progress__lte=1.0), name="job_progress_in_unit_range"),
+            models.CheckConstraint(
+                condition=Q(progress__gte=0.0) & Q(progress__lte=1.0), name="job_progress_in_unit_range"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -173,7 +191,9 @@ class Generation(BaseModel):
     error = models.TextField(blank=True)
     wall_time_s = models.FloatField(null=True, blank=True)
     device = models.CharField(max_length=50, blank=True)
-    info = models.JSONField(default=dict, blank=True, help_text="what the model reported, e.g. tokens/s and bitrate")
+    info = models.JSONField(
+        default=dict, blank=True, help_text="what the model reported, e.g. tokens/s and bitrate"
+    )
     job = models.ForeignKey(Job, on_delete=models.SET_NULL, null=True, blank=True, related_name="generations")
 
     class Meta:
@@ -198,8 +218,12 @@ class WatchedFile(BaseModel):
     step = models.PositiveBigIntegerField()
     size_bytes = models.PositiveBigIntegerField()
     mtime_ns = models.BigIntegerField()
-    stable_scans = models.PositiveIntegerField(default=0, help_text="scans in a row that saw the same size and mtime")
-    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    stable_scans = models.PositiveIntegerField(
+        default=0, help_text="scans in a row that saw the same size and mtime"
+    )
+    checkpoint = models.ForeignKey(
+        Checkpoint, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     note = models.CharField(max_length=500, blank=True, help_text="why it was not registered, if it was not")
 
     class Meta:

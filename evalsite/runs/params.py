@@ -41,11 +41,14 @@ def _integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _between(low: float, high: float, *, integer: bool = False, optional: bool = False) -> Callable[[Any], bool]:
+def _between(
+    low: float, high: float, *, integer: bool = False, optional: bool = False
+) -> Callable[[Any], bool]:
     def check(value: Any) -> bool:
         if value is None:
             return optional
         return (_integer(value) if integer else _number(value)) and low <= value <= high
+
     return check
 
 
@@ -62,20 +65,37 @@ def _optional(rule: str) -> str:
 
 # key → (check, what the message says it must be). The defaults live in services.GENERATION_DEFAULTS.
 GENERATION_PARAM_RULES: dict[str, tuple[Callable[[Any], bool], Callable[[], str]]] = {
-    "seed": (_between(*SEED_RANGE, integer=True), lambda: f"an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}"),
-    "batch_size": (_between(*BATCH_SIZE_RANGE, integer=True, optional=True),
-                   lambda: _optional(f"an integer from {BATCH_SIZE_RANGE[0]} to {BATCH_SIZE_RANGE[1]}")),
+    "seed": (
+        _between(*SEED_RANGE, integer=True),
+        lambda: f"an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}",
+    ),
+    "batch_size": (
+        _between(*BATCH_SIZE_RANGE, integer=True, optional=True),
+        lambda: _optional(f"an integer from {BATCH_SIZE_RANGE[0]} to {BATCH_SIZE_RANGE[1]}"),
+    ),
     "dtype": (lambda v: v in DTYPES, lambda: "one of " + ", ".join(f'"{d}"' for d in DTYPES)),
     "tf32": (lambda v: isinstance(v, bool), lambda: "true or false"),
     "resample": (lambda v: isinstance(v, bool), lambda: "true or false"),
-    "cfg_scale": (_between(*CFG_SCALE_RANGE), lambda: f"a number from {CFG_SCALE_RANGE[0]:g} to {CFG_SCALE_RANGE[1]:g}"),
-    "top_k": (_between(*TOP_K_RANGE, integer=True, optional=True),
-              lambda: _optional(f"an integer from {TOP_K_RANGE[0]} to {TOP_K_RANGE[1]}")),
-    "top_p": (lambda v: v is None or (_number(v) and 0 < v <= 1), lambda: _optional("a number above 0 and at most 1")),
-    "temperature": (_between(*TEMPERATURE_RANGE),
-                    lambda: f"a number from {TEMPERATURE_RANGE[0]:g} to {TEMPERATURE_RANGE[1]:g}"),
-    "duration_s": (_between(*DURATION_RANGE_S, optional=True),
-                   lambda: _optional(f"seconds from {DURATION_RANGE_S[0]:g} to {DURATION_RANGE_S[1]:g}")),
+    "cfg_scale": (
+        _between(*CFG_SCALE_RANGE),
+        lambda: f"a number from {CFG_SCALE_RANGE[0]:g} to {CFG_SCALE_RANGE[1]:g}",
+    ),
+    "top_k": (
+        _between(*TOP_K_RANGE, integer=True, optional=True),
+        lambda: _optional(f"an integer from {TOP_K_RANGE[0]} to {TOP_K_RANGE[1]}"),
+    ),
+    "top_p": (
+        lambda v: v is None or (_number(v) and 0 < v <= 1),
+        lambda: _optional("a number above 0 and at most 1"),
+    ),
+    "temperature": (
+        _between(*TEMPERATURE_RANGE),
+        lambda: f"a number from {TEMPERATURE_RANGE[0]:g} to {TEMPERATURE_RANGE[1]:g}",
+    ),
+    "duration_s": (
+        _between(*DURATION_RANGE_S, optional=True),
+        lambda: _optional(f"seconds from {DURATION_RANGE_S[0]:g} to {DURATION_RANGE_S[1]:g}"),
+    ),
     "device": (_device, lambda: DEVICE_RULE.format(n=settings.EVALSITE_GENERATION_CUDA_DEVICES)),
 }
 
@@ -88,7 +108,9 @@ def generation_params_check(params: Any) -> dict[str, Any]:
         raise ApplicationError(message, extra={"fields": {"params": [message]}})
     for key, value in params.items():
         if key not in GENERATION_PARAM_RULES:
-            message = PARAM_UNKNOWN.format(key=str(key)[:100], known=", ".join(sorted(GENERATION_PARAM_RULES)))
+            message = PARAM_UNKNOWN.format(
+                key=str(key)[:100], known=", ".join(sorted(GENERATION_PARAM_RULES))
+            )
             raise ApplicationError(message, extra={"fields": {f"params.{str(key)[:100]}": [message]}})
         check, rule = GENERATION_PARAM_RULES[key]
         if not check(value):

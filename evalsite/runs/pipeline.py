@@ -27,7 +27,9 @@ def auto_test_config(run: Run) -> dict[str, Any] | None:
         return None
     every = config.get("every")
     if not isinstance(every, int) or every < 1:
-        raise ApplicationError(f"run {run.name!r}: auto_listening_test.every must be an integer ≥ 1; got {every!r}")
+        raise ApplicationError(
+            f"run {run.name!r}: auto_listening_test.every must be an integer ≥ 1; got {every!r}"
+        )
     if config.get("kind", "smos") not in AUTO_TEST_KINDS:
         raise ApplicationError(f"run {run.name!r}: auto_listening_test.kind must be one of {AUTO_TEST_KINDS}")
     return config
@@ -37,8 +39,12 @@ def best_checkpoint(*, run: Run, before_step: int, metric: str | None = None) ->
     """The best earlier finished checkpoint by ``metric`` (default: the first metric with a direction)."""
     from evalsite.scoring.models import MetricResult
 
-    results = MetricResult.objects.filter(checkpoint__run=run, checkpoint__step__lt=before_step,
-                                          status=MetricResult.Status.DONE, higher_is_better__isnull=False)
+    results = MetricResult.objects.filter(
+        checkpoint__run=run,
+        checkpoint__step__lt=before_step,
+        status=MetricResult.Status.DONE,
+        higher_is_better__isnull=False,
+    )
     if metric:
         results = results.filter(name=metric)
     results = list(results.select_related("checkpoint").order_by("name", "checkpoint__step"))
@@ -60,7 +66,9 @@ def auto_listening_test_maybe(*, checkpoint: Checkpoint):
     config = auto_test_config(run)
     if config is None:
         return None
-    finished = Checkpoint.objects.filter(run=run, status=Checkpoint.Status.DONE, step__lte=checkpoint.step).count()
+    finished = Checkpoint.objects.filter(
+        run=run, status=Checkpoint.Status.DONE, step__lte=checkpoint.step
+    ).count()
     if finished % config["every"]:
         return None
     best = best_checkpoint(run=run, before_step=checkpoint.step, metric=config.get("metric"))
@@ -74,17 +82,29 @@ def auto_listening_test_maybe(*, checkpoint: Checkpoint):
     if config.get("items"):
         from evalsite.runs.models import EvalItem
 
-        items = list(EvalItem.objects.filter(eval_set=run.eval_set).order_by("key")[: int(config["items"]) + 1])
+        items = list(
+            EvalItem.objects.filter(eval_set=run.eval_set).order_by("key")[: int(config["items"]) + 1]
+        )
     try:
         with transaction.atomic():
-            test = listening_test_build(name=name, kind=config.get("kind", "smos"), checkpoints=[best, checkpoint],
-                                        items=items, votes_target=int(config.get("votes_target", 8)),
-                                        owner=run.owner, title="Listening test")
+            test = listening_test_build(
+                name=name,
+                kind=config.get("kind", "smos"),
+                checkpoints=[best, checkpoint],
+                items=items,
+                votes_target=int(config.get("votes_target", 8)),
+                owner=run.owner,
+                title="Listening test",
+            )
             if config.get("publish", True):
                 test = listening_test_publish(test=test)
     except ApplicationError as exc:
-        logger.warning("run %s: automatic listening test for step %d not built: %s", run.name, checkpoint.step,
-                       exc.message)
+        logger.warning(
+            "run %s: automatic listening test for step %d not built: %s",
+            run.name,
+            checkpoint.step,
+            exc.message,
+        )
         return None
     return test
 
@@ -97,7 +117,13 @@ def checkpoint_pipeline(checkpoint: Checkpoint, jobs: list[Job]) -> dict[str, An
     stages = []
     for kind in (Job.Kind.GENERATION, Job.Kind.METRICS, Job.Kind.DETECTION):
         job = by_kind.get(kind)
-        stages.append({"kind": kind, "status": job.status if job else None,
-                       "progress": job.progress if job else 0.0, "error": job.error if job else ""})
+        stages.append(
+            {
+                "kind": kind,
+                "status": job.status if job else None,
+                "progress": job.progress if job else 0.0,
+                "error": job.error if job else "",
+            }
+        )
     error = next((s["error"] for s in stages if s["status"] == Job.Status.FAILED), "")
     return {"status": checkpoint.status, "stages": stages, "error": error}

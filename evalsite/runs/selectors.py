@@ -13,7 +13,12 @@ def evalset_list() -> QuerySet[EvalSet]:
 
 
 def run_list(*, user) -> QuerySet[Run]:
-    return runs_visible(user).select_related("eval_set").annotate(checkpoint_count=Count("checkpoints")).order_by("name")
+    return (
+        runs_visible(user)
+        .select_related("eval_set")
+        .annotate(checkpoint_count=Count("checkpoints"))
+        .order_by("name")
+    )
 
 
 def job_list_recent(*, user, limit: int = 50) -> QuerySet[Job]:
@@ -30,19 +35,35 @@ def run_checkpoint_table(*, run: Run) -> list[dict]:
     from evalsite.runs.pipeline import checkpoint_pipeline
 
     jobs: dict[int, list[Job]] = defaultdict(list)
-    for job in (Job.objects.filter(checkpoint__run=run)
-                .only("id", "checkpoint_id", "kind", "status", "progress", "error", "created_at")):
+    for job in Job.objects.filter(checkpoint__run=run).only(
+        "id", "checkpoint_id", "kind", "status", "progress", "error", "created_at"
+    ):
         jobs[job.checkpoint_id].append(job)
     generations: dict[int, dict[str, int]] = defaultdict(lambda: {s: 0 for s in Generation.Status.values})
-    for checkpoint_id, status, n in (Generation.objects.filter(checkpoint__run=run).order_by()
-                                     .values_list("checkpoint_id", "status").annotate(n=Count("id"))):
+    for checkpoint_id, status, n in (
+        Generation.objects.filter(checkpoint__run=run)
+        .order_by()
+        .values_list("checkpoint_id", "status")
+        .annotate(n=Count("id"))
+    ):
         generations[checkpoint_id][status] += n
-    alerts = dict(Alert.objects.filter(checkpoint__run=run).order_by().values_list("checkpoint_id")
-                  .annotate(n=Count("id")).values_list("checkpoint_id", "n"))
+    alerts = dict(
+        Alert.objects.filter(checkpoint__run=run)
+        .order_by()
+        .values_list("checkpoint_id")
+        .annotate(n=Count("id"))
+        .values_list("checkpoint_id", "n")
+    )
     rows = []
     for checkpoint in Checkpoint.objects.filter(run=run).order_by("step"):
-        rows.append({"checkpoint": checkpoint, "pipeline": checkpoint_pipeline(checkpoint, jobs[checkpoint.pk]),
-                     "generations": dict(generations[checkpoint.pk]), "alerts": alerts.get(checkpoint.pk, 0)})
+        rows.append(
+            {
+                "checkpoint": checkpoint,
+                "pipeline": checkpoint_pipeline(checkpoint, jobs[checkpoint.pk]),
+                "generations": dict(generations[checkpoint.pk]),
+                "alerts": alerts.get(checkpoint.pk, 0),
+            }
+        )
     return rows
 
 
@@ -65,8 +86,7 @@ def run_generation_grid(*, run: Run, last: int | None = None) -> tuple[list[Chec
     if last is not None:
         generations = generations.filter(checkpoint_id__in=[c.pk for c in checkpoints])
     cells = {
-        (g.item_id, g.checkpoint_id): g
-        for g in generations.select_related("asset").order_by("created_at")
+        (g.item_id, g.checkpoint_id): g for g in generations.select_related("asset").order_by("created_at")
     }
     rows = []
     for item in run.eval_set.items.select_related("reference").order_by("key"):

@@ -6,11 +6,11 @@ previous attempt is stale (its worker died). Anything else is refused.
 """
 
 import csv
-import time
 import hashlib
 import json
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -114,8 +114,11 @@ def _job_dispatch(job: Job) -> bool:
     try:
         task.apply_async(args=[job.pk], queue=queue)
     except BrokerError as exc:
-        logger.warning("job %s stays queued without a message (broker unreachable: %s); the sweep sends it later",
-                       job.pk, exc)
+        logger.warning(
+            "job %s stays queued without a message (broker unreachable: %s); the sweep sends it later",
+            job.pk,
+            exc,
+        )
         return False
     return True
 
@@ -201,8 +204,9 @@ def job_claim(*, job_id: int, worker: str) -> Job | None:
     return job
 
 
-def job_heartbeat(*, job_id: int, progress: float | None = None, message: str | None = None,
-                  attempt: int | None = None) -> None:
+def job_heartbeat(
+    *, job_id: int, progress: float | None = None, message: str | None = None, attempt: int | None = None
+) -> None:
     """Record liveness (and progress in [0, 1]) of a running job; only for ``attempt`` when given, so an
     attempt that was taken over (its worker only looked dead) cannot pass for the one now running."""
     fields: dict[str, Any] = {"heartbeat_at": timezone.now()}
@@ -210,16 +214,21 @@ def job_heartbeat(*, job_id: int, progress: float | None = None, message: str | 
         fields["progress"] = min(max(float(progress), 0.0), 1.0)
     if message is not None:
         fields["progress_message"] = message[:500]
-    Job.objects.filter(pk=job_id, status=Job.Status.RUNNING,
-                       **({"attempts": attempt} if attempt is not None else {})).update(**fields)
+    Job.objects.filter(
+        pk=job_id, status=Job.Status.RUNNING, **({"attempts": attempt} if attempt is not None else {})
+    ).update(**fields)
 
 
 def _superseded(job: Job, attempt: int | None) -> bool:
     """``attempt`` was taken over by a later one: that one records the outcome, this one records nothing."""
     if attempt is None or job.attempts == attempt:
         return False
-    logger.warning("job %s: attempt %s ended after attempt %s took it over; its outcome is not recorded",
-                   job.pk, attempt, job.attempts)
+    logger.warning(
+        "job %s: attempt %s ended after attempt %s took it over; its outcome is not recorded",
+        job.pk,
+        attempt,
+        job.attempts,
+    )
     return True
 
 
@@ -240,7 +249,9 @@ def job_finish(*, job_id: int, result: dict[str, Any] | None = None, attempt: in
 
 
 @transaction.atomic
-def job_fail(*, job_id: int, error: str, result: dict[str, Any] | None = None, attempt: int | None = None) -> Job:
+def job_fail(
+    *, job_id: int, error: str, result: dict[str, Any] | None = None, attempt: int | None = None
+) -> Job:
     job = _locked(job_id)
     if _superseded(job, attempt):
         return job
@@ -262,12 +273,16 @@ def job_fail_stale(*, stale_after_s: float | None = None) -> list[int]:
     limit = stale_after_s if stale_after_s is not None else settings.EVALSITE_JOB_STALE_AFTER_S
     cutoff = timezone.now() - timedelta(seconds=limit)
     failed = []
-    for job_id in Job.objects.filter(status=Job.Status.RUNNING, heartbeat_at__lt=cutoff).values_list("pk", flat=True):
+    for job_id in Job.objects.filter(status=Job.Status.RUNNING, heartbeat_at__lt=cutoff).values_list(
+        "pk", flat=True
+    ):
         with transaction.atomic():
             job = _locked(job_id)
             if job.status == Job.Status.RUNNING and job.heartbeat_at and job.heartbeat_at < cutoff:
                 job.status = Job.Status.FAILED
-                job.error = f"no heartbeat from {job.worker or 'its worker'} for over {limit:.0f} s; marked failed"
+                job.error = (
+                    f"no heartbeat from {job.worker or 'its worker'} for over {limit:.0f} s; marked failed"
+                )
                 job.finished_at = timezone.now()
                 job.save()
                 failed.append(job_id)
@@ -344,12 +359,17 @@ def _jobs_running_on_live_workers() -> set[int] | None:
     except Exception as exc:  # noqa: BLE001 - without an answer every silent job counts as orphaned
         logger.warning("cannot ask the workers what they run: %s", exc)
         return None
-    return {int(task["args"][0]) for tasks in (replies or {}).values() for task in tasks
-            if task.get("name") in names and task.get("args")}
+    return {
+        int(task["args"][0])
+        for tasks in (replies or {}).values()
+        for task in tasks
+        if task.get("name") in names and task.get("args")
+    }
 
 
 def job_redispatch_stale(
-    *, stale_after_s: float | None = None,
+    *,
+    stale_after_s: float | None = None,
     running_on_live_workers: Callable[[], set[int] | None] = _jobs_running_on_live_workers,
 ) -> list[int]:
     """Send a new message for running jobs whose worker died; returns their ids (beat runs this).
@@ -363,12 +383,19 @@ def job_redispatch_stale(
     """
     limit = stale_after_s if stale_after_s is not None else settings.EVALSITE_JOB_STALE_AFTER_S
     cutoff = timezone.now() - timedelta(seconds=limit)
-    stale = list(Job.objects.filter(status=Job.Status.RUNNING, heartbeat_at__lt=cutoff, updated_at__lt=cutoff)
-                 .values_list("pk", "kind"))
+    stale = list(
+        Job.objects.filter(
+            status=Job.Status.RUNNING, heartbeat_at__lt=cutoff, updated_at__lt=cutoff
+        ).values_list("pk", "kind")
+    )
     if not stale:
         return []
     alive = running_on_live_workers() or set()
-    sent = [job_id for job_id, kind in stale if job_id not in alive and _redispatch(job_id, kind, Job.Status.RUNNING)]
+    sent = [
+        job_id
+        for job_id, kind in stale
+        if job_id not in alive and _redispatch(job_id, kind, Job.Status.RUNNING)
+    ]
     if sent:
         logger.warning("sent again %d running job(s) whose worker stopped answering: %s", len(sent), sent)
     return sent
@@ -422,7 +449,9 @@ _KNOWN_COLUMNS = {"path", "key", "id", "text", "caption", "prompt", "speaker", "
 def _entry_from_row(row: dict[str, Any], base: Path, where: str) -> ImportEntry:
     rel = str(row.get("path") or "").strip()
     path = (base / rel) if not Path(rel).is_absolute() else Path(rel)
-    key = str(row.get("key") or row.get("id") or "").strip() or str(Path(rel).with_suffix("")).replace("\\", "/")
+    key = str(row.get("key") or row.get("id") or "").strip() or str(Path(rel).with_suffix("")).replace(
+        "\\", "/"
+    )
     metadata = {k: v for k, v in row.items() if k not in _KNOWN_COLUMNS and v not in (None, "")}
     return ImportEntry(
         path=path,
@@ -445,7 +474,9 @@ def evalset_read_source(source: str | Path) -> tuple[list[ImportEntry], list[Imp
     if src.is_dir():
         for path in sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS):
             rel = path.relative_to(src)
-            entries.append(ImportEntry(path=path, key=str(rel.with_suffix("")).replace("\\", "/"), where=str(path)))
+            entries.append(
+                ImportEntry(path=path, key=str(rel.with_suffix("")).replace("\\", "/"), where=str(path))
+            )
         return entries, errors
     suffix = src.suffix.lower()
     if suffix == ".csv":
@@ -453,7 +484,9 @@ def evalset_read_source(source: str | Path) -> tuple[list[ImportEntry], list[Imp
             reader = csv.DictReader(fh)
             if not reader.fieldnames or "path" not in reader.fieldnames:
                 raise ApplicationError(
-                    MANIFEST_NO_PATH_COLUMN.format(source=src, columns=", ".join(reader.fieldnames or []) or "none")
+                    MANIFEST_NO_PATH_COLUMN.format(
+                        source=src, columns=", ".join(reader.fieldnames or []) or "none"
+                    )
                 )
             for lineno, row in enumerate(reader, start=2):
                 where = f"{src}:{lineno}"
@@ -473,7 +506,9 @@ def evalset_read_source(source: str | Path) -> tuple[list[ImportEntry], list[Imp
                     errors.append(ImportError_(where, "manifest_row", f"{where}: not valid JSON ({exc.msg})"))
                     continue
                 if not isinstance(row, dict) or not str(row.get("path") or "").strip():
-                    errors.append(ImportError_(where, "manifest_row", f"{where}: expected an object with a 'path'"))
+                    errors.append(
+                        ImportError_(where, "manifest_row", f"{where}: expected an object with a 'path'")
+                    )
                     continue
                 entries.append(_entry_from_row(row, src.parent, where))
     else:
@@ -536,7 +571,11 @@ def evalset_import(
     for index, entry in enumerate(entries, start=1):
         if entry.key in seen_keys:
             report.errors.append(
-                ImportError_(entry.where, "duplicate_key", f"{entry.where}: key {entry.key!r} also used by {seen_keys[entry.key]}")
+                ImportError_(
+                    entry.where,
+                    "duplicate_key",
+                    f"{entry.where}: key {entry.key!r} also used by {seen_keys[entry.key]}",
+                )
             )
         else:
             seen_keys[entry.key] = entry.where
@@ -550,13 +589,17 @@ def evalset_import(
             except ApplicationError as exc:
                 report.errors.append(ImportError_(entry.where, "conflict", f"{entry.where}: {exc.message}"))
             except ValidationError as exc:
-                report.errors.append(ImportError_(entry.where, "invalid", f"{entry.where}: {'; '.join(exc.messages)}"))
+                report.errors.append(
+                    ImportError_(entry.where, "invalid", f"{entry.where}: {'; '.join(exc.messages)}")
+                )
             except (OperationalError, InterfaceError):
                 raise  # the database is gone, not the file: the task retries the whole import
             except Exception as exc:  # noqa: BLE001 - one file that breaks a library must not lose the others
                 logger.exception("importing %s failed", entry.where)
                 report.errors.append(
-                    ImportError_(entry.where, "error", f"{entry.where}: import failed ({type(exc).__name__}: {exc})")
+                    ImportError_(
+                        entry.where, "error", f"{entry.where}: import failed ({type(exc).__name__}: {exc})"
+                    )
                 )
         if progress is not None:
             progress(index, len(entries), entry.key)
@@ -591,7 +634,9 @@ def job_execute(
         now = timezone.now().timestamp()
         if now - last_beat[0] >= heartbeat_every_s or done >= total:
             last_beat[0] = now
-            job_heartbeat(job_id=job_id, progress=done / total if total else 1.0, message=message, attempt=attempt)
+            job_heartbeat(
+                job_id=job_id, progress=done / total if total else 1.0, message=message, attempt=attempt
+            )
 
     attempt = job.attempts
     try:
@@ -659,7 +704,9 @@ CHECKPOINT_STEP_TAKEN = (
 )
 CHECKPOINT_SHA256_INVALID = "sha256 must be 64 hexadecimal characters; got {value!r}."
 CHECKPOINT_MISSING = "cannot load checkpoint {uri}: checkpoint not found: {uri}"
-CHECKPOINT_SHA256_CHANGED = "the checkpoint file no longer has the sha256 it was registered with; it was not loaded."
+CHECKPOINT_SHA256_CHANGED = (
+    "the checkpoint file no longer has the sha256 it was registered with; it was not loaded."
+)
 
 
 def _checkpoint_file_check(*, run: Run, uri: str, sha256: str) -> int | None:
@@ -671,8 +718,9 @@ def _checkpoint_file_check(*, run: Run, uri: str, sha256: str) -> int | None:
     try:
         with checkpoint_file_open(uri=uri, owner=run.owner) as opened:
             if sha256 and opened.sha256() != sha256:
-                raise ApplicationError(CHECKPOINT_SHA256_MISMATCH,
-                                       extra={"fields": {"sha256": [CHECKPOINT_SHA256_MISMATCH]}})
+                raise ApplicationError(
+                    CHECKPOINT_SHA256_MISMATCH, extra={"fields": {"sha256": [CHECKPOINT_SHA256_MISMATCH]}}
+                )
             return opened.stat.st_size
     except FileNotFoundError:
         return None
@@ -699,7 +747,13 @@ def _checkpoint_file_verified(checkpoint) -> OpenedCheckpoint:
 
 
 def checkpoint_register(
-    *, run: Run, step: int, uri: str, sha256: str = "", evaluate: bool = True, params: dict[str, Any] | None = None
+    *,
+    run: Run,
+    step: int,
+    uri: str,
+    sha256: str = "",
+    evaluate: bool = True,
+    params: dict[str, Any] | None = None,
 ):
     """Register a checkpoint once per (run, step) and queue its generation job.
 
@@ -716,13 +770,17 @@ def checkpoint_register(
 
     sha256 = (sha256 or "").lower()
     if sha256 and (len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256)):
-        raise ApplicationError(CHECKPOINT_SHA256_INVALID.format(value=sha256), extra={"fields": {"sha256": [
-            CHECKPOINT_SHA256_INVALID.format(value=sha256)]}})
+        raise ApplicationError(
+            CHECKPOINT_SHA256_INVALID.format(value=sha256),
+            extra={"fields": {"sha256": [CHECKPOINT_SHA256_INVALID.format(value=sha256)]}},
+        )
 
     def same_or_conflict(existing: Checkpoint):
         if existing.uri != uri or (sha256 and existing.sha256 and existing.sha256 != sha256):
             label = existing.uri + (f" (sha256 {existing.sha256[:12]}…)" if existing.sha256 else "")
-            raise ConflictError(CHECKPOINT_STEP_TAKEN.format(step=step, run=run.name, existing=label, uri=uri))
+            raise ConflictError(
+                CHECKPOINT_STEP_TAKEN.format(step=step, run=run.name, existing=label, uri=uri)
+            )
         return existing, False
 
     if params:
@@ -758,19 +816,29 @@ def generation_params(params: dict[str, Any]) -> tuple[dict[str, Any], str]:
     return full, hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
 
 
-def _store_generation(*, checkpoint, item, job, params, params_hash, seed, audio, sample_rate, seconds, device, info):
+def _store_generation(
+    *, checkpoint, item, job, params, params_hash, seed, audio, sample_rate, seconds, device, info
+):
     """Upsert one output by its natural key; NaN/Inf output becomes a failed row, not audio."""
     from evalsite.audio.decoding import AudioValidationError, decoded_from_array
     from evalsite.audio.services import audio_asset_store
     from evalsite.runs.models import Generation
 
     natural = {"checkpoint": checkpoint, "item": item, "params_hash": params_hash, "seed": seed}
-    defaults: dict[str, Any] = {"params": params, "job": job, "wall_time_s": seconds, "device": device, "info": info}
+    defaults: dict[str, Any] = {
+        "params": params,
+        "job": job,
+        "wall_time_s": seconds,
+        "device": device,
+        "info": info,
+    }
     try:
         decoded = decoded_from_array(audio, sample_rate, name=f"{checkpoint}:{item.key}")
     except AudioValidationError as exc:
         decoded = None
-        defaults.update(status=Generation.Status.FAILED, error=f"model output rejected: {exc.detail}", asset=None)
+        defaults.update(
+            status=Generation.Status.FAILED, error=f"model output rejected: {exc.detail}", asset=None
+        )
     # The asset and the row naming it commit together: a worker killed between the two leaves no
     # asset that nothing uses, and the resumed job stores the item again.
     with transaction.atomic():
@@ -808,8 +876,9 @@ def generation_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
         params = {"params_hash": result["params_hash"]}
         if job.params.get("device") not in (None, "", "auto"):
             params["device"] = job.params["device"]
-        result["metrics_job_id"] = job_create(kind=Job.Kind.METRICS, run=checkpoint.run, checkpoint=checkpoint,
-                                              params=params).pk
+        result["metrics_job_id"] = job_create(
+            kind=Job.Kind.METRICS, run=checkpoint.run, checkpoint=checkpoint, params=params
+        ).pk
     return result
 
 
@@ -840,16 +909,27 @@ def _generate(job: Job, checkpoint, progress: ProgressFn) -> dict[str, Any]:
         raise ApplicationError(f"cannot load checkpoint {checkpoint.uri}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - whatever a malformed file breaks in loading, the job names the file
         logger.exception("loading checkpoint %s failed unexpectedly", checkpoint.uri)
-        raise ApplicationError(f"cannot load checkpoint {checkpoint.uri}: {type(exc).__name__}: {exc}") from None
+        raise ApplicationError(
+            f"cannot load checkpoint {checkpoint.uri}: {type(exc).__name__}: {exc}"
+        ) from None
     if not checked.still_at_path():  # swapped (for a symlink, another file) while it was loading
         raise CheckpointPathRefused()
     if model.kind != run.kind:
-        raise ApplicationError(KIND_MISMATCH.format(run=run.name, run_kind=run.kind, uri=checkpoint.uri,
-                                                    model_kind=model.kind, family=model.family))
+        raise ApplicationError(
+            KIND_MISMATCH.format(
+                run=run.name,
+                run_kind=run.kind,
+                uri=checkpoint.uri,
+                model_kind=model.kind,
+                family=model.family,
+            )
+        )
 
     items = list(run.eval_set.items.select_related("reference").order_by("key"))
     done_keys = set(
-        Generation.objects.filter(checkpoint=checkpoint, params_hash=params_hash).values_list("item_id", flat=True)
+        Generation.objects.filter(checkpoint=checkpoint, params_hash=params_hash).values_list(
+            "item_id", flat=True
+        )
     )
     todo = [item for item in items if item.pk not in done_keys]
     batch_size = params["batch_size"] or (16 if device.startswith("cuda") else 4)
@@ -863,18 +943,33 @@ def _generate(job: Job, checkpoint, progress: ProgressFn) -> dict[str, Any]:
 
     if model.kind in ("vocoder", "tokenizer"):
         if model.kind == "tokenizer":
-            info.update(tokens_per_second=float(model.tokens_per_second), bits_per_second=float(model.bits_per_second))
+            info.update(
+                tokens_per_second=float(model.tokens_per_second), bits_per_second=float(model.bits_per_second)
+            )
         missing = [item for item in todo if item.reference is None]
         for item in missing:
-            record(Generation.objects.update_or_create(
-                checkpoint=checkpoint, item=item, params_hash=params_hash, seed=params["seed"],
-                defaults={"params": params, "job": job, "status": Generation.Status.FAILED,
-                          "error": NO_REFERENCE.format(key=item.key, kind=model.kind)})[0])
+            record(
+                Generation.objects.update_or_create(
+                    checkpoint=checkpoint,
+                    item=item,
+                    params_hash=params_hash,
+                    seed=params["seed"],
+                    defaults={
+                        "params": params,
+                        "job": job,
+                        "status": Generation.Status.FAILED,
+                        "error": NO_REFERENCE.format(key=item.key, kind=model.kind),
+                    },
+                )[0]
+            )
         todo = [item for item in todo if item.reference is not None]
         rates = sorted({item.reference.sample_rate for item in todo})
         if not params["resample"] and any(rate != model.sample_rate for rate in rates):
-            raise ApplicationError(RATE_MISMATCH.format(eval_set=run.eval_set.name, rates=", ".join(map(str, rates)),
-                                                        model_rate=model.sample_rate))
+            raise ApplicationError(
+                RATE_MISMATCH.format(
+                    eval_set=run.eval_set.name, rates=", ".join(map(str, rates)), model_rate=model.sample_rate
+                )
+            )
         # Rates differ here only when resampling was asked for (checked above).
         audio = AudioCache()
         # A reference damaged on disk since its import fails its own item, not the whole job.
@@ -884,17 +979,40 @@ def _generate(job: Job, checkpoint, progress: ProgressFn) -> dict[str, Any]:
             if problem is None:
                 usable.append(item)
                 continue
-            record(Generation.objects.update_or_create(
-                checkpoint=checkpoint, item=item, params_hash=params_hash, seed=params["seed"],
-                defaults={"params": params, "job": job, "status": Generation.Status.FAILED,
-                          "error": BAD_REFERENCE.format(key=item.key, path=item.reference.file.name, problem=problem)})[0])
+            record(
+                Generation.objects.update_or_create(
+                    checkpoint=checkpoint,
+                    item=item,
+                    params_hash=params_hash,
+                    seed=params["seed"],
+                    defaults={
+                        "params": params,
+                        "job": job,
+                        "status": Generation.Status.FAILED,
+                        "error": BAD_REFERENCE.format(
+                            key=item.key, path=item.reference.file.name, problem=problem
+                        ),
+                    },
+                )[0]
+            )
         todo = usable
         waves = [audio.mono(item.reference, model.sample_rate) for item in todo]
         fn = model.copy_synthesis if model.kind == "vocoder" else model.reconstruct
-        for out in gen.run_waveform_batches(fn, waves, batch_size=batch_size, device=device, dtype=params["dtype"]):
+        for out in gen.run_waveform_batches(
+            fn, waves, batch_size=batch_size, device=device, dtype=params["dtype"]
+        ):
             item = todo[out.index]
-            record(_store_generation(item=item, seed=params["seed"], audio=out.audio, sample_rate=model.sample_rate,
-                                     seconds=out.seconds, info=info, **store))
+            record(
+                _store_generation(
+                    item=item,
+                    seed=params["seed"],
+                    audio=out.audio,
+                    sample_rate=model.sample_rate,
+                    seconds=out.seconds,
+                    info=info,
+                    **store,
+                )
+            )
     else:
         text_embedders: dict = {}
         for item in todo:
@@ -902,18 +1020,45 @@ def _generate(job: Job, checkpoint, progress: ProgressFn) -> dict[str, Any]:
             try:
                 cond = _generator_condition(model, run, item, text_embedders)
             except ApplicationError as exc:
-                record(Generation.objects.update_or_create(
-                    checkpoint=checkpoint, item=item, params_hash=params_hash, seed=seed,
-                    defaults={"params": params, "job": job, "status": Generation.Status.FAILED, "error": exc.message})[0])
+                record(
+                    Generation.objects.update_or_create(
+                        checkpoint=checkpoint,
+                        item=item,
+                        params_hash=params_hash,
+                        seed=seed,
+                        defaults={
+                            "params": params,
+                            "job": job,
+                            "status": Generation.Status.FAILED,
+                            "error": exc.message,
+                        },
+                    )[0]
+                )
                 continue
             duration = params["duration_s"] or (item.reference.duration_s if item.reference else 4.0)
             started = time.perf_counter()
             with torch.inference_mode(), gen.autocast(device, params["dtype"]):
-                audio = model.generate(cond.to(device), seed=seed, cfg_scale=params["cfg_scale"], top_k=params["top_k"],
-                                       top_p=params["top_p"], temperature=params["temperature"], duration_s=duration)
+                audio = model.generate(
+                    cond.to(device),
+                    seed=seed,
+                    cfg_scale=params["cfg_scale"],
+                    top_k=params["top_k"],
+                    top_p=params["top_p"],
+                    temperature=params["temperature"],
+                    duration_s=duration,
+                )
             audio_np = audio.float().cpu().numpy()[0]
-            record(_store_generation(item=item, seed=seed, audio=audio_np, sample_rate=model.sample_rate,
-                                     seconds=time.perf_counter() - started, info=info, **store))
+            record(
+                _store_generation(
+                    item=item,
+                    seed=seed,
+                    audio=audio_np,
+                    sample_rate=model.sample_rate,
+                    seconds=time.perf_counter() - started,
+                    info=info,
+                    **store,
+                )
+            )
     produced = Generation.objects.filter(checkpoint=checkpoint, params_hash=params_hash)
     seconds = sum(g.wall_time_s or 0.0 for g in produced.filter(status="done"))
     audio_s = sum(g.asset.duration_s for g in produced.filter(status="done").select_related("asset"))
@@ -935,7 +1080,9 @@ NO_CONDITION = (
     "text (embedded with the run's condition_embedder, default {embedder}) or a metadata "
     "'condition' list of {dim} floats."
 )
-CONDITION_DIM_MISMATCH = "item {key!r}: {embedder} gives {got}-d text embeddings but the generator expects {dim}-d."
+CONDITION_DIM_MISMATCH = (
+    "item {key!r}: {embedder} gives {got}-d text embeddings but the generator expects {dim}-d."
+)
 DEFAULT_CONDITION_EMBEDDER = "clap-laion-630k-audioset-48k"
 
 
@@ -973,6 +1120,9 @@ def _generator_condition(model, run: Run, item: EvalItem, text_embedders: dict |
     except (MissingWeightsError, WeightIntegrityError) as exc:
         raise ApplicationError(f"item {item.key!r}: cannot embed its text: {exc}") from None
     if embedding.shape[-1] != dim:
-        raise ApplicationError(CONDITION_DIM_MISMATCH.format(key=item.key, embedder=embedder_name,
-                                                             got=embedding.shape[-1], dim=dim))
+        raise ApplicationError(
+            CONDITION_DIM_MISMATCH.format(
+                key=item.key, embedder=embedder_name, got=embedding.shape[-1], dim=dim
+            )
+        )
     return torch.as_tensor(embedding, dtype=torch.float32).reshape(1, dim)

@@ -27,8 +27,13 @@ def _execute(task, job_id: int, work_name: str, module: str = "evalsite.runs.ser
     work = getattr(importlib.import_module(module), work_name)
     kind = settings.EVALSITE_TASK_LIMIT_KINDS.get(task.name, "periodic")
     try:
-        services.job_execute(job_id=job_id, worker=worker_name(), work=work, time_limit_s=task.soft_time_limit,
-                             time_limit_setting=f"EVALSITE_TASK_TIME_LIMIT_{kind.upper()}_S")
+        services.job_execute(
+            job_id=job_id,
+            worker=worker_name(),
+            work=work,
+            time_limit_s=task.soft_time_limit,
+            time_limit_setting=f"EVALSITE_TASK_TIME_LIMIT_{kind.upper()}_S",
+        )
     except services.JobBusy as exc:
         raise task.retry(exc=exc, countdown=settings.EVALSITE_JOB_STALE_AFTER_S) from None
 

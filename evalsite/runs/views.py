@@ -4,8 +4,14 @@ from django.shortcuts import get_object_or_404, render
 
 from evalsite.runs.access import runs_visible
 from evalsite.runs.models import EvalSet
-from evalsite.runs.selectors import (evalset_list, job_list_recent, run_alerts, run_checkpoint_table,
-                                     run_generation_grid, run_list)
+from evalsite.runs.selectors import (
+    evalset_list,
+    job_list_recent,
+    run_alerts,
+    run_checkpoint_table,
+    run_generation_grid,
+    run_list,
+)
 
 
 @login_required
@@ -13,8 +19,11 @@ def overview(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "runs/overview.html",
-        {"eval_sets": evalset_list(), "runs": run_list(user=request.user),
-         "jobs": job_list_recent(user=request.user)},
+        {
+            "eval_sets": evalset_list(),
+            "runs": run_list(user=request.user),
+            "jobs": job_list_recent(user=request.user),
+        },
     )
 
 
@@ -23,7 +32,6 @@ def evalset_detail(request: HttpRequest, pk: int) -> HttpResponse:
     eval_set = get_object_or_404(EvalSet, pk=pk)
     items = eval_set.items.select_related("reference").order_by("key")
     return render(request, "runs/evalset_detail.html", {"eval_set": eval_set, "items": items})
-
 
 
 LISTEN_GRID_CHECKPOINTS = 8
@@ -43,8 +51,17 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(
         request,
         "runs/run_detail.html",
-        {"run": run, "table": table, "checkpoints": checkpoints, "grid": grid, "listen_all": listen_all,
-         "listen_latest": LISTEN_GRID_CHECKPOINTS, "checkpoint_count": len(table),
-         "metric_columns": metrics["columns"], "metric_rows": metrics["rows"], "alerts": run_alerts(run=run),
-         "failed_jobs": run_failed_jobs(run=run)},
+        {
+            "run": run,
+            "table": table,
+            "checkpoints": checkpoints,
+            "grid": grid,
+            "listen_all": listen_all,
+            "listen_latest": LISTEN_GRID_CHECKPOINTS,
+            "checkpoint_count": len(table),
+            "metric_columns": metrics["columns"],
+            "metric_rows": metrics["rows"],
+            "alerts": run_alerts(run=run),
+            "failed_jobs": run_failed_jobs(run=run),
+        },
     )

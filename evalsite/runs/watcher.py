@@ -42,7 +42,9 @@ BUILTIN_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 TEMPORARY = re.compile(r"(^\.|~$|\.(tmp|temp|part|partial|incomplete|swp|lock)$|\.tmp[._-])", re.IGNORECASE)
 MAX_DEPTH = 4  # Lightning writes under lightning_logs/version_N/checkpoints/
 
-PATTERN_NO_STEP_GROUP = "checkpoint_pattern must be a regular expression with a (?P<step>...) group; got {pattern!r}."
+PATTERN_NO_STEP_GROUP = (
+    "checkpoint_pattern must be a regular expression with a (?P<step>...) group; got {pattern!r}."
+)
 PATTERN_INVALID = (
     "checkpoint_pattern {pattern!r} is not a valid regular expression for RE2 (no backreferences or "
     "lookarounds): {error}."
@@ -59,8 +61,12 @@ def compile_pattern(pattern: str) -> re2._Regexp | None:
     try:
         compiled = re2.compile(pattern, options=_RE2_OPTIONS)
     except re2.error as exc:
-        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
-        raise ValidationError({"checkpoint_pattern": PATTERN_INVALID.format(pattern=pattern, error=reason)}) from None
+        reason = (
+            exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        )
+        raise ValidationError(
+            {"checkpoint_pattern": PATTERN_INVALID.format(pattern=pattern, error=reason)}
+        ) from None
     if "step" not in compiled.groupindex:
         raise ValidationError({"checkpoint_pattern": PATTERN_NO_STEP_GROUP.format(pattern=pattern)})
     return compiled
@@ -122,15 +128,17 @@ def checkpoints_watch(*, run: Run, now: float | None = None) -> list[int]:
     for path, (step, stat) in sorted(_candidates(root, pattern).items(), key=lambda kv: kv[1][0]):
         watched = seen.get(path)
         if watched is None:
-            WatchedFile.objects.create(run=run, path=path, step=step, size_bytes=stat.st_size,
-                                       mtime_ns=stat.st_mtime_ns)
+            WatchedFile.objects.create(
+                run=run, path=path, step=step, size_bytes=stat.st_size, mtime_ns=stat.st_mtime_ns
+            )
             continue
         if watched.checkpoint_id is not None or watched.note:
             continue
         if (watched.size_bytes, watched.mtime_ns) != (stat.st_size, stat.st_mtime_ns):
             # Still being written: start counting again.
-            WatchedFile.objects.filter(pk=watched.pk).update(size_bytes=stat.st_size, mtime_ns=stat.st_mtime_ns,
-                                                             stable_scans=0)
+            WatchedFile.objects.filter(pk=watched.pk).update(
+                size_bytes=stat.st_size, mtime_ns=stat.st_mtime_ns, stable_scans=0
+            )
             continue
         if stat.st_size == 0 or now - stat.st_mtime_ns / 1e9 < settle_s:
             WatchedFile.objects.filter(pk=watched.pk).update(stable_scans=watched.stable_scans + 1)
@@ -143,7 +151,9 @@ def checkpoints_watch(*, run: Run, now: float | None = None) -> list[int]:
         except ApplicationError as exc:
             logger.warning("run %s: could not register %s: %s", run.name, path, exc.message)
             continue
-        WatchedFile.objects.filter(pk=watched.pk).update(checkpoint=checkpoint, stable_scans=watched.stable_scans + 1)
+        WatchedFile.objects.filter(pk=watched.pk).update(
+            checkpoint=checkpoint, stable_scans=watched.stable_scans + 1
+        )
         if created:
             registered.append(checkpoint.pk)
             logger.info("run %s: registered %s as step %d", run.name, path, step)

@@ -19,11 +19,15 @@ from evalsite.scoring.models import DetectorEvent, DetectorPass
 logger = logging.getLogger(__name__)
 
 DETECTION_VERSION = "1"
-NO_OUTPUTS = "checkpoint {checkpoint} has no generated outputs (params {params_hash}) to run the detectors on."
+NO_OUTPUTS = (
+    "checkpoint {checkpoint} has no generated outputs (params {params_hash}) to run the detectors on."
+)
 UNKNOWN_DETECTORS = "run {run!r} names unknown detectors {names}; known: {known}."
 NO_READABLE_OUTPUT = "no output of checkpoint {checkpoint} can go through the detectors; first: {first}"
 OUTPUT_LEFT_OUT = "item {key!r} left out: generated audio {path}: {problem}"
-REFERENCE_LEFT_OUT = "item {key!r}: reference audio {path}: {problem}; detectors that compare with it were skipped"
+REFERENCE_LEFT_OUT = (
+    "item {key!r}: reference audio {path}: {problem}; detectors that compare with it were skipped"
+)
 
 
 def run_detector_names(run) -> list[str]:
@@ -48,8 +52,12 @@ def after_metrics(*, checkpoint: Checkpoint, params_hash: str) -> dict[str, Any]
         checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.DONE)
         return _finish(checkpoint)
     checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.DETECTING)
-    job = job_create(kind=Job.Kind.DETECTION, run=checkpoint.run, checkpoint=checkpoint,
-                     params={"params_hash": params_hash})
+    job = job_create(
+        kind=Job.Kind.DETECTION,
+        run=checkpoint.run,
+        checkpoint=checkpoint,
+        params={"params_hash": params_hash},
+    )
     return {"detection_job_id": job.pk}
 
 
@@ -66,9 +74,8 @@ def _finish(checkpoint: Checkpoint) -> dict[str, Any]:
 
 def detection_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
     """Run the detectors on every output of the job's checkpoint, then evaluate the run's alert rules."""
-    from metrics import detectors
-
     from evalsite.audio.selectors import AudioCache, audio_asset_problem
+    from metrics import detectors
 
     checkpoint = job.checkpoint
     params_hash = job.params.get("params_hash") or ""
@@ -78,9 +85,14 @@ def detection_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
         checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.FAILED)
         raise
     generations = list(
-        Generation.objects.filter(checkpoint=checkpoint, status=Generation.Status.DONE,
-                                  **({"params_hash": params_hash} if params_hash else {}))
-        .select_related("asset", "item__reference").order_by("item__key"))
+        Generation.objects.filter(
+            checkpoint=checkpoint,
+            status=Generation.Status.DONE,
+            **({"params_hash": params_hash} if params_hash else {}),
+        )
+        .select_related("asset", "item__reference")
+        .order_by("item__key")
+    )
     if not generations:
         checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.FAILED)
         raise ApplicationError(NO_OUTPUTS.format(checkpoint=checkpoint, params_hash=params_hash or "any"))
@@ -106,7 +118,8 @@ def detection_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
         if generation.item.reference_id:
             if problem := audio_asset_problem(audio, generation.item.reference):
                 left_out[f"{key} (reference)"] = REFERENCE_LEFT_OUT.format(
-                    key=key, path=generation.item.reference.file.name, problem=problem)
+                    key=key, path=generation.item.reference.file.name, problem=problem
+                )
             else:
                 reference = audio.mono(generation.item.reference, rate)
         events = detectors.detect_all(samples, rate, reference=reference, detectors=names)
@@ -114,23 +127,39 @@ def detection_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
         total_s += duration_s
         with transaction.atomic():
             DetectorEvent.objects.filter(generation=generation).delete()
-            DetectorEvent.objects.bulk_create([
-                DetectorEvent(generation=generation, checkpoint=checkpoint, detector=e.detector,
-                              start_s=float(e.start_s), end_s=float(max(e.end_s, e.start_s)),
-                              strength=float(e.strength), detail=_jsonable(e.detail))
-                for e in events])
+            DetectorEvent.objects.bulk_create(
+                [
+                    DetectorEvent(
+                        generation=generation,
+                        checkpoint=checkpoint,
+                        detector=e.detector,
+                        start_s=float(e.start_s),
+                        end_s=float(max(e.end_s, e.start_s)),
+                        strength=float(e.strength),
+                        detail=_jsonable(e.detail),
+                    )
+                    for e in events
+                ]
+            )
             DetectorPass.objects.update_or_create(
                 generation=generation,
-                defaults={"checkpoint": checkpoint, "duration_s": duration_s, "events": len(events),
-                          "version": DETECTION_VERSION})
+                defaults={
+                    "checkpoint": checkpoint,
+                    "duration_s": duration_s,
+                    "events": len(events),
+                    "version": DETECTION_VERSION,
+                },
+            )
         for e in events:
             counts[e.detector] = counts.get(e.detector, 0) + 1
         progress(index, len(generations), key)
     checked = len(generations) - sum(1 for k in left_out if not k.endswith("(reference)"))
     if checked == 0:
         checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.FAILED)
-        raise ApplicationError(NO_READABLE_OUTPUT.format(checkpoint=checkpoint, first=next(iter(left_out.values()))),
-                               extra={"left_out": left_out})
+        raise ApplicationError(
+            NO_READABLE_OUTPUT.format(checkpoint=checkpoint, first=next(iter(left_out.values()))),
+            extra={"left_out": left_out},
+        )
     checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.DONE)
     result: dict[str, Any] = {"clips": checked, "audio_s": round(total_s, 3), "events": counts}
     if left_out:

@@ -31,11 +31,15 @@ class CachedEmbedding(BaseModel):
 class ReferenceStatistics(BaseModel):
     """float64 sufficient statistics (n, Σx, Σxxᵀ) of a reference set's embeddings."""
 
-    eval_set = models.ForeignKey("runs.EvalSet", on_delete=models.CASCADE, related_name="reference_statistics")
+    eval_set = models.ForeignKey(
+        "runs.EvalSet", on_delete=models.CASCADE, related_name="reference_statistics"
+    )
     embedder = models.CharField(max_length=100)
     weights_checksum = models.CharField(max_length=64)
     preprocess_key = models.CharField(max_length=64)
-    fingerprint = models.CharField(max_length=64, help_text="sha256 of the sorted content hashes it was built from")
+    fingerprint = models.CharField(
+        max_length=64, help_text="sha256 of the sorted content hashes it was built from"
+    )
     n = models.PositiveBigIntegerField()
     n_clips = models.PositiveIntegerField()
     dim = models.PositiveIntegerField()
@@ -66,14 +70,18 @@ class MetricResult(BaseModel):
     ci_low = models.FloatField(null=True, blank=True)
     ci_high = models.FloatField(null=True, blank=True)
     higher_is_better = models.BooleanField(null=True)
-    n = models.PositiveIntegerField(default=0, help_text="items (paired) or clips (distribution) behind the value")
+    n = models.PositiveIntegerField(
+        default=0, help_text="items (paired) or clips (distribution) behind the value"
+    )
     reference_set = models.ForeignKey("runs.EvalSet", on_delete=models.SET_NULL, null=True, blank=True)
     reference_fingerprint = models.CharField(max_length=64, blank=True)
     embedder = models.CharField(max_length=100, blank=True)
     weights_checksum = models.CharField(max_length=64, blank=True)
     preprocess = models.JSONField(default=dict, blank=True)
     metric_version = models.CharField(max_length=20, blank=True)
-    spec_key = models.CharField(max_length=64, help_text="hash of everything that must match for two values to compare")
+    spec_key = models.CharField(
+        max_length=64, help_text="hash of everything that must match for two values to compare"
+    )
     duration_s = models.FloatField(null=True, blank=True)
     per_item = models.JSONField(null=True, blank=True)
     warnings = models.JSONField(default=list, blank=True)
@@ -81,8 +89,12 @@ class MetricResult(BaseModel):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["checkpoint", "params_hash", "name"], name="metricresult_unique_key"),
-            models.CheckConstraint(condition=Q(status="failed") | Q(value__isnull=False), name="metricresult_done_has_value"),
+            models.UniqueConstraint(
+                fields=["checkpoint", "params_hash", "name"], name="metricresult_unique_key"
+            ),
+            models.CheckConstraint(
+                condition=Q(status="failed") | Q(value__isnull=False), name="metricresult_done_has_value"
+            ),
         ]
         ordering = ["checkpoint", "name"]
 
@@ -97,8 +109,12 @@ class DetectorEvent(BaseModel):
     them; a generation analysed with no events is recorded in ``DetectorPass``.
     """
 
-    generation = models.ForeignKey("runs.Generation", on_delete=models.CASCADE, related_name="detector_events")
-    checkpoint = models.ForeignKey("runs.Checkpoint", on_delete=models.CASCADE, related_name="detector_events")
+    generation = models.ForeignKey(
+        "runs.Generation", on_delete=models.CASCADE, related_name="detector_events"
+    )
+    checkpoint = models.ForeignKey(
+        "runs.Checkpoint", on_delete=models.CASCADE, related_name="detector_events"
+    )
     detector = models.CharField(max_length=50, db_index=True)
     start_s = models.FloatField()
     end_s = models.FloatField()
@@ -107,8 +123,10 @@ class DetectorEvent(BaseModel):
 
     class Meta:
         constraints = [
-            models.CheckConstraint(condition=Q(start_s__gte=0) & Q(end_s__gte=models.F("start_s")),
-                                   name="detectorevent_region_ordered"),
+            models.CheckConstraint(
+                condition=Q(start_s__gte=0) & Q(end_s__gte=models.F("start_s")),
+                name="detectorevent_region_ordered",
+            ),
         ]
         ordering = ["checkpoint", "generation", "start_s"]
 
@@ -116,8 +134,12 @@ class DetectorEvent(BaseModel):
 class DetectorPass(BaseModel):
     """That a generation went through the detectors, and how long its audio was (for event rates)."""
 
-    generation = models.OneToOneField("runs.Generation", on_delete=models.CASCADE, related_name="detector_pass")
-    checkpoint = models.ForeignKey("runs.Checkpoint", on_delete=models.CASCADE, related_name="detector_passes")
+    generation = models.OneToOneField(
+        "runs.Generation", on_delete=models.CASCADE, related_name="detector_pass"
+    )
+    checkpoint = models.ForeignKey(
+        "runs.Checkpoint", on_delete=models.CASCADE, related_name="detector_passes"
+    )
     duration_s = models.FloatField()
     events = models.PositiveIntegerField()
     version = models.CharField(max_length=20)

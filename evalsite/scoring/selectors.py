@@ -12,7 +12,14 @@ INCOMPARABLE = (
     "{name}: results of {first} and {second} were computed differently ({fields} differ) and cannot be "
     "put side by side."
 )
-_PROVENANCE = ("metric_version", "embedder", "weights_checksum", "preprocess", "reference_set_id", "reference_fingerprint")
+_PROVENANCE = (
+    "metric_version",
+    "embedder",
+    "weights_checksum",
+    "preprocess",
+    "reference_set_id",
+    "reference_fingerprint",
+)
 
 
 def metric_results_compare(results: Iterable[MetricResult]) -> list[MetricResult]:
@@ -29,8 +36,12 @@ def metric_results_compare(results: Iterable[MetricResult]) -> list[MetricResult
         if result.spec_key != first.spec_key:
             fields = [f for f in _PROVENANCE if getattr(result, f) != getattr(first, f)] or ["spec"]
             raise ApplicationError(
-                INCOMPARABLE.format(name=result.name, first=first.checkpoint, second=result.checkpoint,
-                                    fields=", ".join(fields)),
+                INCOMPARABLE.format(
+                    name=result.name,
+                    first=first.checkpoint,
+                    second=result.checkpoint,
+                    fields=", ".join(fields),
+                ),
                 extra={"metric": result.name, "fields": fields},
             )
     return results
@@ -42,7 +53,9 @@ def run_metric_table(*, run: Run) -> dict:
     Returns ``{"columns": [{"name", "spec_key", "label", "higher_is_better"}], "rows": [{"checkpoint",
     "cells": [MetricResult | None]}], "best": {column_index: checkpoint_id}}``.
     """
-    results = list(MetricResult.objects.filter(checkpoint__run=run).select_related("checkpoint").order_by("name"))
+    results = list(
+        MetricResult.objects.filter(checkpoint__run=run).select_related("checkpoint").order_by("name")
+    )
     specs_of: dict[str, list[str]] = {}
     for r in results:
         if r.status == MetricResult.Status.DONE and r.spec_key not in specs_of.setdefault(r.name, []):
@@ -55,7 +68,10 @@ def run_metric_table(*, run: Run) -> dict:
             hib = next((r.higher_is_better for r in results if r.name == name), None)
             columns.append({"name": name, "spec_key": key, "label": label, "higher_is_better": hib})
     checkpoints = sorted({r.checkpoint for r in results}, key=lambda c: c.step)
-    cell = {(r.checkpoint_id, r.name, r.spec_key if r.status == MetricResult.Status.DONE else ""): r for r in results}
+    cell = {
+        (r.checkpoint_id, r.name, r.spec_key if r.status == MetricResult.Status.DONE else ""): r
+        for r in results
+    }
     rows = []
     for checkpoint in checkpoints:
         cells = []
@@ -67,8 +83,11 @@ def run_metric_table(*, run: Run) -> dict:
         rows.append({"checkpoint": checkpoint, "cells": cells})
     best: dict[int, int] = {}
     for index, col in enumerate(columns):
-        scored = [(row["cells"][index].value, row["checkpoint"].pk) for row in rows
-                  if row["cells"][index] is not None and row["cells"][index].value is not None]
+        scored = [
+            (row["cells"][index].value, row["checkpoint"].pk)
+            for row in rows
+            if row["cells"][index] is not None and row["cells"][index].value is not None
+        ]
         if scored and col["higher_is_better"] is not None:
             best[index] = (max if col["higher_is_better"] else min)(scored)[1]
     return {"columns": columns, "rows": rows, "best": best}

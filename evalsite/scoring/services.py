@@ -38,12 +38,29 @@ CLIP_LEFT_OUT = "item {key!r} left out: {role} audio {path}: {problem}"
 # What a run is scored with when its config names no metrics. Embedding metrics whose weights
 # are not in the model store are stored as failed with the file to put there.
 DEFAULT_METRICS: dict[str, list[str]] = {
-    "vocoder": ["mrstft/auraloss-default", "lsd/log10pow-n2048-h512", "si_sdr", "stoi", "pesq/wb-16k-torchaudio",
-                "speaker_cos/resemblyzer-16k"],
-    "tokenizer": ["mrstft/auraloss-default", "lsd/log10pow-n2048-h512", "si_sdr", "stoi", "pesq/wb-16k-torchaudio",
-                  "speaker_cos/resemblyzer-16k"],
-    "generator": ["fad/vggish-16k", "kad/vggish-16k/rbf-median-ref-x100", "is/panns-cnn14-16k/softmax-s10-seed2020",
-                  "kl/panns-cnn14-16k/softmax-ref-gen", "clap_score/clap-laion-630k-48k/cos"],
+    "vocoder": [
+        "mrstft/auraloss-default",
+        "lsd/log10pow-n2048-h512",
+        "si_sdr",
+        "stoi",
+        "pesq/wb-16k-torchaudio",
+        "speaker_cos/resemblyzer-16k",
+    ],
+    "tokenizer": [
+        "mrstft/auraloss-default",
+        "lsd/log10pow-n2048-h512",
+        "si_sdr",
+        "stoi",
+        "pesq/wb-16k-torchaudio",
+        "speaker_cos/resemblyzer-16k",
+    ],
+    "generator": [
+        "fad/vggish-16k",
+        "kad/vggish-16k/rbf-median-ref-x100",
+        "is/panns-cnn14-16k/softmax-s10-seed2020",
+        "kl/panns-cnn14-16k/softmax-ref-gen",
+        "clap_score/clap-laion-630k-48k/cos",
+    ],
 }
 # KAD builds full kernel matrices; above this many frames per side a seeded subsample is used.
 KAD_MAX_FRAMES = 8000
@@ -64,7 +81,9 @@ def run_metric_names(run: Run, model_rate: int | None) -> list[str]:
         try:
             registry.get(name)
         except KeyError:
-            raise ApplicationError(UNKNOWN_METRIC.format(name=name, run=run.name, known=", ".join(registry.names())))
+            raise ApplicationError(
+                UNKNOWN_METRIC.format(name=name, run=run.name, known=", ".join(registry.names()))
+            ) from None
     return names
 
 
@@ -101,8 +120,10 @@ def embeddings_for_assets(
     cached = {
         row.content_hash: _from_blob(row.data, row.frames, row.dim)
         for row in CachedEmbedding.objects.filter(
-            content_hash__in=set(hashes.values()), embedder=label,
-            weights_checksum=embedder.weights_checksum, preprocess_key=pp_key,
+            content_hash__in=set(hashes.values()),
+            embedder=label,
+            weights_checksum=embedder.weights_checksum,
+            preprocess_key=pp_key,
         )
     }
     missing = [a for a in assets if a.content_hash not in cached]
@@ -111,7 +132,9 @@ def embeddings_for_assets(
             # A bad clip must fail this metric by name, and its embedding must never enter the cache.
             problem = audio_samples_problem(audio.mono(asset))
             if problem is not None:
-                raise ApplicationError(f"audio {asset.file.name} cannot be embedded by {embedder.name}: {problem}")
+                raise ApplicationError(
+                    f"audio {asset.file.name} cannot be embedded by {embedder.name}: {problem}"
+                )
         waves = [audio.mono(a, embedder.sample_rate) for a in missing]
         if kind == "embed":
             outputs = embedder.embed(waves)
@@ -120,13 +143,20 @@ def embeddings_for_assets(
         for asset, emb in zip(missing, outputs):
             emb = np.atleast_2d(np.asarray(emb, dtype=np.float32))
             if not np.isfinite(emb).all():
-                raise ApplicationError(f"{embedder.name} gave a NaN/Inf embedding for audio {asset.file.name}")
+                raise ApplicationError(
+                    f"{embedder.name} gave a NaN/Inf embedding for audio {asset.file.name}"
+                )
             cached[asset.content_hash] = emb
             try:
                 with transaction.atomic():
                     CachedEmbedding.objects.create(
-                        content_hash=asset.content_hash, embedder=label, weights_checksum=embedder.weights_checksum,
-                        preprocess_key=pp_key, frames=emb.shape[0], dim=emb.shape[1], data=_to_blob(emb),
+                        content_hash=asset.content_hash,
+                        embedder=label,
+                        weights_checksum=embedder.weights_checksum,
+                        preprocess_key=pp_key,
+                        frames=emb.shape[0],
+                        dim=emb.shape[1],
+                        data=_to_blob(emb),
                     )
             except IntegrityError:
                 pass  # another worker stored the same embedding first
@@ -145,8 +175,13 @@ def reference_statistics_get_or_build(
 
     pp_key = embedder_preprocess_key(embedder)
     fingerprint = reference_fingerprint(assets)
-    natural = dict(eval_set=eval_set, embedder=embedder.name, weights_checksum=embedder.weights_checksum,
-                   preprocess_key=pp_key, fingerprint=fingerprint)
+    natural = dict(
+        eval_set=eval_set,
+        embedder=embedder.name,
+        weights_checksum=embedder.weights_checksum,
+        preprocess_key=pp_key,
+        fingerprint=fingerprint,
+    )
     row = ReferenceStatistics.objects.filter(**natural).first()
     if row is not None:
         return GaussianStatistics.from_bytes(bytes(row.data)), row
@@ -157,7 +192,10 @@ def reference_statistics_get_or_build(
     try:
         with transaction.atomic():
             row = ReferenceStatistics.objects.create(
-                **natural, n=stats.n, n_clips=len(assets), dim=int(next(iter(embeddings.values())).shape[1]),
+                **natural,
+                n=stats.n,
+                n_clips=len(assets),
+                dim=int(next(iter(embeddings.values())).shape[1]),
                 data=stats.to_bytes(),
             )
     except IntegrityError:
@@ -201,8 +239,9 @@ class _Context:
             if problem is None:
                 kept.append(g)
             else:
-                self.left_out[g.item.key] = CLIP_LEFT_OUT.format(key=g.item.key, role=role, path=asset.file.name,
-                                                                 problem=problem)
+                self.left_out[g.item.key] = CLIP_LEFT_OUT.format(
+                    key=g.item.key, role=role, path=asset.file.name, problem=problem
+                )
         self.generations = kept
         self.paired = [g for g in kept if g.item.reference_id is not None]
 
@@ -221,7 +260,9 @@ class _Context:
         return gen, ref
 
     def reference_assets(self) -> list[AudioAsset]:
-        items = EvalItem.objects.filter(eval_set=self.run.eval_set, reference__isnull=False).select_related("reference")
+        items = EvalItem.objects.filter(eval_set=self.run.eval_set, reference__isnull=False).select_related(
+            "reference"
+        )
         return [item.reference for item in items]
 
 
@@ -237,8 +278,11 @@ def _compute(spec, ctx: _Context) -> tuple[Any, dict[str, Any]]:
     rate = spec.sample_rate or ctx.model_rate
     provenance: dict[str, Any] = {"sample_rate": rate}
     if spec.kind in ("paired-audio", "audio"):
-        gen, ref = ctx.waves(rate) if spec.kind == "paired-audio" else (
-            {g.item.key: ctx.audio.mono(g.asset, rate) for g in ctx.generations}, None)
+        gen, ref = (
+            ctx.waves(rate)
+            if spec.kind == "paired-audio"
+            else ({g.item.key: ctx.audio.mono(g.asset, rate) for g in ctx.generations}, None)
+        )
         args = (gen, ref) if ref is not None else (gen,)
         kwargs = {"sample_rate": rate} if _wants_rate(fn) else {}
         if spec.kind == "paired-audio" and "device" in inspect.signature(getattr(fn, "func", fn)).parameters:
@@ -251,8 +295,12 @@ def _compute(spec, ctx: _Context) -> tuple[Any, dict[str, Any]]:
         return fn(*args, **kwargs), provenance
 
     embedder = ctx.embedder(spec.embedder)
-    provenance.update(embedder=embedder.name, weights_checksum=embedder.weights_checksum,
-                      preprocess=_spec_dict(embedder.preprocess_spec()), sample_rate=embedder.sample_rate)
+    provenance.update(
+        embedder=embedder.name,
+        weights_checksum=embedder.weights_checksum,
+        preprocess=_spec_dict(embedder.preprocess_spec()),
+        sample_rate=embedder.sample_rate,
+    )
     assets = [g.asset for g in ctx.generations]
     if spec.kind == "distribution":
         gen_emb = embeddings_for_assets(embedder, assets, ctx.audio)
@@ -260,20 +308,28 @@ def _compute(spec, ctx: _Context) -> tuple[Any, dict[str, Any]]:
         ref_assets = ctx.reference_assets()
         if not ref_assets:
             raise ApplicationError(NO_REFERENCE_AUDIO.format(name=spec.name))
-        provenance.update(reference_set=ctx.run.eval_set, reference_fingerprint=reference_fingerprint(ref_assets))
+        provenance.update(
+            reference_set=ctx.run.eval_set, reference_fingerprint=reference_fingerprint(ref_assets)
+        )
         if spec.name.startswith(("fad/", "fad_inf/")):
-            stats, _ = reference_statistics_get_or_build(eval_set=ctx.run.eval_set, embedder=embedder,
-                                                         assets=ref_assets, audio=ctx.audio)
+            stats, _ = reference_statistics_get_or_build(
+                eval_set=ctx.run.eval_set, embedder=embedder, assets=ref_assets, audio=ctx.audio
+            )
             if spec.name.startswith("fad/"):
                 from metrics.functional.frechet import frechet_distance_to_reference
 
-                return frechet_distance_to_reference(x_gen, stats, name=spec.name, device=ctx.device), provenance
+                return frechet_distance_to_reference(
+                    x_gen, stats, name=spec.name, device=ctx.device
+                ), provenance
             return fn(x_gen, stats, device=ctx.device), provenance
         ref_emb = embeddings_for_assets(embedder, ref_assets, ctx.audio)
         x_ref = np.concatenate(list(ref_emb.values()))
         rng = np.random.default_rng(0)
-        subsampled = {label: len(x) for label, x in (("reference", x_ref), ("generated", x_gen))
-                      if len(x) > KAD_MAX_FRAMES}
+        subsampled = {
+            label: len(x)
+            for label, x in (("reference", x_ref), ("generated", x_gen))
+            if len(x) > KAD_MAX_FRAMES
+        }
         if "reference" in subsampled:
             x_ref = x_ref[rng.choice(len(x_ref), KAD_MAX_FRAMES, replace=False)]
         if "generated" in subsampled:
@@ -297,16 +353,24 @@ def _compute(spec, ctx: _Context) -> tuple[Any, dict[str, Any]]:
             return fn(gen), provenance
         if not ctx.paired:
             raise ApplicationError(NO_REFERENCE_AUDIO.format(name=spec.name))
-        ref_logits = embeddings_for_assets(embedder, [g.item.reference for g in ctx.paired], ctx.audio, kind="logits")
+        ref_logits = embeddings_for_assets(
+            embedder, [g.item.reference for g in ctx.paired], ctx.audio, kind="logits"
+        )
         ref = {g.item.key: ref_logits[g.item.reference.pk][0] for g in ctx.paired}
         return fn(ref, gen), provenance
     if spec.kind == "text-audio":
         texts = {g.item.key: g.item.text for g in ctx.generations if g.item.text}
         if not texts:
-            raise ApplicationError(f"no generated item has a text/caption; {spec.name} compares text and audio.")
+            raise ApplicationError(
+                f"no generated item has a text/caption; {spec.name} compares text and audio."
+            )
         text_emb = dict(zip(texts, embedder.embed_text(list(texts.values()))))
-        audio_emb = embeddings_for_assets(embedder, [g.asset for g in ctx.generations if g.item.key in texts], ctx.audio)
-        audio = {g.item.key: audio_emb[g.asset.pk].mean(axis=0) for g in ctx.generations if g.item.key in texts}
+        audio_emb = embeddings_for_assets(
+            embedder, [g.asset for g in ctx.generations if g.item.key in texts], ctx.audio
+        )
+        audio = {
+            g.item.key: audio_emb[g.asset.pk].mean(axis=0) for g in ctx.generations if g.item.key in texts
+        }
         return fn(text_emb, audio), provenance
     raise ApplicationError(f"metric {spec.name!r} has kind {spec.kind!r}, which the platform cannot schedule")
 
@@ -345,11 +409,24 @@ def metric_compute_and_store(*, spec, ctx: _Context, params_hash: str) -> Metric
         if not isinstance(exc, (ApplicationError, ValueError, FileNotFoundError)):
             logger.exception("metric %s failed on %s", spec.name, ctx.checkpoint)
         message = exc.message if isinstance(exc, ApplicationError) else f"{type(exc).__name__}: {exc}"
-        return _store(ctx.checkpoint, params_hash, spec.name, status=MetricResult.Status.FAILED, error=message,
-                      value=None, ci_low=None, ci_high=None, per_item=None, warnings=list(ctx.left_out.values()),
-                      details={},
-                      duration_s=time.perf_counter() - started, metric_version=spec.version,
-                      higher_is_better=spec.higher_is_better, n=0, spec_key="")
+        return _store(
+            ctx.checkpoint,
+            params_hash,
+            spec.name,
+            status=MetricResult.Status.FAILED,
+            error=message,
+            value=None,
+            ci_low=None,
+            ci_high=None,
+            per_item=None,
+            warnings=list(ctx.left_out.values()),
+            details={},
+            duration_s=time.perf_counter() - started,
+            metric_version=spec.version,
+            higher_is_better=spec.higher_is_better,
+            n=0,
+            spec_key="",
+        )
     value = _finite(payload["value"])
     ci = payload.get("ci") or (None, None)
     per_item = payload.get("per_item")
@@ -359,7 +436,9 @@ def metric_compute_and_store(*, spec, ctx: _Context, params_hash: str) -> Metric
     # makes SI-SDR and the like infinite), so a missing value is never unexplained.
     no_value = sorted(key for key, v in (per_item or {}).items() if v is None)
     if no_value:
-        warnings.append(f"no finite value for item(s) {', '.join(map(repr, no_value))} (silent or constant audio?)")
+        warnings.append(
+            f"no finite value for item(s) {', '.join(map(repr, no_value))} (silent or constant audio?)"
+        )
     error = ""
     if value is None:
         error = "the metric produced no finite value"
@@ -369,10 +448,12 @@ def metric_compute_and_store(*, spec, ctx: _Context, params_hash: str) -> Metric
         value=value,
         status=MetricResult.Status.DONE if value is not None else MetricResult.Status.FAILED,
         error=error,
-        ci_low=ci[0], ci_high=ci[1],
+        ci_low=ci[0],
+        ci_high=ci[1],
         higher_is_better=spec.higher_is_better,
-        n=len(per_item) if per_item else int(payload["details"].get("n_gen") or payload["details"].get("n2")
-                                             or len(ctx.generations)),
+        n=len(per_item)
+        if per_item
+        else int(payload["details"].get("n_gen") or payload["details"].get("n2") or len(ctx.generations)),
         reference_set=reference_set,
         reference_fingerprint=provenance.get("reference_fingerprint", ""),
         embedder=provenance.get("embedder", ""),
@@ -382,12 +463,18 @@ def metric_compute_and_store(*, spec, ctx: _Context, params_hash: str) -> Metric
         duration_s=time.perf_counter() - started,
         per_item=per_item,
         warnings=warnings,
-        details={**payload.get("details", {}), **({"subsampled_from": provenance["subsampled_from"]}
-                                                  if "subsampled_from" in provenance else {})},
+        details={
+            **payload.get("details", {}),
+            **({"subsampled_from": provenance["subsampled_from"]} if "subsampled_from" in provenance else {}),
+        },
     )
     fields["spec_key"] = spec_key(
-        name=spec.name, version=spec.version, embedder=fields["embedder"], weights=fields["weights_checksum"],
-        preprocess=fields["preprocess"], reference_set=reference_set.pk if reference_set else None,
+        name=spec.name,
+        version=spec.version,
+        embedder=fields["embedder"],
+        weights=fields["weights_checksum"],
+        preprocess=fields["preprocess"],
+        reference_set=reference_set.pk if reference_set else None,
         reference_fingerprint=fields["reference_fingerprint"],
     )
     return _store(ctx.checkpoint, params_hash, spec.name, **fields)
@@ -399,15 +486,17 @@ def metric_compute_and_store(*, spec, ctx: _Context, params_hash: str) -> Metric
 
 def metrics_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
     """Score the job's checkpoint (params ``params_hash``, optional ``metrics``, ``device``)."""
-    from metrics import registry
-
     from evalsite.runs.services import checkpoint_set_status
+    from metrics import registry
 
     checkpoint = job.checkpoint
     params_hash = job.params.get("params_hash") or ""
     generations = list(
-        Generation.objects.filter(checkpoint=checkpoint, status=Generation.Status.DONE,
-                                  **({"params_hash": params_hash} if params_hash else {}))
+        Generation.objects.filter(
+            checkpoint=checkpoint,
+            status=Generation.Status.DONE,
+            **({"params_hash": params_hash} if params_hash else {}),
+        )
         .select_related("asset", "item__reference", "checkpoint__run__eval_set")
         .order_by("item__key")
     )
@@ -421,15 +510,23 @@ def metrics_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
     ctx.screen(references=any(registry.get(name).kind == "paired-audio" for name in names))
     if not ctx.generations:
         checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.FAILED)
-        raise ApplicationError(NO_SCORABLE_CLIP.format(checkpoint=checkpoint, first=next(iter(ctx.left_out.values()))),
-                               extra={"left_out": ctx.left_out})
+        raise ApplicationError(
+            NO_SCORABLE_CLIP.format(checkpoint=checkpoint, first=next(iter(ctx.left_out.values()))),
+            extra={"left_out": ctx.left_out},
+        )
     rows = []
     for index, name in enumerate(names, start=1):
         rows.append(metric_compute_and_store(spec=registry.get(name), ctx=ctx, params_hash=params_hash))
         progress(index, len(names), name)
     failed = {r.name: r.error for r in rows if r.status == MetricResult.Status.FAILED}
-    result = {"metrics": len(rows), "done": len(rows) - len(failed), "failed": failed,
-              "clips": len(ctx.generations), "decodes": ctx.audio.decodes, "left_out": ctx.left_out}
+    result = {
+        "metrics": len(rows),
+        "done": len(rows) - len(failed),
+        "failed": failed,
+        "clips": len(ctx.generations),
+        "decodes": ctx.audio.decodes,
+        "left_out": ctx.left_out,
+    }
     if rows and len(failed) == len(rows):
         checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.FAILED)
         raise ApplicationError(f"every metric failed; first: {rows[0].name}: {rows[0].error}", extra=result)

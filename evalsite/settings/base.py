@@ -65,7 +65,9 @@ def _persisted_secret_key() -> str:
 
 SECRET_KEY = os.environ.get("SECRET_KEY") or _persisted_secret_key()
 DEBUG = env_bool("DEBUG", False)
-ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h.strip()]
+ALLOWED_HOSTS = [
+    h.strip() for h in os.environ.get("ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h.strip()
+]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
 
 INSTALLED_APPS = [
@@ -107,10 +109,14 @@ MIDDLEWARE = [
 # nonce, which the templates' inline scripts carry (request.csp_nonce). Scripts come only from this
 # site (plotly.js included: analysis:plotly-js), so an injected script does not run; styles may be
 # inline (plotly.js injects its own). Empty: no header.
-EVALSITE_CSP = os.environ.get("EVALSITE_CSP", (
-    "default-src 'self'; script-src 'self' 'nonce-{nonce}'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data: blob:; media-src 'self' blob:; font-src 'self' data:; connect-src 'self'; "
-    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"))
+EVALSITE_CSP = os.environ.get(
+    "EVALSITE_CSP",
+    (
+        "default-src 'self'; script-src 'self' 'nonce-{nonce}'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data: blob:; media-src 'self' blob:; font-src 'self' data:; connect-src 'self'; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+)
 
 ROOT_URLCONF = "evalsite.urls"
 WSGI_APPLICATION = "evalsite.wsgi.application"
@@ -203,7 +209,8 @@ EVALSITE_API_MAX_BODY_BYTES = env_int("EVALSITE_API_MAX_BODY_BYTES", 1024 * 1024
 CACHE_URL = os.environ.get("CACHE_URL", "")
 CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
-    if CACHE_URL else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    if CACHE_URL
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
 }
 # Listener pages and sign-in forms (evalsite.core.ratelimit; django-ratelimit, same cache). A listener
 # sends a few dozen requests a trial (its sounds, one rating per slider release, telemetry, complete);
@@ -223,7 +230,7 @@ EVALSITE_ASSIGNMENT_HOLD_MIN = env_int("EVALSITE_ASSIGNMENT_HOLD_MIN", 120)
 SPECTACULAR_SETTINGS = {
     "TITLE": "evalsite API",
     "DESCRIPTION": "Runs, checkpoints, evaluations, listening tests and alerts for researchers and training jobs. "
-                   "Errors are {\"message\", \"extra\": {\"fields\": {field: [why]}}}.",
+    'Errors are {"message", "extra": {"fields": {field: [why]}}}.',
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
@@ -245,10 +252,14 @@ LOGGING = {
 # Model plug-ins given as dotted paths ("package.module:attribute", comma-separated). A run may name
 # one only when it is listed here: the API, a run token and a checkpoint file never choose code.
 # Built-in families and installed "evalsite.models" entry points need no listing.
-EVALSITE_MODEL_PLUGINS = [p.strip() for p in os.environ.get("EVALSITE_MODEL_PLUGINS", "").split(",") if p.strip()]
+EVALSITE_MODEL_PLUGINS = [
+    p.strip() for p in os.environ.get("EVALSITE_MODEL_PLUGINS", "").split(",") if p.strip()
+]
 for _plugin in EVALSITE_MODEL_PLUGINS:
     if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", _plugin):
-        raise ImproperlyConfigured(f"EVALSITE_MODEL_PLUGINS: {_plugin!r} is not of the form 'package.module:attribute'")
+        raise ImproperlyConfigured(
+            f"EVALSITE_MODEL_PLUGINS: {_plugin!r} is not of the form 'package.module:attribute'"
+        )
 
 # Audio ingestion limits: a file outside them is reported with its path and the reason.
 EVALSITE_MAX_AUDIO_DURATION_S = env_float("EVALSITE_MAX_AUDIO_DURATION_S", 600.0)
@@ -260,8 +271,9 @@ EVALSITE_MAX_CHANNELS = env_int("EVALSITE_MAX_CHANNELS", 2)
 # public addresses. http:// and networks that are otherwise refused (loopback, private: a receiver on
 # this machine or the lab's network) must be allowed by the operator, e.g. "127.0.0.1/32,10.1.0.0/16".
 EVALSITE_WEBHOOK_ALLOW_HTTP = env_bool("EVALSITE_WEBHOOK_ALLOW_HTTP", False)
-EVALSITE_WEBHOOK_ALLOWED_NETWORKS = [n.strip() for n in os.environ.get("EVALSITE_WEBHOOK_ALLOWED_NETWORKS", "")
-                                     .split(",") if n.strip()]
+EVALSITE_WEBHOOK_ALLOWED_NETWORKS = [
+    n.strip() for n in os.environ.get("EVALSITE_WEBHOOK_ALLOWED_NETWORKS", "").split(",") if n.strip()
+]
 for _network in EVALSITE_WEBHOOK_ALLOWED_NETWORKS:
     try:
         ipaddress.ip_network(_network, strict=False)
@@ -280,5 +292,5 @@ EVALSITE_LISTENING_MAX_TRIALS = env_int("EVALSITE_LISTENING_MAX_TRIALS", 5000)
 # always work. Checked at the API and again by the worker (evalsite.runs.params).
 EVALSITE_GENERATION_CUDA_DEVICES = env_int("EVALSITE_GENERATION_CUDA_DEVICES", 1)
 
-from evalsite.settings.storage import *  # noqa: E402,F401,F403
 from evalsite.settings.celery import *  # noqa: E402,F401,F403
+from evalsite.settings.storage import *  # noqa: E402,F401,F403

@@ -61,20 +61,28 @@ EVALSITE_TASK_MAX_RETRIES = env_int("EVALSITE_TASK_MAX_RETRIES", 3)
 
 CELERY_BEAT_SCHEDULE = {
     # Job rows are the truth, the broker only carries them: lost messages and dead workers' jobs are sent again.
-    "jobs-sweep": {"task": "evalsite.runs.tasks.jobs_sweep_task",
-                   "schedule": float(env_int("EVALSITE_JOB_SWEEP_INTERVAL_S", 60))},
+    "jobs-sweep": {
+        "task": "evalsite.runs.tasks.jobs_sweep_task",
+        "schedule": float(env_int("EVALSITE_JOB_SWEEP_INTERVAL_S", 60)),
+    },
     # A scan still waiting after one interval is dropped: the next one does the same work (and a scan
     # never overlaps another: evalsite.runs.watcher.checkpoints_watch_all takes a lock).
-    "checkpoints-watch": {"task": "evalsite.runs.tasks.checkpoints_watch_task",
-                          "schedule": float(env_int("EVALSITE_WATCH_INTERVAL_S", 10)),
-                          "options": {"expires": float(env_int("EVALSITE_WATCH_INTERVAL_S", 10))}},
-    "alerts-listening": {"task": "evalsite.alerts.tasks.alerts_evaluate_listening_task",
-                         "schedule": float(env_int("EVALSITE_LISTENING_ALERTS_INTERVAL_S", 60))},
+    "checkpoints-watch": {
+        "task": "evalsite.runs.tasks.checkpoints_watch_task",
+        "schedule": float(env_int("EVALSITE_WATCH_INTERVAL_S", 10)),
+        "options": {"expires": float(env_int("EVALSITE_WATCH_INTERVAL_S", 10))},
+    },
+    "alerts-listening": {
+        "task": "evalsite.alerts.tasks.alerts_evaluate_listening_task",
+        "schedule": float(env_int("EVALSITE_LISTENING_ALERTS_INTERVAL_S", 60)),
+    },
     # Precompute listening-test results whose answers changed, so researchers' views read a stored snapshot.
     # A run left waiting longer than one interval is dropped: the next one does the same work.
-    "analysis-refresh": {"task": "evalsite.analysis.tasks.analysis_refresh_task",
-                         "schedule": float(env_int("EVALSITE_ANALYSIS_REFRESH_S", 30)),
-                         "options": {"queue": "cpu", "expires": float(env_int("EVALSITE_ANALYSIS_REFRESH_S", 30))}},
+    "analysis-refresh": {
+        "task": "evalsite.analysis.tasks.analysis_refresh_task",
+        "schedule": float(env_int("EVALSITE_ANALYSIS_REFRESH_S", 30)),
+        "options": {"queue": "cpu", "expires": float(env_int("EVALSITE_ANALYSIS_REFRESH_S", 30))},
+    },
 }
 # A watched checkpoint file must be unchanged over two scans and at least this old to be registered.
 EVALSITE_WATCH_SETTLE_S = env_int("EVALSITE_WATCH_SETTLE_S", 2)

@@ -26,7 +26,9 @@ EVALSITE_MODEL_STORE = Path(os.environ.get("EVALSITE_MODEL_STORE") or VAR_DIR / 
 def _checkpoint_roots(value: str) -> tuple[str, ...]:
     # os.pathsep- or comma-separated; a relative root is taken from the repository root.
     parts = [p.strip() for chunk in value.split(os.pathsep) for p in chunk.split(",") if p.strip()]
-    return tuple(str(Path(p).expanduser() if Path(p).expanduser().is_absolute() else BASE_DIR / p) for p in parts)
+    return tuple(
+        str(Path(p).expanduser() if Path(p).expanduser().is_absolute() else BASE_DIR / p) for p in parts
+    )
 
 
 # Checkpoint files (API, client, register_checkpoint, watcher) and runs' checkpoint_dir must lie under one
@@ -35,7 +37,9 @@ def _checkpoint_roots(value: str) -> tuple[str, ...]:
 # default gives each researcher var/checkpoints/<username>/, plus the demo's cached checkpoints and the
 # examples' output (examples/train_tiny_vocoder.py --out) for the embedded setup.
 EVALSITE_CHECKPOINT_ROOTS = _checkpoint_roots(os.environ.get("EVALSITE_CHECKPOINT_ROOTS", "")) or (
-    str(VAR_DIR / "checkpoints" / "{username}"), str(VAR_DIR / "demo-checkpoints"), str(VAR_DIR / "examples"),
+    str(VAR_DIR / "checkpoints" / "{username}"),
+    str(VAR_DIR / "demo-checkpoints"),
+    str(VAR_DIR / "examples"),
 )
 
 # laion_clap (and so frechet_audio_distance) contacts a model hub at import time and hangs offline.

@@ -14,8 +14,24 @@ Example:
 
 from metrics.embedders.base import Embedder, EmbedderSpec
 from metrics.embedders.registry import available_embedders, embedder_names, get_embedder, required_weights
-from metrics.embedders.store import MissingWeightsError, ModelStore, WeightFile, WeightIntegrityError, sha256_file
+from metrics.embedders.store import (
+    MissingWeightsError,
+    ModelStore,
+    WeightFile,
+    WeightIntegrityError,
+    sha256_file,
+)
 
-__all__ = ["Embedder", "EmbedderSpec", "ModelStore", "MissingWeightsError", "WeightFile", "WeightIntegrityError",
-           "sha256_file",
-           "get_embedder", "available_embedders", "embedder_names", "required_weights"]
+__all__ = [
+    "Embedder",
+    "EmbedderSpec",
+    "ModelStore",
+    "MissingWeightsError",
+    "WeightFile",
+    "WeightIntegrityError",
+    "sha256_file",
+    "get_embedder",
+    "available_embedders",
+    "embedder_names",
+    "required_weights",
+]

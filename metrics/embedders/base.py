@@ -50,8 +50,12 @@ class EmbedderSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""
-        return {"embedder": self.embedder, "audio": self.audio.to_dict(), "options": dict(self.options),
-                "version": self.version}
+        return {
+            "embedder": self.embedder,
+            "audio": self.audio.to_dict(),
+            "options": dict(self.options),
+            "version": self.version,
+        }
 
     def canonical_json(self) -> str:
         """Sorted-key compact JSON of :meth:`to_dict`."""
@@ -68,8 +72,9 @@ def resolve_embed_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={str(device)!r} requested but torch.cuda.is_available() is False; "
-                           "pass device='cpu'")
+        raise RuntimeError(
+            f"device={str(device)!r} requested but torch.cuda.is_available() is False; pass device='cpu'"
+        )
     return dev
 
 
@@ -155,8 +160,10 @@ class Embedder(ABC):
         for i, w in enumerate(waves):
             a = np.asarray(w.detach().cpu().numpy() if isinstance(w, torch.Tensor) else w, dtype=np.float32)
             if a.ndim != 1:
-                raise ValueError(f"{self.name}: clip {i} must be mono (T,) at {self.sample_rate} Hz; got shape "
-                                 f"{a.shape}. Use prepare(wav, sample_rate) first.")
+                raise ValueError(
+                    f"{self.name}: clip {i} must be mono (T,) at {self.sample_rate} Hz; got shape "
+                    f"{a.shape}. Use prepare(wav, sample_rate) first."
+                )
             if a.size == 0:
                 raise ValueError(f"{self.name}: clip {i} is empty")
             if not np.isfinite(a).all():
@@ -206,4 +213,3 @@ def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     for n in sorted(groups):
         out.extend(batched(groups[n], batch_size))
     return out
-

@@ -33,11 +33,26 @@ SAMPLE_RATE = 48000
 WINDOW_SAMPLES = 480000
 HF_LAION = "Hugging Face repo lukewys/laion_clap (https://huggingface.co/lukewys/laion_clap/blob/main/{})"
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
-TOKENIZER_SOURCE = "the Hugging Face repo FacebookAI/roberta-base (https://huggingface.co/FacebookAI/roberta-base)"
-ROBERTA_BASE = dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                    intermediate_size=3072, hidden_act="gelu", hidden_dropout_prob=0.1,
-                    attention_probs_dropout_prob=0.1, max_position_embeddings=514, type_vocab_size=1,
-                    initializer_range=0.02, layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+TOKENIZER_SOURCE = (
+    "the Hugging Face repo FacebookAI/roberta-base (https://huggingface.co/FacebookAI/roberta-base)"
+)
+ROBERTA_BASE = dict(
+    vocab_size=50265,
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    hidden_act="gelu",
+    hidden_dropout_prob=0.1,
+    attention_probs_dropout_prob=0.1,
+    max_position_embeddings=514,
+    type_vocab_size=1,
+    initializer_range=0.02,
+    layer_norm_eps=1e-5,
+    pad_token_id=1,
+    bos_token_id=0,
+    eos_token_id=2,
+)
 
 
 @dataclass(frozen=True)
@@ -57,12 +72,15 @@ def _variant(key: str, audio_model: str, filename: str) -> ClapVariant:
     return ClapVariant(key, audio_model, WeightFile("clap", filename, HF_LAION.format(filename)))
 
 
-CLAP_VARIANTS = {v.key: v for v in (
-    _variant("630k-audioset", "HTSAT-tiny", "630k-audioset-best.pt"),
-    _variant("630k", "HTSAT-tiny", "630k-best.pt"),
-    _variant("music-speech-audioset", "HTSAT-base", "music_speech_audioset_epoch_15_esc_89.98.pt"),
-    _variant("music-audioset", "HTSAT-base", "music_audioset_epoch_15_esc_90.14.pt"),
-)}
+CLAP_VARIANTS = {
+    v.key: v
+    for v in (
+        _variant("630k-audioset", "HTSAT-tiny", "630k-audioset-best.pt"),
+        _variant("630k", "HTSAT-tiny", "630k-best.pt"),
+        _variant("music-speech-audioset", "HTSAT-base", "music_speech_audioset_epoch_15_esc_89.98.pt"),
+        _variant("music-audioset", "HTSAT-base", "music_audioset_epoch_15_esc_90.14.pt"),
+    )
+}
 
 _build_lock = threading.Lock()
 
@@ -95,14 +113,20 @@ def build_clap_model(audio_model: str = "HTSAT-tiny", roberta_config=None) -> to
     from clap_module.factory import create_model
 
     with _build_lock, _offline_roberta(roberta_config):
-        model, _cfg = create_model(audio_model, "roberta", precision="fp32", device="cpu", enable_fusion=False)
+        model, _cfg = create_model(
+            audio_model, "roberta", precision="fp32", device="cpu", enable_fusion=False
+        )
     return model
 
 
 def clap_state_dict(checkpoint) -> dict:
     """The model state dict of a LAION-CLAP checkpoint (``{"state_dict": {"module.…": …}}``),
     without ``module.`` prefixes and without ``text_branch.embeddings.position_ids``."""
-    sd = checkpoint["state_dict"] if isinstance(checkpoint, dict) and "state_dict" in checkpoint else checkpoint
+    sd = (
+        checkpoint["state_dict"]
+        if isinstance(checkpoint, dict) and "state_dict" in checkpoint
+        else checkpoint
+    )
     sd = {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()}
     sd.pop("text_branch.embeddings.position_ids", None)
     return sd
@@ -129,8 +153,16 @@ class ClapEmbedder(Embedder):
     sample_rate = SAMPLE_RATE
     dim = 512
 
-    def __init__(self, store: ModelStore | None = None, device=None, *, variant: str = "630k-audioset",
-                 hop_s: float = 10.0, int16_roundtrip: bool = True, batch_size: int = 8) -> None:
+    def __init__(
+        self,
+        store: ModelStore | None = None,
+        device=None,
+        *,
+        variant: str = "630k-audioset",
+        hop_s: float = 10.0,
+        int16_roundtrip: bool = True,
+        batch_size: int = 8,
+    ) -> None:
         super().__init__(device=device, batch_size=batch_size)
         if variant not in CLAP_VARIANTS:
             raise ValueError(f"CLAP variant must be one of {sorted(CLAP_VARIANTS)}; got {variant!r}")
@@ -138,7 +170,11 @@ class ClapEmbedder(Embedder):
             raise ValueError(f"hop_s must be positive; got {hop_s}")
         self.variant = CLAP_VARIANTS[variant]
         self.hop_s, self.int16_roundtrip = float(hop_s), bool(int16_roundtrip)
-        self.name = self.variant.name + ("" if hop_s == 10.0 else f"-hop{hop_s:g}s") + ("" if int16_roundtrip else "-float")
+        self.name = (
+            self.variant.name
+            + ("" if hop_s == 10.0 else f"-hop{hop_s:g}s")
+            + ("" if int16_roundtrip else "-float")
+        )
         self.store = store or ModelStore()
         ckpt, path = self.store.load_torch(self.variant.weights, embedder=self.name)
         tok_dir = self.store.root / "clap" / "roberta-base"
@@ -150,8 +186,15 @@ class ClapEmbedder(Embedder):
         self._tokenizer = None
 
     def _spec_options(self) -> dict:
-        return {"window_s": 10.0, "hop_s": self.hop_s, "fill": "repeatpad", "int16_roundtrip": self.int16_roundtrip,
-                "fusion": False, "audio_model": self.variant.audio_model, "clip": "mean(windows)"}
+        return {
+            "window_s": 10.0,
+            "hop_s": self.hop_s,
+            "fill": "repeatpad",
+            "int16_roundtrip": self.int16_roundtrip,
+            "fusion": False,
+            "audio_model": self.variant.audio_model,
+            "clip": "mean(windows)",
+        }
 
     def windows(self, wav: np.ndarray) -> np.ndarray:
         """``(W, 480000)`` windows of one clip, short ones repeat-padded."""
@@ -210,6 +253,8 @@ class ClapEmbedder(Embedder):
             raise TypeError("embed_text takes a list of strings")
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        tok = self.tokenizer()(list(texts), padding="max_length", truncation=True, max_length=77, return_tensors="pt")
+        tok = self.tokenizer()(
+            list(texts), padding="max_length", truncation=True, max_length=77, return_tensors="pt"
+        )
         data = {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"]}
         return self.model.get_text_embedding(data).float().cpu().numpy()

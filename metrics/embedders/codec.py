@@ -20,7 +20,8 @@ from metrics.embedders.store import ModelStore, WeightFile, combined_checksum
 SAMPLE_RATE = 24000
 HOP = 320
 ENCODEC_24K = WeightFile(
-    "encodec", "encodec_24khz-d7cc33bc.th",
+    "encodec",
+    "encodec_24khz-d7cc33bc.th",
     "Meta's EnCodec release (facebookresearch/encodec): https://dl.fbaipublicfiles.com/encodec/v0/encodec_24khz-d7cc33bc.th",
 )
 
@@ -30,7 +31,9 @@ def build_encodec_24k() -> torch.nn.Module:
     try:
         from encodec import EncodecModel
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("the encodec-24k embedder needs the 'encodec' package: pip install encodec") from exc
+        raise ImportError(
+            "the encodec-24k embedder needs the 'encodec' package: pip install encodec"
+        ) from exc
     return EncodecModel.encodec_model_24khz(pretrained=False)
 
 
@@ -61,7 +64,12 @@ class EncodecEmbedder(Embedder):
         self._weights_checksum = combined_checksum([path])
 
     def _spec_options(self) -> dict:
-        return {"layer": "encoder-output-pre-quantisation", "frame_rate_hz": 75, "normalize": False, "channels": 1}
+        return {
+            "layer": "encoder-output-pre-quantisation",
+            "frame_rate_hz": 75,
+            "normalize": False,
+            "channels": 1,
+        }
 
     @torch.inference_mode()
     def embed(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:

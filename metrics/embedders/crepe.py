@@ -55,8 +55,13 @@ class CrepeEmbedder(Embedder):
         self.weights_path = path
 
     def _spec_options(self) -> dict:
-        return {"frame": WINDOW, "hop": self.hop, "pad": "zero-512-both", "frame_norm": "mean0-std1(eps1e-10)",
-                "layer": "conv5-maxpool-flatten"}
+        return {
+            "frame": WINDOW,
+            "hop": self.hop,
+            "pad": "zero-512-both",
+            "frame_norm": "mean0-std1(eps1e-10)",
+            "layer": "conv5-maxpool-flatten",
+        }
 
     def frames(self, wav: np.ndarray) -> torch.Tensor:
         """Normalised frames ``(1 + T // hop, 1024)`` of one clip."""
@@ -75,6 +80,9 @@ class CrepeEmbedder(Embedder):
         all_frames = [self.frames(w) for w in waves]
         counts = [f.shape[0] for f in all_frames]
         flat = torch.cat(all_frames)
-        outs = [self.net.embed(chunk.to(self.device)).reshape(chunk.shape[0], -1) for chunk in batched(flat, self.batch_size)]
+        outs = [
+            self.net.embed(chunk.to(self.device)).reshape(chunk.shape[0], -1)
+            for chunk in batched(flat, self.batch_size)
+        ]
         emb = torch.cat(outs).float().cpu().numpy()
         return list(np.split(emb, np.cumsum(counts)[:-1]))

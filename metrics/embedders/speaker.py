@@ -40,23 +40,36 @@ class ResemblyzerEmbedder(Embedder):
     sample_rate = SAMPLE_RATE
     dim = 256
 
-    def __init__(self, device=None, *, rate: float = 1.3, min_coverage: float = 0.75, preprocess: bool = True,
-                 batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        device=None,
+        *,
+        rate: float = 1.3,
+        min_coverage: float = 0.75,
+        preprocess: bool = True,
+        batch_size: int = 64,
+    ) -> None:
         super().__init__(device=device, batch_size=batch_size)
         import resemblyzer
         from resemblyzer import VoiceEncoder
 
         self.rate, self.min_coverage, self.preprocess = float(rate), float(min_coverage), bool(preprocess)
-        self.name = "resemblyzer-16k" + ("" if preprocess else "-raw") + ("" if rate == 1.3 else f"-rate{rate:g}")
+        self.name = (
+            "resemblyzer-16k" + ("" if preprocess else "-raw") + ("" if rate == 1.3 else f"-rate{rate:g}")
+        )
         path = Path(resemblyzer.__file__).resolve().parent / "pretrained.pt"
         self.encoder = VoiceEncoder(device=self.device, verbose=False, weights_fpath=path).eval()
         self._weights_checksum = combined_checksum([path])
 
     def _spec_options(self) -> dict:
-        return {"volume": "-30dBFS-increase-only" if self.preprocess else "none",
-                "vad_trim": "webrtcvad-resemblyzer" if self.preprocess else "none",
-                "partial": "1.6s-160x40mel", "rate": self.rate, "min_coverage": self.min_coverage,
-                "clip": "l2norm(mean(partials))"}
+        return {
+            "volume": "-30dBFS-increase-only" if self.preprocess else "none",
+            "vad_trim": "webrtcvad-resemblyzer" if self.preprocess else "none",
+            "partial": "1.6s-160x40mel",
+            "rate": self.rate,
+            "min_coverage": self.min_coverage,
+            "clip": "l2norm(mean(partials))",
+        }
 
     def _partials(self, wav: np.ndarray) -> np.ndarray:
         from resemblyzer import audio
@@ -81,7 +94,9 @@ class ResemblyzerEmbedder(Embedder):
         parts = [self._partials(w) for w in waves]
         counts = [p.shape[0] for p in parts]
         flat = np.concatenate(parts)
-        outs = [self.encoder(torch.from_numpy(chunk).to(self.device)) for chunk in batched(flat, self.batch_size)]
+        outs = [
+            self.encoder(torch.from_numpy(chunk).to(self.device)) for chunk in batched(flat, self.batch_size)
+        ]
         emb = torch.cat(outs).float().cpu().numpy()
         return list(np.split(emb, np.cumsum(counts)[:-1]))
 

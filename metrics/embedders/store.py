@@ -36,7 +36,9 @@ STORE_FILE_CHECKSUM_MISMATCH = (
     "model store file {path} failed its checksum: {why}. It is damaged or was replaced, and was not loaded; "
     "restore the official file with `{command} --replace`."
 )
-STORE_FILE_CHANGED = "model store file {path} changed while it was being checked; it was not loaded. Try again."
+STORE_FILE_CHANGED = (
+    "model store file {path} changed while it was being checked; it was not loaded. Try again."
+)
 STORE_FILE_UNSAFE = (
     "model store file {path} holds Python objects other than tensors and numeric arrays{what}; it was not "
     "loaded, because unpickling them can run code. Restore the official file with `{command} --replace`."
@@ -128,9 +130,13 @@ def numpy_array_globals() -> list:
     from numpy.core import multiarray  # pickles name numpy.core.multiarray, whichever numpy wrote them
 
     numeric = (np.bool_, np.int32, np.int64, np.uint32, np.float32, np.float64)
-    return [(multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
-            (multiarray.scalar, "numpy.core.multiarray.scalar"),
-            np.ndarray, np.dtype, *(type(np.dtype(t)) for t in numeric)]
+    return [
+        (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+        (multiarray.scalar, "numpy.core.multiarray.scalar"),
+        np.ndarray,
+        np.dtype,
+        *(type(np.dtype(t)) for t in numeric),
+    ]
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -187,13 +193,18 @@ class ModelStore:
         sha256 = sha256_file(path)
         remote = catalogue_entry(weight)
         if remote is None or not remote.has_digest:
-            where = f"Compare it by hand: {remote.digest_source}" if remote is not None else "It is not in the catalogue."
+            where = (
+                f"Compare it by hand: {remote.digest_source}"
+                if remote is not None
+                else "It is not in the catalogue."
+            )
             warnings.warn(STORE_FILE_NO_DIGEST.format(path=path, sha256=sha256, source=where), stacklevel=3)
             return sha256
         why = digest_problem(remote, sha256, file_digest(path, "md5") if remote.md5 else "")
         if why:
-            raise WeightIntegrityError(STORE_FILE_CHECKSUM_MISMATCH.format(path=path, why=why,
-                                                                           command=fetch_hint(weight)))
+            raise WeightIntegrityError(
+                STORE_FILE_CHECKSUM_MISMATCH.format(path=path, why=why, command=fetch_hint(weight))
+            )
         return sha256
 
     def load_torch(self, weight: WeightFile, *, embedder: str = "") -> tuple[Any, Path]:
@@ -232,8 +243,9 @@ class ModelStore:
                     raise
                 refused = _REFUSED.search(text)
                 what = f" (first refused: {refused.group(1) or refused.group(2)})" if refused else ""
-                raise WeightIntegrityError(STORE_FILE_UNSAFE.format(path=path, what=what,
-                                                                    command=fetch_hint(weight))) from None
+                raise WeightIntegrityError(
+                    STORE_FILE_UNSAFE.format(path=path, what=what, command=fetch_hint(weight))
+                ) from None
 
     def require(self, weight: WeightFile, *, embedder: str = "") -> Path:
         """Path of ``weight``; raises :class:`MissingWeightsError` with the fix when absent."""

@@ -35,13 +35,15 @@ PATCH_FRAMES = 96
 EMBEDDING_DIM = 128
 
 VGGISH_WEIGHTS = WeightFile(
-    "vggish", "vggish-10086976.pth",
+    "vggish",
+    "vggish-10086976.pth",
     "torchvggish (harritaylor/torchvggish GitHub release v0.1: "
     "https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth), "
     "a port of Google's AudioSet VGGish checkpoint",
 )
 VGGISH_PCA = WeightFile(
-    "vggish", "vggish_pca_params-970ea276.pth",
+    "vggish",
+    "vggish_pca_params-970ea276.pth",
     "torchvggish GitHub release v0.1: "
     "https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish_pca_params-970ea276.pth",
 )
@@ -69,8 +71,9 @@ class VGGishFrontEnd(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("window", torch.hann_window(WINDOW_SAMPLES, periodic=True, dtype=torch.float64),
-                             persistent=False)
+        self.register_buffer(
+            "window", torch.hann_window(WINDOW_SAMPLES, periodic=True, dtype=torch.float64), persistent=False
+        )
         self.register_buffer("mel", torch.from_numpy(vggish_mel_matrix()), persistent=False)
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
@@ -105,8 +108,10 @@ class VGGishNet(nn.Module):
         super().__init__()
         self.features = _make_features()
         self.embeddings = nn.Sequential(
-            nn.Linear(512 * 4 * 6, 4096), nn.ReLU(inplace=True),
-            nn.Linear(4096, 4096), nn.ReLU(inplace=True),
+            nn.Linear(512 * 4 * 6, 4096),
+            nn.ReLU(inplace=True),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
             nn.Linear(4096, EMBEDDING_DIM),
         )
 
@@ -137,14 +142,25 @@ class VGGishEmbedder(Embedder):
     sample_rate = SAMPLE_RATE
     dim = EMBEDDING_DIM
 
-    def __init__(self, store: ModelStore | None = None, device=None, *, hop_s: float = 0.96, pca: bool = False,
-                 batch_size: int = 256) -> None:
+    def __init__(
+        self,
+        store: ModelStore | None = None,
+        device=None,
+        *,
+        hop_s: float = 0.96,
+        pca: bool = False,
+        batch_size: int = 256,
+    ) -> None:
         super().__init__(device=device, batch_size=batch_size)
         if hop_s <= 0:
             raise ValueError(f"hop_s must be positive; got {hop_s}")
         self.hop_s = float(hop_s)
         self.pca = pca
-        self.name = "vggish-16k" + ("-pca8bit" if pca else "") + ("" if math.isclose(hop_s, 0.96) else f"-hop{hop_s:g}s")
+        self.name = (
+            "vggish-16k"
+            + ("-pca8bit" if pca else "")
+            + ("" if math.isclose(hop_s, 0.96) else f"-hop{hop_s:g}s")
+        )
         store = store or ModelStore()
         weights, path = store.load_torch(VGGISH_WEIGHTS, embedder=self.name)
         paths = [path]
@@ -155,19 +171,34 @@ class VGGishEmbedder(Embedder):
             params, pca_path = store.load_torch(VGGISH_PCA, embedder=self.name)
             paths.append(pca_path)
             self.pca_matrix = torch.as_tensor(np.asarray(params["pca_eigen_vectors"]), dtype=torch.float32)
-            self.pca_means = torch.as_tensor(np.asarray(params["pca_means"]), dtype=torch.float32).reshape(1, -1)
-            if self.pca_matrix.shape != (EMBEDDING_DIM, EMBEDDING_DIM) or self.pca_means.shape[1] != EMBEDDING_DIM:
-                raise ValueError(f"{paths[1]}: PCA params must be (128, 128) and (128,); got "
-                                 f"{tuple(self.pca_matrix.shape)} and {tuple(self.pca_means.shape)}")
+            self.pca_means = torch.as_tensor(np.asarray(params["pca_means"]), dtype=torch.float32).reshape(
+                1, -1
+            )
+            if (
+                self.pca_matrix.shape != (EMBEDDING_DIM, EMBEDDING_DIM)
+                or self.pca_means.shape[1] != EMBEDDING_DIM
+            ):
+                raise ValueError(
+                    f"{paths[1]}: PCA params must be (128, 128) and (128,); got "
+                    f"{tuple(self.pca_matrix.shape)} and {tuple(self.pca_means.shape)}"
+                )
             self.pca_matrix, self.pca_means = self.pca_matrix.to(self.device), self.pca_means.to(self.device)
         self._weights_checksum = combined_checksum(paths)
         self.front_end = VGGishFrontEnd().to(self.device)
         self.net.to(self.device).eval()
 
     def _spec_options(self) -> dict:
-        return {"window": "hann-periodic-400/fft512", "hop_samples": HOP_SAMPLES, "mel": "htk-64-125-7500",
-                "log": "log(mel+0.01)", "patch_frames": PATCH_FRAMES, "patch_hop_s": self.hop_s,
-                "pad_short": "zero-to-one-patch", "final_relu": False, "postprocess": "pca-8bit" if self.pca else "none"}
+        return {
+            "window": "hann-periodic-400/fft512",
+            "hop_samples": HOP_SAMPLES,
+            "mel": "htk-64-125-7500",
+            "log": "log(mel+0.01)",
+            "patch_frames": PATCH_FRAMES,
+            "patch_hop_s": self.hop_s,
+            "pad_short": "zero-to-one-patch",
+            "final_relu": False,
+            "postprocess": "pca-8bit" if self.pca else "none",
+        }
 
     def patches(self, wav: np.ndarray) -> torch.Tensor:
         """Log-mel patches ``(P, 1, 96, 64)`` of one clip (float32, on the embedder's device)."""

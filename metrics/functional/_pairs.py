@@ -31,8 +31,11 @@ class PairedWaveforms:
         for _, idx in sorted(by_len.items()):
             for s in range(0, len(idx), batch_size):
                 chunk = idx[s : s + batch_size]
-                yield ([self.ids[k] for k in chunk], torch.stack([self.gen[k] for k in chunk]),
-                       torch.stack([self.ref[k] for k in chunk]))
+                yield (
+                    [self.ids[k] for k in chunk],
+                    torch.stack([self.gen[k] for k in chunk]),
+                    torch.stack([self.ref[k] for k in chunk]),
+                )
 
 
 def _mono(x: ArrayLike, what: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -42,5 +42,9 @@ def clap_score(
         (0.7071, ['b'])
     """
     return embedding_cosine(
-        text_embeddings, audio_embeddings, name=name or clap_score_name(), first_label="text", second_label="audio"
+        text_embeddings,
+        audio_embeddings,
+        name=name or clap_score_name(),
+        first_label="text",
+        second_label="audio",
     )

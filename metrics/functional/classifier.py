@@ -35,7 +35,9 @@ def _stack(values: ArrayLike | Mapping, what: str) -> tuple[list, torch.Tensor]:
             raise ValueError(f"{what} is empty")
         sizes = {r.shape[0] for r in rows}
         if len(sizes) != 1:
-            raise ValueError(f"{what}: all items must have the same number of classes; got sizes {sorted(sizes)}")
+            raise ValueError(
+                f"{what}: all items must have the same number of classes; got sizes {sorted(sizes)}"
+            )
         return ids, torch.as_tensor(np.stack(rows))
     t = torch.as_tensor(np.asarray(values), dtype=torch.float64)
     if t.ndim != 2:
@@ -43,7 +45,9 @@ def _stack(values: ArrayLike | Mapping, what: str) -> tuple[list, torch.Tensor]:
     return [str(i) for i in range(t.shape[0])], t
 
 
-def inception_score_name(activation: str = "softmax", n_splits: int = 10, seed: int = 2020, classifier: str | None = None) -> str:
+def inception_score_name(
+    activation: str = "softmax", n_splits: int = 10, seed: int = 2020, classifier: str | None = None
+) -> str:
     """Stable name, e.g. ``"is/panns-cnn14-32k/softmax-s10-seed2020"``."""
     body = f"{activation}-s{n_splits}-seed{seed}"
     return f"is/{classifier}/{body}" if classifier else f"is/{body}"
@@ -103,8 +107,14 @@ def inception_score(
         name=name or inception_score_name(activation, n_splits, seed),
         value=float(np.mean(scores)),
         higher_is_better=True,
-        details={"std": float(np.std(scores)), "split_scores": scores, "n": n, "activation": activation,
-                 "n_splits": n_splits, "seed": seed},
+        details={
+            "std": float(np.std(scores)),
+            "split_scores": scores,
+            "n": n,
+            "activation": activation,
+            "n_splits": n_splits,
+            "seed": seed,
+        },
     )
 
 
@@ -166,7 +176,9 @@ def kl_divergence(
     _, r = _stack({i: ref_logits[i] for i in pairing.ids}, "ref_logits")
     _, g = _stack({i: gen_logits[i] for i in pairing.ids}, "gen_logits")
     if r.shape != g.shape:
-        raise ValueError(f"ref_logits rows have shape {tuple(r.shape[1:])} but gen_logits {tuple(g.shape[1:])}")
+        raise ValueError(
+            f"ref_logits rows have shape {tuple(r.shape[1:])} but gen_logits {tuple(g.shape[1:])}"
+        )
     pr, pg = _probs(r, activation, from_logits), _probs(g, activation, from_logits)
     p, q = (pr, pg) if direction == "ref||gen" else (pg, pr)
     kl = torch.special.xlogy(p, p) - p * torch.log(q + eps)
@@ -180,7 +192,12 @@ def kl_divergence(
         higher_is_better=False,
         per_item=per_item,
         warnings=pairing.warnings("ref_logits", "gen_logits"),
-        details={"direction": direction, "activation": activation, "eps": eps, "n_pairs": len(pairing.ids),
-                 "unpaired_ref": [str(i) for i in pairing.only_first],
-                 "unpaired_gen": [str(i) for i in pairing.only_second]},
+        details={
+            "direction": direction,
+            "activation": activation,
+            "eps": eps,
+            "n_pairs": len(pairing.ids),
+            "unpaired_ref": [str(i) for i in pairing.only_first],
+            "unpaired_gen": [str(i) for i in pairing.only_second],
+        },
     )

@@ -45,10 +45,14 @@ def embedding_cosine(
         a = np.asarray(first[i], dtype=np.float64).reshape(-1)
         b = np.asarray(second[i], dtype=np.float64).reshape(-1)
         if a.shape != b.shape:
-            raise ValueError(f"item {i!r}: {first_label} embedding shape {a.shape} != {second_label} embedding shape {b.shape}")
+            raise ValueError(
+                f"item {i!r}: {first_label} embedding shape {a.shape} != {second_label} embedding shape {b.shape}"
+            )
         na, nb = np.linalg.norm(a), np.linalg.norm(b)
         if na == 0 or nb == 0:
-            raise ValueError(f"item {i!r}: zero-norm embedding ({first_label} norm {na}, {second_label} norm {nb})")
+            raise ValueError(
+                f"item {i!r}: zero-norm embedding ({first_label} norm {na}, {second_label} norm {nb})"
+            )
         per_item[str(i)] = float(a @ b / (na * nb))
     return MetricResult(
         name=name,
@@ -56,6 +60,9 @@ def embedding_cosine(
         higher_is_better=True,
         per_item=per_item,
         warnings=pairing.warnings(first_label, second_label),
-        details={"n_pairs": len(pairing.ids), f"unpaired_{first_label}": [str(i) for i in pairing.only_first],
-                 f"unpaired_{second_label}": [str(i) for i in pairing.only_second]},
+        details={
+            "n_pairs": len(pairing.ids),
+            f"unpaired_{first_label}": [str(i) for i in pairing.only_first],
+            f"unpaired_{second_label}": [str(i) for i in pairing.only_second],
+        },
     )

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Union
 
 import numpy as np
 import torch
@@ -27,7 +26,7 @@ import torch
 from metrics._common import ArrayLike, MetricResult, as_2d, as_tensor, percentile_ci, resolve_device
 from metrics.gaussian import GaussianStatistics
 
-Reference = Union[GaussianStatistics, tuple, ArrayLike]
+Reference = GaussianStatistics | tuple | ArrayLike
 """A reference distribution: GaussianStatistics, ``(mean, cov)``, ``(mean, cov, n)`` or ``(N, D)`` samples."""
 
 
@@ -68,7 +67,7 @@ def _sqrt_eig_sum(m: torch.Tensor, rank: int | None = None) -> tuple[float, int]
     ev = torch.linalg.eigvalsh(m)
     scale = float(ev.abs().max()) if ev.numel() else 0.0
     if rank is not None and rank < ev.numel():
-        ev = ev[ev.numel() - max(rank, 0):]
+        ev = ev[ev.numel() - max(rank, 0) :]
     n_neg = int((ev < -1e-12 * max(scale, 1e-300)).sum())
     return float(ev.clamp(min=0.0).sqrt().sum()), n_neg
 
@@ -299,7 +298,9 @@ class _ReferenceGaussian:
         """FD between the reference and samples ``x`` (N, D) via the nuclear norm of C·F."""
         n, d = x.shape
         if d != self.mu.shape[0]:
-            raise ValueError(f"samples have shape {tuple(x.shape)} but the reference has D={self.mu.shape[0]}")
+            raise ValueError(
+                f"samples have shape {tuple(x.shape)} but the reference has D={self.mu.shape[0]}"
+            )
         c = _centred(x)
         tr_sqrt, n_neg = _nuclear_norm(c @ self.factor, _rank_bound(d, n, self.n))
         diff = x.mean(0) - self.mu

@@ -29,15 +29,25 @@ def _mel_basis(sr: int, n_fft: int, n_mels: int, f_min: float, f_max: float | No
 
     # Slaney mel scale and Slaney area normalisation = librosa.filters.mel defaults (HiFi-GAN).
     fb = torchaudio.functional.melscale_fbanks(
-        n_freqs=n_fft // 2 + 1, f_min=f_min, f_max=f_max if f_max is not None else sr / 2.0,
-        n_mels=n_mels, sample_rate=sr, norm="slaney", mel_scale="slaney",
+        n_freqs=n_fft // 2 + 1,
+        f_min=f_min,
+        f_max=f_max if f_max is not None else sr / 2.0,
+        n_mels=n_mels,
+        sample_rate=sr,
+        norm="slaney",
+        mel_scale="slaney",
     )
     return fb.T.contiguous()  # (n_mels, n_freqs)
 
 
 def mel_distance_name(
-    sample_rate: int, n_fft: int = 1024, hop_length: int = 256, win_length: int = 1024, n_mels: int = 80,
-    f_min: float = 0.0, f_max: float | None = None,
+    sample_rate: int,
+    n_fft: int = 1024,
+    hop_length: int = 256,
+    win_length: int = 1024,
+    n_mels: int = 80,
+    f_min: float = 0.0,
+    f_max: float | None = None,
 ) -> str:
     """Stable name, e.g. ``"mel_l1/hifigan-22.05k-n1024-h256-m80"``."""
     name = f"mel_l1/hifigan-{_khz(sample_rate)}-n{n_fft}-h{hop_length}-m{n_mels}"
@@ -51,8 +61,16 @@ def mel_distance_name(
 
 
 def hifigan_log_mel(
-    wav: torch.Tensor, sample_rate: int, *, n_fft: int = 1024, hop_length: int = 256, win_length: int = 1024,
-    n_mels: int = 80, f_min: float = 0.0, f_max: float | None = None, clip_val: float = 1e-5,
+    wav: torch.Tensor,
+    sample_rate: int,
+    *,
+    n_fft: int = 1024,
+    hop_length: int = 256,
+    win_length: int = 1024,
+    n_mels: int = 80,
+    f_min: float = 0.0,
+    f_max: float | None = None,
+    clip_val: float = 1e-5,
 ) -> torch.Tensor:
     """HiFi-GAN log-mel spectrogram of ``wav`` ``(B, T)`` → ``(B, n_mels, frames)``.
 
@@ -66,8 +84,16 @@ def hifigan_log_mel(
     pad = (n_fft - hop_length) // 2
     x = torch.nn.functional.pad(wav[:, None], (pad, pad), mode="reflect")[:, 0]
     window = torch.hann_window(win_length, device=wav.device, dtype=wav.dtype)
-    spec = torch.stft(x, n_fft, hop_length=hop_length, win_length=win_length, window=window,
-                      center=False, onesided=True, return_complex=True)
+    spec = torch.stft(
+        x,
+        n_fft,
+        hop_length=hop_length,
+        win_length=win_length,
+        window=window,
+        center=False,
+        onesided=True,
+        return_complex=True,
+    )
     mag = torch.sqrt(spec.real.pow(2) + spec.imag.pow(2) + 1e-9)
     basis = _mel_basis(sample_rate, n_fft, n_mels, float(f_min), f_max).to(device=wav.device, dtype=wav.dtype)
     return torch.log(torch.clamp(basis @ mag, min=clip_val))
@@ -122,17 +148,36 @@ def mel_distance(
     """
     dev = resolve_device(device, gen, ref)
     pairs = pair_waveforms(gen, ref, length_tolerance=length_tolerance, device=dev)
-    kw = dict(n_fft=n_fft, hop_length=hop_length, win_length=win_length, n_mels=n_mels, f_min=f_min, f_max=f_max)
+    kw = dict(
+        n_fft=n_fft, hop_length=hop_length, win_length=win_length, n_mels=n_mels, f_min=f_min, f_max=f_max
+    )
     per_item: dict[str, float] = {}
     for ids, g, r in pairs.batches(batch_size):
-        d = (hifigan_log_mel(g, sample_rate, clip_val=clip_val, **kw)
-             - hifigan_log_mel(r, sample_rate, clip_val=clip_val, **kw)).abs().mean(dim=(1, 2))
+        d = (
+            (
+                hifigan_log_mel(g, sample_rate, clip_val=clip_val, **kw)
+                - hifigan_log_mel(r, sample_rate, clip_val=clip_val, **kw)
+            )
+            .abs()
+            .mean(dim=(1, 2))
+        )
         per_item.update(zip(ids, d.double().tolist()))
     per_item = {i: per_item[i] for i in pairs.ids}
     return finish_paired(
-        mel_distance_name(sample_rate, **kw), per_item, pairs, False,
-        {"protocol": "hifigan", "sample_rate": sample_rate, **kw, "clip_val": clip_val, "log": "ln",
-         "magnitude": "sqrt(re^2+im^2+1e-9)", "mel": "slaney/slaney-norm", "padding": "reflect (n_fft-hop)/2, center=False"},
+        mel_distance_name(sample_rate, **kw),
+        per_item,
+        pairs,
+        False,
+        {
+            "protocol": "hifigan",
+            "sample_rate": sample_rate,
+            **kw,
+            "clip_val": clip_val,
+            "log": "ln",
+            "magnitude": "sqrt(re^2+im^2+1e-9)",
+            "mel": "slaney/slaney-norm",
+            "padding": "reflect (n_fft-hop)/2, center=False",
+        },
     )
 
 
@@ -142,12 +187,16 @@ AURALOSS_WIN_LENGTHS = (600, 1200, 240)
 
 
 def mrstft_distance_name(
-    fft_sizes: Sequence[int] = AURALOSS_FFT_SIZES, hop_sizes: Sequence[int] = AURALOSS_HOP_SIZES,
+    fft_sizes: Sequence[int] = AURALOSS_FFT_SIZES,
+    hop_sizes: Sequence[int] = AURALOSS_HOP_SIZES,
     win_lengths: Sequence[int] = AURALOSS_WIN_LENGTHS,
 ) -> str:
     """``"mrstft/auraloss-default"`` for the usual resolutions, else one encoding all of them."""
     if (tuple(fft_sizes), tuple(hop_sizes), tuple(win_lengths)) == (
-        AURALOSS_FFT_SIZES, AURALOSS_HOP_SIZES, AURALOSS_WIN_LENGTHS):
+        AURALOSS_FFT_SIZES,
+        AURALOSS_HOP_SIZES,
+        AURALOSS_WIN_LENGTHS,
+    ):
         return "mrstft/auraloss-default"
     return "mrstft/auraloss-" + "_".join(f"{n}-{h}-{w}" for n, h, w in zip(fft_sizes, hop_sizes, win_lengths))
 
@@ -192,8 +241,10 @@ def mrstft_distance(
         0.0
     """
     if not len(fft_sizes) == len(hop_sizes) == len(win_lengths):
-        raise ValueError(f"fft_sizes, hop_sizes and win_lengths must have equal lengths; got "
-                         f"{len(fft_sizes)}, {len(hop_sizes)}, {len(win_lengths)}")
+        raise ValueError(
+            f"fft_sizes, hop_sizes and win_lengths must have equal lengths; got "
+            f"{len(fft_sizes)}, {len(hop_sizes)}, {len(win_lengths)}"
+        )
     dev = resolve_device(device, gen, ref)
     pairs = pair_waveforms(gen, ref, length_tolerance=length_tolerance, device=dev)
     per_item: dict[str, float] = {}
@@ -215,9 +266,21 @@ def mrstft_distance(
         per_item.update(zip(ids, (total / len(fft_sizes)).tolist()))
     per_item = {i: per_item[i] for i in pairs.ids}
     return finish_paired(
-        mrstft_distance_name(fft_sizes, hop_sizes, win_lengths), per_item, pairs, False,
-        {"fft_sizes": list(fft_sizes), "hop_sizes": list(hop_sizes), "win_lengths": list(win_lengths),
-         "window": "hann", "eps": eps, "w_sc": 1.0, "w_log_mag": 1.0, "center": True, "reduction": "per item"},
+        mrstft_distance_name(fft_sizes, hop_sizes, win_lengths),
+        per_item,
+        pairs,
+        False,
+        {
+            "fft_sizes": list(fft_sizes),
+            "hop_sizes": list(hop_sizes),
+            "win_lengths": list(win_lengths),
+            "window": "hann",
+            "eps": eps,
+            "w_sc": 1.0,
+            "w_log_mag": 1.0,
+            "center": True,
+            "reduction": "per item",
+        },
     )
 
 
@@ -273,6 +336,16 @@ def log_spectral_distance(
         per_item.update(zip(ids, d.double().tolist()))
     per_item = {i: per_item[i] for i in pairs.ids}
     return finish_paired(
-        log_spectral_distance_name(n_fft, hop_length), per_item, pairs, False,
-        {"n_fft": n_fft, "hop_length": hop_length, "window": "hann", "eps": eps, "log": "log10 power", "center": True},
+        log_spectral_distance_name(n_fft, hop_length),
+        per_item,
+        pairs,
+        False,
+        {
+            "n_fft": n_fft,
+            "hop_length": hop_length,
+            "window": "hann",
+            "eps": eps,
+            "log": "log10 power",
+            "center": True,
+        },
     )

@@ -23,9 +23,7 @@ def _require(module: str, package: str):
     try:
         return importlib.import_module(module)
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            f"this metric needs the '{package}' package: pip install {package}"
-        ) from exc
+        raise ImportError(f"this metric needs the '{package}' package: pip install {package}") from exc
 
 
 def resample(wav: torch.Tensor, orig_sr: int, new_sr: int, *, resampler: str = "torchaudio") -> torch.Tensor:
@@ -96,8 +94,13 @@ def si_sdr(
         noise = target - g
         num, den = float(target @ target), float(noise @ noise)
         per_item[i] = math.inf if den == 0 else (-math.inf if num == 0 else 10.0 * math.log10(num / den))
-    return finish_paired("si_sdr" + ("" if zero_mean else "/no-zero-mean"), per_item, pairs, True,
-                         {"zero_mean": zero_mean, "dtype": "float64"})
+    return finish_paired(
+        "si_sdr" + ("" if zero_mean else "/no-zero-mean"),
+        per_item,
+        pairs,
+        True,
+        {"zero_mean": zero_mean, "dtype": "float64"},
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -143,9 +146,20 @@ def pesq_wb(
         except Exception as exc:  # pesq raises its own exception types per error code
             per_item[i] = float("nan")
             errors[i] = f"{type(exc).__name__}: {exc}"
-    res = finish_paired(f"pesq/wb-16k-{resampler}", per_item, pairs, True,
-                        {"mode": "wb", "rate": 16000, "resampler": resampler, "input_rate": sample_rate,
-                         "errors": errors, "package": "pesq"})
+    res = finish_paired(
+        f"pesq/wb-16k-{resampler}",
+        per_item,
+        pairs,
+        True,
+        {
+            "mode": "wb",
+            "rate": 16000,
+            "resampler": resampler,
+            "input_rate": sample_rate,
+            "errors": errors,
+            "package": "pesq",
+        },
+    )
     return res
 
 
@@ -179,8 +193,13 @@ def stoi(
         i: float(pystoi.stoi(r.cpu().numpy(), g.cpu().numpy(), sample_rate, extended=extended))
         for i, g, r in zip(pairs.ids, pairs.gen, pairs.ref)
     }
-    return finish_paired("estoi" if extended else "stoi", per_item, pairs, True,
-                         {"extended": extended, "input_rate": sample_rate, "package": "pystoi"})
+    return finish_paired(
+        "estoi" if extended else "stoi",
+        per_item,
+        pairs,
+        True,
+        {"extended": extended, "input_rate": sample_rate, "package": "pystoi"},
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -194,8 +213,13 @@ CARGAN_FMAX = 550.0
 
 
 def crepe_pitch(
-    wav: torch.Tensor, sample_rate: int, *, model: str = "full", batch_size: int = 1024,
-    device: str | torch.device | None = None, seed: int | None = 0,
+    wav: torch.Tensor,
+    sample_rate: int,
+    *,
+    model: str = "full",
+    batch_size: int = 1024,
+    device: str | torch.device | None = None,
+    seed: int | None = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pitch (Hz) and periodicity of a mono waveform, as CARGAN's ``preprocess/pitch.py``.
 
@@ -238,15 +262,27 @@ def crepe_pitch(
         np.random.seed(seed)
     try:
         pitch, periodicity = torchcrepe.predict(
-            audio, sample_rate=torchcrepe.SAMPLE_RATE, hop_length=hop, fmin=CARGAN_FMIN, fmax=CARGAN_FMAX,
-            model=model, return_periodicity=True, batch_size=batch_size, device=str(dev), pad=False,
+            audio,
+            sample_rate=torchcrepe.SAMPLE_RATE,
+            hop_length=hop,
+            fmin=CARGAN_FMIN,
+            fmax=CARGAN_FMAX,
+            model=model,
+            return_periodicity=True,
+            batch_size=batch_size,
+            device=str(dev),
+            pad=False,
         )
     finally:
         if saved is not None:
             np.random.set_state(saved)
-    periodicity = torchcrepe.threshold.Silence()(periodicity, audio, torchcrepe.SAMPLE_RATE, hop_length=hop, pad=False)
+    periodicity = torchcrepe.threshold.Silence()(
+        periodicity, audio, torchcrepe.SAMPLE_RATE, hop_length=hop, pad=False
+    )
     if pitch.shape[1] != target_length:
-        interp = functools.partial(torch.nn.functional.interpolate, size=target_length, mode="linear", align_corners=False)
+        interp = functools.partial(
+            torch.nn.functional.interpolate, size=target_length, mode="linear", align_corners=False
+        )
         pitch = 2 ** interp(torch.log2(pitch)[None]).squeeze(0)
         periodicity = interp(periodicity[None]).squeeze(0)
     return pitch, periodicity
@@ -302,10 +338,20 @@ def crepe_pitch_metrics(
         pv = ~torch.isnan(hyst(pp_, pper)).reshape(-1)
         per_sq = float((tper.double() - pper.double()).pow(2).sum())
         both = tv & pv
-        cents = 1200.0 * (torch.log2(tp_.reshape(-1)[both].double()) - torch.log2(pp_.reshape(-1)[both].double()))
+        cents = 1200.0 * (
+            torch.log2(tp_.reshape(-1)[both].double()) - torch.log2(pp_.reshape(-1)[both].double())
+        )
         pitch_sq = float(cents.pow(2).sum())
         tp, fp, fn = int(both.sum()), int((~tv & pv).sum()), int((tv & ~pv).sum())
-        for k, v in (("count", n), ("voiced", tp), ("pitch_sq", pitch_sq), ("per_sq", per_sq), ("tp", tp), ("fp", fp), ("fn", fn)):
+        for k, v in (
+            ("count", n),
+            ("voiced", tp),
+            ("pitch_sq", pitch_sq),
+            ("per_sq", per_sq),
+            ("tp", tp),
+            ("fp", fp),
+            ("fn", fn),
+        ):
             tot[k] += v
         items["f0_rmse_cents"][i] = math.sqrt(pitch_sq / tp) if tp else float("nan")
         items["periodicity_rmse"][i] = math.sqrt(per_sq / n) if n else float("nan")
@@ -319,15 +365,33 @@ def crepe_pitch_metrics(
         "periodicity_rmse": math.sqrt(tot["per_sq"] / tot["count"]) if tot["count"] else float("nan"),
         "vuv_f1": f1(tot["tp"], tot["fp"], tot["fn"]),
     }
-    details = {"protocol": "cargan", "model": model, "fmin": CARGAN_FMIN, "fmax": CARGAN_FMAX,
-               "hop_22k": CARGAN_HOPSIZE, "voicing": "torchcrepe Hysteresis(0.19, 0.31)",
-               "silence": "torchcrepe Silence(-60 dB)", "pooling": "corpus", "dither_seed": seed, "frames": tot["count"],
-               "tp": tot["tp"], "fp": tot["fp"], "fn": tot["fn"], "input_rate": sample_rate}
+    details = {
+        "protocol": "cargan",
+        "model": model,
+        "fmin": CARGAN_FMIN,
+        "fmax": CARGAN_FMAX,
+        "hop_22k": CARGAN_HOPSIZE,
+        "voicing": "torchcrepe Hysteresis(0.19, 0.31)",
+        "silence": "torchcrepe Silence(-60 dB)",
+        "pooling": "corpus",
+        "dither_seed": seed,
+        "frames": tot["count"],
+        "tp": tot["tp"],
+        "fp": tot["fp"],
+        "fn": tot["fn"],
+        "input_rate": sample_rate,
+    }
     out = {}
     for key, hib in (("f0_rmse_cents", False), ("periodicity_rmse", False), ("vuv_f1", True)):
         res = finish_paired(f"{key}/cargan-crepe-{model}", items[key], pairs, hib, details)
-        out[key] = MetricResult(name=res.name, value=pooled[key], higher_is_better=hib, per_item=res.per_item,
-                                warnings=res.warnings, details=dict(res.details))
+        out[key] = MetricResult(
+            name=res.name,
+            value=pooled[key],
+            higher_is_better=hib,
+            per_item=res.per_item,
+            warnings=res.warnings,
+            details=dict(res.details),
+        )
     return out
 
 
@@ -376,10 +440,24 @@ def dnsmos(
             per[k][str(i)] = float(out[src])
     prefix = "pdnsmos" if personalized else "dnsmos"
     return {
-        k: MetricResult(name=f"{prefix}/{k}", value=float(np.mean(list(v.values()))), higher_is_better=True,
-                        per_item=v, details={"package": "speechmos", "resampler": resampler, "input_rate": sample_rate})
+        k: MetricResult(
+            name=f"{prefix}/{k}",
+            value=float(np.mean(list(v.values()))),
+            higher_is_better=True,
+            per_item=v,
+            details={"package": "speechmos", "resampler": resampler, "input_rate": sample_rate},
+        )
         for k, v in per.items()
     }
 
 
-__all__ = ["si_sdr", "pesq_wb", "stoi", "crepe_pitch", "crepe_pitch_metrics", "dnsmos", "resample", "pair_by_id"]
+__all__ = [
+    "si_sdr",
+    "pesq_wb",
+    "stoi",
+    "crepe_pitch",
+    "crepe_pitch_metrics",
+    "dnsmos",
+    "resample",
+    "pair_by_id",
+]

@@ -13,11 +13,19 @@ def data():
     rng = np.random.default_rng(50)
     systems, items = [f"s{k}" for k in range(8)], [f"i{k}" for k in range(5)]
     quality = dict(zip(systems, rng.normal(3, 0.8, len(systems))))
-    human = pd.DataFrame([(s, i, l, quality[s] + rng.normal(0, 0.5)) for s in systems for i in items for l in range(4)],
-                         columns=["system", "item", "listener", "score"])
-    metrics = pd.DataFrame([(s, i, m, quality[s] * sign + rng.normal(0, 0.4))
-                            for s in systems for i in items for m, sign in (("pesq", 1), ("mcd", -1))],
-                           columns=["system", "item", "metric", "value"])
+    human = pd.DataFrame(
+        [(s, i, l, quality[s] + rng.normal(0, 0.5)) for s in systems for i in items for l in range(4)],
+        columns=["system", "item", "listener", "score"],
+    )
+    metrics = pd.DataFrame(
+        [
+            (s, i, m, quality[s] * sign + rng.normal(0, 0.4))
+            for s in systems
+            for i in items
+            for m, sign in (("pesq", 1), ("mcd", -1))
+        ],
+        columns=["system", "item", "metric", "value"],
+    )
     return human, metrics
 
 
@@ -33,7 +41,9 @@ def test_correlations_match_scipy_on_the_level_means_and_report_n(data, level):
         row = out.loc[metric]
         assert row["n"] == (8 if level == "system" else 40) and row["level"] == level
         assert (row["pearson_r"], row["pearson_p"]) == pytest.approx(tuple(sps.pearsonr(x, y)), rel=1e-12)
-        assert (row["spearman_rho"], row["spearman_p"]) == pytest.approx(tuple(sps.spearmanr(x, y)), rel=1e-12)
+        assert (row["spearman_rho"], row["spearman_p"]) == pytest.approx(
+            tuple(sps.spearmanr(x, y)), rel=1e-12
+        )
         assert (row["kendall_tau"], row["kendall_p"]) == pytest.approx(tuple(sps.kendalltau(x, y)), rel=1e-12)
     assert out.loc["pesq", "spearman_rho"] > 0.5 and out.loc["mcd", "spearman_rho"] < -0.5
 

@@ -3,7 +3,13 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from evalsite.analysis.flags import flag_density, flag_rates, flag_regions, presentation_flags, system_flag_rates
+from evalsite.analysis.flags import (
+    flag_density,
+    flag_rates,
+    flag_regions,
+    presentation_flags,
+    system_flag_rates,
+)
 
 LISTENERS = [f"l{k}" for k in range(10)]
 
@@ -13,9 +19,12 @@ def study():
     """10 listeners hear 2 system stimuli and 4 hidden references (2 of the 40 reference presentations flagged)."""
     rng = np.random.default_rng(40)
     stimuli = [("art", "i1", "voc", "system"), ("clean", "i2", "voc", "system")] + [
-        (f"ref{k}", f"i{k}", "ref", "hidden_reference") for k in range(4)]
-    presented = pd.DataFrame([(l, s, i, sy, role, 5.0) for l in LISTENERS for s, i, sy, role in stimuli],
-                             columns=["listener", "stimulus", "item", "system", "role", "duration_s"])
+        (f"ref{k}", f"i{k}", "ref", "hidden_reference") for k in range(4)
+    ]
+    presented = pd.DataFrame(
+        [(l, s, i, sy, role, 5.0) for l in LISTENERS for s, i, sy, role in stimuli],
+        columns=["listener", "stimulus", "item", "system", "role", "duration_s"],
+    )
     flags = []
     for l in LISTENERS[:8]:  # a click at 2.0-2.5 s flagged by 8 of 10, with a little timing jitter
         flags.append((l, "art", 2.0 + rng.uniform(-0.01, 0.01), 2.5 + rng.uniform(-0.01, 0.01), "click"))
@@ -43,10 +52,14 @@ def test_rate_test_flags_8_of_10_but_not_1_of_10_against_a_5_percent_false_flag_
 
 
 def test_rate_test_with_8_of_10_flagging_listeners_is_significant_at_a_given_baseline():
-    presented = pd.DataFrame([(l, s, "i", "v", "system", 3.0) for l in LISTENERS for s in ("a", "b")],
-                             columns=["listener", "stimulus", "item", "system", "role", "duration_s"])
-    flags = pd.DataFrame([(l, "a", 1.0, 1.2, "click") for l in LISTENERS[:8]] + [("l0", "b", 1.0, 1.2, "click")],
-                         columns=["listener", "stimulus", "start_s", "end_s", "category"])
+    presented = pd.DataFrame(
+        [(l, s, "i", "v", "system", 3.0) for l in LISTENERS for s in ("a", "b")],
+        columns=["listener", "stimulus", "item", "system", "role", "duration_s"],
+    )
+    flags = pd.DataFrame(
+        [(l, "a", 1.0, 1.2, "click") for l in LISTENERS[:8]] + [("l0", "b", 1.0, 1.2, "click")],
+        columns=["listener", "stimulus", "start_s", "end_s", "category"],
+    )
     with pytest.raises(ValueError, match="pass baseline_rate="):
         flag_rates(flags, presented)
     rates = flag_rates(flags, presented, baseline_rate=0.05).set_index("stimulus")
@@ -59,7 +72,10 @@ def test_a_zero_false_flag_rate_is_floored_so_one_flag_is_not_significant(study)
     flags, presented = study
     no_false = flags.loc[~flags["stimulus"].str.startswith("ref")]
     rates = flag_rates(no_false, presented).set_index("stimulus")
-    assert rates.loc["clean", "baseline_rate"] == 0.01 and "floored at 0.01" in rates.loc["clean", "baseline_source"]
+    assert (
+        rates.loc["clean", "baseline_rate"] == 0.01
+        and "floored at 0.01" in rates.loc["clean", "baseline_source"]
+    )
     assert not rates.loc["clean", "significant"]
 
 
@@ -113,44 +129,69 @@ def test_regions_are_found_at_the_planted_times_with_the_right_share_and_categor
 
 
 def test_nearby_spans_are_merged_and_point_flags_cover_one_step():
-    presented = pd.DataFrame([(l, "s", "i", "v", "system", 2.0) for l in LISTENERS[:4]],
-                             columns=["listener", "stimulus", "item", "system", "role", "duration_s"])
-    flags = pd.DataFrame([(l, "s", 0.50, 0.60, "click") for l in LISTENERS[:4]]
-                         + [(l, "s", 0.65, 0.70, "click") for l in LISTENERS[:4]]
-                         + [(l, "s", 1.5, 1.5, "pop") for l in LISTENERS[:3]],
-                         columns=["listener", "stimulus", "start_s", "end_s", "category"])
+    presented = pd.DataFrame(
+        [(l, "s", "i", "v", "system", 2.0) for l in LISTENERS[:4]],
+        columns=["listener", "stimulus", "item", "system", "role", "duration_s"],
+    )
+    flags = pd.DataFrame(
+        [(l, "s", 0.50, 0.60, "click") for l in LISTENERS[:4]]
+        + [(l, "s", 0.65, 0.70, "click") for l in LISTENERS[:4]]
+        + [(l, "s", 1.5, 1.5, "pop") for l in LISTENERS[:3]],
+        columns=["listener", "stimulus", "start_s", "end_s", "category"],
+    )
     regions = flag_regions(flags, presented, min_share=0.5, merge_gap_s=0.1)
-    np.testing.assert_allclose(regions[["start_s", "end_s"]].to_numpy(float), [[0.5, 0.7], [1.5, 1.51]], atol=1e-9)
+    np.testing.assert_allclose(
+        regions[["start_s", "end_s"]].to_numpy(float), [[0.5, 0.7], [1.5, 1.51]], atol=1e-9
+    )
     assert regions["categories"].iloc[1] == {"pop": 3}
     assert len(flag_regions(flags, presented, min_share=0.5, merge_gap_s=0.0)) == 3
 
 
 def test_flag_edges_that_are_not_exact_binary_fractions_land_on_their_own_time_step():
-    presented = pd.DataFrame([(l, "s", "i", "v", "system", 1.0) for l in LISTENERS[:2]],
-                             columns=["listener", "stimulus", "item", "system", "role", "duration_s"])
-    flags = pd.DataFrame([(l, "s", 0.29, 0.31, "click") for l in LISTENERS[:2]],
-                         columns=["listener", "stimulus", "start_s", "end_s", "category"])
+    presented = pd.DataFrame(
+        [(l, "s", "i", "v", "system", 1.0) for l in LISTENERS[:2]],
+        columns=["listener", "stimulus", "item", "system", "role", "duration_s"],
+    )
+    flags = pd.DataFrame(
+        [(l, "s", 0.29, 0.31, "click") for l in LISTENERS[:2]],
+        columns=["listener", "stimulus", "start_s", "end_s", "category"],
+    )
     region = flag_regions(flags, presented, min_share=0.5).iloc[0]
     assert (region["start_s"], region["end_s"]) == pytest.approx((0.29, 0.31), abs=1e-9)
 
 
 # --- the single-pass implementations against the ones they replace ----------------------------------------------
 
+
 def presentation_reference(flags, presented):
     """presentation_flags as first written (groupby + MultiIndex joins)."""
-    heard = (presented.groupby(["listener", "stimulus"], sort=True)
-             .agg(item=("item", "first"), system=("system", "first"), role=("role", "first"),
-                  duration_s=("duration_s", "max")).reset_index())
+    heard = (
+        presented.groupby(["listener", "stimulus"], sort=True)
+        .agg(
+            item=("item", "first"),
+            system=("system", "first"),
+            role=("role", "first"),
+            duration_s=("duration_s", "max"),
+        )
+        .reset_index()
+    )
     f = flags.copy()
     f["start_s"] = pd.to_numeric(f["start_s"], errors="coerce").astype(float)
     f["end_s"] = pd.to_numeric(f["end_s"], errors="coerce").astype(float)
     f["category"] = f["category"].astype(object).where(f["category"].notna(), "unspecified")
-    f = f.loc[pd.MultiIndex.from_frame(f[["listener", "stimulus"]]).isin(
-        pd.MultiIndex.from_frame(heard[["listener", "stimulus"]]))]
+    f = f.loc[
+        pd.MultiIndex.from_frame(f[["listener", "stimulus"]]).isin(
+            pd.MultiIndex.from_frame(heard[["listener", "stimulus"]])
+        )
+    ]
     f["length"] = (f["end_s"] - f["start_s"]).clip(lower=0).fillna(0.0)
     count = f.groupby(["listener", "stimulus"]).size().rename("n_flags")
-    by_cat = (f.groupby(["listener", "stimulus", "category"])["length"].sum().reset_index()
-              .sort_values(["listener", "stimulus", "length", "category"], ascending=[True, True, False, True]))
+    by_cat = (
+        f.groupby(["listener", "stimulus", "category"])["length"]
+        .sum()
+        .reset_index()
+        .sort_values(["listener", "stimulus", "length", "category"], ascending=[True, True, False, True])
+    )
     main = by_cat.drop_duplicates(["listener", "stimulus"]).set_index(["listener", "stimulus"])["category"]
     out = heard.join(count, on=["listener", "stimulus"]).join(main, on=["listener", "stimulus"])
     out["n_flags"] = out["n_flags"].fillna(0).astype(int)
@@ -161,18 +202,32 @@ def presentation_reference(flags, presented):
 
 def random_study(seed, *, duplicates=False):
     rng = np.random.default_rng(seed)
-    stimuli = [(f"s{k:02d}", f"i{k % 5}", f"sys{k % 3}", "hidden_reference" if k % 7 == 0 else "system")
-               for k in range(30)]
-    presented = pd.DataFrame([(f"l{l}", s, i, sy, role, 3.0) for l in range(12) for s, i, sy, role in stimuli
-                              if rng.random() < 0.8], columns=["listener", "stimulus", "item", "system", "role",
-                                                               "duration_s"])
+    stimuli = [
+        (f"s{k:02d}", f"i{k % 5}", f"sys{k % 3}", "hidden_reference" if k % 7 == 0 else "system")
+        for k in range(30)
+    ]
+    presented = pd.DataFrame(
+        [
+            (f"l{l}", s, i, sy, role, 3.0)
+            for l in range(12)
+            for s, i, sy, role in stimuli
+            if rng.random() < 0.8
+        ],
+        columns=["listener", "stimulus", "item", "system", "role", "duration_s"],
+    )
     if duplicates:  # the same stimulus given twice to a listener, once without a duration
         presented = pd.concat([presented, presented.head(20).assign(duration_s=np.nan)])
     picked = presented.sample(90, replace=True, random_state=seed)
     start = rng.uniform(0, 2.5, 90).round(2)
-    flags = pd.DataFrame({"listener": picked["listener"].to_numpy(), "stimulus": picked["stimulus"].to_numpy(),
-                          "start_s": start, "end_s": start + rng.choice([0.0, 0.1, 0.3], 90),
-                          "category": rng.choice(["click", "buzz", None], 90)})
+    flags = pd.DataFrame(
+        {
+            "listener": picked["listener"].to_numpy(),
+            "stimulus": picked["stimulus"].to_numpy(),
+            "start_s": start,
+            "end_s": start + rng.choice([0.0, 0.1, 0.3], 90),
+            "category": rng.choice(["click", "buzz", None], 90),
+        }
+    )
     flags.loc[flags.index[:4], ["start_s", "end_s"]] = None  # untimed flags count for rates only
     return flags, presented
 
@@ -184,7 +239,9 @@ def test_presentation_flags_equal_the_groupby_reference(duplicates):
     with pytest.warns(UserWarning, match="1 flag"):
         ours = presentation_flags(pd.concat([flags, stray]), presented)
     expected = presentation_reference(flags, presented)
-    pd.testing.assert_frame_equal(ours.astype(object), expected[ours.columns].astype(object), check_exact=True)
+    pd.testing.assert_frame_equal(
+        ours.astype(object), expected[ours.columns].astype(object), check_exact=True
+    )
 
 
 def test_rates_test_each_stimulus_as_binomtest_does():
@@ -197,11 +254,15 @@ def test_rates_test_each_stimulus_as_binomtest_does():
         assert row.p == sps.binomtest(row.flagged, row.heard, row.baseline_rate, alternative="greater").pvalue
 
 
-def regions_reference(flags, presented, *, resolution_s=0.01, min_share=0.3, min_listeners=2, merge_gap_s=0.1):
+def regions_reference(
+    flags, presented, *, resolution_s=0.01, min_share=0.3, min_listeners=2, merge_gap_s=0.1
+):
     """flag_regions as first written: frames filtered per stimulus and flag_density called for each."""
     from evalsite.analysis.flags import _runs, _stimulus_frames
 
-    info = presented.groupby("stimulus").agg(item=("item", "first"), system=("system", "first"), role=("role", "first"))
+    info = presented.groupby("stimulus").agg(
+        item=("item", "first"), system=("system", "first"), role=("role", "first")
+    )
     rows = []
     for stimulus in sorted(set(flags["stimulus"]) & set(presented["stimulus"]), key=str):
         f, listeners, _ = _stimulus_frames(flags, presented, stimulus)
@@ -210,14 +271,26 @@ def regions_reference(flags, presented, *, resolution_s=0.01, min_share=0.3, min
         _, shares = flag_density(flags, presented, stimulus, resolution_s=resolution_s)
         for b0, b1 in _runs(shares >= min_share - 1e-12, max_gap_bins=int(round(merge_gap_s / resolution_s))):
             start, end = b0 * resolution_s, b1 * resolution_s
-            inside = f.loc[(f["start_s"] < end) & (np.maximum(f["end_s"], f["start_s"] + resolution_s) > start)]
+            inside = f.loc[
+                (f["start_s"] < end) & (np.maximum(f["end_s"], f["start_s"] + resolution_s) > start)
+            ]
             who = sorted(inside["listener"].unique(), key=str)
             if len(who) < min_listeners:
                 continue
             cats = inside.drop_duplicates(["listener", "category"])["category"].value_counts()
-            rows.append(dict(stimulus=stimulus, **info.loc[stimulus].to_dict(), start_s=float(start), end_s=float(end),
-                             peak_share=float(shares[b0:b1].max()), n_listeners=len(who), heard=len(listeners),
-                             listeners=who, categories={str(k): int(v) for k, v in cats.sort_index().items()}))
+            rows.append(
+                dict(
+                    stimulus=stimulus,
+                    **info.loc[stimulus].to_dict(),
+                    start_s=float(start),
+                    end_s=float(end),
+                    peak_share=float(shares[b0:b1].max()),
+                    n_listeners=len(who),
+                    heard=len(listeners),
+                    listeners=who,
+                    categories={str(k): int(v) for k, v in cats.sort_index().items()},
+                )
+            )
     return rows
 
 

@@ -31,8 +31,18 @@ KRIPPENDORFF_2011 = [
 SHROUT_FLEISS = [[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]]
 # Fleiss' kappa worked example on Wikipedia ("Fleiss' kappa"): 10 subjects × 14 raters × 5 categories,
 # P̄ = 0.378, P̄e = 0.213, κ = 0.210.
-WIKIPEDIA_FLEISS = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
-                    [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]
+WIKIPEDIA_FLEISS = [
+    [0, 0, 0, 0, 14],
+    [0, 2, 6, 4, 2],
+    [0, 0, 3, 5, 6],
+    [0, 3, 9, 2, 0],
+    [2, 2, 8, 1, 1],
+    [7, 7, 0, 0, 0],
+    [3, 2, 6, 3, 0],
+    [2, 5, 3, 2, 2],
+    [6, 5, 2, 1, 0],
+    [0, 2, 2, 3, 7],
+]
 
 
 def long_from_matrix(matrix, *, rows_are="listener"):
@@ -40,8 +50,12 @@ def long_from_matrix(matrix, *, rows_are="listener"):
     m = np.asarray(matrix, dtype=float)
     if rows_are != "listener":
         m = m.T
-    rows = [(f"r{l}", f"u{u:02d}", "sys", m[l, u]) for l in range(m.shape[0]) for u in range(m.shape[1])
-            if not math.isnan(m[l, u])]
+    rows = [
+        (f"r{l}", f"u{u:02d}", "sys", m[l, u])
+        for l in range(m.shape[0])
+        for u in range(m.shape[1])
+        if not math.isnan(m[l, u])
+    ]
     return pd.DataFrame(rows, columns=["listener", "item", "system", "score"])
 
 
@@ -51,10 +65,13 @@ def counts_from_raw(raw_units_by_raters, categories):
     return np.array([[np.sum(row == c) for c in categories] for row in raw])
 
 
-@pytest.mark.parametrize(("level", "published"),
-                         [("nominal", 0.743), ("ordinal", 0.815), ("interval", 0.849), ("ratio", 0.797)])
+@pytest.mark.parametrize(
+    ("level", "published"), [("nominal", 0.743), ("ordinal", 0.815), ("interval", 0.849), ("ratio", 0.797)]
+)
 def test_krippendorff_alpha_matches_krippendorffs_2011_worked_example(level, published):
-    assert krippendorff_alpha(long_from_matrix(KRIPPENDORFF_2011), level=level) == pytest.approx(published, abs=5e-4)
+    assert krippendorff_alpha(long_from_matrix(KRIPPENDORFF_2011), level=level) == pytest.approx(
+        published, abs=5e-4
+    )
 
 
 def test_krippendorff_alpha_is_nan_when_undefined_and_refuses_an_unknown_level():
@@ -76,7 +93,8 @@ def interval_alpha_closed_form(matrix):
 def test_interval_alpha_closed_form_agrees_with_the_package():
     matrix = np.random.default_rng(32).integers(0, 101, (4, 30)).astype(float)
     assert interval_alpha_closed_form(matrix) == pytest.approx(
-        krippendorff.alpha(reliability_data=matrix, level_of_measurement="interval"), abs=1e-12)
+        krippendorff.alpha(reliability_data=matrix, level_of_measurement="interval"), abs=1e-12
+    )
 
 
 def test_continuous_scores_go_on_a_101_point_grid_with_a_negligible_change_in_alpha():
@@ -87,19 +105,30 @@ def test_continuous_scores_go_on_a_101_point_grid_with_a_negligible_change_in_al
     assert got == pytest.approx(interval_alpha_closed_form(matrix), abs=1e-3)
     integers = np.round(matrix)
     assert krippendorff_alpha(long_from_matrix(integers), level="interval") == pytest.approx(
-        interval_alpha_closed_form(integers), abs=1e-12)
+        interval_alpha_closed_form(integers), abs=1e-12
+    )
 
 
 def test_alpha_level_follows_the_scale_of_each_test_kind():
-    assert [alpha_level_for(k) for k in ("mushra", "mos", "smos", "cmos")] == ["interval", "ordinal", "ordinal",
-                                                                                 "interval"]
+    assert [alpha_level_for(k) for k in ("mushra", "mos", "smos", "cmos")] == [
+        "interval",
+        "ordinal",
+        "ordinal",
+        "interval",
+    ]
 
 
 def test_icc_matches_shrout_and_fleiss_1979_worked_example_and_names_both_conventions():
     # Published for the Table 2 data (S&F 1979, two decimals): .17 .29 .71 .44 .62 .91.
     table = icc(long_from_matrix(SHROUT_FLEISS, rows_are="unit")).set_index("shrout_fleiss")
-    published = {"ICC(1,1)": 0.17, "ICC(2,1)": 0.29, "ICC(3,1)": 0.71, "ICC(1,k)": 0.44, "ICC(2,k)": 0.62,
-                 "ICC(3,k)": 0.91}
+    published = {
+        "ICC(1,1)": 0.17,
+        "ICC(2,1)": 0.29,
+        "ICC(3,1)": 0.71,
+        "ICC(1,k)": 0.44,
+        "ICC(2,k)": 0.62,
+        "ICC(3,k)": 0.91,
+    }
     for name, value in published.items():
         assert table.loc[name, "icc"] == pytest.approx(value, abs=0.005), name
     assert list(table["mcgraw_wong"]) == ["ICC(1)", "ICC(A,1)", "ICC(C,1)", "ICC(k)", "ICC(A,k)", "ICC(C,k)"]
@@ -110,7 +139,9 @@ def test_icc_matches_shrout_and_fleiss_1979_worked_example_and_names_both_conven
 
 
 def test_icc_on_an_incomplete_design_uses_the_largest_complete_block_and_says_so():
-    matrix = np.vstack([np.asarray(SHROUT_FLEISS, float).T, [[3, NAN, NAN, NAN, NAN, 4]]])  # a 5th, sparse listener
+    matrix = np.vstack(
+        [np.asarray(SHROUT_FLEISS, float).T, [[3, NAN, NAN, NAN, NAN, 4]]]
+    )  # a 5th, sparse listener
     table = icc(long_from_matrix(matrix)).set_index("shrout_fleiss")
     assert table.loc["ICC(2,1)", "icc"] == pytest.approx(0.29, abs=0.005)
     assert "6 units × 4 listeners, 24 of 26 rated cells" in table.loc["ICC(2,1)", "note"]
@@ -136,7 +167,11 @@ def test_gwet_ac1_and_generalised_kappa_match_gwets_handbook_example_with_missin
     # fleiss.kappa.raw): pa = 0.818, AC1 pe = 0.190, AC1 = 0.775; Fleiss pe = 0.239, kappa = 0.761.
     counts = counts_from_raw(np.asarray(KRIPPENDORFF_2011, float).T, categories=[1, 2, 3, 4, 5])
     out = agreement_coefficients(counts)
-    assert out["n_units"] == 12 and out["n_units_multi"] == 11 and (out["raters_min"], out["raters_max"]) == (1, 4)
+    assert (
+        out["n_units"] == 12
+        and out["n_units_multi"] == 11
+        and (out["raters_min"], out["raters_max"]) == (1, 4)
+    )
     assert out["percent_agreement"] == pytest.approx(9 / 11, abs=1e-12)  # 0.818
     assert out["pe_gwet"] == pytest.approx(0.190, abs=5e-4)
     assert out["gwet_ac1"] == pytest.approx(0.775, abs=5e-4)
@@ -159,10 +194,14 @@ def test_ac1_stays_high_when_kappa_collapses_on_rare_flags():
 
 def flag_frames():
     """6 stimuli × 5 listeners; stimulus s0 flagged by all, the rest by nobody but one 'buzz' on s1."""
-    presented = pd.DataFrame([(f"l{l}", f"s{s}", f"i{s}", "sys", "system", 4.0) for s in range(6) for l in range(5)],
-                             columns=["listener", "stimulus", "item", "system", "role", "duration_s"])
-    flags = pd.DataFrame([(f"l{l}", "s0", 1.0, 1.5, "click") for l in range(5)] + [("l0", "s1", 0.2, 0.3, "buzz")],
-                         columns=["listener", "stimulus", "start_s", "end_s", "category"])
+    presented = pd.DataFrame(
+        [(f"l{l}", f"s{s}", f"i{s}", "sys", "system", 4.0) for s in range(6) for l in range(5)],
+        columns=["listener", "stimulus", "item", "system", "role", "duration_s"],
+    )
+    flags = pd.DataFrame(
+        [(f"l{l}", "s0", 1.0, 1.5, "click") for l in range(5)] + [("l0", "s1", 0.2, 0.3, "buzz")],
+        columns=["listener", "stimulus", "start_s", "end_s", "category"],
+    )
     return flags, presented
 
 
@@ -185,12 +224,19 @@ def test_flag_category_alpha_is_one_when_listeners_name_the_same_categories():
 def test_reliability_summary_reports_ordinal_as_primary_and_interval_too_for_mos():
     rng = np.random.default_rng(30)
     truth = rng.integers(1, 6, size=15)
-    rows = [(f"l{l}", f"i{u}", "s", float(np.clip(truth[u] + rng.integers(-1, 2), 1, 5)))
-            for l in range(6) for u in range(15)]
+    rows = [
+        (f"l{l}", f"i{u}", "s", float(np.clip(truth[u] + rng.integers(-1, 2), 1, 5)))
+        for l in range(6)
+        for u in range(15)
+    ]
     ratings = pd.DataFrame(rows, columns=["listener", "item", "system", "score"])
     s = reliability_summary(ratings, kind="mos")
     assert s["primary_level"] == "ordinal" and set(s["alpha"]) == {"ordinal", "interval"}
-    assert s["alpha_primary"] == s["alpha"]["ordinal"] == pytest.approx(krippendorff_alpha(ratings, level="ordinal"))
+    assert (
+        s["alpha_primary"]
+        == s["alpha"]["ordinal"]
+        == pytest.approx(krippendorff_alpha(ratings, level="ordinal"))
+    )
     assert (s["units"], s["listeners"], s["ratings"]) == (15, 6, 90)
     assert len(s["icc"]) == 6 and s["icc"][1]["mcgraw_wong"] == "ICC(A,1)"
     assert set(reliability_summary(ratings, kind="mushra")["alpha"]) == {"interval"}
@@ -198,6 +244,7 @@ def test_reliability_summary_reports_ordinal_as_primary_and_interval_too_for_mos
 
 
 # --- fast paths against the libraries they replace --------------------------------------------------------------
+
 
 def random_incomplete(rng, *, listeners, units, values, missing, repeats=0):
     """Listeners × units ratings drawn from ``values`` with a share of cells missing (and some repeated cells)."""
@@ -215,14 +262,21 @@ def random_incomplete(rng, *, listeners, units, values, missing, repeats=0):
 
 def package_matrix(ratings, level):
     """The listeners × units matrix the krippendorff package takes (repeats: mean, or first for categories)."""
-    frame = ratings.drop_duplicates(["listener", "item", "system"]) if level in ("nominal", "ordinal") else ratings
-    return frame.pivot_table(index="listener", columns=["item", "system"], values="score",
-                             aggfunc="mean").to_numpy(float)
+    frame = (
+        ratings.drop_duplicates(["listener", "item", "system"])
+        if level in ("nominal", "ordinal")
+        else ratings
+    )
+    return frame.pivot_table(
+        index="listener", columns=["item", "system"], values="score", aggfunc="mean"
+    ).to_numpy(float)
 
 
 @pytest.mark.parametrize("level", ["nominal", "ordinal", "interval", "ratio"])
-@pytest.mark.parametrize(("values", "missing"), [(np.arange(1.0, 6.0), 0.3), (np.arange(0.0, 101.0), 0.5),
-                                                 (np.linspace(-3, 3, 13), 0.7)])
+@pytest.mark.parametrize(
+    ("values", "missing"),
+    [(np.arange(1.0, 6.0), 0.3), (np.arange(0.0, 101.0), 0.5), (np.linspace(-3, 3, 13), 0.7)],
+)
 def test_alpha_equals_the_krippendorff_package_on_random_data_with_missing_cells(level, values, missing):
     rng = np.random.default_rng(int(100 * missing) + len(values))
     ratings = random_incomplete(rng, listeners=12, units=35, values=values, missing=missing, repeats=20)
@@ -240,24 +294,41 @@ def test_alpha_on_the_101_point_grid_equals_the_package_on_the_gridded_matrix():
     low, step = values.min(), np.ptp(values) / 100
     gridded = low + np.round((matrix - low) / step) * step
     expected = krippendorff.alpha(reliability_data=gridded, level_of_measurement="interval")
-    assert krippendorff_alpha(long_from_matrix(matrix), level="interval") == pytest.approx(expected, abs=1e-12)
+    assert krippendorff_alpha(long_from_matrix(matrix), level="interval") == pytest.approx(
+        expected, abs=1e-12
+    )
 
 
 def test_flag_category_alpha_equals_the_package_on_the_listeners_by_stimuli_matrix():
     rng = np.random.default_rng(34)
-    presented = pd.DataFrame([(f"l{l}", f"s{s}", f"i{s}", "sys", "system", 4.0) for s in range(40) for l in range(9)
-                              if rng.random() < 0.8],
-                             columns=["listener", "stimulus", "item", "system", "role", "duration_s"])
+    presented = pd.DataFrame(
+        [
+            (f"l{l}", f"s{s}", f"i{s}", "sys", "system", 4.0)
+            for s in range(40)
+            for l in range(9)
+            if rng.random() < 0.8
+        ],
+        columns=["listener", "stimulus", "item", "system", "role", "duration_s"],
+    )
     picked = presented.sample(60, random_state=3)
-    flags = pd.DataFrame({"listener": picked["listener"], "stimulus": picked["stimulus"], "start_s": 1.0,
-                          "end_s": 1.0 + rng.uniform(0.1, 0.5, 60),
-                          "category": rng.choice(["click", "buzz", "hum"], 60)})
+    flags = pd.DataFrame(
+        {
+            "listener": picked["listener"],
+            "stimulus": picked["stimulus"],
+            "start_s": 1.0,
+            "end_s": 1.0 + rng.uniform(0.1, 0.5, 60),
+            "category": rng.choice(["click", "buzz", "hum"], 60),
+        }
+    )
     from evalsite.analysis.flags import presentation_flags
 
     pres = presentation_flags(flags, presented)
     labels = pres["category"].where(pres["flagged"], "none").astype(str)
-    matrix = (pres.assign(code=pd.factorize(labels, sort=True)[0].astype(float))
-              .pivot_table(index="listener", columns="stimulus", values="code", aggfunc="first").to_numpy(float))
+    matrix = (
+        pres.assign(code=pd.factorize(labels, sort=True)[0].astype(float))
+        .pivot_table(index="listener", columns="stimulus", values="code", aggfunc="first")
+        .to_numpy(float)
+    )
     expected = krippendorff.alpha(reliability_data=matrix, level_of_measurement="nominal")
     assert flag_category_alpha(flags, presented) == pytest.approx(expected, abs=1e-12)
     assert flag_category_alpha(flags, presented, presentations=pres) == flag_category_alpha(flags, presented)
@@ -284,23 +355,38 @@ def test_icc_equals_pingouin_on_the_same_largest_complete_block_of_random_incomp
     import pingouin
 
     rng = np.random.default_rng(40 + seed)
-    ratings = random_incomplete(rng, listeners=9, units=28, values=np.arange(0.0, 101.0), missing=0.15 + 0.05 * seed,
-                                repeats=5)
+    ratings = random_incomplete(
+        rng, listeners=9, units=28, values=np.arange(0.0, 101.0), missing=0.15 + 0.05 * seed, repeats=5
+    )
     wide = ratings.pivot_table(index=["item", "system"], columns="listener", values="score", aggfunc="mean")
     block = greedy_block_reference(wide)
     table = icc(ratings).set_index("mcgraw_wong")
     assert (table["n_units"] == block.shape[0]).all() and (table["k_raters"] == block.shape[1]).all()
-    long = block.reset_index(drop=True).rename_axis("unit").reset_index().melt(id_vars="unit", var_name="rater",
-                                                                               value_name="score")
-    rounded = pingouin.intraclass_corr(data=long, targets="unit", raters="rater", ratings="score").set_index("Type")
+    long = (
+        block.reset_index(drop=True)
+        .rename_axis("unit")
+        .reset_index()
+        .melt(id_vars="unit", var_name="rater", value_name="score")
+    )
+    rounded = pingouin.intraclass_corr(data=long, targets="unit", raters="rater", ratings="score").set_index(
+        "Type"
+    )
     saved = pingouin.options.get("round.column.CI95")
     pingouin.options["round.column.CI95"] = None  # pingouin rounds its interval to 2 decimals by default
     try:
-        exact = pingouin.intraclass_corr(data=long, targets="unit", raters="rater", ratings="score").set_index("Type")
+        exact = pingouin.intraclass_corr(
+            data=long, targets="unit", raters="rater", ratings="score"
+        ).set_index("Type")
     finally:
         pingouin.options["round.column.CI95"] = saved
-    names = {"ICC(1,1)": "ICC(1)", "ICC(A,1)": "ICC(A,1)", "ICC(C,1)": "ICC(C,1)", "ICC(1,k)": "ICC(k)",
-             "ICC(A,k)": "ICC(A,k)", "ICC(C,k)": "ICC(C,k)"}
+    names = {
+        "ICC(1,1)": "ICC(1)",
+        "ICC(A,1)": "ICC(A,1)",
+        "ICC(C,1)": "ICC(C,1)",
+        "ICC(1,k)": "ICC(k)",
+        "ICC(A,k)": "ICC(A,k)",
+        "ICC(C,k)": "ICC(C,k)",
+    }
     for theirs, ours in names.items():
         row = table.loc[ours]
         assert row["icc"] == pytest.approx(exact.loc[theirs, "ICC"], abs=1e-12)
@@ -331,6 +417,12 @@ def test_reliability_summary_counts_units_listeners_and_ratings_of_a_cmos_frame(
     cmos = pd.concat([ratings.assign(comparison="ref"), ratings.assign(comparison="base")])
     s = reliability_summary(cmos, kind="cmos")
     assert (s["units"], s["listeners"], s["ratings"]) == (42, 6, 2 * len(ratings))
-    assert s["alpha"]["interval"] == pytest.approx(krippendorff.alpha(
-        reliability_data=cmos.pivot_table(index="listener", columns=["item", "system", "comparison"], values="score",
-                                          aggfunc="mean").to_numpy(float), level_of_measurement="interval"), abs=1e-12)
+    assert s["alpha"]["interval"] == pytest.approx(
+        krippendorff.alpha(
+            reliability_data=cmos.pivot_table(
+                index="listener", columns=["item", "system", "comparison"], values="score", aggfunc="mean"
+            ).to_numpy(float),
+            level_of_measurement="interval",
+        ),
+        abs=1e-12,
+    )

@@ -24,11 +24,15 @@ def good_listener(rng, listener, *, ref=None, anchor=None):
     ref, anchor, rows = ref or {}, anchor or {}, []
     for item in range(N_ITEMS):
         offset = rng.normal(0, 5)
-        rows += [(listener, item, "ref", "hidden_reference", ref.get(item, rng.uniform(92, 100))),
-                 (listener, item, "lp70", "anchor_lp70", anchor.get(item, np.clip(rng.normal(60, 6), 0, 100))),
-                 (listener, item, "lp35", "anchor_lp35", np.clip(rng.normal(20, 6), 0, 100))]
-        rows += [(listener, item, s, "system", np.clip(m + offset + rng.normal(0, 8), 0, 100))
-                 for s, m in SYSTEMS.items()]
+        rows += [
+            (listener, item, "ref", "hidden_reference", ref.get(item, rng.uniform(92, 100))),
+            (listener, item, "lp70", "anchor_lp70", anchor.get(item, np.clip(rng.normal(60, 6), 0, 100))),
+            (listener, item, "lp35", "anchor_lp35", np.clip(rng.normal(20, 6), 0, 100)),
+        ]
+        rows += [
+            (listener, item, s, "system", np.clip(m + offset + rng.normal(0, 8), 0, 100))
+            for s, m in SYSTEMS.items()
+        ]
     return rows
 
 
@@ -68,10 +72,16 @@ def test_planted_bad_listeners_are_excluded_with_the_right_reasons_and_good_ones
 
 def test_reasons_are_sentences_with_the_numbers(panel):
     ex = screen_listeners(panel, kind="mushra").excluded.set_index(["listener", "rule"])["reason"]
-    assert ex[("bad_ref", "bs1534_reference")] == "rated the hidden reference below 90 on 6 of 20 items (30 % > 15 %)"
+    assert (
+        ex[("bad_ref", "bs1534_reference")]
+        == "rated the hidden reference below 90 on 6 of 20 items (30 % > 15 %)"
+    )
     assert ex[("bad_anchor", "bs1534_anchor")] == (
-        "rated the mid-range anchor (anchor_lp70) above 90 on 8 of 20 items (40 % > 15 %)")
-    assert ex[("constant", "constant")].startswith("scores of system stimuli have SD 0.00 over 60 ratings (< 5)")
+        "rated the mid-range anchor (anchor_lp70) above 90 on 8 of 20 items (40 % > 15 %)"
+    )
+    assert ex[("constant", "constant")].startswith(
+        "scores of system stimuli have SD 0.00 over 60 ratings (< 5)"
+    )
     assert "Spearman correlation with the other listeners' mean is" in ex[("random", "agreement")]
 
 
@@ -80,7 +90,9 @@ def test_agreement_rule_records_where_it_could_not_be_applied(panel):
     row = s.not_applied.set_index(["listener", "rule"]).loc[("constant", "agreement"), "reason"]
     assert "constant" in row
     few = panel.loc[panel["item"] < 1]  # 6 cells per listener
-    s = screen_listeners(few, kind="mushra", rules=ScreeningRules(agreement=AgreementRule(min_common_cells=10)))
+    s = screen_listeners(
+        few, kind="mushra", rules=ScreeningRules(agreement=AgreementRule(min_common_cells=10))
+    )
     assert set(s.not_applied.loc[s.not_applied["rule"] == "agreement", "listener"]) == set(panel["listener"])
     assert "only 6 cells shared" in s.not_applied["reason"].iloc[-1]
 
@@ -97,8 +109,9 @@ def test_anchor_rule_leaves_out_items_where_most_listeners_rate_the_anchor_high(
     only_bs = dict(qc=None, constant=None, agreement=None)
     guarded = screen_listeners(ratings, kind="mushra", rules=ScreeningRules(**only_bs))
     assert guarded.excluded.empty and len(guarded.kept_listeners) == 10
-    unguarded = screen_listeners(ratings, kind="mushra",
-                                 rules=ScreeningRules(bs1534=Bs1534Rule(anchor_item_guard=1.0), **only_bs))
+    unguarded = screen_listeners(
+        ratings, kind="mushra", rules=ScreeningRules(bs1534=Bs1534Rule(anchor_item_guard=1.0), **only_bs)
+    )
     assert list(unguarded.excluded["listener"]) == ["l0"]
     assert "on 4 of 20 items (20 % > 15 %)" in unguarded.excluded["reason"].iloc[0]
     # a listener over the limit on the unguarded items is told how many items were left out
@@ -107,7 +120,8 @@ def test_anchor_rule_leaves_out_items_where_most_listeners_rate_the_anchor_high(
     assert list(s.excluded["listener"]) == ["l_bad"]
     assert s.excluded["reason"].iloc[0] == (
         "rated the mid-range anchor (anchor_lp70) above 90 on 3 of 18 items (17 % > 15 %); 2 item(s) where more "
-        "than 25 % of listeners rated the anchor above 90 were left out")
+        "than 25 % of listeners rated the anchor above 90 were left out"
+    )
 
 
 def test_bs1534_rule_says_it_could_not_run_without_a_mid_anchor(panel):
@@ -126,34 +140,52 @@ def test_bs1534_rule_runs_for_mushra_only():
 
 
 def mos_panel(rng, n=8, items=20):
-    rows = [(f"p{k}", i, s, "system", float(np.clip(round(m + rng.normal(0, 0.7)), 1, 5)))
-            for k in range(n) for i in range(items) for s, m in {"x": 4.0, "y": 2.5}.items()]
+    rows = [
+        (f"p{k}", i, s, "system", float(np.clip(round(m + rng.normal(0, 0.7)), 1, 5)))
+        for k in range(n)
+        for i in range(items)
+        for s, m in {"x": 4.0, "y": 2.5}.items()
+    ]
     return pd.DataFrame(rows, columns=["listener", "item", "system", "role", "score"])
 
 
 def test_gold_and_trapping_failures_exclude_above_the_allowed_number():
     ratings = mos_panel(np.random.default_rng(23))
-    qc = {"p0": {"gold": {"passed": 2, "total": 3}, "trapping": {"passed": 2, "total": 2}},
-          "p1": {"gold": {"passed": 3, "total": 3}, "trapping": {"passed": 0, "total": 2}},
-          "p2": {"gold": {"passed": 3, "total": 3}}, "nobody": {"gold": {"passed": 0, "total": 3}}}
+    qc = {
+        "p0": {"gold": {"passed": 2, "total": 3}, "trapping": {"passed": 2, "total": 2}},
+        "p1": {"gold": {"passed": 3, "total": 3}, "trapping": {"passed": 0, "total": 2}},
+        "p2": {"gold": {"passed": 3, "total": 3}},
+        "nobody": {"gold": {"passed": 0, "total": 3}},
+    }
     s = screen_listeners(ratings, kind="mos", qc=qc)
     assert s.excluded[["listener", "rule", "reason"]].values.tolist() == [
         ["p0", "qc_gold", "failed 1 of 3 gold questions (more than 0 allowed)"],
-        ["p1", "qc_trapping", "failed 2 of 2 trapping questions (more than 0 allowed)"]]
+        ["p1", "qc_trapping", "failed 2 of 2 trapping questions (more than 0 allowed)"],
+    ]
     lenient = screen_listeners(ratings, kind="mos", qc=qc, rules=ScreeningRules(qc=QcRule(max_failures=1)))
     assert list(lenient.excluded["listener"]) == ["p1"]
 
 
 def test_same_answer_on_almost_every_trial_is_a_constant_rater_even_with_some_spread():
     ratings = mos_panel(np.random.default_rng(24))
-    straight = pd.DataFrame({"listener": "lazy", "item": range(40), "system": ["x", "y"] * 20, "role": "system",
-                             "score": [4.0] * 38 + [1.0, 1.0]})
+    straight = pd.DataFrame(
+        {
+            "listener": "lazy",
+            "item": range(40),
+            "system": ["x", "y"] * 20,
+            "role": "system",
+            "score": [4.0] * 38 + [1.0, 1.0],
+        }
+    )
     s = screen_listeners(pd.concat([ratings, straight]), kind="mos")
     row = s.excluded.set_index("listener").loc["lazy"]
     assert row["rule"] == "constant"
     assert row["reason"] == "gave the same answer (4) on 38 of 40 trials (95 % > 90 %)"
-    relaxed = screen_listeners(pd.concat([ratings, straight]), kind="mos",
-                               rules=ScreeningRules(constant=ConstantRule(max_same_share=0.96)))
+    relaxed = screen_listeners(
+        pd.concat([ratings, straight]),
+        kind="mos",
+        rules=ScreeningRules(constant=ConstantRule(max_same_share=0.96)),
+    )
     assert "lazy" in relaxed.kept_listeners
 
 
@@ -166,7 +198,9 @@ def test_switched_off_rules_do_not_run_and_the_rules_used_can_be_printed(panel):
     assert any("SD of system scores below 5" in t for t in text)
     assert not any("gold" in t for t in text)  # no QC data given: the QC rule did not run
     params = screen_listeners(panel, kind="mushra").parameters()
-    assert params["bs1534"]["max_share"] == 0.15 and params["constant"]["min_sd"] == 5.0 and params["qc"] is None
+    assert (
+        params["bs1534"]["max_share"] == 0.15 and params["constant"]["min_sd"] == 5.0 and params["qc"] is None
+    )
     assert screen_listeners(panel, kind="mos", qc={"good0": {}}).parameters()["bs1534"] is None
     json.dumps(params)
 
@@ -182,6 +216,7 @@ def test_apply_screening_keeps_only_kept_listeners_so_scores_can_be_shown_both_w
 
 
 # --- the vectorised rules against the per-listener loops they replace -------------------------------------------
+
 
 def agreement_reference(frame, rule):
     """The agreement rule as first written: a boolean mask and a SciPy call per listener."""
@@ -219,7 +254,9 @@ def messy_panel(seed):
             for s, m in SYSTEMS.items():
                 if rng.random() < 0.25:
                     continue
-                score = round(float(np.clip(m + 20 * taste * (s == "sys_c") + rng.normal(0, 15), 0, 100)) / 5) * 5
+                score = (
+                    round(float(np.clip(m + 20 * taste * (s == "sys_c") + rng.normal(0, 15), 0, 100)) / 5) * 5
+                )
                 rows.append((f"p{k:02d}", item, s, "system", score))
     rows += [("flat", item, s, "system", 40.0) for item in range(6) for s in SYSTEMS]
     rows += [("late", 0, "sys_a", "system", 70.0), ("late", 0, "sys_b", "system", 20.0)]
@@ -240,7 +277,8 @@ def test_the_agreement_rule_decides_as_the_per_listener_scipy_loop(method, seed)
     for e in found:
         assert f"is {dict((l, r) for l, r, _ in judged)[e['listener']]} over" in e["reason"]
     assert [(e["listener"], e["reason"].split(" cells")[0].split(" scores")[0]) for e in missed] == [
-        (l, "only " + why.split()[1] if why.startswith("only") else "constant") for l, why in skipped]
+        (l, "only " + why.split()[1] if why.startswith("only") else "constant") for l, why in skipped
+    ]
 
 
 def test_the_vectorised_spearman_equals_scipy_per_listener():
@@ -268,16 +306,25 @@ def test_a_correlation_exactly_at_the_threshold_is_decided_as_scipy_decides_it()
     cell = cell.join(totals, on=["item", "system"]).query("count >= 2")
     mine = cell.loc[cell["listener"] == "p03"]
     r = float(sps.spearmanr(mine["score"], (mine["sum"] - mine["score"]) / (mine["count"] - 1))[0])
-    at, above = _agreement(ratings, AgreementRule(min_r=r))[0], _agreement(ratings, AgreementRule(
-        min_r=float(np.nextafter(r, 2.0))))[0]
+    at, above = (
+        _agreement(ratings, AgreementRule(min_r=r))[0],
+        _agreement(ratings, AgreementRule(min_r=float(np.nextafter(r, 2.0))))[0],
+    )
     assert "p03" not in {e["listener"] for e in at}  # r < r is false
     assert "p03" in {e["listener"] for e in above}
 
 
 def test_the_constant_rule_decides_as_the_per_listener_loop():
     ratings = messy_panel(75)
-    lazy = pd.DataFrame({"listener": "lazy", "item": range(30), "system": "sys_a", "role": "system",
-                         "score": [60.0] * 28 + [10.0, 90.0]})
+    lazy = pd.DataFrame(
+        {
+            "listener": "lazy",
+            "item": range(30),
+            "system": "sys_a",
+            "role": "system",
+            "score": [60.0] * 28 + [10.0, 90.0],
+        }
+    )
     ratings = pd.concat([ratings, lazy, ratings.assign(role="hidden_reference").head(40)])
     s = screen_listeners(ratings, kind="mushra", rules=ScreeningRules(bs1534=None, agreement=None))
     system = ratings.loc[ratings["role"] == "system"]
@@ -292,4 +339,7 @@ def test_the_constant_rule_decides_as_the_per_listener_loop():
             expected[listener] = (np.std(x, ddof=1), counts.max())
     assert set(s.excluded["listener"]) == set(expected) == {"flat", "lazy"}
     assert set(s.not_applied.loc[s.not_applied["rule"] == "constant", "listener"]) == too_few == {"late"}
-    assert "gave the same answer (60) on 28 of 30 trials" in s.excluded.set_index("listener").loc["lazy", "reason"]
+    assert (
+        "gave the same answer (60) on 28 of 30 trials"
+        in s.excluded.set_index("listener").loc["lazy", "reason"]
+    )

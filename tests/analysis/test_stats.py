@@ -19,17 +19,23 @@ from evalsite.analysis.stats import (
 )
 
 
-def crossed_ratings(rng, *, listeners=20, items=12, effects=None, listener_sd=0.5, item_sd=0.3, noise_sd=0.5,
-                    mean=3.0):
+def crossed_ratings(
+    rng, *, listeners=20, items=12, effects=None, listener_sd=0.5, item_sd=0.3, noise_sd=0.5, mean=3.0
+):
     """Every listener rates every item for every system: mean + effect + listener + item + noise."""
     effects = effects or {"a": 0.0}
     le, ie = rng.normal(0, listener_sd, listeners), rng.normal(0, item_sd, items)
-    rows = [(f"l{l:02d}", f"i{i:02d}", s, mean + e + le[l] + ie[i] + rng.normal(0, noise_sd))
-            for l in range(listeners) for i in range(items) for s, e in effects.items()]
+    rows = [
+        (f"l{l:02d}", f"i{i:02d}", s, mean + e + le[l] + ie[i] + rng.normal(0, noise_sd))
+        for l in range(listeners)
+        for i in range(items)
+        for s, e in effects.items()
+    ]
     return pd.DataFrame(rows, columns=["listener", "item", "system", "score"])
 
 
 # --- system_scores -----------------------------------------------------------------------------------------
+
 
 def test_t_interval_matches_scipy_over_all_votes():
     r = crossed_ratings(np.random.default_rng(1), effects={"a": 0.0, "b": 1.0})
@@ -49,14 +55,18 @@ def test_mushra_rows_carry_median_and_quartiles_and_the_role():
     r["role"] = "system"
     out = system_scores(r, kind="mushra", n_boot=0).iloc[0]
     q1, med, q3 = np.percentile(r["score"], [25, 50, 75])
-    assert (out["q1"], out["median"], out["q3"], out["iqr"]) == pytest.approx((q1, med, q3, q3 - q1), abs=1e-12)
+    assert (out["q1"], out["median"], out["q3"], out["iqr"]) == pytest.approx(
+        (q1, med, q3, q3 - q1), abs=1e-12
+    )
     assert out["role"] == "system"
     assert "median" not in system_scores(r, kind="mos", n_boot=0)
 
 
 def test_cluster_bootstrap_equals_explicit_resampling_of_listeners_and_items():
     rng = np.random.default_rng(3)
-    r = crossed_ratings(rng, listeners=5, items=4, effects={"a": 0.0, "b": 0.5}).sample(frac=0.8, random_state=1)
+    r = crossed_ratings(rng, listeners=5, items=4, effects={"a": 0.0, "b": 0.5}).sample(
+        frac=0.8, random_state=1
+    )
     n_boot, seed = 50, 11
     draws = np.random.default_rng(seed)
     listeners, items = sorted(r["listener"].unique()), sorted(r["item"].unique())
@@ -64,8 +74,9 @@ def test_cluster_bootstrap_equals_explicit_resampling_of_listeners_and_items():
     di = draws.integers(0, len(items), size=(n_boot, len(items)))
     explicit = {"a": [], "b": []}
     for b in range(n_boot):
-        resample = pd.concat([r.loc[(r["listener"] == listeners[l]) & (r["item"] == items[i])]
-                              for l in dl[b] for i in di[b]])
+        resample = pd.concat(
+            [r.loc[(r["listener"] == listeners[l]) & (r["item"] == items[i])] for l in dl[b] for i in di[b]]
+        )
         for s in explicit:
             x = resample.loc[resample["system"] == s, "score"]
             explicit[s].append(x.mean() if len(x) else np.nan)
@@ -101,18 +112,25 @@ def test_bootstrap_interval_covers_the_true_mean_while_the_vote_t_interval_does_
 def test_bootstrap_interval_widens_when_listeners_disagree():
     agree = crossed_ratings(np.random.default_rng(6), listener_sd=0.05)
     disagree = crossed_ratings(np.random.default_rng(6), listener_sd=1.0)
-    w = [float((s := system_scores(r, kind="mos", n_boot=500)).loc[0, "boot_high"] - s.loc[0, "boot_low"])
-         for r in (agree, disagree)]
+    w = [
+        float((s := system_scores(r, kind="mos", n_boot=500)).loc[0, "boot_high"] - s.loc[0, "boot_low"])
+        for r in (agree, disagree)
+    ]
     assert w[1] > 2 * w[0]
 
 
 def test_the_bootstrap_handles_50000_ratings_of_ten_systems():
     # Its speed is measured in benchmarks/analysis_pages.py, not asserted here.
-    r = crossed_ratings(np.random.default_rng(7), listeners=100, items=50,
-                        effects={f"s{k}": 0.1 * k for k in range(10)})
+    r = crossed_ratings(
+        np.random.default_rng(7), listeners=100, items=50, effects={f"s{k}": 0.1 * k for k in range(10)}
+    )
     assert len(r) == 50_000
     out = system_scores(r, kind="mos", n_boot=2000)
-    assert out["boot_low"].notna().all() and (out["boot_low"] < out["mean"]).all() and (out["mean"] < out["boot_high"]).all()
+    assert (
+        out["boot_low"].notna().all()
+        and (out["boot_low"] < out["mean"]).all()
+        and (out["mean"] < out["boot_high"]).all()
+    )
 
 
 def test_cmos_scores_are_reported_per_system_and_comparison():
@@ -120,7 +138,9 @@ def test_cmos_scores_are_reported_per_system_and_comparison():
     r = pd.concat([r.assign(comparison="ref"), r.assign(comparison="base", score=r["score"] - 1)])
     out = system_scores(r, kind="cmos", n_boot=100)
     assert list(zip(out["system"], out["comparison"])) == [("x", "base"), ("x", "ref")]
-    assert out["mean"].to_numpy() == pytest.approx([r["score"].mean() - 0.5, r["score"].mean() + 0.5], abs=1e-9)
+    assert out["mean"].to_numpy() == pytest.approx(
+        [r["score"].mean() - 0.5, r["score"].mean() + 0.5], abs=1e-9
+    )
 
 
 def test_unknown_kind_and_missing_columns_are_refused_with_names():
@@ -132,16 +152,25 @@ def test_unknown_kind_and_missing_columns_are_refused_with_names():
 
 # --- ab_preference -----------------------------------------------------------------------------------------
 
+
 def ab_frame(wins, losses, ties, a="x", b="y"):
     """AB answers presented half as (a, b) and half as (b, a)."""
     labels = [a] * wins + [b] * losses + [None] * ties
-    return pd.DataFrame({"listener": range(len(labels)), "item": "i",
-                         "a": [a if k % 2 else b for k in range(len(labels))],
-                         "b": [b if k % 2 else a for k in range(len(labels))], "preferred": labels})
+    return pd.DataFrame(
+        {
+            "listener": range(len(labels)),
+            "item": "i",
+            "a": [a if k % 2 else b for k in range(len(labels))],
+            "b": [b if k % 2 else a for k in range(len(labels))],
+            "preferred": labels,
+        }
+    )
 
 
-@pytest.mark.parametrize(("wins", "n", "low", "high"), [(81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605),
-                                                        (0, 20, 0.0, 0.1611), (1, 29, 0.0061, 0.1718)])
+@pytest.mark.parametrize(
+    ("wins", "n", "low", "high"),
+    [(81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605), (0, 20, 0.0, 0.1611), (1, 29, 0.0061, 0.1718)],
+)
 def test_wilson_interval_matches_newcombe_1998_table_1(wins, n, low, high):
     row = ab_preference(ab_frame(wins, n - wins, ties=5)).iloc[0]
     assert row["decided"] == n and row["ties"] == 5
@@ -149,7 +178,9 @@ def test_wilson_interval_matches_newcombe_1998_table_1(wins, n, low, high):
     z, p = sps.norm.ppf(0.975), wins / n  # Wilson (1927) score interval, closed form
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    assert (row["ci_low"], row["ci_high"]) == pytest.approx((max(0.0, centre - half), centre + half), abs=1e-12)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(
+        (max(0.0, centre - half), centre + half), abs=1e-12
+    )
 
 
 def test_sign_test_drops_ties_and_pairs_are_put_in_canonical_order():
@@ -177,6 +208,7 @@ def test_a_preferred_label_that_is_neither_system_is_refused():
 
 # --- pairwise_tests ----------------------------------------------------------------------------------------
 
+
 def test_holm_adjust_reproduces_the_textbook_example():
     # Holm (1979) as worked on Wikipedia's "Holm–Bonferroni method": p = .01, .04, .03, .005 at alpha .05
     # rejects H1 and H4; the adjusted p-values are 4·.005, 3·.01, max(2·.03, ·), max(1·.04, .06).
@@ -190,7 +222,9 @@ def test_pairwise_wilcoxon_matches_scipy_on_listener_item_pairs():
     rng = np.random.default_rng(9)
     r = crossed_ratings(rng, listeners=15, items=6, effects={"a": 0.0, "b": 0.3, "c": 0.31})
     r["score"] = r["score"].round()  # 5-point-like: ties and zero differences
-    r = pd.concat([r, r.sample(30, random_state=2).assign(score=lambda d: d["score"] + 1)])  # repeats get averaged
+    r = pd.concat(
+        [r, r.sample(30, random_state=2).assign(score=lambda d: d["score"] + 1)]
+    )  # repeats get averaged
     out = pairwise_tests(r, kind="mos").set_index(["system_a", "system_b"])
     wide = r.pivot_table(index=["listener", "item"], columns="system", values="score", aggfunc="mean")
     raw = []
@@ -241,8 +275,15 @@ MIXED_FITS = [mixed_effects, crossed_mixed_model]
 @pytest.mark.parametrize("fit", MIXED_FITS)
 def test_mixed_model_recovers_planted_system_effects_and_variance_components(fit):
     planted = {"base": 0.0, "better": 0.5, "worse": -0.3}
-    r = crossed_ratings(np.random.default_rng(14), listeners=40, items=25, effects=planted,
-                        listener_sd=0.6, item_sd=0.4, noise_sd=0.5)
+    r = crossed_ratings(
+        np.random.default_rng(14),
+        listeners=40,
+        items=25,
+        effects=planted,
+        listener_sd=0.6,
+        item_sd=0.4,
+        noise_sd=0.5,
+    )
     res = fit(r, baseline="base")
     assert res["ok"] and res["converged"] and res["reason"] is None
     effects = {e["system"]: e for e in res["effects"]}
@@ -285,8 +326,15 @@ def test_mixed_model_reports_not_ok_on_degenerate_input(case, fit):
 @pytest.mark.parametrize("seed", range(3))
 def test_the_crossed_mixed_model_equals_statsmodels_on_random_data_with_missing_cells_and_repeats(seed):
     rng = np.random.default_rng(60 + seed)
-    r = crossed_ratings(rng, listeners=12, items=8, effects={"a": 0.0, "b": 0.4, "c": 0.9, "d": -0.2},
-                        listener_sd=0.5, item_sd=0.35, noise_sd=0.6)
+    r = crossed_ratings(
+        rng,
+        listeners=12,
+        items=8,
+        effects={"a": 0.0, "b": 0.4, "c": 0.9, "d": -0.2},
+        listener_sd=0.5,
+        item_sd=0.35,
+        noise_sd=0.6,
+    )
     r = r.sample(frac=0.7, random_state=seed)  # missing cells
     r = pd.concat([r, r.sample(15, random_state=seed).assign(score=lambda d: d["score"] + 0.3)])  # repeats
     ours, reference = crossed_mixed_model(r, baseline="b"), mixed_effects(r, baseline="b")
@@ -298,8 +346,9 @@ def test_the_crossed_mixed_model_equals_statsmodels_on_random_data_with_missing_
         assert mine["se"] == pytest.approx(theirs["se"], rel=5e-3)
         assert mine["p"] == pytest.approx(theirs["p"], rel=5e-2, abs=1e-8)
     for part in ("listener", "item", "residual"):
-        assert ours["variance_components"][part] == pytest.approx(reference["variance_components"][part], rel=2e-3,
-                                                                  abs=1e-6)
+        assert ours["variance_components"][part] == pytest.approx(
+            reference["variance_components"][part], rel=2e-3, abs=1e-6
+        )
 
 
 def test_holm_adjust_equals_statsmodels_with_ties_and_nan():
@@ -326,15 +375,18 @@ def pairwise_reference(frame):
 
 def test_pairwise_differences_equal_the_pivot_table_reference_with_missing_cells_and_repeats():
     rng = np.random.default_rng(62)
-    r = crossed_ratings(rng, listeners=20, items=9, effects={f"s{k}": 0.2 * k for k in range(6)}, mean=50,
-                        noise_sd=12)
+    r = crossed_ratings(
+        rng, listeners=20, items=9, effects={f"s{k}": 0.2 * k for k in range(6)}, mean=50, noise_sd=12
+    )
     r["score"] = r["score"].round(1)
     r = r.sample(frac=0.75, random_state=4)
     r = pd.concat([r, r.sample(40, random_state=5).assign(score=lambda d: d["score"] + 0.7)])
     out = pairwise_tests(r, kind="mushra").set_index(["system_a", "system_b"])
     for a, b, d in pairwise_reference(r):
         row = out.loc[(a, b)]
-        assert row["n_pairs"] == len(d) and row["mean_diff"] == d.mean() and row["median_diff"] == np.median(d)
+        assert (
+            row["n_pairs"] == len(d) and row["mean_diff"] == d.mean() and row["median_diff"] == np.median(d)
+        )
         ref = sps.wilcoxon(d, zero_method="pratt")
         assert row["statistic"] == ref.statistic and row["p"] == ref.pvalue
 
@@ -342,8 +394,10 @@ def test_pairwise_differences_equal_the_pivot_table_reference_with_missing_cells
 @pytest.mark.parametrize(("scale", "dtype"), [(1, np.float32), (2**20, np.float64), (0.5, None)])
 def test_the_dense_bootstrap_product_equals_the_sparse_one_bit_for_bit(scale, dtype, monkeypatch):
     rng = np.random.default_rng(63)
-    r = crossed_ratings(rng, listeners=30, items=12, effects={"a": 0.0, "b": 1.0, "c": 2.0}, mean=50, noise_sd=15)
-    r = r.sample(frac=0.8, random_state=6).assign(score=lambda d: (d["score"].round() * scale))
+    r = crossed_ratings(
+        rng, listeners=30, items=12, effects={"a": 0.0, "b": 1.0, "c": 2.0}, mean=50, noise_sd=15
+    )
+    r = r.sample(frac=0.8, random_state=6).assign(score=lambda d: d["score"].round() * scale)
     codes = stats._codes(r, ["system"])
     seen = []
     real = stats._dense_dtype
@@ -355,8 +409,9 @@ def test_the_dense_bootstrap_product_equals_the_sparse_one_bit_for_bit(scale, dt
     pd.testing.assert_frame_equal(dense, sparse_path, check_exact=True)
     means = stats._cluster_bootstrap_means(codes, r["score"].to_numpy(float), n_boot=50, seed=1)
     monkeypatch.setattr(stats, "_DENSE_BOOT_CELLS", 10**9)
-    np.testing.assert_array_equal(stats._cluster_bootstrap_means(codes, r["score"].to_numpy(float), n_boot=50, seed=1),
-                                  means)
+    np.testing.assert_array_equal(
+        stats._cluster_bootstrap_means(codes, r["score"].to_numpy(float), n_boot=50, seed=1), means
+    )
 
 
 def test_system_scores_take_the_most_frequent_role_and_count_listeners_and_items_per_system():
@@ -365,6 +420,9 @@ def test_system_scores_take_the_most_frequent_role_and_count_listeners_and_items
     r.loc[r.index[:3], "role"] = "anchor_lp70"
     r.loc[r.index[3], "role"] = None
     out = system_scores(r, kind="mushra", n_boot=0).set_index("system")
-    expected = r.groupby("system").agg(role=("role", lambda g: g.mode().iloc[0]), listeners=("listener", "nunique"),
-                                       items=("item", "nunique"))
+    expected = r.groupby("system").agg(
+        role=("role", lambda g: g.mode().iloc[0]),
+        listeners=("listener", "nunique"),
+        items=("item", "nunique"),
+    )
     assert out[["role", "listeners", "items"]].to_dict("index") == expected.to_dict("index")

@@ -81,8 +81,15 @@ class FakeApi:
     def add_run(self, name: str = "voc-a") -> dict[str, Any]:
         run_id = len(self.runs) + 1
         run = {
-            "id": run_id, "name": name, "kind": "vocoder", "model_family": "vocos", "eval_set": "ljs-mini",
-            "config": {}, "checkpoint_dir": "", "checkpoint_pattern": "", "created_at": "2025-01-01T00:00:00Z",
+            "id": run_id,
+            "name": name,
+            "kind": "vocoder",
+            "model_family": "vocos",
+            "eval_set": "ljs-mini",
+            "config": {},
+            "checkpoint_dir": "",
+            "checkpoint_pattern": "",
+            "created_at": "2025-01-01T00:00:00Z",
         }
         self.runs[run_id] = run
         self.tokens[f"run-token-{run_id}"] = run_id
@@ -92,8 +99,13 @@ class FakeApi:
     def add_alert(self, run_id: int, title: str, severity: str = "warning", step: int = 2) -> dict[str, Any]:
         cursor = sum(len(a) for a in self.alerts.values()) + 1
         alert = {
-            "cursor": cursor, "id": cursor, "rule": "metric_regressed", "severity": severity,
-            "checkpoint_step": step, "title": title, "evidence": {"metric": "mel_l1"},
+            "cursor": cursor,
+            "id": cursor,
+            "rule": "metric_regressed",
+            "severity": severity,
+            "checkpoint_step": step,
+            "title": title,
+            "evidence": {"metric": "mel_l1"},
             "links": [{"label": "checkpoint", "url": f"/runs/{run_id}/checkpoints/{step}/"}],
             "created_at": "2025-01-01T00:00:00Z",
         }
@@ -145,7 +157,11 @@ class FakeApi:
         checkpoint = self.checkpoints[key]
         if evaluate:
             self.progress.setdefault(key, ["generating", "scoring", "detecting", "done"])
-            return 202, {"jobs": [{"id": 1, "kind": "generation", "status": "queued", "error": "", "progress": 0}]}, {}
+            return (
+                202,
+                {"jobs": [{"id": 1, "kind": "generation", "status": "queued", "error": "", "progress": 0}]},
+                {},
+            )
         if self.progress.get(key):
             checkpoint["status"] = self.progress[key].pop(0)
             if checkpoint["status"] == "done":
@@ -171,11 +187,22 @@ class FakeApi:
         existing = self.checkpoints.get((run_id, step))
         if existing is not None:
             if existing["uri"] != uri or (sha256 and existing["sha256"] and existing["sha256"] != sha256):
-                return 409, {"message": f"step {step} is already registered as {existing['uri']}", "extra": {}}, {}
+                return (
+                    409,
+                    {"message": f"step {step} is already registered as {existing['uri']}", "extra": {}},
+                    {},
+                )
             return 200, existing, {}
         checkpoint = {
-            "id": len(self.checkpoints) + 1, "step": step, "uri": uri, "sha256": sha256, "status": "registered",
-            "error": "", "jobs": [], "metrics": {}, "created_at": "2025-01-01T00:00:00Z",
+            "id": len(self.checkpoints) + 1,
+            "step": step,
+            "uri": uri,
+            "sha256": sha256,
+            "status": "registered",
+            "error": "",
+            "jobs": [],
+            "metrics": {},
+            "created_at": "2025-01-01T00:00:00Z",
         }
         self.checkpoints[(run_id, step)] = checkpoint
         return 201, checkpoint, {}
@@ -184,7 +211,9 @@ class FakeApi:
         after, limit = int(query.get("after", 0)), int(query.get("limit", 100))
         results = [a for a in self.alerts[run_id] if a["cursor"] > after][:limit]
         cursor = results[-1]["cursor"] if results else after
-        etag = '"%s"' % hashlib.sha1(json.dumps([after, limit, [a["id"] for a in results]]).encode()).hexdigest()
+        etag = '"{}"'.format(
+            hashlib.sha1(json.dumps([after, limit, [a["id"] for a in results]]).encode()).hexdigest()
+        )
         if headers.get("if-none-match") == etag:
             return 304, None, {"ETag": etag}
         return 200, {"results": results, "cursor": cursor}, {"ETag": etag}
@@ -206,8 +235,11 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         seen = Seen(
-            method, parts.path, {k: v[-1] for k, v in parse_qs(parts.query).items()},
-            {k.lower(): v for k, v in self.headers.items()}, json.loads(raw) if raw else None,
+            method,
+            parts.path,
+            {k: v[-1] for k, v in parse_qs(parts.query).items()},
+            {k.lower(): v for k, v in self.headers.items()},
+            json.loads(raw) if raw else None,
         )
         with api.lock:
             api.seen.append(seen)
@@ -347,7 +379,9 @@ def test_409_raises_conflict_error(server, client):
 
 
 def test_run_create_returns_the_token_and_the_run_token_reaches_only_its_run(server, client):
-    run = client.run_create(name="voc-b", kind="vocoder", model_family="vocos", eval_set="ljs-mini", config={"lr": 1})
+    run = client.run_create(
+        name="voc-b", kind="vocoder", model_family="vocos", eval_set="ljs-mini", config={"lr": 1}
+    )
     assert run["token"] and run["config"] == {"lr": 1}
     assert [r["name"] for r in client.runs()] == ["voc-a", "voc-b"]
     with make_client(server.url, token=run["token"]) as own:
@@ -358,8 +392,16 @@ def test_run_create_returns_the_token_and_the_run_token_reaches_only_its_run(ser
 
 
 def test_500_is_retried_at_most_twice(server, client):
-    server.inject("GET", r"/api/v1/runs/1/", "status", "status", "status", "status", status=500,
-                  body={"message": "Server Error", "extra": {}})
+    server.inject(
+        "GET",
+        r"/api/v1/runs/1/",
+        "status",
+        "status",
+        "status",
+        "status",
+        status=500,
+        body={"message": "Server Error", "extra": {}},
+    )
     with pytest.raises(ServiceError, match="answered 500: Server Error") as info:
         client.run_get(1)
     assert info.value.status == 500 and info.value.attempts == 3
@@ -452,7 +494,9 @@ def test_compute_sha256_sends_the_hash_of_the_file(server, client, tmp_path):
     client.checkpoint_register(1, step=7, uri=str(path), compute_sha256=True)
 
     assert server.requests("POST", CHECKPOINTS)[0].body == {
-        "step": 7, "uri": str(path), "sha256": hashlib.sha256(data).hexdigest()
+        "step": 7,
+        "uri": str(path),
+        "sha256": hashlib.sha256(data).hexdigest(),
     }
     with pytest.raises(ValueError, match="remote URI"):
         client.checkpoint_register(1, step=8, uri="s3://bucket/step8.ckpt", compute_sha256=True)
@@ -537,8 +581,14 @@ def fit_tiny_model(tmp_path: Path, callback: Any, **checkpoint_options: Any):
         dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1, **checkpoint_options
     )
     trainer = Trainer(
-        max_steps=6, accelerator="cpu", devices=1, callbacks=[checkpoint, callback], logger=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        max_steps=6,
+        accelerator="cpu",
+        devices=1,
+        callbacks=[checkpoint, callback],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
     )
     trainer.fit(Tiny(), loader)
     return trainer
@@ -592,7 +642,11 @@ def test_lightning_callback_every_n_steps_and_uri_for_choose_what_is_registered(
 
     with make_client(server.url, token=server.run["token"]) as client:
         callback = EvalsiteCallback(
-            client, 1, every_n_steps=4, uri_for=lambda path: "s3://bucket/" + Path(path).name, alert_interval=None
+            client,
+            1,
+            every_n_steps=4,
+            uri_for=lambda path: "s3://bucket/" + Path(path).name,
+            alert_interval=None,
         )
         fit_tiny_model(tmp_path, callback)
 

@@ -19,6 +19,8 @@ import pytest
 import redis
 from django.conf import settings
 
+from tests.integration.browser import browser_fixture, shots_fixture
+
 REPO = Path(__file__).resolve().parents[2]
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672"
 VHOST_PREFIX = "evalsite-test-"
@@ -45,9 +47,13 @@ def _reachable(host: str, port: int) -> bool:
 
 @pytest.fixture(scope="session", autouse=True)
 def real_services():
-    missing = [name for name, port in (("PostgreSQL", 5432), ("Redis", 6379)) if not _reachable("127.0.0.1", port)]
+    missing = [
+        name for name, port in (("PostgreSQL", 5432), ("Redis", 6379)) if not _reachable("127.0.0.1", port)
+    ]
     if missing:
-        _missing_service(f"{' and '.join(missing)} not reachable on 127.0.0.1; integration tests need the real services")
+        _missing_service(
+            f"{' and '.join(missing)} not reachable on 127.0.0.1; integration tests need the real services"
+        )
     # Stale messages from an earlier, interrupted run would be delivered to our workers.
     redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
 
@@ -63,10 +69,30 @@ class WorkerProcess:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "evalsite", "worker", "-Q", "gpu,cpu", "--concurrency", "1",
-             "-n", f"{self.name}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-             *(["-B", "--schedule", str(self.log_path.with_suffix(".beat"))] if self.beat else [])],
-            cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "evalsite",
+                "worker",
+                "-Q",
+                "gpu,cpu",
+                "--concurrency",
+                "1",
+                "-n",
+                f"{self.name}@%h",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                *(["-B", "--schedule", str(self.log_path.with_suffix(".beat"))] if self.beat else []),
+            ],
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -97,8 +123,9 @@ class WorkerProcess:
 
 
 def _rabbitmqctl(*args: str) -> str:
-    return subprocess.run(["rabbitmqctl", "--quiet", *args], check=True, capture_output=True, text=True,
-                          timeout=60).stdout
+    return subprocess.run(
+        ["rabbitmqctl", "--quiet", *args], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
 
 
 def _pid_alive(pid: int) -> bool:
@@ -119,12 +146,16 @@ def rabbitmq() -> bool:
     which also drops any worker they left behind.
     """
     if not _reachable("127.0.0.1", 5672):
-        _missing_service("RabbitMQ not reachable on 127.0.0.1:5672; the [amqp] tests need it "
-                         "(start it with `rabbitmq-server -detached`)")
+        _missing_service(
+            "RabbitMQ not reachable on 127.0.0.1:5672; the [amqp] tests need it "
+            "(start it with `rabbitmq-server -detached`)"
+        )
     try:
         vhosts = _rabbitmqctl("list_vhosts", "name").split()
     except (OSError, subprocess.SubprocessError) as exc:
-        logger.warning("rabbitmqctl unusable (%s): the [amqp] tests share vhost / and purge its job queues", exc)
+        logger.warning(
+            "rabbitmqctl unusable (%s): the [amqp] tests share vhost / and purge its job queues", exc
+        )
         return False
     for vhost in vhosts:
         pid = vhost.removeprefix(VHOST_PREFIX).split("-")[0]
@@ -219,8 +250,9 @@ def start_worker(worker_env, tmp_path):
     def start(name: str = "w", *, beat: bool = False, env: dict[str, str] | None = None) -> WorkerProcess:
         """A worker on both queues; ``beat`` also runs the periodic tasks (watcher, alert rules) in it;
         ``env`` adds to or overrides ``worker_env`` (another broker, shorter intervals)."""
-        worker = WorkerProcess({**worker_env, **(env or {})}, tmp_path / f"worker-{name}.log",
-                               f"{name}{len(workers)}", beat).start()
+        worker = WorkerProcess(
+            {**worker_env, **(env or {})}, tmp_path / f"worker-{name}.log", f"{name}{len(workers)}", beat
+        ).start()
         workers.append(worker)
         return worker
 
@@ -259,12 +291,26 @@ class RedisServer:
         folder.mkdir(parents=True, exist_ok=True)
 
     def start(self, timeout: float = 20.0) -> "RedisServer":
-        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        )
         with open(self.folder / "redis.log", "ab") as log:
             self.proc = subprocess.Popen(
-                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-                 "--save", "", *persistence],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    "redis-server",
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(self.folder),
+                    "--save",
+                    "",
+                    *persistence,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout
@@ -318,3 +364,8 @@ def broker_at():
 
     yield switch
     switch(original)
+
+
+# The listener-page tests share one Chromium per module and a screenshot folder per test.
+browser = pytest.fixture(scope="module")(browser_fixture)
+shots = pytest.fixture(shots_fixture)

@@ -62,7 +62,12 @@ def test_the_client_installs_alone_offline_and_talks_to_the_live_server(live_ser
     # --package: only the client's own dependencies; --no-editable: a built wheel, not a path into the repo.
     install = subprocess.run(
         [_uv(), "sync", "--frozen", "--offline", "--package", "evalsite-client", "--no-editable"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert install.returncode == 0, install.stderr
 
     clips = tmp_path / "clips"
@@ -75,9 +80,14 @@ def test_the_client_installs_alone_offline_and_talks_to_the_live_server(live_ser
     ckpt.write_bytes(b"not read until generation")
 
     # Run outside the repository, so nothing of the working tree is importable by accident.
-    job = subprocess.run([venv / "bin" / "python", "-c", TRAINING_JOB, live_server.url, token, str(ckpt)],
-                         cwd=tmp_path, env={"PATH": os.environ["PATH"]}, capture_output=True, text=True,
-                         timeout=120)
+    job = subprocess.run(
+        [venv / "bin" / "python", "-c", TRAINING_JOB, live_server.url, token, str(ckpt)],
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert job.returncode == 0, job.stderr
     out = json.loads(job.stdout)
 

@@ -6,11 +6,12 @@ no console error. Screenshots of both go to $EVALSITE_SCREENSHOT_DIR (default: t
 import uuid
 
 import pytest
-from playwright.sync_api import expect
 from django.contrib.auth import get_user_model
 from django.test import Client
+from playwright.sync_api import expect
 
-import tests.integration.test_listener_browser as listener_browser
+import tests.integration.browser as listener_browser
+import tests.integration.test_listener_browser as listener_session
 from evalsite.listening import services
 from evalsite.listening.models import Participant, StimulusHandle
 from evalsite.listening.selectors import listener_state
@@ -18,8 +19,6 @@ from tests.factories import listening_world
 
 pytestmark = pytest.mark.integration
 
-browser = listener_browser.browser
-shots = listener_browser.shots
 
 COLLECT_VIOLATIONS = """
 window.__cspViolations = [];
@@ -40,8 +39,11 @@ def set_slider(page, label, value):
     page.locator(f"[data-testid=stim-{label}]").click()
     slider = page.locator(f"[data-testid=slider-{label}]")
     expect(slider).to_be_enabled(timeout=10000)
-    slider.evaluate("(el, v) => { el.value = String(v); el.dispatchEvent(new Event('input', {bubbles: true}));"
-                    " el.dispatchEvent(new Event('change', {bubbles: true})); }", value)
+    slider.evaluate(
+        "(el, v) => { el.value = String(v); el.dispatchEvent(new Event('input', {bubbles: true}));"
+        " el.dispatchEvent(new Event('change', {bubbles: true})); }",
+        value,
+    )
     listener_browser.wait_saved(page)
 
 
@@ -56,9 +58,18 @@ def take_by_services(participant, k: int):
         for stim in trial["stimuli"]:
             handle = StimulusHandle.objects.select_related("stimulus__condition").get(token=stim["id"])
             expected = handle.stimulus.expected
-            value = (expected["min"] + expected["max"]) / 2 if expected else score.get(handle.stimulus.condition.role, 50)
-            services.rating_submit(participant=participant, trial=trial["id"], stimulus=stim["id"], score=value,
-                                   request_id=uuid.uuid4().hex)
+            value = (
+                (expected["min"] + expected["max"]) / 2
+                if expected
+                else score.get(handle.stimulus.condition.role, 50)
+            )
+            services.rating_submit(
+                participant=participant,
+                trial=trial["id"],
+                stimulus=stim["id"],
+                score=value,
+                request_id=uuid.uuid4().hex,
+            )
         services.trial_complete(participant=participant, trial=trial["id"])
 
 
@@ -67,9 +78,18 @@ def test_the_listener_page_and_the_plotly_dashboards_run_under_the_policy_withou
 ):
     settings.MEDIA_ROOT = tmp_path / "media"
     world = listening_world(n_items=3)
-    test = services.listening_test_publish(test=services.listening_test_build(
-        name="csp-mushra", kind="mushra", checkpoints=world["checkpoints"], training_items=1, seed=7,
-        completion_code="CSP-DONE", gold_items=1, trapping_items=1))
+    test = services.listening_test_publish(
+        test=services.listening_test_build(
+            name="csp-mushra",
+            kind="mushra",
+            checkpoints=world["checkpoints"],
+            training_items=1,
+            seed=7,
+            completion_code="CSP-DONE",
+            gold_items=1,
+            trapping_items=1,
+        )
+    )
 
     errors: list[str] = []
     page = watched_page(browser, errors)
@@ -79,8 +99,10 @@ def test_the_listener_page_and_the_plotly_dashboards_run_under_the_policy_withou
     participant = Participant.objects.get(test=test)
     for position in range(5):  # training, two items, a gold and a trapping trial: every sound played
         listener_browser.wait_ready(page)
-        _, scores = listener_browser.mushra_scores(participant, position)
-        for label in [el.get_attribute("data-testid")[5:] for el in page.query_selector_all("[data-testid^=stim-]")]:
+        _, scores = listener_session.mushra_scores(participant, position)
+        for label in [
+            el.get_attribute("data-testid")[5:] for el in page.query_selector_all("[data-testid^=stim-]")
+        ]:
             set_slider(page, label, scores[label])
         if position == 1:
             page.screenshot(path=str(shots / "listener-under-csp.png"), full_page=True)
@@ -97,8 +119,9 @@ def test_the_listener_page_and_the_plotly_dashboards_run_under_the_policy_withou
     dashboard = watched_page(browser, errors)
     # The researcher pages name no icon, so the browser asks for /favicon.ico (a 404 console error).
     dashboard.route("**/favicon.ico", lambda route: route.fulfill(status=204))
-    dashboard.context.add_cookies([{"name": "sessionid", "value": researcher.cookies["sessionid"].value,
-                                    "url": live_server.url}])
+    dashboard.context.add_cookies(
+        [{"name": "sessionid", "value": researcher.cookies["sessionid"].value, "url": live_server.url}]
+    )
     dashboard.goto(f"{live_server.url}/analysis/tests/{test.pk}/")
     dashboard.wait_for_load_state("networkidle")
     assert dashboard.url.endswith(f"/analysis/tests/{test.pk}/")
@@ -109,8 +132,12 @@ def test_the_listener_page_and_the_plotly_dashboards_run_under_the_policy_withou
     assert violations(dashboard) == []
     run = world["checkpoints"][0].run
     checkpoints = "&".join(f"c={c.pk}" for c in world["checkpoints"])
-    for path in (f"/analysis/runs/{run.pk}/", f"/analysis/compare/?{checkpoints}", f"/listening/{test.pk}/",
-                 "/admin/listening/participant/"):
+    for path in (
+        f"/analysis/runs/{run.pk}/",
+        f"/analysis/compare/?{checkpoints}",
+        f"/listening/{test.pk}/",
+        "/admin/listening/participant/",
+    ):
         response = dashboard.goto(live_server.url + path)
         assert response.status == 200, path
         dashboard.wait_for_load_state("networkidle")

@@ -17,8 +17,14 @@ from tests.integration.conftest import REPO, wait_for
 
 pytestmark = pytest.mark.integration
 
-EMBEDDED_ENV_DROP = ("DATABASE_URL", "CELERY_BROKER_URL", "EVALSITE_MEDIA_ROOT", "DJANGO_SETTINGS_MODULE", "DEBUG",
-                     "SECRET_KEY")
+EMBEDDED_ENV_DROP = (
+    "DATABASE_URL",
+    "CELERY_BROKER_URL",
+    "EVALSITE_MEDIA_ROOT",
+    "DJANGO_SETTINGS_MODULE",
+    "DEBUG",
+    "SECRET_KEY",
+)
 DEMO_CMD = [sys.executable, "manage.py", "demo"]
 
 
@@ -76,17 +82,27 @@ class ServingDemo:
         self.base = f"http://127.0.0.1:{self.port}"
         self.out_path = out_path
         with open(out_path, "w") as out:
-            self.proc = subprocess.Popen([*DEMO_CMD, "--port", str(self.port)], cwd=REPO, env=embedded_env(var_dir),
-                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                         preexec_fn=terminal_job_signals)
+            self.proc = subprocess.Popen(
+                [*DEMO_CMD, "--port", str(self.port)],
+                cwd=REPO,
+                env=embedded_env(var_dir),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=terminal_job_signals,
+            )
 
     def output(self) -> str:
         return self.out_path.read_text()
 
     def wait_serving(self) -> set[int]:
         """Waits for the URLs and the web server; returns the demo's processes below it at that moment."""
-        wait_for(lambda: "evalsite demo is running" in self.output() or self.proc.poll() is not None, timeout=300,
-                 interval=0.5, message="demo to print its URLs")
+        wait_for(
+            lambda: "evalsite demo is running" in self.output() or self.proc.poll() is not None,
+            timeout=300,
+            interval=0.5,
+            message="demo to print its URLs",
+        )
         assert self.proc.poll() is None, self.output()
 
         def server_up():
@@ -121,8 +137,12 @@ class ServingDemo:
 
 
 def assert_all_gone(pids: set[int]) -> None:
-    wait_for(lambda: not any(alive(pid) for pid in pids), timeout=30, interval=0.2,
-             message=f"the demo's processes to end (left: {sorted(p for p in pids if alive(p))})")
+    wait_for(
+        lambda: not any(alive(pid) for pid in pids),
+        timeout=30,
+        interval=0.2,
+        message=f"the demo's processes to end (left: {sorted(p for p in pids if alive(p))})",
+    )
 
 
 def assert_stopped_quietly(returncode: int, out: str) -> None:
@@ -139,8 +159,14 @@ def demo_var(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """One var/ for this module, filled by a first `demo --no-serve` (it trains the demo vocoder, the slow
     part); the serving tests reuse it one after another, as a user's second `make demo` does."""
     var_dir = tmp_path_factory.mktemp("demo-var")
-    first = subprocess.run([*DEMO_CMD, "--no-serve"], cwd=REPO, env=embedded_env(var_dir), capture_output=True,
-                           text=True, timeout=600)
+    first = subprocess.run(
+        [*DEMO_CMD, "--no-serve"],
+        cwd=REPO,
+        env=embedded_env(var_dir),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert first.returncode == 0, first.stdout + first.stderr
     return var_dir, first
 
@@ -148,14 +174,24 @@ def demo_var(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 def test_demo_without_serving_imports_the_speech_set_through_the_worker_and_is_idempotent(demo_var):
     var_dir, first = demo_var
     assert "24 created, 0 unchanged, 0 rejected" in first.stdout
-    assert first.stdout.count("24 clips generated on cpu") == 5  # vocoder: 3 trained checkpoints; tokenizer: 2
+    assert (
+        first.stdout.count("24 clips generated on cpu") == 5
+    )  # vocoder: 3 trained checkpoints; tokenizer: 2
     assert (var_dir / "evalsite.sqlite3").exists() and (var_dir / "queue").is_dir()
-    again = subprocess.run([*DEMO_CMD, "--no-serve"], cwd=REPO, env=embedded_env(var_dir), capture_output=True,
-                           text=True, timeout=300)
+    again = subprocess.run(
+        [*DEMO_CMD, "--no-serve"],
+        cwd=REPO,
+        env=embedded_env(var_dir),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     assert "0 created, 24 unchanged, 0 rejected" in again.stdout
     assert "clips generated" not in again.stdout  # checkpoints are registered once
-    assert "stopping the worker" in again.stdout and again.stdout.rstrip().splitlines()[-1].startswith("stopped")
+    assert "stopping the worker" in again.stdout and again.stdout.rstrip().splitlines()[-1].startswith(
+        "stopped"
+    )
 
 
 def test_demo_serves_the_site_with_playable_demo_audio_and_stops_its_children_on_ctrl_c(demo_var, tmp_path):
@@ -171,9 +207,14 @@ def test_demo_serves_the_site_with_playable_demo_audio_and_stops_its_children_on
         opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
         login_page = opener.open(f"{base}/admin/login/").read().decode()
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', login_page).group(1)
-        form = urllib.parse.urlencode({"username": "demo", "password": "demo", "csrfmiddlewaretoken": token,
-                                       "next": "/"}).encode()
-        opener.open(urllib.request.Request(f"{base}/admin/login/", data=form, headers={"Referer": f"{base}/admin/login/"}))
+        form = urllib.parse.urlencode(
+            {"username": "demo", "password": "demo", "csrfmiddlewaretoken": token, "next": "/"}
+        ).encode()
+        opener.open(
+            urllib.request.Request(
+                f"{base}/admin/login/", data=form, headers={"Referer": f"{base}/admin/login/"}
+            )
+        )
         page = opener.open(evalset_url).read().decode()
         assert page.count("<audio") == 24 and "The birch canoe slid on the smooth planks." in page
         audio_src = re.search(r'<audio[^>]+src="([^"]+)"', page).group(1)
@@ -206,7 +247,9 @@ def test_demo_stops_its_children_and_exits_0_on_a_stop_signal_to_the_demo_alone(
     assert_all_gone(processes)
 
 
-def test_demo_reports_a_child_that_crashes_while_serving_by_name_and_log_and_stops_the_rest(demo_var, tmp_path):
+def test_demo_reports_a_child_that_crashes_while_serving_by_name_and_log_and_stops_the_rest(
+    demo_var, tmp_path
+):
     demo = ServingDemo(demo_var[0], tmp_path / "demo.out")
     try:
         processes = demo.wait_serving()
@@ -218,7 +261,10 @@ def test_demo_reports_a_child_that_crashes_while_serving_by_name_and_log_and_sto
     out = demo.output()
     assert returncode == 1, out
     log = demo_var[0] / "log" / "worker.log"
-    assert f"CommandError: the worker (pid {worker}) exited unexpectedly (signal SIGKILL); see its log {log}" in out
+    assert (
+        f"CommandError: the worker (pid {worker}) exited unexpectedly (signal SIGKILL); see its log {log}"
+        in out
+    )
     assert "stopping the web server (Ctrl-C again to kill) ..." in out
     assert "Traceback" not in out
     assert_all_gone(processes)

@@ -25,8 +25,8 @@ from evalsite.listening.services import listening_test_build, listening_test_pub
 from evalsite.runs.models import Checkpoint, EvalItem, EvalSet, Generation, Job
 from evalsite.runs.services import checkpoint_register, evalset_import, job_create, run_create
 from tests.factories import listening_world
+from tests.integration.browser import new_page, wait_ready
 from tests.integration.conftest import wait_for
-from tests.integration.test_listener_browser import browser, new_page, wait_ready  # noqa: F401 (browser: fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -38,8 +38,12 @@ def make_clips(folder, n: int, *, seed: int, seconds: float = 1.0, rate: int = 2
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for i in range(n):
-        sf.write(str(folder / f"clip_{i:04d}.wav"), (0.1 * rng.standard_normal(int(seconds * rate))).astype(np.float32),
-                 rate, subtype="FLOAT")
+        sf.write(
+            str(folder / f"clip_{i:04d}.wav"),
+            (0.1 * rng.standard_normal(int(seconds * rate))).astype(np.float32),
+            rate,
+            subtype="FLOAT",
+        )
     return folder
 
 
@@ -55,8 +59,12 @@ def all_ended(ids):
 def under_way(job_id, per_job: int) -> None:
     """Wait until the import has stored a tenth of its files (rows, not the throttled progress)."""
     name = job(job_id).params["name"]
-    wait_for(lambda: EvalItem.objects.filter(eval_set__name=name).count() >= per_job // 10, timeout=120,
-             interval=0.02, message=f"import {name} under way")
+    wait_for(
+        lambda: EvalItem.objects.filter(eval_set__name=name).count() >= per_job // 10,
+        timeout=120,
+        interval=0.02,
+        message=f"import {name} under way",
+    )
 
 
 def media_files(settings):
@@ -67,7 +75,10 @@ def assert_each_import_ran_once(jobs, per_job: int, settings):
     """Done, claimed once, and the work of one pass: every file created, none found already there."""
     for j in jobs:
         assert (j.status, j.error) == ("done", "") and j.attempts == 1, (j.pk, j.status, j.attempts, j.error)
-        assert (j.result["created"], j.result["unchanged"], j.result["errors"]) == (per_job, 0, []), (j.pk, j.result)
+        assert (j.result["created"], j.result["unchanged"], j.result["errors"]) == (per_job, 0, []), (
+            j.pk,
+            j.result,
+        )
         assert EvalItem.objects.filter(eval_set__name=j.params["name"]).count() == per_job
     assert AudioAsset.objects.count() == len(jobs) * per_job
     assert len(media_files(settings)) == len(jobs) * per_job
@@ -87,9 +98,13 @@ def test_jobs_queued_and_running_when_redis_is_killed_each_end_done_once_after_i
     broker_at(redis_server.url)
     worker = start_worker("w", env={"CELERY_BROKER_URL": redis_server.url})
     per_job = 150
-    ids = [job_create(kind=Job.Kind.IMPORT_EVALSET,
-                      params={"name": f"set{n}", "source": str(make_clips(tmp_path / f"clips{n}", per_job, seed=n))}).pk
-           for n in range(4)]
+    ids = [
+        job_create(
+            kind=Job.Kind.IMPORT_EVALSET,
+            params={"name": f"set{n}", "source": str(make_clips(tmp_path / f"clips{n}", per_job, seed=n))},
+        ).pk
+        for n in range(4)
+    ]
 
     under_way(ids[0], per_job)
     redis_server.kill()
@@ -102,8 +117,10 @@ def test_jobs_queued_and_running_when_redis_is_killed_each_end_done_once_after_i
     assert_each_import_ran_once(jobs, per_job, settings)
     assert worker.proc.poll() is None, "the worker died instead of reconnecting"
     assert "Connection to broker lost" in worker.log_path.read_text(errors="replace")
-    logger.info("redis_persistent: %s", {"jobs": len(ids), "redis_kills": redis_server.kills,
-                                         "attempts": [j.attempts for j in jobs]})
+    logger.info(
+        "redis_persistent: %s",
+        {"jobs": len(ids), "redis_kills": redis_server.kills, "attempts": [j.attempts for j in jobs]},
+    )
 
 
 def test_jobs_whose_messages_a_redis_restart_lost_are_sent_again_from_their_rows(
@@ -114,19 +131,29 @@ def test_jobs_whose_messages_a_redis_restart_lost_are_sent_again_from_their_rows
     sends the queued ones again and each still runs exactly once."""
     redis_server = private_redis(persistent=False)
     broker_at(redis_server.url)
-    worker = start_worker("w", beat=True, env={
-        "CELERY_BROKER_URL": redis_server.url, "EVALSITE_JOB_SWEEP_INTERVAL_S": "1",
-        "EVALSITE_JOB_REDISPATCH_AFTER_S": "3"})
+    worker = start_worker(
+        "w",
+        beat=True,
+        env={
+            "CELERY_BROKER_URL": redis_server.url,
+            "EVALSITE_JOB_SWEEP_INTERVAL_S": "1",
+            "EVALSITE_JOB_REDISPATCH_AFTER_S": "3",
+        },
+    )
     per_job = 150
     sources = [make_clips(tmp_path / f"clips{n}", per_job, seed=100 + n) for n in range(4)]
-    ids = [job_create(kind=Job.Kind.IMPORT_EVALSET, params={"name": f"lost{n}", "source": str(sources[n])}).pk
-           for n in range(3)]
+    ids = [
+        job_create(kind=Job.Kind.IMPORT_EVALSET, params={"name": f"lost{n}", "source": str(sources[n])}).pk
+        for n in range(3)
+    ]
 
     under_way(ids[0], per_job)
     redis_server.kill()
     assert job(ids[0]).status == "running" and [job(i).status for i in ids[1:]] == ["queued"] * 2
     # Created while the broker is down: the row commits, the caller is not failed, no message exists.
-    ids.append(job_create(kind=Job.Kind.IMPORT_EVALSET, params={"name": "lost3", "source": str(sources[3])}).pk)
+    ids.append(
+        job_create(kind=Job.Kind.IMPORT_EVALSET, params={"name": "lost3", "source": str(sources[3])}).pk
+    )
     assert job(ids[3]).status == "queued"
     time.sleep(3)
     redis_server.start()
@@ -134,11 +161,21 @@ def test_jobs_whose_messages_a_redis_restart_lost_are_sent_again_from_their_rows
     jobs = wait_for(lambda: all_ended(ids), timeout=150, interval=0.5, message="every job to end")
     assert_each_import_ran_once(jobs, per_job, settings)
     assert worker.proc.poll() is None, "the worker died instead of reconnecting"
-    resent = {int(i) for found in re.findall(r"whose message was lost: \[([\d, ]+)\]", worker.log_path.read_text())
-              for i in found.split(",")}
+    resent = {
+        int(i)
+        for found in re.findall(r"whose message was lost: \[([\d, ]+)\]", worker.log_path.read_text())
+        for i in found.split(",")
+    }
     assert resent == set(ids[1:]), "the sweep sent other jobs than the three that had lost their message"
-    logger.info("redis_volatile: %s", {"jobs": len(ids), "redis_kills": redis_server.kills,
-                                       "resent_by_sweep": sorted(resent), "attempts": [j.attempts for j in jobs]})
+    logger.info(
+        "redis_volatile: %s",
+        {
+            "jobs": len(ids),
+            "redis_kills": redis_server.kills,
+            "resent_by_sweep": sorted(resent),
+            "attempts": [j.attempts for j in jobs],
+        },
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,11 +189,17 @@ def test_a_generation_job_whose_worker_is_killed_three_times_completes_with_ever
     clips = tmp_path / "clips"
     make_clips(clips, n_items, seed=7, seconds=1.5)
     eval_set = EvalSet.objects.get(pk=evalset_import(name="speech", source=clips).eval_set_id)
-    run, _ = run_create(name="hifigan-killed", kind="vocoder", model_family="hifigan", eval_set=eval_set,
-                        config={"metrics": []})
+    run, _ = run_create(
+        name="hifigan-killed",
+        kind="vocoder",
+        model_family="hifigan",
+        eval_set=eval_set,
+        config={"metrics": []},
+    )
     torch.manual_seed(0)
-    weights = models.save_checkpoint(models.HiFiGANVocoder.from_config(models.HiFiGANVocoder.preset("tiny")),
-                                     tmp_path / "g_00001000.pt")
+    weights = models.save_checkpoint(
+        models.HiFiGANVocoder.from_config(models.HiFiGANVocoder.preset("tiny")), tmp_path / "g_00001000.pt"
+    )
 
     # Redis's visibility timeout as deployed (an hour): the killed worker's message does not come
     # back during the test, so only the beat sweep in the restarted worker can resume the job.
@@ -172,15 +215,21 @@ def test_a_generation_job_whose_worker_is_killed_three_times_completes_with_ever
 
     for attempt in (1, 2, 3):
         # Each kill comes once this attempt has claimed the job and stored a few more outputs.
-        wait_for(lambda: job(job_id).attempts == attempt and outputs() >= stored + 3, timeout=180, interval=0.02,
-                 message=f"attempt {attempt} under way")
+        wait_for(
+            lambda: job(job_id).attempts == attempt and outputs() >= stored + 3,
+            timeout=180,
+            interval=0.02,
+            message=f"attempt {attempt} under way",
+        )
         worker.kill()
         at_kill, stored = job(job_id), outputs()
         assert at_kill.status == "running" and at_kill.attempts == attempt, (at_kill.status, at_kill.error)
         kills.append({"progress": round(at_kill.progress, 3), "stored": stored})
         worker = start_worker(f"gen{attempt}", beat=True, env=env)
 
-    final = wait_for(lambda: all_ended([job_id]), timeout=180, interval=0.5, message="the generation job to end")[0]
+    final = wait_for(
+        lambda: all_ended([job_id]), timeout=180, interval=0.5, message="the generation job to end"
+    )[0]
     assert final.status == "done", final.error
     # One attempt per worker it ran on; each killed one had moved the job forward, so none counts
     # against EVALSITE_JOB_MAX_ATTEMPTS (3).
@@ -200,8 +249,16 @@ def test_a_generation_job_whose_worker_is_killed_three_times_completes_with_ever
     assert Checkpoint.objects.get(pk=ckpt.pk).status == "done"
     logs = "".join(p.read_text(errors="replace") for p in tmp_path.glob("worker-gen*.log"))
     assert logs.count(f"running job(s) whose worker stopped answering: [{job_id}]") >= 3
-    logger.info("worker_kills: %s", {"items": n_items, "worker_kills": len(kills), "kills": kills,
-                                     "attempts": final.attempts, "skipped": final.result["skipped_already_done"]})
+    logger.info(
+        "worker_kills: %s",
+        {
+            "items": n_items,
+            "worker_kills": len(kills),
+            "kills": kills,
+            "attempts": final.attempts,
+            "skipped": final.result["skipped_already_done"],
+        },
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,8 +278,10 @@ class BackendTerminator(threading.Thread):
     def run(self) -> None:
         with psycopg.connect(**self.dsn, autocommit=True) as conn:
             while not self.halt.is_set():
-                rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                    "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchall()
+                rows = conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                ).fetchall()
                 self.terminated += sum(1 for (ok,) in rows if ok)
                 self.halt.wait(0.1)
 
@@ -247,12 +306,19 @@ RATE_ROUND_JS = """async ({labels, values}) => {
 
 
 def test_a_rating_burst_while_postgresql_drops_connections_stores_every_rating_once_with_its_last_value(
-    live_server, transactional_db, browser, settings, tmp_path  # noqa: F811
+    live_server,
+    transactional_db,
+    browser,
+    settings,
+    tmp_path,  # noqa: F811
 ):
     settings.MEDIA_ROOT = tmp_path / "media"
     world = listening_world(n_items=2)
-    test = listening_test_publish(test=listening_test_build(
-        name="faults-burst", kind="mushra", checkpoints=world["checkpoints"], training_items=0, seed=5))
+    test = listening_test_publish(
+        test=listening_test_build(
+            name="faults-burst", kind="mushra", checkpoints=world["checkpoints"], training_items=0, seed=5
+        )
+    )
     page = new_page(browser, [])
     sent, answered = [], []  # (request_id, stimulus, score) per request; (request_id, status) per answer
 
@@ -304,8 +370,10 @@ def test_a_rating_burst_while_postgresql_drops_connections_stores_every_rating_o
     page.wait_for_selector("[data-testid=save-status][data-state=saved]", timeout=90000)
     page.wait_for_timeout(200)
 
-    handles = {(h.assignment_id, h.stimulus_id): h
-               for h in StimulusHandle.objects.filter(assignment__participant=participant)}
+    handles = {
+        (h.assignment_id, h.stimulus_id): h
+        for h in StimulusHandle.objects.filter(assignment__participant=participant)
+    }
     by_label, token_of = {}, {}
     for rating in Rating.objects.filter(participant=participant):
         handle = handles[(rating.assignment_id, rating.stimulus_id)]
@@ -320,7 +388,9 @@ def test_a_rating_burst_while_postgresql_drops_connections_stores_every_rating_o
         mine = [s for s in sent if s[1] == token_of[label]]
         ids_sent = list(dict.fromkeys(rid for rid, _, _ in mine))
         last_id, _, last_score = mine[-1]
-        assert (rating.score, rating.request_id) == (float(given[label]), last_id) and last_score == given[label]
+        assert (rating.score, rating.request_id) == (float(given[label]), last_id) and last_score == given[
+            label
+        ]
         # Every request the server answered 200 is remembered once, in the order the client sent them.
         assert len(rating.history) == len(set(rating.history)), rating.history
         assert set(rating.history) <= set(ids_sent) and (ok_ids & set(ids_sent)) <= set(rating.history)
@@ -328,11 +398,18 @@ def test_a_rating_burst_while_postgresql_drops_connections_stores_every_rating_o
     answers_503 = [a for a in failed() if a[1] == 503]
     assert answers_503 == failed() and all(retry_after == "1" for _, _, retry_after in answers_503)
     assert terminated >= len(answers_503) > 0
-    logger.info("rating_burst: %s", {
-        "ratings_given": rounds * len(labels), "requests_sent": len(sent), "requests_resent": resent(),
-        "answered_503": len(answers_503), "answered_200": len(ok_ids), "pg_backends_terminated": terminated,
-        "request_ids_in_history": sum(len(r.history) for rs in by_label.values() for r in rs),
-        "stored": sum(map(len, by_label.values())),
-        "lost": len(set(labels) - set(by_label)), "doubled": sum(len(r) - 1 for r in by_label.values()),
-    })
-
+    logger.info(
+        "rating_burst: %s",
+        {
+            "ratings_given": rounds * len(labels),
+            "requests_sent": len(sent),
+            "requests_resent": resent(),
+            "answered_503": len(answers_503),
+            "answered_200": len(ok_ids),
+            "pg_backends_terminated": terminated,
+            "request_ids_in_history": sum(len(r.history) for rs in by_label.values() for r in rs),
+            "stored": sum(map(len, by_label.values())),
+            "lost": len(set(labels) - set(by_label)),
+            "doubled": sum(len(r) - 1 for r in by_label.values()),
+        },
+    )

@@ -2,82 +2,24 @@
 Chromium (playwright), against Django on PostgreSQL; the database must then hold exactly what was
 given, and the control trials are scored."""
 
-import os
-import tempfile
-from pathlib import Path
-
 import pytest
 
 from evalsite.listening.models import ArtifactFlag, Assignment, Participant, Rating, StimulusHandle
 from evalsite.listening.selectors import listening_test_progress, quality_control_results
 from evalsite.listening.services import listening_test_build, listening_test_publish
 from tests.factories import listening_world
+from tests.integration.browser import new_page, set_slider, wait_ready, wait_saved
 
 pytestmark = pytest.mark.integration
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{CHROMIUM} is missing; `make test` installs Debian's chromium")
-        pytest.skip(f"{CHROMIUM} is not installed (make test installs it)")
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API keeps an event loop running in this thread; the ORM calls the test
-    # makes between browser steps are plain synchronous code and safe here.
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def shots(request):
-    folder = Path(os.environ.get("EVALSITE_SCREENSHOT_DIR", tempfile.gettempdir())) / "evalsite-screenshots" / request.node.name
-    folder.mkdir(parents=True, exist_ok=True)
-    print(f"screenshots: {folder}")
-    return folder
-
-
-def new_page(browser, errors, *, enforce_csp: bool = False):
-    # Playwright's wait_for_function polls with eval() in the page, which the site's
-    # Content-Security-Policy forbids; the policy itself is checked in test_csp_browser.py.
-    context = browser.new_context(viewport={"width": 1200, "height": 900}, bypass_csp=not enforce_csp)
-    page = context.new_page()
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    return page
-
-
-def wait_ready(page):
-    page.wait_for_selector("#listener-app[data-ready=true]", timeout=30000)
-
-
-def wait_saved(page):
-    page.wait_for_selector("[data-testid=save-status][data-state=saved]", timeout=15000)
-
-
-def set_slider(page, label, value):
-    page.locator(f"[data-testid=stim-{label}]").click()
-    slider = page.locator(f"[data-testid=slider-{label}]")
-    slider.wait_for(state="visible")
-    page.wait_for_function(f"!document.querySelector('[data-testid=slider-{label}]').disabled", timeout=10000)
-    slider.evaluate("(el, v) => { el.value = String(v); el.dispatchEvent(new Event('input', {bubbles: true}));"
-                    " el.dispatchEvent(new Event('change', {bubbles: true})); }", value)
-    wait_saved(page)
 
 
 def expected_by_handle(participant, given):
     """Map what the test gave, {position: {label: score}}, to the stimuli those labels stood for."""
     expected = {}
     for position, scores in given.items():
-        handles = StimulusHandle.objects.filter(assignment__participant=participant, assignment__position=position)
+        handles = StimulusHandle.objects.filter(
+            assignment__participant=participant, assignment__position=position
+        )
         for handle in handles.order_by("position"):
             expected[handle.stimulus_id] = scores["ABCDEFGHIJKL"[handle.position]]
     return expected
@@ -104,9 +46,18 @@ def test_a_whole_mushra_session_with_controls_in_chromium_stores_exactly_the_rat
 ):
     settings.MEDIA_ROOT = tmp_path / "media"
     world = listening_world(n_items=3)
-    test = listening_test_publish(test=listening_test_build(
-        name="browser-mushra", kind="mushra", checkpoints=world["checkpoints"], training_items=1, seed=7,
-        completion_code="MUSHRA-DONE", gold_items=1, trapping_items=1))
+    test = listening_test_publish(
+        test=listening_test_build(
+            name="browser-mushra",
+            kind="mushra",
+            checkpoints=world["checkpoints"],
+            training_items=1,
+            seed=7,
+            completion_code="MUSHRA-DONE",
+            gold_items=1,
+            trapping_items=1,
+        )
+    )
     errors: list[str] = []
     page = new_page(browser, errors)
     page.goto(f"{live_server.url}/l/i/{test.invite_token}/?PROLIFIC_PID=pw-1&STUDY_ID=st&SESSION_ID=se")
@@ -116,14 +67,20 @@ def test_a_whole_mushra_session_with_controls_in_chromium_stores_exactly_the_rat
     page.screenshot(path=str(shots / "mushra-training.png"), full_page=True)
     participant = Participant.objects.get(test=test)
     # The reload and the flag happen in the first ordinary main trial (the order is the listener's own).
-    flagged = Assignment.objects.filter(participant=participant, trial__control="", trial__is_training=False)\
-        .order_by("position").first().position
+    flagged = (
+        Assignment.objects.filter(participant=participant, trial__control="", trial__is_training=False)
+        .order_by("position")
+        .first()
+        .position
+    )
 
     given: dict[int, dict[str, int]] = {}
     controls = []
     for position in range(5):  # training, two items, one gold and one trapping trial
         wait_ready(page)
-        labels = [el.get_attribute("data-testid")[5:] for el in page.query_selector_all("[data-testid^=stim-]")]
+        labels = [
+            el.get_attribute("data-testid")[5:] for el in page.query_selector_all("[data-testid^=stim-]")
+        ]
         assert labels == list("ABCDE")  # a control trial looks like any other
         control, scores = mushra_scores(participant, position)
         if control:
@@ -152,8 +109,10 @@ def test_a_whole_mushra_session_with_controls_in_chromium_stores_exactly_the_rat
             page.select_option("[data-testid=flag-category]", "click")
             page.fill("[data-testid=flag-note]", "pop near the start")
             page.click("[data-testid=flag-submit]")
-            page.wait_for_function("document.querySelector('[data-testid=flag-list]')?.innerText.includes('Click')",
-                                   timeout=10000)
+            page.wait_for_function(
+                "document.querySelector('[data-testid=flag-list]')?.innerText.includes('Click')",
+                timeout=10000,
+            )
             page.screenshot(path=str(shots / "mushra-main-with-flag.png"), full_page=True)
         page.click("[data-testid=continue]")
     page.wait_for_selector("[data-testid=completion-code]", timeout=15000)
@@ -166,11 +125,18 @@ def test_a_whole_mushra_session_with_controls_in_chromium_stores_exactly_the_rat
     stored = {r.stimulus_id: r.score for r in Rating.objects.filter(participant=participant)}
     assert stored == {k: float(v) for k, v in expected_by_handle(participant, given).items()}
     flag = ArtifactFlag.objects.get(participant=participant)
-    c_handle = StimulusHandle.objects.get(assignment__participant=participant, assignment__position=flagged, position=2)
-    assert flag.stimulus_id == c_handle.stimulus_id and flag.category == "click" and flag.note == "pop near the start"
+    c_handle = StimulusHandle.objects.get(
+        assignment__participant=participant, assignment__position=flagged, position=2
+    )
+    assert (
+        flag.stimulus_id == c_handle.stimulus_id
+        and flag.category == "click"
+        and flag.note == "pop near the start"
+    )
     assert 0.1 < flag.start_s < flag.end_s < 0.7
-    assert quality_control_results(test) == {participant.pk: {"gold": {"passed": 1, "total": 1},
-                                                              "trapping": {"passed": 0, "total": 1}}}
+    assert quality_control_results(test) == {
+        participant.pk: {"gold": {"passed": 1, "total": 1}, "trapping": {"passed": 0, "total": 1}}
+    }
     # Only the two ordinary main trials are votes: 2 items x 5 signals.
     progress = listening_test_progress(test)
     assert sum(v for row in progress["rows"] for v in row["cells"] if v) == 2 * 5
@@ -182,9 +148,16 @@ def test_a_whole_smos_session_in_chromium_stores_exactly_the_ratings_given(
 ):
     settings.MEDIA_ROOT = tmp_path / "media"
     world = listening_world(n_items=2)
-    test = listening_test_publish(test=listening_test_build(
-        name="browser-smos", kind="smos", checkpoints=world["checkpoints"], training_items=1, seed=3,
-        completion_code="SMOS-DONE"))
+    test = listening_test_publish(
+        test=listening_test_build(
+            name="browser-smos",
+            kind="smos",
+            checkpoints=world["checkpoints"],
+            training_items=1,
+            seed=3,
+            completion_code="SMOS-DONE",
+        )
+    )
     errors: list[str] = []
     page = new_page(browser, errors)
     page.goto(f"{live_server.url}/l/i/{test.invite_token}/")

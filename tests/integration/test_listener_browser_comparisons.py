@@ -10,13 +10,7 @@ from evalsite.listening.models import Assignment, Condition, Participant, Rating
 from evalsite.listening.selectors import ab_choice, cmos_score
 from evalsite.listening.services import listening_test_build, listening_test_publish
 from tests.factories import listening_world
-from tests.integration.test_listener_browser import (  # noqa: F401  (browser, shots: fixtures)
-    browser,
-    new_page,
-    shots,
-    wait_ready,
-    wait_saved,
-)
+from tests.integration.browser import new_page, wait_ready, wait_saved
 
 pytestmark = pytest.mark.integration
 RUNS3 = ("hifigan-secret-run", "evagan-hidden-run", "bigvgan-private-run")
@@ -40,7 +34,10 @@ def continue_to_next(page):
     page.wait_for_function(
         "(before) => document.querySelector('[data-testid=completion]') || ("
         "document.querySelector('#listener-app').dataset.ready === 'true' && "
-        "document.querySelector('.ls-progress')?.innerText !== before)", arg=before, timeout=15000)
+        "document.querySelector('.ls-progress')?.innerText !== before)",
+        arg=before,
+        timeout=15000,
+    )
 
 
 def assert_blind(page, test):
@@ -51,18 +48,34 @@ def assert_blind(page, test):
 
 
 def handles_at(participant, position):
-    return list(StimulusHandle.objects.filter(assignment__participant=participant, assignment__position=position)
-                .select_related("stimulus__condition").order_by("position"))
+    return list(
+        StimulusHandle.objects.filter(assignment__participant=participant, assignment__position=position)
+        .select_related("stimulus__condition")
+        .order_by("position")
+    )
 
 
 def test_a_whole_cmos_session_in_chromium_stores_exactly_the_answers_given_with_the_sign_corrected(
-    live_server, transactional_db, browser, shots, settings, tmp_path  # noqa: F811
+    live_server,
+    transactional_db,
+    browser,
+    shots,
+    settings,
+    tmp_path,  # noqa: F811
 ):
     settings.MEDIA_ROOT = tmp_path / "media"
     world = listening_world(n_items=2, runs=RUNS3)
-    test = listening_test_publish(test=listening_test_build(
-        name="browser-cmos", kind="cmos", checkpoints=world["checkpoints"][:2], comparison=world["checkpoints"][2],
-        training_items=1, seed=11, completion_code="CMOS-DONE"))
+    test = listening_test_publish(
+        test=listening_test_build(
+            name="browser-cmos",
+            kind="cmos",
+            checkpoints=world["checkpoints"][:2],
+            comparison=world["checkpoints"][2],
+            training_items=1,
+            seed=11,
+            completion_code="CMOS-DONE",
+        )
+    )
     errors: list[str] = []
     page = new_page(browser, errors)
     page.goto(f"{live_server.url}/l/i/{test.invite_token}/?PROLIFIC_PID=cmos-1")
@@ -72,14 +85,19 @@ def test_a_whole_cmos_session_in_chromium_stores_exactly_the_answers_given_with_
     for position, raw in enumerate(raw_answers):
         wait_ready(page)
         assert stimulus_labels(page) == ["A", "B"]
-        assert page.locator("[data-testid^=prefer-]").count() == 0 and page.locator("[data-testid=play-ref]").count() == 0
+        assert (
+            page.locator("[data-testid^=prefer-]").count() == 0
+            and page.locator("[data-testid=play-ref]").count() == 0
+        )
         assert page.locator("[data-testid^=score-]").count() == 7
         if position == 0:
             page.click("[data-testid=continue]")  # nothing answered yet
             assert "Choose a rating" in page.inner_text("[data-testid=continue-message]")
             # Play A, then switch to B with the keyboard: B takes over at the same point.
             page.click("[data-testid=stim-A]")
-            page.wait_for_function("document.querySelector('[data-testid=now-playing]').innerText.startsWith('Playing')")
+            page.wait_for_function(
+                "document.querySelector('[data-testid=now-playing]').innerText.startsWith('Playing')"
+            )
             page.wait_for_timeout(400)
             page.locator("h1").focus()
             page.keyboard.press("2")
@@ -89,7 +107,9 @@ def test_a_whole_cmos_session_in_chromium_stores_exactly_the_answers_given_with_
             page.keyboard.press("1")
             assert page.locator("[data-testid=stim-A]").get_attribute("aria-pressed") == "true"
             page.keyboard.press(" ")
-            page.wait_for_function("document.querySelector('[data-testid=now-playing]').innerText.startsWith('Paused')")
+            page.wait_for_function(
+                "document.querySelector('[data-testid=now-playing]').innerText.startsWith('Paused')"
+            )
             assert_blind(page, test)
         page.click(f"[data-testid=score-{raw}]")
         wait_saved(page)
@@ -106,8 +126,12 @@ def test_a_whole_cmos_session_in_chromium_stores_exactly_the_answers_given_with_
 
     participant = Participant.objects.get(test=test)
     assert participant.status == "completed" and participant.external_id == "cmos-1"
-    ratings = {r.assignment.position: r for r in Rating.objects.filter(participant=participant).select_related(
-        "assignment", "stimulus__condition__test")}
+    ratings = {
+        r.assignment.position: r
+        for r in Rating.objects.filter(participant=participant).select_related(
+            "assignment", "stimulus__condition__test"
+        )
+    }
     assert sorted(ratings) == [0, 1, 2, 3]
     for position, raw in enumerate(raw_answers):
         a, b = handles_at(participant, position)
@@ -121,13 +145,26 @@ def test_a_whole_cmos_session_in_chromium_stores_exactly_the_answers_given_with_
 
 
 def test_a_whole_ab_session_in_chromium_stores_exactly_the_choices_given(
-    live_server, transactional_db, browser, shots, settings, tmp_path  # noqa: F811
+    live_server,
+    transactional_db,
+    browser,
+    shots,
+    settings,
+    tmp_path,  # noqa: F811
 ):
     settings.MEDIA_ROOT = tmp_path / "media"
     world = listening_world(n_items=2, runs=RUNS3)
-    test = listening_test_publish(test=listening_test_build(
-        name="browser-ab", kind="ab", checkpoints=world["checkpoints"], training_items=1, seed=5,
-        allow_no_preference=True, completion_code="AB-DONE"))
+    test = listening_test_publish(
+        test=listening_test_build(
+            name="browser-ab",
+            kind="ab",
+            checkpoints=world["checkpoints"],
+            training_items=1,
+            seed=5,
+            allow_no_preference=True,
+            completion_code="AB-DONE",
+        )
+    )
     errors: list[str] = []
     page = new_page(browser, errors)
     page.goto(f"{live_server.url}/l/i/{test.invite_token}/")
@@ -143,7 +180,9 @@ def test_a_whole_ab_session_in_chromium_stores_exactly_the_choices_given(
             assert "Choose the sound you prefer" in page.inner_text("[data-testid=continue-message]")
             page.locator("h1").focus()
             page.keyboard.press("1")
-            page.wait_for_function("document.querySelector('[data-testid=now-playing]').innerText === 'Playing: Sample A'")
+            page.wait_for_function(
+                "document.querySelector('[data-testid=now-playing]').innerText === 'Playing: Sample A'"
+            )
             page.keyboard.press("2")
             assert page.inner_text("[data-testid=now-playing]") == "Playing: Sample B"
             page.keyboard.press(" ")
@@ -168,8 +207,12 @@ def test_a_whole_ab_session_in_chromium_stores_exactly_the_choices_given(
     participant = Participant.objects.get(test=test)
     assert participant.status == "completed"
     assert Assignment.objects.filter(participant=participant).count() == len(choices)
-    ratings = {r.assignment.position: r for r in Rating.objects.filter(participant=participant).select_related(
-        "assignment", "stimulus__condition__test")}
+    ratings = {
+        r.assignment.position: r
+        for r in Rating.objects.filter(participant=participant).select_related(
+            "assignment", "stimulus__condition__test"
+        )
+    }
     assert sorted(ratings) == list(range(len(choices)))
     for position, choice in enumerate(choices):
         a, b = handles_at(participant, position)

@@ -8,14 +8,8 @@ from evalsite.listening.models import Assignment, Participant, Rating
 from evalsite.listening.selectors import headphone_trials
 from evalsite.listening.services import listening_test_build, listening_test_publish
 from tests.factories import listening_world
+from tests.integration.browser import new_page, wait_ready, wait_saved
 from tests.integration.test_listener_browser_comparisons import continue_to_next
-from tests.integration.test_listener_browser import (  # noqa: F401  (browser, shots: fixtures)
-    browser,
-    new_page,
-    shots,
-    wait_ready,
-    wait_saved,
-)
 
 pytestmark = pytest.mark.integration
 
@@ -25,13 +19,26 @@ def continue_enabled(page) -> bool:
 
 
 def test_continue_waits_until_every_sound_and_the_reference_have_been_played(
-    live_server, transactional_db, browser, shots, settings, tmp_path  # noqa: F811
+    live_server,
+    transactional_db,
+    browser,
+    shots,
+    settings,
+    tmp_path,  # noqa: F811
 ):
     settings.MEDIA_ROOT = tmp_path / "media"
     world = listening_world(n_items=1)
-    test = listening_test_publish(test=listening_test_build(
-        name="browser-play-all", kind="smos", checkpoints=world["checkpoints"], training_items=0, seed=5,
-        completion_code="PLAYED", require_play_all=True))
+    test = listening_test_publish(
+        test=listening_test_build(
+            name="browser-play-all",
+            kind="smos",
+            checkpoints=world["checkpoints"],
+            training_items=0,
+            seed=5,
+            completion_code="PLAYED",
+            require_play_all=True,
+        )
+    )
     errors: list[str] = []
     page = new_page(browser, errors)
     page.goto(f"{live_server.url}/l/i/{test.invite_token}/")
@@ -46,8 +53,10 @@ def test_continue_waits_until_every_sound_and_the_reference_have_been_played(
         if position == 0:
             page.screenshot(path=str(shots / "play-all-waiting.png"), full_page=True)
         page.click("[data-testid=play-ref]")
-        page.wait_for_function("!document.querySelector('[data-testid=play-all-reason]').innerText.includes('Reference')",
-                               timeout=10000)
+        page.wait_for_function(
+            "!document.querySelector('[data-testid=play-all-reason]').innerText.includes('Reference')",
+            timeout=10000,
+        )
         assert "Not played yet: Sample A" in reason.inner_text() and not continue_enabled(page)
         if position == 1:
             # A reload keeps what was heard (the server has the "heard" events).
@@ -58,7 +67,9 @@ def test_continue_waits_until_every_sound_and_the_reference_have_been_played(
             wait_ready(page)
             assert "Not played yet: Sample A" in page.inner_text("[data-testid=play-all-reason]")
         page.click("[data-testid=stim-A]")
-        page.wait_for_function("document.querySelector('[data-testid=continue]').disabled === false", timeout=10000)
+        page.wait_for_function(
+            "document.querySelector('[data-testid=continue]').disabled === false", timeout=10000
+        )
         assert "every sound" in reason.inner_text()
         continue_to_next(page)
     page.wait_for_selector("[data-testid=completion-code]", timeout=15000)
@@ -85,7 +96,9 @@ def calibrate_volume(page, *, keyboard: bool, shots=None):
         page.keyboard.press("Tab")  # from the focused heading to Play
         assert active_testid(page) == "cal-play"
         page.keyboard.press("Space")
-        page.wait_for_function("document.querySelector('[data-testid=cal-play]').getAttribute('aria-pressed') === 'true'")
+        page.wait_for_function(
+            "document.querySelector('[data-testid=cal-play]').getAttribute('aria-pressed') === 'true'"
+        )
         page.keyboard.press("Space")  # stop again
         assert "Stopped" in page.inner_text("[data-testid=cal-status]")
         page.keyboard.press("Tab")
@@ -111,13 +124,27 @@ def take_headphone_check(page, participant, *, wrong: int, shots=None):
 
 
 def test_the_headphone_check_lets_a_headphone_listener_in_and_screens_out_a_failing_one(
-    live_server, transactional_db, browser, shots, settings, tmp_path  # noqa: F811
+    live_server,
+    transactional_db,
+    browser,
+    shots,
+    settings,
+    tmp_path,  # noqa: F811
 ):
     settings.MEDIA_ROOT = tmp_path / "media"
     world = listening_world(n_items=1)
-    test = listening_test_publish(test=listening_test_build(
-        name="browser-headphones", kind="mos", checkpoints=world["checkpoints"], training_items=0, seed=8,
-        completion_code="HP-OK", headphone_check=True, screened_out_redirect="https://example.org/screened"))
+    test = listening_test_publish(
+        test=listening_test_build(
+            name="browser-headphones",
+            kind="mos",
+            checkpoints=world["checkpoints"],
+            training_items=0,
+            seed=8,
+            completion_code="HP-OK",
+            headphone_check=True,
+            screened_out_redirect="https://example.org/screened",
+        )
+    )
     errors: list[str] = []
 
     page = new_page(browser, errors)
@@ -132,7 +159,9 @@ def test_the_headphone_check_lets_a_headphone_listener_in_and_screens_out_a_fail
     page.wait_for_selector("#listener-app[data-ready=true][data-kind=mos]", timeout=15000)
     assert page.locator("[data-testid^=score-]").count() == 5  # the first trial
     passed = Participant.objects.get(external_id="hp-pass")
-    assert passed.headphone_passed is True and passed.status == "active" and len(passed.headphone_answers) == 6
+    assert (
+        passed.headphone_passed is True and passed.status == "active" and len(passed.headphone_answers) == 6
+    )
     page.context.close()
 
     page = new_page(browser, errors)

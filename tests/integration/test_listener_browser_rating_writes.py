@@ -26,8 +26,15 @@ pytestmark = pytest.mark.integration
 def mushra(settings, tmp_path, transactional_db):
     settings.MEDIA_ROOT = tmp_path / "media"
     world = listening_world(n_items=2)
-    test = services.listening_test_publish(test=services.listening_test_build(
-        name="pg-rating-writes", kind="mushra", checkpoints=world["checkpoints"], training_items=0, seed=11))
+    test = services.listening_test_publish(
+        test=services.listening_test_build(
+            name="pg-rating-writes",
+            kind="mushra",
+            checkpoints=world["checkpoints"],
+            training_items=0,
+            seed=11,
+        )
+    )
     participant = services.participant_join(test=test)
     trial = listener_state(participant)["trials"][0]
     return test, participant, trial
@@ -42,10 +49,17 @@ def test_retries_and_late_replays_keep_the_newest_answer_and_return_what_is_stor
     stim = trial["stimuli"][0]["id"]
 
     def rate(score, rid):
-        return services.rating_submit(participant=p, trial=trial["id"], stimulus=stim, score=score, request_id=rid)
+        return services.rating_submit(
+            participant=p, trial=trial["id"], stimulus=stim, score=score, request_id=rid
+        )
 
     first = rate(40, "first")
-    assert (first.score, first.request_id, first.history, first.participant.pk) == (40.0, "first", ["first"], p.pk)
+    assert (first.score, first.request_id, first.history, first.participant.pk) == (
+        40.0,
+        "first",
+        ["first"],
+        p.pk,
+    )
     assert rate(40, "first").pk == first.pk  # the same request again: unchanged
     newer = rate(80, "second")
     assert (newer.pk, newer.score, newer.history) == (first.pk, 80.0, ["first", "second"])
@@ -80,8 +94,12 @@ def run_at_once(n, fn):
 def test_a_request_sent_many_times_at_once_stores_one_rating(mushra):
     _, p, trial = mushra
     stim = trial["stimuli"][1]["id"]
-    results = run_at_once(8, lambda i: services.rating_submit(participant=p.token, trial=trial["id"], stimulus=stim,
-                                                              score=33, request_id="double-click"))
+    results = run_at_once(
+        8,
+        lambda i: services.rating_submit(
+            participant=p.token, trial=trial["id"], stimulus=stim, score=33, request_id="double-click"
+        ),
+    )
     assert all(not isinstance(r, Exception) for r in results), results
     assert {(r.pk, r.score, tuple(r.history)) for r in results} == {(results[0].pk, 33.0, ("double-click",))}
     assert Rating.objects.filter(participant=p).count() == 1
@@ -90,8 +108,12 @@ def test_a_request_sent_many_times_at_once_stores_one_rating(mushra):
 def test_different_answers_at_once_leave_one_rating_holding_the_last_one_written(mushra):
     _, p, trial = mushra
     stim = trial["stimuli"][2]["id"]
-    results = run_at_once(6, lambda i: services.rating_submit(participant=p, trial=trial["id"], stimulus=stim,
-                                                              score=10 * i, request_id=f"r{i}"))
+    results = run_at_once(
+        6,
+        lambda i: services.rating_submit(
+            participant=p, trial=trial["id"], stimulus=stim, score=10 * i, request_id=f"r{i}"
+        ),
+    )
     assert all(not isinstance(r, Exception) for r in results), results
     rating = Rating.objects.get(participant=p)
     assert sorted(rating.history) == [f"r{i}" for i in range(6)]
@@ -104,11 +126,25 @@ def test_a_rating_waiting_on_a_trial_being_finished_is_refused_and_stores_nothin
     db = connection.settings_dict
     # Another session finishes the trial and holds its row lock (as trial_complete does) while the
     # rating arrives: the rating has passed its checks and waits in the upsert for that lock.
-    with psycopg.connect(host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"], dbname=db["NAME"]) as other:
+    with psycopg.connect(
+        host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"], dbname=db["NAME"]
+    ) as other:
         other.execute("UPDATE listening_assignment SET completed_at = now() WHERE id = %s", (assignment.pk,))
         outcome = []
-        thread = threading.Thread(target=lambda: outcome.extend(run_at_once(1, lambda i: services.rating_submit(
-            participant=p, trial=trial["id"], stimulus=trial["stimuli"][0]["id"], score=50, request_id="late"))))
+        thread = threading.Thread(
+            target=lambda: outcome.extend(
+                run_at_once(
+                    1,
+                    lambda i: services.rating_submit(
+                        participant=p,
+                        trial=trial["id"],
+                        stimulus=trial["stimuli"][0]["id"],
+                        score=50,
+                        request_id="late",
+                    ),
+                )
+            )
+        )
         thread.start()
         time.sleep(1.0)
         assert thread.is_alive()  # waiting for the assignment's row lock
@@ -120,7 +156,9 @@ def test_a_rating_waiting_on_a_trial_being_finished_is_refused_and_stores_nothin
 
 def join(client, test):
     client.get(f"/l/i/{test.invite_token}/")
-    response = client.post(f"/l/i/{test.invite_token}/", {"csrfmiddlewaretoken": client.cookies["csrftoken"].value})
+    response = client.post(
+        f"/l/i/{test.invite_token}/", {"csrfmiddlewaretoken": client.cookies["csrftoken"].value}
+    )
     return response["Location"]
 
 
@@ -131,8 +169,12 @@ def test_through_http_a_rating_is_two_statements_and_bad_input_stores_nothing(mu
     trial = client.get(url + "state").json()["trials"][0]
 
     def post(body):
-        return client.post(url + "rate", json.dumps(body), content_type="application/json",
-                           HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value)
+        return client.post(
+            url + "rate",
+            json.dumps(body),
+            content_type="application/json",
+            HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value,
+        )
 
     body = {"trial": trial["id"], "stimulus": trial["stimuli"][0]["id"], "score": 64, "request_id": "h1"}
     with CaptureQueriesContext(connection) as new:
@@ -140,8 +182,13 @@ def test_through_http_a_rating_is_two_statements_and_bad_input_stores_nothing(mu
     with CaptureQueriesContext(connection) as again:
         assert post(body).json() == {"score": 64.0}
     assert (len(new.captured_queries), len(again.captured_queries)) == (2, 3)
-    for bad, status in [({"score": 101}, 400), ({"score": "64"}, 400), ({"request_id": ""}, 400),
-                        ({"stimulus": "nope"}, 404), ({"trial": "nope"}, 404)]:
+    for bad, status in [
+        ({"score": 101}, 400),
+        ({"score": "64"}, 400),
+        ({"request_id": ""}, 400),
+        ({"stimulus": "nope"}, 404),
+        ({"trial": "nope"}, 404),
+    ]:
         response = post({**body, "request_id": uuid.uuid4().hex, **bad})
         assert response.status_code == status and "message" in response.json()
     participant = Participant.objects.get(token=url.rstrip("/").rsplit("/", 1)[1])
@@ -151,5 +198,6 @@ def test_through_http_a_rating_is_two_statements_and_bad_input_stores_nothing(mu
     assert closed.status_code == 409 and closed.json()["message"] == services.TEST_NOT_OPEN
     assert Rating.objects.get(participant=participant).score == 64.0
     with pytest.raises(ApplicationError):
-        services.rating_submit(participant="no-such-participant", trial=trial["id"], stimulus="x", score=1,
-                               request_id="x")
+        services.rating_submit(
+            participant="no-such-participant", trial=trial["id"], stimulus="x", score=1, request_id="x"
+        )

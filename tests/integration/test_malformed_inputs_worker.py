@@ -17,7 +17,13 @@ from evalsite.runs.models import Checkpoint, EvalSet, Generation, Job
 from evalsite.runs.services import checkpoint_register, job_create, run_create
 from evalsite.scoring.models import MetricResult
 from tests.integration.conftest import wait_for
-from tests.malformed import BAD_AUDIO, BAD_CHECKPOINTS, write_bad_audio, write_bad_checkpoints, write_good_audio
+from tests.malformed import (
+    BAD_AUDIO,
+    BAD_CHECKPOINTS,
+    write_bad_audio,
+    write_bad_checkpoints,
+    write_good_audio,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -36,8 +42,9 @@ def test_a_real_worker_survives_the_malformed_corpus_and_processes_the_good_inpu
     bad_audio = write_bad_audio(folder)
     write_good_audio(folder, n=3)
     torch.manual_seed(0)
-    good = models.save_checkpoint(models.HiFiGANVocoder.from_config(models.HiFiGANVocoder.preset("tiny")),
-                                  tmp_path / "ckpt" / "good.pt")
+    good = models.save_checkpoint(
+        models.HiFiGANVocoder.from_config(models.HiFiGANVocoder.preset("tiny")), tmp_path / "ckpt" / "good.pt"
+    )
     marker = tmp_path / "code-ran"
     bad_checkpoints = write_bad_checkpoints(tmp_path / "ckpt", good, marker=marker)
     worker = start_worker("malformed")
@@ -54,26 +61,40 @@ def test_a_real_worker_survives_the_malformed_corpus_and_processes_the_good_inpu
     eval_set = EvalSet.objects.get(pk=imported.result["eval_set_id"])
     assert sorted(eval_set.items.values_list("key", flat=True)) == ["good0", "good1", "good2"]
 
-    run, _ = run_create(name="hifigan-tiny", kind="vocoder", model_family="hifigan", eval_set=eval_set,
-                        config={"metrics": METRICS})
-    bad = {name: checkpoint_register(run=run, step=step, uri=str(path))[0]
-           for step, (name, path) in enumerate(bad_checkpoints.items(), start=1)}
+    run, _ = run_create(
+        name="hifigan-tiny",
+        kind="vocoder",
+        model_family="hifigan",
+        eval_set=eval_set,
+        config={"metrics": METRICS},
+    )
+    bad = {
+        name: checkpoint_register(run=run, step=step, uri=str(path))[0]
+        for step, (name, path) in enumerate(bad_checkpoints.items(), start=1)
+    }
     good_ckpt, _ = checkpoint_register(run=run, step=100, uri=str(good))
     for entry in BAD_CHECKPOINTS:
         job_id = Job.objects.get(checkpoint=bad[entry.name], kind=Job.Kind.GENERATION).pk
-        job = wait_for(lambda: ended(job_id), timeout=60, interval=0.2, message=f"the job of {entry.name} to end")
+        job = wait_for(
+            lambda: ended(job_id), timeout=60, interval=0.2, message=f"the job of {entry.name} to end"
+        )
         assert job.status == Job.Status.FAILED, f"{entry.name} was accepted"
         assert job.error.startswith(f"cannot load checkpoint {bad_checkpoints[entry.name]}: "), job.error
         assert entry.says in job.error, job.error
         assert Checkpoint.objects.get(pk=bad[entry.name].pk).status == Checkpoint.Status.FAILED
-    wait_for(lambda: Checkpoint.objects.get(pk=good_ckpt.pk).status in ("done", "failed"), timeout=90, interval=0.3,
-             message="the good checkpoint through generation, metrics and detection")
+    wait_for(
+        lambda: Checkpoint.objects.get(pk=good_ckpt.pk).status in ("done", "failed"),
+        timeout=90,
+        interval=0.3,
+        message="the good checkpoint through generation, metrics and detection",
+    )
 
     assert Checkpoint.objects.get(pk=good_ckpt.pk).status == Checkpoint.Status.DONE
     outputs = Generation.objects.filter(checkpoint=good_ckpt, status="done")
     assert sorted(outputs.values_list("item__key", flat=True)) == ["good0", "good1", "good2"]
-    assert {r.name: (r.status, len(r.per_item)) for r in MetricResult.objects.filter(checkpoint=good_ckpt)} == {
-        name: ("done", 3) for name in METRICS}
+    assert {
+        r.name: (r.status, len(r.per_item)) for r in MetricResult.objects.filter(checkpoint=good_ckpt)
+    } == {name: ("done", 3) for name in METRICS}
     # Nothing of the bad inputs remains: three references and three outputs, in rows and on disk.
     assert not Generation.objects.filter(checkpoint__in=bad.values()).exists()
     assert not MetricResult.objects.filter(checkpoint__in=bad.values()).exists()

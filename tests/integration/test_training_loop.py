@@ -14,10 +14,10 @@ from django.contrib.auth import get_user_model
 import models
 from evalsite.alerts.webhooks import webhook_signature_verify
 from evalsite.api.services import researcher_token_issue
-from evalsite_client import ApiError, EvalsiteClient
 from evalsite.runs.models import Checkpoint, EvalSet
 from evalsite.runs.services import evalset_import
 from evalsite.scoring.models import DetectorEvent, MetricResult
+from evalsite_client import ApiError, EvalsiteClient
 from tests.factories import write_tone
 from tests.integration.conftest import wait_for
 
@@ -60,7 +60,8 @@ def _vocoder(path, *, silent: bool):
 
 
 def test_a_watched_checkpoint_is_evaluated_and_its_alert_reaches_the_client_and_the_webhook(
-        live_server, start_worker, worker_env, tmp_path, hook):
+    live_server, start_worker, worker_env, tmp_path, hook
+):
     clips = tmp_path / "clips"
     clips.mkdir()
     for i in range(3):
@@ -73,9 +74,14 @@ def test_a_watched_checkpoint_is_evaluated_and_its_alert_reaches_the_client_and_
     with pytest.raises(ApiError) as info:
         researcher.run_create(name="tiny", kind="vocoder", model_family="hifigan", eval_set="nope")
     assert "eval_set" in info.value.fields
-    run = researcher.run_create(name="tiny", kind="vocoder", model_family="hifigan", eval_set="speech",
-                                config={"metrics": ["mrstft/auraloss-default", "si_sdr"]},
-                                checkpoint_dir=str(ckpt_dir))
+    run = researcher.run_create(
+        name="tiny",
+        kind="vocoder",
+        model_family="hifigan",
+        eval_set="speech",
+        config={"metrics": ["mrstft/auraloss-default", "si_sdr"]},
+        checkpoint_dir=str(ckpt_dir),
+    )
     trainer = EvalsiteClient(live_server.url, run["token"], backoff=0.05)
     researcher_only = EvalsiteClient(live_server.url, run["token"])
     with pytest.raises(ApiError):
@@ -87,14 +93,20 @@ def test_a_watched_checkpoint_is_evaluated_and_its_alert_reaches_the_client_and_
     # The worker runs beat too: the watcher scans every second.
     worker_env.update({"EVALSITE_WATCH_INTERVAL_S": "1", "EVALSITE_WATCH_SETTLE_S": "1"})
     # The receiver is this machine's loopback over plain http: refused unless the operator allows both.
-    worker_env.update({"EVALSITE_WEBHOOK_ALLOW_HTTP": "1", "EVALSITE_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32"})
+    worker_env.update(
+        {"EVALSITE_WEBHOOK_ALLOW_HTTP": "1", "EVALSITE_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32"}
+    )
     start_worker("beat-and-work", beat=True)
     _vocoder(ckpt_dir / "checkpoint_step_100.pth", silent=False)
     _vocoder(ckpt_dir / "checkpoint_step_200.pth", silent=True)
     (ckpt_dir / "checkpoint_step_300.pth.part").write_bytes(b"still being written")
 
-    done = wait_for(lambda: Checkpoint.objects.filter(run_id=run["id"], status__in=["done", "failed"]).count() == 2,
-                    timeout=300, interval=1.0, message="both watched checkpoints to finish the pipeline")
+    done = wait_for(
+        lambda: Checkpoint.objects.filter(run_id=run["id"], status__in=["done", "failed"]).count() == 2,
+        timeout=300,
+        interval=1.0,
+        message="both watched checkpoints to finish the pipeline",
+    )
     assert done
     assert sorted(Checkpoint.objects.filter(run_id=run["id"]).values_list("step", flat=True)) == [100, 200]
     final = trainer.checkpoint_wait(run["id"], 200, timeout=30, poll_interval=0.5)

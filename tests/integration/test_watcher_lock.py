@@ -23,10 +23,17 @@ def test_a_scan_while_another_connection_holds_the_lock_scans_nothing_until_it_i
     old = time.time() - 60
     os.utime(tmp_path / "g_00001000", (old, old))
     db = connection.settings_dict
-    other_worker = psycopg.connect(host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"] or "postgres",
-                                   dbname=db["NAME"], autocommit=True)
+    other_worker = psycopg.connect(
+        host=db["HOST"],
+        port=db["PORT"] or 5432,
+        user=db["USER"] or "postgres",
+        dbname=db["NAME"],
+        autocommit=True,
+    )
     try:
-        assert other_worker.execute("SELECT pg_try_advisory_lock(%s)", [advisory_key(WATCH_LOCK)]).fetchone()[0]
+        assert other_worker.execute("SELECT pg_try_advisory_lock(%s)", [advisory_key(WATCH_LOCK)]).fetchone()[
+            0
+        ]
         started = time.perf_counter()
         assert checkpoints_watch_all() == {}
         assert time.perf_counter() - started < 1 and not WatchedFile.objects.exists()

@@ -43,10 +43,24 @@ def web_process(worker_env, tmp_path):
     log_path = tmp_path / "gunicorn.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("gunicorn")), "evalsite.wsgi", "-w", "1", "-b", f"127.0.0.1:{port}",
-             "-c", str(hooks), "--timeout", "120"],
-            cwd=REPO, env={**worker_env, "WEB_TIER_MODULES": str(modules), "ALLOWED_HOSTS": "127.0.0.1"},
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                str(Path(sys.executable).with_name("gunicorn")),
+                "evalsite.wsgi",
+                "-w",
+                "1",
+                "-b",
+                f"127.0.0.1:{port}",
+                "-c",
+                str(hooks),
+                "--timeout",
+                "120",
+            ],
+            cwd=REPO,
+            env={**worker_env, "WEB_TIER_MODULES": str(modules), "ALLOWED_HOSTS": "127.0.0.1"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -76,8 +90,12 @@ def test_a_web_process_serves_every_page_without_importing_the_model_stack(site,
     # The hook saw the walk's last request, so nothing was served unseen. gunicorn runs post_request
     # after the response has gone out, so on a busy machine the file may lag the client by a moment.
     last = LAST_REQUEST.format(run=site["run"])
-    seen = wait_for(lambda: (s := json.loads(modules.read_text()))["last"] == last and s, timeout=30,
-                    message=f"the worker's hook to record {last!r}")
+    seen = wait_for(
+        lambda: (s := json.loads(modules.read_text()))["last"] == last and s,
+        timeout=30,
+        message=f"the worker's hook to record {last!r}",
+    )
     assert seen["first_seen"] == {}, (
         f"the web process imported the model stack: {seen['first_seen']} (module: the request after which it "
-        "was first loaded). Web requests must not need it: import it only on the worker's code path.")
+        "was first loaded). Web requests must not need it: import it only on the worker's code path."
+    )

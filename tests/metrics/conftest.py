@@ -37,7 +37,6 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 
 
-
 @pytest.fixture
 def log_mel_frames():
     return _log_mel_frames

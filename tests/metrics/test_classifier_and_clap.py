@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from metrics.functional.classifier import inception_score, kl_divergence
 from metrics.functional.clap_score import clap_score
+from metrics.functional.classifier import inception_score, kl_divergence
 
 
 def test_inception_score_of_uniform_predictions_is_one():

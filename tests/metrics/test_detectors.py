@@ -17,8 +17,18 @@ from scipy.signal import butter, resample_poly, sosfilt, sosfiltfilt
 
 from evalsite.demo.speech import synthesize
 from metrics.detectors import (
-    DETECTORS, DetectorEvent, detect_all, detect_clicks, detect_clipping, detect_dc_offset, detect_hf_loss,
-    detect_nan_or_silence, detect_spectral_discontinuities, detect_tonal_buzz, event_rate, region_agreement,
+    DETECTORS,
+    DetectorEvent,
+    detect_all,
+    detect_clicks,
+    detect_clipping,
+    detect_dc_offset,
+    detect_hf_loss,
+    detect_nan_or_silence,
+    detect_spectral_discontinuities,
+    detect_tonal_buzz,
+    event_rate,
+    region_agreement,
 )
 
 SR = 22050
@@ -32,12 +42,18 @@ def _vowel(sr: int = SR, seconds: float = 3.0, f0: float = 140.0) -> np.ndarray:
     x = np.zeros_like(t)
     for k in range(1, int(0.45 * sr / f0)):
         fk = k * freq
-        formants = sum(g * np.exp(-(((fk - fc) / bw) ** 2))
-                       for g, fc, bw in ((4, 700, 150), (3, 1200, 200), (2, 2600, 300)))
-        x += np.where(fk < 0.45 * sr, k ** -1.5 * (1 + formants), 0.0) * np.sin(k * phase)
-    breath = sosfilt(butter(2, 2000, "high", fs=sr, output="sos"), np.random.default_rng(7).standard_normal(t.size))
-    x = x / np.sqrt(np.mean(x ** 2)) + 10 ** (-30 / 20) * breath / np.sqrt(np.mean(breath ** 2))
-    x *= 0.2 + 0.4 * (1 - np.cos(2 * np.pi * 3 * t))  # syllable-rate envelope, loudest at 0.5, 0.83, 1.17, 1.5 s ...
+        formants = sum(
+            g * np.exp(-(((fk - fc) / bw) ** 2))
+            for g, fc, bw in ((4, 700, 150), (3, 1200, 200), (2, 2600, 300))
+        )
+        x += np.where(fk < 0.45 * sr, k**-1.5 * (1 + formants), 0.0) * np.sin(k * phase)
+    breath = sosfilt(
+        butter(2, 2000, "high", fs=sr, output="sos"), np.random.default_rng(7).standard_normal(t.size)
+    )
+    x = x / np.sqrt(np.mean(x**2)) + 10 ** (-30 / 20) * breath / np.sqrt(np.mean(breath**2))
+    x *= 0.2 + 0.4 * (
+        1 - np.cos(2 * np.pi * 3 * t)
+    )  # syllable-rate envelope, loudest at 0.5, 0.83, 1.17, 1.5 s ...
     return 0.5 * x / np.max(np.abs(x))
 
 
@@ -55,6 +71,7 @@ def _at(t: float) -> int:
 # --- planting ------------------------------------------------------------------------------------
 # Each returns (output, planted regions as (start_s, end_s)); points have start == end.
 
+
 def plant_clicks(name, x):
     # At 0.5 s the vowel is at its loudest, and its pitch pulses leave residual peaks a 0.3 click
     # does not clear by CLICK_ISOLATION_K (the documented limit in loud voiced sound).
@@ -67,13 +84,13 @@ def plant_clicks(name, x):
 def plant_clipping(name, x):
     t0 = {"speech": 1.0, "vowel": 1.1}[name]
     y = x.copy()
-    y[_at(t0):_at(t0 + 0.2)] *= 4
+    y[_at(t0) : _at(t0 + 0.2)] *= 4
     return np.clip(y, -1.0, 1.0), [(t0, t0 + 0.2)]
 
 
 def plant_dc(name, x):
     y = x.copy()
-    y[_at(1.0):_at(1.5)] += 0.1
+    y[_at(1.0) : _at(1.5)] += 0.1
     return y, [(1.0, 1.5)]
 
 
@@ -89,7 +106,7 @@ def plant_discontinuity(name, x):
 def plant_hf_loss(name, x):
     low = sosfiltfilt(butter(8, 2000, fs=SR, output="sos"), x)
     y = x.copy()
-    y[_at(1.0):_at(2.0)] = low[_at(1.0):_at(2.0)]
+    y[_at(1.0) : _at(2.0)] = low[_at(1.0) : _at(2.0)]
     return y, [(1.0, 2.0)]
 
 
@@ -98,25 +115,32 @@ def plant_buzz(name, x):
     # prominent in the reference, so its buzz goes at 3 kHz.
     f = {"speech": 1000.0, "vowel": 3000.0}[name]
     t = np.arange(x.size) / SR
-    return x + np.where((t >= 0.8) & (t < 1.8), 10 ** (-25 / 20) * np.sin(2 * np.pi * f * t), 0.0), [(0.8, 1.8)]
+    return x + np.where((t >= 0.8) & (t < 1.8), 10 ** (-25 / 20) * np.sin(2 * np.pi * f * t), 0.0), [
+        (0.8, 1.8)
+    ]
 
 
 def plant_nan(name, x):
     y = x.copy()
-    y[_at(0.8):_at(0.8) + 5] = np.nan
+    y[_at(0.8) : _at(0.8) + 5] = np.nan
     return y, [(0.8, 0.8 + 5 / SR)]
 
 
 def plant_silence(name, x):
     y = x.copy()
-    y[_at(1.2):_at(1.6)] = 0.0
+    y[_at(1.2) : _at(1.6)] = 0.0
     return y, [(1.2, 1.6)]
 
 
 PLANTS = {
-    "clicks": plant_clicks, "clipping": plant_clipping, "dc_offset": plant_dc,
-    "spectral_discontinuity": plant_discontinuity, "hf_loss": plant_hf_loss, "tonal_buzz": plant_buzz,
-    "nan": plant_nan, "silence": plant_silence,
+    "clicks": plant_clicks,
+    "clipping": plant_clipping,
+    "dc_offset": plant_dc,
+    "spectral_discontinuity": plant_discontinuity,
+    "hf_loss": plant_hf_loss,
+    "tonal_buzz": plant_buzz,
+    "nan": plant_nan,
+    "silence": plant_silence,
 }
 # Detectors that may legitimately also respond to an artifact: a DC step, a gain step at the edge of
 # a clipped stretch, a zeroed NaN sample or an abrupt cut into silence is also a click and a
@@ -140,6 +164,7 @@ def _containing(events, detector, t, tol):
 
 # --- clean signals -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", SIGNALS)
 def test_clean_signals_give_no_events_alone_or_against_themselves(clean, name):
     x = clean[name]
@@ -161,6 +186,7 @@ def test_peak_normalised_speech_is_not_clipping(clean):
 
 
 # --- each detector finds its planted artifact ----------------------------------------------------
+
 
 @pytest.mark.parametrize("use_reference", [True, False], ids=["reference", "no-reference"])
 @pytest.mark.parametrize("name", SIGNALS)
@@ -257,8 +283,12 @@ def test_nan_samples_are_reported_and_do_not_break_the_other_detectors(clean, na
     events = detect_all(y, SR, clean[name])
     non_finite = [e for e in events if e.detector == "nan_or_silence"]
     assert [(e.detail["kind"], e.detail["n_nan"], e.detail["n_inf"], e.strength) for e in non_finite] == [
-        ("non_finite", 5, 0, 5.0), ("non_finite", 0, 1, 1.0)]
-    assert non_finite[0].start_s == pytest.approx(t0, abs=1e-4) and non_finite[0].end_s == pytest.approx(t1, abs=1e-4)
+        ("non_finite", 5, 0, 5.0),
+        ("non_finite", 0, 1, 1.0),
+    ]
+    assert non_finite[0].start_s == pytest.approx(t0, abs=1e-4) and non_finite[0].end_s == pytest.approx(
+        t1, abs=1e-4
+    )
     assert all(min(abs(e.start_s - t0), abs(e.start_s - 2.0)) < 0.03 for e in events)
     assert all(np.isfinite(e.strength) for e in events)
 
@@ -280,10 +310,13 @@ def test_a_silent_clip_is_silence_without_a_reference():
 
 # --- cross-talk: each artifact triggers only related detectors, only near it ---------------------
 
+
 @pytest.mark.parametrize("use_reference", [True, False], ids=["reference", "no-reference"])
 @pytest.mark.parametrize("artifact", list(PLANTS))
 @pytest.mark.parametrize("name", SIGNALS)
-def test_detect_all_reports_only_related_detectors_near_the_planted_artifact(clean, name, artifact, use_reference):
+def test_detect_all_reports_only_related_detectors_near_the_planted_artifact(
+    clean, name, artifact, use_reference
+):
     y, planted = PLANTS[artifact](name, clean[name])
     events = detect_all(y, SR, clean[name] if use_reference else None)
     own = {"nan": "nan_or_silence", "silence": "nan_or_silence"}.get(artifact, artifact)
@@ -319,6 +352,7 @@ def test_the_click_predictor_recovers_the_innovation_of_an_autoregressive_proces
 
 
 # --- input handling ------------------------------------------------------------------------------
+
 
 def test_stereo_input_raises_naming_the_shape():
     with pytest.raises(ValueError, match=r"shape \(2, 1000\)"):
@@ -386,6 +420,7 @@ def test_detectors_work_at_24khz(clean):
 
 # --- events, rates and agreement with listeners ---------------------------------------------------
 
+
 def test_events_are_frozen_and_json_serialisable(clean):
     y, _ = plant_nan("speech", clean["speech"])
     events = detect_all(y, SR, clean["speech"])
@@ -408,8 +443,13 @@ def test_region_agreement_matches_hand_counts():
     flagged = [(1.1, 1.5), (3.12, 3.3), (8.0, 9.0)]
     # Widened by 0.1 s: (1.0, 1.2) meets (1.1, 1.5); (3.0, 3.05) meets (3.02, 3.4); the rest meet nothing.
     assert region_agreement(detected, flagged, tolerance_s=0.1) == {
-        "precision": 2 / 4, "recall": 2 / 3, "n_detected": 4, "n_flagged": 3,
-        "n_detected_matched": 2, "n_flagged_matched": 2, "tolerance_s": 0.1,
+        "precision": 2 / 4,
+        "recall": 2 / 3,
+        "n_detected": 4,
+        "n_flagged": 3,
+        "n_detected_matched": 2,
+        "n_flagged_matched": 2,
+        "tolerance_s": 0.1,
     }
     strict = region_agreement(detected, flagged, tolerance_s=0.0)
     assert (strict["precision"], strict["recall"]) == (1 / 4, 1 / 3)
@@ -425,8 +465,13 @@ def test_region_agreement_counts_two_events_in_one_region_once_for_recall():
 
 def test_region_agreement_with_nothing_to_divide_by_is_none_and_bad_regions_raise():
     assert region_agreement([], [(1.0, 2.0)]) == {
-        "precision": None, "recall": 0.0, "n_detected": 0, "n_flagged": 1,
-        "n_detected_matched": 0, "n_flagged_matched": 0, "tolerance_s": 0.1,
+        "precision": None,
+        "recall": 0.0,
+        "n_detected": 0,
+        "n_flagged": 1,
+        "n_detected_matched": 0,
+        "n_flagged_matched": 0,
+        "tolerance_s": 0.1,
     }
     assert region_agreement([(1.0, 2.0)], [])["recall"] is None
     with pytest.raises(ValueError, match="ends before it starts"):
@@ -437,7 +482,11 @@ def test_region_agreement_with_nothing_to_divide_by_is_none_and_bad_regions_rais
 
 def test_the_detectors_import_without_the_model_stack():
     # The web tier's dashboards import them; torch there costs every web worker ~500 MiB.
-    check = ("import sys, metrics, metrics.detectors; "
-             "loaded = sorted({'torch', 'torchaudio', 'models'} & set(sys.modules)); "
-             "assert not loaded, loaded")
-    subprocess.run([sys.executable, "-c", check], cwd=Path(__file__).resolve().parents[2], check=True, timeout=120)
+    check = (
+        "import sys, metrics, metrics.detectors; "
+        "loaded = sorted({'torch', 'torchaudio', 'models'} & set(sys.modules)); "
+        "assert not loaded, loaded"
+    )
+    subprocess.run(
+        [sys.executable, "-c", check], cwd=Path(__file__).resolve().parents[2], check=True, timeout=120
+    )

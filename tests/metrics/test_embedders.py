@@ -15,7 +15,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from metrics.embedders import (  # noqa: E402
-    MissingWeightsError, ModelStore, available_embedders, embedder_names, get_embedder, required_weights,
+    MissingWeightsError,
+    ModelStore,
+    available_embedders,
+    embedder_names,
+    get_embedder,
+    required_weights,
 )
 from metrics.embedders.panns import CNN14_CONFIGS, Cnn14, PannsCnn14Embedder  # noqa: E402
 from metrics.embedders.store import WeightFile, sha256_file  # noqa: E402
@@ -45,8 +50,10 @@ def store(tmp_path_factory):
     (root / "vggish").mkdir()
     torch.save(VGGishNet().state_dict(), root / "vggish" / "vggish-10086976.pth")
     q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(128, 128)))
-    torch.save({"pca_eigen_vectors": q.astype(np.float32), "pca_means": np.zeros(128, np.float32)},
-               root / "vggish" / "vggish_pca_params-970ea276.pth")
+    torch.save(
+        {"pca_eigen_vectors": q.astype(np.float32), "pca_means": np.zeros(128, np.float32)},
+        root / "vggish" / "vggish_pca_params-970ea276.pth",
+    )
     (root / "panns").mkdir()
     net = Cnn14(CNN14_CONFIGS[16000])
     _randomize_bn(net, 1)
@@ -66,12 +73,15 @@ def test_missing_weights_error_names_the_file_the_directory_and_the_source(tmp_p
     assert "Zenodo" in msg and "EVALSITE_MODEL_STORE" in msg
 
 
-@pytest.mark.parametrize("name,filename,subdir", [
-    ("vggish-16k", "vggish-10086976.pth", "vggish"),
-    ("panns-cnn14-16k", "Cnn14_16k_mAP=0.438.pth", "panns"),
-    ("clap-laion-630k-audioset-48k", "630k-audioset-best.pt", "clap"),
-    ("encodec-24k", "encodec_24khz-d7cc33bc.th", "encodec"),
-])
+@pytest.mark.parametrize(
+    "name,filename,subdir",
+    [
+        ("vggish-16k", "vggish-10086976.pth", "vggish"),
+        ("panns-cnn14-16k", "Cnn14_16k_mAP=0.438.pth", "panns"),
+        ("clap-laion-630k-audioset-48k", "630k-audioset-best.pt", "clap"),
+        ("encodec-24k", "encodec_24khz-d7cc33bc.th", "encodec"),
+    ],
+)
 def test_each_store_embedder_names_its_upstream_file_when_missing(tmp_path, name, filename, subdir):
     with pytest.raises(MissingWeightsError, match=filename) as err:
         get_embedder(name, store=ModelStore(tmp_path), device="cpu")
@@ -110,11 +120,17 @@ def test_weights_checksum_is_the_sha256_of_the_loaded_file(store):
 # -- VGGish ---------------------------------------------------------------------------------------
 def test_vggish_has_the_torchvggish_keys_shapes_and_parameter_count():
     sd = VGGishNet().state_dict()
-    expected = {"features.0.weight": (64, 1, 3, 3), "features.3.weight": (128, 64, 3, 3),
-                "features.6.weight": (256, 128, 3, 3), "features.8.weight": (256, 256, 3, 3),
-                "features.11.weight": (512, 256, 3, 3), "features.13.weight": (512, 512, 3, 3),
-                "embeddings.0.weight": (4096, 12288), "embeddings.2.weight": (4096, 4096),
-                "embeddings.4.weight": (128, 4096)}
+    expected = {
+        "features.0.weight": (64, 1, 3, 3),
+        "features.3.weight": (128, 64, 3, 3),
+        "features.6.weight": (256, 128, 3, 3),
+        "features.8.weight": (256, 256, 3, 3),
+        "features.11.weight": (512, 256, 3, 3),
+        "features.13.weight": (512, 512, 3, 3),
+        "embeddings.0.weight": (4096, 12288),
+        "embeddings.2.weight": (4096, 4096),
+        "embeddings.4.weight": (128, 4096),
+    }
     expected.update({k.replace("weight", "bias"): (v[0],) for k, v in expected.items()})
     assert {k: tuple(v.shape) for k, v in sd.items()} == expected
     assert sum(v.numel() for v in sd.values()) == 72_141_184
@@ -136,7 +152,9 @@ def test_vggish_embeds_one_row_per_096s_patch_from_the_store(store):
     assert [o.shape for o in out] == [(3, 128), (1, 128), (1, 128)]
     assert all(o.dtype == np.float32 and np.isfinite(o).all() for o in out)
     assert emb.embed_clip([_sine(16000, 3.0)]).shape == (1, 128)
-    np.testing.assert_allclose(emb.embed_clip([_sine(16000, 3.0)])[0], out[0].mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        emb.embed_clip([_sine(16000, 3.0)])[0], out[0].mean(axis=0), rtol=1e-5, atol=1e-6
+    )
     half = get_embedder("vggish-16k-hop0.5s", store=store, device="cpu")
     assert half.embed([_sine(16000, 3.0)])[0].shape == (5, 128)  # 1 + (298 - 96) // 50
 
@@ -195,13 +213,28 @@ def test_cnn14_has_the_released_checkpoint_keys_and_shapes(sr, n_fft):
     assert tuple(sd["fc_audioset.weight"].shape) == (527, 2048)
     assert "bn0.num_batches_tracked" in sd and "conv_block3.bn2.running_var" in sd
     blocks = {f"conv_block{i}.{p}.{t}" for i in range(1, 7) for p in ("conv1", "conv2") for t in ("weight",)}
-    blocks |= {f"conv_block{i}.{b}.{t}" for i in range(1, 7) for b in ("bn1", "bn2")
-               for t in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+    blocks |= {
+        f"conv_block{i}.{b}.{t}"
+        for i in range(1, 7)
+        for b in ("bn1", "bn2")
+        for t in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    }
     blocks |= {f"bn0.{t}" for t in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
-    blocks |= {"fc1.weight", "fc1.bias", "fc_audioset.weight", "fc_audioset.bias", "logmel_extractor.melW",
-               "spectrogram_extractor.stft.conv_real.weight", "spectrogram_extractor.stft.conv_imag.weight"}
+    blocks |= {
+        "fc1.weight",
+        "fc1.bias",
+        "fc_audioset.weight",
+        "fc_audioset.bias",
+        "logmel_extractor.melW",
+        "spectrogram_extractor.stft.conv_real.weight",
+        "spectrogram_extractor.stft.conv_imag.weight",
+    }
     assert set(sd) == blocks
-    body = sum(v.numel() for k, v in sd.items() if "extractor" not in k and "running" not in k and "num_batches" not in k)
+    body = sum(
+        v.numel()
+        for k, v in sd.items()
+        if "extractor" not in k and "running" not in k and "num_batches" not in k
+    )
     assert body == 80_753_615  # Cnn14's published parameter count
 
 
@@ -209,11 +242,29 @@ def test_cnn14_front_end_matches_torchlibrosa():
     tl = pytest.importorskip("torchlibrosa")
     cfg = CNN14_CONFIGS[32000]
     net = Cnn14(cfg)
-    spec = tl.Spectrogram(n_fft=1024, hop_length=320, win_length=1024, window="hann", center=True,
-                          pad_mode="reflect", freeze_parameters=True)
-    logmel = tl.LogmelFilterBank(sr=32000, n_fft=1024, n_mels=64, fmin=50, fmax=14000, ref=1.0, amin=1e-10,
-                                 top_db=None, freeze_parameters=True)
-    x = torch.as_tensor(_sine(32000, 0.5))[None] + 0.01 * torch.randn(1, 16000, generator=torch.Generator().manual_seed(0))
+    spec = tl.Spectrogram(
+        n_fft=1024,
+        hop_length=320,
+        win_length=1024,
+        window="hann",
+        center=True,
+        pad_mode="reflect",
+        freeze_parameters=True,
+    )
+    logmel = tl.LogmelFilterBank(
+        sr=32000,
+        n_fft=1024,
+        n_mels=64,
+        fmin=50,
+        fmax=14000,
+        ref=1.0,
+        amin=1e-10,
+        top_db=None,
+        freeze_parameters=True,
+    )
+    x = torch.as_tensor(_sine(32000, 0.5))[None] + 0.01 * torch.randn(
+        1, 16000, generator=torch.Generator().manual_seed(0)
+    )
     with torch.inference_mode():
         ours = net.logmel_extractor(net.spectrogram_extractor(x))
         theirs = logmel(spec(x))

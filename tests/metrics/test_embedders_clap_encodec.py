@@ -63,7 +63,9 @@ def test_clap_embeds_one_unit_vector_per_10s_window(clap):
     out = clap.embed([_sine(48000, 1.0), _sine(48000, 12.0, 220.0)])
     assert [o.shape for o in out] == [(1, 512), (2, 512)]
     np.testing.assert_allclose(np.linalg.norm(out[1], axis=1), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(clap.embed([_sine(48000, 1.0)])[0], out[0], rtol=1e-4, atol=1e-5)  # deterministic
+    np.testing.assert_allclose(
+        clap.embed([_sine(48000, 1.0)])[0], out[0], rtol=1e-4, atol=1e-5
+    )  # deterministic
 
 
 def test_clap_short_windows_are_repeat_padded(clap):

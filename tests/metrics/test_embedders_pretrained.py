@@ -27,9 +27,11 @@ def speech():
 
     emb = get_embedder("resemblyzer-16k", device="cpu")
     out = {}
-    for key, text, voice in (("a1", "The quick brown fox jumps over the lazy dog near the bank.", "en-us"),
-                             ("a2", "Please call Stella and ask her to bring these things with her.", "en-us"),
-                             ("b1", "The quick brown fox jumps over the lazy dog near the bank.", "en-us+f3")):
+    for key, text, voice in (
+        ("a1", "The quick brown fox jumps over the lazy dog near the bank.", "en-us"),
+        ("a2", "Please call Stella and ask her to bring these things with her.", "en-us"),
+        ("b1", "The quick brown fox jumps over the lazy dog near the bank.", "en-us+f3"),
+    ):
         wav, sr = synthesize(text, voice=voice)
         out[key] = emb.prepare(wav, sr)
     return out

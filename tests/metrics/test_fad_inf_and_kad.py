@@ -102,4 +102,6 @@ def test_fad_inf_is_deterministic_and_checks_sizes(rng):
 @requires_cuda
 def test_kad_cuda_matches_cpu(rng):
     x, y = rng.normal(size=(80, 8)), rng.normal(size=(70, 8)) + 0.1
-    assert kernel_audio_distance(x, y, device="cuda").value == pytest.approx(kernel_audio_distance(x, y).value, rel=1e-9)
+    assert kernel_audio_distance(x, y, device="cuda").value == pytest.approx(
+        kernel_audio_distance(x, y).value, rel=1e-9
+    )

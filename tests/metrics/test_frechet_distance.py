@@ -106,7 +106,9 @@ def test_distance_grows_monotonically_with_sine_distortion(log_mel_frames):
         return [np.asarray(x, dtype=np.float32) for x in xs]
 
     ref = clips(0.0, 0)
-    values = [frechet_distance_from_samples(ref, clips(level, 1)).value for level in (0.0, 0.001, 0.01, 0.05, 0.2)]
+    values = [
+        frechet_distance_from_samples(ref, clips(level, 1)).value for level in (0.0, 0.001, 0.01, 0.05, 0.2)
+    ]
     assert all(b > a for a, b in zip(values, values[1:])), values
 
 

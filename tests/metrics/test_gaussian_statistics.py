@@ -21,20 +21,28 @@ def test_merged_statistics_equal_a_single_pass(rng):
     # Near-zero covariances differ by rounding (the summation order depends on the BLAS build), so the
     # absolute tolerance is relative to the largest entry.
     reference = np.cov(x, rowvar=False)
-    np.testing.assert_allclose(single.compute()[1].numpy(), reference, rtol=1e-12, atol=1e-12 * np.abs(reference).max())
+    np.testing.assert_allclose(
+        single.compute()[1].numpy(), reference, rtol=1e-12, atol=1e-12 * np.abs(reference).max()
+    )
 
 
 def test_large_mean_offset_keeps_float64_precision(rng):
     x = rng.normal(size=(2000, 8)) * 1e-3 + 1e6
-    mean, cov = GaussianStatistics().update(x[:1000]).merge_state(GaussianStatistics().update(x[1000:])).compute()
+    mean, cov = (
+        GaussianStatistics().update(x[:1000]).merge_state(GaussianStatistics().update(x[1000:])).compute()
+    )
     np.testing.assert_allclose(cov.numpy(), np.cov(x, rowvar=False), rtol=1e-6)
     np.testing.assert_allclose(mean.numpy(), x.mean(0), rtol=1e-14)
 
 
 def test_bytes_and_file_round_trip_is_lossless(rng, tmp_path):
-    s = GaussianStatistics(meta={"embedder": "toy-8", "preprocess": "pp1-abc"}).update(rng.normal(size=(50, 8)))
-    for restored in (GaussianStatistics.from_bytes(s.to_bytes()),
-                     GaussianStatistics.from_bytes(s.to_bytes(compressed=True))):
+    s = GaussianStatistics(meta={"embedder": "toy-8", "preprocess": "pp1-abc"}).update(
+        rng.normal(size=(50, 8))
+    )
+    for restored in (
+        GaussianStatistics.from_bytes(s.to_bytes()),
+        GaussianStatistics.from_bytes(s.to_bytes(compressed=True)),
+    ):
         assert restored.n == 50 and restored.meta == s.meta
         for a, b in zip(restored.compute(), s.compute()):
             assert torch.equal(a, b)
@@ -48,7 +56,9 @@ def test_from_mean_cov_reproduces_the_moments(rng):
     mean, cov = s.compute()
     np.testing.assert_allclose(cov.numpy(), np.cov(x, rowvar=False), rtol=1e-12)
     merged = s.merge_state(GaussianStatistics().update(x))
-    np.testing.assert_allclose(merged.compute()[1].numpy(), np.cov(np.vstack([x, x]), rowvar=False), rtol=1e-10)
+    np.testing.assert_allclose(
+        merged.compute()[1].numpy(), np.cov(np.vstack([x, x]), rowvar=False), rtol=1e-10
+    )
 
 
 def test_merge_refuses_conflicting_metadata_and_dimensions(rng):

@@ -8,7 +8,14 @@ import pytest
 
 from metrics.embedders import MissingWeightsError, ModelStore, get_embedder
 from metrics.embedders.fetch import (
-    FETCH_COMMAND, RemoteFile, fetch_file, fetch_hint, fetch_targets, mirror_url, remote_files, resolve_targets,
+    FETCH_COMMAND,
+    RemoteFile,
+    fetch_file,
+    fetch_hint,
+    fetch_targets,
+    mirror_url,
+    remote_files,
+    resolve_targets,
 )
 from metrics.embedders.registry import _entries
 from metrics.embedders.store import WeightFile
@@ -40,14 +47,17 @@ def test_a_good_file_is_stored_with_its_verified_sha256(store):
     assert result.path == store.root / "panns" / "Cnn14_mAP=0.431.pth"
     assert result.path.read_bytes() == GOOD
     assert result.sha256 == hashlib.sha256(GOOD).hexdigest()
-    assert _left_in(store.root) == [store.root.joinpath("panns").relative_to(store.root),
-                                    result.path.relative_to(store.root)]
+    assert _left_in(store.root) == [
+        store.root.joinpath("panns").relative_to(store.root),
+        result.path.relative_to(store.root),
+    ]
 
 
 def test_a_file_checked_by_zenodo_md5_or_a_sha256_prefix_is_stored(store):
     md5_only = _remote("", md5=hashlib.md5(GOOD).hexdigest())
-    prefix_only = RemoteFile(WeightFile("vggish", "x-1234.pth", "t"), "",
-                             sha256_prefix=hashlib.sha256(GOOD).hexdigest()[:8])
+    prefix_only = RemoteFile(
+        WeightFile("vggish", "x-1234.pth", "t"), "", sha256_prefix=hashlib.sha256(GOOD).hexdigest()[:8]
+    )
     with serve_files({"/panns/Cnn14_mAP=0.431.pth": GOOD, "/vggish/x-1234.pth": GOOD}) as base:
         assert fetch_file(md5_only, store, mirror=base).status == "stored"
         assert fetch_file(prefix_only, store, mirror=base).status == "stored"
@@ -71,11 +81,14 @@ def test_a_truncated_file_served_as_complete_is_refused_and_leaves_nothing(store
     assert _left_in(store.root) == []
 
 
-@pytest.mark.parametrize("digests", [
-    {"sha256": "0" * 64},
-    {"sha256_prefix": "00000000"},
-    {"md5": "0" * 32},
-])
+@pytest.mark.parametrize(
+    "digests",
+    [
+        {"sha256": "0" * 64},
+        {"sha256_prefix": "00000000"},
+        {"md5": "0" * 32},
+    ],
+)
 def test_a_file_with_the_wrong_checksum_is_refused_and_leaves_nothing(store, digests):
     with serve_files({"/w.pth": GOOD}) as base:
         result = fetch_file(_remote(base + "/w.pth", **digests), store)
@@ -124,8 +137,14 @@ def test_offline_fails_fast_with_the_url_the_reason_and_where_to_put_the_file(st
 
 
 def test_a_file_without_a_recorded_digest_is_never_downloaded(store):
-    result = fetch_file(RemoteFile(WEIGHT, "http://127.0.0.1:9/w.pth", digest_source="see the file page"), store)
-    assert result.status == "failed" and "no checksum" in result.message and "see the file page" in result.message
+    result = fetch_file(
+        RemoteFile(WEIGHT, "http://127.0.0.1:9/w.pth", digest_source="see the file page"), store
+    )
+    assert (
+        result.status == "failed"
+        and "no checksum" in result.message
+        and "see the file page" in result.message
+    )
 
 
 def test_the_mirror_serves_the_store_layout():
@@ -139,8 +158,10 @@ def test_every_store_file_an_embedder_loads_is_in_the_catalogue():
     for name, entry in _entries().items():
         for w in entry.weights:
             assert f"{w.subdir}/{w.filename}" in files, name
-    assert set(fetch_targets()["roberta-base-tokenizer"]) == {files["clap/roberta-base/vocab.json"],
-                                                               files["clap/roberta-base/merges.txt"]}
+    assert set(fetch_targets()["roberta-base-tokenizer"]) == {
+        files["clap/roberta-base/vocab.json"],
+        files["clap/roberta-base/merges.txt"],
+    }
 
 
 def test_catalogue_digests_are_well_formed_and_agree_with_the_file_names():
@@ -167,11 +188,14 @@ def test_names_sharing_a_file_fetch_it_once():
 
 
 # -- the error a metric gets -----------------------------------------------------------------------
-@pytest.mark.parametrize("name,filename", [
-    ("panns-cnn14-32k", "Cnn14_mAP=0.431.pth"),
-    ("vggish-16k-pca8bit", "vggish-10086976.pth"),
-    ("clap-laion-630k-audioset-48k", "630k-audioset-best.pt"),
-])
+@pytest.mark.parametrize(
+    "name,filename",
+    [
+        ("panns-cnn14-32k", "Cnn14_mAP=0.431.pth"),
+        ("vggish-16k-pca8bit", "vggish-10086976.pth"),
+        ("clap-laion-630k-audioset-48k", "630k-audioset-best.pt"),
+    ],
+)
 def test_missing_weights_error_names_the_file_and_the_models_fetch_command(tmp_path, name, filename):
     with pytest.raises(MissingWeightsError) as err:
         get_embedder(name, store=tmp_path, device="cpu")
@@ -182,7 +206,10 @@ def test_missing_weights_error_names_the_file_and_the_models_fetch_command(tmp_p
 
 
 def test_fetch_hint_names_the_embedder_that_needs_the_file():
-    assert fetch_hint(remote_files()["encodec/encodec_24khz-d7cc33bc.th"].weight) == f"{FETCH_COMMAND} encodec-24k"
+    assert (
+        fetch_hint(remote_files()["encodec/encodec_24khz-d7cc33bc.th"].weight)
+        == f"{FETCH_COMMAND} encodec-24k"
+    )
 
 
 def test_missing_clap_tokenizer_files_name_the_models_fetch_command(tmp_path):

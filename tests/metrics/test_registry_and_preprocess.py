@@ -19,7 +19,10 @@ def test_every_registered_metric_has_complete_metadata():
 def test_template_names_resolve_with_the_embedder():
     spec = registry.get("fad/vggish-16k")
     assert spec.embedder == "vggish-16k" and spec.higher_is_better is False
-    assert registry.get("kl/passt-32k/softmax-gen-ref").params == {"activation": "softmax", "direction": "gen||ref"}
+    assert registry.get("kl/passt-32k/softmax-gen-ref").params == {
+        "activation": "softmax",
+        "direction": "gen||ref",
+    }
     assert registry.get("mrstft/auraloss-default").per_item is True
     assert registry.get("mel_l1/hifigan-22.05k-n1024-h256-m80").sample_rate == 22050
     with pytest.raises(KeyError, match="unknown metric"):
@@ -37,10 +40,14 @@ def test_preprocess_key_is_stable_and_sensitive_to_every_field():
     # A fixed value: changing it invalidates every cached embedding, so it must be deliberate.
     assert base.key() == "pp1-2d2f45252a6f23a6"
     variants = [
-        PreprocessSpec(target_sr=32000), PreprocessSpec(16000, resampler="soxr-hq"),
-        PreprocessSpec(16000, channels="first"), PreprocessSpec(16000, crop="center", max_seconds=10),
-        PreprocessSpec(16000, pad="zero", min_seconds=1), PreprocessSpec(16000, loudness="peak"),
-        PreprocessSpec(16000, remove_dc=True), PreprocessSpec(16000, int16_roundtrip=True),
+        PreprocessSpec(target_sr=32000),
+        PreprocessSpec(16000, resampler="soxr-hq"),
+        PreprocessSpec(16000, channels="first"),
+        PreprocessSpec(16000, crop="center", max_seconds=10),
+        PreprocessSpec(16000, pad="zero", min_seconds=1),
+        PreprocessSpec(16000, loudness="peak"),
+        PreprocessSpec(16000, remove_dc=True),
+        PreprocessSpec(16000, int16_roundtrip=True),
     ]
     keys = {v.key() for v in variants} | {base.key()}
     assert len(keys) == len(variants) + 1
@@ -68,4 +75,6 @@ def test_metrics_package_imports_no_django_celery_or_evalsite():
         "bad = [m for m in sys.modules if m.split('.')[0] in ('django', 'celery', 'evalsite')]\n"
         "assert not bad, bad\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[2]))
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[2])
+    )

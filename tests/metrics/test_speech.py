@@ -36,7 +36,9 @@ def test_pesq_matches_the_pesq_package(speech_pair):
     # at 24 kHz input the metric resamples with torchaudio before calling pesq
     g24, r24 = (resample(torch.as_tensor(x), 16000, 24000) for x in (gen, ref))
     r2 = pesq_wb({"a": g24}, {"a": r24}, 24000)
-    expected = pesq.pesq(16000, resample(r24, 24000, 16000).numpy(), resample(g24, 24000, 16000).numpy(), "wb")
+    expected = pesq.pesq(
+        16000, resample(r24, 24000, 16000).numpy(), resample(g24, 24000, 16000).numpy(), "wb"
+    )
     assert r2.per_item["a"] == pytest.approx(expected, abs=1e-6)
     assert r.name == "pesq/wb-16k-torchaudio"
 
@@ -52,7 +54,8 @@ def test_stoi_matches_pystoi(speech_pair):
     gen, ref = speech_pair
     assert stoi(gen, ref, 16000).value == pytest.approx(pystoi.stoi(ref, gen, 16000), abs=1e-9)
     assert stoi(gen, ref, 16000, extended=True).value == pytest.approx(
-        pystoi.stoi(ref, gen, 16000, extended=True), abs=1e-9)
+        pystoi.stoi(ref, gen, 16000, extended=True), abs=1e-9
+    )
 
 
 def test_crepe_pitch_metrics_identical_and_shifted(speech_like):

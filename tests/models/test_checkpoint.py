@@ -55,7 +55,9 @@ def _jik876_state_dict(model: models.HiFiGANVocoder, *, legacy: bool) -> dict[st
 
 def _write_jik876(directory: Path, model: models.HiFiGANVocoder, step: int, *, legacy: bool) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps({**model.config.to_jik876(), "batch_size": 16, "num_gpus": 0}))
+    (directory / "config.json").write_text(
+        json.dumps({**model.config.to_jik876(), "batch_size": 16, "num_gpus": 0})
+    )
     path = directory / f"g_{step:08d}"
     torch.save({"generator": _jik876_state_dict(model, legacy=legacy)}, path)
     return path
@@ -106,7 +108,9 @@ def test_bigvgan_config_json_is_refused_clearly(tmp_path: Path) -> None:
 @pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
 def test_wrapper_prefixes_are_stripped(prefix: str, tmp_path: Path) -> None:
     model = tiny("sat")
-    torch.save({"generator_state_dict": {prefix + k: v for k, v in model.state_dict().items()}}, tmp_path / "c.pth")
+    torch.save(
+        {"generator_state_dict": {prefix + k: v for k, v in model.state_dict().items()}}, tmp_path / "c.pth"
+    )
     loaded = models.load(tmp_path / "c.pth", family="sat", config="tiny")
     wav = sine(16000, 0.03)
     torch.testing.assert_close(loaded.reconstruct(wav), model.reconstruct(wav), atol=1e-5, rtol=1e-4)
@@ -169,7 +173,9 @@ def test_truncated_file_raises_a_model_load_error(tiny_checkpoint, tmp_path: Pat
         models.load(junk)
 
 
-@pytest.mark.parametrize("payload", [[1, 2, 3], torch.zeros(3), {"generator": {"conv_pre.weight": "text"}}, {"epoch": 3}])
+@pytest.mark.parametrize(
+    "payload", [[1, 2, 3], torch.zeros(3), {"generator": {"conv_pre.weight": "text"}}, {"epoch": 3}]
+)
 def test_pickles_of_the_wrong_type_raise_a_model_load_error(payload: object, tmp_path: Path) -> None:
     torch.save(payload, tmp_path / "wrong.pt")
     with pytest.raises(ModelLoadError):
@@ -190,7 +196,9 @@ def test_arbitrary_python_objects_are_not_unpickled_by_default(tmp_path: Path) -
 
 def test_unknown_family_lists_the_available_ones(tiny_checkpoint) -> None:
     _, path = tiny_checkpoint("sat")
-    with pytest.raises(ModelLoadError, match=r"unknown model family 'wavenet'.*'hifigan', 'evagan', 'sat', 'aar'"):
+    with pytest.raises(
+        ModelLoadError, match=r"unknown model family 'wavenet'.*'hifigan', 'evagan', 'sat', 'aar'"
+    ):
         models.load(path, family="wavenet")
 
 
@@ -208,4 +216,6 @@ def test_load_puts_the_model_on_the_requested_cuda_device(tiny_checkpoint) -> No
     model = models.load(path, device="cuda")
     assert model.device.type == "cuda"
     out = model.generate(torch.ones(2, 512, device="cuda"), seed=0)
-    assert out.device.type == "cuda" and torch.equal(out, model.generate(torch.ones(2, 512, device="cuda"), seed=0))
+    assert out.device.type == "cuda" and torch.equal(
+        out, model.generate(torch.ones(2, 512, device="cuda"), seed=0)
+    )

@@ -18,8 +18,18 @@ from .conftest import sine
     ("sr", "n_fft", "n_mels", "fmin", "fmax"),
     [(22050, 1024, 80, 0.0, 8000.0), (44100, 2048, 128, 0.0, None), (16000, 1024, 64, 0.0, 8000.0)],
 )
-def test_slaney_mel_basis_matches_librosa(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> None:
-    config = MelConfig(sample_rate=sr, n_fft=n_fft, win_length=n_fft, hop_length=n_fft // 4, n_mels=n_mels, f_min=fmin, f_max=fmax)
+def test_slaney_mel_basis_matches_librosa(
+    sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None
+) -> None:
+    config = MelConfig(
+        sample_rate=sr,
+        n_fft=n_fft,
+        win_length=n_fft,
+        hop_length=n_fft // 4,
+        n_mels=n_mels,
+        f_min=fmin,
+        f_max=fmax,
+    )
     ours = mel_filterbank(config).numpy()
     reference = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
     assert ours.shape == reference.shape
@@ -30,7 +40,12 @@ def _librosa_log_mel(wav: np.ndarray, config: MelConfig) -> np.ndarray:
     left, right = config.pad
     padded = np.pad(wav, (left, right), mode="reflect")
     spec = librosa.stft(
-        padded, n_fft=config.n_fft, hop_length=config.hop_length, win_length=config.win_length, window="hann", center=False
+        padded,
+        n_fft=config.n_fft,
+        hop_length=config.hop_length,
+        win_length=config.win_length,
+        window="hann",
+        center=False,
     )
     magnitude = np.sqrt(spec.real**2 + spec.imag**2 + config.magnitude_eps)
     basis = librosa.filters.mel(

@@ -17,7 +17,7 @@ import models
 from models import ModelLoadError
 
 PLUGIN_SOURCE = textwrap.dedent(
-    '''
+    """
     from dataclasses import dataclass
     from typing import ClassVar
 
@@ -73,7 +73,7 @@ PLUGIN_SOURCE = textwrap.dedent(
 
     def not_a_model(**kwargs):
         return "not a model"
-    '''
+    """
 )
 
 
@@ -92,7 +92,9 @@ def entry_point(plugin_module: str, tmp_path: Path) -> str:
     name = f"framevoc_{plugin_module[-8:]}"
     dist = tmp_path / f"evalsite_fake_plugin_{plugin_module[-8:]}-0.1.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: evalsite-fake-plugin-{plugin_module[-8:]}\nVersion: 0.1\n")
+    (dist / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: evalsite-fake-plugin-{plugin_module[-8:]}\nVersion: 0.1\n"
+    )
     (dist / "entry_points.txt").write_text(f"[evalsite.models]\n{name} = {plugin_module}:make_vocoder\n")
     return name
 
@@ -106,7 +108,9 @@ def test_dotted_path_class_plugin_round_trips_through_a_checkpoint_when_named_an
 ) -> None:
     family = f"{plugin_module}:FrameVocoder"
     model = models.build_model(family, {"hop": 5}, plugins=[family]).eval()
-    loaded = models.load(models.save_checkpoint(model, tmp_path / "plugin.pt"), family=family, plugins=[family])
+    loaded = models.load(
+        models.save_checkpoint(model, tmp_path / "plugin.pt"), family=family, plugins=[family]
+    )
     assert type(loaded).__name__ == "FrameVocoder" and loaded.config.hop == 5
     assert loaded.family == f"{plugin_module}:FrameVocoder" and loaded.kind == "vocoder"
     assert torch.equal(loaded.copy_synthesis(_wav()), model.copy_synthesis(_wav()))
@@ -132,8 +136,9 @@ def test_a_checkpoint_naming_a_dotted_path_is_refused_unless_the_caller_names_th
         models.config_from_checkpoint(path)
 
 
-def test_a_dotted_path_not_on_the_allow_list_is_refused_before_import(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_dotted_path_not_on_the_allow_list_is_refused_before_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     name = f"evalsite_test_side_effect_{uuid.uuid4().hex[:8]}"
     marker = tmp_path / "imported"
     (tmp_path / f"{name}.py").write_text(f"open({str(marker)!r}, 'w').close()\ndef make(**kw): pass\n")

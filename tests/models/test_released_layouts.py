@@ -56,7 +56,9 @@ def _quantizer_state(config: models.SATConfig, seed: int) -> dict[str, torch.Ten
         state["quantizer.vq.project_out.bias"] = 0.01 * torch.randn(dim, generator=gen)
     for j in range(config.phi_count):
         k = config.phi_kernel
-        state[f"quantizer.vq.quant_resi.qresi_ls.{j}.weight"] = torch.randn(lat, lat, k, generator=gen) / math.sqrt(lat * k)
+        state[f"quantizer.vq.quant_resi.qresi_ls.{j}.weight"] = torch.randn(
+            lat, lat, k, generator=gen
+        ) / math.sqrt(lat * k)
         state[f"quantizer.vq.quant_resi.qresi_ls.{j}.bias"] = 0.01 * torch.randn(lat, generator=gen)
     for i in range(len(config.resolved_scales)):
         embed = 0.05 * torch.randn(size, lat, generator=gen)
@@ -83,8 +85,10 @@ def _reference_quantize(state: dict[str, torch.Tensor], e: torch.Tensor, scales,
     if "quantizer.vq.project_in.weight" in state:
         x = F.linear(x, state["quantizer.vq.project_in.weight"], state["quantizer.vq.project_in.bias"])
     frames, n_q = x.shape[1], len(scales)
-    ticks = np.linspace(1 / 3 / phi_count, 1 - 1 / 3 / phi_count, phi_count) if phi_count == 4 else np.linspace(
-        1 / 2 / phi_count, 1 - 1 / 2 / phi_count, phi_count
+    ticks = (
+        np.linspace(1 / 3 / phi_count, 1 - 1 / 3 / phi_count, phi_count)
+        if phi_count == 4
+        else np.linspace(1 / 2 / phi_count, 1 - 1 / 2 / phi_count, phi_count)
     )
     residual, out, tokens = x, torch.zeros_like(x), []
     for i, size in enumerate(scales):
@@ -93,7 +97,9 @@ def _reference_quantize(state: dict[str, torch.Tensor], e: torch.Tensor, scales,
             inter = F.interpolate(residual.permute(0, 2, 1), size=size, mode="area").permute(0, 2, 1)
         embed = state[f"quantizer.vq.layers.{i}._codebook.embed"]
         flat = inter.reshape(-1, inter.shape[-1])
-        dist = -(flat.pow(2).sum(1, keepdim=True) - 2 * flat @ embed.t() + embed.t().pow(2).sum(0, keepdim=True))
+        dist = -(
+            flat.pow(2).sum(1, keepdim=True) - 2 * flat @ embed.t() + embed.t().pow(2).sum(0, keepdim=True)
+        )
         idx = dist.max(dim=-1).indices.view(inter.shape[:-1])
         q = F.embedding(idx, embed).permute(0, 2, 1)
         if size != frames:
@@ -110,10 +116,21 @@ def _reference_quantize(state: dict[str, torch.Tensor], e: torch.Tensor, scales,
 
 
 @pytest.mark.parametrize("preset", ["sat-d1024-lat64", "sat-d128-lat128"])
-def test_released_sat_file_loads_strictly_and_matches_encodec_and_the_sat_quantizer(preset: str, tmp_path: Path) -> None:
+def test_released_sat_file_loads_strictly_and_matches_encodec_and_the_sat_quantizer(
+    preset: str, tmp_path: Path
+) -> None:
     config = SATTokenizer.preset(preset)
-    assert (config.sample_rate, config.n_filters, config.ratios, config.lstm_layers) == (24000, 32, (8, 5, 4, 2), 2)
-    assert config.resolved_scales == SAT_SCALES and (config.phi_count, config.phi_kernel, config.quant_resi) == (6, 9, 0.5)
+    assert (config.sample_rate, config.n_filters, config.ratios, config.lstm_layers) == (
+        24000,
+        32,
+        (8, 5, 4, 2),
+        2,
+    )
+    assert config.resolved_scales == SAT_SCALES and (
+        config.phi_count,
+        config.phi_kernel,
+        config.quant_resi,
+    ) == (6, 9, 0.5)
     encoder, decoder, state = _write_sat_file(tmp_path / "checkpoint_step_1000.pth", config)
 
     model = models.load(tmp_path / "checkpoint_step_1000.pth")  # family and preset from the keys alone
@@ -144,7 +161,9 @@ def test_released_layout_mismatch_names_the_keys_and_shapes(tmp_path: Path) -> N
     _, _, state = _write_sat_file(tmp_path / "sat.pth", SATTokenizer.preset("sat-d128-lat128"))
     state["quantizer.vq.layers.3._codebook.embed"] = torch.zeros(512, 128)
     torch.save({"generator_state_dict": state}, tmp_path / "sat.pth")
-    with pytest.raises(ModelLoadError, match=r"layers.3._codebook.embed: checkpoint \(512, 128\) vs model \(1024, 128\)"):
+    with pytest.raises(
+        ModelLoadError, match=r"layers.3._codebook.embed: checkpoint \(512, 128\) vs model \(1024, 128\)"
+    ):
         models.load(tmp_path / "sat.pth", config="sat-d128-lat128")
 
 
@@ -198,16 +217,20 @@ def _aar_state(depth: int, scales, latent_dim: int, vocab: int, seed: int = 0) -
     for key, shape in _aar_shapes(depth, scales, latent_dim, vocab).items():
         state[key] = 0.05 * torch.randn(shape, generator=gen)
     state["lvl_1L"] = levels.view(1, -1)
-    state["attn_bias_for_masking"] = torch.where(levels.view(-1, 1) >= levels.view(1, -1), 0.0, -torch.inf)[None, None]
+    state["attn_bias_for_masking"] = torch.where(levels.view(-1, 1) >= levels.view(1, -1), 0.0, -torch.inf)[
+        None, None
+    ]
     for i in range(depth):
         state[f"blocks.{i}.attn.zero_k_bias"] = torch.zeros(64 * depth)
-        state[f"blocks.{i}.attn.scale_mul_1H11"] = torch.full((1, depth, 1, 1), 4.0).log() + 0.1 * torch.randn(
-            1, depth, 1, 1, generator=gen
-        )
+        state[f"blocks.{i}.attn.scale_mul_1H11"] = torch.full(
+            (1, depth, 1, 1), 4.0
+        ).log() + 0.1 * torch.randn(1, depth, 1, 1, generator=gen)
     return state
 
 
-def _reference_logits(state: dict[str, torch.Tensor], depth: int, cond: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+def _reference_logits(
+    state: dict[str, torch.Tensor], depth: int, cond: torch.Tensor, inputs: torch.Tensor
+) -> torch.Tensor:
     """AAR.forward (eval, no fused kernels) from raw tensors: cond (B, 512), inputs (B, L - s0, C)."""
     c, heads = 64 * depth, depth
     hidden = F.gelu(F.linear(cond, state["class_emb.fc1.weight"]), approximate="tanh")
@@ -223,17 +246,29 @@ def _reference_logits(state: dict[str, torch.Tensor], depth: int, cond: torch.Te
         gamma1, gamma2, scale1, scale2, shift1, shift2 = ada.unbind(2)
         h = F.layer_norm(x, (c,), eps=1e-6) * (scale1 + 1) + shift1
         bias = torch.cat([p["attn.q_bias"], p["attn.zero_k_bias"], p["attn.v_bias"]])
-        q, k, v = F.linear(h, p["attn.mat_qkv.weight"], bias).view(batch, length, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = (
+            F.linear(h, p["attn.mat_qkv.weight"], bias)
+            .view(batch, length, 3, heads, c // heads)
+            .permute(2, 0, 3, 1, 4)
+        )
         q = F.normalize(q, dim=-1) * p["attn.scale_mul_1H11"].clamp_max(math.log(100)).exp()
         k = F.normalize(k, dim=-1)
         attn = ((q @ k.transpose(-2, -1)) + mask).softmax(dim=-1) @ v
-        x = x + F.linear(attn.transpose(1, 2).reshape(batch, length, c), p["attn.proj.weight"], p["attn.proj.bias"]) * gamma1
+        x = (
+            x
+            + F.linear(
+                attn.transpose(1, 2).reshape(batch, length, c), p["attn.proj.weight"], p["attn.proj.bias"]
+            )
+            * gamma1
+        )
         h = F.layer_norm(x, (c,), eps=1e-6) * (scale2 + 1) + shift2
         hidden = F.gelu(F.linear(h, p["ffn.fc1.weight"], p["ffn.fc1.bias"]), approximate="tanh")
         x = x + F.linear(hidden, p["ffn.fc2.weight"], p["ffn.fc2.bias"]) * gamma2
     ada = F.linear(F.silu(cond_bd), state["head_nm.ada_lin.1.weight"], state["head_nm.ada_lin.1.bias"])
     scale, shift = ada.view(-1, 1, 2, c).unbind(2)
-    return F.linear(F.layer_norm(x, (c,), eps=1e-6) * (scale + 1) + shift, state["head.weight"], state["head.bias"])
+    return F.linear(
+        F.layer_norm(x, (c,), eps=1e-6) * (scale + 1) + shift, state["head.weight"], state["head.bias"]
+    )
 
 
 @pytest.mark.parametrize(("preset", "cos_attn"), [("aar-d16", True), ("aar-d16-dotattn", False)])
@@ -254,13 +289,17 @@ def test_released_aar_file_loads_with_its_sat_file_and_generates_reproducibly(tm
     depth = 2
     state = _aar_state(depth, tiny_sat.resolved_scales, tiny_sat.latent_dim, tiny_sat.codebook_size)
     aar_path = tmp_path / "checkpoint_step_1000.pth"
-    torch.save({"model_state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3, "step": 1000}, aar_path)
+    torch.save(
+        {"model_state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3, "step": 1000}, aar_path
+    )
     reduced = AARConfig(depth=depth)  # build_aar(depth=2): C = 128, 2 heads
 
     explicit = models.load(aar_path, config=reduced, tokenizer=sat_path)
     found = models.load(aar_path, config=reduced)  # the single SAT* file next to it
 
-    assert isinstance(explicit, AARGenerator) and explicit.config == AARConfig(depth=depth, tokenizer=tiny_sat)
+    assert isinstance(explicit, AARGenerator) and explicit.config == AARConfig(
+        depth=depth, tokenizer=tiny_sat
+    )
     assert torch.equal(explicit.head.weight, state["head.weight"])
     assert torch.equal(explicit.tokenizer.rvq.codebook(2), models.load(sat_path).rvq.codebook(2))
     cond = torch.randn(2, 512, generator=torch.Generator().manual_seed(1))
@@ -278,6 +317,8 @@ def test_transformer_only_aar_file_without_a_sat_file_says_how_to_pair_it(tmp_pa
     tiny_sat = SATTokenizer.preset("tiny")
     state = _aar_state(2, tiny_sat.resolved_scales, tiny_sat.latent_dim, tiny_sat.codebook_size)
     torch.save({"model_state_dict": state}, tmp_path / "AAR_d2.pth")
-    with pytest.raises(ModelLoadError, match=r"holds only the transformer.*tokenizer='path/to/SAT_d128_lat128.pth'") as info:
+    with pytest.raises(
+        ModelLoadError, match=r"holds only the transformer.*tokenizer='path/to/SAT_d128_lat128.pth'"
+    ) as info:
         models.load(tmp_path / "AAR_d2.pth", config=AARConfig(depth=2))
     assert info.value.family == "aar"

@@ -62,8 +62,16 @@ def trained(tmp_path_factory):
     model = tiny_vocoder()
     before = evaluate_mel_l1(model, HELD_OUT)
     calls = []
-    history = train_vocoder(model, TRAIN_CLIPS, SR, steps=40, checkpoint_every=20, checkpoint_dir=out,
-                            on_checkpoint=lambda step, path, loss: calls.append((step, path, loss)), **FAST)
+    history = train_vocoder(
+        model,
+        TRAIN_CLIPS,
+        SR,
+        steps=40,
+        checkpoint_every=20,
+        checkpoint_dir=out,
+        on_checkpoint=lambda step, path, loss: calls.append((step, path, loss)),
+        **FAST,
+    )
     return model, before, history, calls, out
 
 
@@ -84,8 +92,10 @@ def test_training_returns_one_finite_loss_per_step_and_leaves_the_model_in_eval_
 def test_checkpoints_have_watcher_names_load_and_reach_the_callback(trained):
     model, _, _, calls, out = trained
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint_step_20.pt", "checkpoint_step_40.pt"]
-    assert [(step, path) for step, path, _ in calls] == [(20, out / "checkpoint_step_20.pt"),
-                                                          (40, out / "checkpoint_step_40.pt")]
+    assert [(step, path) for step, path, _ in calls] == [
+        (20, out / "checkpoint_step_20.pt"),
+        (40, out / "checkpoint_step_40.pt"),
+    ]
     assert all(math.isfinite(loss) for _, _, loss in calls)
     loaded = models.load(out / "checkpoint_step_40.pt")
     assert loaded.family == "hifigan" and not loaded.training
@@ -114,10 +124,23 @@ def test_checkpoints_are_written_under_a_hidden_name_then_renamed_into_place(tmp
 
     monkeypatch.setattr(training.os, "replace", spy)
     steps = []
-    train_vocoder(tiny_vocoder(), TRAIN_CLIPS, SR, steps=5, checkpoint_every=2, checkpoint_dir=tmp_path,
-                  on_checkpoint=lambda step, path, loss: steps.append(step), log_every=0, **FAST)
+    train_vocoder(
+        tiny_vocoder(),
+        TRAIN_CLIPS,
+        SR,
+        steps=5,
+        checkpoint_every=2,
+        checkpoint_dir=tmp_path,
+        on_checkpoint=lambda step, path, loss: steps.append(step),
+        log_every=0,
+        **FAST,
+    )
     assert steps == [2, 4, 5]  # every 2 steps, and the last one
-    assert [dst for _, dst, _ in replaced] == ["checkpoint_step_2.pt", "checkpoint_step_4.pt", "checkpoint_step_5.pt"]
+    assert [dst for _, dst, _ in replaced] == [
+        "checkpoint_step_2.pt",
+        "checkpoint_step_4.pt",
+        "checkpoint_step_5.pt",
+    ]
     assert all(src.startswith(".") and not existed for src, _, existed in replaced)
     assert sorted(p.name for p in tmp_path.iterdir()) == [d for _, d, _ in replaced]
 
@@ -129,16 +152,33 @@ def test_a_failed_save_leaves_no_file_behind(tmp_path, monkeypatch):
 
     monkeypatch.setattr(training, "save_checkpoint", broken)
     with pytest.raises(OSError, match="disk full"):
-        train_vocoder(tiny_vocoder(), TRAIN_CLIPS, SR, steps=1, checkpoint_every=1, checkpoint_dir=tmp_path,
-                      log_every=0, **FAST)
+        train_vocoder(
+            tiny_vocoder(),
+            TRAIN_CLIPS,
+            SR,
+            steps=1,
+            checkpoint_every=1,
+            checkpoint_dir=tmp_path,
+            log_every=0,
+            **FAST,
+        )
     assert list(tmp_path.iterdir()) == []
 
 
 def test_start_step_numbers_steps_and_checkpoints_after_it(tmp_path):
     steps = []
-    history = train_vocoder(tiny_vocoder(), TRAIN_CLIPS, SR, steps=2, checkpoint_every=2, checkpoint_dir=tmp_path,
-                            start_step=100, on_checkpoint=lambda step, path, loss: steps.append(step), log_every=0,
-                            **FAST)
+    history = train_vocoder(
+        tiny_vocoder(),
+        TRAIN_CLIPS,
+        SR,
+        steps=2,
+        checkpoint_every=2,
+        checkpoint_dir=tmp_path,
+        start_step=100,
+        on_checkpoint=lambda step, path, loss: steps.append(step),
+        log_every=0,
+        **FAST,
+    )
     assert len(history) == 2 and steps == [102]
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_step_102.pt"]
 
@@ -170,11 +210,20 @@ def load_example():
 
 
 def test_example_help_runs_as_a_script():
-    done = subprocess.run([sys.executable, str(EXAMPLE), "--help"], capture_output=True, text=True, timeout=60,
-                          cwd=REPO_ROOT)
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--help"], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT
+    )
     assert done.returncode == 0, done.stderr
-    for option in ("--server", "--token", "--run-id", "--run-name", "--steps", "--checkpoint-every", "--out",
-                   "--eval-set"):
+    for option in (
+        "--server",
+        "--token",
+        "--run-id",
+        "--run-name",
+        "--steps",
+        "--checkpoint-every",
+        "--out",
+        "--eval-set",
+    ):
         assert option in done.stdout
 
 
@@ -194,7 +243,12 @@ def test_example_trains_on_voices_and_sentences_the_demo_eval_set_does_not_use()
 def test_example_options_and_token_rules():
     example = load_example()
     args = example.parse_args(["--token", "evu_x"])
-    assert (args.steps, args.checkpoint_every, args.eval_set, args.run_id) == (1500, 300, "demo-espeak-speech", None)
+    assert (args.steps, args.checkpoint_every, args.eval_set, args.run_id) == (
+        1500,
+        300,
+        "demo-espeak-speech",
+        None,
+    )
     assert example.parse_args(["--token", "evr_x", "--run-id", "4"]).run_id == 4
     with pytest.raises(SystemExit):
         example.parse_args(["--token", "evr_x"])  # a run token needs --run-id
@@ -202,9 +256,14 @@ def test_example_options_and_token_rules():
 
 def test_example_formats_alerts_and_metrics():
     example = load_example()
-    line = example.format_alert({"severity": "warning", "checkpoint_step": 300, "title": "clipping up", "rule": "r"})
+    line = example.format_alert(
+        {"severity": "warning", "checkpoint_step": 300, "title": "clipping up", "rule": "r"}
+    )
     assert "warning" in line and "300" in line and "clipping up" in line
-    assert example.format_metrics({"metrics": {"stoi": 0.61234, "pesq": None}}) == ["  pesq = n/a", "  stoi = 0.6123"]
+    assert example.format_metrics({"metrics": {"stoi": 0.61234, "pesq": None}}) == [
+        "  pesq = n/a",
+        "  stoi = 0.6123",
+    ]
 
 
 def test_example_says_clearly_when_the_server_is_unreachable(capsys):

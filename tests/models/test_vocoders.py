@@ -24,11 +24,17 @@ def test_hifigan_parameter_counts_match_the_published_ones(preset: str, millions
 
 def test_hifigan_presets_follow_the_reference_configs() -> None:
     v1, v2, v3 = (HiFiGANVocoder.preset(n) for n in ("v1", "v2", "v3"))
-    assert (v1.upsample_rates, v1.upsample_kernel_sizes, v1.upsample_initial_channel) == ((8, 8, 2, 2), (16, 16, 4, 4), 512)
+    assert (v1.upsample_rates, v1.upsample_kernel_sizes, v1.upsample_initial_channel) == (
+        (8, 8, 2, 2),
+        (16, 16, 4, 4),
+        512,
+    )
     assert v2.upsample_initial_channel == 128 and v2.resblock == "1"
     assert (v3.resblock, v3.upsample_rates, v3.upsample_kernel_sizes) == ("2", (8, 8, 4), (16, 16, 8))
     assert v3.resblock_dilation_sizes == ((1, 2), (2, 6), (3, 12))
-    assert v1.mel == MelConfig(sample_rate=22050, n_fft=1024, win_length=1024, hop_length=256, n_mels=80, f_max=8000.0)
+    assert v1.mel == MelConfig(
+        sample_rate=22050, n_fft=1024, win_length=1024, hop_length=256, n_mels=80, f_max=8000.0
+    )
 
 
 def test_evagan_base_matches_the_firefly_gan_base_size() -> None:
@@ -39,7 +45,12 @@ def test_evagan_base_matches_the_firefly_gan_base_size() -> None:
 
 def test_evagan_front_end_is_44k_with_hop_512_and_configurable_mels() -> None:
     config = EVAGANConfig(mel=MelConfig(**{**EVAGANVocoder.preset("base").mel.__dict__, "n_mels": 100}))
-    assert (config.mel.sample_rate, config.mel.n_fft, config.mel.hop_length, config.mel.n_mels) == (44100, 2048, 512, 100)
+    assert (config.mel.sample_rate, config.mel.n_fft, config.mel.hop_length, config.mel.n_mels) == (
+        44100,
+        2048,
+        512,
+        100,
+    )
     assert EVAGANVocoder.preset("base-160").mel.n_mels == 160
     assert config.mel.padding == "firefly" and config.mel.magnitude_eps == 1e-6
 

@@ -66,19 +66,24 @@ def _client(token: str) -> APIClient:
 def _exec_checkpoint(path, marker) -> None:
     """The attack file: plain data only, so it loads with weights_only=True."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({
-        "evalsite_checkpoint": 1,
-        "family": "builtins:exec",
-        "kind": "vocoder",
-        "kwargs": f"open({str(marker)!r}, 'w').write('code from a checkpoint ran')",
-        "state_dict": {"w": torch.zeros(4)},
-        "metadata": {},
-    }, path)
+    torch.save(
+        {
+            "evalsite_checkpoint": 1,
+            "family": "builtins:exec",
+            "kind": "vocoder",
+            "kwargs": f"open({str(marker)!r}, 'w').write('code from a checkpoint ran')",
+            "state_dict": {"w": torch.zeros(4)},
+            "metadata": {},
+        },
+        path,
+    )
 
 
 def _register_and_generate(client: APIClient, run: Run, path, captured) -> Job:
     with captured(execute=True):  # the generation job runs eagerly when the registration commits
-        response = client.post(f"/api/v1/runs/{run.pk}/checkpoints/", {"step": 1, "uri": str(path)}, format="json")
+        response = client.post(
+            f"/api/v1/runs/{run.pk}/checkpoints/", {"step": 1, "uri": str(path)}, format="json"
+        )
     assert response.status_code == 201, response.json()
     return Job.objects.get(checkpoint__run=run, kind=Job.Kind.GENERATION)
 
@@ -118,8 +123,9 @@ def test_the_library_refuses_the_file_before_building_anything(tmp_path):
 
 @pytest.mark.parametrize("family", ATTACK_FAMILIES)
 def test_creating_a_run_with_a_dotted_path_family_is_a_400_naming_the_field(family, researcher_client):
-    response = researcher_client.post("/api/v1/runs/", {"name": "evil", "kind": "vocoder", "model_family": family},
-                                      format="json")
+    response = researcher_client.post(
+        "/api/v1/runs/", {"name": "evil", "kind": "vocoder", "model_family": family}, format="json"
+    )
     assert response.status_code == 400
     body = response.json()
     assert list(body["extra"]["fields"]) == ["model_family"]
@@ -132,12 +138,14 @@ def test_creating_a_run_with_a_dotted_path_family_is_a_400_naming_the_field(fami
 
 @pytest.mark.parametrize("family", ATTACK_FAMILIES)
 def test_patching_a_run_to_a_dotted_path_family_is_a_400_and_changes_nothing(family, researcher_client):
-    created = researcher_client.post("/api/v1/runs/", {"name": "voc", "kind": "vocoder", "model_family": "hifigan"},
-                                     format="json")
+    created = researcher_client.post(
+        "/api/v1/runs/", {"name": "voc", "kind": "vocoder", "model_family": "hifigan"}, format="json"
+    )
     assert created.status_code == 201
     run_id = created.json()["id"]
-    response = researcher_client.patch(f"/api/v1/runs/{run_id}/", {"model_family": family, "config": {"x": 1}},
-                                       format="json")
+    response = researcher_client.patch(
+        f"/api/v1/runs/{run_id}/", {"model_family": family, "config": {"x": 1}}, format="json"
+    )
     assert response.status_code == 400 and list(response.json()["extra"]["fields"]) == ["model_family"]
     run = Run.objects.get(pk=run_id)
     assert (run.model_family, run.config) == ("hifigan", {})
@@ -149,14 +157,29 @@ def test_patching_a_run_to_a_dotted_path_family_is_a_400_and_changes_nothing(fam
 @pytest.mark.parametrize("family", ATTACK_FAMILIES)
 def test_the_create_run_command_and_the_admin_form_refuse_a_dotted_path_family(family, eval_set):
     with pytest.raises(CommandError, match=r"^model_family: model_family '.*' is not allowed"):
-        call_command("create_run", "evil", "--kind", "vocoder", "--family", family, "--eval-set", "es",
-                     stdout=StringIO())
+        call_command(
+            "create_run",
+            "evil",
+            "--kind",
+            "vocoder",
+            "--family",
+            family,
+            "--eval-set",
+            "es",
+            stdout=StringIO(),
+        )
     run, _ = run_create(name="voc", kind="vocoder", model_family="hifigan", eval_set=eval_set)
     request = RequestFactory().get("/")
     request.user = get_user_model().objects.create_superuser("root", password="x")
     form_class = admin.site._registry[Run].get_form(request, run)
-    data = {"name": run.name, "kind": run.kind, "model_family": family, "config": "{}", "eval_set": eval_set.pk,
-            "alert_cursor": 0}
+    data = {
+        "name": run.name,
+        "kind": run.kind,
+        "model_family": family,
+        "config": "{}",
+        "eval_set": eval_set.pk,
+        "alert_cursor": 0,
+    }
     form = form_class(data=data, instance=run)
     assert not form.is_valid()
     assert "is not allowed" in form.errors["model_family"][0]
@@ -209,14 +232,19 @@ def test_a_plugin_the_operator_lists_is_accepted_and_generates(
     tmp_path, eval_set, plugin, settings, researcher_client, eager, django_capture_on_commit_callbacks
 ):
     settings.EVALSITE_MODEL_PLUGINS = [plugin]
-    created = researcher_client.post("/api/v1/runs/", {"name": "own-arch", "kind": "vocoder", "model_family": plugin,
-                                                       "eval_set": "es"}, format="json")
+    created = researcher_client.post(
+        "/api/v1/runs/",
+        {"name": "own-arch", "kind": "vocoder", "model_family": plugin, "eval_set": "es"},
+        format="json",
+    )
     assert created.status_code == 201, created.json()
     run = Run.objects.get(pk=created.json()["id"])
     path = tmp_path / "ckpt" / "own.pt"
     _plugin_checkpoint(plugin, path)
 
-    job = _register_and_generate(_client(created.json()["token"]), run, path, django_capture_on_commit_callbacks)
+    job = _register_and_generate(
+        _client(created.json()["token"]), run, path, django_capture_on_commit_callbacks
+    )
 
     assert job.status == Job.Status.DONE, job.error
     assert Generation.objects.filter(checkpoint__run=run, status="done").count() == 2
@@ -226,8 +254,11 @@ def test_the_same_plugin_not_listed_is_refused_at_the_api_and_at_load(
     tmp_path, eval_set, plugin, settings, researcher_client, eager, django_capture_on_commit_callbacks
 ):
     settings.EVALSITE_MODEL_PLUGINS = []
-    refused = researcher_client.post("/api/v1/runs/", {"name": "own-arch", "kind": "vocoder", "model_family": plugin,
-                                                       "eval_set": "es"}, format="json")
+    refused = researcher_client.post(
+        "/api/v1/runs/",
+        {"name": "own-arch", "kind": "vocoder", "model_family": plugin, "eval_set": "es"},
+        format="json",
+    )
     assert refused.status_code == 400 and list(refused.json()["extra"]["fields"]) == ["model_family"]
     assert not Run.objects.exists()
 
@@ -251,7 +282,9 @@ def test_the_web_tier_lists_the_same_families_as_the_library_without_importing_t
 
     assert families.BUILTIN_FAMILY_NAMES == tuple(models.BUILTIN_FAMILIES)
     assert families.ENTRY_POINT_GROUP == models.registry.ENTRY_POINT_GROUP
-    check = ("import django, os, sys; os.environ['DJANGO_SETTINGS_MODULE'] = 'evalsite.settings.test'; "
-             "django.setup(); from evalsite.runs.families import model_family_validate; "
-             "model_family_validate('hifigan'); assert 'torch' not in sys.modules")
+    check = (
+        "import django, os, sys; os.environ['DJANGO_SETTINGS_MODULE'] = 'evalsite.settings.test'; "
+        "django.setup(); from evalsite.runs.families import model_family_validate; "
+        "model_family_validate('hifigan'); assert 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", check], check=True, timeout=120)

@@ -62,7 +62,10 @@ class World:
         db.close()
         settings.EVALSITE_CHECKPOINT_ROOTS = (str(tmp_path / "users" / "{username}"),)
         users = get_user_model().objects
-        self.alice, self.bob = users.create_user("alice", password="x"), users.create_user("bob", password="x")
+        self.alice, self.bob = (
+            users.create_user("alice", password="x"),
+            users.create_user("bob", password="x"),
+        )
         self.alice_dir, self.bob_dir = tmp_path / "users" / "alice", tmp_path / "users" / "bob"
         self.alice_dir.mkdir(parents=True)
         self.bob_dir.mkdir(parents=True)
@@ -70,8 +73,13 @@ class World:
         self.own.write_bytes(b"alice's weights")
         self.bobs = self.bob_dir / "g_00001000.pt"
         self.bobs.write_bytes(b"bob's unpublished weights")
-        self.run, self.token = run_create(name="alice-run", kind="vocoder", model_family="hifigan",
-                                          eval_set=EvalSetFactory(), owner=self.alice)
+        self.run, self.token = run_create(
+            name="alice-run",
+            kind="vocoder",
+            model_family="hifigan",
+            eval_set=EvalSetFactory(),
+            owner=self.alice,
+        )
         self.client = APIClient()
         self.client.credentials(HTTP_AUTHORIZATION=f"Bearer {self.token}")
         self.url = f"/api/v1/runs/{self.run.pk}/checkpoints/"
@@ -136,9 +144,17 @@ def attacks(world: World, tmp_path: Path) -> dict[str, str]:
 
 
 def test_every_path_outside_the_roots_or_not_a_regular_file_gets_one_message_and_nothing_happens(
-        world, tmp_path, opened):
-    outside = {"/etc/passwd", str(world.secret_key), str(world.database), "/proc/self/environ", str(world.bobs),
-               str(world.bob_dir), "/etc/no-such-file-here"}
+    world, tmp_path, opened
+):
+    outside = {
+        "/etc/passwd",
+        str(world.secret_key),
+        str(world.database),
+        "/proc/self/environ",
+        str(world.bobs),
+        str(world.bob_dir),
+        "/etc/no-such-file-here",
+    }
     for what, uri in attacks(world, tmp_path).items():
         with at_most(10):
             response = world.register(uri)
@@ -150,12 +166,15 @@ def test_every_path_outside_the_roots_or_not_a_regular_file_gets_one_message_and
 
 
 def _other_process_can_write(database: Path) -> str:
-    code = ("import sqlite3, sys\n"
-            "db = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)\n"
-            "try:\n    db.execute('BEGIN IMMEDIATE')\n    print('wrote')\n"
-            "except sqlite3.OperationalError:\n    print('locked')\n")
-    return subprocess.run([sys.executable, "-c", code, str(database)], capture_output=True, text=True,
-                          timeout=60).stdout.strip()
+    code = (
+        "import sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)\n"
+        "try:\n    db.execute('BEGIN IMMEDIATE')\n    print('wrote')\n"
+        "except sqlite3.OperationalError:\n    print('locked')\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, str(database)], capture_output=True, text=True, timeout=60
+    ).stdout.strip()
 
 
 def test_registering_the_sqlite_database_leaves_its_locks_and_content_intact(world):
@@ -185,11 +204,14 @@ def test_a_checkpoint_under_the_owners_root_is_registered_and_a_wrong_sha256_is_
     import hashlib
 
     wrong = world.register(str(world.own), sha256="0" * 64)
-    assert wrong.status_code == 400 and wrong.json()["extra"]["fields"] == {"sha256": [CHECKPOINT_SHA256_MISMATCH]}
+    assert wrong.status_code == 400 and wrong.json()["extra"]["fields"] == {
+        "sha256": [CHECKPOINT_SHA256_MISMATCH]
+    }
     assert not Checkpoint.objects.exists()
 
-    right = world.register(f"{world.alice_dir}/sub/../g_00001000.pt",
-                           sha256=hashlib.sha256(world.own.read_bytes()).hexdigest())
+    right = world.register(
+        f"{world.alice_dir}/sub/../g_00001000.pt", sha256=hashlib.sha256(world.own.read_bytes()).hexdigest()
+    )
     assert right.status_code == 201, right.json()
     assert Checkpoint.objects.get().size_bytes == len(world.own.read_bytes())
 
@@ -219,7 +241,9 @@ def test_checkpoint_dir_outside_the_owners_root_is_refused_and_the_run_is_unchan
     world.run.refresh_from_db()
     assert world.run.checkpoint_dir == ""
 
-    ok = world.client.patch(f"/api/v1/runs/{world.run.pk}/", {"checkpoint_dir": str(world.alice_dir)}, format="json")
+    ok = world.client.patch(
+        f"/api/v1/runs/{world.run.pk}/", {"checkpoint_dir": str(world.alice_dir)}, format="json"
+    )
     assert ok.status_code == 200, ok.json()
 
 
@@ -228,14 +252,23 @@ def test_a_researcher_cannot_create_a_run_watching_another_users_folder(world):
 
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {researcher_token_issue(user=world.alice)}")
-    response = client.post("/api/v1/runs/", {"name": "sneaky", "kind": "vocoder", "model_family": "hifigan",
-                                             "checkpoint_dir": str(world.bob_dir)}, format="json")
+    response = client.post(
+        "/api/v1/runs/",
+        {
+            "name": "sneaky",
+            "kind": "vocoder",
+            "model_family": "hifigan",
+            "checkpoint_dir": str(world.bob_dir),
+        },
+        format="json",
+    )
     assert response.status_code == 400 and "checkpoint_dir" in response.json()["extra"]["fields"]
     assert not Run.objects.filter(name="sneaky").exists()
 
 
 def test_the_watcher_reads_nothing_from_a_folder_set_before_the_roots_or_a_symlink_or_fifo_inside(
-        world, settings, opened):
+    world, settings, opened
+):
     settings.EVALSITE_WATCH_SETTLE_S = 0
     # A checkpoint_dir stored before this check existed (or the roots changed since).
     Run.objects.filter(pk=world.run.pk).update(checkpoint_dir=str(world.bob_dir))
@@ -264,14 +297,25 @@ def _generate(checkpoint) -> Job:
         return job_execute(job_id=job.pk, worker="test", work=generation_job_work)
 
 
-@pytest.mark.parametrize("swap", ["symlink to another user's file", "symlink to /etc/passwd", "FIFO",
-                                  "folder above replaced by a symlink"])
+@pytest.mark.parametrize(
+    "swap",
+    [
+        "symlink to another user's file",
+        "symlink to /etc/passwd",
+        "FIFO",
+        "folder above replaced by a symlink",
+    ],
+)
 def test_the_worker_checks_again_and_refuses_a_file_swapped_after_registration(world, swap, opened):
     from evalsite.runs import generation as gen
 
     gen.model_cache.clear()
-    checkpoint, _ = checkpoint_register(run=world.run, step=1000, uri=str(world.alice_dir / "sub" / "g.pt")
-                                        if swap.startswith("folder") else str(world.own), evaluate=False)
+    checkpoint, _ = checkpoint_register(
+        run=world.run,
+        step=1000,
+        uri=str(world.alice_dir / "sub" / "g.pt") if swap.startswith("folder") else str(world.own),
+        evaluate=False,
+    )
     if swap.startswith("folder"):
         world.alice_dir.joinpath("sub").symlink_to(world.bob_dir, target_is_directory=True)
         target = world.bob_dir / "g.pt"
@@ -304,8 +348,13 @@ def test_the_worker_checks_again_and_refuses_a_file_swapped_after_registration(w
 def test_the_worker_refuses_a_file_whose_content_changed_from_the_registered_sha256(world):
     import hashlib
 
-    checkpoint, _ = checkpoint_register(run=world.run, step=1000, uri=str(world.own), evaluate=False,
-                                        sha256=hashlib.sha256(world.own.read_bytes()).hexdigest())
+    checkpoint, _ = checkpoint_register(
+        run=world.run,
+        step=1000,
+        uri=str(world.own),
+        evaluate=False,
+        sha256=hashlib.sha256(world.own.read_bytes()).hexdigest(),
+    )
     world.own.write_bytes(b"something else")
     job = _generate(checkpoint)
     assert (job.status, job.error) == ("failed", CHECKPOINT_SHA256_CHANGED)

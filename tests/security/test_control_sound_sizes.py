@@ -38,7 +38,10 @@ def served_trials(test) -> dict[str, list[tuple[str, bytes]]]:
             handle = StimulusHandle.objects.select_related("stimulus__condition").get(token=stim["id"])
             sounds.append((handle.stimulus.condition.label, client.get(stim["url"])))
         assert all(r.status_code == 200 for _, r in sounds)
-        trials[trial["id"]] = (assignment.trial, [(label, b"".join(r.streaming_content)) for label, r in sounds])
+        trials[trial["id"]] = (
+            assignment.trial,
+            [(label, b"".join(r.streaming_content)) for label, r in sounds],
+        )
     return trials
 
 
@@ -48,17 +51,27 @@ def decoded(data: bytes):
 
 
 @pytest.mark.parametrize("rate,seconds", [(22050, 1.0), (44100, 3.0)], ids=["1s-22k", "3s-44k"])
-@pytest.mark.parametrize("kind,speakers", [("mushra", True), ("smos", True), ("smos", False), ("mos", True),
-                                           ("cmos", True), ("ab", True)])
+@pytest.mark.parametrize(
+    "kind,speakers",
+    [("mushra", True), ("smos", True), ("smos", False), ("mos", True), ("cmos", True), ("ab", True)],
+)
 def test_every_sound_of_a_control_trial_has_the_size_duration_and_level_of_the_trials_other_sounds(
     kind, speakers, rate, seconds
 ):
     world = listening_world(rate=rate, seconds=seconds)
     if not speakers:
         EvalItem.objects.filter(eval_set=world["eval_set"]).update(speaker="")
-    test = services.listening_test_publish(test=services.listening_test_build(
-        name=f"sizes-{kind}", kind=kind, checkpoints=world["checkpoints"], training_items=0, seed=11,
-        gold_items=2, trapping_items=2))
+    test = services.listening_test_publish(
+        test=services.listening_test_build(
+            name=f"sizes-{kind}",
+            kind=kind,
+            checkpoints=world["checkpoints"],
+            training_items=0,
+            seed=11,
+            gold_items=2,
+            trapping_items=2,
+        )
+    )
     seen, all_sizes = set(), set()
     for _ in range(3):  # each listener gets one gold and one trapping trial, picked at random
         for trial, sounds in served_trials(test).values():
@@ -76,33 +89,54 @@ def test_every_sound_of_a_control_trial_has_the_size_duration_and_level_of_the_t
                 if "anchor" in label:
                     continue  # band-limited copies of the reference, in every MUSHRA trial alike
                 level = active_level_dbfs(samples, served_rate)
-                assert abs(level - reference_level) <= LEVEL_DB, f"{trial.control} {label}: {level} vs {reference_level}"
+                assert abs(level - reference_level) <= LEVEL_DB, (
+                    f"{trial.control} {label}: {level} vs {reference_level}"
+                )
     assert len(all_sizes) == 1
     assert {c for c, _ in seen} == {"gold", "trapping"}
 
 
 def test_the_trapping_sound_holds_the_real_output_then_the_spoken_request_within_the_items_length():
     world = listening_world(n_items=2, seconds=4.0)
-    test = services.listening_test_build(name="trap-layout", kind="mushra", checkpoints=world["checkpoints"],
-                                         training_items=0, seed=2, trapping_items=1)
+    test = services.listening_test_build(
+        name="trap-layout",
+        kind="mushra",
+        checkpoints=world["checkpoints"],
+        training_items=0,
+        seed=2,
+        trapping_items=1,
+    )
     trap = Stimulus.objects.get(trial__test=test, trial__control="trapping", expected__isnull=False)
     samples, rate = decoded(trap.asset.file.open("rb").read())
     assert len(samples) == 4 * rate
-    source = next(g.asset for g in Generation.objects.filter(item=trap.trial.item).select_related("checkpoint__run")
-                  if trap.condition.label.endswith(f"{g.checkpoint.run.name}@{g.checkpoint.step}"))
+    source = next(
+        g.asset
+        for g in Generation.objects.filter(item=trap.trial.item).select_related("checkpoint__run")
+        if trap.condition.label.endswith(f"{g.checkpoint.run.name}@{g.checkpoint.step}")
+    )
     original, _ = decoded(source.file.open("rb").read())
     head = int(services.TRAP_PREFIX_S * rate) - int(services.CONTROL_FADE_S * rate)
     gain = np.abs(samples[:head]).max() / np.abs(original[:head]).max()
-    np.testing.assert_allclose(samples[:head], original[:head] * gain, atol=1e-4)  # the real output, level-matched
-    pause = samples[int(services.TRAP_PREFIX_S * rate): int((services.TRAP_PREFIX_S + services.TRAP_PAUSE_S) * rate)]
+    np.testing.assert_allclose(
+        samples[:head], original[:head] * gain, atol=1e-4
+    )  # the real output, level-matched
+    pause = samples[
+        int(services.TRAP_PREFIX_S * rate) : int((services.TRAP_PREFIX_S + services.TRAP_PAUSE_S) * rate)
+    ]
     assert np.abs(pause).max() == 0
-    speech = samples[int((services.TRAP_PREFIX_S + services.TRAP_PAUSE_S) * rate):]
+    speech = samples[int((services.TRAP_PREFIX_S + services.TRAP_PAUSE_S) * rate) :]
     assert np.abs(speech).max() > 0.05  # the request is there, after the pause
 
 
 def test_an_item_too_short_for_any_spoken_request_is_refused_by_name():
     world = listening_world(n_items=1, seconds=0.3)
     with pytest.raises(ApplicationError) as exc:
-        services.listening_test_build(name="too-short", kind="mos", checkpoints=world["checkpoints"],
-                                      training_items=0, seed=2, trapping_items=1)
+        services.listening_test_build(
+            name="too-short",
+            kind="mos",
+            checkpoints=world["checkpoints"],
+            training_items=0,
+            seed=2,
+            trapping_items=1,
+        )
     assert exc.value.message.startswith("item utt0 is 0.30 s long; the shortest spoken attention check")

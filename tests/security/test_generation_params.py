@@ -15,18 +15,54 @@ from tests.factories import EvalSetFactory
 pytestmark = pytest.mark.django_db
 
 BAD = [
-    ("duration_s", 1e9), ("duration_s", 60), ("duration_s", 0), ("duration_s", -1), ("duration_s", "4"),
-    ("batch_size", 10**9), ("batch_size", 0), ("batch_size", 2.5), ("batch_size", True), ("batch_size", "8"),
-    ("device", "cuda:7"), ("device", "cuda:-1"), ("device", "mps"), ("device", "/dev/nvidia0"), ("device", 0),
-    ("dtype", "whatever"), ("dtype", "float16"), ("dtype", None),
-    ("seed", -1), ("seed", 2**31), ("seed", True), ("seed", 1.5),
-    ("top_k", 0), ("top_k", 10**9), ("top_p", 0), ("top_p", 1.5), ("temperature", 0), ("temperature", 1e9),
-    ("cfg_scale", 1e9), ("cfg_scale", -1), ("tf32", "yes"), ("resample", 1),
+    ("duration_s", 1e9),
+    ("duration_s", 60),
+    ("duration_s", 0),
+    ("duration_s", -1),
+    ("duration_s", "4"),
+    ("batch_size", 10**9),
+    ("batch_size", 0),
+    ("batch_size", 2.5),
+    ("batch_size", True),
+    ("batch_size", "8"),
+    ("device", "cuda:7"),
+    ("device", "cuda:-1"),
+    ("device", "mps"),
+    ("device", "/dev/nvidia0"),
+    ("device", 0),
+    ("dtype", "whatever"),
+    ("dtype", "float16"),
+    ("dtype", None),
+    ("seed", -1),
+    ("seed", 2**31),
+    ("seed", True),
+    ("seed", 1.5),
+    ("top_k", 0),
+    ("top_k", 10**9),
+    ("top_p", 0),
+    ("top_p", 1.5),
+    ("temperature", 0),
+    ("temperature", 1e9),
+    ("cfg_scale", 1e9),
+    ("cfg_scale", -1),
+    ("tf32", "yes"),
+    ("resample", 1),
 ]
 GOOD = [
-    {}, {"duration_s": 30}, {"duration_s": 0.1}, {"duration_s": None}, {"batch_size": 256}, {"batch_size": 1},
-    {"device": "auto"}, {"device": "cpu"}, {"device": "cuda"}, {"device": "cuda:0"}, {"dtype": "bf16"},
-    {"dtype": "fp32"}, {"seed": 0}, {"top_k": 50, "top_p": 0.95, "temperature": 0.8, "cfg_scale": 3},
+    {},
+    {"duration_s": 30},
+    {"duration_s": 0.1},
+    {"duration_s": None},
+    {"batch_size": 256},
+    {"batch_size": 1},
+    {"device": "auto"},
+    {"device": "cpu"},
+    {"device": "cuda"},
+    {"device": "cuda:0"},
+    {"dtype": "bf16"},
+    {"dtype": "fp32"},
+    {"seed": 0},
+    {"top_k": 50, "top_p": 0.95, "temperature": 0.8, "cfg_scale": 3},
     {"tf32": True, "resample": False},
 ]
 
@@ -35,7 +71,9 @@ GOOD = [
 def checkpoint():
     """A run with an eval set and a registered checkpoint (not evaluated), and the run's API client."""
     user = get_user_model().objects.create_user("ada", password="x")
-    run, token = run_create(name="gen", kind="generator", model_family="aar", eval_set=EvalSetFactory(), owner=user)
+    run, token = run_create(
+        name="gen", kind="generator", model_family="aar", eval_set=EvalSetFactory(), owner=user
+    )
     ckpt = Checkpoint.objects.create(run=run, step=5, uri="/ckpt/missing.pt")
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
@@ -43,8 +81,9 @@ def checkpoint():
 
 
 def evaluate(client, ckpt, params):
-    return client.post(f"/api/v1/runs/{ckpt.run_id}/checkpoints/{ckpt.step}/evaluate/", {"params": params},
-                       format="json")
+    return client.post(
+        f"/api/v1/runs/{ckpt.run_id}/checkpoints/{ckpt.step}/evaluate/", {"params": params}, format="json"
+    )
 
 
 @pytest.mark.parametrize("key, value", BAD)
@@ -53,7 +92,9 @@ def test_each_bad_generation_param_is_refused_at_the_api_naming_it(checkpoint, k
     response = evaluate(client, ckpt, {key: value})
     assert response.status_code == 400, response.json()
     fields = response.json()["extra"]["fields"]
-    assert list(fields) == [f"params.{key}"] and fields[f"params.{key}"][0].startswith(f"params.{key} must be")
+    assert list(fields) == [f"params.{key}"] and fields[f"params.{key}"][0].startswith(
+        f"params.{key} must be"
+    )
     assert not Job.objects.exists()
 
 
@@ -61,8 +102,12 @@ def test_an_unknown_key_is_refused_naming_it(checkpoint):
     ckpt, client = checkpoint
     response = evaluate(client, ckpt, {"sed": 1})
     assert response.status_code == 400
-    assert response.json()["message"] == PARAM_UNKNOWN.format(key="sed", known=(
-        "batch_size, cfg_scale, device, dtype, duration_s, resample, seed, temperature, tf32, top_k, top_p"))
+    assert response.json()["message"] == PARAM_UNKNOWN.format(
+        key="sed",
+        known=(
+            "batch_size, cfg_scale, device, dtype, duration_s, resample, seed, temperature, tf32, top_k, top_p"
+        ),
+    )
     assert not Job.objects.exists()
 
 
@@ -89,16 +134,24 @@ def test_registering_a_checkpoint_with_bad_params_creates_nothing(checkpoint):
     assert not Checkpoint.objects.filter(step=6).exists() and not Job.objects.exists()
 
 
-def test_a_job_whose_stored_params_are_bad_fails_with_the_reason_before_loading_a_model(checkpoint, monkeypatch):
+def test_a_job_whose_stored_params_are_bad_fails_with_the_reason_before_loading_a_model(
+    checkpoint, monkeypatch
+):
     """Params written to the database directly (admin, an older version) are checked again by the worker."""
     ckpt, _ = checkpoint
     loads = []
     monkeypatch.setattr(generation.model_cache, "get", lambda *a, **k: loads.append(a))
-    job = Job.objects.create(kind=Job.Kind.GENERATION, run=ckpt.run, checkpoint=ckpt,
-                             params={"duration_s": 60, "batch_size": 10**9})
+    job = Job.objects.create(
+        kind=Job.Kind.GENERATION,
+        run=ckpt.run,
+        checkpoint=ckpt,
+        params={"duration_s": 60, "batch_size": 10**9},
+    )
     ended = job_execute(job_id=job.pk, worker="test", work=generation_job_work)
     assert ended.status == Job.Status.FAILED
-    assert ended.error == PARAM_INVALID.format(key="duration_s", rule="seconds from 0.1 to 30, or null", value="60")
+    assert ended.error == PARAM_INVALID.format(
+        key="duration_s", rule="seconds from 0.1 to 30, or null", value="60"
+    )
     assert loads == [] and not Generation.objects.exists()
     ckpt.refresh_from_db()
     assert ckpt.status == Checkpoint.Status.FAILED

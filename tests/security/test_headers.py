@@ -21,7 +21,7 @@ from django.core.cache import cache
 from django.test import Client
 
 from evalsite.api import throttling
-from tests.unit.test_access_matrix import RUN_R, RUN_S, TEST_A, TEST_B, path_for, walk, world  # noqa: F401
+from tests.security.test_access_matrix import RUN_R, RUN_S, TEST_A, TEST_B, path_for, walk
 
 pytestmark = pytest.mark.django_db
 
@@ -66,8 +66,12 @@ def test_every_response_of_every_url_carries_the_policy_and_every_inline_script_
                 if "src=" in attributes or 'type="application/json"' in attributes:
                     continue  # same-origin files, and data that is never run
                 if f'nonce="{nonce}"' not in attributes:
-                    unmarked.append(f"GET {path} as {caller}: <script{attributes}> without this response's nonce")
-            unmarked += [f"GET {path} as {caller}: inline handler {m!r}" for m in INLINE_HANDLER.findall(html)]
+                    unmarked.append(
+                        f"GET {path} as {caller}: <script{attributes}> without this response's nonce"
+                    )
+            unmarked += [
+                f"GET {path} as {caller}: inline handler {m!r}" for m in INLINE_HANDLER.findall(html)
+            ]
     assert not missing, "\n".join(missing)
     assert not unmarked, "\n".join(unmarked)
     assert pages > 50  # the listener's, the researchers' and the admin's pages were among them
@@ -78,12 +82,17 @@ def test_the_pages_with_inline_scripts_mark_them_with_the_nonce(world):
     """The three dashboards that have inline scripts (plots, sorting, playing a flagged region)."""
     client = world["clients"]["researcher_in"]
     run, test = world["run_r"], world["test_a"]
-    for path in (f"/analysis/runs/{run.pk}/", f"/analysis/tests/{test.pk}/",
-                 f"/analysis/compare/?c={world['ckpt_r'].pk}&c={world['ckpt_r'].pk}"):
+    for path in (
+        f"/analysis/runs/{run.pk}/",
+        f"/analysis/tests/{test.pk}/",
+        f"/analysis/compare/?c={world['ckpt_r'].pk}&c={world['ckpt_r'].pk}",
+    ):
         response = client.get(path)
         assert response.status_code == 200, path
         nonce = policy_nonce(response)
-        inline = [a for a in SCRIPT_TAG.findall(response.content.decode()) if "src=" not in a and "json" not in a]
+        inline = [
+            a for a in SCRIPT_TAG.findall(response.content.decode()) if "src=" not in a and "json" not in a
+        ]
         assert inline and all(f'nonce="{nonce}"' in a for a in inline), path
 
 
@@ -97,7 +106,9 @@ def test_an_empty_policy_setting_sends_no_header(settings):
     assert "Content-Security-Policy" not in Client().get("/healthz").headers
 
 
-def test_the_api_schema_is_public_names_nothing_of_anyones_and_is_limited_per_ip(world, settings, monkeypatch):
+def test_the_api_schema_is_public_names_nothing_of_anyones_and_is_limited_per_ip(
+    world, settings, monkeypatch
+):
     response = Client().get("/api/v1/schema/")
     assert response.status_code == 200 and "Content-Security-Policy" in response.headers
     schema = yaml.safe_load(response.content)
@@ -106,7 +117,10 @@ def test_the_api_schema_is_public_names_nothing_of_anyones_and_is_limited_per_ip
     for name in (RUN_R, RUN_S, TEST_A, TEST_B, "owner-of-r", "researcher-in", world["ckpt_r"].uri):
         assert name not in body
     # Anonymous requests to it count against the per-IP budget like any other anonymous API request.
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"token": "100/min", "anon": "2/min"}}
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {"token": "100/min", "anon": "2/min"},
+    }
     monkeypatch.setattr(throttling, "clock", lambda: 1_000_020.0)
     cache.clear()
     visitor = Client(REMOTE_ADDR="203.0.113.9")

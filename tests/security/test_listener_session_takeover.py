@@ -19,18 +19,28 @@ PID = "5f1e0c0ffee0123456789abc"
 @pytest.fixture
 def test():
     world = listening_world()
-    return services.listening_test_publish(test=services.listening_test_build(
-        name="takeover", kind="mushra", checkpoints=world["checkpoints"], training_items=0, seed=3))
+    return services.listening_test_publish(
+        test=services.listening_test_build(
+            name="takeover", kind="mushra", checkpoints=world["checkpoints"], training_items=0, seed=3
+        )
+    )
 
 
 def join(client: Client, test, **params):
     assert client.get(f"/l/i/{test.invite_token}/", params).status_code == 200
-    return client.post(f"/l/i/{test.invite_token}/", {**params, "csrfmiddlewaretoken": client.cookies["csrftoken"].value})
+    return client.post(
+        f"/l/i/{test.invite_token}/", {**params, "csrfmiddlewaretoken": client.cookies["csrftoken"].value}
+    )
 
 
 def post_json(client: Client, url: str, body: dict):
-    return client.post(url, json.dumps(body), content_type="application/json",
-                       HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value, HTTP_ACCEPT="application/json")
+    return client.post(
+        url,
+        json.dumps(body),
+        content_type="application/json",
+        HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value,
+        HTTP_ACCEPT="application/json",
+    )
 
 
 def test_a_second_browser_with_the_same_prolific_id_is_refused_and_cannot_touch_the_first_ones_answers(test):
@@ -43,7 +53,11 @@ def test_a_second_browser_with_the_same_prolific_id_is_refused_and_cannot_touch_
     rated = {"trial": trial["id"], "stimulus": trial["stimuli"][0]["id"], "score": 64, "request_id": "a-1"}
     assert post_json(a, session + "rate", rated).status_code == 200
     victim = Participant.objects.get(test=test)
-    before = (Participant.objects.count(), Assignment.objects.count(), list(Rating.objects.values_list("score", "updated_at")))
+    before = (
+        Participant.objects.count(),
+        Assignment.objects.count(),
+        list(Rating.objects.values_list("score", "updated_at")),
+    )
 
     # The attack as run: a fresh browser joins with the victim's crowd id (and its own study session).
     b = Client(enforce_csrf_checks=True)
@@ -55,13 +69,29 @@ def test_a_second_browser_with_the_same_prolific_id_is_refused_and_cannot_touch_
     # B then tries the victim's URLs directly (as it would have after the redirect): not its session.
     assert b.get(session).status_code == 404
     assert post_json(b, session + "rate", {**rated, "score": 3, "request_id": "b-1"}).status_code == 404
-    assert post_json(b, session + "flag", {"trial": trial["id"], "stimulus": trial["stimuli"][0]["id"], "start": 0.1,
-                                           "end": 0.2, "category": "click", "request_id": "b-2"}).status_code == 404
+    assert (
+        post_json(
+            b,
+            session + "flag",
+            {
+                "trial": trial["id"],
+                "stimulus": trial["stimuli"][0]["id"],
+                "start": 0.1,
+                "end": 0.2,
+                "category": "click",
+                "request_id": "b-2",
+            },
+        ).status_code
+        == 404
+    )
     assert post_json(b, session + "complete", {"trial": trial["id"]}).status_code == 404
 
     # Nothing happened: no participant, no assignment, A's rating as it was, no flag, no completion.
-    assert (Participant.objects.count(), Assignment.objects.count(),
-            list(Rating.objects.values_list("score", "updated_at"))) == before
+    assert (
+        Participant.objects.count(),
+        Assignment.objects.count(),
+        list(Rating.objects.values_list("score", "updated_at")),
+    ) == before
     assert Rating.objects.get().score == 64 and not ArtifactFlag.objects.exists()
     assert not Assignment.objects.filter(completed_at__isnull=False).exists()
     victim.refresh_from_db()

@@ -35,7 +35,9 @@ def ref(checkpoint):
 
 
 def nothing_built():
-    return not ListeningTest.objects.exists() and not Trial.objects.exists() and not Condition.objects.exists()
+    return (
+        not ListeningTest.objects.exists() and not Trial.objects.exists() and not Condition.objects.exists()
+    )
 
 
 def test_twenty_thousand_copies_of_one_checkpoint_are_refused_before_any_lookup(world, client):
@@ -52,8 +54,9 @@ def test_twenty_thousand_copies_of_one_checkpoint_are_refused_before_any_lookup(
 
 def test_a_checkpoint_listed_twice_is_refused_naming_the_field(world, client):
     first = world["checkpoints"][0]
-    response = client.post(URL, {"name": "twice", "kind": "mos", "checkpoints": [ref(first), ref(first)]},
-                           format="json")
+    response = client.post(
+        URL, {"name": "twice", "kind": "mos", "checkpoints": [ref(first), ref(first)]}, format="json"
+    )
     assert response.status_code == 400
     fields = response.json()["extra"]["fields"]
     assert "more than once" in fields["checkpoints"][0] and f"step {first.step}" in fields["checkpoints"][0]
@@ -62,10 +65,15 @@ def test_a_checkpoint_listed_twice_is_refused_naming_the_field(world, client):
 
 def test_a_list_over_the_operators_cap_is_refused(world, client, settings):
     settings.EVALSITE_LISTENING_MAX_SYSTEMS = 2
-    response = client.post(URL, {"name": "three", "kind": "mos",
-                                 "checkpoints": [ref(c) for c in world["checkpoints"]]}, format="json")
-    assert response.status_code == 400 and "at most 2 checkpoints" in response.json()["extra"]["fields"][
-        "checkpoints"][0]
+    response = client.post(
+        URL,
+        {"name": "three", "kind": "mos", "checkpoints": [ref(c) for c in world["checkpoints"]]},
+        format="json",
+    )
+    assert (
+        response.status_code == 400
+        and "at most 2 checkpoints" in response.json()["extra"]["fields"]["checkpoints"][0]
+    )
     assert nothing_built()
 
 
@@ -81,12 +89,24 @@ def test_item_lists_are_capped_and_duplicates_refused(world, client, settings):
     assert nothing_built()
 
 
-@pytest.mark.parametrize("field, value", [
-    ("votes_target", 0), ("votes_target", 10_001), ("votes_target", "1e9"),
-    ("trials_per_participant", 0), ("trials_per_participant", 10_001), ("trials_per_participant", 2**31),
-    ("training_items", -1), ("training_items", 21), ("gold_items", 51), ("trapping_items", -1),
-    ("trapping_items", 51), ("name", "x" * 201), ("instructions", "x" * 5001),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("votes_target", 0),
+        ("votes_target", 10_001),
+        ("votes_target", "1e9"),
+        ("trials_per_participant", 0),
+        ("trials_per_participant", 10_001),
+        ("trials_per_participant", 2**31),
+        ("training_items", -1),
+        ("training_items", 21),
+        ("gold_items", 51),
+        ("trapping_items", -1),
+        ("trapping_items", 51),
+        ("name", "x" * 201),
+        ("instructions", "x" * 5001),
+    ],
+)
 def test_each_count_parameter_out_of_range_is_refused_naming_it(world, client, field, value):
     body = {"name": "ranges", "kind": "mos", "checkpoints": [ref(world["checkpoints"][0])], field: value}
     response = client.post(URL, body, format="json")
@@ -116,7 +136,16 @@ def test_the_service_refuses_duplicates_from_every_caller(world):
 
 
 def test_a_test_within_the_caps_is_still_built(world, client):
-    response = client.post(URL, {"name": "fine", "kind": "mos", "checkpoints": [ref(world["checkpoints"][0])],
-                                 "items": ["utt0", "utt1"], "trials_per_participant": 2}, format="json")
+    response = client.post(
+        URL,
+        {
+            "name": "fine",
+            "kind": "mos",
+            "checkpoints": [ref(world["checkpoints"][0])],
+            "items": ["utt0", "utt1"],
+            "trials_per_participant": 2,
+        },
+        format="json",
+    )
     assert response.status_code == 201, response.json()
     assert response.json()["trials"] == 2

@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from metrics.embedders import ModelStore, WeightIntegrityError, get_embedder
-from metrics.embedders import fetch
+from metrics.embedders import ModelStore, WeightIntegrityError, fetch, get_embedder
 from metrics.embedders.fetch import fetch_hint
 from metrics.embedders.store import STORE_FILE_NO_DIGEST, WeightFile, file_digest
 from metrics.embedders.vggish import VGGishNet
@@ -49,7 +48,9 @@ class _Exec:
 
 def _malicious(path, marker) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": {"w": torch.zeros(2)}, "state_dict": {"w": torch.zeros(2)}, "hook": _Exec(marker)}, path)
+    torch.save(
+        {"model": {"w": torch.zeros(2)}, "state_dict": {"w": torch.zeros(2)}, "hook": _Exec(marker)}, path
+    )
 
 
 def _weight(relpath: str) -> WeightFile:
@@ -93,7 +94,10 @@ def test_a_malicious_pickle_under_a_loaders_file_name_fails_its_checksum_and_run
     elif remote.sha256:
         assert f"SHA-256 {file_digest(path)} does not match the expected {remote.sha256}" in message
     else:
-        assert f"SHA-256 {file_digest(path)} does not start with the published prefix {remote.sha256_prefix}" in message
+        assert (
+            f"SHA-256 {file_digest(path)} does not start with the published prefix {remote.sha256_prefix}"
+            in message
+        )
     assert f"`{fetch_hint(remote.weight)} --replace`" in message
     assert not marker.exists(), "unpickling the store file ran its code"
 
@@ -113,13 +117,21 @@ def test_a_malicious_pickle_whose_digest_the_catalogue_records_is_still_not_unpi
         get_embedder(embedder, store=tmp_path, device="cpu")
 
     message = str(info.value)
-    assert re.match(re.escape(f"model store file {tmp_path / relpath} holds Python objects other than tensors and "
-                              "numeric arrays (first refused: ") + r"(builtins\.)?exec\); it was not loaded", message)
+    assert re.match(
+        re.escape(
+            f"model store file {tmp_path / relpath} holds Python objects other than tensors and "
+            "numeric arrays (first refused: "
+        )
+        + r"(builtins\.)?exec\); it was not loaded",
+        message,
+    )
     assert f"`{fetch_hint(_weight(relpath))} --replace`" in message
     assert not marker.exists(), "unpickling the store file ran its code"
 
 
-def test_a_file_whose_catalogue_entry_has_no_digest_is_loaded_weights_only_with_a_warning(tmp_path, monkeypatch):
+def test_a_file_whose_catalogue_entry_has_no_digest_is_loaded_weights_only_with_a_warning(
+    tmp_path, monkeypatch
+):
     embedder, relpath = NO_DIGEST
     assert not fetch.remote_files()[relpath].has_digest
     marker = tmp_path / "pwned"
@@ -156,8 +168,10 @@ def test_a_good_file_with_a_wrong_digest_is_refused_naming_both_digests_and_the_
 def test_good_synthetic_files_whose_digests_match_load_numpy_arrays_included(tmp_path, monkeypatch):
     _store_with_good_vggish(tmp_path)
     q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(128, 128)))
-    torch.save({"pca_eigen_vectors": q, "pca_means": np.zeros((128, 1))},  # float64, as torchvggish ships them
-               tmp_path / "vggish" / "vggish_pca_params-970ea276.pth")
+    torch.save(
+        {"pca_eigen_vectors": q, "pca_means": np.zeros((128, 1))},  # float64, as torchvggish ships them
+        tmp_path / "vggish" / "vggish_pca_params-970ea276.pth",
+    )
     patch_catalogue(monkeypatch, digests_matching(tmp_path))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # verified files load without the no-digest warning
@@ -169,10 +183,14 @@ def test_good_synthetic_files_whose_digests_match_load_numpy_arrays_included(tmp
 def test_object_arrays_are_refused_even_though_numeric_arrays_are_allowed(tmp_path, monkeypatch):
     marker = tmp_path / "pwned"
     _store_with_good_vggish(tmp_path)
-    torch.save({"pca_eigen_vectors": np.array([_Exec(marker)], dtype=object), "pca_means": np.zeros(128)},
-               tmp_path / "vggish" / "vggish_pca_params-970ea276.pth")
+    torch.save(
+        {"pca_eigen_vectors": np.array([_Exec(marker)], dtype=object), "pca_means": np.zeros(128)},
+        tmp_path / "vggish" / "vggish_pca_params-970ea276.pth",
+    )
     patch_catalogue(monkeypatch, digests_matching(tmp_path))
-    with pytest.raises(WeightIntegrityError, match="holds Python objects other than tensors and numeric arrays"):
+    with pytest.raises(
+        WeightIntegrityError, match="holds Python objects other than tensors and numeric arrays"
+    ):
         get_embedder("vggish-16k-pca8bit", store=tmp_path, device="cpu")
     assert not marker.exists()
 
@@ -196,4 +214,3 @@ def test_a_file_swapped_after_it_was_opened_and_while_it_was_checked_is_not_load
     with pytest.raises(WeightIntegrityError, match="changed while it was being checked"):
         store.load_torch(_weight(relpath))
     assert not marker.exists()
-

@@ -23,17 +23,25 @@ NESTED_IN_A_FIELD = '{"trial": "x", "events": ' + NESTED + "}"
 @pytest.fixture
 def listener():
     world = listening_world()
-    test = services.listening_test_publish(test=services.listening_test_build(
-        name="nested", kind="mos", checkpoints=world["checkpoints"], training_items=0, seed=5))
+    test = services.listening_test_publish(
+        test=services.listening_test_build(
+            name="nested", kind="mos", checkpoints=world["checkpoints"], training_items=0, seed=5
+        )
+    )
     client = Client(enforce_csrf_checks=True)
     assert client.get(f"/l/i/{test.invite_token}/").status_code == 200
-    joined = client.post(f"/l/i/{test.invite_token}/", {"csrfmiddlewaretoken": client.cookies["csrftoken"].value})
+    joined = client.post(
+        f"/l/i/{test.invite_token}/", {"csrfmiddlewaretoken": client.cookies["csrftoken"].value}
+    )
     return client, joined["Location"]
 
 
 def stored() -> tuple:
-    return (Rating.objects.count(), ArtifactFlag.objects.count(),
-            list(Assignment.objects.order_by("pk").values_list("telemetry", "completed_at")))
+    return (
+        Rating.objects.count(),
+        ArtifactFlag.objects.count(),
+        list(Assignment.objects.order_by("pk").values_list("telemetry", "completed_at")),
+    )
 
 
 @pytest.mark.parametrize("endpoint", ["rate", "flag", "telemetry", "complete"])
@@ -43,8 +51,12 @@ def test_deeply_nested_json_to_a_listener_endpoint_is_a_400_in_the_standard_shap
 ):
     client, session = listener
     before = stored()
-    response = client.post(session + endpoint, body, content_type="application/json",
-                           HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value)
+    response = client.post(
+        session + endpoint,
+        body,
+        content_type="application/json",
+        HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value,
+    )
     assert response.status_code == 400
     assert response.json() == {"message": views.BODY_TOO_DEEP, "extra": {"field": "body"}}
     assert stored() == before
@@ -54,25 +66,39 @@ def test_deeply_nested_json_to_a_listener_endpoint_is_a_400_in_the_standard_shap
 
 def test_the_listener_endpoints_answer_other_bad_bodies_in_the_same_shape(listener):
     client, session = listener
-    response = client.post(session + "rate", "{not json", content_type="application/json",
-                           HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value)
+    response = client.post(
+        session + "rate",
+        "{not json",
+        content_type="application/json",
+        HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value,
+    )
     assert response.status_code == 400 and set(response.json()) == {"message", "extra"}
     assert response.json()["extra"] == {"field": "body"}
 
 
 def test_nesting_below_the_recursion_limit_is_an_ordinary_400_for_a_wrong_value():
     world = listening_world(n_items=1)
-    test = services.listening_test_publish(test=services.listening_test_build(
-        name="nested-900", kind="mos", checkpoints=world["checkpoints"], training_items=0, seed=5))
+    test = services.listening_test_publish(
+        test=services.listening_test_build(
+            name="nested-900", kind="mos", checkpoints=world["checkpoints"], training_items=0, seed=5
+        )
+    )
     client = Client(enforce_csrf_checks=True)
     client.get(f"/l/i/{test.invite_token}/")
-    session = client.post(f"/l/i/{test.invite_token}/", {"csrfmiddlewaretoken": client.cookies["csrftoken"].value})["Location"]
+    session = client.post(
+        f"/l/i/{test.invite_token}/", {"csrfmiddlewaretoken": client.cookies["csrftoken"].value}
+    )["Location"]
     trial = client.get(session + "state").json()["trials"][0]
     deep = "[" * 900 + "]" * 900
-    body = '{"trial": "%s", "stimulus": "%s", "score": %s, "request_id": "r"}' % (
-        trial["id"], trial["stimuli"][0]["id"], deep)
-    response = client.post(session + "rate", body, content_type="application/json",
-                           HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value)
+    body = '{{"trial": "{}", "stimulus": "{}", "score": {}, "request_id": "r"}}'.format(
+        trial["id"], trial["stimuli"][0]["id"], deep
+    )
+    response = client.post(
+        session + "rate",
+        body,
+        content_type="application/json",
+        HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value,
+    )
     assert response.status_code == 400 and set(response.json()) == {"message", "extra"}
     assert not Rating.objects.exists()
 

@@ -37,8 +37,14 @@ def run_and_client(tmp_path, settings):
     settings.EVALSITE_CHECKPOINT_ROOTS = (str(tmp_path),)
     settings.EVALSITE_WATCH_SETTLE_S = 0
     owner = get_user_model().objects.create_user("alice", password="x")
-    run, token = run_create(name="r", kind="vocoder", model_family="hifigan", eval_set=EvalSetFactory(),
-                            owner=owner, checkpoint_dir=str(tmp_path))
+    run, token = run_create(
+        name="r",
+        kind="vocoder",
+        model_family="hifigan",
+        eval_set=EvalSetFactory(),
+        owner=owner,
+        checkpoint_dir=str(tmp_path),
+    )
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
     return run, client
@@ -66,13 +72,18 @@ def test_the_evil_pattern_runs_in_linear_time_on_the_names_that_took_a_minute(ru
     assert not Checkpoint.objects.exists()
 
 
-@pytest.mark.parametrize("pattern, reason", [
-    (r"^(?P<step>(.*)*)\2X$", "invalid escape sequence"),        # backreference
-    (r"^(?=(?P<step>\d+))\d+\.pt$", "invalid perl operator"),    # lookahead
-    (r"(?<!x)(?P<step>\d+)", "invalid perl operator"),           # lookbehind
-    (r"(?P<step>\d+", "missing )"),
-])
-def test_what_re2_cannot_run_is_refused_with_a_400_naming_the_field_and_the_reason(run_and_client, pattern, reason):
+@pytest.mark.parametrize(
+    "pattern, reason",
+    [
+        (r"^(?P<step>(.*)*)\2X$", "invalid escape sequence"),  # backreference
+        (r"^(?=(?P<step>\d+))\d+\.pt$", "invalid perl operator"),  # lookahead
+        (r"(?<!x)(?P<step>\d+)", "invalid perl operator"),  # lookbehind
+        (r"(?P<step>\d+", "missing )"),
+    ],
+)
+def test_what_re2_cannot_run_is_refused_with_a_400_naming_the_field_and_the_reason(
+    run_and_client, pattern, reason
+):
     run, client = run_and_client
     response = client.patch(f"/api/v1/runs/{run.pk}/", {"checkpoint_pattern": pattern}, format="json")
     assert response.status_code == 400
@@ -85,13 +96,22 @@ def test_what_re2_cannot_run_is_refused_with_a_400_naming_the_field_and_the_reas
 def test_a_pattern_without_the_step_group_is_refused(run_and_client):
     run, client = run_and_client
     response = client.patch(f"/api/v1/runs/{run.pk}/", {"checkpoint_pattern": r"model-(\d+)"}, format="json")
-    assert response.status_code == 400 and "(?P<step>" in response.json()["extra"]["fields"]["checkpoint_pattern"][0]
+    assert (
+        response.status_code == 400
+        and "(?P<step>" in response.json()["extra"]["fields"]["checkpoint_pattern"][0]
+    )
 
 
 def test_a_valid_pattern_on_re2_finds_the_step_as_before(run_and_client, tmp_path):
     run, client = run_and_client
-    assert client.patch(f"/api/v1/runs/{run.pk}/", {"checkpoint_pattern": r"^model-(?P<step>\d+)k\.safetensors$"},
-                        format="json").status_code == 200
+    assert (
+        client.patch(
+            f"/api/v1/runs/{run.pk}/",
+            {"checkpoint_pattern": r"^model-(?P<step>\d+)k\.safetensors$"},
+            format="json",
+        ).status_code
+        == 200
+    )
     _settled(tmp_path / "model-12k.safetensors")
     _settled(tmp_path / "g_00001000")
     run.refresh_from_db()
@@ -105,8 +125,9 @@ def test_a_fifo_as_uri_is_refused_at_once_at_registration_and_on_the_worker(run_
     fifo = tmp_path / "g_00001000.pt"
     os.mkfifo(fifo)
     with at_most(10):
-        response = client.post(f"/api/v1/runs/{run.pk}/checkpoints/", {"step": 1000, "uri": str(fifo)},
-                               format="json")
+        response = client.post(
+            f"/api/v1/runs/{run.pk}/checkpoints/", {"step": 1000, "uri": str(fifo)}, format="json"
+        )
     assert response.status_code == 400 and response.json()["message"] == CHECKPOINT_PATH_REFUSED
     assert not Checkpoint.objects.exists()
 
@@ -131,7 +152,10 @@ def test_every_registered_task_has_soft_and_hard_time_limits_from_the_settings(s
     for name, task in tasks.items():
         kind = settings.EVALSITE_TASK_LIMIT_KINDS.get(name, "periodic")
         soft = settings.EVALSITE_TASK_TIME_LIMITS[kind]
-        assert (task.soft_time_limit, task.time_limit) == (soft, soft + settings.EVALSITE_TASK_HARD_LIMIT_GRACE_S), name
+        assert (task.soft_time_limit, task.time_limit) == (
+            soft,
+            soft + settings.EVALSITE_TASK_HARD_LIMIT_GRACE_S,
+        ), name
     limits = settings.EVALSITE_TASK_TIME_LIMITS
     assert limits["watch"] < limits["periodic"] < limits["metrics"] <= limits["generation"]
     assert limits["webhook"] < limits["metrics"]
@@ -141,7 +165,8 @@ def test_every_registered_task_has_soft_and_hard_time_limits_from_the_settings(s
 
 
 def test_a_job_stopped_by_its_soft_time_limit_fails_with_the_reason_instead_of_staying_running(
-        run_and_client, monkeypatch, tmp_path):
+    run_and_client, monkeypatch, tmp_path
+):
     run, _ = run_and_client
     _settled(tmp_path / "g.pt")
     checkpoint, _ = checkpoint_register(run=run, step=1, uri=str(tmp_path / "g.pt"), evaluate=False)
@@ -155,8 +180,9 @@ def test_a_job_stopped_by_its_soft_time_limit_fails_with_the_reason_instead_of_s
 
     job.refresh_from_db()
     assert job.status == "failed" and job.finished_at is not None
-    assert job.error == JOB_TIME_LIMIT.format(limit=f"{generation_run_task.soft_time_limit:.0f} s",
-                                              setting="EVALSITE_TASK_TIME_LIMIT_GENERATION_S")
+    assert job.error == JOB_TIME_LIMIT.format(
+        limit=f"{generation_run_task.soft_time_limit:.0f} s", setting="EVALSITE_TASK_TIME_LIMIT_GENERATION_S"
+    )
 
 
 def test_a_scan_started_while_another_runs_returns_at_once_without_scanning(run_and_client, tmp_path):

@@ -95,8 +95,16 @@ def fake_dns(monkeypatch, answers: dict[str, list[list[str]]]):
             return real(host, port, *args, **kwargs)
         n = calls[host] = calls.get(host, 0) + 1
         addresses = answers[host][min(n, len(answers[host])) - 1]
-        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "",
-                 (a, port)) for a in addresses]
+        return [
+            (
+                socket.AF_INET6 if ":" in a else socket.AF_INET,
+                socket.SOCK_STREAM,
+                socket.IPPROTO_TCP,
+                "",
+                (a, port),
+            )
+            for a in addresses
+        ]
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     return calls
@@ -106,7 +114,9 @@ def deliver_one(run, url):
     """Store ``url`` on the run as the admin or a database edit could, raise an alert and attempt its webhook."""
     Run.objects.filter(pk=run.pk).update(webhook_url=url, webhook_secret="whsec_ssrf")
     run.refresh_from_db()
-    alert, _ = alert_create(run=run, dedupe_key=f"k-{url}", kind="detector_any", severity="critical", title="t")
+    alert, _ = alert_create(
+        run=run, dedupe_key=f"k-{url}", kind="detector_any", severity="critical", title="t"
+    )
     delivery = WebhookDelivery.objects.get(alert=alert)
     outcome, retry_in = webhook_deliver(delivery_id=delivery.pk)
     delivery.refresh_from_db()
@@ -116,8 +126,11 @@ def deliver_one(run, url):
 @pytest.mark.parametrize("url", REFUSED_URLS)
 def test_an_internal_or_non_https_webhook_url_is_refused_at_the_api_naming_the_field(researcher_client, url):
     client, _ = researcher_client
-    response = client.post("/api/v1/runs/", {"name": "ssrf", "kind": "vocoder", "model_family": "hifigan",
-                                             "webhook_url": url}, format="json")
+    response = client.post(
+        "/api/v1/runs/",
+        {"name": "ssrf", "kind": "vocoder", "model_family": "hifigan", "webhook_url": url},
+        format="json",
+    )
     assert response.status_code == 400, response.json()
     assert "webhook_url" in response.json()["extra"]["fields"]
     assert not Run.objects.exists()
@@ -138,8 +151,16 @@ def test_a_run_token_cannot_patch_its_webhook_to_an_internal_address(researcher_
 def test_a_host_name_that_resolves_to_loopback_is_refused_at_the_api(researcher_client, monkeypatch):
     client, _ = researcher_client
     fake_dns(monkeypatch, {"hooks.attacker.example": [["127.0.0.1"]]})
-    response = client.post("/api/v1/runs/", {"name": "ssrf", "kind": "vocoder", "model_family": "hifigan",
-                                             "webhook_url": "https://hooks.attacker.example/x"}, format="json")
+    response = client.post(
+        "/api/v1/runs/",
+        {
+            "name": "ssrf",
+            "kind": "vocoder",
+            "model_family": "hifigan",
+            "webhook_url": "https://hooks.attacker.example/x",
+        },
+        format="json",
+    )
     assert response.status_code == 400
     assert "127.0.0.1" in response.json()["extra"]["fields"]["webhook_url"][0]
     assert not Run.objects.exists()
@@ -148,17 +169,34 @@ def test_a_host_name_that_resolves_to_loopback_is_refused_at_the_api(researcher_
 def test_a_public_https_webhook_url_is_accepted(researcher_client, monkeypatch):
     client, _ = researcher_client
     fake_dns(monkeypatch, {"hooks.lab.example": [[PUBLIC_IP]]})
-    response = client.post("/api/v1/runs/", {"name": "ok", "kind": "vocoder", "model_family": "hifigan",
-                                             "webhook_url": "https://hooks.lab.example/alerts"}, format="json")
+    response = client.post(
+        "/api/v1/runs/",
+        {
+            "name": "ok",
+            "kind": "vocoder",
+            "model_family": "hifigan",
+            "webhook_url": "https://hooks.lab.example/alerts",
+        },
+        format="json",
+    )
     assert response.status_code == 201, response.json()
     assert response.json()["webhook_secret"].startswith("whsec_")
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:{port}/", "https://127.0.0.1:{port}/", "http://localhost:{port}/",
-                                 "http://[::ffff:127.0.0.1]:{port}/", "http://2130706433:{port}/"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:{port}/",
+        "https://127.0.0.1:{port}/",
+        "http://localhost:{port}/",
+        "http://[::ffff:127.0.0.1]:{port}/",
+        "http://2130706433:{port}/",
+    ],
+)
 @pytest.mark.parametrize("allow_http", [False, True])
 def test_a_stored_internal_webhook_url_is_refused_at_send_time_and_nothing_reaches_the_listener(
-        listener, settings, url, allow_http, django_capture_on_commit_callbacks):
+    listener, settings, url, allow_http, django_capture_on_commit_callbacks
+):
     settings.EVALSITE_WEBHOOK_ALLOW_HTTP = allow_http
     port, handler = listener
     run = Run.objects.create(name="voc", kind="vocoder", model_family="hifigan")
@@ -169,10 +207,18 @@ def test_a_stored_internal_webhook_url_is_refused_at_send_time_and_nothing_reach
     assert handler.received == []
 
 
-@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data/", "https://[::1]:8080/",
-                                 "ftp://example.org/hook", "https://[fe80::1]/"])
-def test_stored_metadata_ipv6_loopback_and_ftp_urls_are_never_connected(settings, url, connections,
-                                                                        django_capture_on_commit_callbacks):
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "https://[::1]:8080/",
+        "ftp://example.org/hook",
+        "https://[fe80::1]/",
+    ],
+)
+def test_stored_metadata_ipv6_loopback_and_ftp_urls_are_never_connected(
+    settings, url, connections, django_capture_on_commit_callbacks
+):
     settings.EVALSITE_WEBHOOK_ALLOW_HTTP = True
     run = Run.objects.create(name="voc", kind="vocoder", model_family="hifigan")
     with django_capture_on_commit_callbacks(execute=False):
@@ -181,8 +227,9 @@ def test_stored_metadata_ipv6_loopback_and_ftp_urls_are_never_connected(settings
     assert connections == []
 
 
-def test_the_operator_can_allow_a_loopback_receiver_explicitly(listener, settings,
-                                                               django_capture_on_commit_callbacks):
+def test_the_operator_can_allow_a_loopback_receiver_explicitly(
+    listener, settings, django_capture_on_commit_callbacks
+):
     settings.EVALSITE_WEBHOOK_ALLOW_HTTP, settings.EVALSITE_WEBHOOK_ALLOWED_NETWORKS = True, ["127.0.0.1/32"]
     port, handler = listener
     run = Run.objects.create(name="voc", kind="vocoder", model_family="hifigan")
@@ -191,8 +238,9 @@ def test_the_operator_can_allow_a_loopback_receiver_explicitly(listener, setting
     assert outcome == "delivered" and len(handler.received) == 1
 
 
-def test_dns_rebinding_cannot_move_the_post_to_loopback_after_the_check(monkeypatch, connections,
-                                                                        django_capture_on_commit_callbacks):
+def test_dns_rebinding_cannot_move_the_post_to_loopback_after_the_check(
+    monkeypatch, connections, django_capture_on_commit_callbacks
+):
     """The attacker's DNS answers a public address to the check and 127.0.0.1 to any later lookup: the host is
     resolved once, and the connection goes to the address that was checked."""
     calls = fake_dns(monkeypatch, {"rebind.attacker.example": [[PUBLIC_IP], ["127.0.0.1"]]})
@@ -214,8 +262,12 @@ def test_a_host_that_resolves_to_a_public_and_a_loopback_address_is_refused(monk
 def test_the_post_is_sent_to_the_checked_address_with_the_original_host_and_tls_name(monkeypatch):
     fake_dns(monkeypatch, {"hooks.lab.example": [[PUBLIC_IP]]})
     target = webhooks.webhook_target("https://hooks.lab.example:8443/alerts?run=1")
-    assert (target.address, target.host, target.port, target.path) == (PUBLIC_IP, "hooks.lab.example", 8443,
-                                                                       "/alerts?run=1")
+    assert (target.address, target.host, target.port, target.path) == (
+        PUBLIC_IP,
+        "hooks.lab.example",
+        8443,
+        "/alerts?run=1",
+    )
     pool = webhooks._pool(target)
     assert pool.host == PUBLIC_IP and pool.conn_kw["server_hostname"] == "hooks.lab.example"
     assert pool.assert_hostname == "hooks.lab.example" and pool.cert_reqs == "CERT_REQUIRED"
@@ -240,20 +292,32 @@ def test_redirects_are_not_followed(settings, monkeypatch, django_capture_on_com
     server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        result = webhooks.webhook_post(f"http://127.0.0.1:{server.server_address[1]}/hook", {}, secret="s",
-                                       delivery_id=1)
+        result = webhooks.webhook_post(
+            f"http://127.0.0.1:{server.server_address[1]}/hook", {}, secret="s", delivery_id=1
+        )
     finally:
         server.shutdown()
     assert not result.ok and result.status_code == 307 and not result.retryable
     assert followed == ["/hook"]
 
 
-@pytest.mark.parametrize("address, kind", [
-    ("127.0.0.1", "loopback"), ("::1", "loopback"), ("::ffff:127.0.0.1", "loopback"), ("2002:7f00:1::", "loopback"),
-    ("64:ff9b::a9fe:a9fe", "link-local"), ("169.254.169.254", "link-local"), ("100.64.0.1", "non-public"),
-    ("0.0.0.0", "unspecified"), ("::", "unspecified"), ("240.0.0.1", "reserved"), (PUBLIC_IP, None),
-    ("2606:4700::1111", None),
-])
+@pytest.mark.parametrize(
+    "address, kind",
+    [
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("2002:7f00:1::", "loopback"),
+        ("64:ff9b::a9fe:a9fe", "link-local"),
+        ("169.254.169.254", "link-local"),
+        ("100.64.0.1", "non-public"),
+        ("0.0.0.0", "unspecified"),
+        ("::", "unspecified"),
+        ("240.0.0.1", "reserved"),
+        (PUBLIC_IP, None),
+        ("2606:4700::1111", None),
+    ],
+)
 def test_every_ip_version_and_embedding_of_an_internal_address_is_named(address, kind):
     import ipaddress
 

@@ -29,7 +29,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -62,7 +62,11 @@ class ApiError(EvalsiteError):
     def __str__(self) -> str:
         text = f"HTTP {self.status}: {self.message}"
         if self.fields:
-            text += " (" + "; ".join(f"{name}: {' '.join(reasons)}" for name, reasons in self.fields.items()) + ")"
+            text += (
+                " ("
+                + "; ".join(f"{name}: {' '.join(reasons)}" for name, reasons in self.fields.items())
+                + ")"
+            )
         return text
 
 
@@ -135,8 +139,8 @@ def _retry_after(response: requests.Response) -> float | None:
         except (TypeError, ValueError):
             return None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = (when - datetime.now(timezone.utc)).total_seconds()
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
@@ -285,7 +289,9 @@ class EvalsiteClient:
         if sha256 is None and compute_sha256:
             path = local_path(uri)
             if path is None:
-                raise ValueError(f"compute_sha256 needs a local file; {uri!r} is a remote URI: pass sha256= instead")
+                raise ValueError(
+                    f"compute_sha256 needs a local file; {uri!r} is a remote URI: pass sha256= instead"
+                )
             sha256 = file_sha256(path)
         payload: dict[str, Any] = {"step": step, "uri": uri}
         if sha256:
@@ -395,8 +401,7 @@ class EvalsiteClient:
                 found, interval = [], max_interval
             if found:
                 interval = min_interval
-                for alert in found:
-                    yield alert
+                yield from found
                 continue
             if stopped():
                 return
@@ -451,7 +456,9 @@ class EvalsiteClient:
             except (requests.ConnectionError, requests.Timeout) as exc:
                 if retries < self.max_retries and (idempotent or _never_sent(exc)):
                     delay = self._delay(retries)
-                    logger.info("evalsite %s %s failed (%s); retry %d in %.2f s", method, url, exc, attempt, delay)
+                    logger.info(
+                        "evalsite %s %s failed (%s); retry %d in %.2f s", method, url, exc, attempt, delay
+                    )
                     self._sleep(delay)
                     retries += 1
                     continue
@@ -472,13 +479,17 @@ class EvalsiteClient:
             if retryable and retries < self.max_retries:
                 wait = _retry_after(response) if status in (429, 503) else None
                 delay = self._delay(retries) if wait is None else wait
-                logger.info("evalsite %s %s answered %d; retry %d in %.2f s", method, url, status, attempt, delay)
+                logger.info(
+                    "evalsite %s %s answered %d; retry %d in %.2f s", method, url, status, attempt, delay
+                )
                 response.close()
                 self._sleep(delay)
                 retries += 1
                 continue
             message, fields = _error_body(response)
             if status >= 500 or status == 429:
-                raise ServiceError(f"{method} {url} answered {status}: {message}", status=status, attempts=attempt)
+                raise ServiceError(
+                    f"{method} {url} answered {status}: {message}", status=status, attempts=attempt
+                )
             error = ConflictError if status == 409 else ApiError
             raise error(status, message, fields)

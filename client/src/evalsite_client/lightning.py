@@ -143,7 +143,9 @@ class EvalsiteCallback(pl.Callback):
 
         def save_checkpoint(filepath: Any, *args: Any, **kwargs: Any) -> Any:
             result = original(filepath, *args, **kwargs)
-            if self._trainer is trainer and self._reporter is reporter:  # inert after this fit, even in a chain
+            if (
+                self._trainer is trainer and self._reporter is reporter
+            ):  # inert after this fit, even in a chain
                 try:
                     self._saved(trainer, filepath)
                 except Exception as exc:
@@ -180,7 +182,9 @@ class EvalsiteCallback(pl.Callback):
             return
         if step in self.steps:
             if self.steps[step] != path:
-                logger.info("evalsite: step %d is registered as %s; not registering %s", step, self.steps[step], path)
+                logger.info(
+                    "evalsite: step %d is registered as %s; not registering %s", step, self.steps[step], path
+                )
             return
         self.steps[step] = path
         self._reporter.checkpoint_saved(step, path)

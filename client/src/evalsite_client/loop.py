@@ -222,14 +222,20 @@ class CheckpointReporter:
                 local = local_path(saved.path)
                 if self.compute_sha256 and local is not None:
                     sha256 = file_sha256(local)
-                checkpoint = self.client.checkpoint_register(self.run_id, step=saved.step, uri=uri, sha256=sha256)
+                checkpoint = self.client.checkpoint_register(
+                    self.run_id, step=saved.step, uri=uri, sha256=sha256
+                )
             except ServiceError as exc:
-                logger.warning("evalsite: could not register step %d (%s): %s; will retry", saved.step, uri, exc)
+                logger.warning(
+                    "evalsite: could not register step %d (%s): %s; will retry", saved.step, uri, exc
+                )
                 return False
             except Exception as exc:  # an ApiError, an unreadable file, a failing uri_for: never retried
                 self._pending.popleft()
                 self.failed.append((saved.step, str(uri or saved.path), str(exc)))
-                logger.warning("evalsite: step %d (%s) not registered: %s", saved.step, uri or saved.path, exc)
+                logger.warning(
+                    "evalsite: step %d (%s) not registered: %s", saved.step, uri or saved.path, exc
+                )
                 continue
             self._pending.popleft()
             self.registered.append(checkpoint)

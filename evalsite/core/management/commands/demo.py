@@ -29,8 +29,18 @@ DEMO_RANDOM_STEPS = (1000, 2000)
 # (DEMO_SENTENCES[24:]), so every eval item stays held out. The trained checkpoints are cached
 # under var/demo-checkpoints/ in a directory named by a hash of these settings.
 DEMO_VOCODER_TRAINING = {
-    "preset": "tiny", "init_seed": 0, "steps": 360, "checkpoint_every": 120, "batch_size": 8, "segment_s": 0.35,
-    "lr": 5e-3, "lr_final": 5e-4, "seed": 0, "sentences": "DEMO_SENTENCES[24:]", "voices": "DEMO_SPEAKERS", "version": 1,
+    "preset": "tiny",
+    "init_seed": 0,
+    "steps": 360,
+    "checkpoint_every": 120,
+    "batch_size": 8,
+    "segment_s": 0.35,
+    "lr": 5e-3,
+    "lr_final": 5e-4,
+    "seed": 0,
+    "sentences": "DEMO_SENTENCES[24:]",
+    "voices": "DEMO_SPEAKERS",
+    "version": 1,
 }
 TRAINING_MANIFEST = "training.json"
 # Seconds each child gets to stop on SIGTERM before it is killed: an idle worker's warm shutdown takes
@@ -47,8 +57,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
-        parser.add_argument("--no-serve", action="store_true", help="load the demo data through the worker, then exit")
-        parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the demo import job")
+        parser.add_argument(
+            "--no-serve", action="store_true", help="load the demo data through the worker, then exit"
+        )
+        parser.add_argument(
+            "--timeout", type=float, default=600.0, help="seconds to wait for the demo import job"
+        )
 
     def handle(self, *args, **opts):
         # Ctrl-C (or SIGTERM) is the documented way to stop a serving demo, so it ends with status 0;
@@ -59,8 +73,9 @@ class Command(BaseCommand):
                 self._run(children, signals, opts)
             except StopRequested as stop:
                 if opts["no_serve"]:
-                    raise CommandError(f"{stop} before the demo data was loaded; run the demo again",
-                                       returncode=130) from None
+                    raise CommandError(
+                        f"{stop} before the demo data was loaded; run the demo again", returncode=130
+                    ) from None
             finally:
                 signals.quiet()
                 self._stop(children, signals)
@@ -72,13 +87,15 @@ class Command(BaseCommand):
             if running:
                 # After a Ctrl-C the terminal has echoed "^C" on the current line.
                 newline = "\n" if signals.received else ""
-                self.stdout.write(f"{newline}stopping the {' and the '.join(reversed(running))} "
-                                  "(Ctrl-C again to kill) ...")
+                self.stdout.write(
+                    f"{newline}stopping the {' and the '.join(reversed(running))} (Ctrl-C again to kill) ..."
+                )
         finally:
             killed = children.stop(hurry=lambda: len(signals.received) > signals_before)
         if running:
-            self.stdout.write(f"stopped (killed the {' and the '.join(c.name for c in killed)})" if killed
-                              else "stopped")
+            self.stdout.write(
+                f"stopped (killed the {' and the '.join(c.name for c in killed)})" if killed else "stopped"
+            )
 
     def _run(self, children: ChildProcesses, signals: StopSignals, opts: dict) -> None:
         """Returns after --no-serve; otherwise serves until a stop signal (StopRequested) or a child's exit."""
@@ -91,15 +108,37 @@ class Command(BaseCommand):
 
         with signals.held():
             worker = children.start(
-                "worker", [sys.executable, "-m", "celery", "-A", "evalsite", "worker", "-Q", "gpu,cpu",
-                           "--concurrency", "1", "-n", "demo@%h", "--loglevel", "INFO", "--beat"],
-                log_path=log_dir / "worker.log", env=child_env)
+                "worker",
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "evalsite",
+                    "worker",
+                    "-Q",
+                    "gpu,cpu",
+                    "--concurrency",
+                    "1",
+                    "-n",
+                    "demo@%h",
+                    "--loglevel",
+                    "INFO",
+                    "--beat",
+                ],
+                log_path=log_dir / "worker.log",
+                env=child_env,
+            )
         self.stdout.write(f"worker started (pid {worker.pid}, log {worker.log_path})")
 
         corpus = self._write_corpus()
         job = job_create(
             kind=Job.Kind.IMPORT_EVALSET,
-            params={"name": DEMO_EVALSET, "source": str(corpus), "description": "eSpeak NG sentences, several voices"},
+            params={
+                "name": DEMO_EVALSET,
+                "source": str(corpus),
+                "description": "eSpeak NG sentences, several voices",
+            },
         )
         self.stdout.write(f"import job {job.pk} queued; waiting for the worker ...")
         job = self._wait(job.pk, children, opts["timeout"])
@@ -117,7 +156,10 @@ class Command(BaseCommand):
             web = children.start(
                 "web server",
                 [sys.executable, "manage.py", "runserver", f"{opts['host']}:{opts['port']}", "--noreload"],
-                log_path=log_dir / "web.log", env=child_env, cwd=settings.BASE_DIR)
+                log_path=log_dir / "web.log",
+                env=child_env,
+                cwd=settings.BASE_DIR,
+            )
         self.stdout.write(f"web server started (pid {web.pid}, log {web.log_path})")
         base = f"http://{opts['host']}:{opts['port']}"
         self.stdout.write(self.style.SUCCESS("\nevalsite demo is running:"))
@@ -126,7 +168,9 @@ class Command(BaseCommand):
         for name, pk in run_ids.items():
             self.stdout.write(f"  run           {base}/runs/{pk}/   ({name})")
         for name, token in invites.items():
-            self.stdout.write(f"  listen        {base}/l/i/{token}/   ({name}, as a listener; use a private window)")
+            self.stdout.write(
+                f"  listen        {base}/l/i/{token}/   ({name}, as a listener; use a private window)"
+            )
         self.stdout.write(f"  admin         {base}/admin/")
         self.stdout.write(f"  health        {base}/healthz")
         self.stdout.write("Ctrl-C stops the web server and the worker.")
@@ -140,8 +184,10 @@ class Command(BaseCommand):
         exited = children.first_exited()
         if exited is not None:
             child, status = exited
-            raise CommandError(f"the {child.name} (pid {child.pid}) exited unexpectedly ({status}); "
-                               f"see its log {child.log_path}")
+            raise CommandError(
+                f"the {child.name} (pid {child.pid}) exited unexpectedly ({status}); "
+                f"see its log {child.log_path}"
+            )
 
     def _ensure_demo_user(self) -> None:
         User = get_user_model()
@@ -155,7 +201,9 @@ class Command(BaseCommand):
         self.stdout.write(f"synthesising demo speech with eSpeak NG into {out} ...")
         return write_demo_corpus(out)
 
-    def _register_demo_runs(self, eval_set_id: int, children: ChildProcesses, timeout: float) -> dict[str, int]:
+    def _register_demo_runs(
+        self, eval_set_id: int, children: ChildProcesses, timeout: float
+    ) -> dict[str, int]:
         """Train (or reuse) the vocoder's checkpoints, write random SAT ones, register them and wait
         for the worker to generate and score them."""
         import torch
@@ -172,9 +220,11 @@ class Command(BaseCommand):
                 key, checkpoints = self._trained_vocoder_checkpoints(ckpt_dir)
                 run_dir, config = checkpoints[0][1].parent, {"demo_training": key}
             else:
-                self.stdout.write(f"{name}: randomly initialised {family} {preset!r} checkpoints (steps "
-                                  f"{', '.join(map(str, DEMO_RANDOM_STEPS))}): they show the pipeline, their "
-                                  "output is not speech")
+                self.stdout.write(
+                    f"{name}: randomly initialised {family} {preset!r} checkpoints (steps "
+                    f"{', '.join(map(str, DEMO_RANDOM_STEPS))}): they show the pipeline, their "
+                    "output is not speech"
+                )
                 run_dir, config = ckpt_dir / name, {}
                 checkpoints = []
                 for step in DEMO_RANDOM_STEPS:
@@ -186,23 +236,36 @@ class Command(BaseCommand):
                     checkpoints.append((step, path))
             run = Run.objects.filter(name=name).first()
             if run is None:
-                run, _ = run_create(name=name, kind=kind, model_family=family, eval_set=eval_set, config=config,
-                                    checkpoint_dir=str(run_dir))
+                run, _ = run_create(
+                    name=name,
+                    kind=kind,
+                    model_family=family,
+                    eval_set=eval_set,
+                    config=config,
+                    checkpoint_dir=str(run_dir),
+                )
             run_ids[name] = run.pk
             if run.config.get("demo_training") != config.get("demo_training"):
-                self.stdout.write(self.style.WARNING(
-                    f"run {name!r} in {settings.VAR_DIR} comes from an earlier version of the demo (other "
-                    "checkpoints); it is left as it is. `make clean-var` and `make demo` again to see the "
-                    "trained checkpoint series."))
+                self.stdout.write(
+                    self.style.WARNING(
+                        f"run {name!r} in {settings.VAR_DIR} comes from an earlier version of the demo (other "
+                        "checkpoints); it is left as it is. `make clean-var` and `make demo` again to see the "
+                        "trained checkpoint series."
+                    )
+                )
                 continue
             for step, path in checkpoints:
                 checkpoint, created = checkpoint_register(run=run, step=step, uri=str(path), params=params)
                 if created:
                     jobs.append(checkpoint.jobs.get())
         for job in jobs:
-            self.stdout.write(f"generation job {job.pk} ({job.run.name} step {job.checkpoint.step}) queued ...")
+            self.stdout.write(
+                f"generation job {job.pk} ({job.run.name} step {job.checkpoint.step}) queued ..."
+            )
             done = self._wait(job.pk, children, timeout)
-            self.stdout.write(f"  {done.result.get('done', 0)} clips generated on {done.result.get('device')}")
+            self.stdout.write(
+                f"  {done.result.get('done', 0)} clips generated on {done.result.get('device')}"
+            )
             if done.result.get("metrics_job_id"):
                 scored = self._wait(done.result["metrics_job_id"], children, timeout)
                 failed = scored.result.get("failed", {})
@@ -254,33 +317,52 @@ class Command(BaseCommand):
 
         def on_checkpoint(step: int, path: Path, loss: float) -> None:
             losses[step] = loss
-            self.stdout.write(f"  step {step}: mean training loss {loss:.3f} ({time.perf_counter() - started:.0f} s)")
+            self.stdout.write(
+                f"  step {step}: mean training loss {loss:.3f} ({time.perf_counter() - started:.0f} s)"
+            )
 
         # One thread: the same weights on every machine (float reductions depend on the thread count),
         # and no oversubscription next to the worker; this model is too small to gain much from more.
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            train_vocoder(model, clips, SAMPLE_RATE, steps=cfg["steps"], batch_size=cfg["batch_size"],
-                          segment_s=cfg["segment_s"], lr=cfg["lr"], lr_final=cfg["lr_final"], seed=cfg["seed"],
-                          checkpoint_every=cfg["checkpoint_every"], checkpoint_dir=out, on_checkpoint=on_checkpoint,
-                          log_every=0)
+            train_vocoder(
+                model,
+                clips,
+                SAMPLE_RATE,
+                steps=cfg["steps"],
+                batch_size=cfg["batch_size"],
+                segment_s=cfg["segment_s"],
+                lr=cfg["lr"],
+                lr_final=cfg["lr_final"],
+                seed=cfg["seed"],
+                checkpoint_every=cfg["checkpoint_every"],
+                checkpoint_dir=out,
+                on_checkpoint=on_checkpoint,
+                log_every=0,
+            )
         finally:
             torch.set_num_threads(threads)
         seconds = round(time.perf_counter() - started, 1)
-        (out / TRAINING_MANIFEST).write_text(json.dumps({"settings": cfg, "train_loss": losses, "seconds": seconds},
-                                                        indent=2) + "\n")
+        (out / TRAINING_MANIFEST).write_text(
+            json.dumps({"settings": cfg, "train_loss": losses, "seconds": seconds}, indent=2) + "\n"
+        )
         self.stdout.write(f"  trained in {seconds} s; checkpoints in {out}")
 
     def _print_vocoder_metrics(self) -> None:
         """Mel / MR-STFT distances per vocoder checkpoint (lower is better), as stored by the worker."""
         from evalsite.scoring.models import MetricResult
 
-        rows = (MetricResult.objects.filter(checkpoint__run__name=DEMO_RUNS[0][0], status="done")
-                .filter(name__regex=r"^(mel_l1|mrstft)/").order_by("checkpoint__step", "name")
-                .values_list("checkpoint__step", "name", "value"))
+        rows = (
+            MetricResult.objects.filter(checkpoint__run__name=DEMO_RUNS[0][0], status="done")
+            .filter(name__regex=r"^(mel_l1|mrstft)/")
+            .order_by("checkpoint__step", "name")
+            .values_list("checkpoint__step", "name", "value")
+        )
         if rows:
-            self.stdout.write(f"{DEMO_RUNS[0][0]}: distances to the reference per checkpoint (lower is better)")
+            self.stdout.write(
+                f"{DEMO_RUNS[0][0]}: distances to the reference per checkpoint (lower is better)"
+            )
         for step, name, value in rows:
             self.stdout.write(f"  {DEMO_RUNS[0][0]} step {step:>5}: {name} = {value:.4f}")
 
@@ -295,9 +377,16 @@ class Command(BaseCommand):
         for name, kind, per_listener in (("demo-mushra", "mushra", 4), ("demo-smos", "smos", 6)):
             test = ListeningTest.objects.filter(name=name).first()
             if test is None:
-                test = listening_test_build(name=name, kind=kind, checkpoints=checkpoints, training_items=1,
-                                            trials_per_participant=per_listener, votes_target=20,
-                                            title=f"Demo {kind.upper()} test", completion_code="DEMO-THANKS")
+                test = listening_test_build(
+                    name=name,
+                    kind=kind,
+                    checkpoints=checkpoints,
+                    training_items=1,
+                    trials_per_participant=per_listener,
+                    votes_target=20,
+                    title=f"Demo {kind.upper()} test",
+                    completion_code="DEMO-THANKS",
+                )
                 test = listening_test_publish(test=test)
                 self.stdout.write(f"{kind} test {name!r} built: {test.trials.count()} trials")
             invites[name] = test.invite_token

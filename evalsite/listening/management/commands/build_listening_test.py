@@ -14,16 +14,34 @@ class Command(BaseCommand):
         parser.add_argument("name")
         parser.add_argument("--kind", required=True, choices=ListeningTest.Kind.values)
         parser.add_argument("--checkpoints", nargs="+", required=True, metavar="RUN@STEP")
-        parser.add_argument("--comparison", default=None, metavar="RUN@STEP",
-                            help="CMOS: rate every checkpoint against this one (default: the reference recording)")
-        parser.add_argument("--allow-no-preference", action="store_true", help="AB: offer a 'no preference' answer")
-        parser.add_argument("--require-play-all", action="store_true",
-                            help="listeners must play every sound (and the reference) before continuing")
-        parser.add_argument("--headphone-check", action="store_true",
-                            help="level calibration and antiphase headphone screening (Woods et al. 2017) before the first trial")
-        parser.add_argument("--gold-items", type=int, default=0, help="gold trials to build (every kind); one per listener")
-        parser.add_argument("--trapping-items", type=int, default=0,
-                            help="trapping (attention-check) trials to build (every kind); one per listener")
+        parser.add_argument(
+            "--comparison",
+            default=None,
+            metavar="RUN@STEP",
+            help="CMOS: rate every checkpoint against this one (default: the reference recording)",
+        )
+        parser.add_argument(
+            "--allow-no-preference", action="store_true", help="AB: offer a 'no preference' answer"
+        )
+        parser.add_argument(
+            "--require-play-all",
+            action="store_true",
+            help="listeners must play every sound (and the reference) before continuing",
+        )
+        parser.add_argument(
+            "--headphone-check",
+            action="store_true",
+            help="level calibration and antiphase headphone screening (Woods et al. 2017) before the first trial",
+        )
+        parser.add_argument(
+            "--gold-items", type=int, default=0, help="gold trials to build (every kind); one per listener"
+        )
+        parser.add_argument(
+            "--trapping-items",
+            type=int,
+            default=0,
+            help="trapping (attention-check) trials to build (every kind); one per listener",
+        )
         parser.add_argument("--training-items", type=int, default=1)
         parser.add_argument("--votes", type=int, default=10, help="valid votes wanted per trial")
         parser.add_argument("--trials-per-listener", type=int, default=None)
@@ -46,12 +64,21 @@ class Command(BaseCommand):
         comparison = self.checkpoint(opts["comparison"]) if opts["comparison"] else None
         try:
             test = listening_test_build(
-                name=opts["name"], kind=opts["kind"], checkpoints=checkpoints, training_items=opts["training_items"],
-                votes_target=opts["votes"], trials_per_participant=opts["trials_per_listener"], seed=opts["seed"],
-                completion_code=opts["completion_code"], completion_redirect=opts["completion_redirect"],
-                comparison=comparison, allow_no_preference=opts["allow_no_preference"],
-                require_play_all=opts["require_play_all"], headphone_check=opts["headphone_check"],
-                gold_items=opts["gold_items"], trapping_items=opts["trapping_items"],
+                name=opts["name"],
+                kind=opts["kind"],
+                checkpoints=checkpoints,
+                training_items=opts["training_items"],
+                votes_target=opts["votes"],
+                trials_per_participant=opts["trials_per_listener"],
+                seed=opts["seed"],
+                completion_code=opts["completion_code"],
+                completion_redirect=opts["completion_redirect"],
+                comparison=comparison,
+                allow_no_preference=opts["allow_no_preference"],
+                require_play_all=opts["require_play_all"],
+                headphone_check=opts["headphone_check"],
+                gold_items=opts["gold_items"],
+                trapping_items=opts["trapping_items"],
             )
             if opts["publish"]:
                 test = listening_test_publish(test=test)
@@ -60,5 +87,7 @@ class Command(BaseCommand):
         for warning in test.build_warnings:
             self.stderr.write(f"warning: {warning}")
         url = opts["base_url"].rstrip("/") + reverse("listening:invite", args=[test.invite_token])
-        self.stdout.write(f"{test.kind} test {test.name!r}: {test.trials.count()} trials, status {test.status}")
+        self.stdout.write(
+            f"{test.kind} test {test.name!r}: {test.trials.count()} trials, status {test.status}"
+        )
         self.stdout.write(f"invite link: {url}")

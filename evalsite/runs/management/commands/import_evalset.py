@@ -11,10 +11,14 @@ class Command(BaseCommand):
     help = "Import a directory of audio files or a CSV/JSONL manifest (path,text,speaker,...) as an eval set."
 
     def add_arguments(self, parser):
-        parser.add_argument("source", help="directory of .wav/.flac/.ogg/.mp3 files, or a .csv/.jsonl manifest")
+        parser.add_argument(
+            "source", help="directory of .wav/.flac/.ogg/.mp3 files, or a .csv/.jsonl manifest"
+        )
         parser.add_argument("--name", required=True, help="eval set name (created if it does not exist)")
         parser.add_argument("--description", default="")
-        parser.add_argument("--strict", action="store_true", help="exit with status 1 if any file was rejected")
+        parser.add_argument(
+            "--strict", action="store_true", help="exit with status 1 if any file was rejected"
+        )
         parser.add_argument("--no-progress", action="store_true")
 
     def handle(self, *args, **opts):

@@ -18,19 +18,30 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("names", nargs="*", metavar="NAME", help="embedder names (see --list)")
         parser.add_argument("--all", action="store_true", help="every file in the catalogue")
-        parser.add_argument("--list", action="store_true", help="list the names and their files, download nothing")
+        parser.add_argument(
+            "--list", action="store_true", help="list the names and their files, download nothing"
+        )
         parser.add_argument("--store", default=None, help="model store root (default: EVALSITE_MODEL_STORE)")
-        parser.add_argument("--mirror", default=None, metavar="URL",
-                            help="fetch URL/<subdir>/<file name> (a copy of the store layout) instead of the "
-                                 "official URLs; checksums are verified all the same")
-        parser.add_argument("--replace", action="store_true",
-                            help="replace a present file whose checksum does not match (after the new one verifies)")
+        parser.add_argument(
+            "--mirror",
+            default=None,
+            metavar="URL",
+            help="fetch URL/<subdir>/<file name> (a copy of the store layout) instead of the "
+            "official URLs; checksums are verified all the same",
+        )
+        parser.add_argument(
+            "--replace",
+            action="store_true",
+            help="replace a present file whose checksum does not match (after the new one verifies)",
+        )
 
     def handle(self, *args, **opts):
         targets = fetch_targets()
         if opts["list"]:
             for name, files in targets.items():
-                self.stdout.write(f"{name}: {', '.join(f'{f.relpath} [{f.describe_digest()}]' for f in files)}")
+                self.stdout.write(
+                    f"{name}: {', '.join(f'{f.relpath} [{f.describe_digest()}]' for f in files)}"
+                )
             return
         if opts["all"] == bool(opts["names"]):
             raise CommandError(f"name one or more models, or pass --all. Valid names: {', '.join(targets)}")
@@ -43,10 +54,14 @@ class Command(BaseCommand):
         for remote in remotes:
             result = fetch_file(remote, store, mirror=opts["mirror"], replace=opts["replace"])
             if result.ok:
-                self.stdout.write(f"{result.status:<8} {result.path}  {result.message}  sha256={result.sha256}")
+                self.stdout.write(
+                    f"{result.status:<8} {result.path}  {result.message}  sha256={result.sha256}"
+                )
             else:
                 failed += 1
                 self.stderr.write(f"failed   {result.path}  {result.message}")
         if failed:
-            raise CommandError(f"{failed} of {len(remotes)} file(s) failed; the store holds only verified files")
+            raise CommandError(
+                f"{failed} of {len(remotes)} file(s) failed; the store holds only verified files"
+            )
         self.stdout.write(f"{len(remotes)} file(s) verified in {store.root}")

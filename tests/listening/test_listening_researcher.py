@@ -1,0 +1,143 @@
+"""Researcher pages: build from checkpoints, preview, publish/close, progress per item x condition."""
+
+import uuid
+
+import pytest
+
+from evalsite.listening import services
+from evalsite.listening.models import ListeningTest, Participant
+from evalsite.listening.selectors import listener_state, listening_test_progress
+from tests.factories import listening_world
+
+pytestmark = pytest.mark.django_db
+
+
+def answer_everything(participant, score):
+    for trial in listener_state(participant)["trials"]:
+        for stim in trial["stimuli"]:
+            services.rating_submit(
+                participant=participant,
+                trial=trial["id"],
+                stimulus=stim["id"],
+                score=score,
+                request_id=uuid.uuid4().hex,
+            )
+        services.trial_complete(participant=participant, trial=trial["id"])
+
+
+def test_listeners_and_strangers_are_sent_to_the_login_page(client):
+    for url in ("/listening/", "/listening/new/", "/listening/1/", "/listening/1/trials/0/"):
+        response = client.get(url)
+        assert response.status_code == 302 and "/accounts/login/" in response["Location"]
+
+
+def test_a_researcher_builds_publishes_and_closes_a_test_through_the_pages(admin_client):
+    world = listening_world(n_items=3)
+    response = admin_client.post(
+        "/listening/new/",
+        {
+            "name": "web-built",
+            "kind": "mushra",
+            "checkpoints": [c.pk for c in world["checkpoints"]],
+            "title": "Quality",
+            "training_items": 1,
+            "votes_target": 3,
+            "completion_code": "OK",
+        },
+    )
+    test = ListeningTest.objects.get(name="web-built")
+    assert response.status_code == 302 and response["Location"] == f"/listening/{test.pk}/"
+    assert test.status == "draft" and test.trials.count() == 3 and test.owner.username == "admin"
+    detail = admin_client.get(f"/listening/{test.pk}/").content.decode()
+    assert f"/l/i/{test.invite_token}/" in detail and "PROLIFIC_PID" in detail
+    admin_client.post(f"/listening/{test.pk}/publish/")
+    test.refresh_from_db()
+    assert test.status == "published"
+    admin_client.post(f"/listening/{test.pk}/close/")
+    test.refresh_from_db()
+    assert test.status == "closed"
+
+
+def test_a_build_error_is_shown_on_the_form_and_nothing_is_created(admin_client):
+    world = listening_world(n_items=2)
+    run = world["checkpoints"][0].run
+    from evalsite.runs.models import Checkpoint
+
+    many = [Checkpoint.objects.create(run=run, step=s, uri=f"/c/{s}") for s in range(1, 11)]
+    page = admin_client.post(
+        "/listening/new/",
+        {
+            "name": "too-big",
+            "kind": "mushra",
+            "checkpoints": [c.pk for c in many],
+            "title": "x",
+            "training_items": 0,
+            "votes_target": 1,
+        },
+    )
+    assert page.status_code == 200
+    assert services.MUSHRA_TOO_MANY.format(n=10, total=13) in page.content.decode()
+    assert not ListeningTest.objects.filter(name="too-big").exists()
+
+
+def test_progress_counts_valid_votes_per_item_and_condition(admin_client):
+    world = listening_world(n_items=3)
+    test = services.listening_test_publish(
+        test=services.listening_test_build(
+            name="p", kind="mushra", checkpoints=world["checkpoints"], training_items=1, votes_target=2
+        )
+    )
+    good, bad = services.participant_join(test=test), services.participant_join(test=test)
+    answer_everything(good, 100)
+    answer_everything(bad, 100)
+    progress = listening_test_progress(test)
+    assert [row["item"] for row in progress["rows"]] == ["utt1", "utt2"]  # utt0 is the training item
+    assert all(v == 2 for row in progress["rows"] for v in row["cells"]) and len(progress["conditions"]) == 5
+    Participant.objects.filter(pk=bad.pk).update(status=Participant.Status.SCREENED_OUT)
+    progress = listening_test_progress(test)
+    assert all(v == 1 for row in progress["rows"] for v in row["cells"]) and progress["cells_at_target"] == 0
+    page = admin_client.get(f"/listening/{test.pk}/").content.decode()
+    assert "0 of 10 cells have 2 or more votes" in page
+
+
+def test_the_preview_shows_each_stimulus_with_its_condition_to_the_researcher(admin_client):
+    world = listening_world(n_items=2)
+    test = services.listening_test_build(name="pv", kind="mushra", checkpoints=world["checkpoints"])
+    page = admin_client.get(f"/listening/{test.pk}/trials/1/").content.decode()
+    assert "hifigan-secret-run@77777" in page and "anchor: 3.5 kHz low-pass" in page
+    assert page.count("<audio") == 6  # open reference + 5 conditions
+
+
+def test_a_cmos_test_against_a_baseline_and_an_ab_test_with_no_preference_are_built_from_the_form(
+    admin_client,
+):
+    world = listening_world(n_items=2, runs=("base-run", "new-run", "other-run"))
+    base, new, other = world["checkpoints"]
+    admin_client.post(
+        "/listening/new/",
+        {
+            "name": "cmos-web",
+            "kind": "cmos",
+            "checkpoints": [new.pk, other.pk],
+            "comparison": base.pk,
+            "title": "x",
+            "training_items": 0,
+            "votes_target": 1,
+        },
+    )
+    cmos = ListeningTest.objects.get(name="cmos-web")
+    assert cmos.conditions.get(role="comparison").checkpoint_id == base.pk and cmos.trials.count() == 4
+    admin_client.post(
+        "/listening/new/",
+        {
+            "name": "ab-web",
+            "kind": "ab",
+            "checkpoints": [new.pk, other.pk],
+            "allow_no_preference": "on",
+            "title": "x",
+            "training_items": 0,
+            "votes_target": 1,
+        },
+    )
+    ab = ListeningTest.objects.get(name="ab-web")
+    assert ab.allow_no_preference and ab.trials.count() == 2
