@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 
 from evalsite.api.access import run_for
 from evalsite.api.fields import JSONObjectField
-from evalsite.api.runs import ERRORS
+from evalsite.api.schema import ERRORS
 
 MAX_LIMIT = 500
 

@@ -17,7 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from evalsite.api.access import RunPrincipal, run_for, runs_visible
-from evalsite.api.runs import ERRORS, ErrorSerializer
+from evalsite.api.schema import ERRORS, ErrorSerializer
 from evalsite.core.exceptions import ApplicationError, ConflictError, NotFoundError
 from evalsite.listening.access import listening_tests_visible
 from evalsite.listening.models import ListeningTest
