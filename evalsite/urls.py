@@ -3,13 +3,13 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from evalsite.audio.views import media_file
+from evalsite.api.media import media_file
 from evalsite.core.views import healthz
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
-    # Stored audio goes through an access check (evalsite.audio.views), in the demo and in production alike.
+    # Stored audio goes through an access check (evalsite.api.media), in the demo and in production alike.
     path(settings.MEDIA_URL.strip("/") + "/<path:path>", media_file, name="media"),
     path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),

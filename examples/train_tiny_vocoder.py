@@ -55,7 +55,7 @@ from evalsite_client import (  # noqa: E402
     ServiceError,
 )
 
-DEMO_EVAL_SET = "demo-espeak-speech"  # evalsite/core/management/commands/demo.py DEMO_EVALSET
+DEMO_EVAL_SET = "demo-espeak-speech"  # evalsite/demo/management/commands/demo.py DEMO_EVALSET
 
 # Six eSpeak NG voices the demo eval set does not use (it uses en-us, en-us+f3, en-gb-x-rp+m3,
 # en-us+f4, en-gb-scotland+m7 and en-029+f2).

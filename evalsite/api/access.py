@@ -1,5 +1,5 @@
-"""Who may reach which run: the run's own token; its owner, collaborators and superusers (the rules the
-researcher pages share live in ``evalsite.runs.access``).
+"""Looking up a run for an API caller (the visibility rules, shared with the researcher pages and the
+media files, live in ``evalsite.runs.access``).
 
 Everything else is "not found" (404), never "forbidden": a caller learns nothing about runs that
 are not theirs.
@@ -7,22 +7,14 @@ are not theirs.
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
 from rest_framework import exceptions
 
-from evalsite.api.authentication import RunPrincipal
 from evalsite.core.exceptions import NotFoundError
-from evalsite.runs.access import runs_visible as researcher_runs_visible
+from evalsite.runs.access import RunPrincipal, runs_visible
 from evalsite.runs.models import Run
 
 RUN_NOT_FOUND = "Run {run_id} does not exist or is not yours."
 RUN_TOKEN_CANNOT = "A run token can only act on its own run; {what} needs a researcher token."
-
-
-def runs_visible(user) -> QuerySet[Run]:
-    if isinstance(user, RunPrincipal):
-        return Run.objects.filter(pk=user.run.pk)
-    return researcher_runs_visible(user)
 
 
 def run_for(user, run_id: int) -> Run:

@@ -8,13 +8,13 @@ the client's IP (:mod:`evalsite.api.throttling`), so tokens cannot be guessed at
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 from evalsite.api.throttling import anonymous_guard, anonymous_hit
+from evalsite.runs.access import RunPrincipal
 from evalsite.runs.models import Run
 
 RUN_TOKEN_PREFIX = "evr_"
@@ -25,28 +25,6 @@ TOKEN_MALFORMED = "Authorization header must be 'Bearer <token>'."
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-@dataclass(eq=False)
-class RunPrincipal:
-    """The caller behind a run token."""
-
-    run: Run
-    is_authenticated: bool = True
-    is_anonymous: bool = False
-    is_staff: bool = False
-    is_superuser: bool = False
-
-    @property
-    def pk(self) -> str:  # throttles key on it
-        return f"run:{self.run.pk}"
-
-    @property
-    def username(self) -> str:
-        return f"run {self.run.name}"
-
-    def __str__(self) -> str:
-        return self.username
 
 
 class BearerTokenAuthentication(authentication.BaseAuthentication):

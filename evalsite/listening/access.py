@@ -1,4 +1,4 @@
-"""Which listening tests a researcher (or a run token) may see and act on.
+"""Which listening tests, and which stored sounds, a researcher (or a run token) may see and act on.
 
 A test rates checkpoints of one or more runs; it is visible when every one of those runs is visible
 (``evalsite.runs.access``), so a test never shows a researcher the audio or scores of a run they
@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from evalsite.listening.models import ListeningTest
-from evalsite.runs.access import runs_visible
-from evalsite.runs.models import Run
+from evalsite.audio.models import AudioAsset
+from evalsite.listening.models import ListeningTest, Stimulus
+from evalsite.runs.access import RunPrincipal, runs_visible
+from evalsite.runs.models import EvalItem, Generation, Run
 
 
 def listening_tests_visible(user, *, runs: QuerySet[Run] | None = None) -> QuerySet[ListeningTest]:
@@ -25,4 +26,22 @@ def listening_tests_visible(user, *, runs: QuerySet[Run] | None = None) -> Query
         ListeningTest.objects.filter(conditions__checkpoint__isnull=False)
         .exclude(conditions__checkpoint__run__in=hidden)
         .distinct()
+    )
+
+
+def asset_visible(caller, asset: AudioAsset) -> bool:
+    """Eval-set references are shared by all researchers; an output, when its run is visible; a test's
+    sound (anchors included), when the test is. A run token sees what its own run may."""
+    if getattr(caller, "is_superuser", False):
+        return True
+    runs = runs_visible(caller)
+    if isinstance(caller, RunPrincipal):
+        references = EvalItem.objects.filter(reference=asset, eval_set__runs__in=runs)
+    else:
+        references = EvalItem.objects.filter(reference=asset)
+    tests = listening_tests_visible(caller, runs=runs if isinstance(caller, RunPrincipal) else None)
+    return (
+        references.exists()
+        or Generation.objects.filter(asset=asset, checkpoint__run__in=runs).exists()
+        or Stimulus.objects.filter(asset=asset, trial__test__in=tests).exists()
     )

@@ -87,6 +87,7 @@ INSTALLED_APPS = [
     "evalsite.alerts",
     "evalsite.api",
     "evalsite.analysis",
+    "evalsite.demo",
 ]
 
 MIDDLEWARE = [

@@ -11,7 +11,7 @@ from evalsite.settings.base import BASE_DIR, VAR_DIR
 
 MEDIA_ROOT = Path(os.environ.get("EVALSITE_MEDIA_ROOT") or VAR_DIR / "media").resolve()
 MEDIA_URL = "/media/"
-# Stored audio is served by evalsite.audio.views after an access check. Set this to an nginx ``internal``
+# Stored audio is served by evalsite.api.media after an access check. Set this to an nginx ``internal``
 # location over MEDIA_ROOT (e.g. /protected-media/) to let the web server send the bytes afterwards.
 EVALSITE_MEDIA_ACCEL_REDIRECT = os.environ.get("EVALSITE_MEDIA_ACCEL_REDIRECT", "")
 

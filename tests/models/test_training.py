@@ -228,7 +228,7 @@ def test_example_help_runs_as_a_script():
 
 
 def test_example_trains_on_voices_and_sentences_the_demo_eval_set_does_not_use():
-    from evalsite.core.management.commands.demo import DEMO_EVALSET
+    from evalsite.demo.management.commands.demo import DEMO_EVALSET
     from evalsite.demo.speech import DEMO_SENTENCES, DEMO_SPEAKERS, available_variants, available_voices
 
     example = load_example()

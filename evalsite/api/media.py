@@ -1,10 +1,13 @@
 """Stored audio for researchers and training jobs: every file is served after an access check.
 
+It lives in the API layer because a caller may present an API token, which only this layer reads.
+
 Researcher pages, the analysis page's flag timelines and alert evidence link to ``/media/<path>``.
 Files are named by content hash (unguessable), but a name leaks through logs, shared links and
 browser histories, so a name alone opens nothing: the caller must be a signed-in researcher or carry a
-run's or researcher's API token, and be allowed to see the audio (``asset_visible``). Anything else,
-including a file that does not exist, is the same 404. Listeners never come here: their sounds are
+run's or researcher's API token, and be allowed to see the audio
+(``evalsite.listening.access.asset_visible``). Anything else, including a file that does not exist, is
+the same 404. Listeners never come here: their sounds are
 served by ``listening.views`` under per-participant URLs.
 
 With ``EVALSITE_MEDIA_ACCEL_REDIRECT`` set (e.g. ``/protected-media/``), the bytes are left to the web
@@ -19,43 +22,20 @@ from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_safe
 from rest_framework import exceptions
 
+from evalsite.api.authentication import BearerTokenAuthentication
 from evalsite.audio.models import AudioAsset
+from evalsite.listening.access import asset_visible
 
 
 def _caller(request: HttpRequest):
     """The signed-in researcher, else the principal of a valid Bearer token, else None."""
     if request.user.is_authenticated:
         return request.user
-    from evalsite.api.authentication import BearerTokenAuthentication
-
     try:
         found = BearerTokenAuthentication().authenticate(request)
     except exceptions.APIException:  # a wrong or throttled token opens nothing, like no token
         return None
     return found[0] if found else None
-
-
-def asset_visible(caller, asset: AudioAsset) -> bool:
-    """Eval-set references are shared by all researchers; an output, when its run is visible; a test's
-    sound (anchors included), when the test is. A run token sees what its own run may."""
-    from evalsite.api.access import RunPrincipal, runs_visible
-    from evalsite.listening.access import listening_tests_visible
-    from evalsite.listening.models import Stimulus
-    from evalsite.runs.models import EvalItem, Generation
-
-    if getattr(caller, "is_superuser", False):
-        return True
-    runs = runs_visible(caller)
-    if isinstance(caller, RunPrincipal):
-        references = EvalItem.objects.filter(reference=asset, eval_set__runs__in=runs)
-    else:
-        references = EvalItem.objects.filter(reference=asset)
-    tests = listening_tests_visible(caller, runs=runs if isinstance(caller, RunPrincipal) else None)
-    return (
-        references.exists()
-        or Generation.objects.filter(asset=asset, checkpoint__run__in=runs).exists()
-        or Stimulus.objects.filter(asset=asset, trial__test__in=tests).exists()
-    )
 
 
 @require_safe
