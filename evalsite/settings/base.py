@@ -1,55 +1,19 @@
 """Settings shared by every mode, read from the environment with safe defaults.
 
 The embedded default needs no server: SQLite under ``var/``, Celery on kombu's filesystem
-transport under ``var/queue``, media under ``var/media``. Every value in the README's settings
-table is read here (or in the integration modules imported at the bottom).
+transport under ``var/queue``, media under ``var/media``. Every variable read here and in the
+integration modules imported at the bottom is listed in docs/reference/settings.md (generated from them).
 """
 
 import ipaddress
 import os
 import re
 import secrets
-from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from evalsite.core.rates import OFF, parse_rate
-
-BASE_DIR = Path(__file__).resolve().parents[2]
-
-
-def env_bool(name: str, default: bool = False) -> bool:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
-
-
-def env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return default if value in (None, "") else int(value)
-
-
-def env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    return default if value in (None, "") else float(value)
-
-
-def env_rate(name: str, default: str) -> str | None:
-    """A rate limit such as ``1200/min`` or ``30/10min``; ``off`` turns it off (None)."""
-    value = (os.environ.get(name) or default).strip()
-    if value.lower() == OFF:
-        return None
-    try:
-        parse_rate(value, name)
-    except ValueError as exc:
-        raise ImproperlyConfigured(str(exc)) from None
-    return value
-
-
-VAR_DIR = Path(os.environ.get("EVALSITE_VAR_DIR") or BASE_DIR / "var").resolve()
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+from evalsite.settings.env import BASE_DIR, VAR_DIR, env_bool, env_float, env_int, env_rate
 
 
 def _persisted_secret_key() -> str:
@@ -293,5 +257,6 @@ EVALSITE_LISTENING_MAX_TRIALS = env_int("EVALSITE_LISTENING_MAX_TRIALS", 5000)
 # always work. Checked at the API and again by the worker (evalsite.runs.params).
 EVALSITE_GENERATION_CUDA_DEVICES = env_int("EVALSITE_GENERATION_CUDA_DEVICES", 1)
 
+# One module per integration; each reads the environment itself (evalsite.settings.env), none imports this one.
 from evalsite.settings.celery import *  # noqa: E402,F401,F403
 from evalsite.settings.storage import *  # noqa: E402,F401,F403

@@ -8,7 +8,7 @@ import os
 
 from kombu import Queue
 
-from evalsite.settings.base import VAR_DIR, env_bool, env_int
+from evalsite.settings.env import VAR_DIR, env_bool, env_int
 
 QUEUE_DIR = VAR_DIR / "queue"
 

@@ -8,7 +8,8 @@ if not os.environ.get("SECRET_KEY"):
     raise ImproperlyConfigured("SECRET_KEY must be set in the environment in production mode.")
 
 from evalsite.settings.base import *  # noqa: E402,F401,F403
-from evalsite.settings.base import REST_FRAMEWORK, env_bool, env_int
+from evalsite.settings.base import REST_FRAMEWORK
+from evalsite.settings.env import env_bool, env_int
 
 DEBUG = False
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -1,13 +1,13 @@
 """Media and model-store locations.
 
 Weights are never downloaded: hub and torch caches point inside the model store and the hubs are
-switched offline before any library that could reach them is imported.
+switched offline (EVALSITE_HUB_ENVIRONMENT) before any library that could reach them is imported.
 """
 
 import os
 from pathlib import Path
 
-from evalsite.settings.base import BASE_DIR, VAR_DIR
+from evalsite.settings.env import BASE_DIR, VAR_DIR
 
 MEDIA_ROOT = Path(os.environ.get("EVALSITE_MEDIA_ROOT") or VAR_DIR / "media").resolve()
 MEDIA_URL = "/media/"
@@ -42,11 +42,15 @@ EVALSITE_CHECKPOINT_ROOTS = _checkpoint_roots(os.environ.get("EVALSITE_CHECKPOIN
     str(VAR_DIR / "examples"),
 )
 
-# laion_clap (and so frechet_audio_distance) contacts a model hub at import time and hangs offline.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HOME", str(EVALSITE_MODEL_STORE / "huggingface"))
-os.environ.setdefault("TORCH_HOME", str(EVALSITE_MODEL_STORE / "torch"))
+# laion_clap (and so frechet_audio_distance) contacts a model hub at import time and hangs offline: every
+# process sets these (unless already set) when Django starts, before any such library is imported
+# (evalsite.core.apps).
+EVALSITE_HUB_ENVIRONMENT = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HOME": str(EVALSITE_MODEL_STORE / "huggingface"),
+    "TORCH_HOME": str(EVALSITE_MODEL_STORE / "torch"),
+}
 
 # A request body above this (files in a multipart form aside) is refused with a 400 before it is read
 # into memory. No page or endpoint takes audio over HTTP (audio comes in by path through the workers),

@@ -16,7 +16,7 @@ from evalsite.core import ratelimit
 from evalsite.core.rates import parse_rate
 from evalsite.listening import services, views
 from evalsite.listening.models import ArtifactFlag, Assignment, Participant, Rating
-from evalsite.settings.base import env_rate
+from evalsite.settings.env import env_rate
 from tests.factories import listening_world
 
 pytestmark = pytest.mark.django_db
