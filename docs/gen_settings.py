@@ -2,9 +2,9 @@
 
 The variables, where they are read and their defaults come from the code: every module under
 ``evalsite/`` is parsed (``ast``) for ``os.environ.get``, ``os.environ[...]``, ``os.getenv``,
-``os.environ.setdefault`` and the settings helpers ``env_bool``, ``env_int``, ``env_float`` and
-``env_rate``, whichever module they sit in. What each variable means comes from
-``docs/reference/settings.toml``. A variable read without a meaning there, or a meaning for a
+``os.environ.setdefault`` and the settings helpers (``env_bool``, ``env_int``, ``env_float``,
+``env_rate``: any ``env_*`` function given a variable's name), whichever module they sit in. What
+each variable means comes from ``docs/reference/settings.toml``. A variable read without a meaning there, or a meaning for a
 variable nothing reads, stops the generator: the page cannot drift from the code, and
 tests/site/test_settings_reference.py fails when the committed page is not what this writes.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import io
 import operator
+import re
 import sys
 import tokenize
 import tomllib
@@ -28,7 +29,8 @@ MEANINGS = REPO / "docs" / "reference" / "settings.toml"
 OUTPUT = REPO / "docs" / "reference" / "settings.md"
 REGENERATE = ".venv/bin/python docs/gen_settings.py"
 
-ENV_HELPERS = {"env_bool", "env_int", "env_float", "env_rate"}
+ENV_HELPER_PREFIX = "env_"
+ENV_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
 # The helpers' own defaults when a call leaves the argument out (evalsite/settings: env_bool).
 HELPER_DEFAULTS = {"env_bool": False}
 # Paths the settings build from these names are shown as placeholders a reader can map to a folder.
@@ -52,7 +54,10 @@ class EnvRead:
     comment: str
 
 
-def _is_os_environ(node: ast.AST) -> bool:
+def _is_environ(node: ast.AST) -> bool:
+    """``os.environ``, or ``environ`` imported from os."""
+    if isinstance(node, ast.Name):
+        return node.id == "environ"
     return (
         isinstance(node, ast.Attribute)
         and node.attr == "environ"
@@ -173,6 +178,13 @@ def _comment_near(
     return comments.get(node.lineno, "")
 
 
+def _helper_name(func: ast.AST) -> str | None:
+    # env_int(...) or env.env_int(...): the settings helpers may move to a module of their own, and a new
+    # one (env_list, ...) is still a read of the variable its first argument names.
+    name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+    return name if name is not None and name.startswith(ENV_HELPER_PREFIX) else None
+
+
 def _read_of(call: ast.Call) -> tuple[str, str, ast.AST | None] | None:
     """(name, how, default node) when ``call`` reads or defaults an environment variable by a literal name."""
     func = call.func
@@ -180,13 +192,14 @@ def _read_of(call: ast.Call) -> tuple[str, str, ast.AST | None] | None:
         return None
     name = call.args[0].value
     default = call.args[1] if len(call.args) > 1 else None
-    if isinstance(func, ast.Name) and func.id in ENV_HELPERS:
+    helper = _helper_name(func)
+    if helper is not None and ENV_NAME.fullmatch(name):
         if default is None:
             default = next((k.value for k in call.keywords if k.arg == "default"), None)
-        if default is None and func.id in HELPER_DEFAULTS:
-            default = ast.Constant(HELPER_DEFAULTS[func.id])
-        return name, func.id, default
-    if isinstance(func, ast.Attribute) and _is_os_environ(func.value) and func.attr in {"get", "setdefault"}:
+        if default is None and helper in HELPER_DEFAULTS:
+            default = ast.Constant(HELPER_DEFAULTS[helper])
+        return name, helper, default
+    if isinstance(func, ast.Attribute) and _is_environ(func.value) and func.attr in {"get", "setdefault"}:
         return name, f"os.environ.{func.attr}", default
     if isinstance(func, ast.Attribute) and func.attr == "getenv" and isinstance(func.value, ast.Name):
         if func.value.id == "os":
@@ -207,7 +220,7 @@ def module_reads(path: Path, root: Path) -> list[EnvRead]:
             found = _read_of(node)
         elif (
             isinstance(node, ast.Subscript)
-            and _is_os_environ(node.value)
+            and _is_environ(node.value)
             and isinstance(node.slice, ast.Constant)
             and isinstance(node.slice.value, str)
             and isinstance(node.ctx, ast.Load)

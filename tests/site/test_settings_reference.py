@@ -76,6 +76,7 @@ def test_a_variable_is_found_whichever_module_reads_it(tmp_path):
                 "HOME = Path(os.environ.get('EVALSITE_HOME') or VAR_DIR / 'home').resolve()\n"
             ),
             "evalsite/runs/worker.py": "import os\nSIZE = int(os.environ.get('EVALSITE_SIZE', '2'))\n",
+            "evalsite/settings/hosts.py": "from evalsite.settings import env\nHOSTS = env.env_list('EVALSITE_HOSTS', ['a', 'b'])\n",
         },
     )
     reads = gen_settings.collect_reads(root)
@@ -83,6 +84,7 @@ def test_a_variable_is_found_whichever_module_reads_it(tmp_path):
         "EVALSITE_LIMIT": [("evalsite.settings.env", "3600")],
         "EVALSITE_HOME": [("evalsite.settings.env", "<var>/home")],
         "EVALSITE_SIZE": [("evalsite.runs.worker", "2")],
+        "EVALSITE_HOSTS": [("evalsite.settings.hosts", "a, b")],
     }
     assert reads["EVALSITE_LIMIT"][0].comment == "Why the limit is what it is."
 
