@@ -41,7 +41,7 @@ ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.m
 COMPUTED = "\0computed"
 
 
-class ReferenceError(Exception):
+class ReferenceMismatch(Exception):
     """The code and docs/reference/settings.toml disagree about which variables exist."""
 
 
@@ -303,7 +303,7 @@ def render_reference(root: Path = REPO, meanings_path: Path = MEANINGS) -> str:
             problems.append(
                 f"described in {meanings_path.name} but read nowhere under {PACKAGE}/: {', '.join(unread)}"
             )
-        raise ReferenceError("; ".join(problems))
+        raise ReferenceMismatch("; ".join(problems))
 
     out = [
         "# Settings reference",
@@ -347,7 +347,7 @@ def render_reference(root: Path = REPO, meanings_path: Path = MEANINGS) -> str:
 def main(argv: list[str]) -> int:
     try:
         text = render_reference()
-    except ReferenceError as exc:
+    except ReferenceMismatch as exc:
         sys.stderr.write(f"{exc}\n")
         return 1
     if "--check" in argv:

@@ -93,6 +93,6 @@ def test_a_variable_without_a_meaning_or_a_meaning_without_a_variable_stops_the_
     root = _tree(tmp_path, {"evalsite/settings/base.py": "X = env_int('EVALSITE_NEW', 1)\n"})
     meanings = _tree(tmp_path, {"meanings.toml": '["Group"]\nEVALSITE_OLD = "gone"\n'}) / "meanings.toml"
     with pytest.raises(
-        gen_settings.ReferenceError, match="without a meaning.*EVALSITE_NEW.*read nowhere.*EVALSITE_OLD"
+        gen_settings.ReferenceMismatch, match="without a meaning.*EVALSITE_NEW.*read nowhere.*EVALSITE_OLD"
     ):
         gen_settings.render_reference(root, meanings)
