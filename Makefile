@@ -9,7 +9,7 @@ UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: demo test test-unit test-integration system-deps clean-var lock lock-check
+.PHONY: demo test test-unit test-integration system-deps clean-var lock lock-check docs
 
 # Installs exactly uv.lock (uv sync --frozen never resolves). uv itself is bootstrapped with pip at
 # the version the lock names, hash-checked against the lock's own hashes, so nothing needs uv beforehand.
@@ -49,6 +49,12 @@ test-unit: $(STAMP)
 
 test-integration: $(STAMP)
 	$(PY) -m pytest --ds=evalsite.settings.integration tests/integration
+
+# The documentation site (mkdocs.yml), offline; --strict makes a broken link or an unlisted page an error.
+# The settings reference must be what docs/gen_settings.py writes from the code.
+docs: $(STAMP)
+	$(PY) docs/gen_settings.py --check
+	$(PY) -m mkdocs build --strict --site-dir var/site
 
 clean-var:
 	rm -rf var
