@@ -207,6 +207,24 @@ def _read_of(call: ast.Call) -> tuple[str, str, ast.AST | None] | None:
     return None
 
 
+def _environment_setting(node: ast.AST) -> list[tuple[str, ast.AST]]:
+    """(variable, value) of a ``*_ENVIRONMENT = {"NAME": value, ...}`` setting, which the core app applies
+    to the process environment at start-up (``os.environ.setdefault``)."""
+    if not (
+        isinstance(node, ast.Assign)
+        and len(node.targets) == 1
+        and isinstance(node.targets[0], ast.Name)
+        and node.targets[0].id.endswith("_ENVIRONMENT")
+        and isinstance(node.value, ast.Dict)
+    ):
+        return []
+    return [
+        (k.value, v)
+        for k, v in zip(node.value.keys, node.value.values, strict=True)
+        if isinstance(k, ast.Constant) and isinstance(k.value, str) and ENV_NAME.fullmatch(k.value)
+    ]
+
+
 def module_reads(path: Path, root: Path) -> list[EnvRead]:
     source = path.read_text()
     tree = ast.parse(source)
@@ -216,6 +234,12 @@ def module_reads(path: Path, root: Path) -> list[EnvRead]:
     module = ".".join(path.relative_to(root).with_suffix("").parts)
     reads = []
     for node in ast.walk(tree):
+        if environment := _environment_setting(node):
+            # A setting like EVALSITE_HUB_ENVIRONMENT: variables the core app sets when they are unset.
+            for key, value in environment:
+                comment = _comment_near(node, parents, lines, comments)
+                reads.append(EnvRead(key, module, "set when unset", _render(value), comment))
+            continue
         if isinstance(node, ast.Call):
             found = _read_of(node)
         elif (
