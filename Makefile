@@ -9,7 +9,7 @@ UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: demo test test-unit test-integration system-deps clean-var lock lock-check docs
+.PHONY: demo test test-unit test-integration system-deps clean-var lock lock-check docs lint
 
 # Installs exactly uv.lock (uv sync --frozen never resolves). uv itself is bootstrapped with pip at
 # the version the lock names, hash-checked against the lock's own hashes, so nothing needs uv beforehand.
@@ -49,6 +49,14 @@ test-unit: $(STAMP)
 
 test-integration: $(STAMP)
 	$(PY) -m pytest --ds=evalsite.settings.integration tests/integration
+
+# What a contributor runs before committing (and CI before the tests): lint and format (ruff), the layers
+# of ARCHITECTURE.md (import-linter contracts in pyproject.toml), and no model change without its migration.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
+	$(PY) manage.py makemigrations --check --dry-run --settings=evalsite.settings.test
 
 # The documentation site (mkdocs.yml), offline; --strict makes a broken link or an unlisted page an error.
 # The settings reference must be what docs/gen_settings.py writes from the code.
