@@ -22,13 +22,18 @@ import math
 import secrets
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Count, Max, Sum
 from django.urls import reverse
+from django.utils import timezone
 
 from evalsite.alerts.models import Alert, AlertRule, Severity, WebhookDelivery
+from evalsite.alerts.tasks import webhook_deliver_task
+from evalsite.alerts.webhooks import webhook_post
 from evalsite.core.exceptions import ApplicationError
 from evalsite.runs.models import Checkpoint, Run
+from evalsite.scoring.models import DetectorEvent, DetectorPass, MetricResult
 
 logger = logging.getLogger(__name__)
 
@@ -209,8 +214,6 @@ def alert_create(
 
 
 def _webhook_enqueue(delivery_id: int) -> None:
-    from evalsite.alerts.tasks import webhook_deliver_task
-
     webhook_deliver_task.apply_async(args=[delivery_id], queue="cpu")
 
 
@@ -232,8 +235,6 @@ def _worse(value: float, baseline: float, higher_is_better: bool) -> float:
 
 
 def _metric_regressions(rule: AlertRule, checkpoint: Checkpoint) -> list[dict[str, Any]]:
-    from evalsite.scoring.models import MetricResult
-
     wanted = rule.params.get("metrics", "*")
     mine = MetricResult.objects.filter(
         checkpoint=checkpoint, status=MetricResult.Status.DONE, higher_is_better__isnull=False
@@ -271,10 +272,6 @@ def _metric_regressions(rule: AlertRule, checkpoint: Checkpoint) -> list[dict[st
 
 def _detector_rates(checkpoint_id: int) -> tuple[dict[str, float], float] | None:
     """Events per minute of audio per detector, and the minutes analysed; None if never analysed."""
-    from django.db.models import Count, Sum
-
-    from evalsite.scoring.models import DetectorEvent, DetectorPass
-
     minutes = (
         DetectorPass.objects.filter(checkpoint_id=checkpoint_id).aggregate(s=Sum("duration_s"))["s"] or 0
     ) / 60
@@ -290,8 +287,6 @@ def _detector_rates(checkpoint_id: int) -> tuple[dict[str, float], float] | None
 
 
 def _event_examples(checkpoint: Checkpoint, detector: str, limit: int = 5) -> list[dict[str, Any]]:
-    from evalsite.scoring.models import DetectorEvent
-
     return [
         {
             "item": e.generation.item.key,
@@ -450,11 +445,6 @@ def webhook_deliver(*, delivery_id: int) -> tuple[str, float | None]:
     ``EVALSITE_WEBHOOK_MAX_ATTEMPTS`` attempts, or on an answer a retry cannot change (e.g. 404),
     the delivery is failed with the last error.
     """
-    from django.conf import settings
-    from django.utils import timezone
-
-    from evalsite.alerts.webhooks import webhook_post
-
     with transaction.atomic():
         delivery = (
             WebhookDelivery.objects.select_for_update(of=("self",))

@@ -14,6 +14,8 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from evalsite.alerts.models import Alert
+from evalsite.alerts.services import alert_payload, alert_rules_ensure_defaults, alert_rules_set
 from evalsite.api.access import run_for
 from evalsite.api.fields import JSONObjectField
 from evalsite.api.schema import ERRORS
@@ -68,9 +70,6 @@ class AlertListApi(APIView):
         },
     )
     def get(self, request, run_id: int):
-        from evalsite.alerts.models import Alert
-        from evalsite.alerts.services import alert_payload
-
         run = run_for(request.user, run_id)
         query = self.QuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
@@ -123,8 +122,6 @@ class AlertRulesApi(APIView):
         responses={200: inline_serializer("AlertRules", {"rules": RuleSerializer(many=True)}), **ERRORS},
     )
     def get(self, request, run_id: int):
-        from evalsite.alerts.services import alert_rules_ensure_defaults
-
         return Response(self._payload(alert_rules_ensure_defaults(run=run_for(request.user, run_id))))
 
     @extend_schema(
@@ -133,8 +130,6 @@ class AlertRulesApi(APIView):
         responses={200: inline_serializer("AlertRulesSet", {"rules": RuleSerializer(many=True)}), **ERRORS},
     )
     def put(self, request, run_id: int):
-        from evalsite.alerts.services import alert_rules_set
-
         run = run_for(request.user, run_id)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)

@@ -13,6 +13,7 @@ from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
+from evalsite.api.models import ResearcherToken
 from evalsite.api.throttling import anonymous_guard, anonymous_hit
 from evalsite.runs.access import RunPrincipal
 from evalsite.runs.models import Run
@@ -54,8 +55,6 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
             run = Run.objects.filter(api_token_hash=token_hash(token)).first()
             return (RunPrincipal(run=run), token) if run is not None else None
         if token.startswith(RESEARCHER_TOKEN_PREFIX):
-            from evalsite.api.models import ResearcherToken
-
             row = ResearcherToken.objects.select_related("user").filter(token_hash=token_hash(token)).first()
             if row is None or not row.user.is_active:
                 return None

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import re
 
+from django.db import connection
 from django.http import HttpRequest, HttpResponse, HttpResponseNotModified
 
 from evalsite.api import throttling
 from evalsite.api.alerts import MAX_LIMIT, alerts_etag
 from evalsite.api.authentication import RUN_TOKEN_PREFIX, token_hash
+from evalsite.runs.models import Run
 
 ALERTS_PATH = re.compile(r"^/api/v1/runs/(\d+)/alerts/$")
 
@@ -37,10 +39,6 @@ def _int(value: str | None, default: int, low: int, high: int) -> int | None:
 def _run_row(token_sha256: str) -> tuple[int, int] | None:
     """(run id, newest alert cursor) for a run-token hash. Plain SQL: building the ORM query cost
     more CPU than everything else on this path."""
-    from django.db import connection
-
-    from evalsite.runs.models import Run
-
     table = connection.ops.quote_name(Run._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import time
 
+from django.core import checks
 from django.core.cache import cache
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, throttling
@@ -37,8 +38,6 @@ parse_rate = functools.lru_cache(maxsize=32)(rates.parse_rate)
 def check_rates(app_configs=None, **kwargs) -> list:
     """System check (``manage.py check``, ``migrate``): a mistyped EVALSITE_API_RATE or
     EVALSITE_API_ANON_RATE is reported by name there instead of failing every request."""
-    from django.core import checks
-
     errors = []
     for scope, rate in api_settings.DEFAULT_THROTTLE_RATES.items():
         try:

@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 import numpy as np
 import soundfile
+import soxr
 
 # BS.1770 integrated loudness needs at least one 400 ms gating block.
 LOUDNESS_MIN_DURATION_S = 0.4
@@ -215,7 +216,7 @@ def _loudness(samples: np.ndarray, sample_rate: int) -> float | None:
     frames, channels = samples.shape
     if frames < LOUDNESS_MIN_DURATION_S * sample_rate or channels > _LOUDNESS_MAX_CHANNELS:
         return None
-    import pyloudnorm
+    import pyloudnorm  # brings scipy.signal: loaded only where ingestion measures loudness, not in the web tier
 
     value = pyloudnorm.Meter(sample_rate).integrated_loudness(samples.astype(np.float64))
     return float(value) if math.isfinite(value) else None
@@ -339,6 +340,4 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
         raise ValueError(f"samples must have shape (frames,) or (frames, channels), got {array.shape}")
     if from_rate == to_rate:
         return array.copy()
-    import soxr
-
     return np.asarray(soxr.resample(array, from_rate, to_rate, quality="VHQ"), dtype=np.float32)

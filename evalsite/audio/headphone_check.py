@@ -18,6 +18,7 @@ import io
 import random
 
 import numpy as np
+import soundfile
 
 TONE_HZ = 200.0
 TONE_S = 1.0
@@ -76,8 +77,6 @@ def trial_samples(order: tuple[str, ...], sample_rate: int = SAMPLE_RATE) -> np.
 
 def trial_wav(order: tuple[str, ...], sample_rate: int = SAMPLE_RATE) -> bytes:
     """One trial as a 16-bit stereo WAV file."""
-    import soundfile
-
     buffer = io.BytesIO()
     soundfile.write(buffer, trial_samples(order, sample_rate), sample_rate, format="WAV", subtype="PCM_16")
     return buffer.getvalue()

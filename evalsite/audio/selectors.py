@@ -3,6 +3,7 @@
 import numpy as np
 import soundfile as sf
 
+from evalsite.audio.decoding import resample
 from evalsite.audio.models import AudioAsset
 
 
@@ -28,8 +29,6 @@ class AudioCache:
         self.decodes = 0
 
     def mono(self, asset: AudioAsset, rate: int | None = None) -> np.ndarray:
-        from evalsite.audio.decoding import resample
-
         if asset.pk not in self._native:
             samples, native_rate = audio_asset_samples(asset)
             self._native[asset.pk] = (samples.mean(axis=1), native_rate)
