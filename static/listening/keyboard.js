@@ -28,7 +28,8 @@ export function onTrialKey(view, e) {
     view.flags.stopFlagging();
     return;
   }
-  if (typing || !view.player) {
+  const panel = view.panel;
+  if (typing || !panel.player) {
     if (!typing && e.key === "Enter" && isPassive(target)) view.continueTrial();
     return;
   }
@@ -37,11 +38,11 @@ export function onTrialKey(view, e) {
     const key = n === 0 ? (view.trial.reference ? REF : null) : view.trial.stimuli[n - 1]?.id;
     if (key) {
       e.preventDefault();
-      view.activate(key, { toggle: false });
+      panel.activate(key, { toggle: false });
     }
   } else if (e.key === " ") {
     e.preventDefault();
-    view.player.toggle();
+    panel.player.toggle();
   } else if (e.key === "Enter") {
     if (isPassive(target)) {
       e.preventDefault();
@@ -49,22 +50,22 @@ export function onTrialKey(view, e) {
     }
   } else if (e.key.startsWith("Arrow") && isPassive(target) && target.tagName !== "INPUT" && view.kind === "mushra") {
     const direction = e.key === "ArrowUp" || e.key === "ArrowRight" ? 1 : -1;
-    if (view.widget.nudge(view.player.selected, direction)) e.preventDefault();
+    if (view.widget.nudge(panel.player.selected, direction)) e.preventDefault();
   }
 }
 
-/** A key pressed on the waveform canvas. */
-export function onWaveformKey(view, e) {
-  const player = view.player;
+/** A key pressed on the waveform canvas of `panel` (a PlayerPanel). */
+export function onWaveformKey(panel, e) {
+  const player = panel.player;
   if (!player) return;
   const pos = player.currentPosition();
   if (e.key === "ArrowLeft" || e.key === "ArrowRight") {
     e.preventDefault();
     e.stopPropagation();
-    view.seek(pos + (e.key === "ArrowLeft" ? -SEEK_STEP_S : SEEK_STEP_S));
+    panel.seek(pos + (e.key === "ArrowLeft" ? -SEEK_STEP_S : SEEK_STEP_S));
   } else if (e.key === "Home") {
     e.preventDefault();
-    view.seek(player.region ? player.region.start : 0);
+    panel.seek(player.region ? player.region.start : 0);
   }
 }
 

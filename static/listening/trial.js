@@ -1,19 +1,17 @@
-// One trial on screen: the player (signal buttons, transport, waveform, loop), the rating widget
-// of the test's kind, artifact flags, "play every sound", and Continue, which completes the trial
-// on the server once its answers are saved.
+// One trial on screen: the player section, the rating widget of the test's kind, artifact flags,
+// "play every sound", and Continue, which completes the trial on the server once its answers are
+// saved.
 
-import { h, clear, formatTime } from "./dom.js";
+import { h, clear } from "./dom.js";
 import { postJSON, retrying } from "./api.js";
-import { Player, decodeAll, prefetch, MIN_LOOP } from "./player.js";
-import { Waveform } from "./waveform.js";
-import { REF, COMPARISONS, answerStimuli, switchesInPlace } from "./kinds.js";
+import { decodeAll, prefetch } from "./player.js";
+import { REF, answerStimuli } from "./kinds.js";
 import { summaryStatus } from "./savestatus.js";
+import { PlayerPanel, HEARD_MIN_S } from "./transport.js";
 import { createRatingWidget } from "./widgets.js";
 import { FlagPanel } from "./flags.js";
 import { keyHelp, onWaveformKey } from "./keyboard.js";
 
-const HEARD_MIN_S = 1.0; // "play every sound": at least this long, or to the sound's end
-const LISTEN_POLL_MS = 100;
 const MUSHRA_100_HINT =
   "At least one signal should be rated 100 (the hidden reference): one of the signals is identical to the reference.";
 
@@ -29,20 +27,18 @@ export class TrialView {
     this.test = app.state.test;
     this.kind = this.test.kind;
     this.el = {};
-    this.player = null;
-    this.waveform = null;
+    this.panel = null;
     this.widget = null;
     this.flags = null;
     this.busy = false;
     this.closed = false;
-    this.frame = 0;
-    this.listened = new Map(); // signal key -> seconds played, on the audio clock
-    this.lastListen = null;
-    this.listenTimer = null;
     this.statusTimer = null;
   }
 
-  // --- loading --------------------------------------------------------------
+  /** The trial's Player once its audio is decoded, else null. */
+  get player() {
+    return this.panel ? this.panel.player : null;
+  }
 
   /** Draw the trial, then load its audio (and start fetching the next trial's). */
   async show() {
@@ -54,22 +50,20 @@ export class TrialView {
     const items = [];
     if (trial.reference) items.push({ key: REF, url: trial.reference.url });
     for (const s of trial.stimuli) items.push({ key: s.id, url: s.url });
+    const ctx = this.app.audioContext();
     let buffers;
     try {
-      buffers = await decodeAll(this.app.audioContext(), items, (done, total) => {
-        if (!this.closed) this.el.loading.textContent = `Loading audio ${done}/${total}…`;
+      buffers = await decodeAll(ctx, items, (done, total) => {
+        if (!this.closed) this.panel.showLoading(done, total);
       });
     } catch (err) {
-      if (this.closed) return;
-      this.el.loading.textContent = "";
-      this.el.loading.append(
-        `Could not load the audio (${err.message}). `,
-        h("button", { type: "button", onclick: () => this.app.showTrial(this.index) }, "Try again"),
-      );
+      if (!this.closed) this.panel.showLoadError(err.message, () => this.app.showTrial(this.index));
       return;
     }
     if (this.closed) return;
-    this.attachPlayer(buffers);
+    this.panel.attach(ctx, buffers);
+    this.app.root.dataset.ready = "true";
+    this.panel.renderPlayState();
     const next = this.app.state.trials[this.index + 1];
     if (next) {
       if (next.reference) prefetch(next.reference.url);
@@ -80,125 +74,9 @@ export class TrialView {
   /** Stop playback and every timer; the view is not used again. */
   close() {
     this.closed = true;
-    if (this.player) {
-      this.player.pause();
-      this.player.dispose();
-    }
-    if (this.waveform) this.waveform.dispose();
-    this.player = null;
-    this.waveform = null;
-    clearInterval(this.listenTimer);
-    this.listenTimer = null;
+    this.panel.close();
     clearTimeout(this.statusTimer);
-    cancelAnimationFrame(this.frame);
   }
-
-  attachPlayer(buffers) {
-    const switching = switchesInPlace(this.kind);
-    const player = new Player(this.app.audioContext(), buffers, { sharedPosition: switching, loop: switching });
-    this.player = player;
-    const telemetry = this.app.telemetry;
-    const idOf = (key) => (key === REF || key === null ? null : key);
-    player.addEventListener("play", (e) => telemetry.log("play", idOf(player.selected), e.detail.pos));
-    player.addEventListener("pause", (e) => telemetry.log("pause", idOf(player.selected), e.detail.pos));
-    player.addEventListener("ended", (e) => {
-      telemetry.log("pause", idOf(player.selected), e.detail.pos);
-      this.markHeard(player.selected, e.detail.pos);
-    });
-    player.addEventListener("switch", (e) => {
-      if (e.detail.from !== null) telemetry.log("switch", idOf(e.detail.to), e.detail.pos);
-    });
-    player.addEventListener("seek", (e) => telemetry.log("seek", idOf(player.selected), e.detail.pos));
-    player.addEventListener("loop", (e) => telemetry.log("loop", idOf(player.selected), e.detail.pos));
-    player.addEventListener("statechange", () => this.renderPlayState());
-
-    this.waveform = new Waveform(this.el.canvas, {
-      getPosition: () => (this.player ? this.player.currentPosition() : 0),
-      onSeek: (pos) => this.seek(pos),
-      onRegion: (region) => this.setLoopRegion(region),
-      onFlagRegion: (region) => this.flags.setRegion(region),
-    });
-    player.select(this.trial.reference ? REF : this.trial.stimuli[0].id);
-    this.listenTimer = setInterval(() => this.trackListening(), LISTEN_POLL_MS);
-    this.el.loading.textContent = "";
-    this.app.root.dataset.ready = "true";
-    this.renderPlayState();
-  }
-
-  // --- playback actions -----------------------------------------------------
-
-  /** Select a signal and make sure it plays; pressing the playing signal again pauses. */
-  activate(key, { toggle = true } = {}) {
-    const player = this.player;
-    if (!player) return;
-    if (player.selected === key && player.playing) {
-      if (toggle) player.pause();
-      return;
-    }
-    player.select(key);
-    player.play();
-  }
-
-  seek(pos) {
-    const player = this.player;
-    if (!player) return;
-    if (player.region && (pos < player.region.start || pos > player.region.end)) player.setRegion(null);
-    player.seek(pos);
-  }
-
-  setLoopRegion(region) {
-    if (!this.player) return;
-    this.player.setRegion(region);
-  }
-
-  // --- play every sound ----------------------------------------------------
-
-  /** Add up how long each signal has actually been playing (on the audio clock). */
-  trackListening() {
-    const player = this.player;
-    if (!player) return;
-    const now = player.ctx.currentTime;
-    const last = this.lastListen;
-    if (player.playing && last && last.key === player.selected) {
-      const total = (this.listened.get(last.key) || 0) + Math.max(0, now - last.t);
-      this.listened.set(last.key, total);
-      const buffer = player.buffers.get(last.key);
-      const needed = Math.min(HEARD_MIN_S, buffer ? 0.9 * buffer.duration : HEARD_MIN_S);
-      if (total >= needed) this.markHeard(last.key, player.currentPosition());
-    }
-    this.lastListen = player.playing ? { key: player.selected, t: now } : null;
-  }
-
-  markHeard(key, pos) {
-    const trial = this.trial;
-    if (key === null || key === undefined || trial.heardSet.has(key)) return;
-    trial.heardSet.add(key);
-    this.app.telemetry.log("heard", key === REF ? null : key, pos);
-    this.renderPlayAll();
-  }
-
-  /** Signals not heard yet, by name; empty when the test does not ask for it. */
-  unheard() {
-    const trial = this.trial;
-    if (!this.test.require_play_all) return [];
-    const keys = [...(trial.reference ? [REF] : []), ...trial.stimuli.map((s) => s.id)];
-    return keys.filter((k) => !trial.heardSet.has(k)).map((k) => this.signalName(k));
-  }
-
-  renderPlayAll() {
-    if (!this.el.playAll || !this.test.require_play_all) return;
-    const missing = this.unheard();
-    this.el.playAll.dataset.complete = String(!missing.length);
-    this.el.playAll.textContent = missing.length
-      ? `Continue is available once you have listened to every sound (at least ${HEARD_MIN_S} s each, or to its end). Not played yet: ${missing.join(", ")}.`
-      : "You have listened to every sound.";
-    if (!this.busy) this.el.continue.disabled = missing.length > 0;
-    for (const button of this.el.signalButtons || []) {
-      button.classList.toggle("is-heard", this.trial.heardSet.has(button.dataset.key));
-    }
-  }
-
-  // --- rendering ------------------------------------------------------------
 
   render() {
     const test = this.test;
@@ -229,20 +107,32 @@ export class TrialView {
     if (test.kind === "mushra") instructions.append(h("p", { class: "ls-must" }, h("strong", {}, MUSHRA_100_HINT)));
     root.append(instructions);
 
+    this.panel = new PlayerPanel({
+      trial,
+      kind: this.kind,
+      telemetry: this.app.telemetry,
+      onStateChange: () => {
+        this.widget.setActive(this.panel.player.selected);
+        this.flags.render();
+      },
+      onHeard: () => this.renderPlayAll(),
+      onFlagRegion: (region) => this.flags.setRegion(region),
+      onWaveformKey: (e) => onWaveformKey(this.panel, e),
+    });
     this.flags = new FlagPanel({
       trial,
       categories: this.app.state.flag_categories || [],
       outbox: this.app.outbox,
       url: this.app.urls.flag,
-      player: () => this.player,
-      waveform: () => this.waveform,
-      focusWaveform: () => this.el.canvas.focus({ preventScroll: true }),
+      player: () => this.panel.player,
+      waveform: () => this.panel.waveform,
+      focusWaveform: () => this.panel.canvas.focus({ preventScroll: true }),
     });
-    root.append(this.renderPlayer());
+    root.append(this.panel.render(this.flags.element));
     this.widget = createRatingWidget({
       test,
       trial,
-      signalButton: (...args) => this.signalButton(...args),
+      signalButton: (...args) => this.panel.signalButton(...args),
       onRate: (stimulus, score) => this.rate(stimulus, score),
       saveState: (stimulusId) => this.app.outbox.state(`rate:${trial.id}:${stimulusId}`),
     });
@@ -279,129 +169,22 @@ export class TrialView {
     heading.focus({ preventScroll: true });
   }
 
-  renderPlayer() {
-    const trial = this.trial;
-    const kind = this.kind;
-    this.el.playPause = h(
-      "button",
-      { type: "button", class: "ls-playpause", "data-testid": "play-pause", onclick: () => this.player && this.player.toggle() },
-      "▶ Play",
-    );
-    this.el.nowPlaying = h("span", { class: "ls-now", "data-testid": "now-playing" });
-    this.el.time = h("span", { class: "ls-time" });
-    this.el.loopToggle = h("input", {
-      type: "checkbox",
-      "data-testid": "loop-toggle",
-      checked: switchesInPlace(kind),
-      onchange: (e) => this.player && this.player.setLoop(e.target.checked),
-    });
-    this.el.loopClear = h(
-      "button",
-      { type: "button", "data-testid": "loop-clear", onclick: () => this.setLoopRegion(null) },
-      "Clear loop",
-    );
-    this.el.loopText = h("span", { class: "ls-loop-text", "data-testid": "loop-region" });
-    this.el.loading = h("p", { class: "ls-loading", role: "status" }, "Loading audio…");
-    this.el.canvas = h("canvas", {
-      class: "ls-wave",
-      "data-testid": "waveform",
-      tabindex: "0",
-      role: "img",
-      "aria-label": "Waveform of the selected signal. Click to jump, drag to choose a loop region.",
-      onkeydown: (e) => onWaveformKey(this, e),
-    });
+  // --- play every sound ----------------------------------------------------
 
-    // MUSHRA's signal buttons sit in the rating rows (the widget asks for them).
-    const signalButtons = [];
-    if (kind !== "mushra") {
-      if (trial.reference) signalButtons.push(this.signalButton(REF, "Reference", "play-ref", "0"));
-      trial.stimuli.forEach((s, i) =>
-        signalButtons.push(this.signalButton(s.id, `Sample ${s.label}`, `stim-${s.label}`, i < 9 ? String(i + 1) : null)),
-      );
-    }
-
-    const signalsClass = COMPARISONS.has(kind) ? "ls-signals ls-signals-pair" : "ls-signals";
-    return h(
-      "section",
-      { class: "ls-player", "aria-label": "Player" },
-      signalButtons.length ? h("div", { class: signalsClass }, signalButtons) : null,
-      h("div", { class: "ls-transport" }, this.el.playPause, this.el.nowPlaying, this.el.time),
-      this.el.loading,
-      h("div", { class: "ls-wave-wrap" }, this.el.canvas),
-      h(
-        "div",
-        { class: "ls-loop" },
-        h("label", {}, this.el.loopToggle, " Loop"),
-        this.el.loopText,
-        this.el.loopClear,
-        h("span", { class: "ls-hint" }, `Drag on the waveform to loop a part (at least ${MIN_LOOP * 1000} ms); click to jump.`),
-      ),
-      this.flags.element,
-    );
+  /** Signals not heard yet, by name; empty when the test does not ask for it. */
+  unheard() {
+    return this.test.require_play_all ? this.panel.unheard() : [];
   }
 
-  signalButton(key, text, testid, shortcut) {
-    const button = h(
-      "button",
-      {
-        type: "button",
-        class: "ls-signal",
-        "data-testid": testid,
-        "data-key": key,
-        "aria-pressed": "false",
-        onclick: () => this.activate(key),
-      },
-      h("span", { class: "ls-icon", "aria-hidden": "true" }, "▶"),
-      h("span", { class: "ls-signal-name" }, text),
-      shortcut ? h("kbd", { "aria-hidden": "true" }, shortcut) : null,
-    );
-    (this.el.signalButtons ||= []).push(button);
-    return button;
-  }
-
-  renderPlayState() {
-    const player = this.player;
-    if (!player || !this.el.playPause) return;
-    const selected = player.selected;
-    const name = this.signalName(selected);
-    this.el.playPause.textContent = player.playing ? "❚❚ Pause" : "▶ Play";
-    this.el.playPause.setAttribute("aria-label", `${player.playing ? "Pause" : "Play"} ${name}`);
-    this.el.nowPlaying.textContent = `${player.playing ? "Playing" : "Paused"}: ${name}`;
-    for (const button of this.el.signalButtons || []) {
-      const isSel = button.dataset.key === selected;
-      button.setAttribute("aria-pressed", String(isSel));
-      button.classList.toggle("is-selected", isSel);
-      button.classList.toggle("is-playing", isSel && player.playing);
-      button.querySelector(".ls-icon").textContent = isSel && player.playing ? "❚❚" : "▶";
-    }
-    this.widget.setActive(selected);
-    const region = player.region;
-    this.el.loopText.textContent = region
-      ? `Loop ${formatTime(region.start)}–${formatTime(region.end)}`
-      : "Loop: whole signal";
-    this.el.loopClear.disabled = !region;
-    this.el.loopToggle.checked = player.loop;
-    this.waveform.setSignal(player.buffers.get(selected), player.duration);
-    this.waveform.setRegion(region);
-    this.flags.render();
-    this.el.time.textContent = `${formatTime(player.currentPosition())} / ${formatTime(player.duration)}`;
-    cancelAnimationFrame(this.frame);
-    if (player.playing) this.animate();
-  }
-
-  animate() {
-    this.frame = requestAnimationFrame(() => {
-      if (!this.player || !this.player.playing) return;
-      this.waveform.draw();
-      this.el.time.textContent = `${formatTime(this.player.currentPosition())} / ${formatTime(this.player.duration)}`;
-      this.animate();
-    });
-  }
-
-  signalName(key) {
-    if (key === REF) return "Reference";
-    const s = this.trial.stimuli.find((x) => x.id === key);
-    return s ? (this.kind === "mushra" ? s.label : `Sample ${s.label}`) : "";
+  renderPlayAll() {
+    if (!this.el.playAll || !this.test.require_play_all) return;
+    const missing = this.unheard();
+    this.el.playAll.dataset.complete = String(!missing.length);
+    this.el.playAll.textContent = missing.length
+      ? `Continue is available once you have listened to every sound (at least ${HEARD_MIN_S} s each, or to its end). Not played yet: ${missing.join(", ")}.`
+      : "You have listened to every sound.";
+    if (!this.busy) this.el.continue.disabled = missing.length > 0;
+    this.panel.showHeard();
   }
 
   // --- answers and their saving ----------------------------------------------
@@ -418,6 +201,7 @@ export class TrialView {
     if (!el) return;
     const { state, text, ticking } = summaryStatus(this.app.outbox.summary(this.trial.id));
     if (ticking) {
+      // The countdown to the next retry is redrawn every second.
       clearTimeout(this.statusTimer);
       this.statusTimer = setTimeout(() => this.renderSaveStatus(), 1000);
     }
