@@ -1,25 +1,10 @@
 // Rating widgets, one per test kind: MUSHRA sliders, the SMOS/MOS and CMOS (CCR) labelled scales,
 // and AB's "I prefer" buttons. A widget draws its answers and the save state of each; the trial
-// view saves them (onRate) and owns the player.
+// view saves them (onRate).
 
 import { h, clear } from "./dom.js";
 import { REF, NO_PREFERENCE, answerStimuli, formatScore } from "./kinds.js";
 import { STATUS_TEXT } from "./savestatus.js";
-
-/**
- * @param {object} options
- * @param {object} options.test the test's kind and scale (state.test)
- * @param {object} options.trial the trial; its `ratings` are read and, while a slider moves, written
- * @param {Function} options.signalButton (key, text, testid, shortcut) -> button that plays a signal
- * @param {Function} options.onRate (stimulus, score): the listener gave an answer to save
- * @param {Function} options.saveState (stimulusId) -> the outbox state of that answer, or null
- */
-export function createRatingWidget(options) {
-  const { kind } = options.test;
-  if (kind === "mushra") return new MushraWidget(options);
-  if (kind === "ab") return new PreferenceWidget(options);
-  return new CategoricalWidget(options);
-}
 
 /** Bands of a labelled scale: each label owns the interval around its value. */
 function bandsOf(scale) {
@@ -64,6 +49,7 @@ class RatingWidget {
     return bandLabel(this.scale, score);
   }
 
+  /** Show one answer and its save state (left out while a slider is still moving: `typing`). */
   renderRating(stimulusId, { typing = false } = {}) {
     const r = this.rows.get(stimulusId);
     if (!r) return;
@@ -297,4 +283,21 @@ class PreferenceWidget extends RatingWidget {
       button.querySelector(".ls-icon").textContent = chosen ? "✓" : "";
     }
   }
+}
+
+/**
+ * The rating widget for the test's kind.
+ *
+ * @param {object} options
+ * @param {object} options.test the test's kind and scale (state.test)
+ * @param {object} options.trial the trial; its `ratings` are read and, while a slider moves, written
+ * @param {Function} options.signalButton (key, text, testid, shortcut) -> button that plays a signal
+ * @param {Function} options.onRate (stimulus, score): the listener gave an answer to save
+ * @param {Function} options.saveState (stimulusId) -> the outbox state of that answer, or null
+ */
+export function createRatingWidget(options) {
+  const { kind } = options.test;
+  if (kind === "mushra") return new MushraWidget(options);
+  if (kind === "ab") return new PreferenceWidget(options);
+  return new CategoricalWidget(options);
 }
