@@ -9,7 +9,8 @@ noise and its quiet tone 6 dB less, so the check is heard at the volume set on t
 calibration step that precedes the check in Woods et al.'s procedure). A material level so high
 that the noise would clip is lowered to the loudest level that does not. Nothing here is stored:
 the sounds are made on request, identical for every listener of a test. Browsers play them
-through a unity-gain path (static/listening/listener.js), so these relative levels are what is heard.
+through a unity-gain path (static/listening/calibration.js, headphone.js and player.js), so these
+relative levels are what is heard.
 """
 
 from __future__ import annotations
