@@ -193,6 +193,7 @@ def detect_clicks(
         ``detail``: ``peak_s``, ``residual``, ``residual_scale``, ``neighbour_max``, ``z``, ``n_samples``.
 
     Example:
+        >>> import numpy as np
         >>> x = 0.1 * np.sin(2 * np.pi * 200 * np.arange(16000) / 16000); x[8000] += 0.5
         >>> [round(e.start_s, 3) for e in detect_clicks(x, 16000)]
         [0.5]

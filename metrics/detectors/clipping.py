@@ -121,6 +121,7 @@ def detect_clipping(
         ``n_clipped_samples``, ``longest_run``, ``level`` (signed clip level), ``min_run``.
 
     Example:
+        >>> import numpy as np
         >>> x = np.clip(2 * np.sin(2 * np.pi * 100 * np.arange(8000) / 8000), -1, 1)
         >>> len(detect_clipping(x, 8000)) == 1
         True

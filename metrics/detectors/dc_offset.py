@@ -64,6 +64,7 @@ def detect_dc_offset(
         ``clip_mean`` (mean of the whole clip).
 
     Example:
+        >>> import numpy as np
         >>> x = np.zeros(16000); x[8000:12000] = 0.1
         >>> [(round(e.start_s, 3), round(e.end_s, 3)) for e in detect_dc_offset(x, 16000)]
         [(0.5, 0.75)]

@@ -79,6 +79,7 @@ def detect_hf_loss(
         ``detail``: ``median_loss_db``, ``max_loss_db``, ``cutoff_hz``, ``n_frames`` (flagged).
 
     Example:
+        >>> import numpy as np
         >>> rng = np.random.default_rng(0); ref = 0.1 * rng.standard_normal(16000)
         >>> out = ref.copy(); out[4000:12000] = np.convolve(ref, np.ones(8) / 8, "same")[4000:12000]
         >>> [(round(e.start_s, 2), round(e.end_s, 2)) for e in detect_hf_loss(out, 16000, ref)]

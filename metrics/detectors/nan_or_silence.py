@@ -82,6 +82,7 @@ def detect_nan_or_silence(
         ``rms_dbfs`` (output, floored at −200), ``reference_rms_dbfs`` (with a reference).
 
     Example:
+        >>> import numpy as np
         >>> x = np.ones(1000) * 0.1; x[500] = np.nan
         >>> [e.detail["kind"] for e in detect_nan_or_silence(x, 1000)]
         ['non_finite']

@@ -60,6 +60,7 @@ def detect_all(
             or ``(1, T)``, an empty waveform, or lengths too far apart.
 
     Example:
+        >>> import numpy as np
         >>> t = np.arange(16000) / 16000
         >>> x = 0.3 * np.sin(2 * np.pi * 200 * t) * np.sin(2 * np.pi * 1.5 * t); x[4003] = np.nan
         >>> [(e.detector, round(e.start_s, 2)) for e in detect_all(x, 16000)]  # the zeroed sample is a click

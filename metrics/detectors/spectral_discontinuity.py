@@ -126,6 +126,7 @@ def detect_spectral_discontinuities(
         ``"self"``).
 
     Example:
+        >>> import numpy as np
         >>> t = np.arange(16000) / 16000
         >>> ref = 0.5 * np.sin(2 * np.pi * 300 * t)
         >>> out = ref.copy(); out[8000:8480] = 0.5 * np.sin(2 * np.pi * 3000 * t[:480])  # 30 ms burst

@@ -109,6 +109,7 @@ def detect_tonal_buzz(
         with a reference).
 
     Example:
+        >>> import numpy as np
         >>> t = np.arange(3 * 16000) / 16000
         >>> x = 0.05 * np.random.default_rng(0).standard_normal(t.size); y = x + 0.05 * np.sin(2 * np.pi * 1000 * t)
         >>> [round(e.detail["frequency_hz"]) for e in detect_tonal_buzz(y, 16000, x)]
