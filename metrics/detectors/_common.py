@@ -19,6 +19,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from metrics._lengths import DEFAULT_LENGTH_TOLERANCE
 
 if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
     # Annotations only: metrics._common imports torch, and the web tier imports this package
     # (detector names, region agreement) without the model stack.
     from metrics._common import ArrayLike
@@ -27,7 +29,7 @@ LENGTH_TOLERANCE = DEFAULT_LENGTH_TOLERANCE
 """Largest |len(audio) − len(reference)| in samples; within it both are truncated to the shorter.
 The same tolerance as the paired metrics: vocoders and codecs pad to a hop multiple, never more."""
 
-ConfigT = TypeVar("ConfigT")
+ConfigT = TypeVar("ConfigT", bound="DataclassInstance")
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ class DetectorEvent:
 def _with_overrides(config: ConfigT, **overrides: Any) -> ConfigT:
     """``config`` with the thresholds given as keyword arguments (``None`` = keep the config's)."""
     given = {k: v for k, v in overrides.items() if v is not None}
-    return dataclasses.replace(config, **given) if given else config  # type: ignore[type-var]
+    return dataclasses.replace(config, **given) if given else config
 
 
 def _mono(x: ArrayLike, what: str) -> np.ndarray:
