@@ -26,7 +26,8 @@ class PairedMetric:
         >>> import torch
         >>> m = MRSTFTDistance()
         >>> x = torch.randn(16000)
-        >>> m.update({"a": x}, {"a": x})
+        >>> m.update({"a": x}, {"a": x}).per_item
+        {'a': 0.0}
         >>> m.compute().value
         0.0
     """

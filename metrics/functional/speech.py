@@ -132,8 +132,12 @@ def pesq_wb(
         MetricResult (MOS-LQO, about 1.04–4.64, higher is better).
 
     Example:
-        >>> # doctest: +SKIP
-        >>> pesq_wb({"a": speech_gen}, {"a": speech_ref}, 24000).value
+        >>> t = np.arange(3 * 16000) / 16000
+        >>> x = 0.1 * (np.sin(2 * np.pi * 2 * t) > 0) * sum(np.sin(2 * np.pi * 150 * k * t) / k for k in range(1, 30))
+        >>> round(pesq_wb({"a": x}, {"a": x}, 16000).value, 2)  # identical signals: the scale's top
+        4.64
+        >>> round(pesq_wb({"a": 0.1 * np.sin(2 * np.pi * 440 * t)}, {"a": x}, 16000).value, 1)  # a tone instead
+        1.0
     """
     pesq_mod = _require("pesq", "pesq")
     pairs = pair_waveforms(gen, ref, length_tolerance=length_tolerance)
@@ -184,8 +188,11 @@ def stoi(
         MetricResult (0–1, higher is better).
 
     Example:
-        >>> # doctest: +SKIP
-        >>> stoi({"a": gen}, {"a": ref}, 16000).value
+        >>> t = np.arange(3 * 16000) / 16000
+        >>> x = 0.1 * (np.sin(2 * np.pi * 2 * t) > 0) * sum(np.sin(2 * np.pi * 150 * k * t) / k for k in range(1, 30))
+        >>> noisy = x + 0.05 * np.random.default_rng(0).standard_normal(t.size)
+        >>> round(stoi({"a": x}, {"a": x}, 16000).value, 3), round(stoi({"a": noisy}, {"a": x}, 16000).value, 2)
+        (1.0, 0.59)
     """
     pystoi = _require("pystoi", "pystoi")
     pairs = pair_waveforms(gen, ref, length_tolerance=length_tolerance, dtype=torch.float64)
@@ -244,8 +251,10 @@ def crepe_pitch(
         ``(pitch, periodicity)``, each ``(1, frames)``.
 
     Example:
-        >>> # doctest: +SKIP
-        >>> pitch, periodicity = crepe_pitch(torch.zeros(22050), 22050)
+        >>> t = torch.arange(16000) / 16000
+        >>> pitch, periodicity = crepe_pitch(0.3 * torch.sin(2 * torch.pi * 220 * t), 16000, model="tiny")
+        >>> pitch.shape == periodicity.shape, round(float(pitch.median()), -1)
+        (True, 220.0)
     """
     torchcrepe = _require("torchcrepe", "torchcrepe")
     dev = resolve_device(device, wav)
@@ -321,8 +330,11 @@ def crepe_pitch_metrics(
         ``"<metric>/cargan-crepe-<model>"``.
 
     Example:
-        >>> # doctest: +SKIP
-        >>> crepe_pitch_metrics({"a": gen}, {"a": ref}, 24000)["vuv_f1"].value
+        >>> t = np.arange(16000) / 16000
+        >>> x = 0.3 * np.sin(2 * np.pi * 150 * t) * (t < 0.5)  # voiced, then silent
+        >>> m = crepe_pitch_metrics({"a": x}, {"a": x}, 16000, model="tiny")
+        >>> m["vuv_f1"].value, m["f0_rmse_cents"].value
+        (1.0, 0.0)
     """
     torchcrepe = _require("torchcrepe", "torchcrepe")
     pairs = pair_waveforms(gen, ref, length_tolerance=length_tolerance)
@@ -421,8 +433,11 @@ def dnsmos(
         (``"pdnsmos/<kind>"`` when personalised).
 
     Example:
-        >>> # doctest: +SKIP
-        >>> dnsmos({"a": wav}, 16000)["ovrl"].value
+        >>> t = np.arange(3 * 16000) / 16000
+        >>> x = 0.1 * (np.sin(2 * np.pi * 2 * t) > 0) * sum(np.sin(2 * np.pi * 150 * k * t) / k for k in range(1, 30))
+        >>> scores = dnsmos({"a": x}, 16000)
+        >>> sorted(scores), 1.0 <= scores["ovrl"].value <= 5.0
+        (['bak', 'ovrl', 'p808', 'sig'], True)
     """
     _require("onnxruntime", "onnxruntime")
     speechmos_dnsmos = _require("speechmos.dnsmos", "speechmos")

@@ -17,7 +17,12 @@ from scipy.signal import butter, resample_poly, sosfilt, sosfiltfilt
 
 from evalsite.demo.speech import synthesize
 from metrics.detectors import (
+    CLICKS,
+    DC_OFFSET,
     DETECTORS,
+    TONAL_BUZZ,
+    ClickConfig,
+    DcOffsetConfig,
     DetectorEvent,
     detect_all,
     detect_clicks,
@@ -74,7 +79,7 @@ def _at(t: float) -> int:
 
 def plant_clicks(name, x):
     # At 0.5 s the vowel is at its loudest, and its pitch pulses leave residual peaks a 0.3 click
-    # does not clear by CLICK_ISOLATION_K (the documented limit in loud voiced sound).
+    # does not clear by ClickConfig.isolation_k (the documented limit in loud voiced sound).
     y, amp = x.copy(), {"speech": 0.3, "vowel": 0.5}[name]
     for sign, t in ((1, 0.5), (-1, 1.7)):
         y[_at(t)] += sign * amp
@@ -329,7 +334,7 @@ def test_detect_all_reports_only_related_detectors_near_the_planted_artifact(
 def test_levinson_recursion_matches_scipy_toeplitz_solver():
     from scipy.linalg import solve_toeplitz
 
-    from metrics.detectors import _levinson
+    from metrics.detectors.clicks import _levinson
 
     frames = np.random.default_rng(3).standard_normal((4, 500))
     r = np.stack([np.correlate(f, f, "full")[499 : 499 + 17] for f in frames])
@@ -341,7 +346,7 @@ def test_levinson_recursion_matches_scipy_toeplitz_solver():
 def test_the_click_predictor_recovers_the_innovation_of_an_autoregressive_process():
     from scipy.signal import lfilter
 
-    from metrics.detectors import _lpc_residual
+    from metrics.detectors.clicks import _lpc_residual
 
     w = 0.01 * np.random.default_rng(5).standard_normal(SR)
     x = lfilter([1.0], [1.0, -1.6, 0.9], w)  # resonance near 1.2 kHz
@@ -349,6 +354,35 @@ def test_the_click_predictor_recovers_the_innovation_of_an_autoregressive_proces
     assert np.isnan(e[:16]).all()
     assert np.corrcoef(e[1000:], w[1000:])[0, 1] > 0.95  # ~0.97: one short Hann-windowed fit per 25 ms
     assert np.std(e[1000:]) == pytest.approx(np.std(w[1000:]), rel=0.02)
+
+
+# --- thresholds: one frozen config per detector ---------------------------------------------------
+
+
+def test_a_detector_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        CLICKS.mad_k = 1.0  # type: ignore[misc]
+
+
+def test_a_threshold_given_as_keyword_is_the_same_as_a_config_holding_it(clean):
+    y, _ = plant_clicks("speech", clean["speech"])
+    by_config = detect_clicks(y, SR, config=ClickConfig(mad_k=30.0, isolation_k=5.0))
+    assert by_config == detect_clicks(y, SR, mad_k=30.0, isolation_k=5.0)
+    assert detect_clicks(y, SR, config=dataclasses.replace(CLICKS, mad_k=1e6)) == []
+    assert detect_clicks(y, SR, config=CLICKS) == detect_clicks(y, SR)
+
+
+def test_a_config_field_that_is_no_keyword_argument_changes_the_result(clean):
+    y, _ = plant_dc("vowel", clean["vowel"])
+    (default,) = detect_dc_offset(y, SR)
+    (coarse,) = detect_dc_offset(y, SR, config=DcOffsetConfig(hop_s=0.05))
+    assert DC_OFFSET.hop_s == 0.01 and coarse != default
+    assert abs(coarse.start_s - 1.0) < 0.05 and abs(coarse.end_s - 1.5) < 0.05
+
+
+def test_the_default_configs_keep_the_documented_thresholds():
+    assert (CLICKS.mad_k, CLICKS.isolation_k, CLICKS.lpc_order) == (20.0, 3.5, 16)
+    assert (TONAL_BUZZ.prominence_db, TONAL_BUZZ.min_duration_s) == (10.0, 0.3)
 
 
 # --- input handling ------------------------------------------------------------------------------
