@@ -78,6 +78,7 @@ class AlertListApi(APIView):
         etag = alerts_etag(run.pk, after, limit, run.alert_cursor)
         if etag in request.headers.get("If-None-Match", ""):
             return Response(status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
+        # Alerts are shown as alert_payload makes them, the same JSON the run's webhook receives.
         alerts = []
         if run.alert_cursor > after:
             alerts = [
@@ -108,21 +109,13 @@ class AlertRulesApi(APIView):
     class InputSerializer(serializers.Serializer):
         rules = RuleSerializer(many=True)
 
-    @staticmethod
-    def _payload(rules) -> dict:
-        return {
-            "rules": [
-                {"kind": r.kind, "params": r.params, "severity": r.severity, "enabled": r.enabled}
-                for r in rules
-            ]
-        }
-
     @extend_schema(
         operation_id="alert_rules_list",
         responses={200: inline_serializer("AlertRules", {"rules": RuleSerializer(many=True)}), **ERRORS},
     )
     def get(self, request, run_id: int):
-        return Response(self._payload(alert_rules_ensure_defaults(run=run_for(request.user, run_id))))
+        rules = alert_rules_ensure_defaults(run=run_for(request.user, run_id))
+        return Response({"rules": RuleSerializer(rules, many=True).data})
 
     @extend_schema(
         operation_id="alert_rules_replace",
@@ -133,4 +126,5 @@ class AlertRulesApi(APIView):
         run = run_for(request.user, run_id)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return Response(self._payload(alert_rules_set(run=run, rules=data.validated_data["rules"])))
+        rules = alert_rules_set(run=run, rules=data.validated_data["rules"])
+        return Response({"rules": RuleSerializer(rules, many=True).data})
