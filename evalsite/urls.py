@@ -4,11 +4,12 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from evalsite.api.media import media_file
-from evalsite.core.views import healthz
+from evalsite.core.views import FaviconView, healthz
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    path("favicon.ico", FaviconView.as_view(), name="favicon"),
     # Stored audio goes through an access check (evalsite.api.media), in the demo and in production alike.
     path(settings.MEDIA_URL.strip("/") + "/<path:path>", media_file, name="media"),
     path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),

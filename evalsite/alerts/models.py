@@ -82,6 +82,7 @@ class WebhookDelivery(BaseModel):
     delivered_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        verbose_name_plural = "webhook deliveries"
         constraints = [
             models.UniqueConstraint(fields=["alert", "url"], name="webhookdelivery_unique_target"),
             models.CheckConstraint(

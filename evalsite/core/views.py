@@ -1,7 +1,9 @@
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.templatetags.static import static
 from django.views import csrf
 from django.views.decorators.http import require_safe
+from django.views.generic import RedirectView
 
 from evalsite.core.ratelimit import wants_json
 
@@ -14,6 +16,16 @@ def healthz(request: HttpRequest) -> JsonResponse:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
     return JsonResponse({"status": "ok"})
+
+
+class FaviconView(RedirectView):
+    """Browsers ask every site for /favicon.ico; the icon is a static file like any other."""
+
+    permanent = True
+    http_method_names = ["get", "head"]
+
+    def get_redirect_url(self, *args, **kwargs) -> str:
+        return static("favicon.svg")
 
 
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:

@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files for /api/v1/docs/, served as static files (offline)
     "evalsite.core",
     "evalsite.audio",
     "evalsite.runs",
@@ -203,6 +204,11 @@ SPECTACULAR_SETTINGS = {
     # no data, and clients read it before they hold a token; anonymous requests count against the
     # per-IP limit (EVALSITE_API_ANON_RATE) like any other (tests/security/test_headers.py).
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    # /api/v1/docs/ renders the schema with Swagger UI from this installation's static files, nothing
+    # from a CDN; its script is a separate same-origin file, so the Content-Security-Policy holds.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 LOGGING = {

@@ -117,8 +117,7 @@ def test_the_listener_page_and_the_plotly_dashboards_run_under_the_policy_withou
     researcher = Client()
     researcher.force_login(get_user_model().objects.create_superuser("csp-admin", password="x"))
     dashboard = watched_page(browser, errors)
-    # The researcher pages name no icon, so the browser asks for /favicon.ico (a 404 console error).
-    dashboard.route("**/favicon.ico", lambda route: route.fulfill(status=204))
+    # The researcher pages name no icon, so the browser asks for /favicon.ico: a 404 would be a console error.
     dashboard.context.add_cookies(
         [{"name": "sessionid", "value": researcher.cookies["sessionid"].value, "url": live_server.url}]
     )
@@ -143,3 +142,22 @@ def test_the_listener_page_and_the_plotly_dashboards_run_under_the_policy_withou
         dashboard.wait_for_load_state("networkidle")
         assert violations(dashboard) == [], path
     assert errors == []
+
+
+def test_the_api_documentation_page_draws_every_operation_offline_under_the_policy(
+    live_server, transactional_db, browser, shots
+):
+    """Swagger UI from the installed package's static files: no request leaves this server, the policy
+    blocks nothing, and every operation of the schema is listed."""
+    errors: list[str] = []
+    page = watched_page(browser, errors)
+    outside: list[str] = []
+    page.on("request", lambda r: None if r.url.startswith(live_server.url) else outside.append(r.url))
+    page.goto(f"{live_server.url}/api/v1/docs/")
+    operations = page.locator(".opblock")
+    expect(operations.first).to_be_visible(timeout=20000)
+    page.screenshot(path=str(shots / "api-docs.png"), full_page=False)
+    assert outside == [] and violations(page) == [] and errors == []
+    schema = Client().get("/api/v1/schema/", HTTP_ACCEPT="application/json").json()
+    listed = sum(len(methods) for methods in schema["paths"].values())
+    assert operations.count() == listed > 10

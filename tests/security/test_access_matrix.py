@@ -82,12 +82,14 @@ API_NOT_A_POST = row(401, 401, 401, 405, 405, 405, 405)
 # name (or route, for unnamed patterns) -> (GET, POST). Admin URLs are one rule, below.
 TABLE = {
     "healthz": (PUBLIC, NOT_A_POST),
+    "favicon": (row(301, 301, 301, 301, 301, 301, 301), NOT_A_POST),  # to the static icon
     # Run R's generated audio: its researchers and token only; everyone else "not found", as for a missing file.
     "media": (row(404, 404, 404, 404, 200, 200, 404), NOT_A_POST),
     # A signed-in researcher is sent on from the sign-in page; signing in itself is a form (test_csrf).
     "login": (row(200, 200, 200, 302, 302, 200, 200), row(200, 200, 200, 302, 302, 200, 200)),
     "logout": (NOT_A_GET, row(302, 302, 302, None, None, 302, 302)),
     "api:schema": (PUBLIC, NOT_A_POST),  # the API's description; it names no run
+    "api:docs": (PUBLIC, NOT_A_POST),  # the same description, readable (Swagger UI)
     "api:eval-sets": (row(401, 401, 401, 200, 200, 403, 403), API_NOT_A_POST),  # researchers' only
     "api:runs": (API_ANY, POST_API_RESEARCHER),
     "api:run": (API_OF_R, API_NOT_A_POST),

@@ -131,6 +131,7 @@ H = lambda w: {"ptoken": w.checked.token}  # noqa: E731
 
 CASES: dict[str, Case] = {
     "healthz": Case(),
+    "favicon": Case(),
     "media": Case(kwargs=lambda w: {"path": w.checkpoints[0].generations.first().asset.file.name}),
     "login": Case(body=lambda w: {"username": "root", "password": PASSWORD}, form=True),
     "logout": Case(form=True),
@@ -139,6 +140,7 @@ CASES: dict[str, Case] = {
     "runs:run-detail": Case(kwargs=lambda w: {"pk": w.run.pk}),
     # The API takes a browser's session too; DRF checks CSRF for it (a bearer token needs none).
     "api:schema": Case(),
+    "api:docs": Case(),
     "api:eval-sets": Case(),
     "api:runs": Case(
         body=lambda w: {"name": "csrf-made-run", "kind": "vocoder", "model_family": "hifigan"}, writes=True
