@@ -359,7 +359,7 @@ class CheckpointEvaluateApi(APIView):
         },
     )
     def post(self, request, run_id: int, step: int):
-        from evalsite.runs.services import checkpoint_set_status, generation_params, job_create
+        from evalsite.runs.services import checkpoint_evaluate, generation_params
 
         run = run_for(request.user, run_id)
         data = self.InputSerializer(data=request.data)
@@ -380,8 +380,7 @@ class CheckpointEvaluateApi(APIView):
                 raise ConflictError(
                     EVALUATION_BUSY.format(step=step, run=run.name, job_id=busy.pk, status=busy.status)
                 )
-            checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.REGISTERED)
-            job = job_create(kind=Job.Kind.GENERATION, run=run, checkpoint=checkpoint, params=params)
+            job = checkpoint_evaluate(checkpoint=checkpoint, params=params)
         return Response(
             {
                 "jobs": [

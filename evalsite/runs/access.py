@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from django.db.models import Q, QuerySet
 
-from evalsite.runs.models import Checkpoint, Job, Run
+from evalsite.jobs.models import Job
+from evalsite.runs.models import Checkpoint, Run
 
 
 def runs_visible(user) -> QuerySet[Run]:

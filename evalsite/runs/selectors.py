@@ -1,11 +1,13 @@
 """Reads for runs, eval sets and jobs."""
 
 from collections import defaultdict
+from typing import Any
 
 from django.db.models import Count, QuerySet
 
+from evalsite.jobs.models import Job
 from evalsite.runs.access import jobs_visible, runs_visible
-from evalsite.runs.models import Checkpoint, EvalSet, Generation, Job, Run
+from evalsite.runs.models import Checkpoint, EvalSet, Generation, Run
 
 
 def evalset_list() -> QuerySet[EvalSet]:
@@ -32,7 +34,6 @@ def run_checkpoint_table(*, run: Run) -> list[dict]:
     read for the whole run and grouped here).
     """
     from evalsite.alerts.models import Alert
-    from evalsite.runs.pipeline import checkpoint_pipeline
 
     jobs: dict[int, list[Job]] = defaultdict(list)
     for job in Job.objects.filter(checkpoint__run=run).only(
@@ -92,3 +93,23 @@ def run_generation_grid(*, run: Run, last: int | None = None) -> tuple[list[Chec
     for item in run.eval_set.items.select_related("reference").order_by("key"):
         rows.append({"item": item, "cells": [cells.get((item.pk, c.pk)) for c in checkpoints]})
     return checkpoints, rows
+
+
+def checkpoint_pipeline(checkpoint: Checkpoint, jobs: list[Job]) -> dict[str, Any]:
+    """Stage, per-stage job state and the failure reason of one checkpoint, for the run page and API."""
+    by_kind: dict[str, Job] = {}
+    for job in sorted(jobs, key=lambda j: j.created_at):
+        by_kind[job.kind] = job  # the latest job of each kind
+    stages = []
+    for kind in (Job.Kind.GENERATION, Job.Kind.METRICS, Job.Kind.DETECTION):
+        job = by_kind.get(kind)
+        stages.append(
+            {
+                "kind": kind,
+                "status": job.status if job else None,
+                "progress": job.progress if job else 0.0,
+                "error": job.error if job else "",
+            }
+        )
+    error = next((s["error"] for s in stages if s["status"] == Job.Status.FAILED), "")
+    return {"status": checkpoint.status, "stages": stages, "error": error}

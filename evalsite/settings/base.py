@@ -81,10 +81,12 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "evalsite.core",
     "evalsite.audio",
+    "evalsite.jobs",
     "evalsite.runs",
     "evalsite.scoring",
     "evalsite.listening",
     "evalsite.alerts",
+    "evalsite.pipeline",
     "evalsite.api",
     "evalsite.analysis",
 ]
