@@ -4,6 +4,8 @@ from django.db.models import Q
 
 from evalsite.core.models import BaseModel
 from evalsite.jobs.models import Job
+from evalsite.runs.checkpoint_files import checkpoint_dir_validate
+from evalsite.runs.families import model_family_validate
 
 
 class EvalSet(BaseModel):
@@ -90,8 +92,7 @@ class Run(BaseModel):
         super().save(*args, **kwargs)
 
     def clean(self) -> None:
-        from evalsite.runs.checkpoint_files import checkpoint_dir_validate
-        from evalsite.runs.families import model_family_validate
+        # The watcher reads these models, so it is imported here rather than at the top.
         from evalsite.runs.watcher import compile_pattern
 
         compile_pattern(self.checkpoint_pattern)

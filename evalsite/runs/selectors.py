@@ -33,8 +33,6 @@ def run_checkpoint_table(*, run: Run) -> list[dict]:
     Four queries whatever the number of checkpoints (jobs, generation counts and alert counts are
     read for the whole run and grouped here).
     """
-    from evalsite.alerts.models import Alert
-
     jobs: dict[int, list[Job]] = defaultdict(list)
     for job in Job.objects.filter(checkpoint__run=run).only(
         "id", "checkpoint_id", "kind", "status", "progress", "error", "created_at"
@@ -48,12 +46,13 @@ def run_checkpoint_table(*, run: Run) -> list[dict]:
         .annotate(n=Count("id"))
     ):
         generations[checkpoint_id][status] += n
+    # Counted through the reverse relation: runs sits below alerts and does not import its models.
     alerts = dict(
-        Alert.objects.filter(checkpoint__run=run)
+        Checkpoint.objects.filter(run=run)
         .order_by()
-        .values_list("checkpoint_id")
-        .annotate(n=Count("id"))
-        .values_list("checkpoint_id", "n")
+        .annotate(n=Count("alerts"))
+        .filter(n__gt=0)
+        .values_list("pk", "n")
     )
     rows = []
     for checkpoint in Checkpoint.objects.filter(run=run).order_by("step"):
