@@ -93,7 +93,7 @@ def checkpoint_register(
     sha256: str = "",
     evaluate: bool = True,
     params: dict[str, Any] | None = None,
-):
+) -> tuple[Checkpoint, bool]:
     """Register a checkpoint once per (run, step) and queue its generation job.
 
     Returns ``(checkpoint, created)``. Registering the same step again with the same file (and the
