@@ -16,7 +16,7 @@ from evalsite.alerts.webhooks import webhook_url_validator
 from evalsite.api.access import require_researcher, run_for, runs_visible
 from evalsite.api.fields import JSONObjectField
 from evalsite.api.schema import ERRORS, ErrorSerializer
-from evalsite.api.services import CHECKPOINT_NOT_FOUND, checkpoint_evaluate, run_register, run_update
+from evalsite.api.services import CHECKPOINT_NOT_FOUND, checkpoint_evaluate_step, run_register, run_update
 from evalsite.core.exceptions import NotFoundError
 from evalsite.runs.models import Checkpoint, EvalSet, Job, Run
 from evalsite.runs.services import checkpoint_register
@@ -267,7 +267,7 @@ class CheckpointEvaluateApi(APIView):
         run = run_for(request.user, run_id)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        job = checkpoint_evaluate(run=run, step=step, params=data.validated_data["params"])
+        job = checkpoint_evaluate_step(run=run, step=step, params=data.validated_data["params"])
         return Response({"jobs": JobSerializer([job], many=True).data}, status=status.HTTP_202_ACCEPTED)
 
 

@@ -18,13 +18,8 @@ from evalsite.api.authentication import RESEARCHER_TOKEN_PREFIX, token_hash
 from evalsite.api.models import ResearcherToken
 from evalsite.core.exceptions import ApplicationError, ConflictError, NotFoundError
 from evalsite.runs.models import Checkpoint, EvalSet, Job, Run
-from evalsite.runs.services import (
-    RUN_HAS_NO_EVAL_SET,
-    checkpoint_set_status,
-    generation_params,
-    job_create,
-    run_create,
-)
+from evalsite.runs.params import generation_params
+from evalsite.runs.services import RUN_HAS_NO_EVAL_SET, checkpoint_evaluate, run_create
 
 RUN_NAME_TAKEN = "a run named {name!r} already exists."
 EVAL_SET_UNKNOWN = (
@@ -107,7 +102,7 @@ def run_update(*, run: Run, **changes: Any) -> str | None:
     return new_secret
 
 
-def checkpoint_evaluate(*, run: Run, step: int, params: dict[str, Any]) -> Job:
+def checkpoint_evaluate_step(*, run: Run, step: int, params: dict[str, Any]) -> Job:
     """Send the checkpoint at ``step`` through the pipeline again, from generation, with ``params``."""
     generation_params(params)  # an ApplicationError naming params.<key>
     if run.eval_set_id is None:
@@ -121,8 +116,7 @@ def checkpoint_evaluate(*, run: Run, step: int, params: dict[str, Any]) -> Job:
             raise ConflictError(
                 EVALUATION_BUSY.format(step=step, run=run.name, job_id=busy.pk, status=busy.status)
             )
-        checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.REGISTERED)
-        return job_create(kind=Job.Kind.GENERATION, run=run, checkpoint=checkpoint, params=params)
+        return checkpoint_evaluate(checkpoint=checkpoint, params=params)
 
 
 def researcher_token_issue(*, user, name: str = "") -> str:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from django.db.models import Q, QuerySet
 
-from evalsite.runs.models import Checkpoint, Job, Run
+from evalsite.jobs.models import Job
+from evalsite.runs.models import Checkpoint, Run
 
 
 @dataclass(eq=False)

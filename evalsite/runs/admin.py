@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from evalsite.core.admin import HTTPS_URL_FIELDS
-from evalsite.runs.models import Checkpoint, EvalItem, EvalSet, Generation, Job, Run
+from evalsite.runs.models import Checkpoint, EvalItem, EvalSet, Generation, Run
 
 
 class EvalItemInline(admin.TabularInline):
@@ -63,12 +63,3 @@ class GenerationAdmin(admin.ModelAdmin):
     list_filter = ["status", "device"]
     search_fields = ["checkpoint__run__name", "item__key", "params_hash", "asset__content_hash"]
     raw_id_fields = ["checkpoint", "item", "asset", "job"]
-
-
-@admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
-    list_display = ["id", "kind", "status", "progress", "attempts", "worker", "created_at", "finished_at"]
-    list_filter = ["kind", "status"]
-    search_fields = ["id", "error", "worker", "run__name", "eval_set__name", "progress_message"]
-    readonly_fields = ["started_at", "heartbeat_at", "finished_at", "attempts", "worker"]
-    raw_id_fields = ["run", "checkpoint", "eval_set"]

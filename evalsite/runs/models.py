@@ -3,6 +3,9 @@ from django.db import models
 from django.db.models import Q
 
 from evalsite.core.models import BaseModel
+from evalsite.jobs.models import Job
+from evalsite.runs.checkpoint_files import checkpoint_dir_validate
+from evalsite.runs.families import model_family_validate
 
 
 class EvalSet(BaseModel):
@@ -89,8 +92,7 @@ class Run(BaseModel):
         super().save(*args, **kwargs)
 
     def clean(self) -> None:
-        from evalsite.runs.checkpoint_files import checkpoint_dir_validate
-        from evalsite.runs.families import model_family_validate
+        # The watcher reads these models, so it is imported here rather than at the top.
         from evalsite.runs.watcher import compile_pattern
 
         compile_pattern(self.checkpoint_pattern)
@@ -123,53 +125,6 @@ class Checkpoint(BaseModel):
 
     def __str__(self) -> str:
         return f"{self.run.name}@{self.step}"
-
-
-class Job(BaseModel):
-    """A unit of background work; its status moves only through ``runs.services.job_*``."""
-
-    class Kind(models.TextChoices):
-        IMPORT_EVALSET = "import_evalset"
-        GENERATION = "generation"
-        METRICS = "metrics"
-        DETECTION = "detection"
-
-    class Status(models.TextChoices):
-        QUEUED = "queued"
-        RUNNING = "running"
-        DONE = "done"
-        FAILED = "failed"
-
-    kind = models.CharField(max_length=30, choices=Kind.choices)
-    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
-    params = models.JSONField(default=dict, blank=True)
-    result = models.JSONField(default=dict, blank=True)
-    progress = models.FloatField(default=0.0)
-    progress_message = models.CharField(max_length=500, blank=True)
-    attempts = models.PositiveIntegerField(default=0)
-    error = models.TextField(blank=True)
-    worker = models.CharField(max_length=300, blank=True)
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, null=True, blank=True, related_name="jobs")
-    checkpoint = models.ForeignKey(
-        Checkpoint, on_delete=models.CASCADE, null=True, blank=True, related_name="jobs"
-    )
-    eval_set = models.ForeignKey(
-        EvalSet, on_delete=models.CASCADE, null=True, blank=True, related_name="jobs"
-    )
-    started_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
-        constraints = [
-            models.CheckConstraint(
-                condition=Q(progress__gte=0.0) & Q(progress__lte=1.0), name="job_progress_in_unit_range"
-            ),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.kind}#{self.pk} {self.status}"
 
 
 class Generation(BaseModel):

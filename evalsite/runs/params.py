@@ -9,6 +9,8 @@ range; unknown keys are refused so a typo is not silently ignored.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from collections.abc import Callable
@@ -117,3 +119,27 @@ def generation_params_check(params: Any) -> dict[str, Any]:
             message = PARAM_INVALID.format(key=key, rule=rule(), value=repr(value)[:100])
             raise ApplicationError(message, extra={"fields": {f"params.{key}": [message]}})
     return params
+
+
+GENERATION_DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "batch_size": None,  # None: 16 on GPU, 4 on CPU
+    "dtype": "fp32",  # or "bf16"
+    "tf32": False,
+    "resample": False,
+    "cfg_scale": 3.0,
+    "top_k": None,
+    "top_p": None,
+    "temperature": 1.0,
+    "duration_s": None,  # generator: None → the reference's duration, else 4 s
+}
+
+
+def generation_params(params: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """Check them (types, ranges, known keys), fill defaults and return the canonical
+    params with their hash (the natural key of outputs)."""
+    generation_params_check(params)
+    full = {**GENERATION_DEFAULTS, **{k: v for k, v in params.items() if k != "device"}}
+    # Batch size, precision and device change speed, not which audio an item gets: not in the key.
+    keyed = {k: v for k, v in full.items() if k not in ("batch_size", "tf32")}
+    return full, hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()

@@ -1,11 +1,13 @@
 """Reads for runs, eval sets and jobs."""
 
 from collections import defaultdict
+from typing import Any
 
 from django.db.models import Count, QuerySet
 
+from evalsite.jobs.models import Job
 from evalsite.runs.access import jobs_visible, runs_visible
-from evalsite.runs.models import Checkpoint, EvalSet, Generation, Job, Run
+from evalsite.runs.models import Checkpoint, EvalSet, Generation, Run
 
 
 def evalset_list() -> QuerySet[EvalSet]:
@@ -31,9 +33,6 @@ def run_checkpoint_table(*, run: Run) -> list[dict]:
     Four queries whatever the number of checkpoints (jobs, generation counts and alert counts are
     read for the whole run and grouped here).
     """
-    from evalsite.alerts.models import Alert
-    from evalsite.runs.pipeline import checkpoint_pipeline
-
     jobs: dict[int, list[Job]] = defaultdict(list)
     for job in Job.objects.filter(checkpoint__run=run).only(
         "id", "checkpoint_id", "kind", "status", "progress", "error", "created_at"
@@ -47,12 +46,13 @@ def run_checkpoint_table(*, run: Run) -> list[dict]:
         .annotate(n=Count("id"))
     ):
         generations[checkpoint_id][status] += n
+    # Counted through the reverse relation: runs sits below alerts and does not import its models.
     alerts = dict(
-        Alert.objects.filter(checkpoint__run=run)
+        Checkpoint.objects.filter(run=run)
         .order_by()
-        .values_list("checkpoint_id")
-        .annotate(n=Count("id"))
-        .values_list("checkpoint_id", "n")
+        .annotate(n=Count("alerts"))
+        .filter(n__gt=0)
+        .values_list("pk", "n")
     )
     rows = []
     for checkpoint in Checkpoint.objects.filter(run=run).order_by("step"):
@@ -92,3 +92,23 @@ def run_generation_grid(*, run: Run, last: int | None = None) -> tuple[list[Chec
     for item in run.eval_set.items.select_related("reference").order_by("key"):
         rows.append({"item": item, "cells": [cells.get((item.pk, c.pk)) for c in checkpoints]})
     return checkpoints, rows
+
+
+def checkpoint_pipeline(checkpoint: Checkpoint, jobs: list[Job]) -> dict[str, Any]:
+    """Stage, per-stage job state and the failure reason of one checkpoint, for the run page and API."""
+    by_kind: dict[str, Job] = {}
+    for job in sorted(jobs, key=lambda j: j.created_at):
+        by_kind[job.kind] = job  # the latest job of each kind
+    stages = []
+    for kind in (Job.Kind.GENERATION, Job.Kind.METRICS, Job.Kind.DETECTION):
+        job = by_kind.get(kind)
+        stages.append(
+            {
+                "kind": kind,
+                "status": job.status if job else None,
+                "progress": job.progress if job else 0.0,
+                "error": job.error if job else "",
+            }
+        )
+    error = next((s["error"] for s in stages if s["status"] == Job.Status.FAILED), "")
+    return {"status": checkpoint.status, "stages": stages, "error": error}

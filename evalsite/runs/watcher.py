@@ -30,6 +30,7 @@ from evalsite.core.exceptions import ApplicationError, ConflictError
 from evalsite.runs.checkpoint_files import CheckpointPathRefused, checkpoint_dir_validate
 from evalsite.runs.locks import exclusive
 from evalsite.runs.models import Run, WatchedFile
+from evalsite.runs.services import checkpoint_register
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +111,6 @@ def _candidates(root: Path, pattern: re2._Regexp | None) -> dict[str, tuple[int,
 
 def checkpoints_watch(*, run: Run, now: float | None = None) -> list[int]:
     """Scan the run's checkpoint directory once; returns the ids of checkpoints registered now."""
-    from evalsite.runs.services import checkpoint_register
-
     if not run.checkpoint_dir:
         return []
     # Checked at every scan: the roots may have changed, or the folder been replaced by a symlink.

@@ -1,4 +1,4 @@
-"""Pipeline stage after metrics: automated artifact detectors over each output, then alert rules.
+"""Detection jobs: the automated artifact detectors over each output of a checkpoint.
 
 Events are stored per generation and replaced on a re-run (one transaction per generation), so a
 redelivered job never doubles them. The detectors are ``metrics.detectors`` (pure functions).
@@ -11,10 +11,14 @@ from typing import Any
 
 from django.db import transaction
 
+from evalsite.audio.selectors import AudioCache, audio_asset_problem
 from evalsite.core.exceptions import ApplicationError
-from evalsite.runs.models import Checkpoint, Generation, Job
-from evalsite.runs.services import ProgressFn, checkpoint_set_status
+from evalsite.jobs.models import Job
+from evalsite.jobs.services import ProgressFn
+from evalsite.runs.models import Generation
 from evalsite.scoring.models import DetectorEvent, DetectorPass
+from metrics import detectors
+from metrics.detectors import DETECTORS
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +36,6 @@ REFERENCE_LEFT_OUT = (
 
 def run_detector_names(run) -> list[str]:
     """The run's ``config["detectors"]`` list, or every detector."""
-    from metrics.detectors import DETECTORS
-
     names = run.config.get("detectors")
     if names is None:
         return list(DETECTORS)
@@ -43,47 +45,12 @@ def run_detector_names(run) -> list[str]:
     return list(names)
 
 
-def after_metrics(*, checkpoint: Checkpoint, params_hash: str) -> dict[str, Any]:
-    """Next pipeline stage for a scored checkpoint: the detectors job, or — when the run turned the
-    detectors off with ``config["detectors"] = []`` — done, alert rules and the automatic test."""
-    from evalsite.runs.services import job_create
-
-    if checkpoint.run.config.get("detectors") == []:
-        checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.DONE)
-        return _finish(checkpoint)
-    checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.DETECTING)
-    job = job_create(
-        kind=Job.Kind.DETECTION,
-        run=checkpoint.run,
-        checkpoint=checkpoint,
-        params={"params_hash": params_hash},
-    )
-    return {"detection_job_id": job.pk}
-
-
-def _finish(checkpoint: Checkpoint) -> dict[str, Any]:
-    from evalsite.alerts.services import alerts_evaluate_checkpoint
-    from evalsite.runs.pipeline import auto_listening_test_maybe
-
-    out: dict[str, Any] = {"alerts": [a.cursor for a in alerts_evaluate_checkpoint(checkpoint=checkpoint)]}
-    test = auto_listening_test_maybe(checkpoint=checkpoint)
-    if test is not None:
-        out["listening_test"] = test.pk
-    return out
-
-
 def detection_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
-    """Run the detectors on every output of the job's checkpoint, then evaluate the run's alert rules."""
-    from evalsite.audio.selectors import AudioCache, audio_asset_problem
-    from metrics import detectors
+    """Run the detectors on every output of the job's checkpoint."""
 
     checkpoint = job.checkpoint
     params_hash = job.params.get("params_hash") or ""
-    try:
-        names = run_detector_names(checkpoint.run)
-    except ApplicationError:
-        checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.FAILED)
-        raise
+    names = run_detector_names(checkpoint.run)
     generations = list(
         Generation.objects.filter(
             checkpoint=checkpoint,
@@ -94,9 +61,7 @@ def detection_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
         .order_by("item__key")
     )
     if not generations:
-        checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.FAILED)
         raise ApplicationError(NO_OUTPUTS.format(checkpoint=checkpoint, params_hash=params_hash or "any"))
-    checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.DETECTING)
     audio = AudioCache()
     counts: dict[str, int] = {name: 0 for name in names}
     total_s = 0.0
@@ -155,16 +120,13 @@ def detection_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
         progress(index, len(generations), key)
     checked = len(generations) - sum(1 for k in left_out if not k.endswith("(reference)"))
     if checked == 0:
-        checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.FAILED)
         raise ApplicationError(
             NO_READABLE_OUTPUT.format(checkpoint=checkpoint, first=next(iter(left_out.values()))),
             extra={"left_out": left_out},
         )
-    checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.DONE)
     result: dict[str, Any] = {"clips": checked, "audio_s": round(total_s, 3), "events": counts}
     if left_out:
         result["left_out"] = left_out
-    result.update(_finish(checkpoint))
     return result
 
 

@@ -22,12 +22,12 @@ from django.db import IntegrityError, transaction
 from evalsite.audio.models import AudioAsset
 from evalsite.audio.selectors import AudioCache, audio_asset_problem, audio_samples_problem
 from evalsite.core.exceptions import ApplicationError
-from evalsite.runs.models import Checkpoint, EvalItem, EvalSet, Generation, Job, Run
+from evalsite.jobs.models import Job
+from evalsite.jobs.services import ProgressFn
+from evalsite.runs.models import Checkpoint, EvalItem, EvalSet, Generation, Run
 from evalsite.scoring.models import CachedEmbedding, MetricResult, ReferenceStatistics
 
 logger = logging.getLogger(__name__)
-
-ProgressFn = Callable[[int, int, str], None]
 
 NO_GENERATIONS = "checkpoint {checkpoint} has no generated audio to score (params {params_hash:.12})."
 UNKNOWN_METRIC = "unknown metric {name!r} in run {run!r} config; registered: {known}"
@@ -485,9 +485,11 @@ def metric_compute_and_store(*, spec, ctx: _Context, params_hash: str) -> Metric
 
 
 def metrics_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
-    """Score the job's checkpoint (params ``params_hash``, optional ``metrics``, ``device``)."""
-    from evalsite.runs.services import checkpoint_set_status
-    from metrics import registry
+    """Score the job's checkpoint (params ``params_hash``, optional ``metrics``, ``device``).
+
+    The result names the params hash scored, which the next stage (the detectors) goes on with.
+    """
+    from metrics import registry  # loads torch: only in the worker that scores, not in the web tier
 
     checkpoint = job.checkpoint
     params_hash = job.params.get("params_hash") or ""
@@ -501,15 +503,12 @@ def metrics_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
         .order_by("item__key")
     )
     if not generations:
-        checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.FAILED)
         raise ApplicationError(NO_GENERATIONS.format(checkpoint=checkpoint, params_hash=params_hash or "any"))
     params_hash = params_hash or generations[0].params_hash
     ctx = _Context(checkpoint, generations, job.params.get("device"))
     names = job.params.get("metrics") or run_metric_names(checkpoint.run, ctx.model_rate)
-    checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.SCORING)
     ctx.screen(references=any(registry.get(name).kind == "paired-audio" for name in names))
     if not ctx.generations:
-        checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.FAILED)
         raise ApplicationError(
             NO_SCORABLE_CLIP.format(checkpoint=checkpoint, first=next(iter(ctx.left_out.values()))),
             extra={"left_out": ctx.left_out},
@@ -526,11 +525,8 @@ def metrics_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
         "clips": len(ctx.generations),
         "decodes": ctx.audio.decodes,
         "left_out": ctx.left_out,
+        "params_hash": params_hash,
     }
     if rows and len(failed) == len(rows):
-        checkpoint_set_status(checkpoint=checkpoint, status=Checkpoint.Status.FAILED)
         raise ApplicationError(f"every metric failed; first: {rows[0].name}: {rows[0].error}", extra=result)
-    from evalsite.scoring.detection import after_metrics
-
-    result.update(after_metrics(checkpoint=checkpoint, params_hash=params_hash))
     return result

@@ -46,10 +46,12 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",  # Swagger UI's files for /api/v1/docs/, served as static files (offline)
     "evalsite.core",
     "evalsite.audio",
+    "evalsite.jobs",
     "evalsite.runs",
     "evalsite.scoring",
     "evalsite.listening",
     "evalsite.alerts",
+    "evalsite.pipeline",
     "evalsite.api",
     "evalsite.analysis",
     "evalsite.demo",

@@ -62,7 +62,7 @@ EVALSITE_TASK_MAX_RETRIES = env_int("EVALSITE_TASK_MAX_RETRIES", 3)
 CELERY_BEAT_SCHEDULE = {
     # Job rows are the truth, the broker only carries them: lost messages and dead workers' jobs are sent again.
     "jobs-sweep": {
-        "task": "evalsite.runs.tasks.jobs_sweep_task",
+        "task": "evalsite.jobs.tasks.jobs_sweep_task",
         "schedule": float(env_int("EVALSITE_JOB_SWEEP_INTERVAL_S", 60)),
     },
     # A scan still waiting after one interval is dropped: the next one does the same work (and a scan
@@ -114,10 +114,10 @@ EVALSITE_TASK_HARD_LIMIT_GRACE_S = env_int("EVALSITE_TASK_HARD_LIMIT_GRACE_S", 6
 EVALSITE_TASK_LIMIT_KINDS = {
     "evalsite.runs.tasks.generation_run_task": "generation",
     "evalsite.runs.tasks.evalset_import_task": "import",
-    "evalsite.runs.tasks.metrics_run_task": "metrics",
-    "evalsite.runs.tasks.detection_run_task": "metrics",
+    "evalsite.scoring.tasks.metrics_run_task": "metrics",
+    "evalsite.scoring.tasks.detection_run_task": "metrics",
     "evalsite.runs.tasks.checkpoints_watch_task": "watch",
-    "evalsite.runs.tasks.jobs_sweep_task": "periodic",
+    "evalsite.jobs.tasks.jobs_sweep_task": "periodic",
     "evalsite.alerts.tasks.alerts_evaluate_listening_task": "periodic",
     "evalsite.analysis.tasks.analysis_refresh_task": "periodic",
     "evalsite.alerts.tasks.webhook_deliver_task": "webhook",

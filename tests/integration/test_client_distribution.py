@@ -14,8 +14,8 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from evalsite.api.services import researcher_token_issue
+from evalsite.runs.evalset_services import evalset_import
 from evalsite.runs.models import Checkpoint, Run
-from evalsite.runs.services import evalset_import
 from tests.factories import write_tone
 from tests.integration.conftest import REPO
 

@@ -20,10 +20,12 @@ from django.db import connection, connections
 
 import models
 from evalsite.audio.models import AudioAsset
+from evalsite.jobs.services import job_create
 from evalsite.listening.models import Participant, Rating, StimulusHandle
 from evalsite.listening.services import listening_test_build, listening_test_publish
+from evalsite.runs.evalset_services import evalset_import
 from evalsite.runs.models import Checkpoint, EvalItem, EvalSet, Generation, Job
-from evalsite.runs.services import checkpoint_register, evalset_import, job_create, run_create
+from evalsite.runs.services import checkpoint_register, run_create
 from tests.factories import listening_world
 from tests.integration.browser import new_page, wait_ready
 from tests.integration.conftest import wait_for

@@ -14,8 +14,8 @@ from django.contrib.auth import get_user_model
 import models
 from evalsite.alerts.webhooks import webhook_signature_verify
 from evalsite.api.services import researcher_token_issue
+from evalsite.runs.evalset_services import evalset_import
 from evalsite.runs.models import Checkpoint, EvalSet
-from evalsite.runs.services import evalset_import
 from evalsite.scoring.models import DetectorEvent, MetricResult
 from evalsite_client import ApiError, EvalsiteClient
 from tests.factories import write_tone

@@ -4,8 +4,8 @@ import pytest
 from django.utils import timezone
 
 from evalsite.core.exceptions import ApplicationError
-from evalsite.runs.models import Job
-from evalsite.runs.services import (
+from evalsite.jobs.models import Job
+from evalsite.jobs.services import (
     JOB_ILLEGAL_TRANSITION,
     JobBusy,
     job_claim,

@@ -7,8 +7,8 @@ from evalsite.audio.decoding import decoded_from_array
 from evalsite.audio.services import audio_asset_store
 from evalsite.core.exceptions import ApplicationError
 from evalsite.listening.models import Condition, ListeningTest
+from evalsite.pipeline.auto_test import auto_listening_test_maybe, auto_test_config
 from evalsite.runs.models import Checkpoint, Generation
-from evalsite.runs.pipeline import auto_listening_test_maybe, auto_test_config
 from evalsite.scoring.models import MetricResult
 from tests.factories import listening_world
 

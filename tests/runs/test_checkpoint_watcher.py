@@ -6,7 +6,8 @@ import time
 import pytest
 from django.core.exceptions import ValidationError
 
-from evalsite.runs.models import Checkpoint, Job, WatchedFile
+from evalsite.jobs.models import Job
+from evalsite.runs.models import Checkpoint, WatchedFile
 from evalsite.runs.watcher import checkpoints_watch, checkpoints_watch_all, compile_pattern, step_from_name
 from tests.factories import EvalSetFactory, RunFactory
 

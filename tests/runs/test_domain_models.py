@@ -3,7 +3,8 @@ import hashlib
 import pytest
 from django.db import IntegrityError, transaction
 
-from evalsite.runs.models import Checkpoint, Generation, Job, Run
+from evalsite.jobs.models import Job
+from evalsite.runs.models import Checkpoint, Generation, Run
 from evalsite.runs.services import run_create
 from tests.factories import CheckpointFactory, EvalSetFactory, JobFactory
 

@@ -8,8 +8,10 @@ from django.core.management import CommandError, call_command
 
 from evalsite.audio.models import AudioAsset
 from evalsite.core.exceptions import ApplicationError
-from evalsite.runs.models import EvalItem, EvalSet, Job
-from evalsite.runs.services import ITEM_KEY_CONFLICT, MANIFEST_NO_PATH_COLUMN, evalset_import, job_create
+from evalsite.jobs.models import Job
+from evalsite.jobs.services import job_create
+from evalsite.runs.evalset_services import ITEM_KEY_CONFLICT, MANIFEST_NO_PATH_COLUMN, evalset_import
+from evalsite.runs.models import EvalItem, EvalSet
 from tests.factories import write_tone
 
 pytestmark = pytest.mark.django_db
@@ -207,7 +209,8 @@ def test_an_import_job_runs_through_the_eager_task_and_a_second_delivery_changes
 
 
 def test_an_import_job_where_every_file_is_bad_fails_with_the_first_reason(tmp_path):
-    from evalsite.runs.services import evalset_import_job_work, job_execute
+    from evalsite.jobs.services import job_execute
+    from evalsite.runs.evalset_services import evalset_import_job_work
 
     (tmp_path / "x.wav").write_bytes(b"garbage")
     job = job_create(

@@ -6,17 +6,13 @@ import torch
 
 import models
 from evalsite.audio.models import AudioAsset
+from evalsite.jobs.models import Job
+from evalsite.jobs.services import job_execute
 from evalsite.runs import generation as gen
-from evalsite.runs.models import Checkpoint, Generation, Job
-from evalsite.runs.services import (
-    KIND_MISMATCH,
-    RATE_MISMATCH,
-    checkpoint_register,
-    evalset_import,
-    generation_job_work,
-    job_execute,
-    run_create,
-)
+from evalsite.runs.evalset_services import evalset_import
+from evalsite.runs.generation_services import KIND_MISMATCH, RATE_MISMATCH, generation_job_work
+from evalsite.runs.models import Checkpoint, Generation
+from evalsite.runs.services import checkpoint_register, run_create
 from tests.factories import write_tone
 
 pytestmark = pytest.mark.django_db

@@ -16,16 +16,13 @@ import models
 from evalsite.audio.decoding import AudioValidationError, decode_audio, decoded_from_array
 from evalsite.audio.models import AudioAsset
 from evalsite.audio.services import audio_asset_store
+from evalsite.jobs.models import Job
+from evalsite.jobs.services import job_create, job_execute
 from evalsite.runs import generation as gen
-from evalsite.runs.models import Checkpoint, EvalItem, EvalSet, Generation, Job
-from evalsite.runs.services import (
-    checkpoint_register,
-    evalset_import,
-    generation_job_work,
-    job_create,
-    job_execute,
-    run_create,
-)
+from evalsite.runs.evalset_services import evalset_import
+from evalsite.runs.generation_services import generation_job_work
+from evalsite.runs.models import Checkpoint, EvalItem, EvalSet, Generation
+from evalsite.runs.services import checkpoint_register, run_create
 from evalsite.scoring.models import CachedEmbedding, MetricResult, ReferenceStatistics
 from evalsite.scoring.services import metrics_job_work
 from tests.malformed import (

@@ -1,7 +1,8 @@
 import pytest
 from django.core.management import CommandError, call_command
 
-from evalsite.runs.models import Checkpoint, Job, Run
+from evalsite.jobs.models import Job
+from evalsite.runs.models import Checkpoint, Run
 from tests.factories import EvalSetFactory
 
 pytestmark = pytest.mark.django_db

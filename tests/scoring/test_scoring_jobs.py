@@ -5,15 +5,13 @@ import torch
 
 import models
 from evalsite.core.exceptions import ApplicationError
+from evalsite.jobs.models import Job
+from evalsite.jobs.services import job_execute
 from evalsite.runs import generation as gen
-from evalsite.runs.models import Checkpoint, EvalSet, Generation, Job
-from evalsite.runs.services import (
-    checkpoint_register,
-    evalset_import,
-    generation_job_work,
-    job_execute,
-    run_create,
-)
+from evalsite.runs.evalset_services import evalset_import
+from evalsite.runs.generation_services import generation_job_work
+from evalsite.runs.models import Checkpoint, EvalSet, Generation
+from evalsite.runs.services import checkpoint_register, run_create
 from evalsite.scoring.models import MetricResult
 from evalsite.scoring.selectors import INCOMPARABLE, metric_results_compare, run_metric_table
 from evalsite.scoring.services import metrics_job_work

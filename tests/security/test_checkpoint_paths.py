@@ -23,20 +23,16 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
+from evalsite.jobs.services import job_execute
 from evalsite.runs import checkpoint_files
 from evalsite.runs.checkpoint_files import (
     CHECKPOINT_DIR_REFUSED,
     CHECKPOINT_PATH_REFUSED,
     CHECKPOINT_SHA256_MISMATCH,
 )
+from evalsite.runs.generation_services import CHECKPOINT_SHA256_CHANGED, generation_job_work
 from evalsite.runs.models import Checkpoint, Job, Run, WatchedFile
-from evalsite.runs.services import (
-    CHECKPOINT_SHA256_CHANGED,
-    checkpoint_register,
-    generation_job_work,
-    job_execute,
-    run_create,
-)
+from evalsite.runs.services import checkpoint_register, run_create
 from evalsite.runs.watcher import checkpoints_watch_all
 from tests.factories import EvalSetFactory
 from tests.security.conftest import at_most

@@ -17,11 +17,12 @@ from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from evalsite.celery import app
-from evalsite.runs import services
+from evalsite.jobs.services import JOB_TIME_LIMIT
+from evalsite.runs import tasks
 from evalsite.runs.checkpoint_files import CHECKPOINT_PATH_REFUSED
 from evalsite.runs.locks import exclusive
 from evalsite.runs.models import Checkpoint, Job, WatchedFile
-from evalsite.runs.services import JOB_TIME_LIMIT, checkpoint_register, run_create
+from evalsite.runs.services import checkpoint_register, run_create
 from evalsite.runs.tasks import checkpoints_watch_task, generation_run_task
 from evalsite.runs.watcher import WATCH_LOCK, checkpoints_watch, compile_pattern, step_from_name
 from tests.factories import EvalSetFactory
@@ -175,7 +176,7 @@ def test_a_job_stopped_by_its_soft_time_limit_fails_with_the_reason_instead_of_s
     def slow(job, progress):
         raise SoftTimeLimitExceeded()  # what Celery raises in the task at its soft limit
 
-    monkeypatch.setattr(services, "generation_job_work", slow)
+    monkeypatch.setattr(tasks, "generation_job_work", slow)
     generation_run_task.apply(args=[job.pk])
 
     job.refresh_from_db()

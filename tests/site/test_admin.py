@@ -31,7 +31,7 @@ def test_a_search_finds_the_run_by_name_and_the_job_by_its_error(admin_client):
     CheckpointFactory(run__name="needle-run")
     JobFactory(error="needle in the error")
     runs = admin_client.get(reverse("admin:runs_run_changelist"), {"q": "needle"})
-    jobs = admin_client.get(reverse("admin:runs_job_changelist"), {"q": "needle"})
+    jobs = admin_client.get(reverse("admin:jobs_job_changelist"), {"q": "needle"})
     assert runs.context["cl"].result_count == 1
     assert jobs.context["cl"].result_count == 1
 

@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from evalsite.core.exceptions import ApplicationError
-from evalsite.runs.services import evalset_import
+from evalsite.runs.evalset_services import evalset_import
 
 
 class Command(BaseCommand):

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from evalsite.runs.services import job_fail_stale
+from evalsite.jobs.services import job_fail_stale
 
 
 class Command(BaseCommand):

@@ -1,6 +1,7 @@
-"""Where each checkpoint is in the evaluation pipeline, and the optional automatic listening test.
+"""The automatic listening test: every few finished checkpoints of a run, one against the best earlier one.
 
-registered → generating → scoring → detecting → done (or failed, with the failed job's reason).
+Asked for in the run's ``config["auto_listening_test"]``; built (and published) as the last step of a
+checkpoint's path, by ``evalsite.pipeline.stages``.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from typing import Any
 from django.db import transaction
 
 from evalsite.core.exceptions import ApplicationError
-from evalsite.runs.models import Checkpoint, Job, Run
+from evalsite.listening.models import ListeningTest
+from evalsite.listening.services import listening_test_build, listening_test_publish
+from evalsite.runs.models import Checkpoint, EvalItem, Run
+from evalsite.scoring.models import MetricResult
 
 logger = logging.getLogger(__name__)
 
-PIPELINE_STAGES = ("registered", "generating", "scoring", "detecting", "done")
 AUTO_TEST_KINDS = ("smos", "mos", "mushra", "ab", "cmos")
 
 
@@ -37,8 +40,6 @@ def auto_test_config(run: Run) -> dict[str, Any] | None:
 
 def best_checkpoint(*, run: Run, before_step: int, metric: str | None = None) -> Checkpoint | None:
     """The best earlier finished checkpoint by ``metric`` (default: the first metric with a direction)."""
-    from evalsite.scoring.models import MetricResult
-
     results = MetricResult.objects.filter(
         checkpoint__run=run,
         checkpoint__step__lt=before_step,
@@ -56,12 +57,9 @@ def best_checkpoint(*, run: Run, before_step: int, metric: str | None = None) ->
     return pick(candidates, key=lambda r: r.value).checkpoint
 
 
-def auto_listening_test_maybe(*, checkpoint: Checkpoint):
+def auto_listening_test_maybe(*, checkpoint: Checkpoint) -> ListeningTest | None:
     """Every ``every``-th finished checkpoint of a run, build (and publish) a test of it against the
     best earlier one. Idempotent: the test's name is derived from the two steps."""
-    from evalsite.listening.models import ListeningTest
-    from evalsite.listening.services import listening_test_build, listening_test_publish
-
     run = checkpoint.run
     config = auto_test_config(run)
     if config is None:
@@ -80,8 +78,6 @@ def auto_listening_test_maybe(*, checkpoint: Checkpoint):
         return existing
     items = None
     if config.get("items"):
-        from evalsite.runs.models import EvalItem
-
         items = list(
             EvalItem.objects.filter(eval_set=run.eval_set).order_by("key")[: int(config["items"]) + 1]
         )
@@ -107,23 +103,3 @@ def auto_listening_test_maybe(*, checkpoint: Checkpoint):
         )
         return None
     return test
-
-
-def checkpoint_pipeline(checkpoint: Checkpoint, jobs: list[Job]) -> dict[str, Any]:
-    """Stage, per-stage job state and the failure reason of one checkpoint, for the run page and API."""
-    by_kind: dict[str, Job] = {}
-    for job in sorted(jobs, key=lambda j: j.created_at):
-        by_kind[job.kind] = job  # the latest job of each kind
-    stages = []
-    for kind in (Job.Kind.GENERATION, Job.Kind.METRICS, Job.Kind.DETECTION):
-        job = by_kind.get(kind)
-        stages.append(
-            {
-                "kind": kind,
-                "status": job.status if job else None,
-                "progress": job.progress if job else 0.0,
-                "error": job.error if job else "",
-            }
-        )
-    error = next((s["error"] for s in stages if s["status"] == Job.Status.FAILED), "")
-    return {"status": checkpoint.status, "stages": stages, "error": error}
