@@ -277,7 +277,7 @@ def _trapping_samples(source, rate: int, texts: tuple[str, ...], item_key: str =
     import numpy as np
 
     from evalsite.audio.decoding import resample
-    from evalsite.demo.speech import synthesize
+    from evalsite.audio.speech import synthesize
     from evalsite.listening.calibration import active_level_dbfs
 
     frames, channels = source.shape
