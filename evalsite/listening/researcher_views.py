@@ -88,7 +88,7 @@ def test_build(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
-            test = services.listening_test_build(
+            design = services.TestDesign(
                 name=data["name"],
                 kind=data["kind"],
                 checkpoints=list(data["checkpoints"]),
@@ -96,7 +96,6 @@ def test_build(request: HttpRequest) -> HttpResponse:
                 votes_target=data["votes_target"],
                 trials_per_participant=data["trials_per_participant"],
                 title=data["title"],
-                owner=request.user,
                 completion_code=data["completion_code"],
                 completion_redirect=data["completion_redirect"],
                 screened_out_redirect=data["screened_out_redirect"],
@@ -107,6 +106,7 @@ def test_build(request: HttpRequest) -> HttpResponse:
                 gold_items=data["gold_items"] or 0,
                 trapping_items=data["trapping_items"] or 0,
             )
+            test = services.listening_test_build(design=design, owner=request.user)
         except ApplicationError as exc:
             form.add_error(None, exc.message)
         else:

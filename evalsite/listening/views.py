@@ -8,7 +8,7 @@ participant counts against its rate limit (``EVALSITE_LISTENER_RATE``), joins ag
 
 from __future__ import annotations
 
-import json
+import io
 import logging
 from functools import wraps
 
@@ -17,10 +17,13 @@ from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_http_methods, require_safe
+from rest_framework.exceptions import ParseError
+from rest_framework.parsers import JSONParser
 
-from evalsite.core.exceptions import ApplicationError, ConflictError, NotFoundError
+from evalsite.core.exceptions import ApplicationError, ConflictError, error_body
 from evalsite.core.ratelimit import Limited, client_network, limit_hit, wants_json, with_retry_after
 from evalsite.listening import services
+from evalsite.listening.calibration import calibration_samples, headphone_trial_samples, wav_bytes
 from evalsite.listening.models import ListeningTest, Participant
 from evalsite.listening.selectors import (
     headphone_trials,
@@ -53,20 +56,14 @@ WAV_CHUNKS_SERVED = (b"fmt ", b"fact")
 
 
 class BodyTooLarge(ApplicationError):
-    """The request body is over ``EVALSITE_LISTENER_MAX_BODY_BYTES`` (413)."""
+    """The request body is over ``EVALSITE_LISTENER_MAX_BODY_BYTES``."""
+
+    status_code = 413
 
 
 def _error(exc: ApplicationError) -> JsonResponse:
-    status = (
-        404
-        if isinstance(exc, NotFoundError)
-        else 409
-        if isinstance(exc, ConflictError)
-        else 413
-        if isinstance(exc, BodyTooLarge)
-        else 400
-    )
-    return JsonResponse({"message": exc.message, "extra": exc.extra}, status=status)
+    """The error in the API's shape (``core.exceptions.error_body``), with its status."""
+    return JsonResponse(error_body(exc), status=exc.status_code)
 
 
 def _too_many(limited: Limited) -> JsonResponse:
@@ -108,7 +105,11 @@ def _listener(view):
     return wrapper
 
 
+_PARSER = JSONParser()
+
+
 def _json_body(request: HttpRequest) -> dict:
+    """The JSON object a listener endpoint was sent, read by the same parser as the API's bodies."""
     limit = settings.EVALSITE_LISTENER_MAX_BODY_BYTES
     try:
         size = int(request.META.get("CONTENT_LENGTH") or 0)
@@ -116,19 +117,19 @@ def _json_body(request: HttpRequest) -> dict:
         size = 0  # Django reads nothing of a body whose length it cannot read
     if size > limit:
         # Refused before a byte of it is read.
-        raise BodyTooLarge(BODY_TOO_LARGE.format(size=size, limit=limit), extra={"field": "body"})
+        raise BodyTooLarge(BODY_TOO_LARGE.format(size=size, limit=limit), fields=("body",))
     try:
-        body = json.loads(request.body or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        body = _PARSER.parse(io.BytesIO(request.body or b"{}"), _PARSER.media_type)
+    except ParseError as exc:
         raise ApplicationError(
-            f"the request body is not valid JSON ({exc})", extra={"field": "body"}
+            f"the request body is not valid JSON ({exc.detail})", fields=("body",)
         ) from None
     except RecursionError:
         # json raises this, not a ValueError, for arrays or objects nested past the interpreter's
         # recursion limit: a few kilobytes of "[" would otherwise be a 500.
-        raise ApplicationError(BODY_TOO_DEEP, extra={"field": "body"}) from None
+        raise ApplicationError(BODY_TOO_DEEP, fields=("body",)) from None
     if not isinstance(body, dict):
-        raise ApplicationError("the request body must be a JSON object", extra={"field": "body"})
+        raise ApplicationError("the request body must be a JSON object", fields=("body",))
     return body
 
 
@@ -373,8 +374,6 @@ def _wav(data: bytes) -> HttpResponse:
 @_listener
 def calibration_audio(request: HttpRequest, participant: Participant) -> HttpResponse:
     """The calibration noise at the level of the test's material (made on request, nothing stored)."""
-    from evalsite.listening.calibration import calibration_samples, wav_bytes
-
     if not participant.test.headphone_check:
         return JsonResponse({"message": UNKNOWN_SOUND, "extra": {}}, status=404)
     return _wav(wav_bytes(calibration_samples(participant.test.calibration_level_dbfs)))
@@ -385,8 +384,6 @@ def calibration_audio(request: HttpRequest, participant: Participant) -> HttpRes
 def headphone_audio(request: HttpRequest, participant: Participant, token: str) -> HttpResponse:
     """One headphone-check trial at the calibrated level, made on request (a few hundred kB; nothing
     is stored); only once the listener has calibrated."""
-    from evalsite.listening.calibration import headphone_trial_samples, wav_bytes
-
     trial = next((t for t in headphone_trials(participant) if t["token"] == token), None)
     if trial is None or not participant.test.headphone_check:
         return JsonResponse({"message": UNKNOWN_SOUND, "extra": {}}, status=404)

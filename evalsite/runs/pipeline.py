@@ -60,7 +60,7 @@ def auto_listening_test_maybe(*, checkpoint: Checkpoint):
     """Every ``every``-th finished checkpoint of a run, build (and publish) a test of it against the
     best earlier one. Idempotent: the test's name is derived from the two steps."""
     from evalsite.listening.models import ListeningTest
-    from evalsite.listening.services import listening_test_build, listening_test_publish
+    from evalsite.listening.services import TestDesign, listening_test_build, listening_test_publish
 
     run = checkpoint.run
     config = auto_test_config(run)
@@ -87,15 +87,15 @@ def auto_listening_test_maybe(*, checkpoint: Checkpoint):
         )
     try:
         with transaction.atomic():
-            test = listening_test_build(
+            design = TestDesign(
                 name=name,
                 kind=config.get("kind", "smos"),
                 checkpoints=[best, checkpoint],
                 items=items,
                 votes_target=int(config.get("votes_target", 8)),
-                owner=run.owner,
                 title="Listening test",
             )
+            test = listening_test_build(design=design, owner=run.owner)
             if config.get("publish", True):
                 test = listening_test_publish(test=test)
     except ApplicationError as exc:
