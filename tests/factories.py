@@ -100,6 +100,6 @@ def listening_world(
     return {"eval_set": eval_set, "items": items, "checkpoints": checkpoints}
 
 
-def build_listening_test(*, owner=None, **design) -> ListeningTest:
+def make_listening_test(*, owner=None, **design) -> ListeningTest:
     """``listening_test_build`` with the design's fields as keywords, as most tests spell a test out."""
     return listening_test_build(design=TestDesign(**design), owner=owner)

@@ -109,7 +109,7 @@ _PARSER = JSONParser()
 
 
 def _json_body(request: HttpRequest) -> dict:
-    """The JSON object a listener endpoint was sent, read by the same parser as the API's bodies."""
+    """The JSON object a listener endpoint was sent, read by DRF's JSON parser as API bodies are (strict JSON)."""
     limit = settings.EVALSITE_LISTENER_MAX_BODY_BYTES
     try:
         size = int(request.META.get("CONTENT_LENGTH") or 0)

@@ -48,7 +48,7 @@ from evalsite.api.services import researcher_token_issue
 from evalsite.runs.models import Checkpoint, Run
 from evalsite.runs.services import run_token_issue
 from evalsite.wsgi import application
-from tests.factories import build_listening_test, listening_world
+from tests.factories import listening_world, make_listening_test
 
 EXAMPLES = int(os.environ.get("EVALSITE_FUZZ_EXAMPLES") or 25)  # more for a deeper run by hand
 SCHEMA = schemathesis.openapi.from_wsgi("/api/v1/schema/?format=json", application)
@@ -203,7 +203,7 @@ def world(db, requests_keep_the_test_transaction, settings) -> dict[str, Any]:
             severity="warning",
             title=f"seeded alert {i}",
         )
-    test = build_listening_test(name="fuzzed-test", kind="mos", checkpoints=[checkpoint], owner=owner)
+    test = make_listening_test(name="fuzzed-test", kind="mos", checkpoints=[checkpoint], owner=owner)
     return {
         "run": run,
         "steps": [checkpoint.step, bare.step],

@@ -13,7 +13,7 @@ from evalsite.listening import services
 from evalsite.listening.models import ArtifactFlag, Assignment, Condition, Participant, Rating
 from evalsite.listening.selectors import listener_state
 from evalsite.runs.models import Checkpoint, Generation
-from tests.factories import build_listening_test, listening_world
+from tests.factories import listening_world, make_listening_test
 
 pytestmark = pytest.mark.django_db
 RATE = 22050
@@ -26,7 +26,7 @@ def world():
 
 
 def build(world, kind="mushra", **kw):
-    test = build_listening_test(
+    test = make_listening_test(
         name=f"t-{kind}",
         kind=kind,
         checkpoints=world["checkpoints"],
@@ -70,7 +70,7 @@ def test_mushra_refuses_more_than_twelve_signals(world):
     run = world["checkpoints"][0].run
     many = [Checkpoint.objects.create(run=run, step=s, uri=f"/c/{s}") for s in range(1, 11)]  # 10 + 3 = 13
     with pytest.raises(ApplicationError) as exc:
-        build_listening_test(name="big", kind="mushra", checkpoints=many)
+        make_listening_test(name="big", kind="mushra", checkpoints=many)
     assert exc.value.message == services.MUSHRA_TOO_MANY.format(n=10, total=13)
 
 

@@ -28,7 +28,7 @@ from evalsite.listening.selectors import (
     listening_test_progress,
 )
 from evalsite.runs.models import Generation
-from tests.factories import build_listening_test, listening_world
+from tests.factories import listening_world, make_listening_test
 
 pytestmark = pytest.mark.django_db
 RUNS3 = ("hifigan-secret-run", "evagan-hidden-run", "bigvgan-private-run")
@@ -47,7 +47,7 @@ def world3():
 
 
 def build(world, kind, *, checkpoints=None, **kw):
-    test = build_listening_test(
+    test = make_listening_test(
         name=f"t-{kind}",
         kind=kind,
         checkpoints=checkpoints or world["checkpoints"],
@@ -131,13 +131,13 @@ def test_a_cmos_test_can_rate_checkpoints_against_a_baseline_checkpoint_and_skip
 def test_a_comparison_checkpoint_must_not_be_rated_itself_and_only_cmos_takes_one(world):
     a, b = world["checkpoints"]
     with pytest.raises(ApplicationError) as exc:
-        build_listening_test(name="x", kind="cmos", checkpoints=[a, b], comparison=b)
+        make_listening_test(name="x", kind="cmos", checkpoints=[a, b], comparison=b)
     assert exc.value.message == services.COMPARISON_IS_RATED.format(label="evagan-hidden-run@77777")
     with pytest.raises(ApplicationError) as exc:
-        build_listening_test(name="x", kind="mos", checkpoints=[a], comparison=b)
+        make_listening_test(name="x", kind="mos", checkpoints=[a], comparison=b)
     assert exc.value.message == services.COMPARISON_ONLY_CMOS.format(kind="mos")
     with pytest.raises(ApplicationError) as exc:
-        build_listening_test(name="x", kind="cmos", checkpoints=[a], allow_no_preference=True)
+        make_listening_test(name="x", kind="cmos", checkpoints=[a], allow_no_preference=True)
     assert exc.value.message == services.NO_PREFERENCE_ONLY_AB.format(kind="cmos")
     assert not ListeningTest.objects.exists()
 
@@ -156,7 +156,7 @@ def test_an_ab_test_has_one_trial_per_item_and_pair_of_checkpoints(world3):
 
 def test_an_ab_test_needs_at_least_two_checkpoints(world):
     with pytest.raises(ApplicationError) as exc:
-        build_listening_test(name="ab1", kind="ab", checkpoints=world["checkpoints"][:1])
+        make_listening_test(name="ab1", kind="ab", checkpoints=world["checkpoints"][:1])
     assert exc.value.message == services.AB_NEEDS_TWO.format(n=1) and not ListeningTest.objects.exists()
 
 
@@ -192,7 +192,7 @@ def test_the_scales_and_instructions_a_listener_gets(world):
         (-3, "Much worse"),
     ]
     assert cmos["kind"] == "cmos" and "quality of B compared with the quality of A" in cmos["instructions"]
-    test = build_listening_test(
+    test = make_listening_test(
         name="ab", kind="ab", checkpoints=world["checkpoints"], allow_no_preference=True
     )
     ab = listener_state(services.participant_join(test=services.listening_test_publish(test=test)))["test"]
@@ -283,7 +283,7 @@ def test_a_retried_cmos_answer_is_stored_once_and_a_late_retry_never_overwrites_
 @pytest.mark.parametrize("choice", ["A", "B", "none"])
 def test_an_ab_choice_is_stored_so_the_preferred_condition_is_recoverable(world, choice):
     test = services.listening_test_publish(
-        test=build_listening_test(
+        test=make_listening_test(
             name="ab", kind="ab", checkpoints=world["checkpoints"], allow_no_preference=True
         )
     )
@@ -472,7 +472,7 @@ def post_json(client, url, body):
 def test_ab_and_cmos_answers_through_the_json_endpoints_echo_what_the_listener_chose(world):
     client = Client(enforce_csrf_checks=True)
     ab = services.listening_test_publish(
-        test=build_listening_test(
+        test=make_listening_test(
             name="ab-http", kind="ab", checkpoints=world["checkpoints"], allow_no_preference=True
         )
     )
@@ -514,7 +514,7 @@ def test_nothing_a_cmos_or_ab_listener_receives_names_a_run_checkpoint_condition
 ):
     checkpoints = world3["checkpoints"][:2] if baseline else world3["checkpoints"]
     test = services.listening_test_publish(
-        test=build_listening_test(
+        test=make_listening_test(
             name=f"blind-{kind}",
             kind=kind,
             checkpoints=checkpoints,

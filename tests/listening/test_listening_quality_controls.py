@@ -24,7 +24,7 @@ from evalsite.listening.selectors import (
     quality_control_results,
 )
 from evalsite.runs.models import EvalItem, Generation
-from tests.factories import build_listening_test, listening_world
+from tests.factories import listening_world, make_listening_test
 
 pytestmark = pytest.mark.django_db
 
@@ -35,7 +35,7 @@ def world():
 
 
 def build(world, kind="mos", name=None, **kw):
-    test = build_listening_test(
+    test = make_listening_test(
         name=name or f"qc-{kind}",
         kind=kind,
         checkpoints=world["checkpoints"],

@@ -11,7 +11,7 @@ from evalsite.api.services import researcher_token_issue
 from evalsite.listening import services, views
 from evalsite.listening.models import ArtifactFlag, Assignment, Rating
 from evalsite.runs.models import Run
-from tests.factories import build_listening_test, listening_world
+from tests.factories import listening_world, make_listening_test
 
 pytestmark = pytest.mark.django_db
 
@@ -24,7 +24,7 @@ NESTED_IN_A_FIELD = '{"trial": "x", "events": ' + NESTED + "}"
 def listener():
     world = listening_world()
     test = services.listening_test_publish(
-        test=build_listening_test(
+        test=make_listening_test(
             name="nested", kind="mos", checkpoints=world["checkpoints"], training_items=0, seed=5
         )
     )
@@ -82,7 +82,7 @@ def test_the_listener_endpoints_answer_other_bad_bodies_in_the_same_shape(listen
 def test_nesting_below_the_recursion_limit_is_an_ordinary_400_for_a_wrong_value():
     world = listening_world(n_items=1)
     test = services.listening_test_publish(
-        test=build_listening_test(
+        test=make_listening_test(
             name="nested-900", kind="mos", checkpoints=world["checkpoints"], training_items=0, seed=5
         )
     )

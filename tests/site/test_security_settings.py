@@ -27,7 +27,7 @@ from evalsite.api import throttling
 from evalsite.api.services import researcher_token_issue
 from evalsite.runs.models import Run
 from evalsite.runs.services import run_create
-from tests.factories import EvalSetFactory, build_listening_test
+from tests.factories import EvalSetFactory, make_listening_test
 
 REPO = Path(__file__).resolve().parents[2]
 CLEAR = (
@@ -283,7 +283,7 @@ def listener():
 
     world = listening_world(n_items=2)
     test = services.listening_test_publish(
-        test=build_listening_test(
+        test=make_listening_test(
             name="bodies",
             kind="mushra",
             checkpoints=world["checkpoints"],
