@@ -19,15 +19,17 @@ from evalsite.core.exceptions import ApplicationError, ConflictError, NotFoundEr
 from evalsite.listening.access import listening_tests_visible
 from evalsite.listening.models import ListeningTest
 from evalsite.listening.selectors import listening_test_progress
-from evalsite.listening.services import (
+from evalsite.listening.services.build import (
+    listening_test_close,
+    listening_test_create,
+    listening_test_publish,
+)
+from evalsite.listening.services.design import (
     DUPLICATE_CHECKPOINTS,
     DUPLICATE_ITEMS,
     TOO_MANY_ITEMS,
     TOO_MANY_SYSTEMS,
     TestDesign,
-    listening_test_close,
-    listening_test_create,
-    listening_test_publish,
 )
 from evalsite.runs.models import Checkpoint, EvalItem
 

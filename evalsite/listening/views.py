@@ -22,7 +22,6 @@ from rest_framework.parsers import JSONParser
 
 from evalsite.core.exceptions import ApplicationError, ConflictError, error_body
 from evalsite.core.ratelimit import Limited, client_network, limit_hit, wants_json, with_retry_after
-from evalsite.listening import services
 from evalsite.listening.calibration import calibration_samples, headphone_trial_samples, wav_bytes
 from evalsite.listening.models import ListeningTest, Participant
 from evalsite.listening.selectors import (
@@ -33,13 +32,28 @@ from evalsite.listening.selectors import (
     participant_stimulus_asset,
     rating_answer,
 )
+from evalsite.listening.services.answers import (
+    UNKNOWN_PARTICIPANT,
+    flag_submit,
+    rating_submit,
+    telemetry_append,
+    trial_complete,
+)
+from evalsite.listening.services.session import (
+    CALIBRATE_FIRST,
+    TEST_NOT_OPEN,
+    CrowdIdInUse,
+    calibration_confirm,
+    headphone_check_submit,
+    participant_join,
+)
 
 logger = logging.getLogger(__name__)
 
 COOKIE = "evalsite_listener"
 COOKIE_SALT = "evalsite.listening.participant"
 COOKIE_MAX_AGE = 60 * 60 * 24 * 30
-NOT_YOUR_SESSION = services.UNKNOWN_PARTICIPANT
+NOT_YOUR_SESSION = UNKNOWN_PARTICIPANT
 LISTENER_LIMITED = "Too many requests from this listening session: at most {rate}. Try again in {wait}."
 JOIN_LIMITED = (
     "Too many people have joined this test from your network in a short time: at most {rate}. "
@@ -142,7 +156,7 @@ def invite(request: HttpRequest, invite_token: str) -> HttpResponse:
         k: request.GET.get(k, request.POST.get(k, "")) for k in ("PROLIFIC_PID", "STUDY_ID", "SESSION_ID")
     }
     if test.status != ListeningTest.Status.PUBLISHED:
-        return render(request, "listening/message.html", {"message": services.TEST_NOT_OPEN}, status=410)
+        return render(request, "listening/message.html", {"message": TEST_NOT_OPEN}, status=410)
     if request.method == "GET":
         return render(request, "listening/consent.html", {"test": test, "crowd": crowd})
     limited = limit_hit(request, "join", client_network(request))
@@ -155,14 +169,14 @@ def invite(request: HttpRequest, invite_token: str) -> HttpResponse:
         )
         return with_retry_after(page, limited)
     try:
-        participant = services.participant_join(
+        participant = participant_join(
             test=test,
             external_id=crowd["PROLIFIC_PID"],
             study_id=crowd["STUDY_ID"],
             session_id=crowd["SESSION_ID"],
             resume_token=request.get_signed_cookie(COOKIE, default=None, salt=COOKIE_SALT),
         )
-    except services.CrowdIdInUse as exc:
+    except CrowdIdInUse as exc:
         # Not sent on to the screened-out address: this may be the worker themself, on another device.
         logger.warning(
             "test %s: a second browser presented the crowd id of an existing participant; refused", test.pk
@@ -227,7 +241,7 @@ def rate(request: HttpRequest, ptoken: str) -> HttpResponse:
         return _too_many(limited)
     try:
         body = _json_body(request)
-        rating = services.rating_submit(
+        rating = rating_submit(
             participant=ptoken,
             trial=body.get("trial"),
             stimulus=body.get("stimulus"),
@@ -241,7 +255,7 @@ def rate(request: HttpRequest, ptoken: str) -> HttpResponse:
 
 @_post
 def flag(participant: Participant, body: dict) -> JsonResponse:
-    created = services.flag_submit(
+    created = flag_submit(
         participant=participant,
         trial=body.get("trial"),
         stimulus=body.get("stimulus"),
@@ -256,7 +270,7 @@ def flag(participant: Participant, body: dict) -> JsonResponse:
 
 @_post
 def complete(participant: Participant, body: dict) -> JsonResponse:
-    participant = services.trial_complete(participant=participant, trial=body.get("trial"))
+    participant = trial_complete(participant=participant, trial=body.get("trial"))
     progress = listener_progress(participant)
     return JsonResponse(
         {"phase": progress["phase"], "position": progress["position"], "completion": progress["completion"]}
@@ -265,14 +279,14 @@ def complete(participant: Participant, body: dict) -> JsonResponse:
 
 @_post
 def calibration(participant: Participant, body: dict) -> JsonResponse:
-    participant = services.calibration_confirm(participant=participant, plays=body.get("plays"))
+    participant = calibration_confirm(participant=participant, plays=body.get("plays"))
     progress = listener_progress(participant)
     return JsonResponse({"phase": progress["phase"], "screened_out": progress["screened_out"]})
 
 
 @_post
 def headphone(participant: Participant, body: dict) -> JsonResponse:
-    participant = services.headphone_check_submit(participant=participant, answers=body.get("answers"))
+    participant = headphone_check_submit(participant=participant, answers=body.get("answers"))
     progress = listener_progress(participant)
     return JsonResponse(
         {
@@ -285,7 +299,7 @@ def headphone(participant: Participant, body: dict) -> JsonResponse:
 
 @_post
 def telemetry(participant: Participant, body: dict) -> JsonResponse:
-    services.telemetry_append(
+    telemetry_append(
         participant=participant,
         trial=body.get("trial"),
         events=body.get("events"),
@@ -388,5 +402,5 @@ def headphone_audio(request: HttpRequest, participant: Participant, token: str) 
     if trial is None or not participant.test.headphone_check:
         return JsonResponse({"message": UNKNOWN_SOUND, "extra": {}}, status=404)
     if participant.calibrated_at is None and participant.headphone_passed is None:
-        return _error(ConflictError(services.CALIBRATE_FIRST))
+        return _error(ConflictError(CALIBRATE_FIRST))
     return _wav(wav_bytes(headphone_trial_samples(trial["order"], participant.test.calibration_level_dbfs)))

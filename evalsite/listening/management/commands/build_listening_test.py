@@ -3,7 +3,8 @@ from django.urls import reverse
 
 from evalsite.core.exceptions import ApplicationError
 from evalsite.listening.models import ListeningTest
-from evalsite.listening.services import TestDesign, listening_test_build, listening_test_publish
+from evalsite.listening.services.build import listening_test_build, listening_test_publish
+from evalsite.listening.services.design import TestDesign
 from evalsite.runs.models import Checkpoint
 
 
