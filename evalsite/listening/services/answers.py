@@ -241,8 +241,8 @@ def _rating_target(participant_token: str, trial: Any, stimulus: Any) -> _Rating
     )
 
 
-def _checked_value(target: _RatingTarget | None, score: Any) -> float:
-    """The value to store, after the same checks in the same order as every other answer."""
+def _check_target_open(target: _RatingTarget | None) -> None:
+    """The same state checks, in the same order, as ``_check_open`` makes for every other answer."""
     if target is None:
         raise NotFoundError(UNKNOWN_PARTICIPANT)
     if target.test_status != ListeningTest.Status.PUBLISHED:
@@ -253,6 +253,19 @@ def _checked_value(target: _RatingTarget | None, score: Any) -> float:
         raise ConflictError(SCREENED_OUT)
     if target.headphone_check and target.headphone_passed is None:
         raise ConflictError(HEADPHONE_CHECK_FIRST)
+
+
+def _ab_choices(target: _RatingTarget) -> dict[str, float]:
+    """AB answers by what the listener sends: sound A's or B's token, or "none" where allowed."""
+    choices = {target.a_token: AB_ANSWER_VALUES["A"], target.b_token: AB_ANSWER_VALUES["B"]}
+    if target.allow_no_preference:
+        choices[NO_PREFERENCE] = AB_ANSWER_VALUES[NO_PREFERENCE]
+    return choices
+
+
+def _checked_value(target: _RatingTarget | None, score: Any) -> float:
+    """The value to store, after the same checks in the same order as every other answer."""
+    _check_target_open(target)
     if target.assignment_id is None:
         raise NotFoundError(UNKNOWN_TRIAL, fields=("trial",))
     if target.handle_id is None:
@@ -263,9 +276,7 @@ def _checked_value(target: _RatingTarget | None, score: Any) -> float:
         if target.handle_id != target.b_handle_id:
             raise ApplicationError(ANSWER_ON_B, fields=("stimulus",))
         if target.kind == ListeningTest.Kind.AB:
-            choices = {target.a_token: AB_ANSWER_VALUES["A"], target.b_token: AB_ANSWER_VALUES["B"]}
-            if target.allow_no_preference:
-                choices[NO_PREFERENCE] = AB_ANSWER_VALUES[NO_PREFERENCE]
+            choices = _ab_choices(target)
     value = validate_score(target.kind, score, choices=choices)
     if target.completed:
         raise ConflictError(TRIAL_ALREADY_COMPLETED, fields=("trial",))
@@ -478,6 +489,24 @@ WHERE h.assignment_id = %s
 """
 
 
+def _check_answered(kind: str, sounds: int, unrated: int) -> None:
+    if kind in COMPARISON_KINDS:
+        if unrated == sounds:
+            raise ApplicationError(ANSWER_FIRST, fields=("trial",))
+    elif unrated:
+        raise ApplicationError(RATE_ALL_FIRST.format(missing=unrated), fields=("trial",))
+
+
+def _check_played(assignment_id: int, telemetry: Any) -> None:
+    """Every sound of the trial has a play event (``require_play_all``)."""
+    events = json.loads(telemetry) if isinstance(telemetry, str) else telemetry or []
+    played = {e.get("stimulus") for e in events if isinstance(e, dict) and e.get("type") in PLAY_EVENT_TYPES}
+    tokens = StimulusHandle.objects.filter(assignment_id=assignment_id).values_list("token", flat=True)
+    unplayed = [token for token in tokens if token not in played]
+    if unplayed:
+        raise ApplicationError(PLAY_ALL_FIRST.format(missing=len(unplayed)), fields=("trial",))
+
+
 @transaction.atomic
 def trial_complete(*, participant: Participant, trial: str) -> Participant:
     """Finish a trial once every sound in it is rated (a CMOS/AB trial: once it is answered);
@@ -509,22 +538,9 @@ def trial_complete(*, participant: Participant, trial: str) -> Participant:
             )
             sounds, unrated = cursor.fetchone()
     if completed_at is None:
-        if participant.test.kind in COMPARISON_KINDS:
-            if unrated == sounds:
-                raise ApplicationError(ANSWER_FIRST, fields=("trial",))
-        elif unrated:
-            raise ApplicationError(RATE_ALL_FIRST.format(missing=unrated), fields=("trial",))
+        _check_answered(participant.test.kind, sounds, unrated)
         if play_all:
-            events = json.loads(telemetry) if isinstance(telemetry, str) else telemetry or []
-            played = {
-                e.get("stimulus") for e in events if isinstance(e, dict) and e.get("type") in PLAY_EVENT_TYPES
-            }
-            tokens = StimulusHandle.objects.filter(assignment_id=assignment_id).values_list(
-                "token", flat=True
-            )
-            unplayed = [token for token in tokens if token not in played]
-            if unplayed:
-                raise ApplicationError(PLAY_ALL_FIRST.format(missing=len(unplayed)), fields=("trial",))
+            _check_played(assignment_id, telemetry)
         now = timezone.now()
         Assignment.objects.filter(pk=assignment_id).update(completed_at=now, updated_at=now)
     if not participant.assignments.filter(completed_at__isnull=True).exists():
