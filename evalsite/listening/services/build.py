@@ -61,7 +61,6 @@ def _anchor_assets(
     reference, rate_checked: dict[int, bool], warnings: list[str], item_key: str
 ) -> dict[str, Any]:
     """Make (or find) the two anchors of a reference clip, after the filter self-test at its rate."""
-
     samples, rate = audio_asset_samples(reference)
     if rate not in rate_checked:
         result = anchor_filter_self_test(rate)
@@ -255,7 +254,6 @@ def listening_test_build(*, design: TestDesign, owner: AbstractBaseUser | None =
 def _material_level(items: list[EvalItem], outputs: list[dict[int, Generation]]) -> float | None:
     """Active RMS level (dBFS) of the test's material, from the first ``CALIBRATION_ITEMS`` items'
     references and outputs: the calibration noise plays at it."""
-
     assets = []
     for item, have in list(zip(items, outputs))[:CALIBRATION_ITEMS]:
         assets += ([item.reference] if item.reference is not None else []) + [g.asset for g in have.values()]

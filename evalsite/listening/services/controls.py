@@ -83,7 +83,6 @@ LIMITER_KNEE = 0.5  # a level-matched control sound is soft-limited above this, 
 def _degraded(samples, rate: int):
     """An obviously bad version of a clip: hard-clipped at 5 % of its peak, at the clip's level
     (clipping raises the level a lot; a louder sound would give the control trial away)."""
-
     peak = float(np.abs(samples).max()) or 1.0
     return _at_level(
         np.clip(samples, -0.05 * peak, 0.05 * peak) / 0.05, rate, active_level_dbfs(samples, rate)
@@ -97,7 +96,6 @@ def _at_level(samples, rate: int, target_dbfs: float | None):
     ``LIMITER_KNEE`` (speech has a higher crest factor than most material), and the gain is
     found again, so the level is met while nothing clips.
     """
-
     out = np.asarray(samples, dtype=np.float64)
     if target_dbfs is None:
         return out.astype(np.float32)
@@ -119,7 +117,6 @@ def _at_level(samples, rate: int, target_dbfs: float | None):
 def _fitted(samples, rate: int, like, like_rate: int):
     """``samples`` made to stand in for ``like``: its sample rate, channels, number of frames (cut with
     a short fade, or padded with silence) and active level."""
-
     samples = resample(samples, rate, like_rate)
     if samples.ndim == 1:
         samples = samples[:, None]
@@ -138,7 +135,6 @@ def _fitted(samples, rate: int, like, like_rate: int):
 def _other_voice(samples, rate: int):
     """A clip read out ``SMOS_OTHER_VOICE_RATIO`` times faster at the same rate: pitch and formants
     rise together, so the voice is plainly not the same person's."""
-
     return resample(np.asarray(samples, dtype=np.float32), int(round(rate * SMOS_OTHER_VOICE_RATIO)), rate)
 
 
@@ -159,7 +155,6 @@ def _trapping_samples(source, rate: int, texts: tuple[str, ...], item_key: str =
 
     Raises ``ApplicationError(TRAP_ITEM_TOO_SHORT)`` when not even the shortest phrasing fits.
     """
-
     frames, channels = source.shape
     spoken: dict[tuple[str, int], Any] = {}
     for prefix_s, text, wpm in _trap_readings(texts):
@@ -235,13 +230,11 @@ class _ControlBuilder:
         return self.outputs[item.pk][checkpoint.pk].asset
 
     def store(self, samples, rate: int):
-
         asset, _ = audio_asset_store(decoded=decoded_from_array(samples, rate), original_name="sound.wav")
         return asset
 
     def degraded(self, asset, like=None):
         """``asset`` clipped (``_degraded``), fitted to ``like`` where that is another sound."""
-
         samples, rate = audio_asset_samples(asset)
         bad = _degraded(samples, rate)
         if like is not None and like.pk != asset.pk:
@@ -250,7 +243,6 @@ class _ControlBuilder:
 
     def fitted(self, asset, like):
         """``asset`` standing in for ``like``: itself when it already matches, else a fitted copy."""
-
         samples, rate = audio_asset_samples(asset)
         target, target_rate = audio_asset_samples(like)
         if rate == target_rate and samples.shape == target.shape:
@@ -260,7 +252,6 @@ class _ControlBuilder:
         return self.store(_fitted(samples, rate, target, target_rate), target_rate)
 
     def trap(self, asset, texts: tuple[str, ...], item: EvalItem):
-
         samples, rate = audio_asset_samples(asset)
         return self.store(_trapping_samples(samples, rate, texts, item.key), rate)
 
@@ -357,7 +348,6 @@ class _ControlBuilder:
 
     def other_speaker(self, item: EvalItem, slot):
         """A recording of a speaker labelled differently, else the reference with its voice shifted."""
-
         others = [i for i in self.usable if item.speaker and i.speaker and i.speaker != item.speaker]
         if others:
             return "other speaker", self.fitted(others[self.rng.randrange(len(others))].reference, slot)
@@ -369,7 +359,6 @@ class _ControlBuilder:
     # --- trapping ----------------------------------------------------------------------------
 
     def trapping(self, n: int, item: EvalItem, index: int) -> Trial:
-
         kind, trapping = self.test.kind, Trial.Control.TRAPPING
         checkpoint = self.checkpoints[n % len(self.checkpoints)]
         source = self.output(item, checkpoint)

@@ -191,7 +191,6 @@ def calibration_confirm(*, participant: Participant, plays: Any) -> Participant:
 
     Confirmed once: a repeated confirmation (a retried request) returns the participant unchanged.
     """
-
     participant = Participant.objects.select_for_update().select_related("test").get(pk=participant.pk)
     if not participant.test.headphone_check:
         raise ApplicationError(CALIBRATION_NOT_ASKED)
@@ -220,7 +219,6 @@ def headphone_check_submit(*, participant: Participant, answers: Any) -> Partici
 
     Taken once: a repeated submission (a retried request) returns the stored outcome unchanged.
     """
-
     participant = Participant.objects.select_for_update().select_related("test").get(pk=participant.pk)
     if not participant.test.headphone_check:
         raise ApplicationError(HEADPHONE_NOT_ASKED)
