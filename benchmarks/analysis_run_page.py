@@ -202,7 +202,9 @@ def build(args) -> tuple[int, int]:
 
     test = services.listening_test_publish(
         test=services.listening_test_build(
-            name="bench-mos", kind="mos", checkpoints=ckpts[-2:], training_items=0, seed=1
+            design=services.TestDesign(
+                name="bench-mos", kind="mos", checkpoints=ckpts[-2:], training_items=0, seed=1
+            )
         )
     )
     for _ in range(args.listeners):

@@ -103,12 +103,14 @@ def build_test(items: int, votes_target: int, seed: int):
     call_command("migrate", verbosity=0, interactive=False)
     world = listening_world(n_items=items, seconds=1.0)
     test = services.listening_test_build(
-        name="load-test",
-        kind="mushra",
-        checkpoints=world["checkpoints"],
-        seed=seed,
-        votes_target=votes_target,
-        completion_code="LOAD-OK",
+        design=services.TestDesign(
+            name="load-test",
+            kind="mushra",
+            checkpoints=world["checkpoints"],
+            seed=seed,
+            votes_target=votes_target,
+            completion_code="LOAD-OK",
+        )
     )
     return services.listening_test_publish(test=test)
 

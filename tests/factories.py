@@ -4,6 +4,8 @@ import factory
 import numpy as np
 import soundfile as sf
 
+from evalsite.listening.models import ListeningTest
+from evalsite.listening.services import TestDesign, listening_test_build
 from evalsite.runs.models import Checkpoint, EvalSet, Job, Run
 
 
@@ -96,3 +98,8 @@ def listening_world(
             Generation.objects.create(checkpoint=ckpt, item=item, params_hash="p", asset=out)
         checkpoints.append(ckpt)
     return {"eval_set": eval_set, "items": items, "checkpoints": checkpoints}
+
+
+def make_listening_test(*, owner=None, **design) -> ListeningTest:
+    """``listening_test_build`` with the design's fields as keywords, as most tests spell a test out."""
+    return listening_test_build(design=TestDesign(**design), owner=owner)

@@ -102,11 +102,9 @@ def site_build(*, listening_world: Callable[..., dict], password: str) -> dict[s
         )
     test = services.listening_test_publish(
         test=services.listening_test_build(
-            name="web-tier-mushra",
-            kind="mushra",
-            checkpoints=[ckpt, rival],
-            training_items=0,
-            seed=5,
+            design=services.TestDesign(
+                name="web-tier-mushra", kind="mushra", checkpoints=[ckpt, rival], training_items=0, seed=5
+            ),
             owner=researcher,
         )
     )

@@ -14,13 +14,13 @@ from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from rest_framework import exceptions, status
+from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from evalsite.api.fields import printable
 from evalsite.api.parsers import BODY_TOO_LARGE, RequestBodyTooLarge, body_limit
-from evalsite.core.exceptions import ApplicationError, ConflictError, NotFoundError
+from evalsite.core.exceptions import ApplicationError, error_body
 
 
 def _flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:
@@ -112,18 +112,7 @@ def _handle(exc: Exception, context: dict) -> Response | None:
         exc = exceptions.PermissionDenied()
 
     if isinstance(exc, ApplicationError):
-        code = (
-            status.HTTP_404_NOT_FOUND
-            if isinstance(exc, NotFoundError)
-            else status.HTTP_409_CONFLICT
-            if isinstance(exc, ConflictError)
-            else status.HTTP_400_BAD_REQUEST
-        )
-        extra = dict(exc.extra)
-        if code == status.HTTP_400_BAD_REQUEST and not extra.get("fields"):
-            # A rule across several fields (or the request's target): the request as a whole is wrong.
-            extra["fields"] = {_whole_request(context): [exc.message]}
-        return Response({"message": exc.message, "extra": extra}, status=code)
+        return Response(error_body(exc, whole=_whole_request(context)), status=exc.status_code)
 
     response = drf_exception_handler(exc, context)
     if response is None:

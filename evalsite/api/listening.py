@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import re
-import string
 from collections import Counter
 from typing import Any
 
@@ -21,59 +18,25 @@ from evalsite.api.schema import ERRORS, ErrorSerializer
 from evalsite.core.exceptions import ApplicationError, ConflictError, NotFoundError
 from evalsite.listening.access import listening_tests_visible
 from evalsite.listening.models import ListeningTest
+from evalsite.listening.selectors import listening_test_progress
+from evalsite.listening.services.build import (
+    listening_test_close,
+    listening_test_create,
+    listening_test_publish,
+)
+from evalsite.listening.services.design import (
+    DUPLICATE_CHECKPOINTS,
+    DUPLICATE_ITEMS,
+    TOO_MANY_ITEMS,
+    TOO_MANY_SYSTEMS,
+    TestDesign,
+)
 from evalsite.runs.models import Checkpoint, EvalItem
 
 TEST_NOT_FOUND = "Listening test {test_id} does not exist or is not yours."
 CHECKPOINT_UNKNOWN = "run {run} has no checkpoint at step {step}."
 ITEMS_UNKNOWN = "unknown item keys in the checkpoints' eval set: {keys}."
 TEST_NAME_TAKEN = "a listening test named {name!r} already exists."
-
-
-# The request fields behind each of listening_test_build's refusals (by the name of its message).
-BUILD_ERROR_FIELDS = {
-    "NO_CHECKPOINTS": ("checkpoints",),
-    "AB_NEEDS_TWO": ("checkpoints", "kind"),
-    "MIXED_EVAL_SETS": ("checkpoints",),
-    "MUSHRA_TOO_MANY": ("checkpoints", "kind"),
-    "NO_USABLE_ITEMS": ("items", "checkpoints"),
-    "COMPARISON_ONLY_CMOS": ("comparison", "kind"),
-    "COMPARISON_IS_RATED": ("comparison",),
-    "NO_PREFERENCE_ONLY_AB": ("allow_no_preference", "kind"),
-    "NOTHING_TO_PUBLISH": ("publish",),
-    "DUPLICATE_CHECKPOINTS": ("checkpoints",),
-    "TOO_MANY_SYSTEMS": ("checkpoints",),
-    "DUPLICATE_ITEMS": ("items",),
-    "TOO_MANY_ITEMS": ("items",),
-    "TOO_MANY_TRIALS": ("items", "checkpoints"),
-}
-
-
-@functools.cache
-def _build_error_patterns() -> list[tuple[re.Pattern, tuple[str, ...]]]:
-    from evalsite.listening import services
-
-    patterns = []
-    for name, fields in BUILD_ERROR_FIELDS.items():
-        template = getattr(services, name, None)
-        if isinstance(template, str):  # a renamed message falls back to naming the body as a whole
-            regex = "".join(
-                re.escape(literal) + (".*" if field is not None else "")
-                for literal, field, _, _ in string.Formatter().parse(template)
-            )
-            patterns.append((re.compile(regex, re.DOTALL), fields))
-    return patterns
-
-
-def _with_fields(exc: ApplicationError) -> ApplicationError:
-    """The service's refusal with ``extra.fields`` naming the request fields it is about."""
-    if type(exc) is not ApplicationError or exc.extra.get("fields"):
-        return exc
-    for pattern, fields in _build_error_patterns():
-        if pattern.fullmatch(exc.message):
-            return ApplicationError(
-                exc.message, extra={**exc.extra, "fields": {f: [exc.message] for f in fields}}
-            )
-    return exc
 
 
 class CheckpointRefSerializer(serializers.Serializer):
@@ -99,8 +62,7 @@ class TestOutputSerializer(serializers.Serializer):
 
 
 def test_payload(request, test: ListeningTest) -> dict[str, Any]:
-    from evalsite.listening.selectors import listening_test_progress
-
+    """The test as ``TestOutputSerializer`` renders it: its state, links and voting progress."""
     progress = listening_test_progress(test)
     return {
         "id": test.pk,
@@ -164,8 +126,6 @@ class ListeningTestCreateApi(APIView):
         publish = serializers.BooleanField(default=False, help_text="publish at once (listeners can start)")
 
         def to_internal_value(self, data):
-            from evalsite.listening.services import TOO_MANY_SYSTEMS
-
             # An over-long list is refused before any of its entries is validated (20 000 entries took seconds).
             refs = data.get("checkpoints") if isinstance(data, dict) else None
             cap = settings.EVALSITE_LISTENING_MAX_SYSTEMS
@@ -175,8 +135,6 @@ class ListeningTestCreateApi(APIView):
             return super().to_internal_value(data)
 
         def validate_checkpoints(self, refs: list[dict]) -> list[dict]:
-            from evalsite.listening.services import DUPLICATE_CHECKPOINTS
-
             times = Counter((r["run"], r["step"]) for r in refs)
             repeated = sorted(f"run {run} step {step}" for (run, step), n in times.items() if n > 1)
             if repeated:
@@ -186,8 +144,6 @@ class ListeningTestCreateApi(APIView):
             return refs
 
         def validate_items(self, keys: list[str] | None) -> list[str] | None:
-            from evalsite.listening.services import DUPLICATE_ITEMS, TOO_MANY_ITEMS
-
             if keys is None:
                 return keys
             if len(keys) > settings.EVALSITE_LISTENING_MAX_ITEMS:
@@ -206,8 +162,6 @@ class ListeningTestCreateApi(APIView):
         responses={201: TestOutputSerializer, 409: OpenApiResponse(ErrorSerializer), **ERRORS},
     )
     def post(self, request):
-        from evalsite.listening.services import listening_test_build, listening_test_publish
-
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)
@@ -217,72 +171,62 @@ class ListeningTestCreateApi(APIView):
                 extra={"fields": {"checkpoints": ["must list at least one {run, step}"]}},
             )
         if ListeningTest.objects.filter(name=values["name"]).exists():
-            from evalsite.core.exceptions import ConflictError
-
             message = TEST_NAME_TAKEN.format(name=values["name"])
-            raise ConflictError(message, extra={"fields": {"name": [message]}})
-
-        def resolve(ref: dict, field: str) -> Checkpoint:
-            run = run_for(request.user, ref["run"])
-            checkpoint = Checkpoint.objects.filter(run=run, step=ref["step"]).first()
-            if checkpoint is None:
-                message = CHECKPOINT_UNKNOWN.format(run=run.name, step=ref["step"])
-                raise ApplicationError(message, extra={"fields": {field: [message]}})
-            return checkpoint
-
-        checkpoints = [resolve(ref, f"checkpoints[{i}]") for i, ref in enumerate(values.pop("checkpoints"))]
-        comparison = resolve(values.pop("comparison"), "comparison") if values.get("comparison") else None
-        values.pop("comparison", None)
+            raise ConflictError(message, fields=("name",))
+        checkpoints = [
+            _checkpoint(request.user, ref, f"checkpoints[{i}]")
+            for i, ref in enumerate(values.pop("checkpoints"))
+        ]
+        comparison = values.pop("comparison")
+        comparison = _checkpoint(request.user, comparison, "comparison") if comparison else None
         keys = values.pop("items")
-        items = None
-        if keys is not None:
-            eval_set_id = checkpoints[0].run.eval_set_id
-            found = {i.key: i for i in EvalItem.objects.filter(eval_set_id=eval_set_id, key__in=keys)}
-            missing = [k for k in keys if k not in found]
-            if missing:
-                message = ITEMS_UNKNOWN.format(keys=", ".join(missing[:10]))
-                raise ApplicationError(message, extra={"fields": {"items": [message]}})
-            items = [found[k] for k in keys]
+        items = _items(checkpoints[0].run.eval_set_id, keys) if keys is not None else None
         publish = values.pop("publish")
         owner = checkpoints[0].run.owner if isinstance(request.user, RunPrincipal) else request.user
-        try:
-            with transaction.atomic():
-                test = listening_test_build(
-                    checkpoints=checkpoints, comparison=comparison, items=items, owner=owner, **values
-                )
-                if publish:
-                    test = listening_test_publish(test=test)
-        except ApplicationError as exc:
-            raise _with_fields(exc) from None
-        return Response(test_payload(request, test), status=status.HTTP_201_CREATED)
+        design = TestDesign(checkpoints=checkpoints, comparison=comparison, items=items, **values)
+        test = listening_test_create(design=design, owner=owner, publish=publish)
+        return Response(
+            TestOutputSerializer(test_payload(request, test)).data, status=status.HTTP_201_CREATED
+        )
+
+
+def _checkpoint(user, ref: dict, field: str) -> Checkpoint:
+    """The checkpoint a ``{run, step}`` reference names, in a run the caller may use."""
+    run = run_for(user, ref["run"])
+    checkpoint = Checkpoint.objects.filter(run=run, step=ref["step"]).first()
+    if checkpoint is None:
+        raise ApplicationError(CHECKPOINT_UNKNOWN.format(run=run.name, step=ref["step"]), fields=(field,))
+    return checkpoint
+
+
+def _items(eval_set_id: int | None, keys: list[str]) -> list[EvalItem]:
+    found = {i.key: i for i in EvalItem.objects.filter(eval_set_id=eval_set_id, key__in=keys)}
+    missing = [k for k in keys if k not in found]
+    if missing:
+        raise ApplicationError(ITEMS_UNKNOWN.format(keys=", ".join(missing[:10])), fields=("items",))
+    return [found[k] for k in keys]
 
 
 class ListeningTestDetailApi(APIView):
     @extend_schema(operation_id="listening_tests_retrieve", responses={200: TestOutputSerializer, **ERRORS})
     def get(self, request, test_id: int):
-        return Response(test_payload(request, test_for(request.user, test_id)))
+        return Response(TestOutputSerializer(test_payload(request, test_for(request.user, test_id))).data)
 
 
 class ListeningTestTransitionApi(APIView):
     action = ""
 
     def post(self, request, test_id: int):
-        from evalsite.listening import services
-
         test = test_for(request.user, test_id)
         try:
             with transaction.atomic():
-                fn = (
-                    services.listening_test_publish
-                    if self.action == "publish"
-                    else services.listening_test_close
-                )
-                test = fn(test=test)
+                transition = listening_test_publish if self.action == "publish" else listening_test_close
+                test = transition(test=test)
         except ApplicationError as exc:
             if type(exc) is ApplicationError:  # e.g. nothing to publish: the test's state, not the request
                 raise ConflictError(exc.message, extra=exc.extra) from None
             raise
-        return Response(test_payload(request, test))
+        return Response(TestOutputSerializer(test_payload(request, test)).data)
 
 
 class ListeningTestPublishApi(ListeningTestTransitionApi):
@@ -379,6 +323,7 @@ class ListeningTestResultsApi(APIView):
         "answer, a listener's status or a metric changes.",
     )
     def get(self, request, test_id: int):
+        # The statistics stack (pandas, statsmodels) loads with the first results asked for, not with the API.
         from evalsite.analysis.results import listening_test_results
 
         return Response(listening_test_results(test_for(request.user, test_id)))

@@ -15,10 +15,15 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from evalsite.core.exceptions import ApplicationError
-from evalsite.listening import services
 from evalsite.listening.access import listening_tests_visible
 from evalsite.listening.models import ListeningTest
 from evalsite.listening.selectors import listening_test_progress
+from evalsite.listening.services.build import (
+    listening_test_build,
+    listening_test_close,
+    listening_test_publish,
+)
+from evalsite.listening.services.design import TestDesign
 from evalsite.runs.access import checkpoints_visible
 from evalsite.runs.models import Checkpoint
 
@@ -88,7 +93,7 @@ def test_build(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
-            test = services.listening_test_build(
+            design = TestDesign(
                 name=data["name"],
                 kind=data["kind"],
                 checkpoints=list(data["checkpoints"]),
@@ -96,7 +101,6 @@ def test_build(request: HttpRequest) -> HttpResponse:
                 votes_target=data["votes_target"],
                 trials_per_participant=data["trials_per_participant"],
                 title=data["title"],
-                owner=request.user,
                 completion_code=data["completion_code"],
                 completion_redirect=data["completion_redirect"],
                 screened_out_redirect=data["screened_out_redirect"],
@@ -107,6 +111,7 @@ def test_build(request: HttpRequest) -> HttpResponse:
                 gold_items=data["gold_items"] or 0,
                 trapping_items=data["trapping_items"] or 0,
             )
+            test = listening_test_build(design=design, owner=request.user)
         except ApplicationError as exc:
             form.add_error(None, exc.message)
         else:
@@ -148,7 +153,7 @@ def test_preview(request: HttpRequest, pk: int, index: int) -> HttpResponse:
 @require_POST
 def test_transition(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     test = get_object_or_404(listening_tests_visible(request.user), pk=pk)
-    move = {"publish": services.listening_test_publish, "close": services.listening_test_close}.get(action)
+    move = {"publish": listening_test_publish, "close": listening_test_close}.get(action)
     if move is None:
         messages.error(request, f"unknown action {action!r}")
     else:

@@ -8,7 +8,7 @@ participant counts against its rate limit (``EVALSITE_LISTENER_RATE``), joins ag
 
 from __future__ import annotations
 
-import json
+import io
 import logging
 from functools import wraps
 
@@ -17,10 +17,12 @@ from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_http_methods, require_safe
+from rest_framework.exceptions import ParseError
+from rest_framework.parsers import JSONParser
 
-from evalsite.core.exceptions import ApplicationError, ConflictError, NotFoundError
+from evalsite.core.exceptions import ApplicationError, ConflictError, error_body
 from evalsite.core.ratelimit import Limited, client_network, limit_hit, wants_json, with_retry_after
-from evalsite.listening import services
+from evalsite.listening.calibration import calibration_samples, headphone_trial_samples, wav_bytes
 from evalsite.listening.models import ListeningTest, Participant
 from evalsite.listening.selectors import (
     headphone_trials,
@@ -30,13 +32,28 @@ from evalsite.listening.selectors import (
     participant_stimulus_asset,
     rating_answer,
 )
+from evalsite.listening.services.answers import (
+    UNKNOWN_PARTICIPANT,
+    flag_submit,
+    rating_submit,
+    telemetry_append,
+    trial_complete,
+)
+from evalsite.listening.services.session import (
+    CALIBRATE_FIRST,
+    TEST_NOT_OPEN,
+    CrowdIdInUse,
+    calibration_confirm,
+    headphone_check_submit,
+    participant_join,
+)
 
 logger = logging.getLogger(__name__)
 
 COOKIE = "evalsite_listener"
 COOKIE_SALT = "evalsite.listening.participant"
 COOKIE_MAX_AGE = 60 * 60 * 24 * 30
-NOT_YOUR_SESSION = services.UNKNOWN_PARTICIPANT
+NOT_YOUR_SESSION = UNKNOWN_PARTICIPANT
 LISTENER_LIMITED = "Too many requests from this listening session: at most {rate}. Try again in {wait}."
 JOIN_LIMITED = (
     "Too many people have joined this test from your network in a short time: at most {rate}. "
@@ -53,20 +70,14 @@ WAV_CHUNKS_SERVED = (b"fmt ", b"fact")
 
 
 class BodyTooLarge(ApplicationError):
-    """The request body is over ``EVALSITE_LISTENER_MAX_BODY_BYTES`` (413)."""
+    """The request body is over ``EVALSITE_LISTENER_MAX_BODY_BYTES``."""
+
+    status_code = 413
 
 
 def _error(exc: ApplicationError) -> JsonResponse:
-    status = (
-        404
-        if isinstance(exc, NotFoundError)
-        else 409
-        if isinstance(exc, ConflictError)
-        else 413
-        if isinstance(exc, BodyTooLarge)
-        else 400
-    )
-    return JsonResponse({"message": exc.message, "extra": exc.extra}, status=status)
+    """The error in the API's shape (``core.exceptions.error_body``), with its status."""
+    return JsonResponse(error_body(exc), status=exc.status_code)
 
 
 def _too_many(limited: Limited) -> JsonResponse:
@@ -108,7 +119,11 @@ def _listener(view):
     return wrapper
 
 
+_PARSER = JSONParser()
+
+
 def _json_body(request: HttpRequest) -> dict:
+    """The JSON object a listener endpoint was sent, read by DRF's JSON parser as API bodies are (strict JSON)."""
     limit = settings.EVALSITE_LISTENER_MAX_BODY_BYTES
     try:
         size = int(request.META.get("CONTENT_LENGTH") or 0)
@@ -116,19 +131,19 @@ def _json_body(request: HttpRequest) -> dict:
         size = 0  # Django reads nothing of a body whose length it cannot read
     if size > limit:
         # Refused before a byte of it is read.
-        raise BodyTooLarge(BODY_TOO_LARGE.format(size=size, limit=limit), extra={"field": "body"})
+        raise BodyTooLarge(BODY_TOO_LARGE.format(size=size, limit=limit), fields=("body",))
     try:
-        body = json.loads(request.body or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        body = _PARSER.parse(io.BytesIO(request.body or b"{}"), _PARSER.media_type)
+    except ParseError as exc:
         raise ApplicationError(
-            f"the request body is not valid JSON ({exc})", extra={"field": "body"}
+            f"the request body is not valid JSON ({exc.detail})", fields=("body",)
         ) from None
     except RecursionError:
         # json raises this, not a ValueError, for arrays or objects nested past the interpreter's
         # recursion limit: a few kilobytes of "[" would otherwise be a 500.
-        raise ApplicationError(BODY_TOO_DEEP, extra={"field": "body"}) from None
+        raise ApplicationError(BODY_TOO_DEEP, fields=("body",)) from None
     if not isinstance(body, dict):
-        raise ApplicationError("the request body must be a JSON object", extra={"field": "body"})
+        raise ApplicationError("the request body must be a JSON object", fields=("body",))
     return body
 
 
@@ -141,7 +156,7 @@ def invite(request: HttpRequest, invite_token: str) -> HttpResponse:
         k: request.GET.get(k, request.POST.get(k, "")) for k in ("PROLIFIC_PID", "STUDY_ID", "SESSION_ID")
     }
     if test.status != ListeningTest.Status.PUBLISHED:
-        return render(request, "listening/message.html", {"message": services.TEST_NOT_OPEN}, status=410)
+        return render(request, "listening/message.html", {"message": TEST_NOT_OPEN}, status=410)
     if request.method == "GET":
         return render(request, "listening/consent.html", {"test": test, "crowd": crowd})
     limited = limit_hit(request, "join", client_network(request))
@@ -154,14 +169,14 @@ def invite(request: HttpRequest, invite_token: str) -> HttpResponse:
         )
         return with_retry_after(page, limited)
     try:
-        participant = services.participant_join(
+        participant = participant_join(
             test=test,
             external_id=crowd["PROLIFIC_PID"],
             study_id=crowd["STUDY_ID"],
             session_id=crowd["SESSION_ID"],
             resume_token=request.get_signed_cookie(COOKIE, default=None, salt=COOKIE_SALT),
         )
-    except services.CrowdIdInUse as exc:
+    except CrowdIdInUse as exc:
         # Not sent on to the screened-out address: this may be the worker themself, on another device.
         logger.warning(
             "test %s: a second browser presented the crowd id of an existing participant; refused", test.pk
@@ -226,7 +241,7 @@ def rate(request: HttpRequest, ptoken: str) -> HttpResponse:
         return _too_many(limited)
     try:
         body = _json_body(request)
-        rating = services.rating_submit(
+        rating = rating_submit(
             participant=ptoken,
             trial=body.get("trial"),
             stimulus=body.get("stimulus"),
@@ -240,7 +255,7 @@ def rate(request: HttpRequest, ptoken: str) -> HttpResponse:
 
 @_post
 def flag(participant: Participant, body: dict) -> JsonResponse:
-    created = services.flag_submit(
+    created = flag_submit(
         participant=participant,
         trial=body.get("trial"),
         stimulus=body.get("stimulus"),
@@ -255,7 +270,7 @@ def flag(participant: Participant, body: dict) -> JsonResponse:
 
 @_post
 def complete(participant: Participant, body: dict) -> JsonResponse:
-    participant = services.trial_complete(participant=participant, trial=body.get("trial"))
+    participant = trial_complete(participant=participant, trial=body.get("trial"))
     progress = listener_progress(participant)
     return JsonResponse(
         {"phase": progress["phase"], "position": progress["position"], "completion": progress["completion"]}
@@ -264,14 +279,14 @@ def complete(participant: Participant, body: dict) -> JsonResponse:
 
 @_post
 def calibration(participant: Participant, body: dict) -> JsonResponse:
-    participant = services.calibration_confirm(participant=participant, plays=body.get("plays"))
+    participant = calibration_confirm(participant=participant, plays=body.get("plays"))
     progress = listener_progress(participant)
     return JsonResponse({"phase": progress["phase"], "screened_out": progress["screened_out"]})
 
 
 @_post
 def headphone(participant: Participant, body: dict) -> JsonResponse:
-    participant = services.headphone_check_submit(participant=participant, answers=body.get("answers"))
+    participant = headphone_check_submit(participant=participant, answers=body.get("answers"))
     progress = listener_progress(participant)
     return JsonResponse(
         {
@@ -284,7 +299,7 @@ def headphone(participant: Participant, body: dict) -> JsonResponse:
 
 @_post
 def telemetry(participant: Participant, body: dict) -> JsonResponse:
-    services.telemetry_append(
+    telemetry_append(
         participant=participant,
         trial=body.get("trial"),
         events=body.get("events"),
@@ -373,8 +388,6 @@ def _wav(data: bytes) -> HttpResponse:
 @_listener
 def calibration_audio(request: HttpRequest, participant: Participant) -> HttpResponse:
     """The calibration noise at the level of the test's material (made on request, nothing stored)."""
-    from evalsite.listening.calibration import calibration_samples, wav_bytes
-
     if not participant.test.headphone_check:
         return JsonResponse({"message": UNKNOWN_SOUND, "extra": {}}, status=404)
     return _wav(wav_bytes(calibration_samples(participant.test.calibration_level_dbfs)))
@@ -385,11 +398,9 @@ def calibration_audio(request: HttpRequest, participant: Participant) -> HttpRes
 def headphone_audio(request: HttpRequest, participant: Participant, token: str) -> HttpResponse:
     """One headphone-check trial at the calibrated level, made on request (a few hundred kB; nothing
     is stored); only once the listener has calibrated."""
-    from evalsite.listening.calibration import headphone_trial_samples, wav_bytes
-
     trial = next((t for t in headphone_trials(participant) if t["token"] == token), None)
     if trial is None or not participant.test.headphone_check:
         return JsonResponse({"message": UNKNOWN_SOUND, "extra": {}}, status=404)
     if participant.calibrated_at is None and participant.headphone_passed is None:
-        return _error(ConflictError(services.CALIBRATE_FIRST))
+        return _error(ConflictError(CALIBRATE_FIRST))
     return _wav(wav_bytes(headphone_trial_samples(trial["order"], participant.test.calibration_level_dbfs)))

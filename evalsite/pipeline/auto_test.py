@@ -13,7 +13,7 @@ from django.db import transaction
 
 from evalsite.core.exceptions import ApplicationError
 from evalsite.listening.models import ListeningTest
-from evalsite.listening.services import listening_test_build, listening_test_publish
+from evalsite.listening.services import TestDesign, listening_test_build, listening_test_publish
 from evalsite.runs.models import Checkpoint, EvalItem, Run
 from evalsite.scoring.models import MetricResult
 
@@ -83,15 +83,15 @@ def auto_listening_test_maybe(*, checkpoint: Checkpoint) -> ListeningTest | None
         )
     try:
         with transaction.atomic():
-            test = listening_test_build(
+            design = TestDesign(
                 name=name,
                 kind=config.get("kind", "smos"),
                 checkpoints=[best, checkpoint],
                 items=items,
                 votes_target=int(config.get("votes_target", 8)),
-                owner=run.owner,
                 title="Listening test",
             )
+            test = listening_test_build(design=design, owner=run.owner)
             if config.get("publish", True):
                 test = listening_test_publish(test=test)
     except ApplicationError as exc:

@@ -14,7 +14,7 @@ from evalsite.listening import services
 from evalsite.listening.models import StimulusHandle
 from evalsite.listening.selectors import listener_state
 from evalsite.runs.models import Checkpoint, Generation
-from tests.factories import listening_world
+from tests.factories import listening_world, make_listening_test
 
 pytestmark = pytest.mark.django_db
 
@@ -76,7 +76,7 @@ def test_a_rated_drop_and_flagged_outputs_raise_alerts_on_the_new_checkpoint_onc
         ],
     )
     test = services.listening_test_publish(
-        test=services.listening_test_build(
+        test=make_listening_test(
             name="smos-auto", kind="smos", checkpoints=[old, new], seed=3, training_items=0
         )
     )
@@ -102,7 +102,7 @@ def test_equal_scores_and_unflagged_outputs_raise_nothing_and_the_beat_pass_skip
 ):
     old, new = two_steps
     test = services.listening_test_publish(
-        test=services.listening_test_build(
+        test=make_listening_test(
             name="smos-fine", kind="smos", checkpoints=[old, new], seed=4, training_items=0
         )
     )

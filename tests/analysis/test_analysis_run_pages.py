@@ -26,7 +26,7 @@ from evalsite.runs.models import Checkpoint, Generation, Job, Run
 from evalsite.runs.selectors import run_checkpoint_table, run_generation_grid
 from evalsite.scoring.models import DetectorEvent, DetectorPass, MetricResult
 from metrics.detectors import DETECTORS
-from tests.factories import listening_world
+from tests.factories import listening_world, make_listening_test
 
 pytestmark = pytest.mark.django_db
 
@@ -147,7 +147,7 @@ def listened():
             generation=gen, checkpoint=later, detector="clipping", start_s=t, end_s=t + 0.01, strength=1.0
         )
     test = services.listening_test_publish(
-        test=services.listening_test_build(
+        test=make_listening_test(
             name="agreement-mos", kind="mos", checkpoints=[det, rival], training_items=0, seed=3
         )
     )
@@ -472,7 +472,7 @@ def answer_comparisons(participant, choose):
 def test_comparison_shows_ab_preference_with_a_wilson_interval_and_cmos_per_comparison(listened):
     det, rival = listened["det"], listened["rival"]
     ab = services.listening_test_publish(
-        test=services.listening_test_build(
+        test=make_listening_test(
             name="pref-ab", kind="ab", checkpoints=[det, rival], training_items=0, seed=4
         )
     )
@@ -482,7 +482,7 @@ def test_comparison_shows_ab_preference_with_a_wilson_interval_and_cmos_per_comp
             lambda x, y, item, who=listener: "det-run" if who < 2 or item == "utt0" else "rival-run",
         )
     cmos = services.listening_test_publish(
-        test=services.listening_test_build(
+        test=make_listening_test(
             name="vs-ref-cmos", kind="cmos", checkpoints=[det, rival], training_items=0, seed=5
         )
     )

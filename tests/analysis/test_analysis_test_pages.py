@@ -16,7 +16,7 @@ from evalsite.listening import services
 from evalsite.listening.models import Condition, Participant, StimulusHandle
 from evalsite.listening.selectors import headphone_trials, listener_state
 from evalsite.scoring.models import MetricResult
-from tests.factories import listening_world
+from tests.factories import listening_world, make_listening_test
 
 pytestmark = pytest.mark.django_db
 
@@ -102,7 +102,7 @@ def mushra():
     """A MUSHRA test (2 systems + hidden reference + 2 anchors, 5 items) with 6 good listeners, one who rates
     the hidden reference low, one screened out by the headphone check; 4 listeners flag a click; metrics stored."""
     world = listening_world(n_items=6)
-    test = services.listening_test_build(
+    test = make_listening_test(
         name="mushra-analysis", kind="mushra", checkpoints=world["checkpoints"], seed=7, headphone_check=True
     )
     test = services.listening_test_publish(test=test)
@@ -241,7 +241,7 @@ def test_flag_shares_are_tested_against_the_false_flag_rate_of_hidden_references
 def test_a_smos_test_screens_a_failed_gold_question_and_uses_ordinal_alpha_and_an_assumed_false_flag_rate():
     world = listening_world(n_items=6)
     test = services.listening_test_publish(
-        test=services.listening_test_build(
+        test=make_listening_test(
             name="smos-analysis", kind="smos", checkpoints=world["checkpoints"], seed=11, gold_items=1
         )
     )
@@ -378,7 +378,7 @@ def test_the_page_renders_for_a_researcher_and_sends_strangers_and_listeners_to_
 
 def test_a_test_without_answers_says_so_on_the_page_and_in_the_report(admin_client):
     world = listening_world(n_items=3)
-    test = services.listening_test_build(name="empty", kind="mos", checkpoints=world["checkpoints"])
+    test = make_listening_test(name="empty", kind="mos", checkpoints=world["checkpoints"])
     page = admin_client.get(f"/analysis/tests/{test.pk}/")
     assert page.status_code == 200 and 'data-testid="no-ratings"' in page.content.decode()
     assert "No ratings yet" in page.content.decode()
@@ -393,7 +393,7 @@ def test_a_test_whose_listeners_have_joined_but_not_finished_has_results_and_a_p
     """Found by the access matrix: no completion time yet (all None) next to aware consent times was a 500."""
     world = listening_world(n_items=2)
     test = services.listening_test_publish(
-        test=services.listening_test_build(
+        test=make_listening_test(
             name="just-started", kind="mushra", checkpoints=world["checkpoints"], training_items=0
         )
     )
@@ -561,7 +561,7 @@ def test_comparison_tests_get_relative_scores_or_preference_rates_and_a_page(kin
 
     world = listening_world(n_items=4)
     test = services.listening_test_publish(
-        test=services.listening_test_build(
+        test=make_listening_test(
             name=f"{kind}-analysis", kind=kind, checkpoints=world["checkpoints"], seed=5, training_items=0
         )
     )
@@ -732,9 +732,7 @@ def test_the_refresh_task_computes_published_tests_whose_answers_changed_and_not
     from evalsite.analysis.tasks import analysis_refresh_task
 
     test = mushra["test"]
-    draft = services.listening_test_build(
-        name="draft-analysis", kind="mos", checkpoints=mushra["world"]["checkpoints"]
-    )
+    draft = make_listening_test(name="draft-analysis", kind="mos", checkpoints=mushra["world"]["checkpoints"])
     assert analysis_refresh_task.apply().get() == [test.pk]
     assert not AnalysisSnapshot.objects.filter(test=draft).exists()
     assert analysis_refresh_task.apply().get() == []  # nothing changed: nothing computed

@@ -48,7 +48,7 @@ from evalsite.api.services import researcher_token_issue
 from evalsite.runs.models import Checkpoint, Run
 from evalsite.runs.services import run_token_issue
 from evalsite.wsgi import application
-from tests.factories import listening_world
+from tests.factories import listening_world, make_listening_test
 
 EXAMPLES = int(os.environ.get("EVALSITE_FUZZ_EXAMPLES") or 25)  # more for a deeper run by hand
 SCHEMA = schemathesis.openapi.from_wsgi("/api/v1/schema/?format=json", application)
@@ -180,7 +180,6 @@ def requests_keep_the_test_transaction():
 @pytest.fixture
 def world(db, requests_keep_the_test_transaction, settings) -> dict[str, Any]:
     """Two runs of one owner on one eval set (outputs at step 1000), a bare step 2000, alerts, a test."""
-    from evalsite.listening.services import listening_test_build
 
     # ignored_auth re-sends successful requests without and with a wrong token; at the real per-IP
     # budget those probes would soon lock this client out (the budget is tested in test_security_settings).
@@ -204,7 +203,7 @@ def world(db, requests_keep_the_test_transaction, settings) -> dict[str, Any]:
             severity="warning",
             title=f"seeded alert {i}",
         )
-    test = listening_test_build(name="fuzzed-test", kind="mos", checkpoints=[checkpoint], owner=owner)
+    test = make_listening_test(name="fuzzed-test", kind="mos", checkpoints=[checkpoint], owner=owner)
     return {
         "run": run,
         "steps": [checkpoint.step, bare.step],

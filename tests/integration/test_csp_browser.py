@@ -15,7 +15,7 @@ import tests.integration.test_listener_browser as listener_session
 from evalsite.listening import services
 from evalsite.listening.models import Participant, StimulusHandle
 from evalsite.listening.selectors import listener_state
-from tests.factories import listening_world
+from tests.factories import listening_world, make_listening_test
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +79,7 @@ def test_the_listener_page_and_the_plotly_dashboards_run_under_the_policy_withou
     settings.MEDIA_ROOT = tmp_path / "media"
     world = listening_world(n_items=3)
     test = services.listening_test_publish(
-        test=services.listening_test_build(
+        test=make_listening_test(
             name="csp-mushra",
             kind="mushra",
             checkpoints=world["checkpoints"],

@@ -22,11 +22,11 @@ import models
 from evalsite.audio.models import AudioAsset
 from evalsite.jobs.services import job_create
 from evalsite.listening.models import Participant, Rating, StimulusHandle
-from evalsite.listening.services import listening_test_build, listening_test_publish
+from evalsite.listening.services import listening_test_publish
 from evalsite.runs.evalset_services import evalset_import
 from evalsite.runs.models import Checkpoint, EvalItem, EvalSet, Generation, Job
 from evalsite.runs.services import checkpoint_register, run_create
-from tests.factories import listening_world
+from tests.factories import listening_world, make_listening_test
 from tests.integration.browser import new_page, wait_ready
 from tests.integration.conftest import wait_for
 
@@ -317,7 +317,7 @@ def test_a_rating_burst_while_postgresql_drops_connections_stores_every_rating_o
     settings.MEDIA_ROOT = tmp_path / "media"
     world = listening_world(n_items=2)
     test = listening_test_publish(
-        test=listening_test_build(
+        test=make_listening_test(
             name="faults-burst", kind="mushra", checkpoints=world["checkpoints"], training_items=0, seed=5
         )
     )

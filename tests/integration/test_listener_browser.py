@@ -6,8 +6,8 @@ import pytest
 
 from evalsite.listening.models import ArtifactFlag, Assignment, Participant, Rating, StimulusHandle
 from evalsite.listening.selectors import listening_test_progress, quality_control_results
-from evalsite.listening.services import listening_test_build, listening_test_publish
-from tests.factories import listening_world
+from evalsite.listening.services import listening_test_publish
+from tests.factories import listening_world, make_listening_test
 from tests.integration.browser import new_page, set_slider, wait_ready, wait_saved
 
 pytestmark = pytest.mark.integration
@@ -47,7 +47,7 @@ def test_a_whole_mushra_session_with_controls_in_chromium_stores_exactly_the_rat
     settings.MEDIA_ROOT = tmp_path / "media"
     world = listening_world(n_items=3)
     test = listening_test_publish(
-        test=listening_test_build(
+        test=make_listening_test(
             name="browser-mushra",
             kind="mushra",
             checkpoints=world["checkpoints"],
@@ -149,7 +149,7 @@ def test_a_whole_smos_session_in_chromium_stores_exactly_the_ratings_given(
     settings.MEDIA_ROOT = tmp_path / "media"
     world = listening_world(n_items=2)
     test = listening_test_publish(
-        test=listening_test_build(
+        test=make_listening_test(
             name="browser-smos",
             kind="smos",
             checkpoints=world["checkpoints"],

@@ -8,8 +8,8 @@ import pytest
 
 from evalsite.listening.models import Assignment, Condition, Participant, Rating, StimulusHandle
 from evalsite.listening.selectors import ab_choice, cmos_score
-from evalsite.listening.services import listening_test_build, listening_test_publish
-from tests.factories import listening_world
+from evalsite.listening.services import listening_test_publish
+from tests.factories import listening_world, make_listening_test
 from tests.integration.browser import new_page, wait_ready, wait_saved
 
 pytestmark = pytest.mark.integration
@@ -66,7 +66,7 @@ def test_a_whole_cmos_session_in_chromium_stores_exactly_the_answers_given_with_
     settings.MEDIA_ROOT = tmp_path / "media"
     world = listening_world(n_items=2, runs=RUNS3)
     test = listening_test_publish(
-        test=listening_test_build(
+        test=make_listening_test(
             name="browser-cmos",
             kind="cmos",
             checkpoints=world["checkpoints"][:2],
@@ -155,7 +155,7 @@ def test_a_whole_ab_session_in_chromium_stores_exactly_the_choices_given(
     settings.MEDIA_ROOT = tmp_path / "media"
     world = listening_world(n_items=2, runs=RUNS3)
     test = listening_test_publish(
-        test=listening_test_build(
+        test=make_listening_test(
             name="browser-ab",
             kind="ab",
             checkpoints=world["checkpoints"],

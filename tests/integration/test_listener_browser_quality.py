@@ -6,8 +6,8 @@ import pytest
 
 from evalsite.listening.models import Assignment, Participant, Rating
 from evalsite.listening.selectors import headphone_trials
-from evalsite.listening.services import listening_test_build, listening_test_publish
-from tests.factories import listening_world
+from evalsite.listening.services import listening_test_publish
+from tests.factories import listening_world, make_listening_test
 from tests.integration.browser import new_page, wait_ready, wait_saved
 from tests.integration.test_listener_browser_comparisons import continue_to_next
 
@@ -29,7 +29,7 @@ def test_continue_waits_until_every_sound_and_the_reference_have_been_played(
     settings.MEDIA_ROOT = tmp_path / "media"
     world = listening_world(n_items=1)
     test = listening_test_publish(
-        test=listening_test_build(
+        test=make_listening_test(
             name="browser-play-all",
             kind="smos",
             checkpoints=world["checkpoints"],
@@ -134,7 +134,7 @@ def test_the_headphone_check_lets_a_headphone_listener_in_and_screens_out_a_fail
     settings.MEDIA_ROOT = tmp_path / "media"
     world = listening_world(n_items=1)
     test = listening_test_publish(
-        test=listening_test_build(
+        test=make_listening_test(
             name="browser-headphones",
             kind="mos",
             checkpoints=world["checkpoints"],

@@ -17,7 +17,7 @@ from evalsite.core.exceptions import ApplicationError, ConflictError
 from evalsite.listening import services
 from evalsite.listening.models import Assignment, Participant, Rating
 from evalsite.listening.selectors import listener_state
-from tests.factories import listening_world
+from tests.factories import listening_world, make_listening_test
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,7 @@ def mushra(settings, tmp_path, transactional_db):
     settings.MEDIA_ROOT = tmp_path / "media"
     world = listening_world(n_items=2)
     test = services.listening_test_publish(
-        test=services.listening_test_build(
+        test=make_listening_test(
             name="pg-rating-writes",
             kind="mushra",
             checkpoints=world["checkpoints"],

@@ -17,7 +17,7 @@ from evalsite.core.rates import parse_rate
 from evalsite.listening import services, views
 from evalsite.listening.models import ArtifactFlag, Assignment, Participant, Rating
 from evalsite.settings.env import env_rate
-from tests.factories import listening_world
+from tests.factories import listening_world, make_listening_test
 
 pytestmark = pytest.mark.django_db
 
@@ -33,7 +33,7 @@ def clock(monkeypatch):
 @pytest.fixture
 def mos():
     world = listening_world(n_items=2)
-    test = services.listening_test_build(
+    test = make_listening_test(
         name="rl-mos",
         kind="mos",
         checkpoints=world["checkpoints"],

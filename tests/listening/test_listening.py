@@ -13,7 +13,7 @@ from evalsite.listening import services
 from evalsite.listening.models import ArtifactFlag, Assignment, Condition, Participant, Rating
 from evalsite.listening.selectors import listener_state
 from evalsite.runs.models import Checkpoint, Generation
-from tests.factories import listening_world
+from tests.factories import listening_world, make_listening_test
 
 pytestmark = pytest.mark.django_db
 RATE = 22050
@@ -26,7 +26,7 @@ def world():
 
 
 def build(world, kind="mushra", **kw):
-    test = services.listening_test_build(
+    test = make_listening_test(
         name=f"t-{kind}",
         kind=kind,
         checkpoints=world["checkpoints"],
@@ -70,7 +70,7 @@ def test_mushra_refuses_more_than_twelve_signals(world):
     run = world["checkpoints"][0].run
     many = [Checkpoint.objects.create(run=run, step=s, uri=f"/c/{s}") for s in range(1, 11)]  # 10 + 3 = 13
     with pytest.raises(ApplicationError) as exc:
-        services.listening_test_build(name="big", kind="mushra", checkpoints=many)
+        make_listening_test(name="big", kind="mushra", checkpoints=many)
     assert exc.value.message == services.MUSHRA_TOO_MANY.format(n=10, total=13)
 
 
@@ -180,7 +180,9 @@ def test_out_of_range_or_malformed_scores_are_refused_and_nothing_is_stored(worl
         services.rating_submit(
             participant=part, trial=trial["id"], stimulus=trial["stimuli"][0]["id"], score=bad, request_id="x"
         )
-    assert exc.value.extra == {"field": "score"} and "score must be" in exc.value.message
+    assert (
+        exc.value.extra == {"fields": {"score": [exc.value.message]}} and "score must be" in exc.value.message
+    )
     assert not Rating.objects.exists()
 
 
@@ -246,7 +248,9 @@ def test_flags_are_stored_in_seconds_idempotently_and_bad_regions_are_refused(wo
         assert "must lie within the sound (0 to 1.00 s)" in exc.value.message
     with pytest.raises(ApplicationError) as exc:
         services.flag_submit(start=0.1, end=0.2, request_id="f9", **{**kw, "category": "boing"})
-    assert exc.value.extra == {"field": "category"} and ArtifactFlag.objects.count() == 1
+    assert (
+        exc.value.extra == {"fields": {"category": [exc.value.message]}} and ArtifactFlag.objects.count() == 1
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from evalsite.listening.selectors import (
     listening_test_progress,
 )
 from evalsite.runs.models import Generation
-from tests.factories import listening_world
+from tests.factories import listening_world, make_listening_test
 
 pytestmark = pytest.mark.django_db
 RUNS3 = ("hifigan-secret-run", "evagan-hidden-run", "bigvgan-private-run")
@@ -47,7 +47,7 @@ def world3():
 
 
 def build(world, kind, *, checkpoints=None, **kw):
-    test = services.listening_test_build(
+    test = make_listening_test(
         name=f"t-{kind}",
         kind=kind,
         checkpoints=checkpoints or world["checkpoints"],
@@ -131,13 +131,13 @@ def test_a_cmos_test_can_rate_checkpoints_against_a_baseline_checkpoint_and_skip
 def test_a_comparison_checkpoint_must_not_be_rated_itself_and_only_cmos_takes_one(world):
     a, b = world["checkpoints"]
     with pytest.raises(ApplicationError) as exc:
-        services.listening_test_build(name="x", kind="cmos", checkpoints=[a, b], comparison=b)
+        make_listening_test(name="x", kind="cmos", checkpoints=[a, b], comparison=b)
     assert exc.value.message == services.COMPARISON_IS_RATED.format(label="evagan-hidden-run@77777")
     with pytest.raises(ApplicationError) as exc:
-        services.listening_test_build(name="x", kind="mos", checkpoints=[a], comparison=b)
+        make_listening_test(name="x", kind="mos", checkpoints=[a], comparison=b)
     assert exc.value.message == services.COMPARISON_ONLY_CMOS.format(kind="mos")
     with pytest.raises(ApplicationError) as exc:
-        services.listening_test_build(name="x", kind="cmos", checkpoints=[a], allow_no_preference=True)
+        make_listening_test(name="x", kind="cmos", checkpoints=[a], allow_no_preference=True)
     assert exc.value.message == services.NO_PREFERENCE_ONLY_AB.format(kind="cmos")
     assert not ListeningTest.objects.exists()
 
@@ -156,7 +156,7 @@ def test_an_ab_test_has_one_trial_per_item_and_pair_of_checkpoints(world3):
 
 def test_an_ab_test_needs_at_least_two_checkpoints(world):
     with pytest.raises(ApplicationError) as exc:
-        services.listening_test_build(name="ab1", kind="ab", checkpoints=world["checkpoints"][:1])
+        make_listening_test(name="ab1", kind="ab", checkpoints=world["checkpoints"][:1])
     assert exc.value.message == services.AB_NEEDS_TWO.format(n=1) and not ListeningTest.objects.exists()
 
 
@@ -192,7 +192,7 @@ def test_the_scales_and_instructions_a_listener_gets(world):
         (-3, "Much worse"),
     ]
     assert cmos["kind"] == "cmos" and "quality of B compared with the quality of A" in cmos["instructions"]
-    test = services.listening_test_build(
+    test = make_listening_test(
         name="ab", kind="ab", checkpoints=world["checkpoints"], allow_no_preference=True
     )
     ab = listener_state(services.participant_join(test=services.listening_test_publish(test=test)))["test"]
@@ -245,7 +245,7 @@ def test_malformed_cmos_answers_are_refused_with_the_field_and_nothing_is_stored
     participant = services.participant_join(test=test)
     with pytest.raises(ApplicationError) as exc:
         answer(participant, main_assignment(participant), bad)
-    assert exc.value.extra == {"field": "score"}
+    assert exc.value.extra == {"fields": {"score": [exc.value.message]}}
     assert exc.value.message.startswith("score must be a whole number from -3 to 3")
     assert not Rating.objects.exists()
 
@@ -258,7 +258,9 @@ def test_a_comparison_is_answered_on_sound_b_only(world, kind, score):
     score = handles(assignment)[0].token if score == "A" else score
     with pytest.raises(ApplicationError) as exc:
         answer(participant, assignment, score, on=0)
-    assert exc.value.message == services.ANSWER_ON_B and exc.value.extra == {"field": "stimulus"}
+    assert exc.value.message == services.ANSWER_ON_B and exc.value.extra == {
+        "fields": {"stimulus": [exc.value.message]}
+    }
     assert not Rating.objects.exists()
 
 
@@ -281,7 +283,7 @@ def test_a_retried_cmos_answer_is_stored_once_and_a_late_retry_never_overwrites_
 @pytest.mark.parametrize("choice", ["A", "B", "none"])
 def test_an_ab_choice_is_stored_so_the_preferred_condition_is_recoverable(world, choice):
     test = services.listening_test_publish(
-        test=services.listening_test_build(
+        test=make_listening_test(
             name="ab", kind="ab", checkpoints=world["checkpoints"], allow_no_preference=True
         )
     )
@@ -324,7 +326,7 @@ def test_malformed_ab_answers_are_refused_with_the_field_and_nothing_is_stored(w
     bad = handles(other)[0].token if bad == "other-trial" else bad
     with pytest.raises(ApplicationError) as exc:
         answer(participant, assignment, bad)
-    assert exc.value.extra == {"field": "score"}
+    assert exc.value.extra == {"fields": {"score": [exc.value.message]}}
     assert exc.value.message.startswith("score must be the id of sound A or sound B; got")
     assert not Rating.objects.exists()
 
@@ -340,7 +342,9 @@ def test_a_comparison_trial_completes_once_answered_and_the_last_completes_the_p
     state = listener_state(participant)
     with pytest.raises(ApplicationError) as exc:
         services.trial_complete(participant=participant, trial=state["trials"][0]["id"])
-    assert exc.value.message == services.ANSWER_FIRST and exc.value.extra == {"field": "trial"}
+    assert exc.value.message == services.ANSWER_FIRST and exc.value.extra == {
+        "fields": {"trial": [exc.value.message]}
+    }
     for n, trial in enumerate(state["trials"]):
         a, b = trial["stimuli"]
         score = (n % 7) - 3 if kind == "cmos" else (a["id"], b["id"])[n % 2]
@@ -468,7 +472,7 @@ def post_json(client, url, body):
 def test_ab_and_cmos_answers_through_the_json_endpoints_echo_what_the_listener_chose(world):
     client = Client(enforce_csrf_checks=True)
     ab = services.listening_test_publish(
-        test=services.listening_test_build(
+        test=make_listening_test(
             name="ab-http", kind="ab", checkpoints=world["checkpoints"], allow_no_preference=True
         )
     )
@@ -481,13 +485,13 @@ def test_ab_and_cmos_answers_through_the_json_endpoints_echo_what_the_listener_c
         "score": "none"
     }
     refused = post_json(client, url + "rate", {**body, "score": "B", "request_id": "r3"})
-    assert refused.status_code == 400 and refused.json()["extra"] == {"field": "score"}
+    assert refused.status_code == 400 and list(refused.json()["extra"]["fields"]) == ["score"]
     on_a = post_json(
         client, url + "rate", {**body, "stimulus": a["id"], "score": a["id"], "request_id": "r4"}
     )
     assert on_a.status_code == 400 and on_a.json() == {
         "message": services.ANSWER_ON_B,
-        "extra": {"field": "stimulus"},
+        "extra": {"fields": {"stimulus": [services.ANSWER_ON_B]}},
     }
     assert post_json(client, url + "complete", {"trial": trial["id"]}).status_code == 200
 
@@ -510,7 +514,7 @@ def test_nothing_a_cmos_or_ab_listener_receives_names_a_run_checkpoint_condition
 ):
     checkpoints = world3["checkpoints"][:2] if baseline else world3["checkpoints"]
     test = services.listening_test_publish(
-        test=services.listening_test_build(
+        test=make_listening_test(
             name=f"blind-{kind}",
             kind=kind,
             checkpoints=checkpoints,

@@ -24,7 +24,7 @@ from evalsite.listening.selectors import (
     quality_control_results,
 )
 from evalsite.runs.models import EvalItem, Generation
-from tests.factories import listening_world
+from tests.factories import listening_world, make_listening_test
 
 pytestmark = pytest.mark.django_db
 
@@ -35,7 +35,7 @@ def world():
 
 
 def build(world, kind="mos", name=None, **kw):
-    test = services.listening_test_build(
+    test = make_listening_test(
         name=name or f"qc-{kind}",
         kind=kind,
         checkpoints=world["checkpoints"],
@@ -78,7 +78,7 @@ def test_with_play_all_a_trial_is_refused_until_every_sound_has_a_play_event(wor
     with pytest.raises(ApplicationError) as exc:
         services.trial_complete(participant=p, trial=trial["id"])
     assert exc.value.message == services.PLAY_ALL_FIRST.format(missing=5) and exc.value.extra == {
-        "field": "trial"
+        "fields": {"trial": [exc.value.message]}
     }
     heard(p, trial, [s["id"] for s in trial["stimuli"][:4]])
     with pytest.raises(ApplicationError) as exc:
@@ -256,7 +256,7 @@ def test_a_calibration_without_a_play_or_malformed_is_refused_and_nothing_is_sto
     p = services.participant_join(test=build(world, headphone_check=True))
     with pytest.raises(ApplicationError) as exc:
         calibrate(p, plays=plays)
-    assert exc.value.extra == {"field": "plays"}
+    assert exc.value.extra == {"fields": {"plays": [exc.value.message]}}
     p.refresh_from_db()
     assert p.calibrated_at is None and p.calibration == {}
 
@@ -417,7 +417,7 @@ def test_malformed_headphone_answers_are_refused_and_nothing_is_stored(world, ba
     calibrate(p)
     with pytest.raises(ApplicationError) as exc:
         services.headphone_check_submit(participant=p, answers=bad)
-    assert exc.value.extra == {"field": "answers"}
+    assert exc.value.extra == {"fields": {"answers": [exc.value.message]}}
     p.refresh_from_db()
     assert p.headphone_passed is None and p.status == "active"
 

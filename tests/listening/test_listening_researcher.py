@@ -7,7 +7,7 @@ import pytest
 from evalsite.listening import services
 from evalsite.listening.models import ListeningTest, Participant
 from evalsite.listening.selectors import listener_state, listening_test_progress
-from tests.factories import listening_world
+from tests.factories import listening_world, make_listening_test
 
 pytestmark = pytest.mark.django_db
 
@@ -83,7 +83,7 @@ def test_a_build_error_is_shown_on_the_form_and_nothing_is_created(admin_client)
 def test_progress_counts_valid_votes_per_item_and_condition(admin_client):
     world = listening_world(n_items=3)
     test = services.listening_test_publish(
-        test=services.listening_test_build(
+        test=make_listening_test(
             name="p", kind="mushra", checkpoints=world["checkpoints"], training_items=1, votes_target=2
         )
     )
@@ -102,7 +102,7 @@ def test_progress_counts_valid_votes_per_item_and_condition(admin_client):
 
 def test_the_preview_shows_each_stimulus_with_its_condition_to_the_researcher(admin_client):
     world = listening_world(n_items=2)
-    test = services.listening_test_build(name="pv", kind="mushra", checkpoints=world["checkpoints"])
+    test = make_listening_test(name="pv", kind="mushra", checkpoints=world["checkpoints"])
     page = admin_client.get(f"/listening/{test.pk}/trials/1/").content.decode()
     assert "hifigan-secret-run@77777" in page and "anchor: 3.5 kHz low-pass" in page
     assert page.count("<audio") == 6  # open reference + 5 conditions

@@ -33,7 +33,7 @@ from evalsite.listening import services
 from evalsite.listening.models import Participant, Rating, StimulusHandle
 from evalsite.listening.selectors import headphone_trials, listener_state
 from evalsite.runs.services import run_token_issue
-from tests.factories import listening_world
+from tests.factories import listening_world, make_listening_test
 
 pytestmark = pytest.mark.django_db
 
@@ -186,14 +186,12 @@ def build_access_world() -> dict:
     run_s.save()
 
     test_a = services.listening_test_publish(
-        test=services.listening_test_build(
+        test=make_listening_test(
             name=TEST_A, kind="mushra", checkpoints=[ckpt_r], training_items=0, seed=1, headphone_check=True
         )
     )
     test_b = services.listening_test_publish(
-        test=services.listening_test_build(
-            name=TEST_B, kind="mushra", checkpoints=[ckpt_s], training_items=0, seed=2
-        )
+        test=make_listening_test(name=TEST_B, kind="mushra", checkpoints=[ckpt_s], training_items=0, seed=2)
     )
 
     clients = {"anonymous": Client()}

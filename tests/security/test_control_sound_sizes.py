@@ -15,7 +15,7 @@ from evalsite.listening import services
 from evalsite.listening.calibration import active_level_dbfs
 from evalsite.listening.models import Assignment, Stimulus, StimulusHandle
 from evalsite.runs.models import EvalItem, Generation
-from tests.factories import listening_world
+from tests.factories import listening_world, make_listening_test
 
 pytestmark = pytest.mark.django_db
 
@@ -62,7 +62,7 @@ def test_every_sound_of_a_control_trial_has_the_size_duration_and_level_of_the_t
     if not speakers:
         EvalItem.objects.filter(eval_set=world["eval_set"]).update(speaker="")
     test = services.listening_test_publish(
-        test=services.listening_test_build(
+        test=make_listening_test(
             name=f"sizes-{kind}",
             kind=kind,
             checkpoints=world["checkpoints"],
@@ -98,7 +98,7 @@ def test_every_sound_of_a_control_trial_has_the_size_duration_and_level_of_the_t
 
 def test_the_trapping_sound_holds_the_real_output_then_the_spoken_request_within_the_items_length():
     world = listening_world(n_items=2, seconds=4.0)
-    test = services.listening_test_build(
+    test = make_listening_test(
         name="trap-layout",
         kind="mushra",
         checkpoints=world["checkpoints"],
@@ -131,7 +131,7 @@ def test_the_trapping_sound_holds_the_real_output_then_the_spoken_request_within
 def test_an_item_too_short_for_any_spoken_request_is_refused_by_name():
     world = listening_world(n_items=1, seconds=0.3)
     with pytest.raises(ApplicationError) as exc:
-        services.listening_test_build(
+        make_listening_test(
             name="too-short",
             kind="mos",
             checkpoints=world["checkpoints"],

@@ -12,7 +12,7 @@ import pytest
 from evalsite.analysis import exports
 from evalsite.listening import services
 from evalsite.listening.models import ArtifactFlag
-from tests.factories import listening_world
+from tests.factories import listening_world, make_listening_test
 
 pytestmark = pytest.mark.django_db
 
@@ -43,7 +43,7 @@ def flagged(client):
     """A published MUSHRA test and one listener who flags a sound once per hostile note, through the JSON endpoint."""
     world = listening_world(n_items=2)
     test = services.listening_test_publish(
-        test=services.listening_test_build(
+        test=make_listening_test(
             name="csv-injection", kind="mushra", checkpoints=world["checkpoints"], seed=1, training_items=0
         )
     )

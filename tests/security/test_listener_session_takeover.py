@@ -9,7 +9,7 @@ from django.test import Client
 
 from evalsite.listening import services
 from evalsite.listening.models import ArtifactFlag, Assignment, Participant, Rating
-from tests.factories import listening_world
+from tests.factories import listening_world, make_listening_test
 
 pytestmark = pytest.mark.django_db
 
@@ -20,7 +20,7 @@ PID = "5f1e0c0ffee0123456789abc"
 def test():
     world = listening_world()
     return services.listening_test_publish(
-        test=services.listening_test_build(
+        test=make_listening_test(
             name="takeover", kind="mushra", checkpoints=world["checkpoints"], training_items=0, seed=3
         )
     )

@@ -11,7 +11,7 @@ from evalsite.listening import services
 from evalsite.listening.models import Condition, ListeningTest, Trial
 from evalsite.runs.models import Checkpoint
 from evalsite.runs.services import run_token_issue
-from tests.factories import listening_world
+from tests.factories import listening_world, make_listening_test
 
 pytestmark = pytest.mark.django_db
 URL = "/api/v1/listening-tests/"
@@ -117,7 +117,7 @@ def test_each_count_parameter_out_of_range_is_refused_naming_it(world, client, f
 def test_the_trial_cap_refuses_an_ab_test_that_grows_with_the_square_of_its_checkpoints(world, settings):
     settings.EVALSITE_LISTENING_MAX_TRIALS = 8  # 3 checkpoints → 3 pairs per item × 3 items = 9
     with pytest.raises(ApplicationError) as exc:
-        services.listening_test_build(name="ab", kind="ab", checkpoints=world["checkpoints"])
+        make_listening_test(name="ab", kind="ab", checkpoints=world["checkpoints"])
     assert exc.value.message == services.TOO_MANY_TRIALS.format(n=9, per_item=3, items=3, limit=8)
     assert nothing_built()
 
@@ -126,11 +126,11 @@ def test_the_service_refuses_duplicates_from_every_caller(world):
     first = world["checkpoints"][0]
     again = Checkpoint.objects.get(pk=first.pk)
     with pytest.raises(ApplicationError) as exc:
-        services.listening_test_build(name="dup", kind="mushra", checkpoints=[first, again])
+        make_listening_test(name="dup", kind="mushra", checkpoints=[first, again])
     assert exc.value.message == services.DUPLICATE_CHECKPOINTS.format(labels=f"alpha@{first.step}")
     item = world["items"][0]
     with pytest.raises(ApplicationError) as exc:
-        services.listening_test_build(name="dup", kind="mos", checkpoints=[first], items=[item, item])
+        make_listening_test(name="dup", kind="mos", checkpoints=[first], items=[item, item])
     assert exc.value.message == services.DUPLICATE_ITEMS.format(keys=item.key)
     assert nothing_built()
 

@@ -7,10 +7,9 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from evalsite.api.services import researcher_token_issue
-from evalsite.listening import services
 from evalsite.listening.models import Condition, Stimulus
 from evalsite.runs.services import run_token_issue
-from tests.factories import listening_world
+from tests.factories import listening_world, make_listening_test
 
 pytestmark = pytest.mark.django_db
 
@@ -28,9 +27,7 @@ def world():
     ckpt_r.run.save()
     ckpt_s.run.owner = outsider
     ckpt_s.run.save()
-    test = services.listening_test_build(
-        name="media-test", kind="mushra", checkpoints=[ckpt_r], training_items=0
-    )
+    test = make_listening_test(name="media-test", kind="mushra", checkpoints=[ckpt_r], training_items=0)
     anchor = Stimulus.objects.filter(
         trial__test=test, condition__role=Condition.Role.ANCHOR_LP35
     ).select_related("asset")

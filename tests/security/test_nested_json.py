@@ -11,7 +11,7 @@ from evalsite.api.services import researcher_token_issue
 from evalsite.listening import services, views
 from evalsite.listening.models import ArtifactFlag, Assignment, Rating
 from evalsite.runs.models import Run
-from tests.factories import listening_world
+from tests.factories import listening_world, make_listening_test
 
 pytestmark = pytest.mark.django_db
 
@@ -24,7 +24,7 @@ NESTED_IN_A_FIELD = '{"trial": "x", "events": ' + NESTED + "}"
 def listener():
     world = listening_world()
     test = services.listening_test_publish(
-        test=services.listening_test_build(
+        test=make_listening_test(
             name="nested", kind="mos", checkpoints=world["checkpoints"], training_items=0, seed=5
         )
     )
@@ -58,7 +58,10 @@ def test_deeply_nested_json_to_a_listener_endpoint_is_a_400_in_the_standard_shap
         HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value,
     )
     assert response.status_code == 400
-    assert response.json() == {"message": views.BODY_TOO_DEEP, "extra": {"field": "body"}}
+    assert response.json() == {
+        "message": views.BODY_TOO_DEEP,
+        "extra": {"fields": {"body": [views.BODY_TOO_DEEP]}},
+    }
     assert stored() == before
     # The session still works afterwards.
     assert client.get(session + "state").status_code == 200
@@ -73,13 +76,13 @@ def test_the_listener_endpoints_answer_other_bad_bodies_in_the_same_shape(listen
         HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value,
     )
     assert response.status_code == 400 and set(response.json()) == {"message", "extra"}
-    assert response.json()["extra"] == {"field": "body"}
+    assert list(response.json()["extra"]["fields"]) == ["body"]
 
 
 def test_nesting_below_the_recursion_limit_is_an_ordinary_400_for_a_wrong_value():
     world = listening_world(n_items=1)
     test = services.listening_test_publish(
-        test=services.listening_test_build(
+        test=make_listening_test(
             name="nested-900", kind="mos", checkpoints=world["checkpoints"], training_items=0, seed=5
         )
     )

@@ -145,7 +145,7 @@ JSON_KEYS = {
     "score",
     "passed",
     "extra",
-    "field",
+    "fields",
 }
 
 
@@ -201,16 +201,18 @@ def world():
 
 def build(world, kind: str, name: str, **kw) -> ListeningTest:
     test = services.listening_test_build(
-        name=name,
-        kind=kind,
-        checkpoints=world["checkpoints"],
-        seed=4242,
-        votes_target=50,
-        gold_items=1,
-        trapping_items=1,
-        completion_code=COMPLETION_CODE,
-        completion_redirect=COMPLETION_REDIRECT,
-        **kw,
+        design=services.TestDesign(
+            name=name,
+            kind=kind,
+            checkpoints=world["checkpoints"],
+            seed=4242,
+            votes_target=50,
+            gold_items=1,
+            trapping_items=1,
+            completion_code=COMPLETION_CODE,
+            completion_redirect=COMPLETION_REDIRECT,
+            **kw,
+        )
     )
     return services.listening_test_publish(test=test)
 

@@ -30,7 +30,7 @@ from evalsite.listening import services, views
 from evalsite.listening.models import ListeningTest, Participant
 from evalsite.listening.selectors import headphone_trials, listener_state
 from evalsite.runs.models import Run
-from tests.factories import listening_world
+from tests.factories import listening_world, make_listening_test
 
 pytestmark = pytest.mark.django_db
 
@@ -61,9 +61,7 @@ def world() -> World:
 
     def published(name, kind, **kw):
         return services.listening_test_publish(
-            test=services.listening_test_build(
-                name=name, kind=kind, checkpoints=cps, seed=3, votes_target=100, **kw
-            )
+            test=make_listening_test(name=name, kind=kind, checkpoints=cps, seed=3, votes_target=100, **kw)
         )
 
     mushra = published("csrf-mushra", "mushra")
@@ -76,8 +74,8 @@ def world() -> World:
         mushra=mushra,
         listener=listener,
         checked=services.participant_join(test=checked),
-        draft=services.listening_test_build(name="csrf-draft", kind="mos", checkpoints=cps, seed=3),
-        form_draft=services.listening_test_build(name="csrf-form-draft", kind="mos", checkpoints=cps, seed=3),
+        draft=make_listening_test(name="csrf-draft", kind="mos", checkpoints=cps, seed=3),
+        form_draft=make_listening_test(name="csrf-form-draft", kind="mos", checkpoints=cps, seed=3),
         closable=published("csrf-closable", "mos"),
         state=listener_state(listener),
     )

@@ -27,7 +27,7 @@ from evalsite.api import throttling
 from evalsite.api.services import researcher_token_issue
 from evalsite.runs.models import Run
 from evalsite.runs.services import run_create
-from tests.factories import EvalSetFactory
+from tests.factories import EvalSetFactory, make_listening_test
 
 REPO = Path(__file__).resolve().parents[2]
 CLEAR = (
@@ -283,7 +283,7 @@ def listener():
 
     world = listening_world(n_items=2)
     test = services.listening_test_publish(
-        test=services.listening_test_build(
+        test=make_listening_test(
             name="bodies",
             kind="mushra",
             checkpoints=world["checkpoints"],
@@ -382,7 +382,7 @@ def test_a_listener_body_over_the_limit_is_a_413_naming_its_size_and_nothing_is_
         assert response.status_code == 413, (endpoint, response.content)
         assert response.json() == {
             "message": BODY_TOO_LARGE.format(size=limit + 1, limit=limit),
-            "extra": {"field": "body"},
+            "extra": {"fields": {"body": [BODY_TOO_LARGE.format(size=limit + 1, limit=limit)]}},
         }
     # The declared length is enough: the server refuses before reading a byte of it.
     client, url = listener["ready"]

@@ -369,7 +369,7 @@ class Command(BaseCommand):
     def _build_demo_tests(self) -> dict[str, str]:
         """A MUSHRA and an SMOS test of the demo vocoder's checkpoints, published."""
         from evalsite.listening.models import ListeningTest
-        from evalsite.listening.services import listening_test_build, listening_test_publish
+        from evalsite.listening.services import TestDesign, listening_test_build, listening_test_publish
         from evalsite.runs.models import Checkpoint
 
         checkpoints = list(Checkpoint.objects.filter(run__name=DEMO_RUNS[0][0]).order_by("step"))
@@ -377,7 +377,7 @@ class Command(BaseCommand):
         for name, kind, per_listener in (("demo-mushra", "mushra", 4), ("demo-smos", "smos", 6)):
             test = ListeningTest.objects.filter(name=name).first()
             if test is None:
-                test = listening_test_build(
+                design = TestDesign(
                     name=name,
                     kind=kind,
                     checkpoints=checkpoints,
@@ -387,7 +387,7 @@ class Command(BaseCommand):
                     title=f"Demo {kind.upper()} test",
                     completion_code="DEMO-THANKS",
                 )
-                test = listening_test_publish(test=test)
+                test = listening_test_publish(test=listening_test_build(design=design))
                 self.stdout.write(f"{kind} test {name!r} built: {test.trials.count()} trials")
             invites[name] = test.invite_token
         return invites

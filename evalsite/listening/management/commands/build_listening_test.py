@@ -3,7 +3,8 @@ from django.urls import reverse
 
 from evalsite.core.exceptions import ApplicationError
 from evalsite.listening.models import ListeningTest
-from evalsite.listening.services import listening_test_build, listening_test_publish
+from evalsite.listening.services.build import listening_test_build, listening_test_publish
+from evalsite.listening.services.design import TestDesign
 from evalsite.runs.models import Checkpoint
 
 
@@ -63,7 +64,7 @@ class Command(BaseCommand):
         checkpoints = [self.checkpoint(spec) for spec in opts["checkpoints"]]
         comparison = self.checkpoint(opts["comparison"]) if opts["comparison"] else None
         try:
-            test = listening_test_build(
+            design = TestDesign(
                 name=opts["name"],
                 kind=opts["kind"],
                 checkpoints=checkpoints,
@@ -80,6 +81,7 @@ class Command(BaseCommand):
                 gold_items=opts["gold_items"],
                 trapping_items=opts["trapping_items"],
             )
+            test = listening_test_build(design=design)
             if opts["publish"]:
                 test = listening_test_publish(test=test)
         except ApplicationError as exc:

@@ -1,0 +1,246 @@
+"""A listener's session: joining a test (the assignment engine), level calibration, headphone check."""
+
+from __future__ import annotations
+
+import random
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from evalsite.audio.headphone_check import N_TRIALS, PASS_CORRECT
+from evalsite.core.exceptions import ApplicationError, ConflictError
+from evalsite.listening.calibration import calibration_level
+from evalsite.listening.models import (
+    Assignment,
+    ListeningTest,
+    Participant,
+    Stimulus,
+    StimulusHandle,
+    Trial,
+)
+from evalsite.listening.selectors import (
+    SCREENED_OUT_MESSAGE,
+    headphone_trials,
+)
+
+TEST_NOT_OPEN = "This test is not open for listening."
+TEST_FULL = "This test has all the votes it needs. Thank you for your interest."
+PARTICIPANT_DONE = "You have already finished this test."
+SCREENED_OUT = SCREENED_OUT_MESSAGE
+HEADPHONE_CHECK_FIRST = "Please complete the headphone check first."
+CALIBRATE_FIRST = "Please set your volume with the calibration sound first."
+CALIBRATION_NOT_ASKED = "This test has no level calibration (it comes with the headphone check)."
+CALIBRATION_PLAY_FIRST = (
+    "plays must be a whole number from 1 (play the calibration sound before confirming); got {plays!r}."
+)
+CALIBRATION_MAX_PLAYS = 10_000
+CROWD_ID_IN_USE = (
+    "This participant ID has already started this test in another browser. Please continue in "
+    "the browser where you started; if you cannot, contact the researcher."
+)
+HEADPHONE_NOT_ASKED = "This test has no headphone check."
+HEADPHONE_BAD_ANSWERS = "answers must be a list of {n} numbers, each 1, 2 or 3; got {answers!r}."
+
+
+# Assignment engine
+
+
+def trial_coverage(test: ListeningTest) -> dict[int, int]:
+    """Votes each main trial has or will get: assignments of participants not screened out, finished
+    ones always, unfinished ones only while their participant joined less than
+    ``EVALSITE_ASSIGNMENT_HOLD_MIN`` ago.
+
+    Without that hold, every join would reserve its trials for good: listeners who open the link and
+    leave (or a script joining from many addresses) would fill a test that has no answers.
+    """
+    hold_from = timezone.now() - timedelta(minutes=settings.EVALSITE_ASSIGNMENT_HOLD_MIN)
+    counted = ~Q(assignments__participant__status=Participant.Status.SCREENED_OUT) & (
+        Q(assignments__completed_at__isnull=False) | Q(assignments__participant__consented_at__gte=hold_from)
+    )
+    counts = (
+        Trial.objects.filter(test=test, is_training=False, control=Trial.Control.NONE)
+        .annotate(n=Count("assignments", filter=counted))
+        .values_list("pk", "n")
+    )
+    return dict(counts)
+
+
+def assignment_choose_trials(test: ListeningTest, rng: random.Random) -> list[int]:
+    """The least-covered main trials (ties broken by ``rng``) for a new participant.
+
+    Votes of screened-out participants do not count, so the engine tops up behind them.
+    Raises ``ConflictError(TEST_FULL)`` when every trial already has ``votes_target`` votes.
+    """
+    coverage = trial_coverage(test)
+    open_trials = [pk for pk, n in coverage.items() if n < test.votes_target]
+    if not open_trials:
+        raise ConflictError(TEST_FULL)
+    want = test.trials_per_participant or len(coverage)
+    order = sorted(coverage, key=lambda pk: (coverage[pk], rng.random()))
+    return order[: min(want, len(order))]
+
+
+@dataclass(frozen=True)
+class _JoinLayout:
+    """The trials of a published test as a join needs them (they no longer change once published)."""
+
+    training: list[int]
+    controls: dict[str, list[int]]
+    stimuli: dict[int, list[int]]  # trial id -> stimulus ids, in id order
+
+
+def _join_layout(test: ListeningTest) -> _JoinLayout:
+    training, controls, stimuli = [], {Trial.Control.GOLD: [], Trial.Control.TRAPPING: []}, {}
+    for trial_id, is_training, control in (
+        Trial.objects.filter(test=test).order_by("index").values_list("pk", "is_training", "control")
+    ):
+        stimuli[trial_id] = []
+        if is_training:
+            training.append(trial_id)
+        elif control:
+            controls[control].append(trial_id)
+    for trial_id, stimulus_id in (
+        Stimulus.objects.filter(trial__test=test).order_by("pk").values_list("trial_id", "pk")
+    ):
+        stimuli[trial_id].append(stimulus_id)
+    return _JoinLayout(training, controls, stimuli)
+
+
+class CrowdIdInUse(ConflictError):
+    """Another browser already joined the test with this crowd id (409, ``CROWD_ID_IN_USE``)."""
+
+
+def participant_join(
+    *,
+    test: ListeningTest,
+    external_id: str = "",
+    study_id: str = "",
+    session_id: str = "",
+    resume_token: str | None = None,
+) -> Participant:
+    """Admit a listener, or resume the crowd worker whose browser proves it joined as them.
+
+    A crowd id (``PROLIFIC_PID``) is no secret: it travels in URLs and anyone may type one. So a
+    returning worker gets their participant back only when ``resume_token`` (the participant token
+    that the browser's signed cookie holds) is that participant's; anyone else presenting the id is
+    refused with ``CrowdIdInUse``, and the existing session, its answers included, stays untouched.
+
+    Joins take the test's row lock in turn (the assignment engine balances on what earlier joins
+    were given), so everything that does not depend on it is read before taking it.
+    """
+    external_id = external_id.strip()[:200]
+    layout = _join_layout(test)
+    with transaction.atomic():
+        test = ListeningTest.objects.select_for_update().get(pk=test.pk)
+        if test.status != ListeningTest.Status.PUBLISHED:
+            raise ConflictError(TEST_NOT_OPEN)
+        if external_id:
+            existing = Participant.objects.filter(test=test, external_id=external_id).first()
+            if existing is not None:
+                if resume_token and secrets.compare_digest(existing.token, resume_token):
+                    return existing
+                raise CrowdIdInUse(CROWD_ID_IN_USE, fields=("PROLIFIC_PID",))
+        token = secrets.token_urlsafe(18)
+        seed = random.Random(f"{test.seed}:{token}").getrandbits(31)
+        rng = random.Random(seed)
+        main = assignment_choose_trials(test, rng)
+        participant = Participant.objects.create(
+            test=test,
+            token=token,
+            external_id=external_id,
+            study_id=study_id[:200],
+            session_id=session_id[:200],
+            seed=seed,
+            consented_at=timezone.now(),
+        )
+        training = list(layout.training)
+        rng.shuffle(training)
+        for control in (Trial.Control.GOLD, Trial.Control.TRAPPING):
+            # One of each configured control, mixed into the main trials like any other.
+            if layout.controls[control]:
+                main.append(rng.choice(layout.controls[control]))
+        rng.shuffle(main)
+        # Two bulk inserts instead of one per trial.
+        assignments = Assignment.objects.bulk_create(
+            [
+                Assignment(participant=participant, trial_id=trial_id, position=position)
+                for position, trial_id in enumerate(training + main)
+            ]
+        )
+        handles = []
+        for assignment in assignments:
+            stimuli = list(layout.stimuli[assignment.trial_id])
+            rng.shuffle(stimuli)
+            handles += [
+                StimulusHandle(assignment=assignment, stimulus_id=s, position=i)
+                for i, s in enumerate(stimuli)
+            ]
+        StimulusHandle.objects.bulk_create(handles)
+    return participant
+
+
+@transaction.atomic
+def calibration_confirm(*, participant: Participant, plays: Any) -> Participant:
+    """Record that the listener set their volume with the calibration noise (before the headphone check).
+
+    Confirmed once: a repeated confirmation (a retried request) returns the participant unchanged.
+    """
+    participant = Participant.objects.select_for_update().select_related("test").get(pk=participant.pk)
+    if not participant.test.headphone_check:
+        raise ApplicationError(CALIBRATION_NOT_ASKED)
+    if participant.calibrated_at is not None:
+        return participant
+    if participant.test.status != ListeningTest.Status.PUBLISHED:
+        raise ConflictError(TEST_NOT_OPEN)
+    if participant.status != Participant.Status.ACTIVE:
+        raise ConflictError(
+            SCREENED_OUT if participant.status == Participant.Status.SCREENED_OUT else PARTICIPANT_DONE
+        )
+    if not (isinstance(plays, int) and not isinstance(plays, bool) and 1 <= plays <= CALIBRATION_MAX_PLAYS):
+        raise ApplicationError(CALIBRATION_PLAY_FIRST.format(plays=plays), fields=("plays",))
+    participant.calibrated_at = timezone.now()
+    participant.calibration = {
+        "plays": plays,
+        "level_dbfs": round(calibration_level(participant.test.calibration_level_dbfs), 2),
+    }
+    participant.save(update_fields=["calibrated_at", "calibration", "updated_at"])
+    return participant
+
+
+@transaction.atomic
+def headphone_check_submit(*, participant: Participant, answers: Any) -> Participant:
+    """Score the antiphase headphone check; fewer than 5 of 6 right screens the listener out.
+
+    Taken once: a repeated submission (a retried request) returns the stored outcome unchanged.
+    """
+    participant = Participant.objects.select_for_update().select_related("test").get(pk=participant.pk)
+    if not participant.test.headphone_check:
+        raise ApplicationError(HEADPHONE_NOT_ASKED)
+    if participant.headphone_passed is not None:
+        return participant
+    if participant.test.status != ListeningTest.Status.PUBLISHED:
+        raise ConflictError(TEST_NOT_OPEN)
+    if participant.calibrated_at is None:
+        raise ConflictError(CALIBRATE_FIRST)
+    valid = (
+        isinstance(answers, list)
+        and len(answers) == N_TRIALS
+        and all(isinstance(a, int) and not isinstance(a, bool) and 1 <= a <= 3 for a in answers)
+    )
+    if not valid:
+        raise ApplicationError(HEADPHONE_BAD_ANSWERS.format(n=N_TRIALS, answers=answers), fields=("answers",))
+    correct = sum(a == t["answer"] for a, t in zip(answers, headphone_trials(participant)))
+    participant.headphone_answers = answers
+    participant.headphone_passed = correct >= PASS_CORRECT
+    fields = ["headphone_answers", "headphone_passed", "updated_at"]
+    if not participant.headphone_passed:
+        participant.status = Participant.Status.SCREENED_OUT
+        fields.append("status")
+    participant.save(update_fields=fields)
+    return participant
