@@ -15,6 +15,7 @@ from evalsite.core.exceptions import ApplicationError
 from evalsite.runs.models import Checkpoint, Generation, Job
 from evalsite.runs.services import ProgressFn, checkpoint_set_status
 from evalsite.scoring.models import DetectorEvent, DetectorPass
+from metrics.jsonable import jsonable
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def detection_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
                         start_s=float(e.start_s),
                         end_s=float(max(e.end_s, e.start_s)),
                         strength=float(e.strength),
-                        detail=_jsonable(e.detail),
+                        detail=jsonable(e.detail),
                     )
                     for e in events
                 ]
@@ -166,17 +167,3 @@ def detection_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
         result["left_out"] = left_out
     result.update(_finish(checkpoint))
     return result
-
-
-def _jsonable(value: Any) -> Any:
-    import numpy as np
-
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and value != value:
-        return None
-    return value
