@@ -8,6 +8,7 @@ identified by participant id; systems by condition label.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import chain
 
 import numpy as np
@@ -84,18 +85,23 @@ def answer_frames(test: ListeningTest) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def flags_frame(test: ListeningTest) -> pd.DataFrame:
     """Every artifact flag on a main trial: listener, stimulus, item, system, role, start_s, end_s, category, note."""
-    values = ArtifactFlag.objects.filter(participant__test=test, **MAIN).values_list(
-        "participant_id",
+    return _flag_rows(ArtifactFlag.objects.filter(participant__test=test, **MAIN))
+
+
+def stimuli_flag_frames(stimulus_ids: Sequence[int]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`flags_frame` and :func:`presented_frame` of the given stimuli (of any tests), rows in id order so
+    that a hash of the frames is stable (the run pages cache flag regions under it)."""
+    flags = ArtifactFlag.objects.filter(stimulus_id__in=stimulus_ids, **MAIN).order_by("id")
+    handles = StimulusHandle.objects.filter(stimulus_id__in=stimulus_ids, **MAIN).order_by("id")
+    presented = handles.values_list(
+        "assignment__participant_id",
         "stimulus_id",
         "stimulus__trial__item__key",
         "stimulus__condition__label",
         "stimulus__condition__role",
-        "start_s",
-        "end_s",
-        "category",
-        "note",
+        "stimulus__asset__duration_s",
     )
-    return pd.DataFrame.from_records(list(values), columns=FLAG_COLUMNS)
+    return _flag_rows(flags), pd.DataFrame.from_records(list(presented), columns=PRESENTED_COLUMNS)
 
 
 def quality_control(test: ListeningTest) -> dict:
@@ -227,6 +233,21 @@ def _comparison_ratings(test: ListeningTest) -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame(columns=columns)
     return frame.rename(columns={"participant": "listener"})[columns]
+
+
+def _flag_rows(flags: QuerySet) -> pd.DataFrame:
+    values = flags.values_list(
+        "participant_id",
+        "stimulus_id",
+        "stimulus__trial__item__key",
+        "stimulus__condition__label",
+        "stimulus__condition__role",
+        "start_s",
+        "end_s",
+        "category",
+        "note",
+    )
+    return pd.DataFrame.from_records(list(values), columns=FLAG_COLUMNS)
 
 
 def _numeric_rows(rows: QuerySet, columns: dict[str, type]) -> pd.DataFrame:

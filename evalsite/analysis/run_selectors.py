@@ -19,12 +19,13 @@ import pandas as pd
 from django.core.cache import cache
 from django.db.models import Count, Exists, OuterRef, QuerySet, Sum
 
+from evalsite.analysis.flag_summary import REGION_MIN_LISTENERS, REGION_MIN_SHARE
 from evalsite.analysis.flags import flag_regions
-from evalsite.analysis.frames import MAIN, ratings_frame
+from evalsite.analysis.frames import ratings_frame, stimuli_flag_frames
 from evalsite.analysis.stats import ab_preference, system_scores
 from evalsite.core.exceptions import ApplicationError
 from evalsite.listening.access import listening_tests_visible
-from evalsite.listening.models import ArtifactFlag, Condition, ListeningTest, Stimulus, StimulusHandle
+from evalsite.listening.models import Condition, ListeningTest, Stimulus
 from evalsite.runs.access import checkpoints_visible
 from evalsite.runs.models import Generation, Job, Run
 from evalsite.scoring.detection import run_detector_names
@@ -32,8 +33,6 @@ from evalsite.scoring.models import DetectorEvent, DetectorPass, MetricResult
 from metrics.detectors import region_agreement
 
 AGREEMENT_TOLERANCE_S = 0.1
-REGION_MIN_SHARE = 0.3
-REGION_MIN_LISTENERS = 2
 AGREEMENT_EXAMPLES = 30
 REGIONS_CACHE_S = 24 * 3600
 
@@ -245,46 +244,6 @@ def run_failed_jobs(*, run: Run, limit: int = 50) -> QuerySet[Job]:
     )
 
 
-def _listening_frames(stimulus_ids: list[int]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Flags and presentations of the given stimuli on main trials, as ``analysis.selectors`` shapes them."""
-
-    presented = (
-        StimulusHandle.objects.filter(stimulus_id__in=stimulus_ids, **MAIN)
-        .order_by("id")
-        .values_list(
-            "assignment__participant_id",
-            "stimulus_id",
-            "stimulus__trial__item__key",
-            "stimulus__condition__label",
-            "stimulus__condition__role",
-            "stimulus__asset__duration_s",
-        )
-    )
-    flags = (
-        ArtifactFlag.objects.filter(stimulus_id__in=stimulus_ids, **MAIN)
-        .order_by("id")
-        .values_list(
-            "participant_id",
-            "stimulus_id",
-            "stimulus__trial__item__key",
-            "stimulus__condition__label",
-            "stimulus__condition__role",
-            "start_s",
-            "end_s",
-            "category",
-        )
-    )
-    return (
-        pd.DataFrame.from_records(
-            list(flags),
-            columns=["listener", "stimulus", "item", "system", "role", "start_s", "end_s", "category"],
-        ),
-        pd.DataFrame.from_records(
-            list(presented), columns=["listener", "stimulus", "item", "system", "role", "duration_s"]
-        ),
-    )
-
-
 def _listener_regions(
     flags: pd.DataFrame, presented: pd.DataFrame, *, min_share: float, min_listeners: int
 ) -> dict[int, list[tuple[float, float]]]:
@@ -371,7 +330,7 @@ def run_detector_agreement(
     }
     if not stimuli:
         return empty
-    flags, presented = _listening_frames([s[0] for s in stimuli])
+    flags, presented = stimuli_flag_frames([s[0] for s in stimuli])
     heard = set(presented["stimulus"])
     stimuli = [s for s in stimuli if s[0] in heard]
     if not stimuli:
