@@ -342,7 +342,7 @@ def instrumented(client, url: str, *, mode: str) -> None:
     )
     print("  wall: " + ", ".join(f"{k} {v:.0f} ms" for k, v in timing.items()))
     if mode == "cold":
-        from evalsite.analysis.results import compute_listening_test_results
+        from evalsite.analysis.compute import compute_listening_test_results
         from evalsite.listening.models import ListeningTest
 
         test = ListeningTest.objects.get(pk=int(url.strip("/").split("/")[-1]))
@@ -356,10 +356,10 @@ def instrumented(client, url: str, *, mode: str) -> None:
 
 def bootstrap_precision(test_id: int, n_boot: int, reps: int) -> None:
     """Monte-Carlo error of the bootstrap interval ends: the same CI recomputed with different seeds."""
-    from evalsite.analysis import selectors, stats
+    from evalsite.analysis import frames, stats
     from evalsite.listening.models import ListeningTest
 
-    ratings = selectors.ratings_frame(ListeningTest.objects.get(pk=test_id))
+    ratings = frames.ratings_frame(ListeningTest.objects.get(pk=test_id))
     lows, highs = [], []
     for seed in range(reps):
         table = stats.system_scores(ratings, kind="mushra", n_boot=n_boot, seed=seed)

@@ -1,14 +1,18 @@
 """Alert rules fed by listening tests: listener flags above the false-flag rate, score drops.
 
-Evaluated by the beat task ``alerts_evaluate_listening_task`` over open tests (and tests closed in
-the last day) whose answers changed since the last evaluation. Each alert is keyed by test and
-checkpoint, so re-evaluating the same answers creates nothing new.
+Both rules read the test's analysis results (:func:`evalsite.analysis.snapshots.listening_test_results`), the
+same dict the test's results page shows: the same listener screening, bootstrap intervals and flag tests, so an
+alert never states a number the page disagrees with. Evaluated by the beat task
+``alerts_evaluate_listening_task`` over open tests (and tests closed in the last day) whose answers changed
+since the last evaluation. Each alert is keyed by test and checkpoint, so re-evaluating the same answers
+creates nothing new.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -19,12 +23,17 @@ from django.utils import timezone
 
 from evalsite.alerts.models import Alert, AlertRule
 from evalsite.alerts.services import alert_create, alert_rules_ensure_defaults
+from evalsite.analysis.snapshots import listening_test_results
 from evalsite.listening.models import Condition, ListeningTest
 from evalsite.runs.models import Checkpoint, Run
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BASELINE_RATE = 0.05  # false-flag rate assumed when a test has no hidden reference to measure it on
+MAX_REGIONS = 5
+"""Flagged regions quoted in a listener-flag alert (the page's strongest first)."""
+SCORE_INTERVAL = "95 % bootstrap over listeners and items, after listener screening"
+
+RuleFn = Callable[[AlertRule, ListeningTest, dict[str, Any], dict[str, Checkpoint]], list[dict[str, Any]]]
 
 
 def _test_links(test: ListeningTest) -> list[dict[str, str]]:
@@ -34,53 +43,42 @@ def _test_links(test: ListeningTest) -> list[dict[str, str]]:
 
 
 def listener_flag_alerts(
-    rule: AlertRule, test: ListeningTest, frames: dict[str, Any]
+    rule: AlertRule, test: ListeningTest, results: dict[str, Any], checkpoints: dict[str, Checkpoint]
 ) -> list[dict[str, Any]]:
-    """A checkpoint whose outputs listeners flagged significantly more often than hidden references."""
-    from scipy.stats import binomtest
-
-    from evalsite.analysis.flags import flag_regions, presentation_flags
-
-    flags, presented = frames["flags"], frames["presented"]
-    if flags.empty or presented.empty:
+    """A checkpoint whose outputs listeners flagged significantly more often than the false-flag rate: its row of
+    the results' per-system flag table (one-sided exact binomial test of its flagged presentations)."""
+    flags = results["flags"]
+    if not flags["systems"] or flags["baseline"] is None:
         return []
-    pres = presentation_flags(flags, presented)
-    refs = pres[pres["role"] == Condition.Role.HIDDEN_REFERENCE]
-    baseline = max(float(refs["flagged"].mean()), 0.01) if len(refs) else DEFAULT_BASELINE_RATE
-    source = (
-        f"hidden references: {int(refs['flagged'].sum())} of {len(refs)} presentations flagged"
-        if len(refs)
-        else f"assumed {DEFAULT_BASELINE_RATE:.0%} (the test has no hidden reference)"
-    )
+    rows = {r["system"]: r for r in flags["systems"] if r["role"] == Condition.Role.SYSTEM}
+    baseline, source = flags["baseline"]["rate"], flags["baseline"]["source"]
     alpha = rule.params.get("alpha", 0.05)
     specs = []
-    for label, checkpoint in frames["checkpoints"].items():
-        if checkpoint.run_id != rule.run_id:
+    for label, checkpoint in checkpoints.items():
+        row = rows.get(label)
+        if checkpoint.run_id != rule.run_id or row is None or not row["presentations"]:
             continue
-        mine = pres[pres["system"] == label]
-        flagged_listeners = mine.loc[mine["flagged"].astype(bool), "listener"].nunique()
-        if mine.empty or flagged_listeners < rule.params.get("min_listeners", 3):
+        if row["flagging_listeners"] < rule.params.get("min_listeners", 3):
             continue
-        k, n = int(mine["flagged"].sum()), len(mine)
-        p = float(binomtest(k, n, baseline, alternative="greater").pvalue)
-        if p >= alpha:
+        k, n, p = row["flagged_presentations"], row["presentations"], row["p"]
+        if p is None or p >= alpha:
             continue
-        regions = flag_regions(flags[flags["system"] == label], presented[presented["system"] == label])
-        top = regions.sort_values("peak_share", ascending=False).head(5) if len(regions) else regions
+        # The results list regions strongest first (peak share, then listeners).
+        regions = [r for r in flags["regions"] if r["system"] == label][:MAX_REGIONS]
         specs.append(
             {
                 "checkpoint": checkpoint,
                 "dedupe_key": f"listener_flags:{rule.pk}:{test.pk}:{checkpoint.pk}",
                 "title": (
-                    f"listeners flagged step {checkpoint.step} in {k} of {n} presentations ({k / n:.0%}) in "
-                    f"{test.name}, against a false-flag rate of {baseline:.0%} (p = {p:.2g})"
+                    f"listeners flagged step {checkpoint.step} in {k} of {n} presentations ({row['share']:.0%}) "
+                    f"in {test.name}, against a false-flag rate of {baseline:.0%} (p = {p:.2g})"
                 ),
                 "evidence": {
                     "test": test.name,
                     "flagged_presentations": k,
                     "presentations": n,
-                    "flagging_listeners": int(flagged_listeners),
-                    "share": k / n,
+                    "flagging_listeners": row["flagging_listeners"],
+                    "share": row["share"],
                     "false_flag_rate": baseline,
                     "false_flag_source": source,
                     "p": p,
@@ -88,11 +86,11 @@ def listener_flag_alerts(
                     "regions": [
                         {
                             "item": r["item"],
-                            "start_s": round(float(r["start_s"]), 3),
-                            "end_s": round(float(r["end_s"]), 3),
-                            "share": round(float(r["peak_share"]), 3),
+                            "start_s": round(r["start_s"], 3),
+                            "end_s": round(r["end_s"], 3),
+                            "share": round(r["peak_share"], 3),
                         }
-                        for _, r in top.iterrows()
+                        for r in regions
                     ],
                 },
                 "links": _test_links(test),
@@ -101,21 +99,21 @@ def listener_flag_alerts(
     return specs
 
 
-def score_drop_alerts(rule: AlertRule, test: ListeningTest, frames: dict[str, Any]) -> list[dict[str, Any]]:
+def score_drop_alerts(
+    rule: AlertRule, test: ListeningTest, results: dict[str, Any], checkpoints: dict[str, Checkpoint]
+) -> list[dict[str, Any]]:
     """A checkpoint rated lower than the best (or previous) earlier checkpoint of its run in the same test,
-    with non-overlapping bootstrap confidence intervals."""
-    from evalsite.analysis.screening import apply_screening, screen_listeners
-    from evalsite.analysis.stats import system_scores
-
-    if test.kind not in rule.params.get("kinds", ["mos", "smos"]):
+    with non-overlapping bootstrap confidence intervals (the results' scores of the kept listeners)."""
+    if test.kind not in rule.params.get("kinds", ["mos", "smos"]) or not results["scores"]:
         return []
-    ratings = frames["ratings"]
-    mine = {label: c for label, c in frames["checkpoints"].items() if c.run_id == rule.run_id}
-    if ratings.empty or len(mine) < 2:
+    mine = {label: c for label, c in checkpoints.items() if c.run_id == rule.run_id}
+    by_label = {
+        row["system"]: row
+        for row in results["scores"]["kept"]
+        if row["system"] in mine and row["boot_low"] is not None and row["boot_high"] is not None
+    }
+    if len(mine) < 2:
         return []
-    kept = apply_screening(ratings, screen_listeners(ratings, kind=test.kind, qc=frames["qc"]))
-    scores = system_scores(kept[kept["system"].isin(list(mine))], kind=test.kind, n_boot=1000)
-    by_label = {row["system"]: row for _, row in scores.iterrows()}
     specs = []
     for label, checkpoint in sorted(mine.items(), key=lambda kv: kv[1].step):
         earlier = [(lab, c) for lab, c in mine.items() if c.step < checkpoint.step and lab in by_label]
@@ -142,13 +140,13 @@ def score_drop_alerts(rule: AlertRule, test: ListeningTest, frames: dict[str, An
                     "kind": test.kind,
                     "step": checkpoint.step,
                     "baseline_step": base.step,
-                    "mean": float(now["mean"]),
-                    "ci": [float(now["boot_low"]), float(now["boot_high"])],
-                    "n": int(now["n"]),
-                    "baseline_mean": float(then["mean"]),
-                    "baseline_ci": [float(then["boot_low"]), float(then["boot_high"])],
-                    "baseline_n": int(then["n"]),
-                    "interval": "95 % bootstrap over listeners and items, after listener screening",
+                    "mean": now["mean"],
+                    "ci": [now["boot_low"], now["boot_high"]],
+                    "n": now["n"],
+                    "baseline_mean": then["mean"],
+                    "baseline_ci": [then["boot_low"], then["boot_high"]],
+                    "baseline_n": then["n"],
+                    "interval": SCORE_INTERVAL,
                 },
                 "links": _test_links(test),
             }
@@ -156,20 +154,16 @@ def score_drop_alerts(rule: AlertRule, test: ListeningTest, frames: dict[str, An
     return specs
 
 
-RULES = {AlertRule.Kind.LISTENER_FLAGS: listener_flag_alerts, AlertRule.Kind.SCORE_DROP: score_drop_alerts}
+RULES: dict[str, RuleFn] = {
+    AlertRule.Kind.LISTENER_FLAGS: listener_flag_alerts,
+    AlertRule.Kind.SCORE_DROP: score_drop_alerts,
+}
 
 
-def _frames(test: ListeningTest) -> dict[str, Any]:
-    from evalsite.analysis import selectors
-
+def _system_checkpoints(test: ListeningTest) -> dict[str, Checkpoint]:
+    """Condition label → checkpoint of the test's rated systems (what the results call ``system``)."""
     conditions = Condition.objects.filter(test=test, role=Condition.Role.SYSTEM).select_related("checkpoint")
-    return {
-        "ratings": selectors.ratings_frame(test),
-        "presented": selectors.presented_frame(test),
-        "flags": selectors.flags_frame(test),
-        "qc": selectors.quality_control(test),
-        "checkpoints": {c.label: c.checkpoint for c in conditions},
-    }
+    return {c.label: c.checkpoint for c in conditions if c.checkpoint is not None}
 
 
 def alerts_evaluate_test(*, test: ListeningTest) -> list[Alert]:
@@ -181,14 +175,15 @@ def alerts_evaluate_test(*, test: ListeningTest) -> list[Alert]:
             pk__in=Condition.objects.filter(test=test).values("checkpoint")
         ).values("run")
     )
-    frames = None
+    results = checkpoints = None
     created = []
     for run in runs:
         for rule in alert_rules_ensure_defaults(run=run):
             if not rule.enabled or rule.kind not in RULES:
                 continue
-            frames = frames or _frames(test)
-            for spec in RULES[rule.kind](rule, test, frames):
+            if results is None:
+                results, checkpoints = listening_test_results(test), _system_checkpoints(test)
+            for spec in RULES[rule.kind](rule, test, results, checkpoints):
                 alert, new = alert_create(run=run, rule=rule, kind=rule.kind, severity=rule.severity, **spec)
                 if new:
                     created.append(alert)

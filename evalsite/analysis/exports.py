@@ -2,7 +2,7 @@
 
 Every table names participants by the same opaque id as the results (never their session token or crowd id),
 and every answer says whether it counts: training and quality-control answers are not votes, and screened
-listeners' answers are excluded with the screening reasons (:func:`evalsite.analysis.results.listening_test_results`).
+listeners' answers are excluded with the screening reasons (:func:`evalsite.analysis.snapshots.listening_test_results`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import io
 
 import pandas as pd
 
-from evalsite.analysis.results import listener_id, listening_test_results
+from evalsite.analysis.plain import listener_id
+from evalsite.analysis.snapshots import listening_test_results
 from evalsite.listening.models import (
     ArtifactFlag,
     Condition,
@@ -21,6 +22,7 @@ from evalsite.listening.models import (
     Rating,
     StimulusHandle,
 )
+from evalsite.scoring.models import MetricResult
 
 TABLES = ("ratings", "flags", "metrics", "screening")
 FORMATS = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
@@ -172,7 +174,6 @@ def flags_table(test: ListeningTest) -> pd.DataFrame:
 
 def metrics_table(test: ListeningTest) -> pd.DataFrame:
     """Every metric result of the checkpoints behind the conditions: system-level rows and one row per item."""
-    from evalsite.scoring.models import MetricResult
 
     columns = [
         "condition",
@@ -367,6 +368,7 @@ def export_bytes(test: ListeningTest, table: str, fmt: str) -> bytes:
     frame = BUILDERS[table](test)
     if fmt == "csv":
         return csv_bytes(frame)
+    # Lazy: pyarrow is only needed for Parquet downloads, and importing it costs every web process memory.
     import pyarrow as pa
     import pyarrow.parquet as pq
 

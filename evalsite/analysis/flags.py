@@ -17,6 +17,7 @@ from collections.abc import Hashable
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
@@ -25,6 +26,19 @@ from evalsite.analysis.stats import _require_columns
 FLAG_COLUMNS = ("listener", "stimulus", "start_s", "end_s", "category")
 PRESENTED_COLUMNS = ("listener", "stimulus", "item", "system", "role", "duration_s")
 HIDDEN_REFERENCE = "hidden_reference"
+SYSTEM_FLAG_COLUMNS = [
+    "system",
+    "role",
+    "stimuli",
+    "listeners",
+    "flagging_listeners",
+    "presentations",
+    "flagged_presentations",
+    "stimuli_significant",
+    "share",
+    "baseline_rate",
+    "p",
+]
 
 
 def presentation_flags(flags: pd.DataFrame, presented: pd.DataFrame) -> pd.DataFrame:
@@ -180,6 +194,18 @@ def stimulus_flag_rates(
     return per
 
 
+def presentations_p(flagged: ArrayLike, presentations: ArrayLike, rate: ArrayLike) -> np.ndarray:
+    """One-sided exact binomial p of ``flagged`` of ``presentations`` against a false-flag ``rate`` (the
+    ``binomtest(..., alternative="greater")`` p-value, vectorised).
+
+    Example:
+        >>> presentations_p([0, 2], [10, 10], 0.05).round(4).tolist()
+        [1.0, 0.0861]
+    """
+    flagged = np.asarray(flagged, dtype=float)
+    return sps.binom.sf(flagged - 1, np.asarray(presentations, dtype=float), rate).astype(float)
+
+
 def system_flag_rates(
     flags: pd.DataFrame,
     presented: pd.DataFrame,
@@ -188,12 +214,20 @@ def system_flag_rates(
     baseline_rate: float | None = None,
     min_baseline_rate: float = 0.01,
 ) -> pd.DataFrame:
-    """Per system (and role): presentations, share flagged, and how many of its stimuli flag_rates calls significant."""
+    """Per system (and role): presentations, share flagged, how many of its stimuli flag_rates calls significant,
+    the listeners who flagged any of its stimuli, and the one-sided exact binomial p of its flagged presentations
+    against the false-flag rate (:func:`presentations_p`)."""
     pres = presentation_flags(flags, presented)
     per_stim = stimulus_flag_rates(
         pres, alpha=alpha, baseline_rate=baseline_rate, min_baseline_rate=min_baseline_rate
     )
     sig = per_stim.groupby(["system", "role"])["significant"].sum().rename("stimuli_significant")
+    flagging = (
+        pres.loc[pres["flagged"]]
+        .groupby(["system", "role"])["listener"]
+        .nunique()
+        .rename("flagging_listeners")
+    )
     out = (
         pres.groupby(["system", "role"], sort=True)
         .agg(
@@ -204,12 +238,15 @@ def system_flag_rates(
         )
         .reset_index()
         .join(sig, on=["system", "role"])
+        .join(flagging, on=["system", "role"])
     )
+    out["flagging_listeners"] = out["flagging_listeners"].fillna(0).astype(int)
     out["flagged_presentations"] = out["flagged_presentations"].astype(int)
     out["share"] = out["flagged_presentations"] / out["presentations"]
     out["stimuli_significant"] = out["stimuli_significant"].fillna(0).astype(int)
     out["baseline_rate"] = per_stim["baseline_rate"].iloc[0] if len(per_stim) else math.nan
-    return out
+    out["p"] = presentations_p(out["flagged_presentations"], out["presentations"], out["baseline_rate"])
+    return out[SYSTEM_FLAG_COLUMNS]
 
 
 def _coverage(flags: pd.DataFrame, listeners: list, n_bins: int, resolution_s: float) -> np.ndarray:

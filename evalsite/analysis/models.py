@@ -1,6 +1,6 @@
 """Stored analysis results, so that no web process computes a listening test's results twice.
 
-One :class:`AnalysisSnapshot` row holds :func:`evalsite.analysis.results.listening_test_results`'s dict for one
+One :class:`AnalysisSnapshot` row holds :func:`evalsite.analysis.snapshots.listening_test_results`'s dict for one
 test, one input fingerprint and one bootstrap size. A new answer changes the fingerprint, so a snapshot is
 never stale: it is either the one for the current inputs or not read at all. Older snapshots of a test are
 deleted when a newer one is stored.

@@ -310,9 +310,10 @@ def icc_from_table(table: np.ndarray, *, confidence: float = 0.95) -> dict[str, 
     y = np.asarray(table, dtype=float)
     n, k = y.shape
     grand = y.mean()
-    ss_rows = k * float(np.sum((y.mean(axis=1) - grand) ** 2))
-    ss_cols = n * float(np.sum((y.mean(axis=0) - grand) ** 2))
-    ss_error = float(np.sum((y - grand) ** 2)) - ss_rows - ss_cols
+    # NumPy scalars, not Python floats: identical answers (no variance) must give NaN under errstate, not raise.
+    ss_rows = k * np.sum((y.mean(axis=1) - grand) ** 2)
+    ss_cols = n * np.sum((y.mean(axis=0) - grand) ** 2)
+    ss_error = np.sum((y - grand) ** 2) - ss_rows - ss_cols
     df1, df_within, df_error = n - 1, n * (k - 1), (n - 1) * (k - 1)
     tail = (1 - confidence) / 2
     with np.errstate(all="ignore"):

@@ -19,13 +19,20 @@ import pandas as pd
 from django.core.cache import cache
 from django.db.models import Count, Exists, OuterRef, QuerySet, Sum
 
+from evalsite.analysis.flag_summary import REGION_MIN_LISTENERS, REGION_MIN_SHARE
+from evalsite.analysis.flags import flag_regions
+from evalsite.analysis.frames import ratings_frame, stimuli_flag_frames
+from evalsite.analysis.stats import ab_preference, system_scores
+from evalsite.core.exceptions import ApplicationError
+from evalsite.listening.access import listening_tests_visible
+from evalsite.listening.models import Condition, ListeningTest, Stimulus
 from evalsite.runs.access import checkpoints_visible
 from evalsite.runs.models import Generation, Job, Run
+from evalsite.scoring.detection import run_detector_names
 from evalsite.scoring.models import DetectorEvent, DetectorPass, MetricResult
+from metrics.detectors import region_agreement
 
 AGREEMENT_TOLERANCE_S = 0.1
-REGION_MIN_SHARE = 0.3
-REGION_MIN_LISTENERS = 2
 AGREEMENT_EXAMPLES = 30
 REGIONS_CACHE_S = 24 * 3600
 
@@ -175,8 +182,6 @@ def run_metric_grid(metrics: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _detector_names(run: Run, seen: Iterable[str]) -> list[str]:
     """The detectors the run is configured to run, then any other name found in its events."""
-    from evalsite.core.exceptions import ApplicationError
-    from evalsite.scoring.detection import run_detector_names
 
     try:
         configured = run_detector_names(run)
@@ -239,48 +244,6 @@ def run_failed_jobs(*, run: Run, limit: int = 50) -> QuerySet[Job]:
     )
 
 
-def _listening_frames(stimulus_ids: list[int]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Flags and presentations of the given stimuli on main trials, as ``analysis.selectors`` shapes them."""
-    from evalsite.analysis.selectors import MAIN
-    from evalsite.listening.models import ArtifactFlag, StimulusHandle
-
-    presented = (
-        StimulusHandle.objects.filter(stimulus_id__in=stimulus_ids, **MAIN)
-        .order_by("id")
-        .values_list(
-            "assignment__participant_id",
-            "stimulus_id",
-            "stimulus__trial__item__key",
-            "stimulus__condition__label",
-            "stimulus__condition__role",
-            "stimulus__asset__duration_s",
-        )
-    )
-    flags = (
-        ArtifactFlag.objects.filter(stimulus_id__in=stimulus_ids, **MAIN)
-        .order_by("id")
-        .values_list(
-            "participant_id",
-            "stimulus_id",
-            "stimulus__trial__item__key",
-            "stimulus__condition__label",
-            "stimulus__condition__role",
-            "start_s",
-            "end_s",
-            "category",
-        )
-    )
-    return (
-        pd.DataFrame.from_records(
-            list(flags),
-            columns=["listener", "stimulus", "item", "system", "role", "start_s", "end_s", "category"],
-        ),
-        pd.DataFrame.from_records(
-            list(presented), columns=["listener", "stimulus", "item", "system", "role", "duration_s"]
-        ),
-    )
-
-
 def _listener_regions(
     flags: pd.DataFrame, presented: pd.DataFrame, *, min_share: float, min_listeners: int
 ) -> dict[int, list[tuple[float, float]]]:
@@ -289,7 +252,6 @@ def _listener_regions(
     flag_regions costs several ms per flagged stimulus (pandas work per stimulus); the frames are cheap to read
     and hash, so a repeat view of an unchanged run skips it, and any new flag or listener changes the key.
     """
-    from evalsite.analysis.flags import flag_regions
 
     if flags.empty:
         return {}
@@ -343,8 +305,6 @@ def run_detector_agreement(
     ``regions``, ``tests``, ``rows`` (per detector, then ``"any detector"``), ``examples`` (clips with
     regions or events, most regions first) and ``rule`` (the method in words).
     """
-    from evalsite.listening.models import Stimulus
-    from metrics.detectors import region_agreement
 
     run_assets = Generation.objects.filter(checkpoint__run=run, asset__isnull=False).values("asset_id")
     stimuli = list(
@@ -370,7 +330,7 @@ def run_detector_agreement(
     }
     if not stimuli:
         return empty
-    flags, presented = _listening_frames([s[0] for s in stimuli])
+    flags, presented = stimuli_flag_frames([s[0] for s in stimuli])
     heard = set(presented["stimulus"])
     stimuli = [s for s in stimuli if s[0] in heard]
     if not stimuli:
@@ -524,10 +484,6 @@ def _human_columns(checkpoint_ids: Sequence[int], user) -> tuple[list[dict], dic
     """One column per listening test ``user`` may see that rated any of the checkpoints (per comparison for
     CMOS, per pair for AB), with every vote kept: no post-screening exclusions. A test that also rates a run
     the user may not see is left out: its labels would name that run."""
-    from evalsite.analysis.selectors import ratings_frame
-    from evalsite.analysis.stats import ab_preference, system_scores
-    from evalsite.listening.access import listening_tests_visible
-    from evalsite.listening.models import Condition, ListeningTest
 
     conditions = list(
         Condition.objects.filter(checkpoint_id__in=checkpoint_ids).values_list(

@@ -577,6 +577,7 @@ def mixed_effects(ratings: pd.DataFrame, *, baseline: str | None = None, reml: b
         >>> [(e["system"], round(e["estimate"], 2)) for e in res["effects"]]  # doctest: +SKIP
         [('vocos', 0.41), ('bigvgan', 0.55)]
     """
+    # Lazy: the formula API (patsy) is slow to import and only this reference implementation uses it.
     import statsmodels.formula.api as smf
 
     frame, systems, result = _mixed_model_start(

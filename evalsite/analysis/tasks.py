@@ -2,10 +2,10 @@
 
 from celery import shared_task
 
+from evalsite.analysis.snapshots import analysis_snapshots_refresh
+
 
 @shared_task
 def analysis_refresh_task() -> list[int]:
     """Store the results of every published listening test whose answers changed since its last snapshot."""
-    from evalsite.analysis.results import analysis_snapshots_refresh
-
     return analysis_snapshots_refresh()

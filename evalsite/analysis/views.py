@@ -9,6 +9,7 @@ from django.views.decorators.http import require_GET
 
 @functools.cache
 def _plotly_js() -> bytes:
+    # Lazy: plotly is large and the web tier needs it only to serve this file once per process.
     import plotly.offline
 
     return plotly.offline.get_plotlyjs().encode()

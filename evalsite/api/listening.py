@@ -256,7 +256,7 @@ class ListeningTestCloseApi(ListeningTestTransitionApi):
 class ListeningTestResultsApi(APIView):
     @extend_schema_serializer(component_name="ListeningTestResults")
     class OutputSerializer(serializers.Serializer):
-        """The top level of ``evalsite.analysis.results.listening_test_results``; undefined numbers are null."""
+        """The top level of ``evalsite.analysis.snapshots.listening_test_results``; undefined numbers are null."""
 
         version = serializers.IntegerField(help_text="shape version of this object")
         computed_at = serializers.DateTimeField()
@@ -324,6 +324,6 @@ class ListeningTestResultsApi(APIView):
     )
     def get(self, request, test_id: int):
         # The statistics stack (pandas, statsmodels) loads with the first results asked for, not with the API.
-        from evalsite.analysis.results import listening_test_results
+        from evalsite.analysis.snapshots import listening_test_results
 
         return Response(listening_test_results(test_for(request.user, test_id)))

@@ -19,6 +19,7 @@ from evalsite.runs.models import Generation
 from evalsite.scoring.models import DetectorEvent, DetectorPass
 from metrics import detectors
 from metrics.detectors import DETECTORS
+from metrics.jsonable import jsonable
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def detection_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
                         start_s=float(e.start_s),
                         end_s=float(max(e.end_s, e.start_s)),
                         strength=float(e.strength),
-                        detail=_jsonable(e.detail),
+                        detail=jsonable(e.detail),
                     )
                     for e in events
                 ]
@@ -128,17 +129,3 @@ def detection_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
     if left_out:
         result["left_out"] = left_out
     return result
-
-
-def _jsonable(value: Any) -> Any:
-    import numpy as np
-
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and value != value:
-        return None
-    return value

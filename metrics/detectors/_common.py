@@ -17,6 +17,7 @@ import scipy.fft
 from numpy.lib.stride_tricks import sliding_window_view
 
 from metrics._lengths import DEFAULT_LENGTH_TOLERANCE
+from metrics.jsonable import jsonable
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -167,24 +168,13 @@ def _window_means(x: np.ndarray, win: int, hop: int) -> tuple[np.ndarray, np.nda
     return (c[starts + win] - c[starts]) / win, starts + win / 2.0
 
 
-def _plain(v: Any) -> Any:
-    """numpy scalars → Python ``float`` / ``int`` so that ``detail`` is JSON-serialisable."""
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        return float(v)
-    return v
-
-
 def _event(detector: str, start_s: float, end_s: float, strength: float, **detail: Any) -> DetectorEvent:
     return DetectorEvent(
         detector,
         float(max(start_s, 0.0)),
         float(end_s),
         float(strength),
-        {k: _plain(v) for k, v in detail.items()},
+        jsonable(detail),
     )
 
 

@@ -10,6 +10,7 @@ from scipy import stats as sps
 
 from evalsite.analysis import run_views
 from evalsite.analysis.figures_runs import detector_rate_figure, metric_figure, run_figures
+from evalsite.analysis.frames import ratings_frame
 from evalsite.analysis.run_selectors import (
     checkpoint_comparison,
     run_detector_agreement,
@@ -18,7 +19,6 @@ from evalsite.analysis.run_selectors import (
     run_metric_grid,
     run_metric_series,
 )
-from evalsite.analysis.selectors import ratings_frame
 from evalsite.analysis.stats import system_scores
 from evalsite.listening import services
 from evalsite.listening.models import StimulusHandle

@@ -8,14 +8,15 @@ import pyarrow.parquet as pq
 import pytest
 from django.core.cache import cache
 
-from evalsite.analysis import results as results_module
+from evalsite.analysis import compute, flag_summary, frames, metric_correlations, plain, snapshots
 from evalsite.analysis.models import AnalysisSnapshot
-from evalsite.analysis.results import listening_test_results
+from evalsite.analysis.snapshots import listening_test_results
 from evalsite.analysis.stats import crossed_mixed_model
 from evalsite.listening import services
 from evalsite.listening.models import Condition, Participant, StimulusHandle
 from evalsite.listening.selectors import headphone_trials, listener_state
 from evalsite.scoring.models import MetricResult
+from metrics.jsonable import jsonable
 from tests.factories import listening_world, make_listening_test
 
 pytestmark = pytest.mark.django_db
@@ -143,10 +144,10 @@ def test_the_listener_who_rates_the_hidden_reference_low_is_excluded_with_the_bs
     test = mushra["test"]
     r = listening_test_results(test, n_boot=200)
     excluded = excluded_by(r)
-    bad = excluded[results_module.listener_id(test.pk, mushra["bad"].pk)]
+    bad = excluded[plain.listener_id(test.pk, mushra["bad"].pk)]
     assert "bs1534_reference" in bad["rules"] and bad["ratings"] == 25
     assert "rated the hidden reference below 90 on 5 of 5 items (100 % > 15 %)" in bad["reasons"]
-    deaf = excluded[results_module.listener_id(test.pk, mushra["deaf"].pk)]
+    deaf = excluded[plain.listener_id(test.pk, mushra["deaf"].pk)]
     assert deaf["rules"] == ["headphone_check"] and deaf["ratings"] == 0
     assert deaf["reasons"][0].startswith("failed the headphone check: 0 of 6")
     assert set(excluded) == {bad["listener"], deaf["listener"]}  # the six good listeners are all kept
@@ -264,7 +265,7 @@ def test_a_smos_test_screens_a_failed_gold_question_and_uses_ordinal_alpha_and_a
         )
     r = listening_test_results(test, n_boot=200)
     (gold,) = r["screening"]["excluded"]
-    assert gold["listener"] == results_module.listener_id(test.pk, people[4].pk)
+    assert gold["listener"] == plain.listener_id(test.pk, people[4].pk)
     assert gold["rules"] == ["qc_gold"] and gold["reasons"] == [
         "failed 1 of 1 gold questions (more than 0 allowed)"
     ]
@@ -407,7 +408,7 @@ def test_a_test_whose_listeners_have_joined_but_not_finished_has_results_and_a_p
 def test_exports_parse_back_with_the_right_rows(mushra, admin_client):
     test = mushra["test"]
     base = f"/analysis/tests/{test.pk}/export/"
-    bad = results_module.listener_id(test.pk, mushra["bad"].pk)
+    bad = plain.listener_id(test.pk, mushra["bad"].pk)
     for fmt in ("csv", "parquet"):
 
         def read(table):
@@ -437,7 +438,7 @@ def test_exports_parse_back_with_the_right_rows(mushra, admin_client):
         assert len(metrics) == 2 + 2 * 6 and set(metrics["level"]) == {"system", "item"}
         screening = read("screening")
         excluded = screening.loc[screening["decision"] == "excluded"]
-        assert set(excluded["participant"]) == {bad, results_module.listener_id(test.pk, mushra["deaf"].pk)}
+        assert set(excluded["participant"]) == {bad, plain.listener_id(test.pk, mushra["deaf"].pk)}
         assert (screening["decision"] == "kept").sum() == 6
 
 
@@ -534,11 +535,40 @@ def test_figures_are_built_from_the_results_alone(mushra):
     assert figures_tests.page_figures({"test": {"kind": "mos"}}) == {}
 
 
-def test_the_narrow_answer_queries_give_the_selectors_frames_and_system_flag_rates_agree(mushra):
-    from evalsite.analysis import flags, selectors
+def test_the_frames_equal_a_plain_orm_read_and_the_page_system_flag_rates_equal_the_pure_function(mushra):
+    from evalsite.analysis import flags
+    from evalsite.listening.models import Rating
 
     test = mushra["test"]
-    ratings, presented = results_module._answer_frames(test)
+    ratings, presented = frames.answer_frames(test)
+    main = {"assignment__trial__is_training": False, "assignment__trial__control": ""}
+    plain_ratings = pd.DataFrame.from_records(
+        list(
+            Rating.objects.filter(participant__test=test, is_training=False, **main).values_list(
+                "participant_id",
+                "assignment__trial__item__key",
+                "stimulus__condition__label",
+                "stimulus__condition__role",
+                "score",
+                "stimulus__condition__checkpoint_id",
+                "stimulus__condition__checkpoint__step",
+            )
+        ),
+        columns=["listener", "item", "system", "role", "score", "checkpoint", "step"],
+    )
+    plain_presented = pd.DataFrame.from_records(
+        list(
+            StimulusHandle.objects.filter(assignment__participant__test=test, **main).values_list(
+                "assignment__participant_id",
+                "stimulus_id",
+                "stimulus__trial__item__key",
+                "stimulus__condition__label",
+                "stimulus__condition__role",
+                "stimulus__asset__duration_s",
+            )
+        ),
+        columns=["listener", "stimulus", "item", "system", "role", "duration_s"],
+    )
 
     def same(a, b):
         key = list(b.columns)
@@ -546,11 +576,12 @@ def test_the_narrow_answer_queries_give_the_selectors_frames_and_system_flag_rat
         b = b.sort_values(key[:3]).reset_index(drop=True).astype(object).where(b.notna(), None)
         return a.equals(b)
 
-    assert len(ratings) == 175 and same(ratings, selectors.ratings_frame(test))
-    assert len(presented) == 8 * 25 and same(presented, selectors.presented_frame(test))
-    flag_frame = selectors.flags_frame(test)
+    assert len(ratings) == 175 and same(ratings, plain_ratings) and same(frames.ratings_frame(test), ratings)
+    assert len(presented) == 8 * 25 and same(presented, plain_presented)
+    flag_frame = frames.flags_frame(test)
     theirs = flags.system_flag_rates(flag_frame, presented).set_index(["system", "role"]).sort_index()
-    ours = results_module._system_flag_rates(flags.flag_rates(flag_frame, presented), presented)
+    pres = flags.presentation_flags(flag_frame, presented)
+    ours = flag_summary.system_flag_rates(flags.stimulus_flag_rates(pres), pres)
     ours = ours.set_index(["system", "role"]).sort_index()[theirs.columns]
     pd.testing.assert_frame_equal(ours, theirs, check_dtype=False)
 
@@ -638,7 +669,7 @@ def test_the_timeline_density_equals_flag_density_with_overlapping_and_point_fla
         }
     )
     for resolution in (0.01, 0.05, 0.3):
-        times, shares = results_module.flag_density_of(flags, 4, 1.0, resolution)
+        times, shares = flag_summary.flag_density_of(flags, 4, 1.0, resolution)
         expected_times, expected = flag_density(flags, presented, "s", resolution_s=resolution)
         assert times == pytest.approx(expected_times) and shares == pytest.approx(expected)
 
@@ -669,7 +700,7 @@ def test_another_process_reads_the_stored_snapshot_instead_of_computing(
     first = listening_test_results(test, n_boot=200)
     assert first["source"] == "computed" and AnalysisSnapshot.objects.filter(test=test).count() == 1
     cache.clear()  # a web process that has not seen this test: its local-memory cache is empty
-    monkeypatch.setattr(results_module, "compute_listening_test_results", no_computation)
+    monkeypatch.setattr(snapshots, "compute_listening_test_results", no_computation)
     with django_assert_max_num_queries(6):
         again = listening_test_results(test, n_boot=200)
     assert again["source"] == "snapshot" and again["cache_hit"]
@@ -699,7 +730,7 @@ def test_storing_the_same_inputs_twice_updates_the_row_and_an_older_computation_
     from django.utils import timezone
 
     test, now = mushra["test"], timezone.now()
-    store = results_module.analysis_snapshot_store
+    store = snapshots.analysis_snapshot_store
     store(test=test, fingerprint="new", n_boot=10, data={"x": 1}, computed_at=now, duration_s=0.5)
     store(
         test=test, fingerprint="new", n_boot=10, data={"x": 2}, computed_at=now, duration_s=0.4
@@ -728,7 +759,6 @@ def test_storing_the_same_inputs_twice_updates_the_row_and_an_older_computation_
 
 
 def test_the_refresh_task_computes_published_tests_whose_answers_changed_and_nothing_else(mushra):
-    from evalsite.analysis.results import DEFAULT_N_BOOT
     from evalsite.analysis.tasks import analysis_refresh_task
 
     test = mushra["test"]
@@ -739,8 +769,9 @@ def test_the_refresh_task_computes_published_tests_whose_answers_changed_and_not
     add_rating(test)
     assert analysis_refresh_task.apply().get() == [test.pk]
     snapshot = AnalysisSnapshot.objects.get(test=test)
-    assert snapshot.n_boot == DEFAULT_N_BOOT and snapshot.fingerprint == results_module.results_fingerprint(
-        test
+    assert (
+        snapshot.n_boot == compute.DEFAULT_N_BOOT
+        and snapshot.fingerprint == snapshots.results_fingerprint(test)
     )
     cache.clear()
     assert listening_test_results(test)["source"] == "snapshot"  # the researcher's view finds it ready
@@ -757,7 +788,7 @@ def test_the_refresh_task_is_on_the_beat_schedule_on_the_cpu_queue():
 def test_computed_results_survive_the_json_round_trip_of_a_snapshot_unchanged(mushra):
     import json
 
-    r = results_module.compute_listening_test_results(mushra["test"], n_boot=100)
+    r = compute.compute_listening_test_results(mushra["test"], n_boot=100)
     assert json.loads(json.dumps(r, allow_nan=False)) == r
 
 
@@ -765,24 +796,24 @@ def test_computed_results_survive_the_json_round_trip_of_a_snapshot_unchanged(mu
 
 
 def test_the_page_correlations_equal_human_metric_correlations(mushra):
-    from evalsite.analysis import correlation, selectors
+    from evalsite.analysis import correlation
 
     test = mushra["test"]
-    kept = selectors.ratings_frame(test)
-    metrics = results_module._metrics(test)
-    ours = results_module._correlations("mushra", kept, metrics)
-    human = results_module._human_for_metrics("mushra", kept).assign(item=lambda f: f["item"].astype(str))
+    kept = frames.ratings_frame(test)
+    metrics = frames.metrics_frame(test)
+    ours = metric_correlations.metric_correlations("mushra", kept, metrics)
+    human = metric_correlations.human_for_metrics("mushra", kept).assign(item=lambda f: f["item"].astype(str))
     item_rows = [(r.system, str(i), r.metric, v) for r in metrics.itertuples() for i, v in r.per_item.items()]
     item_metrics = pd.DataFrame(item_rows, columns=["system", "item", "metric", "value"])
     for level, frame in (("system", metrics[["system", "metric", "value"]]), ("item", item_metrics)):
         table = correlation.human_metric_correlations(human, frame, level=level)
-        assert ours[level] == results_module._records(table), level
+        assert ours[level] == plain.records(table), level
         if level == "system":
             assert ours["method"] == table.attrs["method"]
     system_means = human.groupby("system")["score"].mean()
     for name, g in metrics.groupby("metric"):  # the scatter points as first written
         joined = g.groupby("system")["value"].mean().to_frame().join(system_means, how="inner")
-        assert ours["points"]["system"][name] == results_module.jsonable(
+        assert ours["points"]["system"][name] == jsonable(
             {
                 "systems": list(joined.index),
                 "human": joined["score"].to_numpy(),
@@ -792,7 +823,7 @@ def test_the_page_correlations_equal_human_metric_correlations(mushra):
     item_means = human.groupby(["system", "item"])["score"].mean()
     for name, g in item_metrics.groupby("metric"):
         joined = g.groupby(["system", "item"])["value"].mean().to_frame().join(item_means, how="inner")
-        assert ours["points"]["item"][name] == results_module.jsonable(
+        assert ours["points"]["item"][name] == jsonable(
             {
                 "systems": list(joined.index.get_level_values(0)),
                 "items": list(joined.index.get_level_values(1)),
@@ -823,7 +854,7 @@ def test_records_equal_jsonable_of_to_dict():
         row["listener"] = rename(row["listener"])
         row["listeners"] = [rename(v) for v in row["listeners"]]
         expected.append(row)
-    assert results_module._records(frame, rename) == results_module.jsonable(expected)
+    assert plain.records(frame, rename) == jsonable(expected)
     mixed = pd.DataFrame([{"listener": None, "rule": "bs1534_anchor"}, {"listener": 5, "rule": "agreement"}])
     expected = [{**row, "listener": rename(row["listener"])} for row in mixed.to_dict("records")]
-    assert results_module._records(mixed, rename) == results_module.jsonable(expected)
+    assert plain.records(mixed, rename) == jsonable(expected)

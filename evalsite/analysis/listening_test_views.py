@@ -17,7 +17,8 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET
 
 from evalsite.analysis import exports, figures_tests
-from evalsite.analysis.results import listener_id, listening_test_results
+from evalsite.analysis.plain import listener_id
+from evalsite.analysis.snapshots import listening_test_results
 from evalsite.listening.access import listening_tests_visible
 from evalsite.listening.models import ListeningTest, Participant, Stimulus
 

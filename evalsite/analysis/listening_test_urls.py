@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from evalsite.analysis import test_views as views
+from evalsite.analysis import listening_test_views as views
 
 urlpatterns = [
     path("<int:pk>/", views.test_results_page, name="test-results"),
