@@ -57,9 +57,10 @@ def build(args) -> tuple[int, int]:
 
     from evalsite.alerts.models import Alert
     from evalsite.audio.models import AudioAsset
+    from evalsite.jobs.models import Job
     from evalsite.listening import services
     from evalsite.listening.models import ArtifactFlag, StimulusHandle
-    from evalsite.runs.models import Checkpoint, EvalItem, EvalSet, Generation, Job, Run
+    from evalsite.runs.models import Checkpoint, EvalItem, EvalSet, Generation, Run
     from evalsite.scoring.models import DetectorEvent, DetectorPass, MetricResult
 
     call_command("migrate", verbosity=0, interactive=False)
@@ -363,7 +364,7 @@ def main() -> None:
         from django.test import Client
 
         from evalsite.analysis import run_selectors, run_views
-        from evalsite.runs import views as run_page
+        from evalsite.analysis import run_views as run_page
 
         t0 = time.monotonic()
         run_id, user_id = build(args)

@@ -87,8 +87,9 @@ def main() -> None:
         from django.core.management import call_command
         from django.db import connections
 
+        from evalsite.jobs.models import Job
         from evalsite.runs.evalset_services import evalset_import
-        from evalsite.runs.models import Checkpoint, EvalSet, Generation, Job
+        from evalsite.runs.models import Checkpoint, EvalSet, Generation
         from evalsite.runs.services import run_create
         from evalsite.scoring.models import MetricResult
 

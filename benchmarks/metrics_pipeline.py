@@ -56,8 +56,9 @@ def main() -> None:
     from evalsite.audio.decoding import decoded_from_array
     from evalsite.audio.services import audio_asset_store
     from evalsite.demo.speech import DEMO_SENTENCES, DEMO_SPEAKERS, SAMPLE_RATE, synthesize
+    from evalsite.jobs.models import Job
     from evalsite.jobs.services import job_execute
-    from evalsite.runs.models import Checkpoint, EvalItem, EvalSet, Generation, Job, Run
+    from evalsite.runs.models import Checkpoint, EvalItem, EvalSet, Generation, Run
     from evalsite.scoring.services import metrics_job_work
 
     call_command("migrate", verbosity=0)

@@ -3,8 +3,10 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from evalsite.analysis.run_views import run_detail
 from evalsite.api.media import media_file
 from evalsite.core.views import FaviconView, healthz
+from evalsite.runs import urls as runs_urls
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -18,5 +20,14 @@ urlpatterns = [
     path("analysis/", include("evalsite.analysis.urls")),
     path("l/", include("evalsite.listening.urls")),
     path("listening/", include("evalsite.listening.researcher_urls")),
-    path("", include("evalsite.runs.urls")),
+    # The runs namespace: the runs app's own pages, and a run's page, which reads analysis (above runs).
+    path(
+        "",
+        include(
+            (
+                [*runs_urls.urlpatterns, path("runs/<int:pk>/", run_detail, name="run-detail")],
+                runs_urls.app_name,
+            )
+        ),
+    ),
 ]

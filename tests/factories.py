@@ -4,9 +4,10 @@ import factory
 import numpy as np
 import soundfile as sf
 
+from evalsite.jobs.models import Job
 from evalsite.listening.models import ListeningTest
 from evalsite.listening.services import TestDesign, listening_test_build
-from evalsite.runs.models import Checkpoint, EvalSet, Job, Run
+from evalsite.runs.models import Checkpoint, EvalSet, Run
 
 
 class EvalSetFactory(factory.django.DjangoModelFactory):

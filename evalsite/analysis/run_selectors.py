@@ -24,10 +24,11 @@ from evalsite.analysis.flags import flag_regions
 from evalsite.analysis.frames import ratings_frame, stimuli_flag_frames
 from evalsite.analysis.stats import ab_preference, system_scores
 from evalsite.core.exceptions import ApplicationError
+from evalsite.jobs.models import Job
 from evalsite.listening.access import listening_tests_visible
 from evalsite.listening.models import Condition, ListeningTest, Stimulus
 from evalsite.runs.access import checkpoints_visible
-from evalsite.runs.models import Generation, Job, Run
+from evalsite.runs.models import Generation, Run
 from evalsite.scoring.detection import run_detector_names
 from evalsite.scoring.models import DetectorEvent, DetectorPass, MetricResult
 from metrics.detectors import region_agreement

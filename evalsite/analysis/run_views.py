@@ -1,4 +1,4 @@
-"""Researcher pages: a run's charts (metrics and detector rates over step, detector-listener agreement)
+"""Researcher pages: a run's page (served as runs:run-detail), its charts (metrics and detector rates over step, detector-listener agreement)
 and the checkpoint comparison page."""
 
 from django.contrib.auth.decorators import login_required
@@ -12,9 +12,12 @@ from evalsite.analysis.run_selectors import (
     checkpoint_comparison,
     run_detector_agreement,
     run_detector_rates,
+    run_failed_jobs,
+    run_metric_grid,
     run_metric_series,
 )
 from evalsite.runs.access import runs_visible
+from evalsite.runs.selectors import run_alerts, run_checkpoint_table, run_generation_grid
 
 MAX_COMPARED = 50
 BAD_CHECKPOINT_ID = "Ignored {values}: a checkpoint id is a whole number."
@@ -72,5 +75,36 @@ def checkpoint_compare(request: HttpRequest) -> HttpResponse:
             "selected": set(ids),
             "comparison": comparison,
             "messages": messages,
+        },
+    )
+
+
+LISTEN_GRID_CHECKPOINTS = 8
+"""The run page's listen grid shows the latest few checkpoints (``?listen=all``: every one), so a run
+with hundreds of checkpoints does not render hundreds of audio players per item."""
+
+
+@login_required
+def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    run = get_object_or_404(runs_visible(request.user).select_related("eval_set"), pk=pk)
+    listen_all = request.GET.get("listen") == "all"
+    checkpoints, grid = run_generation_grid(run=run, last=None if listen_all else LISTEN_GRID_CHECKPOINTS)
+    table = run_checkpoint_table(run=run)
+    metrics = run_metric_grid(run_metric_series(run=run))
+    return render(
+        request,
+        "runs/run_detail.html",
+        {
+            "run": run,
+            "table": table,
+            "checkpoints": checkpoints,
+            "grid": grid,
+            "listen_all": listen_all,
+            "listen_latest": LISTEN_GRID_CHECKPOINTS,
+            "checkpoint_count": len(table),
+            "metric_columns": metrics["columns"],
+            "metric_rows": metrics["rows"],
+            "alerts": run_alerts(run=run),
+            "failed_jobs": run_failed_jobs(run=run),
         },
     )

@@ -18,7 +18,8 @@ from evalsite.api.fields import JSONObjectField
 from evalsite.api.schema import ERRORS, ErrorSerializer
 from evalsite.api.services import CHECKPOINT_NOT_FOUND, checkpoint_evaluate_step, run_register, run_update
 from evalsite.core.exceptions import NotFoundError
-from evalsite.runs.models import Checkpoint, EvalSet, Job, Run
+from evalsite.jobs.models import Job
+from evalsite.runs.models import Checkpoint, EvalSet, Run
 from evalsite.runs.services import checkpoint_register
 
 

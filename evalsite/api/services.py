@@ -17,7 +17,8 @@ from evalsite.alerts.services import alert_rules_ensure_defaults, webhook_secret
 from evalsite.api.authentication import RESEARCHER_TOKEN_PREFIX, token_hash
 from evalsite.api.models import ResearcherToken
 from evalsite.core.exceptions import ApplicationError, ConflictError, NotFoundError
-from evalsite.runs.models import Checkpoint, EvalSet, Job, Run
+from evalsite.jobs.models import Job
+from evalsite.runs.models import Checkpoint, EvalSet, Run
 from evalsite.runs.params import generation_params
 from evalsite.runs.services import RUN_HAS_NO_EVAL_SET, checkpoint_evaluate, run_create
 

@@ -7,5 +7,4 @@ app_name = "runs"
 urlpatterns = [
     path("", views.overview, name="overview"),
     path("evalsets/<int:pk>/", views.evalset_detail, name="evalset-detail"),
-    path("runs/<int:pk>/", views.run_detail, name="run-detail"),
 ]

@@ -226,7 +226,7 @@ def test_a_webhook_answered_404_or_out_of_attempts_is_failed_with_the_reason(
 
 
 def test_the_run_page_shows_each_checkpoints_pipeline_stages_and_the_alerts(run, client, django_user_model):
-    from evalsite.runs.models import Job
+    from evalsite.jobs.models import Job
 
     ckpt = checkpoint_with(run, 1000)
     Job.objects.create(kind="generation", run=run, checkpoint=ckpt, status="done")

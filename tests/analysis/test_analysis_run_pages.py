@@ -20,9 +20,10 @@ from evalsite.analysis.run_selectors import (
     run_metric_series,
 )
 from evalsite.analysis.stats import system_scores
+from evalsite.jobs.models import Job
 from evalsite.listening import services
 from evalsite.listening.models import StimulusHandle
-from evalsite.runs.models import Checkpoint, Generation, Job, Run
+from evalsite.runs.models import Checkpoint, Generation, Run
 from evalsite.runs.selectors import run_checkpoint_table, run_generation_grid
 from evalsite.scoring.models import DetectorEvent, DetectorPass, MetricResult
 from metrics.detectors import DETECTORS
@@ -349,10 +350,8 @@ def test_the_run_page_links_the_charts_and_shows_failed_jobs_with_their_reasons(
 
 
 def test_the_run_page_lists_the_latest_checkpoints_in_the_listen_grid(listened, researcher, monkeypatch):
-    from evalsite.runs import views
-
     run = listened["det"].run
-    monkeypatch.setattr(views, "LISTEN_GRID_CHECKPOINTS", 1)
+    monkeypatch.setattr(run_views, "LISTEN_GRID_CHECKPOINTS", 1)
     page = researcher.get(f"/runs/{run.pk}/")
     assert [c.step for c in page.context["checkpoints"]] == [80000]
     assert "The latest 1 of 2 checkpoints" in page.content.decode()

@@ -8,8 +8,9 @@ from rest_framework.test import APIClient
 from evalsite.alerts.models import Alert, AlertRule
 from evalsite.alerts.services import alert_create
 from evalsite.api.services import researcher_token_issue
+from evalsite.jobs.models import Job
 from evalsite.listening.models import ListeningTest
-from evalsite.runs.models import Checkpoint, Job, Run
+from evalsite.runs.models import Checkpoint, Run
 from evalsite.runs.services import run_create
 from tests.factories import EvalSetFactory, listening_world
 

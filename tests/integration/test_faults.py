@@ -20,11 +20,12 @@ from django.db import connection, connections
 
 import models
 from evalsite.audio.models import AudioAsset
+from evalsite.jobs.models import Job
 from evalsite.jobs.services import job_create
 from evalsite.listening.models import Participant, Rating, StimulusHandle
 from evalsite.listening.services import listening_test_publish
 from evalsite.runs.evalset_services import evalset_import
-from evalsite.runs.models import Checkpoint, EvalItem, EvalSet, Generation, Job
+from evalsite.runs.models import Checkpoint, EvalItem, EvalSet, Generation
 from evalsite.runs.services import checkpoint_register, run_create
 from tests.factories import listening_world, make_listening_test
 from tests.integration.browser import new_page, wait_ready

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 import models
+from evalsite.jobs.models import Job
 from evalsite.runs.evalset_services import evalset_import
-from evalsite.runs.models import Checkpoint, EvalSet, Generation, Job
+from evalsite.runs.models import Checkpoint, EvalSet, Generation
 from evalsite.runs.services import checkpoint_register, run_create
 from evalsite.scoring.models import MetricResult
 from tests.factories import write_tone

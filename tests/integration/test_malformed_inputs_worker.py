@@ -13,8 +13,10 @@ import torch
 
 import models
 from evalsite.audio.models import AudioAsset
-from evalsite.runs.models import Checkpoint, EvalSet, Generation, Job
-from evalsite.runs.services import checkpoint_register, job_create, run_create
+from evalsite.jobs.models import Job
+from evalsite.jobs.services import job_create
+from evalsite.runs.models import Checkpoint, EvalSet, Generation
+from evalsite.runs.services import checkpoint_register, run_create
 from evalsite.scoring.models import MetricResult
 from tests.integration.conftest import wait_for
 from tests.malformed import (

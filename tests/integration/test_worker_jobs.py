@@ -5,8 +5,9 @@ import pytest
 import soundfile as sf
 
 from evalsite.audio.models import AudioAsset
-from evalsite.runs.models import EvalItem, Job
-from evalsite.runs.services import job_create
+from evalsite.jobs.models import Job
+from evalsite.jobs.services import job_create
+from evalsite.runs.models import EvalItem
 from tests.integration.conftest import both_brokers, queue_depth, wait_for
 
 pytestmark = pytest.mark.integration

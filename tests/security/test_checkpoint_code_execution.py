@@ -24,10 +24,11 @@ from rest_framework.test import APIClient
 
 import models
 from evalsite.api.services import researcher_token_issue
+from evalsite.jobs.models import Job
 from evalsite.runs import generation as gen
 from evalsite.runs.evalset_services import evalset_import
 from evalsite.runs.families import MODEL_FAMILY_NOT_ALLOWED
-from evalsite.runs.models import Checkpoint, EvalSet, Generation, Job, Run
+from evalsite.runs.models import Checkpoint, EvalSet, Generation, Run
 from evalsite.runs.services import run_create
 from tests.factories import write_tone
 

@@ -23,6 +23,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
+from evalsite.jobs.models import Job
 from evalsite.jobs.services import job_execute
 from evalsite.runs import checkpoint_files
 from evalsite.runs.checkpoint_files import (
@@ -31,7 +32,7 @@ from evalsite.runs.checkpoint_files import (
     CHECKPOINT_SHA256_MISMATCH,
 )
 from evalsite.runs.generation_services import CHECKPOINT_SHA256_CHANGED, generation_job_work
-from evalsite.runs.models import Checkpoint, Job, Run, WatchedFile
+from evalsite.runs.models import Checkpoint, Run, WatchedFile
 from evalsite.runs.services import checkpoint_register, run_create
 from evalsite.runs.watcher import checkpoints_watch_all
 from tests.factories import EvalSetFactory

@@ -6,10 +6,11 @@ from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from evalsite.core.exceptions import ApplicationError
+from evalsite.jobs.models import Job
 from evalsite.jobs.services import job_execute
 from evalsite.runs import generation
 from evalsite.runs.generation_services import generation_job_work
-from evalsite.runs.models import Checkpoint, Generation, Job
+from evalsite.runs.models import Checkpoint, Generation
 from evalsite.runs.params import PARAM_INVALID, PARAM_UNKNOWN, generation_params_check
 from evalsite.runs.services import checkpoint_register, run_create
 from tests.factories import EvalSetFactory

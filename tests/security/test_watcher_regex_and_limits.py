@@ -17,11 +17,12 @@ from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from evalsite.celery import app
+from evalsite.jobs.models import Job
 from evalsite.jobs.services import JOB_TIME_LIMIT
 from evalsite.runs import tasks
 from evalsite.runs.checkpoint_files import CHECKPOINT_PATH_REFUSED
 from evalsite.runs.locks import exclusive
-from evalsite.runs.models import Checkpoint, Job, WatchedFile
+from evalsite.runs.models import Checkpoint, WatchedFile
 from evalsite.runs.services import checkpoint_register, run_create
 from evalsite.runs.tasks import checkpoints_watch_task, generation_run_task
 from evalsite.runs.watcher import WATCH_LOCK, checkpoints_watch, compile_pattern, step_from_name

@@ -3,7 +3,8 @@ from django.contrib import admin
 from django.urls import reverse
 
 from evalsite.audio.models import AudioAsset
-from evalsite.runs.models import Checkpoint, EvalItem, EvalSet, Generation, Job, Run
+from evalsite.jobs.models import Job
+from evalsite.runs.models import Checkpoint, EvalItem, EvalSet, Generation, Run
 from tests.factories import CheckpointFactory, JobFactory
 
 DOMAIN_MODELS = [Run, Checkpoint, EvalSet, EvalItem, AudioAsset, Generation, Job]

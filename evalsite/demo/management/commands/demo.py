@@ -11,8 +11,10 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from evalsite.core.processes import ChildProcesses, StopRequested, StopSignals
-from evalsite.runs.models import EvalSet, Job, Run
-from evalsite.runs.services import checkpoint_register, job_create, run_create
+from evalsite.jobs.models import Job
+from evalsite.jobs.services import job_create
+from evalsite.runs.models import EvalSet, Run
+from evalsite.runs.services import checkpoint_register, run_create
 
 DEMO_EVALSET = "demo-espeak-speech"
 DEMO_USER = "demo"
