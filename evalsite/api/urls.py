@@ -1,7 +1,8 @@
 from django.urls import path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
+from drf_spectacular.views import SpectacularAPIView
 
 from evalsite.api import alerts, listening, runs
+from evalsite.api.docs import ApiDocsView
 from evalsite.api.exceptions import endpoint_not_found
 
 app_name = "api"
@@ -9,7 +10,8 @@ app_name = "api"
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     # The schema made readable (Swagger UI); public like the schema it shows.
-    path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api:schema"), name="docs"),
+    # The schema made readable (Swagger UI); public like the schema it shows.
+    path("docs/", ApiDocsView.as_view(url_name="api:schema"), name="docs"),
     path("eval-sets/", runs.EvalSetListApi.as_view(), name="eval-sets"),
     path("runs/", runs.RunListApi.as_view(), name="runs"),
     path("runs/<int:run_id>/", runs.RunDetailApi.as_view(), name="run"),

@@ -165,6 +165,7 @@ class Stimulus(BaseModel):
     )
 
     class Meta:
+        verbose_name_plural = "stimuli"
         constraints = [
             models.UniqueConstraint(fields=["trial", "condition"], name="stimulus_unique_condition")
         ]

@@ -46,6 +46,7 @@ class ReferenceStatistics(BaseModel):
     data = models.BinaryField(help_text="metrics.GaussianStatistics.to_bytes()")
 
     class Meta:
+        verbose_name_plural = "reference statistics"
         constraints = [
             models.UniqueConstraint(
                 fields=["eval_set", "embedder", "weights_checksum", "preprocess_key", "fingerprint"],
@@ -143,3 +144,6 @@ class DetectorPass(BaseModel):
     duration_s = models.FloatField()
     events = models.PositiveIntegerField()
     version = models.CharField(max_length=20)
+
+    class Meta:
+        verbose_name_plural = "detector passes"

@@ -50,3 +50,18 @@ def test_the_overview_needs_a_login_and_lists_eval_sets_for_a_researcher(client,
 @pytest.mark.django_db
 def test_healthz_answers_without_login(client):
     assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_every_model_is_named_in_the_plural_as_english_does():
+    """The admin's index lists models by verbose_name_plural; Django's default appends an "s"
+    ("Webhook deliverys", "Reference statisticss")."""
+    from django.apps import apps
+
+    naive = []
+    for model in apps.get_models():
+        if not model.__module__.startswith("evalsite."):
+            continue
+        singular, plural = str(model._meta.verbose_name), str(model._meta.verbose_name_plural)
+        if plural == singular + "s" and singular.endswith(("s", "x", "y", "ch", "sh", "us")):
+            naive.append(f"{model._meta.label}: {plural!r}")
+    assert naive == []
