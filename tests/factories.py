@@ -1,3 +1,6 @@
+"""Shared test data: factory_boy factories for the models tests create, and builders of whole worlds
+(an eval set with reference audio and checkpoint outputs; a listening test from a design)."""
+
 import itertools
 
 import factory
@@ -7,7 +10,8 @@ import soundfile as sf
 from evalsite.jobs.models import Job
 from evalsite.listening.models import ListeningTest
 from evalsite.listening.services import TestDesign, listening_test_build
-from evalsite.runs.models import Checkpoint, EvalSet, Run
+from evalsite.runs.models import Checkpoint, EvalItem, EvalSet, Generation, Run
+from evalsite.scoring.models import DetectorEvent, DetectorPass, MetricResult
 
 
 class EvalSetFactory(factory.django.DjangoModelFactory):
@@ -40,6 +44,62 @@ class JobFactory(factory.django.DjangoModelFactory):
         model = Job
 
     kind = Job.Kind.IMPORT_EVALSET
+
+
+class EvalItemFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = EvalItem
+
+    eval_set = factory.SubFactory(EvalSetFactory)
+    key = factory.Sequence(lambda n: f"utt{n}")
+
+
+class GenerationFactory(factory.django.DjangoModelFactory):
+    """An output row; without ``asset`` it stands for a generation that stored no audio."""
+
+    class Meta:
+        model = Generation
+
+    checkpoint = factory.SubFactory(CheckpointFactory)
+    item = factory.SubFactory(EvalItemFactory)
+    params_hash = "p"
+
+
+class MetricResultFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = MetricResult
+
+    checkpoint = factory.SubFactory(CheckpointFactory)
+    params_hash = "p"
+    name = factory.Sequence(lambda n: f"metric-{n}")
+    status = MetricResult.Status.DONE
+    value = 0.5
+    higher_is_better = False
+    n = 10
+    spec_key = factory.LazyAttribute(lambda o: f"spec-{o.name}")
+
+
+class DetectorPassFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = DetectorPass
+
+    generation = factory.SubFactory(GenerationFactory)
+    checkpoint = factory.LazyAttribute(lambda o: o.generation.checkpoint)
+    duration_s = 60.0
+    events = 0
+    version = "1"
+
+
+class DetectorEventFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = DetectorEvent
+
+    generation = factory.SubFactory(GenerationFactory)
+    checkpoint = factory.LazyAttribute(lambda o: o.generation.checkpoint)
+    detector = "clicks"
+    start_s = 0.0
+    end_s = factory.LazyAttribute(lambda o: o.start_s + 0.01)
+    strength = 2.0
 
 
 def write_tone(

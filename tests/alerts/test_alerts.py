@@ -14,8 +14,15 @@ from evalsite.alerts.services import (
     webhook_deliver,
 )
 from evalsite.alerts.webhooks import webhook_signature_verify
-from evalsite.runs.models import Checkpoint, EvalItem, Generation, Run
-from evalsite.scoring.models import DetectorEvent, DetectorPass, MetricResult
+from evalsite.runs.models import Checkpoint, EvalItem, EvalSet, Run
+from evalsite.scoring.models import MetricResult
+from tests.factories import (
+    CheckpointFactory,
+    DetectorEventFactory,
+    DetectorPassFactory,
+    GenerationFactory,
+    MetricResultFactory,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -27,35 +34,16 @@ def run():
 
 def checkpoint_with(run, step, metrics=None, events=None, minutes=1.0):
     """A checkpoint with stored metric values ({name: (value, higher_is_better)}) and detector events."""
-    from evalsite.runs.models import EvalSet
-
-    ckpt = Checkpoint.objects.create(run=run, step=step, uri=f"/c/{step}", status="done")
+    ckpt = CheckpointFactory(run=run, step=step, uri=f"/c/{step}", status="done")
     for name, (value, higher) in (metrics or {}).items():
-        MetricResult.objects.create(
-            checkpoint=ckpt,
-            params_hash="p",
-            name=name,
-            status="done",
-            value=value,
-            higher_is_better=higher,
-            n=10,
-            spec_key="spec-" + name,
-        )
+        MetricResultFactory(checkpoint=ckpt, name=name, value=value, higher_is_better=higher)
     eval_set, _ = EvalSet.objects.get_or_create(name="alerts-set")
     item, _ = EvalItem.objects.get_or_create(eval_set=eval_set, key="utt0")
-    generation = Generation.objects.create(checkpoint=ckpt, item=item, params_hash="p", status="failed")
-    DetectorPass.objects.create(
-        generation=generation,
-        checkpoint=ckpt,
-        duration_s=60.0 * minutes,
-        events=sum((events or {}).values()),
-        version="1",
-    )
+    generation = GenerationFactory(checkpoint=ckpt, item=item, status="failed")
+    DetectorPassFactory(generation=generation, duration_s=60.0 * minutes, events=sum((events or {}).values()))
     for name, n in (events or {}).items():
         for i in range(n):
-            DetectorEvent.objects.create(
-                generation=generation, checkpoint=ckpt, detector=name, start_s=i, end_s=i + 0.01, strength=2.0
-            )
+            DetectorEventFactory(generation=generation, detector=name, start_s=i)
     return ckpt
 
 

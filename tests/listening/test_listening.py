@@ -13,16 +13,10 @@ from evalsite.listening import services
 from evalsite.listening.models import ArtifactFlag, Assignment, Condition, Participant, Rating
 from evalsite.listening.selectors import listener_state
 from evalsite.runs.models import Checkpoint, Generation
-from tests.factories import listening_world, make_listening_test
+from tests.factories import make_listening_test
 
 pytestmark = pytest.mark.django_db
 RATE = 22050
-
-
-@pytest.fixture
-def world():
-    """Two runs' checkpoints with outputs for 4 items of an eval set (reference audio included)."""
-    return listening_world()
 
 
 def build(world, kind="mushra", **kw):

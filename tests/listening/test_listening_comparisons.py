@@ -35,12 +35,6 @@ RUNS3 = ("hifigan-secret-run", "evagan-hidden-run", "bigvgan-private-run")
 
 
 @pytest.fixture
-def world():
-    """Two checkpoints with outputs for 4 items (reference audio included)."""
-    return listening_world()
-
-
-@pytest.fixture
 def world3():
     """Three checkpoints with outputs for 4 items (reference audio included)."""
     return listening_world(runs=RUNS3)

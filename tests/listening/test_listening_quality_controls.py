@@ -24,14 +24,9 @@ from evalsite.listening.selectors import (
     quality_control_results,
 )
 from evalsite.runs.models import EvalItem, Generation
-from tests.factories import listening_world, make_listening_test
+from tests.factories import make_listening_test
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def world():
-    return listening_world()
 
 
 def build(world, kind="mos", name=None, **kw):
