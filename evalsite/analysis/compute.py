@@ -218,7 +218,9 @@ def pairwise_for_correction(pairwise: dict | None, correction: str, alpha: float
             "p_adjusted": p,
             "significant": [[v is not None and v < alpha for v in row] for row in p],
         }
-    return {**pairwise, "correction": correction, "rows": rows, "matrix": matrix}
+    # The stored method sentence names the correction it was computed with (Holm); say the one shown instead.
+    method = pairwise["method"].replace("Holm over all pairs", f"{correction.capitalize()} over all pairs")
+    return {**pairwise, "method": method, "correction": correction, "rows": rows, "matrix": matrix}
 
 
 def _matrix(pairs: pd.DataFrame, order: list[str]) -> dict:

@@ -66,7 +66,7 @@ def test_the_page_and_report_show_the_new_numbers_and_switch_the_correction(mush
     assert '<option value="holm" selected>' in html and "p (Holm)" in html
     hochberg = admin_client.get(url, {"correction": "hochberg"}).content.decode()
     assert '<option value="hochberg" selected>' in hochberg and "p (Hochberg)" in hochberg
-    assert "Hochberg over all pairs" not in hochberg  # the stored method sentence is not rewritten
+    assert "Hochberg over all pairs" in hochberg and "Holm over all pairs" not in hochberg
     report = admin_client.get(f"{url}report.html", {"correction": "hochberg"}).content.decode()
     assert "correction for multiple comparisons: Hochberg (step-up)" in report and "95% CrowdMOS CI" in report
     assert 'data-testid="friedman"' in report
