@@ -45,10 +45,11 @@ except (
 ):  # a transitive dependency (scikit-learn, through librosa and pingouin); only an optimisation
     ThreadpoolController = None
 
-RESULTS_VERSION = 3
+RESULTS_VERSION = 4
 """Part of the cache key and the fingerprint: bump it when the dict's shape or values change, so no process
 reads an old one (2: ICC intervals no longer rounded to 2 decimals; 3: per-system flag rows carry ``p`` and
-``flagging_listeners``, which the alerts read)."""
+``flagging_listeners``, which the alerts read; 4: CrowdMOS intervals on score rows, Hochberg p beside Holm,
+the Friedman test of MUSHRA and Bradley–Terry scores of AB)."""
 DEFAULT_N_BOOT = 2000
 BOOT_SEED = 0
 ALPHA = 0.05
@@ -175,21 +176,60 @@ def _scores(frame: pd.DataFrame, kind: str, n_boot: int) -> tuple[list[dict], st
         return [], None
     table = stats.system_scores(frame, kind=kind, n_boot=n_boot, seed=BOOT_SEED)
     group_cols = ["system", "comparison"] if kind == "cmos" else ["system"]
+    crowd = stats.crowdmos_intervals(frame, kind=kind)
+    crowdmos = {
+        tuple(r[c] for c in group_cols): {
+            "crowdmos_low": r["crowdmos_low"],
+            "crowdmos_high": r["crowdmos_high"],
+            "crowdmos_se": r["se"],
+        }
+        for r in crowd.to_dict("records")
+    }
     scored = frame.assign(score=pd.to_numeric(frame["score"], errors="coerce"))
     boxes = _box(scored.loc[scored["score"].notna()], group_cols)
     rows = []
     for row in table.to_dict("records"):
         box = boxes.get(tuple(row[c] for c in group_cols), {})
-        rows.append({**row, **{f"box_{k}": v for k, v in box.items()}})
+        key = tuple(row[c] for c in group_cols)
+        rows.append({**row, **crowdmos.get(key, {}), **{f"box_{k}": v for k, v in box.items()}})
     rows.sort(key=lambda r: -r["mean"])
-    return jsonable(rows), table.attrs.get("method")
+    method = table.attrs.get("method")
+    return jsonable(rows), f"{method}; {crowd.attrs['method']}" if method else None
+
+
+def pairwise_for_correction(pairwise: dict | None, correction: str, alpha: float = ALPHA) -> dict | None:
+    """The stored pairwise results as read under one correction (``holm`` or ``hochberg``): each row and the
+    matrix get ``p_adjusted`` and ``significant`` by that correction, so a page can switch without recomputing.
+    Refuses an unknown correction with the known ones."""
+    if correction not in stats.CORRECTIONS:
+        raise ValueError(f"correction must be one of {sorted(stats.CORRECTIONS)}; got {correction!r}")
+    if not pairwise:
+        return pairwise
+    column = f"p_{correction}"
+    rows = [
+        {**r, "p_adjusted": r.get(column), "significant": r.get(column) is not None and r[column] < alpha}
+        for r in pairwise["rows"]
+    ]
+    matrix = pairwise.get("matrix")
+    if matrix:
+        p = matrix[column]
+        matrix = {
+            **matrix,
+            "p_adjusted": p,
+            "significant": [[v is not None and v < alpha for v in row] for row in p],
+        }
+    # The stored method sentence names the correction it was computed with (Holm); say the one shown instead.
+    method = pairwise["method"].replace("Holm over all pairs", f"{correction.capitalize()} over all pairs")
+    return {**pairwise, "method": method, "correction": correction, "rows": rows, "matrix": matrix}
 
 
 def _matrix(pairs: pd.DataFrame, order: list[str]) -> dict:
-    """Square matrices (rows/columns in ``order``) of Holm p, significance and mean difference row − column."""
+    """Square matrices (rows/columns in ``order``) of Holm and Hochberg p, Holm significance and mean difference
+    row − column."""
     index = {s: k for k, s in enumerate(order)}
     size = len(order)
     p = [[None] * size for _ in range(size)]
+    p_hochberg = [[None] * size for _ in range(size)]
     diff = [[None] * size for _ in range(size)]
     sig = [[False] * size for _ in range(size)]
     for r in pairs.to_dict("records"):
@@ -197,10 +237,13 @@ def _matrix(pairs: pd.DataFrame, order: list[str]) -> dict:
         if a is None or b is None:
             continue
         p[a][b] = p[b][a] = r["p_holm"]
+        p_hochberg[a][b] = p_hochberg[b][a] = r["p_hochberg"]
         diff[a][b] = r["mean_diff"]
         diff[b][a] = -r["mean_diff"] if r["mean_diff"] is not None and math.isfinite(r["mean_diff"]) else None
         sig[a][b] = sig[b][a] = bool(r["significant"])
-    return jsonable({"systems": order, "p_holm": p, "mean_diff": diff, "significant": sig})
+    return jsonable(
+        {"systems": order, "p_holm": p, "p_hochberg": p_hochberg, "mean_diff": diff, "significant": sig}
+    )
 
 
 def _screening(
@@ -320,7 +363,7 @@ def compute_listening_test_results(test: ListeningTest, *, n_boot: int = DEFAULT
     (conditions with their checkpoints, scale, trials, items, stimuli per trial, trials per listener,
     durations), ``participants`` (statuses, recruitment, headphone check, QC), ``counts``, ``screening``,
     ``scores`` (MOS/SMOS/MUSHRA/CMOS: per system, ``kept`` and ``all`` listeners), ``preference`` (AB),
-    ``pairwise`` (rows and a Holm p matrix), ``mixed_model``, ``reliability`` (``ratings``, ``flags``),
+    ``pairwise`` (rows with Holm and Hochberg p, and matrices of both), ``friedman`` (MUSHRA), ``mixed_model``, ``reliability`` (``ratings``, ``flags``),
     ``flags``, ``correlations``, ``software``, ``timings`` and ``cpu_timings`` (wall and CPU seconds per stage),
     ``notes``.
     """
@@ -392,6 +435,7 @@ def _compute(test: ListeningTest, *, n_boot: int) -> dict:
         "scores": None,
         "preference": None,
         "pairwise": None,
+        "friedman": None,
         "mixed_model": None,
         "reliability": {"ratings": None, "flags": None},
         "notes": [],
@@ -419,6 +463,7 @@ def _compute(test: ListeningTest, *, n_boot: int) -> dict:
             "method": pref_kept.attrs["method"],
             "kept": records(pref_kept),
             "all": records(pref_all),
+            "bradley_terry": jsonable(stats.bradley_terry(kept)) if not kept.empty else None,
         }
         lap("scores")
     elif not ratings.empty:
@@ -433,9 +478,12 @@ def _compute(test: ListeningTest, *, n_boot: int) -> dict:
                 "method": pairs.attrs["method"],
                 "alpha": ALPHA,
                 "correction": "holm",
+                "corrections": list(stats.CORRECTIONS),
                 "rows": records(pairs),
                 "matrix": _matrix(pairs, order) if order else None,
             }
+        if kind == ListeningTest.Kind.MUSHRA and not kept.empty:
+            results["friedman"] = jsonable(stats.friedman_test(kept, kind="mushra"))
         lap("pairwise")
         if not kept.empty:
             systems = (

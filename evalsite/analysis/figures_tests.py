@@ -20,6 +20,7 @@ ROLE_COLORS = {
 KEPT_COLOR, ALL_COLOR = "#1f77b4", "#ff7f0e"
 FLAG_COLOR, REGION_COLOR = "#d62728", "rgba(214, 39, 40, 0.15)"
 MAX_SCATTERS = 12
+CORRECTION_NAMES = {"holm": "Holm", "hochberg": "Hochberg"}
 
 
 def _label(row: dict) -> str:
@@ -173,11 +174,17 @@ def exclusions_figure(results: dict) -> dict | None:
 
 
 def significance_figure(results: dict) -> dict | None:
-    """Heat map of Holm-adjusted pairwise p-values (−log10), annotated with the mean difference row − column."""
-    matrix = (results.get("pairwise") or {}).get("matrix")
+    """Heat map of adjusted pairwise p-values (−log10), annotated with the mean difference row − column.
+
+    The correction is the one the results were read under (:func:`~evalsite.analysis.compute.
+    pairwise_for_correction` sets ``correction`` and ``p_adjusted``); stored results are Holm's."""
+    pairwise = results.get("pairwise") or {}
+    matrix = pairwise.get("matrix")
     if not matrix or len(matrix["systems"]) < 2:
         return None
-    systems, p, diff, sig = matrix["systems"], matrix["p_holm"], matrix["mean_diff"], matrix["significant"]
+    correction = CORRECTION_NAMES.get(pairwise.get("correction", "holm"), "Holm")
+    p = matrix.get("p_adjusted", matrix["p_holm"])
+    systems, diff, sig = matrix["systems"], matrix["mean_diff"], matrix["significant"]
     z = [[None if v is None else min(10.0, -math.log10(max(v, 1e-300))) for v in row] for row in p]
     size = range(len(systems))
     text = [
@@ -189,7 +196,7 @@ def significance_figure(results: dict) -> dict | None:
             (
                 ""
                 if p[i][j] is None
-                else f"{systems[i]} − {systems[j]}: Δ {_fmt(diff[i][j])}, p(Holm) {p[i][j]:.3g}"
+                else f"{systems[i]} − {systems[j]}: Δ {_fmt(diff[i][j])}, p({correction}) {p[i][j]:.3g}"
             )
             for j in range(len(systems))
         ]
@@ -210,11 +217,11 @@ def significance_figure(results: dict) -> dict | None:
             "zmax": 10,
             "colorscale": "Blues",
             "reversescale": True,
-            "colorbar": {"title": {"text": "−log10 p (Holm)"}},
+            "colorbar": {"title": {"text": f"−log10 p ({correction})"}},
         }
     ]
     layout = _base_layout(
-        f"Pairwise Wilcoxon signed-rank, Holm-corrected (* p < {alpha:g}); cell: mean of row − column",
+        f"Pairwise Wilcoxon signed-rank, {correction}-corrected (* p < {alpha:g}); cell: mean of row − column",
         height=max(360, 60 + 45 * len(systems)),
         yaxis={"autorange": "reversed"},
         margin={"l": 200, "r": 20, "t": 60, "b": 160},
@@ -267,6 +274,41 @@ def preference_figure(results: dict) -> dict | None:
             }
         ],
         margin={"l": 320, "r": 20, "t": 50, "b": 60},
+    )
+    return {"data": data, "layout": layout}
+
+
+def bradley_terry_figure(results: dict) -> dict | None:
+    """AB: Bradley–Terry log-strength per system with its Wald 95 % interval (scores average 0)."""
+    bt = (results.get("preference") or {}).get("bradley_terry") or {}
+    rows = bt.get("rows") or []
+    if not bt.get("ok") or not rows:
+        return None
+    data = [
+        {
+            "type": "scatter",
+            "mode": "markers",
+            "x": [r["score"] for r in rows],
+            "y": [str(r["system"]) for r in rows],
+            "error_x": {
+                "type": "data",
+                "symmetric": False,
+                "array": [r["ci_high"] - r["score"] for r in rows],
+                "arrayminus": [r["score"] - r["ci_low"] for r in rows],
+            },
+            "customdata": [[r["worth"], r["wins"], r["losses"]] for r in rows],
+            "hovertemplate": (
+                "%{y}: %{x:.2f}<br>worth %{customdata[0]:.3f}, %{customdata[1]} wins, "
+                "%{customdata[2]} losses<extra></extra>"
+            ),
+            "marker": {"size": 10, "color": KEPT_COLOR},
+        }
+    ]
+    layout = _base_layout(
+        "Bradley–Terry score (log-strength, mean 0) with Wald 95% CI",
+        xaxis={"title": {"text": "log-strength"}, "zeroline": True},
+        yaxis={"autorange": "reversed"},
+        margin={"l": 200, "r": 20, "t": 50, "b": 60},
     )
     return {"data": data, "layout": layout}
 
@@ -425,6 +467,7 @@ def page_figures(results: dict) -> dict[str, dict]:
         "fig_exclusions": exclusions_figure(results),
         "fig_significance": significance_figure(results),
         "fig_preference": preference_figure(results),
+        "fig_bradley_terry": bradley_terry_figure(results),
         "fig_flag_systems": flag_systems_figure(results),
     }
     for k, timeline in enumerate((results.get("flags") or {}).get("timelines") or []):

@@ -10,17 +10,22 @@ from __future__ import annotations
 import time
 
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.views.decorators.http import require_GET
 
 from evalsite.analysis import exports, figures_tests
+from evalsite.analysis.compute import pairwise_for_correction
 from evalsite.analysis.plain import listener_id
 from evalsite.analysis.snapshots import listening_test_results
 from evalsite.listening.access import listening_tests_visible
 from evalsite.listening.models import ListeningTest, Participant, Stimulus
+
+CORRECTIONS = {"holm": "Holm (step-down)", "hochberg": "Hochberg (step-up)"}
+"""The ``?correction=`` values of the results page and report; Holm is the default, BS.1534-3 names both."""
+BAD_CORRECTION = "correction must be one of: holm, hochberg"
 
 
 def _external_ids(test: ListeningTest) -> dict[str, str]:
@@ -39,6 +44,20 @@ def _audio_urls(results: dict) -> dict[str, str]:
     return {str(s.pk): s.asset.file.url for s in Stimulus.objects.filter(pk__in=ids).select_related("asset")}
 
 
+def _correction(request: HttpRequest) -> str | None:
+    """The requested multiple-comparison correction, ``holm`` when absent, None when not a known one."""
+    value = request.GET.get("correction", "holm")
+    return value if value in CORRECTIONS else None
+
+
+def _with_correction(results: dict, correction: str) -> dict:
+    """The results with their pairwise tests read under ``correction`` (the stored snapshot is not changed)."""
+    return {
+        **results,
+        "pairwise": pairwise_for_correction(results.get("pairwise"), correction, results["alpha"]),
+    }
+
+
 def _server_timing(timings: dict[str, float]) -> str:
     return ", ".join(f"{name};dur={1000 * seconds:.1f}" for name, seconds in timings.items())
 
@@ -49,7 +68,10 @@ def test_results_page(request: HttpRequest, pk: int) -> HttpResponse:
     """Scores, significance, mixed model, reliability, screening, flag timelines and human-vs-metric plots."""
     started = time.perf_counter()
     test = get_object_or_404(listening_tests_visible(request.user), pk=pk)
-    results = listening_test_results(test)
+    correction = _correction(request)
+    if correction is None:
+        return HttpResponseBadRequest(BAD_CORRECTION)
+    results = _with_correction(listening_test_results(test), correction)
     got_results = time.perf_counter()
     figures = figures_tests.page_figures(results)
     got_figures = time.perf_counter()
@@ -82,6 +104,8 @@ def test_results_page(request: HttpRequest, pk: int) -> HttpResponse:
             "timelines": timelines,
             "screening": screening,
             "metrics": metrics,
+            "correction": correction,
+            "corrections": CORRECTIONS,
             "exports": [
                 (t, [(f, reverse("analysis:test-export", args=[test.pk, t, f])) for f in exports.FORMATS])
                 for t in exports.TABLES
@@ -121,13 +145,18 @@ def test_export(request: HttpRequest, pk: int, table: str, fmt: str) -> HttpResp
 def test_report(request: HttpRequest, pk: int) -> HttpResponse:
     """A self-contained, printable HTML report with what ITU-R BS.1534-3 §10 and ITU-T P.808 ask for."""
     test = get_object_or_404(listening_tests_visible(request.user), pk=pk)
-    results = listening_test_results(test)
+    correction = _correction(request)
+    if correction is None:
+        return HttpResponseBadRequest(BAD_CORRECTION)
+    results = _with_correction(listening_test_results(test), correction)
     return HttpResponse(
         render_to_string(
             "analysis/test_report.html",
             {
                 "test": test,
                 "r": results,
+                "correction": correction,
+                "correction_name": CORRECTIONS[correction],
                 "svg": figures_tests.scores_svg(results, "kept"),
                 "svg_all": figures_tests.scores_svg(results, "all"),
             },

@@ -126,7 +126,8 @@ def _rating_cells(coded: _Coded, level: str) -> tuple[np.ndarray, np.ndarray]:
 def krippendorff_alpha(ratings: pd.DataFrame, *, level: str) -> float:
     """Krippendorff's alpha over (item, system) units with listeners as coders; NaN when it is undefined.
 
-    Missing cells are allowed. Undefined cases (no unit with two ratings, a single value in the whole data)
+    Missing cells are allowed; for ``level="nominal"`` scores may be categorical labels (strings), compared for
+    equality. Undefined cases (no unit with two ratings, a single value in the whole data)
     return NaN rather than raising. Interval/ratio data with more than ``MAX_DISTINCT_VALUES`` distinct values
     (continuous sliders) are first put on a grid of that many points over their range (steps of 1 on a 0-100
     scale; the change in alpha is of the order of step² / (6 · variance)); integer 0-100 MUSHRA scores are
@@ -140,7 +141,32 @@ def krippendorff_alpha(ratings: pd.DataFrame, *, level: str) -> float:
     """
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}; got {level!r}")
-    return _alpha_of_coded(_coded(_clean_ratings(ratings, kind="mos")), level)
+    return _alpha_of_coded(_coded(_clean_ratings(_labels_as_codes(ratings, level), kind="mos")), level)
+
+
+def _labels_as_codes(ratings: pd.DataFrame, level: str) -> pd.DataFrame:
+    """Categorical (string) scores as integer codes for nominal alpha, which only asks whether two values are
+    equal; a numeric column passes unchanged. Without this, string labels became NaN and alpha silently NaN.
+
+    Labels are compared as strings (``"1"`` and ``1`` are the same label); the codes follow the sorted labels.
+    Non-numeric labels at the ordinal, interval or ratio level are refused: their order or distance is unknown.
+    """
+    if "score" not in ratings:
+        return ratings
+    present = ratings["score"].notna()
+    numeric = pd.to_numeric(ratings["score"], errors="coerce")
+    not_numbers = present & numeric.isna()
+    if not not_numbers.any():
+        return ratings
+    if level != "nominal":
+        examples = sorted(map(str, ratings.loc[not_numbers, "score"].unique()))[:5]
+        raise ValueError(
+            f"{level} alpha needs numeric scores; column 'score' holds {int(not_numbers.sum())} non-numeric "
+            f"labels, e.g. {examples}; use level='nominal' for categorical labels"
+        )
+    labels = ratings["score"].where(~present, ratings["score"].astype(str))
+    codes, _ = pd.factorize(labels, sort=True)
+    return ratings.assign(score=np.where(codes >= 0, codes, np.nan).astype(float))
 
 
 def _alpha_of_coded(coded: _Coded, level: str) -> float:

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy import linalg, optimize, sparse
 from scipy import stats as sps
+from scipy.sparse import csgraph
 from statsmodels.stats.proportion import proportion_confint
 
 KINDS = ("mos", "smos", "mushra", "cmos")
@@ -97,6 +98,38 @@ def holm_adjust(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
         adjusted[order] = np.minimum(stepped, 1.0)
         out[ok] = adjusted
     return out
+
+
+def hochberg_adjust(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Hochberg (1988) step-up adjusted p-values (the option ITU-R BS.1534-3 names next to Holm); NaN stays NaN.
+
+    Sorted ascending, p_(i) becomes min over j >= i of (m - j + 1) p_(j), capped at 1: the same arithmetic as
+    statsmodels ``multipletests(method="simes-hochberg")``, which the tests check. More powerful than Holm and
+    valid when the tests are independent or positively dependent, as pairwise tests on shared listeners are.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        finite = p[ok]
+        m = len(finite)
+        order = np.argsort(finite)[::-1]
+        stepped = np.minimum.accumulate(finite[order] * np.arange(1, m + 1))
+        adjusted = np.empty_like(stepped)
+        adjusted[order] = np.minimum(stepped, 1.0)
+        out[ok] = adjusted
+    return out
+
+
+CORRECTIONS = {"holm": holm_adjust, "hochberg": hochberg_adjust}
+"""Multiple-comparison corrections a results page may show: Holm's step-down (default) and Hochberg's step-up."""
+
+
+def adjust_pvalues(pvalues: Sequence[float] | np.ndarray, *, correction: str) -> np.ndarray:
+    """Adjusted p-values by the named correction (a key of :data:`CORRECTIONS`)."""
+    if correction not in CORRECTIONS:
+        raise ValueError(f"correction must be one of {sorted(CORRECTIONS)}; got {correction!r}")
+    return CORRECTIONS[correction](pvalues)
 
 
 class _Codes(NamedTuple):
@@ -425,6 +458,7 @@ def pairwise_tests(
     alpha: float = 0.05,
     min_pairs: int = MIN_WILCOXON_PAIRS,
     systems: Sequence[str] | None = None,
+    correction: str = "holm",
 ) -> pd.DataFrame:
     """Wilcoxon signed-rank test for every system pair, paired by listener × item, Holm-corrected.
 
@@ -433,7 +467,8 @@ def pairwise_tests(
     zeros are ranked, then their ranks dropped), which is more conservative than discarding them. The p
     is exact (permutation) for small samples and a normal approximation with tie/zero correction otherwise
     (SciPy's ``method="auto"``; the ``method`` column says which). Holm's correction runs over all pairs
-    with a p; ``significant`` means ``p_holm < alpha``. A pair with fewer than ``min_pairs`` pairs, or with
+    with a p, and so does Hochberg's step-up (``p_hochberg``); ``significant`` means ``p_<correction> < alpha``
+    (``correction``: ``"holm"`` or ``"hochberg"``). A pair with fewer than ``min_pairs`` pairs, or with
     only zero differences, gets p = NaN and a ``note``.
 
     For ``kind="cmos"`` each (system, comparison) row is a one-sample test of the CMOS against 0
@@ -447,6 +482,8 @@ def pairwise_tests(
         [{'system_a': 'x', 'system_b': 'y', 'n_pairs': 8, 'mean_diff': 2.0}]
     """
     frame = _clean_ratings(ratings, kind=kind)
+    if correction not in CORRECTIONS:
+        raise ValueError(f"correction must be one of {sorted(CORRECTIONS)}; got {correction!r}")
     if systems is not None:
         frame = frame.loc[frame["system"].isin(list(systems))]
     rows = []
@@ -507,12 +544,15 @@ def pairwise_tests(
         ],
     )
     out.insert(out.columns.get_loc("p") + 1, "p_holm", holm_adjust(out["p"]))
+    out.insert(out.columns.get_loc("p_holm") + 1, "p_hochberg", hochberg_adjust(out["p"]))
     out.insert(
-        out.columns.get_loc("p_holm") + 1, "significant", (out["p_holm"] < alpha).fillna(False).astype(bool)
+        out.columns.get_loc("p_hochberg") + 1,
+        "significant",
+        (out[f"p_{correction}"] < alpha).fillna(False).astype(bool),
     )
     out.attrs["method"] = (
         f"Wilcoxon signed-rank (Pratt zero handling) on listener×item paired differences "
-        f"(system_a − system_b); Holm over all pairs, alpha = {alpha}"
+        f"(system_a − system_b); {correction.capitalize()} over all pairs, alpha = {alpha}"
     )
     return out
 
@@ -781,5 +821,254 @@ def crossed_mixed_model(ratings: pd.DataFrame, *, baseline: str | None = None) -
             "item": sigma2 * float(fit.x[1]) ** 2,
             "residual": sigma2,
         },
+    )
+    return result
+
+
+def crowdmos_intervals(ratings: pd.DataFrame, *, kind: str, confidence: float = 0.95) -> pd.DataFrame:
+    """The CrowdMOS interval of Ribeiro, Florêncio, Zhang & Seltzer (ICASSP 2011, §2.2) per system.
+
+    A listener's score of an item is modelled as u = μ + x_listener + y_item + ε with independent normal terms of
+    variances σ²_w (listener), σ²_s (item, "sentence") and σ²_u (residual). With T scores, N_w of them from
+    listener w and M_s of item s, the mean μ̂ has variance σ²_s ΣM_s²/T² + σ²_w ΣN_w²/T² + σ²_u/T: unlike the
+    t interval over all votes, it does not treat the votes of one listener (or of one item) as independent.
+    The components come from three sample variances (ddof = 1), as in the authors' tool: the mean over items of
+    the variance across listeners (σ²_w + σ²_u), the mean over listeners of the variance across items
+    (σ²_s + σ²_u) and the variance of all scores (σ²_s + σ²_w + σ²_u); solved and floored at 0 (moment estimates:
+    on a finite design they put a little of the listener and item variance into the residual, about σ²_w/W +
+    σ²_s/S; the tests compare them with a crossed REML fit and check coverage by simulation). When only one
+    listener or one item has two scores the corresponding term is dropped, as the authors' tool does. The
+    interval is μ̂ ± t(min(listeners, items) − 1) · sd(μ̂). A listener's repeated scores of one item are
+    averaged first (the model has one score per listener and item), so μ̂ is the mean of those cells.
+
+    Returns:
+        One row per system (per system and comparison for CMOS): ``mean`` (μ̂), ``var_listener``, ``var_item``,
+        ``var_residual``, ``se``, ``df``, ``crowdmos_low``, ``crowdmos_high``.
+
+    Example:
+        >>> r = pd.DataFrame({"listener": [1, 1, 2, 2, 3, 3], "item": ["a", "b"] * 3, "system": "x",
+        ...                   "score": [4.0, 3.0, 5.0, 4.0, 4.0, 2.0]})
+        >>> round(crowdmos_intervals(r, kind="mos")["crowdmos_low"].iloc[0], 3)
+        -3.546
+    """
+    frame = _clean_ratings(ratings, kind=kind)
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1); got {confidence}")
+    group_cols = _group_columns(frame, kind)
+    columns = [*group_cols, "mean", "var_listener", "var_item", "var_residual", "se", "df"]
+    columns += ["crowdmos_low", "crowdmos_high"]
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    cells = frame.groupby([*group_cols, "listener", "item"], sort=True)["score"].mean().reset_index()
+    rows = []
+    for key, g in cells.groupby(group_cols, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append({**dict(zip(group_cols, key)), **_crowdmos_one(g, confidence)})
+    out = pd.DataFrame(rows, columns=columns)
+    out.attrs["method"] = (
+        f"CrowdMOS (Ribeiro et al. 2011) {confidence:.0%} interval: variance of the mean from listener, item "
+        "and residual variance components, t with min(listeners, items) − 1 degrees of freedom"
+    )
+    return out
+
+
+def _crowdmos_one(cells: pd.DataFrame, confidence: float) -> dict:
+    """CrowdMOS components and interval of one system's (listener, item, score) cells."""
+    scores = cells["score"].to_numpy(float)
+    total = len(scores)
+    per_listener = cells.groupby("listener")["score"]
+    per_item = cells.groupby("item")["score"]
+    n_w, m_s = per_listener.size().to_numpy(float), per_item.size().to_numpy(float)
+    # Mean over listeners (items) with at least two scores of their variance across items (listeners).
+    v_su = float(per_listener.var(ddof=1).mean()) if (n_w >= 2).any() else math.nan
+    v_wu = float(per_item.var(ddof=1).mean()) if (m_s >= 2).any() else math.nan
+    v_swu = float(np.var(scores, ddof=1)) if total >= 2 else math.nan
+    v_w = v_s = 0.0
+    v_u = v_swu
+    if math.isfinite(v_su) and math.isfinite(v_wu):
+        v_s, v_w, v_u = v_swu - v_wu, v_swu - v_su, v_su + v_wu - v_swu
+    elif math.isfinite(v_wu):
+        v_w, v_u = v_swu - v_wu, v_wu
+    elif math.isfinite(v_su):
+        v_s, v_u = v_swu - v_su, v_su
+    v_s, v_w, v_u = max(v_s, 0.0), max(v_w, 0.0), max(v_u, 0.0) if math.isfinite(v_u) else math.nan
+    var_mean = v_s * float(np.sum(m_s**2)) / total**2 + v_w * float(np.sum(n_w**2)) / total**2 + v_u / total
+    mean = float(scores.mean())
+    df = min(len(n_w), len(m_s)) - 1
+    if df >= 1 and math.isfinite(var_mean):
+        half = float(sps.t.ppf(0.5 + confidence / 2, df)) * math.sqrt(var_mean)
+        low, high = mean - half, mean + half
+    else:
+        low = high = math.nan
+    return dict(
+        mean=mean,
+        var_listener=v_w,
+        var_item=v_s,
+        var_residual=v_u,
+        se=math.sqrt(var_mean) if math.isfinite(var_mean) else math.nan,
+        df=df,
+        crowdmos_low=low,
+        crowdmos_high=high,
+    )
+
+
+def friedman_test(
+    ratings: pd.DataFrame, *, kind: str = "mushra", systems: Sequence[str] | None = None
+) -> dict:
+    """Friedman's rank test that all conditions score alike, blocks = (listener, item), for MUSHRA (BS.1534-3 §9.3).
+
+    A block is one listener's scores of one item; only blocks in which every condition was scored enter (a
+    listener's repeated scores of a stimulus are averaged). The statistic, with the correction for ties, and its
+    chi-square p are ``scipy.stats.friedmanchisquare``'s; Kendall's W = χ² / (n (k − 1)) says how consistently
+    listeners order the conditions. Needs at least 3 conditions and 2 complete blocks; otherwise the numbers are
+    None and ``note`` says why.
+
+    Returns:
+        ``{"statistic", "df", "p", "kendall_w", "blocks", "blocks_incomplete", "systems", "method", "note"}``.
+    """
+    frame = _clean_ratings(ratings, kind=kind)
+    if systems is not None:
+        frame = frame.loc[frame["system"].isin(list(systems))]
+    names, wide = _paired_table(frame) if len(frame) else ([], np.empty((0, 0)))
+    complete = np.all(np.isfinite(wide), axis=1) if wide.size else np.zeros(len(wide), dtype=bool)
+    table = wide[complete]
+    out: dict = {
+        "statistic": None,
+        "df": None,
+        "p": None,
+        "kendall_w": None,
+        "blocks": int(len(table)),
+        "blocks_incomplete": int(len(wide) - len(table)),
+        "systems": [str(s) for s in names],
+        "method": (
+            "Friedman test (scipy.stats.friedmanchisquare, tie-corrected, chi-square p) over the conditions, "
+            "blocks = (listener, item) in which every condition was scored; Kendall's W = χ²/(n(k−1))"
+        ),
+        "note": None,
+    }
+    k = len(names)
+    if k < 3:
+        out["note"] = f"needs at least 3 conditions; got {k}"
+    elif len(table) < 2:
+        out["note"] = (
+            f"needs at least 2 (listener, item) blocks with every condition scored; got {len(table)}"
+        )
+    elif np.all(table == table[:, :1]):
+        out["note"] = "every block scores all conditions alike; no test"
+    else:
+        res = sps.friedmanchisquare(*table.T)
+        out.update(
+            statistic=float(res.statistic),
+            df=k - 1,
+            p=float(res.pvalue),
+            kendall_w=float(res.statistic) / (len(table) * (k - 1)),
+        )
+    return out
+
+
+BT_MAX_ITER = 100_000
+BT_TOL = 1e-10
+
+
+def bradley_terry(ab: pd.DataFrame, *, confidence: float = 0.95) -> dict:
+    """Bradley–Terry scores of the systems of an AB test, by maximum likelihood, with Wald intervals.
+
+    P(i preferred over j) = γ_i / (γ_i + γ_j); the score of a system is log γ, centred so the scores average 0
+    (only differences are identified). The maximum-likelihood γ is found by the MM algorithm of Hunter (2004,
+    Ann. Statist. 32, eq. 3), γ_i ← W_i / Σ_j n_ij / (γ_i + γ_j), which increases the likelihood at every step.
+    Standard errors come from the observed Fisher information (for this logit model it equals the expected
+    one), I_ii = Σ_j n_ij p_ij p_ji, I_ij = −n_ij p_ij p_ji, whose Moore–Penrose inverse is the covariance of
+    the centred scores; intervals are score ± z · se. "No preference" answers are dropped, as in
+    :func:`ab_preference`. The estimate exists only if, for every split of the systems in two, some system of
+    each side beat one of the other (Hunter's Assumption 1); otherwise ``ok`` is False with a ``reason``. The
+    tests check it against Agresti's 1987 American League East example (Categorical Data Analysis, §10.6).
+
+    Returns:
+        ``{"ok", "reason", "method", "converged", "iterations", "log_likelihood", "rows": [{"system", "score", "se",
+        "ci_low", "ci_high", "worth", "wins", "losses"}], "systems", "covariance"}``: rows best first, ``worth``
+        is γ / Σγ; ``covariance`` of the centred scores in the order of ``systems`` (sorted), so the standard
+        error of a difference of two scores can be formed.
+    """
+    _require_columns(ab, AB_COLUMNS, "AB")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1); got {confidence}")
+    decided = ab.loc[ab["preferred"].notna()]
+    a_s, b_s, pref = decided["a"].astype(str), decided["b"].astype(str), decided["preferred"].astype(str)
+    invalid = (pref != a_s) & (pref != b_s)
+    if invalid.any():
+        bad = decided.loc[invalid, list(AB_COLUMNS)].head(5).to_dict("records")
+        raise ValueError(
+            f"'preferred' must equal 'a' or 'b' or be empty; {int(invalid.sum())} rows do not, e.g. {bad}"
+        )
+    loser = np.where(pref == a_s, b_s, a_s)
+    names = sorted(set(a_s) | set(b_s))
+    index = {s: k for k, s in enumerate(names)}
+    k = len(names)
+    wins = np.zeros((k, k))
+    np.add.at(wins, (pref.map(index).to_numpy(int), pd.Series(loser).map(index).to_numpy(int)), 1.0)
+    result: dict = {
+        "ok": False,
+        "reason": None,
+        "method": (
+            f"Bradley–Terry maximum likelihood (MM algorithm, Hunter 2004), ties dropped; score = log-strength "
+            f"centred at 0; Wald {confidence:.0%} intervals from the observed Fisher information"
+        ),
+        "converged": False,
+        "iterations": 0,
+        "log_likelihood": None,
+        "rows": [],
+    }
+    if k < 2:
+        result["reason"] = f"needs decided answers on at least 2 systems; got {k}"
+        return result
+    n_strong, _ = csgraph.connected_components(
+        sparse.csr_matrix(wins > 0), directed=True, connection="strong"
+    )
+    if n_strong > 1:
+        result["reason"] = (
+            "no maximum-likelihood estimate: some group of systems never lost to (or never beat) the others, "
+            "so its strength is unbounded"
+        )
+        return result
+    n = wins + wins.T
+    w = wins.sum(axis=1)
+    gamma, iterations, step = np.ones(k), 0, math.inf
+    while step >= BT_TOL and iterations < BT_MAX_ITER:
+        new = w / (n / (gamma[:, None] + gamma[None, :])).sum(axis=1)
+        new /= np.exp(np.log(new).mean())
+        step = float(np.max(np.abs(np.log(new) - np.log(gamma))))
+        gamma, iterations = new, iterations + 1
+    beta = np.log(gamma)
+    prob = gamma[:, None] / (gamma[:, None] + gamma[None, :])
+    info = -n * prob * prob.T
+    np.fill_diagonal(info, 0.0)
+    np.fill_diagonal(info, -info.sum(axis=1))
+    cov = np.linalg.pinv(info)
+    se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    z = float(sps.norm.ppf(0.5 + confidence / 2))
+    rows = [
+        dict(
+            system=names[i],
+            score=float(beta[i]),
+            se=float(se[i]),
+            ci_low=float(beta[i] - z * se[i]),
+            ci_high=float(beta[i] + z * se[i]),
+            worth=float(gamma[i] / gamma.sum()),
+            wins=int(wins[i].sum()),
+            losses=int(wins[:, i].sum()),
+        )
+        for i in range(k)
+    ]
+    rows.sort(key=lambda r: -r["score"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        loglik = float(np.nansum(wins * np.log(prob)))
+    result.update(
+        ok=True,
+        converged=step < BT_TOL,
+        iterations=iterations,
+        log_likelihood=loglik,
+        rows=rows,
+        systems=names,
+        covariance=cov.tolist(),
     )
     return result
