@@ -2,14 +2,17 @@
 (an eval set with reference audio and checkpoint outputs; a listening test from a design)."""
 
 import itertools
+from datetime import timedelta
 
 import factory
 import numpy as np
 import soundfile as sf
+from django.utils import timezone
 
 from evalsite.jobs.models import Job
-from evalsite.listening.models import ListeningTest
+from evalsite.listening.models import ListeningTest, SoundFetch
 from evalsite.listening.services import TestDesign, listening_test_build
+from evalsite.listening.services.heard import CALIBRATION_SOUND, sound_fetch_record
 from evalsite.runs.models import Checkpoint, EvalItem, EvalSet, Generation, Run
 from evalsite.scoring.models import DetectorEvent, DetectorPass, MetricResult
 
@@ -164,3 +167,15 @@ def listening_world(
 def make_listening_test(*, owner=None, **design) -> ListeningTest:
     """``listening_test_build`` with the design's fields as keywords, as most tests spell a test out."""
     return listening_test_build(design=TestDesign(**design), owner=owner)
+
+
+def hear(participant, *sounds: str, duration_s: float = 3.0) -> None:
+    """Server-side evidence that ``participant`` heard these sounds (``SoundFetch.sound`` keys; by
+    default the calibration noise): every byte sent, an hour ago, as a listening page would leave it."""
+    for sound in sounds or (CALIBRATION_SOUND,):
+        sound_fetch_record(
+            participant_id=participant.pk, sound=sound, start=0, end=1, size=1, duration_s=duration_s
+        )
+        SoundFetch.objects.filter(participant_id=participant.pk, sound=sound).update(
+            first_fetched_at=timezone.now() - timedelta(hours=1)
+        )

@@ -13,6 +13,7 @@ No top-level import of Django or of ``tests``: the benchmark loads this file by 
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -247,6 +248,9 @@ def _researcher(base: str, site: dict) -> None:
 
     listener, session_url, state = _join(base, invite)
     _get(listener, base + state["calibration"]["url"])
+    # The server confirms a calibration only once the noise (calibration.CALIBRATION_S, 3 s) could
+    # have played (services.heard); this module stays free of evalsite imports.
+    time.sleep(3.0)
     _post(
         listener,
         session_url + "calibration",

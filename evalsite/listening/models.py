@@ -289,3 +289,26 @@ class ArtifactFlag(BaseModel):
                 condition=Q(start_s__gte=0) & Q(end_s__gt=models.F("start_s")), name="flag_region_ordered"
             ),
         ]
+
+
+class SoundFetch(BaseModel):
+    """What the server sent one participant of one sound: the evidence that it was heard.
+
+    One row per (participant, sound), written when the audio is served (byte ranges merged), so
+    "heard" is decided from what the server saw rather than from telemetry a script could invent.
+    ``sound`` is the URL token: a stimulus handle's token, ``ref:<assignment token>`` for a trial's
+    open reference, or ``calibration``.
+    """
+
+    participant = models.ForeignKey(Participant, on_delete=models.CASCADE, related_name="sound_fetches")
+    sound = models.CharField(max_length=50)
+    size = models.PositiveIntegerField(help_text="bytes of the sound as served")
+    duration_s = models.FloatField()
+    ranges = models.JSONField(default=list, help_text="byte ranges served, merged: [[start, end), ...]")
+    complete = models.BooleanField(default=False, help_text="every byte was served at least once")
+    first_fetched_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["participant", "sound"], name="sound_fetch_unique_sound"),
+        ]

@@ -25,7 +25,6 @@ AB_ANSWER_VALUES = {"A": -1.0, "B": 1.0, NO_PREFERENCE: 0.0}
 
 # Telemetry events that show a sound was played: "play" starts playback, "heard" is sent by the
 # listener page once a sound has played for about a second or to its end.
-PLAY_EVENT_TYPES = ("play", "heard")
 HEARD_REFERENCE = "ref"
 QUALITY_CONTROL_ROLES = (Condition.Role.GOLD, Condition.Role.TRAPPING)
 SCREENED_OUT_MESSAGE = "Thank you for your interest. Unfortunately you cannot take part in this test."

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from functools import wraps
 
 from django.conf import settings
@@ -22,7 +23,12 @@ from rest_framework.parsers import JSONParser
 
 from evalsite.core.exceptions import ApplicationError, ConflictError, error_body
 from evalsite.core.ratelimit import Limited, client_network, limit_hit, wants_json, with_retry_after
-from evalsite.listening.calibration import calibration_samples, headphone_trial_samples, wav_bytes
+from evalsite.listening.calibration import (
+    CALIBRATION_S,
+    calibration_samples,
+    headphone_trial_samples,
+    wav_bytes,
+)
 from evalsite.listening.models import ListeningTest, Participant
 from evalsite.listening.selectors import (
     headphone_trials,
@@ -39,6 +45,7 @@ from evalsite.listening.services.answers import (
     telemetry_append,
     trial_complete,
 )
+from evalsite.listening.services.heard import CALIBRATION_SOUND, reference_sound, sound_fetch_record
 from evalsite.listening.services.session import (
     CALIBRATE_FIRST,
     TEST_NOT_OPEN,
@@ -67,6 +74,9 @@ UNKNOWN_SOUND = "Unknown sound."
 # hidden reference (written with the reference), the anchors (written together when the test was
 # built) and each system (written by its generation job) apart; other chunks could carry names.
 WAV_CHUNKS_SERVED = (b"fmt ", b"fact")
+# One range of bytes (RFC 9110 14.1.2): "first-last", "first-" or "-suffix length". A request for
+# several ranges is served whole, as the RFC allows.
+SINGLE_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
 class BodyTooLarge(ApplicationError):
@@ -332,6 +342,7 @@ class _ServedWav:
             fh.close()
             raise
         chunks = b"".join(kept)
+        self.data_at = fh.tell()
         self.head = (
             b"RIFF"
             + (4 + len(chunks) + 8 + size).to_bytes(4, "little")
@@ -342,6 +353,14 @@ class _ServedWav:
         )
         self.left = size
         self.length = len(self.head) + size
+
+    def limit(self, start: int, end: int) -> None:
+        """Serve only bytes ``[start, end)`` of the file as served."""
+        head = len(self.head)
+        self.head = self.head[start:end]
+        self.fh.seek(self.data_at + max(0, start - head))
+        self.left = max(0, end - max(start, head))
+        self.length = end - start
 
     def read(self, n: int = -1) -> bytes:
         if self.head:
@@ -355,27 +374,81 @@ class _ServedWav:
         self.fh.close()
 
 
-def _audio(asset) -> HttpResponse:
+def _byte_range(request: HttpRequest, length: int) -> tuple[int, int] | None:
+    """The one byte range ``[start, end)`` asked for, None for the whole file (no Range header, or
+    one this view does not serve ranges for); ``(length, length)`` when it cannot be satisfied."""
+    match = SINGLE_RANGE.fullmatch(request.headers.get("Range", "").strip())
+    if match is None or match.groups() == ("", ""):
+        return None
+    first, last = match.groups()
+    if first == "":
+        start, end = max(0, length - int(last)), length
+    else:
+        start, end = int(first), length if last == "" else min(int(last) + 1, length)
+        if end <= start:
+            return None if last != "" and int(last) < start else (length, length)
+    if start >= length:
+        return (length, length)
+    return start, end
+
+
+def _ranged(response: HttpResponse, span: tuple[int, int] | None, length: int) -> HttpResponse:
+    response["Accept-Ranges"] = "bytes"
+    if span is not None:
+        response.status_code = 206
+        response["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{length}"
+    return response
+
+
+def _unsatisfiable(length: int) -> HttpResponse:
+    response = HttpResponse(status=416)
+    response["Content-Range"] = f"bytes */{length}"
+    return response
+
+
+def _audio(request: HttpRequest, participant: Participant, asset, sound: str) -> HttpResponse:
+    """A stored sound (or the part of it asked for), recorded as evidence of listening where the test
+    asks listeners to play every sound (``services.heard``)."""
     if asset is None:
         return JsonResponse({"message": UNKNOWN_SOUND, "extra": {}}, status=404)
     wav = _ServedWav(asset.file.open("rb"), asset.file.name)
+    length = wav.length
+    span = _byte_range(request, length)
+    if span is not None and span[0] >= length:
+        wav.close()
+        return _unsatisfiable(length)
+    if span is not None:
+        wav.limit(*span)
+    # HEAD is answered without a byte of the sound: it is no evidence.
+    if participant.test.require_play_all and request.method == "GET":
+        start, end = span or (0, length)
+        sound_fetch_record(
+            participant_id=participant.pk,
+            sound=sound,
+            start=start,
+            end=end,
+            size=length,
+            duration_s=asset.duration_s,
+        )
     response = FileResponse(wav, content_type="audio/wav")
     response["Content-Length"] = str(wav.length)
     # A neutral name: the stored file is named by content hash, which must not reach the listener.
     response["Content-Disposition"] = 'inline; filename="sound.wav"'
-    return response
+    return _ranged(response, span, length)
 
 
 @require_safe
 @_listener
 def audio(request: HttpRequest, participant: Participant, token: str) -> HttpResponse:
-    return _audio(participant_stimulus_asset(participant, token))
+    return _audio(request, participant, participant_stimulus_asset(participant, token), token)
 
 
 @require_safe
 @_listener
 def reference_audio(request: HttpRequest, participant: Participant, token: str) -> HttpResponse:
-    return _audio(participant_reference_asset(participant, token))
+    return _audio(
+        request, participant, participant_reference_asset(participant, token), reference_sound(token)
+    )
 
 
 def _wav(data: bytes) -> HttpResponse:
@@ -387,10 +460,25 @@ def _wav(data: bytes) -> HttpResponse:
 @require_safe
 @_listener
 def calibration_audio(request: HttpRequest, participant: Participant) -> HttpResponse:
-    """The calibration noise at the level of the test's material (made on request, nothing stored)."""
+    """The calibration noise at the level of the test's material, made on request; what is stored is
+    only that it was sent (the evidence ``calibration_confirm`` asks for)."""
     if not participant.test.headphone_check:
         return JsonResponse({"message": UNKNOWN_SOUND, "extra": {}}, status=404)
-    return _wav(wav_bytes(calibration_samples(participant.test.calibration_level_dbfs)))
+    data = wav_bytes(calibration_samples(participant.test.calibration_level_dbfs))
+    span = _byte_range(request, len(data))
+    if span is not None and span[0] >= len(data):
+        return _unsatisfiable(len(data))
+    start, end = span or (0, len(data))
+    if request.method == "GET":
+        sound_fetch_record(
+            participant_id=participant.pk,
+            sound=CALIBRATION_SOUND,
+            start=start,
+            end=end,
+            size=len(data),
+            duration_s=CALIBRATION_S,
+        )
+    return _ranged(_wav(data[start:end]), span, len(data))
 
 
 @require_safe

@@ -195,6 +195,14 @@ EVALSITE_LISTENER_MAX_BODY_BYTES = env_int("EVALSITE_LISTENER_MAX_BODY_BYTES", 6
 # A listener's unfinished trials count towards votes_target this long after they joined; then only
 # finished trials do, so people who open the link and leave cannot fill a test (assignment engine).
 EVALSITE_ASSIGNMENT_HOLD_MIN = env_int("EVALSITE_ASSIGNMENT_HOLD_MIN", 120)
+# "Play every sound" and the level calibration are decided from what the server sent: all of a
+# sound's bytes, and this fraction of its duration in wall time since they were first sent.
+EVALSITE_LISTENING_MIN_PLAY_FRACTION = env_float("EVALSITE_LISTENING_MIN_PLAY_FRACTION", 0.8)
+if not 0 <= EVALSITE_LISTENING_MIN_PLAY_FRACTION <= 10:
+    raise ImproperlyConfigured(
+        "EVALSITE_LISTENING_MIN_PLAY_FRACTION must be from 0 to 10 (a fraction of each sound's duration); "
+        f"got {EVALSITE_LISTENING_MIN_PLAY_FRACTION}"
+    )
 SPECTACULAR_SETTINGS = {
     "TITLE": "evalsite API",
     "DESCRIPTION": "Runs, checkpoints, evaluations, listening tests and alerts for researchers and training jobs. "

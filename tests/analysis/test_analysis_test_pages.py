@@ -17,7 +17,7 @@ from evalsite.listening.models import Condition, Participant, StimulusHandle
 from evalsite.listening.selectors import headphone_trials, listener_state
 from evalsite.scoring.models import MetricResult
 from metrics.jsonable import jsonable
-from tests.factories import listening_world, make_listening_test
+from tests.factories import hear, listening_world, make_listening_test
 
 pytestmark = pytest.mark.django_db
 
@@ -62,6 +62,7 @@ def answer(participant, score_of, flags_of=lambda stimulus, item, training: []):
 
 
 def pass_headphone_check(participant, *, passed=True):
+    hear(participant)
     services.calibration_confirm(participant=participant, plays=1)
     right = [t["answer"] for t in headphone_trials(participant)]
     answers = right if passed else [1 + (a % 3) for a in right]

@@ -4,7 +4,7 @@ headphone check passes or screens out."""
 
 import pytest
 
-from evalsite.listening.models import Assignment, Participant, Rating
+from evalsite.listening.models import Assignment, Participant, Rating, SoundFetch
 from evalsite.listening.selectors import headphone_trials
 from evalsite.listening.services import listening_test_publish
 from tests.factories import listening_world, make_listening_test
@@ -27,6 +27,7 @@ def test_continue_waits_until_every_sound_and_the_reference_have_been_played(
     tmp_path,  # noqa: F811
 ):
     settings.MEDIA_ROOT = tmp_path / "media"
+    settings.EVALSITE_LISTENING_MIN_PLAY_FRACTION = 0.8  # the default: this test plays every sound for real
     world = listening_world(n_items=1)
     test = listening_test_publish(
         test=make_listening_test(
@@ -78,6 +79,9 @@ def test_continue_waits_until_every_sound_and_the_reference_have_been_played(
     for a in Assignment.objects.filter(participant=participant).prefetch_related("handles"):
         heard = {e["stimulus"] for e in a.telemetry if e["type"] == "heard"}
         assert heard == {None} | {h.token for h in a.handles.all()}
+    # What let each trial finish: the server sent every byte of every sound and the reference.
+    fetched = SoundFetch.objects.filter(participant=participant, complete=True)
+    assert fetched.count() == 2 * 2 and all(f.ranges == [[0, f.size]] for f in fetched)
     assert errors == []
 
 
@@ -132,6 +136,9 @@ def test_the_headphone_check_lets_a_headphone_listener_in_and_screens_out_a_fail
     tmp_path,  # noqa: F811
 ):
     settings.MEDIA_ROOT = tmp_path / "media"
+    # The calibration below stops the noise at once: only the byte rule of "heard" is checked here
+    # (the play-all test above keeps the wall-time rule and plays for real).
+    settings.EVALSITE_LISTENING_MIN_PLAY_FRACTION = 0.0
     world = listening_world(n_items=1)
     test = listening_test_publish(
         test=make_listening_test(

@@ -23,8 +23,9 @@ from evalsite.listening.selectors import (
     listening_test_progress,
     quality_control_results,
 )
+from evalsite.listening.services.heard import reference_sound
 from evalsite.runs.models import EvalItem, Generation
-from tests.factories import make_listening_test
+from tests.factories import hear, make_listening_test
 
 pytestmark = pytest.mark.django_db
 
@@ -54,10 +55,18 @@ def answer(participant, trial, score=3):
 
 
 def heard(participant, trial, stimuli=None):
-    events = [
-        {"t": 10, "type": "heard", "stimulus": s, "pos": 1.0}
-        for s in (stimuli or [x["id"] for x in trial["stimuli"]])
-    ]
+    """The server's evidence that these sounds of ``trial`` (default: all of them and its reference) were heard."""
+    if stimuli is None:
+        stimuli = [x["id"] for x in trial["stimuli"]] + (
+            [reference_sound(trial["id"])] if trial["reference"] else []
+        )
+    hear(participant, *stimuli)
+
+
+def play_events(participant, trial):
+    """What a script can post without fetching a byte: a "heard" event for every sound and the reference."""
+    events = [{"t": 10, "type": "heard", "stimulus": s["id"], "pos": 1.0} for s in trial["stimuli"]]
+    events.append({"t": 10, "type": "heard", "stimulus": None, "pos": 1.0})
     services.telemetry_append(participant=participant, trial=trial["id"], events=events)
 
 
@@ -65,25 +74,25 @@ def heard(participant, trial, stimuli=None):
 # 1. Play every sound
 
 
-def test_with_play_all_a_trial_is_refused_until_every_sound_has_a_play_event(world):
+def test_with_play_all_a_trial_is_refused_until_the_server_sent_every_sound_and_telemetry_cannot_stand_in(
+    world,
+):
     test = build(world, kind="mushra", require_play_all=True)
     p = services.participant_join(test=test)
     trial = listener_state(p)["trials"][0]
     answer(p, trial, score=50)
+    play_events(p, trial)
     with pytest.raises(ApplicationError) as exc:
         services.trial_complete(participant=p, trial=trial["id"])
-    assert exc.value.message == services.PLAY_ALL_FIRST.format(missing=5) and exc.value.extra == {
+    every = "Reference, Sample A, Sample B, Sample C, Sample D, Sample E"
+    assert exc.value.message == services.PLAY_ALL_FIRST.format(missing=every) and exc.value.extra == {
         "fields": {"trial": [exc.value.message]}
     }
-    heard(p, trial, [s["id"] for s in trial["stimuli"][:4]])
+    heard(p, trial, [reference_sound(trial["id"])] + [s["id"] for s in trial["stimuli"][:4]])
     with pytest.raises(ApplicationError) as exc:
         services.trial_complete(participant=p, trial=trial["id"])
-    assert exc.value.message == services.PLAY_ALL_FIRST.format(missing=1)
-    services.telemetry_append(
-        participant=p,
-        trial=trial["id"],
-        events=[{"t": 20, "type": "play", "stimulus": trial["stimuli"][4]["id"], "pos": 0}],
-    )
+    assert exc.value.message == services.PLAY_ALL_FIRST.format(missing="Sample E")
+    heard(p, trial, [trial["stimuli"][4]["id"]])
     services.trial_complete(participant=p, trial=trial["id"])
     assert Assignment.objects.get(token=trial["id"]).completed_at is not None
 
@@ -109,7 +118,7 @@ def test_play_events_naming_another_trials_or_participants_sounds_are_dropped_an
     answer(p, first)
     with pytest.raises(ApplicationError) as exc:
         services.trial_complete(participant=p, trial=first["id"])
-    assert exc.value.message == services.PLAY_ALL_FIRST.format(missing=1)
+    assert exc.value.message == services.PLAY_ALL_FIRST.format(missing="Sample A")
 
 
 def test_telemetry_keeps_only_the_four_fields_the_page_sends_with_a_known_type_and_finite_numbers(world):
@@ -171,6 +180,9 @@ def test_the_listener_state_says_play_all_is_required_and_which_sounds_were_alre
     assert state["test"]["require_play_all"] is True
     assert sorted(state["trials"][0]["heard"]) == sorted([stim, "ref"])
     answer(p, trial)
+    # The page fetches every sound it plays: that, not the events above, is what lets the trial finish.
+    for url in [trial["reference"]["url"]] + [s["url"] for s in trial["stimuli"]]:
+        assert client.get(url).status_code == 200
     response = client.post(
         f"/l/p/{p.token}/complete", json.dumps({"trial": trial["id"]}), content_type="application/json"
     )
@@ -187,6 +199,7 @@ def join_through_invite(client, test):
 
 
 def calibrate(participant, plays=1):
+    hear(participant)
     return services.calibration_confirm(participant=participant, plays=plays)
 
 
@@ -222,6 +235,13 @@ def test_calibration_then_the_headphone_check_come_first_and_neither_can_be_skip
     p.refresh_from_db()
     assert p.headphone_passed is None and p.headphone_answers == [] and p.calibrated_at is None
 
+    # A self-reported play is no evidence: the server must have sent the calibration noise.
+    response = client.post(
+        f"/l/p/{p.token}/calibration", json.dumps({"plays": 2}), content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert response.json()["message"] == services.CALIBRATION_NOT_HEARD.format(seconds=3)
+    assert client.get(f"/l/p/{p.token}/cal").status_code == 200
     response = client.post(
         f"/l/p/{p.token}/calibration", json.dumps({"plays": 2}), content_type="application/json"
     )

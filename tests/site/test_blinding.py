@@ -44,6 +44,7 @@ from evalsite.listening.models import (
 )
 from evalsite.listening.selectors import headphone_trials
 from evalsite.runs.models import Checkpoint, EvalItem, EvalSet, Generation, Run
+from tests.factories import hear
 
 pytestmark = pytest.mark.django_db
 
@@ -592,6 +593,7 @@ def test_sound_urls_are_one_participants_own_unguessable_and_useless_to_anyone_e
     a, a_session = join(test, "pid-a")
     b, b_session = join(test, "pid-b")
     pa, pb = (Participant.objects.get(external_id=p) for p in ("pid-a", "pid-b"))
+    hear(pa), hear(pb)
     services.calibration_confirm(participant=pa, plays=1)
     services.calibration_confirm(participant=pb, plays=1)
     hp_a = a.json(a.get(a_session + "state"))["headphone_check"]["trials"]

@@ -30,7 +30,7 @@ from evalsite.listening import services, views
 from evalsite.listening.models import ListeningTest, Participant
 from evalsite.listening.selectors import headphone_trials, listener_state
 from evalsite.runs.models import Run
-from tests.factories import listening_world, make_listening_test
+from tests.factories import hear, listening_world, make_listening_test
 
 pytestmark = pytest.mark.django_db
 
@@ -121,6 +121,7 @@ def _rated_second_trial(w: World) -> None:
 
 def _calibrated(w: World) -> None:
     if w.checked.calibrated_at is None:
+        hear(w.checked)
         w.checked = services.calibration_confirm(participant=w.checked, plays=1)
 
 
@@ -224,7 +225,9 @@ CASES: dict[str, Case] = {
     ),
     "listening:audio": Case(kwargs=lambda w: {**P(w), "token": _trial(w)["stimuli"][0]["id"]}),
     "listening:reference-audio": Case(kwargs=lambda w: {**P(w), "token": _trial(w)["id"]}),
-    "listening:calibration": Case(kwargs=H, body=lambda w: {"plays": 2}, writes=True),
+    "listening:calibration": Case(
+        kwargs=H, body=lambda w: {"plays": 2}, writes=True, setup=lambda w: hear(w.checked)
+    ),
     "listening:calibration-audio": Case(kwargs=H),
     "listening:headphone": Case(
         kwargs=H,

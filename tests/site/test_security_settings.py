@@ -27,7 +27,7 @@ from evalsite.api import throttling
 from evalsite.api.services import researcher_token_issue
 from evalsite.runs.models import Run
 from evalsite.runs.services import run_create
-from tests.factories import EvalSetFactory, make_listening_test
+from tests.factories import EvalSetFactory, hear, make_listening_test
 
 REPO = Path(__file__).resolve().parents[2]
 CLEAR = (
@@ -301,6 +301,7 @@ def listener():
         joined.append((client, url, Participant.objects.get(token=url.split("/")[3])))
     calibrated, ready = joined[1][2], joined[2][2]
     for participant in (calibrated, ready):
+        hear(participant)
         services.calibration_confirm(participant=participant, plays=1)
     ready = services.headphone_check_submit(
         participant=ready, answers=[t["answer"] for t in headphone_trials(ready)]
@@ -390,6 +391,8 @@ def test_a_listener_body_over_the_limit_is_a_413_naming_its_size_and_nothing_is_
     assert response.status_code == 413 and "52428800 bytes" in response.json()["message"]
     assert listening_rows() == before
     # The same bodies at their normal size are taken: the 413s above were about size alone.
+    # The server sent the calibration noise to the one who confirms it.
+    hear(Participant.objects.get(token=listener["before calibration"][1].split("/")[3]))
     for (who, endpoint), body in requests.items():
         client, url = listener[who]
         assert listener_post(client, url + endpoint, json.dumps(body).encode()).status_code in (200, 201, 204)

@@ -25,9 +25,9 @@ from evalsite.listening.selectors import (
     AB_ANSWER_VALUES,
     COMPARISON_KINDS,
     NO_PREFERENCE,
-    PLAY_EVENT_TYPES,
     headphone_check_pending,
 )
+from evalsite.listening.services.heard import reference_sound, unheard_sounds
 from evalsite.listening.services.session import (
     HEADPHONE_CHECK_FIRST,
     PARTICIPANT_DONE,
@@ -46,7 +46,8 @@ FLAG_BAD_REGION = "the marked region must lie within the sound (0 to {duration:.
 FLAG_BAD_CATEGORY = "category must be one of {choices}; got {category!r}."
 REQUEST_ID_REQUIRED = "request_id must be a non-empty string of at most 64 characters."
 UNKNOWN_PARTICIPANT = "This listening session belongs to another browser. Open your invitation link again."
-PLAY_ALL_FIRST = "Please listen to every sound before continuing ({missing} not played yet)."
+PLAY_ALL_FIRST = "Please listen to every sound before continuing; not heard yet: {missing}."
+SOUND_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def _check_open(participant: Participant) -> None:
@@ -481,7 +482,9 @@ def flag_submit(
 # One of a participant's assignments by token, locked like every answer to it, and then how many
 # sounds it has and how many of them this participant has not rated (read after the lock, so an
 # answer that was being saved is counted).
-_TRIAL_SQL = "SELECT a.id, a.completed_at, {telemetry} FROM {assignment} a WHERE a.participant_id = %s AND a.token = %s"
+_TRIAL_SQL = (
+    "SELECT a.id, a.completed_at, a.trial_id FROM {assignment} a WHERE a.participant_id = %s AND a.token = %s"
+)
 _UNRATED_SQL = """
 SELECT COUNT(*), COUNT(*) - COUNT(r.id)
 FROM {handle} h LEFT JOIN {rating} r ON r.participant_id = %s AND r.stimulus_id = h.stimulus_id
@@ -497,14 +500,18 @@ def _check_answered(kind: str, sounds: int, unrated: int) -> None:
         raise ApplicationError(RATE_ALL_FIRST.format(missing=unrated), fields=("trial",))
 
 
-def _check_played(assignment_id: int, telemetry: Any) -> None:
-    """Every sound of the trial has a play event (``require_play_all``)."""
-    events = json.loads(telemetry) if isinstance(telemetry, str) else telemetry or []
-    played = {e.get("stimulus") for e in events if isinstance(e, dict) and e.get("type") in PLAY_EVENT_TYPES}
-    tokens = StimulusHandle.objects.filter(assignment_id=assignment_id).values_list("token", flat=True)
-    unplayed = [token for token in tokens if token not in played]
-    if unplayed:
-        raise ApplicationError(PLAY_ALL_FIRST.format(missing=len(unplayed)), fields=("trial",))
+def _check_heard(participant: Participant, assignment_id: int, trial_id: int, assignment_token: str) -> None:
+    """Every sound of the trial and its reference was heard (``require_play_all``), by the evidence
+    the server holds (``services.heard``): telemetry play events do not count."""
+    sounds = {}
+    if Trial.objects.filter(pk=trial_id, reference__isnull=False).exists():
+        sounds[reference_sound(assignment_token)] = "Reference"
+    handles = StimulusHandle.objects.filter(assignment_id=assignment_id).order_by("position")
+    for token, position in handles.values_list("token", "position"):
+        sounds[token] = f"Sample {SOUND_LETTERS[position]}"
+    unheard = unheard_sounds(participant_id=participant.pk, sounds=sounds)
+    if unheard:
+        raise ApplicationError(PLAY_ALL_FIRST.format(missing=", ".join(unheard)), fields=("trial",))
 
 
 @transaction.atomic
@@ -523,14 +530,13 @@ def trial_complete(*, participant: Participant, trial: str) -> Participant:
     lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
     with connection.cursor() as cursor:
         cursor.execute(
-            _TRIAL_SQL.format(telemetry="a.telemetry" if play_all else "NULL", assignment=_table(Assignment))
-            + lock,
+            _TRIAL_SQL.format(assignment=_table(Assignment)) + lock,
             [participant.pk, str(trial)],
         )
         row = cursor.fetchone()
         if row is None:
             raise NotFoundError(UNKNOWN_TRIAL, fields=("trial",))
-        assignment_id, completed_at, telemetry = row
+        assignment_id, completed_at, trial_id = row
         if completed_at is None:
             cursor.execute(
                 _UNRATED_SQL.format(handle=_table(StimulusHandle), rating=_table(Rating)),
@@ -540,7 +546,7 @@ def trial_complete(*, participant: Participant, trial: str) -> Participant:
     if completed_at is None:
         _check_answered(participant.test.kind, sounds, unrated)
         if play_all:
-            _check_played(assignment_id, telemetry)
+            _check_heard(participant, assignment_id, trial_id, str(trial))
         now = timezone.now()
         Assignment.objects.filter(pk=assignment_id).update(completed_at=now, updated_at=now)
     if not participant.assignments.filter(completed_at__isnull=True).exists():
@@ -554,8 +560,9 @@ def trial_complete(*, participant: Participant, trial: str) -> Participant:
 def telemetry_append(*, participant: Participant, trial: str, events: Any, device: Any = None) -> None:
     """Keep playback events (play, heard, switch, seek, loop) of a trial for screening; bounded in size.
 
-    Only events about the reference (``stimulus`` null) or one of this trial's own sounds are kept,
-    so a listener cannot satisfy ``require_play_all`` with another trial's (or person's) tokens.
+    Only events about the reference (``stimulus`` null) or one of this trial's own sounds are kept.
+    They are detail for screening: whether a sound was heard is decided from what the server sent
+    (``services.heard``), never from these events.
     """
     assignment = (
         Assignment.objects.select_for_update().filter(participant=participant, token=str(trial)).first()

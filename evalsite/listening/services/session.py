@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from evalsite.audio.headphone_check import N_TRIALS, PASS_CORRECT
 from evalsite.core.exceptions import ApplicationError, ConflictError
-from evalsite.listening.calibration import calibration_level
+from evalsite.listening.calibration import CALIBRATION_S, calibration_level
 from evalsite.listening.models import (
     Assignment,
     ListeningTest,
@@ -28,6 +28,7 @@ from evalsite.listening.selectors import (
     SCREENED_OUT_MESSAGE,
     headphone_trials,
 )
+from evalsite.listening.services.heard import CALIBRATION_SOUND, unheard_sounds
 
 TEST_NOT_OPEN = "This test is not open for listening."
 TEST_FULL = "This test has all the votes it needs. Thank you for your interest."
@@ -40,6 +41,9 @@ CALIBRATION_PLAY_FIRST = (
     "plays must be a whole number from 1 (play the calibration sound before confirming); got {plays!r}."
 )
 CALIBRATION_MAX_PLAYS = 10_000
+CALIBRATION_NOT_HEARD = (
+    "Please play the calibration sound (it lasts {seconds:g} s) and set your volume before confirming."
+)
 CROWD_ID_IN_USE = (
     "This participant ID has already started this test in another browser. Please continue in "
     "the browser where you started; if you cannot, contact the researcher."
@@ -204,6 +208,10 @@ def calibration_confirm(*, participant: Participant, plays: Any) -> Participant:
         )
     if not (isinstance(plays, int) and not isinstance(plays, bool) and 1 <= plays <= CALIBRATION_MAX_PLAYS):
         raise ApplicationError(CALIBRATION_PLAY_FIRST.format(plays=plays), fields=("plays",))
+    # ``plays`` is the page's own count, kept as detail; whether the noise was heard is decided from
+    # what the server sent (``services.heard``).
+    if unheard_sounds(participant_id=participant.pk, sounds={CALIBRATION_SOUND: "calibration"}):
+        raise ApplicationError(CALIBRATION_NOT_HEARD.format(seconds=CALIBRATION_S))
     participant.calibrated_at = timezone.now()
     participant.calibration = {
         "plays": plays,

@@ -6,7 +6,7 @@ from django.db import migrations
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('listening', '0005_condition_label_fits_run_and_step'),
+        ('listening', '0006_sound_fetch'),
     ]
 
     operations = [
