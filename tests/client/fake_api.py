@@ -46,7 +46,7 @@ class Fault:
     kind: str  # "drop" (before acting), "drop_after" (act, then drop), "status", "slow"
     status: int = 503
     headers: dict[str, str] = field(default_factory=dict)
-    body: Any = None
+    body: Any = None  # JSON-encoded, unless bytes (sent as they are)
     seconds: float = 0.0
 
 
@@ -62,6 +62,15 @@ class FakeApi:
         self.checkpoints: dict[tuple[int, int], dict[str, Any]] = {}
         self.alerts: dict[int, list[dict[str, Any]]] = {}
         self.progress: dict[tuple[int, int], list[str]] = {}
+        self.pipelines: dict[tuple[int, int], list[str]] = {}
+        self.outcomes: dict[tuple[int, int], dict[str, Any]] = {}
+        self.listening_results: dict[int, Any] = {}
+
+    def pipeline(self, step: int, statuses: list[str], run_id: int = 1, **outcome: Any) -> None:
+        """Once ``step`` is registered, each read of it moves to the next of ``statuses``; at the
+        last one the checkpoint takes ``outcome`` (e.g. ``metrics``, ``error``)."""
+        self.pipelines[(run_id, step)] = list(statuses)
+        self.outcomes[(run_id, step)] = outcome
 
     def inject(self, method: str, pattern: str, *kinds: str, **options: Any) -> None:
         with self.lock:
@@ -85,12 +94,19 @@ class FakeApi:
         self.alerts[run_id] = []
         return {**run, "token": f"run-token-{run_id}"}
 
-    def add_alert(self, run_id: int, title: str, severity: str = "warning", step: int = 2) -> dict[str, Any]:
+    def add_alert(
+        self,
+        run_id: int,
+        title: str,
+        severity: str = "warning",
+        step: int = 2,
+        rule: str = "metric_regressed",
+    ) -> dict[str, Any]:
         cursor = sum(len(a) for a in self.alerts.values()) + 1
         alert = {
             "cursor": cursor,
             "id": cursor,
-            "rule": "metric_regressed",
+            "rule": rule,
             "severity": severity,
             "checkpoint_step": step,
             "title": title,
@@ -118,6 +134,12 @@ class FakeApi:
         token = headers.get("authorization", "").removeprefix("Bearer ")
         if token != RESEARCHER and token not in self.tokens:
             return 401, {"message": "Invalid token.", "extra": {}}, {}
+        test = re.fullmatch(r"/api/v1/listening-tests/(\d+)/results/", path)
+        if test:
+            found = self.listening_results.get(int(test.group(1)))
+            return (
+                (200, found, {}) if found is not None else (404, {"message": "Not found.", "extra": {}}, {})
+            )
         m = re.fullmatch(r"/api/v1/runs/(?:(\d+)/(?:(checkpoints|alerts)/(?:(\d+)/(evaluate/)?)?)?)?", path)
         if not m:
             return 404, {"message": "Not found.", "extra": {}}, {}
@@ -153,8 +175,8 @@ class FakeApi:
             )
         if self.progress.get(key):
             checkpoint["status"] = self.progress[key].pop(0)
-            if checkpoint["status"] == "done":
-                checkpoint["metrics"] = {"mel_l1": 0.25}
+            if not self.progress[key]:
+                checkpoint.update(self.outcomes.get(key, {"metrics": {"mel_l1": 0.25}}))
         return 200, checkpoint, {}
 
     def run_create(self, body: dict[str, Any]):
@@ -194,6 +216,8 @@ class FakeApi:
             "created_at": "2025-01-01T00:00:00Z",
         }
         self.checkpoints[(run_id, step)] = checkpoint
+        if (run_id, step) in self.pipelines:
+            self.progress[(run_id, step)] = self.pipelines[(run_id, step)]
         return 201, checkpoint, {}
 
     def alerts_page(self, run_id: int, query: dict[str, str], headers: dict[str, str]):
@@ -252,7 +276,10 @@ class Handler(BaseHTTPRequestHandler):
         self.answer(status, payload, headers)
 
     def answer(self, status: int, payload: Any, headers: dict[str, str]) -> None:
-        data = b"" if status == 304 or payload is None else json.dumps(payload).encode()
+        if isinstance(payload, bytes):
+            data = payload
+        else:
+            data = b"" if status == 304 or payload is None else json.dumps(payload).encode()
         try:
             self.send_response(status)
             for name, value in headers.items():

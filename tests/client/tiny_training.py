@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 
-def fit_tiny_model(tmp_path: Path, callback: Any, **checkpoint_options: Any):
+def fit_tiny_model(
+    tmp_path: Path,
+    callback: Any,
+    *,
+    logger: Any = False,
+    step_seconds: float = 0.0,
+    **checkpoint_options: Any,
+):
+    """Six steps, a checkpoint every two; ``step_seconds`` makes each step last at least that long."""
+    # Imported here, not at the top: the client tests that need no Lightning run without it.
     import torch
     from lightning.pytorch import LightningModule, Trainer
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -21,6 +31,7 @@ def fit_tiny_model(tmp_path: Path, callback: Any, **checkpoint_options: Any):
 
         def training_step(self, batch, batch_idx):
             x, y = batch
+            time.sleep(step_seconds)
             return torch.nn.functional.mse_loss(self.layer(x), y)
 
         def configure_optimizers(self):
@@ -36,8 +47,9 @@ def fit_tiny_model(tmp_path: Path, callback: Any, **checkpoint_options: Any):
         accelerator="cpu",
         devices=1,
         callbacks=[checkpoint, callback],
-        logger=False,
+        logger=logger,
         enable_progress_bar=False,
+        log_every_n_steps=1,
         enable_model_summary=False,
         default_root_dir=tmp_path,
     )

@@ -46,13 +46,12 @@ def default_uri(path: str) -> str:
     return os.path.abspath(local) if local is not None else path
 
 
-def _checked_interval(name: str, value: float | None, *, optional: bool = False) -> float | None:
+def _check_interval(name: str, value: float | None, *, optional: bool = False) -> None:
     if value is None and optional:
-        return None
+        return
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
         allowed = "a number > 0" + (" or None" if optional else "")
         raise ValueError(f"{name} must be {allowed}; got {value!r}")
-    return float(value)
 
 
 def log_alert(alert: dict[str, Any], run_id: int | str) -> None:
@@ -135,22 +134,24 @@ class CheckpointReporter:
         results_timeout: float = 6 * 3600.0,
         listening_tests: Iterable[int] = (),
     ) -> None:
-        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
-            raise ValueError(f"max_pending must be an int >= 1; got {max_pending!r}")
-        if on_results is not None and not callable(on_results):
-            raise ValueError(f"on_results must be callable; got {on_results!r}")
-        tests = list(listening_tests)
-        if any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in tests):
-            raise ValueError(f"listening_tests must be ids (ints >= 1); got {tests!r}")
+        tests = self.check_options(
+            alert_interval=alert_interval,
+            retry_interval=retry_interval,
+            max_pending=max_pending,
+            on_results=on_results,
+            results_interval=results_interval,
+            results_timeout=results_timeout,
+            listening_tests=listening_tests,
+        )
         self.client = client
         self.run_id = run_id
         self.uri_for = uri_for
         self.compute_sha256 = compute_sha256
-        self.alert_interval = _checked_interval("alert_interval", alert_interval, optional=True)
-        self.retry_interval = _checked_interval("retry_interval", retry_interval)
+        self.alert_interval = alert_interval
+        self.retry_interval = retry_interval
         self.on_results = on_results
-        self.results_interval = _checked_interval("results_interval", results_interval)
-        self.results_timeout = _checked_interval("results_timeout", results_timeout)
+        self.results_interval = results_interval
+        self.results_timeout = results_timeout
         self.listening_tests = tests
         self.registered: list[dict[str, Any]] = []
         self.failed: list[tuple[int, str, str]] = []
@@ -170,6 +171,31 @@ class CheckpointReporter:
         self._results_wait = 0.0
         self._thread = threading.Thread(target=self._run, name=f"evalsite-reporter-{run_id}", daemon=True)
         self._thread.start()
+
+    @staticmethod
+    def check_options(
+        *,
+        alert_interval: float | None = 30.0,
+        retry_interval: float = 60.0,
+        max_pending: int = 100,
+        on_results: ResultsCallback | None = None,
+        results_interval: float = 30.0,
+        results_timeout: float = 6 * 3600.0,
+        listening_tests: Iterable[int] = (),
+    ) -> list[int]:
+        """Raise ``ValueError`` naming the first option out of range; returns the listening test ids."""
+        _check_interval("alert_interval", alert_interval, optional=True)
+        _check_interval("retry_interval", retry_interval)
+        _check_interval("results_interval", results_interval)
+        _check_interval("results_timeout", results_timeout)
+        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+            raise ValueError(f"max_pending must be an int >= 1; got {max_pending!r}")
+        if on_results is not None and not callable(on_results):
+            raise ValueError(f"on_results must be callable; got {on_results!r}")
+        tests = list(listening_tests)
+        if any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in tests):
+            raise ValueError(f"listening_tests must be ids (ints >= 1); got {tests!r}")
+        return tests
 
     def __enter__(self) -> CheckpointReporter:
         return self
@@ -336,7 +362,7 @@ class CheckpointReporter:
                 for alert in found:
                     log_alert(alert, self.run_id)
                     step = alert.get("checkpoint_step")
-                    if step in self._watching:
+                    if isinstance(step, int):  # kept for any step: a resumed run re-registers evaluated steps
                         self._step_alerts.setdefault(step, []).append(alert)
                 with self._lock:
                     self._alerts.extend(found)
@@ -368,7 +394,6 @@ class CheckpointReporter:
             for step, give_up_at in list(self._watching.items()):
                 if step not in ended and now >= give_up_at:
                     del self._watching[step]
-                    self._step_alerts.pop(step, None)
                     self.abandoned.append(step)
                     logger.warning(
                         "evalsite: step %d: pipeline not ended %g s after registration; results not reported",
