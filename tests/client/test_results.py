@@ -31,7 +31,9 @@ def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def listening_results(name: str, rated: dict[str, tuple[int, int, float | None]]) -> dict[str, Any]:
+def listening_results(
+    name: str, rated: dict[str, tuple[int, int, float | None]], status: str = "closed"
+) -> dict[str, Any]:
     """The shape of GET /listening-tests/<id>/results/: ``rated`` maps a label to (run id, step, mean)."""
     conditions = [
         {
@@ -48,7 +50,7 @@ def listening_results(name: str, rated: dict[str, tuple[int, int, float | None]]
     kept = [{"system": label, "n": 40, "mean": mean} for label, (_, _, mean) in rated.items()]
     kept.append({"system": "reference", "n": 40, "mean": 4.5})
     return {
-        "test": {"id": 7, "name": name, "kind": "mos"},
+        "test": {"id": 7, "name": name, "kind": "mos", "status": status},
         "design": {"conditions": conditions},
         "scores": {"method": "t interval", "kept": kept, "all": kept},
     }
@@ -112,6 +114,32 @@ def test_results_arrive_with_metrics_human_scores_and_alerts_once_each_pipeline_
     assert {thread for _, _, thread in collected} == {"evalsite-reporter-1"}  # never the training thread
     assert [r.step for r in reporter.results] == [step for step, _, _ in collected]
     assert len(server.requests("GET", r"/api/v1/runs/1/checkpoints/4/")) == 1  # no read after "done"
+
+
+def test_a_listening_test_closed_later_brings_its_scores_once_at_the_rated_step(server):
+    server.pipeline(2, ["done"], metrics={"mel_l1": 0.5})
+    server.pipeline(4, ["done"], metrics={"mel_l1": 0.25})
+    rated = {"A": (1, 2, 3.5), "B": (1, 4, 4.0)}
+    server.listening_results[7] = listening_results("MOS", rated, status="published")
+    collected = Collected()
+
+    with make_client(server.url, token=server.run["token"]) as client:
+        reporter = reporter_for(client, collected, listening_tests=[7], human_interval=0.05)
+        reporter.checkpoint_saved(2, "/ckpt/2.pt")
+        reporter.checkpoint_saved(4, "/ckpt/4.pt")
+        wait_until(lambda: len(collected) == 2)
+        server.listening_results[7] = listening_results("MOS", rated, status="closed")
+        wait_until(lambda: len(collected) == 4)
+        reads = len(server.requests("GET", r"/api/v1/listening-tests/7/results/"))
+        time.sleep(0.2)
+        assert len(server.requests("GET", r"/api/v1/listening-tests/7/results/")) == reads  # all known
+        reporter.close(timeout=10)
+
+    assert [r.human for _, r, _ in collected[:2]] == [{}, {}]  # an open test's means still move
+    assert [(step, r.scalars()) for step, r, _ in collected[2:]] == [
+        (2, {"evalsite/human/MOS": 3.5}),
+        (4, {"evalsite/human/MOS": 4.0}),
+    ]
 
 
 def test_close_waits_results_wait_seconds_for_pipelines_still_running(server):
@@ -243,6 +271,7 @@ def test_an_exception_in_on_results_is_logged_and_later_results_still_arrive(ser
         ({"alert_interval": math.inf}, "alert_interval must be a number > 0 or None"),
         ({"retry_interval": "60"}, "retry_interval must be a number > 0"),
         ({"max_pending": 0}, "max_pending must be an int >= 1"),
+        ({"human_interval": 0.0}, "human_interval must be a number > 0"),
         ({"on_results": "print"}, "on_results must be callable"),
         ({"listening_tests": [7, 0]}, "listening_tests must be ids"),
         ({"listening_tests": [True]}, "listening_tests must be ids"),

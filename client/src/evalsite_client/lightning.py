@@ -91,7 +91,9 @@ class EvalsiteCallback(pl.Callback):
         results_interval: seconds between status reads of the checkpoints being evaluated.
         results_timeout: seconds after registration before a checkpoint's results are given up on.
         results_wait: at the end of ``fit``, seconds to wait for pipelines still running.
-        listening_tests: ids of listening tests whose human scores are logged.
+        listening_tests: ids of listening tests whose human scores are logged (once each test is
+            closed; a test closed after the step's results were logged is logged at that step then).
+        human_interval: seconds between reads of ``listening_tests`` for steps already logged.
 
     ``callback.alerts`` is the list of alerts received so far (each one is also logged, at ERROR
     for critical ones).
@@ -112,6 +114,7 @@ class EvalsiteCallback(pl.Callback):
         results_timeout: float = 6 * 3600.0,
         results_wait: float = 0.0,
         listening_tests: Iterable[int] = (),
+        human_interval: float = 600.0,
     ) -> None:
         if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1 or None; got {every_n_steps!r}")
@@ -124,6 +127,7 @@ class EvalsiteCallback(pl.Callback):
             results_interval=results_interval,
             results_timeout=results_timeout,
             listening_tests=listening_tests,
+            human_interval=human_interval,
         )
         self.client = client
         self.run_id = run_id
@@ -137,6 +141,7 @@ class EvalsiteCallback(pl.Callback):
         self.results_timeout = results_timeout
         self.results_wait = results_wait
         self.listening_tests = list(listening_tests)
+        self.human_interval = human_interval
         self.steps: dict[int, str] = {}
         self.results: list[CheckpointResults] = []
         self._arrived: queue.SimpleQueue[CheckpointResults] = queue.SimpleQueue()
@@ -198,6 +203,7 @@ class EvalsiteCallback(pl.Callback):
             results_interval=self.results_interval,
             results_timeout=self.results_timeout,
             listening_tests=self.listening_tests,
+            human_interval=self.human_interval,
         )
         previous = vars(trainer).get("save_checkpoint")  # another wrapper, or None for the method
         original = trainer.save_checkpoint

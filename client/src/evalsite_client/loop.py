@@ -92,6 +92,12 @@ class CheckpointReporter:
     :class:`~evalsite_client.results.CheckpointResults`: its metrics, its mean score in each of
     ``listening_tests`` that rated it, and the alerts raised for it. A checkpoint whose pipeline has
     not ended ``results_timeout`` seconds after registration is given up on with a warning.
+
+    Human scores count once a listening test is closed, so that what is logged at a step is the
+    test's final number, not a mean of the first few listeners. A test usually closes after the
+    pipeline ended: the reporter then reads the tests every ``human_interval`` seconds (and once
+    at ``close``) and calls ``on_results`` again for that step with only ``human`` filled in.
+    Each (step, test) pair is reported once.
     Whatever the server answers, nothing is raised into the training loop: unreadable answers,
     NaN and infinite values are left out with a warning, and an exception from ``on_results`` is
     logged. ``on_results`` runs in the background thread: hand the results to the training thread
@@ -116,6 +122,7 @@ class CheckpointReporter:
         results_interval: seconds between status reads of the checkpoints being evaluated.
         results_timeout: seconds after registration before a checkpoint's results are given up on.
         listening_tests: ids of listening tests whose human scores the results carry.
+        human_interval: seconds between reads of ``listening_tests`` for steps already reported.
     """
 
     def __init__(
@@ -133,6 +140,7 @@ class CheckpointReporter:
         results_interval: float = 30.0,
         results_timeout: float = 6 * 3600.0,
         listening_tests: Iterable[int] = (),
+        human_interval: float = 600.0,
     ) -> None:
         tests = self.check_options(
             alert_interval=alert_interval,
@@ -142,6 +150,7 @@ class CheckpointReporter:
             results_interval=results_interval,
             results_timeout=results_timeout,
             listening_tests=listening_tests,
+            human_interval=human_interval,
         )
         self.client = client
         self.run_id = run_id
@@ -153,6 +162,7 @@ class CheckpointReporter:
         self.results_interval = results_interval
         self.results_timeout = results_timeout
         self.listening_tests = tests
+        self.human_interval = human_interval
         self.registered: list[dict[str, Any]] = []
         self.failed: list[tuple[int, str, str]] = []
         self.dropped: list[tuple[int, str]] = []
@@ -168,6 +178,8 @@ class CheckpointReporter:
         self._watching: dict[int, float] = {}  # step -> when to give up on its results
         self._step_alerts: dict[int, list[dict[str, Any]]] = {}
         self._next_results = 0.0
+        self._reported: dict[int, str] = {}  # step -> its pipeline's final status
+        self._human_sent: set[tuple[int, int]] = set()  # (step, listening test id)
         self._results_wait = 0.0
         self._thread = threading.Thread(target=self._run, name=f"evalsite-reporter-{run_id}", daemon=True)
         self._thread.start()
@@ -182,12 +194,14 @@ class CheckpointReporter:
         results_interval: float = 30.0,
         results_timeout: float = 6 * 3600.0,
         listening_tests: Iterable[int] = (),
+        human_interval: float = 600.0,
     ) -> list[int]:
         """Raise ``ValueError`` naming the first option out of range; returns the listening test ids."""
         _check_interval("alert_interval", alert_interval, optional=True)
         _check_interval("retry_interval", retry_interval)
         _check_interval("results_interval", results_interval)
         _check_interval("results_timeout", results_timeout)
+        _check_interval("human_interval", human_interval)
         if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
             raise ValueError(f"max_pending must be an int >= 1; got {max_pending!r}")
         if on_results is not None and not callable(on_results):
@@ -262,6 +276,7 @@ class CheckpointReporter:
     def _run(self) -> None:
         closing = False
         next_poll = 0.0 if self.alert_interval is not None else float("inf")
+        next_human = time.monotonic() + self.human_interval
         retry_at = 0.0
         while True:
             now = time.monotonic()
@@ -270,6 +285,8 @@ class CheckpointReporter:
                 wake = min(wake, retry_at)
             if self._watching:
                 wake = min(wake, self._next_results)
+            if self._human_missing():
+                wake = min(wake, next_human)
             try:
                 item = self._queue.get(timeout=max(0.0, min(wake - now, 3600.0)))
             except queue.Empty:
@@ -305,6 +322,7 @@ class CheckpointReporter:
                     if self.alert_interval is not None:
                         self._poll_alerts()
                     self._finish_results()
+                    self._poll_human()
                 return
             if time.monotonic() >= next_poll:
                 self._poll_alerts()
@@ -312,6 +330,9 @@ class CheckpointReporter:
             if self._watching and time.monotonic() >= self._next_results:
                 self._poll_results()
                 self._next_results = time.monotonic() + self.results_interval
+            if time.monotonic() >= next_human:
+                self._poll_human()
+                next_human = time.monotonic() + self.human_interval
 
     def _register_pending(self) -> bool:
         """Register queued checkpoints in order; False when the server was unreachable."""
@@ -407,33 +428,66 @@ class CheckpointReporter:
 
     def _report(self, ended: dict[int, Mapping[str, Any]]) -> None:
         self._poll_alerts()  # the detector raises a step's alerts before its pipeline ends
-        human: dict[int, dict[str, float]] = {}
+        human = self._human_scores(set(ended))
+        for step, checkpoint in ended.items():
+            del self._watching[step]
+            self._reported[step] = str(checkpoint["status"])
+            self._deliver(
+                CheckpointResults(
+                    step=step,
+                    status=str(checkpoint["status"]),
+                    metrics=clean_metrics(checkpoint.get("metrics"), step=step),
+                    human=human.get(step, {}),
+                    alerts=tuple(self._step_alerts.pop(step, [])),
+                    error=str(checkpoint.get("error") or "")[:_MAX_ERROR_LENGTH],
+                )
+            )
+
+    def _deliver(self, results: CheckpointResults) -> None:
+        self.results.append(results)
+        if self.on_results is None:
+            return
+        try:
+            self.on_results(results.step, results)
+        except Exception:
+            logger.exception("evalsite: on_results failed for step %d; ignored", results.step)
+
+    def _human_missing(self) -> set[int]:
+        """Reported steps that some listening test has not given a (final) score yet."""
+        return {
+            step
+            for step in self._reported
+            if any((step, test_id) not in self._human_sent for test_id in self.listening_tests)
+        }
+
+    def _human_scores(self, steps: set[int]) -> dict[int, dict[str, float]]:
+        """Each step's mean score in each closed listening test not reported for it yet."""
+        found: dict[int, dict[str, float]] = {}
         for test_id in self.listening_tests:
+            wanted = {step for step in steps if (step, test_id) not in self._human_sent}
+            if not wanted:
+                continue
             try:
                 answer = self.client.listening_test_results(test_id)
-                name, scores = human_scores(answer, run_id=self.run_id, steps=set(ended))
+                name, scores = human_scores(answer, run_id=self.run_id, steps=wanted)
             except (EvalsiteError, ValueError) as exc:
                 logger.warning("evalsite: human scores of listening test %d unavailable: %s", test_id, exc)
                 continue
             for step, mean in scores.items():
-                human.setdefault(step, {})[name] = mean
-        for step, checkpoint in ended.items():
-            del self._watching[step]
-            results = CheckpointResults(
-                step=step,
-                status=str(checkpoint["status"]),
-                metrics=clean_metrics(checkpoint.get("metrics"), step=step),
-                human=human.get(step, {}),
-                alerts=tuple(self._step_alerts.pop(step, [])),
-                error=str(checkpoint.get("error") or "")[:_MAX_ERROR_LENGTH],
-            )
-            self.results.append(results)
-            if self.on_results is None:
-                continue
-            try:
-                self.on_results(step, results)
-            except Exception:
-                logger.exception("evalsite: on_results failed for step %d; ignored", step)
+                self._human_sent.add((step, test_id))
+                found.setdefault(step, {})[name] = mean
+        return found
+
+    def _poll_human(self) -> None:
+        """Report the scores of listening tests closed after their steps' results were reported."""
+        try:
+            missing = self._human_missing()
+            if not missing:
+                return
+            for step, human in sorted(self._human_scores(missing).items()):
+                self._deliver(CheckpointResults(step=step, status=self._reported[step], human=human))
+        except Exception:
+            logger.exception("evalsite: reading human scores failed")
 
     def _finish_results(self) -> None:
         """At close: poll the pipelines still running for up to ``results_wait`` seconds."""

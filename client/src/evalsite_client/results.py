@@ -94,7 +94,8 @@ def clean_metrics(raw: Any, *, step: int) -> dict[str, float]:
 
 
 def human_scores(results: Any, *, run_id: int | str, steps: Collection[int]) -> tuple[str, dict[int, float]]:
-    """From one listening test's results: its name and the mean score of each of ``steps`` it rated.
+    """From one listening test's results: its name and the mean score of each of ``steps`` it rated,
+    once the test is closed (nothing before: the means still move as listeners rate).
 
     A condition is matched to a checkpoint through ``design.conditions[].checkpoint`` (``run_id``,
     ``step``) and to its score through its label (``scores.kept[].system``). Raises ``ValueError``
@@ -110,6 +111,8 @@ def human_scores(results: Any, *, run_id: int | str, steps: Collection[int]) -> 
     conditions = design.get("conditions") if isinstance(design, Mapping) else None
     if not isinstance(conditions, list):
         raise ValueError("design.conditions is missing")
+    if test.get("status") != "closed":
+        return name, {}
     labels: dict[str, int] = {}
     for condition in conditions:
         checkpoint = condition.get("checkpoint") if isinstance(condition, Mapping) else None
