@@ -55,7 +55,8 @@ logger = logging.getLogger(__name__)
 
 
 class EvalsiteCallback(pl.Callback):
-    """Register each checkpoint Lightning saves with evalsite, and collect the run's alerts.
+    """Register each checkpoint Lightning saves with evalsite, collect the run's alerts, and log each
+    checkpoint's results into the Trainer's loggers.
 
     Example::
 
@@ -86,7 +87,7 @@ class EvalsiteCallback(pl.Callback):
         uri_for: maps a saved path to the uri to register (e.g. after uploading it), or ``None``
             to skip it; runs in the background thread. Default: the absolute path.
         compute_sha256: send each file's sha256 (hashed in the background thread).
-        alert_interval: seconds between alert polls; ``None`` turns polling off.
+        alert_interval: seconds between alert polls; ``None`` polls alerts only to complete results.
         log_results: write results into the Trainer's loggers (``False``: only collect them).
         results_interval: seconds between status reads of the checkpoints being evaluated.
         results_timeout: seconds after registration before a checkpoint's results are given up on.
@@ -122,7 +123,7 @@ class EvalsiteCallback(pl.Callback):
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
                 raise ValueError(f"{name} must be a number >= 0; got {value!r}")
         # The reporter checks the rest; a mistake should fail here, not at fit's setup where it is only logged.
-        CheckpointReporter.check_options(
+        tests = CheckpointReporter.check_options(
             alert_interval=alert_interval,
             results_interval=results_interval,
             results_timeout=results_timeout,
@@ -140,7 +141,7 @@ class EvalsiteCallback(pl.Callback):
         self.results_interval = results_interval
         self.results_timeout = results_timeout
         self.results_wait = results_wait
-        self.listening_tests = list(listening_tests)
+        self.listening_tests = tests
         self.human_interval = human_interval
         self.steps: dict[int, str] = {}
         self.results: list[CheckpointResults] = []
