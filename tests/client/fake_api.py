@@ -26,6 +26,7 @@ from evalsite_client import EvalsiteClient
 REPO = Path(__file__).resolve().parents[2]
 RESEARCHER = "researcher-token"
 KINDS = ("vocoder", "tokenizer", "generator")
+ALERT_LAG = 0.05  # below results_interval where it matters: a reporter that waits a round sees the alerts
 
 
 @dataclass
@@ -65,10 +66,13 @@ class FakeApi:
         self.pipelines: dict[tuple[int, int], list[str]] = {}
         self.outcomes: dict[tuple[int, int], dict[str, Any]] = {}
         self.listening_results: dict[int, Any] = {}
+        self.late_alerts: list[tuple[float, int, str, int, str]] = []
 
     def pipeline(self, step: int, statuses: list[str], run_id: int = 1, **outcome: Any) -> None:
         """Once ``step`` is registered, each read of it moves to the next of ``statuses``; at the
-        last one the checkpoint takes ``outcome`` (e.g. ``metrics``, ``error``)."""
+        last one the checkpoint takes ``outcome`` (e.g. ``metrics``, ``error``). The server
+        evaluates alert rules just after a pipeline ends, so ``outcome["alerts"]`` (title, rule)
+        are raised :data:`ALERT_LAG` seconds after the read that saw the pipeline end."""
         self.pipelines[(run_id, step)] = list(statuses)
         self.outcomes[(run_id, step)] = outcome
 
@@ -176,7 +180,11 @@ class FakeApi:
         if self.progress.get(key):
             checkpoint["status"] = self.progress[key].pop(0)
             if not self.progress[key]:
-                checkpoint.update(self.outcomes.get(key, {"metrics": {"mel_l1": 0.25}}))
+                outcome = dict(self.outcomes.get(key, {"metrics": {"mel_l1": 0.25}}))
+                raised = outcome.pop("alerts", [])
+                checkpoint.update(outcome)
+                due = time.monotonic() + ALERT_LAG
+                self.late_alerts.extend((due, run_id, title, key[1], rule) for title, rule in raised)
         return 200, checkpoint, {}
 
     def run_create(self, body: dict[str, Any]):
@@ -221,6 +229,10 @@ class FakeApi:
         return 201, checkpoint, {}
 
     def alerts_page(self, run_id: int, query: dict[str, str], headers: dict[str, str]):
+        now = time.monotonic()
+        for late in [late for late in self.late_alerts if late[0] <= now]:
+            self.late_alerts.remove(late)
+            self.add_alert(late[1], late[2], step=late[3], rule=late[4])
         after, limit = int(query.get("after", 0)), int(query.get("limit", 100))
         results = [a for a in self.alerts[run_id] if a["cursor"] > after][:limit]
         cursor = results[-1]["cursor"] if results else after

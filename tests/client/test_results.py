@@ -73,7 +73,9 @@ def reporter_for(client: Any, on_results: Callable[..., None], **options: Any) -
 
 def test_results_arrive_with_metrics_human_scores_and_alerts_once_each_pipeline_ends(server):
     server.pipeline(2, ["scoring", "detecting", "done"], metrics={"mel_l1": 0.25, "pesq": 3.5})
-    server.pipeline(4, ["done"], metrics={"mel_l1": 0.125, "pesq": 3.75})
+    server.pipeline(
+        4, ["done"], metrics={"mel_l1": 0.125, "pesq": 3.75}, alerts=[("PESQ dropped", "metric_regressed")]
+    )
     server.add_alert(1, "mel L1 regressed", step=2)
     server.add_alert(1, "mel L1 regressed again", step=2)
     server.add_alert(1, "FAD jumped", step=2, rule="fad_jump", severity="critical")
@@ -84,7 +86,7 @@ def test_results_arrive_with_metrics_human_scores_and_alerts_once_each_pipeline_
     collected = Collected()
 
     with make_client(server.url, token=server.run["token"]) as client:
-        reporter = reporter_for(client, collected, listening_tests=[7])
+        reporter = reporter_for(client, collected, listening_tests=[7], results_interval=0.1)
         reporter.checkpoint_saved(2, "/ckpt/2.pt")
         reporter.checkpoint_saved(4, "/ckpt/4.pt")
         wait_until(lambda: len(collected) == 2)
@@ -110,6 +112,7 @@ def test_results_arrive_with_metrics_human_scores_and_alerts_once_each_pipeline_
         "evalsite/mel_l1": 0.125,
         "evalsite/pesq": 3.75,
         "evalsite/human/MOS week 1": 4.25,
+        "evalsite/alerts/metric_regressed": 1.0,  # raised just after the pipeline ended
     }
     assert {thread for _, _, thread in collected} == {"evalsite-reporter-1"}  # never the training thread
     assert [r.step for r in reporter.results] == [step for step, _, _ in collected]
@@ -355,7 +358,12 @@ def test_lightning_writes_results_into_tensorboard_and_csv_at_each_checkpoints_s
 
     server.pipeline(2, ["scoring", "done"], metrics={"mel_l1": 0.5, "pesq": 3.25})
     server.pipeline(4, ["scoring", "done"], metrics={"mel_l1": 0.375, "pesq": 3.5})
-    server.pipeline(6, ["scoring", "detecting", "done"], metrics={"mel_l1": 0.25, "pesq": 3.75})
+    server.pipeline(
+        6,
+        ["scoring", "detecting", "done"],
+        metrics={"mel_l1": 0.25, "pesq": 3.75},
+        alerts=[("FAD", "fad_jump")],
+    )
     server.add_alert(1, "mel L1 regressed", step=4)
     server.listening_results[7] = listening_results("MOS", {"A": (1, 2, 3.5), "B": (1, 6, 4.125)})
     tensorboard = TensorBoardLogger(tmp_path / "tb", name="", version=0)
@@ -364,7 +372,7 @@ def test_lightning_writes_results_into_tensorboard_and_csv_at_each_checkpoints_s
 
     with make_client(server.url, token=server.run["token"]) as client:
         callback = EvalsiteCallback(
-            client, 1, alert_interval=0.01, results_interval=0.01, results_wait=10, listening_tests=[7]
+            client, 1, alert_interval=0.01, results_interval=0.1, results_wait=10, listening_tests=[7]
         )
         trainer = fit_tiny_model(
             tmp_path, callback, logger=[tensorboard, csv_logger, recording], step_seconds=0.1
@@ -375,6 +383,7 @@ def test_lightning_writes_results_into_tensorboard_and_csv_at_each_checkpoints_s
         "evalsite/pesq": [(2, 3.25), (4, 3.5), (6, 3.75)],
         "evalsite/human/MOS": [(2, 3.5), (6, 4.125)],
         "evalsite/alerts/metric_regressed": [(4, 1.0)],
+        "evalsite/alerts/fad_jump": [(6, 1.0)],
     }
     assert tensorboard_scalars(tmp_path / "tb" / "version_0") == expected
     assert csv_scalars(tmp_path / "csv" / "version_0" / "metrics.csv") == expected

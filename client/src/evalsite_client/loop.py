@@ -176,6 +176,7 @@ class CheckpointReporter:
         self._lock = threading.Lock()
         self._closed = False
         self._watching: dict[int, float] = {}  # step -> when to give up on its results
+        self._settling: dict[int, Mapping[str, Any]] = {}  # seen ended, reported at the next round
         self._step_alerts: dict[int, list[dict[str, Any]]] = {}
         self._next_results = 0.0
         self._reported: dict[int, str] = {}  # step -> its pipeline's final status
@@ -393,10 +394,15 @@ class CheckpointReporter:
             logger.exception("evalsite: alert polling failed")
 
     def _poll_results(self) -> None:
-        """Read the status of each checkpoint being evaluated; report those whose pipeline ended."""
+        """Read the status of each checkpoint being evaluated; report those seen ended a round ago.
+
+        The server evaluates a step's alert rules just after its status turns ``done``, so a step
+        is reported one ``results_interval`` after its pipeline was first seen ended: by then its
+        alerts are there to be polled.
+        """
         try:
-            ended: dict[int, Mapping[str, Any]] = {}
-            for step in sorted(self._watching):
+            settled, self._settling = self._settling, {}
+            for step in sorted(set(self._watching) - set(settled)):
                 try:
                     checkpoint = self.client.checkpoint_get(self.run_id, step)
                 except ServiceError as exc:
@@ -410,10 +416,10 @@ class CheckpointReporter:
                         "evalsite: step %d: unreadable answer (%s)", step, type(checkpoint).__name__
                     )
                 elif checkpoint.get("status") in FINAL_STATUSES:
-                    ended[step] = checkpoint
+                    self._settling[step] = checkpoint
             now = time.monotonic()
             for step, give_up_at in list(self._watching.items()):
-                if step not in ended and now >= give_up_at:
+                if step not in settled and step not in self._settling and now >= give_up_at:
                     del self._watching[step]
                     self.abandoned.append(step)
                     logger.warning(
@@ -421,13 +427,13 @@ class CheckpointReporter:
                         step,
                         self.results_timeout,
                     )
-            if ended:
-                self._report(ended)
+            if settled:
+                self._report(settled)
         except Exception:
             logger.exception("evalsite: reading checkpoint results failed")
 
     def _report(self, ended: dict[int, Mapping[str, Any]]) -> None:
-        self._poll_alerts()  # the detector raises a step's alerts before its pipeline ends
+        self._poll_alerts()
         human = self._human_scores(set(ended))
         for step, checkpoint in ended.items():
             del self._watching[step]
@@ -490,7 +496,8 @@ class CheckpointReporter:
             logger.exception("evalsite: reading human scores failed")
 
     def _finish_results(self) -> None:
-        """At close: poll the pipelines still running for up to ``results_wait`` seconds."""
+        """At close: poll the pipelines still running for up to ``results_wait`` seconds, then
+        report those seen ended without waiting the usual round for their alerts."""
         give_up_at = time.monotonic() + self._results_wait
         while self._watching:
             self._poll_results()
@@ -498,6 +505,12 @@ class CheckpointReporter:
             if not self._watching or left <= 0:
                 break
             time.sleep(min(self.results_interval, left))
+        if self._settling:
+            settled, self._settling = self._settling, {}
+            try:
+                self._report(settled)
+            except Exception:
+                logger.exception("evalsite: reporting checkpoint results failed")
         if self._watching:
             logger.info(
                 "evalsite: pipelines of steps %s had not ended at close; their results are not reported",
