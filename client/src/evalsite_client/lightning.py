@@ -91,7 +91,8 @@ class EvalsiteCallback(pl.Callback):
         log_results: write results into the Trainer's loggers (``False``: only collect them).
         results_interval: seconds between status reads of the checkpoints being evaluated.
         results_timeout: seconds after registration before a checkpoint's results are given up on.
-        results_wait: at the end of ``fit``, seconds to wait for pipelines still running.
+        results_wait: when ``fit`` ends normally, seconds to wait for pipelines still running (not
+            after an exception or an interrupt).
         listening_tests: ids of listening tests whose human scores are logged (once each test is
             closed; a test closed after the step's results were logged is logged at that step then).
         human_interval: seconds between reads of ``listening_tests`` for steps already logged.
@@ -180,7 +181,7 @@ class EvalsiteCallback(pl.Callback):
         self._write_results(trainer)
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        self._stop()
+        self._stop(results_wait=self.results_wait)
         self._write_results(trainer)
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -224,7 +225,8 @@ class EvalsiteCallback(pl.Callback):
         trainer.save_checkpoint = save_checkpoint
         self._trainer, self._wrapper, self._previous = trainer, save_checkpoint, previous
 
-    def _stop(self) -> None:
+    def _stop(self, *, results_wait: float = 0.0) -> None:
+        """Flush and stop; only a fit that ended normally waits ``results_wait`` for pipelines."""
         trainer, self._trainer = self._trainer, None
         if trainer is not None and vars(trainer).get("save_checkpoint") is self._wrapper:
             if self._previous is None:
@@ -234,7 +236,7 @@ class EvalsiteCallback(pl.Callback):
         self._wrapper = self._previous = None
         if self._reporter is not None:
             try:
-                self._reporter.close(timeout=self.close_timeout, results_wait=self.results_wait)
+                self._reporter.close(timeout=self.close_timeout, results_wait=results_wait)
             except Exception as exc:
                 logger.warning("evalsite: flushing registrations failed: %s", exc)
             self._alerts.extend(self._reporter.new_alerts())

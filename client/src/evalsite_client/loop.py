@@ -264,12 +264,13 @@ class CheckpointReporter:
             self._closed = True
             self._results_wait = float(results_wait)
             self._queue.put(_CLOSE)
-        self._thread.join(None if timeout is None else timeout + results_wait)
+        waited = None if timeout is None else timeout + results_wait
+        self._thread.join(waited)
         if self._thread.is_alive():
             logger.warning(
                 "evalsite: %d checkpoint registration(s) still pending after %s s; giving up waiting",
                 self.pending,
-                timeout,
+                waited,
             )
 
     # --- background thread ------------------------------------------------------------------
