@@ -1,7 +1,7 @@
 """The client reads results from what the real server writes, not only from the fake's idea of it.
 
-A MOS test rated and closed through the listening services, and a scored checkpoint, are serialized
-by the server's own code; the client's parsers must find the scores and metrics in that JSON.
+A MOS test rated and closed through the listening services, and a scored checkpoint, are served by
+the real API (pytest-django's live server); the reporter must find the scores and metrics there.
 """
 
 from __future__ import annotations
@@ -10,15 +10,17 @@ import json
 import uuid
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.cache import cache
 
 from evalsite.analysis.results import listening_test_results
-from evalsite.api.runs import CheckpointOutputSerializer
+from evalsite.api.services import researcher_token_issue
 from evalsite.listening import services
 from evalsite.listening.models import StimulusHandle
 from evalsite.listening.selectors import listener_state
 from evalsite.scoring.models import MetricResult
-from evalsite_client.results import clean_metrics, human_scores
+from evalsite_client import CheckpointReporter, EvalsiteClient
+from evalsite_client.results import human_scores
 from tests.factories import listening_world
 
 pytestmark = pytest.mark.django_db
@@ -75,11 +77,18 @@ def test_human_scores_are_found_in_the_servers_results_of_a_closed_test():
     assert human_scores(closed, run_id=first.run_id, steps={first.step + 1}) == ("MOS contract", {})
 
 
-def test_metrics_are_found_in_the_servers_checkpoint_answer():
-    checkpoint = listening_world(n_items=1, runs=("only-run",))["checkpoints"][0]
+def test_the_reporter_reports_metrics_and_human_scores_from_the_real_api(live_server, transactional_db):
+    user = get_user_model().objects.create_user("ada", password="x")
+    world = listening_world(n_items=2)
+    first, second = world["checkpoints"]
+    run = first.run
+    run.owner = user
+    run.save()
+    second.run.owner = user
+    second.run.save()
     for name, value in (("pesq", 3.25), ("mel_l1", 0.5)):
         MetricResult.objects.create(
-            checkpoint=checkpoint,
+            checkpoint=first,
             params_hash="p",
             name=name,
             status="done",
@@ -87,8 +96,30 @@ def test_metrics_are_found_in_the_servers_checkpoint_answer():
             higher_is_better=name == "pesq",
             spec_key="k",
         )
+    first.status = "done"
+    first.save()
+    test = services.listening_test_build(name="MOS live", kind="mos", checkpoints=[first, second], seed=3)
+    test = services.listening_test_publish(test=test)
+    participant = services.participant_join(test=test, external_id="worker-0")
+    rate_everything(participant, {first.pk: 5, second.pk: 1})
+    services.listening_test_close(test=test)
+    got: list = []
 
-    answer = json.loads(json.dumps(CheckpointOutputSerializer(checkpoint).data, default=str))
+    with EvalsiteClient(live_server.url, researcher_token_issue(user=user), max_retries=0) as client:
+        reporter = CheckpointReporter(
+            client,
+            run.pk,
+            alert_interval=None,
+            results_interval=0.05,
+            listening_tests=[test.pk],
+            on_results=lambda step, results: got.append((step, results)),
+        )
+        reporter.checkpoint_saved(first.step, first.uri)  # already evaluated: answered with its state
+        reporter.close(timeout=30, results_wait=20)
 
-    assert answer["status"] in ("registered", "done")
-    assert clean_metrics(answer["metrics"], step=checkpoint.step) == {"pesq": 3.25, "mel_l1": 0.5}
+    assert reporter.failed == [] and [step for step, _ in got] == [first.step]
+    assert got[0][1].scalars() == {
+        "evalsite/pesq": 3.25,
+        "evalsite/mel_l1": 0.5,
+        "evalsite/human/MOS live": 5.0,
+    }
