@@ -444,6 +444,22 @@ def test_lightning_bad_answers_and_a_failing_logger_never_stop_training(server, 
     assert "step 4: metrics is a str, not an object; none logged" in caplog.text
 
 
+@lightning_warnings
+def test_a_crashing_fit_does_not_wait_results_wait_for_pipelines(server, tmp_path):
+    pytest.importorskip("lightning")
+    from evalsite_client.lightning import EvalsiteCallback
+
+    server.pipeline(2, ["scoring"] * 10_000)
+    with make_client(server.url, token=server.run["token"]) as client:
+        callback = EvalsiteCallback(client, 1, alert_interval=None, results_interval=0.01, results_wait=60)
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="training crashed"):
+            fit_tiny_model(tmp_path, callback, crash_at_step=3)
+
+    assert time.monotonic() - started < 30
+    assert [c["step"] for c in callback.reporter.registered] == [2] and callback.reporter.abandoned == [2]
+
+
 def test_lightning_callback_refuses_options_out_of_range():
     pytest.importorskip("lightning")
     from evalsite_client.lightning import EvalsiteCallback

@@ -15,9 +15,11 @@ def fit_tiny_model(
     *,
     logger: Any = False,
     step_seconds: float = 0.0,
+    crash_at_step: int | None = None,
     **checkpoint_options: Any,
 ):
-    """Six steps, a checkpoint every two; ``step_seconds`` makes each step last at least that long."""
+    """Six steps, a checkpoint every two; ``step_seconds`` makes each step last at least that long,
+    and the training step raises ``RuntimeError("training crashed")`` at ``crash_at_step``."""
     # Imported here, not at the top: the client tests that need no Lightning run without it.
     import torch
     from lightning.pytorch import LightningModule, Trainer
@@ -32,6 +34,8 @@ def fit_tiny_model(
         def training_step(self, batch, batch_idx):
             x, y = batch
             time.sleep(step_seconds)
+            if self.global_step == crash_at_step:
+                raise RuntimeError("training crashed")
             return torch.nn.functional.mse_loss(self.layer(x), y)
 
         def configure_optimizers(self):
