@@ -61,7 +61,7 @@ def test_human_scores_are_found_in_the_servers_results_of_a_closed_test():
         rate_everything(participant, {first.pk: SCORES[0], second.pk: SCORES[1]})
 
     published = json.loads(json.dumps(listening_test_results(test, n_boot=50), default=str))
-    assert human_scores(published, run_id=first.run_id, steps={first.step}) == ("MOS contract", {})
+    assert human_scores(published, run_id=first.run_id, steps={first.step}) == ("MOS contract", None)
 
     test = services.listening_test_close(test=test)
     cache.clear()

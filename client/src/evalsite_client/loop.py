@@ -98,6 +98,7 @@ class CheckpointReporter:
     pipeline ended: the reporter then reads the tests every ``human_interval`` seconds (and once
     at ``close``) and calls ``on_results`` again for that step with only ``human`` filled in.
     Each (step, test) pair is reported once.
+
     Whatever the server answers, nothing is raised into the training loop: unreadable answers,
     NaN and infinite values are left out with a warning, and an exception from ``on_results`` is
     logged. ``on_results`` runs in the background thread: hand the results to the training thread
@@ -480,8 +481,11 @@ class CheckpointReporter:
             except (EvalsiteError, ValueError) as exc:
                 logger.warning("evalsite: human scores of listening test %d unavailable: %s", test_id, exc)
                 continue
-            for step, mean in scores.items():
+            if scores is None:  # still open: asked again next time
+                continue
+            for step in wanted:  # a closed test rates no further checkpoints: done with it for these
                 self._human_sent.add((step, test_id))
+            for step, mean in scores.items():
                 found.setdefault(step, {})[name] = mean
         return found
 

@@ -93,9 +93,11 @@ def clean_metrics(raw: Any, *, step: int) -> dict[str, float]:
     return kept
 
 
-def human_scores(results: Any, *, run_id: int | str, steps: Collection[int]) -> tuple[str, dict[int, float]]:
+def human_scores(
+    results: Any, *, run_id: int | str, steps: Collection[int]
+) -> tuple[str, dict[int, float] | None]:
     """From one listening test's results: its name and the mean score of each of ``steps`` it rated,
-    once the test is closed (nothing before: the means still move as listeners rate).
+    once the test is closed; ``None`` before, while the means still move as listeners rate.
 
     A condition is matched to a checkpoint through ``design.conditions[].checkpoint`` (``run_id``,
     ``step``) and to its score through its label (``scores.kept[].system``). Raises ``ValueError``
@@ -112,7 +114,7 @@ def human_scores(results: Any, *, run_id: int | str, steps: Collection[int]) -> 
     if not isinstance(conditions, list):
         raise ValueError("design.conditions is missing")
     if test.get("status") != "closed":
-        return name, {}
+        return name, None
     labels: dict[str, int] = {}
     for condition in conditions:
         checkpoint = condition.get("checkpoint") if isinstance(condition, Mapping) else None
