@@ -15,10 +15,12 @@ from evalsite_client.api import (
     file_sha256,
 )
 from evalsite_client.loop import CheckpointReporter
+from evalsite_client.results import CheckpointResults
 
 __all__ = [
     "ApiError",
     "CheckpointReporter",
+    "CheckpointResults",
     "ConflictError",
     "EvalsiteCallback",
     "EvalsiteClient",

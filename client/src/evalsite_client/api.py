@@ -335,6 +335,13 @@ class EvalsiteClient:
                 )
             self._sleep(min(poll_interval, left))
 
+    # --- listening tests --------------------------------------------------------------------
+
+    def listening_test_results(self, test_id: int) -> dict[str, Any]:
+        """The analysed results of a listening test: ``design.conditions`` name each condition's
+        checkpoint (``run_id``, ``step``) and ``scores.kept`` its mean score (``system`` is the label)."""
+        return self._json("GET", f"listening-tests/{_segment(test_id)}/results/")
+
     # --- alerts -----------------------------------------------------------------------------
 
     def alerts(
