@@ -26,11 +26,16 @@ length by up to :data:`LENGTH_TOLERANCE` samples; both are truncated to the shor
 samples are replaced by zeros before any detector but :func:`detect_nan_or_silence` looks at the
 signal.
 
+A detector reports events, not frames: every one passes its candidates through
+:func:`merge_events`, which joins those that overlap or lie within the detector's ``merge_s``
+(documented on its config) into one event with the strongest candidate's strength, and drops those
+shorter than its minimum duration, where it has one.
+
 Strength is dimensionless, ≥ 0 and, for every detector, ``> 1`` means clearly past the threshold;
 its exact definition is in each detector's docstring.
 """
 
-from metrics.detectors._common import LENGTH_TOLERANCE, DetectorEvent
+from metrics.detectors._common import LENGTH_TOLERANCE, DetectorEvent, merge_events
 from metrics.detectors.agreement import event_rate, region_agreement
 from metrics.detectors.clicks import CLICKS, ClickConfig, detect_clicks
 from metrics.detectors.clipping import CLIPPING, ClippingConfig, detect_clipping
@@ -73,5 +78,6 @@ __all__ = [
     "detect_spectral_discontinuities",
     "detect_tonal_buzz",
     "event_rate",
+    "merge_events",
     "region_agreement",
 ]

@@ -9,7 +9,14 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.ndimage import maximum_filter1d
 
-from metrics.detectors._common import DetectorEvent, _event, _overlaps, _prepare, _with_overrides
+from metrics.detectors._common import (
+    DetectorEvent,
+    _event,
+    _overlaps,
+    _prepare,
+    _with_overrides,
+    merge_events,
+)
 
 if TYPE_CHECKING:
     from metrics._common import ArrayLike
@@ -204,4 +211,4 @@ def detect_clicks(
     if r is not None and events:
         ref_events = _click_events(r, sr, cfg)
         events = [ev for ev in events if not _overlaps(ev, ref_events)]
-    return events
+    return merge_events(events, min_gap_s=cfg.merge_s)

@@ -15,6 +15,7 @@ from metrics.detectors._common import (
     _prepare,
     _runs,
     _with_overrides,
+    merge_events,
 )
 
 if TYPE_CHECKING:
@@ -132,4 +133,4 @@ def detect_clipping(
     if r is not None and events:
         ref_events = _clip_events(r, sr, cfg)
         events = [ev for ev in events if not _overlaps(ev, ref_events)]
-    return events
+    return merge_events(events, min_gap_s=cfg.merge_s)

@@ -7,7 +7,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from metrics.detectors._common import DetectorEvent, _event, _prepare, _runs, _window_means, _with_overrides
+from metrics.detectors._common import (
+    DetectorEvent,
+    _event,
+    _prepare,
+    _runs,
+    _window_means,
+    _with_overrides,
+    merge_events,
+)
 
 if TYPE_CHECKING:
     from metrics._common import ArrayLike
@@ -26,6 +34,9 @@ class DcOffsetConfig:
     """|mean| above 0.03 full scale (−30 dBFS) in a window is an offset: 60 clean eSpeak NG utterances
     stay below 0.013 in 100 ms windows, and an offset of 0.03 makes an audible click where it starts
     or stops."""
+    merge_s: float = 0.1
+    """Regions less than 100 ms apart (one window) are one event: an offset whose windows dip just
+    under the threshold in a loud vowel is still one offset."""
 
 
 DC_OFFSET = DcOffsetConfig()
@@ -106,4 +117,4 @@ def detect_dc_offset(
                 clip_mean=float(np.mean(x)),
             )
         )
-    return events
+    return merge_events(events, min_gap_s=cfg.merge_s)

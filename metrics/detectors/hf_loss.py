@@ -17,6 +17,7 @@ from metrics.detectors._common import (
     _runs,
     _stft_power,
     _with_overrides,
+    merge_events,
 )
 
 if TYPE_CHECKING:
@@ -122,4 +123,4 @@ def detect_hf_loss(
                 n_frames=int(losses.size),
             )
         )
-    return events
+    return merge_events(events, min_gap_s=cfg.merge_s, min_duration_s=cfg.min_duration_s)

@@ -18,6 +18,7 @@ from metrics.detectors._common import (
     _runs,
     _stft_power,
     _with_overrides,
+    merge_events,
 )
 
 if TYPE_CHECKING:
@@ -187,4 +188,4 @@ def detect_spectral_discontinuities(
                 **detail,
             )
         )
-    return events
+    return merge_events(events, min_gap_s=cfg.merge_s)

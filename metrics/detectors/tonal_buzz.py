@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy.ndimage import binary_closing, find_objects, label, maximum_filter1d
 
-from metrics.detectors._common import DetectorEvent, _event, _n_fft, _prepare, _stft_power, _with_overrides
+from metrics.detectors._common import (
+    DetectorEvent,
+    _event,
+    _n_fft,
+    _prepare,
+    _stft_power,
+    _with_overrides,
+    merge_events,
+)
 
 if TYPE_CHECKING:
     from metrics._common import ArrayLike
@@ -46,6 +54,10 @@ class TonalBuzzConfig:
     min_hz: float = 40.0
     """Peaks below 40 Hz are ignored (DC and rumble are not buzz), and so are peaks within half of
     ``median_hz`` of Nyquist, where the local median is one-sided."""
+    merge_s: float = 0.1
+    """Candidates that overlap in time or lie within 100 ms are one event: a buzz with harmonics (or
+    a hum whose partials come and go) is one artifact, not one per partial. Without this a buzzing
+    vocoder reported one event per harmonic and per interruption — thousands per minute."""
 
 
 TONAL_BUZZ = TonalBuzzConfig()
@@ -187,4 +199,4 @@ def detect_tonal_buzz(
                 **detail,
             )
         )
-    return sorted(events, key=lambda ev: ev.start_s)
+    return merge_events(events, min_gap_s=cfg.merge_s)
