@@ -36,7 +36,7 @@ its exact definition is in each detector's docstring.
 """
 
 from metrics.detectors._common import LENGTH_TOLERANCE, DetectorEvent, merge_events
-from metrics.detectors.agreement import event_rate, region_agreement
+from metrics.detectors.agreement import event_rate, proportion_interval, region_agreement
 from metrics.detectors.clicks import CLICKS, ClickConfig, detect_clicks
 from metrics.detectors.clipping import CLIPPING, ClippingConfig, detect_clipping
 from metrics.detectors.dc_offset import DC_OFFSET, DcOffsetConfig, detect_dc_offset
@@ -79,5 +79,6 @@ __all__ = [
     "detect_tonal_buzz",
     "event_rate",
     "merge_events",
+    "proportion_interval",
     "region_agreement",
 ]

@@ -9,7 +9,15 @@ import pytest
 
 from benchmarks.detector_calibration import KIND_DETECTOR, Clip, Score, espeak_clips, evaluate, plant
 from evalsite.demo.speech import synthesize
-from metrics.detectors import DETECTORS, DetectorEvent, detect_all, detect_tonal_buzz, merge_events
+from metrics.detectors import (
+    DETECTORS,
+    DetectorEvent,
+    detect_all,
+    detect_tonal_buzz,
+    merge_events,
+    proportion_interval,
+    region_agreement,
+)
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +135,59 @@ def test_scores_count_precision_and_recall_from_matches():
     assert (s.precision, s.recall, s.clean_per_minute, s.changed_per_minute) == (0.9, 0.8, 0.5, 0.0)
     empty = Score("clicks", 0, 0, 0, 0, 0, 1.0, 0)
     assert empty.precision is None and empty.recall is None
+
+
+# --- agreement with listener regions: n and a Wilson interval ------------------------------------
+
+
+def test_the_wilson_interval_matches_the_formula_worked_by_hand():
+    # 8 of 10, 95 %: z = 1.959964 (the normal 97.5 % point), p = 0.8, n = 10;
+    # centre (p + z²/2n) / (1 + z²/n) = 0.992073 / 1.384146 = 0.716740;
+    # half width z / (1 + z²/n) · √(p(1−p)/n + z²/4n²) = 1.416010 · √0.025603647 = 0.226578.
+    low, high = proportion_interval(8, 10)
+    assert low == pytest.approx(0.716740 - 0.226578, abs=2e-6)
+    assert high == pytest.approx(0.716740 + 0.226578, abs=2e-6)
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "published"),
+    [
+        (81, 263, (0.2553, 0.3662)),
+        (15, 148, (0.0624, 0.1605)),
+        (0, 20, (0.0, 0.1611)),
+        (1, 29, (0.0061, 0.1718)),
+    ],
+)
+def test_the_wilson_interval_reproduces_newcombe_1998_table_1(k, n, published):
+    # Newcombe, "Two-sided confidence intervals for the single proportion", Stat. Med. 17:857 (1998),
+    # Table I, method 3 (score interval without continuity correction), to 4 decimals.
+    assert [round(v, 4) for v in proportion_interval(k, n)] == list(published)
+
+
+def test_region_agreement_reports_n_and_an_interval_for_precision_and_recall():
+    found = region_agreement([(1.0, 1.1), (5.0, 5.2), (9.0, 9.1)], [(1.15, 2.0), (9.0, 9.5)])
+    assert (
+        found["n_detected"],
+        found["n_detected_matched"],
+        found["n_flagged"],
+        found["n_flagged_matched"],
+    ) == (
+        3,
+        2,
+        2,
+        2,
+    )
+    assert found["precision_ci"] == proportion_interval(2, 3)
+    assert found["recall_ci"] == proportion_interval(2, 2)
+    assert found["precision_ci"][0] < 2 / 3 < found["precision_ci"][1]
+    assert found["recall_ci"][1] == pytest.approx(1.0)
+    wider = region_agreement([(1.0, 1.1)], [(1.0, 2.0)], confidence=0.99)["precision_ci"]
+    assert wider[0] < region_agreement([(1.0, 1.1)], [(1.0, 2.0)])["precision_ci"][0]
+
+
+def test_proportion_interval_rejects_impossible_counts_naming_them():
+    with pytest.raises(ValueError, match="successes=5, n=3"):
+        proportion_interval(5, 3)
+    with pytest.raises(ValueError, match="confidence"):
+        region_agreement([], [], confidence=1.0)
+    assert proportion_interval(0, 0) is None
