@@ -27,7 +27,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class NanOrSilenceConfig:
-    """Thresholds of :func:`detect_nan_or_silence`."""
+    """Thresholds of :func:`detect_nan_or_silence`.
+
+    Calibrated on ``benchmarks/detector_calibration.py`` (figures in benchmarks/README.md), with the
+    clean clip as reference: 0.25–0.4 s dropouts to digital zero: precision 1.00, recall 1.00 on
+    both (thresholds unchanged); no event on 180 clean eSpeak NG clips or the real recordings.
+    """
 
     nan_merge_s: float = 0.01
     """Non-finite samples within 10 ms are one event."""

@@ -27,7 +27,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class SpectralDiscontinuityConfig:
-    """Thresholds of :func:`detect_spectral_discontinuities`."""
+    """Thresholds of :func:`detect_spectral_discontinuities`.
+
+    Calibrated on ``benchmarks/detector_calibration.py`` (figures in benchmarks/README.md), with the
+    clean clip as reference: 20–40 ms noise splices: precision 1.00, recall 0.86 (eSpeak NG) and
+    0.89 (real speech); no event on 180 clean eSpeak NG clips or the real recordings.
+    """
 
     window_s: float = 0.02
     """STFT window (s) for the flux; hop is a quarter of it. 20 ms resolves a 30 ms glitch on its own."""

@@ -25,7 +25,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TonalBuzzConfig:
-    """Thresholds of :func:`detect_tonal_buzz`."""
+    """Thresholds of :func:`detect_tonal_buzz`.
+
+    Calibrated on ``benchmarks/detector_calibration.py`` (figures in benchmarks/README.md), with the
+    clean clip as reference: tones 150–3000 Hz at −20 to −10 dB re the speech RMS: precision 1.00,
+    recall 0.85 (eSpeak NG) and 0.90 (real speech); no event on 180 clean eSpeak NG clips or the
+    real recordings.
+    """
 
     window_s: float = 0.09
     """STFT window (s): ~11 Hz resolution at 22–24 kHz separates a tone from neighbouring harmonics."""
