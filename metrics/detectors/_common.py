@@ -178,6 +178,58 @@ def _event(detector: str, start_s: float, end_s: float, strength: float, **detai
     )
 
 
+def merge_events(
+    events: Sequence[DetectorEvent], *, min_gap_s: float, min_duration_s: float = 0.0
+) -> list[DetectorEvent]:
+    """Events of one detector as it reports them: overlapping or nearby ones merged, short ones dropped.
+
+    Every detector passes its candidates through here, so none reports one artifact as many events
+    (frames, harmonics of one buzz, the two edges of one glitch). Two events are one when the gap
+    between them is at most ``min_gap_s`` (overlapping or touching events always are); the merged
+    event spans both, keeps the strength and ``detail`` of the stronger and counts the merged
+    candidates in ``detail["n_merged"]``. Merged events shorter than ``min_duration_s`` are dropped
+    (0 keeps point events such as a click).
+
+    Args:
+        events: Candidates of a single detector, in any order.
+        min_gap_s: Largest gap in seconds (≥ 0) that still joins two events.
+        min_duration_s: Shortest merged event in seconds that is reported (≥ 0).
+
+    Returns:
+        Events sorted by start time, non-overlapping and more than ``min_gap_s`` apart.
+
+    Example:
+        >>> evs = [DetectorEvent("x", 0.0, 0.1, 1.0), DetectorEvent("x", 0.12, 0.3, 3.0), DetectorEvent("x", 1.0, 1.0, 2.0)]
+        >>> [(e.start_s, e.end_s, e.strength, e.detail["n_merged"]) for e in merge_events(evs, min_gap_s=0.05)]
+        [(0.0, 0.3, 3.0, 2), (1.0, 1.0, 2.0, 1)]
+    """
+    if not min_gap_s >= 0 or not min_duration_s >= 0:
+        raise ValueError(f"min_gap_s and min_duration_s must be ≥ 0, got {min_gap_s} and {min_duration_s}")
+    if len({e.detector for e in events}) > 1:
+        raise ValueError(
+            f"merge_events merges one detector's events; got {sorted({e.detector for e in events})}"
+        )
+    groups: list[list[DetectorEvent]] = []
+    end = -math.inf
+    for ev in sorted(events, key=lambda e: (e.start_s, e.end_s)):
+        if groups and ev.start_s - end <= min_gap_s:
+            groups[-1].append(ev)
+            end = max(end, ev.end_s)
+        else:
+            groups.append([ev])
+            end = ev.end_s
+    out = []
+    for g in groups:
+        best = max(g, key=lambda e: e.strength)
+        start, stop = min(e.start_s for e in g), max(e.end_s for e in g)
+        if stop - start < min_duration_s:
+            continue
+        detail = dict(best.detail)
+        detail["n_merged"] = sum(int(e.detail.get("n_merged", 1)) for e in g)
+        out.append(DetectorEvent(best.detector, start, stop, best.strength, detail))
+    return out
+
+
 def _overlaps(a: DetectorEvent, others: Sequence[DetectorEvent]) -> bool:
     return any(a.start_s <= o.end_s and o.start_s <= a.end_s for o in others)
 

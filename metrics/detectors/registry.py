@@ -63,8 +63,8 @@ def detect_all(
         >>> import numpy as np
         >>> t = np.arange(16000) / 16000
         >>> x = 0.3 * np.sin(2 * np.pi * 200 * t) * np.sin(2 * np.pi * 1.5 * t); x[4003] = np.nan
-        >>> [(e.detector, round(e.start_s, 2)) for e in detect_all(x, 16000)]  # the zeroed sample is a click
-        [('spectral_discontinuity', 0.25), ('clicks', 0.25), ('nan_or_silence', 0.25)]
+        >>> [(e.detector, round(e.start_s, 2)) for e in detect_all(x, 16000)]  # the zeroed sample is a jump
+        [('spectral_discontinuity', 0.25), ('nan_or_silence', 0.25)]
     """
     names = list(DETECTORS) if detectors is None else list(detectors)
     unknown = [n for n in names if n not in DETECTORS]

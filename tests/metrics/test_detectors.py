@@ -33,6 +33,7 @@ from metrics.detectors import (
     detect_spectral_discontinuities,
     detect_tonal_buzz,
     event_rate,
+    proportion_interval,
     region_agreement,
 )
 
@@ -483,6 +484,9 @@ def test_region_agreement_matches_hand_counts():
         "n_flagged": 3,
         "n_detected_matched": 2,
         "n_flagged_matched": 2,
+        "precision_ci": proportion_interval(2, 4),
+        "recall_ci": proportion_interval(2, 3),
+        "confidence": 0.95,
         "tolerance_s": 0.1,
     }
     strict = region_agreement(detected, flagged, tolerance_s=0.0)
@@ -505,6 +509,9 @@ def test_region_agreement_with_nothing_to_divide_by_is_none_and_bad_regions_rais
         "n_flagged": 1,
         "n_detected_matched": 0,
         "n_flagged_matched": 0,
+        "precision_ci": None,
+        "recall_ci": proportion_interval(0, 1),
+        "confidence": 0.95,
         "tolerance_s": 0.1,
     }
     assert region_agreement([(1.0, 2.0)], [])["recall"] is None
