@@ -195,6 +195,9 @@ EVALSITE_LISTENER_MAX_BODY_BYTES = env_int("EVALSITE_LISTENER_MAX_BODY_BYTES", 6
 # A listener's unfinished trials count towards votes_target this long after they joined; then only
 # finished trials do, so people who open the link and leave cannot fill a test (assignment engine).
 EVALSITE_ASSIGNMENT_HOLD_MIN = env_int("EVALSITE_ASSIGNMENT_HOLD_MIN", 120)
+# An active listener with no answer for this long shows as "abandoned" on the researcher's pages
+# (a read-time notion: nothing changes their row, and they may still come back and finish).
+EVALSITE_ABANDONED_AFTER_MIN = env_int("EVALSITE_ABANDONED_AFTER_MIN", 60)
 SPECTACULAR_SETTINGS = {
     "TITLE": "evalsite API",
     "DESCRIPTION": "Runs, checkpoints, evaluations, listening tests and alerts for researchers and training jobs. "
