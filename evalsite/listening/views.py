@@ -56,9 +56,10 @@ logger = logging.getLogger(__name__)
 COOKIE = "evalsite_listener"
 COOKIE_SALT = "evalsite.listening.participant"
 COOKIE_MAX_AGE = 60 * 60 * 24 * 30
-# The cookie holds "<test id>.<participant token>" bindings joined by "~" (both are URL-safe, so the
-# value needs no quoting), most recent last. At most COOKIE_MAX_TESTS of them (about 30 bytes each)
-# keep it far below the 4 kB browsers allow; past that the oldest binding is dropped.
+# The cookie holds "<test's invite token>.<participant token>" bindings joined by "~", most recent
+# last: both tokens are URL-safe (the value needs no quoting) and the listener has both already (a
+# test's row id would tell them how many tests exist). At most COOKIE_MAX_TESTS of them (about 50
+# bytes each) keep it well below the 4 kB browsers allow; past that the oldest binding is dropped.
 COOKIE_MAX_TESTS = 32
 _BINDING_SEP = "~"
 NOT_YOUR_SESSION = UNKNOWN_PARTICIPANT
@@ -94,17 +95,18 @@ def _too_many(limited: Limited) -> JsonResponse:
 
 
 def _bindings(request: HttpRequest) -> dict[str, str]:
-    """Test id -> participant token for every test this browser joined (its signed cookie), oldest first.
+    """Invite token -> participant token for every test this browser joined (its signed cookie),
+    oldest first.
 
-    A cookie written before bindings were per test holds one bare token; it is kept under the test
-    id "" (it still opens its session) until the invite page learns its test (``_bindings_by_test``).
+    A cookie written before bindings were per test holds one bare token; it is kept under the key ""
+    (it still opens its session) until the invite page learns its test (``_bindings_by_test``).
     """
     value = request.get_signed_cookie(COOKIE, default=None, salt=COOKIE_SALT)
     bindings: dict[str, str] = {}
     for entry in (value or "").split(_BINDING_SEP):
-        test_id, _, token = entry.rpartition(".")
+        test_key, _, token = entry.rpartition(".")
         if token:
-            bindings[test_id] = token
+            bindings[test_key] = token
     return bindings
 
 
@@ -113,22 +115,29 @@ def _bindings_by_test(request: HttpRequest) -> dict[str, str]:
     bindings = _bindings(request)
     legacy = bindings.pop("", None)
     if legacy is not None:
-        test_id = Participant.objects.filter(token=legacy).values_list("test_id", flat=True).first()
-        if test_id is not None:
-            bindings = {str(test_id): legacy, **bindings}
+        test_key = (
+            Participant.objects.filter(token=legacy).values_list("test__invite_token", flat=True).first()
+        )
+        if test_key is not None:
+            bindings = {test_key: legacy, **bindings}
     return bindings
 
 
 def _bind(
-    response: HttpResponse, request: HttpRequest, bindings: dict[str, str], participant
+    response: HttpResponse,
+    request: HttpRequest,
+    bindings: dict[str, str],
+    *,
+    test: ListeningTest,
+    ptoken: str,
 ) -> HttpResponse:
-    """Set the cookie to ``bindings`` with ``participant`` as its test's (newest) binding."""
-    bindings = {k: v for k, v in bindings.items() if k != str(participant.test_id)}
-    bindings[str(participant.test_id)] = participant.token
+    """Set the cookie to ``bindings`` with ``ptoken`` as the (newest) binding of ``test``."""
+    bindings = {k: v for k, v in bindings.items() if k != test.invite_token}
+    bindings[test.invite_token] = ptoken
     kept = list(bindings.items())[-COOKIE_MAX_TESTS:]
     response.set_signed_cookie(
         COOKIE,
-        _BINDING_SEP.join(f"{test_id}.{token}" for test_id, token in kept),
+        _BINDING_SEP.join(f"{test_key}.{token}" for test_key, token in kept),
         salt=COOKIE_SALT,
         max_age=COOKIE_MAX_AGE,
         httponly=True,
@@ -212,13 +221,14 @@ def invite(request: HttpRequest, invite_token: str) -> HttpResponse:
     }
     bindings = _bindings_by_test(request)
     returning = participant_returning(
-        test=test, resume_token=bindings.get(str(test.pk)), external_id=crowd["PROLIFIC_PID"]
+        test=test, resume_token=bindings.get(test.invite_token), external_id=crowd["PROLIFIC_PID"]
     )
     # An unfinished session of a closed test gets the closed message below; an end page always shows.
     if returning is not None and (
         returning.status != Participant.Status.ACTIVE or test.status == ListeningTest.Status.PUBLISHED
     ):
-        return _bind(redirect("listening:session", ptoken=returning.token), request, bindings, returning)
+        session_url = redirect("listening:session", ptoken=returning.token)
+        return _bind(session_url, request, bindings, test=test, ptoken=returning.token)
     if test.status != ListeningTest.Status.PUBLISHED:
         return render(request, "listening/message.html", {"message": TEST_NOT_OPEN}, status=410)
     if request.method == "GET":
@@ -238,7 +248,7 @@ def invite(request: HttpRequest, invite_token: str) -> HttpResponse:
             external_id=crowd["PROLIFIC_PID"],
             study_id=crowd["STUDY_ID"],
             session_id=crowd["SESSION_ID"],
-            resume_token=bindings.get(str(test.pk)),
+            resume_token=bindings.get(test.invite_token),
         )
     except CrowdIdInUse as exc:
         # Not sent on to the screened-out address: this may be the worker themself, on another device.
@@ -253,7 +263,8 @@ def invite(request: HttpRequest, invite_token: str) -> HttpResponse:
             {"message": exc.message, "redirect": test.screened_out_redirect},
             status=409,
         )
-    return _bind(redirect("listening:session", ptoken=participant.token), request, bindings, participant)
+    session_url = redirect("listening:session", ptoken=participant.token)
+    return _bind(session_url, request, bindings, test=test, ptoken=participant.token)
 
 
 @require_safe

@@ -4,7 +4,6 @@ consent, no new participant), finished and screened-out listeners see their end 
 researcher sees abandoned sessions as such (Django test client, SQLite)."""
 
 import json
-import secrets
 import uuid
 from datetime import timedelta
 
@@ -132,7 +131,7 @@ def test_one_browser_takes_a_mushra_and_an_smos_test_and_keeps_both_sessions(wor
     assert client.get(second).status_code == 200 and client.get(second + "state").status_code == 200
     m, s = Participant.objects.get(test=mushra), Participant.objects.get(test=smos)
     assert first == f"/l/p/{m.token}/" and second == f"/l/p/{s.token}/"
-    assert cookie_bindings(client) == [f"{mushra.pk}.{m.token}", f"{smos.pk}.{s.token}"]
+    assert cookie_bindings(client) == [f"{mushra.invite_token}.{m.token}", f"{smos.invite_token}.{s.token}"]
     # Each invite link takes the browser back to that test's own session.
     assert client.get(invite_url(mushra))["Location"] == first
     assert client.get(invite_url(smos))["Location"] == second
@@ -148,7 +147,7 @@ def test_a_browser_bound_to_one_test_is_still_a_stranger_to_other_listeners_sess
         post_json(stranger, victim + "rate", {"trial": "x", "stimulus": "y", "score": 1}).status_code == 404
     )
     # A binding naming the victim's token for the stranger's own test, unsigned, is not one either.
-    stranger.cookies[views.COOKIE] = f"{other.pk}.{victim.split('/')[3]}"
+    stranger.cookies[views.COOKIE] = f"{other.invite_token}.{victim.split('/')[3]}"
     assert stranger.get(victim).status_code == 404
     assert Rating.objects.count() == 0
 
@@ -163,15 +162,17 @@ def test_the_cookie_keeps_at_most_its_cap_of_bindings_dropping_the_oldest(world,
     assert all(client.get(s).status_code == 200 for s in sessions[1:])
 
 
-def test_a_full_cookie_of_bindings_with_long_test_ids_stays_under_the_browsers_4096_byte_limit():
+def test_a_full_cookie_of_bindings_with_the_longest_tokens_stays_under_the_browsers_4096_byte_limit():
+    longest = ListeningTest._meta.get_field("invite_token").max_length
+    assert longest == Participant._meta.get_field("token").max_length == 40
     request = RequestFactory().get("/")
-    bindings = {str(10**12 + i): secrets.token_urlsafe(18) for i in range(views.COOKIE_MAX_TESTS + 10)}
-    holder = Participant(test_id=10**13, token=secrets.token_urlsafe(18))
-    response = views._bind(HttpResponse(), request, bindings, holder)
+    bindings = {f"{i:040d}": "t" * longest for i in range(views.COOKIE_MAX_TESTS + 10)}
+    test, ptoken = ListeningTest(invite_token="i" * longest), "p" * longest
+    response = views._bind(HttpResponse(), request, bindings, test=test, ptoken=ptoken)
     morsel = response.cookies[views.COOKIE]
     assert len(morsel.OutputString()) < 4096
     kept = unsigned(morsel.value).split("~")
-    assert len(kept) == views.COOKIE_MAX_TESTS and kept[-1] == f"{10**13}.{holder.token}"
+    assert len(kept) == views.COOKIE_MAX_TESTS and kept[-1] == f"{test.invite_token}.{ptoken}"
     assert morsel["httponly"] and morsel["samesite"] == "Lax"
 
 
@@ -184,7 +185,7 @@ def test_a_cookie_from_before_per_test_bindings_still_opens_its_session_and_is_r
     assert LISTENER_APP in client.get(session).content.decode()
     again = client.get(invite_url(test))
     assert again.status_code == 302 and again["Location"] == session
-    assert cookie_bindings(client) == [f"{test.pk}.{participant.token}"]
+    assert cookie_bindings(client) == [f"{test.invite_token}.{participant.token}"]
     second = consent(client, other)
     assert client.get(session).status_code == 200 and client.get(second).status_code == 200
     assert Participant.objects.filter(test=test).count() == 1
