@@ -414,7 +414,7 @@ def participant_reference_asset(participant: Participant, assignment_token: str)
     return assignment.trial.reference if assignment and assignment.trial.reference_id else None
 
 
-def _latest(model, field: str) -> Subquery:
+def _latest(model: type[Rating | ArtifactFlag], field: str) -> Subquery:
     return Subquery(model.objects.filter(participant=OuterRef("pk")).order_by(f"-{field}").values(field)[:1])
 
 

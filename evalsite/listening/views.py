@@ -3,9 +3,9 @@
 A listener reaches a test through its invite link, consents, and is bound to their participant by
 a signed cookie that holds one binding per test (so one browser can take several tests, and the
 invite link brings it back to its own session); every later URL carries only opaque
-per-participant tokens. Every request of a
-participant counts against its rate limit (``EVALSITE_LISTENER_RATE``), joins against the client's
-(``EVALSITE_JOIN_RATE``), and a JSON body may be at most ``EVALSITE_LISTENER_MAX_BODY_BYTES``.
+per-participant tokens. Every request of a participant counts against its rate limit
+(``EVALSITE_LISTENER_RATE``), joins against the client's (``EVALSITE_JOIN_RATE``), and a JSON body
+may be at most ``EVALSITE_LISTENER_MAX_BODY_BYTES``.
 """
 
 from __future__ import annotations
@@ -227,8 +227,8 @@ def invite(request: HttpRequest, invite_token: str) -> HttpResponse:
     if returning is not None and (
         returning.status != Participant.Status.ACTIVE or test.status == ListeningTest.Status.PUBLISHED
     ):
-        session_url = redirect("listening:session", ptoken=returning.token)
-        return _bind(session_url, request, bindings, test=test, ptoken=returning.token)
+        to_session = redirect("listening:session", ptoken=returning.token)
+        return _bind(to_session, request, bindings, test=test, ptoken=returning.token)
     if test.status != ListeningTest.Status.PUBLISHED:
         return render(request, "listening/message.html", {"message": TEST_NOT_OPEN}, status=410)
     if request.method == "GET":
@@ -263,8 +263,8 @@ def invite(request: HttpRequest, invite_token: str) -> HttpResponse:
             {"message": exc.message, "redirect": test.screened_out_redirect},
             status=409,
         )
-    session_url = redirect("listening:session", ptoken=participant.token)
-    return _bind(session_url, request, bindings, test=test, ptoken=participant.token)
+    to_session = redirect("listening:session", ptoken=participant.token)
+    return _bind(to_session, request, bindings, test=test, ptoken=participant.token)
 
 
 @require_safe
