@@ -449,6 +449,14 @@ def participant_abandoned(participant: Participant, since: datetime) -> bool:
     return participant.status == Participant.Status.ACTIVE and participant.last_activity < since
 
 
+def participants_abandoned(test: ListeningTest) -> int:
+    """How many of the test's listeners are abandoned now (``participant_abandoned``)."""
+    active = participants_with_activity(
+        Participant.objects.filter(test=test, status=Participant.Status.ACTIVE)
+    )
+    return active.filter(last_activity__lt=abandoned_before()).count()
+
+
 def listening_test_progress(test: ListeningTest) -> dict[str, Any]:
     """Valid votes per item × condition (training and screened-out listeners excluded) for the
     researcher's progress page, with the target and the listeners' states."""

@@ -19,6 +19,7 @@ from evalsite.listening.selectors import (
     headphone_trials,
     listener_state,
     listening_test_progress,
+    participants_abandoned,
 )
 from tests.factories import listening_world, make_listening_test
 
@@ -341,6 +342,9 @@ def test_a_listener_silent_for_the_configured_time_shows_as_abandoned_until_they
     page = admin_client.get(f"/listening/{test.pk}/").content.decode()
     assert "1 abandoned" in page and "30 minutes" in page
     assert page.count('<td data-testid="listener-status">abandoned</td>') == 1
+    analysis = admin_client.get(f"/analysis/tests/{test.pk}/").content.decode()
+    assert '<span data-testid="abandoned">1 abandoned' in analysis and "30 minutes" in analysis
+    assert participants_abandoned(test) == 1
 
     # One answer, and the listener is active again; a flag alone is activity too.
     services.rating_submit(
@@ -364,3 +368,4 @@ def test_a_listener_silent_for_the_configured_time_shows_as_abandoned_until_they
     assert listening_test_progress(test)["abandoned"] == 0
     settings.EVALSITE_ABANDONED_AFTER_MIN = 20
     assert listening_test_progress(test)["abandoned"] == 1  # ``recent``, silent for 29 minutes
+    assert participants_abandoned(test) == 1
