@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404
@@ -22,6 +23,7 @@ from evalsite.analysis.plain import listener_id
 from evalsite.analysis.snapshots import listening_test_results
 from evalsite.listening.access import listening_tests_visible
 from evalsite.listening.models import ListeningTest, Participant, Stimulus
+from evalsite.listening.selectors import participants_abandoned
 
 CORRECTIONS = {"holm": "Holm (step-down)", "hochberg": "Hochberg (step-up)"}
 """The ``?correction=`` values of the results page and report; Holm is the default, BS.1534-3 names both."""
@@ -111,6 +113,9 @@ def test_results_page(request: HttpRequest, pk: int) -> HttpResponse:
                 for t in exports.TABLES
             ],
             "api_url": reverse("api:listening-test-results", args=[test.pk]),
+            # Read now, not with the cached results: it changes with the clock, not with answers.
+            "abandoned": participants_abandoned(test),
+            "abandoned_after_min": settings.EVALSITE_ABANDONED_AFTER_MIN,
         },
         request=request,
     )

@@ -3,9 +3,14 @@ researchers (progress; comparison answers with the presentation order undone).""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
+from django.db.models import F, Max, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce, Greatest
 from django.urls import reverse
+from django.utils import timezone
 
 from evalsite.listening.models import (
     ArtifactFlag,
@@ -408,6 +413,49 @@ def participant_reference_asset(participant: Participant, assignment_token: str)
     return assignment.trial.reference if assignment and assignment.trial.reference_id else None
 
 
+def _latest(model: type[Rating | ArtifactFlag], field: str) -> Subquery:
+    return Subquery(model.objects.filter(participant=OuterRef("pk")).order_by(f"-{field}").values(field)[:1])
+
+
+def participants_with_activity(participants: QuerySet[Participant]) -> QuerySet[Participant]:
+    """``participants`` annotated with ``last_activity``: their latest answer (rating, flag, finished
+    trial) or change of their own row (consent, calibration, headphone check, finishing).
+
+    Read from the timestamps the answers carry anyway, so listening writes nothing more for it.
+    The ratings and flags are subqueries: joined, they would multiply the rows other annotations count.
+    """
+    own = F("updated_at")
+    return participants.annotate(
+        last_activity=Greatest(
+            own,
+            Coalesce(Max("assignments__completed_at"), own),
+            Coalesce(_latest(Rating, "updated_at"), own),
+            Coalesce(_latest(ArtifactFlag, "updated_at"), own),
+        )
+    )
+
+
+def abandoned_before() -> datetime:
+    """Active listeners with no activity since this moment count as abandoned (``EVALSITE_ABANDONED_AFTER_MIN``)."""
+    return timezone.now() - timedelta(minutes=settings.EVALSITE_ABANDONED_AFTER_MIN)
+
+
+def participant_abandoned(participant: Participant, since: datetime) -> bool:
+    """Started, not finished, not screened out, and silent since ``since`` (needs ``last_activity``).
+
+    A reading, not a status: a listener who comes back and answers is no longer abandoned.
+    """
+    return participant.status == Participant.Status.ACTIVE and participant.last_activity < since
+
+
+def participants_abandoned(test: ListeningTest) -> int:
+    """How many of the test's listeners are abandoned now (``participant_abandoned``)."""
+    active = participants_with_activity(
+        Participant.objects.filter(test=test, status=Participant.Status.ACTIVE)
+    )
+    return active.filter(last_activity__lt=abandoned_before()).count()
+
+
 def listening_test_progress(test: ListeningTest) -> dict[str, Any]:
     """Valid votes per item × condition (training and screened-out listeners excluded) for the
     researcher's progress page, with the target and the listeners' states."""
@@ -435,10 +483,17 @@ def listening_test_progress(test: ListeningTest) -> dict[str, Any]:
         counts[key] = counts.get(key, 0) + row["votes"]
     items = sorted({k for k, _ in counts})
     rows = [{"item": item, "cells": [counts.get((item, c.pk)) for c in conditions]} for item in items]
-    participants = Participant.objects.filter(test=test).annotate(
-        done=Count("assignments", filter=Q(assignments__completed_at__isnull=False)),
-        total=Count("assignments"),
+    participants = list(
+        participants_with_activity(Participant.objects.filter(test=test))
+        .annotate(
+            done=Count("assignments", filter=Q(assignments__completed_at__isnull=False)),
+            total=Count("assignments"),
+        )
+        .order_by("-created_at")
     )
+    since = abandoned_before()
+    for p in participants:
+        p.abandoned = participant_abandoned(p, since)
     cell_votes = [v for v in counts.values()]
     return {
         "conditions": conditions,
@@ -446,7 +501,9 @@ def listening_test_progress(test: ListeningTest) -> dict[str, Any]:
         "target": test.votes_target,
         "cells_at_target": sum(1 for v in cell_votes if v >= test.votes_target),
         "cells": len(cell_votes),
-        "participants": list(participants.order_by("-created_at")),
+        "participants": participants,
+        "abandoned": sum(p.abandoned for p in participants),
+        "abandoned_after_min": settings.EVALSITE_ABANDONED_AFTER_MIN,
         "trials": Trial.objects.filter(test=test, control="").count(),
     }
 

@@ -1,9 +1,11 @@
 """Listener pages and their JSON endpoints.
 
 A listener reaches a test through its invite link, consents, and is bound to their participant by
-a signed cookie; every later URL carries only opaque per-participant tokens. Every request of a
-participant counts against its rate limit (``EVALSITE_LISTENER_RATE``), joins against the client's
-(``EVALSITE_JOIN_RATE``), and a JSON body may be at most ``EVALSITE_LISTENER_MAX_BODY_BYTES``.
+a signed cookie that holds one binding per test (so one browser can take several tests, and the
+invite link brings it back to its own session); every later URL carries only opaque
+per-participant tokens. Every request of a participant counts against its rate limit
+(``EVALSITE_LISTENER_RATE``), joins against the client's (``EVALSITE_JOIN_RATE``), and a JSON body
+may be at most ``EVALSITE_LISTENER_MAX_BODY_BYTES``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from evalsite.listening.services.session import (
     calibration_confirm,
     headphone_check_submit,
     participant_join,
+    participant_returning,
 )
 
 logger = logging.getLogger(__name__)
@@ -60,6 +63,12 @@ logger = logging.getLogger(__name__)
 COOKIE = "evalsite_listener"
 COOKIE_SALT = "evalsite.listening.participant"
 COOKIE_MAX_AGE = 60 * 60 * 24 * 30
+# The cookie holds "<test's invite token>.<participant token>" bindings joined by "~", most recent
+# last: both tokens are URL-safe (the value needs no quoting) and the listener has both already (a
+# test's row id would tell them how many tests exist). At most COOKIE_MAX_TESTS of them (about 50
+# bytes each) keep it well below the 4 kB browsers allow; past that the oldest binding is dropped.
+COOKIE_MAX_TESTS = 32
+_BINDING_SEP = "~"
 NOT_YOUR_SESSION = UNKNOWN_PARTICIPANT
 LISTENER_LIMITED = "Too many requests from this listening session: at most {rate}. Try again in {wait}."
 JOIN_LIMITED = (
@@ -95,9 +104,62 @@ def _too_many(limited: Limited) -> JsonResponse:
     return with_retry_after(JsonResponse(limited.body(message), status=429), limited)
 
 
+def _bindings(request: HttpRequest) -> dict[str, str]:
+    """Invite token -> participant token for every test this browser joined (its signed cookie),
+    oldest first.
+
+    A cookie written before bindings were per test holds one bare token; it is kept under the key ""
+    (it still opens its session) until the invite page learns its test (``_bindings_by_test``).
+    """
+    value = request.get_signed_cookie(COOKIE, default=None, salt=COOKIE_SALT)
+    bindings: dict[str, str] = {}
+    for entry in (value or "").split(_BINDING_SEP):
+        test_key, _, token = entry.rpartition(".")
+        if token:
+            bindings[test_key] = token
+    return bindings
+
+
+def _bindings_by_test(request: HttpRequest) -> dict[str, str]:
+    """``_bindings``, with a bare token of an older cookie filed under its test (one lookup, once)."""
+    bindings = _bindings(request)
+    legacy = bindings.pop("", None)
+    if legacy is not None:
+        test_key = (
+            Participant.objects.filter(token=legacy).values_list("test__invite_token", flat=True).first()
+        )
+        if test_key is not None:
+            bindings = {test_key: legacy, **bindings}
+    return bindings
+
+
+def _bind(
+    response: HttpResponse,
+    request: HttpRequest,
+    bindings: dict[str, str],
+    *,
+    test: ListeningTest,
+    ptoken: str,
+) -> HttpResponse:
+    """Set the cookie to ``bindings`` with ``ptoken`` as the (newest) binding of ``test``."""
+    bindings = {k: v for k, v in bindings.items() if k != test.invite_token}
+    bindings[test.invite_token] = ptoken
+    kept = list(bindings.items())[-COOKIE_MAX_TESTS:]
+    response.set_signed_cookie(
+        COOKIE,
+        _BINDING_SEP.join(f"{test_key}.{token}" for test_key, token in kept),
+        salt=COOKIE_SALT,
+        max_age=COOKIE_MAX_AGE,
+        httponly=True,
+        samesite="Lax",
+        secure=request.is_secure(),
+    )
+    return response
+
+
 def _same_browser(request: HttpRequest, ptoken: str) -> bool:
     """The request comes from the browser that joined as ``ptoken`` (its signed cookie; no query)."""
-    return request.get_signed_cookie(COOKIE, default=None, salt=COOKIE_SALT) == ptoken
+    return ptoken in _bindings(request).values()
 
 
 def _not_your_session(request: HttpRequest) -> HttpResponse:
@@ -159,12 +221,24 @@ def _json_body(request: HttpRequest) -> dict:
 
 @require_http_methods(["GET", "POST"])
 def invite(request: HttpRequest, invite_token: str) -> HttpResponse:
-    """Consent page of a test; agreeing creates a participant, or resumes a returning crowd worker's
-    from the browser that joined as them (its signed cookie; another browser is refused)."""
+    """Consent page of a test; agreeing creates a participant. A browser that already joined the
+    test goes straight back to its own session (no second consent, no new participant), finished or
+    screened out too, where it sees its end page; another browser presenting a crowd id in use is
+    refused."""
     test = get_object_or_404(ListeningTest, invite_token=invite_token)
     crowd = {
         k: request.GET.get(k, request.POST.get(k, "")) for k in ("PROLIFIC_PID", "STUDY_ID", "SESSION_ID")
     }
+    bindings = _bindings_by_test(request)
+    returning = participant_returning(
+        test=test, resume_token=bindings.get(test.invite_token), external_id=crowd["PROLIFIC_PID"]
+    )
+    # An unfinished session of a closed test gets the closed message below; an end page always shows.
+    if returning is not None and (
+        returning.status != Participant.Status.ACTIVE or test.status == ListeningTest.Status.PUBLISHED
+    ):
+        to_session = redirect("listening:session", ptoken=returning.token)
+        return _bind(to_session, request, bindings, test=test, ptoken=returning.token)
     if test.status != ListeningTest.Status.PUBLISHED:
         return render(request, "listening/message.html", {"message": TEST_NOT_OPEN}, status=410)
     if request.method == "GET":
@@ -184,7 +258,7 @@ def invite(request: HttpRequest, invite_token: str) -> HttpResponse:
             external_id=crowd["PROLIFIC_PID"],
             study_id=crowd["STUDY_ID"],
             session_id=crowd["SESSION_ID"],
-            resume_token=request.get_signed_cookie(COOKIE, default=None, salt=COOKIE_SALT),
+            resume_token=bindings.get(test.invite_token),
         )
     except CrowdIdInUse as exc:
         # Not sent on to the screened-out address: this may be the worker themself, on another device.
@@ -199,23 +273,26 @@ def invite(request: HttpRequest, invite_token: str) -> HttpResponse:
             {"message": exc.message, "redirect": test.screened_out_redirect},
             status=409,
         )
-    response = redirect("listening:session", ptoken=participant.token)
-    response.set_signed_cookie(
-        COOKIE,
-        participant.token,
-        salt=COOKIE_SALT,
-        max_age=COOKIE_MAX_AGE,
-        httponly=True,
-        samesite="Lax",
-        secure=request.is_secure(),
-    )
-    return response
+    to_session = redirect("listening:session", ptoken=participant.token)
+    return _bind(to_session, request, bindings, test=test, ptoken=participant.token)
 
 
 @require_safe
 @ensure_csrf_cookie
 @_listener
 def session(request: HttpRequest, participant: Participant) -> HttpResponse:
+    """The test page; once the listener has finished or was screened out, their end page instead."""
+    progress = listener_progress(participant)
+    if progress["phase"] in ("done", "screened_out"):
+        return render(
+            request,
+            "listening/finished.html",
+            {
+                "title": participant.test.title,
+                "completion": progress["completion"],
+                "screened_out": progress["screened_out"],
+            },
+        )
     return render(
         request, "listening/session.html", {"participant": participant, "title": participant.test.title}
     )

@@ -203,6 +203,9 @@ if not 0 <= EVALSITE_LISTENING_MIN_PLAY_FRACTION <= 10:
         "EVALSITE_LISTENING_MIN_PLAY_FRACTION must be from 0 to 10 (a fraction of each sound's duration); "
         f"got {EVALSITE_LISTENING_MIN_PLAY_FRACTION}"
     )
+# An active listener with no answer for this long shows as "abandoned" on the researcher's pages
+# (a read-time notion: nothing changes their row, and they may still come back and finish).
+EVALSITE_ABANDONED_AFTER_MIN = env_int("EVALSITE_ABANDONED_AFTER_MIN", 60)
 SPECTACULAR_SETTINGS = {
     "TITLE": "evalsite API",
     "DESCRIPTION": "Runs, checkpoints, evaluations, listening tests and alerts for researchers and training jobs. "

@@ -112,7 +112,12 @@ TABLE = {
     "analysis:test-report": (PAGE_OF_R, POST_GET_ONLY_PAGE),
     "analysis:test-export": (PAGE_OF_R, POST_GET_ONLY_PAGE),
     # The consent page is public by design; joining (POST) creates a participant (test_listening).
-    "listening:invite": (PUBLIC, row(None, None, None, None, None, None, None)),
+    # Listener A joined test A: its invite link sends that browser back to its session
+    # (test_listener_identity), and listener B, bound to test B only, gets the consent page.
+    "listening:invite": (
+        row(200, 302, 200, 200, 200, 200, 200),
+        row(None, None, None, None, None, None, None),
+    ),
     "listening:session": (LISTENER_A, NOT_A_POST),
     "listening:state": (LISTENER_A, NOT_A_POST),
     "listening:rate": (NOT_A_GET, POST_LISTENER_A),

@@ -97,8 +97,9 @@ def test_a_second_browser_with_the_same_prolific_id_is_refused_and_cannot_touch_
     victim.refresh_from_db()
     assert victim.session_id == "se-a" and victim.status == Participant.Status.ACTIVE
 
-    # A comes back through the invite link with its cookie: the same session, its answer kept.
-    again = join(a, test, PROLIFIC_PID=PID, STUDY_ID="st", SESSION_ID="se-a")
+    # A comes back through the invite link with its cookie: straight to the same session (no second
+    # consent), its answer kept.
+    again = a.get(f"/l/i/{test.invite_token}/", {"PROLIFIC_PID": PID, "STUDY_ID": "st", "SESSION_ID": "se-a"})
     assert again.status_code == 302 and again["Location"] == session
     resumed = a.get(session + "state").json()
     assert resumed["trials"][0]["ratings"] == {trial["stimuli"][0]["id"]: 64.0}

@@ -120,6 +120,28 @@ class CrowdIdInUse(ConflictError):
     """Another browser already joined the test with this crowd id (409, ``CROWD_ID_IN_USE``)."""
 
 
+def _crowd_id(external_id: str) -> str:
+    return external_id.strip()[:200]
+
+
+def participant_returning(
+    *, test: ListeningTest, resume_token: str | None, external_id: str = ""
+) -> Participant | None:
+    """The participant a browser joined ``test`` as (``resume_token``: the token its signed cookie
+    binds to this test), whatever their status; None when it has none, or when the link names
+    another crowd id than theirs (another worker at the same computer is another person).
+
+    A read: the invite page uses it to skip the consent form for a returning listener.
+    """
+    if not resume_token:
+        return None
+    own = Participant.objects.select_related("test").filter(test=test, token=resume_token).first()
+    external_id = _crowd_id(external_id)
+    if own is None or (external_id and own.external_id != external_id):
+        return None
+    return own
+
+
 def participant_join(
     *,
     test: ListeningTest,
@@ -128,28 +150,31 @@ def participant_join(
     session_id: str = "",
     resume_token: str | None = None,
 ) -> Participant:
-    """Admit a listener, or resume the crowd worker whose browser proves it joined as them.
+    """Admit a listener, or resume the participant this browser already joined the test as.
+
+    ``resume_token`` is the participant token that the browser's signed cookie binds to this test;
+    its participant comes back as it is (finished and screened-out ones too, so they are shown
+    their end page rather than the test again), unless the link names another crowd id.
 
     A crowd id (``PROLIFIC_PID``) is no secret: it travels in URLs and anyone may type one. So a
-    returning worker gets their participant back only when ``resume_token`` (the participant token
-    that the browser's signed cookie holds) is that participant's; anyone else presenting the id is
-    refused with ``CrowdIdInUse``, and the existing session, its answers included, stays untouched.
+    returning worker gets their participant back only through that cookie; any other browser
+    presenting the id is refused with ``CrowdIdInUse``, and the existing session, its answers
+    included, stays untouched.
 
     Joins take the test's row lock in turn (the assignment engine balances on what earlier joins
     were given), so everything that does not depend on it is read before taking it.
     """
-    external_id = external_id.strip()[:200]
+    external_id = _crowd_id(external_id)
     layout = _join_layout(test)
     with transaction.atomic():
         test = ListeningTest.objects.select_for_update().get(pk=test.pk)
         if test.status != ListeningTest.Status.PUBLISHED:
             raise ConflictError(TEST_NOT_OPEN)
-        if external_id:
-            existing = Participant.objects.filter(test=test, external_id=external_id).first()
-            if existing is not None:
-                if resume_token and secrets.compare_digest(existing.token, resume_token):
-                    return existing
-                raise CrowdIdInUse(CROWD_ID_IN_USE, fields=("PROLIFIC_PID",))
+        returning = participant_returning(test=test, resume_token=resume_token, external_id=external_id)
+        if returning is not None:
+            return returning
+        if external_id and Participant.objects.filter(test=test, external_id=external_id).exists():
+            raise CrowdIdInUse(CROWD_ID_IN_USE, fields=("PROLIFIC_PID",))
         token = secrets.token_urlsafe(18)
         seed = random.Random(f"{test.seed}:{token}").getrandbits(31)
         rng = random.Random(seed)
