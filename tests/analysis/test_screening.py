@@ -80,7 +80,7 @@ def test_reasons_are_sentences_with_the_numbers(panel):
         "rated the mid-range anchor (anchor_lp70) above 90 on 8 of 20 items (40 % > 15 %)"
     )
     assert ex[("constant", "constant")].startswith(
-        "scores of system stimuli have SD 0.00 over 60 ratings (< 5)"
+        "scores of all stimuli have SD 0.00 over 120 ratings (< 5)"
     )
     assert "Spearman correlation with the other listeners' mean is" in ex[("random", "agreement")]
 
@@ -180,7 +180,7 @@ def test_same_answer_on_almost_every_trial_is_a_constant_rater_even_with_some_sp
     s = screen_listeners(pd.concat([ratings, straight]), kind="mos")
     row = s.excluded.set_index("listener").loc["lazy"]
     assert row["rule"] == "constant"
-    assert row["reason"] == "gave the same answer (4) on 38 of 40 trials (95 % > 90 %)"
+    assert row["reason"] == "gave the same answer (4) on 38 of 40 ratings of system stimuli (95 % > 90 %)"
     relaxed = screen_listeners(
         pd.concat([ratings, straight]),
         kind="mos",
@@ -195,7 +195,9 @@ def test_switched_off_rules_do_not_run_and_the_rules_used_can_be_printed(panel):
     assert s.excluded.empty and len(s.kept_listeners) == 14
     text = screen_listeners(panel, kind="mushra").describe_rules()
     assert text[0].startswith("ITU-R BS.1534-3 §4.1.2") and "more than 15 % of items" in text[0]
-    assert any("SD of system scores below 5" in t for t in text)
+    assert any(
+        "SD of all of a listener's scores (hidden reference, anchors and systems) below 5" in t for t in text
+    )
     assert not any("gold" in t for t in text)  # no QC data given: the QC rule did not run
     params = screen_listeners(panel, kind="mushra").parameters()
     assert (
@@ -326,7 +328,10 @@ def test_the_constant_rule_decides_as_the_per_listener_loop():
         }
     )
     ratings = pd.concat([ratings, lazy, ratings.assign(role="hidden_reference").head(40)])
-    s = screen_listeners(ratings, kind="mushra", rules=ScreeningRules(bs1534=None, agreement=None))
+    systems_only = ConstantRule(judged_on="systems")
+    s = screen_listeners(
+        ratings, kind="mushra", rules=ScreeningRules(bs1534=None, agreement=None, constant=systems_only)
+    )
     system = ratings.loc[ratings["role"] == "system"]
     expected, too_few = {}, set()
     for listener in sorted(ratings["listener"].unique(), key=str):
@@ -340,6 +345,6 @@ def test_the_constant_rule_decides_as_the_per_listener_loop():
     assert set(s.excluded["listener"]) == set(expected) == {"flat", "lazy"}
     assert set(s.not_applied.loc[s.not_applied["rule"] == "constant", "listener"]) == too_few == {"late"}
     assert (
-        "gave the same answer (60) on 28 of 30 trials"
+        "gave the same answer (60) on 28 of 30 ratings of system stimuli"
         in s.excluded.set_index("listener").loc["lazy", "reason"]
     )
