@@ -76,7 +76,7 @@ def test_payload(request, test: ListeningTest) -> dict[str, Any]:
         "votes_target": test.votes_target,
         "cells": progress["cells"],
         "cells_at_target": progress["cells_at_target"],
-        "participants": len(progress["participants"]),
+        "participants": len(progress["participants"]) + len(progress["abandoned"]),
     }
 
 
