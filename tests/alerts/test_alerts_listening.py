@@ -130,7 +130,7 @@ def test_the_alerts_state_the_numbers_the_results_page_shows_for_the_same_answer
         ],
     )
     test = services.listening_test_publish(
-        test=services.listening_test_build(
+        test=make_listening_test(
             name="smos-same", kind="smos", checkpoints=[old, new], seed=5, training_items=0
         )
     )
