@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from django.core.cache import cache
 
-from evalsite.analysis import compute, flag_summary, frames, metric_correlations, plain, snapshots
+from evalsite.analysis import compute, exports, flag_summary, frames, metric_correlations, plain, snapshots
 from evalsite.analysis.models import AnalysisSnapshot
 from evalsite.analysis.snapshots import listening_test_results
 from evalsite.analysis.stats import crossed_mixed_model
@@ -918,6 +918,14 @@ def test_a_half_rated_trial_is_neither_a_vote_in_the_analysis_nor_in_the_progres
     assert len(ratings.loc[ratings["listener"] == gone.pk]) == 5
     presented = frames.presented_frame(test)
     assert len(presented.loc[presented["listener"] == gone.pk]) == 5
+    export = pd.read_csv(
+        io.BytesIO(admin_client.get(f"/analysis/tests/{test.pk}/export/ratings.csv").content)
+    )
+    mine = export.loc[
+        (export["participant"] == plain.listener_id(test.pk, gone.pk)) & (export["trial_type"] == "main")
+    ]
+    unfinished = mine["exclusion_reason"] == exports.UNFINISHED_REASON  # the other 5 fail the BS.1534 rule
+    assert len(mine) == 7 and unfinished.sum() == 2 and (mine.loc[unfinished, "score"] == 50).all()
     page = admin_client.get(f"/analysis/tests/{test.pk}/").content.decode()
     assert (
         'data-testid="unfinished"' in page and "1 unfinished trial(s) of\n1 listener(s) (2 rating(s))" in page
