@@ -49,7 +49,8 @@ RESULTS_VERSION = 4
 """Part of the cache key and the fingerprint: bump it when the dict's shape or values change, so no process
 reads an old one (2: ICC intervals no longer rounded to 2 decimals; 3: per-system flag rows carry ``p`` and
 ``flagging_listeners``, which the alerts read; 4: CrowdMOS intervals on score rows, Hochberg p beside Holm,
-the Friedman test of MUSHRA and Bradley–Terry scores of AB)."""
+the Friedman test of MUSHRA and Bradley–Terry scores of AB; only completed trials are votes, MUSHRA's
+constant rule judges all of a listener's ratings, ``unfinished``, ``warnings`` and ``test.min_listeners``)."""
 DEFAULT_N_BOOT = 2000
 BOOT_SEED = 0
 ALPHA = 0.05
@@ -57,6 +58,10 @@ HEADPHONE_RULE = "headphone_check"
 SCREENED_OUT_RULE = "screened_out"
 SOFTWARE = ("numpy", "pandas", "scipy", "statsmodels", "Django")
 NO_RATINGS = "No ratings yet."
+TOO_FEW_LISTENERS = (
+    "{kept} after screening; this test asks for at least {minimum}: the scores below rest on too few "
+    "listeners (BS.1534-3 §4.2 suggests at least 20 after post-screening)."
+)
 
 
 def software_versions() -> dict[str, str]:
@@ -365,7 +370,8 @@ def compute_listening_test_results(test: ListeningTest, *, n_boot: int = DEFAULT
     ``scores`` (MOS/SMOS/MUSHRA/CMOS: per system, ``kept`` and ``all`` listeners), ``preference`` (AB),
     ``pairwise`` (rows with Holm and Hochberg p, and matrices of both), ``friedman`` (MUSHRA), ``mixed_model``, ``reliability`` (``ratings``, ``flags``),
     ``flags``, ``correlations``, ``software``, ``timings`` and ``cpu_timings`` (wall and CPU seconds per stage),
-    ``notes``.
+    ``notes``, ``warnings`` (fewer listeners kept than ``test.min_listeners``) and ``unfinished`` (main trials
+    begun but not completed, per listener: not votes, shown apart).
     """
     with _one_blas_thread():
         return _compute(test, n_boot=n_boot)
@@ -399,6 +405,7 @@ def _compute(test: ListeningTest, *, n_boot: int) -> dict:
     flag_frame = frames.flags_frame(test)
     qc = frames.quality_control(test)
     metrics = frames.metrics_frame(test)
+    unfinished = frames.unfinished_frame(test)
     lap("queries")
 
     screening_out, excluded = _screening(test, ratings, people, qc, kind, rename)
@@ -420,6 +427,7 @@ def _compute(test: ListeningTest, *, n_boot: int) -> dict:
                 "status": test.status,
                 "seed": test.seed,
                 "votes_target": test.votes_target,
+                "min_listeners": test.min_listeners,
                 "published_at": test.published_at,
                 "closed_at": test.closed_at,
                 "headphone_check": test.headphone_check,
@@ -439,6 +447,16 @@ def _compute(test: ListeningTest, *, n_boot: int) -> dict:
         "mixed_model": None,
         "reliability": {"ratings": None, "flags": None},
         "notes": [],
+        "warnings": [],
+        "unfinished": {
+            "listeners": int(len(unfinished)),
+            "trials": int(unfinished["trials"].sum()),
+            "ratings": int(unfinished["ratings"].sum()),
+            "rows": [
+                {"listener": rename(row.listener), "trials": int(row.trials), "ratings": int(row.ratings)}
+                for row in unfinished.itertuples()
+            ],
+        },
     }
     results["participants"] = _participant_summary(people, qc, excluded)
     ratings_listeners = set(ratings["listener"]) if not ratings.empty else set()
@@ -456,6 +474,8 @@ def _compute(test: ListeningTest, *, n_boot: int) -> dict:
     }
     if ratings.empty:
         results["notes"].append(NO_RATINGS)
+    elif results["counts"]["listeners_kept"] < test.min_listeners:
+        results["warnings"].append(too_few_listeners(results["counts"]["listeners_kept"], test.min_listeners))
 
     if kind == ListeningTest.Kind.AB and not ratings.empty:
         pref_kept, pref_all = stats.ab_preference(kept), stats.ab_preference(ratings)
@@ -521,6 +541,13 @@ def _compute(test: ListeningTest, *, n_boot: int) -> dict:
     results["timings"] = timings
     results["cpu_timings"] = cpu_timings
     return results
+
+
+def too_few_listeners(kept: int, minimum: int) -> str:
+    """The warning for a test left with fewer listeners than it asks for after screening."""
+    return TOO_FEW_LISTENERS.format(
+        kept=f"{kept} listener remains" if kept == 1 else f"{kept} listeners remain", minimum=minimum
+    )
 
 
 def _participant_summary(people: pd.DataFrame, qc: dict, excluded: set) -> dict:

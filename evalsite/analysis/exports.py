@@ -28,6 +28,7 @@ TABLES = ("ratings", "flags", "metrics", "screening")
 FORMATS = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
 TRAINING_REASON = "training trial: not a vote"
 CONTROL_REASON = "{control} quality-control trial: not a vote"
+UNFINISHED_REASON = "unfinished trial: a half-rated trial is not a vote"
 # Spreadsheets run a cell starting with these as a formula (OWASP "CSV Injection"), LF included for safety.
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
 
@@ -38,6 +39,7 @@ _ANSWER_FIELDS = {
     "trial_index": "assignment__trial__index",
     "position": "assignment__position",
     "training": "assignment__trial__is_training",
+    "trial_completed_at": "assignment__completed_at",
     "control": "assignment__trial__control",
     "condition": "stimulus__condition__label",
     "role": "stimulus__condition__role",
@@ -63,11 +65,16 @@ def _answer_frame(rows: list[dict], test: ListeningTest, excluded: dict[str, str
         ("training" if t else c or "main") for t, c in zip(frame["training"], frame["control"])
     ]
     reasons = []
-    for participant, kind in zip(frame["participant"], frame["trial_type"]):
+    for participant, kind, completed in zip(
+        frame["participant"], frame["trial_type"], frame["trial_completed_at"]
+    ):
         if kind == "training":
             reasons.append(TRAINING_REASON)
         elif kind != "main":
             reasons.append(CONTROL_REASON.format(control=kind))
+        elif completed is None or pd.isna(completed):
+            # The analysis reads completed trials only (``frames``); the export says why the rest is left out.
+            reasons.append(UNFINISHED_REASON)
         else:
             reasons.append(excluded.get(participant))
     frame["excluded"] = [r is not None for r in reasons]

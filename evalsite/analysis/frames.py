@@ -2,7 +2,9 @@
 
 Every page, export, alert and benchmark reads ratings, presentations and flags through these functions, so a
 number cannot differ between two of them because they read different rows. Training answers and
-quality-control (gold / trapping) trials are never part of these frames: they are not votes. Listeners are
+quality-control (gold / trapping) trials are never part of these frames: they are not votes. Neither is a trial
+the listener has not completed (``trial_complete``): a half-rated trial of an abandoned session is left out of
+ratings, presentations and flags alike, as the progress table leaves it out of the votes. Listeners are
 identified by participant id; systems by condition label.
 """
 
@@ -14,10 +16,11 @@ from itertools import chain
 import numpy as np
 import pandas as pd
 from django.db import connections
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 
 from evalsite.listening.models import (
     ArtifactFlag,
+    Assignment,
     Condition,
     ListeningTest,
     Participant,
@@ -29,12 +32,16 @@ from evalsite.listening.selectors import comparison_answers, quality_control_res
 from evalsite.runs.models import Generation
 from evalsite.scoring.models import MetricResult
 
-MAIN = {"assignment__trial__is_training": False, "assignment__trial__control": ""}
-"""Filter of rows reached through an assignment that belong to main trials (not training, not gold/trapping)."""
+COMPLETED = {"assignment__completed_at__isnull": False}
+"""Filter of rows reached through an assignment whose trial the listener completed: only those are votes."""
+MAIN = {"assignment__trial__is_training": False, "assignment__trial__control": "", **COMPLETED}
+"""Filter of rows reached through an assignment that belong to completed main trials (not training, not
+gold/trapping)."""
 FETCH_CHUNK_ROWS = 2000
 RATING_COLUMNS = ["listener", "item", "system", "role", "score", "checkpoint", "step"]
 PRESENTED_COLUMNS = ["listener", "stimulus", "item", "system", "role", "duration_s"]
 FLAG_COLUMNS = ["listener", "stimulus", "item", "system", "role", "start_s", "end_s", "category", "note"]
+UNFINISHED_COLUMNS = ["listener", "trials", "ratings"]
 PARTICIPANT_COLUMNS = [
     "listener",
     "status",
@@ -102,6 +109,26 @@ def stimuli_flag_frames(stimulus_ids: Sequence[int]) -> tuple[pd.DataFrame, pd.D
         "stimulus__asset__duration_s",
     )
     return _flag_rows(flags), pd.DataFrame.from_records(list(presented), columns=PRESENTED_COLUMNS)
+
+
+def unfinished_frame(test: ListeningTest) -> pd.DataFrame:
+    """Main trials begun but not completed, per listener not screened out: listener, trials, ratings (answers
+    given on them), so a page can show abandoned sessions apart from the votes."""
+    rows = (
+        Assignment.objects.filter(
+            participant__test=test,
+            trial__is_training=False,
+            trial__control="",
+            completed_at__isnull=True,
+            ratings__isnull=False,
+        )
+        .exclude(participant__status=Participant.Status.SCREENED_OUT)
+        .values("participant_id")
+        .annotate(trials=Count("id", distinct=True), ratings=Count("ratings", distinct=True))
+        .order_by("participant_id")
+        .values_list("participant_id", "trials", "ratings")
+    )
+    return pd.DataFrame.from_records(list(rows), columns=UNFINISHED_COLUMNS)
 
 
 def quality_control(test: ListeningTest) -> dict:
@@ -196,7 +223,7 @@ def _presented(test: ListeningTest, stimuli: pd.DataFrame) -> pd.DataFrame:
     # Unordered: sorting 50 000 handles by the model's ordering cost PostgreSQL more than the join (row order is
     # not used: every use of the presented frame groups or sorts it).
     handles = _numeric_rows(
-        StimulusHandle.objects.filter(assignment__participant__test=test)
+        StimulusHandle.objects.filter(assignment__participant__test=test, **COMPLETED)
         .order_by()
         .values_list("assignment__participant_id", "stimulus_id"),
         {"listener": np.int64, "stimulus": np.int64},
@@ -210,7 +237,7 @@ def _presented(test: ListeningTest, stimuli: pd.DataFrame) -> pd.DataFrame:
 
 def _scale_ratings(test: ListeningTest, stimuli: pd.DataFrame) -> pd.DataFrame:
     answers = _numeric_rows(
-        Rating.objects.filter(participant__test=test, is_training=False).values_list(
+        Rating.objects.filter(participant__test=test, is_training=False, **COMPLETED).values_list(
             "participant_id", "stimulus_id", "score"
         ),
         {"listener": np.int64, "stimulus": np.int64, "score": np.float64},
@@ -229,7 +256,8 @@ def _comparison_ratings(test: ListeningTest) -> pd.DataFrame:
         if test.kind == ListeningTest.Kind.CMOS
         else ["listener", "item", "a", "b", "preferred"]
     )
-    frame = pd.DataFrame([r for r in comparison_answers(test) if r.get("item") is not None])
+    answers = comparison_answers(test, completed_only=True)
+    frame = pd.DataFrame([r for r in answers if r.get("item") is not None])
     if frame.empty:
         return pd.DataFrame(columns=columns)
     return frame.rename(columns={"participant": "listener"})[columns]

@@ -54,15 +54,26 @@ class QcRule:
 class ConstantRule:
     """Exclude a near-constant rater (straight-lining): low SD or one answer on nearly every trial.
 
-    Judged on system stimuli (role ``"system"`` when there is a role column): SD below ``min_sd``, or
-    the most frequent answer on more than ``max_same_share`` of trials. ``min_sd=None`` takes the scale
-    default: 5 for MUSHRA (0-100), 0.25 for MOS/SMOS/CMOS. Listeners with fewer than ``min_ratings``
-    system ratings are not judged (recorded in ``not_applied``).
+    Judged on the ratings ``judged_on`` names: ``"systems"`` (role ``"system"`` when there is a role column),
+    ``"all"`` (every rating the listener gave: hidden reference, anchors and systems) or ``"by_kind"``, which
+    is ``"all"`` for MUSHRA and ``"systems"`` for MOS/SMOS/ACR/CMOS. A listener is excluded when the SD is
+    below ``min_sd`` or the most frequent answer covers more than ``max_same_share`` of the ratings.
+    ``min_sd=None`` takes the scale default: 5 for MUSHRA (0-100), 0.25 for MOS/SMOS/CMOS. Listeners with
+    fewer than ``min_ratings`` judged ratings are not judged (recorded in ``not_applied``).
+
+    Why MUSHRA is judged on all ratings: BS.1534-3 §4.1.2 post-screens a listener on whether they find the
+    hidden reference and the anchors, not on how far apart they put the systems under test, which may
+    honestly sound alike (checkpoints of one run 44-68 with SD 3.6). A listener who puts the hidden
+    reference at 100 and the anchors at 5-47 has a spread of tens of points over all their ratings and is
+    kept; a straight-liner who gives every sound, reference included, about the same score is not. Over the
+    system ratings alone the first listener fell below the 5-point threshold and was excluded. On a 5-point
+    MOS/SMOS/ACR scale without reference conditions the system ratings are what a listener spreads.
     """
 
     min_sd: float | None = None
     max_same_share: float = 0.9
     min_ratings: int = 5
+    judged_on: Literal["by_kind", "systems", "all"] = "by_kind"
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,7 @@ class Screening:
         out = asdict(self.rules)
         if out["constant"] is not None:
             out["constant"]["min_sd"] = _min_sd(self.rules.constant, self.kind)
+            out["constant"]["judged_on"] = _judged_on(self.rules.constant, self.kind)
         if self.kind != "mushra":
             out["bs1534"] = None
         if not self.qc_given:
@@ -132,9 +144,14 @@ class Screening:
             out.append(f"Excluded listeners with more than {r.qc.max_failures} failed {checks} questions.")
         if r.constant:
             sd = _min_sd(r.constant, self.kind)
+            scores = (
+                "all of a listener's scores (hidden reference, anchors and systems)"
+                if _judged_on(r.constant, self.kind) == "all"
+                else "system scores"
+            )
             out.append(
-                f"Excluded near-constant raters: SD of system scores below {sd:g}, or the same answer on "
-                f"more than {_pct(r.constant.max_same_share)} of trials (judged with at least "
+                f"Excluded near-constant raters: SD of {scores} below {sd:g}, or the same answer on "
+                f"more than {_pct(r.constant.max_same_share)} of them (judged with at least "
                 f"{r.constant.min_ratings} ratings)."
             )
         if r.agreement:
@@ -157,6 +174,13 @@ def _min_sd(rule: ConstantRule, kind: str) -> float:
     if rule.min_sd is not None:
         return rule.min_sd
     return 5.0 if kind == "mushra" else 0.25
+
+
+def _judged_on(rule: ConstantRule, kind: str) -> str:
+    """Which ratings the constant rule judges: ``"systems"`` or ``"all"`` (see :class:`ConstantRule`)."""
+    if rule.judged_on != "by_kind":
+        return rule.judged_on
+    return "all" if kind == "mushra" else "systems"
 
 
 def _bs1534(frame: pd.DataFrame, rule: Bs1534Rule) -> list[dict]:
@@ -238,13 +262,15 @@ def _qc(listeners: list, qc: dict, rule: QcRule) -> list[dict]:
 
 
 def _constant(frame: pd.DataFrame, rule: ConstantRule, kind: str) -> tuple[list[dict], list[dict]]:
-    """Near-constant raters over system stimuli (straight-lining, P.808's rating-variance check)."""
+    """Near-constant raters (straight-lining, P.808's rating-variance check) over the judged ratings."""
     out, skipped = [], []
     min_sd = _min_sd(rule, kind)
-    systems = frame.loc[frame["role"] == SYSTEM_ROLE] if "role" in frame else frame
+    every = _judged_on(rule, kind) == "all"
+    what = "all stimuli" if every else "system stimuli"
+    judged = frame.loc[frame["role"] == SYSTEM_ROLE] if "role" in frame and not every else frame
     listeners = sorted(frame["listener"].unique(), key=str)
-    scores = systems["score"].to_numpy(float)
-    rows = _group_rows(pd.Index(listeners).get_indexer(systems["listener"]), len(listeners))
+    scores = judged["score"].to_numpy(float)
+    rows = _group_rows(pd.Index(listeners).get_indexer(judged["listener"]), len(listeners))
     for listener, mine in zip(listeners, rows):
         s = scores[mine]
         if len(s) < rule.min_ratings:
@@ -252,7 +278,7 @@ def _constant(frame: pd.DataFrame, rule: ConstantRule, kind: str) -> tuple[list[
                 dict(
                     listener=listener,
                     rule="constant",
-                    reason=(f"only {len(s)} system ratings (at least {rule.min_ratings} needed)"),
+                    reason=(f"only {len(s)} ratings of {what} (at least {rule.min_ratings} needed)"),
                 )
             )
             continue
@@ -264,9 +290,7 @@ def _constant(frame: pd.DataFrame, rule: ConstantRule, kind: str) -> tuple[list[
                 dict(
                     listener=listener,
                     rule="constant",
-                    reason=(
-                        f"scores of system stimuli have SD {sd:.2f} over {len(s)} ratings (< {min_sd:g})"
-                    ),
+                    reason=(f"scores of {what} have SD {sd:.2f} over {len(s)} ratings (< {min_sd:g})"),
                 )
             )
         elif top > rule.max_same_share:
@@ -275,8 +299,8 @@ def _constant(frame: pd.DataFrame, rule: ConstantRule, kind: str) -> tuple[list[
                     listener=listener,
                     rule="constant",
                     reason=(
-                        f"gave the same answer ({values[counts.argmax()]:g}) on {counts.max()} of {len(s)} trials "
-                        f"({_pct(top)} > {_pct(rule.max_same_share)})"
+                        f"gave the same answer ({values[counts.argmax()]:g}) on {counts.max()} of {len(s)} "
+                        f"ratings of {what} ({_pct(top)} > {_pct(rule.max_same_share)})"
                     ),
                 )
             )

@@ -32,7 +32,14 @@ CACHE_TIMEOUT_S = 7 * 24 * 3600
 
 def results_fingerprint(test: ListeningTest) -> str:
     """A cheap hash of everything the results depend on (five aggregate queries, no row is read)."""
-    ratings = Rating.objects.filter(participant__test=test).aggregate(n=Count("id"), last=Max("updated_at"))
+    # Finishing a trial writes no rating but turns its ratings into votes (``frames`` reads completed trials
+    # only): the count and latest time of completed trials' ratings change then.
+    ratings = Rating.objects.filter(participant__test=test).aggregate(
+        n=Count("id"),
+        last=Max("updated_at"),
+        completed=Count("id", filter=Q(assignment__completed_at__isnull=False)),
+        last_completed=Max("assignment__completed_at"),
+    )
     flag_rows = ArtifactFlag.objects.filter(participant__test=test).aggregate(
         n=Count("id"), last=Max("updated_at")
     )

@@ -76,7 +76,7 @@ def test_payload(request, test: ListeningTest) -> dict[str, Any]:
         "votes_target": test.votes_target,
         "cells": progress["cells"],
         "cells_at_target": progress["cells_at_target"],
-        "participants": len(progress["participants"]),
+        "participants": len(progress["participants"]) + len(progress["abandoned"]),
     }
 
 
@@ -110,6 +110,12 @@ class ListeningTestCreateApi(APIView):
         )
         training_items = serializers.IntegerField(min_value=0, max_value=20, default=1)
         votes_target = serializers.IntegerField(min_value=1, max_value=10000, default=10)
+        min_listeners = serializers.IntegerField(
+            min_value=1,
+            max_value=10_000,
+            default=20,
+            help_text="listeners wanted after post-screening (BS.1534-3: at least 20); the analysis warns below it",
+        )
         trials_per_participant = serializers.IntegerField(
             min_value=1, max_value=10_000, required=False, allow_null=True, default=None
         )

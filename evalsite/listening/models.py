@@ -8,6 +8,7 @@ role ever reaches the listener.
 import secrets
 
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -39,6 +40,11 @@ class ListeningTest(BaseModel):
     instructions = models.TextField(blank=True, help_text="shown to listeners")
     seed = models.BigIntegerField(help_text="randomisation seed; participant seeds derive from it")
     votes_target = models.PositiveIntegerField(default=10, help_text="valid votes wanted per trial")
+    min_listeners = models.PositiveIntegerField(
+        default=20,
+        validators=[MinValueValidator(1)],
+        help_text="listeners wanted after post-screening (BS.1534-3: at least 20); the analysis warns below it",
+    )
     trials_per_participant = models.PositiveIntegerField(
         null=True, blank=True, help_text="empty: all main trials"
     )

@@ -66,6 +66,13 @@ class BuildForm(forms.Form):
     title = forms.CharField(max_length=200, initial="Listening test", help_text="shown to listeners")
     training_items = forms.IntegerField(min_value=0, initial=1)
     votes_target = forms.IntegerField(min_value=1, initial=10, help_text="valid votes wanted per trial")
+    min_listeners = forms.IntegerField(
+        min_value=1,
+        max_value=10_000,
+        initial=TestDesign.min_listeners,
+        required=False,
+        help_text="listeners wanted after screening (BS.1534-3: at least 20); the analysis warns below it",
+    )
     trials_per_participant = forms.IntegerField(min_value=1, required=False, help_text="empty: every trial")
     completion_code = forms.CharField(max_length=100, required=False)
     completion_redirect = forms.URLField(required=False, assume_scheme="https")
@@ -99,6 +106,7 @@ def test_build(request: HttpRequest) -> HttpResponse:
                 checkpoints=list(data["checkpoints"]),
                 training_items=data["training_items"],
                 votes_target=data["votes_target"],
+                min_listeners=data["min_listeners"] or TestDesign.min_listeners,
                 trials_per_participant=data["trials_per_participant"],
                 title=data["title"],
                 completion_code=data["completion_code"],

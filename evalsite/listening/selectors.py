@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import F, Max, OuterRef, QuerySet, Subquery
+from django.db.models import Count, F, Max, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce, Greatest
 from django.urls import reverse
 from django.utils import timezone
@@ -21,6 +21,7 @@ from evalsite.listening.models import (
     Rating,
     Stimulus,
     StimulusHandle,
+    Trial,
 )
 
 COMPARISON_KINDS = (ListeningTest.Kind.CMOS, ListeningTest.Kind.AB)
@@ -351,8 +352,11 @@ def ab_choice(rating: Rating) -> Stimulus | None:
     )
 
 
-def comparison_answers(test: ListeningTest, *, include_training: bool = False) -> list[dict[str, Any]]:
-    """CMOS/AB answers with the presentation order undone, one row per answered trial.
+def comparison_answers(
+    test: ListeningTest, *, include_training: bool = False, completed_only: bool = False
+) -> list[dict[str, Any]]:
+    """CMOS/AB answers with the presentation order undone, one row per answered trial
+    (``completed_only``: per completed trial, the votes the analysis counts).
 
     CMOS rows: ``system``, ``comparison``, ``system_first``, ``raw`` (B relative to A) and
     ``score`` (system relative to comparison). AB rows: ``a``, ``b`` (condition labels in the
@@ -365,6 +369,8 @@ def comparison_answers(test: ListeningTest, *, include_training: bool = False) -
     )
     if not include_training:
         ratings = ratings.filter(is_training=False)
+    if completed_only:
+        ratings = ratings.filter(assignment__completed_at__isnull=False)
     first = {
         h.assignment_id: h.stimulus.condition
         for h in StimulusHandle.objects.filter(assignment__participant__test=test, position=0).select_related(
@@ -457,23 +463,24 @@ def participants_abandoned(test: ListeningTest) -> int:
 
 
 def listening_test_progress(test: ListeningTest) -> dict[str, Any]:
-    """Valid votes per item × condition (training and screened-out listeners excluded) for the
-    researcher's progress page, with the target and the listeners' states."""
-    from django.db.models import Count, Q
+    """Valid votes per item × condition for the researcher's progress page, with the target and the listeners'
+    states.
 
-    from evalsite.listening.models import Condition, Trial
-
+    A vote is an answer on a completed main trial of a listener not screened out: a half-rated trial is not
+    one (the analysis reads the same rows, ``analysis.frames``). Unfinished sessions with no answer for
+    ``EVALSITE_ABANDONED_AFTER_MIN`` are listed apart as abandoned (``participant_abandoned``).
+    """
     conditions = list(
         Condition.objects.filter(test=test).exclude(role__in=QUALITY_CONTROL_ROLES).order_by("role", "label")
     )
     # A CMOS/AB answer is stored on one of the trial's two sounds but is a vote for both.
     votes = "trial__assignments__ratings" if test.kind in COMPARISON_KINDS else "ratings"
-    valid = Q(**{f"{votes}__is_training": False}) & ~Q(
-        **{f"{votes}__participant__status": Participant.Status.SCREENED_OUT}
+    valid = (
+        Q(**{f"{votes}__is_training": False})
+        & Q(**{f"{votes}__assignment__completed_at__isnull": False})
+        & ~Q(**{f"{votes}__participant__status": Participant.Status.SCREENED_OUT})
     )
     counts = {}
-    from evalsite.listening.models import Stimulus
-
     for row in (
         Stimulus.objects.filter(trial__test=test, trial__is_training=False, trial__control="")
         .annotate(votes=Count(votes, filter=valid))
@@ -494,6 +501,7 @@ def listening_test_progress(test: ListeningTest) -> dict[str, Any]:
     since = abandoned_before()
     for p in participants:
         p.abandoned = participant_abandoned(p, since)
+    abandoned = [p for p in participants if p.abandoned]
     cell_votes = [v for v in counts.values()]
     return {
         "conditions": conditions,
@@ -501,8 +509,8 @@ def listening_test_progress(test: ListeningTest) -> dict[str, Any]:
         "target": test.votes_target,
         "cells_at_target": sum(1 for v in cell_votes if v >= test.votes_target),
         "cells": len(cell_votes),
-        "participants": participants,
-        "abandoned": sum(p.abandoned for p in participants),
+        "participants": [p for p in participants if not p.abandoned],
+        "abandoned": abandoned,
         "abandoned_after_min": settings.EVALSITE_ABANDONED_AFTER_MIN,
         "trials": Trial.objects.filter(test=test, control="").count(),
     }
@@ -536,8 +544,6 @@ def quality_control_results(test: ListeningTest) -> dict[int, dict[str, dict[str
     ``{participant_id: {"gold": {"passed": n, "total": n}, "trapping": {...}}}``; participants
     given no control trial are left out.
     """
-    from evalsite.listening.models import Trial
-
     controls = [Trial.Control.GOLD, Trial.Control.TRAPPING]
     expected: dict[int, list[tuple[int, dict]]] = {}
     for stimulus_id, trial_id, exp in Stimulus.objects.filter(

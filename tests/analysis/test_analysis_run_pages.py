@@ -97,7 +97,8 @@ def metric_run():
 
 
 def submit(participant, test_kind_scores, flags):
-    """Rate every main trial of ``participant`` and flag regions; returns nothing (rows are in the database)."""
+    """Rate and finish every trial of ``participant`` and flag regions; returns nothing (rows are in the
+    database)."""
     handles = StimulusHandle.objects.filter(assignment__participant=participant).select_related(
         "assignment__trial__item", "stimulus__condition__checkpoint__run"
     )
@@ -121,6 +122,9 @@ def submit(participant, test_kind_scores, flags):
                 category=category,
                 request_id=uuid.uuid4().hex,
             )
+    # Only completed trials are votes (and their flags evidence): finish every trial once it is rated.
+    for token in participant.assignments.values_list("token", flat=True):
+        services.trial_complete(participant=participant, trial=token)
 
 
 @pytest.fixture
@@ -441,7 +445,7 @@ def test_run_figures_lists_metric_charts_then_the_rate_chart(listened):
 
 
 def answer_comparisons(participant, choose):
-    """Answer every CMOS / AB trial on sound B; ``choose(first_run, second_run, item)`` returns the answer as
+    """Answer and finish every CMOS / AB trial on sound B; ``choose(first_run, second_run, item)`` returns the answer as
     the run whose sound is preferred (AB) or the score of sound B relative to A (CMOS)."""
     by_assignment = {}
     for h in (
@@ -466,6 +470,7 @@ def answer_comparisons(participant, choose):
             score=score,
             request_id=uuid.uuid4().hex,
         )
+        services.trial_complete(participant=participant, trial=assignment.token)
 
 
 def test_comparison_shows_ab_preference_with_a_wilson_interval_and_cmos_per_comparison(listened):

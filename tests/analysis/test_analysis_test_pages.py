@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from django.core.cache import cache
 
-from evalsite.analysis import compute, flag_summary, frames, metric_correlations, plain, snapshots
+from evalsite.analysis import compute, exports, flag_summary, frames, metric_correlations, plain, snapshots
 from evalsite.analysis.models import AnalysisSnapshot
 from evalsite.analysis.snapshots import listening_test_results
 from evalsite.analysis.stats import crossed_mixed_model
@@ -329,7 +329,9 @@ def test_results_are_cached_until_a_new_rating_arrives(mushra, django_assert_max
     )
     fresh = listening_test_results(test, n_boot=200)
     assert not fresh["cache_hit"] and fresh["fingerprint"] != first["fingerprint"]
-    assert fresh["counts"]["ratings"] == first["counts"]["ratings"] + 1
+    # a rating on a trial not yet finished is no vote, only an unfinished trial
+    assert fresh["counts"]["ratings"] == first["counts"]["ratings"]
+    assert fresh["unfinished"]["ratings"] == first["unfinished"]["ratings"] + 1
     # A changed answer (same count) and a changed status also invalidate it.
     services.rating_submit(
         participant=newcomer,
@@ -542,7 +544,11 @@ def test_the_frames_equal_a_plain_orm_read_and_the_page_system_flag_rates_equal_
 
     test = mushra["test"]
     ratings, presented = frames.answer_frames(test)
-    main = {"assignment__trial__is_training": False, "assignment__trial__control": ""}
+    main = {
+        "assignment__trial__is_training": False,
+        "assignment__trial__control": "",
+        "assignment__completed_at__isnull": False,
+    }
     plain_ratings = pd.DataFrame.from_records(
         list(
             Rating.objects.filter(participant__test=test, is_training=False, **main).values_list(
@@ -578,7 +584,7 @@ def test_the_frames_equal_a_plain_orm_read_and_the_page_system_flag_rates_equal_
         return a.equals(b)
 
     assert len(ratings) == 175 and same(ratings, plain_ratings) and same(frames.ratings_frame(test), ratings)
-    assert len(presented) == 8 * 25 and same(presented, plain_presented)
+    assert len(presented) == 7 * 25 and same(presented, plain_presented)  # the deaf listener rated nothing
     flag_frame = frames.flags_frame(test)
     theirs = flags.system_flag_rates(flag_frame, presented).set_index(["system", "role"]).sort_index()
     pres = flags.presentation_flags(flag_frame, presented)
@@ -717,7 +723,7 @@ def test_a_new_rating_invalidates_the_snapshot_and_the_older_one_is_deleted(mush
     cache.clear()
     fresh = listening_test_results(test, n_boot=200)
     assert fresh["source"] == "computed" and fresh["fingerprint"] != first["fingerprint"]
-    assert fresh["counts"]["ratings"] == first["counts"]["ratings"] + 1
+    assert fresh["unfinished"]["ratings"] == first["unfinished"]["ratings"] + 1
     assert list(AnalysisSnapshot.objects.filter(test=test).values_list("fingerprint", flat=True)) == [
         fresh["fingerprint"]
     ]
@@ -859,3 +865,110 @@ def test_records_equal_jsonable_of_to_dict():
     mixed = pd.DataFrame([{"listener": None, "rule": "bs1534_anchor"}, {"listener": 5, "rule": "agreement"}])
     expected = [{**row, "listener": rename(row["listener"])} for row in mixed.to_dict("records")]
     assert plain.records(mixed, rename) == jsonable(expected)
+
+
+# --- only completed trials are votes; too few listeners is said loudly (issue 16) ---------------------------------
+
+
+def abandon_after_one_trial(test, external_id="worker-gone"):
+    """A listener who finishes the training trial and one main trial, rates two sounds of the next one and leaves."""
+    p = pass_headphone_check(services.participant_join(test=test, external_id=external_id))
+    trials = listener_state(p)["trials"]
+    main = [t for t in trials if not t["training"]]
+    for trial in [t for t in trials if t["training"]] + main[:1]:
+        for k, stim in enumerate(trial["stimuli"]):
+            services.rating_submit(
+                participant=p,
+                trial=trial["id"],
+                stimulus=stim["id"],
+                score=40 + k,
+                request_id=uuid.uuid4().hex,
+            )
+        services.trial_complete(participant=p, trial=trial["id"])
+    for stim in main[1]["stimuli"][:2]:
+        services.rating_submit(
+            participant=p, trial=main[1]["id"], stimulus=stim["id"], score=50, request_id=uuid.uuid4().hex
+        )
+    return p
+
+
+def total_votes(progress):
+    return sum(v or 0 for row in progress["rows"] for v in row["cells"])
+
+
+def test_a_half_rated_trial_is_neither_a_vote_in_the_analysis_nor_in_the_progress_table(mushra, admin_client):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from evalsite.listening.selectors import listening_test_progress
+
+    test = mushra["test"]
+    before, votes_before = listening_test_results(test, n_boot=0), total_votes(listening_test_progress(test))
+    gone = abandon_after_one_trial(test)
+    after = listening_test_results(test, n_boot=0)
+    assert after["counts"]["ratings"] == before["counts"]["ratings"] + 5  # the finished trial's 5 sounds
+    assert after["counts"]["listeners"] == before["counts"]["listeners"] + 1
+    assert after["unfinished"] == {
+        "listeners": 1,
+        "trials": 1,
+        "ratings": 2,
+        "rows": [{"listener": plain.listener_id(test.pk, gone.pk), "trials": 1, "ratings": 2}],
+    }
+    ratings = frames.ratings_frame(test)
+    assert len(ratings.loc[ratings["listener"] == gone.pk]) == 5
+    presented = frames.presented_frame(test)
+    assert len(presented.loc[presented["listener"] == gone.pk]) == 5
+    export = pd.read_csv(
+        io.BytesIO(admin_client.get(f"/analysis/tests/{test.pk}/export/ratings.csv").content)
+    )
+    mine = export.loc[
+        (export["participant"] == plain.listener_id(test.pk, gone.pk)) & (export["trial_type"] == "main")
+    ]
+    unfinished = mine["exclusion_reason"] == exports.UNFINISHED_REASON  # the other 5 fail the BS.1534 rule
+    assert len(mine) == 7 and unfinished.sum() == 2 and (mine.loc[unfinished, "score"] == 50).all()
+    page = admin_client.get(f"/analysis/tests/{test.pk}/").content.decode()
+    assert (
+        'data-testid="unfinished"' in page and "1 unfinished trial(s) of\n1 listener(s) (2 rating(s))" in page
+    )
+    progress = listening_test_progress(test)
+    assert total_votes(progress) == votes_before + 5 and progress["abandoned"] == []
+    # three hours later the session is abandoned: listed apart from the listeners, still only 5 votes
+    Participant.objects.filter(pk=gone.pk).update(consented_at=timezone.now() - timedelta(hours=3))
+    progress = listening_test_progress(test)
+    assert [p.pk for p in progress["abandoned"]] == [gone.pk] and gone.pk not in {
+        p.pk for p in progress["participants"]
+    }
+    assert total_votes(progress) == votes_before + 5 and progress["abandoned"][0].done == 2  # training + 1
+    detail = admin_client.get(f"/listening/{test.pk}/").content.decode()
+    assert "Abandoned sessions" in detail and 'data-testid="abandoned"' in detail and "worker-gone" in detail
+
+
+def test_the_page_and_report_warn_loudly_when_fewer_listeners_remain_than_the_test_asks_for(
+    mushra, admin_client
+):
+    test = mushra["test"]
+    results = listening_test_results(test, n_boot=0)
+    assert results["counts"]["listeners_kept"] == 6 and results["test"]["min_listeners"] == 20
+    warning = (
+        "6 listeners remain after screening; this test asks for at least 20: the scores below rest on too few "
+        "listeners (BS.1534-3 §4.2 suggests at least 20 after post-screening)."
+    )
+    assert results["warnings"] == [warning]
+    page = admin_client.get(f"/analysis/tests/{test.pk}/").content.decode()
+    assert f'<p class="warning" role="alert" data-testid="warning">{warning}</p>' in page
+    report = admin_client.get(f"/analysis/tests/{test.pk}/report.html").content.decode()
+    assert 'data-testid="warning"' in report and "6 listeners remain after screening" in report
+    test.min_listeners = 6
+    test.save()
+    results = listening_test_results(test, n_boot=0)
+    assert results["warnings"] == [] and not results["cache_hit"]
+    assert 'data-testid="warning"' not in admin_client.get(f"/analysis/tests/{test.pk}/").content.decode()
+    assert compute.too_few_listeners(1, 20).startswith("1 listener remains after screening;")
+
+
+def test_a_test_without_ratings_says_no_ratings_rather_than_too_few_listeners():
+    world = listening_world(n_items=2)
+    test = make_listening_test(name="quiet", kind="mos", checkpoints=world["checkpoints"])
+    results = listening_test_results(test, n_boot=0)
+    assert results["warnings"] == [] and results["notes"] == [compute.NO_RATINGS]

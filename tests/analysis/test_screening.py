@@ -80,7 +80,7 @@ def test_reasons_are_sentences_with_the_numbers(panel):
         "rated the mid-range anchor (anchor_lp70) above 90 on 8 of 20 items (40 % > 15 %)"
     )
     assert ex[("constant", "constant")].startswith(
-        "scores of system stimuli have SD 0.00 over 60 ratings (< 5)"
+        "scores of all stimuli have SD 0.00 over 120 ratings (< 5)"
     )
     assert "Spearman correlation with the other listeners' mean is" in ex[("random", "agreement")]
 
@@ -180,7 +180,7 @@ def test_same_answer_on_almost_every_trial_is_a_constant_rater_even_with_some_sp
     s = screen_listeners(pd.concat([ratings, straight]), kind="mos")
     row = s.excluded.set_index("listener").loc["lazy"]
     assert row["rule"] == "constant"
-    assert row["reason"] == "gave the same answer (4) on 38 of 40 trials (95 % > 90 %)"
+    assert row["reason"] == "gave the same answer (4) on 38 of 40 ratings of system stimuli (95 % > 90 %)"
     relaxed = screen_listeners(
         pd.concat([ratings, straight]),
         kind="mos",
@@ -195,7 +195,9 @@ def test_switched_off_rules_do_not_run_and_the_rules_used_can_be_printed(panel):
     assert s.excluded.empty and len(s.kept_listeners) == 14
     text = screen_listeners(panel, kind="mushra").describe_rules()
     assert text[0].startswith("ITU-R BS.1534-3 §4.1.2") and "more than 15 % of items" in text[0]
-    assert any("SD of system scores below 5" in t for t in text)
+    assert any(
+        "SD of all of a listener's scores (hidden reference, anchors and systems) below 5" in t for t in text
+    )
     assert not any("gold" in t for t in text)  # no QC data given: the QC rule did not run
     params = screen_listeners(panel, kind="mushra").parameters()
     assert (
@@ -326,7 +328,10 @@ def test_the_constant_rule_decides_as_the_per_listener_loop():
         }
     )
     ratings = pd.concat([ratings, lazy, ratings.assign(role="hidden_reference").head(40)])
-    s = screen_listeners(ratings, kind="mushra", rules=ScreeningRules(bs1534=None, agreement=None))
+    systems_only = ConstantRule(judged_on="systems")
+    s = screen_listeners(
+        ratings, kind="mushra", rules=ScreeningRules(bs1534=None, agreement=None, constant=systems_only)
+    )
     system = ratings.loc[ratings["role"] == "system"]
     expected, too_few = {}, set()
     for listener in sorted(ratings["listener"].unique(), key=str):
@@ -340,6 +345,116 @@ def test_the_constant_rule_decides_as_the_per_listener_loop():
     assert set(s.excluded["listener"]) == set(expected) == {"flat", "lazy"}
     assert set(s.not_applied.loc[s.not_applied["rule"] == "constant", "listener"]) == too_few == {"late"}
     assert (
-        "gave the same answer (60) on 28 of 30 trials"
+        "gave the same answer (60) on 28 of 30 ratings of system stimuli"
         in s.excluded.set_index("listener").loc["lazy", "reason"]
     )
+
+
+# --- every rule keeps a discriminating listener (issue 16: screening kept the wrong listener) --------------------
+
+CHECKPOINTS = {"ckpt_a": 52.0, "ckpt_b": 55.0, "ckpt_c": 58.0, "ckpt_d": 61.0}  # one run's checkpoints: close
+
+
+def discriminating_listener(rng, listener, *, items=12):
+    """The demo-mushra listener: hidden reference 100, anchors 5-47, checkpoints 44-68 with an SD under 5."""
+    rows = []
+    for item in range(items):
+        rows += [
+            (listener, item, "ref", "hidden_reference", 100.0),
+            (listener, item, "lp35", "anchor_lp35", float(rng.integers(5, 21))),
+            (listener, item, "lp70", "anchor_lp70", float(rng.integers(30, 48))),
+        ]
+        rows += [
+            (listener, item, s, "system", float(np.clip(round(m + rng.normal(0, 1.0)), 44, 68)))
+            for s, m in CHECKPOINTS.items()
+        ]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def close_systems():
+    """Six discriminating MUSHRA listeners and a straight-liner who gives every sound, reference too, about 50."""
+    rng = np.random.default_rng(160)
+    rows = []
+    for k in range(6):
+        rows += discriminating_listener(rng, f"ear{k}")
+    rows += [
+        (l, i, s, role, 50.0 + rng.integers(-2, 3))
+        for (l, i, s, role, _) in discriminating_listener(rng, "flat")
+    ]
+    return frame(rows)
+
+
+def only(**rule):
+    off = dict(bs1534=None, qc=None, constant=None, agreement=None)
+    return ScreeningRules(**{**off, **rule})
+
+
+def test_the_discriminating_listener_separates_reference_anchors_and_systems_but_not_the_systems_much(
+    close_systems,
+):
+    ear = close_systems.loc[close_systems["listener"] == "ear0"]
+    systems = ear.loc[ear["role"] == "system", "score"]
+    assert systems.std(ddof=1) < 5 and systems.between(44, 68).all()  # the case issue 16 reported
+    assert (ear.loc[ear["role"] == "hidden_reference", "score"] == 100).all()
+    assert ear.loc[ear["role"].str.startswith("anchor"), "score"].between(5, 47).all()
+
+
+def test_every_default_rule_keeps_the_discriminating_listeners_and_drops_the_straight_liner(close_systems):
+    s = screen_listeners(close_systems, kind="mushra")
+    assert s.kept_listeners == tuple(f"ear{k}" for k in range(6))
+    assert s.excluded_listeners == ("flat",)
+
+
+def test_the_bs1534_rule_keeps_a_listener_who_finds_the_reference_and_drops_one_who_does_not(close_systems):
+    s = screen_listeners(close_systems, kind="mushra", rules=only(bs1534=Bs1534Rule()))
+    assert "ear0" in s.kept_listeners
+    assert s.excluded.values.tolist() == [
+        ["flat", "bs1534_reference", "rated the hidden reference below 90 on 12 of 12 items (100 % > 15 %)"]
+    ]
+
+
+def test_the_mushra_constant_rule_keeps_close_systems_and_drops_a_flat_rater_over_all_ratings(close_systems):
+    s = screen_listeners(close_systems, kind="mushra", rules=only(constant=ConstantRule()))
+    assert s.kept_listeners == tuple(f"ear{k}" for k in range(6))
+    (reason,) = s.excluded.loc[s.excluded["listener"] == "flat", "reason"]
+    sd = close_systems.loc[close_systems["listener"] == "flat", "score"].std(ddof=1)
+    assert reason == f"scores of all stimuli have SD {sd:.2f} over 84 ratings (< 5)"
+    assert s.parameters()["constant"]["judged_on"] == "all"
+    # judged on the systems alone (the rule as it was), the discriminating listeners would all have gone
+    old = screen_listeners(
+        close_systems, kind="mushra", rules=only(constant=ConstantRule(judged_on="systems"))
+    )
+    assert set(old.excluded_listeners) == {f"ear{k}" for k in range(6)} | {"flat"}
+
+
+def test_the_mos_constant_rule_keeps_a_listener_who_uses_the_scale_and_drops_one_answer_for_everything():
+    rng = np.random.default_rng(161)
+    ratings = mos_panel(rng)
+    ratings = pd.concat(
+        [ratings, ratings.loc[ratings["listener"] == "p0"].assign(listener="fours", score=4.0)]
+    )
+    s = screen_listeners(ratings, kind="mos", rules=only(constant=ConstantRule()))
+    assert s.excluded_listeners == ("fours",) and "p0" in s.kept_listeners
+    assert s.excluded["reason"].iloc[0] == "scores of system stimuli have SD 0.00 over 40 ratings (< 0.25)"
+    assert s.parameters()["constant"]["judged_on"] == "systems"
+
+
+def test_the_qc_rule_keeps_a_discriminating_listener_who_passed_and_drops_one_who_failed(close_systems):
+    qc = {"ear0": {"gold": {"passed": 1, "total": 1}, "trapping": {"passed": 1, "total": 1}}}
+    qc["ear1"] = {"gold": {"passed": 0, "total": 1}}
+    s = screen_listeners(close_systems, kind="mushra", qc=qc, rules=only(qc=QcRule()))
+    assert s.excluded.values.tolist() == [
+        ["ear1", "qc_gold", "failed 1 of 1 gold questions (more than 0 allowed)"]
+    ]
+    assert "ear0" in s.kept_listeners
+
+
+def test_the_agreement_rule_keeps_the_discriminating_listeners_and_drops_one_who_reverses_them(close_systems):
+    reversed_ = close_systems.loc[close_systems["listener"] == "ear0"].assign(listener="upside_down")
+    reversed_["score"] = 100.0 - reversed_["score"]
+    ratings = pd.concat([close_systems.loc[close_systems["listener"] != "flat"], reversed_])
+    s = screen_listeners(ratings, kind="mushra", rules=only(agreement=AgreementRule()))
+    assert s.kept_listeners == tuple(f"ear{k}" for k in range(6))
+    assert s.excluded_listeners == ("upside_down",)
+    assert s.excluded["reason"].iloc[0].startswith("Spearman correlation with the other listeners' mean is -")

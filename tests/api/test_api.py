@@ -285,6 +285,7 @@ def test_a_listening_test_is_built_and_published_through_the_api_by_the_runs_tok
             "kind": "smos",
             "checkpoints": [{"run": run.pk, "step": 77777}],
             "votes_target": 3,
+            "min_listeners": 12,
             "publish": True,
         },
         format="json",
@@ -293,6 +294,7 @@ def test_a_listening_test_is_built_and_published_through_the_api_by_the_runs_tok
     body = response.json()
     assert body["status"] == "published" and "/l/i/" in body["invite_url"] and body["trials"] >= 2
     test = ListeningTest.objects.get(pk=body["id"])
+    assert test.min_listeners == 12 and test.votes_target == 3
     assert client.get(f"/api/v1/listening-tests/{test.pk}/").json()["name"] == "smos-alpha"
     closed = client.post(f"/api/v1/listening-tests/{test.pk}/close/")
     assert closed.status_code == 200 and closed.json()["status"] == "closed"

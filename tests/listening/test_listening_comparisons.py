@@ -382,12 +382,18 @@ def test_progress_counts_a_comparison_answer_as_a_vote_for_both_of_its_condition
     participant = services.participant_join(test=test)
     assignment = main_assignment(participant)
     answer(participant, assignment, 1)
-    progress = listening_test_progress(test)
     system = assignment.trial.stimuli.get(condition__role="system").condition
-    row = next(r for r in progress["rows"] if r["item"] == assignment.trial.item.key)
-    votes = dict(zip([c.pk for c in progress["conditions"]], row["cells"]))
     comparison = test.conditions.get(role="comparison")
-    assert votes[system.pk] == 1 and votes[comparison.pk] == 1 and sum(votes.values()) == 2
+
+    def votes():
+        progress = listening_test_progress(test)
+        row = next(r for r in progress["rows"] if r["item"] == assignment.trial.item.key)
+        return dict(zip([c.pk for c in progress["conditions"]], row["cells"]))
+
+    assert sum(votes().values()) == 0  # answered but not finished: not a vote yet
+    services.trial_complete(participant=participant, trial=assignment.token)
+    got = votes()
+    assert got[system.pk] == 1 and got[comparison.pk] == 1 and sum(got.values()) == 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,12 +411,15 @@ def test_the_management_command_builds_cmos_against_a_baseline_and_ab_with_no_pr
         "evagan-hidden-run@77777",
         "--comparison",
         "bigvgan-private-run@77777",
+        "--min-listeners",
+        "24",
         "--publish",
     )
     cmos = ListeningTest.objects.get(name="cmd-cmos")
     assert (
         cmos.status == "published" and cmos.conditions.get(role="comparison").checkpoint.run.name == RUNS3[2]
     )
+    assert cmos.min_listeners == 24
     call_command(
         "build_listening_test",
         "cmd-ab",

@@ -42,11 +42,13 @@ def test_a_researcher_builds_publishes_and_closes_a_test_through_the_pages(admin
             "title": "Quality",
             "training_items": 1,
             "votes_target": 3,
+            "min_listeners": 25,
             "completion_code": "OK",
         },
     )
     test = ListeningTest.objects.get(name="web-built")
     assert response.status_code == 302 and response["Location"] == f"/listening/{test.pk}/"
+    assert test.min_listeners == 25
     assert test.status == "draft" and test.trials.count() == 3 and test.owner.username == "admin"
     detail = admin_client.get(f"/listening/{test.pk}/").content.decode()
     assert f"/l/i/{test.invite_token}/" in detail and "PROLIFIC_PID" in detail
@@ -56,6 +58,25 @@ def test_a_researcher_builds_publishes_and_closes_a_test_through_the_pages(admin
     admin_client.post(f"/listening/{test.pk}/close/")
     test.refresh_from_db()
     assert test.status == "closed"
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "10001", "many"])
+def test_a_minimum_of_listeners_out_of_range_is_refused_on_the_form(admin_client, value):
+    world = listening_world(n_items=2)
+    page = admin_client.post(
+        "/listening/new/",
+        {
+            "name": "few",
+            "kind": "mos",
+            "checkpoints": [world["checkpoints"][0].pk],
+            "title": "Quality",
+            "training_items": 0,
+            "votes_target": 3,
+            "min_listeners": value,
+        },
+    )
+    assert page.status_code == 200 and "min_listeners" in page.context["form"].errors
+    assert not ListeningTest.objects.filter(name="few").exists()
 
 
 def test_a_build_error_is_shown_on_the_form_and_nothing_is_created(admin_client):

@@ -95,6 +95,10 @@ def test_item_lists_are_capped_and_duplicates_refused(world, client, settings):
         ("votes_target", 0),
         ("votes_target", 10_001),
         ("votes_target", "1e9"),
+        ("min_listeners", 0),
+        ("min_listeners", -20),
+        ("min_listeners", 10_001),
+        ("min_listeners", "twenty"),
         ("trials_per_participant", 0),
         ("trials_per_participant", 10_001),
         ("trials_per_participant", 2**31),
@@ -119,6 +123,18 @@ def test_the_trial_cap_refuses_an_ab_test_that_grows_with_the_square_of_its_chec
     with pytest.raises(ApplicationError) as exc:
         make_listening_test(name="ab", kind="ab", checkpoints=world["checkpoints"])
     assert exc.value.message == services.TOO_MANY_TRIALS.format(n=9, per_item=3, items=3, limit=8)
+    assert nothing_built()
+
+
+def test_the_service_refuses_a_minimum_of_listeners_below_one_from_every_caller(world):
+    from evalsite.listening.services.design import MIN_LISTENERS_TOO_LOW
+
+    with pytest.raises(ApplicationError) as exc:
+        make_listening_test(
+            name="none-wanted", kind="mos", checkpoints=world["checkpoints"][:1], min_listeners=0
+        )
+    assert exc.value.message == MIN_LISTENERS_TOO_LOW.format(n=0)
+    assert exc.value.extra["fields"] == {"min_listeners": [MIN_LISTENERS_TOO_LOW.format(n=0)]}
     assert nothing_built()
 
 

@@ -210,6 +210,7 @@ def listening_test_build(*, design: TestDesign, owner: AbstractBaseUser | None =
         kind=design.kind,
         seed=design.seed if design.seed is not None else secrets.randbits(31),
         votes_target=design.votes_target,
+        min_listeners=design.min_listeners,
         trials_per_participant=design.trials_per_participant,
         title=design.title,
         instructions=design.instructions,

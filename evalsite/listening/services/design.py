@@ -36,6 +36,10 @@ DUPLICATE_CHECKPOINTS = "each checkpoint may be rated once per test; listed more
 TOO_MANY_SYSTEMS = (
     "a listening test rates at most {limit} checkpoints (EVALSITE_LISTENING_MAX_SYSTEMS); got {n}."
 )
+MIN_LISTENERS_TOO_LOW = (
+    "min_listeners is the number of listeners wanted after screening; it must be at least 1 "
+    "(BS.1534-3 suggests 20); got {n}."
+)
 DUPLICATE_ITEMS = "each eval item may be listed once; listed more than once: {keys}."
 TOO_MANY_ITEMS = "a listening test uses at most {limit} eval items (EVALSITE_LISTENING_MAX_ITEMS); got {n}."
 TOO_MANY_TRIALS = (
@@ -55,7 +59,8 @@ class TestDesign:
     ``checkpoints`` are the systems rated; ``items`` the eval items (None: every item of the
     checkpoints' eval set); ``comparison`` the CMOS baseline (None: the reference recording);
     ``params_hash`` picks the generations made with those parameters; ``seed`` None draws one.
-    ``gold_items`` / ``trapping_items`` control trials, ``headphone_check`` (with level calibration)
+    ``min_listeners`` is how many listeners the analysis wants left after post-screening (BS.1534-3
+    suggests at least 20); below it the results page warns. ``gold_items`` / ``trapping_items`` control trials, ``headphone_check`` (with level calibration)
     and ``require_play_all`` are the quality controls. The rest is shown to listeners as given.
     """
 
@@ -70,6 +75,7 @@ class TestDesign:
     seed: int | None = None
     training_items: int = 1
     votes_target: int = 10
+    min_listeners: int = 20
     trials_per_participant: int | None = None
     allow_no_preference: bool = False
     require_play_all: bool = False
@@ -124,6 +130,10 @@ def _check_lists(design: TestDesign) -> None:
 
 
 def _check_options(design: TestDesign) -> None:
+    if design.min_listeners < 1:
+        raise ApplicationError(
+            MIN_LISTENERS_TOO_LOW.format(n=design.min_listeners), fields=("min_listeners",)
+        )
     if design.comparison is not None and design.kind != ListeningTest.Kind.CMOS:
         raise ApplicationError(COMPARISON_ONLY_CMOS.format(kind=design.kind), fields=("comparison", "kind"))
     if design.allow_no_preference and design.kind != ListeningTest.Kind.AB:

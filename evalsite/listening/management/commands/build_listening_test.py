@@ -45,6 +45,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--training-items", type=int, default=1)
         parser.add_argument("--votes", type=int, default=10, help="valid votes wanted per trial")
+        parser.add_argument(
+            "--min-listeners",
+            type=int,
+            default=20,
+            help="listeners wanted after post-screening (BS.1534-3: at least 20); the analysis warns below it",
+        )
         parser.add_argument("--trials-per-listener", type=int, default=None)
         parser.add_argument("--seed", type=int, default=None)
         parser.add_argument("--completion-code", default="")
@@ -70,6 +76,7 @@ class Command(BaseCommand):
                 checkpoints=checkpoints,
                 training_items=opts["training_items"],
                 votes_target=opts["votes"],
+                min_listeners=opts["min_listeners"],
                 trials_per_participant=opts["trials_per_listener"],
                 seed=opts["seed"],
                 completion_code=opts["completion_code"],
