@@ -13,7 +13,7 @@ from evalsite.analysis.models import AnalysisSnapshot
 from evalsite.analysis.snapshots import listening_test_results
 from evalsite.analysis.stats import crossed_mixed_model
 from evalsite.listening import services
-from evalsite.listening.models import Condition, Participant, StimulusHandle
+from evalsite.listening.models import Assignment, Condition, Participant, Rating, StimulusHandle
 from evalsite.listening.selectors import headphone_trials, listener_state
 from evalsite.scoring.models import MetricResult
 from metrics.jsonable import jsonable
@@ -933,8 +933,11 @@ def test_a_half_rated_trial_is_neither_a_vote_in_the_analysis_nor_in_the_progres
     )
     progress = listening_test_progress(test)
     assert total_votes(progress) == votes_before + 5 and progress["abandoned"] == []
-    # three hours later the session is abandoned: listed apart from the listeners, still only 5 votes
-    Participant.objects.filter(pk=gone.pk).update(consented_at=timezone.now() - timedelta(hours=3))
+    # three hours later the session is abandoned (no answer since): listed apart, still only 5 votes
+    hours_ago = timezone.now() - timedelta(hours=3)
+    Participant.objects.filter(pk=gone.pk).update(consented_at=hours_ago, updated_at=hours_ago)
+    Rating.objects.filter(participant=gone).update(updated_at=hours_ago)
+    Assignment.objects.filter(participant=gone, completed_at__isnull=False).update(completed_at=hours_ago)
     progress = listening_test_progress(test)
     assert [p.pk for p in progress["abandoned"]] == [gone.pk] and gone.pk not in {
         p.pk for p in progress["participants"]

@@ -21,7 +21,7 @@ from evalsite.listening.selectors import (
     listening_test_progress,
     participants_abandoned,
 )
-from tests.factories import listening_world, make_listening_test
+from tests.factories import hear, listening_world, make_listening_test
 
 pytestmark = pytest.mark.django_db
 
@@ -271,8 +271,9 @@ def test_a_listener_screened_out_by_the_headphone_check_cannot_rejoin_through_th
     )
     client = browser()
     session = consent(client, test)
-    assert post_json(client, session + "calibration", {"plays": 1}).status_code == 200
     participant = Participant.objects.get(test=test)
+    hear(participant)  # the calibration noise, as the page plays it
+    assert post_json(client, session + "calibration", {"plays": 1}).status_code == 200
     wrong = [t["answer"] % 3 + 1 for t in headphone_trials(participant)]
     assert post_json(client, session + "headphone", {"answers": wrong}).json()["passed"] is False
 
