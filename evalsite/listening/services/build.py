@@ -17,6 +17,8 @@ from django.utils import timezone
 
 from evalsite.audio.anchors import anchor_effectiveness_warning, anchor_filter_self_test, lowpass_anchor
 from evalsite.audio.decoding import decoded_from_array
+from evalsite.audio.loudness import apply_gain, clip_loudness, loudness_plan
+from evalsite.audio.models import AudioAsset
 from evalsite.audio.selectors import audio_asset_samples
 from evalsite.audio.services import audio_asset_store
 from evalsite.core.exceptions import ApplicationError, ConflictError
@@ -41,6 +43,11 @@ NOT_DRAFT = "test {name!r} is {status}; only a draft can be published."
 NOTHING_TO_PUBLISH = "test {name!r} has no main (non-training) trial."
 NOT_PUBLISHED = "test {name!r} is {status}; only a published test can be closed."
 CALIBRATION_ITEMS = 10  # items whose references and outputs set the calibration level
+LOUDNESS_REDUCED = (
+    "loudness: served at {served:.1f} LUFS, {reduction:.1f} dB below the {target:g} LUFS target, so that "
+    "every sound stays under {ceiling:g} dBTP ({what} has the highest peak-to-loudness ratio)"
+)
+LOUDNESS_SILENT = "loudness: {what} is silent (under -70 LUFS) and is served as generated"
 
 
 def _outputs_by_item(
@@ -202,7 +209,8 @@ def listening_test_build(*, design: TestDesign, owner: AbstractBaseUser | None =
     one is needed) are skipped with a warning. The first ``training_items`` usable items become
     training trials. ``gold_items`` / ``trapping_items`` quality-control trials are built for every
     kind (see ``controls``); with ``headphone_check`` the level of the material is measured
-    for the calibration that comes before the check.
+    for the calibration that comes before the check. With ``loudness_target_lufs`` every sound
+    (outputs, references, anchors, control sounds) is served at that loudness (``_loudness_align``).
     """
     resolved = design_resolve(design)
     test = ListeningTest(
@@ -222,6 +230,7 @@ def listening_test_build(*, design: TestDesign, owner: AbstractBaseUser | None =
         headphone_check=design.headphone_check,
         gold_items=design.gold_items,
         trapping_items=design.trapping_items,
+        loudness_target_lufs=design.loudness_target_lufs,
     )
     test.full_clean()
     test.save()
@@ -242,22 +251,85 @@ def listening_test_build(*, design: TestDesign, owner: AbstractBaseUser | None =
             usable=usable,
             index=writer.index,
         )
-    test.build_warnings = warnings
+    served: dict[int, AudioAsset] = {}
     fields = ["build_warnings", "updated_at"]
+    if design.loudness_target_lufs is not None:
+        served = _loudness_align(test, design.loudness_target_lufs, warnings)
+        fields.append("loudness_served_lufs")
+    test.build_warnings = warnings
     if design.headphone_check:
-        test.calibration_level_dbfs = _material_level(usable, [outputs[i.pk] for i in usable])
+        test.calibration_level_dbfs = _material_level(usable, [outputs[i.pk] for i in usable], served)
         fields.append("calibration_level_dbfs")
     test.save(update_fields=fields)
     return test
 
 
-def _material_level(items: list[EvalItem], outputs: list[dict[int, Generation]]) -> float | None:
-    """Active RMS level (dBFS) of the test's material, from the first ``CALIBRATION_ITEMS`` items'
-    references and outputs: the calibration noise plays at it."""
+def _sound_names(stimuli: list[Stimulus], trials: list[Trial]) -> dict[int, str]:
+    """A researcher-facing name per source asset for build warnings: condition label and item."""
+    names = {t.reference_id: f"the reference of item {t.item.key}" for t in trials}
+    names.update({s.asset_id: f"{s.condition.label} on item {s.trial.item.key}" for s in stimuli})
+    return names
+
+
+def _loudness_align(test: ListeningTest, target_lufs: float, warnings: list[str]) -> dict[int, AudioAsset]:
+    """Serve every sound of the test (stimuli and open references) at one loudness (``evalsite.audio.
+    loudness``): each source clip is measured, scaled and stored once as its own asset, so a clip used
+    twice (the hidden and the open reference) is served as the very same file. Returns the served
+    asset of each source asset, by source pk."""
+    stimuli = list(
+        Stimulus.objects.filter(trial__test=test).select_related("asset", "condition", "trial__item")
+    )
+    trials = list(
+        Trial.objects.filter(test=test, reference__isnull=False).select_related("reference", "item")
+    )
+    sources = {t.reference_id: t.reference for t in trials} | {s.asset_id: s.asset for s in stimuli}
+    measured = {pk: clip_loudness(*audio_asset_samples(asset)) for pk, asset in sources.items()}
+    plan = loudness_plan(measured, target_lufs=target_lufs)
+    names = _sound_names(stimuli, trials)
+    if plan.reduction_db > 0:
+        warnings.append(
+            LOUDNESS_REDUCED.format(
+                served=plan.served_lufs,
+                reduction=plan.reduction_db,
+                target=target_lufs,
+                ceiling=plan.ceiling_dbtp,
+                what=names[plan.limited_by],
+            )
+        )
+    served: dict[int, AudioAsset] = {}
+    for pk, asset in sources.items():
+        if measured[pk].loudness_lufs is None:
+            warnings.append(LOUDNESS_SILENT.format(what=names[pk]))
+            served[pk] = asset
+            continue
+        samples, rate = audio_asset_samples(asset)
+        served[pk], _ = audio_asset_store(
+            decoded=decoded_from_array(apply_gain(samples, plan.gains_db[pk]), rate),
+            original_name=f"aligned-{asset.original_name or asset.content_hash[:12]}"[:512],
+        )
+    for s in stimuli:
+        s.source_asset_id, s.asset = s.asset_id, served[s.asset_id]
+        s.loudness_lufs, s.gain_db = (
+            measured[s.source_asset_id].loudness_lufs,
+            plan.gains_db[s.source_asset_id],
+        )
+    Stimulus.objects.bulk_update(stimuli, ["asset", "source_asset", "loudness_lufs", "gain_db"])
+    for t in trials:
+        t.reference = served[t.reference_id]
+    Trial.objects.bulk_update(trials, ["reference"])
+    test.loudness_served_lufs = plan.served_lufs
+    return served
+
+
+def _material_level(
+    items: list[EvalItem], outputs: list[dict[int, Generation]], served: dict[int, AudioAsset]
+) -> float | None:
+    """Active RMS level (dBFS) of the test's material as served, from the first ``CALIBRATION_ITEMS``
+    items' references and outputs: the calibration noise plays at it."""
     assets = []
     for item, have in list(zip(items, outputs))[:CALIBRATION_ITEMS]:
         assets += ([item.reference] if item.reference is not None else []) + [g.asset for g in have.values()]
-    return material_level_dbfs([audio_asset_samples(a) for a in assets])
+    return material_level_dbfs([audio_asset_samples(served.get(a.pk, a)) for a in assets])
 
 
 def _unpublishable(test: ListeningTest) -> str | None:
