@@ -18,6 +18,7 @@ from evalsite.listening.models import LOUDNESS_TARGET_MAX_LUFS, LOUDNESS_TARGET_
 from evalsite.runs.models import Checkpoint, EvalItem
 
 MUSHRA_MAX_SIGNALS = 12
+DEFAULT_LOUDNESS_TARGET_LUFS = -23.0  # EBU R128 programme loudness, the BS.1534-3/P.808 common choice
 
 NO_CHECKPOINTS = "a listening test needs at least one checkpoint."
 MIXED_EVAL_SETS = (
@@ -88,7 +89,7 @@ class TestDesign:
     completion_code: str = ""
     completion_redirect: str = ""
     screened_out_redirect: str = ""
-    loudness_target_lufs: float | None = -23.0
+    loudness_target_lufs: float | None = DEFAULT_LOUDNESS_TARGET_LUFS
 
     def __post_init__(self) -> None:
         # Callers pass lists; tuples keep a frozen design from changing under the build.
