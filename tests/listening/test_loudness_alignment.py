@@ -18,7 +18,7 @@ from rest_framework.test import APIClient
 from scipy import signal
 
 from evalsite.audio.decoding import decoded_from_array
-from evalsite.audio.loudness import true_peak
+from evalsite.audio.loudness import integrated_loudness, true_peak
 from evalsite.audio.services import audio_asset_store
 from evalsite.core.exceptions import ApplicationError
 from evalsite.listening.models import Condition, ListeningTest, Stimulus, Trial
@@ -166,19 +166,37 @@ def test_a_sound_with_a_high_peak_to_loudness_ratio_lowers_the_whole_test_and_sa
         )
 
 
-def test_clips_shorter_than_a_gating_block_and_control_trials_are_aligned_too(world):
+def test_clips_shorter_than_a_gating_block_are_aligned_and_control_trials_reuse_the_served_files(world):
     for g in Generation.objects.all():
         g.asset = _store(_speechy(g.pk, -35.0, seconds=0.3))
         g.save()
     for item in world["items"]:
         item.reference = _store(_reference(item.pk + 50, seconds=0.3))
         item.save()
-    test = build(world, gold_items=1, trapping_items=0)
-    gold = test.trials.get(control=Trial.Control.GOLD)
-    for trial in (test.trials.get(index=0), gold):
-        for s in trial.stimuli.all():
-            assert s.gain_db is not None and s.source_asset_id is not None
-    assert Stimulus.objects.filter(trial__test=test, gain_db__isnull=True).count() == 0
+    test = build(world, gold_items=1)  # too short for a spoken trapping request
+    assert not Stimulus.objects.filter(trial__test=test, trial__control="", gain_db__isnull=True).exists()
+    for trial in test.trials.filter(control=""):
+        levels = [integrated_loudness(read(a)[1], RATE) for a in served_sounds(trial)]
+        assert max(levels) - min(levels) <= 0.5 and abs(levels[0] - test.loudness_served_lufs) <= 0.5
+    assert_controls_reuse_the_served_files(test)
+
+
+def test_gold_and_trapping_trials_reuse_the_served_files(world):
+    assert_controls_reuse_the_served_files(build(world, gold_items=2, trapping_items=2))
+
+
+def assert_controls_reuse_the_served_files(test):
+    """No control trial serves a sound as generated: what it reuses is the aligned file of the ordinary trials."""
+    ordinary = Stimulus.objects.filter(trial__test=test, trial__control="")
+    assert test.trials.exclude(control="").exists()
+    sources = set(ordinary.values_list("source_asset_id", flat=True))
+    served = set(ordinary.values_list("asset_id", flat=True))
+    for trial in test.trials.exclude(control=""):
+        used = set(trial.stimuli.values_list("asset_id", flat=True)) | {trial.reference_id}
+        assert not used & sources
+        ordinary_trial = test.trials.get(control="", item=trial.item)
+        assert trial.reference_id == ordinary_trial.reference_id
+        assert used & served  # the hidden reference and anchors at least
 
 
 def test_the_calibration_level_is_measured_on_the_served_sounds(world):

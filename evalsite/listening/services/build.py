@@ -6,6 +6,7 @@ alike; the messages are module-level constants the tests assert on.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import secrets
 from dataclasses import dataclass, field
@@ -209,8 +210,9 @@ def listening_test_build(*, design: TestDesign, owner: AbstractBaseUser | None =
     one is needed) are skipped with a warning. The first ``training_items`` usable items become
     training trials. ``gold_items`` / ``trapping_items`` quality-control trials are built for every
     kind (see ``controls``); with ``headphone_check`` the level of the material is measured
-    for the calibration that comes before the check. With ``loudness_target_lufs`` every sound
-    (outputs, references, anchors, control sounds) is served at that loudness (``_loudness_align``).
+    for the calibration that comes before the check. With ``loudness_target_lufs`` the outputs,
+    references and anchors are served at that loudness (``_loudness_align``), and the control trials
+    are made from those served sounds.
     """
     resolved = design_resolve(design)
     test = ListeningTest(
@@ -241,27 +243,45 @@ def listening_test_build(*, design: TestDesign, owner: AbstractBaseUser | None =
     writer = _TrialWriter(test, resolved, conditions, outputs, warnings)
     for n, item in enumerate(usable):
         writer.item(item, training=n < design.training_items)
-    if design.gold_items or design.trapping_items:
-        control_trials_build(
-            test=test,
-            checkpoints=resolved.checkpoints,
-            outputs=outputs,
-            anchors=writer.anchors,
-            comparison=resolved.comparison,
-            usable=usable,
-            index=writer.index,
-        )
     served: dict[int, AudioAsset] = {}
     fields = ["build_warnings", "updated_at"]
     if design.loudness_target_lufs is not None:
         served = _loudness_align(test, design.loudness_target_lufs, warnings)
         fields.append("loudness_served_lufs")
+    if design.gold_items or design.trapping_items:
+        # Controls are made from the sounds as served, so the copies they reuse are the very files of the
+        # ordinary trials, and the sounds they make are fitted (by ``controls``) to aligned neighbours.
+        control_trials_build(
+            test=test,
+            checkpoints=resolved.checkpoints,
+            outputs={
+                item: {c: _served_copy(g, "asset", served) for c, g in have.items()}
+                for item, have in outputs.items()
+            },
+            anchors={
+                item: {role: served.get(a.pk, a) for role, a in made.items()}
+                for item, made in writer.anchors.items()
+            },
+            comparison=resolved.comparison,
+            usable=[_served_copy(item, "reference", served) for item in usable],
+            index=writer.index,
+        )
     test.build_warnings = warnings
     if design.headphone_check:
         test.calibration_level_dbfs = _material_level(usable, [outputs[i.pk] for i in usable], served)
         fields.append("calibration_level_dbfs")
     test.save(update_fields=fields)
     return test
+
+
+def _served_copy(row: Any, field: str, served: dict[int, AudioAsset]) -> Any:
+    """An in-memory copy of ``row`` (never saved) whose audio ``field`` is the served rendition."""
+    asset_id = getattr(row, f"{field}_id")
+    if asset_id not in served:
+        return row
+    row = copy.copy(row)
+    setattr(row, field, served[asset_id])
+    return row
 
 
 def _sound_names(stimuli: list[Stimulus], trials: list[Trial]) -> dict[int, str]:
@@ -272,10 +292,10 @@ def _sound_names(stimuli: list[Stimulus], trials: list[Trial]) -> dict[int, str]
 
 
 def _loudness_align(test: ListeningTest, target_lufs: float, warnings: list[str]) -> dict[int, AudioAsset]:
-    """Serve every sound of the test (stimuli and open references) at one loudness (``evalsite.audio.
-    loudness``): each source clip is measured, scaled and stored once as its own asset, so a clip used
-    twice (the hidden and the open reference) is served as the very same file. Returns the served
-    asset of each source asset, by source pk."""
+    """Serve every sound of the test's trials built so far (stimuli and open references) at one loudness
+    (``evalsite.audio.loudness``): each source clip is measured, scaled and stored once as its own asset,
+    so a clip used twice (the hidden and the open reference) is served as the very same file. Returns
+    the served asset of each source asset, by source pk."""
     stimuli = list(
         Stimulus.objects.filter(trial__test=test).select_related("asset", "condition", "trial__item")
     )
