@@ -7,7 +7,9 @@ read the outputs), then builds the test ``--repeats`` times through the API in t
 client, a researcher token, DEBUG off), each under a new name. MUSHRA allows at most 12 signals per trial
 (BS.1534-3), so its largest test is 9 systems + hidden reference + two anchors. The anchors are content-addressed:
 the first build makes and stores them, later builds of the same material find them. ``--profile`` prints the
-functions that took the most time in one more build. Only 127.0.0.1 is contacted.
+functions that took the most time in one more build. With ``--loudness-target`` (default -23 LUFS, as the API)
+every output is a real file (alignment reads and measures it) and every sound is aligned; ``--loudness-target
+off`` builds without alignment, from output rows only. Only 127.0.0.1 is contacted.
 
     python benchmarks/listening_build.py --kind mushra --systems 9 --items 200
 
@@ -61,21 +63,36 @@ def setup(args) -> tuple[str, list[dict]]:
     checkpoints = Checkpoint.objects.bulk_create(
         [Checkpoint(run=run, step=1000 * (k + 1), uri=f"/ckpt/{k}") for k in range(args.systems)]
     )
-    outputs = AudioAsset.objects.bulk_create(
-        [
-            AudioAsset(
-                content_hash=secrets.token_hex(32),
-                sample_rate=args.rate,
-                channels=1,
-                frames=int(args.seconds * args.rate),
-                duration_s=args.seconds,
-                peak=0.5,
-                file=f"audio/bench/{n}.wav",
-            )
-            for n in range(args.systems * args.items)
-        ],
-        batch_size=2000,
-    )
+    if args.loudness_target is None:
+        outputs = AudioAsset.objects.bulk_create(
+            [
+                AudioAsset(
+                    content_hash=secrets.token_hex(32),
+                    sample_rate=args.rate,
+                    channels=1,
+                    frames=int(args.seconds * args.rate),
+                    duration_s=args.seconds,
+                    peak=0.5,
+                    file=f"audio/bench/{n}.wav",
+                )
+                for n in range(args.systems * args.items)
+            ],
+            batch_size=2000,
+        )
+    else:
+        # Alignment reads and measures every output, so they are real files here, each system at its own level.
+        outputs = [
+            audio_asset_store(
+                decoded=decoded_from_array(
+                    (0.1 * 10 ** (-k / 20) * rng.standard_normal(int(args.seconds * args.rate))).astype(
+                        np.float32
+                    ),
+                    args.rate,
+                )
+            )[0]
+            for k in range(args.systems)
+            for _ in range(args.items)
+        ]
     Generation.objects.bulk_create(
         [
             Generation(
@@ -92,7 +109,14 @@ def setup(args) -> tuple[str, list[dict]]:
 def build_once(client, name: str, args, refs: list[dict]) -> tuple[float, dict, int]:
     from django.db import connection
 
-    body = {"name": name, "kind": args.kind, "checkpoints": refs, "training_items": 1, "votes_target": 10}
+    body = {
+        "name": name,
+        "kind": args.kind,
+        "checkpoints": refs,
+        "training_items": 1,
+        "votes_target": 10,
+        "loudness_target_lufs": args.loudness_target,
+    }
     queries = []
 
     def count(execute, sql, params, many, context):
@@ -120,6 +144,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--profile", action="store_true", help="profile one more build and print the top functions"
+    )
+    parser.add_argument(
+        "--loudness-target",
+        type=lambda v: None if v == "off" else float(v),
+        default=-23.0,
+        metavar="LUFS|off",
+        help="loudness alignment of the test (default -23 LUFS, as the API); 'off': served as generated, "
+        "outputs are rows only",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--database", default="evalsite_bench_build")
@@ -159,6 +191,7 @@ def main() -> None:
             wall, body, queries = build_once(client, f"bench-{args.kind}-{n}", args, refs)
             walls.append(wall)
             note = " (anchors made and stored)" if n == 0 and args.kind == "mushra" else ""
+            note += f", loudness served at {body['loudness_served_lufs']} LUFS"
             print(f"build {n + 1}: {wall:.2f} s, {body['trials']} trials, {queries} queries{note}")
         print(
             f"\n{args.kind}, {args.systems} systems × {args.items} items: first build {walls[0]:.2f} s, "

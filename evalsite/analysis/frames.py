@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from django.db import connections
 from django.db.models import Count, QuerySet
+from django.db.models.functions import Coalesce
 
 from evalsite.listening.models import (
     ArtifactFlag,
@@ -166,7 +167,10 @@ def metrics_frame(test: ListeningTest) -> pd.DataFrame:
     }
     if not conditions:
         return pd.DataFrame(columns=METRIC_COLUMNS)
-    assets = Stimulus.objects.filter(trial__test=test, condition__checkpoint__isnull=False).values("asset_id")
+    # A loudness-aligned stimulus is a scaled copy: its generation is found through the source asset.
+    assets = Stimulus.objects.filter(trial__test=test, condition__checkpoint__isnull=False).values(
+        generated=Coalesce("source_asset_id", "asset_id")
+    )
     used = set(
         Generation.objects.filter(checkpoint_id__in=list(conditions), asset_id__in=assets)
         .values_list("checkpoint_id", "params_hash")

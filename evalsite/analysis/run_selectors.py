@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 from django.core.cache import cache
 from django.db.models import Count, Exists, OuterRef, QuerySet, Sum
+from django.db.models.functions import Coalesce
 
 from evalsite.analysis.flag_summary import REGION_MIN_LISTENERS, REGION_MIN_SHARE
 from evalsite.analysis.flags import flag_regions
@@ -308,10 +309,11 @@ def run_detector_agreement(
     """
 
     run_assets = Generation.objects.filter(checkpoint__run=run, asset__isnull=False).values("asset_id")
+    # A loudness-aligned stimulus is a scaled copy (same timing): its generation is that of its source asset.
     stimuli = list(
-        Stimulus.objects.filter(
-            asset_id__in=run_assets, trial__is_training=False, trial__control=""
-        ).values_list("id", "asset_id", "trial__test_id", "trial__test__name")
+        Stimulus.objects.annotate(generated=Coalesce("source_asset_id", "asset_id"))
+        .filter(generated__in=run_assets, trial__is_training=False, trial__control="")
+        .values_list("id", "generated", "trial__test_id", "trial__test__name")
     )
     rule = (
         f"listener regions: at least {min_share:.0%} of a clip's listeners and at least {min_listeners} "

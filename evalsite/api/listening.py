@@ -17,7 +17,7 @@ from evalsite.api.access import RunPrincipal, run_for, runs_visible
 from evalsite.api.schema import ERRORS, ErrorSerializer
 from evalsite.core.exceptions import ApplicationError, ConflictError, NotFoundError
 from evalsite.listening.access import listening_tests_visible
-from evalsite.listening.models import ListeningTest
+from evalsite.listening.models import LOUDNESS_TARGET_MAX_LUFS, LOUDNESS_TARGET_MIN_LUFS, ListeningTest
 from evalsite.listening.selectors import listening_test_progress
 from evalsite.listening.services.build import (
     listening_test_close,
@@ -25,6 +25,7 @@ from evalsite.listening.services.build import (
     listening_test_publish,
 )
 from evalsite.listening.services.design import (
+    DEFAULT_LOUDNESS_TARGET_LUFS,
     DUPLICATE_CHECKPOINTS,
     DUPLICATE_ITEMS,
     TOO_MANY_ITEMS,
@@ -59,6 +60,13 @@ class TestOutputSerializer(serializers.Serializer):
     cells = serializers.IntegerField()
     cells_at_target = serializers.IntegerField()
     participants = serializers.IntegerField()
+    loudness_target_lufs = serializers.FloatField(
+        allow_null=True, help_text="the loudness asked for; null: the sounds are served as generated"
+    )
+    loudness_served_lufs = serializers.FloatField(
+        allow_null=True,
+        help_text="the loudness the sounds were aligned to (below the target where true peaks needed it)",
+    )
 
 
 def test_payload(request, test: ListeningTest) -> dict[str, Any]:
@@ -77,6 +85,8 @@ def test_payload(request, test: ListeningTest) -> dict[str, Any]:
         "cells": progress["cells"],
         "cells_at_target": progress["cells_at_target"],
         "participants": len(progress["participants"]) + len(progress["abandoned"]),
+        "loudness_target_lufs": test.loudness_target_lufs,
+        "loudness_served_lufs": test.loudness_served_lufs,
     }
 
 
@@ -129,6 +139,13 @@ class ListeningTestCreateApi(APIView):
         headphone_check = serializers.BooleanField(default=False)
         gold_items = serializers.IntegerField(min_value=0, max_value=50, default=0)
         trapping_items = serializers.IntegerField(min_value=0, max_value=50, default=0)
+        loudness_target_lufs = serializers.FloatField(
+            min_value=LOUDNESS_TARGET_MIN_LUFS,
+            max_value=LOUDNESS_TARGET_MAX_LUFS,
+            allow_null=True,
+            default=DEFAULT_LOUDNESS_TARGET_LUFS,
+            help_text="serve every sound at this BS.1770 loudness (LUFS); null: as generated (a loudness study)",
+        )
         publish = serializers.BooleanField(default=False, help_text="publish at once (listeners can start)")
 
         def to_internal_value(self, data):

@@ -8,11 +8,15 @@ role ever reaches the listener.
 import secrets
 
 from django.conf import settings
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
 from evalsite.core.models import BaseModel
+
+# Loudness targets a researcher may pick: broadcast (-23) to streaming (-14) practice and some margin.
+LOUDNESS_TARGET_MIN_LUFS = -40.0
+LOUDNESS_TARGET_MAX_LUFS = -10.0
 
 
 def new_token() -> str:
@@ -72,6 +76,17 @@ class ListeningTest(BaseModel):
         null=True,
         blank=True,
         help_text="RMS level (dBFS) of the test material; the calibration noise and the headphone-check tones play at it",
+    )
+    loudness_target_lufs = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(LOUDNESS_TARGET_MIN_LUFS), MaxValueValidator(LOUDNESS_TARGET_MAX_LUFS)],
+        help_text="every stimulus is served at this BS.1770 loudness; empty: served as generated (not aligned)",
+    )
+    loudness_served_lufs = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="the loudness the stimuli were aligned to: the target, or lower where true peaks needed it",
     )
     published_at = models.DateTimeField(null=True, blank=True)
     closed_at = models.DateTimeField(null=True, blank=True)
@@ -165,7 +180,23 @@ class Stimulus(BaseModel):
 
     trial = models.ForeignKey(Trial, on_delete=models.CASCADE, related_name="stimuli")
     condition = models.ForeignKey(Condition, on_delete=models.PROTECT, related_name="stimuli")
-    asset = models.ForeignKey("audio.AudioAsset", on_delete=models.PROTECT, related_name="+")
+    asset = models.ForeignKey(
+        "audio.AudioAsset", on_delete=models.PROTECT, related_name="+", help_text="the audio served"
+    )
+    source_asset = models.ForeignKey(
+        "audio.AudioAsset",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="the audio as generated, before loudness alignment; empty: served as generated",
+    )
+    loudness_lufs = models.FloatField(
+        null=True, blank=True, help_text="BS.1770 loudness of the source audio, measured at build time"
+    )
+    gain_db = models.FloatField(
+        null=True, blank=True, help_text="loudness alignment gain applied to the source"
+    )
     expected = models.JSONField(
         null=True, blank=True, help_text="quality control: the passing answers (server only)"
     )

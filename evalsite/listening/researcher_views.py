@@ -16,14 +16,14 @@ from django.views.decorators.http import require_POST
 
 from evalsite.core.exceptions import ApplicationError
 from evalsite.listening.access import listening_tests_visible
-from evalsite.listening.models import ListeningTest
+from evalsite.listening.models import LOUDNESS_TARGET_MAX_LUFS, LOUDNESS_TARGET_MIN_LUFS, ListeningTest
 from evalsite.listening.selectors import listening_test_progress
 from evalsite.listening.services.build import (
     listening_test_build,
     listening_test_close,
     listening_test_publish,
 )
-from evalsite.listening.services.design import TestDesign
+from evalsite.listening.services.design import DEFAULT_LOUDNESS_TARGET_LUFS, TestDesign
 from evalsite.runs.access import checkpoints_visible
 from evalsite.runs.models import Checkpoint
 
@@ -63,6 +63,20 @@ class BuildForm(forms.Form):
         required=False,
         help_text="trapping (spoken attention-check) trials; one per listener",
     )
+    align_loudness = forms.BooleanField(
+        required=False,
+        initial=True,
+        help_text="serve every sound at one BS.1770 loudness (untick for a loudness study: served as generated)",
+    )
+    loudness_target_lufs = forms.FloatField(
+        min_value=LOUDNESS_TARGET_MIN_LUFS,
+        max_value=LOUDNESS_TARGET_MAX_LUFS,
+        initial=DEFAULT_LOUDNESS_TARGET_LUFS,
+        required=False,
+        label="Loudness target (LUFS)",
+        help_text=f"{LOUDNESS_TARGET_MIN_LUFS:g} to {LOUDNESS_TARGET_MAX_LUFS:g}; lowered for the whole test "
+        "where a sound's true peak would pass -1 dBTP",
+    )
     title = forms.CharField(max_length=200, initial="Listening test", help_text="shown to listeners")
     training_items = forms.IntegerField(min_value=0, initial=1)
     votes_target = forms.IntegerField(min_value=1, initial=10, help_text="valid votes wanted per trial")
@@ -86,6 +100,13 @@ class BuildForm(forms.Form):
         self.fields["comparison"].queryset = visible
         self.fields["checkpoints"].label_from_instance = lambda c: f"{c.run.name} @ {c.step} ({c.status})"
         self.fields["comparison"].label_from_instance = lambda c: f"{c.run.name} @ {c.step}"
+
+
+def _loudness_target(data: dict) -> float | None:
+    if not data["align_loudness"]:
+        return None
+    target = data["loudness_target_lufs"]
+    return DEFAULT_LOUDNESS_TARGET_LUFS if target is None else target
 
 
 @login_required
@@ -118,6 +139,7 @@ def test_build(request: HttpRequest) -> HttpResponse:
                 headphone_check=data["headphone_check"],
                 gold_items=data["gold_items"] or 0,
                 trapping_items=data["trapping_items"] or 0,
+                loudness_target_lufs=_loudness_target(data),
             )
             test = listening_test_build(design=design, owner=request.user)
         except ApplicationError as exc:

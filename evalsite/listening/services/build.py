@@ -6,6 +6,7 @@ alike; the messages are module-level constants the tests assert on.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import secrets
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from django.utils import timezone
 
 from evalsite.audio.anchors import anchor_effectiveness_warning, anchor_filter_self_test, lowpass_anchor
 from evalsite.audio.decoding import decoded_from_array
+from evalsite.audio.loudness import apply_gain, clip_loudness, loudness_plan
+from evalsite.audio.models import AudioAsset
 from evalsite.audio.selectors import audio_asset_samples
 from evalsite.audio.services import audio_asset_store
 from evalsite.core.exceptions import ApplicationError, ConflictError
@@ -41,6 +44,11 @@ NOT_DRAFT = "test {name!r} is {status}; only a draft can be published."
 NOTHING_TO_PUBLISH = "test {name!r} has no main (non-training) trial."
 NOT_PUBLISHED = "test {name!r} is {status}; only a published test can be closed."
 CALIBRATION_ITEMS = 10  # items whose references and outputs set the calibration level
+LOUDNESS_REDUCED = (
+    "loudness: served at {served:.1f} LUFS, {reduction:.1f} dB below the {target:g} LUFS target, so that "
+    "every sound stays under {ceiling:g} dBTP ({what} has the highest peak-to-loudness ratio)"
+)
+LOUDNESS_SILENT = "loudness: {what} is silent (under -70 LUFS) and is served as generated"
 
 
 def _outputs_by_item(
@@ -202,7 +210,9 @@ def listening_test_build(*, design: TestDesign, owner: AbstractBaseUser | None =
     one is needed) are skipped with a warning. The first ``training_items`` usable items become
     training trials. ``gold_items`` / ``trapping_items`` quality-control trials are built for every
     kind (see ``controls``); with ``headphone_check`` the level of the material is measured
-    for the calibration that comes before the check.
+    for the calibration that comes before the check. With ``loudness_target_lufs`` the outputs,
+    references and anchors are served at that loudness (``_loudness_align``), and the control trials
+    are made from those served sounds.
     """
     resolved = design_resolve(design)
     test = ListeningTest(
@@ -223,6 +233,7 @@ def listening_test_build(*, design: TestDesign, owner: AbstractBaseUser | None =
         headphone_check=design.headphone_check,
         gold_items=design.gold_items,
         trapping_items=design.trapping_items,
+        loudness_target_lufs=design.loudness_target_lufs,
     )
     test.full_clean()
     test.save()
@@ -233,32 +244,113 @@ def listening_test_build(*, design: TestDesign, owner: AbstractBaseUser | None =
     writer = _TrialWriter(test, resolved, conditions, outputs, warnings)
     for n, item in enumerate(usable):
         writer.item(item, training=n < design.training_items)
+    served: dict[int, AudioAsset] = {}
+    fields = ["build_warnings", "updated_at"]
+    if design.loudness_target_lufs is not None:
+        served = _loudness_align(test, design.loudness_target_lufs, warnings)
+        fields.append("loudness_served_lufs")
     if design.gold_items or design.trapping_items:
+        # Controls are made from the sounds as served, so the copies they reuse are the very files of the
+        # ordinary trials, and the sounds they make are fitted (by ``controls``) to aligned neighbours.
         control_trials_build(
             test=test,
             checkpoints=resolved.checkpoints,
-            outputs=outputs,
-            anchors=writer.anchors,
+            outputs={
+                item: {c: _served_copy(g, "asset", served) for c, g in have.items()}
+                for item, have in outputs.items()
+            },
+            anchors={
+                item: {role: served.get(a.pk, a) for role, a in made.items()}
+                for item, made in writer.anchors.items()
+            },
             comparison=resolved.comparison,
-            usable=usable,
+            usable=[_served_copy(item, "reference", served) for item in usable],
             index=writer.index,
         )
     test.build_warnings = warnings
-    fields = ["build_warnings", "updated_at"]
     if design.headphone_check:
-        test.calibration_level_dbfs = _material_level(usable, [outputs[i.pk] for i in usable])
+        test.calibration_level_dbfs = _material_level(usable, [outputs[i.pk] for i in usable], served)
         fields.append("calibration_level_dbfs")
     test.save(update_fields=fields)
     return test
 
 
-def _material_level(items: list[EvalItem], outputs: list[dict[int, Generation]]) -> float | None:
-    """Active RMS level (dBFS) of the test's material, from the first ``CALIBRATION_ITEMS`` items'
-    references and outputs: the calibration noise plays at it."""
+def _served_copy(row: Any, field: str, served: dict[int, AudioAsset]) -> Any:
+    """An in-memory copy of ``row`` (never saved) whose audio ``field`` is the served rendition."""
+    asset_id = getattr(row, f"{field}_id")
+    if asset_id not in served:
+        return row
+    row = copy.copy(row)
+    setattr(row, field, served[asset_id])
+    return row
+
+
+def _sound_names(stimuli: list[Stimulus], trials: list[Trial]) -> dict[int, str]:
+    """A researcher-facing name per source asset for build warnings: condition label and item."""
+    names = {t.reference_id: f"the reference of item {t.item.key}" for t in trials}
+    names.update({s.asset_id: f"{s.condition.label} on item {s.trial.item.key}" for s in stimuli})
+    return names
+
+
+def _loudness_align(test: ListeningTest, target_lufs: float, warnings: list[str]) -> dict[int, AudioAsset]:
+    """Serve every sound of the test's trials built so far (stimuli and open references) at one loudness
+    (``evalsite.audio.loudness``): each source clip is measured, scaled and stored once as its own asset,
+    so a clip used twice (the hidden and the open reference) is served as the very same file. Returns
+    the served asset of each source asset, by source pk."""
+    stimuli = list(
+        Stimulus.objects.filter(trial__test=test).select_related("asset", "condition", "trial__item")
+    )
+    trials = list(
+        Trial.objects.filter(test=test, reference__isnull=False).select_related("reference", "item")
+    )
+    sources = {t.reference_id: t.reference for t in trials} | {s.asset_id: s.asset for s in stimuli}
+    measured = {pk: clip_loudness(*audio_asset_samples(asset)) for pk, asset in sources.items()}
+    plan = loudness_plan(measured, target_lufs=target_lufs)
+    names = _sound_names(stimuli, trials)
+    if plan.reduction_db > 0:
+        warnings.append(
+            LOUDNESS_REDUCED.format(
+                served=plan.served_lufs,
+                reduction=plan.reduction_db,
+                target=target_lufs,
+                ceiling=plan.ceiling_dbtp,
+                what=names[plan.limited_by],
+            )
+        )
+    served: dict[int, AudioAsset] = {}
+    for pk, asset in sources.items():
+        if measured[pk].loudness_lufs is None:
+            warnings.append(LOUDNESS_SILENT.format(what=names[pk]))
+            served[pk] = asset
+            continue
+        samples, rate = audio_asset_samples(asset)
+        served[pk], _ = audio_asset_store(
+            decoded=decoded_from_array(apply_gain(samples, plan.gains_db[pk]), rate),
+            original_name=f"aligned-{asset.original_name or asset.content_hash[:12]}"[:512],
+        )
+    for s in stimuli:
+        s.source_asset_id, s.asset = s.asset_id, served[s.asset_id]
+        s.loudness_lufs, s.gain_db = (
+            measured[s.source_asset_id].loudness_lufs,
+            plan.gains_db[s.source_asset_id],
+        )
+    Stimulus.objects.bulk_update(stimuli, ["asset", "source_asset", "loudness_lufs", "gain_db"])
+    for t in trials:
+        t.reference = served[t.reference_id]
+    Trial.objects.bulk_update(trials, ["reference"])
+    test.loudness_served_lufs = plan.served_lufs
+    return served
+
+
+def _material_level(
+    items: list[EvalItem], outputs: list[dict[int, Generation]], served: dict[int, AudioAsset]
+) -> float | None:
+    """Active RMS level (dBFS) of the test's material as served, from the first ``CALIBRATION_ITEMS``
+    items' references and outputs: the calibration noise plays at it."""
     assets = []
     for item, have in list(zip(items, outputs))[:CALIBRATION_ITEMS]:
         assets += ([item.reference] if item.reference is not None else []) + [g.asset for g in have.values()]
-    return material_level_dbfs([audio_asset_samples(a) for a in assets])
+    return material_level_dbfs([audio_asset_samples(served.get(a.pk, a)) for a in assets])
 
 
 def _unpublishable(test: ListeningTest) -> str | None:

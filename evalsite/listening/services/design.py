@@ -7,16 +7,18 @@ command line report it alike. The messages are module-level constants the tests 
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 
 from django.conf import settings
 
 from evalsite.core.exceptions import ApplicationError
-from evalsite.listening.models import ListeningTest
+from evalsite.listening.models import LOUDNESS_TARGET_MAX_LUFS, LOUDNESS_TARGET_MIN_LUFS, ListeningTest
 from evalsite.runs.models import Checkpoint, EvalItem
 
 MUSHRA_MAX_SIGNALS = 12
+DEFAULT_LOUDNESS_TARGET_LUFS = -23.0  # EBU R128 programme loudness, the BS.1534-3/P.808 common choice
 
 NO_CHECKPOINTS = "a listening test needs at least one checkpoint."
 MIXED_EVAL_SETS = (
@@ -32,6 +34,10 @@ COMPARISON_IS_RATED = (
     "the comparison checkpoint {label} is also one of the rated checkpoints; rate it against another."
 )
 NO_PREFERENCE_ONLY_AB = "'no preference' is an AB preference option; this test is {kind}."
+LOUDNESS_TARGET_RANGE = (
+    "the loudness target must be between {low:g} and {high:g} LUFS (or empty to serve the audio as "
+    "generated); got {value}."
+)
 DUPLICATE_CHECKPOINTS = "each checkpoint may be rated once per test; listed more than once: {labels}."
 TOO_MANY_SYSTEMS = (
     "a listening test rates at most {limit} checkpoints (EVALSITE_LISTENING_MAX_SYSTEMS); got {n}."
@@ -60,8 +66,10 @@ class TestDesign:
     checkpoints' eval set); ``comparison`` the CMOS baseline (None: the reference recording);
     ``params_hash`` picks the generations made with those parameters; ``seed`` None draws one.
     ``min_listeners`` is how many listeners the analysis wants left after post-screening (BS.1534-3
-    suggests at least 20); below it the results page warns. ``gold_items`` / ``trapping_items`` control trials, ``headphone_check`` (with level calibration)
-    and ``require_play_all`` are the quality controls. The rest is shown to listeners as given.
+    suggests at least 20); below it the results page warns. ``gold_items`` / ``trapping_items`` control
+    trials, ``headphone_check`` (with level calibration) and ``require_play_all`` are the quality
+    controls. ``loudness_target_lufs`` is the BS.1770 loudness every stimulus is served at (None: served
+    as generated, e.g. for a loudness study). The rest is shown to listeners as given.
     """
 
     __test__ = False  # a domain name that starts with "Test": pytest must not collect it
@@ -87,6 +95,7 @@ class TestDesign:
     completion_code: str = ""
     completion_redirect: str = ""
     screened_out_redirect: str = ""
+    loudness_target_lufs: float | None = DEFAULT_LOUDNESS_TARGET_LUFS
 
     def __post_init__(self) -> None:
         # Callers pass lists; tuples keep a frozen design from changing under the build.
@@ -134,6 +143,14 @@ def _check_options(design: TestDesign) -> None:
         raise ApplicationError(
             MIN_LISTENERS_TOO_LOW.format(n=design.min_listeners), fields=("min_listeners",)
         )
+    target = design.loudness_target_lufs
+    if target is not None and not (
+        math.isfinite(target) and LOUDNESS_TARGET_MIN_LUFS <= target <= LOUDNESS_TARGET_MAX_LUFS
+    ):
+        message = LOUDNESS_TARGET_RANGE.format(
+            low=LOUDNESS_TARGET_MIN_LUFS, high=LOUDNESS_TARGET_MAX_LUFS, value=target
+        )
+        raise ApplicationError(message, fields=("loudness_target_lufs",))
     if design.comparison is not None and design.kind != ListeningTest.Kind.CMOS:
         raise ApplicationError(COMPARISON_ONLY_CMOS.format(kind=design.kind), fields=("comparison", "kind"))
     if design.allow_no_preference and design.kind != ListeningTest.Kind.AB:

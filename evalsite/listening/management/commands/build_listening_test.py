@@ -2,9 +2,9 @@ from django.core.management.base import BaseCommand, CommandError
 from django.urls import reverse
 
 from evalsite.core.exceptions import ApplicationError
-from evalsite.listening.models import ListeningTest
+from evalsite.listening.models import LOUDNESS_TARGET_MAX_LUFS, LOUDNESS_TARGET_MIN_LUFS, ListeningTest
 from evalsite.listening.services.build import listening_test_build, listening_test_publish
-from evalsite.listening.services.design import TestDesign
+from evalsite.listening.services.design import DEFAULT_LOUDNESS_TARGET_LUFS, TestDesign
 from evalsite.runs.models import Checkpoint
 
 
@@ -42,6 +42,19 @@ class Command(BaseCommand):
             type=int,
             default=0,
             help="trapping (attention-check) trials to build (every kind); one per listener",
+        )
+        parser.add_argument(
+            "--loudness-target",
+            type=float,
+            default=DEFAULT_LOUDNESS_TARGET_LUFS,
+            metavar="LUFS",
+            help=f"serve every sound at this BS.1770 loudness ({LOUDNESS_TARGET_MIN_LUFS:g} to "
+            f"{LOUDNESS_TARGET_MAX_LUFS:g}; default %(default)s)",
+        )
+        parser.add_argument(
+            "--no-loudness-alignment",
+            action="store_true",
+            help="serve the sounds as generated (e.g. for a loudness study)",
         )
         parser.add_argument("--training-items", type=int, default=1)
         parser.add_argument("--votes", type=int, default=10, help="valid votes wanted per trial")
@@ -87,6 +100,7 @@ class Command(BaseCommand):
                 headphone_check=opts["headphone_check"],
                 gold_items=opts["gold_items"],
                 trapping_items=opts["trapping_items"],
+                loudness_target_lufs=None if opts["no_loudness_alignment"] else opts["loudness_target"],
             )
             test = listening_test_build(design=design)
             if opts["publish"]:
@@ -95,6 +109,10 @@ class Command(BaseCommand):
             raise CommandError(exc.message) from None
         for warning in test.build_warnings:
             self.stderr.write(f"warning: {warning}")
+        if test.loudness_served_lufs is not None:
+            self.stdout.write(f"loudness aligned to {test.loudness_served_lufs:.1f} LUFS")
+        else:
+            self.stdout.write("loudness not aligned (served as generated)")
         url = opts["base_url"].rstrip("/") + reverse("listening:invite", args=[test.invite_token])
         self.stdout.write(
             f"{test.kind} test {test.name!r}: {test.trials.count()} trials, status {test.status}"
