@@ -372,19 +372,22 @@ def job_execute(
     except SoftTimeLimitExceeded:
         limit = f"{time_limit_s:.0f} s" if time_limit_s else "its time limit"
         error = JOB_TIME_LIMIT.format(limit=limit, setting=time_limit_setting or "EVALSITE_TASK_TIME_LIMITS")
-        return _failed(job_fail(job_id=job_id, error=error, attempt=attempt), attempt)
+        return _fail_and_tell(job_id=job_id, error=error, attempt=attempt)
     except ApplicationError as exc:
-        return _failed(
-            job_fail(job_id=job_id, error=exc.message, result=exc.extra or None, attempt=attempt), attempt
-        )
+        return _fail_and_tell(job_id=job_id, error=exc.message, result=exc.extra or None, attempt=attempt)
     except (OperationalError, InterfaceError):
         raise
     except Exception as exc:  # noqa: BLE001 - the job must end with the reason, and the worker go on
         logger.exception("job %s failed", job_id)
-        return _failed(
-            job_fail(job_id=job_id, error=f"{type(exc).__name__}: {exc}", attempt=attempt), attempt
-        )
+        return _fail_and_tell(job_id=job_id, error=f"{type(exc).__name__}: {exc}", attempt=attempt)
     return job_finish(job_id=job_id, result=result, attempt=attempt)
+
+
+def _fail_and_tell(*, job_id: int, error: str, attempt: int, result: dict[str, Any] | None = None) -> Job:
+    """Fail the job and tell the listeners in one transaction: whoever sees the failed job also sees
+    what the listeners made of it (e.g. its checkpoint failed)."""
+    with transaction.atomic():
+        return _failed(job_fail(job_id=job_id, error=error, result=result, attempt=attempt), attempt)
 
 
 def _failed(job: Job, attempt: int) -> Job:

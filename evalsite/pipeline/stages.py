@@ -88,7 +88,6 @@ def _after_generation(checkpoint: Checkpoint, *, job: Job, params_hash: str) -> 
 
 def _after_metrics(checkpoint: Checkpoint, *, params_hash: str) -> dict[str, Any]:
     if checkpoint.run.config.get("detectors") == []:
-        checkpoint_transition(checkpoint_id=checkpoint.pk, to=Checkpoint.Status.DONE)
         return _finish(checkpoint)
     checkpoint_transition(checkpoint_id=checkpoint.pk, to=Checkpoint.Status.DETECTING)
     detection_job = job_create(
@@ -101,12 +100,15 @@ def _after_metrics(checkpoint: Checkpoint, *, params_hash: str) -> dict[str, Any
 
 
 def _after_detection(checkpoint: Checkpoint) -> dict[str, Any]:
-    checkpoint_transition(checkpoint_id=checkpoint.pk, to=Checkpoint.Status.DONE)
     return _finish(checkpoint)
 
 
 def _finish(checkpoint: Checkpoint) -> dict[str, Any]:
-    out: dict[str, Any] = {"alerts": [a.cursor for a in alerts_evaluate_checkpoint(checkpoint=checkpoint)]}
+    # Done and its alerts commit together: a training job that sees "done" finds the alerts too.
+    with transaction.atomic():
+        checkpoint_transition(checkpoint_id=checkpoint.pk, to=Checkpoint.Status.DONE)
+        alerts = alerts_evaluate_checkpoint(checkpoint=checkpoint)
+    out: dict[str, Any] = {"alerts": [a.cursor for a in alerts]}
     test = auto_listening_test_maybe(checkpoint=checkpoint)
     if test is not None:
         out["listening_test"] = test.pk
