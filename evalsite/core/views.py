@@ -33,6 +33,5 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     error has (the page shows the message); browsers on forms keep Django's explanatory HTML page."""
     if not (request.path.startswith(("/l/p/", "/api/")) or wants_json(request)):
         return csrf.csrf_failure(request, reason=reason)
-    return JsonResponse(
-        {"message": CSRF_REFUSED.format(reason=reason), "extra": {"field": "csrf"}}, status=403
-    )
+    message = CSRF_REFUSED.format(reason=reason)
+    return JsonResponse({"message": message, "extra": {"fields": {"csrf": [message]}}}, status=403)

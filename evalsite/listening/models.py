@@ -346,6 +346,7 @@ class SoundFetch(BaseModel):
     first_fetched_at = models.DateTimeField()
 
     class Meta:
+        verbose_name_plural = "sound fetches"
         constraints = [
             models.UniqueConstraint(fields=["participant", "sound"], name="sound_fetch_unique_sound"),
         ]

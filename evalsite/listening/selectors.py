@@ -148,7 +148,7 @@ def headphone_trials(participant: Participant) -> list[dict[str, Any]]:
     """
     from django.utils.crypto import salted_hmac
 
-    from evalsite.audio.headphone_check import correct_answer, trial_orders
+    from evalsite.audio.headphone_check import correct_answer, trial_orders  # numpy + soundfile: on demand
 
     return [
         {

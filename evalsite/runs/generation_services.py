@@ -96,6 +96,7 @@ def generation_job_work(job: Job, progress: ProgressFn) -> dict[str, Any]:
 
 def _generate(job: Job, checkpoint, progress: ProgressFn) -> dict[str, Any]:
     # torch and the models load only in the worker that generates, not in the web tier.
+    # torch and the model stack load only in the generation worker, never in the web tier.
     import torch
 
     import models

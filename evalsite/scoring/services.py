@@ -68,11 +68,13 @@ KAD_MAX_FRAMES = 8000
 
 def run_metric_names(run: Run, model_rate: int | None) -> list[str]:
     """The metrics a run is scored with: its config's ``metrics`` list, else the kind's defaults."""
-    from metrics import registry
+    from metrics import registry  # metrics loads torch: only where scoring runs, not in the web tier
 
     names = list(run.config.get("metrics") or DEFAULT_METRICS.get(run.kind, []))
     if not run.config.get("metrics") and run.kind in ("vocoder", "tokenizer") and model_rate:
-        from metrics.functional.spectral import mel_distance_name
+        from metrics.functional.spectral import (
+            mel_distance_name,  # metrics loads torch: only where scoring runs, not in the web tier
+        )
 
         mel = mel_distance_name(model_rate, n_mels=80 if model_rate == 22050 else 100)
         if mel in registry.names():
@@ -171,7 +173,9 @@ def reference_statistics_get_or_build(
     *, eval_set: EvalSet, embedder, assets: list[AudioAsset], audio: AudioCache
 ) -> tuple[Any, ReferenceStatistics]:
     """The reference set's GaussianStatistics for this embedder, built once and then reused."""
-    from metrics.gaussian import GaussianStatistics
+    from metrics.gaussian import (
+        GaussianStatistics,  # metrics loads torch: only where scoring runs, not in the web tier
+    )
 
     pp_key = embedder_preprocess_key(embedder)
     fingerprint = reference_fingerprint(assets)
@@ -247,7 +251,9 @@ class _Context:
 
     def embedder(self, name: str):
         if name not in self._embedders:
-            from metrics.embedders import get_embedder
+            from metrics.embedders import (
+                get_embedder,  # metrics loads torch: only where scoring runs, not in the web tier
+            )
 
             self._embedders[name] = get_embedder(name, device=self.device)
         return self._embedders[name]
@@ -316,7 +322,9 @@ def _compute(spec, ctx: _Context) -> tuple[Any, dict[str, Any]]:
                 eval_set=ctx.run.eval_set, embedder=embedder, assets=ref_assets, audio=ctx.audio
             )
             if spec.name.startswith("fad/"):
-                from metrics.functional.frechet import frechet_distance_to_reference
+                from metrics.functional.frechet import (
+                    frechet_distance_to_reference,  # metrics loads torch: only where scoring runs, not in the web tier
+                )
 
                 return frechet_distance_to_reference(
                     x_gen, stats, name=spec.name, device=ctx.device

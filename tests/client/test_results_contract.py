@@ -13,7 +13,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 
-from evalsite.analysis.results import listening_test_results
+from evalsite.analysis.snapshots import listening_test_results
 from evalsite.api.services import researcher_token_issue
 from evalsite.listening import services
 from evalsite.listening.models import StimulusHandle
@@ -21,7 +21,7 @@ from evalsite.listening.selectors import listener_state
 from evalsite.scoring.models import MetricResult
 from evalsite_client import CheckpointReporter, EvalsiteClient
 from evalsite_client.results import human_scores
-from tests.factories import listening_world
+from tests.factories import listening_world, make_listening_test
 
 pytestmark = pytest.mark.django_db
 
@@ -54,7 +54,7 @@ def rate_everything(participant, score_of_checkpoint: dict[int, int]) -> None:
 def test_human_scores_are_found_in_the_servers_results_of_a_closed_test():
     world = listening_world(n_items=2)
     first, second = world["checkpoints"]
-    test = services.listening_test_build(name="MOS contract", kind="mos", checkpoints=[first, second], seed=3)
+    test = make_listening_test(name="MOS contract", kind="mos", checkpoints=[first, second], seed=3)
     test = services.listening_test_publish(test=test)
     for k in range(3):
         participant = services.participant_join(test=test, external_id=f"worker-{k}")
@@ -98,7 +98,7 @@ def test_the_reporter_reports_metrics_and_human_scores_from_the_real_api(live_se
         )
     first.status = "done"
     first.save()
-    test = services.listening_test_build(name="MOS live", kind="mos", checkpoints=[first, second], seed=3)
+    test = make_listening_test(name="MOS live", kind="mos", checkpoints=[first, second], seed=3)
     test = services.listening_test_publish(test=test)
     participant = services.participant_join(test=test, external_id="worker-0")
     rate_everything(participant, {first.pk: 5, second.pk: 1})

@@ -502,7 +502,7 @@ def test_a_listener_request_refused_for_csrf_gets_the_json_error_the_page_shows_
     )
     assert refused.status_code == 403 and refused["Content-Type"] == "application/json"
     body = refused.json()
-    assert body["extra"] == {"field": "csrf"} and "CSRF check failed" in body["message"]
+    assert body["extra"] == {"fields": {"csrf": [body["message"]]}} and "CSRF check failed" in body["message"]
     assert "Reload the page" in body["message"]
     form = Client(enforce_csrf_checks=True).post(f"/l/i/{test.invite_token}/", {})
     assert (

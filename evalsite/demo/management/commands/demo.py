@@ -11,10 +11,14 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from evalsite.core.processes import ChildProcesses, StopRequested, StopSignals
+from evalsite.demo.speech import DEMO_SENTENCES, DEMO_SPEAKERS, SAMPLE_RATE, synthesize, write_demo_corpus
 from evalsite.jobs.models import Job
 from evalsite.jobs.services import job_create
-from evalsite.runs.models import EvalSet, Run
+from evalsite.listening.models import ListeningTest
+from evalsite.listening.services import TestDesign, listening_test_build, listening_test_publish
+from evalsite.runs.models import Checkpoint, EvalSet, Run
 from evalsite.runs.services import checkpoint_register, run_create
+from evalsite.scoring.models import MetricResult
 
 DEMO_EVALSET = "demo-espeak-speech"
 DEMO_USER = "demo"
@@ -197,8 +201,6 @@ class Command(BaseCommand):
             User.objects.create_superuser(DEMO_USER, email="", password=DEMO_USER)
 
     def _write_corpus(self) -> Path:
-        from evalsite.demo.speech import write_demo_corpus
-
         out = Path(settings.VAR_DIR) / "demo-corpus"
         self.stdout.write(f"synthesising demo speech with eSpeak NG into {out} ...")
         return write_demo_corpus(out)
@@ -208,6 +210,7 @@ class Command(BaseCommand):
     ) -> dict[str, int]:
         """Train (or reuse) the vocoder's checkpoints, write random SAT ones, register them and wait
         for the worker to generate and score them."""
+        # torch and the model stack: loaded for training and checkpoints only, not by the served site.
         import torch
 
         import models
@@ -299,10 +302,10 @@ class Command(BaseCommand):
     def _train_vocoder(self, out: Path) -> None:
         import json
 
+        # torch and the model stack: loaded for training only, not by the served site.
         import torch
 
         import models
-        from evalsite.demo.speech import DEMO_SENTENCES, DEMO_SPEAKERS, SAMPLE_RATE, synthesize
         from models.training import train_vocoder
 
         cfg = DEMO_VOCODER_TRAINING
@@ -353,8 +356,6 @@ class Command(BaseCommand):
 
     def _print_vocoder_metrics(self) -> None:
         """Mel / MR-STFT distances per vocoder checkpoint (lower is better), as stored by the worker."""
-        from evalsite.scoring.models import MetricResult
-
         rows = (
             MetricResult.objects.filter(checkpoint__run__name=DEMO_RUNS[0][0], status="done")
             .filter(name__regex=r"^(mel_l1|mrstft)/")
@@ -370,9 +371,6 @@ class Command(BaseCommand):
 
     def _build_demo_tests(self) -> dict[str, str]:
         """A MUSHRA and an SMOS test of the demo vocoder's checkpoints, published."""
-        from evalsite.listening.models import ListeningTest
-        from evalsite.listening.services import TestDesign, listening_test_build, listening_test_publish
-        from evalsite.runs.models import Checkpoint
 
         checkpoints = list(Checkpoint.objects.filter(run__name=DEMO_RUNS[0][0]).order_by("step"))
         invites = {}
