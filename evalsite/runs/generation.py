@@ -12,13 +12,13 @@ import os
 import threading
 import time
 import zlib
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from cachetools import LRUCache
 
 import models
 
@@ -35,11 +35,14 @@ def pick_device(requested: str | None = None) -> str:
 
 
 class ModelCache:
-    """A few loaded models per worker process, keyed by file identity so a rewritten file reloads."""
+    """A few loaded models per worker process, keyed by file identity so a rewritten file reloads.
+
+    The least recently used model is dropped first (cachetools' LRUCache); loading happens outside the
+    lock, so one slow load does not hold up a hit for another model."""
 
     def __init__(self, size: int = MODEL_CACHE_SIZE) -> None:
         self.size = size
-        self._models: OrderedDict[tuple, models.AudioModel] = OrderedDict()
+        self._models: LRUCache[tuple, models.AudioModel] = LRUCache(maxsize=size)
         self._lock = threading.Lock()
         self.loads = 0
 
@@ -59,15 +62,13 @@ class ModelCache:
         """The loaded model; ``plugins`` are the dotted-path families the operator allowed."""
         key = self._key(uri, family, device, plugins)
         with self._lock:
-            if key in self._models:
-                self._models.move_to_end(key)
-                return self._models[key]
+            model = self._models.get(key)
+        if model is not None:
+            return model
         model = models.load(uri, family=family, device=device, plugins=plugins)
         self.loads += 1
         with self._lock:
             self._models[key] = model
-            while len(self._models) > self.size:
-                self._models.popitem(last=False)
         return model
 
     def clear(self) -> None:
