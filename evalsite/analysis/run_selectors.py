@@ -55,17 +55,19 @@ def _best_index(values: Sequence[float], keys: Sequence[int], higher_is_better: 
     return (max if higher_is_better else min)(pairs, key=lambda p: (p[0], p[1]))[2]
 
 
-def _generation_settings(params_hashes: Iterable[str], checkpoint_ids: Iterable[int]) -> dict[str, dict]:
-    """The generation params behind each hash, read from one output made with them (``{}`` if none is left)."""
-    found: dict[str, dict] = {}
+def _generation_settings(
+    params_hashes: Iterable[str], outputs: QuerySet[Generation], known: dict[str, dict]
+) -> dict[str, dict]:
+    """The generation params behind each hash, read from one of ``outputs`` made with them (``{}`` if none is
+    left).
+
+    ``known`` carries what earlier metrics of the same page looked up: one query per hash, not per metric.
+    """
     for params_hash in dict.fromkeys(params_hashes):
-        params = (
-            Generation.objects.filter(checkpoint_id__in=checkpoint_ids, params_hash=params_hash)
-            .values_list("params", flat=True)
-            .first()
-        )
-        found[params_hash] = params if isinstance(params, dict) else {}
-    return found
+        if params_hash not in known:
+            params = outputs.filter(params_hash=params_hash).values_list("params", flat=True).first()
+            known[params_hash] = params if isinstance(params, dict) else {}
+    return {h: known[h] for h in dict.fromkeys(params_hashes)}
 
 
 def _settings_differences(settings: dict[str, dict]) -> dict[str, str]:
@@ -148,6 +150,7 @@ def run_metric_series(*, run: Run) -> list[dict[str, Any]]:
     by_name: dict[str, list[tuple]] = defaultdict(list)
     for row in rows:
         by_name[row[0]].append(row)
+    looked_up: dict[str, dict] = {}
     out = []
     for name, results in by_name.items():
         hib = next((r[10] for r in results if r[10] is not None), None)
@@ -169,7 +172,7 @@ def run_metric_series(*, run: Run) -> list[dict[str, Any]]:
         hashes = list(dict.fromkeys(params for _, params in groups))
         settings = (
             _settings_differences(
-                _generation_settings(hashes, {c for g in groups.values() for c in g["checkpoints"]})
+                _generation_settings(hashes, Generation.objects.filter(checkpoint__run=run), looked_up)
             )
             if len(hashes) > 1
             else {}
@@ -512,6 +515,7 @@ def _metric_columns(checkpoint_ids: Sequence[int]) -> tuple[list[dict], dict[tup
         by_name[row[0]].append(row)
     columns: list[dict] = []
     cells: dict[tuple[int, int], dict] = {}
+    looked_up: dict[str, dict] = {}
     for name, results in by_name.items():
         hib = next((r[9] for r in results if r[9] is not None), None)
         done = [r for r in results if r[2] == MetricResult.Status.DONE and _finite(r[5]) is not None]
@@ -519,7 +523,13 @@ def _metric_columns(checkpoint_ids: Sequence[int]) -> tuple[list[dict], dict[tup
         keys = list(dict.fromkeys((r[3], r[4]) for r in done)) or [("", "")]
         hashes = list(dict.fromkeys(params for _, params in keys))
         settings = (
-            _settings_differences(_generation_settings(hashes, checkpoint_ids)) if len(hashes) > 1 else {}
+            _settings_differences(
+                _generation_settings(
+                    hashes, Generation.objects.filter(checkpoint_id__in=checkpoint_ids), looked_up
+                )
+            )
+            if len(hashes) > 1
+            else {}
         )
         labels = _series_labels(keys, settings)
         note = _params_note(settings)

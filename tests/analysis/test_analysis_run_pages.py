@@ -450,6 +450,14 @@ def test_run_series_keep_values_of_other_sampling_settings_apart_and_name_the_se
     )
     html = researcher.get(f"/analysis/runs/{run.pk}/").content.decode()
     assert "Values generated with different settings (top_k, top_p) are shown apart" in html
+    # With the pure-sampling outputs deleted their settings are unknown: still apart, named by hash.
+    Generation.objects.filter(params_hash=pure_hash).delete()
+    (fad,) = run_metric_series(run=run)
+    assert [s["label"] for s in fad["series"]] == [
+        f"params 1 of 2 ({official_hash[:8]})",
+        f"params 2 of 2 ({pure_hash[:8]})",
+    ]
+    assert fad["params_note"] == "Values generated with different params are shown apart, not side by side."
 
 
 def test_comparison_never_puts_values_of_other_sampling_settings_in_one_column(sampled_run, researcher):
