@@ -31,6 +31,12 @@ from models.sampling import sample_tokens
 from models.sat import SATConfig, SATTokenizer
 from models.transformer import AdaLNBeforeHead, AdaLNSelfAttnBlock, KVCache
 
+# The official sampler's settings (qiuk2/AAR ``autoregressive_infer_cfg`` as its inference CLI calls it;
+# its in-training evaluation uses top-k 900). FAD/IS/KL are only comparable with the paper's under these.
+OFFICIAL_CFG_SCALE = 4.0
+OFFICIAL_TOP_K = 200
+OFFICIAL_TOP_P = 0.95
+
 
 @dataclass(frozen=True)
 class AARConfig:
@@ -286,9 +292,9 @@ class AARGenerator(Generator):
         cond: Tensor,
         *,
         seed: int,
-        cfg_scale: float = 4.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
+        cfg_scale: float = OFFICIAL_CFG_SCALE,
+        top_k: int | None = OFFICIAL_TOP_K,
+        top_p: float | None = OFFICIAL_TOP_P,
         temperature: float = 1.0,
         num_windows: int = 1,
     ) -> list[Tensor]:
@@ -342,9 +348,9 @@ class AARGenerator(Generator):
         cond: Tensor,
         *,
         seed: int,
-        cfg_scale: float = 4.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
+        cfg_scale: float = OFFICIAL_CFG_SCALE,
+        top_k: int | None = OFFICIAL_TOP_K,
+        top_p: float | None = OFFICIAL_TOP_P,
         temperature: float = 1.0,
         num_frames: int | None = None,
         duration_s: float | None = None,
@@ -353,16 +359,17 @@ class AARGenerator(Generator):
 
         Audio longer than one tokenizer window (SAT: 1 s) is made of independently sampled
         windows with the same condition, concatenated (as SAT processes 10-s clips); there is
-        no continuity constraint across window boundaries. AAR's reference sampler uses
-        ``cfg_scale=4.0, top_k=200 (CLI) or 900, top_p=0.95``.
+        no continuity constraint across window boundaries. The defaults are the official sampler's
+        (``cfg_scale=4.0, top_k=200, top_p=0.95``); ``top_k=None, top_p=None`` samples from the
+        full distribution.
 
         Args:
             cond: (B, cond_dim) float conditioning (e.g. CLAP text/audio embeddings), or (B,)
                 LongTensor class ids when ``config.num_classes > 0``.
             seed: Seed of a dedicated ``torch.Generator`` on the model's device.
             cfg_scale: Guidance strength reached at the last scale (linear ramp from 0).
-            top_k: Top-k filtering (None: off).
-            top_p: Nucleus filtering (None: off).
+            top_k: Top-k filtering (None: off; default the official 200).
+            top_p: Nucleus filtering (None: off; default the official 0.95).
             temperature: Softmax temperature (> 0).
             num_frames: Output length in tokenizer frames (``hop_length`` samples each).
             duration_s: Output length in seconds (default: one window).

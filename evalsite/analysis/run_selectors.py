@@ -55,19 +55,69 @@ def _best_index(values: Sequence[float], keys: Sequence[int], higher_is_better: 
     return (max if higher_is_better else min)(pairs, key=lambda p: (p[0], p[1]))[2]
 
 
-def _series_labels(keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
-    """'spec i of k' / 'params j of m' only where a metric has more than one of them."""
+def _generation_settings(
+    params_hashes: Iterable[str], outputs: QuerySet[Generation], known: dict[str, dict]
+) -> dict[str, dict]:
+    """The generation params behind each hash, read from one of ``outputs`` made with them (``{}`` if none is
+    left).
+
+    ``known`` carries what earlier metrics of the same page looked up: one query per hash, not per metric.
+    """
+    for params_hash in dict.fromkeys(params_hashes):
+        if params_hash not in known:
+            params = outputs.filter(params_hash=params_hash).values_list("params", flat=True).first()
+            known[params_hash] = params if isinstance(params, dict) else {}
+    return {h: known[h] for h in dict.fromkeys(params_hashes)}
+
+
+def _settings_differences(settings: dict[str, dict]) -> dict[str, str]:
+    """Per params hash, the settings in which it differs from the others (``"top_k=200, top_p=0.95"``).
+
+    Only keys that change the audio count: batch size, TF32 and device are not in the hash either.
+    """
+    known = [p for p in settings.values() if p]
+    keys = sorted({k for p in known for k in p} - {"batch_size", "tf32", "device"})
+    differing = [k for k in keys if len({repr(p.get(k)) for p in known}) > 1]
+    return {
+        h: ", ".join(f"{k}={p.get(k)}" for k in differing) if p and differing else ""
+        for h, p in settings.items()
+    }
+
+
+def _series_labels(
+    keys: list[tuple[str, str]], settings: dict[str, str] | None = None
+) -> dict[tuple[str, str], str]:
+    """'spec i of k' / 'params j of m' only where a metric has more than one of them; a params group is
+    named by the settings it differs in (from ``settings``) when they are known, else by its hash."""
     specs = list(dict.fromkeys(k[0] for k in keys))
     params = list(dict.fromkeys(k[1] for k in keys))
+    settings = settings or {}
     labels = {}
     for spec, param in keys:
         parts = []
         if len(specs) > 1:
             parts.append(f"spec {specs.index(spec) + 1} of {len(specs)} ({spec[:8]})")
         if len(params) > 1:
-            parts.append(f"params {params.index(param) + 1} of {len(params)} ({param[:8]})")
+            parts.append(
+                f"params {params.index(param) + 1} of {len(params)} ({settings.get(param) or param[:8]})"
+            )
         labels[(spec, param)] = ", ".join(parts) or "value"
     return labels
+
+
+def _params_note(settings: dict[str, str]) -> str:
+    """Why values of one metric stand apart: the generation settings they were made with differ."""
+    if len(settings) < 2:
+        return ""
+    named = [text for text in settings.values() if text]
+    if not named:
+        return "Values generated with different params are shown apart, not side by side."
+    keys = sorted({part.split("=", 1)[0] for text in named for part in text.split(", ")})
+    return (
+        f"Values generated with different settings ({', '.join(keys)}) are shown apart, not side by side: "
+        + "; ".join(named)
+        + "."
+    )
 
 
 def run_metric_series(*, run: Run) -> list[dict[str, Any]]:
@@ -76,7 +126,8 @@ def run_metric_series(*, run: Run) -> list[dict[str, Any]]:
     Returns one dict per metric name (sorted): ``name``, ``higher_is_better``, ``series`` (each with
     ``spec_key``, ``params_hash``, ``label``, parallel lists ``steps``, ``checkpoints``, ``values``,
     ``ci_low``, ``ci_high``, ``n``, and ``best`` — ``{"step", "checkpoint", "value"}`` or None) and
-    ``failed`` (``[{"step", "error"}]``, failures have no spec).
+    ``failed`` (``[{"step", "error"}]``, failures have no spec) and ``params_note`` (which generation
+    settings differ between series, "" when all values share one params hash).
     """
     rows = (
         MetricResult.objects.filter(checkpoint__run=run)
@@ -99,6 +150,7 @@ def run_metric_series(*, run: Run) -> list[dict[str, Any]]:
     by_name: dict[str, list[tuple]] = defaultdict(list)
     for row in rows:
         by_name[row[0]].append(row)
+    looked_up: dict[str, dict] = {}
     out = []
     for name, results in by_name.items():
         hib = next((r[10] for r in results if r[10] is not None), None)
@@ -117,7 +169,15 @@ def run_metric_series(*, run: Run) -> list[dict[str, Any]]:
             g["ci_low"].append(_finite(lo))
             g["ci_high"].append(_finite(hi))
             g["n"].append(n)
-        labels = _series_labels(list(groups))
+        hashes = list(dict.fromkeys(params for _, params in groups))
+        settings = (
+            _settings_differences(
+                _generation_settings(hashes, Generation.objects.filter(checkpoint__run=run), looked_up)
+            )
+            if len(hashes) > 1
+            else {}
+        )
+        labels = _series_labels(list(groups), settings)
         series = []
         for (spec, params), g in groups.items():
             best = _best_index(g["values"], g["checkpoints"], hib)
@@ -136,7 +196,15 @@ def run_metric_series(*, run: Run) -> list[dict[str, Any]]:
                     },
                 }
             )
-        out.append({"name": name, "higher_is_better": hib, "series": series, "failed": failed})
+        out.append(
+            {
+                "name": name,
+                "higher_is_better": hib,
+                "series": series,
+                "failed": failed,
+                "params_note": _params_note(settings),
+            }
+        )
     return out
 
 
@@ -447,12 +515,24 @@ def _metric_columns(checkpoint_ids: Sequence[int]) -> tuple[list[dict], dict[tup
         by_name[row[0]].append(row)
     columns: list[dict] = []
     cells: dict[tuple[int, int], dict] = {}
+    looked_up: dict[str, dict] = {}
     for name, results in by_name.items():
         hib = next((r[9] for r in results if r[9] is not None), None)
         done = [r for r in results if r[2] == MetricResult.Status.DONE and _finite(r[5]) is not None]
         done_set = set(done)
         keys = list(dict.fromkeys((r[3], r[4]) for r in done)) or [("", "")]
-        labels = _series_labels(keys)
+        hashes = list(dict.fromkeys(params for _, params in keys))
+        settings = (
+            _settings_differences(
+                _generation_settings(
+                    hashes, Generation.objects.filter(checkpoint_id__in=checkpoint_ids), looked_up
+                )
+            )
+            if len(hashes) > 1
+            else {}
+        )
+        labels = _series_labels(keys, settings)
+        note = _params_note(settings)
         first = len(columns)
         for spec, params in keys:
             provenance = next(((r[11], r[12]) for r in done if (r[3], r[4]) == (spec, params)), ("", ""))
@@ -466,7 +546,9 @@ def _metric_columns(checkpoint_ids: Sequence[int]) -> tuple[list[dict], dict[tup
                     "label": label,
                     "higher_is_better": hib,
                     "title": f"{name}: spec {spec or '–'}, params {params or '–'}, version "
-                    f"{provenance[0] or '–'}, embedder {provenance[1] or '–'}",
+                    f"{provenance[0] or '–'}, embedder {provenance[1] or '–'}"
+                    + (f". {note}" if note else ""),
+                    "params_note": note,
                 }
             )
         index = {key: first + i for i, key in enumerate(keys)}
@@ -577,7 +659,9 @@ def checkpoint_comparison(*, checkpoint_ids: Sequence[int], user) -> dict[str, A
     Returns ``checkpoints`` (found, by run and step), ``missing`` (ids not found), ``columns`` (dicts with
     ``kind`` "metric" or "human", ``label``, ``title``, ``higher_is_better``) and ``rows``
     (``{"checkpoint", "cells"}``, a cell being None, ``{"failed": reason}``, ``{"baseline": True}`` or
-    ``{"value", "ci_low", "ci_high", "n", ...}`` with ``best`` set on the best of two or more values).
+    ``{"value", "ci_low", "ci_high", "n", ...}`` with ``best`` set on the best of two or more values) and
+    ``params_notes`` (one line per metric whose values were generated with different settings: they get
+    separate columns, never one, and the note names the settings that differ).
     """
     ids = list(dict.fromkeys(int(i) for i in checkpoint_ids))
     # A checkpoint of a run the user may not see is "not found", like one that does not exist.
@@ -607,4 +691,5 @@ def checkpoint_comparison(*, checkpoint_ids: Sequence[int], user) -> dict[str, A
         "missing": [i for i in ids if i not in set(found)],
         "columns": columns,
         "rows": rows,
+        "params_notes": list(dict.fromkeys(c["params_note"] for c in metric_cols if c["params_note"])),
     }

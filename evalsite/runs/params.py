@@ -65,7 +65,7 @@ def _optional(rule: str) -> str:
     return f"{rule}, or null"
 
 
-# key → (check, what the message says it must be). The defaults live in services.GENERATION_DEFAULTS.
+# key → (check, what the message says it must be). The defaults live in GENERATION_DEFAULTS.
 GENERATION_PARAM_RULES: dict[str, tuple[Callable[[Any], bool], Callable[[], str]]] = {
     "seed": (
         _between(*SEED_RANGE, integer=True),
@@ -121,15 +121,19 @@ def generation_params_check(params: Any) -> dict[str, Any]:
     return params
 
 
+# The official AAR sampler's settings (models.aar.OFFICIAL_*, restated here because the web tier does
+# not import torch; a test keeps the two equal). AAR is the one generator family; vocoders and codecs
+# ignore them. Changing them changes every params hash, so outputs made under the old defaults stay
+# apart from the new ones instead of being reused or compared with them.
+SAMPLING_DEFAULTS: dict[str, Any] = {"cfg_scale": 4.0, "top_k": 200, "top_p": 0.95}
+
 GENERATION_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "batch_size": None,  # None: 16 on GPU, 4 on CPU
     "dtype": "fp32",  # or "bf16"
     "tf32": False,
     "resample": False,
-    "cfg_scale": 3.0,
-    "top_k": None,
-    "top_p": None,
+    **SAMPLING_DEFAULTS,
     "temperature": 1.0,
     "duration_s": None,  # generator: None → the reference's duration, else 4 s
 }

@@ -23,7 +23,8 @@ from evalsite.analysis.stats import system_scores
 from evalsite.jobs.models import Job
 from evalsite.listening import services
 from evalsite.listening.models import StimulusHandle
-from evalsite.runs.models import Checkpoint, Generation, Run
+from evalsite.runs.models import Checkpoint, EvalItem, EvalSet, Generation, Run
+from evalsite.runs.params import generation_params
 from evalsite.runs.selectors import run_checkpoint_table, run_generation_grid
 from evalsite.scoring.models import DetectorEvent, DetectorPass, MetricResult
 from metrics.detectors import DETECTORS
@@ -403,6 +404,83 @@ def test_comparison_puts_only_same_metric_and_spec_in_one_column(metric_run, lis
     assert cells["metric-run@2000"][2]["best"]  # pesq 3.0 > 2.0
     assert "best" not in cells["det-run@77777"][0]  # alone in its column: nothing to be best against
     assert cells["metric-run@1000"][3] is None  # not in the listening test
+
+
+@pytest.fixture
+def sampled_run():
+    """A generator whose FAD was computed at steps 1000 and 2000 under the official sampling settings and at
+    3000 with pure sampling (top_k and top_p off): same metric spec, different generation params."""
+    run = Run.objects.create(name="aar-run", kind="generator", model_family="aar")
+    item = EvalItem.objects.create(eval_set=EvalSet.objects.create(name="prompts"), key="dog")
+    official, official_hash = generation_params({})
+    pure, pure_hash = generation_params({"top_k": None, "top_p": None})
+    ck = {}
+    for step, value, (params, params_hash) in (
+        (1000, 3.1, (official, official_hash)),
+        (2000, 2.9, (official, official_hash)),
+        (3000, 1.2, (pure, pure_hash)),
+    ):
+        ck[step] = Checkpoint.objects.create(run=run, step=step, uri=f"/g/{step}")
+        # The failed output carries the params all the same: provenance does not need audio.
+        Generation.objects.create(
+            checkpoint=ck[step], item=item, params=params, params_hash=params_hash, status="failed"
+        )
+        result(ck[step], "fad", value, spec=SPEC_A, higher_is_better=False, params=params_hash)
+    return run, ck, official_hash, pure_hash
+
+
+def test_run_series_keep_values_of_other_sampling_settings_apart_and_name_the_settings(
+    sampled_run, researcher
+):
+    run, ck, official_hash, pure_hash = sampled_run
+    (fad,) = run_metric_series(run=run)
+    official, pure = fad["series"]
+    assert (official["params_hash"], official["steps"], official["values"]) == (
+        official_hash,
+        [1000, 2000],
+        [3.1, 2.9],
+    )
+    assert (pure["params_hash"], pure["steps"], pure["values"]) == (pure_hash, [3000], [1.2])
+    assert official["label"] == "params 1 of 2 (top_k=200, top_p=0.95)"
+    assert pure["label"] == "params 2 of 2 (top_k=None, top_p=None)"
+    assert official["best"]["step"] == 2000  # not 3000: pure sampling's 1.2 is not comparable
+    assert fad["params_note"] == (
+        "Values generated with different settings (top_k, top_p) are shown apart, not side by side: "
+        "top_k=200, top_p=0.95; top_k=None, top_p=None."
+    )
+    html = researcher.get(f"/analysis/runs/{run.pk}/").content.decode()
+    assert "Values generated with different settings (top_k, top_p) are shown apart" in html
+    # With the pure-sampling outputs deleted their settings are unknown: still apart, named by hash.
+    Generation.objects.filter(params_hash=pure_hash).delete()
+    (fad,) = run_metric_series(run=run)
+    assert [s["label"] for s in fad["series"]] == [
+        f"params 1 of 2 ({official_hash[:8]})",
+        f"params 2 of 2 ({pure_hash[:8]})",
+    ]
+    assert fad["params_note"] == "Values generated with different params are shown apart, not side by side."
+
+
+def test_comparison_never_puts_values_of_other_sampling_settings_in_one_column(sampled_run, researcher):
+    _, ck, official_hash, pure_hash = sampled_run
+    out = checkpoint_comparison(checkpoint_ids=[ck[2000].pk, ck[3000].pk], user=SEES_EVERY_RUN)
+    assert [(c["label"], c["params_hash"]) for c in out["columns"]] == [
+        ("fad · params 1 of 2 (top_k=200, top_p=0.95)", official_hash),
+        ("fad · params 2 of 2 (top_k=None, top_p=None)", pure_hash),
+    ]
+    cells = {str(r["checkpoint"]): r["cells"] for r in out["rows"]}
+    assert cells == {
+        "aar-run@2000": [{"value": 2.9, "ci_low": None, "ci_high": None, "n": 20}, None],
+        "aar-run@3000": [None, {"value": 1.2, "ci_low": None, "ci_high": None, "n": 20}],
+    }  # no "best": each value is alone among the values it may be compared with
+    note = (
+        "Values generated with different settings (top_k, top_p) are shown apart, not side by side: "
+        "top_k=200, top_p=0.95; top_k=None, top_p=None."
+    )
+    assert out["params_notes"] == [note] and out["columns"][0]["title"].endswith(note)
+    html = researcher.get(f"/analysis/compare/?c={ck[2000].pk}&c={ck[3000].pk}").content.decode()
+    assert "Values generated with different settings (top_k, top_p) are shown apart" in html
+    same = checkpoint_comparison(checkpoint_ids=[ck[1000].pk, ck[2000].pk], user=SEES_EVERY_RUN)
+    assert [c["label"] for c in same["columns"]] == ["fad"] and same["params_notes"] == []
 
 
 def test_comparison_shows_human_scores_with_t_and_bootstrap_intervals(listened, researcher):

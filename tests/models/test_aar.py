@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -99,3 +101,15 @@ def test_top_k_and_top_p_keep_only_the_most_likely_tokens() -> None:
     assert set(draws.unique().tolist()) == {0, 1}
     with pytest.raises(ValueError, match="temperature"):
         sample_tokens(logits[None], generator=torch.Generator(), temperature=0.0)
+
+
+def test_sampling_defaults_are_the_official_samplers() -> None:
+    """qiuk2/AAR's inference CLI samples with cfg 4.0, top-k 200, top-p 0.95 (reference/seed_models.md §7)."""
+    for method in (AARGenerator.generate, AARGenerator.generate_tokens):
+        defaults = {k: p.default for k, p in inspect.signature(method).parameters.items()}
+        assert (defaults["cfg_scale"], defaults["top_k"], defaults["top_p"]) == (4.0, 200, 0.95)
+    model = tiny("aar")
+    cond = torch.randn(2, 512, generator=torch.Generator().manual_seed(4))
+    implicit = model.generate_tokens(cond, seed=9)
+    explicit = model.generate_tokens(cond, seed=9, cfg_scale=4.0, top_k=200, top_p=0.95)
+    assert all(torch.equal(a, b) for a, b in zip(implicit, explicit))

@@ -115,6 +115,40 @@ def test_a_class_conditional_generator_makes_one_seeded_clip_per_item_and_repeat
     assert again == {k: g.asset.content_hash for k, g in gens.items()}
 
 
+def test_a_generator_samples_with_the_official_settings_by_default_and_stores_them_with_each_output(
+    tmp_path, monkeypatch
+):
+    es = eval_set_at(tmp_path, 16000, n=2)
+    es.items.update(class_label="dog")
+    run, _ = run_create(
+        name="gen", kind="generator", model_family="aar", eval_set=es, config={"class_names": ["dog"]}
+    )
+    uri = tiny_checkpoint(tmp_path, models.AARGenerator, preset="tiny-class")
+    calls = []
+    original = models.AARGenerator.generate
+
+    def spy(self, cond, **kwargs):
+        calls.append({k: kwargs[k] for k in ("cfg_scale", "top_k", "top_p", "temperature")})
+        return original(self, cond, **kwargs)
+
+    monkeypatch.setattr(models.AARGenerator, "generate", spy)
+    job, ckpt = run_generation(run, uri, duration_s=0.2)
+    assert job.status == "done", job.error
+    official = {"cfg_scale": 4.0, "top_k": 200, "top_p": 0.95, "temperature": 1.0}
+    assert calls == [official, official]
+    stored = list(Generation.objects.filter(checkpoint=ckpt).values_list("params", "params_hash"))
+    assert len(stored) == 2
+    assert all({k: params[k] for k in official} == official for params, _ in stored)
+    assert {h for _, h in stored} == {job.result["params_hash"]}
+
+    pure, ckpt2 = run_generation(run, uri, step=2000, duration_s=0.2, top_k=None, top_p=None)
+    assert pure.result["params_hash"] != job.result["params_hash"]
+    assert {
+        (p["top_k"], p["top_p"])
+        for p in Generation.objects.filter(checkpoint=ckpt2).values_list("params", flat=True)
+    } == {(None, None)}
+
+
 def test_a_generator_item_without_a_usable_condition_fails_alone_with_the_reason(tmp_path):
     es = eval_set_at(tmp_path, 16000)
     es.items.filter(key="utt0").update(class_label="dog")
