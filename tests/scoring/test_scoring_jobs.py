@@ -6,6 +6,8 @@ import scipy.stats
 import torch
 
 import models
+from evalsite.analysis.figures_runs import metric_figure
+from evalsite.analysis.run_selectors import run_metric_series
 from evalsite.core.exceptions import ApplicationError
 from evalsite.jobs.models import Job
 from evalsite.jobs.services import job_execute
@@ -122,6 +124,15 @@ def test_each_per_item_metric_stores_the_bootstrap_interval_scipy_gives_on_its_p
             "resamples": 2000,
             "seed": 0,
         }
+    # The run chart draws the stored interval as a band around the line.
+    second, metrics_job = generate(vocoder_run, tmp_path, 2000, seed=1)
+    assert score(metrics_job).status == "done"
+    si_sdr_chart = next(m for m in run_metric_series(run=vocoder_run) if m["name"] == "si_sdr")
+    high, low, line = metric_figure(si_sdr_chart)["data"][:3]
+    stored = MetricResult.objects.filter(name="si_sdr").order_by("checkpoint__step")
+    assert line["y"] == [r.value for r in stored] and line["x"] == [1000, 2000]
+    assert high["y"] == [r.ci_high for r in stored] and low["y"] == [r.ci_low for r in stored]
+    assert low["fill"] == "tonexty" and low["name"].endswith("95% CI")
 
 
 def test_the_interval_skips_items_without_a_value_and_is_the_same_on_every_call():
