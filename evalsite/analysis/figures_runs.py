@@ -22,6 +22,8 @@ COLOURS = (
     "#17becf",
 )
 CHART_HEIGHT = 300
+# How far below the smallest non-zero detector rate a zero rate is drawn on the log axis.
+ZERO_RATE_DECADES_BELOW = 1
 
 
 def _rgba(hex_colour: str, alpha: float) -> str:
@@ -128,27 +130,40 @@ def metric_figure(metric: dict[str, Any]) -> dict[str, Any]:
 
 
 def detector_rate_figure(rates: dict[str, Any]) -> dict[str, Any] | None:
-    """Events per minute of analysed audio, one line per detector over checkpoint step; None when no
-    checkpoint went through the detectors."""
+    """Events per minute of analysed audio, one line per detector over checkpoint step, on a log axis;
+    None when no checkpoint went through the detectors.
+
+    Rates of different detectors differ by orders of magnitude (tonal_buzz fires far more often than
+    clipping), so a linear axis flattens all but the loudest one. A log axis cannot show zero: a zero rate
+    is drawn one decade below the smallest non-zero rate (``ZERO_RATE_DECADES_BELOW``) as an open
+    triangle, and its hover gives the true 0. With no non-zero rate at all the axis stays linear.
+    """
     if not rates["steps"]:
         return None
+    positive = [v for values in rates["detectors"].values() for v in values["per_minute"] if v]
+    zero_at = min(positive) / 10**ZERO_RATE_DECADES_BELOW if positive else 0.0
     data = []
     for index, (name, values) in enumerate(rates["detectors"].items()):
+        rate = values["per_minute"]
         data.append(
             {
                 "type": "scatter",
                 "mode": "lines+markers",
                 "x": rates["steps"],
-                "y": values["per_minute"],
+                "y": [zero_at if v == 0 else v for v in rate],
                 "name": name,
                 "line": {"color": COLOURS[index % len(COLOURS)]},
-                "marker": {"size": 5},
+                "marker": {
+                    "size": [9 if v == 0 else 5 for v in rate],
+                    "symbol": ["triangle-down-open" if v == 0 else "circle" for v in rate],
+                },
                 "customdata": [
-                    [e, round(m, 3), c] for e, m, c in zip(values["events"], rates["minutes"], rates["clips"])
+                    [e, round(m, 3), c, v]
+                    for e, m, c, v in zip(values["events"], rates["minutes"], rates["clips"], rate)
                 ],
                 "hovertemplate": (
-                    "step %{x}<br>%{y:.3g} events/min<br>%{customdata[0]} events in %{customdata[1]} min"
-                    " (%{customdata[2]} clips)<extra>" + name + "</extra>"
+                    "step %{x}<br>%{customdata[3]:.3g} events/min<br>%{customdata[0]} events in"
+                    " %{customdata[1]} min (%{customdata[2]} clips)<extra>" + name + "</extra>"
                 ),
             }
         )
@@ -156,6 +171,22 @@ def detector_rate_figure(rates: dict[str, Any]) -> dict[str, Any] | None:
     layout.update(
         height=CHART_HEIGHT + 60, margin={"l": 60, "r": 20, "t": 40, "b": 40}, legend={"orientation": "v"}
     )
+    if positive:
+        layout["yaxis"] = {"title": {"text": "events / min (log scale)"}, "type": "log"}
+        layout["margin"]["t"] = 60  # room for the note on zeros between the title and the plot
+        layout["annotations"] = [
+            {
+                "text": f"▽ no events (0/min), drawn at {zero_at:.3g}",
+                "xref": "paper",
+                "yref": "paper",
+                "x": 0,
+                "y": 1.0,
+                "xanchor": "left",
+                "yanchor": "bottom",
+                "showarrow": False,
+                "font": {"size": 11},
+            }
+        ]
     return {"data": data, "layout": layout}
 
 

@@ -24,7 +24,8 @@ def run_list(*, user) -> QuerySet[Run]:
 
 
 def job_list_recent(*, user, limit: int = 50) -> QuerySet[Job]:
-    return jobs_visible(user).select_related("run", "eval_set").order_by("-created_at")[:limit]
+    """The newest jobs the user may see, with the run, checkpoint and eval set each belongs to."""
+    return jobs_visible(user).select_related("run", "checkpoint", "eval_set").order_by("-created_at")[:limit]
 
 
 def run_checkpoint_table(*, run: Run) -> list[dict]:

@@ -64,6 +64,12 @@ DEFAULT_METRICS: dict[str, list[str]] = {
 }
 # KAD builds full kernel matrices; above this many frames per side a seeded subsample is used.
 KAD_MAX_FRAMES = 8000
+# The interval of a per-item metric: percentile bootstrap of the mean over items, seeded so that
+# re-scoring the same outputs stores the same interval.
+CI_LEVEL = 0.95
+CI_RESAMPLES = 2000
+CI_SEED = 0
+CI_METHOD = "percentile bootstrap of the mean over items"
 
 
 def run_metric_names(run: Run, model_rate: int | None) -> list[str]:
@@ -399,6 +405,32 @@ def _finite(value: Any) -> float | None:
     return value if np.isfinite(value) else None
 
 
+def per_item_interval(
+    *, value: float | None, per_item: Mapping[str, Any] | None
+) -> tuple[float, float] | None:
+    """The ``CI_LEVEL`` percentile bootstrap interval of the mean of the finite per-item values.
+
+    None for a set-level metric (FAD, KAD, IS: no per-item values, the value is a statistic of the whole
+    set, so resampling items means recomputing the metric, which their own ``ci`` does where they have
+    one), with fewer than two finite items, or where the value is not the per-item mean (CREPE's pooled
+    frame-level errors): an interval of the mean placed around another statistic would mislead.
+    """
+    if value is None or not per_item:
+        return None
+    values = np.array([v for v in per_item.values() if isinstance(v, (int, float))], dtype=np.float64)
+    values = values[np.isfinite(values)]
+    # rtol admits a mean a metric computed in float32; a pooled statistic differs far more.
+    if values.size < 2 or not np.isclose(values.mean(), value, rtol=1e-6, atol=1e-12):
+        return None
+    # Resampled as scipy.stats.bootstrap does (one (resamples, n) draw of indices), with numpy alone: the
+    # web tier imports this module and metrics._common.percentile_ci would pull torch in.
+    rng = np.random.default_rng(CI_SEED)
+    means = values[rng.integers(0, values.size, (CI_RESAMPLES, values.size))].mean(axis=1)
+    alpha = (1.0 - CI_LEVEL) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
 def _store(checkpoint: Checkpoint, params_hash: str, name: str, **fields: Any) -> MetricResult:
     row, _ = MetricResult.objects.update_or_create(
         checkpoint=checkpoint, params_hash=params_hash, name=name, defaults=fields
@@ -436,8 +468,16 @@ def metric_compute_and_store(*, spec, ctx: _Context, params_hash: str) -> Metric
             spec_key="",
         )
     value = _finite(payload["value"])
-    ci = payload.get("ci") or (None, None)
     per_item = payload.get("per_item")
+    ci = payload.get("ci")
+    ci_details: dict[str, Any] = {}
+    if ci is None:
+        ci = per_item_interval(value=value, per_item=per_item)
+        if ci is not None:
+            ci_details = {
+                "ci": {"method": CI_METHOD, "level": CI_LEVEL, "resamples": CI_RESAMPLES, "seed": CI_SEED}
+            }
+    ci = ci or (None, None)
     reference_set = provenance.get("reference_set") or ctx.run.eval_set
     warnings = [*ctx.left_out.values(), *payload.get("warnings", [])]
     # to_dict() turned NaN/Inf per-item values into None; name those items (silent or constant audio
@@ -473,6 +513,7 @@ def metric_compute_and_store(*, spec, ctx: _Context, params_hash: str) -> Metric
         warnings=warnings,
         details={
             **payload.get("details", {}),
+            **ci_details,
             **({"subsampled_from": provenance["subsampled_from"]} if "subsampled_from" in provenance else {}),
         },
     )

@@ -9,6 +9,7 @@ from django.contrib.auth import get_user_model
 from scipy import stats as sps
 
 from evalsite.analysis import run_views
+from evalsite.analysis.exports import metrics_table
 from evalsite.analysis.figures_runs import detector_rate_figure, metric_figure, run_figures
 from evalsite.analysis.frames import ratings_frame
 from evalsite.analysis.run_selectors import (
@@ -260,9 +261,43 @@ def test_detector_rates_are_events_per_minute_of_analysed_audio(listened):
     assert rates["detectors"]["tonal_buzz"]["per_minute"] == [pytest.approx(10.0), 0.0]
     assert rates["detectors"]["clipping"]["per_minute"] == [0.0, pytest.approx(60.0)]
     fig = detector_rate_figure(rates)
-    clicks = next(t for t in fig["data"] if t["name"] == "clicks")
-    assert clicks["x"] == [77777, 80000] and clicks["y"] == rates["detectors"]["clicks"]["per_minute"]
     assert len(fig["data"]) == len(DETECTORS)
+    # Log axis, so 10/min buzz and 60/min clipping both read; a zero is drawn a decade below the smallest
+    # non-zero rate (10/min) as an open triangle whose hover still says 0.
+    assert fig["layout"]["yaxis"]["type"] == "log"
+    assert "drawn at 1" in fig["layout"]["annotations"][0]["text"]
+    traces = {t["name"]: t for t in fig["data"]}
+    clicks = traces["clicks"]
+    assert clicks["x"] == [77777, 80000] and clicks["y"] == [pytest.approx(20.0), pytest.approx(1.0)]
+    assert clicks["marker"]["symbol"] == ["circle", "triangle-down-open"]
+    assert [row[3] for row in clicks["customdata"]] == [pytest.approx(20.0), 0.0]
+    assert "%{customdata[3]" in clicks["hovertemplate"]
+    assert traces["clipping"]["y"] == [pytest.approx(1.0), pytest.approx(60.0)]
+
+
+def test_detector_rates_that_are_all_zero_stay_on_a_linear_axis_with_zeros_at_zero():
+    rates = {
+        "steps": [1000, 2000],
+        "checkpoints": [1, 2],
+        "clips": [2, 2],
+        "minutes": [0.1, 0.1],
+        "detectors": {"clicks": {"events": [0, 0], "per_minute": [0.0, 0.0]}},
+    }
+    fig = detector_rate_figure(rates)
+    assert fig["data"][0]["y"] == [0.0, 0.0]
+    assert "type" not in fig["layout"]["yaxis"] and "annotations" not in fig["layout"]
+
+
+def test_a_checkpoint_without_analysed_audio_is_a_gap_not_a_zero_on_the_log_axis():
+    rates = {
+        "steps": [1000, 2000],
+        "checkpoints": [1, 2],
+        "clips": [2, 1],
+        "minutes": [0.1, 0.0],
+        "detectors": {"clicks": {"events": [3, 0], "per_minute": [30.0, None]}},
+    }
+    trace = detector_rate_figure(rates)["data"][0]
+    assert trace["y"] == [30.0, None] and trace["marker"]["symbol"] == ["circle", "circle"]
 
 
 def test_agreement_matches_detector_events_with_listener_regions_as_computed_by_hand(listened):
@@ -593,3 +628,22 @@ def test_comparison_shows_ab_preference_with_a_wilson_interval_and_cmos_per_comp
     assert rival_ab["value"] == 0.25 and rival_ab["ci_high"] == pytest.approx(1 - det_ab["ci_low"])
     det_cmos, rival_cmos = out["rows"][0]["cells"][2], out["rows"][1]["cells"][2]
     assert (det_cmos["value"], rival_cmos["value"], det_cmos["n"]) == (-1.0, -2.0, 8)
+
+
+def test_the_metrics_export_carries_each_stored_interval_on_the_system_row(listened):
+    det, rival = listened["det"], listened["rival"]
+    row = result(det, "si_sdr", 2.0, spec=SPEC_A, higher_is_better=True, ci=(1.5, 2.5))
+    row.per_item = {"utt0": 1.0, "utt1": 3.0}
+    row.save()
+    result(rival, "fad/vggish-16k", 4.0, spec=SPEC_B, higher_is_better=False)
+    table = metrics_table(listened["test"]).set_index(["metric", "level", "item"])
+    system = table.loc[("si_sdr", "system", None)]
+    assert (system["ci_low"], system["ci_high"], system["run"], system["step"]) == (
+        1.5,
+        2.5,
+        "det-run",
+        det.step,
+    )
+    # An item is one value: no interval; a set-level metric has none stored, so none is exported.
+    assert table.loc[("si_sdr", "item", "utt0"), ["ci_low", "ci_high"]].isna().all()
+    assert table.loc[("fad/vggish-16k", "system", None), ["ci_low", "ci_high"]].isna().all()

@@ -1,9 +1,13 @@
 """Metric jobs on SQLite: stored provenance, per-item values, isolation of failures, comparability."""
 
+import numpy as np
 import pytest
+import scipy.stats
 import torch
 
 import models
+from evalsite.analysis.figures_runs import metric_figure
+from evalsite.analysis.run_selectors import run_metric_series
 from evalsite.core.exceptions import ApplicationError
 from evalsite.jobs.models import Job
 from evalsite.jobs.services import job_execute
@@ -14,7 +18,7 @@ from evalsite.runs.models import Checkpoint, EvalSet, Generation
 from evalsite.runs.services import checkpoint_register, run_create
 from evalsite.scoring.models import MetricResult
 from evalsite.scoring.selectors import INCOMPARABLE, metric_results_compare, run_metric_table
-from evalsite.scoring.services import metrics_job_work
+from evalsite.scoring.services import CI_LEVEL, CI_RESAMPLES, CI_SEED, metrics_job_work, per_item_interval
 from metrics.functional.speech import si_sdr
 from tests.factories import write_tone
 
@@ -89,6 +93,67 @@ def test_a_metrics_job_stores_every_paired_metric_with_per_item_values_and_prove
     assert Job.objects.get(pk=job.result["detection_job_id"]).kind == Job.Kind.DETECTION
     # Each clip was decoded once for all metrics: 4 generated + 4 references.
     assert job.result["decodes"] == 8
+
+
+def scipy_interval(values) -> tuple[float, float]:
+    result = scipy.stats.bootstrap(
+        (np.asarray(values, dtype=float),),
+        np.mean,
+        n_resamples=CI_RESAMPLES,
+        confidence_level=CI_LEVEL,
+        method="percentile",
+        rng=np.random.default_rng(CI_SEED),
+    )
+    return result.confidence_interval.low, result.confidence_interval.high
+
+
+def test_each_per_item_metric_stores_the_bootstrap_interval_scipy_gives_on_its_per_item_values(
+    vocoder_run, tmp_path
+):
+    ckpt, metrics_job = generate(vocoder_run, tmp_path, 1000)
+    assert score(metrics_job).status == "done"
+    for row in MetricResult.objects.filter(checkpoint=ckpt):
+        low, high = scipy_interval(list(row.per_item.values()))
+        assert (row.ci_low, row.ci_high) == (pytest.approx(low, rel=1e-9), pytest.approx(high, rel=1e-9)), (
+            row.name
+        )
+        assert row.ci_low < row.value < row.ci_high, row.name
+        assert row.details["ci"] == {
+            "method": "percentile bootstrap of the mean over items",
+            "level": 0.95,
+            "resamples": 2000,
+            "seed": 0,
+        }
+    # The run chart draws the stored interval as a band around the line.
+    second, metrics_job = generate(vocoder_run, tmp_path, 2000, seed=1)
+    assert score(metrics_job).status == "done"
+    si_sdr_chart = next(m for m in run_metric_series(run=vocoder_run) if m["name"] == "si_sdr")
+    high, low, line = metric_figure(si_sdr_chart)["data"][:3]
+    stored = MetricResult.objects.filter(name="si_sdr").order_by("checkpoint__step")
+    assert line["y"] == [r.value for r in stored] and line["x"] == [1000, 2000]
+    assert high["y"] == [r.ci_high for r in stored] and low["y"] == [r.ci_low for r in stored]
+    assert low["fill"] == "tonexty" and low["name"].endswith("95% CI")
+
+
+def test_the_interval_skips_items_without_a_value_and_is_the_same_on_every_call():
+    per_item = {"a": 1.0, "b": None, "c": 2.5, "d": 4.0, "e": 3.0}
+    first = per_item_interval(value=2.625, per_item=per_item)
+    assert first == per_item_interval(value=2.625, per_item=per_item)
+    assert first == pytest.approx(scipy_interval([1.0, 2.5, 4.0, 3.0]), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("value", "per_item", "why"),
+    [
+        (3.0, None, "set-level metric"),
+        (3.0, {"a": 3.0}, "one item"),
+        (3.0, {"a": 3.0, "b": None}, "one finite item"),
+        (9.0, {"a": 1.0, "b": 2.0, "c": 3.0}, "value pooled, not the per-item mean"),
+        (None, {"a": 1.0, "b": 2.0}, "no value"),
+    ],
+)
+def test_no_interval_where_a_bootstrap_of_the_item_mean_would_not_describe_the_value(value, per_item, why):
+    assert per_item_interval(value=value, per_item=per_item) is None, why
 
 
 def test_one_failing_metric_is_stored_with_its_reason_while_the_others_complete(
@@ -208,9 +273,10 @@ def test_fad_of_a_checkpoint_whose_outputs_are_the_references_is_zero(vocoder_ru
         g.asset = g.item.reference
         g.save()
     score(job)
-    assert MetricResult.objects.get(checkpoint=ckpt, name="fad/resemblyzer-16k").value == pytest.approx(
-        0, abs=1e-6
-    )
+    fad = MetricResult.objects.get(checkpoint=ckpt, name="fad/resemblyzer-16k")
+    assert fad.value == pytest.approx(0, abs=1e-6)
+    # A set-level metric has no per-item values to resample: no interval rather than a made-up one.
+    assert fad.per_item is None and (fad.ci_low, fad.ci_high) == (None, None) and "ci" not in fad.details
 
 
 def test_the_detection_stage_stores_events_per_output_finishes_the_checkpoint_and_a_rerun_does_not_double_them(
