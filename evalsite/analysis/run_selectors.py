@@ -494,7 +494,8 @@ def _screening_note(counts: dict) -> str:
 def _human_columns(checkpoint_ids: Sequence[int], user) -> tuple[list[dict], dict[tuple[int, int], dict]]:
     """One column per listening test ``user`` may see that rated any of the checkpoints (per comparison for
     CMOS, per pair for AB), read from the test's analysis results: screened listeners and completed trials only,
-    so every number equals the test page's, the report's and the results API's."""
+    so every number equals the test page's, the report's and the results API's. A test that also rates a
+    run the user may not see is left out (``listening_tests_visible``): its labels would name that run."""
     ckpt_of: dict[int, dict[str, int]] = defaultdict(dict)
     for test_id, label, ckpt in Condition.objects.filter(checkpoint_id__in=checkpoint_ids).values_list(
         "test_id", "label", "checkpoint_id"

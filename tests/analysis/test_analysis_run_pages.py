@@ -550,7 +550,7 @@ def test_the_compare_page_shows_the_screened_score_of_the_test_page_and_the_resu
     page = researcher.get(f"/analysis/tests/{test.pk}/").content.decode()
     assert f'<td class="num">{kept.mean():.2f}</td>' in page
     compare = researcher.get(f"/analysis/compare/?c={det.pk}&c={rival.pk}").content.decode()
-    assert "<strong" in compare and f">{kept.mean():.4g}</strong>" in compare
+    assert f'overlaps no other">{kept.mean():.4g}</strong>' in compare  # bold: best, intervals apart
     assert f"{every.mean():.4g}" not in compare and "screened: 3 of 4 listeners kept" in compare
 
 
@@ -582,3 +582,17 @@ def test_a_leader_is_best_only_when_its_interval_separates_from_every_other():
     unknown = cells((1.0, 0.9, 1.1), (2.0, 1.9, 2.1))
     _mark_leaders(unknown, None)
     assert all("mark" not in c for c in unknown)
+
+
+def test_a_test_whose_screening_excludes_every_listener_gives_an_empty_column_saying_so(listened, researcher):
+    det, rival, test = listened["det"], listened["rival"], listened["test"]
+    # A listener who inverts the panel drags every leave-one-out mean: the agreement rule then excludes all four.
+    submit(services.participant_join(test=test), {"det-run": [1, 1, 1, 1], "rival-run": [5, 5, 5, 5]}, {})
+    out = checkpoint_comparison(checkpoint_ids=[det.pk, rival.pk], user=SEES_EVERY_RUN)
+    (column,) = out["columns"]
+    assert column["title"] == "every listener is excluded by the screening"
+    assert column["screening"] == "screened: 0 of 4 listeners kept"
+    assert [row["cells"] for row in out["rows"]] == [[None], [None]]
+    html = researcher.get(f"/analysis/compare/?c={det.pk}&c={rival.pk}").content.decode()
+    assert 'title="every listener is excluded by the screening"' in html and "<strong title=" not in html
+    assert '<th scope="row" class="sticky"' in html  # the checkpoint column stays in view while scrolling
