@@ -22,8 +22,8 @@ from django.db.models.functions import Coalesce
 
 from evalsite.analysis.flag_summary import REGION_MIN_LISTENERS, REGION_MIN_SHARE
 from evalsite.analysis.flags import flag_regions
-from evalsite.analysis.frames import ratings_frame, stimuli_flag_frames
-from evalsite.analysis.stats import ab_preference, system_scores
+from evalsite.analysis.frames import stimuli_flag_frames
+from evalsite.analysis.snapshots import listening_test_results
 from evalsite.core.exceptions import ApplicationError
 from evalsite.jobs.models import Job
 from evalsite.listening.access import listening_tests_visible
@@ -565,60 +565,79 @@ def _metric_columns(checkpoint_ids: Sequence[int]) -> tuple[list[dict], dict[tup
     return columns, cells
 
 
+def _screening_note(counts: dict) -> str:
+    """How many listeners the screening kept, as the test page counts them."""
+    kept, excluded = counts["listeners_kept"], counts["listeners_excluded"]
+    before = counts.get("screened_out_before_rating", 0)
+    note = f"screened: {kept} of {kept + excluded} listener{'s' if kept + excluded != 1 else ''} kept"
+    return note + (f", {before} more screened out before rating" if before else "")
+
+
 def _human_columns(checkpoint_ids: Sequence[int], user) -> tuple[list[dict], dict[tuple[int, int], dict]]:
     """One column per listening test ``user`` may see that rated any of the checkpoints (per comparison for
-    CMOS, per pair for AB), with every vote kept: no post-screening exclusions. A test that also rates a run
-    the user may not see is left out: its labels would name that run."""
-
-    conditions = list(
-        Condition.objects.filter(checkpoint_id__in=checkpoint_ids).values_list(
-            "test_id", "label", "role", "checkpoint_id"
-        )
-    )
+    CMOS, per pair for AB), read from the test's analysis results: screened listeners and completed trials only,
+    so every number equals the test page's, the report's and the results API's. A test that also rates a
+    run the user may not see is left out (``listening_tests_visible``): its labels would name that run."""
     ckpt_of: dict[int, dict[str, int]] = defaultdict(dict)
-    for test_id, label, _role, ckpt in conditions:
+    for test_id, label, ckpt in Condition.objects.filter(checkpoint_id__in=checkpoint_ids).values_list(
+        "test_id", "label", "checkpoint_id"
+    ):
         ckpt_of[test_id][label] = ckpt
     columns: list[dict] = []
     cells: dict[tuple[int, int], dict] = {}
     for test in listening_tests_visible(user).filter(pk__in=ckpt_of).order_by("name"):
         ours = ckpt_of[test.pk]
-        frame = ratings_frame(test)
+        results = listening_test_results(test)
         base = {
             "kind": "human",
             "test_id": test.pk,
             "test": test.name,
             "test_kind": test.kind,
             "higher_is_better": True,
+            "screening": _screening_note(results["counts"]),
         }
-        if frame.empty:
-            columns.append({**base, "label": f"{test.name} ({test.kind.upper()})", "title": "no ratings yet"})
+        if results["scores"] is None and results["preference"] is None:
+            columns.append({**base, "label": f"{test.name} ({test.kind.upper()})", "title": "no votes yet"})
             continue
-        if test.kind == ListeningTest.Kind.AB:
-            for pair in ab_preference(frame).itertuples(index=False):
-                if pair.system_a not in ours and pair.system_b not in ours:
+        if results["preference"] is not None:
+            for pair in results["preference"]["kept"]:
+                if pair["system_a"] not in ours and pair["system_b"] not in ours:
                     continue
                 columns.append(
                     {
                         **base,
-                        "label": f"{test.name} (AB: {pair.system_a} vs {pair.system_b})",
+                        "label": f"{test.name} (AB: {pair['system_a']} vs {pair['system_b']})",
                         "title": "share of decided answers preferring this system, Wilson 95% interval",
                     }
                 )
-                rate, lo, hi = _finite(pair.preference_rate), _finite(pair.ci_low), _finite(pair.ci_high)
-                for label, flip in ((pair.system_a, False), (pair.system_b, True)):
+                rate, lo, hi = (
+                    _finite(pair["preference_rate"]),
+                    _finite(pair["ci_low"]),
+                    _finite(pair["ci_high"]),
+                )
+                for label, flip in ((pair["system_a"], False), (pair["system_b"], True)):
                     if label in ours:
                         cells[(ours[label], len(columns) - 1)] = {
                             "value": None if rate is None else (1 - rate if flip else rate),
                             "ci_low": None if hi is None or lo is None else (1 - hi if flip else lo),
                             "ci_high": None if hi is None or lo is None else (1 - lo if flip else hi),
-                            "n": pair.decided,
-                            "ties": pair.ties,
-                            "listeners": pair.listeners,
+                            "n": pair["decided"],
+                            "ties": pair["ties"],
+                            "listeners": pair["listeners"],
                         }
             continue
-        scores = system_scores(frame, kind=test.kind)
+        rows = results["scores"]["kept"]
+        if not rows:
+            columns.append(
+                {
+                    **base,
+                    "label": f"{test.name} ({test.kind.upper()})",
+                    "title": "every listener is excluded by the screening",
+                }
+            )
+            continue
         if test.kind == ListeningTest.Kind.CMOS:
-            for comparison, group in scores.groupby("comparison", sort=True):
+            for comparison in sorted({r["comparison"] for r in rows}):
                 columns.append(
                     {
                         **base,
@@ -628,40 +647,71 @@ def _human_columns(checkpoint_ids: Sequence[int], user) -> tuple[list[dict], dic
                 )
                 if comparison in ours:
                     cells[(ours[comparison], len(columns) - 1)] = {"baseline": True}
-                for r in group.itertuples(index=False):
-                    if r.system in ours:
-                        cells[(ours[r.system], len(columns) - 1)] = _score_cell(r)
+                for r in rows:
+                    if r["comparison"] == comparison and r["system"] in ours:
+                        cells[(ours[r["system"]], len(columns) - 1)] = _score_cell(r)
             continue
         columns.append(
-            {**base, "label": f"{test.name} ({test.kind.upper()})", "title": scores.attrs.get("method", "")}
+            {
+                **base,
+                "label": f"{test.name} ({test.kind.upper()})",
+                "title": results["scores"]["method"] or "",
+            }
         )
-        for r in scores.itertuples(index=False):
-            if r.system in ours:
-                cells[(ours[r.system], len(columns) - 1)] = _score_cell(r)
+        for r in rows:
+            if r["system"] in ours:
+                cells[(ours[r["system"]], len(columns) - 1)] = _score_cell(r)
     return columns, cells
 
 
-def _score_cell(row: Any) -> dict[str, Any]:
+def _score_cell(row: dict[str, Any]) -> dict[str, Any]:
     return {
-        "value": _finite(row.mean),
-        "ci_low": _finite(row.ci_low),
-        "ci_high": _finite(row.ci_high),
-        "boot_low": _finite(row.boot_low),
-        "boot_high": _finite(row.boot_high),
-        "n": int(row.n),
-        "listeners": int(row.listeners),
+        "value": _finite(row["mean"]),
+        "ci_low": _finite(row["ci_low"]),
+        "ci_high": _finite(row["ci_high"]),
+        "boot_low": _finite(row["boot_low"]),
+        "boot_high": _finite(row["boot_high"]),
+        "n": int(row["n"]),
+        "listeners": int(row["listeners"]),
     }
 
 
+def _mark_leaders(cells: list[dict[str, Any]], higher_is_better: bool | None) -> None:
+    """Set ``mark`` on the leading cells of one column.
+
+    ``"best"``: the single leader whose 95 % interval overlaps no other cell's. ``"tied"``: the leader and every
+    cell whose interval overlaps it, or several leaders with the same value. ``"top"``: the single leader of a
+    column where some cell has no interval, so no claim that it is better. Nothing with fewer than two values.
+    """
+    if higher_is_better is None or len(cells) < 2:
+        return
+    top = (max if higher_is_better else min)(c["value"] for c in cells)
+    leaders = [c for c in cells if c["value"] == top]
+    if not all(c.get("ci_low") is not None and c.get("ci_high") is not None for c in cells):
+        for c in leaders:
+            c["mark"] = "top" if len(leaders) == 1 else "tied"
+        return
+    lead = leaders[0]
+    rivals = [
+        c
+        for c in cells
+        if c is not lead and c["ci_low"] <= lead["ci_high"] and lead["ci_low"] <= c["ci_high"]
+    ]
+    for c in [lead, *rivals]:
+        c["mark"] = "tied" if rivals else "best"
+
+
 def checkpoint_comparison(*, checkpoint_ids: Sequence[int], user) -> dict[str, Any]:
-    """Checkpoints (of any runs ``user`` may see) side by side: comparable metric columns, then human scores per listening test.
+    """Checkpoints (of any runs ``user`` may see) side by side: human scores per listening test, then comparable
+    metric columns.
 
     Returns ``checkpoints`` (found, by run and step), ``missing`` (ids not found), ``columns`` (dicts with
-    ``kind`` "metric" or "human", ``label``, ``title``, ``higher_is_better``) and ``rows``
-    (``{"checkpoint", "cells"}``, a cell being None, ``{"failed": reason}``, ``{"baseline": True}`` or
-    ``{"value", "ci_low", "ci_high", "n", ...}`` with ``best`` set on the best of two or more values) and
-    ``params_notes`` (one line per metric whose values were generated with different settings: they get
-    separate columns, never one, and the note names the settings that differ).
+    ``kind`` "human" or "metric", ``label``, ``title``, ``higher_is_better``; a human column also has
+    ``screening``) and ``rows`` (``{"checkpoint", "cells"}``, a cell being None, ``{"failed": reason}``,
+    ``{"baseline": True}`` or ``{"value", "ci_low", "ci_high", "n", ...}`` with ``mark`` set by
+    :func:`_mark_leaders` on the leaders of two or more values) and ``params_notes`` (one line per metric
+    whose values were generated with different settings: they get separate columns, never one, and the
+    note names the settings that differ).
     """
     ids = list(dict.fromkeys(int(i) for i in checkpoint_ids))
     # A checkpoint of a run the user may not see is "not found", like one that does not exist.
@@ -669,20 +719,15 @@ def checkpoint_comparison(*, checkpoint_ids: Sequence[int], user) -> dict[str, A
         checkpoints_visible(user).filter(pk__in=ids).select_related("run").order_by("run__name", "step")
     )
     found = [c.pk for c in checkpoints]
-    metric_cols, metric_cells = _metric_columns(found) if found else ([], {})
+    # Human scores first: they are what the page is read for, and they stay on screen however many metrics.
     human_cols, human_cells = _human_columns(found, user) if found else ([], {})
-    offset = len(metric_cols)
-    cells = {**metric_cells, **{(c, offset + i): v for (c, i), v in human_cells.items()}}
-    columns = metric_cols + human_cols
+    metric_cols, metric_cells = _metric_columns(found) if found else ([], {})
+    offset = len(human_cols)
+    cells = {**human_cells, **{(c, offset + i): v for (c, i), v in metric_cells.items()}}
+    columns = human_cols + metric_cols
     for index, col in enumerate(columns):
-        scored = [
-            (cells[(c, index)]["value"], c)
-            for c in found
-            if cells.get((c, index), {}).get("value") is not None
-        ]
-        best = _best_index([v for v, _ in scored], [c for _, c in scored], col["higher_is_better"])
-        if best is not None and len(scored) > 1:
-            cells[(scored[best][1], index)]["best"] = True
+        scored = [cells[(c, index)] for c in found if cells.get((c, index), {}).get("value") is not None]
+        _mark_leaders(scored, col["higher_is_better"])
     rows = [
         {"checkpoint": c, "cells": [cells.get((c.pk, i)) for i in range(len(columns))]} for c in checkpoints
     ]

@@ -11,8 +11,8 @@ from scipy import stats as sps
 from evalsite.analysis import run_views
 from evalsite.analysis.exports import metrics_table
 from evalsite.analysis.figures_runs import detector_rate_figure, metric_figure, run_figures
-from evalsite.analysis.frames import ratings_frame
 from evalsite.analysis.run_selectors import (
+    _mark_leaders,
     checkpoint_comparison,
     run_detector_agreement,
     run_detector_rates,
@@ -20,7 +20,7 @@ from evalsite.analysis.run_selectors import (
     run_metric_grid,
     run_metric_series,
 )
-from evalsite.analysis.stats import system_scores
+from evalsite.analysis.snapshots import listening_test_results
 from evalsite.jobs.models import Job
 from evalsite.listening import services
 from evalsite.listening.models import StimulusHandle
@@ -423,22 +423,27 @@ def test_comparison_puts_only_same_metric_and_spec_in_one_column(metric_run, lis
     assert out["missing"] == [999999]
     labels = [c["label"] for c in out["columns"]]  # specs numbered in order of appearance (run, step)
     assert labels == [
+        "agreement-mos (MOS)",
         "mel_l1 · spec 1 of 2 (bbbbbbbb)",
         "mel_l1 · spec 2 of 2 (aaaaaaaa)",
         "pesq",
-        "agreement-mos (MOS)",
     ]
-    cells = {str(r["checkpoint"]): r["cells"] for r in out["rows"]}
+    cells = {str(r["checkpoint"]): r["cells"][1:] for r in out["rows"]}  # metric columns only
     assert cells["det-run@77777"][:3] == [
         {"value": 0.2, "ci_low": None, "ci_high": None, "n": 20},
         None,
         None,
     ]
-    assert cells["metric-run@1000"][:2] == [None, {"value": 0.5, "ci_low": 0.45, "ci_high": 0.55, "n": 20}]
-    assert cells["metric-run@2000"][1]["best"] and "best" not in cells["metric-run@1000"][1]
-    assert cells["metric-run@2000"][2]["best"]  # pesq 3.0 > 2.0
-    assert "best" not in cells["det-run@77777"][0]  # alone in its column: nothing to be best against
-    assert cells["metric-run@1000"][3] is None  # not in the listening test
+    # mel_l1 spec A: 0.4 [0.35, 0.45] leads 0.5 [0.45, 0.55], but the intervals touch: tied, not best.
+    assert cells["metric-run@1000"][:2] == [
+        None,
+        {"value": 0.5, "ci_low": 0.45, "ci_high": 0.55, "n": 20, "mark": "tied"},
+    ]
+    assert cells["metric-run@2000"][1]["mark"] == "tied"
+    assert cells["metric-run@2000"][2]["mark"] == "top"  # pesq 3.0 > 2.0, no interval: no claim
+    assert "mark" not in cells["metric-run@1000"][2]
+    assert "mark" not in cells["det-run@77777"][0]  # alone in its column: nothing to be best against
+    assert out["rows"][1]["cells"][0] is None  # metric-run@1000 is not in the listening test
 
 
 @pytest.fixture
@@ -529,11 +534,12 @@ def test_comparison_shows_human_scores_with_t_and_bootstrap_intervals(listened, 
     cell = out["rows"][0]["cells"][0]
     assert cell["value"] == pytest.approx(47 / 12) and cell["n"] == 12 and cell["listeners"] == 3
     assert (cell["ci_low"], cell["ci_high"]) == (pytest.approx(mean - half), pytest.approx(mean + half))
-    reference = system_scores(ratings_frame(listened["test"]), kind="mos").set_index("system")
-    assert cell["boot_low"] == pytest.approx(reference.loc["det-run@77777", "boot_low"])
-    assert cell["boot_low"] < cell["value"] < cell["boot_high"] and cell["best"]
+    stored = {r["system"]: r for r in listening_test_results(listened["test"])["scores"]["kept"]}
+    assert cell["boot_low"] == stored["det-run@77777"]["boot_low"]
+    assert cell["boot_low"] < cell["value"] < cell["boot_high"] and cell["mark"] == "best"
+    assert column["screening"] == "screened: 3 of 3 listeners kept"
     html = researcher.get(f"/analysis/compare/?c={det.pk}&c={rival.pk}").content.decode()
-    assert "agreement-mos (MOS) ↑" in html
+    assert "agreement-mos (MOS)</a> ↑" in html
     assert f"{mean:.4g}" in html and f"[{mean - half:.4g}, {mean + half:.4g}]" in html
     assert f"boot [{cell['boot_low']:.4g}, {cell['boot_high']:.4g}]" in html and "n 12 / 3 listeners" in html
     assert 'class="sortable-table"' in html and f'data-sort="{float(mean):.17g}"' in html
@@ -620,7 +626,9 @@ def test_comparison_shows_ab_preference_with_a_wilson_interval_and_cmos_per_comp
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     det_ab, rival_ab = out["rows"][0]["cells"][1], out["rows"][1]["cells"][1]
-    assert det_ab["value"] == 0.75 and det_ab["n"] == 12 and det_ab["best"]
+    assert (
+        det_ab["value"] == 0.75 and det_ab["n"] == 12 and det_ab["mark"] == "tied"
+    )  # Wilson intervals overlap
     assert (det_ab["ci_low"], det_ab["ci_high"]) == (
         pytest.approx(centre - half),
         pytest.approx(centre + half),
@@ -647,3 +655,76 @@ def test_the_metrics_export_carries_each_stored_interval_on_the_system_row(liste
     # An item is one value: no interval; a set-level metric has none stored, so none is exported.
     assert table.loc[("si_sdr", "item", "utt0"), ["ci_low", "ci_high"]].isna().all()
     assert table.loc[("fad/vggish-16k", "system", None), ["ci_low", "ci_high"]].isna().all()
+
+
+def test_the_compare_page_shows_the_screened_score_of_the_test_page_and_the_results_api(listened, researcher):
+    """One set of numbers everywhere: a fourth listener who gives every sound a 2 is screened out (the constant
+    rule), and the compare page, the test page and the results API all give the score without them (issue 17)."""
+    det, rival, test = listened["det"], listened["rival"], listened["test"]
+    submit(services.participant_join(test=test), {"det-run": [2, 2, 2, 2], "rival-run": [2, 2, 2, 2]}, {})
+    kept = np.array(SCORES["det-run"], dtype=float).ravel()  # the three kept listeners' votes
+    every = np.concatenate([kept, [2, 2, 2, 2]])
+    assert kept.mean() != pytest.approx(every.mean())  # the exclusion changes the score
+
+    out = checkpoint_comparison(checkpoint_ids=[det.pk, rival.pk], user=SEES_EVERY_RUN)
+    (column,) = out["columns"]
+    cell = out["rows"][0]["cells"][0]
+    assert cell["value"] == pytest.approx(kept.mean()) and (cell["n"], cell["listeners"]) == (12, 3)
+    assert column["screening"] == "screened: 3 of 4 listeners kept"
+
+    api = researcher.get(f"/api/v1/listening-tests/{test.pk}/results/").json()
+    (api_row,) = [r for r in api["scores"]["kept"] if r["system"] == "det-run@77777"]
+    assert (api_row["mean"], api_row["ci_low"], api_row["ci_high"]) == (
+        cell["value"],
+        cell["ci_low"],
+        cell["ci_high"],
+    )
+    page = researcher.get(f"/analysis/tests/{test.pk}/").content.decode()
+    assert f'<td class="num">{kept.mean():.2f}</td>' in page
+    compare = researcher.get(f"/analysis/compare/?c={det.pk}&c={rival.pk}").content.decode()
+    assert f'overlaps no other">{kept.mean():.4g}</strong>' in compare  # bold: best, intervals apart
+    assert f"{every.mean():.4g}" not in compare and "screened: 3 of 4 listeners kept" in compare
+
+
+def test_a_leader_is_best_only_when_its_interval_separates_from_every_other():
+    def cells(*rows):
+        return [{"value": v, "ci_low": lo, "ci_high": hi} for v, lo, hi in rows]
+
+    apart = cells((4.2, 4.0, 4.4), (3.1, 2.9, 3.3), (2.0, 1.5, 2.5))
+    _mark_leaders(apart, True)
+    assert [c.get("mark") for c in apart] == ["best", None, None]
+    # Two SMOS 4s: neither is bolded over the other.
+    equal = cells((4.0, 3.6, 4.4), (4.0, 3.7, 4.3), (2.0, 1.5, 2.5))
+    _mark_leaders(equal, True)
+    assert [c.get("mark") for c in equal] == ["tied", "tied", None]
+    # The leader overlaps the runner-up only: both tied, the third (apart from the leader) unmarked.
+    overlap = cells((3.0, 2.5, 3.5), (2.9, 2.6, 3.2), (1.0, 0.5, 2.4))
+    _mark_leaders(overlap, True)
+    assert [c.get("mark") for c in overlap] == ["tied", "tied", None]
+    lower = cells((0.5, 0.45, 0.55), (0.2, 0.1, 0.3))
+    _mark_leaders(lower, False)  # lower is better
+    assert [c.get("mark") for c in lower] == [None, "best"]
+    # Without intervals: the leading value is "top", no claim; equal leaders are tied; direction unknown: nothing.
+    plain = [{"value": 2.0}, {"value": 3.0, "ci_low": 2.9, "ci_high": 3.1}]
+    _mark_leaders(plain, True)
+    assert [c.get("mark") for c in plain] == [None, "top"]
+    same = [{"value": 3.0}, {"value": 3.0}]
+    _mark_leaders(same, True)
+    assert [c.get("mark") for c in same] == ["tied", "tied"]
+    unknown = cells((1.0, 0.9, 1.1), (2.0, 1.9, 2.1))
+    _mark_leaders(unknown, None)
+    assert all("mark" not in c for c in unknown)
+
+
+def test_a_test_whose_screening_excludes_every_listener_gives_an_empty_column_saying_so(listened, researcher):
+    det, rival, test = listened["det"], listened["rival"], listened["test"]
+    # A listener who inverts the panel drags every leave-one-out mean: the agreement rule then excludes all four.
+    submit(services.participant_join(test=test), {"det-run": [1, 1, 1, 1], "rival-run": [5, 5, 5, 5]}, {})
+    out = checkpoint_comparison(checkpoint_ids=[det.pk, rival.pk], user=SEES_EVERY_RUN)
+    (column,) = out["columns"]
+    assert column["title"] == "every listener is excluded by the screening"
+    assert column["screening"] == "screened: 0 of 4 listeners kept"
+    assert [row["cells"] for row in out["rows"]] == [[None], [None]]
+    html = researcher.get(f"/analysis/compare/?c={det.pk}&c={rival.pk}").content.decode()
+    assert 'title="every listener is excluded by the screening"' in html and "<strong title=" not in html
+    assert '<th scope="row" class="sticky"' in html  # the checkpoint column stays in view while scrolling
