@@ -200,6 +200,9 @@ class Stimulus(BaseModel):
     expected = models.JSONField(
         null=True, blank=True, help_text="quality control: the passing answers (server only)"
     )
+    instruction = models.CharField(
+        max_length=300, blank=True, help_text="trapping: the request spoken in the sound (server only)"
+    )
 
     class Meta:
         verbose_name_plural = "stimuli"

@@ -16,8 +16,13 @@ from django.views.decorators.http import require_POST
 
 from evalsite.core.exceptions import ApplicationError
 from evalsite.listening.access import listening_tests_visible
-from evalsite.listening.models import LOUDNESS_TARGET_MAX_LUFS, LOUDNESS_TARGET_MIN_LUFS, ListeningTest
-from evalsite.listening.selectors import listening_test_progress
+from evalsite.listening.models import (
+    LOUDNESS_TARGET_MAX_LUFS,
+    LOUDNESS_TARGET_MIN_LUFS,
+    ListeningTest,
+    Stimulus,
+)
+from evalsite.listening.selectors import AB_ANSWER_VALUES, listening_test_progress, scale_of
 from evalsite.listening.services.build import (
     listening_test_build,
     listening_test_close,
@@ -77,7 +82,12 @@ class BuildForm(forms.Form):
         help_text=f"{LOUDNESS_TARGET_MIN_LUFS:g} to {LOUDNESS_TARGET_MAX_LUFS:g}; lowered for the whole test "
         "where a sound's true peak would pass -1 dBTP",
     )
-    title = forms.CharField(max_length=200, initial="Listening test", help_text="shown to listeners")
+    # No default: a generic "Listening test" went out as the title of every test nobody retitled.
+    title = forms.CharField(
+        max_length=200,
+        help_text="shown to listeners as the page title; say what they will do, not which systems are compared",
+        widget=forms.TextInput(attrs={"placeholder": "e.g. Rate the quality of synthetic speech"}),
+    )
     training_items = forms.IntegerField(min_value=0, initial=1)
     votes_target = forms.IntegerField(min_value=1, initial=10, help_text="valid votes wanted per trial")
     min_listeners = forms.IntegerField(
@@ -172,11 +182,46 @@ def test_preview(request: HttpRequest, pk: int, index: int) -> HttpResponse:
         "previous": index - 1 if index > 0 else None,
         "next": index + 1 if test.trials.filter(index=index + 1).exists() else None,
     }
+    rows = [
+        {
+            "label": s.condition.label,
+            # The role is said only where the label does not already say it ("Hidden Reference").
+            "role": None
+            if s.condition.get_role_display().casefold() == s.condition.label.casefold()
+            else s.condition.get_role_display(),
+            "url": s.asset.file.url,
+            "expected": _expected_text(test, s.expected) if s.expected else "",
+            "instruction": s.instruction,
+        }
+        for s in stimuli
+    ]
     return render(
         request,
         "listening/researcher/preview.html",
-        {"test": test, "trial": trial, "stimuli": stimuli, **neighbours},
+        {"test": test, "trial": trial, "rows": rows, **neighbours},
     )
+
+
+def _score_text(test: ListeningTest, value: float) -> str:
+    """A score as the listener picks it: the scale's label with its value, or the AB answer."""
+    if test.kind == ListeningTest.Kind.AB:
+        answers = {v: k for k, v in AB_ANSWER_VALUES.items()}
+        answer = answers.get(value)
+        return {"A": "I prefer A", "B": "I prefer B"}.get(answer, "No preference") if answer else f"{value:g}"
+    labels = {label["value"]: label["text"] for label in scale_of(test).get("labels", [])}
+    return f"{value:g} ({labels[value]})" if value in labels else f"{value:g}"
+
+
+def _expected_text(test: ListeningTest, expected: dict) -> str:
+    """What a quality-control sound expects (``Stimulus.expected``), in the researcher's words."""
+    low, high = expected["min"], expected["max"]
+    answers = _score_text(test, low) if low == high else f"{low:g} to {high:g}"
+    of = expected.get("of", Stimulus.Expected.SCORE)
+    if of == Stimulus.Expected.PREFERENCE:
+        return f"this sound rated {answers} relative to the other"
+    if of == Stimulus.Expected.ANSWER:
+        return f"the answer {answers}"
+    return f"a rating of {answers}"
 
 
 @login_required

@@ -63,13 +63,14 @@ export function showHeadphoneCheck(app, check) {
           const node = ctx.createBufferSource();
           node.buffer = buffers.get("hp");
           node.connect(ctx.destination);
+          // The answers wait until the last tone has ended: an answer given mid-play is a guess.
           node.onended = () => {
             status.textContent = "Which tone was the quietest?";
+            for (const c of choices) c.disabled = false;
           };
           source.node = node;
           node.start();
           status.textContent = "Playing…";
-          for (const c of choices) c.disabled = false;
         };
       })
       .catch((err) => {

@@ -41,6 +41,8 @@ export function onTrialKey(view, e) {
       panel.activate(key, { toggle: false });
     }
   } else if (e.key === " ") {
+    // Space on a focused answer (a radio button or checkbox) chooses it, as everywhere else.
+    if (isChoice(target)) return;
     e.preventDefault();
     panel.player.toggle();
   } else if (e.key === "Enter") {
@@ -67,6 +69,11 @@ export function onWaveformKey(panel, e) {
     e.preventDefault();
     panel.seek(player.region ? player.region.start : 0);
   }
+}
+
+/** Answers that Space selects by itself. */
+function isChoice(el) {
+  return el.tagName === "INPUT" && ["radio", "checkbox"].includes(el.type);
 }
 
 /** Elements where Enter and arrows have no meaning of their own. */

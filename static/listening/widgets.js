@@ -162,11 +162,24 @@ class MushraWidget extends RatingWidget {
       const active = id === selected;
       r.slider.disabled = !active;
       r.row.classList.toggle("is-active", active);
-      clear(r.hint);
-      if (!active) {
-        r.hint.title = `Select ${r.stimulus.label} to rate it`;
-        r.hint.append(h("span", { "aria-hidden": "true" }, "locked"), h("span", { class: "ls-sr" }, `: select ${r.stimulus.label} to rate it`));
-      }
+      this.renderHint(r, active);
+    }
+  }
+
+  /** Beside a slider that is not being played: "rated" once it has an answer, else how to rate it. */
+  renderHint(r, active) {
+    clear(r.hint);
+    r.hint.removeAttribute("title");
+    r.hint.classList.toggle("is-rated", false);
+    if (active) return;
+    const rated = this.trial.ratings[r.stimulus.id] !== undefined && this.trial.ratings[r.stimulus.id] !== null;
+    if (rated) {
+      r.hint.title = `Select ${r.stimulus.label} to change its rating`;
+      r.hint.classList.add("is-rated");
+      r.hint.append(h("span", { "aria-hidden": "true" }, "✓ rated"), h("span", { class: "ls-sr" }, `: select ${r.stimulus.label} to change it`));
+    } else {
+      r.hint.title = `Select ${r.stimulus.label} to rate it`;
+      r.hint.append(h("span", { "aria-hidden": "true" }, "play to rate"), h("span", { class: "ls-sr" }, `: select ${r.stimulus.label} to rate it`));
     }
   }
 
@@ -219,12 +232,31 @@ class CategoricalWidget extends RatingWidget {
     this.rows.set(stimulus.id, { value, stimulus, radios: choiceLabels.map((o) => o.querySelector("input")) });
     const fieldset = h(
       "fieldset",
-      { class: ccr ? "ls-choices ls-choices-ccr" : "ls-choices" },
+      { class: ccr ? "ls-choices ls-choices-ccr" : "ls-choices", onkeydown: (e) => this.stepKey(e, stimulus) },
       h("legend", {}, ccr ? "Compared with the quality of A, the quality of B is:" : `Your rating of sample ${stimulus.label}`),
       choiceLabels,
     );
     this.element = h("section", { class: "ls-categorical", "aria-label": "Rating" }, fieldset, h("p", { class: "ls-cell-value" }, "Your rating: ", value));
     this.renderRating(stimulus.id);
+  }
+
+  /**
+   * Arrows on the scale move by value, not by place: Right and Up give the next higher score,
+   * Left and Down the next lower. The browser's own radio arrows follow the order on the page,
+   * which runs from the highest score down on the SMOS/MOS scale.
+   */
+  stepKey(e, stimulus) {
+    const direction = { ArrowRight: 1, ArrowUp: 1, ArrowLeft: -1, ArrowDown: -1 }[e.key];
+    if (!direction || e.target.type !== "radio" || e.ctrlKey || e.metaKey || e.altKey) return;
+    e.preventDefault();
+    e.stopPropagation();
+    const radios = [...this.rows.get(stimulus.id).radios].sort((a, b) => Number(a.value) - Number(b.value));
+    const here = radios.indexOf(e.target);
+    const next = radios[Math.min(radios.length - 1, Math.max(0, here + direction))];
+    if (next === e.target && e.target.checked) return;
+    next.checked = true;
+    next.focus();
+    this.onRate(stimulus, Number(next.value));
   }
 
   showAnswer(r, score, rated) {

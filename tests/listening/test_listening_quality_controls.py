@@ -16,7 +16,7 @@ from evalsite.audio.selectors import audio_asset_samples
 from evalsite.core.exceptions import ApplicationError, ConflictError
 from evalsite.listening import services
 from evalsite.listening.calibration import active_level_dbfs
-from evalsite.listening.models import Assignment, ListeningTest, Participant, Trial
+from evalsite.listening.models import Assignment, ListeningTest, Participant, Stimulus, Trial
 from evalsite.listening.selectors import (
     headphone_trials,
     listener_state,
@@ -717,6 +717,9 @@ def test_nothing_a_listener_receives_tells_a_control_trial_or_its_expected_answe
         "other recording",
     ]
     assert [w for w in leaks if w in lowered] == []
+    # Nor the words a trapping sound speaks, whichever phrasing the build used.
+    said = [s.instruction.lower() for s in Stimulus.objects.filter(trial__test=test).exclude(instruction="")]
+    assert len(said) == 1 and [t for t in said if t in lowered] == []
     for token, trial in controls.items():
         entry = next(t for t in state["trials"] if t["id"] == token)
         hidden = json.dumps({k: v for k, v in entry.items() if k not in ("id", "stimuli")})

@@ -6,7 +6,8 @@ import pytest
 
 from evalsite.listening import services
 from evalsite.listening.models import ListeningTest, Participant
-from evalsite.listening.selectors import listener_state, listening_test_progress
+from evalsite.listening.selectors import SMOS_SCALE, listener_state, listening_test_progress
+from evalsite.listening.services.controls import TRAP_TEXT
 from tests.factories import listening_world, make_listening_test
 
 pytestmark = pytest.mark.django_db
@@ -162,3 +163,72 @@ def test_a_cmos_test_against_a_baseline_and_an_ab_test_with_no_preference_are_bu
     )
     ab = ListeningTest.objects.get(name="ab-web")
     assert ab.allow_no_preference and ab.trials.count() == 2
+
+
+def test_the_preview_names_each_condition_once(admin_client):
+    world = listening_world(n_items=2)
+    test = make_listening_test(name="pv-once", kind="mushra", checkpoints=world["checkpoints"])
+    page = admin_client.get(f"/listening/{test.pk}/trials/1/").content.decode()
+    assert page.count("Hidden Reference") == 1 and "(Hidden Reference)" not in page
+    assert page.count("anchor: 3.5 kHz low-pass") == 1
+    assert "hifigan-secret-run@77777 <small>(System)</small>" in page  # a label that does not say its role
+
+
+def test_the_preview_of_a_control_trial_shows_the_expected_answer_and_the_spoken_instruction(
+    admin_client, world
+):
+    test = make_listening_test(
+        name="pv-qc",
+        kind="smos",
+        checkpoints=world["checkpoints"],
+        training_items=0,
+        gold_items=1,
+        trapping_items=1,
+        loudness_target_lufs=None,
+    )
+    trap = test.trials.get(control="trapping")
+    (stimulus,) = trap.stimuli.all()
+    value = stimulus.expected["min"]
+    label = next(lbl["text"] for lbl in SMOS_SCALE["labels"] if lbl["value"] == value)
+    # The build keeps the phrasing it spoke: one of the phrasings of the request for that answer.
+    assert stimulus.instruction in {t.format(label=label) for t in TRAP_TEXT}
+    page = admin_client.get(f"/listening/{test.pk}/trials/{trap.index}/").content.decode()
+    assert "(trapping control)" in page
+    assert f"Spoken instruction: “{stimulus.instruction}”" in page
+    assert f"Expected: a rating of {value:g} ({label})" in page
+
+    gold = test.trials.get(control="gold")
+    (sound,) = gold.stimuli.all()
+    page = admin_client.get(f"/listening/{test.pk}/trials/{gold.index}/").content.decode()
+    low, high = sound.expected["min"], sound.expected["max"]
+    assert f"Expected: a rating of {low:g} to {high:g}" in page and "Spoken instruction" not in page
+
+
+def test_the_preview_says_what_an_ab_trapping_trial_expects_in_the_listeners_words(admin_client, world):
+    test = make_listening_test(
+        name="pv-ab", kind="ab", checkpoints=world["checkpoints"], training_items=0, trapping_items=1
+    )
+    trap = test.trials.get(control="trapping")
+    stimulus = trap.stimuli.get(expected__isnull=False)
+    letter = "A" if stimulus.expected["min"] < 0 else "B"
+    assert stimulus.instruction.endswith(f"I prefer {letter}.")
+    page = admin_client.get(f"/listening/{test.pk}/trials/{trap.index}/").content.decode()
+    assert f"Expected: the answer I prefer {letter}" in page
+
+
+def test_the_build_form_has_no_default_title_and_asks_for_one(admin_client):
+    world = listening_world(n_items=2)
+    form = admin_client.get("/listening/new/").content.decode()
+    assert 'value="Listening test"' not in form and 'name="title"' in form
+    response = admin_client.post(
+        "/listening/new/",
+        {
+            "name": "no-title",
+            "kind": "mos",
+            "checkpoints": [world["checkpoints"][0].pk],
+            "training_items": 0,
+            "votes_target": 1,
+        },
+    )
+    assert response.status_code == 200 and not ListeningTest.objects.filter(name="no-title").exists()
+    assert "This field is required." in response.content.decode()

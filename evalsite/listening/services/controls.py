@@ -152,6 +152,7 @@ def _trapping_samples(source, rate: int, texts: tuple[str, ...], item_key: str =
     """A spoken request fitted into ``source``'s frames (P.808 §6.3.8 trapping question): the first
     ``TRAP_PREFIX_S`` of the real output and a pause where they fit, the request, then silence; same
     shape as ``source`` and at its active level. ``texts``: phrasings of the request, longest first.
+    Returns the samples and the phrasing spoken.
 
     Raises ``ApplicationError(TRAP_ITEM_TOO_SHORT)`` when not even the shortest phrasing fits.
     """
@@ -186,7 +187,7 @@ def _trapping_samples(source, rate: int, texts: tuple[str, ...], item_key: str =
     # The request at the output's level first: the whole then needs (almost) no further gain, so
     # the real output before it keeps its own level.
     out[start : start + len(speech)] = _at_level(speech, rate, level)[:, None]
-    return _at_level(out, rate, level)
+    return _at_level(out, rate, level), text
 
 
 def _expect(low: float, high: float, of: str = Stimulus.Expected.SCORE) -> dict[str, Any]:
@@ -252,8 +253,10 @@ class _ControlBuilder:
         return self.store(_fitted(samples, rate, target, target_rate), target_rate)
 
     def trap(self, asset, texts: tuple[str, ...], item: EvalItem):
+        """The trapping sound made from ``asset`` and the request it speaks."""
         samples, rate = audio_asset_samples(asset)
-        return self.store(_trapping_samples(samples, rate, texts, item.key), rate)
+        trapped, text = _trapping_samples(samples, rate, texts, item.key)
+        return self.store(trapped, rate), text
 
     def trial(
         self,
@@ -262,15 +265,23 @@ class _ControlBuilder:
         index: int,
         sounds: list[tuple[str, Any, dict | None]],
         reference=None,
+        instruction: str = "",
     ) -> Trial:
-        """One control trial; ``sounds`` are (what, asset, expected) in build order."""
+        """One control trial; ``sounds`` are (what, asset, expected) in build order; ``instruction``:
+        the request spoken in the first sound (trapping)."""
         trial = Trial.objects.create(
             test=self.test, item=item, index=index, control=control, reference=reference
         )
         Stimulus.objects.bulk_create(
             [
-                Stimulus(trial=trial, condition=self.condition(control, what), asset=asset, expected=expected)
-                for what, asset, expected in sounds
+                Stimulus(
+                    trial=trial,
+                    condition=self.condition(control, what),
+                    asset=asset,
+                    expected=expected,
+                    instruction=instruction if i == 0 else "",
+                )
+                for i, (what, asset, expected) in enumerate(sounds)
             ]
         )
         return trial
@@ -365,14 +376,19 @@ class _ControlBuilder:
         what = f"instruction over {checkpoint.run.name}@{checkpoint.step}"
         if kind in (ListeningTest.Kind.MOS, ListeningTest.Kind.SMOS):
             label = self.rng.choice((ACR_SCALE if kind == ListeningTest.Kind.MOS else SMOS_SCALE)["labels"])
-            asset = self.trap(source, tuple(t.format(label=label["text"]) for t in TRAP_TEXT), item)
+            asset, said = self.trap(source, tuple(t.format(label=label["text"]) for t in TRAP_TEXT), item)
             reference = item.reference if kind == ListeningTest.Kind.SMOS else None
             return self.trial(
-                trapping, item, index, [(what, asset, _expect(label["value"], label["value"]))], reference
+                trapping,
+                item,
+                index,
+                [(what, asset, _expect(label["value"], label["value"]))],
+                reference,
+                instruction=said,
             )
         if kind == ListeningTest.Kind.MUSHRA:
             value = self.rng.choice(MUSHRA_TRAP_VALUES)
-            asset = self.trap(source, tuple(t.format(value=value) for t in MUSHRA_TRAP_TEXT), item)
+            asset, said = self.trap(source, tuple(t.format(value=value) for t in MUSHRA_TRAP_TEXT), item)
             expected = _expect(
                 max(0.0, value - MUSHRA_TRAP_TOLERANCE), min(100.0, value + MUSHRA_TRAP_TOLERANCE)
             )
@@ -383,16 +399,22 @@ class _ControlBuilder:
                 if c.pk != checkpoint.pk
             ]
             sounds += [(role.label, asset, None) for role, asset in self.anchors[item.pk].items()]
-            return self.trial(trapping, item, index, sounds, item.reference)
+            return self.trial(trapping, item, index, sounds, item.reference, instruction=said)
         if kind == ListeningTest.Kind.CMOS:
             label = self.rng.choice(CCR_SCALE["labels"])
-            asset = self.trap(source, tuple(t.format(label=label["text"]) for t in TRAP_TEXT), item)
+            asset, said = self.trap(source, tuple(t.format(label=label["text"]) for t in TRAP_TEXT), item)
             versus = item.reference if self.comparison is None else self.output(item, self.comparison)
             expected = _expect(label["value"], label["value"], of=Stimulus.Expected.ANSWER)
-            return self.trial(trapping, item, index, [(what, asset, expected), ("comparison", versus, None)])
+            return self.trial(
+                trapping,
+                item,
+                index,
+                [(what, asset, expected), ("comparison", versus, None)],
+                instruction=said,
+            )
 
         letter = self.rng.choice(("A", "B"))
-        asset = self.trap(source, tuple(t.format(label=letter) for t in AB_TRAP_TEXT), item)
+        asset, said = self.trap(source, tuple(t.format(label=letter) for t in AB_TRAP_TEXT), item)
         partner = self.checkpoints[(n + 1) % len(self.checkpoints)]
         expected = _expect(AB_ANSWER_VALUES[letter], AB_ANSWER_VALUES[letter], of=Stimulus.Expected.ANSWER)
         return self.trial(
@@ -403,6 +425,7 @@ class _ControlBuilder:
                 (what, asset, expected),
                 (f"output of {partner.run.name}@{partner.step}", self.output(item, partner), None),
             ],
+            instruction=said,
         )
 
 
