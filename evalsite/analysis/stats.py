@@ -451,6 +451,23 @@ def _paired_table(frame: pd.DataFrame) -> tuple[list, np.ndarray]:
     return list(systems), wide
 
 
+def _paired_difference_row(system_a, system_b, d: np.ndarray, min_pairs: int) -> dict:
+    """One pairwise row: the Wilcoxon signed-rank test of the paired differences ``d`` (a - b)."""
+    stat, p, method, note = _wilcoxon(d, min_pairs)
+    return dict(
+        system_a=system_a,
+        system_b=system_b,
+        n_pairs=len(d),
+        n_zero=int(np.sum(d == 0)),
+        mean_diff=float(d.mean()) if len(d) else math.nan,
+        median_diff=float(np.median(d)) if len(d) else math.nan,
+        statistic=stat,
+        p=p,
+        method=method,
+        note=note,
+    )
+
+
 def pairwise_tests(
     ratings: pd.DataFrame,
     *,
@@ -490,21 +507,7 @@ def pairwise_tests(
     if kind == "cmos" and "comparison" in frame:
         for (sa, sb), g in frame.groupby(["system", "comparison"], sort=True):
             d = g.groupby(["listener", "item"])["score"].mean().to_numpy(float)
-            stat, p, method, note = _wilcoxon(d, min_pairs)
-            rows.append(
-                dict(
-                    system_a=sa,
-                    system_b=sb,
-                    n_pairs=len(d),
-                    n_zero=int(np.sum(d == 0)),
-                    mean_diff=float(d.mean()) if len(d) else math.nan,
-                    median_diff=float(np.median(d)) if len(d) else math.nan,
-                    statistic=stat,
-                    p=p,
-                    method=method,
-                    note=note,
-                )
-            )
+            rows.append(_paired_difference_row(sa, sb, d, min_pairs))
     else:
         names, wide = _paired_table(frame)
         column = {name: k for k, name in enumerate(names)}
@@ -513,21 +516,7 @@ def pairwise_tests(
             a, b = column[sa], column[sb]
             both = finite[:, a] & finite[:, b]
             d = wide[both, a] - wide[both, b]
-            stat, p, method, note = _wilcoxon(d, min_pairs)
-            rows.append(
-                dict(
-                    system_a=sa,
-                    system_b=sb,
-                    n_pairs=len(d),
-                    n_zero=int(np.sum(d == 0)),
-                    mean_diff=float(d.mean()) if len(d) else math.nan,
-                    median_diff=float(np.median(d)) if len(d) else math.nan,
-                    statistic=stat,
-                    p=p,
-                    method=method,
-                    note=note,
-                )
-            )
+            rows.append(_paired_difference_row(sa, sb, d, min_pairs))
     out = pd.DataFrame(
         rows,
         columns=[
