@@ -88,6 +88,11 @@ class ListeningTest(BaseModel):
         blank=True,
         help_text="the loudness the stimuli were aligned to: the target, or lower where true peaks needed it",
     )
+    questionnaire = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="pre-test and post-test questions as asked (listening.questionnaire); empty: none",
+    )
     published_at = models.DateTimeField(null=True, blank=True)
     closed_at = models.DateTimeField(null=True, blank=True)
 
@@ -237,6 +242,11 @@ class Participant(BaseModel):
         null=True, blank=True, help_text="level calibration confirmed (before the headphone check)"
     )
     calibration = models.JSONField(default=dict, blank=True, help_text="level calibration: plays, level_dbfs")
+    questionnaire = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='questionnaire answers per stage: {"pre": {"answers": {id: value}, "submitted_at": iso}, ...}',
+    )
 
     class Meta:
         constraints = [

@@ -165,6 +165,11 @@ def headphone_check_pending(participant: Participant) -> bool:
     return participant.test.headphone_check and participant.headphone_passed is None
 
 
+def questionnaire_pending(participant: Participant, stage: str) -> bool:
+    """The test asks a ``stage`` ("pre"/"post") questionnaire the listener has not submitted yet."""
+    return bool(participant.test.questionnaire.get(stage)) and stage not in participant.questionnaire
+
+
 def calibration_pending(participant: Participant) -> bool:
     """The level calibration that opens the headphone check is still to be confirmed."""
     return headphone_check_pending(participant) and participant.calibrated_at is None
@@ -209,17 +214,25 @@ def listener_progress(
     done = position >= len(steps) or participant.status == Participant.Status.COMPLETED
     screened_out = participant.status == Participant.Status.SCREENED_OUT
     headphone = headphone_check_pending(participant) and not done
+    # The pre-test questionnaire comes right after consent, the post-test one between the last trial and
+    # the completion code (which it withholds, so it is not skipped on the way to the code).
+    post = done and questionnaire_pending(participant, "post")
     phase = (
         "screened_out"
         if screened_out
+        else "post_questionnaire"
+        if post
         else "done"
         if done
+        else "pre_questionnaire"
+        if questionnaire_pending(participant, "pre")
         else ("calibration" if calibration_pending(participant) else "headphone")
         if headphone
         else "training"
         if steps[position][1]
         else "main"
     )
+    done = done and not post
     return {
         "phase": phase,
         "position": position,

@@ -18,4 +18,5 @@ urlpatterns = [
     path("p/<str:ptoken>/cal", views.calibration_audio, name="calibration-audio"),
     path("p/<str:ptoken>/headphone", views.headphone, name="headphone"),
     path("p/<str:ptoken>/hp/<str:token>", views.headphone_audio, name="headphone-audio"),
+    path("p/<str:ptoken>/questionnaire/<str:stage>", views.questionnaire, name="questionnaire"),
 ]

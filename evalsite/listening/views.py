@@ -32,6 +32,7 @@ from evalsite.listening.calibration import (
     wav_bytes,
 )
 from evalsite.listening.models import ListeningTest, Participant
+from evalsite.listening.questionnaire import STAGE_TITLES, Questionnaire
 from evalsite.listening.selectors import (
     headphone_trials,
     listener_progress,
@@ -48,6 +49,7 @@ from evalsite.listening.services.answers import (
     trial_complete,
 )
 from evalsite.listening.services.heard import CALIBRATION_SOUND, reference_sound, sound_fetch_record
+from evalsite.listening.services.questionnaire import questionnaire_submit
 from evalsite.listening.services.session import (
     CALIBRATE_FIRST,
     TEST_NOT_OPEN,
@@ -283,6 +285,8 @@ def invite(request: HttpRequest, invite_token: str) -> HttpResponse:
 def session(request: HttpRequest, participant: Participant) -> HttpResponse:
     """The test page; once the listener has finished or was screened out, their end page instead."""
     progress = listener_progress(participant)
+    if progress["phase"] in ("pre_questionnaire", "post_questionnaire"):
+        return _questionnaire_page(request, participant, progress["phase"].partition("_")[0])
     if progress["phase"] in ("done", "screened_out"):
         return render(
             request,
@@ -296,6 +300,66 @@ def session(request: HttpRequest, participant: Participant) -> HttpResponse:
     return render(
         request, "listening/session.html", {"participant": participant, "title": participant.test.title}
     )
+
+
+def _questionnaire_page(
+    request: HttpRequest,
+    participant: Participant,
+    stage: str,
+    *,
+    values: dict | None = None,
+    error: ApplicationError | None = None,
+) -> HttpResponse:
+    """The questionnaire page of ``stage``: a plain form, with the answers given and the refusal, if any."""
+    values = values or {}
+    errors = error_body(error)["extra"].get("fields", {}) if error is not None else {}
+    questions = [
+        {
+            "q": q,
+            "value": values.get(q.id, ""),
+            "error": (errors.get(f"answers.{q.id}") or [""])[0],
+            "long": q.max_length > 200,
+        }
+        for q in Questionnaire.from_stored(participant.test.questionnaire).stage(stage)
+    ]
+    # An error about no one question (an unknown one, a page that is gone) is said above the form.
+    general = None
+    if error is not None and not any(item["error"] for item in questions):
+        general = error.message
+    return render(
+        request,
+        "listening/questionnaire.html",
+        {
+            "title": participant.test.title,
+            "heading": STAGE_TITLES[stage],
+            "stage": stage,
+            "questions": questions,
+            "general": general,
+            "participant": participant,
+        },
+        status=200 if error is None else error.status_code,
+    )
+
+
+@require_http_methods(["POST"])
+@_listener
+def questionnaire(request: HttpRequest, participant: Participant, stage: str) -> HttpResponse:
+    """Submit a questionnaire page: a JSON body ``{"answers": {...}}`` (the one error shape back), or the
+    page's own form (on to the session when accepted, the page again with the answers kept when not)."""
+    as_json = request.content_type == "application/json"
+    try:
+        if as_json:
+            answers = _json_body(request).get("answers")
+        else:
+            answers = {k: v for k, v in request.POST.items() if k != "csrfmiddlewaretoken"}
+        participant = questionnaire_submit(participant=participant, stage=stage, answers=answers)
+    except ApplicationError as exc:
+        if as_json or stage not in STAGE_TITLES:
+            return _error(exc)
+        return _questionnaire_page(request, participant, stage, values=answers, error=exc)
+    if as_json:
+        return JsonResponse({"phase": listener_progress(participant)["phase"]})
+    return redirect("listening:session", ptoken=participant.token)
 
 
 @require_safe

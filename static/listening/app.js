@@ -1,5 +1,6 @@
 // The listening session as a whole: loads the participant's state and shows the screen of its
-// phase (level calibration, headphone check, the trials one at a time, the end), owns the outbox
+// phase (level calibration, headphone check, the trials one at a time, the end; the questionnaire
+// pages are served by the server, so those phases reload the page), owns the outbox
 // that saves every rating and flag as soon as it is given, and the playback telemetry.
 
 import { h, clear } from "./dom.js";
@@ -9,6 +10,13 @@ import { showHeadphoneCheck } from "./headphone.js";
 import { showCompletion, showScreenedOut } from "./completion.js";
 import { TrialView } from "./trial.js";
 import { onTrialKey } from "./keyboard.js";
+
+// The questionnaire pages are plain server-rendered forms at the session's own address.
+const QUESTIONNAIRE_PHASES = new Set(["pre_questionnaire", "post_questionnaire"]);
+
+function toQuestionnaire() {
+  window.location.reload();
+}
 
 export class ListenerApp {
   /** @param {HTMLElement} root the #listener-app element; its data-*-url attributes name the endpoints */
@@ -62,6 +70,10 @@ export class ListenerApp {
     this.state = state;
     this.restoreOutbox();
     this.telemetry.sampleRate = null;
+    if (QUESTIONNAIRE_PHASES.has(state.phase)) {
+      toQuestionnaire();
+      return;
+    }
     if (state.phase === "done") {
       showCompletion(this, state.completion);
       return;
@@ -110,6 +122,10 @@ export class ListenerApp {
     this.state.phase = result.phase;
     this.state.position = result.position;
     this.state.completion = result.completion ?? null;
+    if (QUESTIONNAIRE_PHASES.has(result.phase)) {
+      toQuestionnaire();
+      return;
+    }
     if (result.phase === "done") {
       showCompletion(this, this.state.completion);
       return;

@@ -4,7 +4,8 @@
 - ``build``: build a test from a design, publish it, close it;
 - ``controls``: its gold and trapping (quality-control) trials and their sounds;
 - ``session``: a listener joins (the assignment engine), calibrates, takes the headphone check;
-- ``answers``: ratings, artifact flags, finishing trials, playback telemetry.
+- ``answers``: ratings, artifact flags, finishing trials, playback telemetry;
+- ``questionnaire``: the listener's pre-test and post-test questionnaire pages.
 
 Refusals are ``ApplicationError`` (400), ``NotFoundError`` (404) or ``ConflictError`` (409) with a
 module-level message the tests assert on and ``extra["fields"]`` naming the request fields they are
@@ -94,6 +95,12 @@ from evalsite.listening.services.design import (
     design_resolve,
     trials_per_item,
 )
+from evalsite.listening.services.questionnaire import (
+    FINISH_TRIALS_FIRST,
+    NO_SUCH_PAGE,
+    PRE_QUESTIONNAIRE_FIRST,
+    questionnaire_submit,
+)
 from evalsite.listening.services.session import (
     CALIBRATE_FIRST,
     CALIBRATION_MAX_PLAYS,
@@ -140,6 +147,7 @@ __all__ = [
     "CrowdIdInUse",
     "DUPLICATE_CHECKPOINTS",
     "DUPLICATE_ITEMS",
+    "FINISH_TRIALS_FIRST",
     "FLAG_BAD_CATEGORY",
     "FLAG_BAD_REGION",
     "GOLD_BAD_RANGE",
@@ -162,9 +170,11 @@ __all__ = [
     "NOT_PUBLISHED",
     "NO_CHECKPOINTS",
     "NO_PREFERENCE_ONLY_AB",
+    "NO_SUCH_PAGE",
     "NO_USABLE_ITEMS",
     "PARTICIPANT_DONE",
     "PLAY_ALL_FIRST",
+    "PRE_QUESTIONNAIRE_FIRST",
     "RATE_ALL_FIRST",
     "REQUEST_ID_REQUIRED",
     "ResolvedDesign",
@@ -203,6 +213,7 @@ __all__ = [
     "listening_test_create",
     "listening_test_publish",
     "participant_join",
+    "questionnaire_submit",
     "rating_submit",
     "telemetry_append",
     "trial_complete",

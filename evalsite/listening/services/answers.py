@@ -26,8 +26,10 @@ from evalsite.listening.selectors import (
     COMPARISON_KINDS,
     NO_PREFERENCE,
     headphone_check_pending,
+    questionnaire_pending,
 )
 from evalsite.listening.services.heard import reference_sound, unheard_sounds
+from evalsite.listening.services.questionnaire import PRE_QUESTIONNAIRE_FIRST
 from evalsite.listening.services.session import (
     HEADPHONE_CHECK_FIRST,
     PARTICIPANT_DONE,
@@ -526,6 +528,9 @@ def trial_complete(*, participant: Participant, trial: str) -> Participant:
             raise NotFoundError(UNKNOWN_TRIAL, fields=("trial",))
         return participant
     _check_open(participant)
+    if questionnaire_pending(participant, "pre"):
+        # Checked here, not on each rating (the hot path): no trial is finished before the pre-test page.
+        raise ConflictError(PRE_QUESTIONNAIRE_FIRST)
     play_all = participant.test.require_play_all
     lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
     with connection.cursor() as cursor:

@@ -30,6 +30,7 @@ from evalsite.listening.models import (
     Stimulus,
     Trial,
 )
+from evalsite.listening.questionnaire import questionnaire_parse
 from evalsite.listening.services.controls import control_trials_build
 from evalsite.listening.services.design import ResolvedDesign, TestDesign, checkpoint_label, design_resolve
 from evalsite.runs.models import Checkpoint, EvalItem, Generation
@@ -234,6 +235,7 @@ def listening_test_build(*, design: TestDesign, owner: AbstractBaseUser | None =
         gold_items=design.gold_items,
         trapping_items=design.trapping_items,
         loudness_target_lufs=design.loudness_target_lufs,
+        questionnaire=questionnaire_parse(design.questionnaire).as_stored(),
     )
     test.full_clean()
     test.save()

@@ -15,6 +15,7 @@ from django.conf import settings
 
 from evalsite.core.exceptions import ApplicationError
 from evalsite.listening.models import LOUDNESS_TARGET_MAX_LUFS, LOUDNESS_TARGET_MIN_LUFS, ListeningTest
+from evalsite.listening.questionnaire import questionnaire_parse
 from evalsite.runs.models import Checkpoint, EvalItem
 
 MUSHRA_MAX_SIGNALS = 12
@@ -69,7 +70,9 @@ class TestDesign:
     suggests at least 20); below it the results page warns. ``gold_items`` / ``trapping_items`` control
     trials, ``headphone_check`` (with level calibration) and ``require_play_all`` are the quality
     controls. ``loudness_target_lufs`` is the BS.1770 loudness every stimulus is served at (None: served
-    as generated, e.g. for a loudness study). The rest is shown to listeners as given.
+    as generated, e.g. for a loudness study). ``questionnaire`` is the pre-test / post-test questions
+    (``listening.questionnaire.questionnaire_parse``; None: no questionnaire). The rest is shown to
+    listeners as given.
     """
 
     __test__ = False  # a domain name that starts with "Test": pytest must not collect it
@@ -96,6 +99,7 @@ class TestDesign:
     completion_redirect: str = ""
     screened_out_redirect: str = ""
     loudness_target_lufs: float | None = DEFAULT_LOUDNESS_TARGET_LUFS
+    questionnaire: dict | None = None
 
     def __post_init__(self) -> None:
         # Callers pass lists; tuples keep a frozen design from changing under the build.
@@ -139,6 +143,7 @@ def _check_lists(design: TestDesign) -> None:
 
 
 def _check_options(design: TestDesign) -> None:
+    questionnaire_parse(design.questionnaire)
     if design.min_listeners < 1:
         raise ApplicationError(
             MIN_LISTENERS_TOO_LOW.format(n=design.min_listeners), fields=("min_listeners",)
