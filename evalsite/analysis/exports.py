@@ -1,4 +1,5 @@
-"""Tables of one listening test for download: ratings, flags, metrics and screening decisions (CSV or Parquet).
+"""Tables of one listening test for download: ratings, flags, metrics, screening decisions and questionnaire
+answers (CSV or Parquet).
 
 Every table names participants by the same opaque id as the results (never their session token or crowd id),
 and every answer says whether it counts: training and quality-control answers are not votes, and screened
@@ -22,9 +23,10 @@ from evalsite.listening.models import (
     Rating,
     StimulusHandle,
 )
+from evalsite.listening.questionnaire import STAGES, Questionnaire
 from evalsite.scoring.models import MetricResult
 
-TABLES = ("ratings", "flags", "metrics", "screening")
+TABLES = ("ratings", "flags", "metrics", "screening", "questionnaire")
 FORMATS = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
 TRAINING_REASON = "training trial: not a vote"
 CONTROL_REASON = "{control} quality-control trial: not a vote"
@@ -338,6 +340,34 @@ def screening_table(test: ListeningTest) -> pd.DataFrame:
     return frame
 
 
+def questionnaire_table(test: ListeningTest) -> pd.DataFrame:
+    """One row per participant: status, whether screening excluded them, and each questionnaire answer in a
+    ``<stage>.<question id>`` column (a choice as its option value; blank when skipped or not reached), with
+    ``<stage>_submitted_at``. It joins the ratings export on ``participant``."""
+    questionnaire = Questionnaire.from_stored(test.questionnaire)
+    columns = ["participant", "status", "excluded"]
+    for stage in STAGES:
+        if questionnaire.stage(stage):
+            columns += [f"{stage}_submitted_at"] + [f"{stage}.{q.id}" for q in questionnaire.stage(stage)]
+    people = list(
+        Participant.objects.filter(test=test).order_by("pk").values_list("pk", "status", "questionnaire")
+    )
+    if not people:
+        return pd.DataFrame(columns=columns)
+    excluded = _exclusions(test)
+    rows = []
+    for pk, status, answers in people:
+        participant = listener_id(test.pk, pk)
+        row = {"participant": participant, "status": status, "excluded": participant in excluded}
+        for stage in STAGES:
+            page = (answers or {}).get(stage) or {}
+            row[f"{stage}_submitted_at"] = page.get("submitted_at")
+            for q in questionnaire.stage(stage):
+                row[f"{stage}.{q.id}"] = (page.get("answers") or {}).get(q.id)
+        rows.append(row)
+    return pd.DataFrame(rows)[columns]
+
+
 def _neutralise_formula(value: object) -> object:
     """A text cell a spreadsheet would run as a formula is shown as text: a leading ' (OWASP CSV injection)."""
     if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
@@ -363,6 +393,7 @@ BUILDERS = {
     "flags": flags_table,
     "metrics": metrics_table,
     "screening": screening_table,
+    "questionnaire": questionnaire_table,
 }
 
 

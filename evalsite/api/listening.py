@@ -146,6 +146,15 @@ class ListeningTestCreateApi(APIView):
             default=DEFAULT_LOUDNESS_TARGET_LUFS,
             help_text="serve every sound at this BS.1770 loudness (LUFS); null: as generated (a loudness study)",
         )
+        questionnaire = serializers.JSONField(
+            required=False,
+            allow_null=True,
+            default=None,
+            help_text='pre-test / post-test questions: {"pre": [...], "post": [...]}; each a standard id '
+            "(age_band, gender, native_language, hearing_problems, listening_device, environment_noise, "
+            'comments), {"id": ..., "required": false}, or your own {"id", "custom": true, "type": "text"|"choice", '
+            '"label", "options", "required", "max_length"}; null: none',
+        )
         publish = serializers.BooleanField(default=False, help_text="publish at once (listeners can start)")
 
         def to_internal_value(self, data):

@@ -256,7 +256,8 @@ def _custom(entry: dict, where: str) -> Question:
     )
 
 
-def _question(entry: Any, where: str) -> Question:
+def question_parse(entry: Any, where: str) -> Question:
+    """One entry of a stage's list (a standard id or a custom question), refusals naming ``where``."""
     if isinstance(entry, str):
         entry = {"id": entry}
     if not isinstance(entry, dict):
@@ -307,7 +308,7 @@ def questionnaire_parse(raw: Any, *, where: str = "questionnaire") -> Questionna
         if len(entries) > MAX_QUESTIONS:
             message = TOO_MANY_QUESTIONS.format(where=at, n=len(entries), limit=MAX_QUESTIONS)
             raise ApplicationError(message, fields=(at,))
-        questions = [_question(entry, f"{at}[{i}]") for i, entry in enumerate(entries)]
+        questions = [question_parse(entry, f"{at}[{i}]") for i, entry in enumerate(entries)]
         custom = sum(not q.standard for q in questions)
         if custom > MAX_CUSTOM:
             raise ApplicationError(TOO_MANY_CUSTOM.format(where=at, n=custom, limit=MAX_CUSTOM), fields=(at,))

@@ -15,6 +15,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from evalsite.core.exceptions import ApplicationError
+from evalsite.listening import questionnaire as qn
 from evalsite.listening.access import listening_tests_visible
 from evalsite.listening.models import (
     LOUDNESS_TARGET_MAX_LUFS,
@@ -22,7 +23,12 @@ from evalsite.listening.models import (
     ListeningTest,
     Stimulus,
 )
-from evalsite.listening.selectors import AB_ANSWER_VALUES, listening_test_progress, scale_of
+from evalsite.listening.selectors import (
+    AB_ANSWER_VALUES,
+    listening_test_progress,
+    questionnaire_summary,
+    scale_of,
+)
 from evalsite.listening.services.build import (
     listening_test_build,
     listening_test_close,
@@ -112,6 +118,82 @@ class BuildForm(forms.Form):
         self.fields["comparison"].label_from_instance = lambda c: f"{c.run.name} @ {c.step}"
 
 
+# --- questionnaires: their own form and fieldset, beside BuildForm ------------------------------------------
+
+CUSTOM_HELP = (
+    "one question per line. A free-text question is its text; a choice is the question, then its options, "
+    "separated by | (e.g. 'Which device? | phone | laptop'). Start a line with * to make it required. "
+    f"At most {qn.MAX_CUSTOM} lines."
+)
+
+
+class QuestionnaireForm(forms.Form):
+    """The pre-test and post-test pages (``listening.questionnaire``): standard questions ticked from the menu,
+    the researcher's own as lines of text. The post-test page asks for free comments unless unticked."""
+
+    pre_questions = forms.MultipleChoiceField(
+        choices=[(q.id, q.label) for q in qn.STANDARD.values()],
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+        label="Before the test: standard questions",
+        help_text="asked after consent, before calibration and the trials; all required but gender and comments",
+    )
+    pre_custom = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}),
+        required=False,
+        label="Before the test: your own questions",
+        help_text=CUSTOM_HELP,
+    )
+    post_questions = forms.MultipleChoiceField(
+        choices=[(q.id, q.label) for q in qn.STANDARD.values()],
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+        initial=list(qn.DEFAULT_POST),
+        label="After the test: standard questions",
+        help_text="asked after the last trial, before the completion code",
+    )
+    post_custom = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}),
+        required=False,
+        label="After the test: your own questions",
+        help_text=CUSTOM_HELP,
+    )
+
+    @staticmethod
+    def _custom(text: str, field: str) -> list[dict]:
+        entries = []
+        for n, line in enumerate((line.strip() for line in text.splitlines() if line.strip()), start=1):
+            required = line.startswith("*")
+            label, *options = [part.strip() for part in line.lstrip("*").split("|")]
+            entry = {"id": f"custom_{n}", "custom": True, "label": label, "required": required}
+            entry.update({"type": qn.CHOICE, "options": options} if options else {"type": qn.TEXT})
+            try:
+                qn.question_parse(entry, f"line {n}")
+            except ApplicationError as exc:
+                raise forms.ValidationError(exc.message) from None
+            entries.append(entry)
+        return entries
+
+    def clean(self):
+        data = super().clean()
+        config = {}
+        for stage in qn.STAGES:
+            try:
+                custom = self._custom(data.get(f"{stage}_custom") or "", f"{stage}_custom")
+            except forms.ValidationError as exc:
+                self.add_error(f"{stage}_custom", exc)
+                continue
+            questions = [{"id": q} for q in data.get(f"{stage}_questions") or []] + custom
+            if questions:
+                config[stage] = questions
+        try:
+            qn.questionnaire_parse(config)
+        except ApplicationError as exc:
+            raise forms.ValidationError(exc.message) from None
+        data["config"] = config or None
+        return data
+
+
 def _loudness_target(data: dict) -> float | None:
     if not data["align_loudness"]:
         return None
@@ -128,7 +210,10 @@ def test_list(request: HttpRequest) -> HttpResponse:
 @login_required
 def test_build(request: HttpRequest) -> HttpResponse:
     form = BuildForm(request.POST or None, user=request.user)
-    if request.method == "POST" and form.is_valid():
+    questions = QuestionnaireForm(request.POST or None, prefix="questionnaire")
+    # Both checked, so a refusal in either is shown at once.
+    valid = [form.is_valid(), questions.is_valid()] if request.method == "POST" else [False]
+    if all(valid):
         data = form.cleaned_data
         try:
             design = TestDesign(
@@ -150,23 +235,32 @@ def test_build(request: HttpRequest) -> HttpResponse:
                 gold_items=data["gold_items"] or 0,
                 trapping_items=data["trapping_items"] or 0,
                 loudness_target_lufs=_loudness_target(data),
+                questionnaire=questions.cleaned_data["config"],
             )
             test = listening_test_build(design=design, owner=request.user)
         except ApplicationError as exc:
             form.add_error(None, exc.message)
         else:
             return redirect("listening-admin:detail", pk=test.pk)
-    return render(request, "listening/researcher/build.html", {"form": form})
+    return render(request, "listening/researcher/build.html", {"form": form, "questions": questions})
 
 
 @login_required
 def test_detail(request: HttpRequest, pk: int) -> HttpResponse:
     test = get_object_or_404(listening_tests_visible(request.user), pk=pk)
     invite = request.build_absolute_uri(reverse("listening:invite", args=[test.invite_token]))
+    # Free-text answers only when asked for (?answers=text): the summary itself is counts.
+    with_text = request.GET.get("answers") == "text"
     return render(
         request,
         "listening/researcher/detail.html",
-        {"test": test, "invite": invite, "progress": listening_test_progress(test)},
+        {
+            "test": test,
+            "invite": invite,
+            "progress": listening_test_progress(test),
+            "questionnaire": questionnaire_summary(test, with_text=with_text),
+            "with_text": with_text,
+        },
     )
 
 

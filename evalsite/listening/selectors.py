@@ -23,6 +23,7 @@ from evalsite.listening.models import (
     StimulusHandle,
     Trial,
 )
+from evalsite.listening.questionnaire import STAGE_TITLES, STAGES, TEXT, Questionnaire
 
 COMPARISON_KINDS = (ListeningTest.Kind.CMOS, ListeningTest.Kind.AB)
 NO_PREFERENCE = "none"
@@ -589,3 +590,44 @@ def quality_control_results(test: ListeningTest) -> dict[int, dict[str, dict[str
         if values and all(v is not None and exp["min"] <= v <= exp["max"] for v, exp in values):
             mine[control]["passed"] += 1
     return results
+
+
+def questionnaire_summary(test: ListeningTest, *, with_text: bool = False) -> list[dict[str, Any]]:
+    """Per stage and question of the test's questionnaire: how many listeners submitted the page and, for a
+    choice, how many picked each option (every option listed, zeros too). Free-text answers are only counted,
+    unless ``with_text`` (the researcher asked to read them): listeners write names and addresses in boxes.
+    """
+    questionnaire = Questionnaire.from_stored(test.questionnaire)
+    pages = {stage: [] for stage in STAGES}
+    for answers in (
+        Participant.objects.filter(test=test).order_by("pk").values_list("questionnaire", flat=True)
+    ):
+        for stage in STAGES:
+            if stage in (answers or {}):
+                pages[stage].append(answers[stage].get("answers", {}))
+    summary = []
+    for stage in STAGES:
+        submitted = pages[stage]
+        questions = []
+        for q in questionnaire.stage(stage):
+            given = [a[q.id] for a in submitted if a.get(q.id)]
+            entry: dict[str, Any] = {"id": q.id, "label": q.label, "type": q.type, "answered": len(given)}
+            entry["skipped"] = len(submitted) - len(given)
+            if q.type == TEXT:
+                entry["texts"] = given if with_text else None
+            else:
+                entry["options"] = [
+                    {"value": value, "label": label, "count": given.count(value)}
+                    for value, label in q.options
+                ]
+            questions.append(entry)
+        if questions:
+            summary.append(
+                {
+                    "stage": stage,
+                    "title": STAGE_TITLES[stage],
+                    "submitted": len(submitted),
+                    "questions": questions,
+                }
+            )
+    return summary

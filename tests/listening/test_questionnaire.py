@@ -406,3 +406,227 @@ def test_the_json_endpoint_uses_the_one_error_shape_and_refuses_other_browsers(w
     ok = client.post(url, json.dumps({"answers": PRE_OK}), **headers)
     assert ok.status_code == 200 and ok.json() == {"phase": "training"}
     assert Participant.objects.get().questionnaire["pre"]["answers"] == PRE_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# Researcher side: build form, API, command line, summary, export
+
+
+def form_post(world, **questionnaire):
+    return {
+        "name": "web-q",
+        "kind": "mos",
+        "checkpoints": [world["checkpoints"][0].pk],
+        "title": "Quality",
+        "training_items": 0,
+        "votes_target": 3,
+        **{f"questionnaire-{k}": v for k, v in questionnaire.items()},
+    }
+
+
+def test_the_build_form_has_a_questionnaire_fieldset_with_free_comments_ticked_after_the_test(admin_client):
+    html = admin_client.get("/listening/new/").content.decode()
+    assert 'data-testid="questionnaire-config"' in html
+    assert (
+        'name="questionnaire-post_questions" value="comments" id="id_questionnaire-post_questions_6" checked'
+        in html
+    )
+    assert (
+        'name="questionnaire-pre_questions" value="age_band"' in html
+        and "checked"
+        not in html.split('name="questionnaire-pre_questions" value="age_band"')[1].split(">")[0]
+    )
+
+
+def test_the_build_form_stores_ticked_and_own_questions(admin_client, world):
+    from evalsite.listening.models import ListeningTest
+
+    response = admin_client.post(
+        "/listening/new/",
+        form_post(
+            world,
+            pre_questions=["age_band", "listening_device"],
+            pre_custom="*Which genre do you listen to most? | Jazz | Rock | Pop\n\nWhere are you from?",
+            post_questions=["comments"],
+        ),
+    )
+    test = ListeningTest.objects.get(name="web-q")
+    assert response.status_code == 302
+    pre = test.questionnaire["pre"]
+    assert [q["id"] for q in pre] == ["age_band", "listening_device", "custom_1", "custom_2"]
+    assert (
+        pre[2]["options"] == [["Jazz", "Jazz"], ["Rock", "Rock"], ["Pop", "Pop"]]
+        and pre[2]["required"] is True
+    )
+    assert (
+        pre[3]["type"] == "text" and pre[3]["required"] is False and pre[3]["label"] == "Where are you from?"
+    )
+    assert [q["id"] for q in test.questionnaire["post"]] == ["comments"]
+
+
+def test_a_bad_custom_line_is_refused_on_the_form_and_nothing_is_built(admin_client, world):
+    from evalsite.listening.models import ListeningTest
+
+    page = admin_client.post("/listening/new/", form_post(world, pre_custom="Which? | only one option"))
+    assert page.status_code == 200 and "pre_custom" in page.context["questions"].errors
+    assert "line 1.options must be a list of 2 to 12" in page.content.decode()
+    too_many = "\n".join(f"Question {i}?" for i in range(6))
+    page = admin_client.post("/listening/new/", form_post(world, post_custom=too_many))
+    assert "6 custom questions; at most 5" in page.content.decode()
+    assert not ListeningTest.objects.filter(name="web-q").exists()
+
+
+def test_the_api_takes_a_questionnaire_and_refuses_a_bad_one_naming_the_entry():
+    from rest_framework.test import APIClient
+
+    from evalsite.listening.models import ListeningTest
+    from evalsite.runs.services import run_token_issue
+    from tests.factories import listening_world
+
+    world = listening_world(runs=("alpha",), n_items=2)
+    run = world["checkpoints"][0].run
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {run_token_issue(run=run)}")
+    body = {
+        "name": "api-q",
+        "kind": "mos",
+        "checkpoints": [{"run": run.pk, "step": 77777}],
+        "training_items": 0,
+    }
+    bad = client.post(
+        "/api/v1/listening-tests/",
+        {**body, "questionnaire": {"pre": [{"id": "gender", "required": True}]}},
+        format="json",
+    )
+    assert bad.status_code == 400
+    assert list(bad.json()["extra"]["fields"]) == ["questionnaire.pre[0].required"]
+    assert not bad.json()["message"].startswith("Internal")
+    ok = client.post("/api/v1/listening-tests/", {**body, "questionnaire": CONFIG}, format="json")
+    assert ok.status_code == 201, ok.json()
+    stored = ListeningTest.objects.get(name="api-q").questionnaire
+    assert [q["id"] for q in stored["pre"]][-1] == "genre" and stored["post"][0]["id"] == "comments"
+
+
+def test_the_build_command_reads_a_questionnaire_file(world, tmp_path):
+    from django.core.management import CommandError, call_command
+
+    from evalsite.listening.models import ListeningTest
+
+    spec = f"{world['checkpoints'][0].run.name}@{world['checkpoints'][0].step}"
+    good = tmp_path / "q.json"
+    good.write_text(json.dumps({"post": ["comments", "environment_noise"]}))
+    call_command(
+        "build_listening_test", "cmd-q", "--kind", "mos", "--checkpoints", spec, "--questionnaire", str(good)
+    )
+    assert [q["id"] for q in ListeningTest.objects.get(name="cmd-q").questionnaire["post"]] == [
+        "comments",
+        "environment_noise",
+    ]
+    broken = tmp_path / "broken.json"
+    broken.write_text("{pre: [")
+    with pytest.raises(CommandError, match="not a readable JSON file"):
+        call_command(
+            "build_listening_test",
+            "cmd-x",
+            "--kind",
+            "mos",
+            "--checkpoints",
+            spec,
+            "--questionnaire",
+            str(broken),
+        )
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"pre": ["shoe_size"]}))
+    with pytest.raises(CommandError, match="'shoe_size' is not a standard question"):
+        call_command(
+            "build_listening_test",
+            "cmd-y",
+            "--kind",
+            "mos",
+            "--checkpoints",
+            spec,
+            "--questionnaire",
+            str(bad),
+        )
+
+
+def three_listeners(world):
+    test = build(world)
+    answers = [
+        (
+            {**PRE_OK, "gender": "prefer_not_to_say", "genre": "Jazz"},
+            {"comments": '=HYPERLINK("x") my name is Ann'},
+        ),
+        ({**PRE_OK, "age_band": "65+", "listening_device": "in_ear"}, {}),
+        ({**PRE_OK, "listening_device": "in_ear"}, None),  # did not reach the post page
+    ]
+    for pre, post in answers:
+        part = services.participant_join(test=test)
+        part = services.questionnaire_submit(participant=part, stage="pre", answers=pre)
+        if post is not None:
+            rate_all(part)
+            services.questionnaire_submit(participant=part, stage="post", answers=post)
+    return test
+
+
+def test_the_summary_counts_each_option_and_shows_free_text_only_when_asked(world, admin_client):
+    from evalsite.listening.selectors import questionnaire_summary
+
+    test = three_listeners(world)
+    pre, post = questionnaire_summary(test)
+    assert pre["submitted"] == 3 and post["submitted"] == 2
+    age = {o["value"]: o["count"] for o in pre["questions"][0]["options"]}
+    assert age == {"18-24": 0, "25-34": 2, "35-44": 0, "45-54": 0, "55-64": 0, "65+": 1}
+    gender = pre["questions"][1]
+    assert (
+        gender["skipped"] == 2
+        and {o["value"]: o["count"] for o in gender["options"]}["prefer_not_to_say"] == 1
+    )
+    device = {o["value"]: o["count"] for o in pre["questions"][3]["options"]}
+    assert device["in_ear"] == 2 and device["over_ear"] == 1
+    comments = post["questions"][0]
+    assert (comments["answered"], comments["skipped"], comments["texts"]) == (1, 1, None)
+    page = admin_client.get(f"/listening/{test.pk}/").content.decode()
+    assert 'data-testid="questionnaire-pre"' in page and "65 or older: <b>1</b>" in page
+    assert "my name is Ann" not in page and "1 written, 1 left empty" in page
+    opened = admin_client.get(f"/listening/{test.pk}/?answers=text").content.decode()
+    assert "my name is Ann" in opened
+
+
+def test_the_questionnaire_export_has_one_row_per_listener_with_every_answer(world, admin_client):
+    import io
+
+    import pandas as pd
+
+    from evalsite.analysis.exports import questionnaire_table
+    from evalsite.analysis.plain import listener_id
+
+    test = three_listeners(world)
+    frame = questionnaire_table(test)
+    ids = [listener_id(test.pk, p.pk) for p in Participant.objects.filter(test=test).order_by("pk")]
+    assert list(frame["participant"]) == ids
+    assert list(frame.columns[:4]) == ["participant", "status", "excluded", "pre_submitted_at"]
+    assert list(frame["pre.age_band"]) == ["25-34", "65+", "25-34"]
+    assert list(frame["pre.gender"])[:2] == ["prefer_not_to_say", None]
+    assert list(frame["status"]) == ["completed", "completed", "active"]
+    assert frame["post_submitted_at"].isna().tolist() == [False, False, True]
+    response = admin_client.get(f"/analysis/tests/{test.pk}/export/questionnaire.csv")
+    assert response.status_code == 200
+    csv = pd.read_csv(io.BytesIO(response.content), keep_default_na=False)
+    # A comment a spreadsheet would run as a formula goes out as text.
+    assert csv.loc[0, "post.comments"] == '\'=HYPERLINK("x") my name is Ann'
+    assert csv.loc[1, "pre.listening_device"] == "in_ear" and list(csv["participant"]) == ids
+    # Joined to the ratings on the participant column.
+    ratings = pd.read_csv(
+        io.BytesIO(admin_client.get(f"/analysis/tests/{test.pk}/export/ratings.csv").content)
+    )
+    assert set(ratings["participant"]) <= set(csv["participant"])
+
+
+def test_a_test_without_questionnaire_exports_an_empty_questionnaire_table(world):
+    from evalsite.analysis.exports import questionnaire_table
+
+    test = build(world, questionnaire=None)
+    services.participant_join(test=test)
+    frame = questionnaire_table(test)
+    assert list(frame.columns) == ["participant", "status", "excluded"] and len(frame) == 1

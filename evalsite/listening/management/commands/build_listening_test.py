@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 from django.core.management.base import BaseCommand, CommandError
 from django.urls import reverse
 
@@ -56,6 +59,12 @@ class Command(BaseCommand):
             action="store_true",
             help="serve the sounds as generated (e.g. for a loudness study)",
         )
+        parser.add_argument(
+            "--questionnaire",
+            default=None,
+            metavar="JSON_FILE",
+            help='pre-test / post-test questions, a JSON file as the API takes it: {"pre": [...], "post": [...]}',
+        )
         parser.add_argument("--training-items", type=int, default=1)
         parser.add_argument("--votes", type=int, default=10, help="valid votes wanted per trial")
         parser.add_argument(
@@ -79,9 +88,17 @@ class Command(BaseCommand):
             raise CommandError(f"no checkpoint {spec!r} (expected RUN@STEP of a registered checkpoint)")
         return found
 
+    @staticmethod
+    def questionnaire(path: str) -> dict:
+        try:
+            return json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise CommandError(f"--questionnaire {path}: not a readable JSON file ({exc})") from None
+
     def handle(self, *args, **opts):
         checkpoints = [self.checkpoint(spec) for spec in opts["checkpoints"]]
         comparison = self.checkpoint(opts["comparison"]) if opts["comparison"] else None
+        questionnaire = self.questionnaire(opts["questionnaire"]) if opts["questionnaire"] else None
         try:
             design = TestDesign(
                 name=opts["name"],
@@ -101,6 +118,7 @@ class Command(BaseCommand):
                 gold_items=opts["gold_items"],
                 trapping_items=opts["trapping_items"],
                 loudness_target_lufs=None if opts["no_loudness_alignment"] else opts["loudness_target"],
+                questionnaire=questionnaire,
             )
             test = listening_test_build(design=design)
             if opts["publish"]:
