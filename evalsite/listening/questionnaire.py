@@ -18,6 +18,7 @@ from evalsite.core.exceptions import ApplicationError
 
 STAGES = ("pre", "post")
 STAGE_TITLES = {"pre": "Before the test: about you", "post": "After the test: your comments"}
+STAGE_NAMES = {"pre": "Pre-test page", "post": "Post-test page"}  # the researcher's words
 TEXT, CHOICE = "text", "choice"
 MAX_QUESTIONS = 12  # per stage, standard and custom together
 MAX_CUSTOM = 5  # per stage
@@ -160,7 +161,8 @@ UNKNOWN_QUESTION = "{id!r} is not a question of this page."
 NOT_TEXT = "the answer to {id!r} must be text; got {got}."
 TOO_LONG = "the answer to {id!r} is {n} characters; at most {limit}."
 NOT_AN_OPTION = "the answer to {id!r} must be one of {options}; got {got}."
-REQUIRED = "please answer {label!r}."
+REQUIRED = '"{label}" needs an answer.'
+SEVERAL = "{n} answers need attention: {all}"
 
 
 def _short(value: Any) -> str:
@@ -325,7 +327,8 @@ def questionnaire_parse(raw: Any, *, where: str = "questionnaire") -> Questionna
 def answers_clean(questions: tuple[Question, ...], answers: Any) -> dict[str, str]:
     """The answers of one page, checked against its questions: ``{question id: value}``, unanswered optional
     questions left out. Text is stripped; a choice is an option's value. Raises ``ApplicationError`` naming
-    ``answers.<id>`` for an unknown question, a wrong type, an over-long text or a missing required answer.
+    ``answers.<id>`` for an unknown question (at once), and for every wrong type, over-long text or missing
+    required answer of the page together.
     """
     if not isinstance(answers, dict):
         raise ApplicationError(ANSWERS_NOT_OBJECT.format(got=_short(answers)), fields=("answers",))
@@ -335,25 +338,31 @@ def answers_clean(questions: tuple[Question, ...], answers: Any) -> dict[str, st
             name = str(key)[:60]
             raise ApplicationError(UNKNOWN_QUESTION.format(id=name), fields=(f"answers.{name}",))
     clean: dict[str, str] = {}
+    problems: dict[str, str] = {}  # every question that needs attention, so the page says them all at once
     for q in questions:
         value = answers.get(q.id)
-        field = (f"answers.{q.id}",)
         if value is None:
             value = ""
         if not isinstance(value, str):
-            raise ApplicationError(NOT_TEXT.format(id=q.id, got=_short(value)), fields=field)
-        value = value.strip()
+            problems[q.id] = NOT_TEXT.format(id=q.id, got=_short(value))
+            continue
+        # A form sends line breaks as CRLF, a script may send LF: one text, one length, whichever sent it.
+        value = value.replace("\r\n", "\n").strip()
         if not value:
             if q.required:
-                raise ApplicationError(REQUIRED.format(label=q.label), fields=field)
+                problems[q.id] = REQUIRED.format(label=q.label)
             continue
         if q.type == TEXT and len(value) > q.max_length:
-            message = TOO_LONG.format(id=q.id, n=len(value), limit=q.max_length)
-            raise ApplicationError(message, fields=field)
-        if q.type == CHOICE and value not in {v for v, _ in q.options}:
+            problems[q.id] = TOO_LONG.format(id=q.id, n=len(value), limit=q.max_length)
+        elif q.type == CHOICE and value not in {v for v, _ in q.options}:
             values = ", ".join(repr(v) for v, _ in q.options)
-            raise ApplicationError(
-                NOT_AN_OPTION.format(id=q.id, options=values, got=_short(value)), fields=field
-            )
-        clean[q.id] = value
+            problems[q.id] = NOT_AN_OPTION.format(id=q.id, options=values, got=_short(value))
+        else:
+            clean[q.id] = value
+    if problems:
+        messages = list(problems.values())
+        message = (
+            messages[0] if len(messages) == 1 else SEVERAL.format(n=len(messages), all=" ".join(messages))
+        )
+        raise ApplicationError(message, {"fields": {f"answers.{k}": [v] for k, v in problems.items()}})
     return clean

@@ -23,7 +23,7 @@ from evalsite.listening.models import (
     StimulusHandle,
     Trial,
 )
-from evalsite.listening.questionnaire import STAGE_TITLES, STAGES, TEXT, Questionnaire
+from evalsite.listening.questionnaire import STAGE_NAMES, STAGES, TEXT, Questionnaire
 
 COMPARISON_KINDS = (ListeningTest.Kind.CMOS, ListeningTest.Kind.AB)
 NO_PREFERENCE = "none"
@@ -625,7 +625,7 @@ def questionnaire_summary(test: ListeningTest, *, with_text: bool = False) -> li
             summary.append(
                 {
                     "stage": stage,
-                    "title": STAGE_TITLES[stage],
+                    "title": STAGE_NAMES[stage],
                     "submitted": len(submitted),
                     "questions": questions,
                 }

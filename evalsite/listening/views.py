@@ -80,6 +80,7 @@ JOIN_LIMITED = (
 BODY_TOO_LARGE = "The request body is {size} bytes; a listener request may be at most {limit} bytes."
 BODY_TOO_DEEP = "The request body is nested too deeply to be read as JSON."
 UNKNOWN_SOUND = "Unknown sound."
+QUESTIONS_MARKED = "Please check the marked question{s} below ({n})."
 # What of a stored WAV reaches a listener: its format, and the samples (the data chunk). libsndfile
 # writes a PEAK chunk into float WAVs holding the time the file was written, which would tell the
 # hidden reference (written with the reference), the anchors (written together when the test was
@@ -322,10 +323,14 @@ def _questionnaire_page(
         }
         for q in Questionnaire.from_stored(participant.test.questionnaire).stage(stage)
     ]
-    # An error about no one question (an unknown one, a page that is gone) is said above the form.
+    # Said above the form: an error about no one question (an unknown one, a closed test), or how many
+    # questions below need attention (on a phone they may be a long scroll away).
+    marked = sum(bool(item["error"]) for item in questions)
     general = None
-    if error is not None and not any(item["error"] for item in questions):
-        general = error.message
+    if error is not None:
+        general = (
+            error.message if not marked else QUESTIONS_MARKED.format(n=marked, s="s" if marked > 1 else "")
+        )
     return render(
         request,
         "listening/questionnaire.html",

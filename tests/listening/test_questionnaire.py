@@ -258,9 +258,9 @@ def test_answers_are_stripped_and_unanswered_optional_questions_are_left_out():
         (
             {**PRE_OK, "hearing_problems": "  "},
             "answers.hearing_problems",
-            "please answer 'Do you have any known",
+            '"Do you have any known hearing problems?" needs an answer.',
         ),
-        ({"age_band": "25-34", "listening_device": "in_ear"}, "answers.hearing_problems", "please answer"),
+        ({"age_band": "25-34", "listening_device": "in_ear"}, "answers.hearing_problems", "needs an answer"),
     ],
 )
 def test_bad_answers_are_refused_naming_the_question(answers, field, says):
@@ -371,7 +371,8 @@ def test_the_form_page_keeps_answers_on_a_refusal_and_goes_on_once_accepted(worl
     )
     html = refused.content.decode()
     assert refused.status_code == 400
-    assert "please answer &#x27;Do you have any known hearing problems?&#x27;." in html
+    assert "&quot;Do you have any known hearing problems?&quot; needs an answer." in html
+    assert "Please check the marked questions below (2)." in html
     assert 'value="25-34" checked' in html and 'value="Welsh"' in html  # nothing given is lost
     accepted = client.post(url, {"csrfmiddlewaretoken": token, **PRE_OK})
     assert accepted.status_code == 302 and accepted["Location"] == session_url
@@ -630,3 +631,17 @@ def test_a_test_without_questionnaire_exports_an_empty_questionnaire_table(world
     services.participant_join(test=test)
     frame = questionnaire_table(test)
     assert list(frame.columns) == ["participant", "status", "excluded"] and len(frame) == 1
+
+
+def test_every_question_that_needs_attention_is_named_at_once():
+    exc = refusal(lambda: qn.answers_clean(QUESTIONS, {"age_band": "30", "native_language": 5}))
+    assert exc.extra["fields"] == {
+        "answers.age_band": [qn.NOT_AN_OPTION.format(id="age_band", options=ANY_AGE, got="'30'")],
+        "answers.hearing_problems": ['"Do you have any known hearing problems?" needs an answer.'],
+        "answers.listening_device": ['"What are you listening with?" needs an answer.'],
+        "answers.native_language": ["the answer to 'native_language' must be text; got 5."],
+    }
+    assert exc.message.startswith("4 answers need attention: ")
+
+
+ANY_AGE = "'18-24', '25-34', '35-44', '45-54', '55-64', '65+'"
