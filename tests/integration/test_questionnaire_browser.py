@@ -171,5 +171,9 @@ def test_a_listener_answers_the_pre_and_post_questionnaires_around_the_trials_in
     page.set_viewport_size({"width": 1280, "height": 900})
     page.click("[data-testid=questionnaire-show-text]")
     assert "click near the end" in page.inner_text("[data-testid=questionnaire-post]")
+    page.goto(f"{live_server.url}/listening/new/")
+    page.locator("[data-testid=questionnaire-config]").scroll_into_view_if_needed()
+    assert page.locator("[name=questionnaire-post_questions][value=comments]").is_checked()
+    snap(page, "build-form", fits=False)
     # The one console error: the refused page, answered 400 on purpose (as the JSON endpoint would be).
     assert errors == ["Failed to load resource: the server responded with a status of 400 (Bad Request)"]
