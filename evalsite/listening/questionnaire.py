@@ -139,7 +139,7 @@ UNKNOWN_STAGE = "questionnaire stages are {stages}; got {got}."
 TOO_MANY_QUESTIONS = "{where} has {n} questions; at most {limit}."
 TOO_MANY_CUSTOM = "{where} has {n} custom questions; at most {limit}."
 UNKNOWN_STANDARD = (
-    "{where}: {id!r} is not a standard question ({known}); a question of your own needs "
+    "{where}: {id} is not a standard question ({known}); a question of your own needs "
     '"custom": true, a "type" ("text" or "choice") and a "label".'
 )
 STANDARD_KEYS = "{where}: a standard question takes only id and required; got {keys}."
@@ -269,8 +269,8 @@ def question_parse(entry: Any, where: str) -> Question:
         if not (isinstance(qid, str) and CUSTOM_ID.fullmatch(qid) and qid not in STANDARD):
             raise ApplicationError(BAD_ID.format(where=where, got=_short(qid)), fields=(f"{where}.id",))
         return _custom(entry, where)
-    if qid not in STANDARD:
-        message = UNKNOWN_STANDARD.format(where=where, id=qid, known=", ".join(STANDARD))
+    if not isinstance(qid, str) or qid not in STANDARD:
+        message = UNKNOWN_STANDARD.format(where=where, id=_short(qid), known=", ".join(STANDARD))
         raise ApplicationError(message, fields=(f"{where}.id",))
     extra = set(entry) - {"id", "required", "custom"}
     if extra:

@@ -129,6 +129,13 @@ def test_no_questionnaire_is_the_default_and_stores_nothing(world):
         ),
         ({"pre": ["age_band", "age_band"]}, "questionnaire.pre[1].id", "asked twice"),
         ({"pre": [7]}, "questionnaire.pre[0]", "must be a JSON object"),
+        ({"pre": [{"id": {"a": 1}}]}, "questionnaire.pre[0].id", "{'a': 1} is not a standard question"),
+        (
+            {"pre": [{"id": ["age_band"]}]},
+            "questionnaire.pre[0].id",
+            "['age_band'] is not a standard question",
+        ),
+        ({"pre": [{"id": "x" * 5000}]}, "questionnaire.pre[0].id", "xx... is not a standard question"),
         (
             {"post": [{"id": "Bad Id", "custom": True, "type": "text", "label": "x"}]},
             "questionnaire.post[0].id",
@@ -645,3 +652,13 @@ def test_every_question_that_needs_attention_is_named_at_once():
 
 
 ANY_AGE = "'18-24', '25-34', '35-44', '45-54', '55-64', '65+'"
+
+
+def test_another_researcher_sees_neither_the_summary_nor_the_questionnaire_export(world, client):
+    from django.contrib.auth import get_user_model
+
+    test = three_listeners(world)
+    client.force_login(get_user_model().objects.create_user("mallory", password="x"))
+    assert client.get(f"/listening/{test.pk}/?answers=text").status_code == 404
+    assert client.get(f"/analysis/tests/{test.pk}/export/questionnaire.csv").status_code == 404
+    assert client.get(f"/analysis/tests/{test.pk}/export/questionnaire.parquet").status_code == 404
