@@ -79,7 +79,7 @@ def test_a_listener_answers_the_pre_and_post_questionnaires_around_the_trials_in
         )
     )
     errors: list[str] = []
-    page = new_page(browser, errors)
+    page = new_page(browser, errors, enforce_csp=True)  # the pages need nothing the policy forbids
     page.goto(f"{live_server.url}/l/i/{test.invite_token}/?PROLIFIC_PID=q-1")
     page.click("[data-testid=consent-agree]")
     page.wait_for_selector("[data-testid=questionnaire-pre]")
