@@ -11,8 +11,8 @@ from scipy import stats as sps
 from evalsite.analysis import run_views
 from evalsite.analysis.exports import metrics_table
 from evalsite.analysis.figures_runs import detector_rate_figure, metric_figure, run_figures
+from evalsite.analysis.leaders import leaders_mark
 from evalsite.analysis.run_selectors import (
-    _mark_leaders,
     checkpoint_comparison,
     run_detector_agreement,
     run_detector_rates,
@@ -537,7 +537,7 @@ def test_comparison_shows_human_scores_with_t_and_bootstrap_intervals(listened, 
     stored = {r["system"]: r for r in listening_test_results(listened["test"])["scores"]["kept"]}
     assert cell["boot_low"] == stored["det-run@77777"]["boot_low"]
     assert cell["boot_low"] < cell["value"] < cell["boot_high"] and cell["mark"] == "best"
-    assert column["screening"] == "screened: 3 of 3 listeners kept"
+    assert column["screening"] == "screened: 0 of 3 listeners excluded; completed trials only"
     html = researcher.get(f"/analysis/compare/?c={det.pk}&c={rival.pk}").content.decode()
     assert "agreement-mos (MOS)</a> ↑" in html
     assert f"{mean:.4g}" in html and f"[{mean - half:.4g}, {mean + half:.4g}]" in html
@@ -670,7 +670,7 @@ def test_the_compare_page_shows_the_screened_score_of_the_test_page_and_the_resu
     (column,) = out["columns"]
     cell = out["rows"][0]["cells"][0]
     assert cell["value"] == pytest.approx(kept.mean()) and (cell["n"], cell["listeners"]) == (12, 3)
-    assert column["screening"] == "screened: 3 of 4 listeners kept"
+    assert column["screening"] == "screened: 1 of 4 listeners excluded; completed trials only"
 
     api = researcher.get(f"/api/v1/listening-tests/{test.pk}/results/").json()
     (api_row,) = [r for r in api["scores"]["kept"] if r["system"] == "det-run@77777"]
@@ -683,7 +683,10 @@ def test_the_compare_page_shows_the_screened_score_of_the_test_page_and_the_resu
     assert f'<td class="num">{kept.mean():.2f}</td>' in page
     compare = researcher.get(f"/analysis/compare/?c={det.pk}&c={rival.pk}").content.decode()
     assert f'overlaps no other">{kept.mean():.4g}</strong>' in compare  # bold: best, intervals apart
-    assert f"{every.mean():.4g}" not in compare and "screened: 3 of 4 listeners kept" in compare
+    assert (
+        f"{every.mean():.4g}" not in compare
+        and "screened: 1 of 4 listeners excluded; completed trials only" in compare
+    )
 
 
 def test_a_leader_is_best_only_when_its_interval_separates_from_every_other():
@@ -691,28 +694,28 @@ def test_a_leader_is_best_only_when_its_interval_separates_from_every_other():
         return [{"value": v, "ci_low": lo, "ci_high": hi} for v, lo, hi in rows]
 
     apart = cells((4.2, 4.0, 4.4), (3.1, 2.9, 3.3), (2.0, 1.5, 2.5))
-    _mark_leaders(apart, True)
+    leaders_mark(apart, higher_is_better=True)
     assert [c.get("mark") for c in apart] == ["best", None, None]
     # Two SMOS 4s: neither is bolded over the other.
     equal = cells((4.0, 3.6, 4.4), (4.0, 3.7, 4.3), (2.0, 1.5, 2.5))
-    _mark_leaders(equal, True)
+    leaders_mark(equal, higher_is_better=True)
     assert [c.get("mark") for c in equal] == ["tied", "tied", None]
     # The leader overlaps the runner-up only: both tied, the third (apart from the leader) unmarked.
     overlap = cells((3.0, 2.5, 3.5), (2.9, 2.6, 3.2), (1.0, 0.5, 2.4))
-    _mark_leaders(overlap, True)
+    leaders_mark(overlap, higher_is_better=True)
     assert [c.get("mark") for c in overlap] == ["tied", "tied", None]
     lower = cells((0.5, 0.45, 0.55), (0.2, 0.1, 0.3))
-    _mark_leaders(lower, False)  # lower is better
+    leaders_mark(lower, higher_is_better=False)  # lower is better
     assert [c.get("mark") for c in lower] == [None, "best"]
     # Without intervals: the leading value is "top", no claim; equal leaders are tied; direction unknown: nothing.
     plain = [{"value": 2.0}, {"value": 3.0, "ci_low": 2.9, "ci_high": 3.1}]
-    _mark_leaders(plain, True)
+    leaders_mark(plain, higher_is_better=True)
     assert [c.get("mark") for c in plain] == [None, "top"]
     same = [{"value": 3.0}, {"value": 3.0}]
-    _mark_leaders(same, True)
+    leaders_mark(same, higher_is_better=True)
     assert [c.get("mark") for c in same] == ["tied", "tied"]
     unknown = cells((1.0, 0.9, 1.1), (2.0, 1.9, 2.1))
-    _mark_leaders(unknown, None)
+    leaders_mark(unknown, higher_is_better=None)
     assert all("mark" not in c for c in unknown)
 
 
@@ -723,7 +726,7 @@ def test_a_test_whose_screening_excludes_every_listener_gives_an_empty_column_sa
     out = checkpoint_comparison(checkpoint_ids=[det.pk, rival.pk], user=SEES_EVERY_RUN)
     (column,) = out["columns"]
     assert column["title"] == "every listener is excluded by the screening"
-    assert column["screening"] == "screened: 0 of 4 listeners kept"
+    assert column["screening"] == "screened: 4 of 4 listeners excluded; completed trials only"
     assert [row["cells"] for row in out["rows"]] == [[None], [None]]
     html = researcher.get(f"/analysis/compare/?c={det.pk}&c={rival.pk}").content.decode()
     assert 'title="every listener is excluded by the screening"' in html and "<strong title=" not in html
