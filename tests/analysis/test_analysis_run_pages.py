@@ -523,6 +523,38 @@ def test_comparison_never_puts_values_of_other_sampling_settings_in_one_column(s
     assert [c["label"] for c in same["columns"]] == ["fad"] and same["params_notes"] == []
 
 
+def test_the_checkpoint_api_names_values_of_other_sampling_settings_apart_and_joins_their_settings(
+    sampled_run, researcher
+):
+    """Item 10: the API's ``metrics`` never lets a pure-sampling FAD stand under the same name as the official
+    settings' FAD; each ``metric_results`` entry carries the sampling settings of the outputs behind it."""
+    run, ck, official_hash, pure_hash = sampled_run
+    listed = researcher.get(f"/api/v1/runs/{run.pk}/checkpoints/").json()["results"]
+    by_step = {c["step"]: c for c in listed}
+    official_key = "fad (params 1 of 2 (top_k=200, top_p=0.95))"
+    pure_key = "fad (params 2 of 2 (top_k=None, top_p=None))"
+    assert by_step[1000]["metrics"] == {official_key: 3.1} and by_step[2000]["metrics"] == {official_key: 2.9}
+    assert by_step[3000]["metrics"] == {pure_key: 1.2}  # the run page's column names, not one "fad"
+    (entry,) = by_step[3000]["metric_results"]
+    assert (entry["name"], entry["key"], entry["params_hash"]) == ("fad", pure_key, pure_hash)
+    assert entry["generation_params"] == generation_params({"top_k": None, "top_p": None})[0]
+    assert entry["generation_params"]["cfg_scale"] == 4.0  # the official CFG scale, stored with the value
+    detail = researcher.get(f"/api/v1/runs/{run.pk}/checkpoints/1000/").json()
+    assert detail["metrics"] == {official_key: 3.1}
+    assert detail["metric_results"][0]["generation_params"] == generation_params({})[0]
+    # One setting in the run: the bare name, as before.
+    MetricResult.objects.filter(params_hash=pure_hash).delete()
+    assert researcher.get(f"/api/v1/runs/{run.pk}/checkpoints/2000/").json()["metrics"] == {"fad": 2.9}
+
+
+def test_the_metrics_export_joins_each_value_to_the_generation_settings_behind_it(listened):
+    det = listened["det"]
+    Generation.objects.filter(checkpoint=det).update(params={"cfg_scale": 4.0, "top_k": 200})
+    result(det, "si_sdr", 2.0, spec=SPEC_A, higher_is_better=True)
+    table = metrics_table(listened["test"]).set_index(["metric", "level", "item"])
+    assert table.loc[("si_sdr", "system", None), "generation_params"] == '{"cfg_scale": 4.0, "top_k": 200}'
+
+
 def test_comparison_shows_human_scores_with_t_and_bootstrap_intervals(listened, researcher):
     det, rival = listened["det"], listened["rival"]
     out = checkpoint_comparison(checkpoint_ids=[det.pk, rival.pk], user=SEES_EVERY_RUN)
