@@ -213,7 +213,8 @@ def run_metric_grid(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     """The run page's metric table from :func:`run_metric_series`: one column per series, one row per step.
 
     Returns ``{"columns": [{"name", "label", "spec_key", "params_hash", "higher_is_better"}], "rows": [{"step",
-    "cells": [{"text", "best", "error"}]}]}``; ``text`` is the value to 4 decimals ("-" when missing), a failure
+    "cells": [{"text", "best", "mark", "error"}]}]}``; ``mark`` is ``leaders_mark``'s among the column's values
+    (``best`` when it is "best"); ``text`` is the value to 4 decimals ("-" when missing), a failure
     (which has no spec) shows in the metric's first column. Built from plain values, so 200 checkpoints x 12
     metrics cost milliseconds rather than thousands of model instances.
     """
@@ -233,15 +234,26 @@ def run_metric_grid(metrics: list[dict[str, Any]]) -> dict[str, Any]:
                     "higher_is_better": metric["higher_is_better"],
                 }
             )
-            best = s["best"]["step"] if s["best"] else None
-            for step, value in zip(s["steps"], s["values"]):
-                at[(step, len(columns) - 1)] = {"text": f"{value:.4f}", "best": step == best, "error": ""}
+            # "best" only where the interval separates, as on every other surface (``leaders_mark``).
+            marked = [
+                {"value": v, "ci_low": lo, "ci_high": hi}
+                for v, lo, hi in zip(s["values"], s.get("ci_low", []), s.get("ci_high", []))
+            ]
+            leaders_mark(marked, higher_is_better=metric["higher_is_better"])
+            for step, value, cell in zip(s["steps"], s["values"], marked):
+                at[(step, len(columns) - 1)] = {
+                    "text": f"{value:.4f}",
+                    "best": cell.get("mark") == "best",
+                    "mark": cell.get("mark"),
+                    "error": "",
+                }
         first = len(columns) - len(series)
         for failure in metric["failed"]:
             at.setdefault(
-                (failure["step"], first), {"text": "failed", "best": False, "error": failure["error"]}
+                (failure["step"], first),
+                {"text": "failed", "best": False, "mark": None, "error": failure["error"]},
             )
-    empty = {"text": "-", "best": False, "error": ""}
+    empty = {"text": "-", "best": False, "mark": None, "error": ""}
     steps = sorted({step for step, _ in at})
     return {
         "columns": columns,

@@ -212,16 +212,24 @@ def test_the_run_page_metric_table_has_a_column_per_spec_and_the_failure_in_the_
         "mel_l1 (spec 2 of 2 (bbbbbbbb))",
         "pesq",
     ]
-    rows = {r["step"]: [(c["text"], c["best"]) for c in r["cells"]] for r in grid["rows"]}
+    rows = {r["step"]: [(c["text"], c["mark"]) for c in r["cells"]] for r in grid["rows"]}
+    # The compare page's rule: mel_l1 0.4 [0.35, 0.45] and 0.5 [0.45, 0.55] touch, so tied; pesq has no
+    # intervals, so its leader is only "top"; a value alone in its column is not marked at all.
     assert rows == {
-        1000: [("0.5000", False), ("-", False), ("2.0000", False)],
-        2000: [("0.4000", True), ("-", False), ("3.0000", True)],
-        3000: [("-", False), ("0.1000", True), ("2.5000", False)],
-        4000: [("failed", False), ("-", False), ("-", False)],
+        1000: [("0.5000", "tied"), ("-", None), ("2.0000", None)],
+        2000: [("0.4000", "tied"), ("-", None), ("3.0000", "top")],
+        3000: [("-", None), ("0.1000", None), ("2.5000", None)],
+        4000: [("failed", None), ("-", None), ("-", None)],
     }
+    assert not any(c["best"] for r in grid["rows"] for c in r["cells"])
     assert grid["rows"][3]["cells"][0]["error"].startswith("FileNotFoundError")
     html = researcher.get(f"/runs/{run.pk}/").content.decode()
-    assert "<strong>★ 0.4000</strong>" in html and "<strong>★ 0.1000</strong>" in html
+    assert "<strong title=" not in html and "0.4000 <small" in html
+    # Apart intervals: the leader is the run page's ★ best.
+    MetricResult.objects.filter(name="mel_l1", value=0.5).update(ci_low=0.48, ci_high=0.52)
+    MetricResult.objects.filter(name="mel_l1", value=0.4).update(ci_low=0.38, ci_high=0.42)
+    html = researcher.get(f"/runs/{run.pk}/").content.decode()
+    assert '<strong title="best: its 95 % interval overlaps no other">★ 0.4000</strong>' in html
     assert 'title="FileNotFoundError: put vggish.pt into var/model-store">failed</span>' in html
 
 
