@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 from django.contrib.auth import get_user_model
 
-from evalsite.alerts.listening import alerts_evaluate_test
+from evalsite.alerts.listening import alerts_evaluate_listening_all, alerts_evaluate_test
+from evalsite.alerts.models import Alert
 from evalsite.analysis.run_selectors import checkpoint_comparison, run_human_scores
 from evalsite.analysis.snapshots import listening_test_results
 from evalsite.listening import services
@@ -206,6 +207,42 @@ def test_every_surface_gives_the_screened_completed_trial_score_of_each_checkpoi
         rows[labels[1000]]["mean"],
     )
     assert f"{rows[labels[2000]]['mean']:.2f}" in drop.title
+
+
+def test_results_read_through_an_older_copy_of_the_test_state_its_current_status(two_steps):  # noqa: F811
+    """Every surface shows the snapshot stored for the current inputs: one computed through a caller's copy
+    loaded before the test was closed must still say "closed" (the training client reads only closed tests)."""
+    old, new = two_steps
+    test = services.listening_test_publish(
+        test=make_listening_test(
+            name="stale-copy", kind="mos", checkpoints=[old, new], seed=8, training_items=0
+        )
+    )
+    answer(test, score=lambda step: 4 if step == 1000 else 2)
+    listening_test_close(test=test)
+    assert test.status == "published"  # this copy predates the close
+    assert listening_test_results(test)["test"]["status"] == "closed"
+
+
+def test_finishing_trials_re_evaluates_the_listening_alerts(two_steps):  # noqa: F811
+    """Rated-but-unfinished trials are not votes; finishing them writes no rating but must still reach the
+    alert rules on the next beat pass (the pass skips tests whose answers did not change)."""
+    old, new = two_steps
+    test = services.listening_test_publish(
+        test=make_listening_test(
+            name="finish-late", kind="mos", checkpoints=[old, new], seed=9, training_items=0
+        )
+    )
+    people = [
+        answer(test, score=lambda step, n=n: KEPT[step][n] if step == 1000 else 2, finish=False)
+        for n in range(6)
+    ]
+    assert alerts_evaluate_listening_all() == []  # no completed trial: nothing to judge yet
+    for participant in people:
+        for token in participant.assignments.values_list("token", flat=True):
+            services.trial_complete(participant=participant, trial=token)
+    created = Alert.objects.filter(pk__in=alerts_evaluate_listening_all())
+    assert [(a.kind, a.checkpoint_id) for a in created] == [("score_drop", new.pk)]
 
 
 def _su():
