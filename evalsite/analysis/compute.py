@@ -384,7 +384,8 @@ def compute_listening_test_results(test: ListeningTest, *, n_boot: int = DEFAULT
     ``version``, ``computed_at``, ``n_boot``, ``test`` (id, name, kind, status, seed, settings), ``design``
     (conditions with their checkpoints, scale, trials, items, stimuli per trial, trials per listener,
     durations), ``participants`` (statuses, recruitment, headphone check, QC), ``counts``, ``screening``,
-    ``scores`` (MOS/SMOS/MUSHRA/CMOS: per system, ``kept`` and ``all`` listeners), ``preference`` (AB),
+    ``screening_statement`` (the sentence every surface states), ``scores`` (MOS/SMOS/MUSHRA/CMOS: per system,
+    ``kept`` and ``all`` listeners; kept rows of rated systems carry ``mark``), ``preference`` (AB),
     ``pairwise`` (rows with Holm and Hochberg p, and matrices of both), ``friedman`` (MUSHRA), ``mixed_model``, ``reliability`` (``ratings``, ``flags``),
     ``flags``, ``correlations``, ``software``, ``timings`` and ``cpu_timings`` (wall and CPU seconds per stage),
     ``notes``, ``warnings`` (fewer listeners kept than ``test.min_listeners``) and ``unfinished`` (main trials
