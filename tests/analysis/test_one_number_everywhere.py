@@ -140,9 +140,9 @@ def test_every_surface_gives_the_screened_completed_trial_score_of_each_checkpoi
     stored = {
         step: float(
             np.mean(
-                Rating.objects.filter(stimulus__condition__checkpoint__step=step).values_list(
-                    "score", flat=True
-                )
+                Rating.objects.filter(
+                    participant__test=test, stimulus__condition__checkpoint__step=step
+                ).values_list("score", flat=True)
             )
         )
         for step in KEPT
