@@ -147,6 +147,7 @@ def score_drop_alerts(
                     "baseline_ci": [then["boot_low"], then["boot_high"]],
                     "baseline_n": then["n"],
                     "interval": SCORE_INTERVAL,
+                    "screening": results.get("screening_statement", ""),
                 },
                 "links": _test_links(test),
             }
@@ -195,6 +196,12 @@ def _fingerprint(test: ListeningTest) -> str:
         ratings=Count("participants__ratings", distinct=True),
         flags=Count("participants__flags", distinct=True),
         last=Max("participants__ratings__updated_at"),
+        # Finishing a trial writes no rating but turns its ratings into votes: it must re-evaluate the rules.
+        completed=Count(
+            "participants__ratings",
+            filter=Q(participants__ratings__assignment__completed_at__isnull=False),
+            distinct=True,
+        ),
         screened=Count("participants", filter=Q(participants__status="screened_out"), distinct=True),
     )
     return hashlib.sha256(repr(sorted(stats.items())).encode()).hexdigest()

@@ -30,6 +30,7 @@ from django.utils import timezone
 
 from evalsite.analysis import flags, frames, reliability, screening, stats
 from evalsite.analysis.flag_summary import flag_summary
+from evalsite.analysis.leaders import leaders_mark, screening_statement
 from evalsite.analysis.metric_correlations import metric_correlations
 from evalsite.analysis.plain import listener_id, records
 from evalsite.analysis.stats import crossed_mixed_model
@@ -45,12 +46,13 @@ except (
 ):  # a transitive dependency (scikit-learn, through librosa and pingouin); only an optimisation
     ThreadpoolController = None
 
-RESULTS_VERSION = 4
+RESULTS_VERSION = 5
 """Part of the cache key and the fingerprint: bump it when the dict's shape or values change, so no process
 reads an old one (2: ICC intervals no longer rounded to 2 decimals; 3: per-system flag rows carry ``p`` and
 ``flagging_listeners``, which the alerts read; 4: CrowdMOS intervals on score rows, Hochberg p beside Holm,
 the Friedman test of MUSHRA and Bradley–Terry scores of AB; only completed trials are votes, MUSHRA's
-constant rule judges all of a listener's ratings, ``unfinished``, ``warnings`` and ``test.min_listeners``)."""
+constant rule judges all of a listener's ratings, ``unfinished``, ``warnings`` and ``test.min_listeners``;
+5: ``mark`` ("best" / "tied" / "top") on the kept score rows of rated systems and ``screening_statement``)."""
 DEFAULT_N_BOOT = 2000
 BOOT_SEED = 0
 ALPHA = 0.05
@@ -200,6 +202,21 @@ def _scores(frame: pd.DataFrame, kind: str, n_boot: int) -> tuple[list[dict], st
     rows.sort(key=lambda r: -r["mean"])
     method = table.attrs.get("method")
     return jsonable(rows), f"{method}; {crowd.attrs['method']}" if method else None
+
+
+def _mark_systems(rows: list[dict]) -> None:
+    """Mark the leading rated systems of the kept scores (per comparison for CMOS) by the rule of every other
+    surface (:func:`~evalsite.analysis.leaders.leaders_mark`, on the t 95 % CI). References and anchors are not
+    candidates: a hidden reference leading a MUSHRA test says nothing about the systems."""
+    groups: dict = {}
+    for row in rows:
+        if row.get("role") in (None, "", Condition.Role.SYSTEM) and row.get("mean") is not None:
+            groups.setdefault(row.get("comparison"), []).append(row)
+    for group in groups.values():
+        cells = [{"value": r["mean"], "ci_low": r.get("ci_low"), "ci_high": r.get("ci_high")} for r in group]
+        leaders_mark(cells, higher_is_better=True)
+        for row, cell in zip(group, cells):
+            row["mark"] = cell.get("mark")
 
 
 def pairwise_for_correction(pairwise: dict | None, correction: str, alpha: float = ALPHA) -> dict | None:
@@ -367,7 +384,8 @@ def compute_listening_test_results(test: ListeningTest, *, n_boot: int = DEFAULT
     ``version``, ``computed_at``, ``n_boot``, ``test`` (id, name, kind, status, seed, settings), ``design``
     (conditions with their checkpoints, scale, trials, items, stimuli per trial, trials per listener,
     durations), ``participants`` (statuses, recruitment, headphone check, QC), ``counts``, ``screening``,
-    ``scores`` (MOS/SMOS/MUSHRA/CMOS: per system, ``kept`` and ``all`` listeners), ``preference`` (AB),
+    ``screening_statement`` (the sentence every surface states), ``scores`` (MOS/SMOS/MUSHRA/CMOS: per system,
+    ``kept`` and ``all`` listeners; kept rows of rated systems carry ``mark``), ``preference`` (AB),
     ``pairwise`` (rows with Holm and Hochberg p, and matrices of both), ``friedman`` (MUSHRA), ``mixed_model``, ``reliability`` (``ratings``, ``flags``),
     ``flags``, ``correlations``, ``software``, ``timings`` and ``cpu_timings`` (wall and CPU seconds per stage),
     ``notes``, ``warnings`` (fewer listeners kept than ``test.min_listeners``) and ``unfinished`` (main trials
@@ -474,6 +492,7 @@ def _compute(test: ListeningTest, *, n_boot: int) -> dict:
         "flags": int(len(flag_frame)),
         "flags_kept": int((~flag_frame["listener"].isin(excluded)).sum()) if len(flag_frame) else 0,
     }
+    results["screening_statement"] = screening_statement(results["counts"])
     if ratings.empty:
         results["notes"].append(NO_RATINGS)
     elif results["counts"]["listeners_kept"] < test.min_listeners:
@@ -491,6 +510,7 @@ def _compute(test: ListeningTest, *, n_boot: int) -> dict:
     elif not ratings.empty:
         kept_rows, method = _scores(kept, kind, n_boot)
         all_rows, all_method = _scores(ratings, kind, n_boot)
+        _mark_systems(kept_rows)
         results["scores"] = {"method": method or all_method, "kept": kept_rows, "all": all_rows}
         lap("scores")
         pairs = stats.pairwise_tests(kept, kind=kind, alpha=ALPHA) if not kept.empty else pd.DataFrame()

@@ -1,5 +1,5 @@
-"""Tables of one listening test for download: ratings, flags, metrics, screening decisions and questionnaire
-answers (CSV or Parquet).
+"""Tables of one listening test for download: scores, ratings, flags, metrics, screening decisions and
+questionnaire answers (CSV or Parquet).
 
 Every table names participants by the same opaque id as the results (never their session token or crowd id),
 and every answer says whether it counts: training and quality-control answers are not votes, and screened
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 
 import pandas as pd
 
@@ -24,9 +25,10 @@ from evalsite.listening.models import (
     StimulusHandle,
 )
 from evalsite.listening.questionnaire import STAGES, Questionnaire
+from evalsite.runs.models import Generation
 from evalsite.scoring.models import MetricResult
 
-TABLES = ("ratings", "flags", "metrics", "screening", "questionnaire")
+TABLES = ("scores", "ratings", "flags", "metrics", "screening", "questionnaire")
 FORMATS = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
 TRAINING_REASON = "training trial: not a vote"
 CONTROL_REASON = "{control} quality-control trial: not a vote"
@@ -182,7 +184,9 @@ def flags_table(test: ListeningTest) -> pd.DataFrame:
 
 
 def metrics_table(test: ListeningTest) -> pd.DataFrame:
-    """Every metric result of the checkpoints behind the conditions: system-level rows and one row per item."""
+    """Every metric result of the checkpoints behind the conditions: system-level rows and one row per item, each
+    with ``generation_params`` (JSON: the sampling settings of the outputs it was computed on, joined by
+    ``params_hash``), so values generated with different settings are never read as one."""
 
     columns = [
         "condition",
@@ -202,6 +206,7 @@ def metrics_table(test: ListeningTest) -> pd.DataFrame:
         "status",
         "error",
         "params_hash",
+        "generation_params",
         "metric_version",
         "computed_at",
     ]
@@ -218,6 +223,7 @@ def metrics_table(test: ListeningTest) -> pd.DataFrame:
             "checkpoint__step",
         )
     }
+    settings: dict[tuple[int, str], str] = {}
     rows = []
     for r in (
         MetricResult.objects.filter(checkpoint_id__in=list(conditions))
@@ -239,6 +245,14 @@ def metrics_table(test: ListeningTest) -> pd.DataFrame:
         )
     ):
         c = conditions[r["checkpoint_id"]]
+        at = (r["checkpoint_id"], r["params_hash"])
+        if at not in settings:
+            params = (
+                Generation.objects.filter(checkpoint_id=at[0], params_hash=at[1])
+                .values_list("params", flat=True)
+                .first()
+            )
+            settings[at] = json.dumps(params, sort_keys=True) if isinstance(params, dict) else ""
         base = {
             "condition": c["label"],
             "role": c["role"],
@@ -251,6 +265,7 @@ def metrics_table(test: ListeningTest) -> pd.DataFrame:
             "status": r["status"],
             "error": r["error"],
             "params_hash": r["params_hash"],
+            "generation_params": settings[at],
             "metric_version": r["metric_version"],
             "computed_at": r["updated_at"],
         }
@@ -283,6 +298,67 @@ def metrics_table(test: ListeningTest) -> pd.DataFrame:
     for column in ("value", "ci_low", "ci_high"):
         frame[column] = frame[column].astype(float)
     frame["higher_is_better"] = frame["higher_is_better"].astype("boolean")
+    return frame
+
+
+SCORE_COLUMNS = [
+    "condition",
+    "comparison",
+    "role",
+    "checkpoint_id",
+    "run",
+    "run_id",
+    "step",
+    "n",
+    "listeners",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "boot_low",
+    "boot_high",
+    "mark",
+    "screening",
+]
+
+
+def scores_table(test: ListeningTest) -> pd.DataFrame:
+    """One row per condition (per comparison for CMOS): the screened, completed-trial score of the results
+    (``scores.kept``) with its intervals, its ``mark`` (best / tied / top) and the screening it rests on, the
+    numbers the results page, report, API, run page and compare page show. AB tests have no per-condition score
+    (their preference rows are in the results API): the table is empty."""
+    results = listening_test_results(test)
+    rows = (results.get("scores") or {}).get("kept") or []
+    conditions = {
+        c["label"]: c
+        for c in Condition.objects.filter(test=test).values(
+            "label", "checkpoint_id", "checkpoint__run__name", "checkpoint__run_id", "checkpoint__step"
+        )
+    }
+    out = []
+    for r in rows:
+        c = conditions.get(r["system"], {})
+        out.append(
+            {
+                "condition": r["system"],
+                "comparison": r.get("comparison"),
+                "role": r.get("role"),
+                "checkpoint_id": c.get("checkpoint_id"),
+                "run": c.get("checkpoint__run__name"),
+                "run_id": c.get("checkpoint__run_id"),
+                "step": c.get("checkpoint__step"),
+                **{
+                    k: r.get(k)
+                    for k in ("n", "listeners", "mean", "ci_low", "ci_high", "boot_low", "boot_high")
+                },
+                "mark": r.get("mark"),
+                "screening": results["screening_statement"],
+            }
+        )
+    frame = pd.DataFrame(out, columns=SCORE_COLUMNS)
+    for column in ("checkpoint_id", "run_id", "step", "n", "listeners"):
+        frame[column] = frame[column].astype("Int64")
+    for column in ("mean", "ci_low", "ci_high", "boot_low", "boot_high"):
+        frame[column] = frame[column].astype(float)
     return frame
 
 
@@ -389,6 +465,7 @@ def csv_bytes(frame: pd.DataFrame) -> bytes:
 
 
 BUILDERS = {
+    "scores": scores_table,
     "ratings": ratings_table,
     "flags": flags_table,
     "metrics": metrics_table,

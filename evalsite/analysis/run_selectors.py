@@ -23,6 +23,7 @@ from django.db.models.functions import Coalesce
 from evalsite.analysis.flag_summary import REGION_MIN_LISTENERS, REGION_MIN_SHARE
 from evalsite.analysis.flags import flag_regions
 from evalsite.analysis.frames import stimuli_flag_frames
+from evalsite.analysis.leaders import leaders_mark, screening_statement
 from evalsite.analysis.snapshots import listening_test_results
 from evalsite.core.exceptions import ApplicationError
 from evalsite.jobs.models import Job
@@ -212,7 +213,8 @@ def run_metric_grid(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     """The run page's metric table from :func:`run_metric_series`: one column per series, one row per step.
 
     Returns ``{"columns": [{"name", "label", "spec_key", "params_hash", "higher_is_better"}], "rows": [{"step",
-    "cells": [{"text", "best", "error"}]}]}``; ``text`` is the value to 4 decimals ("-" when missing), a failure
+    "cells": [{"text", "best", "mark", "error"}]}]}``; ``mark`` is ``leaders_mark``'s among the column's values
+    (``best`` when it is "best"); ``text`` is the value to 4 decimals ("-" when missing), a failure
     (which has no spec) shows in the metric's first column. Built from plain values, so 200 checkpoints x 12
     metrics cost milliseconds rather than thousands of model instances.
     """
@@ -232,15 +234,26 @@ def run_metric_grid(metrics: list[dict[str, Any]]) -> dict[str, Any]:
                     "higher_is_better": metric["higher_is_better"],
                 }
             )
-            best = s["best"]["step"] if s["best"] else None
-            for step, value in zip(s["steps"], s["values"]):
-                at[(step, len(columns) - 1)] = {"text": f"{value:.4f}", "best": step == best, "error": ""}
+            # "best" only where the interval separates, as on every other surface (``leaders_mark``).
+            marked = [
+                {"value": v, "ci_low": lo, "ci_high": hi}
+                for v, lo, hi in zip(s["values"], s.get("ci_low", []), s.get("ci_high", []))
+            ]
+            leaders_mark(marked, higher_is_better=metric["higher_is_better"])
+            for step, value, cell in zip(s["steps"], s["values"], marked):
+                at[(step, len(columns) - 1)] = {
+                    "text": f"{value:.4f}",
+                    "best": cell.get("mark") == "best",
+                    "mark": cell.get("mark"),
+                    "error": "",
+                }
         first = len(columns) - len(series)
         for failure in metric["failed"]:
             at.setdefault(
-                (failure["step"], first), {"text": "failed", "best": False, "error": failure["error"]}
+                (failure["step"], first),
+                {"text": "failed", "best": False, "mark": None, "error": failure["error"]},
             )
-    empty = {"text": "-", "best": False, "error": ""}
+    empty = {"text": "-", "best": False, "mark": None, "error": ""}
     steps = sorted({step for step, _ in at})
     return {
         "columns": columns,
@@ -248,6 +261,24 @@ def run_metric_grid(metrics: list[dict[str, Any]]) -> dict[str, Any]:
             {"step": step, "cells": [at.get((step, i), empty) for i in range(len(columns))]} for step in steps
         ],
     }
+
+
+def run_metric_keys(*, run: Run) -> dict[str, Any]:
+    """How the API names each metric value of the run so that values generated with different settings (or
+    computed with different specs) never share a name: the run page's column label per (name, spec_key,
+    params_hash) — the bare name where the run has one group of that metric, else ``"name (params 1 of 2
+    (cfg_scale=1.0))"`` — and the generation params behind each params hash, to join a value to its settings.
+
+    Returns ``{"keys": {(name, spec_key, params_hash): key}, "settings": {params_hash: params}}``.
+    """
+    metrics = run_metric_series(run=run)
+    keys = {
+        (col["name"], col["spec_key"], col["params_hash"]): col["label"]
+        for col in run_metric_grid(metrics)["columns"]
+    }
+    hashes = MetricResult.objects.filter(checkpoint__run=run).values_list("params_hash", flat=True).distinct()
+    settings = _generation_settings(hashes, Generation.objects.filter(checkpoint__run=run), {})
+    return {"keys": keys, "settings": settings}
 
 
 def _detector_names(run: Run, seen: Iterable[str]) -> list[str]:
@@ -565,14 +596,6 @@ def _metric_columns(checkpoint_ids: Sequence[int]) -> tuple[list[dict], dict[tup
     return columns, cells
 
 
-def _screening_note(counts: dict) -> str:
-    """How many listeners the screening kept, as the test page counts them."""
-    kept, excluded = counts["listeners_kept"], counts["listeners_excluded"]
-    before = counts.get("screened_out_before_rating", 0)
-    note = f"screened: {kept} of {kept + excluded} listener{'s' if kept + excluded != 1 else ''} kept"
-    return note + (f", {before} more screened out before rating" if before else "")
-
-
 def _human_columns(checkpoint_ids: Sequence[int], user) -> tuple[list[dict], dict[tuple[int, int], dict]]:
     """One column per listening test ``user`` may see that rated any of the checkpoints (per comparison for
     CMOS, per pair for AB), read from the test's analysis results: screened listeners and completed trials only,
@@ -594,7 +617,7 @@ def _human_columns(checkpoint_ids: Sequence[int], user) -> tuple[list[dict], dic
             "test": test.name,
             "test_kind": test.kind,
             "higher_is_better": True,
-            "screening": _screening_note(results["counts"]),
+            "screening": screening_statement(results["counts"]),
         }
         if results["scores"] is None and results["preference"] is None:
             columns.append({**base, "label": f"{test.name} ({test.kind.upper()})", "title": "no votes yet"})
@@ -676,29 +699,35 @@ def _score_cell(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _mark_leaders(cells: list[dict[str, Any]], higher_is_better: bool | None) -> None:
-    """Set ``mark`` on the leading cells of one column.
+def _marked(columns: list[dict], cells: dict[tuple[int, int], dict], checkpoint_ids: Sequence[int]) -> None:
+    """Mark best / tied in each column among the given checkpoints' values (the one rule, ``leaders_mark``)."""
+    for index, col in enumerate(columns):
+        scored = [
+            cells[(c, index)] for c in checkpoint_ids if cells.get((c, index), {}).get("value") is not None
+        ]
+        leaders_mark(scored, higher_is_better=col["higher_is_better"])
 
-    ``"best"``: the single leader whose 95 % interval overlaps no other cell's. ``"tied"``: the leader and every
-    cell whose interval overlaps it, or several leaders with the same value. ``"top"``: the single leader of a
-    column where some cell has no interval, so no claim that it is better. Nothing with fewer than two values.
+
+def run_human_scores(*, run: Run, user) -> dict[str, Any]:
+    """The run page's human scores: one column per listening test ``user`` may see that rated checkpoints of the
+    run (read like the compare page's, from the test's screened results), one row per rated checkpoint.
+
+    Returns ``{"columns", "rows": [{"checkpoint", "cells"}]}`` (cells as in :func:`checkpoint_comparison`, marked
+    among this run's checkpoints); both empty when no test rated the run.
     """
-    if higher_is_better is None or len(cells) < 2:
-        return
-    top = (max if higher_is_better else min)(c["value"] for c in cells)
-    leaders = [c for c in cells if c["value"] == top]
-    if not all(c.get("ci_low") is not None and c.get("ci_high") is not None for c in cells):
-        for c in leaders:
-            c["mark"] = "top" if len(leaders) == 1 else "tied"
-        return
-    lead = leaders[0]
-    rivals = [
-        c
-        for c in cells
-        if c is not lead and c["ci_low"] <= lead["ci_high"] and lead["ci_low"] <= c["ci_high"]
-    ]
-    for c in [lead, *rivals]:
-        c["mark"] = "tied" if rivals else "best"
+    checkpoints = list(run.checkpoints.order_by("step"))
+    ids = [c.pk for c in checkpoints]
+    columns, cells = _human_columns(ids, user) if ids else ([], {})
+    _marked(columns, cells, ids)
+    rated = {c for c, _ in cells}
+    return {
+        "columns": columns,
+        "rows": [
+            {"checkpoint": c, "cells": [cells.get((c.pk, i)) for i in range(len(columns))]}
+            for c in checkpoints
+            if c.pk in rated
+        ],
+    }
 
 
 def checkpoint_comparison(*, checkpoint_ids: Sequence[int], user) -> dict[str, Any]:
@@ -709,7 +738,7 @@ def checkpoint_comparison(*, checkpoint_ids: Sequence[int], user) -> dict[str, A
     ``kind`` "human" or "metric", ``label``, ``title``, ``higher_is_better``; a human column also has
     ``screening``) and ``rows`` (``{"checkpoint", "cells"}``, a cell being None, ``{"failed": reason}``,
     ``{"baseline": True}`` or ``{"value", "ci_low", "ci_high", "n", ...}`` with ``mark`` set by
-    :func:`_mark_leaders` on the leaders of two or more values) and ``params_notes`` (one line per metric
+    :func:`~evalsite.analysis.leaders.leaders_mark` on the leaders of two or more values) and ``params_notes`` (one line per metric
     whose values were generated with different settings: they get separate columns, never one, and the
     note names the settings that differ).
     """
@@ -725,9 +754,7 @@ def checkpoint_comparison(*, checkpoint_ids: Sequence[int], user) -> dict[str, A
     offset = len(human_cols)
     cells = {**human_cells, **{(c, offset + i): v for (c, i), v in metric_cells.items()}}
     columns = human_cols + metric_cols
-    for index, col in enumerate(columns):
-        scored = [cells[(c, index)] for c in found if cells.get((c, index), {}).get("value") is not None]
-        _mark_leaders(scored, col["higher_is_better"])
+    _marked(columns, cells, found)
     rows = [
         {"checkpoint": c, "cells": [cells.get((c.pk, i)) for i in range(len(columns))]} for c in checkpoints
     ]

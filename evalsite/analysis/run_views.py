@@ -13,6 +13,7 @@ from evalsite.analysis.run_selectors import (
     run_detector_agreement,
     run_detector_rates,
     run_failed_jobs,
+    run_human_scores,
     run_metric_grid,
     run_metric_series,
 )
@@ -106,5 +107,6 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "metric_rows": metrics["rows"],
             "alerts": run_alerts(run=run),
             "failed_jobs": run_failed_jobs(run=run),
+            "human": run_human_scores(run=run, user=request.user),
         },
     )

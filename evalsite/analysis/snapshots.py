@@ -115,6 +115,9 @@ def analysis_snapshot_get(*, test: ListeningTest, fingerprint: str, n_boot: int)
 def _compute_and_store(test: ListeningTest, *, fingerprint: str, n_boot: int) -> dict:
     """Compute the results and store their snapshot, stamped with the time the inputs were read."""
     read_at, started = timezone.now(), time.perf_counter()
+    # The fingerprint read the test's row from the database; so do the results, not from a caller's older copy
+    # (a status closed since it was loaded would otherwise be stored, as "published", under the new fingerprint).
+    test = ListeningTest.objects.get(pk=test.pk)
     results = compute_listening_test_results(test, n_boot=n_boot)
     results["fingerprint"] = fingerprint
     analysis_snapshot_store(

@@ -318,10 +318,15 @@ class ListeningTestResultsApi(APIView):
             help_text="rules used, and every excluded listener (opaque id) with the "
             "rules and reasons, headphone-check screen-outs included"
         )
+        screening_statement = serializers.CharField(
+            help_text="the screening behind 'kept', as every page states it: "
+            "'screened: k of n listeners excluded; completed trials only'"
+        )
         scores = serializers.JSONField(
             allow_null=True,
             help_text="MOS/SMOS/MUSHRA/CMOS per condition: n, mean, t and "
-            "bootstrap 95% CIs, box statistics; 'kept' and 'all'",
+            "bootstrap 95% CIs, box statistics; 'kept' and 'all'. A kept row of a rated system has "
+            "'mark': 'best' (its t interval overlaps no other system's), 'tied', 'top' or null",
         )
         preference = serializers.JSONField(
             allow_null=True, help_text="AB: preference rate, Wilson CI, sign test"

@@ -153,7 +153,18 @@ class CheckpointOutputSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=Checkpoint.Status.choices)
     error = serializers.CharField(help_text="why the pipeline failed, if it did")
     jobs = JobSerializer(many=True)
-    metrics = serializers.DictField(child=serializers.FloatField(allow_null=True))
+    metrics = serializers.DictField(
+        child=serializers.FloatField(allow_null=True),
+        help_text="metric name -> value; a metric the run has under several generation settings or specs gets one "
+        "name per setting, as the run page's columns (e.g. 'fad (params 1 of 2 (cfg_scale=1.0))'), never one "
+        "value standing for another",
+    )
+    metric_results = serializers.ListField(
+        child=serializers.DictField(),
+        help_text="every metric result with its provenance: name, key (its name in 'metrics'), value, ci_low, "
+        "ci_high, n, status, spec_key, params_hash and generation_params (the sampling settings of the outputs "
+        "it was computed on)",
+    )
     detector_events = serializers.DictField(child=serializers.IntegerField())
     created_at = serializers.DateTimeField()
 
@@ -173,11 +184,44 @@ class CheckpointOutputSerializer(serializers.Serializer):
                 "status": checkpoint.status,
                 "error": failed[-1].error if checkpoint.status == "failed" and failed else "",
                 "jobs": jobs,
-                "metrics": {m.name: m.value for m in checkpoint.metric_results.all()},
+                **self._metrics(checkpoint),
                 "detector_events": events,
                 "created_at": checkpoint.created_at,
             }
         )
+
+    def _metrics(self, checkpoint: Checkpoint) -> dict:
+        """``metrics`` and ``metric_results``, named as the run page names them (``run_metric_keys`` in the
+        context; without it each value keeps its bare name)."""
+        provenance = self.context.get("metric_keys") or {"keys": {}, "settings": {}}
+        metrics: dict[str, float | None] = {}
+        results = []
+        for m in sorted(checkpoint.metric_results.all(), key=lambda m: (m.name, m.params_hash)):
+            key = provenance["keys"].get((m.name, m.spec_key, m.params_hash), m.name)
+            if metrics.get(key) is None:
+                metrics[key] = m.value
+            results.append(
+                {
+                    "name": m.name,
+                    "key": key,
+                    "value": m.value,
+                    "ci_low": m.ci_low,
+                    "ci_high": m.ci_high,
+                    "n": m.n,
+                    "status": m.status,
+                    "spec_key": m.spec_key,
+                    "params_hash": m.params_hash,
+                    "generation_params": provenance["settings"].get(m.params_hash, {}),
+                }
+            )
+        return {"metrics": metrics, "metric_results": results}
+
+
+def _metric_keys(run: Run) -> dict:
+    # Lazy: the run selectors load pandas, which the API's other endpoints do not need.
+    from evalsite.analysis.run_selectors import run_metric_keys
+
+    return run_metric_keys(run=run)
 
 
 def _checkpoints(run: Run):
@@ -210,7 +254,10 @@ class CheckpointListApi(APIView):
     )
     def get(self, request, run_id: int):
         run = run_for(request.user, run_id)
-        return Response({"results": CheckpointOutputSerializer(_checkpoints(run), many=True).data})
+        context = {"metric_keys": _metric_keys(run)}
+        return Response(
+            {"results": CheckpointOutputSerializer(_checkpoints(run), many=True, context=context).data}
+        )
 
     @extend_schema(
         operation_id="checkpoints_register",
@@ -230,7 +277,9 @@ class CheckpointListApi(APIView):
         data.is_valid(raise_exception=True)
         checkpoint, created = checkpoint_register(run=run, **data.validated_data)
         return Response(
-            CheckpointOutputSerializer(_checkpoints(run).get(pk=checkpoint.pk)).data,
+            CheckpointOutputSerializer(
+                _checkpoints(run).get(pk=checkpoint.pk), context={"metric_keys": _metric_keys(run)}
+            ).data,
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
         )
 
@@ -245,7 +294,12 @@ def _checkpoint(run: Run, step: int) -> Checkpoint:
 class CheckpointDetailApi(APIView):
     @extend_schema(operation_id="checkpoints_retrieve", responses={200: CheckpointOutputSerializer, **ERRORS})
     def get(self, request, run_id: int, step: int):
-        return Response(CheckpointOutputSerializer(_checkpoint(run_for(request.user, run_id), step)).data)
+        run = run_for(request.user, run_id)
+        return Response(
+            CheckpointOutputSerializer(
+                _checkpoint(run, step), context={"metric_keys": _metric_keys(run)}
+            ).data
+        )
 
 
 class CheckpointEvaluateApi(APIView):

@@ -11,8 +11,8 @@ from scipy import stats as sps
 from evalsite.analysis import run_views
 from evalsite.analysis.exports import metrics_table
 from evalsite.analysis.figures_runs import detector_rate_figure, metric_figure, run_figures
+from evalsite.analysis.leaders import leaders_mark
 from evalsite.analysis.run_selectors import (
-    _mark_leaders,
     checkpoint_comparison,
     run_detector_agreement,
     run_detector_rates,
@@ -212,16 +212,24 @@ def test_the_run_page_metric_table_has_a_column_per_spec_and_the_failure_in_the_
         "mel_l1 (spec 2 of 2 (bbbbbbbb))",
         "pesq",
     ]
-    rows = {r["step"]: [(c["text"], c["best"]) for c in r["cells"]] for r in grid["rows"]}
+    rows = {r["step"]: [(c["text"], c["mark"]) for c in r["cells"]] for r in grid["rows"]}
+    # The compare page's rule: mel_l1 0.4 [0.35, 0.45] and 0.5 [0.45, 0.55] touch, so tied; pesq has no
+    # intervals, so its leader is only "top"; a value alone in its column is not marked at all.
     assert rows == {
-        1000: [("0.5000", False), ("-", False), ("2.0000", False)],
-        2000: [("0.4000", True), ("-", False), ("3.0000", True)],
-        3000: [("-", False), ("0.1000", True), ("2.5000", False)],
-        4000: [("failed", False), ("-", False), ("-", False)],
+        1000: [("0.5000", "tied"), ("-", None), ("2.0000", None)],
+        2000: [("0.4000", "tied"), ("-", None), ("3.0000", "top")],
+        3000: [("-", None), ("0.1000", None), ("2.5000", None)],
+        4000: [("failed", None), ("-", None), ("-", None)],
     }
+    assert not any(c["best"] for r in grid["rows"] for c in r["cells"])
     assert grid["rows"][3]["cells"][0]["error"].startswith("FileNotFoundError")
     html = researcher.get(f"/runs/{run.pk}/").content.decode()
-    assert "<strong>★ 0.4000</strong>" in html and "<strong>★ 0.1000</strong>" in html
+    assert "<strong title=" not in html and "0.4000 <small" in html
+    # Apart intervals: the leader is the run page's ★ best.
+    MetricResult.objects.filter(name="mel_l1", value=0.5).update(ci_low=0.48, ci_high=0.52)
+    MetricResult.objects.filter(name="mel_l1", value=0.4).update(ci_low=0.38, ci_high=0.42)
+    html = researcher.get(f"/runs/{run.pk}/").content.decode()
+    assert '<strong title="best: its 95 % interval overlaps no other">★ 0.4000</strong>' in html
     assert 'title="FileNotFoundError: put vggish.pt into var/model-store">failed</span>' in html
 
 
@@ -523,6 +531,38 @@ def test_comparison_never_puts_values_of_other_sampling_settings_in_one_column(s
     assert [c["label"] for c in same["columns"]] == ["fad"] and same["params_notes"] == []
 
 
+def test_the_checkpoint_api_names_values_of_other_sampling_settings_apart_and_joins_their_settings(
+    sampled_run, researcher
+):
+    """Item 10: the API's ``metrics`` never lets a pure-sampling FAD stand under the same name as the official
+    settings' FAD; each ``metric_results`` entry carries the sampling settings of the outputs behind it."""
+    run, ck, official_hash, pure_hash = sampled_run
+    listed = researcher.get(f"/api/v1/runs/{run.pk}/checkpoints/").json()["results"]
+    by_step = {c["step"]: c for c in listed}
+    official_key = "fad (params 1 of 2 (top_k=200, top_p=0.95))"
+    pure_key = "fad (params 2 of 2 (top_k=None, top_p=None))"
+    assert by_step[1000]["metrics"] == {official_key: 3.1} and by_step[2000]["metrics"] == {official_key: 2.9}
+    assert by_step[3000]["metrics"] == {pure_key: 1.2}  # the run page's column names, not one "fad"
+    (entry,) = by_step[3000]["metric_results"]
+    assert (entry["name"], entry["key"], entry["params_hash"]) == ("fad", pure_key, pure_hash)
+    assert entry["generation_params"] == generation_params({"top_k": None, "top_p": None})[0]
+    assert entry["generation_params"]["cfg_scale"] == 4.0  # the official CFG scale, stored with the value
+    detail = researcher.get(f"/api/v1/runs/{run.pk}/checkpoints/1000/").json()
+    assert detail["metrics"] == {official_key: 3.1}
+    assert detail["metric_results"][0]["generation_params"] == generation_params({})[0]
+    # One setting in the run: the bare name, as before.
+    MetricResult.objects.filter(params_hash=pure_hash).delete()
+    assert researcher.get(f"/api/v1/runs/{run.pk}/checkpoints/2000/").json()["metrics"] == {"fad": 2.9}
+
+
+def test_the_metrics_export_joins_each_value_to_the_generation_settings_behind_it(listened):
+    det = listened["det"]
+    Generation.objects.filter(checkpoint=det).update(params={"cfg_scale": 4.0, "top_k": 200})
+    result(det, "si_sdr", 2.0, spec=SPEC_A, higher_is_better=True)
+    table = metrics_table(listened["test"]).set_index(["metric", "level", "item"])
+    assert table.loc[("si_sdr", "system", None), "generation_params"] == '{"cfg_scale": 4.0, "top_k": 200}'
+
+
 def test_comparison_shows_human_scores_with_t_and_bootstrap_intervals(listened, researcher):
     det, rival = listened["det"], listened["rival"]
     out = checkpoint_comparison(checkpoint_ids=[det.pk, rival.pk], user=SEES_EVERY_RUN)
@@ -537,7 +577,7 @@ def test_comparison_shows_human_scores_with_t_and_bootstrap_intervals(listened, 
     stored = {r["system"]: r for r in listening_test_results(listened["test"])["scores"]["kept"]}
     assert cell["boot_low"] == stored["det-run@77777"]["boot_low"]
     assert cell["boot_low"] < cell["value"] < cell["boot_high"] and cell["mark"] == "best"
-    assert column["screening"] == "screened: 3 of 3 listeners kept"
+    assert column["screening"] == "screened: 0 of 3 listeners excluded; completed trials only"
     html = researcher.get(f"/analysis/compare/?c={det.pk}&c={rival.pk}").content.decode()
     assert "agreement-mos (MOS)</a> ↑" in html
     assert f"{mean:.4g}" in html and f"[{mean - half:.4g}, {mean + half:.4g}]" in html
@@ -670,7 +710,7 @@ def test_the_compare_page_shows_the_screened_score_of_the_test_page_and_the_resu
     (column,) = out["columns"]
     cell = out["rows"][0]["cells"][0]
     assert cell["value"] == pytest.approx(kept.mean()) and (cell["n"], cell["listeners"]) == (12, 3)
-    assert column["screening"] == "screened: 3 of 4 listeners kept"
+    assert column["screening"] == "screened: 1 of 4 listeners excluded; completed trials only"
 
     api = researcher.get(f"/api/v1/listening-tests/{test.pk}/results/").json()
     (api_row,) = [r for r in api["scores"]["kept"] if r["system"] == "det-run@77777"]
@@ -683,7 +723,10 @@ def test_the_compare_page_shows_the_screened_score_of_the_test_page_and_the_resu
     assert f'<td class="num">{kept.mean():.2f}</td>' in page
     compare = researcher.get(f"/analysis/compare/?c={det.pk}&c={rival.pk}").content.decode()
     assert f'overlaps no other">{kept.mean():.4g}</strong>' in compare  # bold: best, intervals apart
-    assert f"{every.mean():.4g}" not in compare and "screened: 3 of 4 listeners kept" in compare
+    assert (
+        f"{every.mean():.4g}" not in compare
+        and "screened: 1 of 4 listeners excluded; completed trials only" in compare
+    )
 
 
 def test_a_leader_is_best_only_when_its_interval_separates_from_every_other():
@@ -691,28 +734,28 @@ def test_a_leader_is_best_only_when_its_interval_separates_from_every_other():
         return [{"value": v, "ci_low": lo, "ci_high": hi} for v, lo, hi in rows]
 
     apart = cells((4.2, 4.0, 4.4), (3.1, 2.9, 3.3), (2.0, 1.5, 2.5))
-    _mark_leaders(apart, True)
+    leaders_mark(apart, higher_is_better=True)
     assert [c.get("mark") for c in apart] == ["best", None, None]
     # Two SMOS 4s: neither is bolded over the other.
     equal = cells((4.0, 3.6, 4.4), (4.0, 3.7, 4.3), (2.0, 1.5, 2.5))
-    _mark_leaders(equal, True)
+    leaders_mark(equal, higher_is_better=True)
     assert [c.get("mark") for c in equal] == ["tied", "tied", None]
     # The leader overlaps the runner-up only: both tied, the third (apart from the leader) unmarked.
     overlap = cells((3.0, 2.5, 3.5), (2.9, 2.6, 3.2), (1.0, 0.5, 2.4))
-    _mark_leaders(overlap, True)
+    leaders_mark(overlap, higher_is_better=True)
     assert [c.get("mark") for c in overlap] == ["tied", "tied", None]
     lower = cells((0.5, 0.45, 0.55), (0.2, 0.1, 0.3))
-    _mark_leaders(lower, False)  # lower is better
+    leaders_mark(lower, higher_is_better=False)  # lower is better
     assert [c.get("mark") for c in lower] == [None, "best"]
     # Without intervals: the leading value is "top", no claim; equal leaders are tied; direction unknown: nothing.
     plain = [{"value": 2.0}, {"value": 3.0, "ci_low": 2.9, "ci_high": 3.1}]
-    _mark_leaders(plain, True)
+    leaders_mark(plain, higher_is_better=True)
     assert [c.get("mark") for c in plain] == [None, "top"]
     same = [{"value": 3.0}, {"value": 3.0}]
-    _mark_leaders(same, True)
+    leaders_mark(same, higher_is_better=True)
     assert [c.get("mark") for c in same] == ["tied", "tied"]
     unknown = cells((1.0, 0.9, 1.1), (2.0, 1.9, 2.1))
-    _mark_leaders(unknown, None)
+    leaders_mark(unknown, higher_is_better=None)
     assert all("mark" not in c for c in unknown)
 
 
@@ -723,7 +766,7 @@ def test_a_test_whose_screening_excludes_every_listener_gives_an_empty_column_sa
     out = checkpoint_comparison(checkpoint_ids=[det.pk, rival.pk], user=SEES_EVERY_RUN)
     (column,) = out["columns"]
     assert column["title"] == "every listener is excluded by the screening"
-    assert column["screening"] == "screened: 0 of 4 listeners kept"
+    assert column["screening"] == "screened: 4 of 4 listeners excluded; completed trials only"
     assert [row["cells"] for row in out["rows"]] == [[None], [None]]
     html = researcher.get(f"/analysis/compare/?c={det.pk}&c={rival.pk}").content.decode()
     assert 'title="every listener is excluded by the screening"' in html and "<strong title=" not in html

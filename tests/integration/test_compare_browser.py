@@ -75,7 +75,10 @@ def test_the_compare_page_keeps_human_scores_and_the_checkpoint_column_in_view_a
     response = page.goto(f"{live_server.url}/analysis/compare/?c={first.pk}&c={second.pk}")
     assert response.status == 200
     human = page.locator("#comparison thead th.human").first
-    assert "wide-mos (MOS)" in human.inner_text() and "screened: 3 of 3 listeners kept" in human.inner_text()
+    assert (
+        "wide-mos (MOS)" in human.inner_text()
+        and "screened: 0 of 3 listeners excluded; completed trials only" in human.inner_text()
+    )
     box = human.bounding_box()
     assert box["x"] + box["width"] <= WIDTH, box  # in view without scrolling sideways
     page.screenshot(path=str(shots / "compare-1280.png"), full_page=False)
