@@ -12,7 +12,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 
 from evalsite.core.exceptions import ApplicationError
 from evalsite.listening.access import listening_tests_visible
@@ -22,6 +22,7 @@ from evalsite.listening.models import (
     ListeningTest,
     Stimulus,
 )
+from evalsite.listening.preview import preview_save
 from evalsite.listening.selectors import AB_ANSWER_VALUES, listening_test_progress, scale_of
 from evalsite.listening.services.build import (
     listening_test_build,
@@ -34,6 +35,7 @@ from evalsite.listening.services.design import (
     ITEMS_NOT_IN_EVAL_SET,
     TestDesign,
 )
+from evalsite.listening.services.preview import preview_begin
 from evalsite.runs.access import checkpoints_visible
 from evalsite.runs.models import Checkpoint, EvalItem
 
@@ -274,6 +276,24 @@ def test_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "listening/researcher/detail.html",
         {"test": test, "invite": invite, "progress": listening_test_progress(test)},
     )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def test_listener_preview(request: HttpRequest, pk: int) -> HttpResponse:
+    """ "Preview as a listener": the test's consent page, then (on agreeing) the real listener pages in
+    a preview that keeps nothing (``services.preview``); for draft, published and closed tests."""
+    test = get_object_or_404(listening_tests_visible(request.user), pk=pk)
+    banner = {"back": reverse("listening-admin:detail", args=[test.pk])}
+    if request.method == "GET":
+        return render(request, "listening/consent.html", {"test": test, "crowd": {}, "preview": banner})
+    try:
+        token, snapshot = preview_begin(test=test)
+    except ApplicationError as exc:
+        messages.error(request, f"preview: {exc.message}")
+        return redirect("listening-admin:detail", pk=test.pk)
+    preview_save(request, token=token, test=test, snapshot=snapshot)
+    return redirect("listening:session", ptoken=token)
 
 
 @login_required
