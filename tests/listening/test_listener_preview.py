@@ -18,7 +18,7 @@ from evalsite.listening.models import (
 )
 from evalsite.listening.preview import PREVIEW_EXPIRED
 from evalsite.listening.selectors import headphone_trials
-from evalsite.listening.services import listening_test_publish, participant_join
+from evalsite.listening.services import listening_test_close, listening_test_publish, participant_join
 from evalsite.listening.services.answers import PLAY_ALL_FIRST
 from evalsite.listening.services.session import HEADPHONE_CHECK_FIRST, trial_coverage
 from tests.factories import listening_world, make_listening_test
@@ -260,3 +260,15 @@ def test_the_detail_page_links_to_the_preview(admin_client):
     test = mushra()
     page = admin_client.get(f"/listening/{test.pk}/").content.decode()
     assert f'href="/listening/{test.pk}/preview/"' in page and "Preview as a listener" in page
+
+
+def test_a_closed_test_is_previewed_and_stays_closed(admin_client):
+    test = listening_test_close(test=listening_test_publish(test=mushra()))
+    token = start(admin_client, test)
+    status, state = get_json(admin_client, f"/l/p/{token}/state")
+    assert status == 200 and state["phase"] == "calibration"
+    test.refresh_from_db()
+    assert test.status == ListeningTest.Status.CLOSED
+    # Its invite link still tells listeners it is closed.
+    assert Client().get(f"/l/i/{test.invite_token}/").status_code == 410
+    nothing_kept()
