@@ -28,6 +28,8 @@ from evalsite.listening.services.design import (
     DEFAULT_LOUDNESS_TARGET_LUFS,
     DUPLICATE_CHECKPOINTS,
     DUPLICATE_ITEMS,
+    INSTRUCTIONS_MAX_CHARS,
+    ITEMS_AND_RANDOM,
     TOO_MANY_ITEMS,
     TOO_MANY_SYSTEMS,
     TestDesign,
@@ -116,7 +118,16 @@ class ListeningTestCreateApi(APIView):
             required=False,
             allow_null=True,
             default=None,
-            help_text="eval item keys (default: every item)",
+            help_text="eval item keys (default: every item); not with random_items",
+        )
+        random_items = serializers.IntegerField(
+            min_value=1,
+            max_value=100_000,
+            required=False,
+            allow_null=True,
+            default=None,
+            help_text="draw this many of the items with output from every checkpoint, by the test's seed "
+            "(reproducible); not with items",
         )
         training_items = serializers.IntegerField(min_value=0, max_value=20, default=1)
         votes_target = serializers.IntegerField(min_value=1, max_value=10000, default=10)
@@ -130,7 +141,9 @@ class ListeningTestCreateApi(APIView):
             min_value=1, max_value=10_000, required=False, allow_null=True, default=None
         )
         title = serializers.CharField(max_length=200, default="Listening test")
-        instructions = serializers.CharField(max_length=5000, default="", allow_blank=True)
+        instructions = serializers.CharField(
+            max_length=INSTRUCTIONS_MAX_CHARS, default="", allow_blank=True, help_text="shown to listeners"
+        )
         completion_code = serializers.CharField(max_length=100, default="", allow_blank=True)
         completion_redirect = serializers.URLField(max_length=500, default="", allow_blank=True)
         screened_out_redirect = serializers.URLField(max_length=500, default="", allow_blank=True)
@@ -187,6 +200,13 @@ class ListeningTestCreateApi(APIView):
             if repeated:
                 raise serializers.ValidationError(DUPLICATE_ITEMS.format(keys=", ".join(repeated[:10])))
             return keys
+
+        def validate(self, attrs: dict) -> dict:
+            if attrs.get("items") is not None and attrs.get("random_items") is not None:
+                raise serializers.ValidationError(
+                    {"items": [ITEMS_AND_RANDOM], "random_items": [ITEMS_AND_RANDOM]}
+                )
+            return attrs
 
     @extend_schema(
         operation_id="listening_tests_create",

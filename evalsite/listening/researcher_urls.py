@@ -9,5 +9,6 @@ urlpatterns = [
     path("new/", views.test_build, name="build"),
     path("<int:pk>/", views.test_detail, name="detail"),
     path("<int:pk>/trials/<int:index>/", views.test_preview, name="preview"),
+    path("<int:pk>/preview/", views.test_listener_preview, name="listener-preview"),
     path("<int:pk>/<str:action>/", views.test_transition, name="transition"),
 ]

@@ -12,7 +12,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 
 from evalsite.core.exceptions import ApplicationError
 from evalsite.listening import questionnaire as qn
@@ -23,6 +23,7 @@ from evalsite.listening.models import (
     ListeningTest,
     Stimulus,
 )
+from evalsite.listening.preview import preview_save
 from evalsite.listening.selectors import (
     AB_ANSWER_VALUES,
     listening_test_progress,
@@ -34,9 +35,18 @@ from evalsite.listening.services.build import (
     listening_test_close,
     listening_test_publish,
 )
-from evalsite.listening.services.design import DEFAULT_LOUDNESS_TARGET_LUFS, TestDesign
+from evalsite.listening.services.design import (
+    DEFAULT_LOUDNESS_TARGET_LUFS,
+    INSTRUCTIONS_MAX_CHARS,
+    ITEMS_NOT_IN_EVAL_SET,
+    TestDesign,
+)
+from evalsite.listening.services.preview import preview_begin
 from evalsite.runs.access import checkpoints_visible
-from evalsite.runs.models import Checkpoint
+from evalsite.runs.models import Checkpoint, EvalItem
+
+CHOOSE_ITEMS = "pick at least one item (or choose 'all items' or 'random items')."
+RANDOM_ITEMS_MISSING = "say how many items to draw at random."
 
 
 class BuildForm(forms.Form):
@@ -53,24 +63,25 @@ class BuildForm(forms.Form):
     )
     allow_no_preference = forms.BooleanField(required=False, help_text="AB only: offer 'no preference'")
     require_play_all = forms.BooleanField(
-        required=False, help_text="listeners must play every sound before continuing"
+        required=False, initial=True, help_text="listeners must play every sound before continuing"
     )
     headphone_check = forms.BooleanField(
         required=False,
+        initial=True,
         help_text="level calibration, then the antiphase headphone check, before the first trial; failing it "
         "screens the listener out",
     )
     gold_items = forms.IntegerField(
         min_value=0,
         max_value=50,
-        initial=0,
+        initial=1,
         required=False,
         help_text="gold trials (obvious quality, known answer); one per listener",
     )
     trapping_items = forms.IntegerField(
         min_value=0,
         max_value=50,
-        initial=0,
+        initial=1,
         required=False,
         help_text="trapping (spoken attention-check) trials; one per listener",
     )
@@ -108,6 +119,45 @@ class BuildForm(forms.Form):
     completion_redirect = forms.URLField(required=False, assume_scheme="https")
     screened_out_redirect = forms.URLField(required=False, assume_scheme="https")
 
+    # Instructions and item selection (one block of the page: ``ITEM_FIELDS``).
+    instructions = forms.CharField(
+        max_length=INSTRUCTIONS_MAX_CHARS,
+        required=False,
+        strip=True,
+        widget=forms.Textarea(attrs={"rows": 5, "cols": 60}),
+        help_text=f"shown to listeners above every trial (empty: the standard wording of the test's kind); "
+        f"at most {INSTRUCTIONS_MAX_CHARS} characters, a blank line starts a new paragraph",
+    )
+    item_selection = forms.ChoiceField(
+        choices=[
+            ("all", "all items of the eval set"),
+            ("random", "a random number of them"),
+            ("chosen", "the items chosen below"),
+        ],
+        initial="all",
+        required=False,  # not sent (a script posting the older form): all items
+        widget=forms.RadioSelect,
+        label="Items",
+    )
+    random_items = forms.IntegerField(
+        min_value=1,
+        max_value=100_000,
+        required=False,
+        label="Random items",
+        help_text="how many items to draw; drawn with the test's seed, so a rebuild with that seed draws "
+        "the same ones",
+    )
+    items = forms.ModelMultipleChoiceField(
+        queryset=EvalItem.objects.none(),
+        required=False,
+        label="Chosen items",
+        help_text="the eval items of the visible checkpoints' eval sets (Ctrl/Cmd-click to pick several)",
+        widget=forms.SelectMultiple(attrs={"size": 8}),
+    )
+
+    QUALITY_FIELDS = ("require_play_all", "headphone_check", "gold_items", "trapping_items")
+    ITEM_FIELDS = ("instructions", "item_selection", "random_items", "items")
+
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
         # Only checkpoints of runs the researcher may see can be picked (and pass validation).
@@ -116,6 +166,59 @@ class BuildForm(forms.Form):
         self.fields["comparison"].queryset = visible
         self.fields["checkpoints"].label_from_instance = lambda c: f"{c.run.name} @ {c.step} ({c.status})"
         self.fields["comparison"].label_from_instance = lambda c: f"{c.run.name} @ {c.step}"
+        # Only items of eval sets the researcher's visible runs are evaluated on; that they are the
+        # chosen checkpoints' own is checked in ``clean`` (and again by the build).
+        self.fields["items"].queryset = (
+            EvalItem.objects.filter(eval_set__runs__checkpoints__in=visible)
+            .distinct()
+            .select_related("eval_set")
+            .order_by("eval_set__name", "key")
+        )
+        self.fields["items"].label_from_instance = lambda i: (
+            f"{i.eval_set.name} / {i.key}" + (f": {i.text[:60]}" if i.text else "")
+        )
+
+    def groups(self) -> list[tuple[str, list]]:
+        """The page's blocks of fields: what is rated, instructions and items, quality controls, then
+        every other field (so a field added later is shown even before it is given a block)."""
+        named = [
+            ("Instructions and items", self.ITEM_FIELDS),
+            ("Quality controls", self.QUALITY_FIELDS),
+        ]
+        taken = {name for _, names in named for name in names}
+        first = [name for name in self.fields if name not in taken]
+        return [("Test", [self[n] for n in first])] + [
+            (legend, [self[n] for n in names]) for legend, names in named
+        ]
+
+    def clean(self):
+        data = super().clean()
+        selection = data.get("item_selection")
+        if selection == "random" and data.get("random_items") is None and "random_items" not in self.errors:
+            self.add_error("random_items", RANDOM_ITEMS_MISSING)
+        if selection == "chosen":
+            items, checkpoints = data.get("items"), data.get("checkpoints")
+            if not items and "items" not in self.errors:
+                self.add_error("items", CHOOSE_ITEMS)
+            elif items and checkpoints:
+                eval_sets = {c.run.eval_set_id for c in checkpoints}
+                foreign = [i.key for i in items if i.eval_set_id not in eval_sets]
+                if foreign:
+                    names = sorted({c.run.eval_set.name if c.run.eval_set else "none" for c in checkpoints})
+                    self.add_error(
+                        "items",
+                        ITEMS_NOT_IN_EVAL_SET.format(eval_set=", ".join(names), keys=", ".join(foreign[:10])),
+                    )
+        return data
+
+    def item_choice(self) -> dict:
+        """``TestDesign``'s ``items`` / ``random_items`` for the selection made."""
+        data = self.cleaned_data
+        if data["item_selection"] == "chosen":
+            return {"items": sorted(data["items"], key=lambda i: i.key)}
+        if data["item_selection"] == "random":
+            return {"random_items": data["random_items"]}
+        return {}
 
 
 # --- questionnaires: their own form and fieldset, beside BuildForm ------------------------------------------
@@ -225,6 +328,8 @@ def test_build(request: HttpRequest) -> HttpResponse:
                 min_listeners=data["min_listeners"] or TestDesign.min_listeners,
                 trials_per_participant=data["trials_per_participant"],
                 title=data["title"],
+                instructions=data["instructions"],
+                **form.item_choice(),
                 completion_code=data["completion_code"],
                 completion_redirect=data["completion_redirect"],
                 screened_out_redirect=data["screened_out_redirect"],
@@ -239,7 +344,10 @@ def test_build(request: HttpRequest) -> HttpResponse:
             )
             test = listening_test_build(design=design, owner=request.user)
         except ApplicationError as exc:
-            form.add_error(None, exc.message)
+            # Shown next to the field it is about where the form has that field, else above the form.
+            named = [name for name in exc.extra.get("fields", {}) if name in form.fields]
+            for name in named[:1] or [None]:
+                form.add_error(name, exc.message)
         else:
             return redirect("listening-admin:detail", pk=test.pk)
     return render(request, "listening/researcher/build.html", {"form": form, "questions": questions})
@@ -262,6 +370,24 @@ def test_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "with_text": with_text,
         },
     )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def test_listener_preview(request: HttpRequest, pk: int) -> HttpResponse:
+    """ "Preview as a listener": the test's consent page, then (on agreeing) the real listener pages in
+    a preview that keeps nothing (``services.preview``); for draft, published and closed tests."""
+    test = get_object_or_404(listening_tests_visible(request.user), pk=pk)
+    banner = {"back": reverse("listening-admin:detail", args=[test.pk])}
+    if request.method == "GET":
+        return render(request, "listening/consent.html", {"test": test, "crowd": {}, "preview": banner})
+    try:
+        token, snapshot = preview_begin(test=test)
+    except ApplicationError as exc:
+        messages.error(request, f"preview: {exc.message}")
+        return redirect("listening-admin:detail", pk=test.pk)
+    preview_save(request, token=token, test=test, snapshot=snapshot)
+    return redirect("listening:session", ptoken=token)
 
 
 @login_required

@@ -18,6 +18,7 @@ from functools import wraps
 from django.conf import settings
 from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_http_methods, require_safe
 from rest_framework.exceptions import ParseError
@@ -32,6 +33,7 @@ from evalsite.listening.calibration import (
     wav_bytes,
 )
 from evalsite.listening.models import ListeningTest, Participant
+from evalsite.listening.preview import PreviewRefused, preview_request
 from evalsite.listening.questionnaire import STAGE_TITLES, Questionnaire
 from evalsite.listening.selectors import (
     headphone_trials,
@@ -49,6 +51,7 @@ from evalsite.listening.services.answers import (
     trial_complete,
 )
 from evalsite.listening.services.heard import CALIBRATION_SOUND, reference_sound, sound_fetch_record
+from evalsite.listening.services.preview import is_preview_token
 from evalsite.listening.services.questionnaire import questionnaire_submit
 from evalsite.listening.services.session import (
     CALIBRATE_FIRST,
@@ -176,11 +179,30 @@ def _private(response: HttpResponse) -> HttpResponse:
     return response
 
 
+def _preview(request: HttpRequest, ptoken: str, action) -> HttpResponse:
+    """``action(participant)`` as a request of the researcher's preview ``ptoken`` (``listening.preview``):
+    the same views and services as a listener's request, nothing kept. Only the researcher who opened
+    the preview, in the browser session they opened it in, gets anything but "not your session"."""
+    limited = limit_hit(request, "listener", ptoken)
+    if limited is not None:
+        return _too_many(limited)
+    try:
+        return _private(preview_request(request, ptoken, action))
+    except PreviewRefused as refused:
+        if not refused.expired:
+            return _not_your_session(request)
+        if wants_json(request) or request.method != "GET":
+            return JsonResponse({"message": str(refused), "extra": {}}, status=410)
+        return render(request, "listening/message.html", {"message": str(refused)}, status=410)
+
+
 def _listener(view):
     """Resolve the participant from the URL token and require the browser that joined as them."""
 
     @wraps(view)
     def wrapper(request: HttpRequest, ptoken: str, *args, **kwargs):
+        if is_preview_token(ptoken):
+            return _preview(request, ptoken, lambda participant: view(request, participant, *args, **kwargs))
         if not _same_browser(request, ptoken):
             return _not_your_session(request)
         limited = limit_hit(request, "listener", ptoken)
@@ -288,6 +310,7 @@ def session(request: HttpRequest, participant: Participant) -> HttpResponse:
     progress = listener_progress(participant)
     if progress["phase"] in ("pre_questionnaire", "post_questionnaire"):
         return _questionnaire_page(request, participant, progress["phase"].partition("_")[0])
+    preview = _preview_banner(request)
     if progress["phase"] in ("done", "screened_out"):
         return render(
             request,
@@ -296,10 +319,13 @@ def session(request: HttpRequest, participant: Participant) -> HttpResponse:
                 "title": participant.test.title,
                 "completion": progress["completion"],
                 "screened_out": progress["screened_out"],
+                "preview": preview,
             },
         )
     return render(
-        request, "listening/session.html", {"participant": participant, "title": participant.test.title}
+        request,
+        "listening/session.html",
+        {"participant": participant, "title": participant.test.title, "preview": preview},
     )
 
 
@@ -341,6 +367,7 @@ def _questionnaire_page(
             "questions": questions,
             "general": general,
             "participant": participant,
+            "preview": _preview_banner(request),
         },
         status=200 if error is None else error.status_code,
     )
@@ -367,6 +394,14 @@ def questionnaire(request: HttpRequest, participant: Participant, stage: str) ->
     return redirect("listening:session", ptoken=participant.token)
 
 
+def _preview_banner(request: HttpRequest) -> dict | None:
+    """What the pages of a researcher's preview say about it (None for a listener)."""
+    preview = getattr(request, "listening_preview", None)
+    if preview is None:
+        return None
+    return {"back": reverse("listening-admin:detail", args=[preview["test"].pk])}
+
+
 @require_safe
 @_listener
 def state(request: HttpRequest, participant: Participant) -> JsonResponse:
@@ -390,11 +425,17 @@ def _post(action):
 def rate(request: HttpRequest, ptoken: str) -> HttpResponse:
     """Save one rating: the hot path of a test under load (benchmarks/listening_load.py), so the
     participant is not loaded first; the service finds it with the trial and the sound."""
+    if is_preview_token(ptoken):
+        return _preview(request, ptoken, lambda participant: _rate(request, participant.token))
     if not _same_browser(request, ptoken):
         return _not_your_session(request)
     limited = limit_hit(request, "listener", ptoken)
     if limited is not None:
         return _too_many(limited)
+    return _rate(request, ptoken)
+
+
+def _rate(request: HttpRequest, ptoken: str) -> HttpResponse:
     try:
         body = _json_body(request)
         rating = rating_submit(

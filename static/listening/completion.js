@@ -25,7 +25,10 @@ export function showCompletion(app, completion) {
       h("p", { class: "ls-code" }, h("code", { "data-testid": "completion-code" }, code), " ", copy),
     );
   }
-  if (redirect) {
+  if (redirect && root.dataset.preview === "true") {
+    // A researcher's preview: the link is shown, but nobody is sent to the study platform.
+    box.append(h("p", {}, h("a", { href: redirect, "data-testid": "completion-link" }, "Return to the study platform")));
+  } else if (redirect) {
     const delay = code ? REDIRECT_DELAY_WITH_CODE_S : REDIRECT_DELAY_S;
     const countdown = h("span", {}, String(delay));
     const stay = h("button", { type: "button", onclick: () => cancel() }, "Stay on this page");

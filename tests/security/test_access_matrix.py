@@ -134,6 +134,8 @@ TABLE = {
     "listening-admin:build": (RESEARCHER_PAGE, POST_RESEARCHER),
     "listening-admin:detail": (PAGE_OF_R, POST_PAGE_OF_R),
     "listening-admin:preview": (PAGE_OF_R, POST_PAGE_OF_R),
+    # Preview as a listener: the consent page, and (POST) a preview that keeps nothing (test_listener_preview).
+    "listening-admin:listener-preview": (PAGE_OF_R, POST_PAGE_OF_R),
     "listening-admin:transition": (row(302, 302, 302, 405, 405, 302, 302), POST_PAGE_OF_R),
     "runs:overview": (RESEARCHER_PAGE, POST_RESEARCHER),
     "runs:evalset-detail": (RESEARCHER_PAGE, POST_RESEARCHER),

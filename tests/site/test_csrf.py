@@ -254,6 +254,10 @@ CASES: dict[str, Case] = {
     ),
     "listening-admin:detail": Case(kwargs=lambda w: {"pk": w.mushra.pk}),
     "listening-admin:preview": Case(kwargs=lambda w: {"pk": w.mushra.pk, "index": 0}),
+    # Starting a listener preview keeps it in the researcher's session only: no row of the site's.
+    "listening-admin:listener-preview": Case(
+        kwargs=lambda w: {"pk": w.mushra.pk}, body=lambda w: {}, form=True
+    ),
     "listening-admin:transition": Case(
         kwargs=lambda w: {"pk": w.form_draft.pk, "action": "publish"}, form=True, writes=True
     ),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import random
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,10 @@ CMOS_REFERENCE_LABEL = "reference recording"
 
 NO_USABLE_ITEMS = "no eval item has output from every checkpoint{reference}; nothing to build a test from."
 ANCHOR_SELF_TEST_FAILED = "the anchor filters fail the BS.1534-3 mask at {rate} Hz: {failures}"
+RANDOM_ITEMS_TOO_MANY = (
+    "random_items asks for {n} items, but only {usable} have output from every checkpoint{reference}; "
+    "ask for at most {usable}."
+)
 NOT_DRAFT = "test {name!r} is {status}; only a draft can be published."
 NOTHING_TO_PUBLISH = "test {name!r} has no main (non-training) trial."
 NOT_PUBLISHED = "test {name!r} is {status}; only a published test can be closed."
@@ -137,6 +142,18 @@ def _usable_items(
         message = NO_USABLE_ITEMS.format(reference=" and a reference" if needs_reference else "")
         raise ApplicationError(message, fields=("items", "checkpoints"))
     return usable
+
+
+def _random_items(resolved: ResolvedDesign, usable: list[EvalItem], seed: int) -> list[EvalItem]:
+    """``random_items`` of the usable items, drawn by the test's seed (the same seed draws the same
+    items again), in key order."""
+    n = resolved.design.random_items
+    if n > len(usable):
+        reference = " and a reference" if _needs_reference(resolved) else ""
+        message = RANDOM_ITEMS_TOO_MANY.format(n=n, usable=len(usable), reference=reference)
+        raise ApplicationError(message, fields=("random_items",))
+    drawn = random.Random(f"items:{seed}").sample(sorted(usable, key=lambda i: i.key), n)
+    return sorted(drawn, key=lambda i: i.key)
 
 
 @dataclass
@@ -243,6 +260,8 @@ def listening_test_build(*, design: TestDesign, owner: AbstractBaseUser | None =
     warnings: list[str] = []
     outputs = _outputs_by_item(resolved.sources, design.params_hash)
     usable = _usable_items(resolved, outputs, warnings)
+    if design.random_items is not None:
+        usable = _random_items(resolved, usable, test.seed)
     writer = _TrialWriter(test, resolved, conditions, outputs, warnings)
     for n, item in enumerate(usable):
         writer.item(item, training=n < design.training_items)

@@ -49,6 +49,13 @@ MIN_LISTENERS_TOO_LOW = (
 )
 DUPLICATE_ITEMS = "each eval item may be listed once; listed more than once: {keys}."
 TOO_MANY_ITEMS = "a listening test uses at most {limit} eval items (EVALSITE_LISTENING_MAX_ITEMS); got {n}."
+ITEMS_NOT_IN_EVAL_SET = "items must belong to the checkpoints' eval set ({eval_set}); not in it: {keys}."
+ITEMS_AND_RANDOM = "choose items by name or draw a random number of them, not both."
+RANDOM_ITEMS_RANGE = (
+    "random_items must be a whole number from 1 to {n} (the items of the eval set); got {value!r}."
+)
+INSTRUCTIONS_MAX_CHARS = 5000
+INSTRUCTIONS_TOO_LONG = "instructions may be at most {limit} characters; got {n}."
 TOO_MANY_TRIALS = (
     "this test would have {n} trials ({per_item} per item × {items} items); at most {limit} "
     "(EVALSITE_LISTENING_MAX_TRIALS): pick fewer items or checkpoints."
@@ -64,7 +71,8 @@ class TestDesign:
     """A listening test as a researcher asks for it: what is rated, on which items, and how it runs.
 
     ``checkpoints`` are the systems rated; ``items`` the eval items (None: every item of the
-    checkpoints' eval set); ``comparison`` the CMOS baseline (None: the reference recording);
+    checkpoints' eval set), or ``random_items`` of them drawn with the test's ``seed`` (reproducible: the
+    same seed and outputs draw the same items); ``comparison`` the CMOS baseline (None: the reference recording);
     ``params_hash`` picks the generations made with those parameters; ``seed`` None draws one.
     ``min_listeners`` is how many listeners the analysis wants left after post-screening (BS.1534-3
     suggests at least 20); below it the results page warns. ``gold_items`` / ``trapping_items`` control
@@ -81,6 +89,7 @@ class TestDesign:
     kind: str
     checkpoints: tuple[Checkpoint, ...]
     items: tuple[EvalItem, ...] | None = None
+    random_items: int | None = None
     comparison: Checkpoint | None = None
     params_hash: str | None = None
     seed: int | None = None
@@ -144,6 +153,11 @@ def _check_lists(design: TestDesign) -> None:
 
 def _check_options(design: TestDesign) -> None:
     questionnaire_parse(design.questionnaire)
+    if len(design.instructions) > INSTRUCTIONS_MAX_CHARS:
+        message = INSTRUCTIONS_TOO_LONG.format(limit=INSTRUCTIONS_MAX_CHARS, n=len(design.instructions))
+        raise ApplicationError(message, fields=("instructions",))
+    if design.items is not None and design.random_items is not None:
+        raise ApplicationError(ITEMS_AND_RANDOM, fields=("items", "random_items"))
     if design.min_listeners < 1:
         raise ApplicationError(
             MIN_LISTENERS_TOO_LOW.format(n=design.min_listeners), fields=("min_listeners",)
@@ -165,15 +179,26 @@ def _check_options(design: TestDesign) -> None:
 
 
 def _items(design: TestDesign, sources: list[Checkpoint]) -> list[EvalItem]:
-    if design.items is not None:
-        return list(design.items)
     eval_sets = {c.run.eval_set_id for c in sources}
+    if design.items is not None:
+        # Chosen items must be the checkpoints' own: an item of another eval set (another researcher's,
+        # say) would put its reference recording into this test.
+        foreign = [i.key for i in design.items if i.eval_set_id not in eval_sets]
+        if foreign:
+            names = sorted({c.run.eval_set.name if c.run.eval_set else "none" for c in sources})
+            message = ITEMS_NOT_IN_EVAL_SET.format(eval_set=", ".join(names), keys=", ".join(foreign[:10]))
+            raise ApplicationError(message, fields=("items",))
+        return list(design.items)
     if len(eval_sets) != 1 or None in eval_sets:
         names = sorted({c.run.eval_set.name if c.run.eval_set else "none" for c in sources})
         raise ApplicationError(MIXED_EVAL_SETS.format(names=", ".join(names)), fields=("checkpoints",))
-    return list(
+    items = list(
         EvalItem.objects.filter(eval_set_id=eval_sets.pop()).select_related("reference").order_by("key")
     )
+    n = design.random_items
+    if n is not None and not (isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= len(items)):
+        raise ApplicationError(RANDOM_ITEMS_RANGE.format(n=len(items), value=n), fields=("random_items",))
+    return items
 
 
 def trials_per_item(kind: str, n_checkpoints: int) -> int:
@@ -224,5 +249,6 @@ def design_resolve(design: TestDesign) -> ResolvedDesign:
     if design.kind == ListeningTest.Kind.AB and len(checkpoints) < 2:
         raise ApplicationError(AB_NEEDS_TWO.format(n=len(checkpoints)), fields=("checkpoints", "kind"))
     items = _items(design, checkpoints + ([comparison] if comparison is not None else []))
-    _check_size(design.kind, checkpoints, items)
+    # A random draw is made from the items with output (at build); at most ``random_items`` of them.
+    _check_size(design.kind, checkpoints, items[: design.random_items] if design.random_items else items)
     return ResolvedDesign(design=design, checkpoints=checkpoints, comparison=comparison, items=items)
