@@ -272,3 +272,25 @@ def test_a_closed_test_is_previewed_and_stays_closed(admin_client):
     # Its invite link still tells listeners it is closed.
     assert Client().get(f"/l/i/{test.invite_token}/").status_code == 410
     nothing_kept()
+
+
+def test_a_preview_shows_the_questionnaire_pages_and_keeps_no_answers(admin_client):
+    world = listening_world(n_items=2)
+    test = make_listening_test(
+        name="preview-q",
+        kind="mos",
+        checkpoints=world["checkpoints"][:1],
+        training_items=0,
+        loudness_target_lufs=None,
+        questionnaire={"pre": ["age_band"], "post": ["comments"]},
+    )
+    token = start(admin_client, test)
+    page = admin_client.get(f"/l/p/{token}/").content.decode()
+    assert BANNER in page and 'data-testid="questionnaire-pre"' in page
+    refused = admin_client.post(f"/l/p/{token}/questionnaire/pre", {})
+    assert refused.status_code == 400 and BANNER in refused.content.decode()  # checked as for a listener
+    accepted = admin_client.post(f"/l/p/{token}/questionnaire/pre", {"age_band": "25-34"})
+    assert accepted.status_code == 302
+    page = admin_client.get(f"/l/p/{token}/").content.decode()
+    assert 'id="listener-app"' in page and "questionnaire-pre" not in page  # the walk remembers the page
+    nothing_kept()
