@@ -107,9 +107,9 @@ def scores_figure(results: dict, which: str = "kept") -> dict | None:
         }
     )
     kind = results["test"]["kind"]
-    title = "Scores per condition (box: median and IQR; ◆ mean with 95% bootstrap CI)" + (
-        " — screened listeners" if which == "kept" else " — all listeners"
-    )
+    # Titles take a short first line and a smaller second one: one long line was cut off on a phone.
+    title = "Scores per condition" + (" — screened listeners" if which == "kept" else " — all listeners")
+    title += "<br><sup>box: median and IQR; ◆ mean with 95% bootstrap CI</sup>"
     layout = _base_layout(
         title,
         yaxis={"title": {"text": "CMOS" if kind == "cmos" else "score"}, "range": _scale_range(results)},
@@ -167,7 +167,7 @@ def exclusions_figure(results: dict) -> dict | None:
             }
         )
     layout = _base_layout(
-        "Mean with 95% bootstrap CI, with and without exclusions",
+        "Mean with 95% bootstrap CI<br><sup>with and without exclusions</sup>",
         xaxis={"tickvals": list(range(len(order))), "ticktext": order},
         yaxis={"title": {"text": "score"}, "range": _scale_range(results)},
         legend={"orientation": "h", "y": 1.08},
@@ -225,7 +225,7 @@ def significance_figure(results: dict) -> dict | None:
         }
     ]
     layout = _base_layout(
-        f"Pairwise Wilcoxon signed-rank, {correction}-corrected (* p < {alpha:g}); cell: mean of row − column",
+        f"Pairwise Wilcoxon signed-rank, {correction}-corrected<br><sup>* p < {alpha:g}; cell: mean of row − column</sup>",
         height=max(360, 60 + 45 * len(systems)),
         yaxis={"autorange": "reversed"},
         margin={"l": 200, "r": 20, "t": 60, "b": 160},
@@ -340,7 +340,7 @@ def flag_systems_figure(results: dict) -> dict | None:
         }
     ]
     layout = _base_layout(
-        "Share of presentations flagged per condition (dotted: false-flag rate)",
+        "Share of presentations flagged per condition<br><sup>dotted: false-flag rate</sup>",
         yaxis={"tickformat": ".0%", "title": {"text": "flagged"}},
     )
     if base is not None:
@@ -402,14 +402,16 @@ def flag_timeline_figure(timeline: dict) -> dict:
         }
         for r in regions
     ]
+    heard = timeline["heard"]
     title = (
-        f"{timeline['item']} · {timeline['system']}: {timeline['flagged']} of {timeline['heard']} listeners "
-        f"flagged (p = {'–' if timeline.get('p') is None else format(timeline['p'], '.2g')})"
+        f"{timeline['item']} · {timeline['system']}<br><sup>{timeline['flagged']} of {heard} "
+        f"listener{'' if heard == 1 else 's'} flagged (p = "
+        f"{'–' if timeline.get('p') is None else format(timeline['p'], '.2g')})</sup>"
     )
     layout = _base_layout(
         title,
-        height=240,
-        margin={"l": 60, "r": 20, "t": 40, "b": 40},
+        height=250,
+        margin={"l": 60, "r": 20, "t": 55, "b": 40},
         xaxis={"range": [0, timeline["duration_s"]], "title": {"text": "seconds"}},
         yaxis={"range": [0, 1.05], "tickformat": ".0%"},
         shapes=shapes,

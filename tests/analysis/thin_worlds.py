@@ -3,6 +3,7 @@ pages (unit tests on SQLite and the Chromium walk on PostgreSQL build them the s
 
 from __future__ import annotations
 
+import itertools
 import uuid
 
 from evalsite.listening import services
@@ -12,6 +13,7 @@ from evalsite.scoring.models import MetricResult
 from tests.factories import listening_world, make_listening_test
 
 SCALES = {"mushra": (0, 100), "smos": (1, 5)}
+_worlds = itertools.count()
 
 
 def _score(kind: str, k: int, stimulus, item: str, equal: bool, bad: bool = False) -> float:
@@ -80,7 +82,9 @@ def thin_test(
     """A published ``kind`` test of two checkpoints with ``listeners`` listeners who answered everything and
     a stored metric (with per-item values) on both checkpoints; every listener (or those numbered in ``flag``)
     flags a click, the listeners numbered in ``bad`` rate the hidden reference low."""
-    world = listening_world(n_items=n_items)
+    # Run names are unique: several thin tests in one database each get their own pair of runs.
+    k = next(_worlds)
+    world = listening_world(n_items=n_items, runs=(f"hifigan-run-{k}", f"evagan-run-{k}"))
     test = services.listening_test_publish(
         test=make_listening_test(
             name=name or f"{kind}-{listeners}-listeners{'-equal' if equal else ''}",
