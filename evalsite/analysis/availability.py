@@ -135,13 +135,18 @@ def _flags(results: dict) -> tuple[dict, dict]:
         summary_ok = OK
     elif counts.get("flags"):
         excluded = counts["flags"] - counts.get("flags_kept", 0)
-        parts = [
-            f"{excluded} {'is' if excluded == 1 else 'are'} from excluded listeners (see Listener screening)"
-        ]
-        if excluded < counts["flags"]:
-            parts.append(f"{counts['flags'] - excluded} on trials a kept listener has not finished")
+        unmatched = counts["flags"] - excluded
+        parts = []
+        if excluded:
+            parts.append(
+                f"{excluded} {'is' if excluded == 1 else 'are'} from excluded listeners (see Listener screening)"
+            )
+        if unmatched:  # the header counts completed main trials only; these name no sound the listener heard
+            parts.append(
+                f"{unmatched} {'is' if unmatched == 1 else 'are'} on sounds the listener was not given"
+            )
         summary_ok = _no(
-            f"needs flags from kept listeners on completed main trials: of the {plural(counts['flags'], 'flag')} "
+            f"needs flags from kept listeners: of the {plural(counts['flags'], 'flag')} "
             f"counted above, {' and '.join(parts)}; they are left out"
         )
     elif not summary.get("presentations"):

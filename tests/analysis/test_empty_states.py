@@ -192,9 +192,7 @@ def test_flags_only_from_an_excluded_listener_are_explained_rather_than_no_flags
     results = listening_test_results(test, n_boot=100)
     assert results["counts"]["listeners_excluded"] == 1 and results["counts"]["flags"] == 1
     reason = results_availability(results)["flags"]["reason"]
-    assert reason.startswith(
-        "needs flags from kept listeners on completed main trials: of the 1 flag counted"
-    )
+    assert reason.startswith("needs flags from kept listeners: of the 1 flag counted")
     assert "1 is from excluded listeners" in reason
     bodies = pages(admin_client, test)
     assert (
