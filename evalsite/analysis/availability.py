@@ -55,6 +55,8 @@ def _significance(results: dict) -> dict:
     if reason := _failed(results, "pairwise"):
         return _no(reason)
     pairwise = results.get("pairwise")
+    if results.get("test", {}).get("kind") == "ab":
+        return _no("AB: each pair's sign test is in the preference table")
     if not pairwise or not pairwise.get("rows"):
         conditions = len((results.get("scores") or {}).get("kept") or [])
         return _no(f"needs at least 2 conditions with scores from the same listeners (has {conditions})")
@@ -113,7 +115,9 @@ def _rating_reliability(results: dict) -> tuple[dict, dict]:
         )
     )
     rows = rel.get("icc") or []
-    if any(r.get("icc") is not None for r in rows):
+    if results.get("test", {}).get("kind") == "ab":
+        icc = _no("only for scores on a scale, not for AB choices")
+    elif any(r.get("icc") is not None for r in rows):
         icc = OK
     else:
         block = next((n for n in rel.get("notes") or [] if n.startswith("no complete block")), None)

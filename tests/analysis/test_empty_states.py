@@ -322,3 +322,27 @@ def test_the_availability_minimum_of_correlation_points_is_the_correlation_modul
 def test_plural_says_one_flag_and_two_flags():
     assert availability.plural(1, "flag") == "1 flag" and availability.plural(2, "flag") == "2 flags"
     assert availability.plural(0, "stimulus", "stimuli") == "0 stimuli"
+
+
+@pytest.mark.parametrize("kind", ["ab", "cmos"])
+def test_comparison_tests_with_0_1_and_2_listeners_show_data_or_say_what_is_missing(kind, admin_client):
+    for listeners in (0, 1, 2):
+        cache.clear()
+        test, _ = thin_test(kind, listeners)
+        results = listening_test_results(test, n_boot=50)
+        avail = results_availability(results)
+        assert avail["scores"]["ok"] is (listeners > 0), (listeners, avail["scores"])
+        bodies = pages(admin_client, test)
+        shown = {
+            k: a
+            for k, a in avail.items()
+            if not (kind == "ab" and k in ("significance", "icc", "mixed_model"))
+        }
+        assert_states_shown(shown, bodies)
+        for key, figure in page_figures(bodies["page"]).items():
+            assert any(len(t.get("x") or t.get("y") or t.get("z") or []) for t in figure["data"]), (
+                listeners,
+                key,
+            )
+        if kind == "ab":
+            assert "not shown: AB" not in visible_text(bodies["page"])

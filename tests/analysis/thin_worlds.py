@@ -36,10 +36,37 @@ def _score(kind: str, k: int, stimulus, item: str, equal: bool, bad: bool = Fals
     return (5 - (k + j) % 2) if stimulus.condition.label.startswith("hifigan") else 2 + (k + j) % 2
 
 
+def answer_comparisons(participant, kind: str, k: int) -> None:
+    """AB: the hifigan system is preferred; CMOS: each system is better than the reference, hifigan more so."""
+    for trial in listener_state(participant)["trials"]:
+        a, b = trial["stimuli"]
+        first = (
+            StimulusHandle.objects.select_related("stimulus__condition").get(token=a["id"]).stimulus.condition
+        )
+        if kind == "ab":
+            score = a["id"] if first.label.startswith("hifigan") else b["id"]
+        else:
+            second = StimulusHandle.objects.select_related("stimulus__condition").get(token=b["id"])
+            system = first if first.role == "system" else second.stimulus.condition
+            better = (2 if system.label.startswith("hifigan") else 0) + k % 2
+            score = -better if first.role == "system" else better
+        services.rating_submit(
+            participant=participant,
+            trial=trial["id"],
+            stimulus=b["id"],
+            score=score,
+            request_id=uuid.uuid4().hex,
+        )
+        services.trial_complete(participant=participant, trial=trial["id"])
+
+
 def answer_all(
     participant, kind: str, k: int, *, equal: bool = False, flag: bool = True, bad: bool = False
 ) -> None:
     """Rate every trial of one listener and (``flag``) flag a click on the second system's first item."""
+    if kind in ("ab", "cmos"):
+        answer_comparisons(participant, kind, k)
+        return
     for trial in listener_state(participant)["trials"]:
         for stim in trial["stimuli"]:
             stimulus = (
