@@ -346,3 +346,39 @@ def test_comparison_tests_with_0_1_and_2_listeners_show_data_or_say_what_is_miss
             )
         if kind == "ab":
             assert "not shown: AB" not in visible_text(bodies["page"])
+
+
+def test_a_run_chart_with_one_checkpoint_names_its_step_and_says_a_trend_needs_two():
+    from evalsite.analysis.figures_runs import metric_figure
+
+    series = {
+        "spec_key": "k",
+        "params_hash": "p",
+        "steps": [77777],
+        "values": [3.4],
+        "ci_low": [None],
+        "ci_high": [None],
+        "label": "pesq",
+        "n": [20],
+        "best": None,
+    }
+    metric = {"name": "pesq", "higher_is_better": True, "series": [series], "best": None}
+    layout = metric_figure(metric)["layout"]
+    assert layout["xaxis"]["tickvals"] == [77777] and layout["xaxis"]["ticktext"] == ["77777"]
+    assert "a trend needs at least 2" in layout["title"]["text"]
+    two = metric_figure(
+        {
+            **metric,
+            "series": [
+                {
+                    **series,
+                    "steps": [1, 2],
+                    "values": [1.0, 2.0],
+                    "n": [20, 20],
+                    "ci_low": [None] * 2,
+                    "ci_high": [None] * 2,
+                }
+            ],
+        }
+    )
+    assert "tickvals" not in two["layout"]["xaxis"] and "trend" not in two["layout"]["title"]["text"]
