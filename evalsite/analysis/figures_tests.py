@@ -113,7 +113,9 @@ def scores_figure(results: dict, which: str = "kept") -> dict | None:
     layout = _base_layout(
         title,
         yaxis={"title": {"text": "CMOS" if kind == "cmos" else "score"}, "range": _scale_range(results)},
-        legend={"orientation": "h", "y": 1.08},
+        # The legend sits between the two-line title and the plot, with room for both (they overlapped at 390 px).
+        legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom"},
+        margin={"l": 60, "r": 20, "t": 100, "b": 120},
     )
     if kind == "cmos":
         layout["shapes"] = [
@@ -170,7 +172,9 @@ def exclusions_figure(results: dict) -> dict | None:
         "Mean with 95% bootstrap CI<br><sup>with and without exclusions</sup>",
         xaxis={"tickvals": list(range(len(order))), "ticktext": order},
         yaxis={"title": {"text": "score"}, "range": _scale_range(results)},
-        legend={"orientation": "h", "y": 1.08},
+        # The legend sits between the two-line title and the plot, with room for both (they overlapped at 390 px).
+        legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom"},
+        margin={"l": 60, "r": 20, "t": 100, "b": 120},
     )
     return {"data": data, "layout": layout}
 
