@@ -170,7 +170,7 @@ def exclusions_figure(results: dict) -> dict | None:
         )
     layout = _base_layout(
         "Mean with 95% bootstrap CI<br><sup>with and without exclusions</sup>",
-        xaxis={"tickvals": list(range(len(order))), "ticktext": order},
+        xaxis={"tickvals": list(range(len(order))), "ticktext": order, "zeroline": False},
         yaxis={"title": {"text": "score"}, "range": _scale_range(results)},
         # The legend sits between the two-line title and the plot, with room for both (they overlapped at 390 px).
         legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom"},
