@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import sys
 import time
@@ -46,13 +47,22 @@ except (
 ):  # a transitive dependency (scikit-learn, through librosa and pingouin); only an optimisation
     ThreadpoolController = None
 
-RESULTS_VERSION = 5
+RESULTS_VERSION = 6
 """Part of the cache key and the fingerprint: bump it when the dict's shape or values change, so no process
 reads an old one (2: ICC intervals no longer rounded to 2 decimals; 3: per-system flag rows carry ``p`` and
 ``flagging_listeners``, which the alerts read; 4: CrowdMOS intervals on score rows, Hochberg p beside Holm,
 the Friedman test of MUSHRA and Bradley–Terry scores of AB; only completed trials are votes, MUSHRA's
 constant rule judges all of a listener's ratings, ``unfinished``, ``warnings`` and ``test.min_listeners``;
-5: ``mark`` ("best" / "tied" / "top") on the kept score rows of rated systems and ``screening_statement``)."""
+5: ``mark`` ("best" / "tied" / "top") on the kept score rows of rated systems and ``screening_statement``;
+6: ``failed`` (a statistic that raised, with a stated reason), ``correlations.stored_metrics``, mixed-model
+reasons without exception text)."""
+
+logger = logging.getLogger(__name__)
+STAT_FAILED = (
+    "could not be computed on these answers (a degenerate case, e.g. every score equal or one listener); "
+    "the server log has the details"
+)
+"""The stated reason for a statistic that raised: the page shows it, the exception goes to the log."""
 DEFAULT_N_BOOT = 2000
 BOOT_SEED = 0
 ALPHA = 0.05
@@ -378,6 +388,18 @@ def _blas_controller():
     return ThreadpoolController() if ThreadpoolController is not None else None
 
 
+def _guarded(results: dict, name: str, compute: Callable, *args, **kwargs):
+    """``compute(*args, **kwargs)``, or None with ``results["failed"][name]`` set to a stated reason when it
+    raises on thin or degenerate data: one statistic that cannot be computed must not take the page down or
+    show a reader an exception class, so the exception is logged instead."""
+    try:
+        return compute(*args, **kwargs)
+    except Exception:
+        logger.exception("%s failed for listening test %s", name, results["test"]["id"])
+        results["failed"][name] = f"{name.replace('_', ' ')} {STAT_FAILED}"
+        return None
+
+
 def compute_listening_test_results(test: ListeningTest, *, n_boot: int = DEFAULT_N_BOOT) -> dict:
     """Compute the results without the cache (one BLAS thread). Top-level keys:
 
@@ -468,6 +490,7 @@ def _compute(test: ListeningTest, *, n_boot: int) -> dict:
         "reliability": {"ratings": None, "flags": None},
         "notes": [],
         "warnings": [],
+        "failed": {},
         "unfinished": {
             "listeners": int(len(unfinished)),
             "trials": int(unfinished["trials"].sum()),
@@ -504,7 +527,9 @@ def _compute(test: ListeningTest, *, n_boot: int) -> dict:
             "method": pref_kept.attrs["method"],
             "kept": records(pref_kept),
             "all": records(pref_all),
-            "bradley_terry": jsonable(stats.bradley_terry(kept)) if not kept.empty else None,
+            "bradley_terry": jsonable(_guarded(results, "bradley_terry", stats.bradley_terry, kept))
+            if not kept.empty
+            else None,
         }
         lap("scores")
     elif not ratings.empty:
@@ -513,8 +538,12 @@ def _compute(test: ListeningTest, *, n_boot: int) -> dict:
         _mark_systems(kept_rows)
         results["scores"] = {"method": method or all_method, "kept": kept_rows, "all": all_rows}
         lap("scores")
-        pairs = stats.pairwise_tests(kept, kind=kind, alpha=ALPHA) if not kept.empty else pd.DataFrame()
-        if len(pairs):
+        pairs = (
+            _guarded(results, "pairwise", stats.pairwise_tests, kept, kind=kind, alpha=ALPHA)
+            if not kept.empty
+            else None
+        )
+        if pairs is not None and len(pairs):
             order = [r["system"] for r in kept_rows] if kind != "cmos" else []
             results["pairwise"] = {
                 "method": pairs.attrs["method"],
@@ -525,7 +554,9 @@ def _compute(test: ListeningTest, *, n_boot: int) -> dict:
                 "matrix": _matrix(pairs, order) if order else None,
             }
         if kind == ListeningTest.Kind.MUSHRA and not kept.empty:
-            results["friedman"] = jsonable(stats.friedman_test(kept, kind="mushra"))
+            results["friedman"] = jsonable(
+                _guarded(results, "friedman", stats.friedman_test, kept, kind="mushra")
+            )
         lap("pairwise")
         if not kept.empty:
             systems = (
@@ -534,14 +565,22 @@ def _compute(test: ListeningTest, *, n_boot: int) -> dict:
                 else sorted(set(kept["system"]))
             )
             results["mixed_model"] = jsonable(
-                crossed_mixed_model(kept, baseline=systems[0] if systems else None)
+                _guarded(
+                    results,
+                    "mixed_model",
+                    crossed_mixed_model,
+                    kept,
+                    baseline=systems[0] if systems else None,
+                )
             )
         lap("mixed_model")
         if not kept.empty:
-            results["reliability"]["ratings"] = jsonable(reliability.reliability_summary(kept, kind=kind))
+            results["reliability"]["ratings"] = jsonable(
+                _guarded(results, "reliability", reliability.reliability_summary, kept, kind=kind)
+            )
         lap("reliability")
     if kind == ListeningTest.Kind.AB and not kept.empty:
-        results["reliability"]["ratings"] = jsonable(_ab_reliability(kept))
+        results["reliability"]["ratings"] = jsonable(_guarded(results, "reliability", _ab_reliability, kept))
         lap("reliability")
 
     kept_presented = presented.loc[~presented["listener"].isin(excluded)] if len(presented) else presented
@@ -554,10 +593,24 @@ def _compute(test: ListeningTest, *, n_boot: int) -> dict:
     pres = flags.presentation_flags(kept_flags, kept_presented) if len(kept_presented) else None
     results["flags"] = flag_summary(kept_flags, kept_presented, pres, rename, alpha=ALPHA)
     if len(kept_presented) and len(kept_flags):
-        agreement = reliability.flag_agreement(kept_flags, kept_presented, presentations=pres)
+        agreement = _guarded(
+            results,
+            "flag_agreement",
+            reliability.flag_agreement,
+            kept_flags,
+            kept_presented,
+            presentations=pres,
+        )
         results["reliability"]["flags"] = jsonable(agreement)
     lap("flags")
-    results["correlations"] = metric_correlations(kind, kept, metrics)
+    results["correlations"] = _guarded(results, "correlations", metric_correlations, kind, kept, metrics) or {
+        "metrics": [],
+        "system": [],
+        "item": [],
+        "points": {"system": {}, "item": {}},
+        "method": None,
+        "stored_metrics": [],
+    }
     lap("correlations")
     results["software"] = software_versions()
     results["timings"] = timings

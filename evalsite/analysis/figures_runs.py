@@ -126,7 +126,15 @@ def metric_figure(metric: dict[str, Any]) -> dict[str, Any]:
             )
     direction = {True: " (higher is better)", False: " (lower is better)"}.get(hib, "")
     title = " ".join(p for p in (metric["name"], direction_arrow(hib)) if p) + direction
-    return {"data": data, "layout": _layout(title, metric["name"], legend=len(metric["series"]) > 1)}
+    steps = sorted({step for series in metric["series"] for step in series["steps"]})
+    if len(steps) == 1:
+        title += "<br><sup>1 checkpoint so far: a trend needs at least 2</sup>"
+    layout = _layout(title, metric["name"], legend=len(metric["series"]) > 1)
+    if len(steps) == 1:
+        # One point: plotly's automatic ticks around it read "77.776k, 77.7765k"; name the one step instead.
+        layout["xaxis"].update(tickvals=steps, ticktext=[str(steps[0])], range=[steps[0] - 1, steps[0] + 1])
+        layout["margin"]["t"] = 55
+    return {"data": data, "layout": layout}
 
 
 def detector_rate_figure(rates: dict[str, Any]) -> dict[str, Any] | None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import html
 import math
 
+from evalsite.analysis.availability import MIN_CORRELATION_POINTS
+
 ROLE_COLORS = {
     "system": "#1f77b4",
     "hidden_reference": "#2ca02c",
@@ -105,13 +107,15 @@ def scores_figure(results: dict, which: str = "kept") -> dict | None:
         }
     )
     kind = results["test"]["kind"]
-    title = "Scores per condition (box: median and IQR; ◆ mean with 95% bootstrap CI)" + (
-        " — screened listeners" if which == "kept" else " — all listeners"
-    )
+    # Titles take a short first line and a smaller second one: one long line was cut off on a phone.
+    title = "Scores per condition" + (" — screened listeners" if which == "kept" else " — all listeners")
+    title += "<br><sup>box: median and IQR; ◆ mean with 95% bootstrap CI</sup>"
     layout = _base_layout(
         title,
         yaxis={"title": {"text": "CMOS" if kind == "cmos" else "score"}, "range": _scale_range(results)},
-        legend={"orientation": "h", "y": 1.08},
+        # The legend sits between the two-line title and the plot, with room for both (they overlapped at 390 px).
+        legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom"},
+        margin={"l": 60, "r": 20, "t": 100, "b": 120},
     )
     if kind == "cmos":
         layout["shapes"] = [
@@ -165,10 +169,12 @@ def exclusions_figure(results: dict) -> dict | None:
             }
         )
     layout = _base_layout(
-        "Mean with 95% bootstrap CI, with and without exclusions",
-        xaxis={"tickvals": list(range(len(order))), "ticktext": order},
+        "Mean with 95% bootstrap CI<br><sup>with and without exclusions</sup>",
+        xaxis={"tickvals": list(range(len(order))), "ticktext": order, "zeroline": False},
         yaxis={"title": {"text": "score"}, "range": _scale_range(results)},
-        legend={"orientation": "h", "y": 1.08},
+        # The legend sits between the two-line title and the plot, with room for both (they overlapped at 390 px).
+        legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom"},
+        margin={"l": 60, "r": 20, "t": 100, "b": 120},
     )
     return {"data": data, "layout": layout}
 
@@ -186,6 +192,8 @@ def significance_figure(results: dict) -> dict | None:
     p = matrix.get("p_adjusted", matrix["p_holm"])
     systems, diff, sig = matrix["systems"], matrix["mean_diff"], matrix["significant"]
     z = [[None if v is None else min(10.0, -math.log10(max(v, 1e-300))) for v in row] for row in p]
+    if all(v is None for row in z for v in row):
+        return None  # no pair has a p-value yet: a blank grid says nothing; the page states what is missing
     size = range(len(systems))
     text = [
         [("" if diff[i][j] is None else f"{diff[i][j]:+.1f}{' *' if sig[i][j] else ''}") for j in size]
@@ -221,7 +229,7 @@ def significance_figure(results: dict) -> dict | None:
         }
     ]
     layout = _base_layout(
-        f"Pairwise Wilcoxon signed-rank, {correction}-corrected (* p < {alpha:g}); cell: mean of row − column",
+        f"Pairwise Wilcoxon signed-rank, {correction}-corrected<br><sup>* p < {alpha:g}; cell: mean of row − column</sup>",
         height=max(360, 60 + 45 * len(systems)),
         yaxis={"autorange": "reversed"},
         margin={"l": 200, "r": 20, "t": 60, "b": 160},
@@ -336,7 +344,7 @@ def flag_systems_figure(results: dict) -> dict | None:
         }
     ]
     layout = _base_layout(
-        "Share of presentations flagged per condition (dotted: false-flag rate)",
+        "Share of presentations flagged per condition<br><sup>dotted: false-flag rate</sup>",
         yaxis={"tickformat": ".0%", "title": {"text": "flagged"}},
     )
     if base is not None:
@@ -398,14 +406,16 @@ def flag_timeline_figure(timeline: dict) -> dict:
         }
         for r in regions
     ]
+    heard = timeline["heard"]
     title = (
-        f"{timeline['item']} · {timeline['system']}: {timeline['flagged']} of {timeline['heard']} listeners "
-        f"flagged (p = {'–' if timeline.get('p') is None else format(timeline['p'], '.2g')})"
+        f"{timeline['item']} · {timeline['system']}<br><sup>{timeline['flagged']} of {heard} "
+        f"listener{'' if heard == 1 else 's'} flagged (p = "
+        f"{'–' if timeline.get('p') is None else format(timeline['p'], '.2g')})</sup>"
     )
     layout = _base_layout(
         title,
-        height=240,
-        margin={"l": 60, "r": 20, "t": 40, "b": 40},
+        height=250,
+        margin={"l": 60, "r": 20, "t": 55, "b": 40},
         xaxis={"range": [0, timeline["duration_s"]], "title": {"text": "seconds"}},
         yaxis={"range": [0, 1.05], "tickformat": ".0%"},
         shapes=shapes,
@@ -416,13 +426,34 @@ def flag_timeline_figure(timeline: dict) -> dict:
 
 
 def _corr_title(metric: str, row: dict | None, level: str) -> str:
+    """Two short lines (a long metric name and the statistics on one line overflowed a 540 px chart and ran
+    into its neighbour's title): the metric and level, then the coefficients or what they need."""
+    head = f"<b>{html.escape(metric)}</b> · {level} level"
     if not row:
-        return f"{metric} ({level} level)"
+        return head
+    if row.get("pearson_r") is None:
+        what = "conditions" if level == "system" else "item × condition cells"
+        return (
+            f"{head}<br><span style='font-size:12px'>r, ρ, τ need at least {MIN_CORRELATION_POINTS} {what} "
+            f"(has {row.get('n')})</span>"
+            if (row.get("n") or 0) < MIN_CORRELATION_POINTS
+            else f"{head}<br><span style='font-size:12px'>r, ρ, τ undefined: {html.escape(row.get('note') or '')}</span>"
+        )
     stats = (
         f"r {_fmt(row.get('pearson_r'))}, ρ {_fmt(row.get('spearman_rho'))}, τ {_fmt(row.get('kendall_tau'))}, "
         f"n {row.get('n')}"
     )
-    return f"{metric} ({level} level): {stats}"
+    return f"{head}<br><span style='font-size:12px'>{stats}</span>"
+
+
+def _padded_range(values: list) -> list[float] | None:
+    """The values' range with 15 % room each side, so markers and their labels are not cut at the plot edge."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return None
+    low, high = min(finite), max(finite)
+    pad = 0.15 * (high - low) if high > low else max(abs(high) * 0.1, 1.0)
+    return [low - pad, high + pad]
 
 
 def metric_scatter_figure(results: dict, metric: str, level: str = "system") -> dict | None:
@@ -435,6 +466,10 @@ def metric_scatter_figure(results: dict, metric: str, level: str = "system") -> 
     if level == "system":
         text = points["systems"]
         mode = "markers+text"
+        # Labels lean inwards: centred labels of the outermost points were cut by the plot's edges.
+        xs = [v for v in points["metric"] if v is not None]
+        middle = (min(xs) + max(xs)) / 2 if xs else 0
+        position = ["top right" if v is not None and v < middle else "top left" for v in points["metric"]]
     else:
         text = [f"{s} · {i}" for s, i in zip(points["systems"], points["items"])]
         mode = "markers"
@@ -445,18 +480,20 @@ def metric_scatter_figure(results: dict, metric: str, level: str = "system") -> 
             "x": points["metric"],
             "y": points["human"],
             "text": text,
-            "textposition": "top center",
+            "textposition": position if level == "system" else "top center",
+            "cliponaxis": False,
             "marker": {"size": 10 if level == "system" else 6, "opacity": 0.8},
             "hovertemplate": "%{text}<br>" + metric + " %{x:.3g}<br>human %{y:.2f}<extra></extra>",
         }
     ]
     layout = _base_layout(
         _corr_title(metric, row, level),
-        height=340,
-        margin={"l": 60, "r": 20, "t": 50, "b": 50},
-        xaxis={"title": {"text": metric}},
-        yaxis={"title": {"text": "human score"}},
+        height=360,
+        margin={"l": 60, "r": 30, "t": 70, "b": 50},
+        xaxis={"title": {"text": metric}, "range": _padded_range(points["metric"])},
+        yaxis={"title": {"text": "human score"}, "range": _padded_range(points["human"])},
     )
+    layout["title"]["font"] = {"size": 14}
     return {"data": data, "layout": layout}
 
 

@@ -18,6 +18,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET
 
 from evalsite.analysis import exports, figures_tests
+from evalsite.analysis.availability import results_availability
 from evalsite.analysis.compute import pairwise_for_correction
 from evalsite.analysis.plain import listener_id
 from evalsite.analysis.snapshots import listening_test_results
@@ -106,6 +107,10 @@ def test_results_page(request: HttpRequest, pk: int) -> HttpResponse:
             "timelines": timelines,
             "screening": screening,
             "metrics": metrics,
+            "avail": results_availability(results),
+            "correlation_levels": [
+                (level, (results.get("correlations") or {}).get(level) or []) for level in ("system", "item")
+            ],
             "correction": correction,
             "corrections": CORRECTIONS,
             "exports": [
@@ -162,6 +167,7 @@ def test_report(request: HttpRequest, pk: int) -> HttpResponse:
                 "r": results,
                 "correction": correction,
                 "correction_name": CORRECTIONS[correction],
+                "avail": results_availability(results),
                 "svg": figures_tests.scores_svg(results, "kept"),
                 "svg_all": figures_tests.scores_svg(results, "all"),
             },

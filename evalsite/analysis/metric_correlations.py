@@ -50,6 +50,8 @@ def metric_correlations(kind: str, kept: pd.DataFrame, metrics: pd.DataFrame) ->
         "item": [],
         "points": {"system": {}, "item": {}},
         "method": None,
+        # What is stored even without human scores, so an empty section can say that metrics exist.
+        "stored_metrics": sorted(set(metrics["metric"])) if not metrics.empty else [],
     }
     human = human_for_metrics(kind, kept)
     if metrics.empty or human.empty:

@@ -218,7 +218,7 @@ def _bs1534(frame: pd.DataFrame, rule: Bs1534Rule) -> list[dict]:
             skipped = int(skipped_items[listener])
             extra = (
                 (
-                    f"; {skipped} item(s) where more than {_pct(rule.anchor_item_guard)} of listeners rated the "
+                    f"; {skipped} item{'' if skipped == 1 else 's'} where more than {_pct(rule.anchor_item_guard)} of listeners rated the "
                     f"anchor above {rule.anchor_above:g} were left out"
                 )
                 if skipped
@@ -278,7 +278,9 @@ def _constant(frame: pd.DataFrame, rule: ConstantRule, kind: str) -> tuple[list[
                 dict(
                     listener=listener,
                     rule="constant",
-                    reason=(f"only {len(s)} ratings of {what} (at least {rule.min_ratings} needed)"),
+                    reason=(
+                        f"only {len(s)} rating{'' if len(s) == 1 else 's'} of {what} (at least {rule.min_ratings} needed)"
+                    ),
                 )
             )
             continue

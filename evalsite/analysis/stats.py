@@ -27,6 +27,7 @@ Python floats, ints, strings and lists, ready for JSON.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Iterable, Sequence
@@ -39,6 +40,18 @@ from scipy import linalg, optimize, sparse
 from scipy import stats as sps
 from scipy.sparse import csgraph
 from statsmodels.stats.proportion import proportion_confint
+
+logger = logging.getLogger(__name__)
+
+MIXED_NO_WITHIN = (
+    "the scores vary only between conditions (each condition got one score throughout), so nothing is left "
+    "to split between listeners, items and residual"
+)
+MIXED_FIT_FAILED = (
+    "the fit failed numerically on these scores (a degenerate design, e.g. almost no variation within "
+    "conditions); the server log has the details"
+)
+"""Reasons shown in place of the mixed model; never the exception's own text, which means nothing to a reader."""
 
 KINDS = ("mos", "smos", "mushra", "cmos")
 RATING_COLUMNS = ("listener", "item", "system", "score")
@@ -583,6 +596,8 @@ def _mixed_model_start(
         )
     elif float(frame["score"].std()) == 0.0:
         result["reason"] = "all scores are equal; no variance to model"
+    elif float(frame.groupby("system")["score"].std(ddof=0).max()) == 0.0:
+        result["reason"] = MIXED_NO_WITHIN
     return frame, systems, result
 
 
@@ -641,8 +656,9 @@ def mixed_effects(ratings: pd.DataFrame, *, baseline: str | None = None, reml: b
                 vc_formula={"listener": "0 + C(listener)", "item": "0 + C(item)"},
             )
             fit = model.fit(reml=reml)
-    except (np.linalg.LinAlgError, ValueError, ZeroDivisionError, FloatingPointError) as exc:
-        result["reason"] = f"model could not be fitted: {type(exc).__name__}: {exc}"
+    except (np.linalg.LinAlgError, ValueError, ZeroDivisionError, FloatingPointError):
+        logger.warning("statsmodels mixed model failed on %d ratings", len(frame), exc_info=True)
+        result["reason"] = MIXED_FIT_FAILED
         return result
     result["warnings"] = sorted({str(w.message).splitlines()[0] for w in caught})
     fe, se, pv, ci = fit.fe_params, fit.bse_fe, fit.pvalues, fit.conf_int()
@@ -767,8 +783,9 @@ def crossed_mixed_model(ratings: pd.DataFrame, *, baseline: str | None = None) -
                 criterion, x0=np.ones(2), method="L-BFGS-B", bounds=[(0, None), (0, None)]
             )
             chol, rx, cb, r2 = factors(fit.x)
-    except (linalg.LinAlgError, FloatingPointError, ValueError) as exc:
-        result["reason"] = f"model could not be fitted: {type(exc).__name__}: {exc}"
+    except (linalg.LinAlgError, FloatingPointError, ValueError):
+        logger.warning("crossed mixed model failed on %d ratings", n, exc_info=True)
+        result["reason"] = MIXED_FIT_FAILED
         return result
     beta = linalg.solve_triangular(rx.T, cb, lower=False)
     sigma2 = float(r2 / (n - p))

@@ -371,6 +371,11 @@ class ListeningTestResultsApi(APIView):
         timings = serializers.JSONField(help_text="wall seconds per computation stage")
         cpu_timings = serializers.JSONField(help_text="CPU seconds per computation stage")
         notes = serializers.ListField(child=serializers.CharField())
+        failed = serializers.DictField(
+            child=serializers.CharField(),
+            help_text="statistics that raised on these answers (degenerate data): name → the stated reason; "
+            "the exception itself is in the server log",
+        )
 
     @extend_schema(
         operation_id="listening_tests_results",

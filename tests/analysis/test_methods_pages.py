@@ -35,7 +35,7 @@ def mushra_world(request):
 
 def test_mushra_results_carry_crowdmos_intervals_friedman_and_both_corrections(mushra_world):
     r = listening_test_results(mushra_world["test"], n_boot=200)
-    assert r["version"] == compute.RESULTS_VERSION == 5
+    assert r["version"] == compute.RESULTS_VERSION == 6
     for row in r["scores"]["kept"]:
         assert row["crowdmos_low"] < row["mean"] < row["crowdmos_high"] and row["crowdmos_se"] > 0
     assert "CrowdMOS (Ribeiro et al. 2011)" in r["scores"]["method"]

@@ -119,7 +119,7 @@ def test_anchor_rule_leaves_out_items_where_most_listeners_rate_the_anchor_high(
     s = screen_listeners(pd.concat([ratings, frame(rows)]), kind="mushra", rules=ScreeningRules(**only_bs))
     assert list(s.excluded["listener"]) == ["l_bad"]
     assert s.excluded["reason"].iloc[0] == (
-        "rated the mid-range anchor (anchor_lp70) above 90 on 3 of 18 items (17 % > 15 %); 2 item(s) where more "
+        "rated the mid-range anchor (anchor_lp70) above 90 on 3 of 18 items (17 % > 15 %); 2 items where more "
         "than 25 % of listeners rated the anchor above 90 were left out"
     )
 
