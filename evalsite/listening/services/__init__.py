@@ -43,6 +43,8 @@ from evalsite.listening.services.build import (
     NOT_DRAFT,
     NOT_PUBLISHED,
     NOTHING_TO_PUBLISH,
+    UNCONFIRMED_WARNINGS,
+    DesignWarningsUnconfirmed,
     listening_test_build,
     listening_test_close,
     listening_test_create,
@@ -110,10 +112,12 @@ from evalsite.listening.services.session import (
     TEST_NOT_OPEN,
     CrowdIdInUse,
     assignment_choose_trials,
+    balanced_pick,
     calibration_confirm,
     headphone_check_submit,
     participant_join,
     trial_coverage,
+    trial_systems,
 )
 
 __all__ = [
@@ -158,6 +162,8 @@ __all__ = [
     "MUSHRA_TRAP_TOLERANCE",
     "MUSHRA_TRAP_VALUES",
     "NOTHING_TO_PUBLISH",
+    "UNCONFIRMED_WARNINGS",
+    "DesignWarningsUnconfirmed",
     "NOT_DRAFT",
     "NOT_PUBLISHED",
     "NO_CHECKPOINTS",
@@ -192,6 +198,7 @@ __all__ = [
     "UNKNOWN_STIMULUS",
     "UNKNOWN_TRIAL",
     "assignment_choose_trials",
+    "balanced_pick",
     "calibration_confirm",
     "checkpoint_label",
     "control_trials_build",
@@ -207,6 +214,7 @@ __all__ = [
     "telemetry_append",
     "trial_complete",
     "trial_coverage",
+    "trial_systems",
     "trials_per_item",
     "validate_score",
 ]
