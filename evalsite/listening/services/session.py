@@ -122,6 +122,7 @@ def balanced_pick(
     quota = {k: base + (i < extra) for i, k in enumerate(keys)}
     chosen: dict[int, None] = {}  # insertion-ordered set
     seen_items: set[int | None] = set()
+
     while len(chosen) < want:
         progressed = False
         for key in keys:
