@@ -4,13 +4,9 @@ import io
 import random
 from collections import Counter
 
-import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
-from scipy import signal
 
-from evalsite.audio.decoding import decoded_from_array
-from evalsite.audio.services import audio_asset_store
 from evalsite.listening import services
 from evalsite.listening.models import Condition, ListeningTest, Trial
 from evalsite.listening.selectors import listening_test_progress
@@ -22,23 +18,9 @@ from evalsite.listening.services.checks import (
     DesignChecks,
     check_controls,
 )
-from tests.factories import listening_world, make_listening_test
+from tests.factories import band_limit_references, listening_world, make_listening_test
 
 pytestmark = pytest.mark.django_db
-
-
-def band_limit_references(world, keys, cutoff_hz=3000.0, rate=22050):
-    """Replace the references of ``keys`` by copies low-passed at ``cutoff_hz`` (an elliptic IIR,
-    90 dB down), as a recording band-limited upstream would be."""
-    sos = signal.ellip(10, 0.1, 90, cutoff_hz, fs=rate, output="sos")
-    for item in world["items"]:
-        if item.key in keys:
-            noise = 0.2 * np.random.default_rng(hash(item.key) % 1000).standard_normal(rate)
-            ref, _ = audio_asset_store(
-                decoded=decoded_from_array(signal.sosfilt(sos, noise).astype(np.float32), rate)
-            )
-            item.reference = ref
-            item.save(update_fields=["reference"])
 
 
 def build(world, name="t", kind="mushra", **kw):
