@@ -318,3 +318,35 @@ def test_listeners_joining_an_smos_test_each_get_every_checkpoint_equally_often(
         labels = Counter(systems[s.condition_id] for a in main for s in a.trial.stimuli.all())
         assert sorted(labels.values()) == [2, 2, 2], labels
     assert set(services.trial_coverage(test).values()) <= {1, 2}
+
+
+def test_the_create_api_with_publish_keeps_nothing_without_confirm_and_publishes_with_it(admin_client):
+    world = listening_world(runs=("alpha", "beta"), n_items=4)
+    band_limit_references(world, {"utt3"})
+    refs = [{"run": c.run.pk, "step": c.step} for c in world["checkpoints"]]
+    payload = {
+        "name": "api-smos",
+        "kind": "smos",
+        "checkpoints": refs,
+        "publish": True,
+        "title": "Similarity",
+    }
+    refused = admin_client.post("/api/v1/listening-tests/", payload, content_type="application/json")
+    assert refused.status_code == 400
+    assert list(refused.json()["extra"]["fields"]) == ["confirm"]
+    assert "reference band-limited on 1 item(s)" in refused.json()["message"]
+    assert not ListeningTest.objects.filter(name="api-smos").exists()
+
+    wrong = admin_client.post(
+        "/api/v1/listening-tests/", {**payload, "confirm": "perhaps"}, content_type="application/json"
+    )
+    assert wrong.status_code == 400 and "confirm" in wrong.json()["extra"]["fields"]
+
+    created = admin_client.post(
+        "/api/v1/listening-tests/", {**payload, "confirm": True}, content_type="application/json"
+    )
+    assert created.status_code == 201, created.json()
+    body = created.json()
+    assert body["status"] == "published"
+    assert [w["kind"] for w in body["design_warnings"]] == [REFERENCE_BAND_LIMITED]
+    assert body["design_warnings"][0]["items"] == ["utt3"]
