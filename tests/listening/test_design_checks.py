@@ -350,3 +350,11 @@ def test_the_create_api_with_publish_keeps_nothing_without_confirm_and_publishes
     assert body["status"] == "published"
     assert [w["kind"] for w in body["design_warnings"]] == [REFERENCE_BAND_LIMITED]
     assert body["design_warnings"][0]["items"] == ["utt3"]
+
+
+def test_the_report_of_a_test_published_anyway_carries_its_design_warnings(admin_client, warned):
+    services.listening_test_publish(test=warned, confirm=True)
+    report = admin_client.get(f"/analysis/tests/{warned.pk}/report.html")
+    html = report.content.decode()
+    assert report.status_code == 200 and 'data-testid="report-design-warnings"' in html
+    assert "reference band-limited on 1 item(s)" in html and "(items: utt2)" in html

@@ -222,7 +222,8 @@ def listening_test_build(*, design: TestDesign, owner: AbstractBaseUser | None =
     kind (see ``controls``); with ``headphone_check`` the level of the material is measured
     for the calibration that comes before the check. With ``loudness_target_lufs`` the outputs,
     references and anchors are served at that loudness (``_loudness_align``), and the control trials
-    are made from those served sounds.
+    are made from those served sounds. The design checks (``checks``) that fail are stored as
+    ``design_warnings``, one per kind; publishing then needs ``confirm``.
     """
     resolved = design_resolve(design)
     test = ListeningTest(
