@@ -56,6 +56,8 @@ HEADPHONE_BAD_ANSWERS = "answers must be a list of {n} numbers, each 1, 2 or 3; 
 
 # Assignment engine
 
+ITEM_LOOKAHEAD = 64  # least-covered trials of a system looked through for an item new to the listener
+
 
 def trial_coverage(test: ListeningTest) -> dict[int, int]:
     """Votes each main trial has or will get: assignments of participants not screened out, finished
@@ -122,14 +124,32 @@ def balanced_pick(
     quota = {k: base + (i < extra) for i, k in enumerate(keys)}
     chosen: dict[int, None] = {}  # insertion-ordered set
     seen_items: set[int | None] = set()
+    queues = {k: sorted(groups[k], key=lambda pk: (coverage[pk], tie[pk])) for k in keys}
+    heads = dict.fromkeys(keys, 0)  # each queue's first trial not chosen yet
+
+    def next_of(key: Hashable) -> int | None:
+        queue, head = queues[key], heads[key]
+        while head < len(queue) and queue[head] in chosen:
+            head += 1
+        heads[key] = head
+        if head == len(queue):
+            return None
+        # Among the least-covered, the first on an item the listener has not met (looking a bounded
+        # way ahead: joins run under the test's lock, and the item preference is only a preference).
+        least = coverage[queue[head]]
+        for pk in queue[head : head + ITEM_LOOKAHEAD]:
+            if coverage[pk] > least:
+                break
+            if pk not in chosen and items.get(pk) not in seen_items:
+                return pk
+        return queue[head]
 
     while len(chosen) < want:
         progressed = False
         for key in keys:
-            left = [pk for pk in groups[key] if pk not in chosen]
-            if quota[key] <= 0 or not left:
+            pk = next_of(key) if quota[key] > 0 else None
+            if pk is None:
                 continue
-            pk = min(left, key=lambda t: (coverage[t], items.get(t) in seen_items, tie[t]))
             chosen[pk] = None
             seen_items.add(items.get(pk))
             quota[key] -= 1
