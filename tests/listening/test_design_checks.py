@@ -358,3 +358,11 @@ def test_the_report_of_a_test_published_anyway_carries_its_design_warnings(admin
     html = report.content.decode()
     assert report.status_code == 200 and 'data-testid="report-design-warnings"' in html
     assert "reference band-limited on 1 item(s)" in html and "(items: utt2)" in html
+
+
+def test_a_stranger_cannot_publish_anyway_through_the_page(client, django_user_model, warned):
+    client.force_login(django_user_model.objects.create_user("page-stranger", password="pw"))
+    response = client.post(f"/listening/{warned.pk}/publish/", {"confirm": "yes"})
+    assert response.status_code == 404
+    warned.refresh_from_db()
+    assert warned.status == "draft"
