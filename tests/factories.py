@@ -164,6 +164,25 @@ def listening_world(
     return {"eval_set": eval_set, "items": items, "checkpoints": checkpoints}
 
 
+def band_limit_references(world, keys, cutoff_hz=3000.0, rate=22050):
+    """Replace the references of ``keys`` by copies low-passed at ``cutoff_hz`` (an elliptic IIR,
+    90 dB down), as a recording band-limited upstream would be."""
+    from scipy import signal
+
+    from evalsite.audio.decoding import decoded_from_array
+    from evalsite.audio.services import audio_asset_store
+
+    sos = signal.ellip(10, 0.1, 90, cutoff_hz, fs=rate, output="sos")
+    for item in world["items"]:
+        if item.key in keys:
+            noise = 0.2 * np.random.default_rng(sum(item.key.encode())).standard_normal(rate)
+            ref, _ = audio_asset_store(
+                decoded=decoded_from_array(signal.sosfilt(sos, noise).astype(np.float32), rate)
+            )
+            item.reference = ref
+            item.save(update_fields=["reference"])
+
+
 def make_listening_test(*, owner=None, **design) -> ListeningTest:
     """``listening_test_build`` with the design's fields as keywords, as most tests spell a test out."""
     return listening_test_build(design=TestDesign(**design), owner=owner)

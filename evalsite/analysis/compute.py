@@ -476,6 +476,7 @@ def _compute(test: ListeningTest, *, n_boot: int) -> dict:
                 "trapping_items": test.trapping_items,
                 "allow_no_preference": test.allow_no_preference,
                 "build_warnings": test.build_warnings,
+                "design_warnings": test.design_warnings,
                 "loudness_target_lufs": test.loudness_target_lufs,
                 "loudness_served_lufs": test.loudness_served_lufs,
             }

@@ -57,6 +57,10 @@ class TestOutputSerializer(serializers.Serializer):
     )
     page_url = serializers.CharField(help_text="the researcher's page of the test")
     warnings = serializers.ListField(child=serializers.CharField())
+    design_warnings = serializers.ListField(
+        child=serializers.DictField(),
+        help_text="failed design checks, one per kind: {kind, message, items}; publishing needs confirm",
+    )
     trials = serializers.IntegerField()
     votes_target = serializers.IntegerField()
     cells = serializers.IntegerField()
@@ -82,6 +86,7 @@ def test_payload(request, test: ListeningTest) -> dict[str, Any]:
         "invite_url": request.build_absolute_uri(reverse("listening:invite", args=[test.invite_token])),
         "page_url": request.build_absolute_uri(reverse("listening-admin:detail", args=[test.pk])),
         "warnings": test.build_warnings,
+        "design_warnings": test.design_warnings,
         "trials": progress["trials"],
         "votes_target": test.votes_target,
         "cells": progress["cells"],
@@ -169,6 +174,9 @@ class ListeningTestCreateApi(APIView):
             '"label", "options", "required", "max_length"}; null: none',
         )
         publish = serializers.BooleanField(default=False, help_text="publish at once (listeners can start)")
+        confirm = serializers.BooleanField(
+            default=False, help_text="with publish: publish even when the build gives design warnings"
+        )
 
         def to_internal_value(self, data):
             # An over-long list is refused before any of its entries is validated (20 000 entries took seconds).
@@ -233,10 +241,10 @@ class ListeningTestCreateApi(APIView):
         comparison = _checkpoint(request.user, comparison, "comparison") if comparison else None
         keys = values.pop("items")
         items = _items(checkpoints[0].run.eval_set_id, keys) if keys is not None else None
-        publish = values.pop("publish")
+        publish, confirm = values.pop("publish"), values.pop("confirm")
         owner = checkpoints[0].run.owner if isinstance(request.user, RunPrincipal) else request.user
         design = TestDesign(checkpoints=checkpoints, comparison=comparison, items=items, **values)
-        test = listening_test_create(design=design, owner=owner, publish=publish)
+        test = listening_test_create(design=design, owner=owner, publish=publish, confirm=confirm)
         return Response(
             TestOutputSerializer(test_payload(request, test)).data, status=status.HTTP_201_CREATED
         )
@@ -268,12 +276,12 @@ class ListeningTestDetailApi(APIView):
 class ListeningTestTransitionApi(APIView):
     action = ""
 
-    def post(self, request, test_id: int):
+    def post(self, request, test_id: int, **kwargs):
         test = test_for(request.user, test_id)
         try:
             with transaction.atomic():
                 transition = listening_test_publish if self.action == "publish" else listening_test_close
-                test = transition(test=test)
+                test = transition(test=test, **kwargs)
         except ApplicationError as exc:
             if type(exc) is ApplicationError:  # e.g. nothing to publish: the test's state, not the request
                 raise ConflictError(exc.message, extra=exc.extra) from None
@@ -284,13 +292,21 @@ class ListeningTestTransitionApi(APIView):
 class ListeningTestPublishApi(ListeningTestTransitionApi):
     action = "publish"
 
+    @extend_schema_serializer(component_name="ListeningTestPublish")
+    class InputSerializer(serializers.Serializer):
+        confirm = serializers.BooleanField(
+            default=False, help_text="publish even though the test has design warnings (design_warnings)"
+        )
+
     @extend_schema(
         operation_id="listening_tests_publish",
-        request=None,
+        request=InputSerializer,
         responses={200: TestOutputSerializer, 409: OpenApiResponse(ErrorSerializer), **ERRORS},
     )
     def post(self, request, test_id: int):
-        return super().post(request, test_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        return super().post(request, test_id, confirm=data.validated_data["confirm"])
 
 
 class ListeningTestCloseApi(ListeningTestTransitionApi):

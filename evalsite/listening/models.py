@@ -57,6 +57,11 @@ class ListeningTest(BaseModel):
     completion_redirect = models.URLField(max_length=500, blank=True)
     screened_out_redirect = models.URLField(max_length=500, blank=True)
     build_warnings = models.JSONField(default=list, blank=True)
+    design_warnings = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="design checks that failed, one per kind: {kind, message, items}; publishing needs a confirmation",
+    )
     allow_no_preference = models.BooleanField(
         default=False, help_text="AB: listeners may answer 'no preference'"
     )

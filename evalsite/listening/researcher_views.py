@@ -453,7 +453,11 @@ def test_transition(request: HttpRequest, pk: int, action: str) -> HttpResponse:
         messages.error(request, f"unknown action {action!r}")
     else:
         try:
-            move(test=test)
+            if action == "publish":
+                # The "publish anyway" box beside the design warnings; any other value is no confirmation.
+                move(test=test, confirm=request.POST.get("confirm") == "yes")
+            else:
+                move(test=test)
             messages.success(request, f"test {action}ed" if action == "publish" else "test closed")
         except ApplicationError as exc:
             messages.error(request, exc.message)

@@ -527,7 +527,18 @@ def listening_test_progress(test: ListeningTest) -> dict[str, Any]:
         "abandoned": abandoned,
         "abandoned_after_min": settings.EVALSITE_ABANDONED_AFTER_MIN,
         "trials": Trial.objects.filter(test=test, control="").count(),
+        # Every trial built, by what it is for: the page says all three so its count matches the list's.
+        "trial_counts": _trial_counts(test),
     }
+
+
+def _trial_counts(test: ListeningTest) -> dict[str, int]:
+    rows = Trial.objects.filter(test=test).values_list("is_training", "control")
+    counts = {"main": 0, "training": 0, "control": 0}
+    for is_training, control in rows:
+        counts["control" if control else "training" if is_training else "main"] += 1
+    counts["total"] = sum(counts.values())
+    return counts
 
 
 def control_value(

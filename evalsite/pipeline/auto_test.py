@@ -92,7 +92,15 @@ def auto_listening_test_maybe(*, checkpoint: Checkpoint) -> ListeningTest | None
                 title="Listening test",
             )
             test = listening_test_build(design=design, owner=run.owner)
-            if config.get("publish", True):
+            if config.get("publish", True) and test.design_warnings:
+                # Nobody is there to confirm: the test waits as a draft for a researcher to read them.
+                logger.warning(
+                    "run %s: automatic listening test %r left as a draft: %s",
+                    run.name,
+                    name,
+                    "; ".join(w["message"] for w in test.design_warnings),
+                )
+            elif config.get("publish", True):
                 test = listening_test_publish(test=test)
     except ApplicationError as exc:
         logger.warning(

@@ -174,6 +174,9 @@ def demo_var(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 def test_demo_without_serving_imports_the_speech_set_through_the_worker_and_is_idempotent(demo_var):
     var_dir, first = demo_var
     assert "24 created, 0 unchanged, 0 rejected" in first.stdout
+    # Both tests published with the quality controls on (a design warning would have stopped the demo).
+    assert "mushra test 'demo-mushra' built: 28 trials (23 main, 1 training, 4 gold/trapping)" in first.stdout
+    assert "smos test 'demo-smos' built: 76 trials (69 main, 3 training, 4 gold/trapping)" in first.stdout
     assert (
         first.stdout.count("24 clips generated on cpu") == 5
     )  # vocoder: 3 trained checkpoints; tokenizer: 2

@@ -8,9 +8,9 @@ from evalsite.audio.services import audio_asset_store
 from evalsite.core.exceptions import ApplicationError
 from evalsite.listening.models import Condition, ListeningTest
 from evalsite.pipeline.auto_test import auto_listening_test_maybe, auto_test_config
-from evalsite.runs.models import Checkpoint, Generation
+from evalsite.runs.models import Checkpoint, EvalItem, Generation
 from evalsite.scoring.models import MetricResult
-from tests.factories import listening_world
+from tests.factories import band_limit_references, listening_world
 
 pytestmark = pytest.mark.django_db
 
@@ -70,3 +70,16 @@ def test_a_bad_automatic_test_config_is_an_error_naming_the_setting(run_with_thr
     run.config = {"auto_listening_test": {"every": 2, "kind": "karaoke"}}
     with pytest.raises(ApplicationError, match="auto_listening_test.kind"):
         auto_test_config(run)
+
+
+def test_an_automatic_test_with_design_warnings_waits_as_a_draft_for_a_researcher(
+    run_with_three_steps, caplog
+):
+    first, second, third = run_with_three_steps
+    band_limit_references({"items": list(EvalItem.objects.filter(eval_set=third.run.eval_set))}, {"utt1"})
+    for ckpt in (first, second, third):
+        Checkpoint.objects.filter(pk=ckpt.pk).update(status="done")
+    test = auto_listening_test_maybe(checkpoint=Checkpoint.objects.get(pk=third.pk))
+    assert test.status == ListeningTest.Status.DRAFT
+    assert [w["kind"] for w in test.design_warnings] == ["reference_band_limited"]
+    assert "left as a draft: reference band-limited on 1 item(s)" in caplog.text

@@ -44,6 +44,8 @@ from evalsite.listening.services.build import (
     NOT_DRAFT,
     NOT_PUBLISHED,
     NOTHING_TO_PUBLISH,
+    UNCONFIRMED_WARNINGS,
+    DesignWarningsUnconfirmed,
     listening_test_build,
     listening_test_close,
     listening_test_create,
@@ -117,10 +119,12 @@ from evalsite.listening.services.session import (
     TEST_NOT_OPEN,
     CrowdIdInUse,
     assignment_choose_trials,
+    balanced_pick,
     calibration_confirm,
     headphone_check_submit,
     participant_join,
     trial_coverage,
+    trial_systems,
 )
 
 __all__ = [
@@ -166,6 +170,8 @@ __all__ = [
     "MUSHRA_TRAP_TOLERANCE",
     "MUSHRA_TRAP_VALUES",
     "NOTHING_TO_PUBLISH",
+    "UNCONFIRMED_WARNINGS",
+    "DesignWarningsUnconfirmed",
     "NOT_DRAFT",
     "NOT_PUBLISHED",
     "NO_CHECKPOINTS",
@@ -202,6 +208,7 @@ __all__ = [
     "UNKNOWN_STIMULUS",
     "UNKNOWN_TRIAL",
     "assignment_choose_trials",
+    "balanced_pick",
     "calibration_confirm",
     "checkpoint_label",
     "control_trials_build",
@@ -218,6 +225,7 @@ __all__ = [
     "telemetry_append",
     "trial_complete",
     "trial_coverage",
+    "trial_systems",
     "trials_per_item",
     "validate_score",
 ]

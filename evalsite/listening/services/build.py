@@ -17,7 +17,12 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
-from evalsite.audio.anchors import anchor_effectiveness_warning, anchor_filter_self_test, lowpass_anchor
+from evalsite.audio.anchors import (
+    ANCHOR_MIN_REMOVED_DB,
+    anchor_filter_self_test,
+    anchor_removed_level_db,
+    lowpass_anchor,
+)
 from evalsite.audio.decoding import decoded_from_array
 from evalsite.audio.loudness import apply_gain, clip_loudness, loudness_plan
 from evalsite.audio.models import AudioAsset
@@ -32,8 +37,10 @@ from evalsite.listening.models import (
     Trial,
 )
 from evalsite.listening.questionnaire import questionnaire_parse
+from evalsite.listening.services.checks import DesignChecks, check_assignment, check_controls
 from evalsite.listening.services.controls import control_trials_build
 from evalsite.listening.services.design import ResolvedDesign, TestDesign, checkpoint_label, design_resolve
+from evalsite.listening.services.session import trial_systems
 from evalsite.runs.models import Checkpoint, EvalItem, Generation
 
 MUSHRA_MAX_ITEM_S = 12.0
@@ -49,6 +56,7 @@ RANDOM_ITEMS_TOO_MANY = (
 NOT_DRAFT = "test {name!r} is {status}; only a draft can be published."
 NOTHING_TO_PUBLISH = "test {name!r} has no main (non-training) trial."
 NOT_PUBLISHED = "test {name!r} is {status}; only a published test can be closed."
+UNCONFIRMED_WARNINGS = "test {name!r} has {n} design warning(s): {warnings}. Publish with confirm to open it to listeners anyway."
 CALIBRATION_ITEMS = 10  # items whose references and outputs set the calibration level
 LOUDNESS_REDUCED = (
     "loudness: served at {served:.1f} LUFS, {reduction:.1f} dB below the {target:g} LUFS target, so that "
@@ -72,9 +80,10 @@ def _outputs_by_item(
 
 
 def _anchor_assets(
-    reference, rate_checked: dict[int, bool], warnings: list[str], item_key: str
+    reference, rate_checked: dict[int, bool], checks: DesignChecks, item_key: str
 ) -> dict[str, Any]:
-    """Make (or find) the two anchors of a reference clip, after the filter self-test at its rate."""
+    """Make (or find) the two anchors of a reference clip, after the filter self-test at its rate, and
+    check that each is audibly different from the reference."""
     samples, rate = audio_asset_samples(reference)
     if rate not in rate_checked:
         result = anchor_filter_self_test(rate)
@@ -85,10 +94,10 @@ def _anchor_assets(
         rate_checked[rate] = True
     assets = {}
     for role, cutoff in ANCHOR_CUTOFFS.items():
-        warning = anchor_effectiveness_warning(samples, rate, cutoff)
-        if warning:
-            warnings.append(f"item {item_key}: {warning}")
         anchor = lowpass_anchor(samples, rate, cutoff)
+        removed_db = anchor_removed_level_db(samples, rate, cutoff, anchor)
+        if removed_db is None or removed_db < ANCHOR_MIN_REMOVED_DB:
+            checks.anchor(item_key, cutoff, removed_db)
         assets[role], _ = audio_asset_store(
             decoded=decoded_from_array(anchor, rate), original_name=f"anchor-{int(cutoff)}.wav"
         )
@@ -165,6 +174,7 @@ class _TrialWriter:
     conditions: dict[Any, Condition]
     outputs: dict[int, dict[int, Generation]]
     warnings: list[str]
+    checks: DesignChecks
     index: int = 0
     anchors: dict[int, dict] = field(default_factory=dict)
     rate_checked: dict[int, bool] = field(default_factory=dict)
@@ -205,7 +215,7 @@ class _TrialWriter:
                 f"item {item.key} is {item.reference.duration_s:.1f} s; BS.1534-3 asks for about 10 s "
                 f"at most (justify longer items in the report)"
             )
-        self.anchors[item.pk] = _anchor_assets(item.reference, self.rate_checked, self.warnings, item.key)
+        self.anchors[item.pk] = _anchor_assets(item.reference, self.rate_checked, self.checks, item.key)
         sounds = [self.output(item, c) for c in self.resolved.checkpoints]
         sounds.append((Condition.Role.HIDDEN_REFERENCE, item.reference))
         sounds += list(self.anchors[item.pk].items())
@@ -230,7 +240,8 @@ def listening_test_build(*, design: TestDesign, owner: AbstractBaseUser | None =
     kind (see ``controls``); with ``headphone_check`` the level of the material is measured
     for the calibration that comes before the check. With ``loudness_target_lufs`` the outputs,
     references and anchors are served at that loudness (``_loudness_align``), and the control trials
-    are made from those served sounds.
+    are made from those served sounds. The design checks (``checks``) that fail are stored as
+    ``design_warnings``, one per kind; publishing then needs ``confirm``.
     """
     resolved = design_resolve(design)
     test = ListeningTest(
@@ -258,15 +269,22 @@ def listening_test_build(*, design: TestDesign, owner: AbstractBaseUser | None =
     test.save()
     conditions = _conditions(test, resolved)
     warnings: list[str] = []
+    checks = DesignChecks()
     outputs = _outputs_by_item(resolved.sources, design.params_hash)
     usable = _usable_items(resolved, outputs, warnings)
     if design.random_items is not None:
         usable = _random_items(resolved, usable, test.seed)
-    writer = _TrialWriter(test, resolved, conditions, outputs, warnings)
+    if _needs_reference(resolved):
+        for item in usable:
+            checks.reference(item.key, *audio_asset_samples(item.reference))
+    writer = _TrialWriter(test, resolved, conditions, outputs, warnings, checks)
     for n, item in enumerate(usable):
         writer.item(item, training=n < design.training_items)
+    # Controls cycle through the items that are not training items, so no control replays an item a
+    # listener met in training (all of them only where every item is a training item; the check says so).
+    main_items = usable[design.training_items :] or usable
     served: dict[int, AudioAsset] = {}
-    fields = ["build_warnings", "updated_at"]
+    fields = ["build_warnings", "design_warnings", "updated_at"]
     if design.loudness_target_lufs is not None:
         served = _loudness_align(test, design.loudness_target_lufs, warnings)
         fields.append("loudness_served_lufs")
@@ -285,10 +303,13 @@ def listening_test_build(*, design: TestDesign, owner: AbstractBaseUser | None =
                 for item, made in writer.anchors.items()
             },
             comparison=resolved.comparison,
-            usable=[_served_copy(item, "reference", served) for item in usable],
+            usable=[_served_copy(item, "reference", served) for item in main_items],
             index=writer.index,
         )
+    check_controls(test, checks)
+    check_assignment(test, trial_systems(test), checks)
     test.build_warnings = warnings
+    test.design_warnings = checks.as_list()
     if design.headphone_check:
         test.calibration_level_dbfs = _material_level(usable, [outputs[i.pk] for i in usable], served)
         fields.append("calibration_level_dbfs")
@@ -381,28 +402,51 @@ def _unpublishable(test: ListeningTest) -> str | None:
     return None
 
 
+class DesignWarningsUnconfirmed(ApplicationError):
+    """Publishing a test with design warnings without ``confirm`` (400, ``UNCONFIRMED_WARNINGS``, field
+    ``confirm``; ``extra["design_warnings"]`` lists them)."""
+
+
+def _unconfirmed(test: ListeningTest) -> DesignWarningsUnconfirmed:
+    warnings = test.design_warnings
+    summary = "; ".join(
+        w["message"] + (f" (items: {', '.join(w['items'])})" if w["items"] else "") for w in warnings
+    )
+    message = UNCONFIRMED_WARNINGS.format(name=test.name, n=len(warnings), warnings=summary)
+    return DesignWarningsUnconfirmed(message, {"design_warnings": warnings}, fields=("confirm",))
+
+
 @transaction.atomic
 def listening_test_create(
-    *, design: TestDesign, owner: AbstractBaseUser | None = None, publish: bool = False
+    *,
+    design: TestDesign,
+    owner: AbstractBaseUser | None = None,
+    publish: bool = False,
+    confirm: bool = False,
 ) -> ListeningTest:
-    """Build a test and, with ``publish``, open it to listeners at once; nothing is kept when either fails."""
+    """Build a test and, with ``publish``, open it to listeners at once (``confirm``: even with design
+    warnings); nothing is kept when either fails."""
     test = listening_test_build(design=design, owner=owner)
     if publish:
         refusal = _unpublishable(test)
         if refusal:
             raise ApplicationError(refusal, fields=("publish",))
-        test = listening_test_publish(test=test)
+        test = listening_test_publish(test=test, confirm=confirm)
     return test
 
 
 @transaction.atomic
-def listening_test_publish(*, test: ListeningTest) -> ListeningTest:
+def listening_test_publish(*, test: ListeningTest, confirm: bool = False) -> ListeningTest:
+    """Open a draft to listeners. A test with design warnings (``design_warnings``) is opened only with
+    ``confirm``: the researcher has seen them and publishes anyway."""
     test = ListeningTest.objects.select_for_update().get(pk=test.pk)
     if test.status != ListeningTest.Status.DRAFT:
         raise ConflictError(NOT_DRAFT.format(name=test.name, status=test.status))
     refusal = _unpublishable(test)
     if refusal:
         raise ApplicationError(refusal)
+    if test.design_warnings and confirm is not True:
+        raise _unconfirmed(test)
     test.status = ListeningTest.Status.PUBLISHED
     test.published_at = timezone.now()
     test.save(update_fields=["status", "published_at", "updated_at"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import secrets
+from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -18,6 +19,7 @@ from evalsite.core.exceptions import ApplicationError, ConflictError
 from evalsite.listening.calibration import CALIBRATION_S, calibration_level
 from evalsite.listening.models import (
     Assignment,
+    Condition,
     ListeningTest,
     Participant,
     Stimulus,
@@ -54,6 +56,8 @@ HEADPHONE_BAD_ANSWERS = "answers must be a list of {n} numbers, each 1, 2 or 3; 
 
 # Assignment engine
 
+ITEM_LOOKAHEAD = 64  # least-covered trials of a system looked through for an item new to the listener
+
 
 def trial_coverage(test: ListeningTest) -> dict[int, int]:
     """Votes each main trial has or will get: assignments of participants not screened out, finished
@@ -75,8 +79,99 @@ def trial_coverage(test: ListeningTest) -> dict[int, int]:
     return dict(counts)
 
 
-def assignment_choose_trials(test: ListeningTest, rng: random.Random) -> list[int]:
-    """The least-covered main trials (ties broken by ``rng``) for a new participant.
+def trial_systems(test: ListeningTest) -> dict[int, tuple[int, ...]]:
+    """The rated systems each main trial holds, as sorted condition ids: one for MOS, SMOS and CMOS
+    (whose comparison is no system), a pair for AB, all of them for MUSHRA."""
+    systems: dict[int, list[int]] = {
+        pk: []
+        for pk in Trial.objects.filter(test=test, is_training=False, control=Trial.Control.NONE).values_list(
+            "pk", flat=True
+        )
+    }
+    for trial_id, condition_id in Stimulus.objects.filter(
+        trial_id__in=systems, condition__role=Condition.Role.SYSTEM
+    ).values_list("trial_id", "condition_id"):
+        systems[trial_id].append(condition_id)
+    return {pk: tuple(sorted(ids)) for pk, ids in systems.items()}
+
+
+def balanced_pick(
+    *,
+    coverage: dict[int, int],
+    systems: dict[int, Hashable],
+    items: dict[int, int],
+    want: int,
+    rng: random.Random,
+) -> list[int]:
+    """``want`` trials for one listener in which every system (``systems``: trial -> what it rates)
+    occurs equally often, or within one where ``want`` is no multiple of their number.
+
+    A Latin-square rotation by counting: each system's share goes to its least-covered trials first,
+    and among those to items the listener has not met yet (ties by ``rng``), so over listeners every
+    trial fills evenly and a listener hears each system on different items. The systems that get the
+    extra trial of an uneven share are the least covered ones, so those extras rotate too. Where a
+    system has too few trials for its share, the rest are topped up by coverage alone.
+    """
+    want = min(want, len(coverage))
+    tie = {pk: rng.random() for pk in coverage}
+    groups: dict[Hashable, list[int]] = {}
+    for pk in coverage:
+        groups.setdefault(systems.get(pk, ()), []).append(pk)
+    keys = sorted(
+        groups, key=lambda k: (sum(coverage[pk] for pk in groups[k]) / len(groups[k]), rng.random())
+    )
+    base, extra = divmod(want, len(keys)) if keys else (0, 0)
+    quota = {k: base + (i < extra) for i, k in enumerate(keys)}
+    chosen: dict[int, None] = {}  # insertion-ordered set
+    seen_items: set[int | None] = set()
+    queues = {k: sorted(groups[k], key=lambda pk: (coverage[pk], tie[pk])) for k in keys}
+    heads = dict.fromkeys(keys, 0)  # each queue's first trial not chosen yet
+
+    def next_of(key: Hashable) -> int | None:
+        queue, head = queues[key], heads[key]
+        while head < len(queue) and queue[head] in chosen:
+            head += 1
+        heads[key] = head
+        if head == len(queue):
+            return None
+        # Among the least-covered, the first on an item the listener has not met (looking a bounded
+        # way ahead: joins run under the test's lock, and the item preference is only a preference).
+        least = coverage[queue[head]]
+        for pk in queue[head : head + ITEM_LOOKAHEAD]:
+            if coverage[pk] > least:
+                break
+            if pk not in chosen and items.get(pk) not in seen_items:
+                return pk
+        return queue[head]
+
+    while len(chosen) < want:
+        progressed = False
+        for key in keys:
+            pk = next_of(key) if quota[key] > 0 else None
+            if pk is None:
+                continue
+            chosen[pk] = None
+            seen_items.add(items.get(pk))
+            quota[key] -= 1
+            progressed = True
+            if len(chosen) == want:
+                break
+        if not progressed:
+            break
+    order = sorted(coverage, key=lambda pk: (coverage[pk], tie[pk]))
+    topped_up = [pk for pk in order if pk not in chosen][: want - len(chosen)]
+    return [*chosen, *topped_up]
+
+
+def assignment_choose_trials(
+    test: ListeningTest,
+    rng: random.Random,
+    systems: dict[int, tuple[int, ...]] | None = None,
+    items: dict[int, int] | None = None,
+) -> list[int]:
+    """The main trials for a new participant: balanced over the systems (``balanced_pick``), least-covered
+    first, ties broken by ``rng``. ``systems`` / ``items`` (trial -> systems, trial -> item) are read
+    when not given.
 
     Votes of screened-out participants do not count, so the engine tops up behind them.
     Raises ``ConflictError(TEST_FULL)`` when every trial already has ``votes_target`` votes.
@@ -85,9 +180,12 @@ def assignment_choose_trials(test: ListeningTest, rng: random.Random) -> list[in
     open_trials = [pk for pk, n in coverage.items() if n < test.votes_target]
     if not open_trials:
         raise ConflictError(TEST_FULL)
+    if systems is None:
+        systems = trial_systems(test)
+    if items is None:
+        items = dict(Trial.objects.filter(pk__in=coverage).values_list("pk", "item_id"))
     want = test.trials_per_participant or len(coverage)
-    order = sorted(coverage, key=lambda pk: (coverage[pk], rng.random()))
-    return order[: min(want, len(order))]
+    return balanced_pick(coverage=coverage, systems=systems, items=items, want=want, rng=rng)
 
 
 @dataclass(frozen=True)
@@ -97,14 +195,18 @@ class _JoinLayout:
     training: list[int]
     controls: dict[str, list[int]]
     stimuli: dict[int, list[int]]  # trial id -> stimulus ids, in id order
+    systems: dict[int, tuple[int, ...]]  # main trial id -> the systems it rates
+    items: dict[int, int]  # trial id -> eval item id
 
 
 def _join_layout(test: ListeningTest) -> _JoinLayout:
-    training, controls, stimuli = [], {Trial.Control.GOLD: [], Trial.Control.TRAPPING: []}, {}
-    for trial_id, is_training, control in (
-        Trial.objects.filter(test=test).order_by("index").values_list("pk", "is_training", "control")
+    training, controls, stimuli, items = [], {Trial.Control.GOLD: [], Trial.Control.TRAPPING: []}, {}, {}
+    for trial_id, is_training, control, item_id in (
+        Trial.objects.filter(test=test)
+        .order_by("index")
+        .values_list("pk", "is_training", "control", "item_id")
     ):
-        stimuli[trial_id] = []
+        stimuli[trial_id], items[trial_id] = [], item_id
         if is_training:
             training.append(trial_id)
         elif control:
@@ -113,7 +215,7 @@ def _join_layout(test: ListeningTest) -> _JoinLayout:
         Stimulus.objects.filter(trial__test=test).order_by("pk").values_list("trial_id", "pk")
     ):
         stimuli[trial_id].append(stimulus_id)
-    return _JoinLayout(training, controls, stimuli)
+    return _JoinLayout(training, controls, stimuli, trial_systems(test), items)
 
 
 class CrowdIdInUse(ConflictError):
@@ -178,7 +280,7 @@ def participant_join(
         token = secrets.token_urlsafe(18)
         seed = random.Random(f"{test.seed}:{token}").getrandbits(31)
         rng = random.Random(seed)
-        main = assignment_choose_trials(test, rng)
+        main = assignment_choose_trials(test, rng, layout.systems, layout.items)
         participant = Participant.objects.create(
             test=test,
             token=token,

@@ -10,12 +10,14 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from evalsite.core.exceptions import ApplicationError
 from evalsite.core.processes import ChildProcesses, StopRequested, StopSignals
 from evalsite.demo.speech import DEMO_SENTENCES, DEMO_SPEAKERS, SAMPLE_RATE, synthesize, write_demo_corpus
 from evalsite.jobs.models import Job
 from evalsite.jobs.services import job_create
 from evalsite.listening.models import ListeningTest
-from evalsite.listening.services import TestDesign, listening_test_build, listening_test_publish
+from evalsite.listening.selectors import listening_test_progress
+from evalsite.listening.services import TestDesign, listening_test_create
 from evalsite.runs.models import Checkpoint, EvalSet, Run
 from evalsite.runs.services import checkpoint_register, run_create
 from evalsite.scoring.models import MetricResult
@@ -49,6 +51,33 @@ DEMO_VOCODER_TRAINING = {
     "version": 1,
 }
 TRAINING_MANIFEST = "training.json"
+# The demo tests: (name, kind, main trials per listener). Per listener: MUSHRA trials hold every
+# checkpoint; SMOS rates one checkpoint a trial, so 6 gives each of the 3 checkpoints 2 trials.
+DEMO_TESTS = (("demo-mushra", "mushra", 4), ("demo-smos", "smos", 6))
+
+
+def demo_test_designs(checkpoints: list[Checkpoint]) -> list[TestDesign]:
+    """The demo's tests as a researcher should build them: headphone check (with level calibration),
+    every sound played before answering, and one gold and one trapping trial per listener."""
+    return [
+        TestDesign(
+            name=name,
+            kind=kind,
+            checkpoints=checkpoints,
+            training_items=1,
+            trials_per_participant=per_listener,
+            votes_target=20,
+            title=f"Demo {kind.upper()} test",
+            completion_code="DEMO-THANKS",
+            headphone_check=True,
+            require_play_all=True,
+            gold_items=2,
+            trapping_items=2,
+        )
+        for name, kind, per_listener in DEMO_TESTS
+    ]
+
+
 # Seconds each child gets to stop on SIGTERM before it is killed: an idle worker's warm shutdown takes
 # about 8 s on a 2-core machine, a busy one first finishes its task (acks_late redelivers a killed one).
 STOP_GRACE_S = 20.0
@@ -370,26 +399,25 @@ class Command(BaseCommand):
             self.stdout.write(f"  {DEMO_RUNS[0][0]} step {step:>5}: {name} = {value:.4f}")
 
     def _build_demo_tests(self) -> dict[str, str]:
-        """A MUSHRA and an SMOS test of the demo vocoder's checkpoints, published."""
+        """A MUSHRA and an SMOS test of the demo vocoder's checkpoints, published with every quality
+        control on. They must pass the design checks: a design warning stops the demo (nothing
+        confirms it on the researcher's behalf)."""
 
         checkpoints = list(Checkpoint.objects.filter(run__name=DEMO_RUNS[0][0]).order_by("step"))
         invites = {}
-        for name, kind, per_listener in (("demo-mushra", "mushra", 4), ("demo-smos", "smos", 6)):
-            test = ListeningTest.objects.filter(name=name).first()
+        for design in demo_test_designs(checkpoints):
+            test = ListeningTest.objects.filter(name=design.name).first()
             if test is None:
-                design = TestDesign(
-                    name=name,
-                    kind=kind,
-                    checkpoints=checkpoints,
-                    training_items=1,
-                    trials_per_participant=per_listener,
-                    votes_target=20,
-                    title=f"Demo {kind.upper()} test",
-                    completion_code="DEMO-THANKS",
+                try:
+                    test = listening_test_create(design=design, publish=True)
+                except ApplicationError as exc:
+                    raise CommandError(f"demo test {design.name!r} not published: {exc.message}") from None
+                counts = listening_test_progress(test)["trial_counts"]
+                self.stdout.write(
+                    f"{design.kind} test {design.name!r} built: {counts['total']} trials ({counts['main']} main, "
+                    f"{counts['training']} training, {counts['control']} gold/trapping)"
                 )
-                test = listening_test_publish(test=listening_test_build(design=design))
-                self.stdout.write(f"{kind} test {name!r} built: {test.trials.count()} trials")
-            invites[name] = test.invite_token
+            invites[design.name] = test.invite_token
         return invites
 
     def _wait(self, job_id: int, children: ChildProcesses, timeout: float) -> Job:

@@ -6,7 +6,7 @@ from django.urls import reverse
 
 from evalsite.core.exceptions import ApplicationError
 from evalsite.listening.models import LOUDNESS_TARGET_MAX_LUFS, LOUDNESS_TARGET_MIN_LUFS, ListeningTest
-from evalsite.listening.services.build import listening_test_build, listening_test_publish
+from evalsite.listening.services.build import DesignWarningsUnconfirmed, listening_test_create
 from evalsite.listening.services.design import DEFAULT_LOUDNESS_TARGET_LUFS, TestDesign
 from evalsite.runs.models import Checkpoint
 
@@ -78,6 +78,11 @@ class Command(BaseCommand):
         parser.add_argument("--completion-code", default="")
         parser.add_argument("--completion-redirect", default="")
         parser.add_argument("--publish", action="store_true")
+        parser.add_argument(
+            "--confirm",
+            action="store_true",
+            help="with --publish: publish even when the build gives design warnings (they are printed)",
+        )
         parser.add_argument("--base-url", default="http://127.0.0.1:8000")
 
     @staticmethod
@@ -120,11 +125,19 @@ class Command(BaseCommand):
                 loudness_target_lufs=None if opts["no_loudness_alignment"] else opts["loudness_target"],
                 questionnaire=questionnaire,
             )
-            test = listening_test_build(design=design)
-            if opts["publish"]:
-                test = listening_test_publish(test=test)
+            # One transaction: a refused publish keeps nothing, so the same command with --confirm can follow.
+            test = listening_test_create(design=design, publish=opts["publish"], confirm=opts["confirm"])
+        except DesignWarningsUnconfirmed as exc:
+            for warning in exc.extra["design_warnings"]:
+                self.stderr.write(f"design warning: {_line(warning)}")
+            raise CommandError(
+                f"not built: {len(exc.extra['design_warnings'])} design warning(s) above; fix the design, or "
+                f"add --confirm to publish anyway"
+            ) from None
         except ApplicationError as exc:
             raise CommandError(exc.message) from None
+        for warning in test.design_warnings:
+            self.stderr.write(f"design warning: {_line(warning)}")
         for warning in test.build_warnings:
             self.stderr.write(f"warning: {warning}")
         if test.loudness_served_lufs is not None:
@@ -136,3 +149,9 @@ class Command(BaseCommand):
             f"{test.kind} test {test.name!r}: {test.trials.count()} trials, status {test.status}"
         )
         self.stdout.write(f"invite link: {url}")
+
+
+def _line(warning: dict) -> str:
+    """A design warning on one line: its message, then the items it is about."""
+    items = warning["items"]
+    return warning["message"] + (f" (items: {', '.join(items)})" if items else "")
