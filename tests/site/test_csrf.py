@@ -28,6 +28,7 @@ from rest_framework.test import APIClient
 from evalsite.api.services import researcher_token_issue
 from evalsite.listening import services, views
 from evalsite.listening.models import ListeningTest, Participant
+from evalsite.listening.questionnaire import questionnaire_parse
 from evalsite.listening.selectors import headphone_trials, listener_state
 from evalsite.runs.models import Run
 from tests.factories import hear, listening_world, make_listening_test
@@ -123,6 +124,12 @@ def _calibrated(w: World) -> None:
     if w.checked.calibrated_at is None:
         hear(w.checked)
         w.checked = services.calibration_confirm(participant=w.checked, plays=1)
+
+
+def _pre_questionnaire(w: World) -> None:
+    test = w.listener.test
+    test.questionnaire = questionnaire_parse({"pre": ["age_band"]}).as_stored()
+    test.save(update_fields=["questionnaire"])
 
 
 P = lambda w: {"ptoken": w.listener.token}  # noqa: E731 - the listener's URL argument
@@ -227,6 +234,12 @@ CASES: dict[str, Case] = {
     "listening:reference-audio": Case(kwargs=lambda w: {**P(w), "token": _trial(w)["id"]}),
     "listening:calibration": Case(
         kwargs=H, body=lambda w: {"plays": 2}, writes=True, setup=lambda w: hear(w.checked)
+    ),
+    "listening:questionnaire": Case(
+        kwargs=lambda w: {**P(w), "stage": "pre"},
+        body=lambda w: {"answers": {"age_band": "25-34"}},
+        setup=_pre_questionnaire,
+        writes=True,
     ),
     "listening:calibration-audio": Case(kwargs=H),
     "listening:headphone": Case(
