@@ -82,6 +82,8 @@ CELL_LIMITS = {"listener": 200, "item": 300, "system": 300, "trial": 200, "role"
 DEFAULT_CMOS_COMPARISON = "reference"
 DELIMITERS = ",;\t|"
 IMPORT_REQUEST_ID = "import"
+IMPORT_BODY_SLACK = 64 * 1024
+"""Room for the form fields and multipart boundaries around an import file of the largest size allowed."""
 
 BAD_ROWS = "{count} problem(s) in {file}; nothing was imported"
 FILE_TOO_BIG = "file: {size} bytes is over the import limit of {limit} bytes (EVALSITE_IMPORT_MAX_BYTES)"
@@ -201,14 +203,15 @@ def _cell(fields: list[str], index: int | None) -> str:
     return fields[index].strip() if index is not None and index < len(fields) else ""
 
 
-def import_file_parse(*, data: bytes, fmt: str, kind: str) -> ParsedFile:
+def import_file_parse(*, data: bytes, fmt: str, kind: str, size: int | None = None) -> ParsedFile:
     """Every row of the file as an ``ImportRow``, and every problem found on the way (``line N: column X: why``).
 
     Refuses outright (``ImportRejected``) a file that is too big, binary, undecodable, or has too many rows or
-    columns: those are not row problems."""
+    columns: those are not row problems. ``size``: the upload's size, when only its start is in ``data``."""
     limit = settings.EVALSITE_IMPORT_MAX_BYTES
-    if len(data) > limit:
-        raise ImportRejected(file="the file", problems=[FILE_TOO_BIG.format(size=len(data), limit=limit)])
+    size = max(size or 0, len(data))
+    if size > limit:
+        raise ImportRejected(file="the file", problems=[FILE_TOO_BIG.format(size=size, limit=limit)])
     text, encoding = import_text_decode(data)
     first_line = text.split("\n", 1)[0]
     parsed = ParsedFile(encoding=encoding, delimiter=_delimiter(first_line))
@@ -473,6 +476,7 @@ def listening_test_import(
     kind: str,
     fmt: str,
     data: bytes,
+    size: int | None = None,
     file_name: str = "upload.csv",
     checkpoints: dict[str, str] | None = None,
     eval_set: str = "",
@@ -483,7 +487,8 @@ def listening_test_import(
 
     ``checkpoints`` maps system names to ``run@step`` of runs ``owner`` may see; ``eval_set`` links items to
     that eval set's items by key (else the items get an eval set of their own, without audio); ``comparison``
-    is the CMOS comparison's name (every CMOS row rates a system against it).
+    is the CMOS comparison's name (every CMOS row rates a system against it). ``size``: the upload's size
+    when the caller read only its first ``EVALSITE_IMPORT_MAX_BYTES + 1`` bytes into ``data``.
     """
     name = (name or "").strip()
     problems: list[str] = []
@@ -501,7 +506,7 @@ def listening_test_import(
         )
     if fmt == ListeningTest.Origin.WEBMUSHRA and kind != ListeningTest.Kind.MUSHRA:
         raise ImportRejected(file=file_name, problems=[WEBMUSHRA_KIND.format(kind=kind)])
-    parsed = import_file_parse(data=data, fmt=fmt, kind=kind)
+    parsed = import_file_parse(data=data, fmt=fmt, kind=kind, size=size)
     problems += parsed.problems
     design = _design(parsed.rows, kind=kind, comparison=comparison, problems=problems)
     linked = _checkpoints(owner=owner, mapping=checkpoints or {}, roles=design.roles, problems=problems)
