@@ -509,6 +509,17 @@ def test_a_webmushra_results_file_imports_with_reference_and_anchors(researcher)
     assert sorted(r["item"].unique()) == ["trial1", "trial2"]
 
 
+def test_webmushra_problems_name_webmushras_own_columns(researcher):
+    bad = WEBMUSHRA.replace("trial1,C1,72,", "trial1,C1,172,").replace(
+        "a@example.org,31,female,trial2,C2", ",,,trial2,C2"
+    )
+    e = rejected(researcher, bad.encode(), fmt="webmushra")
+    assert e.extra["errors"] == [
+        "line 3: column rating_score: 172 is out of range; must be a number from 0 to 100",
+        "line 9: column questionnaire answers (all of them): empty",
+    ]
+
+
 def test_a_webmushra_file_must_be_mushra_and_must_identify_listeners(researcher):
     e = rejected(researcher, WEBMUSHRA.encode(), fmt="webmushra", kind="mos")
     assert e.extra["errors"] == [

@@ -284,6 +284,18 @@ def _webmushra_columns(names: list[str], problems: list[str]) -> dict[str, int |
     }
 
 
+def _column_name(name: str, fmt: str) -> str:
+    """The file's own name of a column, for messages about a webMUSHRA file."""
+    if fmt != ListeningTest.Origin.WEBMUSHRA:
+        return name
+    return {
+        "listener": "questionnaire answers (all of them)",
+        "item": "trial_id",
+        "system": "rating_stimulus",
+        "score": "rating_score",
+    }.get(name, name)
+
+
 def _row(
     line: int, fields: list[str], columns: dict, *, fmt: str, kind: str, delimiter: str, problems: list[str]
 ) -> ImportRow | None:
@@ -303,10 +315,12 @@ def _row(
     }
     for name in ("listener", "item", "system", "score"):
         if not values[name]:
-            problems.append(f"line {line}: column {name}: empty")
+            problems.append(f"line {line}: column {_column_name(name, fmt)}: empty")
     for name, cap in CELL_LIMITS.items():
         if len(values[name]) > cap:
-            problems.append(f"line {line}: column {name}: {len(values[name])} characters; at most {cap}")
+            problems.append(
+                f"line {line}: column {_column_name(name, fmt)}: {len(values[name])} characters; at most {cap}"
+            )
     role = values["role"]
     if fmt == ListeningTest.Origin.WEBMUSHRA:
         role = WEBMUSHRA_ROLES.get(values["system"].lower(), Condition.Role.SYSTEM)
@@ -324,7 +338,7 @@ def _row(
         (None, None) if not values["score"] else _score(values["score"], kind=kind, delimiter=delimiter)
     )
     if why:
-        problems.append(f"line {line}: column score: {why}")
+        problems.append(f"line {line}: column {_column_name('score', fmt)}: {why}")
     if len(problems) > before:
         return None
     return ImportRow(
