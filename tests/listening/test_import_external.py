@@ -331,6 +331,7 @@ def test_the_test_name_must_be_new(researcher):
     do_import(researcher, csv_bytes(mushra_rows(n_listeners=1)))
     e = rejected(researcher, csv_bytes(mushra_rows(n_listeners=1)))
     assert e.extra["errors"] == ["name: a listening test named 'ext' already exists"]
+    assert e.extra["fields"] == {"name": ["name: a listening test named 'ext' already exists"]}
 
 
 # --- checkpoints, eval sets, visibility -------------------------------------------------------------------------
@@ -355,6 +356,7 @@ def test_systems_link_to_visible_checkpoints_and_never_to_another_researchers(re
     # The same words for a run that does not exist: nothing says whether someone else's run exists.
     e = rejected(researcher, data, checkpoints={"weak": "no-such-run@1"})
     assert e.extra["errors"] == ["checkpoints: system 'weak': no checkpoint 'no-such-run@1' that you can see"]
+    assert list(e.extra["fields"]) == ["checkpoints"]
     e = rejected(
         researcher,
         data,

@@ -105,6 +105,9 @@ MAPPING_ROLE = "checkpoints: system {system!r} is the {role}; only systems map t
 EVAL_SET_UNKNOWN = "eval_set: no eval set named {name!r}"
 
 
+REQUEST_FIELDS = ("name", "kind", "format", "checkpoints", "eval_set")
+
+
 class ImportRejected(ApplicationError):
     """The file (or the request around it) is wrong: every problem found, capped, with the total count."""
 
@@ -116,7 +119,12 @@ class ImportRejected(ApplicationError):
             {"errors": shown, "error_count": len(problems), "errors_shown": len(shown)},
             fields=("file",),
         )
-        self.extra["fields"] = {"file": shown}
+        # A problem about a request field ("name: ...", "checkpoints: ...") is filed under it; the rest are the file's.
+        fields: dict[str, list[str]] = {}
+        for problem in shown:
+            head = problem.split(":", 1)[0]
+            fields.setdefault(head if head in REQUEST_FIELDS else "file", []).append(problem)
+        self.extra["fields"] = fields
         self.problems = problems
 
 
