@@ -165,6 +165,43 @@ def test_an_imported_copy_of_a_native_mushra_test_gives_the_same_scores_tests_an
     )
 
 
+def test_an_imported_copy_of_a_native_cmos_test_gives_the_same_scores_and_tests(researcher):
+    world = listening_world(n_items=4)
+    native = services.listening_test_publish(
+        test=make_listening_test(name="native-cmos", kind="cmos", checkpoints=world["checkpoints"], seed=5)
+    )
+    for k in range(5):
+        p = services.participant_join(test=native, external_id=f"w{k}")
+        for n, trial in enumerate(listener_state(p)["trials"]):
+            _, b = trial["stimuli"]
+            services.rating_submit(
+                participant=p,
+                trial=trial["id"],
+                stimulus=b["id"],
+                score=(k + 2 * n) % 7 - 3,
+                request_id=f"r{k}-{n}",
+            )
+            services.trial_complete(participant=p, trial=trial["id"])
+    ratings = frames.ratings_frame(native)
+    assert set(ratings["comparison"]) == {services.CMOS_REFERENCE_LABEL}
+    ids = dict(Participant.objects.filter(test=native).values_list("pk", "external_id"))
+    data = pd.DataFrame(
+        {
+            "listener": ratings["listener"].map(ids),
+            "item": ratings["item"],
+            "system": ratings["system"],
+            "score": ratings["score"].astype(int),
+        }
+    ).to_csv(index=False)
+    imported = do_import(
+        researcher, data.encode(), name="cmos-twin", kind="cmos", comparison=services.CMOS_REFERENCE_LABEL
+    )
+    a, b = listening_test_results(native, n_boot=300), listening_test_results(imported, n_boot=300)
+    assert a["scores"] == b["scores"] and len(a["scores"]["kept"]) == 2
+    assert a["pairwise"] == b["pairwise"]
+    assert a["counts"]["ratings"] == b["counts"]["ratings"] == len(ratings)
+
+
 def test_an_imported_test_is_closed_external_without_audio_and_never_invites(researcher, client):
     test = do_import(researcher, csv_bytes(mushra_rows()))
     assert (test.status, test.origin, test.is_external) == ("closed", "long_csv", True)
