@@ -325,6 +325,9 @@ def test_a_file_over_the_row_limit_is_refused(researcher):
     assert e.extra["errors"] == [
         "file: more than 5 rows (EVALSITE_IMPORT_MAX_ROWS); split the test or raise the limit"
     ]
+    # Five rows are within the limit even when each has several problems.
+    e = rejected(researcher, csv_bytes([("", "", "", 9, "x")] * 5), kind="mos")
+    assert e.extra["error_count"] == 25
 
 
 @override_settings(EVALSITE_IMPORT_MAX_COLUMNS=6)

@@ -251,8 +251,8 @@ def import_file_parse(*, data: bytes, fmt: str, kind: str, size: int | None = No
     if problems:
         return parsed
     max_rows = settings.EVALSITE_IMPORT_MAX_ROWS
-    for line, fields in records:
-        if len(parsed.rows) + len(problems) >= max_rows:
+    for count, (line, fields) in enumerate(records, start=1):
+        if count > max_rows:
             raise ImportRejected(file="the file", problems=[TOO_MANY_ROWS.format(limit=max_rows)])
         if len(fields) != len(header):
             problems.append(f"line {line}: has {len(fields)} fields; the header has {len(header)}")
