@@ -79,6 +79,9 @@ def test_a_researcher_imports_a_file_and_lands_on_the_test(browser):
     assert 'data-testid="invite-link"' not in page and ">Publish<" not in page
     listing = browser.get(reverse("listening-admin:list")).content.decode()
     assert "(imported: long CSV)" in listing
+    # The trial preview (not linked for an imported test) says there is no audio rather than failing.
+    preview = browser.get(reverse("listening-admin:preview", args=[test.pk, 0]))
+    assert preview.status_code == 200 and preview.content.decode().count("no audio (rated elsewhere)") == 5
 
 
 def test_a_bad_file_lists_every_problem_on_the_page_and_imports_nothing(browser):
