@@ -173,12 +173,21 @@ def test_an_imported_copy_of_a_native_cmos_test_gives_the_same_scores_and_tests(
     for k in range(5):
         p = services.participant_join(test=native, external_id=f"w{k}")
         for n, trial in enumerate(listener_state(p)["trials"]):
-            _, b = trial["stimuli"]
+            a, b = (
+                StimulusHandle.objects.select_related("stimulus__condition", "stimulus__trial__item").get(
+                    token=s["id"]
+                )
+                for s in trial["stimuli"]
+            )
+            system = a if b.stimulus.condition.role == "comparison" else b
+            j = int(system.stimulus.trial.item.key[3:])
+            # The system relative to the comparison, whatever order they were heard in (the order is random).
+            versus = (2 if system.stimulus.condition.label.startswith("hifigan") else -1) + (k + j) % 2
             services.rating_submit(
                 participant=p,
                 trial=trial["id"],
-                stimulus=b["id"],
-                score=(k + 2 * n) % 7 - 3,
+                stimulus=b.token,
+                score=-versus if system is a else versus,
                 request_id=f"r{k}-{n}",
             )
             services.trial_complete(participant=p, trial=trial["id"])
@@ -198,6 +207,9 @@ def test_an_imported_copy_of_a_native_cmos_test_gives_the_same_scores_and_tests(
     )
     a, b = listening_test_results(native, n_boot=300), listening_test_results(imported, n_boot=300)
     assert a["scores"] == b["scores"] and len(a["scores"]["kept"]) == 2
+    assert {r["system"]: r["mean"] for r in b["scores"]["kept"]} == pytest.approx(
+        {"hifigan-secret-run@77777": 2.5, "evagan-hidden-run@77777": -0.5}, abs=0.21
+    )
     assert a["pairwise"] == b["pairwise"]
     assert a["counts"]["ratings"] == b["counts"]["ratings"] == len(ratings)
 
