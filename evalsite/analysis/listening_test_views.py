@@ -44,7 +44,9 @@ def _external_ids(test: ListeningTest) -> dict[str, str]:
 def _audio_urls(results: dict) -> dict[str, str]:
     """Stimulus id → URL of its audio, for the flag timelines' play buttons (researchers may hear the audio)."""
     ids = [t["stimulus"] for t in (results.get("flags") or {}).get("timelines") or []]
-    return {str(s.pk): s.asset.file.url for s in Stimulus.objects.filter(pk__in=ids).select_related("asset")}
+    # An imported test's stimuli have no audio (rated elsewhere).
+    stimuli = Stimulus.objects.filter(pk__in=ids, asset__isnull=False).select_related("asset")
+    return {str(s.pk): s.asset.file.url for s in stimuli}
 
 
 def _correction(request: HttpRequest) -> str | None:

@@ -13,7 +13,8 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from evalsite.api.access import RunPrincipal, run_for, runs_visible
+from evalsite.api.access import RunPrincipal, require_researcher, run_for, runs_visible
+from evalsite.api.parsers import ImportMultiPartParser
 from evalsite.api.schema import ERRORS, ErrorSerializer
 from evalsite.core.exceptions import ApplicationError, ConflictError, NotFoundError
 from evalsite.listening.access import listening_tests_visible
@@ -34,6 +35,12 @@ from evalsite.listening.services.design import (
     TOO_MANY_SYSTEMS,
     TestDesign,
 )
+from evalsite.listening.services.imports import (
+    DEFAULT_CMOS_COMPARISON,
+    ImportRejected,
+    checkpoint_mapping_parse,
+    listening_test_import,
+)
 from evalsite.runs.models import Checkpoint, EvalItem
 
 TEST_NOT_FOUND = "Listening test {test_id} does not exist or is not yours."
@@ -53,7 +60,8 @@ class TestOutputSerializer(serializers.Serializer):
     kind = serializers.CharField()
     status = serializers.CharField()
     invite_url = serializers.CharField(
-        help_text="give this to listeners (append PROLIFIC_PID etc. for crowd studies)"
+        allow_blank=True,
+        help_text="give this to listeners (append PROLIFIC_PID etc. for crowd studies); empty for an imported test",
     )
     page_url = serializers.CharField(help_text="the researcher's page of the test")
     warnings = serializers.ListField(child=serializers.CharField())
@@ -83,7 +91,10 @@ def test_payload(request, test: ListeningTest) -> dict[str, Any]:
         "name": test.name,
         "kind": test.kind,
         "status": test.status,
-        "invite_url": request.build_absolute_uri(reverse("listening:invite", args=[test.invite_token])),
+        # An imported test was taken elsewhere: there is nobody to invite.
+        "invite_url": ""
+        if test.is_external
+        else request.build_absolute_uri(reverse("listening:invite", args=[test.invite_token])),
         "page_url": request.build_absolute_uri(reverse("listening-admin:detail", args=[test.pk])),
         "warnings": test.build_warnings,
         "design_warnings": test.design_warnings,
@@ -265,6 +276,72 @@ def _items(eval_set_id: int | None, keys: list[str]) -> list[EvalItem]:
     if missing:
         raise ApplicationError(ITEMS_UNKNOWN.format(keys=", ".join(missing[:10])), fields=("items",))
     return [found[k] for k in keys]
+
+
+class ListeningTestImportApi(APIView):
+    """Import the ratings of a test run on another platform (multipart: the CSV file and the fields below)."""
+
+    parser_classes = [ImportMultiPartParser]
+
+    @extend_schema_serializer(component_name="ListeningTestImport")
+    class InputSerializer(serializers.Serializer):
+        file = serializers.FileField(
+            help_text="long CSV (listener,item,system,score[,role][,trial]) or webMUSHRA's mushra.csv"
+        )
+        name = serializers.CharField(max_length=200)
+        kind = serializers.ChoiceField(choices=ListeningTest.Kind.choices)
+        format = serializers.ChoiceField(
+            choices=[ListeningTest.Origin.LONG_CSV, ListeningTest.Origin.WEBMUSHRA],
+            default=ListeningTest.Origin.LONG_CSV,
+        )
+        checkpoints = serializers.CharField(
+            max_length=20_000,
+            required=False,
+            default="",
+            allow_blank=True,
+            help_text="lines 'system = run@step' linking systems to checkpoints of runs you can see",
+        )
+        eval_set = serializers.CharField(
+            max_length=200,
+            required=False,
+            default="",
+            allow_blank=True,
+            help_text="link items to this eval set",
+        )
+        comparison = serializers.CharField(
+            max_length=300, default=DEFAULT_CMOS_COMPARISON, help_text="CMOS: the comparison system's name"
+        )
+
+    @extend_schema(
+        operation_id="listening_tests_import",
+        request={"multipart/form-data": InputSerializer},
+        responses={201: TestOutputSerializer, **ERRORS},
+    )
+    def post(self, request):
+        require_researcher(request.user, "import listening tests")
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        mapping, problems = checkpoint_mapping_parse(values["checkpoints"])
+        if problems:
+            raise ImportRejected(file="checkpoints", problems=problems)
+        upload = values["file"]
+        test = listening_test_import(
+            owner=request.user,
+            name=values["name"],
+            kind=values["kind"],
+            fmt=values["format"],
+            # Never more than one byte over the limit in memory: the service refuses the rest by size.
+            data=upload.read(settings.EVALSITE_IMPORT_MAX_BYTES + 1),
+            size=upload.size,
+            file_name=upload.name or "upload.csv",
+            checkpoints=mapping,
+            eval_set=values["eval_set"],
+            comparison=values["comparison"],
+        )
+        return Response(
+            TestOutputSerializer(test_payload(request, test)).data, status=status.HTTP_201_CREATED
+        )
 
 
 class ListeningTestDetailApi(APIView):

@@ -15,6 +15,8 @@ import io
 from django.conf import settings
 from rest_framework import exceptions, parsers, status
 
+from evalsite.listening.services.imports import IMPORT_BODY_SLACK
+
 BODY_TOO_LARGE = "The request body is {size} bytes; the API accepts at most {limit} bytes."
 BODY_TOO_DEEP = "JSON parse error - nested too deeply"
 
@@ -46,3 +48,19 @@ class JSONParser(parsers.JSONParser):
             return super().parse(io.BytesIO(data), media_type, parser_context)
         except RecursionError:
             raise exceptions.ParseError(BODY_TOO_DEEP) from None
+
+
+class ImportMultiPartParser(parsers.MultiPartParser):
+    """A multipart upload of a ratings file: a declared body far over ``EVALSITE_IMPORT_MAX_BYTES`` is refused
+    (413) before a byte of it is read or spooled to disk."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        limit = settings.EVALSITE_IMPORT_MAX_BYTES + IMPORT_BODY_SLACK
+        request = (parser_context or {}).get("request")
+        try:
+            declared = int(request.META.get("CONTENT_LENGTH") or 0) if request is not None else 0
+        except ValueError:
+            declared = 0
+        if declared > limit:
+            raise RequestBodyTooLarge(BODY_TOO_LARGE.format(size=declared, limit=limit))
+        return super().parse(stream, media_type, parser_context)

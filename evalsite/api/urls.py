@@ -25,6 +25,7 @@ urlpatterns = [
     path("runs/<int:run_id>/alerts/", alerts.AlertListApi.as_view(), name="alerts"),
     path("runs/<int:run_id>/alert-rules/", alerts.AlertRulesApi.as_view(), name="alert-rules"),
     path("listening-tests/", listening.ListeningTestCreateApi.as_view(), name="listening-tests"),
+    path("listening-tests/import/", listening.ListeningTestImportApi.as_view(), name="listening-test-import"),
     path("listening-tests/<int:test_id>/", listening.ListeningTestDetailApi.as_view(), name="listening-test"),
     path(
         "listening-tests/<int:test_id>/publish/",

@@ -2,12 +2,14 @@
 
 A test rates checkpoints of one or more runs; it is visible when every one of those runs is visible
 (``evalsite.runs.access``), so a test never shows a researcher the audio or scores of a run they
-cannot open. A test rating no checkpoint at all is a superuser's. Invisible tests are "not found".
+cannot open. A native test rating no checkpoint at all is a superuser's; an imported test (rated on
+another platform, its systems maybe linked to no checkpoint) is also its owner's, as long as every
+checkpoint it does link to is visible. Invisible tests are "not found".
 """
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from evalsite.audio.models import AudioAsset
 from evalsite.listening.models import ListeningTest, Stimulus
@@ -22,9 +24,12 @@ def listening_tests_visible(user, *, runs: QuerySet[Run] | None = None) -> Query
             return ListeningTest.objects.all()
         runs = runs_visible(user)
     hidden = Run.objects.exclude(pk__in=runs.values("pk"))
+    shown = Q(pk__in=ListeningTest.objects.filter(conditions__checkpoint__isnull=False).values("pk"))
+    if getattr(user, "is_authenticated", False) and not isinstance(user, RunPrincipal):
+        shown |= Q(owner=user) & ~Q(origin=ListeningTest.Origin.NATIVE)
     return (
-        ListeningTest.objects.filter(conditions__checkpoint__isnull=False)
-        .exclude(conditions__checkpoint__run__in=hidden)
+        ListeningTest.objects.filter(shown)
+        .exclude(pk__in=ListeningTest.objects.filter(conditions__checkpoint__run__in=hidden).values("pk"))
         .distinct()
     )
 

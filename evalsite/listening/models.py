@@ -36,6 +36,13 @@ class ListeningTest(BaseModel):
         PUBLISHED = "published"
         CLOSED = "closed"
 
+    class Origin(models.TextChoices):
+        """Where the answers came from: listeners here, or ratings imported from a test run elsewhere."""
+
+        NATIVE = "native", "run here"
+        LONG_CSV = "long_csv", "imported: long CSV"
+        WEBMUSHRA = "webmushra", "imported: webMUSHRA CSV"
+
     name = models.CharField(max_length=200, unique=True)
     kind = models.CharField(max_length=20, choices=Kind.choices)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.DRAFT)
@@ -100,6 +107,19 @@ class ListeningTest(BaseModel):
     )
     published_at = models.DateTimeField(null=True, blank=True)
     closed_at = models.DateTimeField(null=True, blank=True)
+    origin = models.CharField(
+        max_length=20,
+        choices=Origin.choices,
+        default=Origin.NATIVE,
+        help_text="imported tests have no audio and never invite anyone; they are closed from the start",
+    )
+    import_summary = models.JSONField(
+        default=dict, blank=True, help_text="imported tests: file name, sha256, format, rows, when"
+    )
+
+    @property
+    def is_external(self) -> bool:
+        return self.origin != self.Origin.NATIVE
 
     def __str__(self) -> str:
         return self.name
@@ -126,12 +146,15 @@ class Condition(BaseModel):
     label = models.CharField(max_length=300, help_text="researcher-facing; never shown to listeners")
     role = models.CharField(max_length=30, choices=Role.choices)
     checkpoint = models.ForeignKey("runs.Checkpoint", on_delete=models.PROTECT, null=True, blank=True)
+    external = models.BooleanField(
+        default=False, help_text="a system of an imported test: may name no checkpoint of ours"
+    )
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["test", "label"], name="condition_unique_label"),
             models.CheckConstraint(
-                condition=~Q(role="system") | Q(checkpoint__isnull=False),
+                condition=~Q(role="system") | Q(checkpoint__isnull=False) | Q(external=True),
                 name="condition_system_has_checkpoint",
             ),
         ]
@@ -191,7 +214,12 @@ class Stimulus(BaseModel):
     trial = models.ForeignKey(Trial, on_delete=models.CASCADE, related_name="stimuli")
     condition = models.ForeignKey(Condition, on_delete=models.PROTECT, related_name="stimuli")
     asset = models.ForeignKey(
-        "audio.AudioAsset", on_delete=models.PROTECT, related_name="+", help_text="the audio served"
+        "audio.AudioAsset",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="the audio served; empty only in an imported test (rated elsewhere)",
     )
     source_asset = models.ForeignKey(
         "audio.AudioAsset",

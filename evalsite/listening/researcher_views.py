@@ -7,6 +7,7 @@ researcher sees and changes only the tests whose runs they may see (``listening.
 from __future__ import annotations
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
@@ -40,6 +41,14 @@ from evalsite.listening.services.design import (
     INSTRUCTIONS_MAX_CHARS,
     ITEMS_NOT_IN_EVAL_SET,
     TestDesign,
+)
+from evalsite.listening.services.imports import (
+    DEFAULT_CMOS_COMPARISON,
+    FILE_TOO_BIG,
+    IMPORT_BODY_SLACK,
+    ImportRejected,
+    checkpoint_mapping_parse,
+    listening_test_import,
 )
 from evalsite.listening.services.preview import preview_begin
 from evalsite.runs.access import checkpoints_visible
@@ -297,6 +306,34 @@ class QuestionnaireForm(forms.Form):
         return data
 
 
+class ImportForm(forms.Form):
+    """A test run on another platform: its ratings file and what the file does not say."""
+
+    file = forms.FileField(
+        help_text="long CSV (listener,item,system,score[,role][,trial]) or webMUSHRA's mushra.csv"
+    )
+    format = forms.ChoiceField(
+        choices=[
+            (ListeningTest.Origin.LONG_CSV, "long CSV"),
+            (ListeningTest.Origin.WEBMUSHRA, "webMUSHRA mushra.csv"),
+        ]
+    )
+    kind = forms.ChoiceField(choices=ListeningTest.Kind.choices)
+    name = forms.CharField(max_length=200, help_text="a new test name")
+    checkpoints = forms.CharField(
+        required=False,
+        max_length=20_000,
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "system = run@step"}),
+        help_text="optional: one 'system = run@step' per line, for checkpoints of runs you can see",
+    )
+    eval_set = forms.CharField(
+        required=False, max_length=200, help_text="optional: link items to this eval set's items by key"
+    )
+    comparison = forms.CharField(
+        max_length=300, initial=DEFAULT_CMOS_COMPARISON, help_text="CMOS only: the comparison system's name"
+    )
+
+
 def _loudness_target(data: dict) -> float | None:
     if not data["align_loudness"]:
         return None
@@ -307,7 +344,58 @@ def _loudness_target(data: dict) -> float | None:
 @login_required
 def test_list(request: HttpRequest) -> HttpResponse:
     tests = listening_tests_visible(request.user).order_by("-created_at")
-    return render(request, "listening/researcher/list.html", {"tests": tests})
+    return render(request, "listening/researcher/list.html", {"tests": tests, "import_form": ImportForm()})
+
+
+def _declared_length(request: HttpRequest) -> int:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 0
+
+
+@login_required
+def test_import(request: HttpRequest) -> HttpResponse:
+    """Upload the ratings of a test run elsewhere; every problem in the file is listed, nothing half-imported."""
+    problems, count, error = [], 0, ""
+    limit = settings.EVALSITE_IMPORT_MAX_BYTES
+    if request.method == "POST" and _declared_length(request) > limit + IMPORT_BODY_SLACK:
+        # Refused before the body is read (a multipart file would otherwise be spooled to disk first).
+        error = FILE_TOO_BIG.format(size=_declared_length(request), limit=limit)
+        return render(
+            request, "listening/researcher/import.html", {"form": ImportForm(), "error": error}, status=413
+        )
+    form = ImportForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        mapping, mapping_problems = checkpoint_mapping_parse(data["checkpoints"])
+        upload = data["file"]
+        try:
+            if mapping_problems:
+                raise ImportRejected(file="the checkpoint mapping", problems=mapping_problems)
+            test = listening_test_import(
+                owner=request.user,
+                name=data["name"],
+                kind=data["kind"],
+                fmt=data["format"],
+                data=upload.read(settings.EVALSITE_IMPORT_MAX_BYTES + 1),
+                size=upload.size,
+                file_name=upload.name or "upload.csv",
+                checkpoints=mapping,
+                eval_set=data["eval_set"],
+                comparison=data["comparison"] or DEFAULT_CMOS_COMPARISON,
+            )
+        except ImportRejected as exc:
+            error, problems, count = exc.message, exc.extra["errors"], exc.extra["error_count"]
+        else:
+            messages.success(request, f"imported {test.import_summary['rows']} ratings")
+            return redirect("listening-admin:detail", pk=test.pk)
+    return render(
+        request,
+        "listening/researcher/import.html",
+        {"form": form, "error": error, "problems": problems, "more": count - len(problems)},
+        status=400 if form.errors or error else 200,
+    )
 
 
 @login_required
@@ -409,7 +497,7 @@ def test_preview(request: HttpRequest, pk: int, index: int) -> HttpResponse:
             "role": None
             if s.condition.get_role_display().casefold() == s.condition.label.casefold()
             else s.condition.get_role_display(),
-            "url": s.asset.file.url,
+            "url": s.asset.file.url if s.asset_id else None,
             "expected": _expected_text(test, s.expected) if s.expected else "",
             "instruction": s.instruction,
         }

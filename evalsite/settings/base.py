@@ -272,6 +272,16 @@ EVALSITE_LISTENING_MAX_SYSTEMS = env_int("EVALSITE_LISTENING_MAX_SYSTEMS", 12)
 EVALSITE_LISTENING_MAX_ITEMS = env_int("EVALSITE_LISTENING_MAX_ITEMS", 300)
 EVALSITE_LISTENING_MAX_TRIALS = env_int("EVALSITE_LISTENING_MAX_TRIALS", 5000)
 
+# Importing a test run on another platform (evalsite.listening.services.imports): the largest file read,
+# its rows and header columns (a webMUSHRA file has one column per questionnaire answer), and how many of
+# the problems found are listed back (all are counted). Writing costs about 1.5 ms a row (10 000 rows in
+# 13-16 s on the shared 2-core development machine, SQLite): 50 000 rows hold a web worker for over a minute,
+# so larger files belong to the management command with a raised limit.
+EVALSITE_IMPORT_MAX_BYTES = env_int("EVALSITE_IMPORT_MAX_BYTES", 20 * 1024 * 1024)
+EVALSITE_IMPORT_MAX_ROWS = env_int("EVALSITE_IMPORT_MAX_ROWS", 50_000)
+EVALSITE_IMPORT_MAX_COLUMNS = env_int("EVALSITE_IMPORT_MAX_COLUMNS", 50)
+EVALSITE_IMPORT_MAX_ERRORS = env_int("EVALSITE_IMPORT_MAX_ERRORS", 50)
+
 # Generation params may name "cuda:N" only for N below this (the GPUs each worker has); "cuda" and "auto"
 # always work. Checked at the API and again by the worker (evalsite.runs.params).
 EVALSITE_GENERATION_CUDA_DEVICES = env_int("EVALSITE_GENERATION_CUDA_DEVICES", 1)

@@ -67,9 +67,11 @@ def declared_fields(operation) -> set[str]:
     """What a field error may name: the operation's parameters, its body's properties, or the body."""
     raw = operation.definition.raw
     names = {p["name"] for p in raw.get("parameters", [])}
-    body = raw.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
-    if body:
-        names |= set((_component(body["$ref"]) if "$ref" in body else body).get("properties", {}))
+    # JSON bodies, and multipart ones (the listening-test import's file upload).
+    for content in raw.get("requestBody", {}).get("content", {}).values():
+        body = content.get("schema")
+        if body:
+            names |= set((_component(body["$ref"]) if "$ref" in body else body).get("properties", {}))
     return names | {"body", "query"}
 
 

@@ -100,6 +100,8 @@ TABLE = {
     "api:alert-rules": (API_OF_R, API_NOT_A_POST),
     # A run token may build a test of its own run's checkpoints (the automatic listening test does).
     "api:listening-tests": (API_NOT_A_GET, row(401, 401, 401, None, None, None, None)),
+    # Importing a test run elsewhere is a researcher's (their own new test); a run token may not.
+    "api:listening-test-import": (API_NOT_A_GET, POST_API_RESEARCHER),
     "api:listening-test": (API_OF_R, API_NOT_A_POST),
     "api:listening-test-publish": (API_NOT_A_GET, POST_API_OF_R),
     "api:listening-test-close": (API_NOT_A_GET, POST_API_OF_R),
@@ -133,6 +135,7 @@ TABLE = {
     "listening:headphone-audio": (LISTENER_A, NOT_A_POST),
     "listening-admin:list": (RESEARCHER_PAGE, POST_RESEARCHER),
     "listening-admin:build": (RESEARCHER_PAGE, POST_RESEARCHER),
+    "listening-admin:import": (RESEARCHER_PAGE, POST_RESEARCHER),
     "listening-admin:detail": (PAGE_OF_R, POST_PAGE_OF_R),
     "listening-admin:preview": (PAGE_OF_R, POST_PAGE_OF_R),
     # Preview as a listener: the consent page, and (POST) a preview that keeps nothing (test_listener_preview).
