@@ -204,7 +204,13 @@ def build(args) -> tuple[int, int]:
     test = services.listening_test_publish(
         test=services.listening_test_build(
             design=services.TestDesign(
-                name="bench-mos", kind="mos", checkpoints=ckpts[-2:], training_items=0, seed=1
+                name="bench-mos",
+                kind="mos",
+                checkpoints=ckpts[-2:],
+                training_items=0,
+                seed=1,
+                # The assets are rows without files: nothing to measure the loudness of.
+                loudness_target_lufs=None,
             )
         )
     )
