@@ -18,3 +18,4 @@ DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
 # the real thing: collectstatic, hashed names, compressed copies.
 STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}  # noqa: F405
 WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True

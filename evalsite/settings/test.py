@@ -16,3 +16,6 @@ EVALSITE_LISTENING_MIN_PLAY_FRACTION = 0.0
 # The hashed, compressed storage is tested on its own (tests/core/test_staticfiles.py) and in a browser
 # (tests/integration/test_static_files_browser.py).
 STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}  # noqa: F405
+# WhiteNoise finds the files in the source folders at each request (no STATIC_ROOT to scan, nor warn about).
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True
