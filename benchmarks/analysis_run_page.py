@@ -36,7 +36,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from listening_load import PG, drop_database, recreate_database  # noqa: E402
+from listening_load import PG, collect_static, drop_database, recreate_database  # noqa: E402
 
 DETECTORS = (
     "clicks",
@@ -367,6 +367,7 @@ def main() -> None:
         import django
 
         django.setup()
+        collect_static(dict(os.environ))  # the pages name hashed static files, as deployed
         from django.test import Client
 
         from evalsite.analysis import run_selectors, run_views

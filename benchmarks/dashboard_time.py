@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import analysis_run_page  # noqa: E402
 import analysis_test_page  # noqa: E402
-from listening_load import PG, REPO, drop_database, free_port, recreate_database  # noqa: E402
+from listening_load import PG, REPO, collect_static, drop_database, free_port, recreate_database  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -236,12 +236,7 @@ def main() -> None:
             "after": env,
         }
         t0 = time.monotonic()
-        subprocess.run(
-            [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"],
-            cwd=REPO,
-            env=env,
-            check=True,
-        )
+        collect_static(env)
         print(f"(collectstatic {time.monotonic() - t0:.0f} s)")
 
         from playwright.sync_api import sync_playwright
