@@ -114,10 +114,9 @@ def watched(browser, errors, statics):
 
 
 def test_listener_modules_and_dashboards_load_from_hashed_compressed_long_cached_files(
-    site, deployed, browser, tmp_path
+    site, deployed, browser, shots
 ):
     base, manifest = deployed
-    shots = Path("/tmp/h27-shots") if Path("/tmp/h27-shots").is_dir() else tmp_path
     errors: list[str] = []
     statics: list[tuple] = []
 
