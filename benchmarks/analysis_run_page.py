@@ -36,7 +36,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from listening_load import PG, drop_database, recreate_database  # noqa: E402
+from listening_load import PG, collect_static, drop_database, recreate_database  # noqa: E402
 
 DETECTORS = (
     "clicks",
@@ -204,7 +204,13 @@ def build(args) -> tuple[int, int]:
     test = services.listening_test_publish(
         test=services.listening_test_build(
             design=services.TestDesign(
-                name="bench-mos", kind="mos", checkpoints=ckpts[-2:], training_items=0, seed=1
+                name="bench-mos",
+                kind="mos",
+                checkpoints=ckpts[-2:],
+                training_items=0,
+                seed=1,
+                # The assets are rows without files: nothing to measure the loudness of.
+                loudness_target_lufs=None,
             )
         )
     )
@@ -361,6 +367,7 @@ def main() -> None:
         import django
 
         django.setup()
+        collect_static(dict(os.environ))  # the pages name hashed static files, as deployed
         from django.test import Client
 
         from evalsite.analysis import run_selectors, run_views

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from listening_load import PG, drop_database, recreate_database  # noqa: E402
+from listening_load import PG, collect_static, drop_database, recreate_database  # noqa: E402
 
 
 def build(args) -> tuple[int, int]:
@@ -416,6 +416,7 @@ def main() -> None:
         import django
 
         django.setup()
+        collect_static(dict(os.environ))  # the pages name hashed static files, as deployed
         from django.contrib.auth import get_user_model
         from django.test import Client
 

@@ -108,6 +108,7 @@ def main() -> None:
         from django.db import connections
 
         connections.close_all()
+        call_command("collectstatic", interactive=False, verbosity=0)  # the pages name hashed static files
         measure(args, var, site, web_tier)
     finally:
         drop_database(args.database)

@@ -219,7 +219,8 @@ def _researcher(base: str, site: dict) -> None:
         f"/listening/{test}/",
         f"/listening/{test}/trials/0/",
         f"/media/{site['asset']}",
-        "/analysis/plotly.js",
+        # A static file from the web process itself (WhiteNoise), the dashboards' plotly bundle.
+        "/static/vendor/plotly/plotly-cartesian.min.js",
     ):
         _get(researcher, base + path)
 

@@ -40,6 +40,8 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    # Before staticfiles: runserver (DEBUG) leaves static files to WhiteNoise, as every other server does.
+    "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
@@ -59,6 +61,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files answered here, before sessions and the database are touched (evalsite.settings.storage).
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     # Outermost but one: every response gets the policy, those of the middleware below included.
     "evalsite.core.middleware.ContentSecurityPolicyMiddleware",
     "evalsite.api.fastpath.AlertPollNotModifiedMiddleware",
@@ -75,7 +79,7 @@ MIDDLEWARE = [
 
 # Content-Security-Policy of every response (evalsite.core.middleware); "{nonce}" becomes the request's
 # nonce, which the templates' inline scripts carry (request.csp_nonce). Scripts come only from this
-# site (plotly.js included: analysis:plotly-js), so an injected script does not run; styles may be
+# site (plotly.js included: a static file), so an injected script does not run; styles may be
 # inline (plotly.js injects its own). Empty: no header.
 EVALSITE_CSP = os.environ.get(
     "EVALSITE_CSP",

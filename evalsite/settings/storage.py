@@ -7,6 +7,8 @@ switched offline (EVALSITE_HUB_ENVIRONMENT) before any library that could reach 
 import os
 from pathlib import Path
 
+from whitenoise.compress import Compressor
+
 from evalsite.settings.env import BASE_DIR, VAR_DIR
 
 MEDIA_ROOT = Path(os.environ.get("EVALSITE_MEDIA_ROOT") or VAR_DIR / "media").resolve()
@@ -15,9 +17,16 @@ MEDIA_URL = "/media/"
 # location over MEDIA_ROOT (e.g. /protected-media/) to let the web server send the bytes afterwards.
 EVALSITE_MEDIA_ACCEL_REDIRECT = os.environ.get("EVALSITE_MEDIA_ACCEL_REDIRECT", "")
 
+# Static files: ``manage.py collectstatic`` writes them to STATIC_ROOT under hashed names with gzip and
+# brotli copies, and WhiteNoise (evalsite.settings.base MIDDLEWARE) serves them from the web process
+# with a ten-year, immutable cache for hashed names (evalsite.core.staticfiles). A server started without
+# collectstatic answers 500 on every page that names a static file ("Missing staticfiles manifest
+# entry"): the demo runs it itself; a deployment runs it once per release.
+# Source maps are for developer tools only: not worth compressing at every collectstatic.
+WHITENOISE_SKIP_COMPRESS_EXTENSIONS = (*Compressor.SKIP_COMPRESS_EXTENSIONS, "map")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "staticfiles": {"BACKEND": "evalsite.core.staticfiles.StaticFilesStorage"},
 }
 
 EVALSITE_MODEL_STORE = Path(os.environ.get("EVALSITE_MODEL_STORE") or VAR_DIR / "model-store").resolve()

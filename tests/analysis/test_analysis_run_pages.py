@@ -350,7 +350,7 @@ def test_the_run_analysis_page_draws_every_chart_for_a_researcher(listened, metr
     html = page.content.decode()
     assert page.status_code == 200
     assert 'id="metric-0"' in html and 'id="metric-1"' in html and 'id="run-figures"' in html
-    assert "/analysis/plotly.js" in html and "Plotly.newPlot" in html
+    assert "/static/vendor/plotly/plotly-cartesian.min.js" in html and "Plotly.newPlot" in html
     assert "★ best (spec 1 of 2 (aaaaaaaa)): step 2000, 0.4" in html and "★ best: step 2000, 3" in html
     assert "FileNotFoundError: put vggish.pt into var/model-store" in html
     assert [f["id"] for f in page.context["figures"]] == [

@@ -363,7 +363,7 @@ def test_the_page_renders_for_a_researcher_and_sends_strangers_and_listeners_to_
         "worker-bad",
         "bs1534_reference",
         "Gwet's AC1",
-        "/analysis/plotly.js",
+        "/static/vendor/plotly/plotly-cartesian.min.js",
     ):
         assert marker in html, marker
     assert 'data-start="0.200" data-end="0.450"' in html and '<audio id="audio-' in html

@@ -99,7 +99,8 @@ class ServingDemo:
         """Waits for the URLs and the web server; returns the demo's processes below it at that moment."""
         wait_for(
             lambda: "evalsite demo is running" in self.output() or self.proc.poll() is not None,
-            timeout=300,
+            # The module's first serve also runs collectstatic (≈ 25 CPU seconds; minutes on a busy machine).
+            timeout=600,
             interval=0.5,
             message="demo to print its URLs",
         )

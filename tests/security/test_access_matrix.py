@@ -107,7 +107,6 @@ TABLE = {
     "api:listening-test-close": (API_NOT_A_GET, POST_API_OF_R),
     "api:listening-test-results": (API_OF_R, API_NOT_A_POST),
     "api:not-found": (NOT_FOUND, NOT_FOUND),
-    "analysis:plotly-js": (PUBLIC, NOT_A_POST),  # the plotting library, nothing of ours
     "analysis:run-analysis": (PAGE_OF_R, POST_GET_ONLY_PAGE),
     "analysis:checkpoint-compare": (RESEARCHER_PAGE, POST_GET_ONLY_PAGE),
     "analysis:test-results": (PAGE_OF_R, POST_GET_ONLY_PAGE),

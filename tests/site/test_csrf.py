@@ -185,7 +185,6 @@ CASES: dict[str, Case] = {
     "api:listening-test-results": Case(kwargs=lambda w: {"test_id": w.mushra.pk}),
     # csrf_exempt, but it only answers "no such endpoint" (404) to every method and writes nothing.
     "api:not-found": Case(kwargs=lambda w: {"path": "no-such-endpoint/"}, without_token=404),
-    "analysis:plotly-js": Case(),
     "analysis:run-analysis": Case(kwargs=lambda w: {"pk": w.run.pk}),
     "analysis:checkpoint-compare": Case(),
     "analysis:test-results": Case(kwargs=lambda w: {"pk": w.mushra.pk}),
