@@ -70,10 +70,34 @@ LAYOUT_PROBLEMS = """({expected, minTarget}) => {
   if (!sheet || sheet.cssRules.length === 0) problems.push("listener.css is not loaded");
   if (!root || !getComputedStyle(root).fontFamily.includes("system-ui")) problems.push("page text is in the browser's default font");
   if (root && getComputedStyle(root).maxWidth !== "992px") problems.push("page box is not the listener's width");
+  const background = getComputedStyle(document.body).backgroundColor;
+  if (background !== "rgb(242, 244, 247)") problems.push(`page background is ${background}, not the listener grey`);
+  for (const h1 of document.querySelectorAll("h1")) {
+    const size = parseFloat(getComputedStyle(h1).fontSize);
+    if (size > 24.5) problems.push(`heading "${h1.textContent.slice(0, 30)}" is ${size} px (the browser's 2em)`);
+  }
+  for (const label of document.querySelectorAll(".ls-signal-name")) {
+    const text = document.createRange();  // a flex item is one box; its text has a box per line
+    text.selectNodeContents(label);
+    const lines = new Set([...text.getClientRects()].map((r) => Math.round(r.top))).size;
+    if (lines > 1) problems.push(`signal name "${label.textContent}" wraps onto ${lines} lines`);
+  }
   const title = document.title.trim();
   if (!title || title === GENERIC_TITLE) problems.push(`page title is "${title}"`);
   return problems;
 }""".replace("GENERIC_TITLE", repr(GENERIC_TITLE))
+
+
+END_PAGE_STYLE = """() => {
+  const style = (s, prop) => { const el = document.querySelector(s); return el && getComputedStyle(el)[prop]; };
+  return {
+    page: style("body", "backgroundColor"),
+    box: style("[data-testid=completion]", "backgroundColor"),
+    border: style("[data-testid=completion]", "borderTopWidth"),
+    heading: style("[data-testid=completion] h1", "fontSize"),
+    link: style("[data-testid=completion] a", "color"),
+  };
+}"""
 
 
 def check_page(page, shots, name, *, expected=(), errors, allowed_status=None):
@@ -118,8 +142,9 @@ def skip_to(page, participant, position):
 
 @pytest.fixture
 def open_page(browser):
-    """``new_page``, with every page closed after the test, failed or not: a page left open keeps
-    sending telemetry while the next test's database is being flushed."""
+    """``new_page``, with every page closed after the test, failed or not. Leaving a page sends its
+    telemetry (a keepalive request that outlives it), which would reach the server while the test's
+    database is being flushed (a deadlock); at the end it is answered here instead."""
     pages = []
 
     def open_(errors):
@@ -128,6 +153,8 @@ def open_page(browser):
 
     yield open_
     for page in pages:
+        page.context.route("**/telemetry", lambda route: route.fulfill(status=204))
+        page.goto("about:blank")
         page.context.close()
 
 
@@ -178,6 +205,9 @@ def test_the_consent_and_message_pages_fit_a_desktop_and_a_phone(
     with page.expect_navigation():
         page.click("[data-testid=consent-agree]")
     assert "all the votes" in page.inner_text("[data-testid=message]")
+    # The way back sits under the message, centred with it, not at the page's left edge.
+    box, link = page.locator("[data-testid=message]").bounding_box(), page.locator("main a").bounding_box()
+    assert abs((box["x"] + box["width"] / 2) - (link["x"] + link["width"] / 2)) < 2
     check_page(
         page,
         shots,
@@ -348,3 +378,9 @@ def test_the_completion_page_fits_a_desktop_and_a_phone(
     if "completion_redirect" in design:
         expected += ["[data-testid=completion-link]", "[data-testid=redirect-note] button"]
     check_page(page, shots, "completion", expected=expected, errors=errors)
+    drawn = page.evaluate(END_PAGE_STYLE)
+    # Reopening the invite: the server's end page, which must look like the one the test drew.
+    page.goto(f"{live_server.url}/l/i/{test.invite_token}/")
+    page.wait_for_selector("main.ls-page [data-testid=completion]")
+    check_page(page, shots, "finished-reopened", expected=expected[:1], errors=errors)
+    assert page.evaluate(END_PAGE_STYLE) == drawn
