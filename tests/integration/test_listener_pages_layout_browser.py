@@ -2,12 +2,14 @@
 PostgreSQL at a desktop (1280 x 800) and a phone (390 x 844) size, with what a person checking the
 screenshots would look for asserted: nothing wider than the screen, every control shown, inside the
 screen and at least 24 px in both directions (WCAG 2.2 target size, 2.5.8), no two controls on top of
-each other, the listener stylesheet applied, a page title of its own, and no console errors.
+each other, the listener stylesheet applied (font, page width, the grey page), headings no larger
+than 1.5rem, signal names on one line, a page title of its own, and no console errors. The page types
+and what is asserted are listed in docs/developers/tests.md.
 
 Regenerating the screenshots (they are written on every run; the path is printed)::
 
     EVALSITE_SCREENSHOT_DIR=/tmp/shots \\
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/evalsite CELERY_BROKER_URL=redis://127.0.0.1:6379/0 \\
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/test CELERY_BROKER_URL=redis://127.0.0.1:6379/0 \\
     .venv/bin/python -m pytest --ds=evalsite.settings.integration \\
         tests/integration/test_listener_pages_layout_browser.py -q -s
 
