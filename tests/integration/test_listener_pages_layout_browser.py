@@ -257,6 +257,16 @@ def test_the_calibration_and_headphone_check_fit_a_desktop_and_a_phone(
     page.click("[data-testid=cal-confirm]")
     page.wait_for_selector("#listener-app[data-ready=true][data-kind=headphone]", timeout=15000)
     answers = [f"[data-testid=hp-answer-{n}]" for n in (1, 2, 3)]
+    # The question number, the instructions and Play stand apart (they used to touch).
+    gaps = page.evaluate(
+        """() => {
+      const box = (s) => document.querySelector(s).getBoundingClientRect();
+      const text = box(".ls-headphone .ls-instructions");
+      return [text.top - box("[data-testid=hp-progress]").bottom, box("[data-testid=hp-play]").top - text.bottom,
+              box("[data-testid=hp-status]").top - box("[data-testid=hp-play]").bottom];
+    }"""
+    )
+    assert min(gaps) >= 8, gaps
     check_page(page, shots, "headphone-check", expected=["[data-testid=hp-play]", *answers], errors=errors)
     page.click("[data-testid=hp-play]")
     page.wait_for_function("!document.querySelector('[data-testid=hp-answer-1]').disabled", timeout=15000)
