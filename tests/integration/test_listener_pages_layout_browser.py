@@ -17,6 +17,8 @@ puts ``<page>-1280.png`` and ``<page>-390.png`` (full page) under
 ``/tmp/shots/evalsite-screenshots/<test name>/``; without the variable, under the system's temp folder.
 """
 
+import time
+
 import pytest
 from django.utils import timezone
 
@@ -49,6 +51,10 @@ LAYOUT_PROBLEMS = """({expected, minTarget}) => {
     if (!shown(el)) continue;
     const target = ["radio", "checkbox"].includes(el.type) ? (el.closest("label") || el) : el;
     targets.set(target, name(el));
+    if (target !== el) {
+      const r = el.getBoundingClientRect();  // the button itself: round, not squeezed by its label
+      if (r.width < 16 || Math.abs(r.width - r.height) > 1) problems.push(`${name(el)} is drawn ${r.width.toFixed(1)} x ${r.height.toFixed(1)} px`);
+    }
   }
   const boxes = [...targets].map(([el, label]) => [label, el.getBoundingClientRect()]);
   for (const [label, r] of boxes) {
@@ -144,9 +150,9 @@ def skip_to(page, participant, position):
 
 @pytest.fixture
 def open_page(browser):
-    """``new_page``, with every page closed after the test, failed or not. Leaving a page sends its
-    telemetry (a keepalive request that outlives it), which would reach the server while the test's
-    database is being flushed (a deadlock); at the end it is answered here instead."""
+    """``new_page``, with every page closed after the test, failed or not, and the server's requests
+    finished: one still running while the test's database is flushed can deadlock the flush. Leaving
+    a page sends its telemetry (a keepalive request that outlives it); that is answered here instead."""
     pages = []
 
     def open_(errors):
@@ -158,6 +164,23 @@ def open_page(browser):
         page.context.route("**/telemetry", lambda route: route.fulfill(status=204))
         page.goto("about:blank")
         page.context.close()
+    server_requests_finished()
+
+
+def server_requests_finished(timeout: float = 10.0) -> None:
+    """Wait until no other connection to the test database is inside a query or a transaction."""
+    from django.db import connection
+
+    deadline = time.monotonic() + timeout
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND state <> 'idle'"
+            )
+            if cursor.fetchone()[0] == 0:
+                return
+            time.sleep(0.05)
 
 
 @pytest.fixture
