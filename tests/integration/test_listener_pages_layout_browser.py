@@ -152,7 +152,8 @@ def skip_to(page, participant, position):
 def open_page(browser):
     """``new_page``, with every page closed after the test, failed or not, and the server's requests
     finished: one still running while the test's database is flushed can deadlock the flush. Leaving
-    a page sends its telemetry (a keepalive request that outlives it); that is answered here instead."""
+    a page sends its telemetry (a keepalive request that outlives the page, and that a playwright
+    route does not always catch), so the page's fetch is switched off before it is closed."""
     pages = []
 
     def open_(errors):
@@ -161,8 +162,7 @@ def open_page(browser):
 
     yield open_
     for page in pages:
-        page.context.route("**/telemetry", lambda route: route.fulfill(status=204))
-        page.goto("about:blank")
+        page.evaluate("() => { window.fetch = () => new Promise(() => {}); }")
         page.context.close()
     server_requests_finished()
 
@@ -419,3 +419,41 @@ def test_the_completion_page_fits_a_desktop_and_a_phone(
     page.wait_for_selector("main.ls-page [data-testid=completion]")
     check_page(page, shots, "finished-reopened", expected=expected[:1], errors=errors)
     assert page.evaluate(END_PAGE_STYLE) == drawn
+
+
+def test_the_layout_check_reports_what_a_person_would_see_wrong(
+    live_server, transactional_db, open_page, media
+):
+    """The checks above would pass on a page they cannot see: here each is shown a fault of its kind."""
+    test = published()
+    page = open_page([])
+    page.goto(f"{live_server.url}/l/i/{test.invite_token}/")
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate(LAYOUT_PROBLEMS, {"expected": [], "minTarget": MIN_TARGET_PX}) == []
+    page.evaluate(
+        """() => {
+      document.title = "Listening test";
+      const main = document.querySelector("main");
+      main.insertAdjacentHTML("beforeend",
+        '<div style="width: 600px">wide</div>'
+        + '<button data-testid="tiny" style="min-height: 0; width: 20px; height: 20px; padding: 0">x</button>'
+        + '<button data-testid="under" style="position: relative; top: -30px">over</button>'
+        + '<button data-testid="offside" style="position: relative; left: 380px">off</button>');
+      document.querySelector("h1").style.fontSize = "2em";
+      document.body.style.background = "white";
+    }"""
+    )
+    problems = " | ".join(
+        page.evaluate(LAYOUT_PROBLEMS, {"expected": ["[data-testid=gone]"], "minTarget": 24})
+    )
+    for fault in (
+        "page is",
+        "tiny is 20 x 20 px",
+        "and under overlap",
+        "offside spans",
+        "[data-testid=gone] is not shown",
+        "px (the browser's 2em)",
+        "not the listener grey",
+        'page title is "Listening test"',
+    ):
+        assert fault in problems, (fault, problems)
