@@ -226,6 +226,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Three choice sets are called "kind" (runs, listening tests, alert rules): each gets its own name
+    # instead of a generated hash suffix, so the schema's names stay stable for generated clients.
+    "ENUM_NAME_OVERRIDES": {
+        "RunKindEnum": "evalsite.runs.models.Run.Kind",
+        "ListeningTestKindEnum": "evalsite.listening.models.ListeningTest.Kind",
+    },
 }
 
 LOGGING = {

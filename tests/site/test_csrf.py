@@ -20,6 +20,7 @@ from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
 from django.core import signing
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
@@ -126,6 +127,21 @@ def _calibrated(w: World) -> None:
         w.checked = services.calibration_confirm(participant=w.checked, plays=1)
 
 
+def _import_form(name: str) -> dict:
+    """A small valid long-CSV import (a fresh file each time: an upload is read once)."""
+    rows = "".join(
+        f"L{k},utt{j},sys{s},{1 + (k + j + s) % 5}\n" for k in range(2) for j in range(2) for s in range(2)
+    )
+    data = ("listener,item,system,score\n" + rows).encode()
+    return {
+        "file": SimpleUploadedFile("ratings.csv", data, content_type="text/csv"),
+        "format": "long_csv",
+        "kind": "mos",
+        "name": name,
+        "comparison": "reference",
+    }
+
+
 def _pre_questionnaire(w: World) -> None:
     test = w.listener.test
     test.questionnaire = questionnaire_parse({"pre": ["age_band"]}).as_stored()
@@ -183,6 +199,13 @@ CASES: dict[str, Case] = {
         kwargs=lambda w: {"test_id": w.closable.pk}, body=lambda w: {}, writes=True
     ),
     "api:listening-test-results": Case(kwargs=lambda w: {"test_id": w.mushra.pk}),
+    # The two import entry points take a multipart upload, as a browser's form sends it.
+    "api:listening-test-import": Case(
+        body=lambda w: _import_form("csrf-api-import"),
+        forged=lambda w: _import_form("csrf-api-import"),
+        form=True,
+        writes=True,
+    ),
     # csrf_exempt, but it only answers "no such endpoint" (404) to every method and writes nothing.
     "api:not-found": Case(kwargs=lambda w: {"path": "no-such-endpoint/"}, without_token=404),
     "analysis:run-analysis": Case(kwargs=lambda w: {"pk": w.run.pk}),
@@ -269,6 +292,12 @@ CASES: dict[str, Case] = {
     # Starting a listener preview keeps it in the researcher's session only: no row of the site's.
     "listening-admin:listener-preview": Case(
         kwargs=lambda w: {"pk": w.mushra.pk}, body=lambda w: {}, form=True
+    ),
+    "listening-admin:import": Case(
+        body=lambda w: _import_form("csrf-form-import"),
+        forged=lambda w: _import_form("csrf-form-import"),
+        form=True,
+        writes=True,
     ),
     "listening-admin:transition": Case(
         kwargs=lambda w: {"pk": w.form_draft.pk, "action": "publish"}, form=True, writes=True
@@ -408,7 +437,9 @@ def _send(client: Client, method: str, url: str, case: Case, body: dict | None, 
         data = {**(body or {}), **({"csrfmiddlewaretoken": token} if token else {})}
         if method == "POST":
             return client.post(url, data, **headers)
-        return client.generic(method, url, json.dumps(data), content_type="application/json", **headers)
+        # PUT/PATCH/DELETE of a form as a forging page could send them: JSON, without the uploads.
+        fields = {k: v for k, v in data.items() if not hasattr(v, "read")}
+        return client.generic(method, url, json.dumps(fields), content_type="application/json", **headers)
     if token:
         headers["HTTP_X_CSRFTOKEN"] = token
     return client.generic(method, url, json.dumps(body or {}), content_type="application/json", **headers)
