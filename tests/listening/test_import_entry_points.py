@@ -302,3 +302,16 @@ def test_a_run_token_cannot_import(researcher):
         format="multipart",
     )
     assert response.status_code == 403 and not ListeningTest.objects.exists()
+
+
+def test_an_imported_test_cannot_be_previewed_as_a_listener(browser):
+    browser.post(reverse("listening-admin:import"), form(csv_bytes(mushra_rows())))
+    test = ListeningTest.objects.get(name="ext")
+    listeners = test.participants.count()
+    response = browser.post(reverse("listening-admin:listener-preview", args=[test.pk]))
+    assert response.status_code == 302 and response["Location"] == reverse(
+        "listening-admin:detail", args=[test.pk]
+    )
+    page = browser.get(response["Location"]).content.decode()
+    assert "preview:" in page  # the refusal is said on the test's page
+    assert test.participants.count() == listeners and not browser.session.get("listening-previews")

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, transaction
 
+from evalsite.core.exceptions import ConflictError
 from evalsite.listening.models import (
     ArtifactFlag,
     Assignment,
@@ -39,6 +40,9 @@ T = TypeVar("T")
 # Participant tokens are ``secrets.token_urlsafe`` (letters, digits, "-" and "_"): a "." never occurs
 # in one, so a preview's token can never name a listener's session, nor the other way round.
 PREVIEW_TOKEN_PREFIX = "preview."
+IMPORTED_NO_PREVIEW = (
+    "{name} was imported from a test run elsewhere: it has no audio and no listener pages to preview."
+)
 # Room for every trial of a full test: the preview joins as a new listener would, whatever the votes.
 _ANY_VOTES = 2**31 - 1
 
@@ -121,6 +125,8 @@ def preview_begin(*, test: ListeningTest) -> tuple[str, str]:
 
     Raises what ``participant_join`` raises (e.g. a test with no main trial is "full").
     """
+    if test.is_external:
+        raise ConflictError(IMPORTED_NO_PREVIEW.format(name=test.name))
     token = PREVIEW_TOKEN_PREFIX + secrets.token_urlsafe(18)
     with transaction.atomic():
         try:
