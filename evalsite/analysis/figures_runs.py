@@ -25,6 +25,14 @@ CHART_HEIGHT = 300
 # How far below the smallest non-zero detector rate a zero rate is drawn on the log axis.
 ZERO_RATE_DECADES_BELOW = 1
 
+LEADER_WORDS = {
+    "best": "best",
+    "tied": "leading, tied",
+    "top": "leading, no interval",
+    "only": "only value",
+}
+"""What a run chart's star says, by ``analysis.leaders.leaders_mark``: filled only for "best"."""
+
 
 def _rgba(hex_colour: str, alpha: float) -> str:
     r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
@@ -107,21 +115,22 @@ def metric_figure(metric: dict[str, Any]) -> dict[str, Any]:
         )
         if series["best"] is not None:
             best = series["best"]
+            said = LEADER_WORDS[best["mark"]]
             data.append(
                 {
                     "type": "scatter",
                     "mode": "markers",
                     "x": [best["step"]],
                     "y": [best["value"]],
-                    "name": f"best: step {best['step']}",
+                    "name": f"{said}: step {best['step']}",
                     "legendgroup": group,
                     "marker": {
-                        "symbol": "star",
+                        "symbol": "star" if best["mark"] == "best" else "star-open",
                         "size": 15,
                         "color": colour,
                         "line": {"width": 1, "color": "#000"},
                     },
-                    "hovertemplate": "best: step %{x}<br>%{y:.4g}<extra></extra>",
+                    "hovertemplate": said + ": step %{x}<br>%{y:.4g}<extra></extra>",
                 }
             )
     direction = {True: " (higher is better)", False: " (lower is better)"}.get(hib, "")

@@ -182,6 +182,13 @@ def run_metric_series(*, run: Run) -> list[dict[str, Any]]:
         series = []
         for (spec, params), g in groups.items():
             best = _best_index(g["values"], g["checkpoints"], hib)
+            # The chart's star says "best" by the rule of every other surface (its interval separates);
+            # else the leading value is marked "tied" or "top" (no interval), or is the series' only value.
+            cells = [
+                {"value": v, "ci_low": lo, "ci_high": hi}
+                for v, lo, hi in zip(g["values"], g["ci_low"], g["ci_high"])
+            ]
+            leaders_mark(cells, higher_is_better=hib)
             series.append(
                 {
                     "spec_key": spec,
@@ -194,6 +201,7 @@ def run_metric_series(*, run: Run) -> list[dict[str, Any]]:
                         "step": g["steps"][best],
                         "checkpoint": g["checkpoints"][best],
                         "value": g["values"][best],
+                        "mark": cells[best].get("mark") or "only",
                     },
                 }
             )

@@ -195,12 +195,15 @@ def test_each_metric_is_a_series_per_spec_with_its_best_checkpoint_and_failures(
     assert (b["spec_key"], b["steps"], b["values"]) == (SPEC_B, [3000], [0.1])
     assert a["label"] == "spec 1 of 2 (aaaaaaaa)" and b["label"] == "spec 2 of 2 (bbbbbbbb)"
     assert a["best"]["step"] == 2000 and b["best"]["step"] == 3000  # lower is better, within each spec only
+    # 0.40 [0.35, 0.45] touches 0.50 [0.45, 0.55]: leading, not "best"; one value alone is no comparison.
+    assert a["best"]["mark"] == "tied" and b["best"]["mark"] == "only"
     assert mel["failed"] == [{"step": 4000, "error": "FileNotFoundError: put vggish.pt into var/model-store"}]
     (p,) = pesq["series"]
     assert p["label"] == "value" and p["best"] == {
         "step": 2000,
         "checkpoint": p["checkpoints"][1],
         "value": 3.0,
+        "mark": "top",  # pesq stored no intervals: leading, no claim
     }
 
 
@@ -242,19 +245,19 @@ def test_a_metric_figure_has_a_ci_band_a_line_per_spec_and_a_star_on_each_best(m
         "spec 1 of 2 (aaaaaaaa) CI high",
         "spec 1 of 2 (aaaaaaaa) 95% CI",
         "spec 1 of 2 (aaaaaaaa)",
-        "best: step 2000",
+        "leading, tied: step 2000",
         "spec 2 of 2 (bbbbbbbb)",
-        "best: step 3000",
+        "only value: step 3000",
     ]
     high, low, line_a, best_a, line_b, best_b = fig["data"]
     assert high["y"] == [0.55, 0.45] and low["y"] == [0.45, 0.35] and low["fill"] == "tonexty"
     assert (line_a["x"], line_a["y"]) == ([1000, 2000], [0.5, 0.4])
     assert (line_b["x"], line_b["y"]) == ([3000], [0.1])  # the other spec is never joined to the first
-    assert (best_a["x"], best_a["y"], best_a["marker"]["symbol"]) == ([2000], [0.4], "star")
+    assert (best_a["x"], best_a["y"], best_a["marker"]["symbol"]) == ([2000], [0.4], "star-open")
     assert (best_b["x"], best_b["y"]) == ([3000], [0.1])
     assert fig["layout"]["title"]["text"] == "mel_l1 ↓ (lower is better)" and fig["layout"]["showlegend"]
     fig = metric_figure(pesq)
-    assert [t["name"] for t in fig["data"]] == ["value", "best: step 2000"]  # no CIs stored: no band
+    assert [t["name"] for t in fig["data"]] == ["value", "leading, no interval: step 2000"]  # no CIs: no band
     assert fig["data"][0]["y"] == [2.0, 3.0, 2.5] and fig["data"][1]["y"] == [3.0]
     assert fig["layout"]["title"]["text"] == "pesq ↑ (higher is better)"
 
@@ -351,7 +354,8 @@ def test_the_run_analysis_page_draws_every_chart_for_a_researcher(listened, metr
     assert page.status_code == 200
     assert 'id="metric-0"' in html and 'id="metric-1"' in html and 'id="run-figures"' in html
     assert "/static/vendor/plotly/plotly-cartesian.min.js" in html and "Plotly.newPlot" in html
-    assert "★ best (spec 1 of 2 (aaaaaaaa)): step 2000, 0.4" in html and "★ best: step 2000, 3" in html
+    assert "☆ leading, tied (intervals overlap) (spec 1 of 2 (aaaaaaaa)): step 2000, 0.4" in html
+    assert "☆ leading (no interval, no claim): step 2000, 3" in html and "★ best:" not in html
     assert "FileNotFoundError: put vggish.pt into var/model-store" in html
     assert [f["id"] for f in page.context["figures"]] == [
         "metric-0",
@@ -771,3 +775,16 @@ def test_a_test_whose_screening_excludes_every_listener_gives_an_empty_column_sa
     html = researcher.get(f"/analysis/compare/?c={det.pk}&c={rival.pk}").content.decode()
     assert 'title="every listener is excluded by the screening"' in html and "<strong title=" not in html
     assert '<th scope="row" class="sticky"' in html  # the checkpoint column stays in view while scrolling
+
+
+def test_a_run_chart_stars_best_only_where_the_interval_separates():
+    run = Run.objects.create(name="separate-run", kind="vocoder", model_family="hifigan")
+    ck = {s: Checkpoint.objects.create(run=run, step=s, uri=f"/c/{s}") for s in (1000, 2000, 3000)}
+    result(ck[1000], "mel_l1", 0.50, spec=SPEC_A, higher_is_better=False, ci=(0.48, 0.52))
+    result(ck[2000], "mel_l1", 0.30, spec=SPEC_A, higher_is_better=False, ci=(0.28, 0.32))
+    result(ck[3000], "mel_l1", 0.40, spec=SPEC_A, higher_is_better=False, ci=(0.38, 0.42))
+    (mel,) = run_metric_series(run=run)
+    (series,) = mel["series"]
+    assert series["best"]["step"] == 2000 and series["best"]["mark"] == "best"
+    star = metric_figure(mel)["data"][-1]
+    assert star["name"] == "best: step 2000" and star["marker"]["symbol"] == "star"
